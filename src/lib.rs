@@ -1,0 +1,2 @@
+//! tern
+pub mod smtp;

@@ -1,0 +1,278 @@
+//! Strict parsing of SMTP paths (RFC 5321 §4.1.2, §4.5.3.1).
+//!
+//! A path is parsed once, at the edge, into an [`Address`] that cannot be
+//! invalid: local part ≤ 64 octets, domain ≤ 255, whole path ≤ 256, atoms and
+//! quoted strings per the RFC grammar, domains as dot-separated LDH labels or
+//! an address literal. Source routes (`<@a,@b:user@c>`) are accepted and
+//! stripped (RFC 5321 Appendix C). `%` and `!` are ordinary local-part
+//! characters and are never used for routing.
+//!
+//! Not supported: non-ASCII addresses (SMTPUTF8, RFC 6531); they get 553 5.6.7.
+
+use std::fmt;
+
+pub const MAX_LOCAL_PART: usize = 64;
+pub const MAX_DOMAIN: usize = 255;
+pub const MAX_PATH: usize = 256;
+
+/// A validated mailbox. The domain is lower-cased; the local part keeps its
+/// case (RFC 5321 §2.4) and is stored unquoted.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Address {
+    pub local: String,
+    pub domain: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressError {
+    Syntax,
+    TooLong,
+    NonAscii,
+}
+
+impl Address {
+    /// Parses `local@domain` without angle brackets.
+    pub fn parse_mailbox(s: &str) -> Result<Address, AddressError> {
+        if !s.is_ascii() {
+            return Err(AddressError::NonAscii);
+        }
+        let at = if s.starts_with('"') {
+            // The quoted local part may contain '@'.
+            let end = quoted_end(s).ok_or(AddressError::Syntax)?;
+            if s.as_bytes().get(end) != Some(&b'@') {
+                return Err(AddressError::Syntax);
+            }
+            end
+        } else {
+            s.rfind('@').ok_or(AddressError::Syntax)?
+        };
+        let (local_raw, domain) = (&s[..at], &s[at + 1..]);
+        let local = parse_local_part(local_raw)?;
+        if local_raw.len() > MAX_LOCAL_PART {
+            return Err(AddressError::TooLong);
+        }
+        if domain.len() > MAX_DOMAIN {
+            return Err(AddressError::TooLong);
+        }
+        if !is_valid_domain(domain) {
+            return Err(AddressError::Syntax);
+        }
+        Ok(Address {
+            local,
+            domain: domain.to_ascii_lowercase(),
+        })
+    }
+
+    /// The local part without a `+extension` (used to find a mailbox).
+    pub fn user(&self) -> &str {
+        match self.local.find('+') {
+            Some(i) if i > 0 => &self.local[..i],
+            _ => &self.local,
+        }
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if is_dot_string(&self.local) {
+            write!(f, "{}@{}", self.local, self.domain)
+        } else {
+            f.write_str("\"")?;
+            for c in self.local.chars() {
+                if c == '"' || c == '\\' {
+                    f.write_str("\\")?;
+                }
+                write!(f, "{c}")?;
+            }
+            write!(f, "\"@{}", self.domain)
+        }
+    }
+}
+
+/// Parses a reverse-path or forward-path with its angle brackets. `<>` gives
+/// `None` (the null path; the caller decides where that is allowed).
+pub fn parse_path(s: &str) -> Result<Option<Address>, AddressError> {
+    if s.len() > MAX_PATH {
+        return Err(AddressError::TooLong);
+    }
+    let inner = s
+        .strip_prefix('<')
+        .and_then(|r| r.strip_suffix('>'))
+        .ok_or(AddressError::Syntax)?;
+    if inner.is_empty() {
+        return Ok(None);
+    }
+    let mailbox = if inner.starts_with('@') {
+        // A-d-l ":" Mailbox — the source route is ignored (Appendix C).
+        let colon = inner.find(':').ok_or(AddressError::Syntax)?;
+        for hop in inner[..colon].split(',') {
+            let d = hop.strip_prefix('@').ok_or(AddressError::Syntax)?;
+            if !is_valid_domain(d) {
+                return Err(AddressError::Syntax);
+            }
+        }
+        &inner[colon + 1..]
+    } else {
+        inner
+    };
+    Address::parse_mailbox(mailbox).map(Some)
+}
+
+fn is_atext(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&c)
+}
+
+fn is_dot_string(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.')
+            .all(|atom| !atom.is_empty() && atom.bytes().all(is_atext))
+}
+
+/// Index just past the closing quote of a quoted string starting at 0.
+fn quoted_end(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut i = 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+fn parse_local_part(s: &str) -> Result<String, AddressError> {
+    if is_dot_string(s) {
+        return Ok(s.to_string());
+    }
+    if s.len() >= 2 && s.starts_with('"') && quoted_end(s) == Some(s.len()) {
+        let mut out = String::new();
+        let mut chars = s[1..s.len() - 1].chars();
+        while let Some(c) = chars.next() {
+            let c = if c == '\\' {
+                chars.next().ok_or(AddressError::Syntax)?
+            } else {
+                c
+            };
+            // qtextSMTP / quoted-pairSMTP: printable ASCII and space only.
+            if !(' '..='~').contains(&c) {
+                return Err(AddressError::Syntax);
+            }
+            out.push(c);
+        }
+        if out.is_empty() {
+            return Err(AddressError::Syntax);
+        }
+        return Ok(out);
+    }
+    Err(AddressError::Syntax)
+}
+
+/// Domain (LDH labels) or address literal (`[1.2.3.4]`, `[IPv6:...]`).
+pub fn is_valid_domain(d: &str) -> bool {
+    if d.is_empty() || d.len() > MAX_DOMAIN {
+        return false;
+    }
+    if let Some(lit) = d.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        if let Some(v6) = lit
+            .strip_prefix("IPv6:")
+            .or_else(|| lit.strip_prefix("ipv6:"))
+        {
+            return v6.parse::<std::net::Ipv6Addr>().is_ok();
+        }
+        return lit.parse::<std::net::Ipv4Addr>().is_ok();
+    }
+    d.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Address {
+        parse_path(s).unwrap().unwrap()
+    }
+
+    #[test]
+    fn plain_and_null() {
+        assert_eq!(
+            addr("<User@Example.COM>"),
+            Address {
+                local: "User".into(),
+                domain: "example.com".into()
+            }
+        );
+        assert_eq!(parse_path("<>"), Ok(None));
+    }
+
+    #[test]
+    fn source_route_is_stripped() {
+        assert_eq!(addr("<@a.example,@b.example:joe@c.example>").to_string(), "joe@c.example");
+        assert_eq!(parse_path("<@a.example joe@c>"), Err(AddressError::Syntax));
+    }
+
+    #[test]
+    fn percent_and_bang_are_just_characters() {
+        let a = addr("<user%other.example@local.example>");
+        assert_eq!(a.local, "user%other.example");
+        assert_eq!(a.domain, "local.example");
+        assert_eq!(addr("<a!b@x.example>").local, "a!b");
+    }
+
+    #[test]
+    fn quoted_local_part() {
+        let a = addr("<\"john doe\"@x.example>");
+        assert_eq!(a.local, "john doe");
+        assert_eq!(a.to_string(), "\"john doe\"@x.example");
+        assert_eq!(addr("<\"a@b\"@x.example>").local, "a@b");
+    }
+
+    #[test]
+    fn rejects() {
+        for bad in [
+            "user@x.example",
+            "<user>",
+            "<user@>",
+            "<@x.example>",
+            "<.user@x.example>",
+            "<us..er@x.example>",
+            "<user@-x.example>",
+            "<user@x..example>",
+            "<us er@x.example>",
+            "<user@x_y.example>",
+        ] {
+            assert!(parse_path(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_path("<usér@x.example>"), Err(AddressError::NonAscii));
+    }
+
+    #[test]
+    fn length_limits() {
+        let local = "a".repeat(65);
+        assert_eq!(parse_path(&format!("<{local}@x.example>")), Err(AddressError::TooLong));
+        let ok = "a".repeat(64);
+        assert!(parse_path(&format!("<{ok}@x.example>")).is_ok());
+        let long = format!("<a@{}.example>", "b".repeat(260));
+        assert_eq!(parse_path(&long), Err(AddressError::TooLong));
+    }
+
+    #[test]
+    fn address_literals() {
+        assert!(parse_path("<a@[127.0.0.1]>").is_ok());
+        assert!(parse_path("<a@[IPv6:::1]>").is_ok());
+        assert!(parse_path("<a@[300.0.0.1]>").is_err());
+    }
+
+    #[test]
+    fn user_strips_extension() {
+        assert_eq!(addr("<joe+lists@x.example>").user(), "joe");
+        assert_eq!(addr("<+joe@x.example>").user(), "+joe");
+    }
+}

@@ -1,0 +1,8 @@
+//! SMTP protocol machines, all sans-IO: the command and reply codecs, the
+//! DATA decoder, the server session and the client session.
+
+pub mod address;
+pub mod command;
+pub mod data;
+pub mod reply;
+pub mod server;

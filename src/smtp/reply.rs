@@ -1,0 +1,197 @@
+//! The one reply table of the SMTP server.
+//!
+//! Every reply tern's server sends is a constant here or is built by a
+//! function here, so codes, enhanced status codes (RFC 3463, announced with
+//! ENHANCEDSTATUSCODES, RFC 2034) and wording stay consistent. The enhanced
+//! code is only written once the client used EHLO (RFC 2034 §3: the client
+//! asked for extensions); HELO clients get the classic form.
+//!
+//! Internal errors become replies through `From` impls next to the error
+//! types (e.g. the spool's error maps to 451/452 here, not at the call site).
+
+use std::borrow::Cow;
+
+/// One SMTP reply: basic code, enhanced status code ("" when none applies),
+/// and text. Multi-line replies (EHLO) are written by [`write_multiline`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub status: &'static str,
+    pub text: Cow<'static, str>,
+}
+
+impl Reply {
+    pub const fn new(code: u16, status: &'static str, text: &'static str) -> Reply {
+        Reply {
+            code,
+            status,
+            text: Cow::Borrowed(text),
+        }
+    }
+
+    pub fn with_text(code: u16, status: &'static str, text: String) -> Reply {
+        Reply {
+            code,
+            status,
+            text: Cow::Owned(text),
+        }
+    }
+
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+
+    /// Appends the reply in wire form. `enhanced` says whether the client
+    /// used EHLO and so gets the RFC 3463 code.
+    pub fn write_to(&self, out: &mut Vec<u8>, enhanced: bool) {
+        out.extend_from_slice(self.code.to_string().as_bytes());
+        out.push(b' ');
+        if enhanced && !self.status.is_empty() {
+            out.extend_from_slice(self.status.as_bytes());
+            out.push(b' ');
+        }
+        out.extend_from_slice(self.text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.status.is_empty() {
+            write!(f, "{} {}", self.code, self.text)
+        } else {
+            write!(f, "{} {} {}", self.code, self.status, self.text)
+        }
+    }
+}
+
+/// Writes a multi-line reply (`250-first`, ..., `250 last`).
+pub fn write_multiline(out: &mut Vec<u8>, code: u16, lines: &[&str]) {
+    for (i, line) in lines.iter().enumerate() {
+        out.extend_from_slice(code.to_string().as_bytes());
+        out.push(if i + 1 == lines.len() { b' ' } else { b'-' });
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+// --- greetings and session -------------------------------------------------
+
+pub fn greeting(hostname: &str) -> Reply {
+    Reply::with_text(220, "", format!("{hostname} ESMTP tern"))
+}
+pub fn helo_ok(hostname: &str) -> Reply {
+    Reply::with_text(250, "", hostname.to_string())
+}
+pub fn bye(hostname: &str) -> Reply {
+    Reply::with_text(221, "2.0.0", format!("{hostname} closing connection"))
+}
+pub fn shutting_down(hostname: &str) -> Reply {
+    Reply::with_text(
+        421,
+        "4.3.2",
+        format!("{hostname} Service shutting down, try again later"),
+    )
+}
+pub fn timeout(hostname: &str) -> Reply {
+    Reply::with_text(
+        421,
+        "4.4.2",
+        format!("{hostname} Timeout exceeded, closing connection"),
+    )
+}
+pub fn too_many_connections(hostname: &str) -> Reply {
+    Reply::with_text(
+        421,
+        "4.7.0",
+        format!("{hostname} Too many connections, try again later"),
+    )
+}
+pub fn too_many_errors(hostname: &str) -> Reply {
+    Reply::with_text(
+        421,
+        "4.7.0",
+        format!("{hostname} Too many errors, closing connection"),
+    )
+}
+
+// --- positive ---------------------------------------------------------------
+
+pub const OK: Reply = Reply::new(250, "2.0.0", "Ok");
+pub const SENDER_OK: Reply = Reply::new(250, "2.1.0", "Sender ok");
+pub const RECIPIENT_OK: Reply = Reply::new(250, "2.1.5", "Recipient ok");
+pub const RESET_OK: Reply = Reply::new(250, "2.0.0", "Reset state");
+pub const VRFY_CANNOT: Reply = Reply::new(
+    252,
+    "2.5.2",
+    "Cannot VRFY user, but will accept message and attempt delivery",
+);
+pub const HELP: Reply = Reply::new(
+    214,
+    "2.0.0",
+    "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+);
+pub const START_DATA: Reply = Reply::new(354, "", "End data with <CR><LF>.<CR><LF>");
+
+pub fn queued(id: &str) -> Reply {
+    Reply::with_text(250, "2.0.0", format!("Ok: queued as {id}"))
+}
+
+// --- syntax and sequence (5.5.x) --------------------------------------------
+
+pub const UNKNOWN_COMMAND: Reply = Reply::new(500, "5.5.2", "Error: command not recognized");
+pub const LINE_TOO_LONG: Reply = Reply::new(500, "5.5.2", "Error: line too long");
+pub const SYNTAX_PARAMS: Reply = Reply::new(501, "5.5.4", "Syntax error in parameters or arguments");
+pub const SYNTAX_HELO: Reply = Reply::new(501, "5.5.4", "Syntax: EHLO hostname");
+pub const SYNTAX_MAIL: Reply = Reply::new(501, "5.5.4", "Syntax: MAIL FROM:<address>");
+pub const SYNTAX_RCPT: Reply = Reply::new(501, "5.5.4", "Syntax: RCPT TO:<address>");
+pub const BAD_SENDER: Reply = Reply::new(553, "5.1.7", "Bad sender address syntax");
+pub const BAD_RECIPIENT: Reply = Reply::new(553, "5.1.3", "Bad recipient address syntax");
+pub const NOT_IMPLEMENTED: Reply = Reply::new(502, "5.5.1", "Error: command not implemented");
+pub const UNKNOWN_PARAMETER: Reply =
+    Reply::new(555, "5.5.4", "Unsupported MAIL/RCPT parameter");
+pub const NEED_HELO: Reply = Reply::new(503, "5.5.1", "Error: send HELO/EHLO first");
+pub const NESTED_MAIL: Reply = Reply::new(503, "5.5.1", "Error: nested MAIL command");
+pub const NEED_MAIL: Reply = Reply::new(503, "5.5.1", "Error: need MAIL command");
+pub const NEED_RCPT: Reply = Reply::new(503, "5.5.1", "Error: need RCPT command");
+pub const NON_ASCII: Reply = Reply::new(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
+
+// --- policy and limits ------------------------------------------------------
+
+pub const RELAY_DENIED: Reply = Reply::new(554, "5.7.1", "Relay access denied");
+pub const USER_UNKNOWN: Reply = Reply::new(550, "5.1.1", "Recipient address rejected: user unknown");
+pub const TOO_MANY_RECIPIENTS: Reply = Reply::new(452, "4.5.3", "Error: too many recipients");
+pub const MESSAGE_TOO_BIG: Reply =
+    Reply::new(552, "5.3.4", "Error: message exceeds fixed maximum message size");
+pub const DATA_LINE_TOO_LONG: Reply =
+    Reply::new(554, "5.6.0", "Error: message line longer than 1000 octets");
+pub const TOO_MANY_HOPS: Reply =
+    Reply::new(554, "5.4.6", "Error: too many hops (mail loop?)");
+pub const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0", "Authentication required");
+
+// --- local trouble -----------------------------------------------------------
+
+pub const LOCAL_ERROR: Reply = Reply::new(451, "4.3.0", "Error: local error in processing");
+pub const NO_SPACE: Reply = Reply::new(452, "4.3.1", "Error: insufficient system storage");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enhanced_codes_only_after_ehlo() {
+        let mut out = Vec::new();
+        RELAY_DENIED.write_to(&mut out, true);
+        assert_eq!(out, b"554 5.7.1 Relay access denied\r\n");
+        out.clear();
+        RELAY_DENIED.write_to(&mut out, false);
+        assert_eq!(out, b"554 Relay access denied\r\n");
+    }
+
+    #[test]
+    fn multiline() {
+        let mut out = Vec::new();
+        write_multiline(&mut out, 250, &["host", "PIPELINING", "8BITMIME"]);
+        assert_eq!(out, b"250-host\r\n250-PIPELINING\r\n250 8BITMIME\r\n");
+    }
+}

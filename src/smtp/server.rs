@@ -1,0 +1,847 @@
+//! The SMTP server session, sans-IO (RFC 5321 §3, §4; RFC 1870 SIZE,
+//! RFC 6152 8BITMIME, RFC 2920 PIPELINING, RFC 2034 ENHANCEDSTATUSCODES).
+//!
+//! Bytes and `now` go in through [`ServerSession::handle_input`]; reply bytes
+//! ([`ServerSession::output`]), decoded message bytes ([`ServerSession::body`]),
+//! events ([`ServerSession::poll_event`]) and the next deadline
+//! ([`ServerSession::deadline`]) come out. The driver owns the socket and the
+//! spool file; the session owns the protocol.
+//!
+//! The states are what the session waits for:
+//!
+//! | state        | waits for                                  | leaves on |
+//! |--------------|--------------------------------------------|-----------|
+//! | `Command`    | a command line                             | DATA, QUIT, too many errors, timeout |
+//! | `SpoolOpen`  | the driver: `data_started` / `data_refused`| either call |
+//! | `Data`       | message octets until `CRLF.CRLF`           | end of data (→ `Commit` or error reply) |
+//! | `Discard`    | message octets, thrown away                | end of data (→ the stored error reply) |
+//! | `Commit`     | the driver: `committed` after the group sync| that call |
+//! | `Closing`    | nothing: output is flushed, then closed    | — |
+//!
+//! PIPELINING falls out of the design: commands are handled in order as
+//! they arrive and replies are appended in order. Input stops being consumed
+//! while the session waits for the driver or while unread replies exceed
+//! [`OUTPUT_HIGH_WATER`], so a client that never reads cannot grow memory.
+//!
+//! Not supported here: AUTH and STARTTLS (answered 502 until TLS lands),
+//! SMTPUTF8, DSN, CHUNKING.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use super::address::Address;
+use super::command::{parse_command, Body, Command, MailParams};
+use super::data::{DataDecoder, DataSummary, MAX_LINE};
+use super::reply::{self, Reply};
+
+/// Unread replies beyond this stop the session from reading more commands.
+pub const OUTPUT_HIGH_WATER: usize = 8 * 1024;
+
+/// What kind of listener accepted the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Port 25 style: relay for trusted networks, local delivery for all.
+    Relay,
+    /// Port 587 style (RFC 6409): AUTH required before MAIL.
+    Submission,
+}
+
+/// Per-process settings shared by all sessions.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub hostname: String,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_errors: usize,
+    pub hop_limit: usize,
+    pub timeout: Duration,
+}
+
+/// Decisions the session cannot make alone (they depend on configuration
+/// and local tables). Implemented by the daemon; tests use a small fake.
+pub trait Policy {
+    /// `relay_allowed`: the client may send to non-local domains.
+    fn check_recipient(&self, rcpt: &Address, relay_allowed: bool) -> Result<(), Reply>;
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// DATA was accepted: open a spool file, then call `data_started` or
+    /// `data_refused`.
+    DataStart,
+    /// The message ended cleanly: make it durable, then call `committed`.
+    Commit,
+    /// The message in progress is refused or abandoned: discard its file.
+    Abort,
+}
+
+/// The transaction as it stands after RCPT, read by the driver at
+/// `DataStart` to write the envelope.
+#[derive(Clone, Debug, Default)]
+pub struct Envelope {
+    /// `None` is the null reverse-path `<>`.
+    pub sender: Option<Address>,
+    pub recipients: Vec<Address>,
+    pub eight_bit_declared: bool,
+}
+
+#[derive(Debug)]
+enum State {
+    Command,
+    SpoolOpen,
+    Data(DataDecoder),
+    Discard(DataDecoder, Reply),
+    Commit(DataSummary),
+    Closing,
+}
+
+pub struct ServerSession {
+    cfg: SessionConfig,
+    kind: ListenerKind,
+    peer: IpAddr,
+    relay_allowed: bool,
+    state: State,
+    helo: Option<String>,
+    esmtp: bool,
+    mail: Option<Envelope>,
+    line: Vec<u8>,
+    line_overflow: bool,
+    out: Vec<u8>,
+    body: Vec<u8>,
+    events: VecDeque<Event>,
+    errors: usize,
+    deadline: Instant,
+}
+
+impl ServerSession {
+    /// A new session; the greeting is already in the output.
+    pub fn new(
+        cfg: SessionConfig,
+        kind: ListenerKind,
+        peer: IpAddr,
+        relay_allowed: bool,
+        now: Instant,
+    ) -> ServerSession {
+        let mut s = ServerSession {
+            deadline: now + cfg.timeout,
+            cfg,
+            kind,
+            peer,
+            relay_allowed,
+            state: State::Command,
+            helo: None,
+            esmtp: false,
+            mail: None,
+            line: Vec::with_capacity(128),
+            line_overflow: false,
+            out: Vec::new(),
+            body: Vec::new(),
+            events: VecDeque::new(),
+            errors: 0,
+        };
+        let greeting = reply::greeting(&s.cfg.hostname);
+        s.reply(&greeting);
+        s
+    }
+
+    /// A session refused at accept time (too many connections): it only
+    /// says 421 and closes.
+    pub fn refuse(cfg: SessionConfig, peer: IpAddr, why: Reply, now: Instant) -> ServerSession {
+        let mut s = ServerSession::new(cfg, ListenerKind::Relay, peer, false, now);
+        s.out.clear();
+        s.reply(&why);
+        s.state = State::Closing;
+        s
+    }
+
+    // --- driver interface ---------------------------------------------------
+
+    /// Consumes as much of `input` as the session can take now and returns
+    /// the count; the driver keeps the rest for the next call.
+    pub fn handle_input(&mut self, input: &[u8], now: Instant, policy: &dyn Policy) -> usize {
+        let mut used = 0;
+        while used < input.len() {
+            match &mut self.state {
+                State::Closing => return input.len(),
+                State::SpoolOpen | State::Commit(_) => break,
+                State::Data(dec) | State::Discard(dec, _) => {
+                    used += dec.decode(&input[used..], &mut self.body);
+                    if dec.is_done() {
+                        self.end_of_data();
+                    }
+                }
+                State::Command => {
+                    if self.out.len() >= OUTPUT_HIGH_WATER {
+                        break;
+                    }
+                    used += self.read_line(&input[used..], policy);
+                }
+            }
+        }
+        if used > 0 {
+            self.deadline = now + self.cfg.timeout;
+        }
+        used
+    }
+
+    /// Reply bytes waiting to be written.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    pub fn consume_output(&mut self, n: usize) {
+        self.out.drain(..n);
+    }
+
+    /// Decoded message bytes for the spool file (stored form, CRLF lines).
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    pub fn clear_body(&mut self) {
+        self.body.clear();
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The transaction, valid between `DataStart` and `committed`.
+    pub fn envelope(&self) -> Option<&Envelope> {
+        self.mail.as_ref()
+    }
+
+    pub fn helo_name(&self) -> &str {
+        self.helo.as_deref().unwrap_or("unknown")
+    }
+
+    pub fn peer(&self) -> IpAddr {
+        self.peer
+    }
+
+    pub fn summary(&self) -> Option<&DataSummary> {
+        match &self.state {
+            State::Commit(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The spool file is open: send 354 and the `Received:` header first.
+    pub fn data_started(&mut self, queue_id: &str, date: &str) {
+        if !matches!(self.state, State::SpoolOpen) {
+            return;
+        }
+        self.reply(&reply::START_DATA);
+        let proto = if self.esmtp { "ESMTP" } else { "SMTP" };
+        let for_clause = match self.mail.as_ref().map(|m| m.recipients.as_slice()) {
+            Some([only]) => format!("\r\n\tfor <{only}>"),
+            _ => String::new(),
+        };
+        let received = format!(
+            "Received: from {} ([{}])\r\n\tby {} (tern) with {} id {}{}; {}\r\n",
+            sanitize(self.helo_name()),
+            self.peer,
+            self.cfg.hostname,
+            proto,
+            queue_id,
+            for_clause,
+            date
+        );
+        self.body.extend_from_slice(received.as_bytes());
+        self.state = State::Data(DataDecoder::new(self.cfg.max_message_size));
+    }
+
+    /// The spool could not take the message: refuse DATA.
+    pub fn data_refused(&mut self, why: Reply) {
+        if matches!(self.state, State::SpoolOpen) {
+            self.reply(&why);
+            self.mail = None;
+            self.state = State::Command;
+        }
+    }
+
+    /// Writing the body failed mid-stream (e.g. ENOSPC): swallow the rest of
+    /// the message and answer `why` at its end.
+    pub fn spool_failed(&mut self, why: Reply) {
+        if let State::Data(_) = self.state {
+            let State::Data(dec) = std::mem::replace(&mut self.state, State::Closing) else {
+                return;
+            };
+            self.state = State::Discard(dec, why);
+            self.body.clear();
+            self.events.push_back(Event::Abort);
+        }
+    }
+
+    /// The group commit finished: `Ok(id)` means durable.
+    pub fn committed(&mut self, result: Result<&str, Reply>) {
+        if let State::Commit(_) = self.state {
+            match result {
+                Ok(id) => self.reply(&reply::queued(id)),
+                Err(why) => self.reply(&why),
+            }
+            self.mail = None;
+            self.state = State::Command;
+        }
+    }
+
+    /// The deadline for the client to say something, if one runs now.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Command | State::Data(_) | State::Discard(..) => Some(self.deadline),
+            _ => None,
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.deadline().is_some_and(|d| now >= d) {
+            let r = reply::timeout(&self.cfg.hostname);
+            self.close_with(&r);
+        }
+    }
+
+    /// Graceful shutdown: 421 now unless a commit is in flight (that one
+    /// completes first, and the session closes right after its reply).
+    pub fn shutdown(&mut self) {
+        match self.state {
+            State::Commit(_) | State::Closing => {}
+            _ => {
+                let r = reply::shutting_down(&self.cfg.hostname);
+                self.close_with(&r);
+            }
+        }
+    }
+
+    /// Nothing more will be read; close once the output is written.
+    pub fn is_closing(&self) -> bool {
+        matches!(self.state, State::Closing)
+    }
+
+    /// The peer went away: abandon any message in progress.
+    pub fn connection_lost(&mut self) {
+        if matches!(self.state, State::Data(_) | State::SpoolOpen) {
+            self.events.push_back(Event::Abort);
+        }
+        self.state = State::Closing;
+    }
+
+    /// Waiting for the driver (spool open or commit), not for the client.
+    pub fn is_waiting_for_driver(&self) -> bool {
+        matches!(self.state, State::SpoolOpen | State::Commit(_))
+    }
+
+    // --- command phase ------------------------------------------------------
+
+    fn read_line(&mut self, input: &[u8], policy: &dyn Policy) -> usize {
+        let (chunk, complete) = match input.iter().position(|&b| b == b'\n') {
+            Some(i) => (&input[..=i], true),
+            None => (input, false),
+        };
+        if !self.line_overflow {
+            if self.line.len() + chunk.len() > MAX_LINE {
+                self.line_overflow = true;
+                self.line.clear();
+            } else {
+                self.line.extend_from_slice(chunk);
+            }
+        }
+        if complete {
+            if self.line_overflow {
+                self.line_overflow = false;
+                self.error(&reply::LINE_TOO_LONG);
+            } else {
+                let mut line = std::mem::take(&mut self.line);
+                line.pop(); // LF
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                self.command(&line, policy);
+                line.clear();
+                self.line = line;
+            }
+        }
+        chunk.len()
+    }
+
+    fn command(&mut self, line: &[u8], policy: &dyn Policy) {
+        let cmd = match parse_command(line) {
+            Ok(c) => c,
+            Err(r) => return self.error(&r),
+        };
+        match cmd {
+            Command::Helo(name) => {
+                self.esmtp = false;
+                self.greeted(name);
+                let r = reply::helo_ok(&self.cfg.hostname);
+                self.reply(&r);
+            }
+            Command::Ehlo(name) => {
+                self.esmtp = true;
+                self.greeted(name);
+                let size = format!("SIZE {}", self.cfg.max_message_size);
+                let lines = [
+                    self.cfg.hostname.as_str(),
+                    "PIPELINING",
+                    size.as_str(),
+                    "8BITMIME",
+                    "ENHANCEDSTATUSCODES",
+                ];
+                reply::write_multiline(&mut self.out, 250, &lines);
+            }
+            Command::Mail(sender, params) => self.mail(sender, params),
+            Command::Rcpt(rcpt) => self.rcpt(rcpt, policy),
+            Command::Data => self.data(),
+            Command::Rset => {
+                self.mail = None;
+                self.reply(&reply::RESET_OK);
+            }
+            Command::Noop => self.reply(&reply::OK),
+            Command::Vrfy => self.reply(&reply::VRFY_CANNOT),
+            Command::Help => self.reply(&reply::HELP),
+            Command::Quit => {
+                let r = reply::bye(&self.cfg.hostname);
+                self.reply(&r);
+                self.state = State::Closing;
+            }
+            Command::StartTls | Command::Auth(_) => self.error(&reply::NOT_IMPLEMENTED),
+        }
+    }
+
+    fn greeted(&mut self, name: String) {
+        self.helo = Some(name);
+        self.mail = None;
+    }
+
+    fn mail(&mut self, sender: Option<Address>, params: MailParams) {
+        if self.helo.is_none() {
+            return self.error(&reply::NEED_HELO);
+        }
+        if self.mail.is_some() {
+            return self.error(&reply::NESTED_MAIL);
+        }
+        if self.kind == ListenerKind::Submission {
+            return self.error(&reply::AUTH_REQUIRED);
+        }
+        if params.size.is_some_and(|s| s > self.cfg.max_message_size) {
+            return self.reply(&reply::MESSAGE_TOO_BIG);
+        }
+        self.mail = Some(Envelope {
+            sender,
+            recipients: Vec::new(),
+            eight_bit_declared: params.body == Body::EightBitMime,
+        });
+        self.reply(&reply::SENDER_OK);
+    }
+
+    fn rcpt(&mut self, rcpt: Option<Address>, policy: &dyn Policy) {
+        let Some(mail) = self.mail.as_ref() else {
+            return self.error(&reply::NEED_MAIL);
+        };
+        if mail.recipients.len() >= self.cfg.max_recipients {
+            return self.reply(&reply::TOO_MANY_RECIPIENTS);
+        }
+        let rcpt = rcpt.unwrap_or_else(|| Address {
+            local: "postmaster".into(),
+            domain: self.cfg.hostname.to_ascii_lowercase(),
+        });
+        match policy.check_recipient(&rcpt, self.relay_allowed) {
+            Ok(()) => {
+                if let Some(mail) = self.mail.as_mut() {
+                    if !mail.recipients.contains(&rcpt) {
+                        mail.recipients.push(rcpt);
+                    }
+                }
+                self.reply(&reply::RECIPIENT_OK);
+            }
+            Err(r) => self.reply(&r),
+        }
+    }
+
+    fn data(&mut self) {
+        match &self.mail {
+            None => self.error(&reply::NEED_MAIL),
+            Some(m) if m.recipients.is_empty() => self.error(&reply::NEED_RCPT),
+            Some(_) => {
+                self.state = State::SpoolOpen;
+                self.events.push_back(Event::DataStart);
+            }
+        }
+    }
+
+    fn end_of_data(&mut self) {
+        let state = std::mem::replace(&mut self.state, State::Command);
+        match state {
+            State::Data(dec) => {
+                let s = dec.summary().clone();
+                let refusal = if s.oversize {
+                    Some(reply::MESSAGE_TOO_BIG)
+                } else if s.line_too_long {
+                    Some(reply::DATA_LINE_TOO_LONG)
+                } else if s.received_headers > self.cfg.hop_limit {
+                    Some(reply::TOO_MANY_HOPS)
+                } else {
+                    None
+                };
+                match refusal {
+                    Some(r) => {
+                        self.events.push_back(Event::Abort);
+                        self.body.clear();
+                        self.mail = None;
+                        self.reply(&r);
+                    }
+                    None => {
+                        self.state = State::Commit(s);
+                        self.events.push_back(Event::Commit);
+                    }
+                }
+            }
+            State::Discard(_, why) => {
+                self.mail = None;
+                self.reply(&why);
+            }
+            other => self.state = other,
+        }
+    }
+
+    // --- replies ------------------------------------------------------------
+
+    fn reply(&mut self, r: &Reply) {
+        r.write_to(&mut self.out, self.esmtp);
+    }
+
+    fn error(&mut self, r: &Reply) {
+        self.reply(r);
+        self.errors += 1;
+        if self.errors >= self.cfg.max_errors {
+            let r = reply::too_many_errors(&self.cfg.hostname);
+            self.close_with(&r);
+        }
+    }
+
+    fn close_with(&mut self, r: &Reply) {
+        if matches!(self.state, State::Data(_) | State::Discard(..) | State::SpoolOpen) {
+            self.events.push_back(Event::Abort);
+        }
+        self.reply(r);
+        self.state = State::Closing;
+    }
+}
+
+/// HELO names go into a header: keep them to safe printable characters.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .take(255)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TestPolicy;
+    impl Policy for TestPolicy {
+        fn check_recipient(&self, rcpt: &Address, relay_allowed: bool) -> Result<(), Reply> {
+            if rcpt.domain.ends_with("local.test") {
+                if rcpt.local == "nobody" {
+                    Err(reply::USER_UNKNOWN)
+                } else {
+                    Ok(())
+                }
+            } else if relay_allowed {
+                Ok(())
+            } else {
+                Err(reply::RELAY_DENIED)
+            }
+        }
+    }
+
+    fn cfg() -> SessionConfig {
+        SessionConfig {
+            hostname: "mx.local.test".into(),
+            max_message_size: 2000,
+            max_recipients: 3,
+            max_errors: 6,
+            hop_limit: 3,
+            timeout: Duration::from_secs(300),
+        }
+    }
+
+    /// A test harness: the session plus a fake driver that "opens" a spool
+    /// file, stores the body and commits at once.
+    struct Harness {
+        s: ServerSession,
+        now: Instant,
+        pending: Vec<u8>,
+        stored: Vec<u8>,
+        committed: Vec<Vec<u8>>,
+        aborted: usize,
+        fail_commit: bool,
+    }
+
+    impl Harness {
+        fn new(relay: bool) -> Harness {
+            let now = Instant::now();
+            Harness {
+                s: ServerSession::new(cfg(), ListenerKind::Relay, "192.0.2.1".parse().unwrap(), relay, now),
+                now,
+                pending: Vec::new(),
+                stored: Vec::new(),
+                committed: Vec::new(),
+                aborted: 0,
+                fail_commit: false,
+            }
+        }
+
+        fn send(&mut self, bytes: &[u8]) {
+            self.pending.extend_from_slice(bytes);
+            loop {
+                let n = self.s.handle_input(&self.pending, self.now, &TestPolicy);
+                self.pending.drain(..n);
+                self.stored.extend_from_slice(self.s.body());
+                self.s.clear_body();
+                let mut progressed = false;
+                while let Some(ev) = self.s.poll_event() {
+                    progressed = true;
+                    match ev {
+                        Event::DataStart => self.s.data_started("ABC123", "Sun, 29 Nov 2026 00:00:00 +0000"),
+                        Event::Commit => {
+                            self.stored.extend_from_slice(self.s.body());
+                            self.s.clear_body();
+                            if self.fail_commit {
+                                self.s.committed(Err(reply::NO_SPACE));
+                            } else {
+                                self.committed.push(std::mem::take(&mut self.stored));
+                                self.s.committed(Ok("ABC123"));
+                            }
+                        }
+                        Event::Abort => {
+                            self.aborted += 1;
+                            self.stored.clear();
+                        }
+                    }
+                }
+                if !progressed && (n == 0 || self.pending.is_empty()) {
+                    break;
+                }
+            }
+        }
+
+        fn take_output(&mut self) -> String {
+            let out = String::from_utf8(self.s.output().to_vec()).unwrap();
+            let n = out.len();
+            self.s.consume_output(n);
+            out
+        }
+
+        fn codes(&mut self) -> Vec<u16> {
+            self.take_output()
+                .lines()
+                .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+                .map(|l| l[..3].parse().unwrap())
+                .collect()
+        }
+    }
+
+    const TXN: &[u8] = b"EHLO client.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<joe@local.test>\r\nDATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n";
+
+    #[test]
+    fn greeting_then_full_pipelined_transaction() {
+        let mut h = Harness::new(false);
+        h.send(TXN);
+        assert_eq!(h.codes(), vec![220, 250, 250, 250, 354, 250, 221]);
+        assert!(h.s.is_closing());
+        assert_eq!(h.committed.len(), 1);
+        let msg = String::from_utf8(h.committed[0].clone()).unwrap();
+        assert!(msg.starts_with("Received: from client.test ([192.0.2.1])\r\n\tby mx.local.test (tern) with ESMTP id ABC123\r\n\tfor <joe@local.test>; Sun, 29 Nov 2026"), "{msg}");
+        assert!(msg.ends_with("Subject: hi\r\n\r\nbody\r\n"));
+    }
+
+    #[test]
+    fn pipelined_input_split_at_every_byte() {
+        let mut whole = Harness::new(false);
+        whole.send(TXN);
+        let expected_out = whole.take_output();
+        let expected_msg = whole.committed.clone();
+        for cut in 1..TXN.len() {
+            let mut h = Harness::new(false);
+            h.send(&TXN[..cut]);
+            h.send(&TXN[cut..]);
+            assert_eq!(h.take_output(), expected_out, "cut {cut}");
+            assert_eq!(h.committed, expected_msg, "cut {cut}");
+        }
+        // And one byte at a time.
+        let mut h = Harness::new(false);
+        for b in TXN {
+            h.send(std::slice::from_ref(b));
+        }
+        assert_eq!(h.take_output(), expected_out);
+    }
+
+    #[test]
+    fn ehlo_advertises_extensions_and_helo_has_no_enhanced_codes() {
+        let mut h = Harness::new(false);
+        h.send(b"EHLO c\r\n");
+        let out = h.take_output();
+        assert!(out.contains("250-PIPELINING\r\n250-SIZE 2000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"), "{out}");
+        h.send(b"HELO c\r\nRCPT TO:<x@local.test>\r\n");
+        let out = h.take_output();
+        assert!(out.ends_with("503 Error: need MAIL command\r\n"), "{out}");
+    }
+
+    #[test]
+    fn sequence_errors() {
+        let mut h = Harness::new(false);
+        h.send(b"MAIL FROM:<a@b.test>\r\n");
+        assert_eq!(h.codes(), vec![220, 503]);
+        h.send(b"EHLO c\r\nDATA\r\nRCPT TO:<joe@local.test>\r\nMAIL FROM:<a@b.test>\r\nMAIL FROM:<a@b.test>\r\nDATA\r\n");
+        assert_eq!(h.codes(), vec![250, 503, 503, 250, 503, 503]);
+    }
+
+    #[test]
+    fn every_simple_command() {
+        let mut h = Harness::new(false);
+        h.send(b"EHLO c\r\nNOOP\r\nVRFY joe\r\nHELP\r\nRSET\r\nSTARTTLS\r\nAUTH PLAIN\r\nBOGUS\r\n");
+        assert_eq!(h.codes(), vec![220, 250, 250, 252, 214, 250, 502, 502, 500]);
+    }
+
+    #[test]
+    fn relay_policy() {
+        let mut h = Harness::new(false);
+        h.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@elsewhere.test>\r\nRCPT TO:<nobody@local.test>\r\nRCPT TO:<postmaster>\r\n");
+        let out = h.take_output();
+        assert!(out.contains("554 5.7.1 Relay access denied"), "{out}");
+        assert!(out.contains("550 5.1.1"), "{out}");
+        assert!(out.ends_with("250 2.1.5 Recipient ok\r\n"));
+        let mut h = Harness::new(true);
+        h.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@elsewhere.test>\r\n");
+        assert_eq!(h.codes(), vec![220, 250, 250, 250]);
+    }
+
+    #[test]
+    fn too_many_recipients() {
+        let mut h = Harness::new(false);
+        h.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n");
+        for i in 0..4 {
+            h.send(format!("RCPT TO:<u{i}@local.test>\r\n").as_bytes());
+        }
+        let out = h.take_output();
+        assert!(out.ends_with("452 4.5.3 Error: too many recipients\r\n"), "{out}");
+    }
+
+    #[test]
+    fn oversize_declared_and_streamed() {
+        let mut h = Harness::new(false);
+        h.send(b"EHLO c\r\nMAIL FROM:<a@b.test> SIZE=5000\r\n");
+        assert!(h.take_output().ends_with("552 5.3.4 Error: message exceeds fixed maximum message size\r\n"));
+        h.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<j@local.test>\r\nDATA\r\n");
+        let big = vec![b'x'; 900];
+        for _ in 0..3 {
+            h.send(&big);
+            h.send(b"\r\n");
+        }
+        h.send(b".\r\nNOOP\r\n");
+        let out = h.take_output();
+        assert!(out.contains("552 5.3.4"), "{out}");
+        assert!(out.ends_with("250 2.0.0 Ok\r\n"), "session survives: {out}");
+        assert_eq!(h.aborted, 1);
+        assert!(h.committed.is_empty());
+    }
+
+    #[test]
+    fn long_command_line_and_long_data_line() {
+        let mut h = Harness::new(false);
+        let mut long = b"NOOP ".to_vec();
+        long.extend(std::iter::repeat(b'a').take(1200));
+        long.extend_from_slice(b"\r\nNOOP\r\n");
+        h.send(&long);
+        assert_eq!(h.codes(), vec![220, 500, 250]);
+        h.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<j@local.test>\r\nDATA\r\n");
+        let mut data = vec![b'y'; 1001];
+        data.extend_from_slice(b"\r\n.\r\nNOOP\r\n");
+        h.send(&data);
+        let out = h.take_output();
+        assert!(out.contains("554 5.6.0"), "{out}");
+        assert!(out.ends_with("250 2.0.0 Ok\r\n"));
+    }
+
+    #[test]
+    fn hop_limit() {
+        let mut h = Harness::new(false);
+        h.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<j@local.test>\r\nDATA\r\n");
+        h.send(b"Received: 1\r\nReceived: 2\r\nReceived: 3\r\nReceived: 4\r\n\r\nx\r\n.\r\n");
+        assert!(h.take_output().ends_with("554 5.4.6 Error: too many hops (mail loop?)\r\n"));
+        assert!(h.committed.is_empty());
+    }
+
+    #[test]
+    fn commit_failure_is_reported_and_session_goes_on() {
+        let mut h = Harness::new(false);
+        h.fail_commit = true;
+        h.send(TXN);
+        assert_eq!(h.codes(), vec![220, 250, 250, 250, 354, 452, 221]);
+    }
+
+    #[test]
+    fn smuggled_end_is_content() {
+        let mut h = Harness::new(false);
+        h.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<j@local.test>\r\nDATA\r\nhi\n.\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<j@local.test>\r\nDATA\r\nevil\r\n.\r\n");
+        assert_eq!(h.committed.len(), 1);
+        let msg = String::from_utf8(h.committed[0].clone()).unwrap();
+        assert!(msg.contains("hi\r\n\r\nMAIL FROM:<evil@x.test>\r\n"), "{msg}");
+        assert_eq!(h.codes(), vec![220, 250, 250, 250, 354, 250]);
+    }
+
+    #[test]
+    fn too_many_errors_closes() {
+        let mut h = Harness::new(false);
+        h.send(b"A\r\nB\r\nC\r\nD\r\nE\r\nF\r\nG\r\n");
+        let out = h.take_output();
+        assert!(out.ends_with("421 mx.local.test Too many errors, closing connection\r\n"), "{out}");
+        assert!(h.s.is_closing());
+    }
+
+    #[test]
+    fn timeout_in_command_and_data() {
+        let mut h = Harness::new(false);
+        let t0 = h.now;
+        h.s.handle_timeout(t0 + Duration::from_secs(299));
+        assert!(!h.s.is_closing());
+        h.s.handle_timeout(t0 + Duration::from_secs(300));
+        assert!(h.s.is_closing());
+        assert!(h.take_output().ends_with("421 mx.local.test Timeout exceeded, closing connection\r\n"));
+
+        let mut h = Harness::new(false);
+        h.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<j@local.test>\r\nDATA\r\npartial");
+        let d = h.s.deadline().unwrap();
+        h.s.handle_timeout(d);
+        assert_eq!(h.s.poll_event(), Some(Event::Abort));
+        assert!(h.s.is_closing());
+    }
+
+    #[test]
+    fn backpressure_when_client_does_not_read() {
+        let mut h = Harness::new(false);
+        let noops: Vec<u8> = b"NOOP\r\n".repeat(5000);
+        let n = h.s.handle_input(&noops, h.now, &TestPolicy);
+        assert!(n < noops.len());
+        assert!(h.s.output().len() < OUTPUT_HIGH_WATER + 64);
+    }
+
+    #[test]
+    fn submission_requires_auth() {
+        let now = Instant::now();
+        let mut s = ServerSession::new(cfg(), ListenerKind::Submission, "192.0.2.1".parse().unwrap(), false, now);
+        s.handle_input(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n", now, &TestPolicy);
+        assert!(String::from_utf8_lossy(s.output()).ends_with("530 5.7.0 Authentication required\r\n"));
+    }
+
+    #[test]
+    fn shutdown_says_421() {
+        let mut h = Harness::new(false);
+        h.s.shutdown();
+        assert!(h.take_output().ends_with("421 mx.local.test Service shutting down, try again later\r\n"));
+        assert!(h.s.is_closing());
+    }
+}
