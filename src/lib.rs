@@ -1,2 +1,5 @@
 //! tern
+pub mod queue;
+pub mod reactor;
 pub mod smtp;
+pub mod spool;

@@ -1,0 +1,368 @@
+//! The reactor: the only code that imports mio.
+//!
+//! It owns every socket (listeners, TCP connections, UDP sockets for DNS),
+//! one timer heap for the whole process and the signal self-pipe. Callers
+//! hold [`SockId`] handles (slab index + generation, so a stale handle to a
+//! reused slot is detected) and get [`Event`]s back from [`Reactor::poll`].
+//!
+//! Rules that keep the single thread fair (mio's edge-triggered contract):
+//! readiness is remembered per socket until the owner drains it to
+//! `WouldBlock`; the owner bounds the work it does per wakeup and may leave
+//! readiness set, in which case the next `poll` does not sleep and reports
+//! the socket again. Timers are data: `(deadline, key)` pairs; cancellation is
+//! lazy (the owner compares with its current deadline when one fires).
+
+pub mod signals;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Interest, Poll, Token};
+
+/// Connections accepted per listener per wakeup, so one flood of connects
+/// cannot starve established sessions.
+pub const ACCEPT_BATCH: usize = 64;
+/// Upper bound on events handled per `poll`.
+pub const EVENT_CAPACITY: usize = 256;
+const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockId {
+    index: u32,
+    generation: u32,
+}
+
+enum Socket {
+    Listener(TcpListener),
+    Stream(TcpStream),
+    Udp(UdpSocket),
+}
+
+struct Slot {
+    generation: u32,
+    socket: Option<Socket>,
+    readable: bool,
+    writable: bool,
+    interest: Option<Interest>,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// A listener has pending connections: call [`Reactor::accept`].
+    Acceptable(SockId),
+    /// A stream or UDP socket may be read or written (or has an error).
+    Ready(SockId),
+    Signal(i32),
+}
+
+pub struct Reactor<K> {
+    poll: Poll,
+    events: mio::Events,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Sockets with remembered readiness the owner has not drained yet.
+    hot: Vec<SockId>,
+    timers: BinaryHeap<Reverse<(Instant, u64, K)>>,
+    timer_seq: u64,
+    signals: signals::SignalPipe,
+}
+
+impl<K: Ord + Copy> Reactor<K> {
+    pub fn new() -> io::Result<Reactor<K>> {
+        let poll = Poll::new()?;
+        let signals = signals::SignalPipe::install()?;
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&signals.read_fd()),
+            SIGNAL_TOKEN,
+            Interest::READABLE,
+        )?;
+        Ok(Reactor {
+            poll,
+            events: mio::Events::with_capacity(EVENT_CAPACITY),
+            slots: Vec::new(),
+            free: Vec::new(),
+            hot: Vec::new(),
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+            signals,
+        })
+    }
+
+    // --- sockets --------------------------------------------------------------
+
+    fn insert(&mut self, socket: Socket, interest: Interest) -> io::Result<SockId> {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    socket: None,
+                    readable: false,
+                    writable: false,
+                    interest: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.readable = false;
+        slot.writable = false;
+        slot.socket = Some(socket);
+        let id = SockId {
+            index,
+            generation: slot.generation,
+        };
+        let token = Token(index as usize);
+        let registry = self.poll.registry();
+        let res = match slot.socket.as_mut() {
+            Some(Socket::Listener(l)) => registry.register(l, token, interest),
+            Some(Socket::Stream(s)) => registry.register(s, token, interest),
+            Some(Socket::Udp(u)) => registry.register(u, token, interest),
+            None => Ok(()),
+        };
+        if let Err(e) = res {
+            slot.socket = None;
+            self.free.push(index);
+            return Err(e);
+        }
+        slot.interest = Some(interest);
+        Ok(id)
+    }
+
+    fn slot(&mut self, id: SockId) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(id.index as usize)
+            .filter(|s| s.generation == id.generation && s.socket.is_some())
+    }
+
+    pub fn listen(&mut self, addr: SocketAddr) -> io::Result<SockId> {
+        let l = TcpListener::bind(addr)?;
+        self.insert(Socket::Listener(l), Interest::READABLE)
+    }
+
+    pub fn local_addr(&mut self, id: SockId) -> Option<SocketAddr> {
+        match self.slot(id)?.socket.as_ref()? {
+            Socket::Listener(l) => l.local_addr().ok(),
+            Socket::Stream(s) => s.local_addr().ok(),
+            Socket::Udp(u) => u.local_addr().ok(),
+        }
+    }
+
+    /// Accepts one pending connection; `Ok(None)` when drained.
+    pub fn accept(&mut self, listener: SockId) -> io::Result<Option<(SockId, SocketAddr)>> {
+        let Some(slot) = self.slot(listener) else {
+            return Ok(None);
+        };
+        let Some(Socket::Listener(l)) = slot.socket.as_ref() else {
+            return Ok(None);
+        };
+        match l.accept() {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let id = self.insert(Socket::Stream(stream), Interest::READABLE | Interest::WRITABLE)?;
+                // A fresh socket is assumed ready: the owner tries reading at once.
+                if let Some(s) = self.slot(id) {
+                    s.readable = true;
+                    s.writable = true;
+                }
+                self.hot.push(id);
+                Ok(Some((id, peer)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts a non-blocking connect; completion shows as writability.
+    pub fn connect(&mut self, addr: SocketAddr) -> io::Result<SockId> {
+        let s = TcpStream::connect(addr)?;
+        let _ = s.set_nodelay(true);
+        self.insert(Socket::Stream(s), Interest::READABLE | Interest::WRITABLE)
+    }
+
+    /// After writability on a connecting stream: `Ok(true)` connected,
+    /// `Ok(false)` still in progress, `Err` failed.
+    pub fn connect_result(&mut self, id: SockId) -> io::Result<bool> {
+        let Some(slot) = self.slot(id) else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let Some(Socket::Stream(s)) = slot.socket.as_ref() else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        if let Ok(Some(e)) | Err(e) = s.take_error() {
+            return Err(e);
+        }
+        match s.peer_addr() {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn udp_bind(&mut self, local: SocketAddr) -> io::Result<SockId> {
+        let u = UdpSocket::bind(local)?;
+        self.insert(Socket::Udp(u), Interest::READABLE)
+    }
+
+    pub fn udp_send(&mut self, id: SockId, to: SocketAddr, data: &[u8]) -> io::Result<usize> {
+        match self.slot(id).and_then(|s| s.socket.as_ref()) {
+            Some(Socket::Udp(u)) => u.send_to(data, to),
+            _ => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    pub fn udp_recv(&mut self, id: SockId, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let slot = self.slot(id).ok_or(io::ErrorKind::NotConnected)?;
+        let r = match slot.socket.as_ref() {
+            Some(Socket::Udp(u)) => u.recv_from(buf),
+            _ => Err(io::ErrorKind::NotConnected.into()),
+        };
+        if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            slot.readable = false;
+        }
+        r
+    }
+
+    /// Reads from a stream; `WouldBlock` clears the remembered readiness.
+    pub fn read(&mut self, id: SockId, buf: &mut [u8]) -> io::Result<usize> {
+        let slot = self.slot(id).ok_or(io::ErrorKind::NotConnected)?;
+        let r = match slot.socket.as_mut() {
+            Some(Socket::Stream(s)) => s.read(buf),
+            _ => Err(io::ErrorKind::NotConnected.into()),
+        };
+        if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            slot.readable = false;
+        }
+        r
+    }
+
+    pub fn write(&mut self, id: SockId, data: &[u8]) -> io::Result<usize> {
+        let slot = self.slot(id).ok_or(io::ErrorKind::NotConnected)?;
+        let r = match slot.socket.as_mut() {
+            Some(Socket::Stream(s)) => s.write(data),
+            _ => Err(io::ErrorKind::NotConnected.into()),
+        };
+        if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            slot.writable = false;
+        }
+        r
+    }
+
+    pub fn is_readable(&mut self, id: SockId) -> bool {
+        self.slot(id).is_some_and(|s| s.readable)
+    }
+
+    pub fn is_writable(&mut self, id: SockId) -> bool {
+        self.slot(id).is_some_and(|s| s.writable)
+    }
+
+    /// The owner stopped before draining (bounded work per wakeup): report
+    /// the socket again on the next poll without sleeping.
+    pub fn mark_hot(&mut self, id: SockId) {
+        if self.slot(id).is_some() {
+            self.hot.push(id);
+        }
+    }
+
+    pub fn close(&mut self, id: SockId) {
+        let Some(slot) = self.slot(id) else { return };
+        let socket = slot.socket.take();
+        slot.interest = None;
+        let registry = self.poll.registry();
+        match socket {
+            Some(Socket::Listener(mut l)) => {
+                let _ = registry.deregister(&mut l);
+            }
+            Some(Socket::Stream(mut s)) => {
+                let _ = registry.deregister(&mut s);
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            Some(Socket::Udp(mut u)) => {
+                let _ = registry.deregister(&mut u);
+            }
+            None => {}
+        }
+        self.free.push(id.index);
+    }
+
+    // --- timers -----------------------------------------------------------------
+
+    pub fn add_timer(&mut self, deadline: Instant, key: K) {
+        self.timer_seq += 1;
+        self.timers.push(Reverse((deadline, self.timer_seq, key)));
+    }
+
+    /// Pops one timer that is due at `now`.
+    pub fn pop_timer(&mut self, now: Instant) -> Option<K> {
+        match self.timers.peek() {
+            Some(Reverse((t, _, _))) if *t <= now => self.timers.pop().map(|Reverse((_, _, k))| k),
+            _ => None,
+        }
+    }
+
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    // --- the wait -----------------------------------------------------------------
+
+    /// Waits for readiness, a signal, or the next timer (capped by
+    /// `max_wait`), and appends what happened to `out`.
+    pub fn poll(&mut self, max_wait: Option<Duration>, out: &mut Vec<Event>) -> io::Result<()> {
+        let now = Instant::now();
+        let mut wait = self
+            .timers
+            .peek()
+            .map(|Reverse((t, _, _))| t.saturating_duration_since(now));
+        if let Some(m) = max_wait {
+            wait = Some(wait.map_or(m, |w| w.min(m)));
+        }
+        if !self.hot.is_empty() {
+            wait = Some(Duration::ZERO);
+        }
+        if let Err(e) = self.poll.poll(&mut self.events, wait) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        let mut seen: Vec<SockId> = std::mem::take(&mut self.hot);
+        for ev in self.events.iter() {
+            if ev.token() == SIGNAL_TOKEN {
+                continue;
+            }
+            let index = ev.token().0;
+            let Some(slot) = self.slots.get_mut(index) else { continue };
+            if slot.socket.is_none() {
+                continue;
+            }
+            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                slot.readable = true;
+            }
+            if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+                slot.writable = true;
+            }
+            seen.push(SockId {
+                index: index as u32,
+                generation: slot.generation,
+            });
+        }
+        for sig in self.signals.drain() {
+            out.push(Event::Signal(sig));
+        }
+        seen.sort();
+        seen.dedup();
+        for id in seen {
+            match self.slot(id).and_then(|s| s.socket.as_ref()) {
+                Some(Socket::Listener(_)) => out.push(Event::Acceptable(id)),
+                Some(_) => out.push(Event::Ready(id)),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,396 @@
+//! The spool: the only code that touches the spool directory.
+//!
+//! A message is one immutable file holding its envelope and its content, so
+//! one `fdatasync` makes both durable; per-recipient progress lives in a small
+//! separate state file, so retries never rewrite the message (flash wear).
+//!
+//! ## Files and states
+//!
+//! | files present                  | state                                   | recovery at start-up |
+//! |--------------------------------|-----------------------------------------|----------------------|
+//! | `tmp/ID`                       | being received; **not** acknowledged    | deleted |
+//! | `msg/ID`                       | committed, no attempt recorded yet      | queued, all recipients pending |
+//! | `msg/ID` + `state/ID`          | committed, some attempts recorded       | queued with its state |
+//! | `state/ID` without `msg/ID`    | finished; removal interrupted           | `state/ID` deleted |
+//! | `state/ID.new`                 | state update interrupted                | deleted (`state/ID` is still valid) |
+//! | `msg/ID` that does not parse   | damaged (should never happen)           | moved to `corrupt/`, logged |
+//! | `drop/*`                       | sendmail drops (see `cli::sendmail`)    | imported by the daemon |
+//!
+//! ## The commit point
+//!
+//! `tmp/ID` is created `O_EXCL`, the envelope is written when DATA starts,
+//! the content streams in as it arrives. At the end of the loop turn every
+//! finished file is `fdatasync`ed, renamed to `msg/ID` (the commit point)
+//! and `msg/` is `fsync`ed once for the whole batch (group commit). Only then
+//! does the server answer 250. With `spool_sync = no` both syncs are
+//! skipped: a crash or power loss may then lose acknowledged mail.
+//!
+//! State updates are write-new + fsync + rename. Finished messages are
+//! unlinked (`msg/` first, then `state/`) without a sync: a crash can at
+//! worst cause a duplicate delivery, never a loss.
+
+pub mod envelope;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub use envelope::{QueueId, RcptState, RcptStatus, StoredEnvelope};
+
+use crate::smtp::reply::{self, Reply};
+
+/// A file being received.
+pub struct Incoming {
+    pub id: QueueId,
+    file: File,
+    path: PathBuf,
+    flag_offset: u64,
+    pub size: u64,
+}
+
+impl Incoming {
+    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file.write_all(data)?;
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    /// Records that the content has 8-bit octets (the flag is a fixed-width
+    /// field in the envelope, patched before the sync).
+    pub fn mark_eight_bit(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(b"8", self.flag_offset)
+    }
+}
+
+pub struct Spool {
+    root: PathBuf,
+    sync: bool,
+    seq: u32,
+}
+
+impl From<&io::Error> for Reply {
+    fn from(e: &io::Error) -> Reply {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => reply::NO_SPACE,
+            _ => reply::LOCAL_ERROR,
+        }
+    }
+}
+
+const DIRS: [&str; 5] = ["tmp", "msg", "state", "corrupt", "drop"];
+
+impl Spool {
+    /// Opens (and creates, 0700) the spool directory tree.
+    pub fn open(root: &Path, sync: bool) -> io::Result<Spool> {
+        let mut b = fs::DirBuilder::new();
+        b.recursive(true).mode(0o700);
+        for d in DIRS {
+            b.create(root.join(d))?;
+        }
+        Ok(Spool {
+            root: root.to_path_buf(),
+            sync,
+            seq: 0,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, dir: &str, id: QueueId) -> PathBuf {
+        self.root.join(dir).join(id.to_string())
+    }
+
+    /// Creates `tmp/ID` and writes the envelope; the caller streams the content.
+    pub fn create(&mut self, env: &StoredEnvelope) -> io::Result<Incoming> {
+        let mut env = env.clone();
+        for _ in 0..1000 {
+            self.seq = self.seq.wrapping_add(1);
+            env.id = QueueId::new(env.arrival, self.seq);
+            let path = self.path("tmp", env.id);
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path);
+            match file {
+                Ok(mut file) => {
+                    let header = env.encode();
+                    let flag_offset = envelope::body_flag_offset(&header);
+                    if let Err(e) = file.write_all(&header) {
+                        let _ = fs::remove_file(&path);
+                        return Err(e);
+                    }
+                    return Ok(Incoming {
+                        id: env.id,
+                        file,
+                        path,
+                        flag_offset,
+                        size: 0,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other("could not find a free queue id"))
+    }
+
+    /// Drops a message that was not acknowledged.
+    pub fn discard(&mut self, inc: Incoming) {
+        let _ = fs::remove_file(&inc.path);
+    }
+
+    /// Group commit: makes every file durable and moves it to `msg/`. One
+    /// result per input, in order; the directory is synced once.
+    pub fn commit(&mut self, batch: Vec<Incoming>) -> Vec<io::Result<QueueId>> {
+        let mut results: Vec<io::Result<QueueId>> = Vec::with_capacity(batch.len());
+        for inc in batch {
+            let r = (|| {
+                if self.sync {
+                    inc.file.sync_data()?;
+                }
+                fs::rename(&inc.path, self.path("msg", inc.id))?;
+                Ok(inc.id)
+            })();
+            if r.is_err() {
+                let _ = fs::remove_file(&inc.path);
+            }
+            results.push(r);
+        }
+        if self.sync && results.iter().any(|r| r.is_ok()) {
+            if let Err(e) = sync_dir(&self.root.join("msg")) {
+                // Without the directory sync nothing in this batch is durable.
+                let kind = e.kind();
+                for r in results.iter_mut() {
+                    if let Ok(id) = r {
+                        let _ = fs::remove_file(self.root.join("msg").join(id.to_string()));
+                        *r = Err(io::Error::new(kind, e.to_string()));
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// Reads a committed message's envelope and its recipients' state.
+    pub fn load(&self, id: QueueId) -> io::Result<(StoredEnvelope, Vec<RcptState>, u32)> {
+        let mut f = File::open(self.path("msg", id))?;
+        let env = read_envelope(&mut f)?;
+        let (states, attempts) = match fs::read(self.path("state", id)) {
+            Ok(bytes) => envelope::decode_state(&bytes, env.recipients.len())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad state file"))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                (vec![RcptState::default(); env.recipients.len()], 0)
+            }
+            Err(e) => return Err(e),
+        };
+        Ok((env, states, attempts))
+    }
+
+    /// Opens the content for reading, positioned after the envelope.
+    pub fn open_content(&self, id: QueueId) -> io::Result<(File, u64)> {
+        let mut f = File::open(self.path("msg", id))?;
+        let env = read_envelope(&mut f)?;
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(env.body_offset))?;
+        Ok((f, len.saturating_sub(env.body_offset)))
+    }
+
+    /// Replaces the state file (write new, fsync, rename).
+    pub fn save_state(&self, id: QueueId, states: &[RcptState], attempts: u32) -> io::Result<()> {
+        let tmp = self.root.join("state").join(format!("{id}.new"));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&envelope::encode_state(states, attempts))?;
+        if self.sync {
+            f.sync_data()?;
+        }
+        fs::rename(&tmp, self.path("state", id))?;
+        Ok(())
+    }
+
+    /// Removes a finished message.
+    pub fn remove(&self, id: QueueId) -> io::Result<()> {
+        match fs::remove_file(self.path("msg", id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        match fs::remove_file(self.path("state", id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Start-up recovery (idempotent): applies the state table above and
+    /// returns every committed message.
+    pub fn recover(&self) -> io::Result<Vec<QueueId>> {
+        for entry in fs::read_dir(self.root.join("tmp"))? {
+            let entry = entry?;
+            log::info!("recovery: removing unacknowledged {}", entry.path().display());
+            let _ = fs::remove_file(entry.path());
+        }
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(self.root.join("msg"))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|s| s.parse::<QueueId>().ok()) else {
+                log::warn!("recovery: ignoring stray file {}", entry.path().display());
+                continue;
+            };
+            match self.load(id) {
+                Ok(_) => ids.push(id),
+                Err(e) => {
+                    log::error!("{id}: damaged queue file ({e}); moved to corrupt/");
+                    let _ = fs::rename(entry.path(), self.path("corrupt", id));
+                }
+            }
+        }
+        for entry in fs::read_dir(self.root.join("state"))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let orphan = match name.parse::<QueueId>() {
+                Ok(id) => !ids.contains(&id),
+                Err(_) => true, // ID.new or junk
+            };
+            if orphan {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Committed message IDs (for `mailq`), without touching anything.
+    pub fn list(&self) -> io::Result<Vec<QueueId>> {
+        let mut ids: Vec<QueueId> = fs::read_dir(self.root.join("msg"))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    pub fn content_size(&self, id: QueueId) -> io::Result<u64> {
+        Ok(self.open_content(id)?.1)
+    }
+}
+
+/// Reads the envelope at the start of a message file, leaving the file
+/// position unspecified.
+fn read_envelope(f: &mut File) -> io::Result<StoredEnvelope> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = f.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated envelope"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(env) = StoredEnvelope::decode(&buf) {
+            return env.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+        if buf.len() > envelope::MAX_ENVELOPE {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "envelope too large"));
+        }
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tern-spool-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn env() -> StoredEnvelope {
+        StoredEnvelope {
+            id: QueueId(0),
+            arrival: 1_795_000_000,
+            sender: "a@b.test".into(),
+            recipients: vec![
+                envelope::Recipient { address: "x@y.test".into(), original: "x@y.test".into() },
+                envelope::Recipient { address: "root@localhost".into(), original: "postmaster@localhost".into() },
+            ],
+            client: "helo [127.0.0.1]".into(),
+            eight_bit: false,
+            body_offset: 0,
+        }
+    }
+
+    #[test]
+    fn commit_load_state_remove() {
+        let dir = tempdir("commit");
+        let mut spool = Spool::open(&dir, true).unwrap();
+        let mut a = spool.create(&env()).unwrap();
+        a.write(b"Subject: x\r\n\r\n\xe9t\xe9\r\n").unwrap();
+        a.mark_eight_bit().unwrap();
+        let b = spool.create(&env()).unwrap();
+        assert_ne!(a.id, b.id);
+        let (ida, idb) = (a.id, b.id);
+        let res = spool.commit(vec![a, b]);
+        assert!(res.iter().all(|r| r.is_ok()));
+        let (e, states, attempts) = spool.load(ida).unwrap();
+        assert_eq!(e.recipients.len(), 2);
+        assert!(e.eight_bit);
+        assert_eq!(attempts, 0);
+        assert!(states.iter().all(|s| s.status == RcptStatus::Pending));
+        let (mut f, len) = spool.open_content(ida).unwrap();
+        let mut content = Vec::new();
+        f.read_to_end(&mut content).unwrap();
+        assert_eq!(content, b"Subject: x\r\n\r\n\xe9t\xe9\r\n");
+        assert_eq!(len, content.len() as u64);
+
+        let mut states = states;
+        states[0] = RcptState { status: RcptStatus::Sent, reply: "250 ok".into() };
+        states[1] = RcptState { status: RcptStatus::Deferred, reply: "451 try\nlater".into() };
+        spool.save_state(ida, &states, 3).unwrap();
+        let (_, s2, attempts) = spool.load(ida).unwrap();
+        assert_eq!(attempts, 3);
+        assert_eq!(s2[0].status, RcptStatus::Sent);
+        assert_eq!(s2[1].reply, "451 try later");
+        assert_eq!(spool.recover().unwrap(), {
+            let mut v = vec![ida, idb];
+            v.sort();
+            v
+        });
+        spool.remove(ida).unwrap();
+        assert_eq!(spool.list().unwrap(), vec![idb]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn recovery_follows_the_state_table() {
+        let dir = tempdir("recover");
+        let mut spool = Spool::open(&dir, false).unwrap();
+        let mut inc = spool.create(&env()).unwrap();
+        inc.write(b"half a message").unwrap();
+        // tmp/ID: not acknowledged -> deleted.
+        fs::write(dir.join("state").join("0000000000000001"), b"attempts 1\n").unwrap();
+        fs::write(dir.join("state").join("0000000000000002.new"), b"x").unwrap();
+        fs::write(dir.join("msg").join("00000000000000FF"), b"garbage").unwrap();
+        let ids = spool.recover().unwrap();
+        assert!(ids.is_empty());
+        assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(dir.join("state")).unwrap().count(), 0);
+        assert!(dir.join("corrupt").join("00000000000000FF").exists());
+        // Idempotent.
+        assert!(spool.recover().unwrap().is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
