@@ -1,5 +1,37 @@
-//! tern
+//! tern: a small mail transfer agent for routers and embedded Linux.
+//!
+//! ```text
+//!  LAN device ──SMTP──▶ reactor ─▶ smtp::server ─▶ spool (tmp → msg, group commit)
+//!  sendmail ──drop file──────────────────────────▶ spool
+//!                                                    │ queue (due times)
+//!                                                    ▼
+//!                                daemon::runner ─┬─▶ delivery::local (Maildir / mbox)
+//!                                                └─▶ outbound ─▶ dns + smtp::client ─▶ smarthost / MX
+//!                                failures ─▶ bounce (RFC 3464) ─▶ spool
+//! ```
+//!
+//! One process, one thread. Who owns what:
+//! - `reactor` owns every socket, the timer heap and the signal pipe; it is
+//!   the only module that imports mio.
+//! - `spool` owns the spool directory; `queue` owns the schedule (in memory).
+//! - `smtp::server`, `smtp::client` and `dns` are sans-IO machines: bytes,
+//!   events and `now` in; bytes, events and deadlines out.
+//! - `daemon` moves bytes and events between them and owns the sessions.
+//! - `config` turns the `key = value` file into a validated `Config`.
+//! - `cli` is the sendmail/mailq/queue front end, which talks to the daemon
+//!   only through the spool's drop directory and signals.
+
+pub mod bounce;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod delivery;
+pub mod dns;
+pub mod outbound;
 pub mod queue;
 pub mod reactor;
 pub mod smtp;
 pub mod spool;
+pub mod system;
+
+pub use system::run_daemon;

@@ -29,6 +29,7 @@
 //! unlinked (`msg/` first, then `state/`) without a sync: a crash can at
 //! worst cause a duplicate delivery, never a loss.
 
+pub mod drop;
 pub mod envelope;
 
 use std::fs::{self, File, OpenOptions};

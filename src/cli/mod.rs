@@ -1,0 +1,167 @@
+//! Command-line entry points (SPEC "Command line"): argv[0] and subcommand
+//! dispatch to the daemon, `check-config`, `sendmail`, `mailq`, `queue` and
+//! `newaliases`. Exit codes follow sysexits(3).
+
+pub mod queue;
+pub mod sendmail;
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+
+pub const EX_OK: i32 = 0;
+pub const EX_USAGE: i32 = 64;
+pub const EX_DATAERR: i32 = 65;
+pub const EX_NOINPUT: i32 = 66;
+pub const EX_SOFTWARE: i32 = 70;
+pub const EX_OSERR: i32 = 71;
+pub const EX_CANTCREAT: i32 = 73;
+pub const EX_TEMPFAIL: i32 = 75;
+pub const EX_UNAVAILABLE: i32 = 69;
+pub const EX_CONFIG: i32 = 78;
+
+pub const DEFAULT_CONFIG: &str = "/etc/tern.conf";
+
+const HELP: &str = "\
+usage: tern [-c FILE] [-d]                 run the daemon (foreground; -d detaches)
+       tern [-c FILE] check-config         validate the configuration
+       tern [-c FILE] sendmail [FLAGS] [RCPT...]   inject a message (also as `sendmail`)
+       tern [-c FILE] mailq                list the queue (also as `mailq`)
+       tern [-c FILE] queue flush | delete ID|all-deferred | show ID
+       tern [-c FILE] newaliases           validate the aliases file
+       tern --version | --help
+";
+
+/// Runs the program for `args` (argv including argv[0]) and returns the exit code.
+pub fn main(args: Vec<String>) -> i32 {
+    let argv0 = args
+        .first()
+        .map(|a| Path::new(a).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
+        .unwrap_or_default();
+    let mut rest: Vec<String> = args.into_iter().skip(1).collect();
+    match argv0.as_str() {
+        "sendmail" => return with_config(&mut rest, |cfg, _path, rest| sendmail::main(cfg, rest)),
+        "mailq" => return with_config(&mut rest, |cfg, _, _| queue::mailq(cfg)),
+        "newaliases" => return with_config(&mut rest, |cfg, _, _| newaliases(cfg)),
+        _ => {}
+    }
+    let mut config_path = PathBuf::from(DEFAULT_CONFIG);
+    let mut detach = false;
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i].as_str() {
+            "-c" => {
+                let Some(p) = rest.get(i + 1) else {
+                    eprintln!("tern: -c needs a file name");
+                    return EX_USAGE;
+                };
+                config_path = PathBuf::from(p);
+                i += 2;
+            }
+            "-d" => {
+                detach = true;
+                i += 1;
+            }
+            "--version" | "-V" => {
+                println!("tern {}", env!("CARGO_PKG_VERSION"));
+                return EX_OK;
+            }
+            "--help" | "-h" => {
+                print!("{HELP}");
+                return EX_OK;
+            }
+            _ => break,
+        }
+    }
+    let sub: Vec<String> = rest.split_off(i);
+    let cmd = sub.first().map(String::as_str).unwrap_or("");
+    if cmd == "check-config" {
+        return check_config(&config_path);
+    }
+    let cfg = match load(&config_path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match cmd {
+        "" => crate::run_daemon(cfg, config_path, detach),
+        "sendmail" => sendmail::main(cfg, sub[1..].to_vec()),
+        "mailq" => queue::mailq(cfg),
+        "queue" => queue::main(cfg, &sub[1..]),
+        "newaliases" => newaliases(cfg),
+        "passwd" => {
+            eprintln!("tern: passwd: AUTH is not implemented yet");
+            EX_UNAVAILABLE
+        }
+        other => {
+            eprintln!("tern: unknown command {other:?}\n{HELP}");
+            EX_USAGE
+        }
+    }
+}
+
+/// For the sendmail/mailq personalities: an optional leading `-c FILE`
+/// (tern's own), then the compatible flags.
+fn with_config(rest: &mut Vec<String>, f: impl FnOnce(Config, PathBuf, Vec<String>) -> i32) -> i32 {
+    let mut path = PathBuf::from(std::env::var("TERN_CONFIG").unwrap_or_else(|_| DEFAULT_CONFIG.into()));
+    if rest.first().map(String::as_str) == Some("-c") && rest.len() >= 2 {
+        path = PathBuf::from(rest[1].clone());
+        rest.drain(..2);
+    }
+    match load(&path) {
+        Ok(cfg) => f(cfg, path, std::mem::take(rest)),
+        Err(code) => code,
+    }
+}
+
+pub fn load(path: &Path) -> Result<Config, i32> {
+    Config::load(path).map_err(|errors| {
+        for e in &errors {
+            eprintln!("tern: {e}");
+        }
+        EX_CONFIG
+    })
+}
+
+fn check_config(path: &Path) -> i32 {
+    match Config::load(path) {
+        Ok(cfg) => {
+            let mut code = EX_OK;
+            if let Ok((_, errors)) = crate::delivery::aliases::Aliases::load(&cfg.aliases) {
+                for e in errors {
+                    eprintln!("tern: {}:{}: {}", cfg.aliases.display(), e.line, e.message);
+                    code = EX_CONFIG;
+                }
+            }
+            if code == EX_OK {
+                println!("{}: ok", path.display());
+            }
+            code
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("tern: {e}");
+            }
+            1
+        }
+    }
+}
+
+fn newaliases(cfg: Config) -> i32 {
+    match crate::delivery::aliases::Aliases::load(&cfg.aliases) {
+        Ok((a, errors)) => {
+            for e in &errors {
+                eprintln!("newaliases: {}:{}: {}", cfg.aliases.display(), e.line, e.message);
+            }
+            println!("{}: {} aliases", cfg.aliases.display(), a.len());
+            if errors.is_empty() {
+                EX_OK
+            } else {
+                EX_DATAERR
+            }
+        }
+        Err(e) => {
+            eprintln!("newaliases: {}: {e}", cfg.aliases.display());
+            EX_NOINPUT
+        }
+    }
+}

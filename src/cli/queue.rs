@@ -1,0 +1,162 @@
+//! `mailq` and `tern queue ...`: read-only listing, and operations that are
+//! safe while the daemon runs (it re-reads a message before each attempt
+//! and forgets one whose file is gone; a flush is a SIGUSR1).
+
+use std::io::Read;
+
+use super::{EX_DATAERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_USAGE};
+use crate::bounce::{header_block, rfc5322_date};
+use crate::config::Config;
+use crate::spool::{drop, QueueId, RcptStatus, Spool};
+
+pub fn mailq(cfg: Config) -> i32 {
+    let spool = match Spool::open(&cfg.spool_dir, cfg.spool_sync) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mailq: cannot open spool {}: {e}", cfg.spool_dir.display());
+            return EX_TEMPFAIL;
+        }
+    };
+    let ids = spool.list().unwrap_or_default();
+    let drops = drop::list(&cfg.spool_dir).len();
+    if ids.is_empty() {
+        println!("Mail queue is empty");
+    } else {
+        println!("-Queue ID-------- --Size-- ----Arrival Time------------- -Sender/Recipient-------");
+        let mut total = 0u64;
+        for id in &ids {
+            let Ok((env, states, attempts)) = spool.load(*id) else { continue };
+            let size = spool.content_size(*id).unwrap_or(0);
+            total += size;
+            let sender = if env.sender.is_empty() { "MAILER-DAEMON" } else { env.sender.as_str() };
+            println!("{id} {size:>8} {:<30} {sender}", rfc5322_date(env.arrival as i64, 0));
+            if attempts > 0 {
+                println!("{:45}(attempts: {attempts})", "");
+            }
+            for (r, st) in env.recipients.iter().zip(&states) {
+                let state = match st.status {
+                    RcptStatus::Pending => "pending",
+                    RcptStatus::Deferred => "deferred",
+                    RcptStatus::Sent => "sent",
+                    RcptStatus::Failed => "failed",
+                };
+                if st.reply.is_empty() {
+                    println!("{:45}{} ({state})", "", r.address);
+                } else {
+                    println!("{:45}{} ({state}: {})", "", r.address, st.reply);
+                }
+            }
+            println!();
+        }
+        println!("-- {} Kbytes in {} Request{}.", total.div_ceil(1024), ids.len(), if ids.len() == 1 { "" } else { "s" });
+    }
+    if drops > 0 {
+        println!("({drops} message(s) from sendmail waiting to be picked up by the daemon)");
+    }
+    EX_OK
+}
+
+pub fn main(cfg: Config, args: &[String]) -> i32 {
+    let spool = match Spool::open(&cfg.spool_dir, cfg.spool_sync) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("queue: cannot open spool {}: {e}", cfg.spool_dir.display());
+            return EX_TEMPFAIL;
+        }
+    };
+    match args.first().map(String::as_str) {
+        Some("flush") => {
+            if poke_daemon(&cfg) {
+                println!("queue run requested");
+                EX_OK
+            } else {
+                eprintln!("queue: the daemon is not running (no live pid in {}); mail is delivered when it starts", cfg.pid_file.display());
+                EX_TEMPFAIL
+            }
+        }
+        Some("delete") => match args.get(1).map(String::as_str) {
+            Some("all-deferred") => {
+                let mut n = 0;
+                for id in spool.list().unwrap_or_default() {
+                    if let Ok((_, states, attempts)) = spool.load(id) {
+                        if attempts > 0 && states.iter().any(|s| s.status == RcptStatus::Deferred) && spool.remove(id).is_ok() {
+                            n += 1;
+                        }
+                    }
+                }
+                println!("deleted {n} message(s)");
+                EX_OK
+            }
+            Some(id) => match id.parse::<QueueId>() {
+                Ok(qid) if spool.load(qid).is_ok() => match spool.remove(qid) {
+                    Ok(()) => {
+                        println!("{qid}: deleted");
+                        EX_OK
+                    }
+                    Err(e) => {
+                        eprintln!("queue: {qid}: {e}");
+                        EX_TEMPFAIL
+                    }
+                },
+                _ => {
+                    eprintln!("queue: no message {id}");
+                    EX_NOINPUT
+                }
+            },
+            None => usage(),
+        },
+        Some("show") => {
+            let Some(qid) = args.get(1).and_then(|s| s.parse::<QueueId>().ok()) else {
+                return usage();
+            };
+            match spool.load(qid) {
+                Ok((env, states, attempts)) => {
+                    println!("id: {qid}");
+                    println!("arrival: {}", rfc5322_date(env.arrival as i64, 0));
+                    println!("sender: <{}>", env.sender);
+                    println!("client: {}", env.client);
+                    println!("attempts: {attempts}");
+                    for (r, st) in env.recipients.iter().zip(&states) {
+                        println!("recipient: {} (for {}) {:?} {}", r.address, r.original, st.status, st.reply);
+                    }
+                    println!();
+                    if let Ok((f, _)) = spool.open_content(qid) {
+                        let mut buf = Vec::new();
+                        let _ = f.take(64 * 1024).read_to_end(&mut buf);
+                        print!("{}", String::from_utf8_lossy(header_block(&buf)));
+                    }
+                    EX_OK
+                }
+                Err(e) => {
+                    eprintln!("queue: {qid}: {e}");
+                    EX_DATAERR
+                }
+            }
+        }
+        _ => usage(),
+    }
+}
+
+fn usage() -> i32 {
+    eprintln!("usage: tern queue flush | delete ID|all-deferred | show ID");
+    EX_USAGE
+}
+
+/// Sends SIGUSR1 to a running daemon (from `pid_file`): it imports drops
+/// and runs the queue now. Returns whether a daemon was signalled.
+pub fn poke_daemon(cfg: &Config) -> bool {
+    let Ok(text) = std::fs::read_to_string(&cfg.pid_file) else { return false };
+    let Ok(pid) = text.trim().parse::<i32>() else { return false };
+    if pid <= 1 {
+        return false;
+    }
+    // A stale pid file may name an unrelated process: SIGUSR1 would kill it.
+    let is_tern = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("tern"))
+        .unwrap_or(false);
+    if !is_tern {
+        return false;
+    }
+    // SAFETY: kill(2) with a pid read from our own pid file.
+    unsafe { libc::kill(pid, libc::SIGUSR1) == 0 }
+}

@@ -1,0 +1,409 @@
+//! `sendmail`: the injection path cron, scripts and PHP's `mail()` use.
+//!
+//! The message is read from stdin, given `From:`, `Date:` and
+//! `Message-ID:` when missing, and written as a durable drop file under the
+//! spool (see `spool::drop`); the daemon imports it at once if running, or
+//! when it starts. Mail is never lost because the daemon is down. The
+//! header block is read into a bounded buffer (it must be inspected for
+//! `-t` and the fix-ups); the body streams through.
+//!
+//! Flags (sendmail(8) compatible): `-t -i -oi -f ADDR -r ADDR -F NAME -bm
+//! -bp -q -v -B TYPE`, `-oX...` accepted and ignored. Not supported yet:
+//! `-bs` (SMTP on stdin), exits EX_UNAVAILABLE.
+
+use std::io::{self, BufRead, BufReader, Read};
+
+use super::{EX_CANTCREAT, EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE};
+use crate::bounce::rfc5322_date;
+use crate::config::Config;
+use crate::daemon::unix_now;
+use crate::smtp::address::Address;
+use crate::spool::drop::DropWriter;
+
+/// The header block is held in memory to be inspected; more is an error.
+pub const MAX_HEADER_BLOCK: usize = 256 * 1024;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Flags {
+    pub from_headers: bool,
+    pub ignore_dots: bool,
+    pub sender: Option<String>,
+    pub full_name: Option<String>,
+    pub verbose: bool,
+    pub mode: Mode,
+    pub recipients: Vec<String>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    #[default]
+    Deliver,
+    ListQueue,
+    RunQueue,
+    SmtpOnStdin,
+}
+
+pub fn parse_flags(args: &[String]) -> Result<Flags, String> {
+    let mut f = Flags::default();
+    let mut i = 0;
+    let value = |i: &mut usize, flag: &str, attached: &str| -> Result<String, String> {
+        if !attached.is_empty() {
+            return Ok(attached.to_string());
+        }
+        *i += 1;
+        args.get(*i).cloned().ok_or_else(|| format!("{flag} needs a value"))
+    };
+    while i < args.len() {
+        let a = args[i].as_str();
+        if a == "--" {
+            f.recipients.extend(args[i + 1..].iter().cloned());
+            break;
+        }
+        if !a.starts_with('-') || a == "-" {
+            f.recipients.push(a.to_string());
+            i += 1;
+            continue;
+        }
+        match a {
+            "-t" => f.from_headers = true,
+            "-i" | "-oi" => f.ignore_dots = true,
+            "-v" => f.verbose = true,
+            "-bm" => f.mode = Mode::Deliver,
+            "-bp" => f.mode = Mode::ListQueue,
+            "-bs" => f.mode = Mode::SmtpOnStdin,
+            "-q" => f.mode = Mode::RunQueue,
+            _ if a.starts_with("-f") || a.starts_with("-r") => {
+                let v = value(&mut i, &a[..2], &a[2..])?;
+                let v = v.trim().trim_start_matches('<').trim_end_matches('>').to_string();
+                f.sender = Some(v);
+            }
+            _ if a.starts_with("-F") => f.full_name = Some(value(&mut i, "-F", &a[2..])?),
+            _ if a.starts_with("-B") => {
+                value(&mut i, "-B", &a[2..])?;
+            }
+            _ if a.starts_with("-q") => f.mode = Mode::RunQueue, // -q30m etc.
+            _ if a.starts_with("-o") => {}                       // -odb, -odi, -oem, ...
+            _ => return Err(format!("unknown option {a}")),
+        }
+        i += 1;
+    }
+    Ok(f)
+}
+
+pub fn main(cfg: Config, args: Vec<String>) -> i32 {
+    let flags = match parse_flags(&args) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return EX_USAGE;
+        }
+    };
+    match flags.mode {
+        Mode::ListQueue => return super::queue::mailq(cfg),
+        Mode::RunQueue => return super::queue::main(cfg, &["flush".to_string()]),
+        Mode::SmtpOnStdin => {
+            eprintln!("sendmail: -bs is not supported yet");
+            return EX_UNAVAILABLE;
+        }
+        Mode::Deliver => {}
+    }
+    let stdin = io::stdin();
+    let mut input = BufReader::new(stdin.lock());
+    match inject(&cfg, &flags, &mut input) {
+        Ok(name) => {
+            if flags.verbose {
+                eprintln!("sendmail: queued as {}", name);
+            }
+            super::queue::poke_daemon(&cfg);
+            EX_OK
+        }
+        Err((code, msg)) => {
+            eprintln!("sendmail: {msg}");
+            code
+        }
+    }
+}
+
+/// Reads the message and writes the drop file; returns its name.
+pub fn inject(cfg: &Config, flags: &Flags, input: &mut dyn BufRead) -> Result<String, (i32, String)> {
+    let user = invoking_user();
+    let sender = match &flags.sender {
+        Some(s) if s.is_empty() => String::new(),
+        Some(s) if s.contains('@') => s.clone(),
+        Some(s) => format!("{s}@{}", cfg.hostname),
+        None => format!("{user}@{}", cfg.hostname),
+    };
+    if !sender.is_empty() && Address::parse_mailbox(&sender).is_err() {
+        return Err((EX_DATAERR, format!("bad sender address {sender:?}")));
+    }
+    // The header block, bounded.
+    let mut header = Vec::new();
+    let mut first_body_line: Option<Vec<u8>> = None;
+    let mut ended_by_dot = false;
+    loop {
+        let mut line = Vec::new();
+        let n = input
+            .take((MAX_HEADER_BLOCK + 1) as u64)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| (EX_TEMPFAIL, format!("reading input: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        if !flags.ignore_dots && is_lone_dot(&line) {
+            ended_by_dot = true;
+            break;
+        }
+        if line == b"\n" || line == b"\r\n" {
+            first_body_line = Some(line);
+            break;
+        }
+        let is_header = line.first().is_some_and(|&c| c == b' ' || c == b'\t')
+            || line.iter().position(|&c| c == b':').is_some_and(|p| {
+                p > 0 && line[..p].iter().all(|&c| c.is_ascii_graphic())
+            });
+        if !is_header {
+            // No header block: the message starts with its body.
+            first_body_line = Some(line);
+            break;
+        }
+        header.extend_from_slice(&line);
+        if header.len() > MAX_HEADER_BLOCK {
+            return Err((EX_DATAERR, "header block too large".into()));
+        }
+    }
+    let fields = split_fields(&header);
+    let mut recipients = flags.recipients.clone();
+    if flags.from_headers {
+        for (name, value) in &fields {
+            if ["to", "cc", "bcc"].contains(&name.to_ascii_lowercase().as_str()) {
+                recipients.extend(header_addresses(value));
+            }
+        }
+    }
+    let mut rcpts = Vec::new();
+    for r in recipients.iter().flat_map(|r| r.split(',')) {
+        let r = r.trim().trim_start_matches('<').trim_end_matches('>');
+        if r.is_empty() {
+            continue;
+        }
+        let full = if r.contains('@') { r.to_string() } else { format!("{r}@{}", cfg.hostname) };
+        if Address::parse_mailbox(&full).is_err() {
+            return Err((EX_DATAERR, format!("bad recipient address {r:?}")));
+        }
+        if !rcpts.contains(&full) {
+            rcpts.push(full);
+        }
+    }
+    if rcpts.is_empty() {
+        return Err((EX_USAGE, "no recipients given".into()));
+    }
+    let mut drop = DropWriter::create(&cfg.spool_dir, &sender, &rcpts)
+        .map_err(|e| (EX_CANTCREAT, format!("cannot write to {}/drop: {e}", cfg.spool_dir.display())))?;
+    let io_err = |e: io::Error| (EX_TEMPFAIL, format!("writing the drop file: {e}"));
+    // Header fix-ups, then the header without Bcc (when -t), then the body.
+    let has = |n: &str| fields.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
+    let now = unix_now();
+    let mut fix = String::new();
+    if !has("from") {
+        match &flags.full_name {
+            Some(name) => fix.push_str(&format!("From: {} <{sender}>\n", quote_name(name))),
+            None => fix.push_str(&format!("From: {}\n", if sender.is_empty() { format!("MAILER-DAEMON@{}", cfg.hostname) } else { sender.clone() })),
+        }
+    }
+    if !has("date") {
+        fix.push_str(&format!("Date: {}\n", rfc5322_date(now as i64, 0)));
+    }
+    if !has("message-id") {
+        fix.push_str(&format!("Message-ID: <{now}.{}.{}@{}>\n", std::process::id(), random_u32(), cfg.hostname));
+    }
+    drop.write(fix.as_bytes()).map_err(io_err)?;
+    for (name, raw) in raw_fields(&header) {
+        if flags.from_headers && name.eq_ignore_ascii_case("bcc") {
+            continue;
+        }
+        drop.write(raw).map_err(io_err)?;
+    }
+    if let Some(line) = first_body_line {
+        if line != b"\n" && line != b"\r\n" {
+            drop.write(b"\n").map_err(io_err)?;
+        }
+        drop.write(&line).map_err(io_err)?;
+    } else {
+        drop.write(b"\n").map_err(io_err)?;
+    }
+    let mut total = header.len() as u64;
+    if !ended_by_dot {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            // Lines are read with a cap so a newline-free input cannot grow memory.
+            let n = input
+                .take(64 * 1024)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| (EX_TEMPFAIL, format!("reading input: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            if !flags.ignore_dots && is_lone_dot(&line) {
+                break;
+            }
+            total += n as u64;
+            if total > cfg.max_message_size {
+                return Err((EX_DATAERR, format!("message exceeds max_message_size ({} bytes)", cfg.max_message_size)));
+            }
+            drop.write(&line).map_err(io_err)?;
+        }
+    }
+    let path = drop.commit(cfg.spool_sync).map_err(io_err)?;
+    Ok(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+}
+
+fn is_lone_dot(line: &[u8]) -> bool {
+    line == b".\n" || line == b".\r\n" || line == b"."
+}
+
+/// (name, value) of each header field, unfolded.
+fn split_fields(header: &[u8]) -> Vec<(String, String)> {
+    raw_fields(header)
+        .into_iter()
+        .map(|(name, raw)| {
+            let text = String::from_utf8_lossy(raw);
+            let value = text.split_once(':').map_or("", |(_, v)| v);
+            (name, value.replace(['\r', '\n'], " ").trim().to_string())
+        })
+        .collect()
+}
+
+/// Each field's name and raw bytes (with continuation lines).
+fn raw_fields(header: &[u8]) -> Vec<(String, &[u8])> {
+    let mut out: Vec<(String, &[u8])> = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < header.len() {
+        let end = header[i..].iter().position(|&b| b == b'\n').map_or(header.len(), |p| i + p + 1);
+        let cont = header[i] == b' ' || header[i] == b'\t';
+        if !cont && i > start {
+            let raw = &header[start..i];
+            out.push((field_name(raw), raw));
+            start = i;
+        }
+        i = end;
+    }
+    if start < header.len() {
+        let raw = &header[start..];
+        out.push((field_name(raw), raw));
+    }
+    out
+}
+
+fn field_name(raw: &[u8]) -> String {
+    let p = raw.iter().position(|&b| b == b':').unwrap_or(0);
+    String::from_utf8_lossy(&raw[..p]).trim().to_string()
+}
+
+/// Addresses in a To/Cc/Bcc value: `a@b, "Name" <c@d>, e@f (comment)`.
+pub fn header_addresses(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut depth_quote = false;
+    let mut part = String::new();
+    let mut parts = Vec::new();
+    for c in value.chars() {
+        match c {
+            '"' => {
+                depth_quote = !depth_quote;
+                part.push(c);
+            }
+            ',' if !depth_quote => parts.push(std::mem::take(&mut part)),
+            _ => part.push(c),
+        }
+    }
+    parts.push(part);
+    for p in parts {
+        let p = p.trim();
+        let addr = match (p.rfind('<'), p.rfind('>')) {
+            (Some(a), Some(b)) if a < b => p[a + 1..b].trim().to_string(),
+            _ => p.split_whitespace().find(|w| w.contains('@')).unwrap_or(p).to_string(),
+        };
+        if !addr.is_empty() {
+            out.push(addr);
+        }
+    }
+    out
+}
+
+fn quote_name(name: &str) -> String {
+    let clean: String = name.chars().filter(|c| !c.is_control()).collect();
+    if clean.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ') {
+        clean
+    } else {
+        format!("\"{}\"", clean.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+fn invoking_user() -> String {
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    if let Ok(passwd) = std::fs::read_to_string("/etc/passwd") {
+        for line in passwd.lines() {
+            let f: Vec<&str> = line.split(':').collect();
+            if f.len() > 2 && f[2].parse::<u32>() == Ok(uid) {
+                return f[0].to_string();
+            }
+        }
+    }
+    if uid == 0 {
+        "root".into()
+    } else {
+        format!("uid{uid}")
+    }
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    u32::from_ne_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn flags() {
+        let f = parse_flags(&args("-t -oi -f root@x -F Cron -odb -oem -B 8BITMIME a@b c")).unwrap();
+        assert!(f.from_headers && f.ignore_dots);
+        assert_eq!(f.sender.as_deref(), Some("root@x"));
+        assert_eq!(f.full_name.as_deref(), Some("Cron"));
+        assert_eq!(f.recipients, vec!["a@b", "c"]);
+        let f = parse_flags(&args("-fme@x -i -- -notaflag")).unwrap();
+        assert_eq!(f.sender.as_deref(), Some("me@x"));
+        assert_eq!(f.recipients, vec!["-notaflag"]);
+        assert_eq!(parse_flags(&args("-bp")).unwrap().mode, Mode::ListQueue);
+        assert_eq!(parse_flags(&args("-q")).unwrap().mode, Mode::RunQueue);
+        assert!(parse_flags(&args("-X")).is_err());
+        assert!(parse_flags(&args("-f")).is_err());
+    }
+
+    #[test]
+    fn addresses_in_headers() {
+        assert_eq!(
+            header_addresses("a@b.test, \"Doe, J\" <j@d.test>, x@y.test (X)"),
+            vec!["a@b.test", "j@d.test", "x@y.test"]
+        );
+    }
+
+    #[test]
+    fn fields() {
+        let h = b"To: a@b\nSubject: x\n  continued\nBcc: c@d\n";
+        let f = raw_fields(h);
+        assert_eq!(f.len(), 3);
+        assert_eq!(f[1].1, b"Subject: x\n  continued\n");
+        assert_eq!(split_fields(h)[1].1, "x   continued");
+    }
+}

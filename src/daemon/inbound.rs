@@ -1,0 +1,344 @@
+//! Inbound connections: accept limits, the byte pump between socket and
+//! [`ServerSession`], streaming the body into the spool, and the group
+//! commit at the end of each loop turn.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use super::{unix_now, Daemon, Timer};
+use crate::bounce::rfc5322_date;
+use crate::delivery::aliases::Target;
+use crate::delivery::mailbox_name;
+use crate::reactor::SockId;
+use crate::smtp::address::Address;
+use crate::smtp::reply::{self, Reply};
+use crate::smtp::server::{Event, Policy, ServerSession};
+use crate::spool::envelope::Recipient;
+use crate::spool::{Incoming, StoredEnvelope};
+
+/// Input buffer per connection: a read never takes more than this, and a
+/// session that is not consuming stops the reads (backpressure).
+pub const INPUT_BUFFER: usize = 4096;
+/// Reads per connection per wakeup, so one fast client cannot starve others.
+pub const READS_PER_WAKEUP: usize = 16;
+
+pub struct Inbound {
+    pub session: ServerSession,
+    input: Vec<u8>,
+    incoming: Option<Incoming>,
+    peer: SocketAddr,
+    /// The deadline a timer is armed for (timers are cancelled lazily).
+    armed: Option<Instant>,
+    counted: bool,
+}
+
+/// The daemon's answers to the session's policy questions.
+struct LocalPolicy<'a> {
+    daemon: &'a Daemon,
+}
+
+impl Policy for LocalPolicy<'_> {
+    fn check_recipient(&self, rcpt: &Address, relay_allowed: bool) -> Result<(), Reply> {
+        let cfg = &self.daemon.cfg;
+        if !cfg.is_local_domain(&rcpt.domain) {
+            return if relay_allowed { Ok(()) } else { Err(reply::RELAY_DENIED) };
+        }
+        let tables = &self.daemon.tables;
+        let name = rcpt.user().to_ascii_lowercase();
+        if tables.aliases.contains(&name) || name == "postmaster" {
+            return Ok(());
+        }
+        match mailbox_name(&rcpt.local) {
+            Some(user) if cfg.local_recipients == crate::config::LocalRecipients::Any || tables.users.contains(&user) => Ok(()),
+            _ => Err(reply::USER_UNKNOWN),
+        }
+    }
+}
+
+impl Daemon {
+    pub(super) fn accept(&mut self, listener: SockId) {
+        let Some(&kind) = self.listeners.get(&listener) else { return };
+        for _ in 0..crate::reactor::ACCEPT_BATCH {
+            let (id, peer) = match self.reactor.accept(listener) {
+                Ok(Some(x)) => x,
+                Ok(None) => return,
+                Err(e) => {
+                    log::warn!("accept: {e}");
+                    return;
+                }
+            };
+            let now = Instant::now();
+            let ip = canonical(peer.ip());
+            let per_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+            let (session, counted) = if self.inbound.len() >= self.cfg.max_connections
+                || per_ip >= self.cfg.max_connections_per_ip
+            {
+                log::warn!("connection from {peer} refused: too many connections");
+                let r = reply::too_many_connections(&self.cfg.hostname);
+                (ServerSession::refuse(self.session_cfg.clone(), ip, r, now), false)
+            } else {
+                log::debug!("connect from {peer}");
+                *self.per_ip.entry(ip).or_insert(0) += 1;
+                let relay = self.cfg.may_relay(ip);
+                (ServerSession::new(self.session_cfg.clone(), kind, ip, relay, now), true)
+            };
+            self.inbound.insert(
+                id,
+                Inbound {
+                    session,
+                    input: Vec::new(),
+                    incoming: None,
+                    peer,
+                    armed: None,
+                    counted,
+                },
+            );
+            self.drive_inbound(id);
+        }
+        // More may be pending: come back next turn.
+        self.reactor.mark_hot(listener);
+    }
+
+    /// Moves bytes between the socket and the session until neither can make
+    /// progress or the per-wakeup budget is spent.
+    pub(super) fn drive_inbound(&mut self, id: SockId) {
+        let Some(mut conn) = self.inbound.remove(&id) else { return };
+        let mut reads = 0;
+        let mut closed = false;
+        loop {
+            // 1. Write what the session has to say.
+            while !conn.session.output().is_empty() {
+                match self.reactor.write(id, conn.session.output()) {
+                    Ok(0) => break,
+                    Ok(n) => conn.session.consume_output(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        conn.session.connection_lost();
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            if closed || (conn.session.is_closing() && conn.session.output().is_empty()) {
+                closed = true;
+                break;
+            }
+            // 2. Feed buffered input.
+            if !conn.input.is_empty() {
+                let used = {
+                    let policy = LocalPolicy { daemon: self };
+                    conn.session.handle_input(&conn.input, Instant::now(), &policy)
+                };
+                conn.input.drain(..used);
+                self.session_events(id, &mut conn);
+                if used > 0 {
+                    continue;
+                }
+            }
+            // 3. Read more, unless the session cannot take it now.
+            if conn.session.is_waiting_for_driver()
+                || conn.input.len() >= INPUT_BUFFER
+                || !conn.session.output().is_empty()
+                || conn.session.is_closing()
+            {
+                break;
+            }
+            if reads == READS_PER_WAKEUP {
+                self.reactor.mark_hot(id);
+                break;
+            }
+            reads += 1;
+            let start = conn.input.len();
+            conn.input.resize(INPUT_BUFFER, 0);
+            match self.reactor.read(id, &mut conn.input[start..]) {
+                Ok(0) => {
+                    conn.input.truncate(start);
+                    conn.session.connection_lost();
+                    self.session_events(id, &mut conn);
+                    closed = true;
+                    break;
+                }
+                Ok(n) => conn.input.truncate(start + n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    conn.input.truncate(start);
+                    break;
+                }
+                Err(_) => {
+                    conn.input.truncate(start);
+                    conn.session.connection_lost();
+                    self.session_events(id, &mut conn);
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if closed {
+            self.close_inbound(id, conn);
+            return;
+        }
+        // Timers follow the session's deadline.
+        let deadline = conn.session.deadline();
+        if deadline.is_some() && deadline != conn.armed {
+            if let Some(d) = deadline {
+                self.reactor.add_timer(d, Timer::Session(id));
+            }
+        }
+        conn.armed = deadline;
+        self.inbound.insert(id, conn);
+    }
+
+    fn close_inbound(&mut self, id: SockId, mut conn: Inbound) {
+        if let Some(inc) = conn.incoming.take() {
+            self.spool.discard(inc);
+        }
+        // A message in the commit batch stays there: its commit is harmless
+        // even if the client is gone (it may have seen nothing; a duplicate
+        // is possible, a loss is not).
+        self.reactor.close(id);
+        if conn.counted {
+            let ip = canonical(conn.peer.ip());
+            if let Some(n) = self.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_ip.remove(&ip);
+                }
+            }
+        }
+        log::debug!("disconnect from {}", conn.peer);
+    }
+
+    /// Writes decoded body bytes to the spool file and acts on the session's events.
+    fn session_events(&mut self, id: SockId, conn: &mut Inbound) {
+        loop {
+            if !conn.session.body().is_empty() {
+                if let Some(inc) = conn.incoming.as_mut() {
+                    if let Err(e) = inc.write(conn.session.body()) {
+                        log::error!("{}: spool write failed: {e}", inc.id);
+                        conn.session.spool_failed(Reply::from(&e));
+                    }
+                }
+                conn.session.clear_body();
+            }
+            let Some(ev) = conn.session.poll_event() else { return };
+            match ev {
+                Event::DataStart => self.open_incoming(conn),
+                Event::Commit => {
+                    if let Some(mut inc) = conn.incoming.take() {
+                        let eight_bit = conn.session.summary().is_some_and(|s| s.eight_bit);
+                        let r = if eight_bit { inc.mark_eight_bit() } else { Ok(()) };
+                        match r {
+                            Ok(()) => self.batch.push((id, inc)),
+                            Err(e) => {
+                                self.spool.discard(inc);
+                                conn.session.committed(Err(Reply::from(&e)));
+                            }
+                        }
+                    }
+                }
+                Event::Abort => {
+                    if let Some(inc) = conn.incoming.take() {
+                        self.spool.discard(inc);
+                    }
+                }
+            }
+        }
+    }
+
+    fn open_incoming(&mut self, conn: &mut Inbound) {
+        let Some(env) = conn.session.envelope() else { return };
+        let now = unix_now();
+        let mut recipients = Vec::new();
+        for rcpt in &env.recipients {
+            let original = rcpt.to_string();
+            if self.cfg.is_local_domain(&rcpt.domain) {
+                let is_local = |d: &str| self.cfg.is_local_domain(d);
+                match self.tables.aliases.expand(&rcpt.local, &is_local) {
+                    Ok(targets) => {
+                        for t in targets {
+                            let address = match t {
+                                Target::Local(user) => user,
+                                Target::Remote(addr) => addr,
+                            };
+                            recipients.push(Recipient { address, original: original.clone() });
+                        }
+                    }
+                    Err(e) => {
+                        log::error!("alias expansion of {original} failed: {e:?}; delivering to the mailbox");
+                        recipients.push(Recipient {
+                            address: rcpt.user().to_ascii_lowercase(),
+                            original: original.clone(),
+                        });
+                    }
+                }
+            } else {
+                recipients.push(Recipient { address: original.clone(), original });
+            }
+        }
+        let stored = StoredEnvelope {
+            id: crate::spool::QueueId(0),
+            arrival: now,
+            sender: env.sender.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+            recipients,
+            client: format!("{} [{}]", conn.session.helo_name(), conn.peer.ip()),
+            eight_bit: false,
+            body_offset: 0,
+        };
+        match self.spool.create(&stored) {
+            Ok(inc) => {
+                let date = rfc5322_date(now as i64, 0);
+                conn.session.data_started(&inc.id.to_string(), &date);
+                conn.incoming = Some(inc);
+            }
+            Err(e) => {
+                log::error!("cannot create spool file: {e}");
+                conn.session.data_refused(Reply::from(&e));
+            }
+        }
+    }
+
+    /// The group commit: one sync of `msg/` for every message that ended
+    /// this turn, then the 250s.
+    pub(super) fn commit_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let (ids, files): (Vec<SockId>, Vec<Incoming>) = batch.into_iter().unzip();
+        let sizes: Vec<u64> = files.iter().map(|f| f.size).collect();
+        let results = self.spool.commit(files);
+        let now = unix_now();
+        for ((id, result), size) in ids.into_iter().zip(results).zip(sizes) {
+            match result {
+                Ok(qid) => {
+                    if let Ok((env, _, _)) = self.spool.load(qid) {
+                        log::info!(
+                            "{qid}: from=<{}> size={size} nrcpt={} client={}",
+                            env.sender,
+                            env.recipients.len(),
+                            env.client
+                        );
+                    }
+                    self.queue.schedule(qid, now);
+                    if let Some(c) = self.inbound.get_mut(&id) {
+                        c.session.committed(Ok(&qid.to_string()));
+                    }
+                }
+                Err(e) => {
+                    log::error!("commit failed: {e}");
+                    if let Some(c) = self.inbound.get_mut(&id) {
+                        c.session.committed(Err(Reply::from(&e)));
+                    }
+                }
+            }
+            self.drive_inbound(id);
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses count as IPv4 for limits and relay checks.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}

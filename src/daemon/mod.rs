@@ -1,0 +1,375 @@
+//! The daemon: wires the reactor's events to the sans-IO machines.
+//!
+//! Ownership (see `lib.rs`): the reactor owns sockets and timers, the spool
+//! owns files, the queue owns the schedule, each session owns its protocol
+//! state. This module only moves bytes and events between them, in one
+//! thread, and derives timers from the machines' deadlines after each step.
+//!
+//! One turn of the loop: wait; accept; drive every ready connection a
+//! bounded amount; fire due timers; run the group commit of every message
+//! that ended during the turn and answer those sessions; run the queue.
+
+mod drop;
+mod inbound;
+mod remote;
+mod runner;
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::Config;
+use crate::delivery::aliases::Aliases;
+use crate::dns::{LookupId, QueryHandle, Resolver, ResolverConfig};
+use crate::outbound::Outbound;
+use crate::queue::Queue;
+use crate::reactor::{Event, Reactor, SockId};
+use crate::smtp::server::{ListenerKind, SessionConfig};
+use crate::spool::{Incoming, Spool};
+
+use inbound::Inbound;
+use remote::{Delivery, DnsSock};
+use runner::InFlight;
+use crate::spool::QueueId;
+
+/// The longest the loop sleeps without a timer (a safety net only).
+pub const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// How long a graceful stop waits for commits and output before exiting.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often the sendmail drop directory is checked.
+pub const DROP_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Timer kinds; each fires into its owner, which checks it is still current.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Timer {
+    Session(SockId),
+    Outbound(SockId),
+    Dns,
+    QueueRun,
+    DropScan,
+    ShutdownDeadline,
+}
+
+/// Local tables that answer "does this user exist" and alias expansion;
+/// reloaded on SIGHUP.
+pub struct LocalTables {
+    pub users: HashSet<String>,
+    pub aliases: Aliases,
+}
+
+impl LocalTables {
+    pub fn load(cfg: &Config) -> LocalTables {
+        let users = std::fs::read_to_string("/etc/passwd")
+            .map(|t| {
+                t.lines()
+                    .filter_map(|l| l.split(':').next())
+                    .filter(|u| !u.is_empty())
+                    .map(|u| u.to_ascii_lowercase())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let aliases = match Aliases::load(&cfg.aliases) {
+            Ok((a, errors)) => {
+                for e in errors {
+                    log::warn!("{}:{}: {}", cfg.aliases.display(), e.line, e.message);
+                }
+                a
+            }
+            Err(e) => {
+                log::error!("{}: {e}", cfg.aliases.display());
+                Aliases::parse("").0
+            }
+        };
+        LocalTables { users, aliases }
+    }
+}
+
+pub struct Daemon {
+    cfg: Config,
+    config_path: PathBuf,
+    reactor: Reactor<Timer>,
+    spool: Spool,
+    queue: Queue,
+    tables: LocalTables,
+    session_cfg: SessionConfig,
+    listeners: HashMap<SockId, ListenerKind>,
+    inbound: HashMap<SockId, Inbound>,
+    per_ip: HashMap<IpAddr, usize>,
+    outbound: Outbound,
+    /// Messages whose content ended this turn, committed together.
+    batch: Vec<(SockId, Incoming)>,
+    /// A `queue flush` is running: held mail is delivered too.
+    flushing: bool,
+    queue_timer: Option<u64>,
+    stopping: Option<Instant>,
+    /// Messages with outbound jobs outstanding.
+    in_flight: HashMap<QueueId, InFlight>,
+    /// Sequence for unique local names (Maildir, bounce IDs).
+    local_seq: u64,
+    resolver: Resolver,
+    dns_socks: HashMap<SockId, DnsSock>,
+    dns_by_handle: HashMap<QueryHandle, SockId>,
+    dns_timer: Option<Instant>,
+    lookups: HashMap<LookupId, u64>,
+    deliveries: HashMap<u64, Delivery>,
+    delivery_seq: u64,
+    /// Which delivery owns an outbound socket.
+    socket_owner: HashMap<SockId, u64>,
+    client_timers: HashMap<SockId, Instant>,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Daemon {
+    /// Binds the listeners and opens the spool (start-up order of SPEC:
+    /// config, listeners, spool, recovery, serve).
+    pub fn new(cfg: Config, config_path: PathBuf) -> io::Result<Daemon> {
+        let mut reactor = Reactor::new()?;
+        let mut listeners = HashMap::new();
+        for (addrs, kind) in [
+            (&cfg.listen, ListenerKind::Relay),
+            (&cfg.submission_listen, ListenerKind::Submission),
+        ] {
+            for addr in addrs {
+                let id = reactor
+                    .listen(*addr)
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+                log::info!("listening on {addr} ({kind:?})");
+                listeners.insert(id, kind);
+            }
+        }
+        if !cfg.smtps_listen.is_empty() {
+            log::warn!("smtps_listen is not supported yet (TLS is not implemented); ignored");
+        }
+        let spool = Spool::open(&cfg.spool_dir, cfg.spool_sync).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot open spool {}: {e}", cfg.spool_dir.display()))
+        })?;
+        let tables = LocalTables::load(&cfg);
+        let outbound = Outbound::new(&cfg);
+        let cfg_dns = cfg.clone();
+        Ok(Daemon {
+            session_cfg: session_config(&cfg),
+            cfg,
+            config_path,
+            reactor,
+            spool,
+            queue: Queue::new(),
+            tables,
+            listeners,
+            inbound: HashMap::new(),
+            per_ip: HashMap::new(),
+            outbound,
+            batch: Vec::new(),
+            flushing: false,
+            queue_timer: None,
+            stopping: None,
+            in_flight: HashMap::new(),
+            local_seq: 0,
+            resolver: Resolver::new(resolver_config(&cfg_dns), seed()),
+            dns_socks: HashMap::new(),
+            dns_by_handle: HashMap::new(),
+            dns_timer: None,
+            lookups: HashMap::new(),
+            deliveries: HashMap::new(),
+            delivery_seq: 0,
+            socket_owner: HashMap::new(),
+            client_timers: HashMap::new(),
+        })
+    }
+
+    /// Addresses actually bound (tests use port 0).
+    pub fn local_addrs(&mut self) -> Vec<std::net::SocketAddr> {
+        let ids: Vec<SockId> = self.listeners.keys().copied().collect();
+        ids.into_iter().filter_map(|id| self.reactor.local_addr(id)).collect()
+    }
+
+    pub fn run(&mut self) -> io::Result<()> {
+        let now = unix_now();
+        for id in self.spool.recover()? {
+            self.queue.schedule(id, now);
+        }
+        log::info!("started: {} queued message(s)", self.queue.len());
+        self.import_drops();
+        self.reactor.add_timer(Instant::now() + DROP_SCAN_INTERVAL, Timer::DropScan);
+        let mut events = Vec::new();
+        loop {
+            self.arm_queue_timer();
+            events.clear();
+            self.reactor.poll(Some(MAX_SLEEP), &mut events)?;
+            for ev in events.drain(..) {
+                match ev {
+                    Event::Acceptable(l) => self.accept(l),
+                    Event::Ready(id) => {
+                        if self.inbound.contains_key(&id) {
+                            self.drive_inbound(id);
+                        } else {
+                            self.outbound_ready(id);
+                        }
+                    }
+                    Event::Signal(sig) => self.signal(sig),
+                }
+            }
+            let now = Instant::now();
+            while let Some(t) = self.reactor.pop_timer(now) {
+                self.timer(t, now);
+            }
+            self.commit_batch();
+            self.run_queue();
+            self.outbound_poll();
+            if let Some(deadline) = self.stopping {
+                if (self.inbound.is_empty() && self.outbound.is_idle()) || Instant::now() >= deadline {
+                    log::info!("stopped");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn signal(&mut self, sig: i32) {
+        match sig {
+            libc::SIGTERM | libc::SIGINT => self.begin_shutdown(),
+            libc::SIGHUP => self.reload(),
+            libc::SIGUSR1 => {
+                log::info!("queue run requested");
+                self.flush_queue();
+            }
+            _ => {}
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        log::info!("shutting down");
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        self.stopping = Some(deadline);
+        self.reactor.add_timer(deadline, Timer::ShutdownDeadline);
+        let ids: Vec<SockId> = self.listeners.keys().copied().collect();
+        for id in ids {
+            self.reactor.close(id);
+        }
+        self.listeners.clear();
+        let ids: Vec<SockId> = self.inbound.keys().copied().collect();
+        for id in ids {
+            if let Some(c) = self.inbound.get_mut(&id) {
+                c.session.shutdown();
+            }
+            self.drive_inbound(id);
+        }
+        self.outbound.shutdown();
+    }
+
+    fn reload(&mut self) {
+        match Config::load(&self.config_path) {
+            Ok(new) => {
+                for (key, changed) in [
+                    ("listen", new.listen != self.cfg.listen),
+                    ("submission_listen", new.submission_listen != self.cfg.submission_listen),
+                    ("spool_dir", new.spool_dir != self.cfg.spool_dir),
+                    ("user", new.user != self.cfg.user),
+                ] {
+                    if changed {
+                        log::warn!("reload: {key} changes only at restart; keeping the running value");
+                    }
+                }
+                let mut new = new;
+                new.listen = self.cfg.listen.clone();
+                new.submission_listen = self.cfg.submission_listen.clone();
+                new.spool_dir = self.cfg.spool_dir.clone();
+                new.user = self.cfg.user.clone();
+                let released = self.cfg.hold_outbound && !new.hold_outbound;
+                self.cfg = new;
+                self.session_cfg = session_config(&self.cfg);
+                self.tables = LocalTables::load(&self.cfg);
+                self.outbound.reconfigure(&self.cfg);
+                log::info!("configuration reloaded from {}", self.config_path.display());
+                if released {
+                    self.flush_queue();
+                }
+            }
+            Err(errors) => {
+                for e in errors {
+                    log::error!("reload refused: {e}");
+                }
+            }
+        }
+    }
+
+    fn flush_queue(&mut self) {
+        self.flushing = true;
+        self.queue.flush(unix_now());
+        self.import_drops();
+    }
+
+    fn timer(&mut self, t: Timer, now: Instant) {
+        match t {
+            Timer::Session(id) => {
+                if let Some(c) = self.inbound.get_mut(&id) {
+                    if c.session.deadline().is_some_and(|d| d <= now) {
+                        c.session.handle_timeout(now);
+                        self.drive_inbound(id);
+                    }
+                }
+            }
+            Timer::Outbound(id) => self.outbound_timer(id, now),
+            Timer::Dns => self.dns_timer(now),
+            Timer::QueueRun => self.queue_timer = None,
+            Timer::DropScan => {
+                self.import_drops();
+                self.reactor.add_timer(now + DROP_SCAN_INTERVAL, Timer::DropScan);
+            }
+            Timer::ShutdownDeadline => {}
+        }
+    }
+
+    fn arm_queue_timer(&mut self) {
+        if let Some(due) = self.queue.next_due() {
+            if self.queue_timer != Some(due) {
+                let now = unix_now();
+                let wait = Duration::from_secs(due.saturating_sub(now));
+                self.reactor.add_timer(Instant::now() + wait, Timer::QueueRun);
+                self.queue_timer = Some(due);
+            }
+        }
+    }
+}
+
+pub fn session_config(cfg: &Config) -> SessionConfig {
+    SessionConfig {
+        hostname: cfg.hostname.clone(),
+        max_message_size: cfg.max_message_size,
+        max_recipients: cfg.max_recipients,
+        max_errors: cfg.max_errors,
+        hop_limit: cfg.hop_limit,
+        timeout: cfg.server_timeout,
+    }
+}
+
+/// The resolver's servers: `dns_servers`, else /etc/resolv.conf.
+pub fn resolver_config(cfg: &Config) -> ResolverConfig {
+    let mut rc = crate::dns::load_resolv_conf(std::path::Path::new("/etc/resolv.conf"));
+    if !cfg.dns_servers.is_empty() {
+        rc.servers = cfg.dns_servers.clone();
+    }
+    if let Some(t) = cfg.dns_timeout {
+        rc.timeout = t;
+    }
+    rc
+}
+
+/// Seed for query IDs and MX shuffling, from the kernel.
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    u64::from_ne_bytes(b) ^ u64::from(std::process::id())
+}

@@ -1,0 +1,635 @@
+//! Running outbound jobs in the loop: DNS through the sans-IO resolver,
+//! non-blocking connects tried host by host and address by address, the
+//! sans-IO SMTP client fed from the socket, and the body streamed from the
+//! spool file with a high-water mark (never the whole body in memory).
+//!
+//! Failure policy (RFC 5321 §5.1 and §4.5.4.1): a connection failure, a
+//! timeout or a whole-session failure moves on to the next address, then
+//! the next MX host (or fallback smarthost); only when every one failed is
+//! the job deferred with the last error. Per-recipient 4xx/5xx replies from
+//! a server that took the transaction are final for this attempt.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Instant;
+
+use super::{Daemon, Timer};
+use crate::dns::{DnsError, LookupId, MxHost, QueryHandle, Transport};
+use crate::outbound::{Job, Outcome};
+use crate::reactor::SockId;
+use crate::smtp::client::{ClientConfig, ClientEvent, ClientSession, RcptOutcome, Reply, TlsPolicy, Transaction};
+use crate::spool::RcptStatus;
+
+/// Body bytes read from the spool per step.
+pub const BODY_CHUNK: usize = 16 * 1024;
+/// Bytes read from a peer per wakeup.
+const READ_CHUNK: usize = 4096;
+/// Largest DNS response accepted over TCP.
+const MAX_DNS_TCP: usize = 65535;
+
+/// One host to try: name, port and (once resolved) addresses.
+struct Hop {
+    name: String,
+    port: u16,
+    addrs: Option<Vec<IpAddr>>,
+}
+
+enum Phase {
+    Resolving(LookupId),
+    Connecting { sock: SockId, addr: SocketAddr, deadline: Instant },
+    Talking { sock: SockId, addr: SocketAddr, client: Box<ClientSession> },
+}
+
+pub struct Delivery {
+    job: Job,
+    hops: Vec<Hop>,
+    hop: usize,
+    addr: usize,
+    phase: Phase,
+    body: Option<File>,
+    /// Body bytes read from the spool but not yet taken by the client.
+    chunk: Vec<u8>,
+    chunk_pos: usize,
+    body_done: bool,
+    last_error: String,
+    /// Outcomes decided so far (index in the job's recipient list).
+    decided: HashMap<usize, Outcome>,
+}
+
+/// A DNS exchange in progress on a socket of its own.
+pub struct DnsSock {
+    handle: QueryHandle,
+    server: SocketAddr,
+    transport: Transport,
+    pending_write: Vec<u8>,
+    read_buf: Vec<u8>,
+}
+
+impl Daemon {
+    /// Starts jobs while slots are free and flushes resolver transmissions.
+    pub(super) fn outbound_poll(&mut self) {
+        while let Some(job) = self.outbound.next_startable() {
+            self.start_job(job);
+        }
+        self.dns_flush(Instant::now());
+    }
+
+    fn start_job(&mut self, job: Job) {
+        let now = Instant::now();
+        let key = self.next_delivery_key();
+        if job.domain.is_empty() {
+            let hops = self
+                .outbound
+                .smarthosts
+                .iter()
+                .map(|hp| Hop {
+                    name: hp.host.clone(),
+                    port: hp.port,
+                    addrs: hp.host.parse::<IpAddr>().ok().map(|ip| vec![ip]),
+                })
+                .collect();
+            let d = Delivery::new(job, hops);
+            self.deliveries.insert(key, d);
+            self.advance(key, now);
+        } else {
+            let lookup = self.resolver.resolve_mx(&job.domain, now);
+            self.lookups.insert(lookup, key);
+            let mut d = Delivery::new(job, Vec::new());
+            d.phase = Phase::Resolving(lookup);
+            self.deliveries.insert(key, d);
+        }
+    }
+
+    fn next_delivery_key(&mut self) -> u64 {
+        self.delivery_seq += 1;
+        self.delivery_seq
+    }
+
+    /// Moves a delivery to its next address (resolving names as needed) or
+    /// finishes it when nothing is left to try.
+    fn advance(&mut self, key: u64, now: Instant) {
+        loop {
+            let Some(d) = self.deliveries.get_mut(&key) else { return };
+            let Some(hop) = d.hops.get(d.hop) else {
+                self.finish_delivery(key);
+                return;
+            };
+            let Some(addrs) = &hop.addrs else {
+                let lookup = self.resolver.resolve_host(&hop.name.clone(), now);
+                self.lookups.insert(lookup, key);
+                d.phase = Phase::Resolving(lookup);
+                return;
+            };
+            let Some(ip) = addrs.get(d.addr).copied() else {
+                d.hop += 1;
+                d.addr = 0;
+                continue;
+            };
+            d.addr += 1;
+            let addr = SocketAddr::new(ip, hop.port);
+            match self.reactor.connect(addr) {
+                Ok(sock) => {
+                    let deadline = now + self.cfg.connect_timeout;
+                    d.phase = Phase::Connecting { sock, addr, deadline };
+                    self.socket_owner.insert(sock, key);
+                    self.reactor.add_timer(deadline, Timer::Outbound(sock));
+                    return;
+                }
+                Err(e) => {
+                    d.last_error = format!("connect to {addr}: {e}");
+                    log::debug!("{}: {}", d.job.id, d.last_error);
+                }
+            }
+        }
+    }
+
+    /// A resolver answer for one of our deliveries.
+    fn lookup_done(&mut self, lookup: LookupId, result: Result<Vec<MxHost>, DnsError>, now: Instant) {
+        let Some(key) = self.lookups.remove(&lookup) else { return };
+        let port = self.cfg.mx_port;
+        let Some(d) = self.deliveries.get_mut(&key) else { return };
+        let is_mx = !d.job.domain.is_empty();
+        match result {
+            Ok(hosts) => {
+                if is_mx {
+                    d.hops = hosts
+                        .into_iter()
+                        .map(|h| Hop { name: h.name, port, addrs: Some(h.addrs) })
+                        .collect();
+                    d.hop = 0;
+                } else if let Some(hop) = d.hops.get_mut(d.hop) {
+                    hop.addrs = Some(hosts.into_iter().flat_map(|h| h.addrs).collect());
+                }
+                d.addr = 0;
+                self.advance(key, now);
+            }
+            Err(e) => {
+                let permanent = e.is_permanent();
+                let text = match (&e, is_mx) {
+                    (DnsError::NullMx, _) => format!("556 5.1.10 domain {} accepts no mail (null MX)", d.job.domain),
+                    (DnsError::NoSuchDomain, true) => format!("550 5.1.2 domain {} does not exist", d.job.domain),
+                    (DnsError::NoAddress, true) => format!("550 5.1.2 no mail host found for {}", d.job.domain),
+                    (e, _) => format!("451 4.4.3 DNS lookup failed: {e:?}"),
+                };
+                if is_mx && permanent {
+                    for i in 0..d.job.recipients.len() {
+                        d.decided.entry(i).or_insert(Outcome {
+                            status: RcptStatus::Failed,
+                            reply: text.clone(),
+                            relay: "none".into(),
+                        });
+                    }
+                    self.finish_delivery(key);
+                } else {
+                    // A smarthost name that does not resolve, or a DNS outage:
+                    // move on to the next host; defer if none is left.
+                    d.last_error = text;
+                    if is_mx {
+                        self.finish_delivery(key);
+                    } else {
+                        d.hop += 1;
+                        d.addr = 0;
+                        self.advance(key, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Readiness on an outbound socket (delivery or DNS).
+    pub(super) fn outbound_ready(&mut self, sock: SockId) {
+        if self.dns_socks.contains_key(&sock) {
+            self.dns_ready(sock);
+            return;
+        }
+        let Some(&key) = self.socket_owner.get(&sock) else {
+            self.reactor.close(sock);
+            return;
+        };
+        let now = Instant::now();
+        let Some(d) = self.deliveries.get_mut(&key) else { return };
+        if let Phase::Connecting { sock, addr, .. } = d.phase {
+            match self.reactor.connect_result(sock) {
+                Ok(false) => return,
+                Ok(true) => {
+                    log::debug!("{}: connected to {addr}", d.job.id);
+                    let client = ClientSession::new(self.client_config(), now);
+                    d.phase = Phase::Talking { sock, addr, client: Box::new(client) };
+                }
+                Err(e) => {
+                    d.last_error = format!("connect to {addr}: {e}");
+                    self.drop_socket(sock);
+                    self.advance(key, now);
+                    return;
+                }
+            }
+        }
+        self.pump(key, now);
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            helo_name: self.cfg.hostname.clone(),
+            tls: TlsPolicy::Never,
+            tls_active: false,
+            credentials: None,
+            reply_timeout: self.cfg.client_timeout,
+            final_timeout: self.cfg.client_timeout * 2,
+        }
+    }
+
+    /// Moves bytes between socket, client session and spool file.
+    fn pump(&mut self, key: u64, now: Instant) {
+        let mut buf = [0u8; READ_CHUNK];
+        for _ in 0..64 {
+            let Some(d) = self.deliveries.get_mut(&key) else { return };
+            let Phase::Talking { sock, addr, client } = &mut d.phase else { return };
+            let (sock, addr) = (*sock, *addr);
+            let mut progressed = false;
+            // Events first: they may produce output.
+            while let Some(ev) = client.poll_event() {
+                progressed = true;
+                match ev {
+                    ClientEvent::Ready => {
+                        if d.body.is_none() && !d.body_done {
+                            let txn = Transaction {
+                                sender: d.job.sender.clone(),
+                                recipients: d.job.recipients.iter().map(|(_, a)| a.clone()).collect(),
+                                size: d.job.size,
+                                eight_bit: d.job.eight_bit,
+                                smtputf8: false,
+                            };
+                            client.start_transaction(txn, now);
+                        } else {
+                            client.quit();
+                        }
+                    }
+                    ClientEvent::WantBody => match self.spool.open_content(d.job.id) {
+                        Ok((f, _)) => d.body = Some(f),
+                        Err(e) => {
+                            log::error!("{}: cannot read queue file: {e}", d.job.id);
+                            client.connection_lost(now);
+                        }
+                    },
+                    ClientEvent::TransactionDone(outcomes) => {
+                        let relay = relay_name(&d.hops, d.hop, addr);
+                        for (i, o) in outcomes.into_iter().enumerate() {
+                            d.decided.insert(i, outcome(o, &relay));
+                        }
+                        d.body = None;
+                        d.body_done = true;
+                        client.quit();
+                    }
+                    ClientEvent::SessionFailed(o) => {
+                        let relay = relay_name(&d.hops, d.hop, addr);
+                        let o = outcome(o, &relay);
+                        if d.body_done {
+                            // After the transaction (QUIT trouble): nothing to do.
+                        } else if o.status == RcptStatus::Failed && d.hop + 1 >= d.hops.len() && d.addrs_left() == 0 {
+                            for i in 0..d.job.recipients.len() {
+                                d.decided.entry(i).or_insert_with(|| o.clone());
+                            }
+                        } else {
+                            d.last_error = o.reply.clone();
+                        }
+                        d.body = None;
+                        self.drop_socket(sock);
+                        if d_finished(self.deliveries.get(&key)) {
+                            self.finish_delivery(key);
+                        } else {
+                            self.advance(key, now);
+                        }
+                        return;
+                    }
+                    ClientEvent::StartTls => {
+                        // TLS is not implemented yet: the policy is Never, so this
+                        // cannot happen; treat it as a failed session.
+                        client.connection_lost(now);
+                    }
+                }
+            }
+            // Body: feed the client until it stops taking (high-water mark).
+            if let Some(file) = d.body.as_mut() {
+                loop {
+                    if d.chunk_pos == d.chunk.len() {
+                        d.chunk.resize(BODY_CHUNK, 0);
+                        match file.read(&mut d.chunk) {
+                            Ok(0) => {
+                                d.chunk.clear();
+                                d.chunk_pos = 0;
+                                client.finish_body(now);
+                                d.body = None;
+                                progressed = true;
+                                break;
+                            }
+                            Ok(n) => {
+                                d.chunk.truncate(n);
+                                d.chunk_pos = 0;
+                            }
+                            Err(e) => {
+                                log::error!("{}: reading queue file: {e}", d.job.id);
+                                d.chunk.clear();
+                                d.chunk_pos = 0;
+                                d.body = None;
+                                client.connection_lost(now);
+                                break;
+                            }
+                        }
+                    }
+                    let took = client.send_body(&d.chunk[d.chunk_pos..]);
+                    if took == 0 {
+                        break;
+                    }
+                    d.chunk_pos += took;
+                    progressed = true;
+                }
+            }
+            // Write.
+            while !client.poll_transmit().is_empty() {
+                match self.reactor.write(sock, client.poll_transmit()) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        client.consume_transmit(n);
+                        progressed = true;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        client.connection_lost(now);
+                        progressed = true;
+                        break;
+                    }
+                }
+            }
+            if client.is_closed() && client.poll_transmit().is_empty() {
+                self.drop_socket(sock);
+                self.finish_delivery(key);
+                return;
+            }
+            // Read.
+            match self.reactor.read(sock, &mut buf) {
+                Ok(0) => {
+                    client.connection_lost(now);
+                    progressed = true;
+                }
+                Ok(n) => {
+                    client.handle_input(&buf[..n], now);
+                    progressed = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    client.connection_lost(now);
+                    progressed = true;
+                }
+            }
+            if let Some(t) = client.poll_timeout() {
+                if self.client_timers.get(&sock) != Some(&t) {
+                    self.client_timers.insert(sock, t);
+                    self.reactor.add_timer(t, Timer::Outbound(sock));
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+        // Budget spent: come back next turn.
+        if let Some(Delivery { phase: Phase::Talking { sock, .. }, .. }) = self.deliveries.get(&key) {
+            let s = *sock;
+            self.reactor.mark_hot(s);
+        }
+    }
+
+    pub(super) fn outbound_timer(&mut self, sock: SockId, now: Instant) {
+        let Some(&key) = self.socket_owner.get(&sock) else { return };
+        let Some(d) = self.deliveries.get_mut(&key) else { return };
+        match &mut d.phase {
+            Phase::Connecting { deadline, addr, sock: s } if *s == sock && *deadline <= now => {
+                d.last_error = format!("connect to {addr}: timed out");
+                self.drop_socket(sock);
+                self.advance(key, now);
+            }
+            Phase::Talking { client, sock: s, .. } if *s == sock => {
+                if client.poll_timeout().is_some_and(|t| t <= now) {
+                    client.handle_timeout(now);
+                    self.pump(key, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn drop_socket(&mut self, sock: SockId) {
+        self.reactor.close(sock);
+        self.socket_owner.remove(&sock);
+        self.client_timers.remove(&sock);
+    }
+
+    /// Reports a delivery's outcomes to the runner and frees its slot.
+    fn finish_delivery(&mut self, key: u64) {
+        let Some(mut d) = self.deliveries.remove(&key) else { return };
+        match &d.phase {
+            Phase::Connecting { sock, .. } | Phase::Talking { sock, .. } => {
+                let s = *sock;
+                self.drop_socket(s);
+            }
+            Phase::Resolving(l) => {
+                self.lookups.remove(l);
+            }
+        }
+        let last = if d.last_error.is_empty() {
+            "451 4.4.1 no destination could be reached".to_string()
+        } else {
+            d.last_error.clone()
+        };
+        let mut outcomes = Vec::with_capacity(d.job.recipients.len());
+        for (j, (index, _)) in d.job.recipients.iter().enumerate() {
+            let o = d.decided.remove(&j).unwrap_or_else(|| Outcome {
+                status: RcptStatus::Deferred,
+                reply: last.clone(),
+                relay: "none".into(),
+            });
+            outcomes.push((*index, o));
+        }
+        self.outbound.finished(&d.job.domain);
+        self.job_done(d.job.id, outcomes);
+    }
+
+    // --- DNS ---------------------------------------------------------------------
+
+    /// Sends what the resolver wants sent and collects its answers.
+    pub(super) fn dns_flush(&mut self, now: Instant) {
+        while let Some(tx) = self.resolver.poll_transmit() {
+            let local: SocketAddr = if tx.server.is_ipv4() {
+                (Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let sock = match tx.transport {
+                Transport::Udp => self.reactor.udp_bind(local).and_then(|s| {
+                    self.reactor.udp_send(s, tx.server, &tx.payload).map(|_| s).inspect_err(|_| self.reactor.close(s))
+                }),
+                Transport::Tcp => self.reactor.connect(tx.server),
+            };
+            match sock {
+                Ok(s) => {
+                    let pending_write = if matches!(tx.transport, Transport::Tcp) { tx.payload } else { Vec::new() };
+                    self.dns_socks.insert(
+                        s,
+                        DnsSock {
+                            handle: tx.handle,
+                            server: tx.server,
+                            transport: tx.transport,
+                            pending_write,
+                            read_buf: Vec::new(),
+                        },
+                    );
+                    self.dns_by_handle.insert(tx.handle, s);
+                }
+                Err(e) => {
+                    log::debug!("dns: cannot send to {}: {e}", tx.server);
+                    self.resolver.handle_transport_error(tx.handle, now);
+                }
+            }
+        }
+        while let Some(handle) = self.resolver.poll_closed() {
+            if let Some(s) = self.dns_by_handle.remove(&handle) {
+                self.dns_socks.remove(&s);
+                self.reactor.close(s);
+            }
+        }
+        let mut results = Vec::new();
+        while let Some(r) = self.resolver.poll_result() {
+            results.push(r);
+        }
+        for (lookup, result) in results {
+            self.lookup_done(lookup, result, now);
+        }
+        if let Some(t) = self.resolver.poll_timeout() {
+            if self.dns_timer != Some(t) {
+                self.dns_timer = Some(t);
+                self.reactor.add_timer(t, Timer::Dns);
+            }
+        }
+    }
+
+    pub(super) fn dns_timer(&mut self, now: Instant) {
+        self.dns_timer = None;
+        self.resolver.handle_timeout(now);
+        self.dns_flush(now);
+    }
+
+    fn dns_ready(&mut self, sock: SockId) {
+        let now = Instant::now();
+        let Some(ds) = self.dns_socks.get_mut(&sock) else { return };
+        let handle = ds.handle;
+        match ds.transport {
+            Transport::Udp => {
+                let mut buf = [0u8; 1500];
+                loop {
+                    match self.reactor.udp_recv(sock, &mut buf) {
+                        Ok((n, from)) => self.resolver.handle_response(handle, from, &buf[..n], now),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => {
+                            self.resolver.handle_transport_error(handle, now);
+                            break;
+                        }
+                    }
+                }
+            }
+            Transport::Tcp => {
+                let server = ds.server;
+                let mut failed = false;
+                if !ds.pending_write.is_empty() {
+                    match self.reactor.connect_result(sock) {
+                        Ok(true) => match self.reactor.write(sock, &ds.pending_write) {
+                            Ok(n) => {
+                                ds.pending_write.drain(..n);
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(_) => failed = true,
+                        },
+                        Ok(false) => {}
+                        Err(_) => failed = true,
+                    }
+                }
+                let mut buf = [0u8; 4096];
+                while !failed {
+                    match self.reactor.read(sock, &mut buf) {
+                        Ok(0) => {
+                            failed = true;
+                        }
+                        Ok(n) => {
+                            ds.read_buf.extend_from_slice(&buf[..n]);
+                            if ds.read_buf.len() > MAX_DNS_TCP + 2 {
+                                failed = true;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => failed = true,
+                    }
+                    if ds.read_buf.len() >= 2 {
+                        let len = u16::from_be_bytes([ds.read_buf[0], ds.read_buf[1]]) as usize;
+                        if ds.read_buf.len() >= 2 + len {
+                            let msg = ds.read_buf[2..2 + len].to_vec();
+                            self.resolver.handle_response(handle, server, &msg, now);
+                            break;
+                        }
+                    }
+                }
+                if failed {
+                    self.resolver.handle_transport_error(handle, now);
+                }
+            }
+        }
+        self.dns_flush(now);
+    }
+}
+
+impl Delivery {
+    fn new(job: Job, hops: Vec<Hop>) -> Delivery {
+        Delivery {
+            job,
+            hops,
+            hop: 0,
+            addr: 0,
+            phase: Phase::Resolving(LookupId(0)),
+            body: None,
+            chunk: Vec::new(),
+            chunk_pos: 0,
+            body_done: false,
+            last_error: String::new(),
+            decided: HashMap::new(),
+        }
+    }
+
+    fn addrs_left(&self) -> usize {
+        self.hops
+            .get(self.hop)
+            .and_then(|h| h.addrs.as_ref())
+            .map_or(0, |a| a.len().saturating_sub(self.addr))
+    }
+}
+
+/// Every recipient has an outcome already.
+fn d_finished(d: Option<&Delivery>) -> bool {
+    d.is_some_and(|d| d.decided.len() == d.job.recipients.len())
+}
+
+fn relay_name(hops: &[Hop], hop: usize, addr: SocketAddr) -> String {
+    let name = hops.get(hop).map_or("unknown", |h| h.name.as_str());
+    format!("{name}[{}]:{}", addr.ip(), addr.port())
+}
+
+fn outcome(o: RcptOutcome, relay: &str) -> Outcome {
+    let (status, reply): (RcptStatus, Reply) = match o {
+        RcptOutcome::Delivered(r) => (RcptStatus::Sent, r),
+        RcptOutcome::Deferred(r) => (RcptStatus::Deferred, r),
+        RcptOutcome::Failed(r) => (RcptStatus::Failed, r),
+    };
+    Outcome {
+        status,
+        reply: format!("{relay} said: {reply}"),
+        relay: relay.to_string(),
+    }
+}

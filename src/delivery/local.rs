@@ -1,0 +1,69 @@
+//! Local delivery of one queued message to one mailbox.
+//!
+//! The content streams from the spool file, behind a `Return-Path:` and a
+//! `Delivered-To:` header, into Maildir or mbox. Failures are classed the
+//! way the queue needs them: a busy mbox lock or an I/O error is temporary
+//! (retried later), nothing local is permanent except an unusable name.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::PathBuf;
+
+use super::{mailbox_name, maildir, mbox};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Maildir,
+    Mbox,
+}
+
+pub struct LocalDelivery {
+    pub mail_dir: PathBuf,
+    pub format: Format,
+    pub sync: bool,
+    pub hostname: String,
+}
+
+#[derive(Debug)]
+pub enum LocalError {
+    Temporary(String),
+    Permanent(String),
+}
+
+impl LocalDelivery {
+    /// Delivers `content` (the stored message) to `user`'s mailbox and says
+    /// where it went.
+    pub fn deliver(
+        &self,
+        user: &str,
+        sender: &str,
+        original_rcpt: &str,
+        content: File,
+        now_unix: u64,
+        seq: u64,
+    ) -> Result<String, LocalError> {
+        let Some(user) = mailbox_name(user) else {
+            return Err(LocalError::Permanent(format!("550 5.1.3 unusable mailbox name {user:?}")));
+        };
+        let header = format!("Return-Path: <{sender}>\r\nDelivered-To: {original_rcpt}\r\n");
+        let mut stream = io::Cursor::new(header.into_bytes()).chain(content);
+        let path = self.mail_dir.join(&user);
+        match self.format {
+            Format::Maildir => {
+                let unique = maildir::unique_name(now_unix, (seq % 1_000_000) as u32, std::process::id(), seq, &self.hostname);
+                maildir::deliver_maildir(&path, &mut stream, &unique, self.sync)
+                    .map(|p| format!("maildir {}", p.display()))
+                    .map_err(|e| LocalError::Temporary(format!("451 4.3.0 maildir {}: {e}", path.display())))
+            }
+            Format::Mbox => match mbox::deliver_mbox(&path, sender, now_unix as i64, &mut stream, self.sync) {
+                Ok(()) => Ok(format!("mbox {}", path.display())),
+                Err(mbox::MboxError::Locked) => {
+                    Err(LocalError::Temporary(format!("451 4.2.0 mbox {} is locked", path.display())))
+                }
+                Err(mbox::MboxError::Io(e)) => {
+                    Err(LocalError::Temporary(format!("451 4.3.0 mbox {}: {e}", path.display())))
+                }
+            },
+        }
+    }
+}

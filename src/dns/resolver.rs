@@ -1,0 +1,2095 @@
+//! The resolver state machine: MX policy, retransmission, CNAME chasing and a
+//! small cache, with no sockets, clock or RNG of its own.
+//!
+//! Why: tern's single mio loop must never block on DNS. The driver feeds
+//! responses, transport errors and `now` in, and takes datagrams, closed
+//! exchanges, deadlines and results out:
+//!
+//! ```text
+//! resolve_mx / resolve_host ─▶ Resolver ─▶ poll_transmit  (send; one socket per QueryHandle)
+//! handle_response ──────────▶          ─▶ poll_closed    (close that socket)
+//! handle_transport_error ───▶          ─▶ poll_timeout   (arm the timer)
+//! handle_timeout ───────────▶          ─▶ poll_result    (LookupId, hosts or DnsError)
+//! ```
+//!
+//! Rules: RFC 5321 §5.1 (MX, then the implicit MX; sort by preference,
+//! randomise equal preferences), RFC 7505 (null MX), RFC 1035 §7 (matching a
+//! response to its query, retransmission across servers), RFC 1035 §4.2.2
+//! and RFC 7766 (TCP after truncation), RFC 1034 §3.6.2 (CNAME chains),
+//! RFC 2308 (negative caching).
+//!
+//! Invariants:
+//! - Each [`Transmit`] has a fresh [`QueryHandle`] and a fresh random 16-bit
+//!   ID. A response counts only if it arrives on that handle, from that
+//!   server's address and port, with that ID, QR set, opcode QUERY and the
+//!   same question; anything else is ignored and the exchange keeps waiting.
+//! - Every handle handed out by `poll_transmit` is later handed out once by
+//!   `poll_closed`.
+//! - A question makes at most `attempts × servers` tries (servers in order,
+//!   one per try, each waiting `timeout`), plus one TCP try per truncated
+//!   UDP answer. SERVFAIL, REFUSED, other error codes, malformed answers and
+//!   transport errors move on to the next try at once.
+//! - DNS trouble is never permanent: only NXDOMAIN, NODATA, null MX and
+//!   invalid names give a permanent [`DnsError`].
+//! - Memory per lookup is bounded: at most [`MAX_MX_HOSTS`] hosts, at most
+//!   [`MAX_PARALLEL_QUESTIONS`] questions in flight, at most
+//!   [`MAX_CNAME_CHAIN`] aliases; the cache holds [`CACHE_ENTRIES`] entries.
+//!
+//! Not supported: EDNS(0), DNSSEC validation, search domains and `ndots`
+//! (names are always absolute), the `rotate` option, IDNA, cancelling a
+//! lookup, removing our own host from the MX list (RFC 5321 §5.1 last
+//! paragraphs: the delivery code knows our host name and does that).
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::wire::{
+    self, Header, Message, RData, Record, CLASS_IN, OPCODE_QUERY, RCODE_FORMERR, RCODE_NOERROR,
+    RCODE_NOTIMP, RCODE_NXDOMAIN, RCODE_REFUSED, RCODE_SERVFAIL, TYPE_A, TYPE_AAAA, TYPE_MX,
+};
+
+/// Most cached answers (positive and negative).
+pub const CACHE_ENTRIES: usize = 256;
+/// Longest time an answer stays cached, whatever its TTL.
+pub const MAX_CACHE_TTL: Duration = Duration::from_secs(3600);
+/// Most CNAMEs followed for one question.
+pub const MAX_CNAME_CHAIN: usize = 8;
+/// Most MX hosts kept (lowest preferences first).
+pub const MAX_MX_HOSTS: usize = 16;
+/// Most A/AAAA questions in flight at once for one lookup.
+pub const MAX_PARALLEL_QUESTIONS: usize = 8;
+/// Per-try timeout ceiling, so `now + timeout` cannot overflow.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// Rounds-over-the-server-list ceiling.
+pub const MAX_ATTEMPTS: u32 = 10;
+pub const DNS_PORT: u16 = 53;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_ATTEMPTS: u32 = 2;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolverConfig {
+    pub servers: Vec<SocketAddr>,
+    /// Wait for one try (one server).
+    pub timeout: Duration,
+    /// Rounds over `servers`.
+    pub attempts: u32,
+}
+
+impl Default for ResolverConfig {
+    /// resolv.conf(5) defaults: the local server, 5 s, 2 attempts.
+    fn default() -> Self {
+        ResolverConfig {
+            servers: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, DNS_PORT))],
+            timeout: DEFAULT_TIMEOUT,
+            attempts: DEFAULT_ATTEMPTS,
+        }
+    }
+}
+
+/// One `resolve_*` call.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct LookupId(pub u64);
+
+/// One network exchange; the driver maps it to a socket.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct QueryHandle(pub u64);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// A query to send. For TCP the payload already carries the 2-octet length.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Transmit {
+    pub handle: QueryHandle,
+    pub server: SocketAddr,
+    pub transport: Transport,
+    pub payload: Vec<u8>,
+}
+
+/// A destination host: IPv6 addresses first, then IPv4.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct MxHost {
+    pub name: String,
+    pub preference: u16,
+    pub addrs: Vec<IpAddr>,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum DnsError {
+    /// RFC 7505: the domain accepts no mail.
+    NullMx,
+    /// NXDOMAIN, or a name that cannot exist (too long, empty label...).
+    NoSuchDomain,
+    /// No MX and no A/AAAA, or MX hosts without any address.
+    NoAddress,
+    /// Timeouts, SERVFAIL, REFUSED, malformed answers: try again later.
+    Temporary(String),
+}
+
+impl DnsError {
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, DnsError::Temporary(_))
+    }
+}
+
+impl fmt::Display for DnsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DnsError::NullMx => f.write_str("domain does not accept mail (null MX)"),
+            DnsError::NoSuchDomain => f.write_str("no such domain"),
+            DnsError::NoAddress => f.write_str("no address for the domain's mail hosts"),
+            DnsError::Temporary(why) => write!(f, "temporary DNS failure: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for DnsError {}
+
+pub struct Resolver {
+    cfg: ResolverConfig,
+    rng: XorShift,
+    next_id: u64,
+    lookups: HashMap<LookupId, Lookup>,
+    questions: HashMap<QuestionId, Question>,
+    exchanges: HashMap<QueryHandle, Exchange>,
+    cache: Cache,
+    /// Question outcomes not yet applied to their lookup.
+    ready: VecDeque<(Owner, Outcome)>,
+    transmits: VecDeque<Transmit>,
+    closed: VecDeque<QueryHandle>,
+    results: VecDeque<(LookupId, Result<Vec<MxHost>, DnsError>)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct QuestionId(u64);
+
+/// Who waits for a question, and for what.
+#[derive(Clone, Copy, Debug)]
+struct Owner {
+    lookup: LookupId,
+    purpose: Purpose,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Purpose {
+    Mx,
+    Address { host: usize, qtype: u16 },
+}
+
+/// The end of one question, CNAMEs already followed.
+#[derive(Clone, Debug)]
+enum Outcome {
+    Records {
+        records: Vec<RData>,
+        additional: Vec<Record>,
+    },
+    NoData,
+    NxDomain,
+    Temporary(String),
+}
+
+/// One question (name, type) being asked of the servers.
+struct Question {
+    owner: Owner,
+    /// The name first asked; the answer is cached under it too.
+    origin: String,
+    /// The name asked now (differs from `origin` after a CNAME).
+    name: String,
+    qtype: u16,
+    cnames: usize,
+    /// Smallest TTL of the CNAMEs followed.
+    cname_ttl: u32,
+    /// UDP tries used, which also picks the server.
+    tries: u32,
+}
+
+struct Exchange {
+    question: QuestionId,
+    server: SocketAddr,
+    transport: Transport,
+    id: u16,
+    deadline: Instant,
+}
+
+enum LookupKind {
+    Mx,
+    Host,
+}
+
+struct Lookup {
+    kind: LookupKind,
+    /// The queried domain (MX) or host.
+    name: String,
+    hosts: Vec<HostSlot>,
+    /// Address questions not started yet: (index in `hosts`, type).
+    pending: VecDeque<(usize, u16)>,
+    running: usize,
+}
+
+struct HostSlot {
+    name: String,
+    preference: u16,
+    v6: Addresses,
+    v4: Addresses,
+}
+
+enum Addresses {
+    Waiting,
+    Found(Vec<IpAddr>),
+    None { nxdomain: bool },
+    Failed(String),
+}
+
+impl Resolver {
+    /// `seed` feeds the PRNG for query IDs and shuffling; take it from the
+    /// OS once at start-up.
+    pub fn new(mut cfg: ResolverConfig, seed: u64) -> Resolver {
+        cfg.timeout = cfg.timeout.min(MAX_TIMEOUT);
+        cfg.attempts = cfg.attempts.clamp(1, MAX_ATTEMPTS);
+        Resolver {
+            cfg,
+            rng: XorShift::new(seed),
+            next_id: 0,
+            lookups: HashMap::new(),
+            questions: HashMap::new(),
+            exchanges: HashMap::new(),
+            cache: Cache::default(),
+            ready: VecDeque::new(),
+            transmits: VecDeque::new(),
+            closed: VecDeque::new(),
+            results: VecDeque::new(),
+        }
+    }
+
+    /// Mail hosts for `domain` per RFC 5321 §5.1, in the order to try them.
+    /// An address literal (`[192.0.2.1]`, `[IPv6:2001:db8::1]`) resolves at once.
+    pub fn resolve_mx(&mut self, domain: &str, now: Instant) -> LookupId {
+        let id = LookupId(self.fresh_id());
+        if let Some(addr) = address_literal(domain) {
+            self.results
+                .push_back((id, Ok(vec![literal_host(domain, addr)])));
+            return id;
+        }
+        let domain = match wire::normalize_name(domain) {
+            Ok(name) => name,
+            Err(e) => {
+                log::debug!("dns: lookup={} domain={domain:?} invalid: {e}", id.0);
+                self.results.push_back((id, Err(DnsError::NoSuchDomain)));
+                return id;
+            }
+        };
+        self.lookups
+            .insert(id, Lookup::new(LookupKind::Mx, domain.clone()));
+        let owner = Owner {
+            lookup: id,
+            purpose: Purpose::Mx,
+        };
+        self.ask(owner, domain, TYPE_MX, now);
+        self.apply_ready(now);
+        id
+    }
+
+    /// A and AAAA for one host (a smarthost); the result is one [`MxHost`]
+    /// with preference 0. An IP literal, bare or in brackets, resolves at once.
+    pub fn resolve_host(&mut self, host: &str, now: Instant) -> LookupId {
+        let id = LookupId(self.fresh_id());
+        if let Some(addr) = host.parse().ok().or_else(|| address_literal(host)) {
+            self.results
+                .push_back((id, Ok(vec![literal_host(host, addr)])));
+            return id;
+        }
+        let host = match wire::normalize_name(host) {
+            Ok(name) => name,
+            Err(e) => {
+                log::debug!("dns: lookup={} host={host:?} invalid: {e}", id.0);
+                self.results.push_back((id, Err(DnsError::NoSuchDomain)));
+                return id;
+            }
+        };
+        self.lookups
+            .insert(id, Lookup::new(LookupKind::Host, host.clone()));
+        self.start_addresses(id, vec![(0, host)], &[], now);
+        self.apply_ready(now);
+        id
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// A datagram (or a TCP message without its length prefix) that arrived
+    /// on `handle`'s socket.
+    pub fn handle_response(
+        &mut self,
+        handle: QueryHandle,
+        from: SocketAddr,
+        payload: &[u8],
+        now: Instant,
+    ) {
+        let Some(header) = self.accepts(handle, from, payload) else {
+            return;
+        };
+        let Some(exchange) = self.close_exchange(handle) else {
+            return;
+        };
+        let (qid, server) = (exchange.question, exchange.server);
+        if header.truncated {
+            if exchange.transport == Transport::Udp {
+                log::debug!("dns: truncated answer from {server}, retrying over TCP");
+                self.send(qid, server, Transport::Tcp, now);
+            } else {
+                self.next_try(qid, format!("truncated TCP answer from {server}"), now);
+            }
+        } else if header.rcode == RCODE_NOERROR || header.rcode == RCODE_NXDOMAIN {
+            match wire::decode(payload) {
+                Ok(message) => self.handle_answer(qid, &message, now),
+                Err(e) => self.next_try(qid, format!("malformed answer from {server}: {e}"), now),
+            }
+        } else {
+            let why = format!("{} from {server}", rcode_name(header.rcode));
+            self.next_try(qid, why, now);
+        }
+        self.apply_ready(now);
+    }
+
+    /// The exchange's socket failed (ICMP unreachable, TCP refused or reset).
+    pub fn handle_transport_error(&mut self, handle: QueryHandle, now: Instant) {
+        if let Some(exchange) = self.close_exchange(handle) {
+            let why = format!("transport error talking to {}", exchange.server);
+            self.next_try(exchange.question, why, now);
+            self.apply_ready(now);
+        }
+    }
+
+    /// Exchanges that are over; the driver closes their sockets.
+    pub fn poll_closed(&mut self) -> Option<QueryHandle> {
+        self.closed.pop_front()
+    }
+
+    /// The earliest exchange deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.exchanges.values().map(|e| e.deadline).min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut expired: Vec<QueryHandle> = self
+            .exchanges
+            .iter()
+            .filter(|(_, e)| e.deadline <= now)
+            .map(|(h, _)| *h)
+            .collect();
+        expired.sort_by_key(|h| h.0);
+        for handle in expired {
+            if let Some(exchange) = self.close_exchange(handle) {
+                let why = format!("timeout waiting for {}", exchange.server);
+                self.next_try(exchange.question, why, now);
+            }
+        }
+        self.apply_ready(now);
+    }
+
+    pub fn poll_result(&mut self) -> Option<(LookupId, Result<Vec<MxHost>, DnsError>)> {
+        self.results.pop_front()
+    }
+
+    // -- exchanges -----------------------------------------------------------
+
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// The header of `payload` if it answers the exchange on `handle`
+    /// (RFC 1035 §7.3); otherwise `None` and the exchange keeps waiting.
+    fn accepts(&self, handle: QueryHandle, from: SocketAddr, payload: &[u8]) -> Option<Header> {
+        let Some(exchange) = self.exchanges.get(&handle) else {
+            log::debug!("dns: response on closed handle {}", handle.0);
+            return None;
+        };
+        if from.ip() != exchange.server.ip() || from.port() != exchange.server.port() {
+            log::debug!(
+                "dns: ignoring response from {from}, asked {}",
+                exchange.server
+            );
+            return None;
+        }
+        let question = self.questions.get(&exchange.question)?;
+        let (header, asked) = match wire::decode_head(payload) {
+            Ok(head) => head,
+            Err(e) => {
+                log::debug!("dns: ignoring undecodable response from {from}: {e}");
+                return None;
+            }
+        };
+        let same_question = asked.is_some_and(|q| {
+            q.name == question.name && q.qtype == question.qtype && q.qclass == CLASS_IN
+        });
+        let matches = header.id == exchange.id
+            && header.is_response
+            && header.opcode == OPCODE_QUERY
+            && same_question;
+        if !matches {
+            log::debug!("dns: ignoring response from {from}: id or question mismatch");
+            return None;
+        }
+        Some(header)
+    }
+
+    fn close_exchange(&mut self, handle: QueryHandle) -> Option<Exchange> {
+        let exchange = self.exchanges.remove(&handle)?;
+        self.closed.push_back(handle);
+        Some(exchange)
+    }
+
+    /// Sends the question's current name to `server` on a new exchange.
+    fn send(&mut self, qid: QuestionId, server: SocketAddr, transport: Transport, now: Instant) {
+        let Some(question) = self.questions.get(&qid) else {
+            return;
+        };
+        let id = self.rng.next() as u16;
+        let query = match wire::encode_query(id, &question.name, question.qtype) {
+            Ok(query) => query,
+            Err(e) => {
+                let why = format!("cannot encode {}: {e}", question.name);
+                self.finish_question(qid, Outcome::Temporary(why));
+                return;
+            }
+        };
+        let payload = match transport {
+            Transport::Udp => query,
+            Transport::Tcp => {
+                // A query is at most 12 + 255 + 4 octets.
+                let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+                framed.extend_from_slice(&query);
+                framed
+            }
+        };
+        let handle = QueryHandle(self.fresh_id());
+        let deadline = now + self.cfg.timeout;
+        self.exchanges.insert(
+            handle,
+            Exchange {
+                question: qid,
+                server,
+                transport,
+                id,
+                deadline,
+            },
+        );
+        self.transmits.push_back(Transmit {
+            handle,
+            server,
+            transport,
+            payload,
+        });
+    }
+
+    /// The server for try number `tries`, rotating through the list.
+    fn server_for(&self, tries: u32) -> Option<SocketAddr> {
+        let count = self.cfg.servers.len();
+        if count == 0 {
+            return None;
+        }
+        self.cfg.servers.get(tries as usize % count).copied()
+    }
+
+    /// The current try failed: move to the next server, or give up.
+    fn next_try(&mut self, qid: QuestionId, why: String, now: Instant) {
+        let limit = self
+            .cfg
+            .attempts
+            .saturating_mul(self.cfg.servers.len() as u32);
+        let Some(question) = self.questions.get_mut(&qid) else {
+            return;
+        };
+        question.tries += 1;
+        let tries = question.tries;
+        log::debug!("dns: {} type {}: {why}", question.name, question.qtype);
+        match self.server_for(tries) {
+            Some(server) if tries < limit => self.send(qid, server, Transport::Udp, now),
+            _ => self.finish_question(qid, Outcome::Temporary(why)),
+        }
+    }
+
+    // -- questions -----------------------------------------------------------
+
+    /// Starts a question for `owner`, from the cache when possible.
+    fn ask(&mut self, owner: Owner, name: String, qtype: u16, now: Instant) {
+        if let Some(outcome) = self.cache.lookup(&name, qtype, now) {
+            log::trace!("dns: cache hit {name} type {qtype}");
+            self.ready.push_back((owner, outcome));
+            return;
+        }
+        let Some(server) = self.server_for(0) else {
+            let why = "no DNS servers configured".to_string();
+            self.ready.push_back((owner, Outcome::Temporary(why)));
+            return;
+        };
+        let qid = QuestionId(self.fresh_id());
+        self.questions.insert(
+            qid,
+            Question {
+                owner,
+                origin: name.clone(),
+                name,
+                qtype,
+                cnames: 0,
+                cname_ttl: u32::MAX,
+                tries: 0,
+            },
+        );
+        self.send(qid, server, Transport::Udp, now);
+    }
+
+    fn finish_question(&mut self, qid: QuestionId, outcome: Outcome) {
+        if let Some(question) = self.questions.remove(&qid) {
+            self.ready.push_back((question.owner, outcome));
+        }
+    }
+
+    /// A matching NOERROR/NXDOMAIN answer for question `qid`.
+    fn handle_answer(&mut self, qid: QuestionId, message: &Message, now: Instant) {
+        let Some(question) = self.questions.get_mut(&qid) else {
+            return;
+        };
+        let reading = read_answer(message, &question.name, question.qtype);
+        let (cached, ttl) = match reading {
+            Reading::Alias { target, ttl, hops } => {
+                question.cnames += hops;
+                question.cname_ttl = question.cname_ttl.min(ttl);
+                if question.cnames > MAX_CNAME_CHAIN {
+                    let why = format!("CNAME chain too long at {}", question.origin);
+                    self.finish_question(qid, Outcome::Temporary(why));
+                    return;
+                }
+                let qtype = question.qtype;
+                if let Some(outcome) = self.cache.lookup(&target, qtype, now) {
+                    self.finish_question(qid, outcome);
+                    return;
+                }
+                log::trace!("dns: {} is an alias for {target}", question.name);
+                question.name = target;
+                question.tries = 0;
+                if let Some(server) = self.server_for(0) {
+                    self.send(qid, server, Transport::Udp, now);
+                }
+                return;
+            }
+            Reading::ChainTooLong => {
+                let why = format!("CNAME chain too long at {}", question.origin);
+                self.finish_question(qid, Outcome::Temporary(why));
+                return;
+            }
+            Reading::Records { records, ttl } => (Cached::Records(records), ttl),
+            Reading::NoData { ttl } => (Cached::NoData, ttl),
+            Reading::NxDomain { ttl } => (Cached::NxDomain, ttl),
+        };
+        self.cache
+            .insert(&question.name, question.qtype, cached.clone(), ttl, now);
+        if question.origin != question.name {
+            let ttl = ttl.min(question.cname_ttl);
+            self.cache
+                .insert(&question.origin, question.qtype, cached.clone(), ttl, now);
+        }
+        let outcome = match cached {
+            Cached::Records(records) => Outcome::Records {
+                records,
+                additional: message.additional.clone(),
+            },
+            Cached::NoData => Outcome::NoData,
+            Cached::NxDomain => Outcome::NxDomain,
+        };
+        self.finish_question(qid, outcome);
+    }
+
+    // -- lookups -------------------------------------------------------------
+
+    /// Applies finished questions to their lookups until none is left
+    /// (applying one may start questions that the cache answers at once).
+    fn apply_ready(&mut self, now: Instant) {
+        while let Some((owner, outcome)) = self.ready.pop_front() {
+            match owner.purpose {
+                Purpose::Mx => self.handle_mx(owner.lookup, outcome, now),
+                Purpose::Address { host, qtype } => {
+                    self.handle_addresses(owner.lookup, host, qtype, outcome, now)
+                }
+            }
+        }
+    }
+
+    fn handle_mx(&mut self, id: LookupId, outcome: Outcome, now: Instant) {
+        let Some(lookup) = self.lookups.get(&id) else {
+            return;
+        };
+        let domain = lookup.name.clone();
+        match outcome {
+            Outcome::Records {
+                records,
+                additional,
+            } => {
+                let mut mx: Vec<(u16, String)> = records
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        RData::Mx {
+                            preference,
+                            exchange,
+                        } => Some((preference, exchange)),
+                        _ => None,
+                    })
+                    .collect();
+                // RFC 7505 §3: one MX, preference 0, exchange ".".
+                if let [(0, exchange)] = mx.as_slice() {
+                    if exchange.is_empty() {
+                        self.finish_lookup(id, Err(DnsError::NullMx));
+                        return;
+                    }
+                }
+                mx.retain(|(_, exchange)| !exchange.is_empty());
+                self.order_mx(&mut mx);
+                if mx.is_empty() {
+                    self.finish_lookup(id, Err(DnsError::NoAddress));
+                    return;
+                }
+                self.start_addresses(id, mx, &additional, now);
+            }
+            // RFC 5321 §5.1: no MX, so the domain itself is the implicit MX.
+            Outcome::NoData => self.start_addresses(id, vec![(0, domain)], &[], now),
+            Outcome::NxDomain => self.finish_lookup(id, Err(DnsError::NoSuchDomain)),
+            Outcome::Temporary(why) => self.finish_lookup(id, Err(DnsError::Temporary(why))),
+        }
+    }
+
+    /// Sorts by preference, shuffles equal preferences, drops duplicate
+    /// hosts and keeps at most [`MAX_MX_HOSTS`].
+    fn order_mx(&mut self, mx: &mut Vec<(u16, String)>) {
+        mx.sort_by_key(|(preference, _)| *preference);
+        let mut start = 0;
+        while start < mx.len() {
+            let preference = mx.get(start).map(|m| m.0);
+            let end = mx[start..]
+                .iter()
+                .position(|m| Some(m.0) != preference)
+                .map_or(mx.len(), |n| start + n);
+            // Fisher-Yates over mx[start..end].
+            for i in (start + 1..end).rev() {
+                let j = start + self.rng.below(i - start + 1);
+                mx.swap(i, j);
+            }
+            start = end;
+        }
+        let mut seen: Vec<String> = Vec::new();
+        mx.retain(|(_, name)| {
+            let fresh = !seen.contains(name);
+            seen.push(name.clone());
+            fresh
+        });
+        mx.truncate(MAX_MX_HOSTS);
+    }
+
+    /// Starts the address phase for `hosts`, taking A/AAAA records from the
+    /// MX answer's additional section when it has them.
+    fn start_addresses(
+        &mut self,
+        id: LookupId,
+        hosts: Vec<(u16, String)>,
+        additional: &[Record],
+        now: Instant,
+    ) {
+        let Some(lookup) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        for (index, (preference, name)) in hosts.into_iter().enumerate() {
+            let glue = |qtype: u16| -> Addresses {
+                let addrs: Vec<IpAddr> = additional
+                    .iter()
+                    .filter(|r| r.name == name && r.data.rtype() == qtype)
+                    .filter_map(|r| address_of(&r.data))
+                    .collect();
+                if addrs.is_empty() {
+                    Addresses::Waiting
+                } else {
+                    Addresses::Found(addrs)
+                }
+            };
+            let (v6, v4) = (glue(TYPE_AAAA), glue(TYPE_A));
+            for (qtype, answer) in [(TYPE_AAAA, &v6), (TYPE_A, &v4)] {
+                if matches!(answer, Addresses::Waiting) {
+                    lookup.pending.push_back((index, qtype));
+                }
+            }
+            lookup.hosts.push(HostSlot {
+                name,
+                preference,
+                v6,
+                v4,
+            });
+        }
+        self.start_pending(id, now);
+    }
+
+    /// Starts pending address questions up to the parallel limit; finishes
+    /// the lookup when nothing is pending or running.
+    fn start_pending(&mut self, id: LookupId, now: Instant) {
+        loop {
+            let Some(lookup) = self.lookups.get_mut(&id) else {
+                return;
+            };
+            if lookup.running >= MAX_PARALLEL_QUESTIONS {
+                return;
+            }
+            let Some((host, qtype)) = lookup.pending.pop_front() else {
+                if lookup.running == 0 {
+                    let result = lookup.result();
+                    self.finish_lookup(id, result);
+                }
+                return;
+            };
+            let Some(name) = lookup.hosts.get(host).map(|h| h.name.clone()) else {
+                continue;
+            };
+            lookup.running += 1;
+            let purpose = Purpose::Address { host, qtype };
+            self.ask(
+                Owner {
+                    lookup: id,
+                    purpose,
+                },
+                name,
+                qtype,
+                now,
+            );
+        }
+    }
+
+    fn handle_addresses(
+        &mut self,
+        id: LookupId,
+        host: usize,
+        qtype: u16,
+        outcome: Outcome,
+        now: Instant,
+    ) {
+        let Some(lookup) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        lookup.running = lookup.running.saturating_sub(1);
+        let answer = match outcome {
+            Outcome::Records { records, .. } => {
+                Addresses::Found(records.iter().filter_map(address_of).collect())
+            }
+            Outcome::NoData => Addresses::None { nxdomain: false },
+            Outcome::NxDomain => Addresses::None { nxdomain: true },
+            Outcome::Temporary(why) => Addresses::Failed(why),
+        };
+        if let Some(slot) = lookup.hosts.get_mut(host) {
+            if qtype == TYPE_AAAA {
+                slot.v6 = answer;
+            } else {
+                slot.v4 = answer;
+            }
+        }
+        self.start_pending(id, now);
+    }
+
+    fn finish_lookup(&mut self, id: LookupId, result: Result<Vec<MxHost>, DnsError>) {
+        if let Some(lookup) = self.lookups.remove(&id) {
+            match &result {
+                Ok(hosts) => log::debug!(
+                    "dns: lookup={} name={} hosts={}",
+                    id.0,
+                    lookup.name,
+                    hosts.len()
+                ),
+                Err(e) => log::debug!("dns: lookup={} name={} error={e}", id.0, lookup.name),
+            }
+            self.results.push_back((id, result));
+        }
+    }
+}
+
+impl Lookup {
+    fn new(kind: LookupKind, name: String) -> Lookup {
+        Lookup {
+            kind,
+            name,
+            hosts: Vec::new(),
+            pending: VecDeque::new(),
+            running: 0,
+        }
+    }
+
+    /// Hosts with at least one address, in order; else why there are none.
+    fn result(&self) -> Result<Vec<MxHost>, DnsError> {
+        let mut hosts = Vec::new();
+        let mut failure = None;
+        let mut all_nxdomain = true;
+        for slot in &self.hosts {
+            let mut addrs: Vec<IpAddr> = Vec::new();
+            for answer in [&slot.v6, &slot.v4] {
+                match answer {
+                    Addresses::Found(found) => {
+                        all_nxdomain = false;
+                        for addr in found {
+                            if !addrs.contains(addr) {
+                                addrs.push(*addr);
+                            }
+                        }
+                    }
+                    Addresses::None { nxdomain } => all_nxdomain &= *nxdomain,
+                    Addresses::Failed(why) => {
+                        all_nxdomain = false;
+                        failure.get_or_insert_with(|| why.clone());
+                    }
+                    Addresses::Waiting => {
+                        all_nxdomain = false;
+                        failure.get_or_insert_with(|| "lookup unfinished".to_string());
+                    }
+                }
+            }
+            if !addrs.is_empty() {
+                hosts.push(MxHost {
+                    name: slot.name.clone(),
+                    preference: slot.preference,
+                    addrs,
+                });
+            }
+        }
+        if !hosts.is_empty() {
+            Ok(hosts)
+        } else if let Some(why) = failure {
+            Err(DnsError::Temporary(why))
+        } else if matches!(self.kind, LookupKind::Host) && all_nxdomain {
+            Err(DnsError::NoSuchDomain)
+        } else {
+            Err(DnsError::NoAddress)
+        }
+    }
+}
+
+/// What one answer says about (name, type).
+enum Reading {
+    Records {
+        records: Vec<RData>,
+        ttl: u32,
+    },
+    /// Only CNAMEs: ask again for `target`.
+    Alias {
+        target: String,
+        ttl: u32,
+        hops: usize,
+    },
+    NoData {
+        ttl: u32,
+    },
+    NxDomain {
+        ttl: u32,
+    },
+    ChainTooLong,
+}
+
+/// Follows the CNAME chain in the answer section from `name` and collects
+/// the records of `qtype` at its end. TTLs are the smallest along the chain;
+/// negative TTLs come from the SOA in the authority section (RFC 2308 §5),
+/// and without one the answer is not cached.
+fn read_answer(message: &Message, name: &str, qtype: u16) -> Reading {
+    let mut current = name;
+    let mut ttl = u32::MAX;
+    let mut hops = 0;
+    loop {
+        let found: Vec<&Record> = message
+            .answers
+            .iter()
+            .filter(|r| r.name == current && r.data.rtype() == qtype)
+            .collect();
+        if !found.is_empty() {
+            let ttl = found.iter().map(|r| r.ttl).fold(ttl, u32::min);
+            let records = found.into_iter().map(|r| r.data.clone()).collect();
+            return Reading::Records { records, ttl };
+        }
+        let alias = message.answers.iter().find_map(|r| match &r.data {
+            RData::Cname(target) if r.name == current => Some((target, r.ttl)),
+            _ => None,
+        });
+        let Some((target, alias_ttl)) = alias else {
+            break;
+        };
+        hops += 1;
+        if hops > MAX_CNAME_CHAIN {
+            return Reading::ChainTooLong;
+        }
+        ttl = ttl.min(alias_ttl);
+        current = target;
+    }
+    let negative_ttl = message
+        .authority
+        .iter()
+        .find_map(|r| match r.data {
+            RData::Soa { minimum } => Some(minimum.min(r.ttl)),
+            _ => None,
+        })
+        .unwrap_or(0);
+    if message.header.rcode == RCODE_NXDOMAIN {
+        Reading::NxDomain {
+            ttl: negative_ttl.min(ttl),
+        }
+    } else if hops > 0 {
+        Reading::Alias {
+            target: current.to_string(),
+            ttl,
+            hops,
+        }
+    } else {
+        Reading::NoData { ttl: negative_ttl }
+    }
+}
+
+fn address_of(data: &RData) -> Option<IpAddr> {
+    match data {
+        RData::A(addr) => Some(IpAddr::V4(*addr)),
+        RData::Aaaa(addr) => Some(IpAddr::V6(*addr)),
+        _ => None,
+    }
+}
+
+/// RFC 5321 §4.1.3 address literal: `[192.0.2.1]`, `[IPv6:2001:db8::1]`
+/// (the bare `[2001:db8::1]` is accepted too).
+fn address_literal(text: &str) -> Option<IpAddr> {
+    let inner = text.strip_prefix('[')?.strip_suffix(']')?;
+    let tagged = inner
+        .get(..5)
+        .filter(|tag| tag.eq_ignore_ascii_case("IPv6:"));
+    match tagged {
+        Some(_) => inner.get(5..)?.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+        None => inner.parse().ok(),
+    }
+}
+
+fn literal_host(text: &str, addr: IpAddr) -> MxHost {
+    MxHost {
+        name: text.to_string(),
+        preference: 0,
+        addrs: vec![addr],
+    }
+}
+
+fn rcode_name(rcode: u8) -> String {
+    match rcode {
+        RCODE_FORMERR => "FORMERR".to_string(),
+        RCODE_SERVFAIL => "SERVFAIL".to_string(),
+        RCODE_NOTIMP => "NOTIMP".to_string(),
+        RCODE_REFUSED => "REFUSED".to_string(),
+        other => format!("RCODE {other}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cache
+
+#[derive(Clone, Debug)]
+enum Cached {
+    Records(Vec<RData>),
+    NoData,
+    NxDomain,
+}
+
+struct CacheEntry {
+    expires: Instant,
+    answer: Cached,
+}
+
+/// Answers keyed by (canonical name, type), at most [`CACHE_ENTRIES`]; when
+/// full, expired entries go first, then the one closest to expiry.
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<(String, u16), CacheEntry>,
+}
+
+impl Cache {
+    fn lookup(&mut self, name: &str, qtype: u16, now: Instant) -> Option<Outcome> {
+        let key = (name.to_string(), qtype);
+        let entry = self.entries.get(&key)?;
+        if entry.expires <= now {
+            self.entries.remove(&key);
+            return None;
+        }
+        Some(match &entry.answer {
+            Cached::Records(records) => Outcome::Records {
+                records: records.clone(),
+                additional: Vec::new(),
+            },
+            Cached::NoData => Outcome::NoData,
+            Cached::NxDomain => Outcome::NxDomain,
+        })
+    }
+
+    fn insert(&mut self, name: &str, qtype: u16, answer: Cached, ttl: u32, now: Instant) {
+        if ttl == 0 {
+            return;
+        }
+        let key = (name.to_string(), qtype);
+        if self.entries.len() >= CACHE_ENTRIES && !self.entries.contains_key(&key) {
+            self.entries.retain(|_, e| e.expires > now);
+            if self.entries.len() >= CACHE_ENTRIES {
+                let soonest = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, e)| e.expires)
+                    .map(|(k, _)| k.clone());
+                if let Some(soonest) = soonest {
+                    self.entries.remove(&soonest);
+                }
+            }
+        }
+        let lifetime = Duration::from_secs(u64::from(ttl)).min(MAX_CACHE_TTL);
+        let expires = now + lifetime;
+        self.entries.insert(key, CacheEntry { expires, answer });
+    }
+}
+
+// ---------------------------------------------------------------------------
+// PRNG
+
+/// xorshift64 seeded through splitmix64, so nearby seeds diverge at once.
+/// Not cryptographic: query IDs only need to be unpredictable enough on top
+/// of the kernel's random source port.
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> XorShift {
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        XorShift(if z == 0 { 0x2545_f491_4f6c_dd1d } else { z })
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// Uniform enough in `0..n` for n > 0.
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::wire::Question as WireQuestion;
+
+    const S1: &str = "192.0.2.53:53";
+    const S2: &str = "198.51.100.53:53";
+
+    fn config(servers: &[&str]) -> ResolverConfig {
+        ResolverConfig {
+            servers: servers.iter().map(|s| s.parse().unwrap()).collect(),
+            timeout: Duration::from_secs(5),
+            attempts: 2,
+        }
+    }
+
+    /// A resolver, a virtual clock and helpers to answer its queries.
+    struct Net {
+        resolver: Resolver,
+        now: Instant,
+    }
+
+    /// A sent query, decoded.
+    struct Sent {
+        transmit: Transmit,
+        id: u16,
+        name: String,
+        qtype: u16,
+    }
+
+    fn rec(name: &str, ttl: u32, data: RData) -> Record {
+        Record {
+            name: name.into(),
+            ttl,
+            data,
+        }
+    }
+
+    fn a(name: &str, ip: &str) -> Record {
+        rec(name, 300, RData::A(ip.parse().unwrap()))
+    }
+
+    fn aaaa(name: &str, ip: &str) -> Record {
+        rec(name, 300, RData::Aaaa(ip.parse().unwrap()))
+    }
+
+    fn mx(name: &str, preference: u16, exchange: &str) -> Record {
+        let exchange = exchange.to_string();
+        rec(
+            name,
+            300,
+            RData::Mx {
+                preference,
+                exchange,
+            },
+        )
+    }
+
+    fn cname(name: &str, target: &str) -> Record {
+        rec(name, 300, RData::Cname(target.into()))
+    }
+
+    fn soa(name: &str) -> Record {
+        rec(name, 600, RData::Soa { minimum: 300 })
+    }
+
+    impl Net {
+        fn new(servers: &[&str], seed: u64) -> Net {
+            Net {
+                resolver: Resolver::new(config(servers), seed),
+                now: Instant::now(),
+            }
+        }
+
+        fn sent(&mut self) -> Option<Sent> {
+            let transmit = self.resolver.poll_transmit()?;
+            let query = match transmit.transport {
+                Transport::Udp => transmit.payload.clone(),
+                Transport::Tcp => {
+                    let len = u16::from_be_bytes([transmit.payload[0], transmit.payload[1]]);
+                    assert_eq!(usize::from(len), transmit.payload.len() - 2);
+                    transmit.payload[2..].to_vec()
+                }
+            };
+            let message = wire::decode(&query).unwrap();
+            assert!(message.header.recursion_desired && !message.header.is_response);
+            let question = message.question.unwrap();
+            Some(Sent {
+                id: message.header.id,
+                name: question.name,
+                qtype: question.qtype,
+                transmit,
+            })
+        }
+
+        fn expect_sent(&mut self, name: &str, qtype: u16) -> Sent {
+            let sent = self.sent().expect("a query");
+            assert_eq!((sent.name.as_str(), sent.qtype), (name, qtype));
+            sent
+        }
+
+        fn all_sent(&mut self) -> Vec<Sent> {
+            std::iter::from_fn(|| self.sent()).collect()
+        }
+
+        fn closed(&mut self) -> Vec<QueryHandle> {
+            std::iter::from_fn(|| self.resolver.poll_closed()).collect()
+        }
+
+        fn deliver(&mut self, sent: &Sent, payload: &[u8]) {
+            let (handle, from) = (sent.transmit.handle, sent.transmit.server);
+            self.resolver
+                .handle_response(handle, from, payload, self.now);
+        }
+
+        fn reply(&mut self, sent: &Sent, rcode: u8, answers: Vec<Record>, additional: Vec<Record>) {
+            self.reply_with(sent, rcode, answers, vec![], additional);
+        }
+
+        fn reply_with(
+            &mut self,
+            sent: &Sent,
+            rcode: u8,
+            answers: Vec<Record>,
+            authority: Vec<Record>,
+            additional: Vec<Record>,
+        ) {
+            let payload = response(sent, rcode, answers, authority, additional);
+            self.deliver(sent, &payload);
+        }
+
+        fn advance(&mut self, by: Duration) {
+            self.now += by;
+            self.resolver.handle_timeout(self.now);
+        }
+
+        fn result(&mut self) -> Option<(LookupId, Result<Vec<MxHost>, DnsError>)> {
+            self.resolver.poll_result()
+        }
+    }
+
+    fn response(
+        sent: &Sent,
+        rcode: u8,
+        answers: Vec<Record>,
+        authority: Vec<Record>,
+        additional: Vec<Record>,
+    ) -> Vec<u8> {
+        Message {
+            header: Header {
+                id: sent.id,
+                is_response: true,
+                recursion_desired: true,
+                recursion_available: true,
+                rcode,
+                ..Header::default()
+            },
+            question: Some(WireQuestion {
+                name: sent.name.clone(),
+                qtype: sent.qtype,
+                qclass: CLASS_IN,
+            }),
+            answers,
+            authority,
+            additional,
+        }
+        .encode()
+        .unwrap()
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn host(name: &str, preference: u16, addrs: &[&str]) -> MxHost {
+        MxHost {
+            name: name.into(),
+            preference,
+            addrs: addrs.iter().map(|a| ip(a)).collect(),
+        }
+    }
+
+    // -- MX policy -----------------------------------------------------------
+
+    #[test]
+    fn mx_answer_with_compression_uses_additional_addresses() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_mx("Example.COM.", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        assert_eq!(q.transmit.transport, Transport::Udp);
+        assert_eq!(q.transmit.server, S1.parse().unwrap());
+        // Hand-compressed: owner -> question name, exchange "mx1" -> it too,
+        // additional A and AAAA owners -> the exchange.
+        let mut p = q.id.to_be_bytes().to_vec();
+        p.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 2]);
+        p.extend_from_slice(b"\x07example\x03com\x00\x00\x0f\x00\x01");
+        p.extend_from_slice(&[0xc0, 12, 0, 15, 0, 1, 0, 0, 1, 44, 0, 8, 0, 10]);
+        p.extend_from_slice(b"\x03MX1\xc0\x0c"); // exchange at offset 43
+        p.extend_from_slice(&[0xc0, 43, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+        p.extend_from_slice(&[0xc0, 43, 0, 28, 0, 1, 0, 0, 0, 60, 0, 16]);
+        p.extend_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
+        net.deliver(&q, &p);
+        assert!(net.sent().is_none(), "glue made the A/AAAA queries useless");
+        assert_eq!(net.closed(), vec![q.transmit.handle]);
+        assert_eq!(
+            net.result(),
+            Some((
+                id,
+                Ok(vec![host(
+                    "mx1.example.com",
+                    10,
+                    &["2001:db8::1", "192.0.2.1"]
+                )])
+            ))
+        );
+        assert!(net.resolver.poll_timeout().is_none());
+    }
+
+    #[test]
+    fn mx_hosts_sorted_and_resolved_ipv6_first() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        let answers = vec![
+            mx("example.com", 20, "b.example.com"),
+            mx("example.com", 10, "a.example.com"),
+        ];
+        net.reply(&q, RCODE_NOERROR, answers, vec![]);
+        let queries = net.all_sent();
+        let asked: Vec<(&str, u16)> = queries.iter().map(|s| (s.name.as_str(), s.qtype)).collect();
+        assert_eq!(
+            asked,
+            vec![
+                ("a.example.com", TYPE_AAAA),
+                ("a.example.com", TYPE_A),
+                ("b.example.com", TYPE_AAAA),
+                ("b.example.com", TYPE_A),
+            ]
+        );
+        // Answer out of order; the result keeps MX order.
+        net.reply(
+            &queries[3],
+            RCODE_NOERROR,
+            vec![a("b.example.com", "192.0.2.2")],
+            vec![],
+        );
+        net.reply(&queries[2], RCODE_NOERROR, vec![], vec![]);
+        net.reply(
+            &queries[1],
+            RCODE_NOERROR,
+            vec![a("a.example.com", "192.0.2.1")],
+            vec![],
+        );
+        assert!(net.result().is_none());
+        net.reply(
+            &queries[0],
+            RCODE_NOERROR,
+            vec![aaaa("a.example.com", "2001:db8::a")],
+            vec![],
+        );
+        assert_eq!(
+            net.result(),
+            Some((
+                id,
+                Ok(vec![
+                    host("a.example.com", 10, &["2001:db8::a", "192.0.2.1"]),
+                    host("b.example.com", 20, &["192.0.2.2"]),
+                ])
+            ))
+        );
+        assert_eq!(net.closed().len(), 5);
+    }
+
+    #[test]
+    fn null_mx_is_permanent() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        net.reply(&q, RCODE_NOERROR, vec![mx("example.com", 0, "")], vec![]);
+        assert!(net.sent().is_none());
+        let (got, result) = net.result().unwrap();
+        assert_eq!(got, id);
+        let err = result.unwrap_err();
+        assert_eq!(err, DnsError::NullMx);
+        assert!(err.is_permanent());
+    }
+
+    #[test]
+    fn nodata_mx_falls_back_to_implicit_mx() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        net.reply_with(&q, RCODE_NOERROR, vec![], vec![soa("example.com")], vec![]);
+        let v6 = net.expect_sent("example.com", TYPE_AAAA);
+        let v4 = net.expect_sent("example.com", TYPE_A);
+        net.reply(&v6, RCODE_NOERROR, vec![], vec![]);
+        net.reply(
+            &v4,
+            RCODE_NOERROR,
+            vec![a("example.com", "192.0.2.7")],
+            vec![],
+        );
+        assert_eq!(
+            net.result(),
+            Some((id, Ok(vec![host("example.com", 0, &["192.0.2.7"])])))
+        );
+    }
+
+    #[test]
+    fn no_mx_and_no_address_is_no_address() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        net.reply(&q, RCODE_NOERROR, vec![], vec![]);
+        for sent in net.all_sent() {
+            net.reply(&sent, RCODE_NOERROR, vec![], vec![]);
+        }
+        assert_eq!(net.result(), Some((id, Err(DnsError::NoAddress))));
+    }
+
+    #[test]
+    fn nxdomain_is_permanent() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_mx("nowhere.example", net.now);
+        let q = net.expect_sent("nowhere.example", TYPE_MX);
+        net.reply(&q, RCODE_NXDOMAIN, vec![], vec![]);
+        assert_eq!(net.result(), Some((id, Err(DnsError::NoSuchDomain))));
+        assert!(net.sent().is_none());
+    }
+
+    #[test]
+    fn mx_host_without_address_is_dropped() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        let answers = vec![
+            mx("example.com", 10, "gone.example.com"),
+            mx("example.com", 20, "ok.example.com"),
+        ];
+        net.reply(
+            &q,
+            RCODE_NOERROR,
+            answers,
+            vec![a("ok.example.com", "192.0.2.9")],
+        );
+        // ok.example.com has A glue, so only its AAAA is asked.
+        let queries = net.all_sent();
+        assert_eq!(queries.len(), 3);
+        for sent in &queries {
+            net.reply(sent, RCODE_NXDOMAIN, vec![], vec![]);
+        }
+        assert_eq!(
+            net.result(),
+            Some((id, Ok(vec![host("ok.example.com", 20, &["192.0.2.9"])])))
+        );
+    }
+
+    #[test]
+    fn mx_hosts_all_failing_temporarily_is_temporary() {
+        let mut net = Net::new(&[S1], 1);
+        net.resolver.cfg.attempts = 1;
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        net.reply(
+            &q,
+            RCODE_NOERROR,
+            vec![mx("example.com", 10, "mx.example.com")],
+            vec![],
+        );
+        let queries = net.all_sent();
+        net.reply(&queries[0], RCODE_NOERROR, vec![], vec![]);
+        net.reply(&queries[1], RCODE_SERVFAIL, vec![], vec![]);
+        let (got, result) = net.result().unwrap();
+        assert_eq!(got, id);
+        assert!(matches!(result, Err(DnsError::Temporary(ref why)) if why.contains("SERVFAIL")));
+    }
+
+    #[test]
+    fn equal_preferences_are_shuffled_across_seeds() {
+        let mut orders = std::collections::HashSet::new();
+        for seed in 0..32 {
+            let mut net = Net::new(&[S1], seed);
+            let id = net.resolver.resolve_mx("example.com", net.now);
+            let q = net.expect_sent("example.com", TYPE_MX);
+            let answers = vec![
+                mx("example.com", 5, "first.example.com"),
+                mx("example.com", 10, "x.example.com"),
+                mx("example.com", 10, "y.example.com"),
+            ];
+            let glue = vec![
+                a("first.example.com", "192.0.2.1"),
+                aaaa("first.example.com", "2001:db8::1"),
+                a("x.example.com", "192.0.2.2"),
+                aaaa("x.example.com", "2001:db8::2"),
+                a("y.example.com", "192.0.2.3"),
+                aaaa("y.example.com", "2001:db8::3"),
+            ];
+            net.reply(&q, RCODE_NOERROR, answers, glue);
+            let (got, result) = net.result().unwrap();
+            assert_eq!(got, id);
+            let names: Vec<String> = result.unwrap().into_iter().map(|h| h.name).collect();
+            assert_eq!(names[0], "first.example.com");
+            orders.insert(names);
+        }
+        assert_eq!(
+            orders.len(),
+            2,
+            "both orders of the preference-10 pair: {orders:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_mx_hosts_and_root_exchanges_are_dropped() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        let answers = vec![
+            mx("example.com", 10, "mx.example.com"),
+            mx("example.com", 20, "mx.example.com"),
+            mx("example.com", 30, ""),
+        ];
+        net.reply(
+            &q,
+            RCODE_NOERROR,
+            answers,
+            vec![a("mx.example.com", "192.0.2.1")],
+        );
+        assert_eq!(net.all_sent().len(), 1, "only mx.example.com AAAA");
+        let _ = id;
+    }
+
+    #[test]
+    fn many_mx_hosts_are_resolved_with_bounded_parallelism() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        let answers = (0..20u16)
+            .map(|i| mx("example.com", i, &format!("mx{i}.example.com")))
+            .collect();
+        net.reply(&q, RCODE_NOERROR, answers, vec![]);
+        let mut answered = 0;
+        loop {
+            let batch = net.all_sent();
+            if batch.is_empty() {
+                break;
+            }
+            assert!(batch.len() <= MAX_PARALLEL_QUESTIONS);
+            assert!(net.resolver.exchanges.len() <= MAX_PARALLEL_QUESTIONS);
+            for sent in batch {
+                let answer = match sent.qtype {
+                    TYPE_A => vec![a(&sent.name, "192.0.2.1")],
+                    _ => vec![],
+                };
+                net.reply(&sent, RCODE_NOERROR, answer, vec![]);
+                answered += 1;
+            }
+        }
+        assert_eq!(answered, 2 * MAX_MX_HOSTS);
+        let (got, result) = net.result().unwrap();
+        assert_eq!(got, id);
+        let hosts = result.unwrap();
+        assert_eq!(hosts.len(), MAX_MX_HOSTS);
+        assert_eq!(hosts[15].name, "mx15.example.com");
+    }
+
+    #[test]
+    fn invalid_names_fail_at_once_and_permanently() {
+        let mut net = Net::new(&[S1], 1);
+        let long = format!("{}.com", "x".repeat(64));
+        let too_long = vec!["a".repeat(50); 5].join(".");
+        assert_eq!(too_long.len(), 254);
+        for name in [long.as_str(), too_long.as_str(), "a..b", "", "."] {
+            let id = net.resolver.resolve_mx(name, net.now);
+            assert_eq!(
+                net.result(),
+                Some((id, Err(DnsError::NoSuchDomain))),
+                "{name:?}"
+            );
+            let id = net.resolver.resolve_host(name, net.now);
+            assert_eq!(
+                net.result(),
+                Some((id, Err(DnsError::NoSuchDomain))),
+                "{name:?}"
+            );
+        }
+        assert!(net.sent().is_none());
+    }
+
+    #[test]
+    fn address_literals_resolve_at_once() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_mx("[192.0.2.1]", net.now);
+        assert_eq!(
+            net.result(),
+            Some((id, Ok(vec![host("[192.0.2.1]", 0, &["192.0.2.1"])])))
+        );
+        let id = net.resolver.resolve_mx("[IPv6:2001:db8::1]", net.now);
+        let (got, result) = net.result().unwrap();
+        assert_eq!(
+            (got, result.unwrap()[0].addrs.clone()),
+            (id, vec![ip("2001:db8::1")])
+        );
+        let id = net.resolver.resolve_host("2001:db8::2", net.now);
+        let (got, result) = net.result().unwrap();
+        assert_eq!(
+            (got, result.unwrap()[0].addrs.clone()),
+            (id, vec![ip("2001:db8::2")])
+        );
+        assert!(net.sent().is_none());
+    }
+
+    // -- resolve_host ------------------------------------------------------
+
+    #[test]
+    fn resolve_host_asks_aaaa_and_a() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_host("smtp.example.net", net.now);
+        let v6 = net.expect_sent("smtp.example.net", TYPE_AAAA);
+        let v4 = net.expect_sent("smtp.example.net", TYPE_A);
+        net.reply(
+            &v4,
+            RCODE_NOERROR,
+            vec![a("smtp.example.net", "192.0.2.5")],
+            vec![],
+        );
+        net.reply(
+            &v6,
+            RCODE_NOERROR,
+            vec![aaaa("smtp.example.net", "2001:db8::5")],
+            vec![],
+        );
+        assert_eq!(
+            net.result(),
+            Some((
+                id,
+                Ok(vec![host(
+                    "smtp.example.net",
+                    0,
+                    &["2001:db8::5", "192.0.2.5"]
+                )])
+            ))
+        );
+    }
+
+    #[test]
+    fn resolve_host_nxdomain_is_no_such_domain() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_host("nope.example", net.now);
+        for sent in net.all_sent() {
+            net.reply(&sent, RCODE_NXDOMAIN, vec![], vec![]);
+        }
+        assert_eq!(net.result(), Some((id, Err(DnsError::NoSuchDomain))));
+    }
+
+    // -- CNAME ---------------------------------------------------------------
+
+    #[test]
+    fn cname_chain_in_one_answer_is_followed() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_host("www.example.com", net.now);
+        let v6 = net.expect_sent("www.example.com", TYPE_AAAA);
+        let v4 = net.expect_sent("www.example.com", TYPE_A);
+        let chain = vec![
+            cname("www.example.com", "b.example.net"),
+            cname("b.example.net", "c.example.org"),
+            a("c.example.org", "192.0.2.3"),
+            a("unrelated.example", "192.0.2.99"),
+        ];
+        net.reply(&v4, RCODE_NOERROR, chain, vec![]);
+        let v6_chain = vec![
+            cname("www.example.com", "b.example.net"),
+            cname("b.example.net", "c.example.org"),
+        ];
+        net.reply_with(
+            &v6,
+            RCODE_NOERROR,
+            v6_chain,
+            vec![soa("example.org")],
+            vec![],
+        );
+        // AAAA: only CNAMEs came back, so the target is asked again.
+        let again = net.expect_sent("c.example.org", TYPE_AAAA);
+        net.reply_with(
+            &again,
+            RCODE_NOERROR,
+            vec![],
+            vec![soa("example.org")],
+            vec![],
+        );
+        assert_eq!(
+            net.result(),
+            Some((id, Ok(vec![host("www.example.com", 0, &["192.0.2.3"])])))
+        );
+    }
+
+    #[test]
+    fn cname_only_answer_requeries_target() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        net.reply(
+            &q,
+            RCODE_NOERROR,
+            vec![cname("example.com", "mail.example.net")],
+            vec![],
+        );
+        let q2 = net.expect_sent("mail.example.net", TYPE_MX);
+        net.reply(
+            &q2,
+            RCODE_NOERROR,
+            vec![mx("mail.example.net", 1, "in.example.net")],
+            vec![
+                a("in.example.net", "192.0.2.4"),
+                aaaa("in.example.net", "2001:db8::4"),
+            ],
+        );
+        assert_eq!(
+            net.result(),
+            Some((
+                id,
+                Ok(vec![host(
+                    "in.example.net",
+                    1,
+                    &["2001:db8::4", "192.0.2.4"]
+                )])
+            ))
+        );
+    }
+
+    #[test]
+    fn cname_loop_is_temporary() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_mx("loop.example", net.now);
+        let mut sent = net.expect_sent("loop.example", TYPE_MX);
+        for _ in 0..=MAX_CNAME_CHAIN {
+            let target = format!("x{}", sent.name);
+            let name = sent.name.clone();
+            net.reply(&sent, RCODE_NOERROR, vec![cname(&name, &target)], vec![]);
+            match net.sent() {
+                Some(next) => sent = next,
+                None => break,
+            }
+        }
+        let (got, result) = net.result().unwrap();
+        assert_eq!(got, id);
+        assert!(matches!(result, Err(DnsError::Temporary(ref why)) if why.contains("CNAME")));
+    }
+
+    // -- matching responses ------------------------------------------------
+
+    #[test]
+    fn wrong_id_is_ignored() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        let mut forged = response(&q, RCODE_NXDOMAIN, vec![], vec![], vec![]);
+        forged[0] ^= 0x5a;
+        net.deliver(&q, &forged);
+        assert!(net.result().is_none());
+        assert!(net.closed().is_empty(), "still waiting on the exchange");
+        net.reply(&q, RCODE_NOERROR, vec![mx("example.com", 0, "")], vec![]);
+        assert_eq!(net.result(), Some((id, Err(DnsError::NullMx))));
+    }
+
+    #[test]
+    fn answer_for_another_question_is_ignored() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        for (name, qtype) in [("example.org", TYPE_MX), ("example.com", TYPE_A)] {
+            let other = Sent {
+                transmit: q.transmit.clone(),
+                id: q.id,
+                name: name.into(),
+                qtype,
+            };
+            net.reply(&other, RCODE_NXDOMAIN, vec![], vec![]);
+        }
+        // A query echoed back (QR clear) is not an answer either.
+        net.deliver(&q, &q.transmit.payload.clone());
+        assert!(net.result().is_none() && net.closed().is_empty());
+        // Case does not matter when matching the question.
+        let upper = Sent {
+            transmit: q.transmit.clone(),
+            id: q.id,
+            name: "EXAMPLE.com".into(),
+            qtype: TYPE_MX,
+        };
+        net.reply(&upper, RCODE_NXDOMAIN, vec![], vec![]);
+        assert_eq!(net.result(), Some((id, Err(DnsError::NoSuchDomain))));
+    }
+
+    #[test]
+    fn response_from_wrong_server_is_ignored() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        let payload = response(&q, RCODE_NXDOMAIN, vec![], vec![], vec![]);
+        for from in ["203.0.113.1:53", "192.0.2.53:5353"] {
+            let from = from.parse().unwrap();
+            net.resolver
+                .handle_response(q.transmit.handle, from, &payload, net.now);
+        }
+        // And a stale handle.
+        net.resolver
+            .handle_response(QueryHandle(999), S1.parse().unwrap(), &payload, net.now);
+        assert!(net.result().is_none() && net.closed().is_empty());
+        net.deliver(&q, &payload);
+        assert_eq!(net.result(), Some((id, Err(DnsError::NoSuchDomain))));
+    }
+
+    #[test]
+    fn garbage_is_ignored_but_malformed_answer_moves_on() {
+        let mut net = Net::new(&[S1, S2], 1);
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        net.deliver(&q, &[0xff; 5]);
+        assert!(net.closed().is_empty());
+        // Matching head, broken record: this server is no good, try the next.
+        let mut broken = response(
+            &q,
+            RCODE_NOERROR,
+            vec![a("example.com", "192.0.2.1")],
+            vec![],
+            vec![],
+        );
+        broken.truncate(broken.len() - 2);
+        net.deliver(&q, &broken);
+        assert_eq!(net.closed(), vec![q.transmit.handle]);
+        let q2 = net.expect_sent("example.com", TYPE_MX);
+        assert_eq!(q2.transmit.server, S2.parse().unwrap());
+        assert_ne!(q2.transmit.handle, q.transmit.handle);
+        net.reply(&q2, RCODE_NXDOMAIN, vec![], vec![]);
+        assert_eq!(net.result(), Some((id, Err(DnsError::NoSuchDomain))));
+    }
+
+    // -- retransmission ----------------------------------------------------
+
+    #[test]
+    fn truncated_answer_is_retried_over_tcp() {
+        let mut net = Net::new(&[S1, S2], 1);
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        let mut truncated = response(&q, RCODE_NOERROR, vec![], vec![], vec![]);
+        truncated[2] |= 0x02;
+        net.deliver(&q, &truncated);
+        assert!(net.result().is_none());
+        assert_eq!(net.closed(), vec![q.transmit.handle]);
+        let tcp = net.expect_sent("example.com", TYPE_MX);
+        assert_eq!(tcp.transmit.transport, Transport::Tcp);
+        assert_eq!(tcp.transmit.server, S1.parse().unwrap());
+        net.reply(&tcp, RCODE_NOERROR, vec![mx("example.com", 0, "")], vec![]);
+        assert_eq!(net.result(), Some((id, Err(DnsError::NullMx))));
+        assert_eq!(net.closed(), vec![tcp.transmit.handle]);
+    }
+
+    #[test]
+    fn tcp_failure_moves_to_next_server_over_udp() {
+        let mut net = Net::new(&[S1, S2], 1);
+        net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        let mut truncated = response(&q, RCODE_NOERROR, vec![], vec![], vec![]);
+        truncated[2] |= 0x02;
+        net.deliver(&q, &truncated);
+        let tcp = net.expect_sent("example.com", TYPE_MX);
+        net.resolver
+            .handle_transport_error(tcp.transmit.handle, net.now);
+        let next = net.expect_sent("example.com", TYPE_MX);
+        assert_eq!(next.transmit.transport, Transport::Udp);
+        assert_eq!(next.transmit.server, S2.parse().unwrap());
+    }
+
+    #[test]
+    fn timeout_rotates_to_second_server() {
+        let mut net = Net::new(&[S1, S2], 1);
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        assert_eq!(
+            net.resolver.poll_timeout(),
+            Some(net.now + Duration::from_secs(5))
+        );
+        net.advance(Duration::from_millis(4999));
+        assert!(net.sent().is_none());
+        net.advance(Duration::from_millis(1));
+        assert_eq!(net.closed(), vec![q.transmit.handle]);
+        let q2 = net.expect_sent("example.com", TYPE_MX);
+        assert_eq!(q2.transmit.server, S2.parse().unwrap());
+        assert_eq!(
+            net.resolver.poll_timeout(),
+            Some(net.now + Duration::from_secs(5))
+        );
+        // A late answer on the closed first exchange is ignored.
+        let late = response(
+            &q,
+            RCODE_NOERROR,
+            vec![mx("example.com", 0, "")],
+            vec![],
+            vec![],
+        );
+        net.deliver(&q, &late);
+        assert!(net.result().is_none());
+        net.reply(&q2, RCODE_NXDOMAIN, vec![], vec![]);
+        assert_eq!(net.result(), Some((id, Err(DnsError::NoSuchDomain))));
+    }
+
+    #[test]
+    fn all_servers_timing_out_is_temporary() {
+        let mut net = Net::new(&[S1, S2], 1);
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        let mut servers = Vec::new();
+        let mut handles = Vec::new();
+        while let Some(sent) = net.sent() {
+            servers.push(sent.transmit.server);
+            handles.push(sent.transmit.handle);
+            assert!(net.result().is_none());
+            net.advance(Duration::from_secs(5));
+        }
+        let (s1, s2) = (S1.parse().unwrap(), S2.parse().unwrap());
+        assert_eq!(servers, vec![s1, s2, s1, s2], "2 attempts over 2 servers");
+        assert_eq!(net.closed(), handles);
+        let (got, result) = net.result().unwrap();
+        assert_eq!(got, id);
+        let err = result.unwrap_err();
+        assert!(!err.is_permanent());
+        assert!(matches!(err, DnsError::Temporary(ref why) if why.contains("timeout")));
+        assert!(net.resolver.poll_timeout().is_none());
+    }
+
+    #[test]
+    fn servfail_and_refused_are_temporary() {
+        let mut net = Net::new(&[S1, S2], 1);
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        for rcode in [
+            RCODE_SERVFAIL,
+            RCODE_REFUSED,
+            RCODE_SERVFAIL,
+            RCODE_SERVFAIL,
+        ] {
+            let q = net.expect_sent("example.com", TYPE_MX);
+            net.reply(&q, rcode, vec![], vec![]);
+        }
+        assert!(net.sent().is_none());
+        let (got, result) = net.result().unwrap();
+        assert_eq!(got, id);
+        assert!(matches!(result, Err(DnsError::Temporary(ref why)) if why.contains("SERVFAIL")));
+    }
+
+    #[test]
+    fn transport_error_moves_on_at_once() {
+        let mut net = Net::new(&[S1], 1);
+        net.resolver.cfg.attempts = 1;
+        let id = net.resolver.resolve_host("mx.example", net.now);
+        for sent in net.all_sent() {
+            net.resolver
+                .handle_transport_error(sent.transmit.handle, net.now);
+        }
+        let (got, result) = net.result().unwrap();
+        assert_eq!(got, id);
+        assert!(matches!(result, Err(DnsError::Temporary(_))));
+        assert_eq!(net.closed().len(), 2);
+    }
+
+    #[test]
+    fn no_servers_is_temporary() {
+        let mut net = Net::new(&[], 1);
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        assert!(net.sent().is_none());
+        assert!(matches!(net.result(), Some((got, Err(DnsError::Temporary(_)))) if got == id));
+    }
+
+    #[test]
+    fn query_ids_vary() {
+        let mut net = Net::new(&[S1], 7);
+        let ids: std::collections::HashSet<u16> = (0..20)
+            .map(|_| {
+                net.resolver.resolve_host("h.example", net.now);
+                net.all_sent().iter().map(|s| s.id).next().unwrap()
+            })
+            .collect();
+        assert!(ids.len() > 15);
+    }
+
+    // -- cache -------------------------------------------------------------
+
+    #[test]
+    fn cache_hit_sends_nothing() {
+        let mut net = Net::new(&[S1], 1);
+        net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        net.reply(
+            &q,
+            RCODE_NOERROR,
+            vec![mx("example.com", 10, "mx.example.com")],
+            vec![],
+        );
+        for sent in net.all_sent() {
+            let answer = match sent.qtype {
+                TYPE_A => vec![a("mx.example.com", "192.0.2.1")],
+                _ => vec![],
+            };
+            // NODATA for AAAA with an SOA: cached negatively.
+            net.reply_with(
+                &sent,
+                RCODE_NOERROR,
+                answer,
+                vec![soa("example.com")],
+                vec![],
+            );
+        }
+        let first = net.result().unwrap().1;
+        net.closed();
+        net.now += Duration::from_secs(60);
+        let id = net.resolver.resolve_mx("EXAMPLE.com", net.now);
+        assert!(net.sent().is_none(), "answered from the cache");
+        assert_eq!(net.result(), Some((id, first)));
+        // After the TTL (300 s) the cache is stale.
+        net.now += Duration::from_secs(300);
+        net.resolver.resolve_mx("example.com", net.now);
+        net.expect_sent("example.com", TYPE_MX);
+    }
+
+    #[test]
+    fn negative_answers_without_soa_are_not_cached() {
+        let mut net = Net::new(&[S1], 1);
+        net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        net.reply(&q, RCODE_NXDOMAIN, vec![], vec![]);
+        net.resolver.resolve_mx("example.com", net.now);
+        net.expect_sent("example.com", TYPE_MX);
+    }
+
+    #[test]
+    fn cached_nxdomain_is_answered_at_once() {
+        let mut net = Net::new(&[S1], 1);
+        net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        net.reply_with(&q, RCODE_NXDOMAIN, vec![], vec![soa("com")], vec![]);
+        net.result();
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        assert!(net.sent().is_none());
+        assert_eq!(net.result(), Some((id, Err(DnsError::NoSuchDomain))));
+    }
+
+    #[test]
+    fn cache_is_bounded_and_ttl_capped() {
+        let now = Instant::now();
+        let mut cache = Cache::default();
+        for i in 0..CACHE_ENTRIES + 10 {
+            let ttl = 1000 + i as u32;
+            cache.insert(&format!("h{i}.example"), TYPE_A, Cached::NoData, ttl, now);
+            assert!(cache.entries.len() <= CACHE_ENTRIES);
+        }
+        // The soonest to expire went first.
+        assert!(cache.lookup("h0.example", TYPE_A, now).is_none());
+        assert!(cache.lookup("h265.example", TYPE_A, now).is_some());
+        cache.insert("long.example", TYPE_A, Cached::NxDomain, u32::MAX >> 1, now);
+        assert!(cache
+            .lookup("long.example", TYPE_A, now + MAX_CACHE_TTL)
+            .is_none());
+    }
+
+    // -- robustness --------------------------------------------------------
+
+    #[test]
+    fn mutated_responses_never_panic_the_resolver() {
+        let mut state = 0x1234_5678_9abc_def1_u64;
+        let mut rng = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..2_000u64 {
+            let mut net = Net::new(&[S1], round);
+            net.resolver.resolve_mx("example.com", net.now);
+            let q = net.expect_sent("example.com", TYPE_MX);
+            let answers = vec![
+                mx("example.com", 10, "mx.example.com"),
+                cname("example.com", "x.example"),
+            ];
+            let mut p = response(
+                &q,
+                RCODE_NOERROR,
+                answers,
+                vec![soa("example")],
+                vec![a("mx.example.com", "192.0.2.1")],
+            );
+            for _ in 0..1 + rng() % 3 {
+                let r = rng();
+                // Keep the ID intact most of the time so the body gets parsed.
+                let at = 2 + (r >> 8) as usize % (p.len() - 1);
+                match r % 3 {
+                    0 => p.truncate(at),
+                    1 if at < p.len() => p[at] = (r >> 32) as u8,
+                    _ if at < p.len() => p[at] ^= 1 << ((r >> 32) % 8),
+                    _ => {}
+                }
+            }
+            net.deliver(&q, &p);
+            // Drain whatever follows; answer everything with the same junk.
+            for sent in net.all_sent() {
+                net.deliver(&sent, &p);
+            }
+            net.advance(Duration::from_secs(60));
+            net.advance(Duration::from_secs(60));
+            net.advance(Duration::from_secs(60));
+            net.advance(Duration::from_secs(60));
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Outbound delivery plans: jobs, destinations and limits.
+//!
+//! A job is one message's recipients for one destination: all remote
+//! recipients when a smarthost is configured, else the recipients of one
+//! domain (RFC 5321 §5.1: they share the domain's MX hosts, so they share
+//! one transaction). Jobs wait here until a connection slot is free
+//! (`max_outbound` in all, `max_outbound_per_host` per destination); the
+//! daemon's `remote` module runs them (DNS, connect, SMTP client).
+//!
+//! Results are three-valued per recipient, as everywhere in tern: sent,
+//! deferred (retry later), failed (bounce).
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::config::{Config, HostPort};
+use crate::spool::{QueueId, RcptStatus};
+
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub id: QueueId,
+    /// The destination domain; empty when going to the smarthost.
+    pub domain: String,
+    pub sender: String,
+    /// (index in the envelope, address)
+    pub recipients: Vec<(usize, String)>,
+    pub size: u64,
+    pub eight_bit: bool,
+    pub arrival: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub status: RcptStatus,
+    pub reply: String,
+    pub relay: String,
+}
+
+pub struct Outbound {
+    pending: VecDeque<Job>,
+    active: usize,
+    per_destination: HashMap<String, usize>,
+    max_outbound: usize,
+    max_per_host: usize,
+    pub smarthosts: Vec<HostPort>,
+    stopping: bool,
+}
+
+impl Outbound {
+    pub fn new(cfg: &Config) -> Outbound {
+        let mut o = Outbound {
+            pending: VecDeque::new(),
+            active: 0,
+            per_destination: HashMap::new(),
+            max_outbound: 0,
+            max_per_host: 0,
+            smarthosts: Vec::new(),
+            stopping: false,
+        };
+        o.reconfigure(cfg);
+        o
+    }
+
+    pub fn reconfigure(&mut self, cfg: &Config) {
+        self.max_outbound = cfg.max_outbound;
+        self.max_per_host = cfg.max_outbound_per_host;
+        self.smarthosts = cfg.smarthost.clone();
+    }
+
+    pub fn submit(&mut self, job: Job) {
+        self.pending.push_back(job);
+    }
+
+    /// No more new connections; pending jobs are handed back as deferred
+    /// by [`Outbound::drain_pending`].
+    pub fn shutdown(&mut self) {
+        self.stopping = true;
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.active == 0
+    }
+
+    /// The next job that may start now, counted as active until `finished`.
+    pub fn next_startable(&mut self) -> Option<Job> {
+        if self.stopping || self.active >= self.max_outbound {
+            return None;
+        }
+        let pos = self
+            .pending
+            .iter()
+            .position(|j| self.per_destination.get(&j.domain).copied().unwrap_or(0) < self.max_per_host)?;
+        let job = self.pending.remove(pos)?;
+        self.active += 1;
+        *self.per_destination.entry(job.domain.clone()).or_insert(0) += 1;
+        Some(job)
+    }
+
+    pub fn finished(&mut self, domain: &str) {
+        self.active = self.active.saturating_sub(1);
+        if let Some(n) = self.per_destination.get_mut(domain) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_destination.remove(domain);
+            }
+        }
+    }
+
+    /// Jobs that never started (at shutdown): their messages are simply
+    /// retried after restart.
+    pub fn drain_pending(&mut self) -> Vec<Job> {
+        self.pending.drain(..).collect()
+    }
+
+    pub fn active(&self) -> usize {
+        self.active
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(domain: &str) -> Job {
+        Job {
+            id: QueueId(1),
+            domain: domain.into(),
+            sender: String::new(),
+            recipients: vec![(0, "a@b".into())],
+            size: 1,
+            eight_bit: false,
+            arrival: 0,
+        }
+    }
+
+    #[test]
+    fn limits_total_and_per_destination() {
+        let mut cfg = Config::default();
+        cfg.max_outbound = 3;
+        cfg.max_outbound_per_host = 2;
+        let mut o = Outbound::new(&cfg);
+        for d in ["a", "a", "a", "b", "c"] {
+            o.submit(job(d));
+        }
+        let started: Vec<String> = std::iter::from_fn(|| o.next_startable()).map(|j| j.domain).collect();
+        assert_eq!(started, vec!["a", "a", "b"]);
+        o.finished("a");
+        assert_eq!(o.next_startable().map(|j| j.domain), Some("a".into()));
+        assert!(o.next_startable().is_none());
+        o.finished("b");
+        assert_eq!(o.next_startable().map(|j| j.domain), Some("c".into()));
+    }
+}
