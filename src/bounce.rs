@@ -34,6 +34,8 @@
 
 /// Most bytes of the original header block copied into the report.
 pub const MAX_RETURNED_HEADERS: usize = 64 * 1024;
+/// Longest MIME boundary (RFC 2046 §5.1.1).
+pub const MAX_BOUNDARY_LEN: usize = 70;
 /// Most bytes of one interpolated value (keeps every line under the RFC 5322
 /// limit of 998 octets).
 pub const MAX_FIELD_VALUE: usize = 900;
@@ -102,12 +104,9 @@ pub struct BounceInput<'a> {
 /// Builds the complete report message, CRLF line endings, ready for the spool.
 pub fn build_bounce(input: &BounceInput) -> Vec<u8> {
     let mta = clean(input.reporting_mta);
-    let boundary: String = clean(input.boundary)
-        .chars()
-        .filter(|c| *c != '"' && *c != ' ')
-        .collect();
-    let all_delayed =
-        !input.recipients.is_empty() && input.recipients.iter().all(|r| r.action == Action::Delayed);
+    let boundary = mime_boundary(input.boundary);
+    let all_delayed = !input.recipients.is_empty()
+        && input.recipients.iter().all(|r| r.action == Action::Delayed);
     let subject = if all_delayed {
         "Delayed Mail (still being retried)"
     } else {
@@ -121,14 +120,23 @@ pub fn build_bounce(input: &BounceInput) -> Vec<u8> {
     };
 
     // Top-level header.
-    line(&mut out, &format!("From: MAILER-DAEMON@{mta} (Mail Delivery System)"));
+    line(
+        &mut out,
+        &format!("From: MAILER-DAEMON@{mta} (Mail Delivery System)"),
+    );
     line(&mut out, &format!("To: <{}>", clean(input.original_sender)));
     line(&mut out, &format!("Subject: {subject}"));
     line(&mut out, &format!("Date: {}", clean(input.now_date)));
-    line(&mut out, &format!("Message-ID: {}", clean(input.message_id)));
+    line(
+        &mut out,
+        &format!("Message-ID: {}", clean(input.message_id)),
+    );
     line(&mut out, "Auto-Submitted: auto-replied");
     line(&mut out, "MIME-Version: 1.0");
-    line(&mut out, "Content-Type: multipart/report; report-type=delivery-status;");
+    line(
+        &mut out,
+        "Content-Type: multipart/report; report-type=delivery-status;",
+    );
     line(&mut out, &format!("\tboundary=\"{boundary}\""));
     line(&mut out, "");
     line(&mut out, "This is a MIME-encapsulated message.");
@@ -148,14 +156,28 @@ pub fn build_bounce(input: &BounceInput) -> Vec<u8> {
     line(&mut out, "Content-Description: Delivery report");
     line(&mut out, "");
     line(&mut out, &format!("Reporting-MTA: dns; {mta}"));
-    line(&mut out, &format!("X-Tern-Queue-ID: {}", clean(input.queue_id)));
-    line(&mut out, &format!("Arrival-Date: {}", clean(input.arrival_date)));
+    line(
+        &mut out,
+        &format!("X-Tern-Queue-ID: {}", clean(input.queue_id)),
+    );
+    line(
+        &mut out,
+        &format!("Arrival-Date: {}", clean(input.arrival_date)),
+    );
     for rcpt in input.recipients {
         line(&mut out, "");
-        line(&mut out, &format!("Final-Recipient: rfc822; {}", clean(&rcpt.address)));
+        line(
+            &mut out,
+            &format!("Final-Recipient: rfc822; {}", clean(&rcpt.address)),
+        );
         line(&mut out, &format!("Action: {}", rcpt.action.field_value()));
         line(&mut out, &format!("Status: {}", status_of(rcpt)));
-        if let Some(host) = rcpt.remote_mta.as_deref().map(clean).filter(|h| !h.is_empty()) {
+        if let Some(host) = rcpt
+            .remote_mta
+            .as_deref()
+            .map(clean)
+            .filter(|h| !h.is_empty())
+        {
             line(&mut out, &format!("Remote-MTA: dns; {host}"));
         }
         if let Some(diag) = diagnostic_of(rcpt) {
@@ -179,6 +201,21 @@ pub fn build_bounce(input: &BounceInput) -> Vec<u8> {
     out
 }
 
+/// RFC 2046 §5.1.1: keeps only `bchars` other than space, at most
+/// [`MAX_BOUNDARY_LEN`]; a fixed fallback if nothing is left.
+fn mime_boundary(requested: &str) -> String {
+    let boundary: String = requested
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "'()+_,-./:=?".contains(*c))
+        .take(MAX_BOUNDARY_LEN)
+        .collect();
+    if boundary.is_empty() {
+        "tern-report-boundary".to_string()
+    } else {
+        boundary
+    }
+}
+
 /// The human-readable first part.
 fn human_text(out: &mut Vec<u8>, input: &BounceInput, mta: &str) {
     let mut text = format!("This is the mail system at host {mta}.\r\n");
@@ -195,7 +232,11 @@ fn human_text(out: &mut Vec<u8>, input: &BounceInput, mta: &str) {
         ),
     ];
     for (action, intro) in sections {
-        let mut listed = input.recipients.iter().filter(|r| r.action == action).peekable();
+        let mut listed = input
+            .recipients
+            .iter()
+            .filter(|r| r.action == action)
+            .peekable();
         if listed.peek().is_none() {
             continue;
         }
@@ -203,9 +244,15 @@ fn human_text(out: &mut Vec<u8>, input: &BounceInput, mta: &str) {
         text.push_str(intro);
         text.push_str("\r\n\r\n");
         for rcpt in listed {
-            let reason = diagnostic_of(rcpt).unwrap_or_else(|| format!("status {}", status_of(rcpt)));
+            let reason =
+                diagnostic_of(rcpt).unwrap_or_else(|| format!("status {}", status_of(rcpt)));
             text.push_str(&format!("<{}>: {reason}\r\n", clean(&rcpt.address)));
-            if let Some(host) = rcpt.remote_mta.as_deref().map(clean).filter(|h| !h.is_empty()) {
+            if let Some(host) = rcpt
+                .remote_mta
+                .as_deref()
+                .map(clean)
+                .filter(|h| !h.is_empty())
+            {
                 text.push_str(&format!("    (reported by {host})\r\n"));
             }
         }
@@ -229,7 +276,9 @@ fn status_of(rcpt: &FailedRecipient) -> String {
 /// RFC 3463 §2: class (2, 4 or 5) "." subject (1-3 digits) "." detail (1-3 digits).
 fn is_valid_status(status: &str) -> bool {
     let mut fields = status.split('.');
-    let digits = |s: Option<&str>| s.is_some_and(|s| (1..=3).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()));
+    let digits = |s: Option<&str>| {
+        s.is_some_and(|s| (1..=3).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()))
+    };
     matches!(fields.next(), Some("2" | "4" | "5"))
         && digits(fields.next())
         && digits(fields.next())
@@ -246,7 +295,11 @@ fn diagnostic_of(rcpt: &FailedRecipient) -> Option<String> {
     let has_type = diag.split_once(';').is_some_and(|(kind, _)| {
         !kind.is_empty() && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     });
-    Some(if has_type { diag.to_string() } else { format!("smtp; {diag}") })
+    Some(if has_type {
+        diag.to_string()
+    } else {
+        format!("smtp; {diag}")
+    })
 }
 
 /// Removes CR, LF and other control characters (tab becomes a space) and caps
@@ -326,11 +379,16 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468; // days since 0000-03-01
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097); // 0..=146096
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let shifted_month = (5 * day_of_year + 2) / 153; // 0 = March
     let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
-    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 } as u32;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -339,7 +397,10 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 /// line (CRLF CRLF or LF LF); the whole message if there is none.
 pub fn header_block(message: &[u8]) -> &[u8] {
     let mut start = 0;
-    while let Some(len) = message.get(start..).and_then(|rest| rest.iter().position(|&b| b == b'\n')) {
+    while let Some(len) = message
+        .get(start..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+    {
         let end = start + len + 1;
         let line = message.get(start..end).unwrap_or_default();
         if line == b"\n" || line == b"\r\n" {
@@ -354,7 +415,13 @@ pub fn header_block(message: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
-    fn rcpt(address: &str, status: &str, action: Action, remote: Option<&str>, diag: Option<&str>) -> FailedRecipient {
+    fn rcpt(
+        address: &str,
+        status: &str,
+        action: Action,
+        remote: Option<&str>,
+        diag: Option<&str>,
+    ) -> FailedRecipient {
         FailedRecipient {
             address: address.to_string(),
             status: status.to_string(),
@@ -396,14 +463,24 @@ mod tests {
         assert_eq!(pieces.last().copied(), Some("--\r\n"), "close delimiter");
         pieces[1..pieces.len() - 1]
             .iter()
-            .map(|p| p.strip_prefix("\r\n").expect("CRLF after delimiter").to_string())
+            .map(|p| {
+                p.strip_prefix("\r\n")
+                    .expect("CRLF after delimiter")
+                    .to_string()
+            })
             .collect()
     }
 
     #[test]
     fn bounce_is_well_formed_multipart_report() {
         let recipients = [
-            rcpt("bob@example.com", "5.1.1", Action::Failed, Some("mx1.example.com"), Some("smtp; 550 5.1.1 no such user")),
+            rcpt(
+                "bob@example.com",
+                "5.1.1",
+                Action::Failed,
+                Some("mx1.example.com"),
+                Some("smtp; 550 5.1.1 no such user"),
+            ),
             rcpt("carol@example.com", "4.4.1", Action::Delayed, None, None),
         ];
         let msg = build_bounce(&input(&recipients, HEADERS));
@@ -414,7 +491,10 @@ mod tests {
         assert_eq!(text.matches('\r').count(), text.matches("\r\n").count());
 
         let (head, body) = split_message(&text);
-        assert_eq!(head[0], "From: MAILER-DAEMON@mx.example.net (Mail Delivery System)");
+        assert_eq!(
+            head[0],
+            "From: MAILER-DAEMON@mx.example.net (Mail Delivery System)"
+        );
         assert!(head.contains(&"To: <alice@example.org>"));
         assert!(head.contains(&"Subject: Undelivered Mail Returned to Sender"));
         assert!(head.contains(&"Date: Sat, 28 Nov 2026 01:55:10 +0000"));
@@ -428,9 +508,17 @@ mod tests {
         assert_eq!(parts.len(), 3);
 
         let (h1, b1) = split_message(&parts[0]);
-        assert_eq!(h1, ["Content-Type: text/plain; charset=utf-8", "Content-Description: Notification"]);
+        assert_eq!(
+            h1,
+            [
+                "Content-Type: text/plain; charset=utf-8",
+                "Content-Description: Notification"
+            ]
+        );
         assert!(b1.contains("mx.example.net"));
-        assert!(b1.contains("<bob@example.com>: smtp; 550 5.1.1 no such user\r\n    (reported by mx1.example.com)"));
+        assert!(b1.contains(
+            "<bob@example.com>: smtp; 550 5.1.1 no such user\r\n    (reported by mx1.example.com)"
+        ));
         assert!(b1.contains("<carol@example.com>: status 4.4.1"));
         assert!(b1.contains("Queue ID: Q1234"));
 
@@ -447,7 +535,13 @@ mod tests {
         );
 
         let (h3, b3) = split_message(&parts[2]);
-        assert_eq!(h3, ["Content-Type: text/rfc822-headers", "Content-Description: Undelivered Message Headers"]);
+        assert_eq!(
+            h3,
+            [
+                "Content-Type: text/rfc822-headers",
+                "Content-Description: Undelivered Message Headers"
+            ]
+        );
         assert_eq!(
             b3,
             "From: alice@example.org\r\nTo: bob@example.com\r\nSubject: hello\r\nMessage-ID: <m1@example.org>\r\n"
@@ -456,7 +550,13 @@ mod tests {
 
     #[test]
     fn all_delayed_changes_subject() {
-        let recipients = [rcpt("bob@example.com", "4.4.7", Action::Delayed, None, None)];
+        let recipients = [rcpt(
+            "bob@example.com",
+            "4.4.7",
+            Action::Delayed,
+            None,
+            None,
+        )];
         let text = String::from_utf8(build_bounce(&input(&recipients, HEADERS))).expect("utf-8");
         assert!(text.contains("\r\nSubject: Delayed Mail (still being retried)\r\n"));
         assert!(text.contains("still being retried"));
@@ -487,7 +587,11 @@ mod tests {
         // Untyped diagnostic gets the smtp type.
         assert!(text.contains("\r\nDiagnostic-Code: smtp; 550 no--Q1234"));
         // Exactly the three parts plus close delimiter.
-        assert_eq!(text.matches("\r\n--Q1234.1795830910/mx.example.net\r\n").count(), 3);
+        assert_eq!(
+            text.matches("\r\n--Q1234.1795830910/mx.example.net\r\n")
+                .count(),
+            3
+        );
     }
 
     #[test]
@@ -500,12 +604,17 @@ mod tests {
         headers.extend_from_slice(b"\r\nbody\r\n");
         let recipients = [rcpt("bob@example.com", "5.1.1", Action::Failed, None, None)];
         let text = String::from_utf8(build_bounce(&input(&recipients, &headers))).expect("utf-8");
-        let start = text.find("Undelivered Message Headers\r\n\r\n").expect("part 3") + 31;
+        let start = text
+            .find("Undelivered Message Headers\r\n\r\n")
+            .expect("part 3")
+            + 31;
         let end = text.rfind("\r\n--Q1234").expect("close");
         let returned = &text[start..end];
         assert!(returned.len() <= MAX_RETURNED_HEADERS);
         assert!(returned.len() > MAX_RETURNED_HEADERS - 100);
-        assert!(returned.split_terminator("\r\n").all(|l| l == line.trim_end()));
+        assert!(returned
+            .split_terminator("\r\n")
+            .all(|l| l == line.trim_end()));
     }
 
     #[test]
@@ -515,7 +624,8 @@ mod tests {
         let mut inp = input(&recipients, headers);
         inp.boundary = "B";
         let text = String::from_utf8(build_bounce(&inp)).expect("utf-8");
-        assert!(text.ends_with("Undelivered Message Headers\r\n\r\nSubject: x\r\nTo: y\r\n\r\n--B--\r\n"));
+        assert!(text
+            .ends_with("Undelivered Message Headers\r\n\r\nSubject: x\r\nTo: y\r\n\r\n--B--\r\n"));
     }
 
     #[test]
@@ -524,6 +634,19 @@ mod tests {
         let recipients = [rcpt("bob@example.com", "5.1.1", Action::Failed, None, None)];
         let text = String::from_utf8(build_bounce(&input(&recipients, headers))).expect("utf-8");
         assert!(text.contains("Content-Transfer-Encoding: 8bit\r\n\r\nSubject: caf\u{e9}\r\n"));
+    }
+
+    #[test]
+    fn boundary_is_sanitized() {
+        assert_eq!(mime_boundary("a\"b c\r\nd"), "abcd");
+        assert_eq!(mime_boundary("\"\""), "tern-report-boundary");
+        assert_eq!(mime_boundary(&"x".repeat(100)).len(), MAX_BOUNDARY_LEN);
+        let recipients = [rcpt("bob@example.com", "5.1.1", Action::Failed, None, None)];
+        let mut inp = input(&recipients, HEADERS);
+        inp.boundary = "\"";
+        let text = String::from_utf8(build_bounce(&inp)).expect("utf-8");
+        assert!(text.contains("\tboundary=\"tern-report-boundary\"\r\n"));
+        assert!(text.ends_with("\r\n--tern-report-boundary--\r\n"));
     }
 
     #[test]
@@ -542,26 +665,62 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(rfc5322_date(0, 0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_795_830_910, 0), "Sat, 28 Nov 2026 01:55:10 +0000");
-        assert_eq!(rfc5322_date(1_795_830_910, 3600), "Sat, 28 Nov 2026 02:55:10 +0100");
-        assert_eq!(rfc5322_date(1_795_830_910, -(2 * 3600)), "Fri, 27 Nov 2026 23:55:10 -0200");
-        assert_eq!(rfc5322_date(1_795_830_910, 5 * 3600 + 1800), "Sat, 28 Nov 2026 07:25:10 +0530");
+        assert_eq!(
+            rfc5322_date(1_795_830_910, 0),
+            "Sat, 28 Nov 2026 01:55:10 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(1_795_830_910, 3600),
+            "Sat, 28 Nov 2026 02:55:10 +0100"
+        );
+        assert_eq!(
+            rfc5322_date(1_795_830_910, -(2 * 3600)),
+            "Fri, 27 Nov 2026 23:55:10 -0200"
+        );
+        assert_eq!(
+            rfc5322_date(1_795_830_910, 5 * 3600 + 1800),
+            "Sat, 28 Nov 2026 07:25:10 +0530"
+        );
         assert_eq!(rfc5322_date(-1, 0), "Wed, 31 Dec 1969 23:59:59 +0000");
-        assert_eq!(rfc5322_date(1_000_000_000, 0), "Sun, 09 Sep 2001 01:46:40 +0000");
-        assert_eq!(rfc5322_date(2_147_483_647, 0), "Tue, 19 Jan 2038 03:14:07 +0000");
+        assert_eq!(
+            rfc5322_date(1_000_000_000, 0),
+            "Sun, 09 Sep 2001 01:46:40 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(2_147_483_647, 0),
+            "Tue, 19 Jan 2038 03:14:07 +0000"
+        );
     }
 
     #[test]
     fn leap_years() {
         // 2000 is a leap year (divisible by 400).
-        assert_eq!(rfc5322_date(951_782_400, 0), "Tue, 29 Feb 2000 00:00:00 +0000");
-        assert_eq!(rfc5322_date(951_868_800, 0), "Wed, 01 Mar 2000 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(951_782_400, 0),
+            "Tue, 29 Feb 2000 00:00:00 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(951_868_800, 0),
+            "Wed, 01 Mar 2000 00:00:00 +0000"
+        );
         // 2024 is a leap year.
-        assert_eq!(rfc5322_date(1_709_164_800, 0), "Thu, 29 Feb 2024 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_735_603_200, 0), "Tue, 31 Dec 2024 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(1_709_164_800, 0),
+            "Thu, 29 Feb 2024 00:00:00 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(1_735_603_200, 0),
+            "Tue, 31 Dec 2024 00:00:00 +0000"
+        );
         // 2100 is not (divisible by 100): Feb 28 is followed by Mar 1.
-        assert_eq!(rfc5322_date(4_107_456_000, 0), "Sun, 28 Feb 2100 00:00:00 +0000");
-        assert_eq!(rfc5322_date(4_107_542_400, 0), "Mon, 01 Mar 2100 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(4_107_456_000, 0),
+            "Sun, 28 Feb 2100 00:00:00 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(4_107_542_400, 0),
+            "Mon, 01 Mar 2100 00:00:00 +0000"
+        );
     }
 
     #[test]
@@ -573,7 +732,10 @@ mod tests {
 
     #[test]
     fn header_block_finds_first_empty_line() {
-        assert_eq!(header_block(b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\nmore"), b"A: 1\r\nB: 2\r\n\r\n");
+        assert_eq!(
+            header_block(b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\nmore"),
+            b"A: 1\r\nB: 2\r\n\r\n"
+        );
         assert_eq!(header_block(b"A: 1\nB: 2\n\nbody\n"), b"A: 1\nB: 2\n\n");
         assert_eq!(header_block(b"A: 1\r\nB: 2\r\n"), b"A: 1\r\nB: 2\r\n");
         assert_eq!(header_block(b"A: 1"), b"A: 1");

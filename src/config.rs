@@ -74,10 +74,18 @@ impl Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = a.trim().parse().map_err(|_| format!("bad address in CIDR {s:?}"))?;
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad address in CIDR {s:?}"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
-            Some(p) => p.trim().parse::<u8>().ok().filter(|&p| p <= max).ok_or_else(|| format!("bad prefix length in {s:?}"))?,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or_else(|| format!("bad prefix length in {s:?}"))?,
             None => max,
         };
         Ok(Cidr { addr, prefix })
@@ -90,11 +98,19 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -113,7 +129,9 @@ impl HostPort {
     pub fn parse(s: &str, default_port: u16) -> Result<HostPort, String> {
         let s = s.trim();
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (h, after) = rest.split_once(']').ok_or_else(|| format!("missing ']' in {s:?}"))?;
+            let (h, after) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("missing ']' in {s:?}"))?;
             let port = match after.strip_prefix(':') {
                 Some(p) => Some(p),
                 None if after.is_empty() => None,
@@ -129,14 +147,21 @@ impl HostPort {
             }
         };
         let port = match port {
-            Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("bad port in {s:?}"))?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| format!("bad port in {s:?}"))?,
             None => default_port,
         };
         let ok_host = host.parse::<IpAddr>().is_ok() || crate::smtp::address::is_valid_domain(host);
         if host.is_empty() || !ok_host {
             return Err(format!("bad host name in {s:?}"));
         }
-        Ok(HostPort { host: host.to_string(), port })
+        Ok(HostPort {
+            host: host.to_string(),
+            port,
+        })
     }
 }
 
@@ -234,7 +259,10 @@ impl Default for Config {
             max_outbound_per_host: 4,
             max_errors: 10,
             hop_limit: 50,
-            retry_schedule: [300, 600, 1800, 3600, 7200, 14400].iter().map(|&s| Duration::from_secs(s)).collect(),
+            retry_schedule: [300, 600, 1800, 3600, 7200, 14400]
+                .iter()
+                .map(|&s| Duration::from_secs(s))
+                .collect(),
             max_queue_time: Duration::from_secs(5 * 86400),
             server_timeout: Duration::from_secs(300),
             client_timeout: Duration::from_secs(300),
@@ -259,7 +287,10 @@ fn default_local_domains(hostname: &str) -> Vec<String> {
 // --- value parsers -----------------------------------------------------------
 
 fn list(v: &str) -> Vec<&str> {
-    v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn boolean(v: &str) -> Result<bool, String> {
@@ -304,7 +335,9 @@ fn socket_addrs(v: &str) -> Result<Vec<SocketAddr>, String> {
     list(v)
         .into_iter()
         .map(|s| {
-            let a: SocketAddr = s.parse().map_err(|_| format!("bad address {s:?} (addr:port or [v6]:port)"))?;
+            let a: SocketAddr = s
+                .parse()
+                .map_err(|_| format!("bad address {s:?} (addr:port or [v6]:port)"))?;
             if a.port() == 0 {
                 return Err(format!("port 0 in {s:?}"));
             }
@@ -321,14 +354,20 @@ fn dns_servers(v: &str) -> Result<Vec<SocketAddr>, String> {
                 return Ok(SocketAddr::new(ip, 53));
             }
             let hp = HostPort::parse(s, 53)?;
-            let ip: IpAddr = hp.host.parse().map_err(|_| format!("dns_servers takes addresses, not names: {s:?}"))?;
+            let ip: IpAddr = hp
+                .host
+                .parse()
+                .map_err(|_| format!("dns_servers takes addresses, not names: {s:?}"))?;
             Ok(SocketAddr::new(ip, hp.port))
         })
         .collect()
 }
 
 fn positive(v: &str) -> Result<usize, String> {
-    v.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| format!("expected a number > 0, got {v:?}"))
+    v.parse::<usize>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("expected a number > 0, got {v:?}"))
 }
 
 fn opt_string(v: &str) -> Option<String> {
@@ -344,7 +383,11 @@ impl Config {
         let file = path.display().to_string();
         match std::fs::read_to_string(path) {
             Ok(text) => Config::parse(&text, &file),
-            Err(e) => Err(vec![ConfigError { file, line: 0, message: format!("cannot read: {e}") }]),
+            Err(e) => Err(vec![ConfigError {
+                file,
+                line: 0,
+                message: format!("cannot read: {e}"),
+            }]),
         }
     }
 
@@ -359,14 +402,20 @@ impl Config {
             if line.is_empty() {
                 continue;
             }
-            let err = |message: String| ConfigError { file: file.to_string(), line: line_no, message };
+            let err = |message: String| ConfigError {
+                file: file.to_string(),
+                line: line_no,
+                message,
+            };
             let Some((key, value)) = line.split_once('=') else {
                 errors.push(err(format!("expected `key = value`, got {line:?}")));
                 continue;
             };
             let (key, value) = (key.trim(), value.trim());
             if let Some((_, first)) = seen.iter().find(|(k, _)| k == key) {
-                errors.push(err(format!("duplicate key {key:?} (first set on line {first})")));
+                errors.push(err(format!(
+                    "duplicate key {key:?} (first set on line {first})"
+                )));
                 continue;
             }
             seen.push((key.to_string(), line_no));
@@ -383,12 +432,32 @@ impl Config {
         let line_of = |key: &str| seen.iter().find(|(k, _)| k == key).map_or(0, |(_, l)| *l);
         let mut check = |cond: bool, key: &str, message: &str| {
             if cond {
-                errors.push(ConfigError { file: file.to_string(), line: line_of(key), message: message.to_string() });
+                errors.push(ConfigError {
+                    file: file.to_string(),
+                    line: line_of(key),
+                    message: message.to_string(),
+                });
             }
         };
-        check(cfg.tls_cert.is_some() != cfg.tls_key.is_some(), if cfg.tls_cert.is_some() { "tls_cert" } else { "tls_key" }, "tls_cert and tls_key must be set together");
-        check(!cfg.smtps_listen.is_empty() && cfg.tls_cert.is_none(), "smtps_listen", "smtps_listen needs tls_cert and tls_key");
-        check(cfg.hostname.is_empty() || cfg.hostname.contains(char::is_whitespace), "hostname", "hostname must be a non-empty name without spaces");
+        check(
+            cfg.tls_cert.is_some() != cfg.tls_key.is_some(),
+            if cfg.tls_cert.is_some() {
+                "tls_cert"
+            } else {
+                "tls_key"
+            },
+            "tls_cert and tls_key must be set together",
+        );
+        check(
+            !cfg.smtps_listen.is_empty() && cfg.tls_cert.is_none(),
+            "smtps_listen",
+            "smtps_listen needs tls_cert and tls_key",
+        );
+        check(
+            cfg.hostname.is_empty() || cfg.hostname.contains(char::is_whitespace),
+            "hostname",
+            "hostname must be a non-empty name without spaces",
+        );
         errors.sort_by_key(|e| e.line);
         if errors.is_empty() {
             Ok(cfg)
@@ -405,7 +474,12 @@ impl Config {
             "smtps_listen" => self.smtps_listen = socket_addrs(v)?,
             "spool_dir" => self.spool_dir = opt_path(v).ok_or("spool_dir must not be empty")?,
             "spool_sync" => self.spool_sync = boolean(v)?,
-            "local_domains" => self.local_domains = list(v).into_iter().map(|d| d.to_ascii_lowercase()).collect(),
+            "local_domains" => {
+                self.local_domains = list(v)
+                    .into_iter()
+                    .map(|d| d.to_ascii_lowercase())
+                    .collect()
+            }
             "local_recipients" => {
                 self.local_recipients = match v {
                     "passwd" => LocalRecipients::Passwd,
@@ -413,7 +487,12 @@ impl Config {
                     _ => return Err(format!("local_recipients is passwd or any, got {v:?}")),
                 }
             }
-            "relay_networks" => self.relay_networks = list(v).into_iter().map(Cidr::parse).collect::<Result<_, _>>()?,
+            "relay_networks" => {
+                self.relay_networks = list(v)
+                    .into_iter()
+                    .map(Cidr::parse)
+                    .collect::<Result<_, _>>()?
+            }
             "mail_dir" => self.mail_dir = opt_path(v).ok_or("mail_dir must not be empty")?,
             "local_delivery" => {
                 self.local_delivery = match v {
@@ -423,7 +502,12 @@ impl Config {
                 }
             }
             "aliases" => self.aliases = PathBuf::from(v),
-            "smarthost" => self.smarthost = list(v).into_iter().map(|s| HostPort::parse(s, 25)).collect::<Result<_, _>>()?,
+            "smarthost" => {
+                self.smarthost = list(v)
+                    .into_iter()
+                    .map(|s| HostPort::parse(s, 25))
+                    .collect::<Result<_, _>>()?
+            }
             "smarthost_tls" => {
                 self.smarthost_tls = match v {
                     "starttls" => SmarthostTls::StartTls,
@@ -440,7 +524,11 @@ impl Config {
                     "opportunistic" => OutboundTls::Opportunistic,
                     "required" => OutboundTls::Required,
                     "none" => OutboundTls::None,
-                    _ => return Err(format!("outbound_tls is opportunistic, required or none, got {v:?}")),
+                    _ => {
+                        return Err(format!(
+                            "outbound_tls is opportunistic, required or none, got {v:?}"
+                        ))
+                    }
                 }
             }
             "tls_cert" => self.tls_cert = opt_path(v),
@@ -448,9 +536,29 @@ impl Config {
             "tls_ca_file" => self.tls_ca_file = opt_path(v),
             "users_file" => self.users_file = opt_path(v),
             "dns_servers" => self.dns_servers = dns_servers(v)?,
-            "dns_timeout" => self.dns_timeout = if v.is_empty() { None } else { Some(nonzero(duration(v)?)?) },
-            "mx_port" => self.mx_port = v.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("bad port {v:?}"))?,
-            "max_message_size" => self.max_message_size = size(v).and_then(|s| if s == 0 { Err("max_message_size must be > 0".into()) } else { Ok(s) })?,
+            "dns_timeout" => {
+                self.dns_timeout = if v.is_empty() {
+                    None
+                } else {
+                    Some(nonzero(duration(v)?)?)
+                }
+            }
+            "mx_port" => {
+                self.mx_port = v
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| format!("bad port {v:?}"))?
+            }
+            "max_message_size" => {
+                self.max_message_size = size(v).and_then(|s| {
+                    if s == 0 {
+                        Err("max_message_size must be > 0".into())
+                    } else {
+                        Ok(s)
+                    }
+                })?
+            }
             "max_recipients" => self.max_recipients = positive(v)?,
             "max_connections" => self.max_connections = positive(v)?,
             "max_connections_per_ip" => self.max_connections_per_ip = positive(v)?,
@@ -459,7 +567,10 @@ impl Config {
             "max_errors" => self.max_errors = positive(v)?,
             "hop_limit" => self.hop_limit = positive(v)?,
             "retry_schedule" => {
-                let s: Vec<Duration> = list(v).into_iter().map(duration).collect::<Result<_, _>>()?;
+                let s: Vec<Duration> = list(v)
+                    .into_iter()
+                    .map(duration)
+                    .collect::<Result<_, _>>()?;
                 if s.is_empty() || s.iter().any(|d| d.is_zero()) {
                     return Err("retry_schedule needs at least one wait, each > 0".into());
                 }
@@ -480,7 +591,11 @@ impl Config {
                     "info" => log::LevelFilter::Info,
                     "debug" => log::LevelFilter::Debug,
                     "trace" => log::LevelFilter::Trace,
-                    _ => return Err(format!("log_level is error, warn, info, debug or trace, got {v:?}")),
+                    _ => {
+                        return Err(format!(
+                            "log_level is error, warn, info, debug or trace, got {v:?}"
+                        ))
+                    }
                 }
             }
             _ => return Err(format!("unknown key {key:?}")),
@@ -541,9 +656,29 @@ mod tests {
         assert_eq!(c.local_domains, vec!["localhost", "r1.example"]);
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.max_message_size, 25 << 20);
-        assert_eq!(c.retry_schedule, vec![Duration::from_secs(60), Duration::from_secs(90), Duration::from_secs(7200), Duration::from_secs(86400)]);
-        assert_eq!(c.smarthost[0], HostPort { host: "smtp.example.net".into(), port: 587 });
-        assert_eq!(c.smarthost[1], HostPort { host: "2001:db8::1".into(), port: 25 });
+        assert_eq!(
+            c.retry_schedule,
+            vec![
+                Duration::from_secs(60),
+                Duration::from_secs(90),
+                Duration::from_secs(7200),
+                Duration::from_secs(86400)
+            ]
+        );
+        assert_eq!(
+            c.smarthost[0],
+            HostPort {
+                host: "smtp.example.net".into(),
+                port: 587
+            }
+        );
+        assert_eq!(
+            c.smarthost[1],
+            HostPort {
+                host: "2001:db8::1".into(),
+                port: 25
+            }
+        );
         assert_eq!(c.smarthost[2].port, 25);
         assert_eq!(c.dns_servers[1], "[::1]:53".parse().unwrap());
         assert!(c.may_relay("192.168.1.77".parse().unwrap()));
@@ -575,10 +710,16 @@ mod tests {
     #[test]
     fn cidr_edges() {
         assert!(Cidr::parse("10.0.0.0/33").is_err());
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
         assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
-        assert!(!Cidr::parse("::1").unwrap().contains("127.0.0.1".parse().unwrap()));
-        assert!(Cidr::parse("2001:db8::/32").unwrap().contains("2001:db8:1::5".parse().unwrap()));
+        assert!(!Cidr::parse("::1")
+            .unwrap()
+            .contains("127.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("2001:db8::/32")
+            .unwrap()
+            .contains("2001:db8:1::5".parse().unwrap()));
     }
 
     #[test]
@@ -594,9 +735,12 @@ mod tests {
 
     #[test]
     fn example_config_parses() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/etc/tern.conf")).unwrap();
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/etc/tern.conf")).unwrap();
         Config::parse(&text, "etc/tern.conf").unwrap();
-        let dev = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/etc/tern.dev.conf")).unwrap();
+        let dev =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/etc/tern.dev.conf"))
+                .unwrap();
         Config::parse(&dev, "etc/tern.dev.conf").unwrap();
     }
 }

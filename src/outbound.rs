@@ -85,10 +85,9 @@ impl Outbound {
         if self.stopping || self.active >= self.max_outbound {
             return None;
         }
-        let pos = self
-            .pending
-            .iter()
-            .position(|j| self.per_destination.get(&j.domain).copied().unwrap_or(0) < self.max_per_host)?;
+        let pos = self.pending.iter().position(|j| {
+            self.per_destination.get(&j.domain).copied().unwrap_or(0) < self.max_per_host
+        })?;
         let job = self.pending.remove(pos)?;
         self.active += 1;
         *self.per_destination.entry(job.domain.clone()).or_insert(0) += 1;
@@ -141,7 +140,9 @@ mod tests {
         for d in ["a", "a", "a", "b", "c"] {
             o.submit(job(d));
         }
-        let started: Vec<String> = std::iter::from_fn(|| o.next_startable()).map(|j| j.domain).collect();
+        let started: Vec<String> = std::iter::from_fn(|| o.next_startable())
+            .map(|j| j.domain)
+            .collect();
         assert_eq!(started, vec!["a", "a", "b"]);
         o.finished("a");
         assert_eq!(o.next_startable().map(|j| j.domain), Some("a".into()));

@@ -33,7 +33,10 @@ pub fn init_logging(level: log::LevelFilter) {
 pub fn run_daemon(cfg: Config, config_path: PathBuf, detach: bool) -> i32 {
     init_logging(cfg.log_level);
     if let Some(pid) = live_pid(&cfg.pid_file) {
-        eprintln!("tern: already running (pid {pid} in {})", cfg.pid_file.display());
+        eprintln!(
+            "tern: already running (pid {pid} in {})",
+            cfg.pid_file.display()
+        );
         return EX_TEMPFAIL;
     }
     let user = cfg.user.clone();
@@ -59,7 +62,10 @@ pub fn run_daemon(cfg: Config, config_path: PathBuf, detach: bool) -> i32 {
                 log::error!("cannot write pid file {}: {e}", pid_file.display());
                 return EX_OSERR;
             }
-            log::warn!("cannot write pid file {}: {e} (queue flush will not find the daemon)", pid_file.display());
+            log::warn!(
+                "cannot write pid file {}: {e} (queue flush will not find the daemon)",
+                pid_file.display()
+            );
             false
         }
     };
@@ -90,7 +96,9 @@ fn live_pid(path: &Path) -> Option<i32> {
         return None;
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    String::from_utf8_lossy(&cmdline).contains("tern").then_some(pid)
+    String::from_utf8_lossy(&cmdline)
+        .contains("tern")
+        .then_some(pid)
 }
 
 /// Written atomically: a temp file renamed into place.
@@ -147,7 +155,11 @@ pub fn drop_privileges(user: &str) -> io::Result<()> {
         {
             return Err(io::Error::last_os_error());
         }
-        if libc::getuid() != uid || libc::geteuid() != uid || libc::getgid() != gid || (uid != 0 && libc::setuid(0) == 0) {
+        if libc::getuid() != uid
+            || libc::geteuid() != uid
+            || libc::getgid() != gid
+            || (uid != 0 && libc::setuid(0) == 0)
+        {
             return Err(io::Error::other("privileges were not dropped"));
         }
     }

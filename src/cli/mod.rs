@@ -36,7 +36,12 @@ usage: tern [-c FILE] [-d]                 run the daemon (foreground; -d detach
 pub fn main(args: Vec<String>) -> i32 {
     let argv0 = args
         .first()
-        .map(|a| Path::new(a).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
+        .map(|a| {
+            Path::new(a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
         .unwrap_or_default();
     let mut rest: Vec<String> = args.into_iter().skip(1).collect();
     match argv0.as_str() {
@@ -102,7 +107,8 @@ pub fn main(args: Vec<String>) -> i32 {
 /// For the sendmail/mailq personalities: an optional leading `-c FILE`
 /// (tern's own), then the compatible flags.
 fn with_config(rest: &mut Vec<String>, f: impl FnOnce(Config, PathBuf, Vec<String>) -> i32) -> i32 {
-    let mut path = PathBuf::from(std::env::var("TERN_CONFIG").unwrap_or_else(|_| DEFAULT_CONFIG.into()));
+    let mut path =
+        PathBuf::from(std::env::var("TERN_CONFIG").unwrap_or_else(|_| DEFAULT_CONFIG.into()));
     if rest.first().map(String::as_str) == Some("-c") && rest.len() >= 2 {
         path = PathBuf::from(rest[1].clone());
         rest.drain(..2);
@@ -150,7 +156,12 @@ fn newaliases(cfg: Config) -> i32 {
     match crate::delivery::aliases::Aliases::load(&cfg.aliases) {
         Ok((a, errors)) => {
             for e in &errors {
-                eprintln!("newaliases: {}:{}: {}", cfg.aliases.display(), e.line, e.message);
+                eprintln!(
+                    "newaliases: {}:{}: {}",
+                    cfg.aliases.display(),
+                    e.line,
+                    e.message
+                );
             }
             println!("{}: {} aliases", cfg.aliases.display(), a.len());
             if errors.is_empty() {

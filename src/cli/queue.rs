@@ -22,14 +22,25 @@ pub fn mailq(cfg: Config) -> i32 {
     if ids.is_empty() {
         println!("Mail queue is empty");
     } else {
-        println!("-Queue ID-------- --Size-- ----Arrival Time------------- -Sender/Recipient-------");
+        println!(
+            "-Queue ID-------- --Size-- ----Arrival Time------------- -Sender/Recipient-------"
+        );
         let mut total = 0u64;
         for id in &ids {
-            let Ok((env, states, attempts)) = spool.load(*id) else { continue };
+            let Ok((env, states, attempts)) = spool.load(*id) else {
+                continue;
+            };
             let size = spool.content_size(*id).unwrap_or(0);
             total += size;
-            let sender = if env.sender.is_empty() { "MAILER-DAEMON" } else { env.sender.as_str() };
-            println!("{id} {size:>8} {:<30} {sender}", rfc5322_date(env.arrival as i64, 0));
+            let sender = if env.sender.is_empty() {
+                "MAILER-DAEMON"
+            } else {
+                env.sender.as_str()
+            };
+            println!(
+                "{id} {size:>8} {:<30} {sender}",
+                rfc5322_date(env.arrival as i64, 0)
+            );
             if attempts > 0 {
                 println!("{:45}(attempts: {attempts})", "");
             }
@@ -48,7 +59,12 @@ pub fn mailq(cfg: Config) -> i32 {
             }
             println!();
         }
-        println!("-- {} Kbytes in {} Request{}.", total.div_ceil(1024), ids.len(), if ids.len() == 1 { "" } else { "s" });
+        println!(
+            "-- {} Kbytes in {} Request{}.",
+            total.div_ceil(1024),
+            ids.len(),
+            if ids.len() == 1 { "" } else { "s" }
+        );
     }
     if drops > 0 {
         println!("({drops} message(s) from sendmail waiting to be picked up by the daemon)");
@@ -79,7 +95,10 @@ pub fn main(cfg: Config, args: &[String]) -> i32 {
                 let mut n = 0;
                 for id in spool.list().unwrap_or_default() {
                     if let Ok((_, states, attempts)) = spool.load(id) {
-                        if attempts > 0 && states.iter().any(|s| s.status == RcptStatus::Deferred) && spool.remove(id).is_ok() {
+                        if attempts > 0
+                            && states.iter().any(|s| s.status == RcptStatus::Deferred)
+                            && spool.remove(id).is_ok()
+                        {
                             n += 1;
                         }
                     }
@@ -117,7 +136,10 @@ pub fn main(cfg: Config, args: &[String]) -> i32 {
                     println!("client: {}", env.client);
                     println!("attempts: {attempts}");
                     for (r, st) in env.recipients.iter().zip(&states) {
-                        println!("recipient: {} (for {}) {:?} {}", r.address, r.original, st.status, st.reply);
+                        println!(
+                            "recipient: {} (for {}) {:?} {}",
+                            r.address, r.original, st.status, st.reply
+                        );
                     }
                     println!();
                     if let Ok((f, _)) = spool.open_content(qid) {
@@ -145,8 +167,12 @@ fn usage() -> i32 {
 /// Sends SIGUSR1 to a running daemon (from `pid_file`): it imports drops
 /// and runs the queue now. Returns whether a daemon was signalled.
 pub fn poke_daemon(cfg: &Config) -> bool {
-    let Ok(text) = std::fs::read_to_string(&cfg.pid_file) else { return false };
-    let Ok(pid) = text.trim().parse::<i32>() else { return false };
+    let Ok(text) = std::fs::read_to_string(&cfg.pid_file) else {
+        return false;
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return false;
+    };
     if pid <= 1 {
         return false;
     }

@@ -51,7 +51,9 @@ pub fn parse_flags(args: &[String]) -> Result<Flags, String> {
             return Ok(attached.to_string());
         }
         *i += 1;
-        args.get(*i).cloned().ok_or_else(|| format!("{flag} needs a value"))
+        args.get(*i)
+            .cloned()
+            .ok_or_else(|| format!("{flag} needs a value"))
     };
     while i < args.len() {
         let a = args[i].as_str();
@@ -74,7 +76,11 @@ pub fn parse_flags(args: &[String]) -> Result<Flags, String> {
             "-q" => f.mode = Mode::RunQueue,
             _ if a.starts_with("-f") || a.starts_with("-r") => {
                 let v = value(&mut i, &a[..2], &a[2..])?;
-                let v = v.trim().trim_start_matches('<').trim_end_matches('>').to_string();
+                let v = v
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string();
                 f.sender = Some(v);
             }
             _ if a.starts_with("-F") => f.full_name = Some(value(&mut i, "-F", &a[2..])?),
@@ -125,7 +131,11 @@ pub fn main(cfg: Config, args: Vec<String>) -> i32 {
 }
 
 /// Reads the message and writes the drop file; returns its name.
-pub fn inject(cfg: &Config, flags: &Flags, input: &mut dyn BufRead) -> Result<String, (i32, String)> {
+pub fn inject(
+    cfg: &Config,
+    flags: &Flags,
+    input: &mut dyn BufRead,
+) -> Result<String, (i32, String)> {
     let user = invoking_user();
     let sender = match &flags.sender {
         Some(s) if s.is_empty() => String::new(),
@@ -158,9 +168,10 @@ pub fn inject(cfg: &Config, flags: &Flags, input: &mut dyn BufRead) -> Result<St
             break;
         }
         let is_header = line.first().is_some_and(|&c| c == b' ' || c == b'\t')
-            || line.iter().position(|&c| c == b':').is_some_and(|p| {
-                p > 0 && line[..p].iter().all(|&c| c.is_ascii_graphic())
-            });
+            || line
+                .iter()
+                .position(|&c| c == b':')
+                .is_some_and(|p| p > 0 && line[..p].iter().all(|&c| c.is_ascii_graphic()));
         if !is_header {
             // No header block: the message starts with its body.
             first_body_line = Some(line);
@@ -186,7 +197,11 @@ pub fn inject(cfg: &Config, flags: &Flags, input: &mut dyn BufRead) -> Result<St
         if r.is_empty() {
             continue;
         }
-        let full = if r.contains('@') { r.to_string() } else { format!("{r}@{}", cfg.hostname) };
+        let full = if r.contains('@') {
+            r.to_string()
+        } else {
+            format!("{r}@{}", cfg.hostname)
+        };
         if Address::parse_mailbox(&full).is_err() {
             return Err((EX_DATAERR, format!("bad recipient address {r:?}")));
         }
@@ -197,8 +212,12 @@ pub fn inject(cfg: &Config, flags: &Flags, input: &mut dyn BufRead) -> Result<St
     if rcpts.is_empty() {
         return Err((EX_USAGE, "no recipients given".into()));
     }
-    let mut drop = DropWriter::create(&cfg.spool_dir, &sender, &rcpts)
-        .map_err(|e| (EX_CANTCREAT, format!("cannot write to {}/drop: {e}", cfg.spool_dir.display())))?;
+    let mut drop = DropWriter::create(&cfg.spool_dir, &sender, &rcpts).map_err(|e| {
+        (
+            EX_CANTCREAT,
+            format!("cannot write to {}/drop: {e}", cfg.spool_dir.display()),
+        )
+    })?;
     let io_err = |e: io::Error| (EX_TEMPFAIL, format!("writing the drop file: {e}"));
     // Header fix-ups, then the header without Bcc (when -t), then the body.
     let has = |n: &str| fields.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
@@ -207,14 +226,26 @@ pub fn inject(cfg: &Config, flags: &Flags, input: &mut dyn BufRead) -> Result<St
     if !has("from") {
         match &flags.full_name {
             Some(name) => fix.push_str(&format!("From: {} <{sender}>\n", quote_name(name))),
-            None => fix.push_str(&format!("From: {}\n", if sender.is_empty() { format!("MAILER-DAEMON@{}", cfg.hostname) } else { sender.clone() })),
+            None => fix.push_str(&format!(
+                "From: {}\n",
+                if sender.is_empty() {
+                    format!("MAILER-DAEMON@{}", cfg.hostname)
+                } else {
+                    sender.clone()
+                }
+            )),
         }
     }
     if !has("date") {
         fix.push_str(&format!("Date: {}\n", rfc5322_date(now as i64, 0)));
     }
     if !has("message-id") {
-        fix.push_str(&format!("Message-ID: <{now}.{}.{}@{}>\n", std::process::id(), random_u32(), cfg.hostname));
+        fix.push_str(&format!(
+            "Message-ID: <{now}.{}.{}@{}>\n",
+            std::process::id(),
+            random_u32(),
+            cfg.hostname
+        ));
     }
     drop.write(fix.as_bytes()).map_err(io_err)?;
     for (name, raw) in raw_fields(&header) {
@@ -249,13 +280,22 @@ pub fn inject(cfg: &Config, flags: &Flags, input: &mut dyn BufRead) -> Result<St
             }
             total += n as u64;
             if total > cfg.max_message_size {
-                return Err((EX_DATAERR, format!("message exceeds max_message_size ({} bytes)", cfg.max_message_size)));
+                return Err((
+                    EX_DATAERR,
+                    format!(
+                        "message exceeds max_message_size ({} bytes)",
+                        cfg.max_message_size
+                    ),
+                ));
             }
             drop.write(&line).map_err(io_err)?;
         }
     }
     let path = drop.commit(cfg.spool_sync).map_err(io_err)?;
-    Ok(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+    Ok(path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default())
 }
 
 fn is_lone_dot(line: &[u8]) -> bool {
@@ -280,7 +320,10 @@ fn raw_fields(header: &[u8]) -> Vec<(String, &[u8])> {
     let mut start = 0;
     let mut i = 0;
     while i < header.len() {
-        let end = header[i..].iter().position(|&b| b == b'\n').map_or(header.len(), |p| i + p + 1);
+        let end = header[i..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(header.len(), |p| i + p + 1);
         let cont = header[i] == b' ' || header[i] == b'\t';
         if !cont && i > start {
             let raw = &header[start..i];
@@ -322,7 +365,11 @@ pub fn header_addresses(value: &str) -> Vec<String> {
         let p = p.trim();
         let addr = match (p.rfind('<'), p.rfind('>')) {
             (Some(a), Some(b)) if a < b => p[a + 1..b].trim().to_string(),
-            _ => p.split_whitespace().find(|w| w.contains('@')).unwrap_or(p).to_string(),
+            _ => p
+                .split_whitespace()
+                .find(|w| w.contains('@'))
+                .unwrap_or(p)
+                .to_string(),
         };
         if !addr.is_empty() {
             out.push(addr);
@@ -376,7 +423,10 @@ mod tests {
 
     #[test]
     fn flags() {
-        let f = parse_flags(&args("-t -oi -f root@x -F Cron -odb -oem -B 8BITMIME a@b c")).unwrap();
+        let f = parse_flags(&args(
+            "-t -oi -f root@x -F Cron -odb -oem -B 8BITMIME a@b c",
+        ))
+        .unwrap();
         assert!(f.from_headers && f.ignore_dots);
         assert_eq!(f.sender.as_deref(), Some("root@x"));
         assert_eq!(f.full_name.as_deref(), Some("Cron"));

@@ -23,7 +23,10 @@ impl Daemon {
         if self.stopping.is_some() {
             return;
         }
-        for path in drop::list(self.spool.root()).into_iter().take(DROPS_PER_SCAN) {
+        for path in drop::list(self.spool.root())
+            .into_iter()
+            .take(DROPS_PER_SCAN)
+        {
             match self.import_drop(&path) {
                 Ok(id) => {
                     let _ = fs::remove_file(&path);
@@ -31,7 +34,10 @@ impl Daemon {
                 }
                 Err(why) => {
                     log::error!("drop {}: {why}; moved to corrupt/", path.display());
-                    let name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+                    let name = path
+                        .file_name()
+                        .map(|n| n.to_os_string())
+                        .unwrap_or_default();
                     let _ = fs::rename(&path, self.spool.root().join("corrupt").join(name));
                 }
             }
@@ -69,11 +75,17 @@ impl Daemon {
                     })),
                     Err(e) => {
                         log::error!("alias expansion of {original} failed: {e:?}; delivering to the mailbox");
-                        recipients.push(Recipient { address: a.user().to_ascii_lowercase(), original });
+                        recipients.push(Recipient {
+                            address: a.user().to_ascii_lowercase(),
+                            original,
+                        });
                     }
                 }
             } else {
-                recipients.push(Recipient { address: original.clone(), original });
+                recipients.push(Recipient {
+                    address: original.clone(),
+                    original,
+                });
             }
         }
         if recipients.is_empty() {
@@ -110,7 +122,10 @@ impl Daemon {
                 conv.convert(&buf[..n], &mut out);
                 inc.write(&out).map_err(|e| e.to_string())?;
                 if inc.size > self.cfg.max_message_size {
-                    return Err(format!("message exceeds max_message_size ({})", self.cfg.max_message_size));
+                    return Err(format!(
+                        "message exceeds max_message_size ({})",
+                        self.cfg.max_message_size
+                    ));
                 }
             }
             out.clear();
@@ -129,7 +144,9 @@ impl Daemon {
         let nrcpt = env.recipients.len();
         match self.spool.commit(vec![inc]).pop() {
             Some(Ok(id)) => {
-                log::info!("{id}: from=<{sender}> size={size} nrcpt={nrcpt} client=local uid={uid}");
+                log::info!(
+                    "{id}: from=<{sender}> size={size} nrcpt={nrcpt} client=local uid={uid}"
+                );
                 Ok(id)
             }
             Some(Err(e)) => Err(format!("commit: {e}")),

@@ -41,7 +41,11 @@ impl Policy for LocalPolicy<'_> {
     fn check_recipient(&self, rcpt: &Address, relay_allowed: bool) -> Result<(), Reply> {
         let cfg = &self.daemon.cfg;
         if !cfg.is_local_domain(&rcpt.domain) {
-            return if relay_allowed { Ok(()) } else { Err(reply::RELAY_DENIED) };
+            return if relay_allowed {
+                Ok(())
+            } else {
+                Err(reply::RELAY_DENIED)
+            };
         }
         let tables = &self.daemon.tables;
         let name = rcpt.user().to_ascii_lowercase();
@@ -49,7 +53,12 @@ impl Policy for LocalPolicy<'_> {
             return Ok(());
         }
         match mailbox_name(&rcpt.local) {
-            Some(user) if cfg.local_recipients == crate::config::LocalRecipients::Any || tables.users.contains(&user) => Ok(()),
+            Some(user)
+                if cfg.local_recipients == crate::config::LocalRecipients::Any
+                    || tables.users.contains(&user) =>
+            {
+                Ok(())
+            }
             _ => Err(reply::USER_UNKNOWN),
         }
     }
@@ -57,7 +66,9 @@ impl Policy for LocalPolicy<'_> {
 
 impl Daemon {
     pub(super) fn accept(&mut self, listener: SockId) {
-        let Some(&kind) = self.listeners.get(&listener) else { return };
+        let Some(&kind) = self.listeners.get(&listener) else {
+            return;
+        };
         for _ in 0..crate::reactor::ACCEPT_BATCH {
             let (id, peer) = match self.reactor.accept(listener) {
                 Ok(Some(x)) => x,
@@ -75,12 +86,18 @@ impl Daemon {
             {
                 log::warn!("connection from {peer} refused: too many connections");
                 let r = reply::too_many_connections(&self.cfg.hostname);
-                (ServerSession::refuse(self.session_cfg.clone(), ip, r, now), false)
+                (
+                    ServerSession::refuse(self.session_cfg.clone(), ip, r, now),
+                    false,
+                )
             } else {
                 log::debug!("connect from {peer}");
                 *self.per_ip.entry(ip).or_insert(0) += 1;
                 let relay = self.cfg.may_relay(ip);
-                (ServerSession::new(self.session_cfg.clone(), kind, ip, relay, now), true)
+                (
+                    ServerSession::new(self.session_cfg.clone(), kind, ip, relay, now),
+                    true,
+                )
             };
             self.inbound.insert(
                 id,
@@ -102,7 +119,9 @@ impl Daemon {
     /// Moves bytes between the socket and the session until neither can make
     /// progress or the per-wakeup budget is spent.
     pub(super) fn drive_inbound(&mut self, id: SockId) {
-        let Some(mut conn) = self.inbound.remove(&id) else { return };
+        let Some(mut conn) = self.inbound.remove(&id) else {
+            return;
+        };
         let mut reads = 0;
         let mut closed = false;
         loop {
@@ -127,7 +146,8 @@ impl Daemon {
             if !conn.input.is_empty() {
                 let used = {
                     let policy = LocalPolicy { daemon: self };
-                    conn.session.handle_input(&conn.input, Instant::now(), &policy)
+                    conn.session
+                        .handle_input(&conn.input, Instant::now(), &policy)
                 };
                 conn.input.drain(..used);
                 self.session_events(id, &mut conn);
@@ -219,13 +239,19 @@ impl Daemon {
                 }
                 conn.session.clear_body();
             }
-            let Some(ev) = conn.session.poll_event() else { return };
+            let Some(ev) = conn.session.poll_event() else {
+                return;
+            };
             match ev {
                 Event::DataStart => self.open_incoming(conn),
                 Event::Commit => {
                     if let Some(mut inc) = conn.incoming.take() {
                         let eight_bit = conn.session.summary().is_some_and(|s| s.eight_bit);
-                        let r = if eight_bit { inc.mark_eight_bit() } else { Ok(()) };
+                        let r = if eight_bit {
+                            inc.mark_eight_bit()
+                        } else {
+                            Ok(())
+                        };
                         match r {
                             Ok(()) => self.batch.push((id, inc)),
                             Err(e) => {
@@ -245,7 +271,9 @@ impl Daemon {
     }
 
     fn open_incoming(&mut self, conn: &mut Inbound) {
-        let Some(env) = conn.session.envelope() else { return };
+        let Some(env) = conn.session.envelope() else {
+            return;
+        };
         let now = unix_now();
         let mut recipients = Vec::new();
         for rcpt in &env.recipients {
@@ -259,7 +287,10 @@ impl Daemon {
                                 Target::Local(user) => user,
                                 Target::Remote(addr) => addr,
                             };
-                            recipients.push(Recipient { address, original: original.clone() });
+                            recipients.push(Recipient {
+                                address,
+                                original: original.clone(),
+                            });
                         }
                     }
                     Err(e) => {
@@ -271,13 +302,20 @@ impl Daemon {
                     }
                 }
             } else {
-                recipients.push(Recipient { address: original.clone(), original });
+                recipients.push(Recipient {
+                    address: original.clone(),
+                    original,
+                });
             }
         }
         let stored = StoredEnvelope {
             id: crate::spool::QueueId(0),
             arrival: now,
-            sender: env.sender.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+            sender: env
+                .sender
+                .as_ref()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             recipients,
             client: format!("{} [{}]", conn.session.helo_name(), conn.peer.ip()),
             eight_bit: false,

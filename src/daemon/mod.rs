@@ -29,10 +29,10 @@ use crate::reactor::{Event, Reactor, SockId};
 use crate::smtp::server::{ListenerKind, SessionConfig};
 use crate::spool::{Incoming, Spool};
 
+use crate::spool::QueueId;
 use inbound::Inbound;
 use remote::{Delivery, DnsSock};
 use runner::InFlight;
-use crate::spool::QueueId;
 
 /// The longest the loop sleeps without a timer (a safety net only).
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -137,9 +137,9 @@ impl Daemon {
             (&cfg.submission_listen, ListenerKind::Submission),
         ] {
             for addr in addrs {
-                let id = reactor
-                    .listen(*addr)
-                    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+                let id = reactor.listen(*addr).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+                })?;
                 log::info!("listening on {addr} ({kind:?})");
                 listeners.insert(id, kind);
             }
@@ -148,7 +148,10 @@ impl Daemon {
             log::warn!("smtps_listen is not supported yet (TLS is not implemented); ignored");
         }
         let spool = Spool::open(&cfg.spool_dir, cfg.spool_sync).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot open spool {}: {e}", cfg.spool_dir.display()))
+            io::Error::new(
+                e.kind(),
+                format!("cannot open spool {}: {e}", cfg.spool_dir.display()),
+            )
         })?;
         let tables = LocalTables::load(&cfg);
         let outbound = Outbound::new(&cfg);
@@ -186,7 +189,9 @@ impl Daemon {
     /// Addresses actually bound (tests use port 0).
     pub fn local_addrs(&mut self) -> Vec<std::net::SocketAddr> {
         let ids: Vec<SockId> = self.listeners.keys().copied().collect();
-        ids.into_iter().filter_map(|id| self.reactor.local_addr(id)).collect()
+        ids.into_iter()
+            .filter_map(|id| self.reactor.local_addr(id))
+            .collect()
     }
 
     pub fn run(&mut self) -> io::Result<()> {
@@ -196,7 +201,8 @@ impl Daemon {
         }
         log::info!("started: {} queued message(s)", self.queue.len());
         self.import_drops();
-        self.reactor.add_timer(Instant::now() + DROP_SCAN_INTERVAL, Timer::DropScan);
+        self.reactor
+            .add_timer(Instant::now() + DROP_SCAN_INTERVAL, Timer::DropScan);
         let mut events = Vec::new();
         loop {
             self.arm_queue_timer();
@@ -223,7 +229,9 @@ impl Daemon {
             self.run_queue();
             self.outbound_poll();
             if let Some(deadline) = self.stopping {
-                if (self.inbound.is_empty() && self.outbound.is_idle()) || Instant::now() >= deadline {
+                if (self.inbound.is_empty() && self.outbound.is_idle())
+                    || Instant::now() >= deadline
+                {
                     log::info!("stopped");
                     return Ok(());
                 }
@@ -271,12 +279,17 @@ impl Daemon {
             Ok(new) => {
                 for (key, changed) in [
                     ("listen", new.listen != self.cfg.listen),
-                    ("submission_listen", new.submission_listen != self.cfg.submission_listen),
+                    (
+                        "submission_listen",
+                        new.submission_listen != self.cfg.submission_listen,
+                    ),
                     ("spool_dir", new.spool_dir != self.cfg.spool_dir),
                     ("user", new.user != self.cfg.user),
                 ] {
                     if changed {
-                        log::warn!("reload: {key} changes only at restart; keeping the running value");
+                        log::warn!(
+                            "reload: {key} changes only at restart; keeping the running value"
+                        );
                     }
                 }
                 let mut new = new;
@@ -323,7 +336,8 @@ impl Daemon {
             Timer::QueueRun => self.queue_timer = None,
             Timer::DropScan => {
                 self.import_drops();
-                self.reactor.add_timer(now + DROP_SCAN_INTERVAL, Timer::DropScan);
+                self.reactor
+                    .add_timer(now + DROP_SCAN_INTERVAL, Timer::DropScan);
             }
             Timer::ShutdownDeadline => {}
         }
@@ -334,7 +348,8 @@ impl Daemon {
             if self.queue_timer != Some(due) {
                 let now = unix_now();
                 let wait = Duration::from_secs(due.saturating_sub(now));
-                self.reactor.add_timer(Instant::now() + wait, Timer::QueueRun);
+                self.reactor
+                    .add_timer(Instant::now() + wait, Timer::QueueRun);
                 self.queue_timer = Some(due);
             }
         }

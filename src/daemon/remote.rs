@@ -19,7 +19,9 @@ use super::{Daemon, Timer};
 use crate::dns::{DnsError, LookupId, MxHost, QueryHandle, Transport};
 use crate::outbound::{Job, Outcome};
 use crate::reactor::SockId;
-use crate::smtp::client::{ClientConfig, ClientEvent, ClientSession, RcptOutcome, Reply, TlsPolicy, Transaction};
+use crate::smtp::client::{
+    ClientConfig, ClientEvent, ClientSession, RcptOutcome, Reply, TlsPolicy, Transaction,
+};
 use crate::spool::RcptStatus;
 
 /// Body bytes read from the spool per step.
@@ -38,8 +40,16 @@ struct Hop {
 
 enum Phase {
     Resolving(LookupId),
-    Connecting { sock: SockId, addr: SocketAddr, deadline: Instant },
-    Talking { sock: SockId, addr: SocketAddr, client: Box<ClientSession> },
+    Connecting {
+        sock: SockId,
+        addr: SocketAddr,
+        deadline: Instant,
+    },
+    Talking {
+        sock: SockId,
+        addr: SocketAddr,
+        client: Box<ClientSession>,
+    },
 }
 
 pub struct Delivery {
@@ -111,7 +121,9 @@ impl Daemon {
     /// finishes it when nothing is left to try.
     fn advance(&mut self, key: u64, now: Instant) {
         loop {
-            let Some(d) = self.deliveries.get_mut(&key) else { return };
+            let Some(d) = self.deliveries.get_mut(&key) else {
+                return;
+            };
             let Some(hop) = d.hops.get(d.hop) else {
                 self.finish_delivery(key);
                 return;
@@ -132,7 +144,11 @@ impl Daemon {
             match self.reactor.connect(addr) {
                 Ok(sock) => {
                     let deadline = now + self.cfg.connect_timeout;
-                    d.phase = Phase::Connecting { sock, addr, deadline };
+                    d.phase = Phase::Connecting {
+                        sock,
+                        addr,
+                        deadline,
+                    };
                     self.socket_owner.insert(sock, key);
                     self.reactor.add_timer(deadline, Timer::Outbound(sock));
                     return;
@@ -146,17 +162,30 @@ impl Daemon {
     }
 
     /// A resolver answer for one of our deliveries.
-    fn lookup_done(&mut self, lookup: LookupId, result: Result<Vec<MxHost>, DnsError>, now: Instant) {
-        let Some(key) = self.lookups.remove(&lookup) else { return };
+    fn lookup_done(
+        &mut self,
+        lookup: LookupId,
+        result: Result<Vec<MxHost>, DnsError>,
+        now: Instant,
+    ) {
+        let Some(key) = self.lookups.remove(&lookup) else {
+            return;
+        };
         let port = self.cfg.mx_port;
-        let Some(d) = self.deliveries.get_mut(&key) else { return };
+        let Some(d) = self.deliveries.get_mut(&key) else {
+            return;
+        };
         let is_mx = !d.job.domain.is_empty();
         match result {
             Ok(hosts) => {
                 if is_mx {
                     d.hops = hosts
                         .into_iter()
-                        .map(|h| Hop { name: h.name, port, addrs: Some(h.addrs) })
+                        .map(|h| Hop {
+                            name: h.name,
+                            port,
+                            addrs: Some(h.addrs),
+                        })
                         .collect();
                     d.hop = 0;
                 } else if let Some(hop) = d.hops.get_mut(d.hop) {
@@ -168,9 +197,16 @@ impl Daemon {
             Err(e) => {
                 let permanent = e.is_permanent();
                 let text = match (&e, is_mx) {
-                    (DnsError::NullMx, _) => format!("556 5.1.10 domain {} accepts no mail (null MX)", d.job.domain),
-                    (DnsError::NoSuchDomain, true) => format!("550 5.1.2 domain {} does not exist", d.job.domain),
-                    (DnsError::NoAddress, true) => format!("550 5.1.2 no mail host found for {}", d.job.domain),
+                    (DnsError::NullMx, _) => format!(
+                        "556 5.1.10 domain {} accepts no mail (null MX)",
+                        d.job.domain
+                    ),
+                    (DnsError::NoSuchDomain, true) => {
+                        format!("550 5.1.2 domain {} does not exist", d.job.domain)
+                    }
+                    (DnsError::NoAddress, true) => {
+                        format!("550 5.1.2 no mail host found for {}", d.job.domain)
+                    }
                     (e, _) => format!("451 4.4.3 DNS lookup failed: {e:?}"),
                 };
                 if is_mx && permanent {
@@ -209,14 +245,21 @@ impl Daemon {
             return;
         };
         let now = Instant::now();
-        let Some(d) = self.deliveries.get_mut(&key) else { return };
+        let client_cfg = self.client_config();
+        let Some(d) = self.deliveries.get_mut(&key) else {
+            return;
+        };
         if let Phase::Connecting { sock, addr, .. } = d.phase {
             match self.reactor.connect_result(sock) {
                 Ok(false) => return,
                 Ok(true) => {
                     log::debug!("{}: connected to {addr}", d.job.id);
-                    let client = ClientSession::new(self.client_config(), now);
-                    d.phase = Phase::Talking { sock, addr, client: Box::new(client) };
+                    let client = ClientSession::new(client_cfg, now);
+                    d.phase = Phase::Talking {
+                        sock,
+                        addr,
+                        client: Box::new(client),
+                    };
                 }
                 Err(e) => {
                     d.last_error = format!("connect to {addr}: {e}");
@@ -244,8 +287,12 @@ impl Daemon {
     fn pump(&mut self, key: u64, now: Instant) {
         let mut buf = [0u8; READ_CHUNK];
         for _ in 0..64 {
-            let Some(d) = self.deliveries.get_mut(&key) else { return };
-            let Phase::Talking { sock, addr, client } = &mut d.phase else { return };
+            let Some(d) = self.deliveries.get_mut(&key) else {
+                return;
+            };
+            let Phase::Talking { sock, addr, client } = &mut d.phase else {
+                return;
+            };
             let (sock, addr) = (*sock, *addr);
             let mut progressed = false;
             // Events first: they may produce output.
@@ -256,7 +303,12 @@ impl Daemon {
                         if d.body.is_none() && !d.body_done {
                             let txn = Transaction {
                                 sender: d.job.sender.clone(),
-                                recipients: d.job.recipients.iter().map(|(_, a)| a.clone()).collect(),
+                                recipients: d
+                                    .job
+                                    .recipients
+                                    .iter()
+                                    .map(|(_, a)| a.clone())
+                                    .collect(),
                                 size: d.job.size,
                                 eight_bit: d.job.eight_bit,
                                 smtputf8: false,
@@ -287,7 +339,10 @@ impl Daemon {
                         let o = outcome(o, &relay);
                         if d.body_done {
                             // After the transaction (QUIT trouble): nothing to do.
-                        } else if o.status == RcptStatus::Failed && d.hop + 1 >= d.hops.len() && d.addrs_left() == 0 {
+                        } else if o.status == RcptStatus::Failed
+                            && d.hop + 1 >= d.hops.len()
+                            && d.addrs_left() == 0
+                        {
                             for i in 0..d.job.recipients.len() {
                                 d.decided.entry(i).or_insert_with(|| o.clone());
                             }
@@ -394,22 +449,36 @@ impl Daemon {
             }
         }
         // Budget spent: come back next turn.
-        if let Some(Delivery { phase: Phase::Talking { sock, .. }, .. }) = self.deliveries.get(&key) {
+        if let Some(Delivery {
+            phase: Phase::Talking { sock, .. },
+            ..
+        }) = self.deliveries.get(&key)
+        {
             let s = *sock;
             self.reactor.mark_hot(s);
         }
     }
 
     pub(super) fn outbound_timer(&mut self, sock: SockId, now: Instant) {
-        let Some(&key) = self.socket_owner.get(&sock) else { return };
-        let Some(d) = self.deliveries.get_mut(&key) else { return };
+        let Some(&key) = self.socket_owner.get(&sock) else {
+            return;
+        };
+        let Some(d) = self.deliveries.get_mut(&key) else {
+            return;
+        };
         match &mut d.phase {
-            Phase::Connecting { deadline, addr, sock: s } if *s == sock && *deadline <= now => {
+            Phase::Connecting {
+                deadline,
+                addr,
+                sock: s,
+            } if *s == sock && *deadline <= now => {
                 d.last_error = format!("connect to {addr}: timed out");
                 self.drop_socket(sock);
                 self.advance(key, now);
             }
-            Phase::Talking { client, sock: s, .. } if *s == sock => {
+            Phase::Talking {
+                client, sock: s, ..
+            } if *s == sock => {
                 if client.poll_timeout().is_some_and(|t| t <= now) {
                     client.handle_timeout(now);
                     self.pump(key, now);
@@ -427,7 +496,9 @@ impl Daemon {
 
     /// Reports a delivery's outcomes to the runner and frees its slot.
     fn finish_delivery(&mut self, key: u64) {
-        let Some(mut d) = self.deliveries.remove(&key) else { return };
+        let Some(mut d) = self.deliveries.remove(&key) else {
+            return;
+        };
         match &d.phase {
             Phase::Connecting { sock, .. } | Phase::Talking { sock, .. } => {
                 let s = *sock;
@@ -467,13 +538,20 @@ impl Daemon {
             };
             let sock = match tx.transport {
                 Transport::Udp => self.reactor.udp_bind(local).and_then(|s| {
-                    self.reactor.udp_send(s, tx.server, &tx.payload).map(|_| s).inspect_err(|_| self.reactor.close(s))
+                    self.reactor
+                        .udp_send(s, tx.server, &tx.payload)
+                        .map(|_| s)
+                        .inspect_err(|_| self.reactor.close(s))
                 }),
                 Transport::Tcp => self.reactor.connect(tx.server),
             };
             match sock {
                 Ok(s) => {
-                    let pending_write = if matches!(tx.transport, Transport::Tcp) { tx.payload } else { Vec::new() };
+                    let pending_write = if matches!(tx.transport, Transport::Tcp) {
+                        tx.payload
+                    } else {
+                        Vec::new()
+                    };
                     self.dns_socks.insert(
                         s,
                         DnsSock {
@@ -521,14 +599,18 @@ impl Daemon {
 
     fn dns_ready(&mut self, sock: SockId) {
         let now = Instant::now();
-        let Some(ds) = self.dns_socks.get_mut(&sock) else { return };
+        let Some(ds) = self.dns_socks.get_mut(&sock) else {
+            return;
+        };
         let handle = ds.handle;
         match ds.transport {
             Transport::Udp => {
                 let mut buf = [0u8; 1500];
                 loop {
                     match self.reactor.udp_recv(sock, &mut buf) {
-                        Ok((n, from)) => self.resolver.handle_response(handle, from, &buf[..n], now),
+                        Ok((n, from)) => {
+                            self.resolver.handle_response(handle, from, &buf[..n], now)
+                        }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         Err(_) => {
                             self.resolver.handle_transport_error(handle, now);

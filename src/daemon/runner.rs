@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 
 use super::{unix_now, Daemon};
-use crate::bounce::{build_bounce, header_block, rfc5322_date, Action, BounceInput, FailedRecipient};
+use crate::bounce::{
+    build_bounce, header_block, rfc5322_date, Action, BounceInput, FailedRecipient,
+};
 use crate::delivery::local::{Format, LocalDelivery, LocalError};
 use crate::delivery::{route, Route};
 use crate::outbound::{Job, Outcome};
@@ -79,8 +81,15 @@ impl Daemon {
                     states[i] = self.deliver_local(&local, id, &env, rcpt, &user, now);
                 }
                 Route::Remote(domain) => {
-                    let key = if self.cfg.smarthost.is_empty() { domain } else { String::new() };
-                    remote.entry(key).or_default().push((i, rcpt.address.clone()));
+                    let key = if self.cfg.smarthost.is_empty() {
+                        domain
+                    } else {
+                        String::new()
+                    };
+                    remote
+                        .entry(key)
+                        .or_default()
+                        .push((i, rcpt.address.clone()));
                 }
             }
         }
@@ -139,20 +148,40 @@ impl Daemon {
             .spool
             .open_content(id)
             .map_err(|e| LocalError::Temporary(format!("451 4.3.0 cannot read queue file: {e}")))
-            .and_then(|(file, _)| local.deliver(user, &env.sender, &rcpt.original, file, now, self.local_seq));
+            .and_then(|(file, _)| {
+                local.deliver(user, &env.sender, &rcpt.original, file, now, self.local_seq)
+            });
         let delay = now.saturating_sub(env.arrival);
         match result {
             Ok(place) => {
-                log::info!("{id}: to=<{}> relay=local delay={delay} status=sent ({place})", rcpt.address);
-                RcptState { status: RcptStatus::Sent, reply: place }
+                log::info!(
+                    "{id}: to=<{}> relay=local delay={delay} status=sent ({place})",
+                    rcpt.address
+                );
+                RcptState {
+                    status: RcptStatus::Sent,
+                    reply: place,
+                }
             }
             Err(LocalError::Temporary(why)) => {
-                log::warn!("{id}: to=<{}> relay=local delay={delay} status=deferred ({why})", rcpt.address);
-                RcptState { status: RcptStatus::Deferred, reply: why }
+                log::warn!(
+                    "{id}: to=<{}> relay=local delay={delay} status=deferred ({why})",
+                    rcpt.address
+                );
+                RcptState {
+                    status: RcptStatus::Deferred,
+                    reply: why,
+                }
             }
             Err(LocalError::Permanent(why)) => {
-                log::warn!("{id}: to=<{}> relay=local delay={delay} status=bounced ({why})", rcpt.address);
-                RcptState { status: RcptStatus::Failed, reply: why }
+                log::warn!(
+                    "{id}: to=<{}> relay=local delay={delay} status=bounced ({why})",
+                    rcpt.address
+                );
+                RcptState {
+                    status: RcptStatus::Failed,
+                    reply: why,
+                }
             }
         }
     }
@@ -160,19 +189,34 @@ impl Daemon {
     /// An outbound job finished: record its outcomes and settle the
     /// message when it was the last one.
     pub(super) fn job_done(&mut self, id: QueueId, outcomes: Vec<(usize, Outcome)>) {
-        let Some(flight) = self.in_flight.get_mut(&id) else { return };
+        let Some(flight) = self.in_flight.get_mut(&id) else {
+            return;
+        };
         let now = unix_now();
         let delay = now.saturating_sub(flight.env.arrival);
         for (i, o) in outcomes {
-            let Some(st) = flight.states.get_mut(i) else { continue };
-            let addr = flight.env.recipients.get(i).map_or("", |r| r.address.as_str());
+            let Some(st) = flight.states.get_mut(i) else {
+                continue;
+            };
+            let addr = flight
+                .env
+                .recipients
+                .get(i)
+                .map_or("", |r| r.address.as_str());
             let status = match o.status {
                 RcptStatus::Sent => "sent",
                 RcptStatus::Failed => "bounced",
                 _ => "deferred",
             };
-            log::info!("{id}: to=<{addr}> relay={} delay={delay} status={status} ({})", o.relay, o.reply);
-            *st = RcptState { status: o.status, reply: o.reply };
+            log::info!(
+                "{id}: to=<{addr}> relay={} delay={delay} status={status} ({})",
+                o.relay,
+                o.reply
+            );
+            *st = RcptState {
+                status: o.status,
+                reply: o.reply,
+            };
         }
         flight.outstanding = flight.outstanding.saturating_sub(1);
         if flight.outstanding == 0 {
@@ -191,7 +235,10 @@ impl Daemon {
             for st in flight.states.iter_mut().filter(|s| !s.status.is_final()) {
                 let last = std::mem::take(&mut st.reply);
                 st.status = RcptStatus::Failed;
-                st.reply = format!("4.4.7 message expired after {}s in the queue; last error: {last}", self.cfg.max_queue_time.as_secs());
+                st.reply = format!(
+                    "4.4.7 message expired after {}s in the queue; last error: {last}",
+                    self.cfg.max_queue_time.as_secs()
+                );
             }
             log::warn!("{id}: expired after {} attempt(s)", attempts);
         }
@@ -305,7 +352,8 @@ fn status_code(reply: &str) -> String {
         let p: Vec<&str> = w.split('.').collect();
         p.len() == 3
             && matches!(p[0], "2" | "4" | "5")
-            && p.iter().all(|x| !x.is_empty() && x.len() <= 3 && x.bytes().all(|b| b.is_ascii_digit()))
+            && p.iter()
+                .all(|x| !x.is_empty() && x.len() <= 3 && x.bytes().all(|b| b.is_ascii_digit()))
     };
     if let Some(w) = reply.split_whitespace().find(|w| is_esc(w)) {
         return w.to_string();
@@ -335,7 +383,10 @@ mod tests {
         assert_eq!(status_code("550 5.1.1 no such user"), "5.1.1");
         assert_eq!(status_code("554 denied"), "5.0.0");
         assert_eq!(status_code("4.4.7 message expired"), "4.4.7");
-        assert_eq!(status_code("mx.example[192.0.2.1]:25 said: 550 5.7.1 no"), "5.7.1");
+        assert_eq!(
+            status_code("mx.example[192.0.2.1]:25 said: 550 5.7.1 no"),
+            "5.7.1"
+        );
         assert_eq!(status_code("451 try later"), "4.0.0");
     }
 }

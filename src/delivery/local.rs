@@ -43,27 +43,41 @@ impl LocalDelivery {
         seq: u64,
     ) -> Result<String, LocalError> {
         let Some(user) = mailbox_name(user) else {
-            return Err(LocalError::Permanent(format!("550 5.1.3 unusable mailbox name {user:?}")));
+            return Err(LocalError::Permanent(format!(
+                "550 5.1.3 unusable mailbox name {user:?}"
+            )));
         };
         let header = format!("Return-Path: <{sender}>\r\nDelivered-To: {original_rcpt}\r\n");
         let mut stream = io::Cursor::new(header.into_bytes()).chain(content);
         let path = self.mail_dir.join(&user);
         match self.format {
             Format::Maildir => {
-                let unique = maildir::unique_name(now_unix, (seq % 1_000_000) as u32, std::process::id(), seq, &self.hostname);
+                let unique = maildir::unique_name(
+                    now_unix,
+                    (seq % 1_000_000) as u32,
+                    std::process::id(),
+                    seq,
+                    &self.hostname,
+                );
                 maildir::deliver_maildir(&path, &mut stream, &unique, self.sync)
                     .map(|p| format!("maildir {}", p.display()))
-                    .map_err(|e| LocalError::Temporary(format!("451 4.3.0 maildir {}: {e}", path.display())))
+                    .map_err(|e| {
+                        LocalError::Temporary(format!("451 4.3.0 maildir {}: {e}", path.display()))
+                    })
             }
-            Format::Mbox => match mbox::deliver_mbox(&path, sender, now_unix as i64, &mut stream, self.sync) {
-                Ok(()) => Ok(format!("mbox {}", path.display())),
-                Err(mbox::MboxError::Locked) => {
-                    Err(LocalError::Temporary(format!("451 4.2.0 mbox {} is locked", path.display())))
+            Format::Mbox => {
+                match mbox::deliver_mbox(&path, sender, now_unix as i64, &mut stream, self.sync) {
+                    Ok(()) => Ok(format!("mbox {}", path.display())),
+                    Err(mbox::MboxError::Locked) => Err(LocalError::Temporary(format!(
+                        "451 4.2.0 mbox {} is locked",
+                        path.display()
+                    ))),
+                    Err(mbox::MboxError::Io(e)) => Err(LocalError::Temporary(format!(
+                        "451 4.3.0 mbox {}: {e}",
+                        path.display()
+                    ))),
                 }
-                Err(mbox::MboxError::Io(e)) => {
-                    Err(LocalError::Temporary(format!("451 4.3.0 mbox {}: {e}", path.display())))
-                }
-            },
+            }
         }
     }
 }

@@ -1,1 +1,299 @@
-//! placeholder
+//! Local delivery into a Maildir (the default `local_delivery`).
+//!
+//! Maildir needs no locks: a message is written whole under `tmp/` and then
+//! appears in `new/` with one atomic directory operation, so a reader never
+//! sees half a message and a crash leaves at most a stale file in `tmp/`.
+//!
+//! Rules: qmail's maildir(5) (`tmp/` → `new/`, unique names
+//! `secs.M<usec>P<pid>Q<seq>.host` with `/` and `:` in the host escaped as
+//! `\057` and `\072`, `:` being the info separator), and qmail-local's
+//! ordering for durability: write, fsync the file, link into `new/`, fsync
+//! `new/` (SPEC "Store": a delivery reported done survives a crash).
+//!
+//! Invariants:
+//! - `new/<unique>` is never overwritten: the move is `link(2)`, which fails
+//!   if the name exists (`rename(2)` only as a fallback on file systems
+//!   without hard links, after checking the name is free).
+//! - `Ok` means the message is in `new/` (and durable when `sync`); `Err`
+//!   means it is not, and the `tmp/` file this call created is removed.
+//!   A `tmp/<unique>` that existed before the call is never removed.
+//!
+//! Not supported: Maildir++ quotas and folders, the `cur/` info suffix
+//! (readers set it), chown to the mailbox owner (tern writes as its own user).
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Mode of created Maildir directories.
+pub const MAILDIR_DIR_MODE: u32 = 0o700;
+/// Mode of delivered message files.
+pub const MAILDIR_FILE_MODE: u32 = 0o600;
+
+/// Streams `content` (e.g. `Return-Path:` and `Delivered-To:` headers
+/// chained before the stored message) into `mailbox_dir/new/<unique>` and
+/// returns that path. Creates `tmp/`, `new/` and `cur/` if missing.
+pub fn deliver_maildir(
+    mailbox_dir: &Path,
+    content: &mut dyn Read,
+    unique: &str,
+    sync: bool,
+) -> io::Result<PathBuf> {
+    if unique.is_empty() || unique == "." || unique == ".." || unique.contains(['/', '\0']) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad maildir name {unique:?}"),
+        ));
+    }
+    let created = ensure_dirs(mailbox_dir)?;
+    if sync && created {
+        // New directory entries must be durable before the message is.
+        sync_dir(mailbox_dir)?;
+        if let Some(parent) = mailbox_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+
+    let tmp_path = mailbox_dir.join("tmp").join(unique);
+    let new_path = mailbox_dir.join("new").join(unique);
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(MAILDIR_FILE_MODE)
+        .open(&tmp_path)?;
+    // From here on the tmp file is ours: remove it on any failure.
+    if let Err(e) = write_content(file, content, sync) {
+        remove_quietly(&tmp_path);
+        return Err(e);
+    }
+    if let Err(e) = move_into_new(&tmp_path, &new_path) {
+        remove_quietly(&tmp_path);
+        return Err(e);
+    }
+    if sync {
+        if let Err(e) = sync_dir(&mailbox_dir.join("new")) {
+            // Not durable: report failure and take the message back so a
+            // retry does not deliver it twice.
+            remove_quietly(&new_path);
+            return Err(e);
+        }
+    }
+    Ok(new_path)
+}
+
+/// The maildir(5) unique name `secs.M<micros>P<pid>Q<seq>.<host>`. The host
+/// has `/` replaced by `\057` and `:` by `\072`; an empty host becomes
+/// `localhost`.
+pub fn unique_name(now_secs: u64, now_micros: u32, pid: u32, seq: u64, hostname: &str) -> String {
+    let mut host = String::with_capacity(hostname.len());
+    for c in hostname.chars() {
+        match c {
+            '/' => host.push_str("\\057"),
+            ':' => host.push_str("\\072"),
+            c if c.is_control() => {}
+            c => host.push(c),
+        }
+    }
+    if host.is_empty() {
+        host.push_str("localhost");
+    }
+    format!("{now_secs}.M{now_micros}P{pid}Q{seq}.{host}")
+}
+
+/// Creates the mailbox and its three subdirectories; true if any was new.
+fn ensure_dirs(mailbox_dir: &Path) -> io::Result<bool> {
+    let mut created = false;
+    let mut builder = DirBuilder::new();
+    builder.recursive(true).mode(MAILDIR_DIR_MODE);
+    for sub in ["tmp", "new", "cur"] {
+        let dir = mailbox_dir.join(sub);
+        if !dir.is_dir() {
+            builder.create(&dir)?;
+            created = true;
+        }
+    }
+    Ok(created)
+}
+
+fn write_content(mut file: File, content: &mut dyn Read, sync: bool) -> io::Result<()> {
+    io::copy(content, &mut file)?;
+    if sync {
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
+/// `link` then `unlink` (qmail); `rename` where hard links are unsupported.
+fn move_into_new(tmp_path: &Path, new_path: &Path) -> io::Result<()> {
+    match fs::hard_link(tmp_path, new_path) {
+        Ok(()) => {
+            if let Err(e) = fs::remove_file(tmp_path) {
+                // Delivered; a stale tmp file is harmless.
+                log::warn!("maildir: cannot remove {}: {e}", tmp_path.display());
+            }
+            Ok(())
+        }
+        Err(e) if link_unsupported(&e) => {
+            if fs::symlink_metadata(new_path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists", new_path.display()),
+                ));
+            }
+            fs::rename(tmp_path, new_path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn link_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM | libc::EOPNOTSUPP | libc::EXDEV | libc::EMLINK)
+    )
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn remove_quietly(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            log::warn!("maildir: cannot remove {}: {e}", path.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let dir =
+                std::env::temp_dir().join(format!("tern-maildir-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).expect("mkdir");
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn delivers_exact_bytes_into_new() {
+        let tmp = TempDir::new("exact");
+        let mailbox = tmp.0.join("alice");
+        let parts: [&[u8]; 3] = [
+            b"Return-Path: <bob@example.com>\n",
+            b"Delivered-To: alice@router.lan\n",
+            b"Subject: hi\r\n\r\nbody\r\n",
+        ];
+        for sync in [true, false] {
+            let unique = format!("1795830910.M1P42Q{}.router", u8::from(sync));
+            let path = deliver_maildir(&mailbox, &mut &parts.concat()[..], &unique, sync)
+                .expect("deliver");
+            assert_eq!(path, mailbox.join("new").join(&unique));
+            assert_eq!(fs::read(&path).expect("read"), parts.concat());
+            let mode = fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+            assert_eq!(mode, MAILDIR_FILE_MODE);
+        }
+        assert_eq!(names(&mailbox), ["cur", "new", "tmp"]);
+        assert!(names(&mailbox.join("tmp")).is_empty());
+        assert!(names(&mailbox.join("cur")).is_empty());
+        assert_eq!(names(&mailbox.join("new")).len(), 2);
+        let mode = fs::metadata(mailbox.join("new"))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, MAILDIR_DIR_MODE);
+    }
+
+    #[test]
+    fn existing_name_in_new_is_not_clobbered() {
+        let tmp = TempDir::new("clobber");
+        let mailbox = tmp.0.join("bob");
+        deliver_maildir(&mailbox, &mut &b"first"[..], "same", true).expect("first");
+        let err =
+            deliver_maildir(&mailbox, &mut &b"second"[..], "same", true).expect_err("must fail");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(mailbox.join("new/same")).expect("read"), b"first");
+        assert!(names(&mailbox.join("tmp")).is_empty(), "tmp file removed");
+    }
+
+    #[test]
+    fn existing_name_in_tmp_is_left_alone() {
+        let tmp = TempDir::new("tmpbusy");
+        let mailbox = tmp.0.join("carol");
+        fs::create_dir_all(mailbox.join("tmp")).expect("mkdir");
+        fs::write(mailbox.join("tmp/busy"), b"other writer").expect("write");
+        let err =
+            deliver_maildir(&mailbox, &mut &b"mine"[..], "busy", false).expect_err("must fail");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(
+            fs::read(mailbox.join("tmp/busy")).expect("read"),
+            b"other writer"
+        );
+        assert!(names(&mailbox.join("new")).is_empty());
+    }
+
+    #[test]
+    fn failed_move_removes_tmp_file() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return; // root ignores directory permissions
+        }
+        let tmp = TempDir::new("readonly");
+        let mailbox = tmp.0.join("dave");
+        deliver_maildir(&mailbox, &mut &b"ok"[..], "one", false).expect("first");
+        fs::set_permissions(mailbox.join("new"), fs::Permissions::from_mode(0o500)).expect("chmod");
+        let result = deliver_maildir(&mailbox, &mut &b"x"[..], "two", true);
+        fs::set_permissions(mailbox.join("new"), fs::Permissions::from_mode(0o700)).expect("chmod");
+        assert_eq!(
+            result.expect_err("must fail").kind(),
+            io::ErrorKind::PermissionDenied
+        );
+        assert!(names(&mailbox.join("tmp")).is_empty(), "tmp file removed");
+        assert_eq!(names(&mailbox.join("new")), ["one"]);
+    }
+
+    #[test]
+    fn bad_unique_names_are_refused() {
+        let tmp = TempDir::new("badname");
+        for bad in ["", ".", "..", "a/b", "../x", "a\0b"] {
+            let err = deliver_maildir(&tmp.0, &mut &b"x"[..], bad, false).expect_err(bad);
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        }
+    }
+
+    #[test]
+    fn unique_name_format() {
+        assert_eq!(
+            unique_name(1_795_830_910, 123_456, 4242, 7, "router.lan"),
+            "1795830910.M123456P4242Q7.router.lan"
+        );
+        assert_eq!(unique_name(1, 0, 1, 0, "a/b:c"), "1.M0P1Q0.a\\057b\\072c");
+        assert_eq!(unique_name(1, 0, 1, 0, ""), "1.M0P1Q0.localhost");
+        assert!(!unique_name(1, 0, 1, 0, "x\ny").contains('\n'));
+    }
+}

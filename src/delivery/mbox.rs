@@ -1,1 +1,496 @@
-//! placeholder
+//! Local delivery by appending to an mbox file (`local_delivery = mbox`).
+//!
+//! Unlike Maildir, an mbox is one file shared with the mail reader, so the
+//! append must be locked and must be undone if it fails half-way: a partial
+//! message would corrupt every later one (dma `local.c` does the same).
+//!
+//! Format: mboxrd (see the "mbox" format notes by Hall, and RFC 4155 for
+//! `application/mbox`): each message starts with
+//! `From <sender> <asctime date>` (UTC), line endings are LF, a line matching
+//! `>*From ` gets one more `>`, and each message ends with an empty line.
+//!
+//! Invariants:
+//! - Locks are never waited for: both `flock(LOCK_EX|LOCK_NB)` and an
+//!   `fcntl(F_SETLK)` write lock are taken; if either is busy the result is
+//!   [`MboxError::Locked`] and the caller retries later without blocking its
+//!   loop.
+//! - On any write or sync error the file is truncated back to its length
+//!   before the append; `Ok` means the whole entry is there (and durable when
+//!   `sync`).
+//! - The message is streamed through one buffer of [`MBOX_WRITE_BUFFER`]
+//!   bytes; no second copy of it is built.
+//! - The mailbox is opened with `O_NOFOLLOW`: a symlink is refused.
+//!
+//! Not supported: dot-locking (`USER.lock`), `Content-Length:` (mboxcl2),
+//! local time zones in the `From ` line.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Size of the write buffer the message is streamed through.
+pub const MBOX_WRITE_BUFFER: usize = 16 * 1024;
+/// Mode of a newly created mbox file.
+pub const MBOX_FILE_MODE: u32 = 0o600;
+
+/// Why an append did not happen.
+#[derive(Debug)]
+pub enum MboxError {
+    /// Another process holds the mailbox lock: try again later.
+    Locked,
+    /// Open, write or sync failed; nothing was appended.
+    Io(io::Error),
+}
+
+impl From<io::Error> for MboxError {
+    fn from(e: io::Error) -> MboxError {
+        MboxError::Io(e)
+    }
+}
+
+impl std::fmt::Display for MboxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MboxError::Locked => write!(f, "mailbox is locked"),
+            MboxError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Appends one message to the mbox at `path`, creating the file if needed.
+/// `envelope_sender` empty (null sender) is written as `MAILER-DAEMON`.
+pub fn deliver_mbox(
+    path: &Path,
+    envelope_sender: &str,
+    date_unix: i64,
+    message: &mut dyn Read,
+    sync: bool,
+) -> Result<(), MboxError> {
+    let (file, created) = open_mailbox(path)?;
+    lock(&file)?;
+    let original_len = file.metadata()?.len();
+    let synced_dir = path
+        .parent()
+        .filter(|dir| sync && created && !dir.as_os_str().is_empty());
+    append_or_roll_back(
+        &file,
+        &mut &file,
+        original_len,
+        sync,
+        synced_dir,
+        envelope_sender,
+        date_unix,
+        message,
+    )?;
+    // Closing the file releases both locks.
+    Ok(())
+}
+
+/// Appends through `out` (the file itself, or a fault injector in tests),
+/// syncs, and on any error truncates `file` back to `original_len`.
+#[allow(clippy::too_many_arguments)]
+fn append_or_roll_back(
+    file: &File,
+    out: &mut dyn Write,
+    original_len: u64,
+    sync: bool,
+    synced_dir: Option<&Path>,
+    envelope_sender: &str,
+    date_unix: i64,
+    message: &mut dyn Read,
+) -> io::Result<()> {
+    let result = append_entry(out, envelope_sender, date_unix, message)
+        .and_then(|()| if sync { file.sync_data() } else { Ok(()) })
+        .and_then(|()| match synced_dir {
+            // A new file's directory entry must be durable too.
+            Some(dir) => File::open(dir)?.sync_all(),
+            None => Ok(()),
+        });
+    if let Err(e) = result {
+        roll_back(file, original_len, sync);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Opens for append without following symlinks; true if the file was created.
+fn open_mailbox(path: &Path) -> io::Result<(File, bool)> {
+    let mut options = OpenOptions::new();
+    options
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(MBOX_FILE_MODE);
+    match options.open(path) {
+        Ok(file) => Ok((file, false)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match options.clone().create_new(true).open(path) {
+                Ok(file) => Ok((file, true)),
+                // Someone created it in between: use theirs.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    Ok((options.open(path)?, false))
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Takes both the BSD and the POSIX lock without waiting.
+fn lock(file: &File) -> Result<(), MboxError> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fd is an open descriptor owned by `file` for this whole call.
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(lock_error(io::Error::last_os_error()));
+    }
+    // SAFETY: an all-zero flock struct is valid; the fields are set below.
+    let mut region: libc::flock = unsafe { std::mem::zeroed() };
+    region.l_type = libc::F_WRLCK as _;
+    region.l_whence = libc::SEEK_SET as _;
+    region.l_start = 0;
+    region.l_len = 0; // whole file, including what we append
+                      // SAFETY: fd is open and `region` is a valid flock struct.
+    if unsafe { libc::fcntl(fd, libc::F_SETLK, &region) } != 0 {
+        return Err(lock_error(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn lock_error(e: io::Error) -> MboxError {
+    match e.raw_os_error() {
+        Some(code) if code == libc::EWOULDBLOCK || code == libc::EAGAIN || code == libc::EACCES => {
+            MboxError::Locked
+        }
+        _ => MboxError::Io(e),
+    }
+}
+
+fn roll_back(file: &File, original_len: u64, sync: bool) {
+    let result = file
+        .set_len(original_len)
+        .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+    if let Err(e) = result {
+        log::error!(
+            "mbox: cannot truncate back to {original_len} bytes after a failed append: {e}"
+        );
+    }
+}
+
+/// Writes the `From ` line, the escaped message and the closing empty line.
+fn append_entry(
+    out: &mut dyn Write,
+    envelope_sender: &str,
+    date_unix: i64,
+    message: &mut dyn Read,
+) -> io::Result<()> {
+    let mut out = BufWriter::with_capacity(MBOX_WRITE_BUFFER, out);
+    out.write_all(from_line(envelope_sender, date_unix).as_bytes())?;
+    let mut input = BufReader::with_capacity(MBOX_WRITE_BUFFER, message);
+    let mut line = Vec::with_capacity(1024);
+    // Lines longer than the buffer come in pieces; only a piece that starts
+    // a line is checked for `From `.
+    let mut at_line_start = true;
+    loop {
+        line.clear();
+        let n = (&mut input)
+            .take(MBOX_WRITE_BUFFER as u64)
+            .read_until(b'\n', &mut line)?;
+        if n == 0 {
+            break;
+        }
+        let complete = line.last() == Some(&b'\n');
+        let mut body: &[u8] = &line;
+        if complete {
+            body = &body[..body.len() - 1];
+            body = body.strip_suffix(b"\r").unwrap_or(body);
+        }
+        if at_line_start && needs_escape(body) {
+            out.write_all(b">")?;
+        }
+        out.write_all(body)?;
+        if complete {
+            out.write_all(b"\n")?;
+        }
+        at_line_start = complete;
+    }
+    if !at_line_start {
+        out.write_all(b"\n")?;
+    }
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+/// mboxrd: `From ` after any number of `>`.
+fn needs_escape(line: &[u8]) -> bool {
+    let quotes = line.iter().take_while(|&&b| b == b'>').count();
+    line.get(quotes..)
+        .is_some_and(|rest| rest.starts_with(b"From "))
+}
+
+/// `From sender Thu Jan  1 00:00:00 1970\n` (asctime layout, UTC).
+fn from_line(envelope_sender: &str, date_unix: i64) -> String {
+    let sender: String = if envelope_sender.is_empty() {
+        "MAILER-DAEMON".to_string()
+    } else {
+        envelope_sender
+            .chars()
+            .map(|c| {
+                if c.is_whitespace() || c.is_control() {
+                    '_'
+                } else {
+                    c
+                }
+            })
+            .collect()
+    };
+    format!("From {sender} {}\n", asctime(date_unix))
+}
+
+fn asctime(unix_secs: i64) -> String {
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix_secs.div_euclid(86_400);
+    let secs = unix_secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    let weekday = WEEKDAYS[days.rem_euclid(7) as usize % 7];
+    let month_name = MONTHS[(month as usize).saturating_sub(1) % 12];
+    format!(
+        "{weekday} {month_name} {day:>2} {:02}:{:02}:{:02} {year}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Proleptic Gregorian (year, month 1-12, day 1-31) for days since
+/// 1970-01-01, counted in 400-year eras that start on March 1st.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    } as u32;
+    (year_of_era + era * 400 + i64::from(month <= 2), month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!("tern-mbox-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Passes `budget` bytes to the file, then fails every write.
+    struct FailAfter<'a> {
+        file: &'a File,
+        budget: usize,
+        written: usize,
+    }
+
+    impl Write for FailAfter<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.budget == 0 {
+                return Err(io::Error::new(io::ErrorKind::StorageFull, "injected"));
+            }
+            let n = buf.len().min(self.budget);
+            let n = (&mut &*self.file).write(buf.get(..n).unwrap_or_default())?;
+            self.budget -= n;
+            self.written += n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn two_messages_exact_bytes() {
+        let tmp = TempDir::new("exact");
+        let path = tmp.0.join("alice");
+        let first = b"Subject: one\r\n\r\nFrom the start\r\n>From quoted\r\n>>From deeper\r\nFromage\r\n From indented\r\nlast line";
+        let second = b"Subject: two\n\nbare CR\rstays\nFrom x\n";
+        deliver_mbox(&path, "bob@example.com", 0, &mut &first[..], true).expect("first");
+        deliver_mbox(&path, "", 1_795_830_910, &mut &second[..], false).expect("second");
+        let expected = "From bob@example.com Thu Jan  1 00:00:00 1970\n\
+                        Subject: one\n\
+                        \n\
+                        >From the start\n\
+                        >>From quoted\n\
+                        >>>From deeper\n\
+                        Fromage\n \
+                        From indented\n\
+                        last line\n\
+                        \n\
+                        From MAILER-DAEMON Sat Nov 28 01:55:10 2026\n\
+                        Subject: two\n\
+                        \n\
+                        bare CR\rstays\n\
+                        >From x\n\
+                        \n";
+        assert_eq!(
+            String::from_utf8(std::fs::read(&path).expect("read")).expect("utf-8"),
+            expected
+        );
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, MBOX_FILE_MODE);
+    }
+
+    #[test]
+    fn large_message_streams_through_the_buffer() {
+        let tmp = TempDir::new("large");
+        let path = tmp.0.join("big");
+        let line = "From x".to_string() + &"y".repeat(100) + "\r\n";
+        let message = line.repeat(MBOX_WRITE_BUFFER / 50);
+        deliver_mbox(&path, "s@x", 0, &mut &message.as_bytes()[..], false).expect("deliver");
+        let written = std::fs::read(&path).expect("read");
+        let body = written.splitn(2, |&b| b == b'\n').nth(1).expect("body");
+        let expected =
+            format!(">From x{}\n", "y".repeat(100)).repeat(MBOX_WRITE_BUFFER / 50) + "\n";
+        assert_eq!(body, expected.as_bytes());
+    }
+
+    #[test]
+    fn empty_message_and_sender_with_spaces() {
+        let tmp = TempDir::new("empty");
+        let path = tmp.0.join("e");
+        deliver_mbox(&path, "\"a b\"@x", 0, &mut &b""[..], false).expect("deliver");
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            b"From \"a_b\"@x Thu Jan  1 00:00:00 1970\n\n"
+        );
+    }
+
+    #[test]
+    fn busy_lock_gives_locked() {
+        let tmp = TempDir::new("locked");
+        let path = tmp.0.join("carol");
+        std::fs::write(&path, b"existing\n").expect("write");
+        let holder = File::open(&path).expect("open");
+        // SAFETY: holder's fd is open for the duration of the call.
+        assert_eq!(
+            unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+            0
+        );
+        assert!(matches!(
+            deliver_mbox(&path, "s@x", 0, &mut &b"m\n"[..], false),
+            Err(MboxError::Locked)
+        ));
+        assert_eq!(std::fs::read(&path).expect("read"), b"existing\n");
+        drop(holder);
+        deliver_mbox(&path, "s@x", 0, &mut &b"m\n"[..], false).expect("after unlock");
+        assert!(std::fs::read(&path)
+            .expect("read")
+            .starts_with(b"existing\nFrom s@x "));
+    }
+
+    #[test]
+    fn symlink_is_refused() {
+        let tmp = TempDir::new("symlink");
+        let target = tmp.0.join("target");
+        std::fs::write(&target, b"").expect("write");
+        let link = tmp.0.join("link");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        assert!(matches!(
+            deliver_mbox(&link, "s@x", 0, &mut &b"m\n"[..], false),
+            Err(MboxError::Io(_))
+        ));
+        assert_eq!(std::fs::read(&target).expect("read"), b"");
+    }
+
+    #[test]
+    fn failed_write_is_truncated_back() {
+        let tmp = TempDir::new("truncate");
+        let path = tmp.0.join("dave");
+        deliver_mbox(&path, "s@x", 0, &mut &b"Subject: kept\n"[..], false).expect("first");
+        let before = std::fs::read(&path).expect("read");
+        let (file, _) = open_mailbox(&path).expect("open");
+        lock(&file).expect("lock");
+        let original_len = file.metadata().expect("stat").len();
+        let message = "line\r\n".repeat(MBOX_WRITE_BUFFER);
+        let mut failing = FailAfter {
+            file: &file,
+            budget: MBOX_WRITE_BUFFER + 10,
+            written: 0,
+        };
+        let err = append_or_roll_back(
+            &file,
+            &mut failing,
+            original_len,
+            true,
+            None,
+            "s@x",
+            0,
+            &mut message.as_bytes(),
+        )
+        .expect_err("injected");
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        assert!(
+            failing.written > 0,
+            "partial data was written before the error"
+        );
+        drop(file);
+        assert_eq!(std::fs::read(&path).expect("read"), before);
+        // The mailbox still works afterwards.
+        deliver_mbox(&path, "s@x", 0, &mut &b"Subject: next\n"[..], false).expect("next");
+        assert_eq!(
+            std::fs::read(&path).expect("read").len(),
+            2 * before.len() - "kept".len() + "next".len()
+        );
+    }
+
+    #[test]
+    fn write_to_unwritable_path_is_io_error() {
+        let tmp = TempDir::new("nodir");
+        let path = tmp.0.join("missing-dir").join("mbox");
+        assert!(matches!(
+            deliver_mbox(&path, "s@x", 0, &mut &b"m\n"[..], false),
+            Err(MboxError::Io(_))
+        ));
+    }
+
+    #[test]
+    fn escape_rule() {
+        assert!(needs_escape(b"From "));
+        assert!(needs_escape(b">>From x"));
+        assert!(!needs_escape(b"From"));
+        assert!(!needs_escape(b"from x"));
+        assert!(!needs_escape(b"> From x"));
+        assert!(!needs_escape(b""));
+    }
+
+    #[test]
+    fn asctime_layout() {
+        assert_eq!(asctime(0), "Thu Jan  1 00:00:00 1970");
+        assert_eq!(asctime(951_782_400), "Tue Feb 29 00:00:00 2000");
+        assert_eq!(asctime(1_795_830_910), "Sat Nov 28 01:55:10 2026");
+    }
+}

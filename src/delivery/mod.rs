@@ -69,6 +69,9 @@ mod tests {
         let local = |d: &str| d == "localhost";
         assert_eq!(route("root", &local), Route::Local("root".into()));
         assert_eq!(route("joe@localhost", &local), Route::Local("joe".into()));
-        assert_eq!(route("joe@Example.com", &local), Route::Remote("example.com".into()));
+        assert_eq!(
+            route("joe@Example.com", &local),
+            Route::Remote("example.com".into())
+        );
     }
 }

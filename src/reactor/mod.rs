@@ -164,7 +164,10 @@ impl<K: Ord + Copy> Reactor<K> {
         match l.accept() {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let id = self.insert(Socket::Stream(stream), Interest::READABLE | Interest::WRITABLE)?;
+                let id = self.insert(
+                    Socket::Stream(stream),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?;
                 // A fresh socket is assumed ready: the owner tries reading at once.
                 if let Some(s) = self.slot(id) {
                     s.readable = true;
@@ -336,7 +339,9 @@ impl<K: Ord + Copy> Reactor<K> {
                 continue;
             }
             let index = ev.token().0;
-            let Some(slot) = self.slots.get_mut(index) else { continue };
+            let Some(slot) = self.slots.get_mut(index) else {
+                continue;
+            };
             if slot.socket.is_none() {
                 continue;
             }

@@ -64,7 +64,8 @@ impl SignalPipe {
         let mut buf = [0u8; 64];
         loop {
             // SAFETY: reading into a local buffer from our own pipe.
-            let n = unsafe { libc::read(self.read, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+            let n =
+                unsafe { libc::read(self.read, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
             if n <= 0 {
                 break;
             }

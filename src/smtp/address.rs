@@ -186,7 +186,9 @@ pub fn is_valid_domain(d: &str) -> bool {
     d.split('.').all(|label| {
         !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            && label
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-')
     })
@@ -214,7 +216,10 @@ mod tests {
 
     #[test]
     fn source_route_is_stripped() {
-        assert_eq!(addr("<@a.example,@b.example:joe@c.example>").to_string(), "joe@c.example");
+        assert_eq!(
+            addr("<@a.example,@b.example:joe@c.example>").to_string(),
+            "joe@c.example"
+        );
         assert_eq!(parse_path("<@a.example joe@c>"), Err(AddressError::Syntax));
     }
 
@@ -256,7 +261,10 @@ mod tests {
     #[test]
     fn length_limits() {
         let local = "a".repeat(65);
-        assert_eq!(parse_path(&format!("<{local}@x.example>")), Err(AddressError::TooLong));
+        assert_eq!(
+            parse_path(&format!("<{local}@x.example>")),
+            Err(AddressError::TooLong)
+        );
         let ok = "a".repeat(64);
         assert!(parse_path(&format!("<{ok}@x.example>")).is_ok());
         let long = format!("<a@{}.example>", "b".repeat(260));

@@ -155,7 +155,10 @@ mod tests {
 
     #[test]
     fn verbs_are_case_insensitive() {
-        assert_eq!(parse_command(b"ehlo client.example"), Ok(Command::Ehlo("client.example".into())));
+        assert_eq!(
+            parse_command(b"ehlo client.example"),
+            Ok(Command::Ehlo("client.example".into()))
+        );
         assert_eq!(parse_command(b"QuIt"), Ok(Command::Quit));
         assert_eq!(parse_command(b"noop anything"), Ok(Command::Noop));
     }
@@ -170,25 +173,55 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse_command(b"MAIL FROM:<>"), Ok(Command::Mail(None, _))));
-        assert!(matches!(parse_command(b"mail from: <a@b.example>"), Ok(Command::Mail(Some(_), _))));
+        assert!(matches!(
+            parse_command(b"MAIL FROM:<>"),
+            Ok(Command::Mail(None, _))
+        ));
+        assert!(matches!(
+            parse_command(b"mail from: <a@b.example>"),
+            Ok(Command::Mail(Some(_), _))
+        ));
     }
 
     #[test]
     fn mail_errors() {
-        assert_eq!(parse_command(b"MAIL FROM:a@b.example"), Err(reply::SYNTAX_MAIL));
-        assert_eq!(parse_command(b"MAIL TO:<a@b.example>"), Err(reply::SYNTAX_MAIL));
-        assert_eq!(parse_command(b"MAIL FROM:<a@b.example> FOO=1"), Err(reply::UNKNOWN_PARAMETER));
-        assert_eq!(parse_command(b"MAIL FROM:<a@b.example> SIZE=x"), Err(reply::SYNTAX_PARAMS));
-        assert_eq!(parse_command(b"MAIL FROM:<a b@c.example>"), Err(reply::BAD_SENDER));
+        assert_eq!(
+            parse_command(b"MAIL FROM:a@b.example"),
+            Err(reply::SYNTAX_MAIL)
+        );
+        assert_eq!(
+            parse_command(b"MAIL TO:<a@b.example>"),
+            Err(reply::SYNTAX_MAIL)
+        );
+        assert_eq!(
+            parse_command(b"MAIL FROM:<a@b.example> FOO=1"),
+            Err(reply::UNKNOWN_PARAMETER)
+        );
+        assert_eq!(
+            parse_command(b"MAIL FROM:<a@b.example> SIZE=x"),
+            Err(reply::SYNTAX_PARAMS)
+        );
+        assert_eq!(
+            parse_command(b"MAIL FROM:<a b@c.example>"),
+            Err(reply::BAD_SENDER)
+        );
     }
 
     #[test]
     fn rcpt() {
-        assert_eq!(parse_command(b"RCPT TO:<Postmaster>"), Ok(Command::Rcpt(None)));
+        assert_eq!(
+            parse_command(b"RCPT TO:<Postmaster>"),
+            Ok(Command::Rcpt(None))
+        );
         assert_eq!(parse_command(b"RCPT TO:<>"), Err(reply::BAD_RECIPIENT));
-        assert!(matches!(parse_command(b"rcpt to:<x@y.example>"), Ok(Command::Rcpt(Some(_)))));
-        assert_eq!(parse_command(b"RCPT TO:<\"a>b\"@y.example>").map(|_| ()), Ok(()));
+        assert!(matches!(
+            parse_command(b"rcpt to:<x@y.example>"),
+            Ok(Command::Rcpt(Some(_)))
+        ));
+        assert_eq!(
+            parse_command(b"RCPT TO:<\"a>b\"@y.example>").map(|_| ()),
+            Ok(())
+        );
     }
 
     #[test]

@@ -22,11 +22,17 @@ pub const MAX_LINE: usize = 1000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// At the start of a line; `real` says the previous line ended in CRLF.
-    LineStart { real: bool },
+    LineStart {
+        real: bool,
+    },
     /// A '.' at the start of a line.
-    Dot { real: bool },
+    Dot {
+        real: bool,
+    },
     /// ".\r" at the start of a line.
-    DotCr { real: bool },
+    DotCr {
+        real: bool,
+    },
     /// Inside a line.
     Mid,
     /// A CR inside a line (or an empty line), waiting to see if LF follows.
@@ -188,7 +194,8 @@ impl DataDecoder {
 
     fn scan_header(&mut self) {
         let head = &self.head[..self.head_len];
-        let starts = |name: &[u8]| head.len() >= name.len() && head[..name.len()].eq_ignore_ascii_case(name);
+        let starts =
+            |name: &[u8]| head.len() >= name.len() && head[..name.len()].eq_ignore_ascii_case(name);
         if starts(b"received:") {
             self.summary.received_headers += 1;
         } else if starts(b"date:") {
@@ -197,7 +204,11 @@ impl DataDecoder {
             self.summary.has_message_id = true;
         } else if starts(b"from:") {
             self.summary.has_from = true;
-        } else if head[0] != b' ' && head[0] != b'\t' && !head.contains(&b':') && self.head_len < self.head.len() {
+        } else if head[0] != b' '
+            && head[0] != b'\t'
+            && !head.contains(&b':')
+            && self.head_len < self.head.len()
+        {
             // Not a header field: the body started without an empty line.
             self.in_headers = false;
         }
@@ -266,7 +277,14 @@ mod tests {
 
     #[test]
     fn smuggling_sequences_do_not_end_data() {
-        for seq in [&b"\n.\n"[..], b"\r\n.\n", b"\n.\r\n", b"\r.\r", b"\r.\r\n", b"\r\n.\r"] {
+        for seq in [
+            &b"\n.\n"[..],
+            b"\r\n.\n",
+            b"\n.\r\n",
+            b"\r.\r",
+            b"\r.\r\n",
+            b"\r\n.\r",
+        ] {
             let mut input = b"a".to_vec();
             input.extend_from_slice(seq);
             input.extend_from_slice(b"MAIL FROM:<evil@x>\r\n");
@@ -275,8 +293,14 @@ mod tests {
             assert_eq!(n, input.len());
             assert!(out.ends_with(b"MAIL FROM:<evil@x>\r\n"));
             // Every line break is stored as CRLF.
-            assert!(!out.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'), "{out:?}");
-            assert!(!out.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n'), "{out:?}");
+            assert!(
+                !out.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'),
+                "{out:?}"
+            );
+            assert!(
+                !out.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n'),
+                "{out:?}"
+            );
         }
     }
 

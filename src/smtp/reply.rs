@@ -141,15 +141,15 @@ pub fn queued(id: &str) -> Reply {
 
 pub const UNKNOWN_COMMAND: Reply = Reply::new(500, "5.5.2", "Error: command not recognized");
 pub const LINE_TOO_LONG: Reply = Reply::new(500, "5.5.2", "Error: line too long");
-pub const SYNTAX_PARAMS: Reply = Reply::new(501, "5.5.4", "Syntax error in parameters or arguments");
+pub const SYNTAX_PARAMS: Reply =
+    Reply::new(501, "5.5.4", "Syntax error in parameters or arguments");
 pub const SYNTAX_HELO: Reply = Reply::new(501, "5.5.4", "Syntax: EHLO hostname");
 pub const SYNTAX_MAIL: Reply = Reply::new(501, "5.5.4", "Syntax: MAIL FROM:<address>");
 pub const SYNTAX_RCPT: Reply = Reply::new(501, "5.5.4", "Syntax: RCPT TO:<address>");
 pub const BAD_SENDER: Reply = Reply::new(553, "5.1.7", "Bad sender address syntax");
 pub const BAD_RECIPIENT: Reply = Reply::new(553, "5.1.3", "Bad recipient address syntax");
 pub const NOT_IMPLEMENTED: Reply = Reply::new(502, "5.5.1", "Error: command not implemented");
-pub const UNKNOWN_PARAMETER: Reply =
-    Reply::new(555, "5.5.4", "Unsupported MAIL/RCPT parameter");
+pub const UNKNOWN_PARAMETER: Reply = Reply::new(555, "5.5.4", "Unsupported MAIL/RCPT parameter");
 pub const NEED_HELO: Reply = Reply::new(503, "5.5.1", "Error: send HELO/EHLO first");
 pub const NESTED_MAIL: Reply = Reply::new(503, "5.5.1", "Error: nested MAIL command");
 pub const NEED_MAIL: Reply = Reply::new(503, "5.5.1", "Error: need MAIL command");
@@ -159,14 +159,17 @@ pub const NON_ASCII: Reply = Reply::new(553, "5.6.7", "Non-ASCII address require
 // --- policy and limits ------------------------------------------------------
 
 pub const RELAY_DENIED: Reply = Reply::new(554, "5.7.1", "Relay access denied");
-pub const USER_UNKNOWN: Reply = Reply::new(550, "5.1.1", "Recipient address rejected: user unknown");
+pub const USER_UNKNOWN: Reply =
+    Reply::new(550, "5.1.1", "Recipient address rejected: user unknown");
 pub const TOO_MANY_RECIPIENTS: Reply = Reply::new(452, "4.5.3", "Error: too many recipients");
-pub const MESSAGE_TOO_BIG: Reply =
-    Reply::new(552, "5.3.4", "Error: message exceeds fixed maximum message size");
+pub const MESSAGE_TOO_BIG: Reply = Reply::new(
+    552,
+    "5.3.4",
+    "Error: message exceeds fixed maximum message size",
+);
 pub const DATA_LINE_TOO_LONG: Reply =
     Reply::new(554, "5.6.0", "Error: message line longer than 1000 octets");
-pub const TOO_MANY_HOPS: Reply =
-    Reply::new(554, "5.4.6", "Error: too many hops (mail loop?)");
+pub const TOO_MANY_HOPS: Reply = Reply::new(554, "5.4.6", "Error: too many hops (mail loop?)");
 pub const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0", "Authentication required");
 
 // --- local trouble -----------------------------------------------------------

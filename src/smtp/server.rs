@@ -150,7 +150,8 @@ impl ServerSession {
     pub fn refuse(cfg: SessionConfig, peer: IpAddr, why: Reply, now: Instant) -> ServerSession {
         let mut s = ServerSession::new(cfg, ListenerKind::Relay, peer, false, now);
         s.out.clear();
-        s.reply(&why);
+        // No EHLO yet, but SPEC (and Postfix) give the enhanced code here.
+        why.write_to(&mut s.out, true);
         s.state = State::Closing;
         s
     }
@@ -520,7 +521,10 @@ impl ServerSession {
     }
 
     fn close_with(&mut self, r: &Reply) {
-        if matches!(self.state, State::Data(_) | State::Discard(..) | State::SpoolOpen) {
+        if matches!(
+            self.state,
+            State::Data(_) | State::Discard(..) | State::SpoolOpen
+        ) {
             self.events.push_back(Event::Abort);
         }
         self.reply(r);
@@ -584,7 +588,13 @@ mod tests {
         fn new(relay: bool) -> Harness {
             let now = Instant::now();
             Harness {
-                s: ServerSession::new(cfg(), ListenerKind::Relay, "192.0.2.1".parse().unwrap(), relay, now),
+                s: ServerSession::new(
+                    cfg(),
+                    ListenerKind::Relay,
+                    "192.0.2.1".parse().unwrap(),
+                    relay,
+                    now,
+                ),
                 now,
                 pending: Vec::new(),
                 stored: Vec::new(),
@@ -605,7 +615,9 @@ mod tests {
                 while let Some(ev) = self.s.poll_event() {
                     progressed = true;
                     match ev {
-                        Event::DataStart => self.s.data_started("ABC123", "Sun, 29 Nov 2026 00:00:00 +0000"),
+                        Event::DataStart => self
+                            .s
+                            .data_started("ABC123", "Sun, 29 Nov 2026 00:00:00 +0000"),
                         Event::Commit => {
                             self.stored.extend_from_slice(self.s.body());
                             self.s.clear_body();
@@ -684,7 +696,12 @@ mod tests {
         let mut h = Harness::new(false);
         h.send(b"EHLO c\r\n");
         let out = h.take_output();
-        assert!(out.contains("250-PIPELINING\r\n250-SIZE 2000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"), "{out}");
+        assert!(
+            out.contains(
+                "250-PIPELINING\r\n250-SIZE 2000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
+            ),
+            "{out}"
+        );
         h.send(b"HELO c\r\nRCPT TO:<x@local.test>\r\n");
         let out = h.take_output();
         assert!(out.ends_with("503 Error: need MAIL command\r\n"), "{out}");
@@ -702,7 +719,9 @@ mod tests {
     #[test]
     fn every_simple_command() {
         let mut h = Harness::new(false);
-        h.send(b"EHLO c\r\nNOOP\r\nVRFY joe\r\nHELP\r\nRSET\r\nSTARTTLS\r\nAUTH PLAIN\r\nBOGUS\r\n");
+        h.send(
+            b"EHLO c\r\nNOOP\r\nVRFY joe\r\nHELP\r\nRSET\r\nSTARTTLS\r\nAUTH PLAIN\r\nBOGUS\r\n",
+        );
         assert_eq!(h.codes(), vec![220, 250, 250, 252, 214, 250, 502, 502, 500]);
     }
 
@@ -727,14 +746,19 @@ mod tests {
             h.send(format!("RCPT TO:<u{i}@local.test>\r\n").as_bytes());
         }
         let out = h.take_output();
-        assert!(out.ends_with("452 4.5.3 Error: too many recipients\r\n"), "{out}");
+        assert!(
+            out.ends_with("452 4.5.3 Error: too many recipients\r\n"),
+            "{out}"
+        );
     }
 
     #[test]
     fn oversize_declared_and_streamed() {
         let mut h = Harness::new(false);
         h.send(b"EHLO c\r\nMAIL FROM:<a@b.test> SIZE=5000\r\n");
-        assert!(h.take_output().ends_with("552 5.3.4 Error: message exceeds fixed maximum message size\r\n"));
+        assert!(h
+            .take_output()
+            .ends_with("552 5.3.4 Error: message exceeds fixed maximum message size\r\n"));
         h.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<j@local.test>\r\nDATA\r\n");
         let big = vec![b'x'; 900];
         for _ in 0..3 {
@@ -771,7 +795,9 @@ mod tests {
         let mut h = Harness::new(false);
         h.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<j@local.test>\r\nDATA\r\n");
         h.send(b"Received: 1\r\nReceived: 2\r\nReceived: 3\r\nReceived: 4\r\n\r\nx\r\n.\r\n");
-        assert!(h.take_output().ends_with("554 5.4.6 Error: too many hops (mail loop?)\r\n"));
+        assert!(h
+            .take_output()
+            .ends_with("554 5.4.6 Error: too many hops (mail loop?)\r\n"));
         assert!(h.committed.is_empty());
     }
 
@@ -789,7 +815,10 @@ mod tests {
         h.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<j@local.test>\r\nDATA\r\nhi\n.\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<j@local.test>\r\nDATA\r\nevil\r\n.\r\n");
         assert_eq!(h.committed.len(), 1);
         let msg = String::from_utf8(h.committed[0].clone()).unwrap();
-        assert!(msg.contains("hi\r\n\r\nMAIL FROM:<evil@x.test>\r\n"), "{msg}");
+        assert!(
+            msg.contains("hi\r\n\r\nMAIL FROM:<evil@x.test>\r\n"),
+            "{msg}"
+        );
         assert_eq!(h.codes(), vec![220, 250, 250, 250, 354, 250]);
     }
 
@@ -798,7 +827,10 @@ mod tests {
         let mut h = Harness::new(false);
         h.send(b"A\r\nB\r\nC\r\nD\r\nE\r\nF\r\nG\r\n");
         let out = h.take_output();
-        assert!(out.ends_with("421 mx.local.test Too many errors, closing connection\r\n"), "{out}");
+        assert!(
+            out.ends_with("421 mx.local.test Too many errors, closing connection\r\n"),
+            "{out}"
+        );
         assert!(h.s.is_closing());
     }
 
@@ -810,7 +842,9 @@ mod tests {
         assert!(!h.s.is_closing());
         h.s.handle_timeout(t0 + Duration::from_secs(300));
         assert!(h.s.is_closing());
-        assert!(h.take_output().ends_with("421 mx.local.test Timeout exceeded, closing connection\r\n"));
+        assert!(h
+            .take_output()
+            .ends_with("421 mx.local.test Timeout exceeded, closing connection\r\n"));
 
         let mut h = Harness::new(false);
         h.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<j@local.test>\r\nDATA\r\npartial");
@@ -832,16 +866,26 @@ mod tests {
     #[test]
     fn submission_requires_auth() {
         let now = Instant::now();
-        let mut s = ServerSession::new(cfg(), ListenerKind::Submission, "192.0.2.1".parse().unwrap(), false, now);
+        let mut s = ServerSession::new(
+            cfg(),
+            ListenerKind::Submission,
+            "192.0.2.1".parse().unwrap(),
+            false,
+            now,
+        );
         s.handle_input(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n", now, &TestPolicy);
-        assert!(String::from_utf8_lossy(s.output()).ends_with("530 5.7.0 Authentication required\r\n"));
+        assert!(
+            String::from_utf8_lossy(s.output()).ends_with("530 5.7.0 Authentication required\r\n")
+        );
     }
 
     #[test]
     fn shutdown_says_421() {
         let mut h = Harness::new(false);
         h.s.shutdown();
-        assert!(h.take_output().ends_with("421 mx.local.test Service shutting down, try again later\r\n"));
+        assert!(h
+            .take_output()
+            .ends_with("421 mx.local.test Service shutting down, try again later\r\n"));
         assert!(h.s.is_closing());
     }
 }

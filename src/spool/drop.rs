@@ -35,7 +35,12 @@ impl DropWriter {
         loop {
             let name = format!("{}.{}.{}", crate::daemon::unix_now(), std::process::id(), n);
             let tmp = dir.join(format!(".{name}"));
-            match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp) {
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+            {
                 Ok(mut file) => {
                     let mut head = format!("{MAGIC}\nsender {}\n", flat(sender));
                     for r in rcpts {
@@ -129,7 +134,8 @@ pub fn read_header(file: &mut File) -> Result<DropHeader, String> {
             return Err("drop header too large".into());
         }
     };
-    file.seek(SeekFrom::Start((end + 2) as u64)).map_err(|e| e.to_string())?;
+    file.seek(SeekFrom::Start((end + 2) as u64))
+        .map_err(|e| e.to_string())?;
     let text = std::str::from_utf8(&buf[..end]).map_err(|_| "drop header is not UTF-8")?;
     let mut lines = text.split('\n');
     if lines.next() != Some(MAGIC) {
@@ -165,7 +171,8 @@ mod tests {
         let root = std::env::temp_dir().join(format!("tern-drop-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(root.join("drop")).unwrap();
-        let mut w = DropWriter::create(&root, "root@host", &["a@b.test".into(), "c\n@d".into()]).unwrap();
+        let mut w =
+            DropWriter::create(&root, "root@host", &["a@b.test".into(), "c\n@d".into()]).unwrap();
         assert!(list(&root).is_empty(), "in-progress drops are invisible");
         w.write(b"Subject: x\n\nbody\n").unwrap();
         let path = w.commit(false).unwrap();

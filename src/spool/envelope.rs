@@ -71,12 +71,24 @@ pub struct StoredEnvelope {
 
 impl StoredEnvelope {
     pub fn encode(&self) -> Vec<u8> {
-        let mut s = format!("{MAGIC}\narrival {}\nsender {}\n", self.arrival, flat(&self.sender));
+        let mut s = format!(
+            "{MAGIC}\narrival {}\nsender {}\n",
+            self.arrival,
+            flat(&self.sender)
+        );
         for r in &self.recipients {
-            s.push_str(&format!("rcpt {} {}\n", flat(&r.address), flat(&r.original)));
+            s.push_str(&format!(
+                "rcpt {} {}\n",
+                flat(&r.address),
+                flat(&r.original)
+            ));
         }
         s.push_str(&format!("client {}\n", flat(&self.client)));
-        s.push_str(if self.eight_bit { "body 8bit\n" } else { "body 7bit\n" });
+        s.push_str(if self.eight_bit {
+            "body 8bit\n"
+        } else {
+            "body 7bit\n"
+        });
         s.push('\n');
         s.into_bytes()
     }
@@ -227,7 +239,10 @@ mod tests {
             id: QueueId(1),
             arrival: 5,
             sender: String::new(),
-            recipients: vec![Recipient { address: "a@b".into(), original: "c@d".into() }],
+            recipients: vec![Recipient {
+                address: "a@b".into(),
+                original: "c@d".into(),
+            }],
             client: "x [1.2.3.4]".into(),
             eight_bit: false,
             body_offset: 0,

@@ -236,7 +236,10 @@ impl Spool {
     pub fn recover(&self) -> io::Result<Vec<QueueId>> {
         for entry in fs::read_dir(self.root.join("tmp"))? {
             let entry = entry?;
-            log::info!("recovery: removing unacknowledged {}", entry.path().display());
+            log::info!(
+                "recovery: removing unacknowledged {}",
+                entry.path().display()
+            );
             let _ = fs::remove_file(entry.path());
         }
         let mut ids = Vec::new();
@@ -293,14 +296,20 @@ fn read_envelope(f: &mut File) -> io::Result<StoredEnvelope> {
     loop {
         let n = f.read(&mut chunk)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated envelope"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "truncated envelope",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(env) = StoredEnvelope::decode(&buf) {
             return env.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
         }
         if buf.len() > envelope::MAX_ENVELOPE {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "envelope too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "envelope too large",
+            ));
         }
     }
 }
@@ -325,8 +334,14 @@ mod tests {
             arrival: 1_795_000_000,
             sender: "a@b.test".into(),
             recipients: vec![
-                envelope::Recipient { address: "x@y.test".into(), original: "x@y.test".into() },
-                envelope::Recipient { address: "root@localhost".into(), original: "postmaster@localhost".into() },
+                envelope::Recipient {
+                    address: "x@y.test".into(),
+                    original: "x@y.test".into(),
+                },
+                envelope::Recipient {
+                    address: "root@localhost".into(),
+                    original: "postmaster@localhost".into(),
+                },
             ],
             client: "helo [127.0.0.1]".into(),
             eight_bit: false,
@@ -358,8 +373,14 @@ mod tests {
         assert_eq!(len, content.len() as u64);
 
         let mut states = states;
-        states[0] = RcptState { status: RcptStatus::Sent, reply: "250 ok".into() };
-        states[1] = RcptState { status: RcptStatus::Deferred, reply: "451 try\nlater".into() };
+        states[0] = RcptState {
+            status: RcptStatus::Sent,
+            reply: "250 ok".into(),
+        };
+        states[1] = RcptState {
+            status: RcptStatus::Deferred,
+            reply: "451 try\nlater".into(),
+        };
         spool.save_state(ida, &states, 3).unwrap();
         let (_, s2, attempts) = spool.load(ida).unwrap();
         assert_eq!(attempts, 3);

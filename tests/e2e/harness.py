@@ -110,7 +110,7 @@ class Tern:
             raise RuntimeError("tern did not start:\n" + self.log_text())
         return self
 
-    def signal(self, sig):
+    def send(self, sig):
         self.proc.send_signal(sig)
 
     def stop(self, sig=signal.SIGTERM, timeout=15):

@@ -177,7 +177,7 @@ def test_sigterm_is_graceful(tern_factory):
     t = tern_factory().start()
     s = socket.create_connection(("127.0.0.1", t.port))
     assert s.recv(100).startswith(b"220")
-    t.signal(signal.SIGTERM)
+    t.send(signal.SIGTERM)
     data = s.recv(200)
     assert data.startswith(b"421"), data
     assert t.stop() == 0
