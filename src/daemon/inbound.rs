@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use super::{unix_now, Daemon, Timer};
+use super::{unix_now, Daemon};
 use crate::bounce::rfc5322_date;
 use crate::delivery::aliases::Target;
 use crate::delivery::mailbox_name;
@@ -27,8 +27,6 @@ pub struct Inbound {
     input: Vec<u8>,
     incoming: Option<Incoming>,
     peer: SocketAddr,
-    /// The deadline a timer is armed for (timers are cancelled lazily).
-    armed: Option<Instant>,
     counted: bool,
 }
 
@@ -106,7 +104,6 @@ impl Daemon {
                     input: Vec::new(),
                     incoming: None,
                     peer,
-                    armed: None,
                     counted,
                 },
             );
@@ -196,14 +193,6 @@ impl Daemon {
             self.close_inbound(id, conn);
             return;
         }
-        // Timers follow the session's deadline.
-        let deadline = conn.session.deadline();
-        if deadline.is_some() && deadline != conn.armed {
-            if let Some(d) = deadline {
-                self.reactor.add_timer(d, Timer::Session(id));
-            }
-        }
-        conn.armed = deadline;
         self.inbound.insert(id, conn);
     }
 
@@ -253,7 +242,23 @@ impl Daemon {
                             Ok(())
                         };
                         match r {
-                            Ok(()) => self.batch.push((id, inc)),
+                            Ok(()) => {
+                                let what = match conn.session.envelope() {
+                                    Some(env) => format!(
+                                        "from=<{}> size={} nrcpt={} client={} [{}]",
+                                        env.sender
+                                            .as_ref()
+                                            .map(|a| a.to_string())
+                                            .unwrap_or_default(),
+                                        inc.size,
+                                        env.recipients.len(),
+                                        conn.session.helo_name(),
+                                        conn.peer.ip()
+                                    ),
+                                    None => format!("size={}", inc.size),
+                                };
+                                self.batch.push((id, inc, what));
+                            }
                             Err(e) => {
                                 self.spool.discard(inc);
                                 conn.session.committed(Err(Reply::from(&e)));
@@ -341,21 +346,18 @@ impl Daemon {
             return;
         }
         let batch = std::mem::take(&mut self.batch);
-        let (ids, files): (Vec<SockId>, Vec<Incoming>) = batch.into_iter().unzip();
-        let sizes: Vec<u64> = files.iter().map(|f| f.size).collect();
+        let mut conns = Vec::with_capacity(batch.len());
+        let mut files = Vec::with_capacity(batch.len());
+        for (conn, file, what) in batch {
+            conns.push((conn, what));
+            files.push(file);
+        }
         let results = self.spool.commit(files);
         let now = unix_now();
-        for ((id, result), size) in ids.into_iter().zip(results).zip(sizes) {
+        for ((id, what), result) in conns.into_iter().zip(results) {
             match result {
                 Ok(qid) => {
-                    if let Ok((env, _, _)) = self.spool.load(qid) {
-                        log::info!(
-                            "{qid}: from=<{}> size={size} nrcpt={} client={}",
-                            env.sender,
-                            env.recipients.len(),
-                            env.client
-                        );
-                    }
+                    log::info!("{qid}: {what}");
                     self.queue.schedule(qid, now);
                     if let Some(c) = self.inbound.get_mut(&id) {
                         c.session.committed(Ok(&qid.to_string()));

@@ -38,17 +38,22 @@ use runner::InFlight;
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// How long a graceful stop waits for commits and output before exiting.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// How often the sendmail drop directory is checked.
-pub const DROP_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// The housekeeping tick: sendmail drops are imported, session and
+/// outbound deadlines checked, and the queue looked at this often.
+///
+/// Why a tick and not one heap timer per session: a session's deadline moves
+/// on every read, and lazily cancelled heap entries would pile up with the
+/// traffic rate. Checking every connection's *derived* deadline once a
+/// second costs O(connections) and keeps the timer heap at a handful of
+/// entries; RFC 5321 timeouts are minutes, so one second of slack is
+/// harmless.
+pub const TICK: Duration = Duration::from_secs(1);
 
 /// Timer kinds; each fires into its owner, which checks it is still current.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Timer {
-    Session(SockId),
-    Outbound(SockId),
+    Tick,
     Dns,
-    QueueRun,
-    DropScan,
     ShutdownDeadline,
 }
 
@@ -99,10 +104,10 @@ pub struct Daemon {
     per_ip: HashMap<IpAddr, usize>,
     outbound: Outbound,
     /// Messages whose content ended this turn, committed together.
-    batch: Vec<(SockId, Incoming)>,
+    /// (connection, file, the `from=<...> nrcpt=N client=...` log text)
+    batch: Vec<(SockId, Incoming, String)>,
     /// A `queue flush` is running: held mail is delivered too.
     flushing: bool,
-    queue_timer: Option<u64>,
     stopping: Option<Instant>,
     /// Messages with outbound jobs outstanding.
     in_flight: HashMap<QueueId, InFlight>,
@@ -117,7 +122,6 @@ pub struct Daemon {
     delivery_seq: u64,
     /// Which delivery owns an outbound socket.
     socket_owner: HashMap<SockId, u64>,
-    client_timers: HashMap<SockId, Instant>,
 }
 
 pub fn unix_now() -> u64 {
@@ -170,7 +174,6 @@ impl Daemon {
             outbound,
             batch: Vec::new(),
             flushing: false,
-            queue_timer: None,
             stopping: None,
             in_flight: HashMap::new(),
             local_seq: 0,
@@ -182,7 +185,6 @@ impl Daemon {
             deliveries: HashMap::new(),
             delivery_seq: 0,
             socket_owner: HashMap::new(),
-            client_timers: HashMap::new(),
         })
     }
 
@@ -201,11 +203,9 @@ impl Daemon {
         }
         log::info!("started: {} queued message(s)", self.queue.len());
         self.import_drops();
-        self.reactor
-            .add_timer(Instant::now() + DROP_SCAN_INTERVAL, Timer::DropScan);
+        self.reactor.add_timer(Instant::now() + TICK, Timer::Tick);
         let mut events = Vec::new();
         loop {
-            self.arm_queue_timer();
             events.clear();
             self.reactor.poll(Some(MAX_SLEEP), &mut events)?;
             for ev in events.drain(..) {
@@ -323,35 +323,30 @@ impl Daemon {
 
     fn timer(&mut self, t: Timer, now: Instant) {
         match t {
-            Timer::Session(id) => {
-                if let Some(c) = self.inbound.get_mut(&id) {
-                    if c.session.deadline().is_some_and(|d| d <= now) {
-                        c.session.handle_timeout(now);
-                        self.drive_inbound(id);
-                    }
-                }
-            }
-            Timer::Outbound(id) => self.outbound_timer(id, now),
-            Timer::Dns => self.dns_timer(now),
-            Timer::QueueRun => self.queue_timer = None,
-            Timer::DropScan => {
+            Timer::Tick => {
                 self.import_drops();
-                self.reactor
-                    .add_timer(now + DROP_SCAN_INTERVAL, Timer::DropScan);
+                self.sweep_inbound(now);
+                self.sweep_outbound(now);
+                self.reactor.add_timer(now + TICK, Timer::Tick);
             }
+            Timer::Dns => self.dns_timer(now),
             Timer::ShutdownDeadline => {}
         }
     }
 
-    fn arm_queue_timer(&mut self) {
-        if let Some(due) = self.queue.next_due() {
-            if self.queue_timer != Some(due) {
-                let now = unix_now();
-                let wait = Duration::from_secs(due.saturating_sub(now));
-                self.reactor
-                    .add_timer(Instant::now() + wait, Timer::QueueRun);
-                self.queue_timer = Some(due);
+    /// Times out inbound sessions whose deadline passed.
+    fn sweep_inbound(&mut self, now: Instant) {
+        let expired: Vec<SockId> = self
+            .inbound
+            .iter()
+            .filter(|(_, c)| c.session.deadline().is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(c) = self.inbound.get_mut(&id) {
+                c.session.handle_timeout(now);
             }
+            self.drive_inbound(id);
         }
     }
 }

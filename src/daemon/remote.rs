@@ -150,7 +150,6 @@ impl Daemon {
                         deadline,
                     };
                     self.socket_owner.insert(sock, key);
-                    self.reactor.add_timer(deadline, Timer::Outbound(sock));
                     return;
                 }
                 Err(e) => {
@@ -438,12 +437,6 @@ impl Daemon {
                     progressed = true;
                 }
             }
-            if let Some(t) = client.poll_timeout() {
-                if self.client_timers.get(&sock) != Some(&t) {
-                    self.client_timers.insert(sock, t);
-                    self.reactor.add_timer(t, Timer::Outbound(sock));
-                }
-            }
             if !progressed {
                 return;
             }
@@ -459,39 +452,41 @@ impl Daemon {
         }
     }
 
-    pub(super) fn outbound_timer(&mut self, sock: SockId, now: Instant) {
-        let Some(&key) = self.socket_owner.get(&sock) else {
-            return;
-        };
-        let Some(d) = self.deliveries.get_mut(&key) else {
-            return;
-        };
-        match &mut d.phase {
-            Phase::Connecting {
-                deadline,
-                addr,
-                sock: s,
-            } if *s == sock && *deadline <= now => {
-                d.last_error = format!("connect to {addr}: timed out");
-                self.drop_socket(sock);
-                self.advance(key, now);
-            }
-            Phase::Talking {
-                client, sock: s, ..
-            } if *s == sock => {
-                if client.poll_timeout().is_some_and(|t| t <= now) {
+    /// The tick: connects and client sessions whose deadline passed.
+    pub(super) fn sweep_outbound(&mut self, now: Instant) {
+        let due: Vec<u64> = self
+            .deliveries
+            .iter()
+            .filter(|(_, d)| match &d.phase {
+                Phase::Connecting { deadline, .. } => *deadline <= now,
+                Phase::Talking { client, .. } => client.poll_timeout().is_some_and(|t| t <= now),
+                Phase::Resolving(_) => false,
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            let Some(d) = self.deliveries.get_mut(&key) else {
+                continue;
+            };
+            match &mut d.phase {
+                Phase::Connecting { addr, sock, .. } => {
+                    d.last_error = format!("connect to {addr}: timed out");
+                    let s = *sock;
+                    self.drop_socket(s);
+                    self.advance(key, now);
+                }
+                Phase::Talking { client, .. } => {
                     client.handle_timeout(now);
                     self.pump(key, now);
                 }
+                Phase::Resolving(_) => {}
             }
-            _ => {}
         }
     }
 
     fn drop_socket(&mut self, sock: SockId) {
         self.reactor.close(sock);
         self.socket_owner.remove(&sock);
-        self.client_timers.remove(&sock);
     }
 
     /// Reports a delivery's outcomes to the runner and frees its slot.
@@ -584,7 +579,8 @@ impl Daemon {
             self.lookup_done(lookup, result, now);
         }
         if let Some(t) = self.resolver.poll_timeout() {
-            if self.dns_timer != Some(t) {
+            // One heap entry at a time: only an earlier deadline adds one.
+            if self.dns_timer.is_none_or(|armed| t < armed) {
                 self.dns_timer = Some(t);
                 self.reactor.add_timer(t, Timer::Dns);
             }
