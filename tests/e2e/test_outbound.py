@@ -1,0 +1,221 @@
+"""Deliver to the world: smarthost, MX via the fake DNS server, retries,
+bounces. Every peer is on 127.0.0.1; dns_servers always points at a
+loopback server (FakeDns) or a closed loopback port."""
+
+import email
+import smtplib
+import socket
+import subprocess
+import time
+
+import pytest
+
+from harness import FakeDns, Sink, free_port, wait_for
+
+
+def send(t, sender, rcpts, body=b"Subject: test\r\n\r\nhello world\r\n"):
+    with smtplib.SMTP("127.0.0.1", t.port, timeout=10) as c:
+        c.sendmail(sender, rcpts, body)
+
+
+@pytest.fixture
+def sink():
+    s = Sink()
+    yield s
+    s.close()
+
+
+def test_smarthost_relay(tern_factory, sink):
+    t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none").start()
+    body = b"Subject: relayed\r\n\r\n.dot line\r\n" + b"y" * 5000 + b"\r\n"
+    send(t, "cam@lan.test", ["a@far.test", "b@other.test"], body)
+    wait_for(lambda: sink.messages, what="smarthost delivery")
+    m = sink.messages[0]
+    assert m["sender"] == "cam@lan.test"
+    assert sorted(m["rcpts"]) == ["a@far.test", "b@other.test"]
+    assert m["data"].endswith(body), m["data"][-100:]
+    assert b"Received: from " in m["data"]
+    wait_for(lambda: not t.queued(), what="queue empty")
+    assert f"relay=127.0.0.1[127.0.0.1]:{sink.port}" in t.log_text()
+    assert "status=sent" in t.log_text()
+
+
+def test_fallback_smarthost(tern_factory, sink):
+    dead = free_port()
+    t = tern_factory(smarthost=f"127.0.0.1:{dead}, 127.0.0.1:{sink.port}", smarthost_tls="none").start()
+    send(t, "a@lan.test", ["x@far.test"])
+    wait_for(lambda: sink.messages, what="delivery via the second smarthost")
+
+
+def test_mx_delivery_with_fake_dns(tern_factory, sink):
+    dns = FakeDns({
+        ("far.test", "MX"): [(10, "mx1.far.test"), (20, "mx2.far.test")],
+        ("mx1.far.test", "A"): ["127.0.0.1"],
+        ("mx2.far.test", "A"): ["127.0.0.1"],
+    })
+    try:
+        t = tern_factory(dns_servers=dns.addr, mx_port=sink.port).start()
+        send(t, "a@lan.test", ["u1@far.test", "u2@far.test"])
+        wait_for(lambda: sink.messages, what="MX delivery")
+        assert sorted(sink.messages[0]["rcpts"]) == ["u1@far.test", "u2@far.test"]
+        assert ("far.test", "MX") in dns.queries
+        assert "relay=mx1.far.test[127.0.0.1]" in t.log_text()
+    finally:
+        dns.close()
+
+
+def test_implicit_mx_from_a_record(tern_factory, sink):
+    dns = FakeDns({("plain.test", "A"): ["127.0.0.1"]})
+    try:
+        t = tern_factory(dns_servers=dns.addr, mx_port=sink.port).start()
+        send(t, "a@lan.test", ["u@plain.test"])
+        wait_for(lambda: sink.messages, what="implicit MX delivery")
+    finally:
+        dns.close()
+
+
+def bounce_for(t, user):
+    msgs = wait_for(lambda: t.maildir(user), what=f"bounce in {user}'s mailbox")
+    return email.message_from_bytes(msgs[0])
+
+
+def test_retry_then_deliver_exactly_once(tern_factory):
+    state = {"n": 0}
+
+    def rcpt(txn, addr):
+        state["n"] += 1
+        return "451 4.3.0 try later" if state["n"] == 1 else "250 ok"
+
+    sink = Sink({"rcpt": rcpt})
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none", retry_schedule="1s").start()
+        send(t, "a@lan.test", ["x@far.test"])
+        wait_for(lambda: "status=deferred" in t.log_text(), what="first attempt deferred")
+        q = t.cmd("mailq").stdout.decode()
+        assert "451 4.3.0 try later" in q or not t.queued(), q
+        wait_for(lambda: sink.messages, timeout=15, what="retry delivered")
+        time.sleep(2.5)
+        assert len(sink.messages) == 1
+        assert not t.queued()
+    finally:
+        sink.close()
+
+
+def test_permanent_failure_bounces_to_local_sender(tern_factory):
+    sink = Sink({"rcpt": lambda txn, a: "550 5.1.1 no such user" if a.startswith("bad") else "250 ok"})
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none").start()
+        send(t, "owner@localhost", ["bad@far.test", "good@far.test"],
+             b"Subject: original subject\r\nMessage-ID: <orig@lan.test>\r\n\r\nbody\r\n")
+        b = bounce_for(t, "owner")
+        assert b.get_content_type() == "multipart/report"
+        assert b.get_param("report-type") == "delivery-status"
+        parts = b.get_payload()
+        assert parts[0].get_content_type() == "text/plain"
+        assert parts[1].get_content_type() == "message/delivery-status"
+        ds = parts[1].as_string()
+        assert "Final-Recipient: rfc822; bad@far.test" in ds
+        assert "Action: failed" in ds and "Status: 5.1.1" in ds
+        assert "Diagnostic-Code: smtp;" in ds and "550 5.1.1 no such user" in ds
+        assert "Reporting-MTA: dns; mx.test" in ds and "Arrival-Date:" in ds
+        assert "good@far.test" not in ds
+        assert parts[2].get_content_type() == "text/rfc822-headers"
+        assert "original subject" in parts[2].as_string()
+        assert b["From"].startswith("MAILER-DAEMON@")
+        wait_for(lambda: len(sink.messages) == 1, what="good recipient delivered")
+        wait_for(lambda: not t.queued(), what="queue empty")
+    finally:
+        sink.close()
+
+
+def test_null_mx_bounces_at_once(tern_factory):
+    dns = FakeDns({("nullmx.test", "MX"): [(0, ".")]})
+    try:
+        t = tern_factory(dns_servers=dns.addr).start()
+        send(t, "owner@localhost", ["x@nullmx.test"])
+        b = bounce_for(t, "owner")
+        ds = b.get_payload()[1].as_string()
+        assert "Status: 5.1.10" in ds, ds
+    finally:
+        dns.close()
+
+
+def test_expiry_bounces(tern_factory):
+    sink = Sink({"rcpt": "451 4.3.0 later"})
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none",
+                         retry_schedule="1s", max_queue_time="3s").start()
+        send(t, "owner@localhost", ["x@far.test"])
+        b = bounce_for(t, "owner")
+        ds = b.get_payload()[1].as_string()
+        assert "Final-Recipient: rfc822; x@far.test" in ds
+        assert "expired" in ds
+        wait_for(lambda: not t.queued(), what="expired message removed")
+    finally:
+        sink.close()
+
+
+def test_null_sender_failure_makes_no_new_message(tern_factory):
+    sink = Sink({"rcpt": "550 5.1.1 nope"})
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none").start()
+        send(t, "", ["x@far.test"])
+        wait_for(lambda: "discarded without a bounce" in t.log_text(), what="drop log line")
+        time.sleep(1.5)
+        assert not t.queued()
+        assert not (t.mail).exists() or not any(t.mail.iterdir())
+    finally:
+        sink.close()
+
+
+def test_dns_not_answering_defers(tern_factory):
+    dns = FakeDns({("far.test", "MX"): [(10, "mx.far.test")]}, silent=True)
+    try:
+        t = tern_factory(dns_servers=dns.addr, dns_timeout="1s").start()
+        send(t, "owner@localhost", ["x@far.test"])
+        wait_for(lambda: "status=deferred" in t.log_text(), timeout=20, what="deferral")
+        assert t.queued()
+        assert t.maildir("owner") == []
+        assert "status=bounced" not in t.log_text()
+    finally:
+        dns.close()
+
+
+def test_servfail_defers_and_nxdomain_bounces(tern_factory):
+    dns = FakeDns({("exists.test", "A"): ["127.0.0.1"]}, servfail=["broken.test"])
+    try:
+        t = tern_factory(dns_servers=dns.addr).start()
+        send(t, "owner@localhost", ["a@broken.test", "b@nosuch.test"])
+        b = bounce_for(t, "owner")
+        ds = b.get_payload()[1].as_string()
+        assert "b@nosuch.test" in ds and "a@broken.test" not in ds
+        q = t.cmd("mailq").stdout.decode()
+        assert "a@broken.test" in q and "deferred" in q, q
+    finally:
+        dns.close()
+
+
+def test_interop_postfix_smtp_sink(tern_factory, tmp_path):
+    port = free_port()
+    dump = tmp_path / "sink"
+    dump.mkdir()
+    proc = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "root", "-d", str(dump / "%M."), f"127.0.0.1:{port}", "10"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        t = tern_factory(smarthost=f"127.0.0.1:{port}", smarthost_tls="none").start()
+        send(t, "a@lan.test", ["x@far.test"], b"Subject: to smtp-sink\r\n\r\npostfix interop body\r\n")
+        files = wait_for(lambda: list(dump.iterdir()), what="smtp-sink dump file")
+        data = wait_for(lambda: files[0].read_bytes() if b"postfix interop body" in files[0].read_bytes() else None,
+                        what="complete dump")
+        assert b"Subject: to smtp-sink" in data
+        wait_for(lambda: "status=sent" in t.log_text(), what="sent log line")
+    finally:
+        proc.terminate()
+        proc.wait()
