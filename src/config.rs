@@ -208,6 +208,7 @@ pub struct Config {
     pub allow_plaintext_auth: bool,
     pub user: Option<String>,
     pub pid_file: PathBuf,
+    pub log_file: Option<PathBuf>,
     pub log_level: log::LevelFilter,
 }
 
@@ -270,6 +271,7 @@ impl Default for Config {
             allow_plaintext_auth: false,
             user: None,
             pid_file: "/var/run/tern.pid".into(),
+            log_file: None,
             log_level: log::LevelFilter::Info,
         }
     }
@@ -423,7 +425,11 @@ impl Config {
                 explicit_domains = true;
             }
             if let Err(message) = cfg.set(key, value) {
-                errors.push(err(message));
+                errors.push(err(if message.starts_with(key) {
+                    message
+                } else {
+                    format!("{key}: {message}")
+                }));
             }
         }
         if !explicit_domains {
@@ -583,6 +589,7 @@ impl Config {
             "allow_plaintext_auth" => self.allow_plaintext_auth = boolean(v)?,
             "user" => self.user = opt_string(v),
             "pid_file" => self.pid_file = opt_path(v).ok_or("pid_file must not be empty")?,
+            "log_file" => self.log_file = opt_path(v),
             "log_level" => {
                 self.log_level = match v.to_ascii_lowercase().as_str() {
                     "off" => log::LevelFilter::Off,
@@ -601,6 +608,28 @@ impl Config {
             _ => return Err(format!("unknown key {key:?}")),
         }
         Ok(())
+    }
+
+    /// Resolves relative paths against the current directory (the daemon
+    /// changes to `/` when it detaches).
+    pub fn make_paths_absolute(&mut self) {
+        let paths = [
+            &mut self.spool_dir,
+            &mut self.mail_dir,
+            &mut self.aliases,
+            &mut self.pid_file,
+        ];
+        for p in paths
+            .into_iter()
+            .chain(self.log_file.as_mut())
+            .chain(self.users_file.as_mut())
+            .chain(self.tls_cert.as_mut())
+            .chain(self.tls_key.as_mut())
+        {
+            if let Ok(abs) = std::path::absolute(&*p) {
+                *p = abs;
+            }
+        }
     }
 
     pub fn is_local_domain(&self, domain: &str) -> bool {

@@ -11,17 +11,68 @@ use crate::cli::{EX_CONFIG, EX_OK, EX_OSERR, EX_TEMPFAIL};
 use crate::config::Config;
 use crate::daemon::Daemon;
 
-pub fn init_logging(level: log::LevelFilter) {
+/// Where log lines go: stderr (foreground: procd and systemd collect it),
+/// `log_file` when set, or syslog (`/dev/log`) for a detached daemon.
+pub enum LogTarget {
+    Stderr,
+    File(PathBuf),
+    Syslog,
+}
+
+pub fn init_logging(level: log::LevelFilter, target: LogTarget) {
     let mut b = env_logger::Builder::new();
     b.filter_level(level);
     if let Ok(spec) = std::env::var("RUST_LOG") {
         b.parse_filters(&spec);
     }
-    let stamp = io::stderr().is_terminal();
+    let mut stamp = false;
+    let mut syslog = false;
+    match target {
+        LogTarget::Stderr => stamp = io::stderr().is_terminal(),
+        LogTarget::File(path) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
+            Ok(f) => {
+                stamp = true;
+                b.target(env_logger::Target::Pipe(Box::new(f)));
+            }
+            Err(e) => eprintln!(
+                "tern: cannot open log_file {}: {e}; logging to stderr",
+                path.display()
+            ),
+        },
+        LogTarget::Syslog => {
+            syslog = true;
+            b.target(env_logger::Target::Pipe(Box::new(SyslogWriter::new())));
+        }
+    }
     b.format(move |buf, record| {
-        if stamp {
+        if syslog {
+            // <PRI>: facility mail (2), severity from the level.
+            let sev = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                _ => 7,
+            };
+            writeln!(
+                buf,
+                "<{}>tern[{}]: {}",
+                2 * 8 + sev,
+                std::process::id(),
+                record.args()
+            )
+        } else if stamp {
             let now = crate::daemon::unix_now();
-            writeln!(buf, "{} tern: {}: {}", now, record.level(), record.args())
+            writeln!(
+                buf,
+                "{} tern: {}: {}",
+                crate::bounce::rfc5322_date(now as i64, 0),
+                record.level(),
+                record.args()
+            )
         } else {
             // Init systems (procd, systemd, syslog) add their own timestamps.
             writeln!(buf, "tern: {}: {}", record.level(), record.args())
@@ -30,8 +81,55 @@ pub fn init_logging(level: log::LevelFilter) {
     let _ = b.try_init();
 }
 
-pub fn run_daemon(cfg: Config, config_path: PathBuf, detach: bool) -> i32 {
-    init_logging(cfg.log_level);
+/// Sends each log line as one datagram to /dev/log, never blocking: a line
+/// that cannot be sent at once is dropped.
+struct SyslogWriter {
+    sock: Option<std::os::unix::net::UnixDatagram>,
+    line: Vec<u8>,
+}
+
+impl SyslogWriter {
+    fn new() -> SyslogWriter {
+        let sock = std::os::unix::net::UnixDatagram::unbound()
+            .ok()
+            .filter(|s| s.connect("/dev/log").is_ok() && s.set_nonblocking(true).is_ok());
+        SyslogWriter {
+            sock,
+            line: Vec::new(),
+        }
+    }
+}
+
+impl Write for SyslogWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.line.extend_from_slice(data);
+        while let Some(p) = self.line.iter().position(|&b| b == b'\n') {
+            if let Some(s) = &self.sock {
+                let _ = s.send(&self.line[..p]);
+            }
+            self.line.drain(..=p);
+        }
+        if self.line.len() > 8192 {
+            self.line.clear();
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn run_daemon(mut cfg: Config, config_path: PathBuf, detach: bool) -> i32 {
+    let target = match (&cfg.log_file, detach) {
+        (Some(f), _) => LogTarget::File(std::path::absolute(f).unwrap_or(f.clone())),
+        (None, true) => LogTarget::Syslog,
+        (None, false) => LogTarget::Stderr,
+    };
+    init_logging(cfg.log_level, target);
+    // `-d` changes directory to /: relative paths must not change meaning.
+    let config_path = std::path::absolute(&config_path).unwrap_or(config_path);
+    cfg.make_paths_absolute();
     if let Some(pid) = live_pid(&cfg.pid_file) {
         eprintln!(
             "tern: already running (pid {pid} in {})",
@@ -41,6 +139,17 @@ pub fn run_daemon(cfg: Config, config_path: PathBuf, detach: bool) -> i32 {
     }
     let user = cfg.user.clone();
     let pid_file = cfg.pid_file.clone();
+    let account = match &user {
+        Some(name) => match lookup_user(name) {
+            Ok(ids) => Some(ids),
+            Err(e) => {
+                eprintln!("tern: user {name}: {e}");
+                return EX_CONFIG;
+            }
+        },
+        None => None,
+    };
+    let cfg_dirs = vec![cfg.spool_dir.clone(), cfg.mail_dir.clone()];
     let mut daemon = match Daemon::new(cfg, config_path) {
         Ok(d) => d,
         Err(e) => {
@@ -69,8 +178,12 @@ pub fn run_daemon(cfg: Config, config_path: PathBuf, detach: bool) -> i32 {
             false
         }
     };
-    if let Some(user) = user {
-        if let Err(e) = drop_privileges(&user) {
+    if let (Some(user), Some((uid, gid))) = (user, account) {
+        if let Err(e) = hand_over_dirs(&cfg_dirs, uid, gid) {
+            log::error!("cannot give the spool and mail directories to {user}: {e}");
+            return EX_OSERR;
+        }
+        if let Err(e) = drop_privileges(uid, gid) {
             log::error!("cannot drop privileges to {user}: {e}");
             return EX_CONFIG;
         }
@@ -124,10 +237,9 @@ fn detach_process() -> io::Result<()> {
         if fd >= 0 {
             libc::dup2(fd, 0);
             libc::dup2(fd, 1);
-            // stderr stays open only if it is not a terminal (logs go there).
-            if libc::isatty(2) == 1 {
-                libc::dup2(fd, 2);
-            }
+            // Logs go to log_file or syslog now; an init script must not
+            // wait for our stdio to close.
+            libc::dup2(fd, 2);
             if fd > 2 {
                 libc::close(fd);
             }
@@ -137,15 +249,40 @@ fn detach_process() -> io::Result<()> {
     Ok(())
 }
 
-/// setgroups/setgid/setuid to `user` from /etc/passwd, verified afterwards.
-pub fn drop_privileges(user: &str) -> io::Result<()> {
+/// uid and gid of `user` from /etc/passwd.
+pub fn lookup_user(user: &str) -> io::Result<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd")?;
-    let (uid, gid) = passwd
+    passwd
         .lines()
         .map(|l| l.split(':').collect::<Vec<_>>())
         .find(|f| f.len() > 3 && f[0] == user)
         .and_then(|f| Some((f[2].parse::<u32>().ok()?, f[3].parse::<u32>().ok()?)))
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such user in /etc/passwd"))?;
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such user in /etc/passwd"))
+}
+
+/// Before dropping privileges: the spool tree (directories and the files in
+/// them) and the mailbox root must belong to the unprivileged user.
+fn hand_over_dirs(dirs: &[PathBuf], uid: u32, gid: u32) -> io::Result<()> {
+    for dir in dirs {
+        std::fs::create_dir_all(dir)?;
+        chown_tree(dir, uid, gid, 2)?;
+    }
+    Ok(())
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32, depth: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    if depth > 0 && path.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid, depth - 1)?;
+        }
+    }
+    Ok(())
+}
+
+/// setgroups/setgid/setuid, verified afterwards (including that root cannot
+/// be regained).
+pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
     // SAFETY: plain credential syscalls.
     unsafe {
         let groups = [gid];

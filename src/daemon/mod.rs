@@ -276,7 +276,8 @@ impl Daemon {
 
     fn reload(&mut self) {
         match Config::load(&self.config_path) {
-            Ok(new) => {
+            Ok(mut new) => {
+                new.make_paths_absolute();
                 for (key, changed) in [
                     ("listen", new.listen != self.cfg.listen),
                     (
@@ -292,7 +293,6 @@ impl Daemon {
                         );
                     }
                 }
-                let mut new = new;
                 new.listen = self.cfg.listen.clone();
                 new.submission_listen = self.cfg.submission_listen.clone();
                 new.spool_dir = self.cfg.spool_dir.clone();

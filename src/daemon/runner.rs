@@ -155,8 +155,8 @@ impl Daemon {
         match result {
             Ok(place) => {
                 log::info!(
-                    "{id}: to=<{}> relay=local delay={delay} status=sent ({place})",
-                    rcpt.address
+                    "{id}: to=<{}> mailbox={user} relay=local delay={delay} status=sent ({place})",
+                    rcpt.original
                 );
                 RcptState {
                     status: RcptStatus::Sent,
@@ -165,8 +165,8 @@ impl Daemon {
             }
             Err(LocalError::Temporary(why)) => {
                 log::warn!(
-                    "{id}: to=<{}> relay=local delay={delay} status=deferred ({why})",
-                    rcpt.address
+                    "{id}: to=<{}> mailbox={user} relay=local delay={delay} status=deferred ({why})",
+                    rcpt.original
                 );
                 RcptState {
                     status: RcptStatus::Deferred,
@@ -175,8 +175,8 @@ impl Daemon {
             }
             Err(LocalError::Permanent(why)) => {
                 log::warn!(
-                    "{id}: to=<{}> relay=local delay={delay} status=bounced ({why})",
-                    rcpt.address
+                    "{id}: to=<{}> mailbox={user} relay=local delay={delay} status=bounced ({why})",
+                    rcpt.original
                 );
                 RcptState {
                     status: RcptStatus::Failed,

@@ -43,7 +43,7 @@ def test_smtplib_delivers_to_maildir_byte_identical(tern):
     assert m.endswith(raw), m[-200:]
     log = tern.log_text()
     assert "from=<a@remote.test> size=" in log
-    assert "to=<joe> relay=local" in log and "status=sent" in log
+    assert "to=<joe@localhost> mailbox=joe relay=local" in log and "status=sent" in log
 
 
 def test_send_message_with_pipelining_many_recipients(tern):
