@@ -425,11 +425,13 @@ impl Config {
                 explicit_domains = true;
             }
             if let Err(message) = cfg.set(key, value) {
-                errors.push(err(if message.starts_with(key) {
-                    message
-                } else {
-                    format!("{key}: {message}")
-                }));
+                errors.push(err(
+                    if message.starts_with("unknown key") || message.starts_with(key) {
+                        message
+                    } else {
+                        format!("{key}: {message}")
+                    },
+                ));
             }
         }
         if !explicit_domains {
