@@ -2,6 +2,7 @@
 //! DATA decoder, the server session and the client session.
 
 pub mod address;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod reply;

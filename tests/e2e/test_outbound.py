@@ -27,7 +27,7 @@ def sink():
 
 def test_smarthost_relay(tern_factory, sink):
     t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none").start()
-    body = b"Subject: relayed\r\n\r\n.dot line\r\n" + b"y" * 5000 + b"\r\n"
+    body = b"Subject: relayed\r\n\r\n.dot line\r\n" + (b"y" * 70 + b"\r\n") * 300
     send(t, "cam@lan.test", ["a@far.test", "b@other.test"], body)
     wait_for(lambda: sink.messages, what="smarthost delivery")
     m = sink.messages[0]
