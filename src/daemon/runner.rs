@@ -31,6 +31,21 @@ pub struct InFlight {
     pub outstanding: usize,
     /// Whether anything was actually tried (held mail does not count).
     pub tried: bool,
+    /// Recipients that had already failed (and were reported) before this
+    /// attempt: each failure is bounced once.
+    pub failed_before: Vec<bool>,
+}
+
+impl InFlight {
+    fn newly_failed(&self) -> impl Iterator<Item = (&Recipient, &RcptState)> {
+        self.env
+            .recipients
+            .iter()
+            .zip(&self.states)
+            .zip(&self.failed_before)
+            .filter(|((_, s), before)| s.status == RcptStatus::Failed && !**before)
+            .map(|(pair, _)| pair)
+    }
 }
 
 impl Daemon {
@@ -93,12 +108,17 @@ impl Daemon {
                 }
             }
         }
+        let failed_before = states
+            .iter()
+            .map(|s| s.status == RcptStatus::Failed)
+            .collect();
         let mut flight = InFlight {
             env,
             states,
             attempts,
             outstanding: 0,
             tried,
+            failed_before,
         };
         if !remote.is_empty() {
             if self.cfg.hold_outbound && !self.flushing {
@@ -242,11 +262,13 @@ impl Daemon {
             }
             log::warn!("{id}: expired after {} attempt(s)", attempts);
         }
+        // One report per attempt for the recipients that failed in it
+        // (usually the only one: most messages finish in one attempt).
+        if flight.newly_failed().next().is_some() {
+            self.bounce(id, &flight);
+        }
         let open = flight.states.iter().any(|s| !s.status.is_final());
         if !open {
-            if flight.states.iter().any(|s| s.status == RcptStatus::Failed) {
-                self.bounce(id, &flight);
-            }
             if let Err(e) = self.spool.remove(id) {
                 log::error!("{id}: cannot remove finished message: {e}");
             }
@@ -269,11 +291,7 @@ impl Daemon {
             return;
         }
         let failed: Vec<FailedRecipient> = flight
-            .env
-            .recipients
-            .iter()
-            .zip(&flight.states)
-            .filter(|(_, s)| s.status == RcptStatus::Failed)
+            .newly_failed()
             .map(|(r, s)| FailedRecipient {
                 address: r.address.clone(),
                 status: status_code(&s.reply),

@@ -224,7 +224,8 @@ class Sink:
                     txn["rcpts"].append(addr)
                 send(r)
             elif verb == "DATA":
-                r = self._reply("data", txn, cmd, "354 go ahead")
+                default = "354 go ahead" if txn["rcpts"] else "554 5.5.1 no valid recipients"
+                r = self._reply("data", txn, cmd, default)
                 send(r)
                 if not r.startswith("354"):
                     continue
