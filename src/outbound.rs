@@ -133,9 +133,11 @@ mod tests {
 
     #[test]
     fn limits_total_and_per_destination() {
-        let mut cfg = Config::default();
-        cfg.max_outbound = 3;
-        cfg.max_outbound_per_host = 2;
+        let cfg = Config {
+            max_outbound: 3,
+            max_outbound_per_host: 2,
+            ..Default::default()
+        };
         let mut o = Outbound::new(&cfg);
         for d in ["a", "a", "a", "b", "c"] {
             o.submit(job(d));

@@ -777,7 +777,7 @@ mod tests {
     fn long_command_line_and_long_data_line() {
         let mut h = Harness::new(false);
         let mut long = b"NOOP ".to_vec();
-        long.extend(std::iter::repeat(b'a').take(1200));
+        long.extend(std::iter::repeat_n(b'a', 1200));
         long.extend_from_slice(b"\r\nNOOP\r\n");
         h.send(&long);
         assert_eq!(h.codes(), vec![220, 500, 250]);
