@@ -84,9 +84,9 @@ def test_relay_from_trusted_network_is_queued(tern_factory):
     t = tern_factory(hold_outbound="yes").start()
     with smtplib.SMTP("127.0.0.1", t.port) as c:
         c.sendmail("a@x.test", ["b@elsewhere.test"], b"Subject: out\r\n\r\nbody\r\n")
-    wait_for(lambda: t.queued(), what="queued")
-    q = t.cmd("mailq").stdout.decode()
-    assert "b@elsewhere.test" in q and "held" in q, q
+    q = wait_for(lambda: (lambda out: out if "held" in out else None)(t.cmd("mailq").stdout.decode()),
+                 what="the message to be held")
+    assert "b@elsewhere.test (deferred: held (hold_outbound = yes))" in q, q
 
 
 def test_user_unknown_with_passwd_lookup(tern_factory):
