@@ -21,6 +21,7 @@
 //! - `cli` is the sendmail/mailq/queue front end, which talks to the daemon
 //!   only through the spool's drop directory and signals.
 
+pub mod auth;
 pub mod bounce;
 pub mod cli;
 pub mod config;
@@ -33,5 +34,6 @@ pub mod reactor;
 pub mod smtp;
 pub mod spool;
 pub mod system;
+pub mod tls;
 
 pub use system::run_daemon;

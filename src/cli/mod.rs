@@ -29,6 +29,7 @@ usage: tern [-c FILE] [-d]                 run the daemon (foreground; -d detach
        tern [-c FILE] mailq                list the queue (also as `mailq`)
        tern [-c FILE] queue flush | delete ID|all-deferred | show ID
        tern [-c FILE] newaliases           validate the aliases file
+       tern passwd USER                    read a password on stdin, print USER:HASH for users_file
        tern --version | --help
 ";
 
@@ -83,6 +84,9 @@ pub fn main(args: Vec<String>) -> i32 {
     if cmd == "check-config" {
         return check_config(&config_path);
     }
+    if cmd == "passwd" {
+        return passwd(sub.get(1).map(String::as_str));
+    }
     let cfg = match load(&config_path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -93,10 +97,6 @@ pub fn main(args: Vec<String>) -> i32 {
         "mailq" => queue::mailq(cfg),
         "queue" => queue::main(cfg, &sub[1..]),
         "newaliases" => newaliases(cfg),
-        "passwd" => {
-            eprintln!("tern: passwd: AUTH is not implemented yet");
-            EX_UNAVAILABLE
-        }
         other => {
             eprintln!("tern: unknown command {other:?}\n{HELP}");
             EX_USAGE
@@ -173,6 +173,36 @@ fn newaliases(cfg: Config) -> i32 {
         Err(e) => {
             eprintln!("newaliases: {}: {e}", cfg.aliases.display());
             EX_NOINPUT
+        }
+    }
+}
+
+/// `tern passwd USER`: one `USER:HASH` line for `users_file`.
+fn passwd(user: Option<&str>) -> i32 {
+    let Some(user) = user.filter(|u| {
+        !u.is_empty() && !u.contains([':', '\n', '\r']) && !u.contains(char::is_whitespace)
+    }) else {
+        eprintln!("usage: tern passwd USER   (the password is read from standard input; no ':' or spaces in USER)");
+        return EX_USAGE;
+    };
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() {
+        eprintln!("tern: passwd: cannot read the password");
+        return EX_DATAERR;
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("tern: passwd: empty password");
+        return EX_DATAERR;
+    }
+    match crate::auth::new_hash(password) {
+        Ok(hash) => {
+            println!("{user}:{hash}");
+            EX_OK
+        }
+        Err(e) => {
+            eprintln!("tern: passwd: {e}");
+            EX_SOFTWARE
         }
     }
 }

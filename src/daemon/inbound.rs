@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
+use super::transport::{Read, Transport};
 use super::{unix_now, Daemon};
 use crate::bounce::rfc5322_date;
 use crate::delivery::aliases::Target;
@@ -12,9 +13,10 @@ use crate::delivery::mailbox_name;
 use crate::reactor::SockId;
 use crate::smtp::address::Address;
 use crate::smtp::reply::{self, Reply};
-use crate::smtp::server::{Event, Policy, ServerSession};
+use crate::smtp::server::{AuthVerdict, Event, ListenerKind, Policy, ServerSession};
 use crate::spool::envelope::Recipient;
 use crate::spool::{Incoming, StoredEnvelope};
+use crate::tls::TlsStream;
 
 /// Input buffer per connection: a read never takes more than this, and a
 /// session that is not consuming stops the reads (backpressure).
@@ -24,6 +26,10 @@ pub const READS_PER_WAKEUP: usize = 16;
 
 pub struct Inbound {
     pub session: ServerSession,
+    transport: Transport,
+    /// The session asked for STARTTLS; the handshake starts once its 220 is out.
+    starttls: bool,
+    tls_announced: bool,
     input: Vec<u8>,
     incoming: Option<Incoming>,
     peer: SocketAddr,
@@ -36,6 +42,21 @@ struct LocalPolicy<'a> {
 }
 
 impl Policy for LocalPolicy<'_> {
+    fn authenticate(&self, peer: IpAddr, user: &str, password: &str) -> AuthVerdict {
+        let now = Instant::now();
+        let mut limiter = self.daemon.auth_limiter.borrow_mut();
+        if limiter.is_blocked(peer, now) {
+            return AuthVerdict::Blocked;
+        }
+        if self.daemon.users.check(user, password) {
+            limiter.record_success(peer);
+            AuthVerdict::Ok
+        } else {
+            limiter.record_failure(peer, now);
+            AuthVerdict::Bad
+        }
+    }
+
     fn check_recipient(&self, rcpt: &Address, relay_allowed: bool) -> Result<(), Reply> {
         let cfg = &self.daemon.cfg;
         if !cfg.is_local_domain(&rcpt.domain) {
@@ -97,10 +118,25 @@ impl Daemon {
                     true,
                 )
             };
+            let transport = if kind == ListenerKind::Smtps {
+                match self.tls_server.clone().map(TlsStream::server) {
+                    Some(Ok(tls)) => Transport::with_tls(tls),
+                    _ => {
+                        log::error!("{peer}: no TLS configuration for the smtps listener");
+                        self.reactor.close(id);
+                        continue;
+                    }
+                }
+            } else {
+                Transport::plain()
+            };
             self.inbound.insert(
                 id,
                 Inbound {
                     session,
+                    transport,
+                    starttls: false,
+                    tls_announced: false,
                     input: Vec::new(),
                     incoming: None,
                     peer,
@@ -122,24 +158,76 @@ impl Daemon {
         let mut reads = 0;
         let mut closed = false;
         loop {
-            // 1. Write what the session has to say.
+            // 1. Write what the session has to say (through TLS if on).
             while !conn.session.output().is_empty() {
-                match self.reactor.write(id, conn.session.output()) {
+                match conn
+                    .transport
+                    .write(&mut self.reactor, id, conn.session.output())
+                {
                     Ok(0) => break,
                     Ok(n) => conn.session.consume_output(n),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(_) => {
-                        conn.session.connection_lost();
                         closed = true;
                         break;
                     }
                 }
             }
-            if closed || (conn.session.is_closing() && conn.session.output().is_empty()) {
+            let flushed = match conn.transport.flush(&mut self.reactor, id) {
+                Ok(f) => f,
+                Err(_) => {
+                    closed = true;
+                    false
+                }
+            };
+            if closed || (conn.session.is_closing() && conn.session.output().is_empty() && flushed)
+            {
                 closed = true;
                 break;
             }
-            // 2. Feed buffered input.
+            // 2. STARTTLS: once the 220 is out in plaintext, drop whatever the
+            // client pipelined after the command and start the handshake.
+            if conn.starttls && conn.session.output().is_empty() && flushed {
+                conn.starttls = false;
+                match self.tls_server.clone().map(TlsStream::server) {
+                    Some(Ok(tls)) => {
+                        if !conn.input.is_empty() {
+                            log::warn!(
+                                "{}: {} bytes pipelined after STARTTLS discarded",
+                                conn.peer,
+                                conn.input.len()
+                            );
+                        }
+                        conn.input.clear();
+                        conn.transport.tls = Some(tls);
+                    }
+                    _ => {
+                        log::error!("{}: cannot start TLS", conn.peer);
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            if !conn.tls_announced
+                && conn.transport.tls.is_some()
+                && !conn.transport.is_handshaking()
+            {
+                if let Some(desc) = conn
+                    .transport
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.protocol_description())
+                {
+                    conn.tls_announced = true;
+                    log::debug!("{}: TLS established ({desc})", conn.peer);
+                    if conn.session.is_waiting_for_driver() {
+                        conn.session.tls_started(desc, Instant::now());
+                    } else {
+                        conn.session.set_implicit_tls(desc);
+                    }
+                    continue;
+                }
+            }
+            // 3. Feed buffered input.
             if !conn.input.is_empty() {
                 let used = {
                     let policy = LocalPolicy { daemon: self };
@@ -152,11 +240,14 @@ impl Daemon {
                     continue;
                 }
             }
-            // 3. Read more, unless the session cannot take it now.
-            if conn.session.is_waiting_for_driver()
-                || conn.input.len() >= INPUT_BUFFER
-                || !conn.session.output().is_empty()
-                || conn.session.is_closing()
+            // 4. Read more, unless the session cannot take it now (a TLS
+            // handshake always reads).
+            let handshaking = conn.transport.is_handshaking();
+            if !handshaking
+                && (conn.session.is_waiting_for_driver()
+                    || conn.input.len() >= INPUT_BUFFER
+                    || !conn.session.output().is_empty()
+                    || conn.session.is_closing())
             {
                 break;
             }
@@ -165,23 +256,17 @@ impl Daemon {
                 break;
             }
             reads += 1;
-            let start = conn.input.len();
-            conn.input.resize(INPUT_BUFFER, 0);
-            match self.reactor.read(id, &mut conn.input[start..]) {
-                Ok(0) => {
-                    conn.input.truncate(start);
-                    conn.session.connection_lost();
-                    self.session_events(id, &mut conn);
-                    closed = true;
-                    break;
-                }
-                Ok(n) => conn.input.truncate(start + n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    conn.input.truncate(start);
-                    break;
-                }
-                Err(_) => {
-                    conn.input.truncate(start);
+            let room = INPUT_BUFFER.saturating_sub(conn.input.len()).max(1);
+            match conn
+                .transport
+                .read(&mut self.reactor, id, &mut conn.input, room)
+            {
+                Read::Data => {}
+                Read::Pending => break,
+                Read::Closed => {
+                    if let Some(e) = conn.transport.tls_error() {
+                        log::info!("{}: TLS failed: {e}", conn.peer);
+                    }
                     conn.session.connection_lost();
                     self.session_events(id, &mut conn);
                     closed = true;
@@ -266,6 +351,7 @@ impl Daemon {
                         }
                     }
                 }
+                Event::StartTls => conn.starttls = true,
                 Event::Abort => {
                     if let Some(inc) = conn.incoming.take() {
                         self.spool.discard(inc);

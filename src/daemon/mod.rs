@@ -13,13 +13,17 @@ mod drop;
 mod inbound;
 mod remote;
 mod runner;
+mod transport;
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::auth::{FailureLimiter, Users};
 use crate::config::Config;
 use crate::delivery::aliases::Aliases;
 use crate::dns::{LookupId, QueryHandle, Resolver, ResolverConfig};
@@ -100,6 +104,13 @@ pub struct Daemon {
     tables: LocalTables,
     session_cfg: SessionConfig,
     listeners: HashMap<SockId, ListenerKind>,
+    /// Loaded from tls_cert/tls_key; `None` without them (no STARTTLS).
+    tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// Client configs for outbound TLS: verifying, and opportunistic.
+    tls_client: Option<Arc<rustls::ClientConfig>>,
+    tls_client_any: Arc<rustls::ClientConfig>,
+    users: Users,
+    auth_limiter: RefCell<FailureLimiter>,
     inbound: HashMap<SockId, Inbound>,
     per_ip: HashMap<IpAddr, usize>,
     outbound: Outbound,
@@ -139,6 +150,7 @@ impl Daemon {
         for (addrs, kind) in [
             (&cfg.listen, ListenerKind::Relay),
             (&cfg.submission_listen, ListenerKind::Submission),
+            (&cfg.smtps_listen, ListenerKind::Smtps),
         ] {
             for addr in addrs {
                 let id = reactor.listen(*addr).map_err(|e| {
@@ -148,9 +160,11 @@ impl Daemon {
                 listeners.insert(id, kind);
             }
         }
-        if !cfg.smtps_listen.is_empty() {
-            log::warn!("smtps_listen is not supported yet (TLS is not implemented); ignored");
-        }
+        let tls_server =
+            load_tls_server(&cfg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tls_client =
+            load_tls_client(&cfg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let users = load_users(&cfg);
         let spool = Spool::open(&cfg.spool_dir, cfg.spool_sync).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -161,7 +175,16 @@ impl Daemon {
         let outbound = Outbound::new(&cfg);
         let cfg_dns = cfg.clone();
         Ok(Daemon {
-            session_cfg: session_config(&cfg),
+            session_cfg: session_config(&cfg, tls_server.is_some(), !users.is_empty()),
+            tls_server,
+            tls_client,
+            tls_client_any: crate::tls::client_config_no_verify(),
+            users,
+            auth_limiter: RefCell::new(FailureLimiter::new(
+                AUTH_FAILURES_PER_IP,
+                AUTH_FAILURE_WINDOW,
+                AUTH_LIMITER_ENTRIES,
+            )),
             cfg,
             config_path,
             reactor,
@@ -298,8 +321,19 @@ impl Daemon {
                 new.spool_dir = self.cfg.spool_dir.clone();
                 new.user = self.cfg.user.clone();
                 let released = self.cfg.hold_outbound && !new.hold_outbound;
+                // Certificates and users: a bad new one keeps the old one.
+                match load_tls_server(&new) {
+                    Ok(t) => self.tls_server = t,
+                    Err(e) => log::error!("reload: keeping the old certificate: {e}"),
+                }
+                match load_tls_client(&new) {
+                    Ok(t) => self.tls_client = t,
+                    Err(e) => log::error!("reload: keeping the old CA file: {e}"),
+                }
+                self.users = load_users(&new);
                 self.cfg = new;
-                self.session_cfg = session_config(&self.cfg);
+                self.session_cfg =
+                    session_config(&self.cfg, self.tls_server.is_some(), !self.users.is_empty());
                 self.tables = LocalTables::load(&self.cfg);
                 self.outbound.reconfigure(&self.cfg);
                 log::info!("configuration reloaded from {}", self.config_path.display());
@@ -351,8 +385,49 @@ impl Daemon {
     }
 }
 
-pub fn session_config(cfg: &Config) -> SessionConfig {
+/// Brute-force limits for AUTH per client address.
+pub const AUTH_FAILURES_PER_IP: u32 = 10;
+pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(600);
+pub const AUTH_LIMITER_ENTRIES: usize = 1024;
+
+fn load_tls_server(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+    match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => crate::tls::server_config(cert, key)
+            .map(Some)
+            .map_err(|e| e.0),
+        _ => Ok(None),
+    }
+}
+
+fn load_tls_client(cfg: &Config) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+    crate::tls::client_config(cfg.tls_ca_file.as_deref())
+        .map(Some)
+        .map_err(|e| e.0)
+}
+
+fn load_users(cfg: &Config) -> Users {
+    let Some(path) = &cfg.users_file else {
+        return Users::parse("").0;
+    };
+    match Users::load(path) {
+        Ok((users, errors)) => {
+            for (line, e) in errors {
+                log::warn!("{}:{line}: {e}", path.display());
+            }
+            users
+        }
+        Err(e) => {
+            log::error!("{}: {e}; AUTH is off", path.display());
+            Users::parse("").0
+        }
+    }
+}
+
+pub fn session_config(cfg: &Config, tls_available: bool, auth_available: bool) -> SessionConfig {
     SessionConfig {
+        tls_available,
+        auth_available,
+        allow_plaintext_auth: cfg.allow_plaintext_auth,
         hostname: cfg.hostname.clone(),
         max_message_size: cfg.max_message_size,
         max_recipients: cfg.max_recipients,

@@ -11,18 +11,23 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
+use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
+use super::transport::{Read, Transport};
 use super::{Daemon, Timer};
-use crate::dns::{DnsError, LookupId, MxHost, QueryHandle, Transport};
+use crate::config::{OutboundTls, SmarthostTls};
+use crate::dns::{DnsError, LookupId, MxHost, QueryHandle, Transport as DnsTransport};
 use crate::outbound::{Job, Outcome};
 use crate::reactor::SockId;
 use crate::smtp::client::{
-    ClientConfig, ClientEvent, ClientSession, RcptOutcome, Reply, TlsPolicy, Transaction,
+    ClientConfig, ClientEvent, ClientSession, Credentials, RcptOutcome, Reply, TlsPolicy,
+    Transaction,
 };
 use crate::spool::RcptStatus;
+use crate::tls::TlsStream;
+use std::sync::Arc;
 
 /// Body bytes read from the spool per step.
 pub const BODY_CHUNK: usize = 16 * 1024;
@@ -49,6 +54,11 @@ enum Phase {
         sock: SockId,
         addr: SocketAddr,
         client: Box<ClientSession>,
+        transport: Transport,
+        /// A STARTTLS handshake is running; `tls_established` follows it.
+        tls_pending: bool,
+        /// The TLS policy this connection uses (for the plaintext fallback).
+        policy: TlsPolicy,
     },
 }
 
@@ -59,6 +69,8 @@ pub struct Delivery {
     addr: usize,
     phase: Phase,
     body: Option<File>,
+    /// After opportunistic TLS failed with this address: plaintext once.
+    plaintext_fallback: Option<SocketAddr>,
     /// Body bytes read from the spool but not yet taken by the client.
     chunk: Vec<u8>,
     chunk_pos: usize,
@@ -72,7 +84,7 @@ pub struct Delivery {
 pub struct DnsSock {
     handle: QueryHandle,
     server: SocketAddr,
-    transport: Transport,
+    transport: DnsTransport,
     pending_write: Vec<u8>,
     read_buf: Vec<u8>,
 }
@@ -244,7 +256,21 @@ impl Daemon {
             return;
         };
         let now = Instant::now();
-        let client_cfg = self.client_config();
+        let Some(d) = self.deliveries.get(&key) else {
+            return;
+        };
+        let smarthost = d.job.domain.is_empty();
+        let name = d
+            .hops
+            .get(d.hop)
+            .map(|h| h.name.clone())
+            .unwrap_or_default();
+        let fallback = d.plaintext_fallback;
+        let (client_cfg, implicit) = self.client_config(
+            smarthost,
+            fallback.is_some_and(|a| Some(a) == d.connecting_addr()),
+        );
+        let tls_cfg = self.tls_config_for(smarthost);
         let Some(d) = self.deliveries.get_mut(&key) else {
             return;
         };
@@ -253,11 +279,28 @@ impl Daemon {
                 Ok(false) => return,
                 Ok(true) => {
                     log::debug!("{}: connected to {addr}", d.job.id);
+                    let policy = client_cfg.tls;
+                    let transport = if implicit {
+                        match TlsStream::client(tls_cfg, &name) {
+                            Ok(t) => Transport::with_tls(t),
+                            Err(e) => {
+                                d.last_error = format!("TLS to {name}: {}", e.0);
+                                self.drop_socket(sock);
+                                self.advance(key, now);
+                                return;
+                            }
+                        }
+                    } else {
+                        Transport::plain()
+                    };
                     let client = ClientSession::new(client_cfg, now);
                     d.phase = Phase::Talking {
                         sock,
                         addr,
                         client: Box::new(client),
+                        transport,
+                        tls_pending: false,
+                        policy,
                     };
                 }
                 Err(e) => {
@@ -271,25 +314,81 @@ impl Daemon {
         self.pump(key, now);
     }
 
-    fn client_config(&self) -> ClientConfig {
-        ClientConfig {
+    /// The SMTP client settings for one connection, and whether TLS is
+    /// implicit (port 465 style). `no_tls`: the opportunistic plaintext retry.
+    fn client_config(&self, smarthost: bool, no_tls: bool) -> (ClientConfig, bool) {
+        let (tls, implicit) = if smarthost {
+            match self.cfg.smarthost_tls {
+                SmarthostTls::StartTls => (TlsPolicy::Required, false),
+                SmarthostTls::Tls => (TlsPolicy::Never, true),
+                SmarthostTls::None => (TlsPolicy::Never, false),
+            }
+        } else {
+            match self.cfg.outbound_tls {
+                _ if no_tls => (TlsPolicy::Never, false),
+                OutboundTls::Opportunistic => (TlsPolicy::IfOffered, false),
+                OutboundTls::Required => (TlsPolicy::Required, false),
+                OutboundTls::None => (TlsPolicy::Never, false),
+            }
+        };
+        let credentials = if smarthost {
+            self.smarthost_credentials()
+        } else {
+            None
+        };
+        let cfg = ClientConfig {
             helo_name: self.cfg.hostname.clone(),
-            tls: TlsPolicy::Never,
-            tls_active: false,
-            credentials: None,
+            tls,
+            tls_active: implicit,
+            credentials,
             reply_timeout: self.cfg.client_timeout,
             final_timeout: self.cfg.client_timeout * 2,
+        };
+        (cfg, implicit)
+    }
+
+    /// Smarthost and `outbound_tls = required` verify the certificate;
+    /// opportunistic MX TLS encrypts without authenticating (RFC 7435).
+    fn tls_config_for(&self, smarthost: bool) -> Arc<rustls::ClientConfig> {
+        let verify = smarthost || self.cfg.outbound_tls == OutboundTls::Required;
+        match (&self.tls_client, verify) {
+            (Some(c), true) => c.clone(),
+            _ => self.tls_client_any.clone(),
+        }
+    }
+
+    /// `smarthost_user` and the first line of `smarthost_password_file`
+    /// (read at each connection, so a changed password needs no reload).
+    fn smarthost_credentials(&self) -> Option<Credentials> {
+        let user = self.cfg.smarthost_user.clone()?;
+        let path = self.cfg.smarthost_password_file.as_ref()?;
+        match std::fs::read_to_string(path) {
+            Ok(text) => Some(Credentials {
+                user,
+                password: text.lines().next().unwrap_or("").to_string(),
+            }),
+            Err(e) => {
+                log::error!("smarthost_password_file {}: {e}", path.display());
+                None
+            }
         }
     }
 
     /// Moves bytes between socket, client session and spool file.
     fn pump(&mut self, key: u64, now: Instant) {
-        let mut buf = [0u8; READ_CHUNK];
         for _ in 0..64 {
             let Some(d) = self.deliveries.get_mut(&key) else {
                 return;
             };
-            let Phase::Talking { sock, addr, client } = &mut d.phase else {
+            let Phase::Talking {
+                sock,
+                addr,
+                client,
+                transport,
+                tls_pending,
+                policy,
+            } = &mut d.phase
+            else {
                 return;
             };
             let (sock, addr) = (*sock, *addr);
@@ -358,9 +457,29 @@ impl Daemon {
                         return;
                     }
                     ClientEvent::StartTls => {
-                        // TLS is not implemented yet: the policy is Never, so this
-                        // cannot happen; treat it as a failed session.
-                        client.connection_lost(now);
+                        let name = d
+                            .hops
+                            .get(d.hop)
+                            .map(|h| h.name.clone())
+                            .unwrap_or_default();
+                        let cfg = if *policy == TlsPolicy::IfOffered {
+                            self.tls_client_any.clone()
+                        } else {
+                            match &self.tls_client {
+                                Some(c) => c.clone(),
+                                None => self.tls_client_any.clone(),
+                            }
+                        };
+                        match TlsStream::client(cfg, &name) {
+                            Ok(t) => {
+                                transport.tls = Some(t);
+                                *tls_pending = true;
+                            }
+                            Err(e) => {
+                                d.last_error = format!("TLS to {name}: {}", e.0);
+                                client.connection_lost(now);
+                            }
+                        }
                     }
                 }
             }
@@ -400,15 +519,15 @@ impl Daemon {
                     progressed = true;
                 }
             }
-            // Write.
-            while !client.poll_transmit().is_empty() {
-                match self.reactor.write(sock, client.poll_transmit()) {
+            // Write (through TLS when on; nothing goes out mid-handshake but
+            // the handshake itself).
+            while !*tls_pending && !client.poll_transmit().is_empty() {
+                match transport.write(&mut self.reactor, sock, client.poll_transmit()) {
                     Ok(0) => break,
                     Ok(n) => {
                         client.consume_transmit(n);
                         progressed = true;
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(_) => {
                         client.connection_lost(now);
                         progressed = true;
@@ -416,26 +535,51 @@ impl Daemon {
                     }
                 }
             }
-            if client.is_closed() && client.poll_transmit().is_empty() {
+            let flushed = transport.flush(&mut self.reactor, sock).unwrap_or(true);
+            if client.is_closed() && client.poll_transmit().is_empty() && flushed {
                 self.drop_socket(sock);
                 self.finish_delivery(key);
                 return;
             }
             // Read.
-            match self.reactor.read(sock, &mut buf) {
-                Ok(0) => {
+            let mut input = Vec::new();
+            match transport.read(&mut self.reactor, sock, &mut input, READ_CHUNK) {
+                Read::Data => {
+                    client.handle_input(&input, now);
+                    progressed = true;
+                }
+                Read::Pending => {}
+                Read::Closed => {
+                    if let Some(e) = transport.tls_error() {
+                        d.last_error = format!("TLS with {addr}: {e}");
+                        // Opportunistic TLS that fails: this address once more in plaintext.
+                        if *policy == TlsPolicy::IfOffered && d.plaintext_fallback.is_none() {
+                            log::warn!(
+                                "{}: TLS with {addr} failed ({e}); retrying in plaintext",
+                                d.job.id
+                            );
+                            d.plaintext_fallback = Some(addr);
+                            d.addr = d.addr.saturating_sub(1);
+                        }
+                    }
                     client.connection_lost(now);
                     progressed = true;
                 }
-                Ok(n) => {
-                    client.handle_input(&buf[..n], now);
-                    progressed = true;
+            }
+            if *tls_pending
+                && !transport.is_handshaking()
+                && transport.tls.as_ref().is_some_and(|t| t.error().is_none())
+            {
+                *tls_pending = false;
+                if let Some(desc) = transport
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.protocol_description())
+                {
+                    log::debug!("{}: TLS with {addr}: {desc}", d.job.id);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => {
-                    client.connection_lost(now);
-                    progressed = true;
-                }
+                client.tls_established(now);
+                progressed = true;
             }
             if !progressed {
                 return;
@@ -532,17 +676,17 @@ impl Daemon {
                 (Ipv6Addr::UNSPECIFIED, 0).into()
             };
             let sock = match tx.transport {
-                Transport::Udp => self.reactor.udp_bind(local).and_then(|s| {
+                DnsTransport::Udp => self.reactor.udp_bind(local).and_then(|s| {
                     self.reactor
                         .udp_send(s, tx.server, &tx.payload)
                         .map(|_| s)
                         .inspect_err(|_| self.reactor.close(s))
                 }),
-                Transport::Tcp => self.reactor.connect(tx.server),
+                DnsTransport::Tcp => self.reactor.connect(tx.server),
             };
             match sock {
                 Ok(s) => {
-                    let pending_write = if matches!(tx.transport, Transport::Tcp) {
+                    let pending_write = if matches!(tx.transport, DnsTransport::Tcp) {
                         tx.payload
                     } else {
                         Vec::new()
@@ -600,7 +744,7 @@ impl Daemon {
         };
         let handle = ds.handle;
         match ds.transport {
-            Transport::Udp => {
+            DnsTransport::Udp => {
                 let mut buf = [0u8; 1500];
                 loop {
                     match self.reactor.udp_recv(sock, &mut buf) {
@@ -615,7 +759,7 @@ impl Daemon {
                     }
                 }
             }
-            Transport::Tcp => {
+            DnsTransport::Tcp => {
                 let server = ds.server;
                 let mut failed = false;
                 if !ds.pending_write.is_empty() {
@@ -673,11 +817,20 @@ impl Delivery {
             addr: 0,
             phase: Phase::Resolving(LookupId(0)),
             body: None,
+            plaintext_fallback: None,
             chunk: Vec::new(),
             chunk_pos: 0,
             body_done: false,
             last_error: String::new(),
             decided: HashMap::new(),
+        }
+    }
+
+    /// The address of the connection being set up.
+    fn connecting_addr(&self) -> Option<SocketAddr> {
+        match self.phase {
+            Phase::Connecting { addr, .. } => Some(addr),
+            _ => None,
         }
     }
 

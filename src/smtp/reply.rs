@@ -171,6 +171,26 @@ pub const DATA_LINE_TOO_LONG: Reply =
     Reply::new(554, "5.6.0", "Error: message line longer than 1000 octets");
 pub const TOO_MANY_HOPS: Reply = Reply::new(554, "5.4.6", "Error: too many hops (mail loop?)");
 pub const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0", "Authentication required");
+pub const ENCRYPTION_REQUIRED: Reply = Reply::new(
+    538,
+    "5.7.11",
+    "Encryption required for requested authentication mechanism",
+);
+pub const AUTH_OK: Reply = Reply::new(235, "2.7.0", "Authentication successful");
+pub const AUTH_FAILED: Reply = Reply::new(535, "5.7.8", "Authentication credentials invalid");
+pub const AUTH_BLOCKED: Reply = Reply::new(
+    454,
+    "4.7.0",
+    "Too many failed authentications, try again later",
+);
+pub const AUTH_CANCELLED: Reply = Reply::new(501, "5.7.0", "Authentication cancelled");
+pub const AUTH_SYNTAX: Reply = Reply::new(501, "5.5.2", "Malformed authentication data");
+pub const AUTH_MECHANISM: Reply = Reply::new(504, "5.5.4", "Unrecognized authentication type");
+pub const ALREADY_AUTHENTICATED: Reply = Reply::new(503, "5.5.1", "Error: already authenticated");
+pub const AUTH_IN_TRANSACTION: Reply =
+    Reply::new(503, "5.5.1", "Error: MAIL transaction in progress");
+pub const READY_FOR_TLS: Reply = Reply::new(220, "2.0.0", "Ready to start TLS");
+pub const TLS_ACTIVE: Reply = Reply::new(503, "5.5.1", "Error: TLS already active");
 
 // --- local trouble -----------------------------------------------------------
 

@@ -1,0 +1,171 @@
+//! One connection's byte path: straight to the socket, or through a
+//! [`TlsStream`] (rustls as a byte pump). Inbound sessions and outbound
+//! deliveries both use it, so the TLS pump exists once.
+//!
+//! Buffers are bounded: ciphertext read but not yet taken by rustls waits in
+//! `cipher_in` (at most one socket read), decrypted bytes stay inside the
+//! TlsStream (capped there) until the caller has room for them.
+
+use std::io;
+
+use crate::reactor::{Reactor, SockId};
+use crate::tls::TlsStream;
+
+use super::Timer;
+
+/// Bytes read from the socket per call.
+pub const SOCKET_READ: usize = 4096;
+
+#[derive(Default)]
+pub struct Transport {
+    pub tls: Option<TlsStream>,
+    cipher_in: Vec<u8>,
+}
+
+/// What a read produced.
+pub enum Read {
+    /// Application bytes were appended.
+    Data,
+    /// Nothing now (socket drained, or only handshake traffic).
+    Pending,
+    /// The peer closed (or the TLS layer failed: see `tls_error`).
+    Closed,
+}
+
+impl Transport {
+    pub fn plain() -> Transport {
+        Transport::default()
+    }
+
+    pub fn with_tls(tls: TlsStream) -> Transport {
+        Transport {
+            tls: Some(tls),
+            cipher_in: Vec::new(),
+        }
+    }
+
+    pub fn tls_error(&self) -> Option<String> {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.error())
+            .map(|e| e.0.clone())
+    }
+
+    pub fn is_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
+    }
+
+    /// Hands application bytes to the connection; returns how many were
+    /// taken (all that fit in the socket or the TLS buffer).
+    pub fn write(
+        &mut self,
+        reactor: &mut Reactor<Timer>,
+        sock: SockId,
+        data: &[u8],
+    ) -> io::Result<usize> {
+        match &mut self.tls {
+            None => match reactor.write(sock, data) {
+                Ok(n) => Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                Err(e) => Err(e),
+            },
+            Some(tls) => {
+                let n = tls.write_plaintext(data);
+                self.flush(reactor, sock)?;
+                Ok(n)
+            }
+        }
+    }
+
+    /// Writes pending ciphertext; `Ok(true)` when nothing is left.
+    pub fn flush(&mut self, reactor: &mut Reactor<Timer>, sock: SockId) -> io::Result<bool> {
+        let Some(tls) = &mut self.tls else {
+            return Ok(true);
+        };
+        loop {
+            let out = tls.ciphertext();
+            if out.is_empty() {
+                return Ok(true);
+            }
+            match reactor.write(sock, out) {
+                Ok(0) => return Ok(false),
+                Ok(n) => tls.consume_ciphertext(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads application bytes into `out`, at most `max` of them.
+    pub fn read(
+        &mut self,
+        reactor: &mut Reactor<Timer>,
+        sock: SockId,
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> Read {
+        let mut buf = [0u8; SOCKET_READ];
+        if self.tls.is_none() {
+            let want = max.min(buf.len());
+            return match reactor.read(sock, &mut buf[..want]) {
+                Ok(0) => Read::Closed,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    Read::Data
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Read::Pending,
+                Err(_) => Read::Closed,
+            };
+        }
+        loop {
+            let Some(tls) = &mut self.tls else {
+                return Read::Closed;
+            };
+            // Decrypted bytes first.
+            let plain = tls.plaintext();
+            if !plain.is_empty() {
+                let n = plain.len().min(max);
+                out.extend_from_slice(&plain[..n]);
+                tls.consume_plaintext(n);
+                return Read::Data;
+            }
+            if tls.error().is_some() || tls.peer_closed() {
+                return Read::Closed;
+            }
+            // Ciphertext left from the last socket read, else a new read.
+            if self.cipher_in.is_empty() {
+                match reactor.read(sock, &mut buf) {
+                    Ok(0) => return Read::Closed,
+                    Ok(n) => self.cipher_in.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read::Pending,
+                    Err(_) => return Read::Closed,
+                }
+            }
+            match tls.read_tls(&self.cipher_in) {
+                Ok(0) => {
+                    // rustls takes nothing more now (full, or closed).
+                    let closed = tls.peer_closed() && tls.plaintext().is_empty();
+                    let _ = self.flush(reactor, sock);
+                    if closed {
+                        return Read::Closed;
+                    }
+                    if self.tls.as_ref().is_some_and(|t| t.plaintext().is_empty()) {
+                        return Read::Pending;
+                    }
+                }
+                Ok(n) => {
+                    self.cipher_in.drain(..n);
+                }
+                Err(_) => {
+                    // Send the alert if we can, then report the close.
+                    let _ = self.flush(reactor, sock);
+                    return Read::Closed;
+                }
+            }
+            // Handshake messages may need an answer.
+            if self.flush(reactor, sock).is_err() {
+                return Read::Closed;
+            }
+        }
+    }
+}
