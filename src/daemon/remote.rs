@@ -54,7 +54,7 @@ enum Phase {
         sock: SockId,
         addr: SocketAddr,
         client: Box<ClientSession>,
-        transport: Transport,
+        transport: Box<Transport>,
         /// A STARTTLS handshake is running; `tls_established` follows it.
         tls_pending: bool,
         /// The TLS policy this connection uses (for the plaintext fallback).
@@ -298,7 +298,7 @@ impl Daemon {
                         sock,
                         addr,
                         client: Box::new(client),
-                        transport,
+                        transport: Box::new(transport),
                         tls_pending: false,
                         policy,
                     };
