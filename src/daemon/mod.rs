@@ -110,6 +110,9 @@ pub struct Daemon {
     tls_client: Option<Arc<rustls::ClientConfig>>,
     tls_client_any: Arc<rustls::ClientConfig>,
     users: Users,
+    /// /etc/hosts, consulted for smarthost names before DNS (as the
+    /// system resolver would).
+    hosts: HashMap<String, Vec<std::net::IpAddr>>,
     auth_limiter: RefCell<FailureLimiter>,
     inbound: HashMap<SockId, Inbound>,
     per_ip: HashMap<IpAddr, usize>,
@@ -180,6 +183,7 @@ impl Daemon {
             tls_client,
             tls_client_any: crate::tls::client_config_no_verify(),
             users,
+            hosts: load_hosts(std::path::Path::new(HOSTS_FILE)),
             auth_limiter: RefCell::new(FailureLimiter::new(
                 AUTH_FAILURES_PER_IP,
                 AUTH_FAILURE_WINDOW,
@@ -331,6 +335,7 @@ impl Daemon {
                     Err(e) => log::error!("reload: keeping the old CA file: {e}"),
                 }
                 self.users = load_users(&new);
+                self.hosts = load_hosts(std::path::Path::new(HOSTS_FILE));
                 self.cfg = new;
                 self.session_cfg =
                     session_config(&self.cfg, self.tls_server.is_some(), !self.users.is_empty());
@@ -383,6 +388,35 @@ impl Daemon {
             self.drive_inbound(id);
         }
     }
+}
+
+pub const HOSTS_FILE: &str = "/etc/hosts";
+/// Names read from the hosts file at most (it is a fallback table, not a zone).
+pub const MAX_HOSTS_ENTRIES: usize = 1024;
+
+/// `addr name alias...` lines; names lower-cased.
+pub fn load_hosts(path: &std::path::Path) -> HashMap<String, Vec<std::net::IpAddr>> {
+    let mut map: HashMap<String, Vec<std::net::IpAddr>> = HashMap::new();
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return map;
+    };
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        let Some(addr) = words.next().and_then(|a| a.parse().ok()) else {
+            continue;
+        };
+        for name in words {
+            if map.len() >= MAX_HOSTS_ENTRIES {
+                return map;
+            }
+            let e = map.entry(name.to_ascii_lowercase()).or_default();
+            if !e.contains(&addr) {
+                e.push(addr);
+            }
+        }
+    }
+    map
 }
 
 /// Brute-force limits for AUTH per client address.

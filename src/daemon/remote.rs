@@ -109,7 +109,12 @@ impl Daemon {
                 .map(|hp| Hop {
                     name: hp.host.clone(),
                     port: hp.port,
-                    addrs: hp.host.parse::<IpAddr>().ok().map(|ip| vec![ip]),
+                    addrs: hp
+                        .host
+                        .parse::<IpAddr>()
+                        .ok()
+                        .map(|ip| vec![ip])
+                        .or_else(|| self.hosts.get(&hp.host.to_ascii_lowercase()).cloned()),
                 })
                 .collect();
             let d = Delivery::new(job, hops);

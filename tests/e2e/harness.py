@@ -158,9 +158,18 @@ class Sink:
     Defaults accept everything.
     """
 
-    def __init__(self, script=None, extensions=("PIPELINING", "8BITMIME", "SIZE 100000000")):
+    def __init__(self, script=None, extensions=("PIPELINING", "8BITMIME", "SIZE 100000000"),
+                 tls=None, implicit_tls=False, auth=None):
+        """tls: an ssl.SSLContext (server side) to offer STARTTLS with, or to
+        wrap every connection in when implicit_tls; auth: (user, password)
+        to offer AUTH PLAIN/LOGIN with."""
         self.script = dict(script or {})
         self.extensions = list(extensions)
+        self.tls = tls
+        self.implicit_tls = implicit_tls
+        self.auth = auth
+        self.auth_seen = []  # (user, password, was_tls)
+        self.tls_sessions = 0
         self.messages = []  # dicts: sender, rcpts, data (bytes)
         self.sessions = 0
         self.lock = threading.Lock()
@@ -170,7 +179,7 @@ class Sink:
             def handle(self):
                 with sink.lock:
                     sink.sessions += 1
-                sink._session(self.rfile, self.wfile)
+                sink._session(self.request)
 
         class Server(socketserver.ThreadingTCPServer):
             allow_reuse_address = True
@@ -191,12 +200,25 @@ class Sink:
             r = r(txn, arg)
         return r
 
-    def _session(self, rfile, wfile):
+    def _session(self, sock):
+        import base64
+
+        tls_on = False
+        if self.implicit_tls:
+            try:
+                sock = self.tls.wrap_socket(sock, server_side=True)
+            except Exception:
+                return
+            tls_on = True
+            self.tls_sessions += 1
+        rfile, wfile = sock.makefile("rb"), sock.makefile("wb")
+
         def send(line):
             wfile.write(line.encode() + b"\r\n")
             wfile.flush()
 
-        txn = {"sender": None, "rcpts": [], "data": b""}
+        txn = {"sender": None, "rcpts": [], "data": b"", "tls": tls_on, "auth": None}
+        authed = None
         send(self._reply("greeting", txn, None, "220 sink.test ESMTP"))
         while True:
             line = rfile.readline()
@@ -210,12 +232,46 @@ class Sink:
                     send(r)
                 else:
                     lines = ["sink.test"] + self.extensions
+                    if self.tls and not tls_on:
+                        lines.append("STARTTLS")
+                    if self.auth and (tls_on or not self.tls):
+                        lines.append("AUTH PLAIN LOGIN")
                     for i, l in enumerate(lines):
                         send(("250 " if i == len(lines) - 1 else "250-") + l)
+            elif verb == "STARTTLS" and self.tls and not tls_on:
+                send("220 2.0.0 go ahead")
+                try:
+                    sock = self.tls.wrap_socket(sock, server_side=True)
+                except Exception:
+                    return
+                tls_on = True
+                self.tls_sessions += 1
+                rfile, wfile = sock.makefile("rb"), sock.makefile("wb")
+            elif verb == "AUTH" and self.auth:
+                parts = cmd.split(" ")
+                if parts[1].upper() == "PLAIN":
+                    if len(parts) > 2:
+                        resp = parts[2]
+                    else:
+                        send("334 ")
+                        resp = rfile.readline().decode().strip()
+                    _, user, pw = base64.b64decode(resp).decode().split("\0")
+                else:
+                    send("334 VXNlcm5hbWU6")
+                    user = base64.b64decode(rfile.readline().strip()).decode()
+                    send("334 UGFzc3dvcmQ6")
+                    pw = base64.b64decode(rfile.readline().strip()).decode()
+                self.auth_seen.append((user, pw, tls_on))
+                if (user, pw) == tuple(self.auth):
+                    authed = user
+                    send("235 2.7.0 ok")
+                else:
+                    send("535 5.7.8 bad credentials")
             elif verb == "HELO":
                 send("250 sink.test")
             elif verb == "MAIL":
-                txn = {"sender": cmd[10:].split(">")[0].lstrip("<"), "rcpts": [], "data": b""}
+                txn = {"sender": cmd[10:].split(">")[0].lstrip("<"), "rcpts": [], "data": b"",
+                       "tls": tls_on, "auth": authed}
                 send(self._reply("mail", txn, cmd, "250 2.1.0 ok"))
             elif verb == "RCPT":
                 addr = cmd[8:].split(">")[0].lstrip("<")
