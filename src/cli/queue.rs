@@ -82,7 +82,7 @@ pub fn main(cfg: Config, args: &[String]) -> i32 {
     };
     match args.first().map(String::as_str) {
         Some("flush") => {
-            if poke_daemon(&cfg) {
+            if signal_daemon(&cfg, libc::SIGUSR1) {
                 println!("queue run requested");
                 EX_OK
             } else {
@@ -164,9 +164,10 @@ fn usage() -> i32 {
     EX_USAGE
 }
 
-/// Sends SIGUSR1 to a running daemon (from `pid_file`): it imports drops
-/// and runs the queue now. Returns whether a daemon was signalled.
-pub fn poke_daemon(cfg: &Config) -> bool {
+/// Sends `sig` to a running daemon (from `pid_file`): SIGUSR1 runs the
+/// queue now (a flush), SIGUSR2 imports sendmail drops. Returns whether a
+/// daemon was signalled.
+pub fn signal_daemon(cfg: &Config, sig: i32) -> bool {
     let Ok(text) = std::fs::read_to_string(&cfg.pid_file) else {
         return false;
     };
@@ -184,5 +185,5 @@ pub fn poke_daemon(cfg: &Config) -> bool {
         return false;
     }
     // SAFETY: kill(2) with a pid read from our own pid file.
-    unsafe { libc::kill(pid, libc::SIGUSR1) == 0 }
+    unsafe { libc::kill(pid, sig) == 0 }
 }

@@ -120,7 +120,7 @@ pub fn main(cfg: Config, args: Vec<String>) -> i32 {
             if flags.verbose {
                 eprintln!("sendmail: queued as {}", name);
             }
-            super::queue::poke_daemon(&cfg);
+            super::queue::signal_daemon(&cfg, libc::SIGUSR2);
             EX_OK
         }
         Err((code, msg)) => {

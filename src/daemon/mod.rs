@@ -274,6 +274,8 @@ impl Daemon {
                 log::info!("queue run requested");
                 self.flush_queue();
             }
+            // sendmail's nudge: import the drop now (held mail stays held).
+            libc::SIGUSR2 => self.import_drops(),
             _ => {}
         }
     }

@@ -66,7 +66,12 @@ impl LocalDelivery {
                     })
             }
             Format::Mbox => {
-                match mbox::deliver_mbox(&path, sender, now_unix as i64, &mut stream, self.sync) {
+                let result = std::fs::create_dir_all(&self.mail_dir)
+                    .map_err(mbox::MboxError::Io)
+                    .and_then(|()| {
+                        mbox::deliver_mbox(&path, sender, now_unix as i64, &mut stream, self.sync)
+                    });
+                match result {
                     Ok(()) => Ok(format!("mbox {}", path.display())),
                     Err(mbox::MboxError::Locked) => Err(LocalError::Temporary(format!(
                         "451 4.2.0 mbox {} is locked",

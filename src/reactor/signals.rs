@@ -3,7 +3,8 @@
 //! The handler only writes the signal number into a non-blocking pipe
 //! (async-signal-safe); the reactor polls the read end like any socket and
 //! the daemon acts on SIGTERM/SIGINT (graceful stop), SIGHUP (reload) and
-//! SIGUSR1 (run the queue) between events. SIGPIPE is ignored so a peer that
+//! SIGUSR1 (run the queue) and SIGUSR2 (a sendmail drop is waiting) between
+//! events. SIGPIPE is ignored so a peer that
 //! closes early gives EPIPE instead of killing the process.
 
 use std::io;
@@ -11,7 +12,13 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 static WRITE_FD: AtomicI32 = AtomicI32::new(-1);
 
-pub const HANDLED: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1];
+pub const HANDLED: [i32; 5] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
 
 extern "C" fn on_signal(sig: libc::c_int) {
     let fd = WRITE_FD.load(Ordering::Relaxed);

@@ -1,0 +1,153 @@
+"""Local mail the Unix way: sendmail, mailq, queue tools, aliases, mbox."""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+from harness import TERN_BIN, Sink, wait_for
+
+
+def sendmail(t, args, data, argv0=None):
+    if argv0:
+        link = t.dir / argv0
+        if not link.exists():
+            link.symlink_to(TERN_BIN)
+        cmd = [str(link), "-c", str(t.conf), *args]
+    else:
+        cmd = [TERN_BIN, "-c", str(t.conf), "sendmail", *args]
+    return subprocess.run(cmd, input=data, capture_output=True, timeout=30)
+
+
+def test_sendmail_symlink_with_daemon_running(tern):
+    r = sendmail(tern, ["-oi", "-f", "cron@mx.test", "root"], b"Subject: cron output\n\nline 1\n.\nline 3\n",
+                 argv0="sendmail")
+    assert r.returncode == 0, r.stderr
+    got = wait_for(lambda: tern.maildir("root"), timeout=5, what="delivery from sendmail")
+    m = got[0]
+    assert m.startswith(b"Return-Path: <cron@mx.test>\r\nDelivered-To: root@mx.test\r\nReceived: by mx.test (tern sendmail, uid ")
+    assert b"line 1\r\n.\r\nline 3\r\n" in m, "with -oi a lone dot is content"
+    assert b"Date: " in m and b"Message-ID: <" in m and b"From: cron@mx.test" in m
+
+
+def test_sendmail_lone_dot_ends_input_without_i(tern):
+    r = sendmail(tern, ["dot@localhost"], b"Subject: x\n\nbefore\n.\nafter\n")
+    assert r.returncode == 0, r.stderr
+    m = wait_for(lambda: tern.maildir("dot"), what="delivery")[0]
+    assert b"before\r\n" in m and b"after" not in m
+
+
+def test_sendmail_t_reads_recipients_and_strips_bcc(tern):
+    msg = (b"From: Script <script@mx.test>\nTo: a@localhost, \"B, Person\" <b@localhost>\n"
+           b"Cc: c@localhost\nBcc: hidden@localhost\nSubject: -t test\n\nbody without final newline")
+    r = sendmail(tern, ["-t", "-i"], msg)
+    assert r.returncode == 0, r.stderr
+    for user in ("a", "b", "c", "hidden"):
+        m = wait_for(lambda: tern.maildir(user), what=f"delivery to {user}")[0]
+        assert b"Bcc:" not in m and b"hidden@localhost" not in m.split(b"Delivered-To: hidden@localhost", 1)[-1]
+        assert m.endswith(b"body without final newline\r\n")
+
+
+def test_sendmail_usage_and_errors(tern):
+    r = sendmail(tern, ["-X"], b"")
+    assert r.returncode == 64  # EX_USAGE
+    r = sendmail(tern, [], b"Subject: x\n\nno recipients\n")
+    assert r.returncode == 64
+    r = sendmail(tern, ["bad address@@"], b"x\n")
+    assert r.returncode == 65  # EX_DATAERR
+
+
+def test_large_8bit_crlf_input_streams(tern_factory):
+    t = tern_factory(max_message_size="20M").start()
+    body = ("ünïcödé line\r\n" * 200000).encode()  # ~3.2 MB, CRLF, 8-bit
+    r = sendmail(t, ["-i", "big@localhost"], b"Subject: big\r\n\r\n" + body)
+    assert r.returncode == 0, r.stderr
+    m = wait_for(lambda: t.maildir("big"), timeout=20, what="big delivery")[0]
+    assert m.endswith(body)
+
+
+def test_mailq_shows_deferred_with_reason_and_queue_delete(tern_factory):
+    sink = Sink({"rcpt": "451 4.2.0 mailbox busy"})
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none").start()
+        r = sendmail(t, ["-i", "far@remote.test"], b"Subject: q\n\nqueued\n")
+        assert r.returncode == 0
+        q = wait_for(lambda: (lambda o: o if "deferred" in o else None)(t.cmd("mailq").stdout.decode()),
+                     what="deferred in mailq")
+        assert "far@remote.test (deferred: 127.0.0.1[127.0.0.1]" in q and "451 4.2.0 mailbox busy" in q, q
+        qid = t.queued()[0]
+        show = t.cmd("queue", "show", qid).stdout.decode()
+        assert "Subject: q" in show and "attempts: 1" in show, show
+        assert t.cmd("queue", "delete", qid).returncode == 0
+        assert t.queued() == []
+        assert "Mail queue is empty" in t.cmd("mailq").stdout.decode()
+        assert t.cmd("queue", "delete", qid).returncode != 0
+    finally:
+        sink.close()
+
+
+def test_queue_flush_releases_held_mail(tern_factory):
+    sink = Sink()
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none", hold_outbound="yes").start()
+        sendmail(t, ["-i", "x@remote.test"], b"Subject: held\n\nwait\n")
+        wait_for(lambda: "held" in t.cmd("mailq").stdout.decode(), what="held")
+        assert sink.messages == []
+        r = t.cmd("queue", "flush")
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: sink.messages, what="flushed delivery")
+    finally:
+        sink.close()
+
+
+def test_aliases_local_remote_and_loop(tern_factory):
+    sink = Sink()
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none")
+        (t.dir / "aliases").write_text(
+            "# router set-up\nroot: admin@example.test, localcopy\n"
+            "team: alice,\n  bob\nloop1: loop2\nloop2: loop1\npipe: |/bin/sh -c 'touch /tmp/pwned'\n"
+        )
+        t.start()
+        assert "never executed" in t.log_text() or "not supported" in t.log_text()
+        r = sendmail(t, ["-i", "root", "team@mx.test"], b"Subject: cron\n\nfrom cron\n")
+        assert r.returncode == 0
+        wait_for(lambda: sink.messages, what="root's mail relayed off the box")
+        assert sink.messages[0]["rcpts"] == ["admin@example.test"]
+        for user in ("localcopy", "alice", "bob"):
+            wait_for(lambda: t.maildir(user), what=f"alias delivery to {user}")
+        r = sendmail(t, ["-i", "loop1"], b"Subject: loop\n\nx\n")
+        assert r.returncode == 0
+        wait_for(lambda: "alias expansion of loop1@mx.test failed" in t.log_text(), what="loop detected")
+        assert not os.path.exists("/tmp/pwned")
+    finally:
+        sink.close()
+
+
+def test_postmaster_always_resolves(tern_factory):
+    t = tern_factory(local_recipients="passwd").start()
+    import smtplib
+    with smtplib.SMTP("127.0.0.1", t.port) as c:
+        c.sendmail("a@x.test", ["postmaster"], b"Subject: pm\r\n\r\nto postmaster\r\n")
+    m = wait_for(lambda: t.maildir("root"), what="postmaster -> root")[0]
+    assert b"to postmaster" in m
+
+
+def test_mbox_delivery_exact_bytes(tern_factory):
+    t = tern_factory(local_delivery="mbox").start()
+    import smtplib
+    with smtplib.SMTP("127.0.0.1", t.port) as c:
+        c.sendmail("s@x.test", ["mb@localhost"], b"Subject: one\r\n\r\nFrom here\r\n>From there\r\n")
+        c.sendmail("", ["mb@localhost"], b"Subject: two\r\n\r\nsecond\r\n")
+    path = t.mail / "mb"
+    wait_for(lambda: path.exists() and path.read_bytes().count(b"\nFrom ") + path.read_bytes().startswith(b"From ") >= 2,
+             what="two mbox entries")
+    data = path.read_bytes()
+    first, second = data.split(b"\n\nFrom MAILER-DAEMON ")
+    assert first.startswith(b"From s@x.test ")
+    assert b"\r" not in data
+    assert first.endswith(b"\n\n>From here\n>>From there")
+    assert b"Return-Path: <s@x.test>\nDelivered-To: mb@localhost\nReceived: from " in first
+    assert second.rstrip(b"\n").endswith(b"Subject: two\n\nsecond")
+    assert data.endswith(b"second\n\n")
