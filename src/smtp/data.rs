@@ -80,6 +80,11 @@ impl DataDecoder {
         }
     }
 
+    /// Still inside the header section (no empty line seen yet).
+    pub fn in_headers(&self) -> bool {
+        self.in_headers
+    }
+
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }

@@ -156,7 +156,16 @@ pub struct ServerSession {
     tls: Option<String>,
     auth_user: Option<String>,
     auth_failures: u32,
+    /// Submission: the header section waits here until its end is seen.
+    holding_headers: bool,
+    held: Vec<u8>,
+    /// (queue id, date) for the header fix-ups.
+    fixup: Option<(String, String)>,
 }
+
+/// A submitted message's header section held for fix-ups at most; a longer
+/// one is passed on unchanged.
+pub const MAX_HELD_HEADER: usize = 64 * 1024;
 
 impl ServerSession {
     /// A new session; the greeting is already in the output.
@@ -186,6 +195,9 @@ impl ServerSession {
             tls: None,
             auth_user: None,
             auth_failures: 0,
+            holding_headers: false,
+            held: Vec::new(),
+            fixup: None,
         };
         let greeting = reply::greeting(&s.cfg.hostname);
         s.reply(&greeting);
@@ -221,7 +233,25 @@ impl ServerSession {
                     }
                     used += self.read_auth_line(&input[used..], now, policy);
                 }
-                State::Data(dec) | State::Discard(dec, _) => {
+                State::Data(dec) => {
+                    let target = if self.holding_headers {
+                        &mut self.held
+                    } else {
+                        &mut self.body
+                    };
+                    used += dec.decode(&input[used..], target);
+                    let done = dec.is_done();
+                    let release = self.holding_headers
+                        && (!dec.in_headers() || done || self.held.len() > MAX_HELD_HEADER);
+                    let (date, mid) = (dec.summary().has_date, dec.summary().has_message_id);
+                    if release {
+                        self.release_headers(date, mid);
+                    }
+                    if done {
+                        self.end_of_data();
+                    }
+                }
+                State::Discard(dec, _) => {
                     used += dec.decode(&input[used..], &mut self.body);
                     if dec.is_done() {
                         self.end_of_data();
@@ -317,6 +347,39 @@ impl ServerSession {
         );
         self.body.extend_from_slice(received.as_bytes());
         self.state = State::Data(DataDecoder::new(self.cfg.max_message_size));
+        // Submission (RFC 6409 §8): add Date: and Message-ID: when missing,
+        // so the header section is held (bounded) until its end is seen.
+        self.holding_headers = self.kind != ListenerKind::Relay || self.auth_user.is_some();
+        self.held.clear();
+        self.fixup = Some((queue_id.to_string(), date.to_string()));
+    }
+
+    /// Ends header holding: adds the missing fields before the end of the
+    /// header section and passes everything held on to the body.
+    fn release_headers(&mut self, has_date: bool, has_message_id: bool) {
+        self.holding_headers = false;
+        let complete = self.held.len() <= MAX_HELD_HEADER;
+        let mut add = String::new();
+        if let (true, Some((id, date))) = (complete, &self.fixup) {
+            if !has_date {
+                add.push_str(&format!("Date: {date}\r\n"));
+            }
+            if !has_message_id {
+                add.push_str(&format!("Message-ID: <{id}@{}>\r\n", self.cfg.hostname));
+            }
+        }
+        let at = if self.held.starts_with(b"\r\n") {
+            0
+        } else {
+            self.held
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(self.held.len(), |p| p + 2)
+        };
+        self.body.extend_from_slice(&self.held[..at]);
+        self.body.extend_from_slice(add.as_bytes());
+        self.body.extend_from_slice(&self.held[at..]);
+        self.held.clear();
     }
 
     /// The spool could not take the message: refuse DATA.
@@ -1243,5 +1306,32 @@ mod tests {
         }
         assert!(h.take_output().contains("421"));
         assert!(h.s.is_closing());
+    }
+
+    #[test]
+    fn submission_adds_date_and_message_id_when_missing() {
+        let mut h = tls_session(ListenerKind::Submission);
+        h.send(b"EHLO c\r\nAUTH PLAIN AGpvZQBzZWNyZXQ=\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@far.test>\r\nDATA\r\n");
+        // Split inside the header section to exercise the holding.
+        h.send(b"Subject: s\r\nFr");
+        h.send(b"om: a@b.test\r\n\r\nbody\r\n.\r\n");
+        let msg = String::from_utf8(h.committed[0].clone()).unwrap();
+        let after_received = msg.split_once("+0000\r\n").unwrap().1;
+        assert_eq!(
+            after_received,
+            "Subject: s\r\nFrom: a@b.test\r\nDate: Sun, 29 Nov 2026 00:00:00 +0000\r\nMessage-ID: <ABC123@mx.local.test>\r\n\r\nbody\r\n"
+        );
+        // Present fields are left alone; relay sessions never add any.
+        let mut h = tls_session(ListenerKind::Submission);
+        h.send(b"EHLO c\r\nAUTH PLAIN AGpvZQBzZWNyZXQ=\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@far.test>\r\nDATA\r\nDate: x\r\nMessage-ID: <m@x>\r\n\r\nb\r\n.\r\n");
+        let msg = String::from_utf8(h.committed[0].clone()).unwrap();
+        assert!(
+            msg.ends_with("+0000\r\nDate: x\r\nMessage-ID: <m@x>\r\n\r\nb\r\n"),
+            "{msg}"
+        );
+        let mut h = Harness::new(false);
+        h.send(TXN);
+        let msg = String::from_utf8(h.committed[0].clone()).unwrap();
+        assert!(!msg.contains("Message-ID") && !msg.contains("Date: "));
     }
 }
