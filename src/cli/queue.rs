@@ -45,7 +45,14 @@ pub fn mailq(cfg: Config) -> i32 {
                 println!("{:45}(attempts: {attempts})", "");
             }
             for (r, st) in env.recipients.iter().zip(&states) {
+                let remote = r
+                    .address
+                    .rsplit_once('@')
+                    .is_some_and(|(_, d)| !cfg.is_local_domain(d));
                 let state = match st.status {
+                    RcptStatus::Pending if remote && cfg.hold_outbound => {
+                        "held: hold_outbound = yes"
+                    }
                     RcptStatus::Pending => "pending",
                     RcptStatus::Deferred => "deferred",
                     RcptStatus::Sent => "sent",

@@ -32,6 +32,8 @@ pub struct Inbound {
     tls_announced: bool,
     input: Vec<u8>,
     incoming: Option<Incoming>,
+    /// The envelope of the message being received (for the fresh cache).
+    envelope: Option<StoredEnvelope>,
     peer: SocketAddr,
     counted: bool,
 }
@@ -139,6 +141,7 @@ impl Daemon {
                     tls_announced: false,
                     input: Vec::new(),
                     incoming: None,
+                    envelope: None,
                     peer,
                     counted,
                 },
@@ -342,7 +345,8 @@ impl Daemon {
                                     ),
                                     None => format!("size={}", inc.size),
                                 };
-                                self.batch.push((id, inc, what));
+                                let env = conn.envelope.take();
+                                self.batch.push((id, inc, what, env));
                             }
                             Err(e) => {
                                 self.spool.discard(inc);
@@ -416,6 +420,10 @@ impl Daemon {
             Ok(inc) => {
                 let date = rfc5322_date(now as i64, 0);
                 conn.session.data_started(&inc.id.to_string(), &date);
+                conn.envelope = Some(StoredEnvelope {
+                    id: inc.id,
+                    ..stored
+                });
                 conn.incoming = Some(inc);
             }
             Err(e) => {
@@ -434,16 +442,19 @@ impl Daemon {
         let batch = std::mem::take(&mut self.batch);
         let mut conns = Vec::with_capacity(batch.len());
         let mut files = Vec::with_capacity(batch.len());
-        for (conn, file, what) in batch {
-            conns.push((conn, what));
+        for (conn, file, what, env) in batch {
+            conns.push((conn, what, env.map(|e| (e, file.size))));
             files.push(file);
         }
         let results = self.spool.commit(files);
         let now = unix_now();
-        for ((id, what), result) in conns.into_iter().zip(results) {
+        for ((id, what, env), result) in conns.into_iter().zip(results) {
             match result {
                 Ok(qid) => {
                     log::info!("{qid}: {what}");
+                    if let Some(env) = env {
+                        self.remember_fresh(qid, env.0, env.1);
+                    }
                     self.queue.schedule(qid, now);
                     if let Some(c) = self.inbound.get_mut(&id) {
                         c.session.committed(Ok(&qid.to_string()));

@@ -38,6 +38,10 @@ use inbound::Inbound;
 use remote::{Delivery, DnsSock};
 use runner::InFlight;
 
+/// Envelopes kept for messages not yet attempted (beyond this, the first
+/// attempt reads the file like any other).
+pub const FRESH_CACHE: usize = 256;
+
 /// The longest the loop sleeps without a timer (a safety net only).
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// How long a graceful stop waits for commits and output before exiting.
@@ -119,7 +123,15 @@ pub struct Daemon {
     outbound: Outbound,
     /// Messages whose content ended this turn, committed together.
     /// (connection, file, the `from=<...> nrcpt=N client=...` log text)
-    batch: Vec<(SockId, Incoming, String)>,
+    batch: Vec<(
+        SockId,
+        Incoming,
+        String,
+        Option<crate::spool::StoredEnvelope>,
+    )>,
+    /// Envelopes (and content sizes) of messages committed but not yet
+    /// attempted: their first attempt needs no re-read of the file.
+    fresh: HashMap<QueueId, (crate::spool::StoredEnvelope, u64)>,
     /// A `queue flush` is running: held mail is delivered too.
     flushing: bool,
     stopping: Option<Instant>,
@@ -200,6 +212,7 @@ impl Daemon {
             per_ip: HashMap::new(),
             outbound,
             batch: Vec::new(),
+            fresh: HashMap::new(),
             flushing: false,
             stopping: None,
             in_flight: HashMap::new(),

@@ -34,7 +34,15 @@ pub struct InFlight {
     /// Recipients that had already failed (and were reported) before this
     /// attempt: each failure is bounced once.
     pub failed_before: Vec<bool>,
+    /// The states as loaded: an unchanged state is not rewritten.
+    pub loaded: Vec<RcptState>,
+    /// Remote recipients were held back (`hold_outbound`).
+    pub held: bool,
 }
+
+/// How often held mail is looked at again (a flush or a reload that turns
+/// `hold_outbound` off releases it at once).
+pub const HELD_RECHECK: u64 = 300;
 
 impl InFlight {
     fn newly_failed(&self) -> impl Iterator<Item = (&Recipient, &RcptState)> {
@@ -65,8 +73,23 @@ impl Daemon {
         }
     }
 
+    pub(super) fn remember_fresh(&mut self, id: QueueId, env: StoredEnvelope, size: u64) {
+        if self.fresh.len() < super::FRESH_CACHE {
+            self.fresh.insert(id, (env, size));
+        }
+    }
+
     fn attempt(&mut self, id: QueueId, now: u64) {
-        let (env, mut states, attempts) = match self.spool.load(id) {
+        let cached = self.fresh.remove(&id);
+        let content_size = cached.as_ref().map(|(_, size)| *size);
+        let loaded = match cached {
+            Some((env, _)) => {
+                let n = env.recipients.len();
+                Ok((env, vec![RcptState::default(); n], 0))
+            }
+            None => self.spool.load(id),
+        };
+        let (env, mut states, attempts) = match loaded {
             Ok(x) => x,
             Err(e) => {
                 log::error!("{id}: cannot read queue file: {e}");
@@ -112,7 +135,10 @@ impl Daemon {
             .iter()
             .map(|s| s.status == RcptStatus::Failed)
             .collect();
+        let loaded = states.clone();
         let mut flight = InFlight {
+            loaded,
+            held: false,
             env,
             states,
             attempts,
@@ -122,16 +148,14 @@ impl Daemon {
         };
         if !remote.is_empty() {
             if self.cfg.hold_outbound && !self.flushing {
-                for list in remote.values() {
-                    for (i, _) in list {
-                        flight.states[*i] = RcptState {
-                            status: RcptStatus::Deferred,
-                            reply: "held (hold_outbound = yes)".into(),
-                        };
-                    }
-                }
+                // Held mail is not attempted and its state is not touched
+                // (no write per held message); `mailq` shows it as held.
+                flight.held = true;
             } else {
-                let size = self.spool.content_size(id).unwrap_or(0);
+                let size = match content_size {
+                    Some(size) => size,
+                    None => self.spool.content_size(id).unwrap_or(0),
+                };
                 for (domain, rcpts) in remote {
                     flight.outstanding += 1;
                     flight.tried = true;
@@ -276,10 +300,16 @@ impl Daemon {
             log::info!("{id}: removed");
             return;
         }
-        if let Err(e) = self.spool.save_state(id, &flight.states, attempts) {
-            log::error!("{id}: cannot save delivery state: {e}");
+        if flight.states != flight.loaded || attempts != flight.attempts {
+            if let Err(e) = self.spool.save_state(id, &flight.states, attempts) {
+                log::error!("{id}: cannot save delivery state: {e}");
+            }
         }
-        let due = next_attempt(flight.env.arrival, attempts, &self.cfg.retry_schedule).max(now + 1);
+        let due = if flight.held && !flight.tried {
+            now + HELD_RECHECK
+        } else {
+            next_attempt(flight.env.arrival, attempts, &self.cfg.retry_schedule).max(now + 1)
+        };
         self.queue.schedule(id, due);
     }
 
