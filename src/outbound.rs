@@ -94,6 +94,16 @@ impl Outbound {
         Some(job)
     }
 
+    /// A job for the same destination, for a connection that just finished
+    /// one (it keeps its slot: nothing is counted).
+    pub fn take_for(&mut self, domain: &str) -> Option<Job> {
+        if self.stopping {
+            return None;
+        }
+        let pos = self.pending.iter().position(|j| j.domain == domain)?;
+        self.pending.remove(pos)
+    }
+
     pub fn finished(&mut self, domain: &str) {
         self.active = self.active.saturating_sub(1);
         if let Some(n) = self.per_destination.get_mut(domain) {

@@ -381,6 +381,19 @@ impl Daemon {
 
     /// Moves bytes between socket, client session and spool file.
     fn pump(&mut self, key: u64, now: Instant) {
+        let mut reports = Vec::new();
+        self.pump_connection(key, now, &mut reports);
+        for (job, decided) in reports {
+            self.report(job, decided, "");
+        }
+    }
+
+    fn pump_connection(
+        &mut self,
+        key: u64,
+        now: Instant,
+        reports: &mut Vec<(Job, HashMap<usize, Outcome>)>,
+    ) {
         for _ in 0..64 {
             let Some(d) = self.deliveries.get_mut(&key) else {
                 return;
@@ -404,19 +417,7 @@ impl Daemon {
                 match ev {
                     ClientEvent::Ready => {
                         if d.body.is_none() && !d.body_done {
-                            let txn = Transaction {
-                                sender: d.job.sender.clone(),
-                                recipients: d
-                                    .job
-                                    .recipients
-                                    .iter()
-                                    .map(|(_, a)| a.clone())
-                                    .collect(),
-                                size: d.job.size,
-                                eight_bit: d.job.eight_bit,
-                                smtputf8: false,
-                            };
-                            client.start_transaction(txn, now);
+                            client.start_transaction(transaction(&d.job), now);
                         } else {
                             client.quit();
                         }
@@ -435,7 +436,20 @@ impl Daemon {
                         }
                         d.body = None;
                         d.body_done = true;
-                        client.quit();
+                        // Connection reuse: the next job for the same
+                        // destination goes over this session (it inherits the slot).
+                        match self.outbound.take_for(&d.job.domain) {
+                            Some(next) => {
+                                let done = std::mem::replace(&mut d.job, next);
+                                let decided = std::mem::take(&mut d.decided);
+                                reports.push((done, decided));
+                                d.body_done = false;
+                                d.chunk.clear();
+                                d.chunk_pos = 0;
+                                client.start_transaction(transaction(&d.job), now);
+                            }
+                            None => client.quit(),
+                        }
                     }
                     ClientEvent::SessionFailed(o) => {
                         let relay = relay_name(&d.hops, d.hop, addr);
@@ -652,22 +666,29 @@ impl Daemon {
                 self.lookups.remove(l);
             }
         }
-        let last = if d.last_error.is_empty() {
+        self.outbound.finished(&d.job.domain);
+        let decided = std::mem::take(&mut d.decided);
+        self.report(d.job, decided, &d.last_error);
+    }
+
+    /// Hands a job's outcomes to the runner; recipients without one are
+    /// deferred with the last error seen.
+    fn report(&mut self, job: Job, mut decided: HashMap<usize, Outcome>, last_error: &str) {
+        let last = if last_error.is_empty() {
             "451 4.4.1 no destination could be reached".to_string()
         } else {
-            d.last_error.clone()
+            last_error.to_string()
         };
-        let mut outcomes = Vec::with_capacity(d.job.recipients.len());
-        for (j, (index, _)) in d.job.recipients.iter().enumerate() {
-            let o = d.decided.remove(&j).unwrap_or_else(|| Outcome {
+        let mut outcomes = Vec::with_capacity(job.recipients.len());
+        for (j, (index, _)) in job.recipients.iter().enumerate() {
+            let o = decided.remove(&j).unwrap_or_else(|| Outcome {
                 status: RcptStatus::Deferred,
                 reply: last.clone(),
                 relay: "none".into(),
             });
             outcomes.push((*index, o));
         }
-        self.outbound.finished(&d.job.domain);
-        self.job_done(d.job.id, outcomes);
+        self.job_done(job.id, outcomes);
     }
 
     // --- DNS ---------------------------------------------------------------------
@@ -850,6 +871,16 @@ impl Delivery {
 /// Every recipient has an outcome already.
 fn d_finished(d: Option<&Delivery>) -> bool {
     d.is_some_and(|d| d.decided.len() == d.job.recipients.len())
+}
+
+fn transaction(job: &Job) -> Transaction {
+    Transaction {
+        sender: job.sender.clone(),
+        recipients: job.recipients.iter().map(|(_, a)| a.clone()).collect(),
+        size: job.size,
+        eight_bit: job.eight_bit,
+        smtputf8: false,
+    }
 }
 
 fn relay_name(hops: &[Hop], hop: usize, addr: SocketAddr) -> String {
