@@ -10,7 +10,6 @@
 //! a server that took the transaction are final for this attempt.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
@@ -68,7 +67,7 @@ pub struct Delivery {
     hop: usize,
     addr: usize,
     phase: Phase,
-    body: Option<File>,
+    body: Option<crate::spool::Content>,
     /// After opportunistic TLS failed with this address: plaintext once.
     plaintext_fallback: Option<SocketAddr>,
     /// Body bytes read from the spool but not yet taken by the client.

@@ -5,7 +5,6 @@
 //! way the queue needs them: a busy mbox lock or an I/O error is temporary
 //! (retried later), nothing local is permanent except an unusable name.
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::PathBuf;
 
@@ -38,7 +37,7 @@ impl LocalDelivery {
         user: &str,
         sender: &str,
         original_rcpt: &str,
-        content: File,
+        content: crate::spool::Content,
         now_unix: u64,
         seq: u64,
     ) -> Result<String, LocalError> {

@@ -13,17 +13,26 @@
 //! | `msg/ID` + `state/ID`          | committed, some attempts recorded       | queued with its state |
 //! | `state/ID` without `msg/ID`    | finished; removal interrupted           | `state/ID` deleted |
 //! | `state/ID.new`                 | state update interrupted                | deleted (`state/ID` is still valid) |
-//! | `msg/ID` that does not parse   | damaged (should never happen)           | moved to `corrupt/`, logged |
+//! | `msg/ID` that does not parse, or whose trailer is missing | not durable when the machine crashed (never acknowledged), or damaged | moved to `corrupt/`, logged |
 //! | `drop/*`                       | sendmail drops (see `cli::sendmail`)    | imported by the daemon |
 //!
 //! ## The commit point
 //!
 //! `tmp/ID` is created `O_EXCL`, the envelope is written when DATA starts,
 //! the content streams in as it arrives. At the end of the loop turn every
-//! finished file is `fdatasync`ed, renamed to `msg/ID` (the commit point)
-//! and `msg/` is `fsync`ed once for the whole batch (group commit). Only then
-//! does the server answer 250. With `spool_sync = no` both syncs are
-//! skipped: a crash or power loss may then lose acknowledged mail.
+//! finished file gets a fixed-size trailer (`TRAILER_LEN` octets: a magic
+//! and the content length) and is renamed to `msg/ID`; then one `syncfs(2)`
+//! makes the whole batch durable, data and directory entries together
+//! (group commit: one sync per loop turn, however many messages ended in
+//! it). Only then does the server answer 250.
+//!
+//! Why the trailer: the renames and the data reach the disk in one sync, so
+//! a crash *before* the sync returns may leave a renamed file whose data is
+//! incomplete. Such a message was never acknowledged; recovery recognises it
+//! because its trailer is missing or does not match the file size, and moves
+//! it to `corrupt/` instead of delivering a truncated message. With
+//! `spool_sync = no` the sync is skipped: a crash or power loss may then
+//! lose acknowledged mail.
 //!
 //! State updates are write-new + fsync + rename. Finished messages are
 //! unlinked (`msg/` first, then `state/`) without a sync: a crash can at
@@ -38,6 +47,17 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 pub use envelope::{QueueId, RcptState, RcptStatus, StoredEnvelope};
+
+/// `\n#tern-end ` + 16 hex digits of the content length + `\n`.
+pub const TRAILER_LEN: u64 = 28;
+const TRAILER_MAGIC: &[u8] = b"\n#tern-end ";
+
+fn trailer(content_len: u64) -> Vec<u8> {
+    format!("\n#tern-end {content_len:016x}\n").into_bytes()
+}
+
+/// The stored content of a message: the file limited to the content.
+pub type Content = io::Take<File>;
 
 use crate::smtp::reply::{self, Reply};
 
@@ -145,15 +165,14 @@ impl Spool {
         let _ = fs::remove_file(&inc.path);
     }
 
-    /// Group commit: makes every file durable and moves it to `msg/`. One
-    /// result per input, in order; the directory is synced once.
+    /// Group commit: seals every file with its trailer, moves it to `msg/`,
+    /// and makes the batch durable with one `syncfs`. One result per input,
+    /// in order.
     pub fn commit(&mut self, batch: Vec<Incoming>) -> Vec<io::Result<QueueId>> {
         let mut results: Vec<io::Result<QueueId>> = Vec::with_capacity(batch.len());
-        for inc in batch {
+        for mut inc in batch {
             let r = (|| {
-                if self.sync {
-                    inc.file.sync_data()?;
-                }
+                inc.file.write_all(&trailer(inc.size))?;
                 fs::rename(&inc.path, self.path("msg", inc.id))?;
                 Ok(inc.id)
             })();
@@ -163,8 +182,8 @@ impl Spool {
             results.push(r);
         }
         if self.sync && results.iter().any(|r| r.is_ok()) {
-            if let Err(e) = sync_dir(&self.root.join("msg")) {
-                // Without the directory sync nothing in this batch is durable.
+            if let Err(e) = syncfs(&self.root.join("msg")) {
+                // Without the sync nothing in this batch is durable.
                 let kind = e.kind();
                 for r in results.iter_mut() {
                     if let Ok(id) = r {
@@ -192,13 +211,14 @@ impl Spool {
         Ok((env, states, attempts))
     }
 
-    /// Opens the content for reading, positioned after the envelope.
-    pub fn open_content(&self, id: QueueId) -> io::Result<(File, u64)> {
+    /// Opens the content for reading (after the envelope, before the
+    /// trailer) and checks the trailer.
+    pub fn open_content(&self, id: QueueId) -> io::Result<(Content, u64)> {
         let mut f = File::open(self.path("msg", id))?;
         let env = read_envelope(&mut f)?;
-        let len = f.metadata()?.len();
+        let len = check_trailer(&mut f, env.body_offset)?;
         f.seek(SeekFrom::Start(env.body_offset))?;
-        Ok((f, len.saturating_sub(env.body_offset)))
+        Ok((f.take(len), len))
     }
 
     /// Replaces the state file (write new, fsync, rename).
@@ -250,7 +270,7 @@ impl Spool {
                 log::warn!("recovery: ignoring stray file {}", entry.path().display());
                 continue;
             };
-            match self.load(id) {
+            match self.load(id).and_then(|_| self.open_content(id)) {
                 Ok(_) => ids.push(id),
                 Err(e) => {
                     log::error!("{id}: damaged queue file ({e}); moved to corrupt/");
@@ -314,8 +334,52 @@ fn read_envelope(f: &mut File) -> io::Result<StoredEnvelope> {
     }
 }
 
+/// The content length from a valid trailer, or an error if the file is
+/// incomplete (see the module doc).
+fn check_trailer(f: &mut File, body_offset: u64) -> io::Result<u64> {
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "incomplete queue file (no valid trailer)",
+        )
+    };
+    let file_len = f.metadata()?.len();
+    if file_len < body_offset + TRAILER_LEN {
+        return Err(bad());
+    }
+    let mut t = [0u8; TRAILER_LEN as usize];
+    f.seek(SeekFrom::Start(file_len - TRAILER_LEN))?;
+    f.read_exact(&mut t)?;
+    let (magic, rest) = t.split_at(TRAILER_MAGIC.len());
+    let hex = rest
+        .get(..16)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or_else(bad)?;
+    let len = u64::from_str_radix(hex, 16).map_err(|_| bad())?;
+    if magic != TRAILER_MAGIC
+        || t[t.len() - 1] != b'\n'
+        || body_offset + len + TRAILER_LEN != file_len
+    {
+        return Err(bad());
+    }
+    Ok(len)
+}
+
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// One sync for everything on the spool's file system (data and directory
+/// entries of the whole batch).
+fn syncfs(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = File::open(path)?;
+    // SAFETY: syncfs(2) on a descriptor we own.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]
@@ -367,6 +431,7 @@ mod tests {
         assert_eq!(attempts, 0);
         assert!(states.iter().all(|s| s.status == RcptStatus::Pending));
         let (mut f, len) = spool.open_content(ida).unwrap();
+        // The trailer is not content.
         let mut content = Vec::new();
         f.read_to_end(&mut content).unwrap();
         assert_eq!(content, b"Subject: x\r\n\r\n\xe9t\xe9\r\n");
@@ -411,6 +476,17 @@ mod tests {
         assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(dir.join("state")).unwrap().count(), 0);
         assert!(dir.join("corrupt").join("00000000000000FF").exists());
+        // A committed-looking file whose data did not make it (crash before
+        // the sync): no valid trailer, so it is set aside, not delivered.
+        let mut inc = spool.create(&env()).unwrap();
+        inc.write(b"complete content\r\n").unwrap();
+        let id = inc.id;
+        spool.commit(vec![inc]).pop().unwrap().unwrap();
+        let path = dir.join("msg").join(id.to_string());
+        let full = fs::read(&path).unwrap();
+        fs::write(&path, &full[..full.len() - 10]).unwrap();
+        assert!(spool.recover().unwrap().is_empty());
+        assert!(dir.join("corrupt").join(id.to_string()).exists());
         // Idempotent.
         assert!(spool.recover().unwrap().is_empty());
         let _ = fs::remove_dir_all(&dir);
