@@ -135,3 +135,28 @@ def _check_dropped(t, nobody):
     assert b"as nobody" in got[0]
     owner = (t.mail / "dropped" / "new").stat().st_uid
     assert owner == nobody.pw_uid
+
+
+def test_make_install_destdir(tmp_path):
+    repo = Path(__file__).resolve().parents[2]
+    dest = tmp_path / "root"
+    r = subprocess.run(["make", "-C", str(repo), "install", f"DESTDIR={dest}", "PREFIX=/usr"],
+                       capture_output=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr).decode()[-2000:]
+    sbin = dest / "usr" / "sbin"
+    assert os.access(sbin / "tern", os.X_OK)
+    for name in ("sendmail", "mailq", "newaliases"):
+        assert os.readlink(sbin / name) == "tern"
+    assert (dest / "etc" / "tern.conf").read_text() == (repo / "etc" / "tern.conf").read_text()
+    assert os.access(dest / "etc" / "init.d" / "tern", os.X_OK)
+    assert (dest / "lib" / "systemd" / "system" / "tern.service").exists()
+    # An existing config is kept.
+    (dest / "etc" / "tern.conf").write_text("hostname = mine.test\n")
+    r = subprocess.run(["make", "-C", str(repo), "install", f"DESTDIR={dest}", "PREFIX=/usr"],
+                       capture_output=True, timeout=600)
+    assert r.returncode == 0
+    assert (dest / "etc" / "tern.conf").read_text() == "hostname = mine.test\n"
+    # The installed sendmail symlink works as sendmail.
+    env = dict(os.environ, TERN_CONFIG=str(dest / "etc" / "tern.conf"))
+    out = subprocess.run([str(sbin / "sendmail"), "-bx"], capture_output=True, timeout=10, env=env)
+    assert out.returncode == 64 and b"unknown option" in out.stderr
