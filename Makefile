@@ -10,7 +10,7 @@ DEV_CONF := etc/tern.dev.conf
 TEST_PKGS := swaks postfix dnsmasq-base
 PY_PKGS := pytest
 
-.PHONY: all build release run test test-deps unit e2e check fmt clippy size bench install clean
+.PHONY: all build release run test test-deps unit e2e check fmt clippy size bench install clean cross cross-test
 
 all: build
 
@@ -72,6 +72,31 @@ install: release
 	  else install -D -m 0644 etc/tern.conf $(DESTDIR)/etc/tern.conf; fi
 	install -D -m 0755 etc/init.d/tern $(DESTDIR)/etc/init.d/tern
 	install -D -m 0644 etc/systemd/tern.service $(DESTDIR)/lib/systemd/system/tern.service
+
+# Static musl builds for routers. Needs the target's Rust standard library
+# (`rustup target add $(TARGET)`) and, for ring's C code, a cross C compiler
+# (Debian: gcc-aarch64-linux-gnu, gcc-arm-linux-gnueabihf). MIPS is tier 3
+# in Rust: build it with the OpenWrt SDK's toolchain instead.
+CROSS_CC_aarch64-unknown-linux-musl := aarch64-linux-gnu-gcc
+CROSS_CC_armv7-unknown-linux-musleabihf := arm-linux-gnueabihf-gcc
+CROSS_CC_x86_64-unknown-linux-musl := gcc
+CROSS_QEMU_aarch64-unknown-linux-musl := qemu-aarch64-static
+CROSS_QEMU_armv7-unknown-linux-musleabihf := qemu-arm-static
+CROSS_QEMU_x86_64-unknown-linux-musl :=
+
+cross:
+	@test -n "$(TARGET)" || { echo "usage: make cross TARGET=aarch64-unknown-linux-musl"; exit 2; }
+	@rustup target list --installed 2>/dev/null | grep -qx "$(TARGET)" || \
+	  { echo "the Rust standard library for $(TARGET) is not installed: run 'rustup target add $(TARGET)'"; exit 1; }
+	@command -v $(CROSS_CC_$(TARGET)) >/dev/null || { echo "missing C cross compiler $(CROSS_CC_$(TARGET))"; exit 1; }
+	CC_$(subst -,_,$(TARGET))=$(CROSS_CC_$(TARGET)) \
+	CARGO_TARGET_$(shell echo $(TARGET) | tr a-z- A-Z_)_LINKER=$(CROSS_CC_$(TARGET)) \
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(TARGET)
+	@ls -l target/$(TARGET)/release/tern | awk '{print "static binary: " $$5 " bytes"}'
+
+# A loopback smoke test of the cross binary under qemu-user.
+cross-test: cross
+	$(PYTHON) tests/cross_smoke.py $(CROSS_QEMU_$(TARGET)) target/$(TARGET)/release/tern
 
 clean:
 	$(CARGO) clean
