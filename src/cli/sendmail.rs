@@ -8,12 +8,13 @@
 //! `-t` and the fix-ups); the body streams through.
 //!
 //! Flags (sendmail(8) compatible): `-t -i -oi -f ADDR -r ADDR -F NAME -bm
-//! -bp -q -v -B TYPE`, `-oX...` accepted and ignored. Not supported yet:
-//! `-bs` (SMTP on stdin), exits EX_UNAVAILABLE.
+//! -bp -q -v -B TYPE`, `-oX...` accepted and ignored. `-bs` runs the same
+//! SMTP server session as the daemon on stdin/stdout, with drop files as
+//! its spool (local injection: relaying allowed, like the other modes).
 
 use std::io::{self, BufRead, BufReader, Read};
 
-use super::{EX_CANTCREAT, EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE};
+use super::{EX_CANTCREAT, EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_USAGE};
 use crate::bounce::rfc5322_date;
 use crate::config::Config;
 use crate::daemon::unix_now;
@@ -107,10 +108,7 @@ pub fn main(cfg: Config, args: Vec<String>) -> i32 {
     match flags.mode {
         Mode::ListQueue => return super::queue::mailq(cfg),
         Mode::RunQueue => return super::queue::main(cfg, &["flush".to_string()]),
-        Mode::SmtpOnStdin => {
-            eprintln!("sendmail: -bs is not supported yet");
-            return EX_UNAVAILABLE;
-        }
+        Mode::SmtpOnStdin => return smtp_on_stdin(&cfg),
         Mode::Deliver => {}
     }
     let stdin = io::stdin();
@@ -128,6 +126,119 @@ pub fn main(cfg: Config, args: Vec<String>) -> i32 {
             code
         }
     }
+}
+
+/// The server session's questions for a local `-bs` client: any
+/// well-formed recipient is taken (the daemon applies its policy on import).
+struct LocalInjection;
+
+impl crate::smtp::server::Policy for LocalInjection {
+    fn check_recipient(
+        &self,
+        _rcpt: &Address,
+        _relay_allowed: bool,
+    ) -> Result<(), crate::smtp::reply::Reply> {
+        Ok(())
+    }
+    fn authenticate(
+        &self,
+        _peer: std::net::IpAddr,
+        _user: &str,
+        _password: &str,
+    ) -> crate::smtp::server::AuthVerdict {
+        crate::smtp::server::AuthVerdict::Bad
+    }
+}
+
+/// `sendmail -bs`: an SMTP dialog on stdin/stdout (blocking is fine here:
+/// this is a short-lived client process, not the daemon's loop).
+fn smtp_on_stdin(cfg: &Config) -> i32 {
+    use crate::smtp::server::{Event, ListenerKind, ServerSession};
+    use std::io::Write;
+    use std::time::Instant;
+
+    let session_cfg = crate::daemon::session_config(cfg, false, false);
+    let peer = std::net::IpAddr::from([127, 0, 0, 1]);
+    let mut s = ServerSession::new(session_cfg, ListenerKind::Relay, peer, true, Instant::now());
+    let mut stdin = io::stdin().lock();
+    let mut stdout = io::stdout().lock();
+    let mut drop: Option<DropWriter> = None;
+    let mut input: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut eof = false;
+    let mut queued = 0;
+    loop {
+        let used = s.handle_input(&input, Instant::now(), &LocalInjection);
+        input.drain(..used);
+        if let Some(d) = drop.as_mut() {
+            if !s.body().is_empty() && d.write(s.body()).is_err() {
+                s.spool_failed(crate::smtp::reply::LOCAL_ERROR);
+            }
+        }
+        s.clear_body();
+        while let Some(ev) = s.poll_event() {
+            match ev {
+                Event::DataStart => {
+                    let env = s.envelope().cloned().unwrap_or_default();
+                    let sender = env.sender.map(|a| a.to_string()).unwrap_or_default();
+                    let rcpts: Vec<String> = env.recipients.iter().map(|a| a.to_string()).collect();
+                    match DropWriter::create(&cfg.spool_dir, &sender, &rcpts) {
+                        Ok(d) => {
+                            drop = Some(d);
+                            let now = unix_now();
+                            s.data_started("(local)", &rfc5322_date(now as i64, 0));
+                        }
+                        Err(_) => s.data_refused(crate::smtp::reply::LOCAL_ERROR),
+                    }
+                }
+                Event::Commit => {
+                    let r = match drop.take().map(|d| d.commit(cfg.spool_sync)) {
+                        Some(Ok(path)) => {
+                            queued += 1;
+                            Ok(path
+                                .file_name()
+                                .map(|n| n.to_string_lossy().into_owned())
+                                .unwrap_or_default())
+                        }
+                        _ => Err(crate::smtp::reply::LOCAL_ERROR),
+                    };
+                    match r {
+                        Ok(name) => s.committed(Ok(&name)),
+                        Err(e) => s.committed(Err(e)),
+                    }
+                }
+                Event::Abort => drop = None,
+                Event::StartTls => {}
+            }
+        }
+        if !s.output().is_empty() {
+            if stdout
+                .write_all(s.output())
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
+                return EX_TEMPFAIL;
+            }
+            let n = s.output().len();
+            s.consume_output(n);
+        }
+        if s.is_closing() || (eof && used == 0) {
+            break;
+        }
+        if used == 0 || input.is_empty() {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    eof = true;
+                    s.connection_lost();
+                }
+                Ok(n) => input.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+    if queued > 0 {
+        super::queue::signal_daemon(cfg, libc::SIGUSR2);
+    }
+    EX_OK
 }
 
 /// Reads the message and writes the drop file; returns its name.

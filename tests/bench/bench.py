@@ -28,6 +28,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -128,15 +129,17 @@ class Procs:
         self.kill_descendants("exit")
 
     def kill_descendants(self, why):
-        left = [pid for pid in descendants(os.getpid()) if pid not in self.live and running(pid)]
-        if left:
+        # a few rounds: a daemon caught mid-fork may add a child after a scan
+        for _ in range(5):
+            left = [pid for pid in descendants(os.getpid()) if pid not in self.live and running(pid)]
+            if not left:
+                break
             log(f"{why}: SIGKILL leftover pids {left}")
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if left:
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             time.sleep(0.2)
         self.reap_orphans()
 
@@ -562,6 +565,7 @@ def throughput(bench, mta, conc, size, hold, io_pid=None):
         io1 = write_bytes(io_pid)
         if io0 is not None and io1 is not None:
             res["write_bytes"] = io1 - io0
+            res["write_bytes_per_msg"] = (io1 - io0) / max(1, res.get("done", a.messages))
     return res
 
 
@@ -717,11 +721,16 @@ class Bench:
         self.results = {}
         self.errors = {}
 
-    def measure(self, key, fn):
+    def measure(self, key, fn, into=None):
+        """Run one measurement; a failure is recorded, not fatal. With into,
+        the result is appended to results[into]["runs"]."""
         t0 = time.monotonic()
         try:
-            self.results[key] = fn()
-            r = self.results[key]
+            r = fn()
+            if into:
+                self.results.setdefault(into, {"runs": []})["runs"].append(r)
+            else:
+                self.results[key] = r
             short = r.get("rate") or r.get("per_msg") or r.get("pss_kib_per_session") or ""
             log(f"{key}: {short if not isinstance(short, float) else round(short, 2)} ({time.monotonic() - t0:.1f}s)")
             if isinstance(r, dict) and r.get("error"):
@@ -733,39 +742,59 @@ class Bench:
 
     def run(self):
         a = self.args
+        self.results["binary_bytes"] = self.tern.stat().st_size
+        self.results["reference_skipped"] = "not reached"
         self.sink = Sink(self)
         log(f"smtp-sink on 127.0.0.1:{self.sink.port}; work dir {self.work}")
+        why = "--no-reference given" if a.no_reference else Postfix.unavailable(self)
+        if why:
+            log(f"Postfix reference skipped: {why}")
 
-        def tern_tp(name, conc, size, hold=False):
+        def tp(kind, name, conc, size, hold=False):
             def fn():
-                with Tern(self, name, hold) as t:
-                    return throughput(self, t, conc, size, hold, io_pid=t.pid)
+                if kind is Tern:
+                    with Tern(self, name, hold) as t:
+                        return throughput(self, t, conc, size, hold, io_pid=t.pid)
+                with Postfix(self, name, hold) as pf:
+                    return throughput(self, pf, conc, size, hold)
             return fn
 
-        self.measure("relay_2k_c1", tern_tp("tern-relay-2k-c1", 1, SMALL))
-        self.measure("relay_2k_c20", tern_tp("tern-relay-2k-c20", 20, SMALL))
-        self.measure("relay_100k_c20", tern_tp("tern-relay-100k-c20", 20, LARGE))
-        self.measure("accept_2k_c20", tern_tp("tern-accept-2k-c20", 20, SMALL, hold=True))
+        plan = [("relay_2k_c1", Tern, 1, SMALL, False),
+                ("relay_2k_c20", Tern, 20, SMALL, False),
+                ("relay_100k_c20", Tern, 20, LARGE, False),
+                ("accept_2k_c20", Tern, 20, SMALL, True)]
+        if why is None:
+            plan += [("postfix_relay_2k_c20", Postfix, 20, SMALL, False),
+                     ("postfix_accept_2k_c20", Postfix, 20, SMALL, True)]
+        # repetitions interleave the workloads (and the MTAs) to spread drift
+        for rep in range(a.reps):
+            for key, kind, conc, size, hold in plan:
+                name = f"{key.replace('_', '-')}-r{rep + 1}"
+                self.measure(f"{key}#{rep + 1}", tp(kind, name, conc, size, hold), into=key)
+        for key, *_ in plan:
+            self.summarize(key)
         if self.strace:
             self.measure("fsync_c1", lambda: fsync_audit(self, 1))
             self.measure("fsync_c20", lambda: fsync_audit(self, 20))
         self.measure("idle", lambda: idle_memory(self))
-        self.results["binary_bytes"] = self.tern.stat().st_size
-
-        why = "--no-reference given" if a.no_reference else Postfix.unavailable(self)
         self.results["reference_skipped"] = why
         if why is None:
-            def pf_tp(name, conc, size, hold=False):
-                def fn():
-                    with Postfix(self, name, hold) as pf:
-                        return throughput(self, pf, conc, size, hold)
-                return fn
-            self.measure("postfix_relay_2k_c20", pf_tp("postfix-relay-2k-c20", 20, SMALL))
-            self.measure("postfix_accept_2k_c20", pf_tp("postfix-accept-2k-c20", 20, SMALL, hold=True))
             self.results["postfix_version"] = subprocess.run(
                 [tool("postconf"), "-d", "-h", "mail_version"], capture_output=True, text=True).stdout.strip()
-        else:
-            log(f"Postfix reference skipped: {why}")
+
+    def summarize(self, key):
+        """Median over the repetitions of a throughput workload."""
+        runs = self.results.get(key, {}).get("runs", [])
+        if not runs:
+            return
+        rates = sorted(r["rate"] for r in runs)
+        wb = [r["write_bytes_per_msg"] for r in runs if "write_bytes_per_msg" in r]
+        self.results[key].update(
+            rate=statistics.median(rates), min=rates[0], max=rates[-1], reps=len(runs),
+            capped=any(r.get("capped") for r in runs),
+            delivered_while_held=max(r.get("delivered_while_held", 0) for r in runs))
+        if wb:
+            self.results[key]["write_bytes_per_msg"] = statistics.median(wb)
 
 
 # ---------------------------------------------------------------------------
@@ -792,17 +821,21 @@ def report(bench, env):
     def src(conc, size, n):
         return " ".join(source_cmd("smtp-source", "PORT", conc, n, size))
 
+    for key in [k for k, v in R.items() if isinstance(v, dict) and "runs" in v and "rate" not in v]:
+        bench.summarize(key)  # interrupted before the summary
+
     def rate_cell(key):
-        if key in E:
-            return "error (see below)"
         r = R.get(key)
-        if not r:
-            return "not run"
-        return n0(r["rate"]) + ("†" if r.get("capped") else "")
+        if not r or "rate" not in r:
+            return "error (see below)" if any(k.startswith(key + "#") for k in E) else "not run"
+        cell = n0(r["rate"]) + ("†" if r.get("capped") else "")
+        if r["reps"] > 1:
+            cell += f" ({n0(r['min'])}–{n0(r['max'])})"
+        return cell
 
     def ratio(k1, k2):
-        r1, r2 = R.get(k1), R.get(k2)
-        if not r1 or not r2 or k1 in E or k2 in E:
+        r1, r2 = R.get(k1) or {}, R.get(k2) or {}
+        if "rate" not in r1 or "rate" not in r2:
             return "–"
         return f"{r1['rate'] / r2['rate']:.2f}"
 
@@ -857,18 +890,19 @@ def report(bench, env):
 
     acc = R.get("accept_2k_c20")
     fs = env["work_fs"]
-    wb_cell = "error (see below)" if "accept_2k_c20" in E else "not run"
-    if acc and "write_bytes" in acc:
-        wb = acc["write_bytes"]
-        wb_cell = f"{n0(wb / a.messages)} B" if wb else f"not accounted (0 bytes; spool fs {fs})"
+    wb_cell = "error (see below)" if any(k.startswith("accept_2k_c20#") for k in E) else "not run"
+    if acc and "write_bytes_per_msg" in acc:
+        wb = acc["write_bytes_per_msg"]
+        wb_cell = f"{n0(wb)} B" if wb else f"not accounted (0 bytes; spool fs {fs})"
     elif acc:
         wb_cell = "not measured: /proc/PID/io unreadable"
     rows.append((f"bytes written to storage per accepted 2 KB message", wb_cell, "–", "–", "E"))
     rel = R.get("relay_2k_c20")
-    if rel and rel.get("write_bytes"):
+    if rel and rel.get("write_bytes_per_msg"):
         rows.append(("bytes written to storage per relayed 2 KB message (c=20)",
-                     f"{n0(rel['write_bytes'] / a.messages)} B", "–", "–", "E"))
-    cmds["E"] = (f"`write_bytes` delta of /proc/TERN_PID/io over the timed run (B; relay: over A at c=20) / N; "
+                     f"{n0(rel['write_bytes_per_msg'])} B", "–", "–", "E"))
+    cmds["E"] = (f"`write_bytes` delta of /proc/TERN_PID/io over the timed run of B (relay: of A at c=20) / N, "
+                 f"median over the repetitions; "
                  f"spool in {env['work_dir']} ({fs}); counts page-cache pages dirtied by tern, "
                  f"not the filesystem journal")
 
@@ -880,8 +914,11 @@ def report(bench, env):
     L.append(f"- date: {env['date']}")
     L.append(f"- command: `{env['command']}`")
     L.append(f"- tern: {env['tern_version']} ({bench.tern})")
+    if env.get("interrupted"):
+        L.append(f"- **interrupted by {env['interrupted']}: partial results**")
     L.append(f"- host: {env['host']}; load average at start {env['loadavg_start']}, at end {env.get('loadavg_end', '?')}")
-    L.append(f"- N = {a.messages} messages per throughput run after {a.warmup} warm-up, "
+    L.append(f"- throughput: median of {a.reps} run(s) (min–max in brackets), each on a fresh tern/Postfix "
+             f"with an empty spool: N = {a.messages} messages after {a.warmup} warm-up, "
              f"1 recipient, bodies {SMALL} B / {LARGE} B; loopback only, `dns_servers = 127.0.0.1:1`")
     ref = R.get("reference_skipped")
     if ref is None:
@@ -916,6 +953,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=100, help="warm-up messages before each timed run (default 100)")
     ap.add_argument("--idle", type=int, default=1000, help="idle sessions for the memory figure (default 1000)")
     ap.add_argument("--fsync-messages", type=int, default=200, help="messages relayed under strace (default 200)")
+    ap.add_argument("--reps", type=int, default=3,
+                    help="repetitions of each throughput run; the table shows the median (default 3)")
     ap.add_argument("--settle", type=float, default=1.0, help="seconds to wait before a memory sample (default 1)")
     ap.add_argument("--run-cap", type=float, default=60.0,
                     help="seconds a timed run may take; a capped run reports its rate so far, marked † (default 60)")
@@ -931,7 +970,7 @@ def main():
     args = ap.parse_args()
     if args.quick:
         args.messages, args.idle, args.warmup, args.run_cap = 300, 200, 30, min(args.run_cap, 20.0)
-    if min(args.messages, args.idle, args.fsync_messages) < 1 or args.warmup < 0:
+    if min(args.messages, args.idle, args.fsync_messages, args.reps) < 1 or args.warmup < 0:
         ap.error("counts must be positive")
 
     bench = Bench(args)
@@ -953,10 +992,12 @@ def main():
         _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
     def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    # Explicit, also for SIGINT: a shell starting us in the background may
+    # have left SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
 
     parent = Path(args.workdir)
     parent.mkdir(parents=True, exist_ok=True)
@@ -978,18 +1019,19 @@ def main():
     try:
         bench.run()
         ok = True
-    except KeyboardInterrupt:
-        log("interrupted")
-    except BenchError as e:
+    except KeyboardInterrupt as e:
+        env["interrupted"] = str(e) or "SIGINT"
+        log(f"interrupted ({env['interrupted']}): stopping everything")
+    except BenchError as e:  # only the sink can fail outside measure()
+        env["interrupted"] = f"error: {e}"
         log(f"aborted: {e}")
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         bench.procs.stop_all()
-        if not args.keep and bench.work is not None:
+        if not args.keep:
             shutil.rmtree(bench.work, ignore_errors=True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if not ok:
+    if not ok and not (bench.sink and bench.results):
         return 130
     env["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
     env["runtime_s"] = round(time.monotonic() - t0, 1)
@@ -1000,7 +1042,7 @@ def main():
         with open(args.json, "w") as f:
             json.dump({"env": env, "args": vars(args), "results": bench.results, "errors": bench.errors},
                       f, indent=1, default=str)
-    return 1 if bench.errors else 0
+    return 130 if not ok else 1 if bench.errors else 0
 
 
 if __name__ == "__main__":

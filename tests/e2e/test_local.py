@@ -151,3 +151,14 @@ def test_mbox_delivery_exact_bytes(tern_factory):
     assert b"Return-Path: <s@x.test>\nDelivered-To: mb@localhost\nReceived: from " in first
     assert second.rstrip(b"\n").endswith(b"Subject: two\n\nsecond")
     assert data.endswith(b"second\n\n")
+
+
+def test_sendmail_bs_smtp_on_stdin(tern):
+    dialog = (b"EHLO script\r\nMAIL FROM:<bs@mx.test>\r\nRCPT TO:<bsuser@localhost>\r\nDATA\r\n"
+              b"Subject: via -bs\r\n\r\n..dot-stuffed line\r\n.\r\nQUIT\r\n")
+    r = sendmail(tern, ["-bs"], dialog)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert out.startswith("220 ") and "354 " in out and "250 2.0.0 Ok: queued as" in out and "221 " in out, out
+    m = wait_for(lambda: tern.maildir("bsuser"), what="-bs delivery")[0]
+    assert b"Subject: via -bs\r\n\r\n.dot-stuffed line\r\n" in m
