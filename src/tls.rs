@@ -125,11 +125,22 @@ pub fn server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<ServerConfig
     Ok(Arc::new(cfg))
 }
 
+/// Where the system CA bundle lives on Debian/OpenWrt (ca-certificates,
+/// ca-bundle), Fedora and Alpine/BSD-style systems, in that order.
+pub const SYSTEM_CA_BUNDLES: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
 /// Verifying client configuration: trust anchors from `ca_file` (PEM) if
-/// given, else the compiled-in Mozilla roots (webpki-roots).
+/// given, else the system bundle (SPEC: `tls_ca_file` defaults to it), else
+/// — only when built with the `bundled-roots` feature — the compiled-in
+/// Mozilla roots (webpki-roots; ~200 KB of flash, so off by default).
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
-    match ca_file {
+    let system = SYSTEM_CA_BUNDLES.iter().map(Path::new).find(|p| p.exists());
+    match ca_file.or(system) {
         Some(path) => {
             let text = read_pem_file(path)?;
             let mut certs = Vec::new();
@@ -146,7 +157,15 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
                 )));
             }
         }
+        #[cfg(feature = "bundled-roots")]
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        #[cfg(not(feature = "bundled-roots"))]
+        None => {
+            return Err(TlsError(format!(
+                "no CA bundle found ({}): set tls_ca_file, or build with --features bundled-roots",
+                SYSTEM_CA_BUNDLES.join(", ")
+            )))
+        }
     }
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)

@@ -285,6 +285,12 @@ impl Daemon {
                     log::debug!("{}: connected to {addr}", d.job.id);
                     let policy = client_cfg.tls;
                     let transport = if implicit {
+                        let Some(tls_cfg) = tls_cfg else {
+                            d.last_error = "451 4.7.5 no trusted CA certificates to verify the smarthost (set tls_ca_file)".into();
+                            self.drop_socket(sock);
+                            self.advance(key, now);
+                            return;
+                        };
                         match TlsStream::client(tls_cfg, &name) {
                             Ok(t) => Transport::with_tls(t),
                             Err(e) => {
@@ -353,11 +359,14 @@ impl Daemon {
 
     /// Smarthost and `outbound_tls = required` verify the certificate;
     /// opportunistic MX TLS encrypts without authenticating (RFC 7435).
-    fn tls_config_for(&self, smarthost: bool) -> Arc<rustls::ClientConfig> {
+    /// `None`: verification is needed but no trust anchors are loaded (the
+    /// delivery defers; it never falls back to an unverified handshake).
+    fn tls_config_for(&self, smarthost: bool) -> Option<Arc<rustls::ClientConfig>> {
         let verify = smarthost || self.cfg.outbound_tls == OutboundTls::Required;
-        match (&self.tls_client, verify) {
-            (Some(c), true) => c.clone(),
-            _ => self.tls_client_any.clone(),
+        if verify {
+            self.tls_client.clone()
+        } else {
+            Some(self.tls_client_any.clone())
         }
     }
 
@@ -481,14 +490,17 @@ impl Daemon {
                             .map(|h| h.name.clone())
                             .unwrap_or_default();
                         let cfg = if *policy == TlsPolicy::IfOffered {
-                            self.tls_client_any.clone()
+                            Some(self.tls_client_any.clone())
                         } else {
-                            match &self.tls_client {
-                                Some(c) => c.clone(),
-                                None => self.tls_client_any.clone(),
-                            }
+                            self.tls_client.clone()
                         };
-                        match TlsStream::client(cfg, &name) {
+                        let stream = match cfg {
+                            Some(cfg) => TlsStream::client(cfg, &name),
+                            None => Err(crate::tls::TlsError(
+                                "no trusted CA certificates to verify it (set tls_ca_file)".into(),
+                            )),
+                        };
+                        match stream {
                             Ok(t) => {
                                 transport.tls = Some(t);
                                 *tls_pending = true;

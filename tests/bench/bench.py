@@ -213,6 +213,18 @@ def write_bytes(pid):
     return proc_kv(f"/proc/{pid}/io").get("write_bytes")
 
 
+def device_write_bytes(path):
+    """Bytes written so far to the block device holding path (sectors
+    written in /sys/dev/block/MAJ:MIN/stat), or None (tmpfs, overlay, btrfs
+    subvolumes: no such device)."""
+    dev = os.stat(path).st_dev
+    try:
+        with open(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/stat") as f:
+            return int(f.read().split()[6]) * 512
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def tracer_pid(pid):
     return proc_kv(f"/proc/{pid}/status").get("TracerPid", 0)
 
@@ -524,6 +536,7 @@ def throughput(bench, mta, conc, size, hold, io_pid=None):
     time.sleep(0.2)
     base = sink.count()
     io0 = write_bytes(io_pid) if io_pid else None
+    dev0 = device_write_bytes(mta.dir)
     out = mta.dir / "source.log"
     t0 = time.monotonic()
     p = bench.procs.spawn("smtp-source", source_cmd(bench.smtp_source, mta.port, conc, a.messages, size), out)
@@ -561,11 +574,16 @@ def throughput(bench, mta, conc, size, hold, io_pid=None):
     else:
         time.sleep(0.3)
         res["delivered_while_held"] = sink.count() - base
+    msgs = max(1, res.get("done", a.messages))
     if io_pid:
         io1 = write_bytes(io_pid)
         if io0 is not None and io1 is not None:
             res["write_bytes"] = io1 - io0
-            res["write_bytes_per_msg"] = (io1 - io0) / max(1, res.get("done", a.messages))
+            res["write_bytes_per_msg"] = (io1 - io0) / msgs
+    if dev0 is not None:
+        os.sync()  # commit what the run left dirty (journal; in-place metadata may follow later)
+        res["device_bytes"] = device_write_bytes(mta.dir) - dev0
+        res["device_bytes_per_msg"] = res["device_bytes"] / msgs
     return res
 
 
@@ -788,13 +806,14 @@ class Bench:
         if not runs:
             return
         rates = sorted(r["rate"] for r in runs)
-        wb = [r["write_bytes_per_msg"] for r in runs if "write_bytes_per_msg" in r]
+        for field in ("write_bytes_per_msg", "device_bytes_per_msg"):
+            vals = [r[field] for r in runs if field in r]
+            if vals:
+                self.results[key][field] = statistics.median(vals)
         self.results[key].update(
             rate=statistics.median(rates), min=rates[0], max=rates[-1], reps=len(runs),
             capped=any(r.get("capped") for r in runs),
             delivered_while_held=max(r.get("delivered_while_held", 0) for r in runs))
-        if wb:
-            self.results[key]["write_bytes_per_msg"] = statistics.median(wb)
 
 
 # ---------------------------------------------------------------------------
@@ -888,23 +907,41 @@ def report(bench, env):
                  f"then {a.settle:g}s after opening {a.idle} sessions from Python that each read the 220 banner "
                  f"(≤ 64 handshakes in flight); per session = (PSS idle − PSS rest) / sessions")
 
-    acc = R.get("accept_2k_c20")
     fs = env["work_fs"]
-    wb_cell = "error (see below)" if any(k.startswith("accept_2k_c20#") for k in E) else "not run"
-    if acc and "write_bytes_per_msg" in acc:
-        wb = acc["write_bytes_per_msg"]
-        wb_cell = f"{n0(wb)} B" if wb else f"not accounted (0 bytes; spool fs {fs})"
-    elif acc:
-        wb_cell = "not measured: /proc/PID/io unreadable"
-    rows.append((f"bytes written to storage per accepted 2 KB message", wb_cell, "–", "–", "E"))
-    rel = R.get("relay_2k_c20")
-    if rel and rel.get("write_bytes_per_msg"):
-        rows.append(("bytes written to storage per relayed 2 KB message (c=20)",
-                     f"{n0(rel['write_bytes_per_msg'])} B", "–", "–", "E"))
-    cmds["E"] = (f"`write_bytes` delta of /proc/TERN_PID/io over the timed run of B (relay: of A at c=20) / N, "
-                 f"median over the repetitions; "
-                 f"spool in {env['work_dir']} ({fs}); counts page-cache pages dirtied by tern, "
-                 f"not the filesystem journal")
+
+    def bytes_cell(key, field):
+        r = R.get(key)
+        if not r or "rate" not in r:
+            return "error (see below)" if any(k.startswith(key + "#") for k in E) else "not run"
+        if field not in r:
+            return "not measured (no block device)" if field.startswith("device") else \
+                "not measured (/proc/PID/io unreadable)"
+        v = r[field]
+        return f"{n0(v)} B" if v else f"0: not accounted (spool fs {fs})"
+
+    def bytes_ratio(k1, k2, field):
+        r1, r2 = R.get(k1) or {}, R.get(k2) or {}
+        if r1.get(field) and r2.get(field):
+            return f"{r1[field] / r2[field]:.2f}"
+        return "–"
+
+    for key, pkey, what in (("accept_2k_c20", "postfix_accept_2k_c20", "accept-only"),
+                            ("relay_2k_c20", "postfix_relay_2k_c20", "relay c=20")):
+        rows.append((f"bytes charged to tern (write_bytes) per 2 KB message, {what}",
+                     bytes_cell(key, "write_bytes_per_msg"), "–", "–", "E"))
+    for key, pkey, what in (("accept_2k_c20", "postfix_accept_2k_c20", "accept-only"),
+                            ("relay_2k_c20", "postfix_relay_2k_c20", "relay c=20")):
+        rows.append((f"bytes written to the spool's device per 2 KB message, {what}",
+                     bytes_cell(key, "device_bytes_per_msg"),
+                     bytes_cell(pkey, "device_bytes_per_msg") if pf_ran else "–",
+                     bytes_ratio(key, pkey, "device_bytes_per_msg") if pf_ran else "–", "G"))
+    cmds["E"] = (f"`write_bytes` delta of /proc/TERN_PID/io over the timed run (B, or A at c=20) / N, "
+                 f"median over the repetitions; spool in {env['work_dir']} ({fs}). Counts what the kernel "
+                 f"charges to tern: pages it dirtied and, depending on the sync call, metadata written "
+                 f"back in its context; journal writes done by kernel threads (jbd2) are not included")
+    cmds["G"] = (f"sectors written × 512 on the spool's block device ({env.get('work_dev', '?')}, "
+                 f"/sys/dev/block/MAJ:MIN/stat) from the start of the timed run until `sync` after it, / N, "
+                 f"median; includes journal and metadata, and also every other writer on that device")
 
     size = R.get("binary_bytes")
     rows.append(("binary size (bytes)", f"{size:,} ({size / 1024:,.0f} KiB)" if size else "n/a", "–", "–", "F"))
@@ -1012,6 +1049,7 @@ def main():
         "host": f"{platform.node()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
         "work_dir": str(bench.work),
         "work_fs": fs_type(bench.work),
+        "work_dev": "%d:%d" % (os.major(os.stat(bench.work).st_dev), os.minor(os.stat(bench.work).st_dev)),
         "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]),
     }
     t0 = time.monotonic()
