@@ -81,6 +81,13 @@ def test_sysv_script_start_status_reload_stop(tern_factory):
     env = dict(os.environ, DAEMON=TERN_BIN, CONF=str(t.conf))
     run = lambda *a: subprocess.run(["sh", str(INIT), *a], env=env, capture_output=True, timeout=30)
     assert run("status").returncode == 3
+    try:
+        _sysv_dialog(t, run)
+    finally:
+        run("stop")
+
+
+def _sysv_dialog(t, run):
     r = run("start")
     assert r.returncode == 0, r.stdout + r.stderr
     wait_port(t.port)
