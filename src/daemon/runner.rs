@@ -199,7 +199,7 @@ impl Daemon {
         match result {
             Ok(place) => {
                 log::info!(
-                    "{id}: to=<{}> mailbox={user} relay=local delay={delay} status=sent ({place})",
+                    "{id}: to=<{}> mailbox={user} relay=local delay={delay} dsn=2.0.0 status=sent ({place})",
                     rcpt.original
                 );
                 RcptState {
@@ -209,8 +209,9 @@ impl Daemon {
             }
             Err(LocalError::Temporary(why)) => {
                 log::warn!(
-                    "{id}: to=<{}> mailbox={user} relay=local delay={delay} status=deferred ({why})",
-                    rcpt.original
+                    "{id}: to=<{}> mailbox={user} relay=local delay={delay} dsn={} status=deferred ({why})",
+                    rcpt.original,
+                    status_code(&why)
                 );
                 RcptState {
                     status: RcptStatus::Deferred,
@@ -219,8 +220,9 @@ impl Daemon {
             }
             Err(LocalError::Permanent(why)) => {
                 log::warn!(
-                    "{id}: to=<{}> mailbox={user} relay=local delay={delay} status=bounced ({why})",
-                    rcpt.original
+                    "{id}: to=<{}> mailbox={user} relay=local delay={delay} dsn={} status=bounced ({why})",
+                    rcpt.original,
+                    status_code(&why)
                 );
                 RcptState {
                     status: RcptStatus::Failed,
@@ -253,8 +255,13 @@ impl Daemon {
                 _ => "deferred",
             };
             log::info!(
-                "{id}: to=<{addr}> relay={} delay={delay} status={status} ({})",
+                "{id}: to=<{addr}> relay={} delay={delay} dsn={} status={status} ({})",
                 o.relay,
+                if o.status == RcptStatus::Sent {
+                    "2.0.0".to_string()
+                } else {
+                    status_code(&o.reply)
+                },
                 o.reply
             );
             *st = RcptState {

@@ -228,3 +228,53 @@ def test_opportunistic_mx_tls(tern_factory):
     finally:
         sink.close()
         dns.close()
+
+
+def _peer_cn(port):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"EHLO x\r\n")
+    while f.readline()[3:4] == b"-":
+        pass
+    s.sendall(b"STARTTLS\r\n")
+    assert f.readline().startswith(b"220")
+    t = client_ctx().wrap_socket(s, server_hostname="localhost")
+    cn = dict(x[0] for x in t.getpeercert()["subject"])["commonName"]
+    return t, cn
+
+
+def test_sighup_reloads_certificate_and_keeps_sessions(tern_factory, tmp_path):
+    import shutil
+    import signal
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copy(CERTS / "server.pem", cert)
+    shutil.copy(CERTS / "server.key", key)
+    t = tern_factory(tls_cert=cert, tls_key=key).start()
+    old_session, cn = _peer_cn(t.port)
+    assert cn == "localhost"
+    # A broken certificate on reload: the old one stays in use.
+    cert.write_text("not a certificate\n")
+    t.send(signal.SIGHUP)
+    wait_for(lambda: "keeping the old certificate" in t.log_text(), what="refused certificate")
+    s2, cn = _peer_cn(t.port)
+    assert cn == "localhost"
+    s2.close()
+    # A new certificate (same key, new subject, signed by the test CA) is used by new sessions.
+    csr = tmp_path / "new.csr"
+    subprocess.run(["openssl", "req", "-new", "-key", str(key), "-subj", "/CN=reloaded", "-out", str(csr)],
+                   check=True, capture_output=True, timeout=30)
+    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(CERTS / "ca.pem"), "-CAkey",
+                    str(CERTS / "ca.key"), "-CAcreateserial", "-CAserial", str(tmp_path / "ca.srl"),
+                    "-days", "30", "-sha256", "-extfile", str(CERTS / "server.ext"), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=30)
+    t.send(signal.SIGHUP)
+    wait_for(lambda: t.log_text().count("configuration reloaded") >= 2, what="second reload")
+    s3, cn = _peer_cn(t.port)
+    assert cn == "reloaded"
+    s3.close()
+    # The session opened before both reloads still works.
+    old_session.sendall(b"EHLO still\r\n")
+    assert old_session.recv(100).startswith(b"250")
+    old_session.close()
