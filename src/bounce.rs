@@ -375,7 +375,7 @@ const MONTHS: [&str; 12] = [
 /// Proleptic Gregorian (year, month 1-12, day 1-31) for days since 1970-01-01.
 /// Counts in 400-year eras starting on March 1st, so the leap day is the last
 /// day of the shifted year.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468; // days since 0000-03-01
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097); // 0..=146096

@@ -54,8 +54,6 @@ pub const SMTP_PORT: u16 = 25;
 pub const DNS_PORT: u16 = 53;
 /// Longest domain name (RFC 1035 §2.3.4 / RFC 5321 §4.5.3.1.2).
 pub const MAX_DOMAIN_LEN: usize = 255;
-/// Longest label of a domain name (RFC 1035 §2.3.4).
-pub const MAX_LABEL_LEN: usize = 63;
 
 /// Every key the file may set, in the order of `etc/tern.conf`.
 pub const KEYS: &[&str] = &[
@@ -926,20 +924,10 @@ fn required_path(v: &str) -> Result<PathBuf, String> {
     optional_path(v).ok_or_else(|| "must not be empty".to_string())
 }
 
-/// LDH domain name (RFC 1035 §2.3.1): dot-separated labels of letters,
-/// digits and inner hyphens; no trailing dot.
+/// LDH domain name (RFC 1035 §2.3.1) without a trailing dot; address
+/// literals are not host names.
 fn is_valid_domain(d: &str) -> bool {
-    !d.is_empty()
-        && d.len() <= MAX_DOMAIN_LEN
-        && d.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= MAX_LABEL_LEN
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    !d.starts_with('[') && crate::smtp::address::is_valid_domain(d)
 }
 
 #[cfg(test)]

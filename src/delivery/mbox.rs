@@ -255,7 +255,7 @@ fn asctime(unix_secs: i64) -> String {
     ];
     let days = unix_secs.div_euclid(86_400);
     let secs = unix_secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = crate::bounce::civil_from_days(days);
     let weekday = WEEKDAYS[days.rem_euclid(7) as usize % 7];
     let month_name = MONTHS[(month as usize).saturating_sub(1) % 12];
     format!(
@@ -264,25 +264,6 @@ fn asctime(unix_secs: i64) -> String {
         secs / 60 % 60,
         secs % 60
     )
-}
-
-/// Proleptic Gregorian (year, month 1-12, day 1-31) for days since
-/// 1970-01-01, counted in 400-year eras that start on March 1st.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    } as u32;
-    (year_of_era + era * 400 + i64::from(month <= 2), month, day)
 }
 
 #[cfg(test)]

@@ -49,6 +49,8 @@
 //! after QUIT.
 
 use std::collections::VecDeque;
+
+pub use crate::auth::base64_encode;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -351,28 +353,6 @@ fn is_sendable_address(addr: &str) -> bool {
     !addr
         .bytes()
         .any(|b| b < 0x20 || b == 0x7f || b == b'<' || b == b'>')
-}
-
-/// Standard base64 with padding (RFC 4648 §4).
-pub fn base64_encode(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for group in input.chunks(3) {
-        let b0 = group.first().copied().unwrap_or(0);
-        let b1 = group.get(1).copied().unwrap_or(0);
-        let b2 = group.get(2).copied().unwrap_or(0);
-        let n = (u32::from(b0) << 16) | (u32::from(b1) << 8) | u32::from(b2);
-        let symbols = group.len() + 1;
-        for i in 0..4 {
-            if i < symbols {
-                let index = ((n >> (18 - 6 * i)) & 0x3f) as usize;
-                out.push(char::from(ALPHABET[index]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// One outbound SMTP connection. See the module doc.
