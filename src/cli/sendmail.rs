@@ -159,6 +159,7 @@ fn smtp_on_stdin(cfg: &Config) -> i32 {
 
     let session_cfg = crate::daemon::session_config(cfg, false, false);
     let peer = std::net::IpAddr::from([127, 0, 0, 1]);
+    let _ = crate::spool::Spool::open(&cfg.spool_dir, cfg.spool_sync);
     let mut s = ServerSession::new(session_cfg, ListenerKind::Relay, peer, true, Instant::now());
     let mut stdin = io::stdin().lock();
     let mut stdout = io::stdout().lock();
@@ -323,6 +324,8 @@ pub fn inject(
     if rcpts.is_empty() {
         return Err((EX_USAGE, "no recipients given".into()));
     }
+    // The spool may not exist yet (the daemon never ran, or is starting).
+    let _ = crate::spool::Spool::open(&cfg.spool_dir, cfg.spool_sync);
     let mut drop = DropWriter::create(&cfg.spool_dir, &sender, &rcpts).map_err(|e| {
         (
             EX_CANTCREAT,

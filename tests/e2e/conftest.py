@@ -8,8 +8,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness import Tern  # noqa: E402
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
 @pytest.fixture
-def tern_factory(tmp_path):
+def tern_factory(tmp_path, request):
     started = []
 
     def make(**overrides):
@@ -21,10 +28,16 @@ def tern_factory(tmp_path):
 
     yield make
     for t in started:
+        code = None
         try:
-            t.stop()
+            code = t.stop()
         except Exception:
             pass
+        failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+        if failed:
+            # Shown by pytest with the failure: what the daemon said.
+            print(f"--- tern log ({t.dir}, exit code {code}) ---")
+            print(t.log_text()[-6000:])
 
 
 @pytest.fixture

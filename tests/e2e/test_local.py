@@ -91,7 +91,8 @@ def test_queue_flush_releases_held_mail(tern_factory):
     sink = Sink()
     try:
         t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none", hold_outbound="yes").start()
-        sendmail(t, ["-i", "x@remote.test"], b"Subject: held\n\nwait\n")
+        r = sendmail(t, ["-i", "x@remote.test"], b"Subject: held\n\nwait\n")
+        assert r.returncode == 0, r.stderr
         wait_for(lambda: "held" in t.cmd("mailq").stdout.decode(), what="held")
         assert sink.messages == []
         r = t.cmd("queue", "flush")
@@ -110,7 +111,8 @@ def test_aliases_local_remote_and_loop(tern_factory):
             "team: alice,\n  bob\nloop1: loop2\nloop2: loop1\npipe: |/bin/sh -c 'touch /tmp/pwned'\n"
         )
         t.start()
-        assert "never executed" in t.log_text() or "not supported" in t.log_text()
+        wait_for(lambda: "never executed" in t.log_text() or "not supported" in t.log_text(),
+                 what="the refused |command alias in the log")
         r = sendmail(t, ["-i", "root", "team@mx.test"], b"Subject: cron\n\nfrom cron\n")
         assert r.returncode == 0
         wait_for(lambda: sink.messages, what="root's mail relayed off the box")
