@@ -2,9 +2,8 @@
 //! validated like remote input, copied into the spool with CRLF line ends
 //! and a `Received:` header, committed, and only then unlinked.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::{unix_now, Daemon};
@@ -45,8 +44,13 @@ impl Daemon {
     }
 
     fn import_drop(&mut self, path: &Path) -> Result<QueueId, String> {
-        let mut file = File::open(path).map_err(|e| e.to_string())?;
-        let uid = file.metadata().map(|m| m.uid()).unwrap_or(0);
+        // Header, message and conversion slack: a bound, not a policy.
+        let max = self
+            .cfg
+            .max_message_size
+            .saturating_mul(2)
+            .saturating_add(drop::MAX_DROP_HEADER as u64);
+        let (mut file, uid) = drop::open_for_import(path, max).map_err(|e| e.to_string())?;
         let head = drop::read_header(&mut file)?;
         let sender = if head.sender.is_empty() {
             String::new()

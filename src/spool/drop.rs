@@ -19,6 +19,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &str = "tern-drop 1";
+/// Readable by the daemon whatever user it runs as; the directory is not
+/// listable and the names are random, so other users cannot find it.
+pub const DROP_FILE_MODE: u32 = 0o644;
 /// A drop header larger than this is refused.
 pub const MAX_DROP_HEADER: usize = 64 * 1024;
 
@@ -33,7 +36,12 @@ impl DropWriter {
         let dir = spool_root.join("drop");
         let mut n = 0u32;
         loop {
-            let name = format!("{}.{}.{}", crate::daemon::unix_now(), std::process::id(), n);
+            let name = format!(
+                "{}.{}.{:016x}",
+                crate::daemon::unix_now(),
+                std::process::id(),
+                random_u64()
+            );
             let tmp = dir.join(format!(".{name}"));
             match OpenOptions::new()
                 .write(true)
@@ -77,7 +85,9 @@ impl DropWriter {
             }
             fs::rename(&self.tmp, &self.done)?;
             if sync {
-                super::sync_dir(self.done.parent().unwrap_or(Path::new(".")))?;
+                // drop/ is not readable by most users, so it cannot be opened
+                // to fsync it; syncfs through the file reaches the entry too.
+                super::syncfs_fd(&self.file)?;
             }
             Ok(())
         })();
@@ -156,6 +166,39 @@ pub fn read_header(file: &mut File) -> Result<DropHeader, String> {
         return Err("drop file without recipients".into());
     }
     Ok(h)
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    u64::from_ne_bytes(b) ^ u64::from(std::process::id())
+}
+
+/// Opens a drop file for import without trusting it: no symlinks, a
+/// regular file with a single link (not someone's hard link to a file they
+/// could not read), at most `max_len` bytes.
+pub fn open_for_import(path: &Path, max_len: u64) -> io::Result<(File, u32)> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt as _};
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.nlink() != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a plain drop file",
+        ));
+    }
+    if meta.len() > max_len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "drop file too large",
+        ));
+    }
+    Ok((file, meta.uid()))
 }
 
 fn flat(s: &str) -> String {

@@ -102,13 +102,35 @@ impl From<&io::Error> for Reply {
 
 const DIRS: [&str; 5] = ["tmp", "msg", "state", "corrupt", "drop"];
 
+/// The spool root: others may pass through it (to reach `drop/`) but not
+/// list it; every file in it is 0600.
+pub const ROOT_MODE: u32 = 0o711;
+/// `drop/`: anyone may create a file, nobody may list it or remove another
+/// user's file (sticky), like a classic maildrop. Drop file names carry 64
+/// random bits, so another user cannot guess them either.
+pub const DROP_MODE: u32 = 0o1733;
+
 impl Spool {
-    /// Opens (and creates, 0700) the spool directory tree.
+    /// Opens (and creates) the spool directory tree. New directories are
+    /// 0700, the root [`ROOT_MODE`] and `drop/` [`DROP_MODE`] so that
+    /// `sendmail` works for every local user.
     pub fn open(root: &Path, sync: bool) -> io::Result<Spool> {
+        use std::os::unix::fs::PermissionsExt;
+        let fresh = !root.exists();
         let mut b = fs::DirBuilder::new();
         b.recursive(true).mode(0o700);
         for d in DIRS {
-            b.create(root.join(d))?;
+            let dir = root.join(d);
+            if !dir.exists() {
+                b.create(&dir)?;
+                if d == "drop" {
+                    // set explicitly: the umask must not narrow it
+                    let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(DROP_MODE));
+                }
+            }
+        }
+        if fresh {
+            let _ = fs::set_permissions(root, fs::Permissions::from_mode(ROOT_MODE));
         }
         Ok(Spool {
             root: root.to_path_buf(),
@@ -372,10 +394,14 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// One sync for everything on the spool's file system (data and directory
 /// entries of the whole batch).
 fn syncfs(path: &Path) -> io::Result<()> {
+    syncfs_fd(&File::open(path)?)
+}
+
+/// `syncfs(2)` for the file system `file` is on.
+pub fn syncfs_fd(file: &File) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let dir = File::open(path)?;
     // SAFETY: syncfs(2) on a descriptor we own.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
+    if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())

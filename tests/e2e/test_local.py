@@ -164,3 +164,40 @@ def test_sendmail_bs_smtp_on_stdin(tern):
     assert out.startswith("220 ") and "354 " in out and "250 2.0.0 Ok: queued as" in out and "221 " in out, out
     m = wait_for(lambda: tern.maildir("bsuser"), what="-bs delivery")[0]
     assert b"Subject: via -bs\r\n\r\n.dot-stuffed line\r\n" in m
+
+
+def test_sendmail_as_an_unprivileged_user():
+    """The daemon runs as root with a root-owned spool; `nobody` submits."""
+    import os
+    import pwd
+    import tempfile
+    from pathlib import Path
+
+    from harness import Tern
+
+    if os.getuid() != 0:
+        raise AssertionError("this test needs root (CI runs as root)")
+    base = Path(tempfile.mkdtemp(prefix="tern-nonroot-", dir="/tmp"))
+    base.chmod(0o755)
+    t = Tern(base)
+    try:
+        t.start()
+        nobody = pwd.getpwnam("nobody")
+
+        def demote():
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+
+        r = subprocess.run([TERN_BIN, "-c", str(t.conf), "sendmail", "-i", "user1@localhost"],
+                           input=b"Subject: from nobody\n\nunprivileged\n", capture_output=True,
+                           timeout=30, preexec_fn=demote)
+        assert r.returncode == 0, r.stderr
+        m = wait_for(lambda: t.maildir("user1"), what="delivery of nobody's mail")[0]
+        assert b"unprivileged" in m and f"uid {nobody.pw_uid}".encode() in m
+        assert b"From: nobody@mx.test" in m
+        # nobody cannot list the drop directory or the spool.
+        ls = subprocess.run(["ls", str(t.spool / "drop")], capture_output=True, preexec_fn=demote, timeout=10)
+        assert ls.returncode != 0
+    finally:
+        t.stop()
+        shutil.rmtree(base, ignore_errors=True)
