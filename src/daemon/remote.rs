@@ -187,6 +187,7 @@ impl Daemon {
             return;
         };
         let port = self.cfg.mx_port;
+        let hostname = self.cfg.hostname.clone();
         let Some(d) = self.deliveries.get_mut(&key) else {
             return;
         };
@@ -194,6 +195,29 @@ impl Daemon {
         match result {
             Ok(hosts) => {
                 if is_mx {
+                    // RFC 5321 §5.1: when we are one of the MX hosts, only
+                    // more preferred hosts are candidates (else: a loop).
+                    let own = hosts
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(&hostname))
+                        .map(|h| h.preference);
+                    let hosts: Vec<MxHost> = match own {
+                        Some(p) => hosts.into_iter().filter(|h| h.preference < p).collect(),
+                        None => hosts,
+                    };
+                    if own.is_some() && hosts.is_empty() {
+                        let text =
+                            format!("554 5.4.6 mail for {} loops back to myself", d.job.domain);
+                        for i in 0..d.job.recipients.len() {
+                            d.decided.entry(i).or_insert(Outcome {
+                                status: RcptStatus::Failed,
+                                reply: text.clone(),
+                                relay: "none".into(),
+                            });
+                        }
+                        self.finish_delivery(key);
+                        return;
+                    }
                     d.hops = hosts
                         .into_iter()
                         .map(|h| Hop {

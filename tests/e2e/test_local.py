@@ -201,3 +201,18 @@ def test_sendmail_as_an_unprivileged_user():
     finally:
         t.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_s_nail_calls_sendmail_like_cron_does(tern):
+    """A real mail client (s-nail, as used by cron/logwatch scripts) hands
+    its message to tern's sendmail."""
+    link = tern.dir / "sendmail"
+    if not link.exists():
+        link.symlink_to(TERN_BIN)
+    env = dict(os.environ, TERN_CONFIG=str(tern.conf), HOME=str(tern.dir), MAILRC="/dev/null")
+    r = subprocess.run(["s-nail", "-n", "-S", f"mta={link}", "-S", "sendwait", "-s", "nightly backup report",
+                        "admin@localhost"], input=b"backup finished: 42 files\n", capture_output=True,
+                       env=env, timeout=30)
+    assert r.returncode == 0, r.stderr
+    m = wait_for(lambda: tern.maildir("admin"), what="s-nail delivery")[0]
+    assert b"Subject: nightly backup report" in m and b"backup finished: 42 files" in m

@@ -219,3 +219,26 @@ def test_interop_postfix_smtp_sink(tern_factory, tmp_path):
     finally:
         proc.terminate()
         proc.wait()
+
+
+def test_own_mx_entry_only_more_preferred_hosts(tern_factory, sink):
+    # We (mx.test) are the backup MX at 20: the primary at 10 is the only candidate.
+    dns = FakeDns({
+        ("backup.test", "MX"): [(10, "primary.backup.test"), (20, "mx.test"), (30, "worse.backup.test")],
+        ("primary.backup.test", "A"): ["127.0.0.1"],
+        ("mx.test", "A"): ["127.0.0.2"],
+        ("worse.backup.test", "A"): ["127.0.0.3"],
+        ("self.test", "MX"): [(10, "mx.test")],
+        ("mx.test", "MX"): [(10, "mx.test")],
+    })
+    try:
+        t = tern_factory(dns_servers=dns.addr, mx_port=sink.port, local_domains="localhost").start()
+        send(t, "owner@localhost", ["u@backup.test", "v@self.test"])
+        wait_for(lambda: sink.messages, what="delivery to the primary")
+        assert sink.messages[0]["rcpts"] == ["u@backup.test"]
+        assert "relay=primary.backup.test[127.0.0.1]" in t.log_text()
+        b = bounce_for(t, "owner")
+        ds = b.get_payload()[1].as_string()
+        assert "v@self.test" in ds and "5.4.6" in ds and "loops back to myself" in ds
+    finally:
+        dns.close()
