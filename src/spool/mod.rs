@@ -1,7 +1,7 @@
 //! The spool: the only code that touches the spool directory.
 //!
 //! A message is one immutable file holding its envelope and its content, so
-//! one `fdatasync` makes both durable; per-recipient progress lives in a small
+//! one sync makes both durable; per-recipient progress lives in a small
 //! separate state file, so retries never rewrite the message (flash wear).
 //!
 //! ## Files and states
