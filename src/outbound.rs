@@ -120,6 +120,11 @@ impl Outbound {
         self.pending.drain(..).collect()
     }
 
+    /// Jobs waiting for a connection slot.
+    pub fn backlog(&self) -> usize {
+        self.pending.len()
+    }
+
     pub fn active(&self) -> usize {
         self.active
     }

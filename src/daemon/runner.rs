@@ -20,6 +20,9 @@ use crate::spool::{QueueId, RcptState, RcptStatus, StoredEnvelope};
 /// Messages taken from the queue per loop turn; local deliveries fsync, so
 /// this bounds how long one turn can keep other sessions waiting.
 pub const MESSAGES_PER_TURN: usize = 8;
+/// Outbound jobs waiting for a connection slot before the runner stops
+/// taking due messages (each waiting job holds its envelope in memory).
+pub const OUTBOUND_BACKLOG: usize = 64;
 /// Bytes of the original message's header returned in a bounce.
 const BOUNCE_HEADER_READ: usize = 64 * 1024;
 
@@ -63,6 +66,11 @@ impl Daemon {
         }
         let now = unix_now();
         for _ in 0..MESSAGES_PER_TURN {
+            // Memory must not grow with the queue: while outbound jobs wait
+            // for connection slots, due messages stay in the queue index.
+            if self.outbound.backlog() >= OUTBOUND_BACKLOG {
+                return;
+            }
             match self.queue.pop_due(now) {
                 Some(id) => self.attempt(id, now),
                 None => {
