@@ -208,13 +208,7 @@ impl Daemon {
                     if own.is_some() && hosts.is_empty() {
                         let text =
                             format!("554 5.4.6 mail for {} loops back to myself", d.job.domain);
-                        for i in 0..d.job.recipients.len() {
-                            d.decided.entry(i).or_insert(Outcome {
-                                status: RcptStatus::Failed,
-                                reply: text.clone(),
-                                relay: "none".into(),
-                            });
-                        }
+                        d.fail_undecided(&text);
                         self.finish_delivery(key);
                         return;
                     }
@@ -249,13 +243,7 @@ impl Daemon {
                     (e, _) => format!("451 4.4.3 DNS lookup failed: {e:?}"),
                 };
                 if is_mx && permanent {
-                    for i in 0..d.job.recipients.len() {
-                        d.decided.entry(i).or_insert(Outcome {
-                            status: RcptStatus::Failed,
-                            reply: text.clone(),
-                            relay: "none".into(),
-                        });
-                    }
+                    d.fail_undecided(&text);
                     self.finish_delivery(key);
                 } else {
                     // A smarthost name that does not resolve, or a DNS outage:
@@ -470,7 +458,12 @@ impl Daemon {
                         d.body_done = true;
                         // Connection reuse: the next job for the same
                         // destination goes over this session (it inherits the slot).
-                        match self.outbound.take_for(&d.job.domain) {
+                        let next = if client.is_closed() {
+                            None
+                        } else {
+                            self.outbound.take_for(&d.job.domain)
+                        };
+                        match next {
                             Some(next) => {
                                 let done = std::mem::replace(&mut d.job, next);
                                 let decided = std::mem::take(&mut d.decided);
@@ -884,6 +877,18 @@ impl Delivery {
             body_done: false,
             last_error: String::new(),
             decided: HashMap::new(),
+        }
+    }
+
+    /// Fails every recipient without an outcome yet (a permanent answer
+    /// about the destination itself, before any SMTP).
+    fn fail_undecided(&mut self, reply: &str) {
+        for i in 0..self.job.recipients.len() {
+            self.decided.entry(i).or_insert_with(|| Outcome {
+                status: RcptStatus::Failed,
+                reply: reply.to_string(),
+                relay: "none".into(),
+            });
         }
     }
 
