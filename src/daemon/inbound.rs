@@ -467,6 +467,12 @@ impl Daemon {
                     }
                 }
             }
+            // A commit that was in flight at SIGTERM: answered, then 421.
+            if self.stopping.is_some() {
+                if let Some(c) = self.inbound.get_mut(&id) {
+                    c.session.shutdown();
+                }
+            }
             self.drive_inbound(id);
         }
     }
