@@ -70,8 +70,8 @@ impl Outbound {
         self.pending.push_back(job);
     }
 
-    /// No more new connections; pending jobs are handed back as deferred
-    /// by [`Outbound::drain_pending`].
+    /// No more new connections. Jobs still waiting are simply dropped: their
+    /// messages stay in the spool and are retried after the restart.
     pub fn shutdown(&mut self) {
         self.stopping = true;
     }
@@ -114,19 +114,9 @@ impl Outbound {
         }
     }
 
-    /// Jobs that never started (at shutdown): their messages are simply
-    /// retried after restart.
-    pub fn drain_pending(&mut self) -> Vec<Job> {
-        self.pending.drain(..).collect()
-    }
-
     /// Jobs waiting for a connection slot.
     pub fn backlog(&self) -> usize {
         self.pending.len()
-    }
-
-    pub fn active(&self) -> usize {
-        self.active
     }
 }
 
