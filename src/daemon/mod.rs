@@ -314,6 +314,8 @@ impl Daemon {
             self.drive_inbound(id);
         }
         self.outbound.shutdown();
+        // Cached idle outbound sessions say QUIT now.
+        self.sweep_outbound(Instant::now());
     }
 
     fn reload(&mut self) {

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::transport::{Read, Transport};
 use super::{Daemon, Timer};
@@ -28,6 +28,9 @@ use crate::spool::RcptStatus;
 use crate::tls::TlsStream;
 use std::sync::Arc;
 
+/// How long a finished outbound session waits for another message to the
+/// same destination before QUIT (Postfix's connection cache uses 2 s too).
+pub const OUTBOUND_IDLE_KEEP: Duration = Duration::from_secs(2);
 /// Body bytes read from the spool per step.
 pub const BODY_CHUNK: usize = 16 * 1024;
 /// Bytes read from a peer per wakeup.
@@ -70,6 +73,11 @@ pub struct Delivery {
     body: Option<crate::spool::Content>,
     /// After opportunistic TLS failed with this address: plaintext once.
     plaintext_fallback: Option<SocketAddr>,
+    /// The job's outcomes went to the runner already (the session may stay
+    /// open, idle, for the next job to the same destination).
+    job_reported: bool,
+    /// Idle in the connection cache since then.
+    idle_since: Option<Instant>,
     /// Body bytes read from the spool but not yet taken by the client.
     chunk: Vec<u8>,
     chunk_pos: usize,
@@ -91,6 +99,33 @@ pub struct DnsSock {
 impl Daemon {
     /// Starts jobs while slots are free and flushes resolver transmissions.
     pub(super) fn outbound_poll(&mut self) {
+        // Idle cached connections first: a waiting job for the same
+        // destination reuses one without a new connect, greeting and EHLO.
+        let now = Instant::now();
+        let idle: Vec<(u64, String)> = self
+            .deliveries
+            .iter()
+            .filter(|(_, d)| d.idle_since.is_some())
+            .map(|(k, d)| (*k, d.job.domain.clone()))
+            .collect();
+        for (key, domain) in idle {
+            let Some(job) = self.outbound.take_for(&domain) else {
+                continue;
+            };
+            if let Some(d) = self.deliveries.get_mut(&key) {
+                if let Phase::Talking { client, .. } = &mut d.phase {
+                    d.job = job;
+                    d.decided.clear();
+                    d.job_reported = false;
+                    d.idle_since = None;
+                    d.body_done = false;
+                    d.chunk.clear();
+                    d.chunk_pos = 0;
+                    client.start_transaction(transaction(&d.job), now);
+                }
+            }
+            self.pump(key, now);
+        }
         while let Some(job) = self.outbound.next_startable() {
             self.start_job(job);
         }
@@ -473,8 +508,24 @@ impl Daemon {
                                 d.chunk_pos = 0;
                                 client.start_transaction(transaction(&d.job), now);
                             }
-                            None => client.quit(),
+                            None => {
+                                // Report now; keep the session open a moment
+                                // for the next message to the same place.
+                                let done = d.job.clone();
+                                let decided = std::mem::take(&mut d.decided);
+                                reports.push((done, decided));
+                                d.job_reported = true;
+                                if !client.is_closed() {
+                                    d.idle_since = Some(now);
+                                }
+                            }
                         }
+                    }
+                    ClientEvent::SessionFailed(_) if d.job_reported => {
+                        // An idle cached connection went away: nothing is owed.
+                        self.drop_socket(sock);
+                        self.finish_delivery(key);
+                        return;
                     }
                     ClientEvent::SessionFailed(o) => {
                         let relay = relay_name(&d.hops, d.hop, addr);
@@ -645,6 +696,25 @@ impl Daemon {
 
     /// The tick: connects and client sessions whose deadline passed.
     pub(super) fn sweep_outbound(&mut self, now: Instant) {
+        // Cached connections idle for too long (or all of them at shutdown).
+        let stale: Vec<u64> = self
+            .deliveries
+            .iter()
+            .filter(|(_, d)| {
+                d.idle_since
+                    .is_some_and(|t| self.stopping.is_some() || t + OUTBOUND_IDLE_KEEP <= now)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            if let Some(d) = self.deliveries.get_mut(&key) {
+                d.idle_since = None;
+                if let Phase::Talking { client, .. } = &mut d.phase {
+                    client.quit();
+                }
+            }
+            self.pump(key, now);
+        }
         let due: Vec<u64> = self
             .deliveries
             .iter()
@@ -695,8 +765,10 @@ impl Daemon {
             }
         }
         self.outbound.finished(&d.job.domain);
-        let decided = std::mem::take(&mut d.decided);
-        self.report(d.job, decided, &d.last_error);
+        if !d.job_reported {
+            let decided = std::mem::take(&mut d.decided);
+            self.report(d.job, decided, &d.last_error);
+        }
     }
 
     /// Hands a job's outcomes to the runner; recipients without one are
@@ -872,6 +944,8 @@ impl Delivery {
             phase: Phase::Resolving(LookupId(0)),
             body: None,
             plaintext_fallback: None,
+            job_reported: false,
+            idle_since: None,
             chunk: Vec::new(),
             chunk_pos: 0,
             body_done: false,

@@ -242,3 +242,18 @@ def test_own_mx_entry_only_more_preferred_hosts(tern_factory, sink):
         assert "v@self.test" in ds and "5.4.6" in ds and "loops back to myself" in ds
     finally:
         dns.close()
+
+
+def test_outbound_connection_is_cached_and_reused(tern_factory, sink):
+    t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none").start()
+    send(t, "a@lan.test", ["one@far.test"])
+    wait_for(lambda: len(sink.messages) == 1, what="first delivery")
+    time.sleep(0.3)  # well inside the 2 s the idle session is kept
+    send(t, "a@lan.test", ["two@far.test"])
+    wait_for(lambda: len(sink.messages) == 2, what="second delivery")
+    assert sink.sessions == 1, "the second message reused the cached session"
+    # After the idle time the session is closed with QUIT; a later message opens a new one.
+    time.sleep(3.5)
+    send(t, "a@lan.test", ["three@far.test"])
+    wait_for(lambda: len(sink.messages) == 3, what="third delivery")
+    assert sink.sessions == 2
