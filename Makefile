@@ -7,7 +7,7 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 PYTHON ?= python3
 DEV_CONF := etc/tern.dev.conf
-TEST_PKGS := swaks postfix s-nail
+TEST_PKGS := swaks postfix s-nail openssl
 PY_PKGS := pytest
 
 .PHONY: all build release run test test-deps unit e2e check fmt clippy size bench install clean cross cross-test
