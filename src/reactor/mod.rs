@@ -17,7 +17,7 @@ pub mod signals;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
@@ -282,8 +282,8 @@ impl<K: Ord + Copy> Reactor<K> {
                 let _ = registry.deregister(&mut l);
             }
             Some(Socket::Stream(mut s)) => {
+                // Closing the descriptor sends the FIN; no shutdown(2) needed.
                 let _ = registry.deregister(&mut s);
-                let _ = s.shutdown(Shutdown::Both);
             }
             Some(Socket::Udp(mut u)) => {
                 let _ = registry.deregister(&mut u);

@@ -62,9 +62,13 @@ pub type Content = io::Take<File>;
 use crate::smtp::reply::{self, Reply};
 
 /// A file being received.
+/// Writes to a file being received go through this much buffer, so a small
+/// message (envelope, `Received:`, body, trailer) costs one `write`.
+pub const INCOMING_BUFFER: usize = 4096;
+
 pub struct Incoming {
     pub id: QueueId,
-    file: File,
+    file: io::BufWriter<File>,
     path: PathBuf,
     flag_offset: u64,
     pub size: u64,
@@ -81,7 +85,9 @@ impl Incoming {
     /// field in the envelope, patched before the sync).
     pub fn mark_eight_bit(&mut self) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        self.file.write_all_at(b"8", self.flag_offset)
+        // The envelope may still be in the buffer: write it out first.
+        self.file.flush()?;
+        self.file.get_ref().write_all_at(b"8", self.flag_offset)
     }
 }
 
@@ -160,9 +166,10 @@ impl Spool {
                 .mode(0o600)
                 .open(&path);
             match file {
-                Ok(mut file) => {
+                Ok(file) => {
                     let header = env.encode();
                     let flag_offset = envelope::body_flag_offset(&header);
+                    let mut file = io::BufWriter::with_capacity(INCOMING_BUFFER, file);
                     if let Err(e) = file.write_all(&header) {
                         let _ = fs::remove_file(&path);
                         return Err(e);
@@ -195,6 +202,7 @@ impl Spool {
         for mut inc in batch {
             let r = (|| {
                 inc.file.write_all(&trailer(inc.size))?;
+                inc.file.flush()?;
                 fs::rename(&inc.path, self.path("msg", inc.id))?;
                 Ok(inc.id)
             })();
