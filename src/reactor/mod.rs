@@ -334,8 +334,10 @@ impl<K: Ord + Copy> Reactor<K> {
             }
         }
         let mut seen: Vec<SockId> = std::mem::take(&mut self.hot);
+        let mut signalled = false;
         for ev in self.events.iter() {
             if ev.token() == SIGNAL_TOKEN {
+                signalled = true;
                 continue;
             }
             let index = ev.token().0;
@@ -356,8 +358,12 @@ impl<K: Ord + Copy> Reactor<K> {
                 generation: slot.generation,
             });
         }
-        for sig in self.signals.drain() {
-            out.push(Event::Signal(sig));
+        // Edge-triggered: the pipe is drained whole, and only when it became
+        // readable (not one wasted read(2) per wakeup).
+        if signalled {
+            for sig in self.signals.drain() {
+                out.push(Event::Signal(sig));
+            }
         }
         seen.sort();
         seen.dedup();

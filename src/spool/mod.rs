@@ -93,6 +93,8 @@ impl Incoming {
 
 pub struct Spool {
     root: PathBuf,
+    /// `msg/`, held open for the commit's `syncfs` (no open/close per batch).
+    msg_dir: File,
     sync: bool,
     seq: u32,
 }
@@ -140,6 +142,7 @@ impl Spool {
         }
         Ok(Spool {
             root: root.to_path_buf(),
+            msg_dir: File::open(root.join("msg"))?,
             sync,
             seq: 0,
         })
@@ -212,7 +215,7 @@ impl Spool {
             results.push(r);
         }
         if self.sync && results.iter().any(|r| r.is_ok()) {
-            if let Err(e) = syncfs(&self.root.join("msg")) {
+            if let Err(e) = syncfs_fd(&self.msg_dir) {
                 // Without the sync nothing in this batch is durable.
                 let kind = e.kind();
                 for r in results.iter_mut() {
@@ -401,10 +404,6 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// One sync for everything on the spool's file system (data and directory
 /// entries of the whole batch).
-fn syncfs(path: &Path) -> io::Result<()> {
-    syncfs_fd(&File::open(path)?)
-}
-
 /// `syncfs(2)` for the file system `file` is on.
 pub fn syncfs_fd(file: &File) -> io::Result<()> {
     use std::os::fd::AsRawFd;
