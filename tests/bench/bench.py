@@ -225,6 +225,21 @@ def device_write_bytes(path):
         return None
 
 
+def journal_commits(path):
+    """ext4/jbd2 transactions committed so far on the file system holding
+    path (/proc/fs/jbd2/DEV-INO/info), or None (no journal)."""
+    dev = os.stat(path).st_dev
+    try:
+        name = os.path.basename(os.readlink(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"))
+        for d in os.listdir("/proc/fs/jbd2"):
+            if d.rsplit("-", 1)[0] == name:
+                with open(f"/proc/fs/jbd2/{d}/info") as f:
+                    return int(f.read().split()[0])
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
+
+
 def tracer_pid(pid):
     return proc_kv(f"/proc/{pid}/status").get("TracerPid", 0)
 
@@ -322,22 +337,24 @@ def source_cmd(smtp_source, port, conc, n, size):
 
 
 class Tern:
-    def __init__(self, bench, name, hold=False):
+    def __init__(self, bench, name, hold=False, store=None):
         self.bench, self.name, self.hold = bench, name, hold
         self.dir = bench.work / name
+        # spool and mailboxes; config and log stay in dir
+        self.store = store or self.dir
         self.port = free_port()
         self.p = None
 
     def start(self):
         d = self.dir
-        for sub in ("", "spool", "mail"):
-            (d / sub).mkdir(exist_ok=True)
+        for p in (d, self.store, self.store / "spool", self.store / "mail"):
+            p.mkdir(exist_ok=True)
         (d / "aliases").write_text("")
         conf = {
             "hostname": "bench.test",
             "listen": f"127.0.0.1:{self.port}",
-            "spool_dir": d / "spool",
-            "mail_dir": d / "mail",
+            "spool_dir": self.store / "spool",
+            "mail_dir": self.store / "mail",
             "aliases": d / "aliases",
             "local_domains": "bench.test",
             "relay_networks": "127.0.0.0/8",
@@ -384,9 +401,12 @@ class Postfix:
     /work/shared/bench/adapters/postfix.sh (chroot off, smtpd on a loopback
     port, relayhost = the sink)."""
 
-    def __init__(self, bench, name, hold=False):
+    def __init__(self, bench, name, hold=False, store=None):
         self.bench, self.name, self.hold = bench, name, hold
         self.dir = bench.work / name
+        # the queue directory (whose paths, sockets included, must stay
+        # short: sun_path); config, data and log stay in dir
+        self.store = store or self.dir
         self.port = free_port()
         self.master = None
 
@@ -408,8 +428,8 @@ class Postfix:
 
     def start(self):
         d = self.dir
-        conf, queue, data, logd = d / "conf", d / "queue", d / "data", d / "log"
-        for p in (d, conf, queue, data, logd):
+        conf, queue, data, logd = d / "conf", self.store / "queue", d / "data", d / "log"
+        for p in (d, self.store, conf, queue, data, logd):
             p.mkdir(exist_ok=True)
             os.chmod(p, 0o755)
         os.chown(data, pwd.getpwnam("postfix").pw_uid, -1)
@@ -507,6 +527,59 @@ maillog_file_prefixes = {logd}
         return False
 
 
+class LoopFs:
+    """A fresh ext4 file system on a loop device, mounted under the run dir,
+    for the flash figures: everything written to that device during a run
+    is the MTA's own (data, metadata, journal), unlike the machine's shared
+    disk. Inode tables and journal are initialised by mkfs, so no background
+    ext4lazyinit writes land in the measurement. Root only."""
+
+    SIZE = 1 << 30  # sparse image: only what is written takes space
+
+    def __init__(self, bench, name):
+        self.img = bench.work / f"{name}.img"
+        self.mnt = bench.work / f"{name}.fs"
+        self.mounted = False
+
+    @staticmethod
+    def unavailable():
+        if os.geteuid() != 0:
+            return "not root (a loop-mounted ext4 needs root)"
+        for b in ("mkfs.ext4", "mount", "umount"):
+            if not tool(b):
+                return f"`{b}` not installed"
+        return None
+
+    def __enter__(self):
+        with open(self.img, "wb") as f:
+            f.truncate(self.SIZE)
+        self.mnt.mkdir()
+        for cmd in (["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(self.img)],
+                    ["mount", "-o", "loop", str(self.img), str(self.mnt)]):
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            if r.returncode != 0:
+                self.__exit__()
+                raise BenchError(f"{' '.join(cmd)}: {r.stderr.strip()}")
+        self.mounted = True
+        os.chmod(self.mnt, 0o755)
+        return self
+
+    def __exit__(self, *exc):
+        if self.mounted:
+            subprocess.run(["umount", str(self.mnt)], capture_output=True, timeout=120)
+            self.mounted = False
+        for p in (self.img,):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+        try:
+            self.mnt.rmdir()
+        except OSError:
+            pass
+        return False
+
+
 # ---------------------------------------------------------------------------
 # measurements
 # ---------------------------------------------------------------------------
@@ -536,7 +609,8 @@ def throughput(bench, mta, conc, size, hold, io_pid=None):
     time.sleep(0.2)
     base = sink.count()
     io0 = write_bytes(io_pid) if io_pid else None
-    dev0 = device_write_bytes(mta.dir)
+    dev0 = device_write_bytes(mta.store)
+    jc0 = journal_commits(mta.store)
     out = mta.dir / "source.log"
     t0 = time.monotonic()
     p = bench.procs.spawn("smtp-source", source_cmd(bench.smtp_source, mta.port, conc, a.messages, size), out)
@@ -582,8 +656,10 @@ def throughput(bench, mta, conc, size, hold, io_pid=None):
             res["write_bytes_per_msg"] = (io1 - io0) / msgs
     if dev0 is not None:
         os.sync()  # commit what the run left dirty (journal; in-place metadata may follow later)
-        res["device_bytes"] = device_write_bytes(mta.dir) - dev0
+        res["device_bytes"] = device_write_bytes(mta.store) - dev0
         res["device_bytes_per_msg"] = res["device_bytes"] / msgs
+    if jc0 is not None:
+        res["journal_commits_per_msg"] = (journal_commits(mta.store) - jc0) / msgs
     return res
 
 
@@ -768,12 +844,18 @@ class Bench:
         if why:
             log(f"Postfix reference skipped: {why}")
 
-        def tp(kind, name, conc, size, hold=False):
+        def tp(kind, name, conc, size, hold=False, loop=False):
             def fn():
+                if loop:
+                    with LoopFs(self, name) as fs:
+                        return run(fs.mnt)
+                return run(None)
+
+            def run(store):
                 if kind is Tern:
-                    with Tern(self, name, hold) as t:
+                    with Tern(self, name, hold, store) as t:
                         return throughput(self, t, conc, size, hold, io_pid=t.pid)
-                with Postfix(self, name, hold) as pf:
+                with Postfix(self, name, hold, store) as pf:
                     return throughput(self, pf, conc, size, hold)
             return fn
 
@@ -782,7 +864,9 @@ class Bench:
                 ("relay_100k_c20", Tern, 20, LARGE, False),
                 ("accept_2k_c20", Tern, 20, SMALL, True)]
         if why is None:
-            plan += [("postfix_relay_2k_c20", Postfix, 20, SMALL, False),
+            plan += [("postfix_relay_2k_c1", Postfix, 1, SMALL, False),
+                     ("postfix_relay_2k_c20", Postfix, 20, SMALL, False),
+                     ("postfix_relay_100k_c20", Postfix, 20, LARGE, False),
                      ("postfix_accept_2k_c20", Postfix, 20, SMALL, True)]
         # repetitions interleave the workloads (and the MTAs) to spread drift
         for rep in range(a.reps):
@@ -790,6 +874,16 @@ class Bench:
                 name = f"{key.replace('_', '-')}-r{rep + 1}"
                 self.measure(f"{key}#{rep + 1}", tp(kind, name, conc, size, hold), into=key)
         for key, *_ in plan:
+            self.summarize(key)
+        # Flash: relay runs with the spool (Postfix: the queue) alone on a
+        # fresh ext4; one run each, the byte counts hardly vary.
+        self.results["flash_fs"] = LoopFs.unavailable() or "own"
+        flash = [("flash_2k_c1", Tern, 1), ("flash_2k_c20", Tern, 20)]
+        if why is None:
+            flash += [("postfix_flash_2k_c1", Postfix, 1), ("postfix_flash_2k_c20", Postfix, 20)]
+        for key, kind, conc in flash:
+            loop = self.results["flash_fs"] == "own"
+            self.measure(f"{key}#1", tp(kind, key.replace("_", "-"), conc, SMALL, loop=loop), into=key)
             self.summarize(key)
         if self.strace:
             self.measure("fsync_c1", lambda: fsync_audit(self, 1))
@@ -806,7 +900,7 @@ class Bench:
         if not runs:
             return
         rates = sorted(r["rate"] for r in runs)
-        for field in ("write_bytes_per_msg", "device_bytes_per_msg"):
+        for field in ("write_bytes_per_msg", "device_bytes_per_msg", "journal_commits_per_msg"):
             vals = [r[field] for r in runs if field in r]
             if vals:
                 self.results[key][field] = statistics.median(vals)
@@ -860,9 +954,9 @@ def report(bench, env):
 
     pf_ran = R.get("reference_skipped") is None
     for key, pkey, label, conc, size, ref in (
-            ("relay_2k_c1", None, "relay 2 KB, c=1 (msg/s)", 1, SMALL, "A"),
+            ("relay_2k_c1", "postfix_relay_2k_c1", "relay 2 KB, c=1 (msg/s)", 1, SMALL, "A"),
             ("relay_2k_c20", "postfix_relay_2k_c20", "relay 2 KB, c=20 (msg/s)", 20, SMALL, "A"),
-            ("relay_100k_c20", None, "relay 100 KB, c=20 (msg/s)", 20, LARGE, "A"),
+            ("relay_100k_c20", "postfix_relay_100k_c20", "relay 100 KB, c=20 (msg/s)", 20, LARGE, "A"),
             ("accept_2k_c20", "postfix_accept_2k_c20", "accept only (held), 2 KB, c=20 (msg/s)", 20, SMALL, "B")):
         rows.append((label, rate_cell(key), rate_cell(pkey) if pkey and pf_ran else "–",
                      ratio(key, pkey) if pkey and pf_ran else "–", ref))
@@ -907,7 +1001,7 @@ def report(bench, env):
                  f"then {a.settle:g}s after opening {a.idle} sessions from Python that each read the 220 banner "
                  f"(≤ 64 handshakes in flight); per session = (PSS idle − PSS rest) / sessions")
 
-    fs = env["work_fs"]
+    own_fs = R.get("flash_fs") == "own"
 
     def bytes_cell(key, field):
         r = R.get(key)
@@ -917,7 +1011,7 @@ def report(bench, env):
             return "not measured (no block device)" if field.startswith("device") else \
                 "not measured (/proc/PID/io unreadable)"
         v = r[field]
-        return f"{n0(v)} B" if v else f"0: not accounted (spool fs {fs})"
+        return f"{n0(v)} B ({v / SMALL:.1f}×)" if v else f"0: not accounted (fs {env['work_fs']})"
 
     def bytes_ratio(k1, k2, field):
         r1, r2 = R.get(k1) or {}, R.get(k2) or {}
@@ -925,23 +1019,34 @@ def report(bench, env):
             return f"{r1[field] / r2[field]:.2f}"
         return "–"
 
-    for key, pkey, what in (("accept_2k_c20", "postfix_accept_2k_c20", "accept-only"),
-                            ("relay_2k_c20", "postfix_relay_2k_c20", "relay c=20")):
-        rows.append((f"bytes charged to tern (write_bytes) per 2 KB message, {what}",
+    for conc in (1, 20):
+        key, pkey = f"flash_2k_c{conc}", f"postfix_flash_2k_c{conc}"
+        rows.append((f"flash: bytes charged to the MTA (write_bytes) per relayed 2 KB message, c={conc}",
                      bytes_cell(key, "write_bytes_per_msg"), "–", "–", "E"))
-    for key, pkey, what in (("accept_2k_c20", "postfix_accept_2k_c20", "accept-only"),
-                            ("relay_2k_c20", "postfix_relay_2k_c20", "relay c=20")):
-        rows.append((f"bytes written to the spool's device per 2 KB message, {what}",
+        rows.append((f"flash: bytes written to the spool's device per relayed 2 KB message, c={conc}",
                      bytes_cell(key, "device_bytes_per_msg"),
                      bytes_cell(pkey, "device_bytes_per_msg") if pf_ran else "–",
                      bytes_ratio(key, pkey, "device_bytes_per_msg") if pf_ran else "–", "G"))
-    cmds["E"] = (f"`write_bytes` delta of /proc/TERN_PID/io over the timed run (B, or A at c=20) / N, "
-                 f"median over the repetitions; spool in {env['work_dir']} ({fs}). Counts what the kernel "
-                 f"charges to tern: pages it dirtied and, depending on the sync call, metadata written "
-                 f"back in its context; journal writes done by kernel threads (jbd2) are not included")
-    cmds["G"] = (f"sectors written × 512 on the spool's block device ({env.get('work_dev', '?')}, "
-                 f"/sys/dev/block/MAJ:MIN/stat) from the start of the timed run until `sync` after it, / N, "
-                 f"median; includes journal and metadata, and also every other writer on that device")
+        if own_fs:
+            def commits(k):
+                v = (R.get(k) or {}).get("journal_commits_per_msg")
+                return "n/a" if v is None else n2(v)
+            rows.append((f"flash: ext4 journal commits per relayed 2 KB message, c={conc}", commits(key),
+                         commits(pkey) if pf_ran else "–", "–", "H"))
+    where = ("the spool (Postfix: queue_directory) alone on a fresh 1 GiB ext4 on a loop device "
+             "(mkfs.ext4 defaults, 4 KiB blocks, inode tables initialised by mkfs)" if own_fs else
+             f"the spool in {env['work_dir']} ({env['work_fs']}), a device shared with every other "
+             f"writer on the machine ({R.get('flash_fs')})")
+    cmds["E"] = (f"`write_bytes` delta of /proc/TERN_PID/io over a relay run of N messages (A, after "
+                 f"warm-up) / N, with {where}. Counts the pages tern dirtied (and whatever its syncfs "
+                 f"writes back for others); journal writes done by jbd2 are not included; "
+                 f"(×) = multiple of the {SMALL} B message")
+    cmds["H"] = ("transactions committed by jbd2 on the flash run's own file system "
+                 "(/proc/fs/jbd2/DEV-8/info, first figure) from the start of the run until `sync` after it, / N; "
+                 "each commit is one journal write plus a cache flush")
+    cmds["G"] = (f"sectors written × 512 on the spool's block device (/sys/dev/block/MAJ:MIN/stat) from "
+                 f"the start of the same run until `sync` after it, / N, with {where}; includes data, "
+                 f"metadata and journal")
 
     size = R.get("binary_bytes")
     rows.append(("binary size (bytes)", f"{size:,} ({size / 1024:,.0f} KiB)" if size else "n/a", "–", "–", "F"))
