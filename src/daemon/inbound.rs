@@ -419,7 +419,7 @@ impl Daemon {
         match self.spool.create(&stored) {
             Ok(inc) => {
                 let date = rfc5322_date(now as i64, 0);
-                conn.session.data_started(&inc.id.to_string(), &date);
+                conn.session.data_started(inc.id.text().as_str(), &date);
                 conn.envelope = Some(StoredEnvelope {
                     id: inc.id,
                     ..stored
@@ -457,7 +457,7 @@ impl Daemon {
                     }
                     self.queue.schedule(qid, now);
                     if let Some(c) = self.inbound.get_mut(&id) {
-                        c.session.committed(Ok(&qid.to_string()));
+                        c.session.committed(Ok(qid.text().as_str()));
                     }
                 }
                 Err(e) => {

@@ -352,7 +352,7 @@ impl Daemon {
         let boundary = format!("{id}.{now}/{}", self.cfg.hostname);
         let text = build_bounce(&BounceInput {
             reporting_mta: &self.cfg.hostname,
-            queue_id: &id.to_string(),
+            queue_id: id.text().as_str(),
             original_sender: &flight.env.sender,
             arrival_date: &rfc5322_date(flight.env.arrival as i64, 0),
             now_date: &rfc5322_date(now as i64, 0),

@@ -44,7 +44,7 @@ impl Reply {
     /// Appends the reply in wire form. `enhanced` says whether the client
     /// used EHLO and so gets the RFC 3463 code.
     pub fn write_to(&self, out: &mut Vec<u8>, enhanced: bool) {
-        out.extend_from_slice(self.code.to_string().as_bytes());
+        push_code(out, self.code);
         out.push(b' ');
         if enhanced && !self.status.is_empty() {
             out.extend_from_slice(self.status.as_bytes());
@@ -65,10 +65,20 @@ impl std::fmt::Display for Reply {
     }
 }
 
+/// The three digits of a reply code (always 200..=599 here).
+fn push_code(out: &mut Vec<u8>, code: u16) {
+    let code = code.min(999);
+    out.extend_from_slice(&[
+        b'0' + (code / 100) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ]);
+}
+
 /// Writes a multi-line reply (`250-first`, ..., `250 last`).
 pub fn write_multiline(out: &mut Vec<u8>, code: u16, lines: &[&str]) {
     for (i, line) in lines.iter().enumerate() {
-        out.extend_from_slice(code.to_string().as_bytes());
+        push_code(out, code);
         out.push(if i + 1 == lines.len() { b' ' } else { b'-' });
         out.extend_from_slice(line.as_bytes());
         out.extend_from_slice(b"\r\n");

@@ -30,11 +30,33 @@ impl QueueId {
     pub fn new(arrival_secs: u64, seq: u32) -> QueueId {
         QueueId((arrival_secs << 24) | (seq as u64 & 0xFF_FFFF))
     }
+
+    /// The 16 hex digits, formatted on the stack (file names are built
+    /// for every message; no heap allocation for them).
+    pub fn text(self) -> IdText {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let mut out = [0u8; 16];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = HEX[((self.0 >> (60 - 4 * i)) & 0xF) as usize];
+        }
+        IdText(out)
+    }
+}
+
+/// A [`QueueId`] as text: 16 ASCII hex digits.
+#[derive(Clone, Copy)]
+pub struct IdText([u8; 16]);
+
+impl IdText {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or("????????????????")
+    }
 }
 
 impl fmt::Display for QueueId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016X}", self.0)
+        f.write_str(self.text().as_str())
     }
 }
 
@@ -222,6 +244,15 @@ pub fn decode_state(bytes: &[u8], n: usize) -> Option<(Vec<RcptState>, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id_text_is_sixteen_upper_hex_digits_and_parses_back() {
+        for raw in [0, 1, 0xABCDEF, u64::MAX, QueueId::new(1_795_000_000, 42).0] {
+            let id = QueueId(raw);
+            assert_eq!(id.text().as_str(), format!("{raw:016X}"));
+            assert_eq!(id.to_string().parse::<QueueId>(), Ok(id));
+        }
+    }
 
     #[test]
     fn queue_id_roundtrip() {

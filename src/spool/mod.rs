@@ -162,8 +162,13 @@ impl Spool {
         &self.root
     }
 
+    /// `ROOT/dir/ID`, built with one allocation.
     fn path(&self, dir: &str, id: QueueId) -> PathBuf {
-        self.root.join(dir).join(id.to_string())
+        let mut p = PathBuf::with_capacity(self.root.as_os_str().len() + dir.len() + 18);
+        p.push(&self.root);
+        p.push(dir);
+        p.push(id.text().as_str());
+        p
     }
 
     /// Creates `tmp/ID` and writes the envelope; the caller streams the content.
@@ -235,7 +240,9 @@ impl Spool {
         let sealed = results.iter().filter(|r| r.is_ok()).count();
         if self.sync && sealed > 0 {
             let synced = match lone {
-                Some(file) if sealed == 1 => file.sync_data().and_then(|()| self.msg_dir.sync_all()),
+                Some(file) if sealed == 1 => {
+                    file.sync_data().and_then(|()| self.msg_dir.sync_all())
+                }
                 _ => syncfs_fd(&self.msg_dir),
             };
             if let Err(e) = synced {
@@ -243,7 +250,7 @@ impl Spool {
                 let kind = e.kind();
                 for r in results.iter_mut() {
                     if let Ok(id) = r {
-                        let _ = fs::remove_file(self.root.join("msg").join(id.to_string()));
+                        let _ = fs::remove_file(self.path("msg", *id));
                         *r = Err(io::Error::new(kind, e.to_string()));
                     }
                 }
