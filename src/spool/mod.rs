@@ -235,7 +235,9 @@ impl Spool {
         let sealed = results.iter().filter(|r| r.is_ok()).count();
         if self.sync && sealed > 0 {
             let synced = match lone {
-                Some(file) if sealed == 1 => file.sync_data().and_then(|()| self.msg_dir.sync_all()),
+                Some(file) if sealed == 1 => {
+                    file.sync_data().and_then(|()| self.msg_dir.sync_all())
+                }
                 _ => syncfs_fd(&self.msg_dir),
             };
             if let Err(e) = synced {
