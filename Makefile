@@ -84,14 +84,34 @@ CROSS_QEMU_aarch64-unknown-linux-musl := qemu-aarch64-static
 CROSS_QEMU_armv7-unknown-linux-musleabihf := qemu-arm-static
 CROSS_QEMU_x86_64-unknown-linux-musl :=
 
+# Flash size of the static binary (it stays a static PIE where the target
+# makes one, x86_64: ASLR is kept). Savings measured on x86_64 musl:
+# - linked by rust-lld, which rustup's rustc ships (found through its gcc-ld
+#   directory, as rustc itself does): -5 KB;
+# - relative relocations packed as RELR (-z pack-relative-relocs), applied
+#   by the start code of musl >= 1.2.4 (Rust's self-contained musl is newer):
+#   -61 KB;
+# - identical functions folded (--icf=all; Rust functions are unnamed_addr):
+#   -20 KB;
+# - no .eh_frame_hdr (-25 KB) and no unwind tables for ring's C code (-4 KB):
+#   with panic = "abort" nothing unwinds; the only user was
+#   RUST_BACKTRACE=full, which in a stripped binary printed bare addresses
+#   (a panic still prints its message and source location).
+RUST_LLD_DIR = $(shell rustc --print sysroot)/lib/rustlib/$(shell rustc -vV | sed -n 's/^host: //p')/bin/gcc-ld
+CROSS_LDFLAGS = -fuse-ld=lld -B$(RUST_LLD_DIR) -Wl,-z,pack-relative-relocs -Wl,--icf=all -Wl,--no-eh-frame-hdr
+CROSS_CFLAGS := -fno-asynchronous-unwind-tables -fno-unwind-tables
+
 cross:
 	@test -n "$(TARGET)" || { echo "usage: make cross TARGET=aarch64-unknown-linux-musl"; exit 2; }
 	@rustup target list --installed 2>/dev/null | grep -qx "$(TARGET)" || \
 	  { echo "the Rust standard library for $(TARGET) is not installed: run 'rustup target add $(TARGET)'"; exit 1; }
 	@command -v $(CROSS_CC_$(TARGET)) >/dev/null || { echo "missing C cross compiler $(CROSS_CC_$(TARGET))"; exit 1; }
+	@test -x "$(RUST_LLD_DIR)/ld.lld" || { echo "rust-lld not found in $(RUST_LLD_DIR) (it comes with rustup's rustc)"; exit 1; }
 	CC_$(subst -,_,$(TARGET))=$(CROSS_CC_$(TARGET)) \
+	CFLAGS_$(subst -,_,$(TARGET))="$(CROSS_CFLAGS)" \
 	CARGO_TARGET_$(shell echo $(TARGET) | tr a-z- A-Z_)_LINKER=$(CROSS_CC_$(TARGET)) \
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(TARGET)
+	RUSTFLAGS="-C target-feature=+crt-static $(foreach f,$(CROSS_LDFLAGS),-C link-arg=$(f))" \
+	  $(CARGO) build --release --target $(TARGET)
 	@ls -l target/$(TARGET)/release/tern | awk '{print "static binary: " $$5 " bytes"}'
 
 # A loopback smoke test of the cross binary under qemu-user.

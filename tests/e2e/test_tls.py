@@ -66,6 +66,20 @@ def test_implicit_tls_smtps(tls_tern):
     wait_for(lambda: t.queued() or "x@far.test" in t.log_text(), what="accepted for relay")
 
 
+def test_starttls_tls12_client(tls_tern):
+    # Older clients and smarthosts speak only TLS 1.2: the server side must too.
+    t = tls_tern
+    ctx = client_ctx()
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with smtplib.SMTP("127.0.0.1", t.sub_port, timeout=10) as c:
+        c.starttls(context=ctx)
+        assert c.sock.version() == "TLSv1.2"
+        c.login("joe", "s3cret pass")
+        c.sendmail("joe@lan.test", ["friend@localhost"], b"Subject: tls12\r\n\r\nhello\r\n")
+    got = wait_for(lambda: t.maildir("friend"), what="delivery")
+    assert b"(using TLSv1.2" in got[0]
+
+
 def test_auth_failures_and_order(tls_tern):
     t = tls_tern
     # MAIL before AUTH on submission.
@@ -178,6 +192,22 @@ def test_smarthost_implicit_tls(tern_factory, tmp_path):
         with smtplib.SMTP("127.0.0.1", t.port, timeout=10) as c:
             c.sendmail("cam@lan.test", ["me@office.test"], b"Subject: 465\r\n\r\nimplicit\r\n")
         wait_for(lambda: sink.messages, what="delivery over implicit TLS")
+        assert sink.messages[0]["tls"] and sink.messages[0]["auth"] == "u"
+    finally:
+        sink.close()
+
+
+def test_smarthost_tls12_only(tern_factory, tmp_path):
+    ctx = server_ctx()
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    sink = Sink(tls=ctx, auth=("u", "p"))
+    try:
+        t = tern_factory(smarthost=f"localhost:{sink.port}", smarthost_tls="starttls",
+                         tls_ca_file=CERTS / "ca.pem", smarthost_user="u",
+                         smarthost_password_file=write_password(tmp_path, "p")).start()
+        with smtplib.SMTP("127.0.0.1", t.port, timeout=10) as c:
+            c.sendmail("cam@lan.test", ["me@office.test"], b"Subject: 1.2\r\n\r\nold smarthost\r\n")
+        wait_for(lambda: sink.messages, what="delivery through a TLS 1.2 smarthost")
         assert sink.messages[0]["tls"] and sink.messages[0]["auth"] == "u"
     finally:
         sink.close()
