@@ -131,13 +131,16 @@ def test_privilege_drop():
 
 
 def _check_dropped(t, nobody):
-    status = Path(f"/proc/{t.proc.pid}/status").read_text()
+    # The listeners are bound as root and the kernel completes handshakes
+    # before the loop runs, so an open port does not yet mean the drop
+    # happened; a banner does (the loop only starts after it).
+    with smtplib.SMTP("127.0.0.1", t.port, timeout=5) as c:
+        status = Path(f"/proc/{t.proc.pid}/status").read_text()
+        c.sendmail("a@x.test", ["dropped@localhost"], b"Subject: x\r\n\r\nas nobody\r\n")
     uid_line = [l for l in status.splitlines() if l.startswith("Uid:")][0].split()
     gid_line = [l for l in status.splitlines() if l.startswith("Gid:")][0].split()
     assert uid_line[1:] == [str(nobody.pw_uid)] * 4, uid_line
     assert gid_line[1:] == [str(nobody.pw_gid)] * 4, gid_line
-    with smtplib.SMTP("127.0.0.1", t.port, timeout=5) as c:
-        c.sendmail("a@x.test", ["dropped@localhost"], b"Subject: x\r\n\r\nas nobody\r\n")
     got = wait_for(lambda: t.maildir("dropped"), what="delivery as nobody")
     assert b"as nobody" in got[0]
     owner = (t.mail / "dropped" / "new").stat().st_uid
