@@ -19,8 +19,11 @@ use crate::spool::{Incoming, StoredEnvelope};
 use crate::tls::TlsStream;
 
 /// Input buffer per connection: a read never takes more than this, and a
-/// session that is not consuming stops the reads (backpressure).
-pub const INPUT_BUFFER: usize = 4096;
+/// session that is not consuming stops the reads (backpressure). 16 KiB
+/// reads halve the syscalls of a 100 KB message compared with 4 KiB.
+pub const INPUT_BUFFER: usize = 16384;
+/// What the input buffer keeps after a message (commands are short).
+pub const INPUT_KEPT: usize = 1024;
 /// Reads per connection per wakeup, so one fast client cannot starve others.
 pub const READS_PER_WAKEUP: usize = 16;
 
@@ -331,7 +334,9 @@ impl Daemon {
                         };
                         match r {
                             Ok(()) => {
+                                // Built only for a log line that is written.
                                 let what = match conn.session.envelope() {
+                                    _ if !log::log_enabled!(log::Level::Info) => String::new(),
                                     Some(env) => format!(
                                         "from=<{}> size={} nrcpt={} client={} [{}]",
                                         env.sender
@@ -347,6 +352,9 @@ impl Daemon {
                                 };
                                 let env = conn.envelope.take();
                                 self.batch.push((id, inc, what, env));
+                                // A kept-open session does not hold on to
+                                // the room a large message needed.
+                                conn.input.shrink_to(INPUT_KEPT);
                             }
                             Err(e) => {
                                 self.spool.discard(inc);

@@ -78,9 +78,11 @@ pub struct Delivery {
     job_reported: bool,
     /// Idle in the connection cache since then.
     idle_since: Option<Instant>,
-    /// Body bytes read from the spool but not yet taken by the client.
+    /// Body bytes read from the spool (`chunk[chunk_pos..chunk_end]` not
+    /// yet taken by the client); sized once, refilled in place.
     chunk: Vec<u8>,
     chunk_pos: usize,
+    chunk_end: usize,
     body_done: bool,
     last_error: String,
     /// Outcomes decided so far (index in the job's recipient list).
@@ -119,8 +121,8 @@ impl Daemon {
                     d.job_reported = false;
                     d.idle_since = None;
                     d.body_done = false;
-                    d.chunk.clear();
                     d.chunk_pos = 0;
+                    d.chunk_end = 0;
                     client.start_transaction(transaction(&d.job), now);
                 }
             }
@@ -504,8 +506,8 @@ impl Daemon {
                                 let decided = std::mem::take(&mut d.decided);
                                 reports.push((done, decided));
                                 d.body_done = false;
-                                d.chunk.clear();
                                 d.chunk_pos = 0;
+                                d.chunk_end = 0;
                                 client.start_transaction(transaction(&d.job), now);
                             }
                             None => {
@@ -584,32 +586,34 @@ impl Daemon {
             // Body: feed the client until it stops taking (high-water mark).
             if let Some(file) = d.body.as_mut() {
                 loop {
-                    if d.chunk_pos == d.chunk.len() {
-                        d.chunk.resize(BODY_CHUNK, 0);
+                    if d.chunk_pos == d.chunk_end {
+                        if d.chunk.len() != BODY_CHUNK {
+                            d.chunk.resize(BODY_CHUNK, 0);
+                        }
                         match file.read(&mut d.chunk) {
                             Ok(0) => {
-                                d.chunk.clear();
                                 d.chunk_pos = 0;
+                                d.chunk_end = 0;
                                 client.finish_body(now);
                                 d.body = None;
                                 progressed = true;
                                 break;
                             }
                             Ok(n) => {
-                                d.chunk.truncate(n);
                                 d.chunk_pos = 0;
+                                d.chunk_end = n;
                             }
                             Err(e) => {
                                 log::error!("{}: reading queue file: {e}", d.job.id);
-                                d.chunk.clear();
                                 d.chunk_pos = 0;
+                                d.chunk_end = 0;
                                 d.body = None;
                                 client.connection_lost(now);
                                 break;
                             }
                         }
                     }
-                    let took = client.send_body(&d.chunk[d.chunk_pos..]);
+                    let took = client.send_body(&d.chunk[d.chunk_pos..d.chunk_end]);
                     if took == 0 {
                         break;
                     }
@@ -948,6 +952,7 @@ impl Delivery {
             idle_since: None,
             chunk: Vec::new(),
             chunk_pos: 0,
+            chunk_end: 0,
             body_done: false,
             last_error: String::new(),
             decided: HashMap::new(),

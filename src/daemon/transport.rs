@@ -14,7 +14,7 @@ use crate::tls::TlsStream;
 use super::Timer;
 
 /// Bytes read from the socket per call.
-pub const SOCKET_READ: usize = 4096;
+pub const SOCKET_READ: usize = 16384;
 
 #[derive(Default)]
 pub struct Transport {

@@ -531,14 +531,31 @@ impl ClientSession {
             return 0;
         }
         let take = chunk.len().min(BODY_HIGH_WATER - self.out.len());
-        for &b in chunk.iter().take(take) {
-            // A line starts after any LF, so a bare LF cannot smuggle a dot.
-            if b == b'.' && self.body_tail[1] == b'\n' {
+        let chunk = &chunk[..take];
+        // Copy runs; a dot that starts a line gets a second one in front.
+        // A line starts after any LF, so a bare LF cannot smuggle a dot.
+        let mut copied = 0;
+        let mut from = 0;
+        while let Some(off) = super::scan::position(&chunk[from..], b'.') {
+            let dot = from + off;
+            let before = if dot == 0 {
+                self.body_tail[1]
+            } else {
+                chunk[dot - 1]
+            };
+            if before == b'\n' {
+                self.out.extend_from_slice(&chunk[copied..dot]);
                 self.out.push(b'.');
+                copied = dot;
             }
-            self.out.push(b);
-            self.body_tail = [self.body_tail[1], b];
+            from = dot + 1;
         }
+        self.out.extend_from_slice(&chunk[copied..]);
+        self.body_tail = match *chunk {
+            [] => self.body_tail,
+            [only] => [self.body_tail[1], only],
+            [.., a, b] => [a, b],
+        };
         take
     }
 
@@ -1787,6 +1804,34 @@ mod tests {
             h.sent(),
             "..first\r\n..dot\r\n...two\r\nno.stuff\r\nend\r\n.\r\n"
         );
+    }
+
+    /// The run-copying stuffer agrees with the rule applied octet by octet,
+    /// however the body is cut into chunks.
+    #[test]
+    fn dot_stuffing_matches_per_octet_rule_at_every_split() {
+        let body: &[u8] = b".a\r\n..b\n.\r\nx.y\r\n.\n\n.z.\r\n.";
+        let mut want = Vec::new();
+        let mut prev = b'\n';
+        for &b in body {
+            if b == b'.' && prev == b'\n' {
+                want.push(b'.');
+            }
+            want.push(b);
+            prev = b;
+        }
+        want.extend_from_slice(b"\r\n.\r\n");
+        let want = String::from_utf8(want).unwrap();
+        for cut1 in 0..=body.len() {
+            for cut2 in cut1..=body.len() {
+                let mut h = in_body();
+                for part in [&body[..cut1], &body[cut1..cut2], &body[cut2..]] {
+                    assert_eq!(h.s.send_body(part), part.len());
+                }
+                h.s.finish_body(h.t0);
+                assert_eq!(h.sent(), want, "cuts at {cut1}, {cut2}");
+            }
+        }
     }
 
     #[test]

@@ -102,12 +102,16 @@ impl DataDecoder {
             if self.state == State::Done {
                 return i;
             }
+            // An ordinary octet starting a line starts its run (below).
+            if matches!(self.state, State::LineStart { .. })
+                && !matches!(input[i], b'.' | b'\r' | b'\n')
+            {
+                self.state = State::Mid;
+            }
             // Fast path: copy the run of ordinary octets inside a line.
             if self.state == State::Mid {
-                let run = input[i..]
-                    .iter()
-                    .position(|&b| b == b'\r' || b == b'\n')
-                    .unwrap_or(input.len() - i);
+                let run =
+                    super::scan::position2(&input[i..], b'\r', b'\n').unwrap_or(input.len() - i);
                 if run > 0 {
                     self.content(&input[i..i + run], out);
                     i += run;
@@ -172,7 +176,7 @@ impl DataDecoder {
         if self.line_len + 2 > MAX_LINE {
             self.summary.line_too_long = true;
         }
-        if !self.summary.eight_bit && bytes.iter().any(|&b| b >= 0x80) {
+        if !self.summary.eight_bit && super::scan::has_high_bit(bytes) {
             self.summary.eight_bit = true;
         }
         if self.in_headers && self.head_len < self.head.len() {

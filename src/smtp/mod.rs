@@ -6,4 +6,5 @@ pub mod client;
 pub mod command;
 pub mod data;
 pub mod reply;
+pub mod scan;
 pub mod server;
