@@ -40,7 +40,7 @@ use runner::InFlight;
 
 /// Envelopes kept for messages not yet attempted (beyond this, the first
 /// attempt reads the file like any other).
-pub const FRESH_CACHE: usize = 256;
+pub const FRESH_CACHE: usize = 1024;
 
 /// The longest the loop sleeps without a timer (a safety net only).
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);

@@ -19,7 +19,7 @@ use crate::spool::{QueueId, RcptState, RcptStatus, StoredEnvelope};
 
 /// Messages taken from the queue per loop turn; local deliveries fsync, so
 /// this bounds how long one turn can keep other sessions waiting.
-pub const MESSAGES_PER_TURN: usize = 8;
+pub const MESSAGES_PER_TURN: usize = 16;
 /// Outbound jobs waiting for a connection slot before the runner stops
 /// taking due messages (each waiting job holds its envelope in memory).
 pub const OUTBOUND_BACKLOG: usize = 64;
