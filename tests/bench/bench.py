@@ -225,6 +225,17 @@ def device_write_bytes(path):
         return None
 
 
+def device_flushes(path):
+    """Cache-flush requests completed so far by the block device holding
+    path (field 16 of /sys/dev/block/MAJ:MIN/stat, Linux >= 5.5), or None."""
+    dev = os.stat(path).st_dev
+    try:
+        with open(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/stat") as f:
+            return int(f.read().split()[15])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def journal_commits(path):
     """ext4/jbd2 transactions committed so far on the file system holding
     path (/proc/fs/jbd2/DEV-INO/info), or None (no journal)."""
@@ -611,6 +622,7 @@ def throughput(bench, mta, conc, size, hold, io_pid=None):
     io0 = write_bytes(io_pid) if io_pid else None
     dev0 = device_write_bytes(mta.store)
     jc0 = journal_commits(mta.store)
+    fl0 = device_flushes(mta.store)
     out = mta.dir / "source.log"
     t0 = time.monotonic()
     p = bench.procs.spawn("smtp-source", source_cmd(bench.smtp_source, mta.port, conc, a.messages, size), out)
@@ -660,6 +672,8 @@ def throughput(bench, mta, conc, size, hold, io_pid=None):
         res["device_bytes_per_msg"] = res["device_bytes"] / msgs
     if jc0 is not None:
         res["journal_commits_per_msg"] = (journal_commits(mta.store) - jc0) / msgs
+    if fl0 is not None:
+        res["device_flushes_per_msg"] = (device_flushes(mta.store) - fl0) / msgs
     return res
 
 
@@ -900,7 +914,8 @@ class Bench:
         if not runs:
             return
         rates = sorted(r["rate"] for r in runs)
-        for field in ("write_bytes_per_msg", "device_bytes_per_msg", "journal_commits_per_msg"):
+        for field in ("write_bytes_per_msg", "device_bytes_per_msg", "journal_commits_per_msg",
+                      "device_flushes_per_msg"):
             vals = [r[field] for r in runs if field in r]
             if vals:
                 self.results[key][field] = statistics.median(vals)
@@ -1028,11 +1043,13 @@ def report(bench, env):
                      bytes_cell(pkey, "device_bytes_per_msg") if pf_ran else "–",
                      bytes_ratio(key, pkey, "device_bytes_per_msg") if pf_ran else "–", "G"))
         if own_fs:
-            def commits(k):
-                v = (R.get(k) or {}).get("journal_commits_per_msg")
+            def per_msg(k, field):
+                v = (R.get(k) or {}).get(field)
                 return "n/a" if v is None else n2(v)
-            rows.append((f"flash: ext4 journal commits per relayed 2 KB message, c={conc}", commits(key),
-                         commits(pkey) if pf_ran else "–", "–", "H"))
+            for field, what in (("journal_commits_per_msg", "ext4 journal commits"),
+                                ("device_flushes_per_msg", "device cache flushes")):
+                rows.append((f"flash: {what} per relayed 2 KB message, c={conc}", per_msg(key, field),
+                             per_msg(pkey, field) if pf_ran else "–", "–", "H"))
     where = ("the spool (Postfix: queue_directory) alone on a fresh 1 GiB ext4 on a loop device "
              "(mkfs.ext4 defaults, 4 KiB blocks, inode tables initialised by mkfs)" if own_fs else
              f"the spool in {env['work_dir']} ({env['work_fs']}), a device shared with every other "
@@ -1042,8 +1059,10 @@ def report(bench, env):
                  f"writes back for others); journal writes done by jbd2 are not included; "
                  f"(×) = multiple of the {SMALL} B message")
     cmds["H"] = ("transactions committed by jbd2 on the flash run's own file system "
-                 "(/proc/fs/jbd2/DEV-8/info, first figure) from the start of the run until `sync` after it, / N; "
-                 "each commit is one journal write plus a cache flush")
+                 "(/proc/fs/jbd2/DEV-8/info, first figure), and flush requests completed by its block device "
+                 "(field 16 of /sys/dev/block/MAJ:MIN/stat), from the start of the run until `sync` after it, / N: "
+                 "the syncs the device really saw, whatever the syscalls (a loop device without FUA turns one "
+                 "journal commit into two flushes)")
     cmds["G"] = (f"sectors written × 512 on the spool's block device (/sys/dev/block/MAJ:MIN/stat) from "
                  f"the start of the same run until `sync` after it, / N, with {where}; includes data, "
                  f"metadata and journal")
