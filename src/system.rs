@@ -130,15 +130,30 @@ pub fn run_daemon(mut cfg: Config, config_path: PathBuf, detach: bool) -> i32 {
     // `-d` changes directory to /: relative paths must not change meaning.
     let config_path = std::path::absolute(&config_path).unwrap_or(config_path);
     cfg.make_paths_absolute();
-    if let Some(pid) = live_pid(&cfg.pid_file) {
-        eprintln!(
-            "tern: already running (pid {pid} in {})",
-            cfg.pid_file.display()
-        );
-        return EX_TEMPFAIL;
-    }
-    let user = cfg.user.clone();
     let pid_file = cfg.pid_file.clone();
+    let mut pid_lock = match PidFile::lock(&pid_file) {
+        Ok(Ok(lock)) => Some(lock),
+        Ok(Err(pid)) => {
+            let pid = pid.map_or_else(|| "?".to_string(), |p| p.to_string());
+            eprintln!(
+                "tern: already running (pid {pid} in {})",
+                pid_file.display()
+            );
+            return EX_TEMPFAIL;
+        }
+        Err(e) if detach => {
+            eprintln!("tern: cannot open pid file {}: {e}", pid_file.display());
+            return EX_OSERR;
+        }
+        Err(e) => {
+            log::warn!(
+                "cannot open pid file {}: {e} (queue flush will not find the daemon)",
+                pid_file.display()
+            );
+            None
+        }
+    };
+    let user = cfg.user.clone();
     let account = match &user {
         Some(name) => match lookup_user(name) {
             Ok(ids) => Some(ids),
@@ -164,20 +179,14 @@ pub fn run_daemon(mut cfg: Config, config_path: PathBuf, detach: bool) -> i32 {
             return EX_OSERR;
         }
     }
-    let wrote_pid = match write_pid_file(&pid_file) {
-        Ok(()) => true,
-        Err(e) => {
-            if detach {
-                log::error!("cannot write pid file {}: {e}", pid_file.display());
-                return EX_OSERR;
-            }
-            log::warn!(
-                "cannot write pid file {}: {e} (queue flush will not find the daemon)",
-                pid_file.display()
-            );
-            false
+    if let Some(lock) = pid_lock.as_mut() {
+        // After the fork: the pid is the daemon's, and the lock came along
+        // (it belongs to the open file, which the child shares).
+        if let Err(e) = lock.write_pid() {
+            log::error!("cannot write pid file {}: {e}", pid_file.display());
+            return EX_OSERR;
         }
-    };
+    }
     if let (Some(user), Some((uid, gid))) = (user, account) {
         if let Err(e) = hand_over_dirs(&cfg_dirs, uid, gid) {
             log::error!("cannot give the spool and mail directories to {user}: {e}");
@@ -196,29 +205,88 @@ pub fn run_daemon(mut cfg: Config, config_path: PathBuf, detach: bool) -> i32 {
             EX_OSERR
         }
     };
-    if wrote_pid {
-        let _ = std::fs::remove_file(&pid_file);
+    if let Some(lock) = pid_lock {
+        lock.remove();
     }
     code
 }
 
-/// The pid in `path` if that process is alive and is a tern.
-fn live_pid(path: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
-    if pid <= 1 || pid == std::process::id() as i32 {
-        return None;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    String::from_utf8_lossy(&cmdline)
-        .contains("tern")
-        .then_some(pid)
+/// The pid file, held with an exclusive `flock(2)` for the daemon's life.
+///
+/// Whether a daemon runs is decided by the lock, never by the number in the
+/// file: after a crash or a SIGKILL the file stays behind, and with
+/// `pid_max` at 32768 (the default, routers included) its number soon names
+/// another process, which may even be another program whose command line
+/// contains "tern".
+pub struct PidFile {
+    file: std::fs::File,
+    path: PathBuf,
 }
 
-/// Written atomically: a temp file renamed into place.
-fn write_pid_file(path: &Path) -> io::Result<()> {
-    let tmp = path.with_extension("pid.tmp");
-    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
-    std::fs::rename(&tmp, path)
+impl PidFile {
+    /// Opens (creates) and locks `path`. `Ok(Err(pid))`: a daemon holds it.
+    pub fn lock(path: &Path) -> io::Result<Result<PidFile, Option<i32>>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(path)?;
+        if flock(&file, libc::LOCK_EX)? {
+            Ok(Ok(PidFile {
+                file,
+                path: path.to_path_buf(),
+            }))
+        } else {
+            Ok(Err(read_pid(path)))
+        }
+    }
+
+    /// Replaces the file's content with our pid.
+    pub fn write_pid(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let text = format!("{}\n", std::process::id());
+        self.file.set_len(0)?;
+        self.file.write_all_at(text.as_bytes(), 0)
+    }
+
+    /// Removes the file (still locked, so no second daemon can slip in
+    /// between and lose its file).
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Non-blocking `flock`: `Ok(false)` when another open file holds it.
+fn flock(file: &std::fs::File, how: i32) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    (pid > 1).then_some(pid)
+}
+
+/// The pid of the daemon that holds `path` locked, if one does (for
+/// signalling it: a stale file never gets a signal sent to its number).
+pub fn running_daemon(path: &Path) -> Option<i32> {
+    let file = std::fs::File::open(path).ok()?;
+    match flock(&file, libc::LOCK_SH) {
+        Ok(false) => read_pid(path),
+        _ => None, // nobody holds it (our shared lock goes with the file)
+    }
 }
 
 fn detach_process() -> io::Result<()> {
@@ -301,4 +369,31 @@ pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_file_lock_decides_not_the_number_in_it() {
+        let path = std::env::temp_dir().join(format!("tern-pidfile-{}.pid", std::process::id()));
+        // A stale file naming a live process (ours) does not block a start.
+        std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
+        assert_eq!(running_daemon(&path), None);
+        let mut first = PidFile::lock(&path)
+            .unwrap()
+            .expect("stale file taken over");
+        first.write_pid().unwrap();
+        let mine = std::process::id() as i32;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{mine}\n"));
+        // While it is held, a second daemon is refused and told who runs.
+        assert_eq!(PidFile::lock(&path).unwrap().err(), Some(Some(mine)));
+        assert_eq!(running_daemon(&path), Some(mine));
+        first.remove();
+        assert!(!path.exists());
+        assert_eq!(running_daemon(&path), None);
+        let again = PidFile::lock(&path).unwrap().expect("free after removal");
+        again.remove();
+    }
 }

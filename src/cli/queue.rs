@@ -175,22 +175,11 @@ fn usage() -> i32 {
 /// queue now (a flush), SIGUSR2 imports sendmail drops. Returns whether a
 /// daemon was signalled.
 pub fn signal_daemon(cfg: &Config, sig: i32) -> bool {
-    let Ok(text) = std::fs::read_to_string(&cfg.pid_file) else {
+    // Only a daemon holding the pid file's lock is signalled: a stale file
+    // may name an unrelated process, which SIGUSR1 would kill.
+    let Some(pid) = crate::system::running_daemon(&cfg.pid_file) else {
         return false;
     };
-    let Ok(pid) = text.trim().parse::<i32>() else {
-        return false;
-    };
-    if pid <= 1 {
-        return false;
-    }
-    // A stale pid file may name an unrelated process: SIGUSR1 would kill it.
-    let is_tern = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("tern"))
-        .unwrap_or(false);
-    if !is_tern {
-        return false;
-    }
-    // SAFETY: kill(2) with a pid read from our own pid file.
+    // SAFETY: kill(2) with the pid of the daemon holding the pid file.
     unsafe { libc::kill(pid, sig) == 0 }
 }

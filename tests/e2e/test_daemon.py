@@ -108,6 +108,20 @@ def _sysv_dialog(t, run):
     assert run("start").returncode == 0
     wait_port(t.port)
     assert run("stop").returncode == 0
+    # Nor does one whose recycled number names a live process that even
+    # looks like tern: the daemon's lock decides, not the number.
+    lookalike = subprocess.Popen(["sh", "-c", "sleep 30; :", "tern-lookalike"])
+    try:
+        (t.dir / "tern.pid").write_text(f"{lookalike.pid}\n")
+        r = run("start")
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_port(t.port)
+        assert int((t.dir / "tern.pid").read_text()) != lookalike.pid
+        assert run("stop").returncode == 0
+        assert lookalike.poll() is None, "the stale pid's process was signalled"
+    finally:
+        lookalike.kill()
+        lookalike.wait()
 
 
 def test_privilege_drop():
