@@ -226,11 +226,8 @@ impl Spool {
                 Ok(inc.id)
             })();
             match r {
-                Ok(_) => {
-                    if let Ok(file) = inc.file.into_inner() {
-                        lone = Some(file);
-                    }
-                }
+                // Kept for the sync in case it is the only one.
+                Ok(_) => lone = inc.file.into_inner().ok(),
                 Err(_) => {
                     let _ = fs::remove_file(&inc.path);
                 }

@@ -579,15 +579,11 @@ class LoopFs:
         if self.mounted:
             subprocess.run(["umount", str(self.mnt)], capture_output=True, timeout=120)
             self.mounted = False
-        for p in (self.img,):
+        for remove in (self.img.unlink, self.mnt.rmdir):
             try:
-                p.unlink()
+                remove()
             except OSError:
                 pass
-        try:
-            self.mnt.rmdir()
-        except OSError:
-            pass
         return False
 
 

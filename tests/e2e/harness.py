@@ -203,14 +203,20 @@ class Sink:
     def _session(self, sock):
         import base64
 
+        def start_tls(plain):
+            try:
+                wrapped = self.tls.wrap_socket(plain, server_side=True)
+            except Exception:
+                return None
+            self.tls_sessions += 1
+            return wrapped
+
         tls_on = False
         if self.implicit_tls:
-            try:
-                sock = self.tls.wrap_socket(sock, server_side=True)
-            except Exception:
+            sock = start_tls(sock)
+            if sock is None:
                 return
             tls_on = True
-            self.tls_sessions += 1
         rfile, wfile = sock.makefile("rb"), sock.makefile("wb")
 
         def send(line):
@@ -240,12 +246,10 @@ class Sink:
                         send(("250 " if i == len(lines) - 1 else "250-") + l)
             elif verb == "STARTTLS" and self.tls and not tls_on:
                 send("220 2.0.0 go ahead")
-                try:
-                    sock = self.tls.wrap_socket(sock, server_side=True)
-                except Exception:
+                sock = start_tls(sock)
+                if sock is None:
                     return
                 tls_on = True
-                self.tls_sessions += 1
                 rfile, wfile = sock.makefile("rb"), sock.makefile("wb")
             elif verb == "AUTH" and self.auth:
                 parts = cmd.split(" ")
