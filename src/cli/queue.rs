@@ -7,6 +7,7 @@ use std::io::Read;
 use super::{EX_DATAERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_USAGE};
 use crate::bounce::{header_block, rfc5322_date};
 use crate::config::Config;
+use crate::delivery::Destination;
 use crate::spool::{drop, QueueId, RcptStatus, Spool};
 
 pub fn mailq(cfg: Config) -> i32 {
@@ -45,10 +46,8 @@ pub fn mailq(cfg: Config) -> i32 {
                 println!("{:45}(attempts: {attempts})", "");
             }
             for (r, st) in env.recipients.iter().zip(&states) {
-                let remote = r
-                    .address
-                    .rsplit_once('@')
-                    .is_some_and(|(_, d)| !cfg.is_local_domain(d));
+                let remote = matches!(r.dest, Destination::Remote(_));
+                let address = r.final_address(&cfg.hostname);
                 let state = match st.status {
                     RcptStatus::Pending if remote && cfg.hold_outbound => {
                         "held: hold_outbound = yes"
@@ -59,9 +58,9 @@ pub fn mailq(cfg: Config) -> i32 {
                     RcptStatus::Failed => "failed",
                 };
                 if st.reply.is_empty() {
-                    println!("{:45}{} ({state})", "", r.address);
+                    println!("{:45}{address} ({state})", "");
                 } else {
-                    println!("{:45}{} ({state}: {})", "", r.address, st.reply);
+                    println!("{:45}{address} ({state}: {})", "", st.reply);
                 }
             }
             println!();
@@ -145,7 +144,10 @@ pub fn main(cfg: Config, args: &[String]) -> i32 {
                     for (r, st) in env.recipients.iter().zip(&states) {
                         println!(
                             "recipient: {} (for {}) {:?} {}",
-                            r.address, r.original, st.status, st.reply
+                            r.final_address(&cfg.hostname),
+                            r.original,
+                            st.status,
+                            st.reply
                         );
                     }
                     println!();

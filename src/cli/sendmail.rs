@@ -129,7 +129,9 @@ pub fn main(cfg: Config, args: Vec<String>) -> i32 {
 }
 
 /// The server session's questions for a local `-bs` client: any
-/// well-formed recipient is taken (the daemon applies its policy on import).
+/// well-formed recipient is taken and written to the drop as the client
+/// gave it; the daemon decides where it goes when it imports the drop (no
+/// destination is decided here).
 struct LocalInjection;
 
 impl crate::smtp::server::Policy for LocalInjection {
@@ -137,8 +139,8 @@ impl crate::smtp::server::Policy for LocalInjection {
         &self,
         _rcpt: &Address,
         _relay_allowed: bool,
-    ) -> Result<(), crate::smtp::reply::Reply> {
-        Ok(())
+    ) -> Result<Vec<crate::delivery::Destination>, crate::smtp::reply::Reply> {
+        Ok(Vec::new())
     }
     fn authenticate(
         &self,

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::{unix_now, Daemon};
 use crate::bounce::rfc5322_date;
-use crate::delivery::aliases::Target;
+use crate::delivery::{push_unique, Destination};
 use crate::smtp::address::Address;
 use crate::spool::drop;
 use crate::spool::envelope::Recipient;
@@ -59,39 +59,35 @@ impl Daemon {
                 .map_err(|e| format!("bad sender {:?}: {e:?}", head.sender))?
                 .to_string()
         };
-        let mut recipients = Vec::new();
+        // The same policy as SMTP, with relaying allowed (local injection);
+        // a local recipient that does not exist cannot be refused in-line,
+        // so it is stored as refused and bounced by the first attempt.
+        let is_local = |d: &str| self.cfg.is_local_domain(d);
+        let policy = self.tables.policy(&self.cfg, &is_local);
+        let mut decided = Vec::new();
         for r in &head.recipients {
             let a = if r.contains('@') {
-                Address::parse_mailbox(r).map_err(|e| format!("bad recipient {r:?}: {e:?}"))?
+                Address::parse_mailbox(r)
             } else {
                 Address::parse_mailbox(&format!("{r}@{}", self.cfg.hostname))
-                    .map_err(|e| format!("bad recipient {r:?}: {e:?}"))?
-            };
+            }
+            .map_err(|e| format!("bad recipient {r:?}: {e:?}"))?;
             let original = a.to_string();
-            if self.cfg.is_local_domain(&a.domain) {
-                let is_local = |d: &str| self.cfg.is_local_domain(d);
-                match self.tables.aliases.expand(&a.local, &is_local) {
-                    Ok(targets) => recipients.extend(targets.into_iter().map(|t| Recipient {
-                        address: match t {
-                            Target::Local(u) | Target::Remote(u) => u,
-                        },
-                        original: original.clone(),
-                    })),
-                    Err(e) => {
-                        log::error!("alias expansion of {original} failed: {e:?}; delivering to the mailbox");
-                        recipients.push(Recipient {
-                            address: a.user().to_ascii_lowercase(),
-                            original,
-                        });
-                    }
-                }
+            let destinations = if is_local(&a.domain) {
+                policy
+                    .resolve_local(&a.local)
+                    .unwrap_or_else(|why| vec![Destination::Refused(why)])
             } else {
-                recipients.push(Recipient {
-                    address: original.clone(),
-                    original,
-                });
+                vec![Destination::Remote(a)]
+            };
+            for d in destinations {
+                push_unique(&mut decided, d, &original);
             }
         }
+        let recipients: Vec<Recipient> = decided
+            .into_iter()
+            .map(|(dest, original)| Recipient { dest, original })
+            .collect();
         if recipients.is_empty() {
             return Err("no recipients".into());
         }

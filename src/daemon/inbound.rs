@@ -8,8 +8,7 @@ use std::time::Instant;
 use super::transport::{Read, Transport};
 use super::{unix_now, Daemon};
 use crate::bounce::rfc5322_date;
-use crate::delivery::aliases::Target;
-use crate::delivery::mailbox_name;
+use crate::delivery::Destination;
 use crate::reactor::SockId;
 use crate::smtp::address::Address;
 use crate::smtp::reply::{self, Reply};
@@ -62,29 +61,17 @@ impl Policy for LocalPolicy<'_> {
         }
     }
 
-    fn check_recipient(&self, rcpt: &Address, relay_allowed: bool) -> Result<(), Reply> {
+    fn check_recipient(
+        &self,
+        rcpt: &Address,
+        relay_allowed: bool,
+    ) -> Result<Vec<Destination>, Reply> {
         let cfg = &self.daemon.cfg;
-        if !cfg.is_local_domain(&rcpt.domain) {
-            return if relay_allowed {
-                Ok(())
-            } else {
-                Err(reply::RELAY_DENIED)
-            };
-        }
-        let tables = &self.daemon.tables;
-        let name = rcpt.user().to_ascii_lowercase();
-        if tables.aliases.contains(&name) || name == "postmaster" {
-            return Ok(());
-        }
-        match mailbox_name(&rcpt.local) {
-            Some(user)
-                if cfg.local_recipients == crate::config::LocalRecipients::Any
-                    || tables.users.contains(&user) =>
-            {
-                Ok(())
-            }
-            _ => Err(reply::USER_UNKNOWN),
-        }
+        let is_local = |d: &str| cfg.is_local_domain(d);
+        self.daemon
+            .tables
+            .policy(cfg, &is_local)
+            .resolve(rcpt, relay_allowed)
     }
 }
 
@@ -378,39 +365,14 @@ impl Daemon {
             return;
         };
         let now = unix_now();
-        let mut recipients = Vec::new();
-        for rcpt in &env.recipients {
-            let original = rcpt.to_string();
-            if self.cfg.is_local_domain(&rcpt.domain) {
-                let is_local = |d: &str| self.cfg.is_local_domain(d);
-                match self.tables.aliases.expand(&rcpt.local, &is_local) {
-                    Ok(targets) => {
-                        for t in targets {
-                            let address = match t {
-                                Target::Local(user) => user,
-                                Target::Remote(addr) => addr,
-                            };
-                            recipients.push(Recipient {
-                                address,
-                                original: original.clone(),
-                            });
-                        }
-                    }
-                    Err(e) => {
-                        log::error!("alias expansion of {original} failed: {e:?}; delivering to the mailbox");
-                        recipients.push(Recipient {
-                            address: rcpt.user().to_ascii_lowercase(),
-                            original: original.clone(),
-                        });
-                    }
-                }
-            } else {
-                recipients.push(Recipient {
-                    address: original.clone(),
-                    original,
-                });
-            }
-        }
+        let recipients = env
+            .destinations
+            .iter()
+            .map(|(dest, original)| Recipient {
+                dest: dest.clone(),
+                original: original.clone(),
+            })
+            .collect();
         let stored = StoredEnvelope {
             id: crate::spool::QueueId(0),
             arrival: now,

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::auth::{FailureLimiter, Users};
 use crate::config::Config;
 use crate::delivery::aliases::Aliases;
+use crate::delivery::RecipientPolicy;
 use crate::dns::{LookupId, QueryHandle, Resolver, ResolverConfig};
 use crate::outbound::Outbound;
 use crate::queue::Queue;
@@ -96,6 +97,21 @@ impl LocalTables {
             }
         };
         LocalTables { users, aliases }
+    }
+
+    /// The one recipient policy (SMTP, sendmail drops, bounces) over these
+    /// tables.
+    pub fn policy<'a>(
+        &'a self,
+        cfg: &Config,
+        is_local_domain: &'a dyn Fn(&str) -> bool,
+    ) -> RecipientPolicy<'a> {
+        RecipientPolicy {
+            is_local_domain,
+            aliases: &self.aliases,
+            users: &self.users,
+            any_local: cfg.local_recipients == crate::config::LocalRecipients::Any,
+        }
     }
 }
 

@@ -11,9 +11,10 @@ use crate::bounce::{
     build_bounce, header_block, rfc5322_date, Action, BounceInput, FailedRecipient,
 };
 use crate::delivery::local::{Format, LocalDelivery, LocalError};
-use crate::delivery::{route, Route};
+use crate::delivery::{Destination, Mailbox, Refusal};
 use crate::outbound::{Job, Outcome};
 use crate::queue::{is_expired, next_attempt};
+use crate::smtp::address::Address;
 use crate::spool::envelope::Recipient;
 use crate::spool::{QueueId, RcptState, RcptStatus, StoredEnvelope};
 
@@ -114,36 +115,50 @@ impl Daemon {
             sync: self.cfg.spool_sync,
             hostname: self.cfg.hostname.clone(),
         };
+        // As loaded: recipients that failed in an earlier attempt were
+        // reported then; an unchanged state is not rewritten.
+        let failed_before = states
+            .iter()
+            .map(|s| s.status == RcptStatus::Failed)
+            .collect();
+        let loaded = states.clone();
         let mut tried = false;
         let mut remote: HashMap<String, Vec<(usize, String)>> = HashMap::new();
         for (i, rcpt) in env.recipients.iter().enumerate() {
             if states[i].status.is_final() {
                 continue;
             }
-            let is_local = |d: &str| self.cfg.is_local_domain(d);
-            match route(&rcpt.address, &is_local) {
-                Route::Local(user) => {
+            match &rcpt.dest {
+                Destination::Local(mailbox) => {
                     tried = true;
-                    states[i] = self.deliver_local(&local, id, &env, rcpt, &user, now);
+                    states[i] = self.deliver_local(&local, id, &env, rcpt, mailbox, now);
                 }
-                Route::Remote(domain) => {
+                Destination::Remote(address) => {
                     let key = if self.cfg.smarthost.is_empty() {
-                        domain
+                        address.domain.clone()
                     } else {
                         String::new()
                     };
                     remote
                         .entry(key)
                         .or_default()
-                        .push((i, rcpt.address.clone()));
+                        .push((i, address.to_string()));
+                }
+                Destination::Refused(why) => {
+                    tried = true;
+                    let reply = why.reply().to_string();
+                    log::info!(
+                        "{id}: to=<{}> relay=none delay=0 dsn={} status=bounced ({reply})",
+                        rcpt.original,
+                        why.reply().status
+                    );
+                    states[i] = RcptState {
+                        status: RcptStatus::Failed,
+                        reply,
+                    };
                 }
             }
         }
-        let failed_before = states
-            .iter()
-            .map(|s| s.status == RcptStatus::Failed)
-            .collect();
-        let loaded = states.clone();
         let mut flight = InFlight {
             loaded,
             held: false,
@@ -192,7 +207,7 @@ impl Daemon {
         id: QueueId,
         env: &StoredEnvelope,
         rcpt: &Recipient,
-        user: &str,
+        user: &Mailbox,
         now: u64,
     ) -> RcptState {
         self.local_seq += 1;
@@ -256,7 +271,7 @@ impl Daemon {
                 .env
                 .recipients
                 .get(i)
-                .map_or("", |r| r.address.as_str());
+                .map_or(String::new(), |r| r.final_address(&self.cfg.hostname));
             let status = match o.status {
                 RcptStatus::Sent => "sent",
                 RcptStatus::Failed => "bounced",
@@ -338,7 +353,7 @@ impl Daemon {
         let failed: Vec<FailedRecipient> = flight
             .newly_failed()
             .map(|(r, s)| FailedRecipient {
-                address: r.address.clone(),
+                address: r.final_address(&self.cfg.hostname),
                 status: status_code(&s.reply),
                 action: Action::Failed,
                 remote_mta: relay_of(&s.reply),
@@ -365,10 +380,7 @@ impl Daemon {
             id: QueueId(0),
             arrival: now,
             sender: String::new(),
-            recipients: vec![Recipient {
-                address: flight.env.sender.clone(),
-                original: flight.env.sender.clone(),
-            }],
+            recipients: self.bounce_recipients(&flight.env.sender),
             client: format!("{} [local]", self.cfg.hostname),
             eight_bit: false,
             body_offset: 0,
@@ -395,6 +407,35 @@ impl Daemon {
             }
             Err(e) => log::error!("{id}: could not create the bounce: {e}"),
         }
+    }
+
+    /// Where a report to `sender` goes: through the same policy as any
+    /// recipient (a local sender's aliases apply); a sender that is not a
+    /// valid address or names no local user gets it as postmaster.
+    fn bounce_recipients(&self, sender: &str) -> Vec<Recipient> {
+        let is_local = |d: &str| self.cfg.is_local_domain(d);
+        let policy = self.tables.policy(&self.cfg, &is_local);
+        let decided = Address::parse_mailbox(sender)
+            .map_err(|_| Refusal::BadMailboxName)
+            .and_then(|a| {
+                if is_local(&a.domain) {
+                    policy.resolve_local(&a.local)
+                } else {
+                    Ok(vec![Destination::Remote(a)])
+                }
+            })
+            .or_else(|why| {
+                log::warn!("bounce to <{sender}>: {}; sent to postmaster", why.reply());
+                policy.resolve_local("postmaster")
+            })
+            .unwrap_or_default();
+        decided
+            .into_iter()
+            .map(|dest| Recipient {
+                dest,
+                original: sender.to_string(),
+            })
+            .collect()
     }
 
     fn original_headers(&self, id: QueueId) -> Vec<u8> {

@@ -25,17 +25,24 @@
 //! occurrence kept. Each alias is expanded at most once per call, so work is
 //! linear in the size of the file.
 //!
+//! Lookup: a name (lower-cased) is expanded when an alias has exactly that
+//! name, else the name without its `+extension` is (`postmaster+x` reaches
+//! `postmaster:`'s targets). Targets are parsed when the file is read: a
+//! target with an `@` must be a valid address, a local name a mailbox name
+//! or another alias. Expansion yields typed [`Target`]s: a valid
+//! [`Mailbox`] or a remote [`Address`].
+//!
 //! Not supported, reported as errors and dropped at parse time (never
 //! executed): `|command` pipes, `/file` deliveries, `:include:` lists. Also not
-//! supported: `.forward` files, `user+detail` subaddress lookup.
-//!
-//! Note: `Target::Local` names are not checked for path safety; the caller
-//! must validate them before using them as mailbox file names.
+//! supported: `.forward` files.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::{self, Read};
 use std::path::Path;
+
+use super::{without_extension, Mailbox};
+use crate::smtp::address::Address;
 
 /// Deepest chain of aliases followed (`a` → `b` → `c` ... ).
 pub const MAX_ALIAS_DEPTH: usize = 16;
@@ -44,10 +51,10 @@ pub const MAX_EXPANSION: usize = 1000;
 /// Largest aliases file read (protects a small router from a huge file).
 pub const MAX_ALIASES_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
-/// The parsed aliases file: lower-cased name → targets as written.
+/// The parsed aliases file: lower-cased name → its targets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Aliases {
-    entries: HashMap<String, Vec<String>>,
+    entries: HashMap<String, Vec<Written>>,
 }
 
 /// A line of the file that was skipped or partly dropped.
@@ -67,10 +74,20 @@ impl fmt::Display for AliasError {
 /// Where an expanded recipient goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
-    /// A local user name, lower-cased.
-    Local(String),
-    /// `user@domain` in a non-local domain (domain lower-cased).
-    Remote(String),
+    /// A local mailbox.
+    Local(Mailbox),
+    /// An address in a non-local domain.
+    Remote(Address),
+}
+
+/// A target as written in the file, parsed once when the file is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Written {
+    /// `alice` or `alice+ext`: a local name, lower-cased (it may be another
+    /// alias).
+    Name(String),
+    /// `user@domain`: remote, or local again when the domain is local.
+    Address(Address),
 }
 
 /// Why an expansion failed.
@@ -82,6 +99,8 @@ pub enum ExpandError {
     TooDeep,
     /// More than [`MAX_EXPANSION`] targets.
     TooMany,
+    /// A local name that cannot be a mailbox (`"a b"@localhost`).
+    BadMailbox(String),
 }
 
 impl fmt::Display for ExpandError {
@@ -92,6 +111,7 @@ impl fmt::Display for ExpandError {
             ExpandError::TooMany => {
                 write!(f, "alias expands to more than {MAX_EXPANSION} recipients")
             }
+            ExpandError::BadMailbox(name) => write!(f, "{name:?} is not a valid mailbox name"),
         }
     }
 }
@@ -147,11 +167,12 @@ impl Aliases {
         self.entries.is_empty()
     }
 
-    /// Expands a local part into final recipients. `is_local_domain` decides
-    /// whether a `user@domain` target is looked up again as `user`.
+    /// Expands a name (an alias name or a mailbox, any case) into final
+    /// recipients. `is_local_domain` decides whether a `user@domain` target
+    /// is looked up again as `user`.
     pub fn expand(
         &self,
-        local_part: &str,
+        name: &str,
         is_local_domain: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<Target>, ExpandError> {
         let mut walk = Walk {
@@ -162,8 +183,19 @@ impl Aliases {
             seen: HashSet::new(),
             out: Vec::new(),
         };
-        walk.visit(&local_part.to_lowercase())?;
+        walk.visit(&name.to_ascii_lowercase())?;
         Ok(walk.out)
+    }
+
+    /// The name a local part is looked up under: itself when an alias has
+    /// exactly that name, else without its `+extension` (lower-cased).
+    pub fn lookup_name(&self, local: &str) -> String {
+        let whole = local.to_ascii_lowercase();
+        if self.entries.contains_key(&whole) {
+            whole
+        } else {
+            without_extension(&whole).to_string()
+        }
     }
 
     fn parse_entry(&mut self, line: usize, entry: &str, errors: &mut Vec<AliasError>) {
@@ -190,14 +222,10 @@ impl Aliases {
                 ));
                 continue;
             }
-            if target.chars().any(char::is_control)
-                || target.starts_with('@')
-                || target.ends_with('@')
-            {
-                error(format!("bad target {target:?} of {name:?}"));
-                continue;
+            match parse_target(target) {
+                Some(written) => targets.push(written),
+                None => error(format!("bad target {target:?} of {name:?}")),
             }
-            targets.push(target.to_string());
         }
         if targets.is_empty() {
             return error(format!("alias {name:?} has no usable target; ignored"));
@@ -237,16 +265,16 @@ impl Walk<'_> {
                 self.path.pop();
                 return result;
             }
-            return self.push(Target::Local(name.to_string()));
+            return self.push_mailbox(name);
         };
         self.path.push(name.to_string());
         for target in targets {
-            let result = match target.rsplit_once('@') {
-                Some((user, domain)) if !(self.is_local_domain)(domain) => {
-                    self.push(Target::Remote(format!("{user}@{}", domain.to_lowercase())))
+            let result = match target {
+                Written::Address(a) if !(self.is_local_domain)(&a.domain) => {
+                    self.push(Target::Remote(a.clone()))
                 }
-                Some((user, _)) => self.visit_local(&user.to_lowercase()),
-                None => self.visit_local(&target.to_lowercase()),
+                Written::Address(a) => self.visit_local(&self.aliases.lookup_name(&a.local)),
+                Written::Name(n) => self.visit_local(&self.aliases.lookup_name(n)),
             };
             if let Err(e) = result {
                 self.path.pop();
@@ -262,12 +290,19 @@ impl Walk<'_> {
     fn visit_local(&mut self, user: &str) -> Result<(), ExpandError> {
         if self.path.last().is_some_and(|current| current == user) {
             // `root: root, ...`: deliver to the user, do not expand again.
-            return self.push(Target::Local(user.to_string()));
+            return self.push_mailbox(user);
         }
         if self.path.iter().any(|p| p == user) {
             return Err(ExpandError::Loop(user.to_string()));
         }
         self.visit(user)
+    }
+
+    fn push_mailbox(&mut self, name: &str) -> Result<(), ExpandError> {
+        match Mailbox::new(name) {
+            Some(m) => self.push(Target::Local(m)),
+            None => Err(ExpandError::BadMailbox(name.to_string())),
+        }
     }
 
     fn push(&mut self, target: Target) -> Result<(), ExpandError> {
@@ -343,6 +378,17 @@ fn unwrap_target(text: &str) -> &str {
     unquote(text).trim()
 }
 
+/// A target after unwrapping: an address when it has an `@`, else a local
+/// name; `None` when it is neither.
+fn parse_target(target: &str) -> Option<Written> {
+    if target.contains('@') {
+        return Address::parse_mailbox(target).ok().map(Written::Address);
+    }
+    let name = target.to_ascii_lowercase();
+    let plain = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic());
+    plain.then_some(Written::Name(name))
+}
+
 fn unsupported_kind(raw: &str, target: &str) -> Option<&'static str> {
     let starts = |t: &str, p: &str| t.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p));
     if starts(target, ":include:") {
@@ -361,11 +407,11 @@ mod tests {
     use super::*;
 
     fn local(name: &str) -> Target {
-        Target::Local(name.to_string())
+        Target::Local(Mailbox::new(name).unwrap())
     }
 
     fn remote(addr: &str) -> Target {
-        Target::Remote(addr.to_string())
+        Target::Remote(Address::parse_mailbox(addr).unwrap())
     }
 
     fn is_local(domain: &str) -> bool {

@@ -8,7 +8,7 @@
 use std::io::{self, Read};
 use std::path::PathBuf;
 
-use super::{mailbox_name, maildir, mbox};
+use super::{maildir, mbox, Mailbox};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -30,25 +30,20 @@ pub enum LocalError {
 }
 
 impl LocalDelivery {
-    /// Delivers `content` (the stored message) to `user`'s mailbox and says
-    /// where it went.
+    /// Delivers `content` (the stored message) to a mailbox and says where
+    /// it went.
     pub fn deliver(
         &self,
-        user: &str,
+        user: &Mailbox,
         sender: &str,
         original_rcpt: &str,
         content: crate::spool::Content,
         now_unix: u64,
         seq: u64,
     ) -> Result<String, LocalError> {
-        let Some(user) = mailbox_name(user) else {
-            return Err(LocalError::Permanent(format!(
-                "550 5.1.3 unusable mailbox name {user:?}"
-            )));
-        };
         let header = format!("Return-Path: <{sender}>\r\nDelivered-To: {original_rcpt}\r\n");
         let mut stream = io::Cursor::new(header.into_bytes()).chain(content);
-        let path = self.mail_dir.join(&user);
+        let path = self.mail_dir.join(user.as_str());
         match self.format {
             Format::Maildir => {
                 let unique = maildir::unique_name(

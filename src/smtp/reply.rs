@@ -171,6 +171,11 @@ pub const NON_ASCII: Reply = Reply::new(553, "5.6.7", "Non-ASCII address require
 pub const RELAY_DENIED: Reply = Reply::new(554, "5.7.1", "Relay access denied");
 pub const USER_UNKNOWN: Reply =
     Reply::new(550, "5.1.1", "Recipient address rejected: user unknown");
+pub const BAD_MAILBOX_NAME: Reply = Reply::new(
+    550,
+    "5.1.3",
+    "Recipient address rejected: not a valid mailbox name",
+);
 pub const TOO_MANY_RECIPIENTS: Reply = Reply::new(452, "4.5.3", "Error: too many recipients");
 pub const MESSAGE_TOO_BIG: Reply = Reply::new(
     552,

@@ -44,6 +44,7 @@ use super::address::Address;
 use super::command::{parse_command, Body, Command, MailParams};
 use super::data::{DataDecoder, DataSummary, MAX_LINE};
 use super::reply::{self, Reply};
+use crate::delivery::{push_unique, Destination};
 
 /// Unread replies beyond this stop the session from reading more commands.
 pub const OUTPUT_HIGH_WATER: usize = 8 * 1024;
@@ -89,8 +90,14 @@ pub enum AuthVerdict {
 /// Decisions the session cannot make alone (they depend on configuration
 /// and local tables). Implemented by the daemon; tests use a small fake.
 pub trait Policy {
-    /// `relay_allowed`: the client may send to non-local domains.
-    fn check_recipient(&self, rcpt: &Address, relay_allowed: bool) -> Result<(), Reply>;
+    /// Decides where a recipient goes, or the reply refusing it.
+    /// `relay_allowed`: the client may send to non-local domains. The
+    /// session keeps the decision for the driver; it never looks inside.
+    fn check_recipient(
+        &self,
+        rcpt: &Address,
+        relay_allowed: bool,
+    ) -> Result<Vec<Destination>, Reply>;
     /// Checks AUTH credentials for a client address.
     fn authenticate(&self, peer: IpAddr, user: &str, password: &str) -> AuthVerdict;
 }
@@ -115,7 +122,11 @@ pub enum Event {
 pub struct Envelope {
     /// `None` is the null reverse-path `<>`.
     pub sender: Option<Address>,
+    /// What the client gave, each once (counted against `max_recipients`).
     pub recipients: Vec<Address>,
+    /// Where the message goes, as the policy decided at `RCPT`: each
+    /// destination once, with the first recipient that led there.
+    pub destinations: Vec<(Destination, String)>,
     pub eight_bit_declared: bool,
 }
 
@@ -627,6 +638,7 @@ impl ServerSession {
         self.mail = Some(Envelope {
             sender,
             recipients: Vec::new(),
+            destinations: Vec::new(),
             eight_bit_declared: params.body == Body::EightBitMime,
         });
         self.reply(&reply::SENDER_OK);
@@ -644,9 +656,13 @@ impl ServerSession {
             domain: self.cfg.hostname.to_ascii_lowercase(),
         });
         match policy.check_recipient(&rcpt, self.relay_allowed || self.auth_user.is_some()) {
-            Ok(()) => {
+            Ok(destinations) => {
                 if let Some(mail) = self.mail.as_mut() {
                     if !mail.recipients.contains(&rcpt) {
+                        let original = rcpt.to_string();
+                        for d in destinations {
+                            push_unique(&mut mail.destinations, d, &original);
+                        }
                         mail.recipients.push(rcpt);
                     }
                 }
@@ -841,15 +857,19 @@ mod tests {
 
     struct TestPolicy;
     impl Policy for TestPolicy {
-        fn check_recipient(&self, rcpt: &Address, relay_allowed: bool) -> Result<(), Reply> {
+        fn check_recipient(
+            &self,
+            rcpt: &Address,
+            relay_allowed: bool,
+        ) -> Result<Vec<Destination>, Reply> {
             if rcpt.domain.ends_with("local.test") {
                 if rcpt.local == "nobody" {
                     Err(reply::USER_UNKNOWN)
                 } else {
-                    Ok(())
+                    Ok(vec![Destination::Remote(rcpt.clone())])
                 }
             } else if relay_allowed {
-                Ok(())
+                Ok(vec![Destination::Remote(rcpt.clone())])
             } else {
                 Err(reply::RELAY_DENIED)
             }

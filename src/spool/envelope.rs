@@ -1,25 +1,42 @@
 //! On-disk encodings of the envelope (at the head of `msg/ID`) and of the
 //! per-recipient state (`state/ID`). Both are small line-oriented text so an
-//! administrator can read them with `less`; values never contain a newline
-//! (addresses are validated at the edge, replies are flattened here).
+//! administrator can read them with `less`.
+//!
+//! Every value in the envelope is one space-free field in xtext (RFC 3461
+//! §4: octets outside `!`..`~`, and `+` and `=`, are written `+HH`), so an
+//! address with a space, a quote or an `@` in its local part reads back as
+//! the same value. Recipients are stored as the decision made at receipt
+//! ([`Destination`]), field by field, never as a string to be split again:
 //!
 //! ```text
-//! tern-queue 1
+//! tern-queue 2
 //! arrival 1795000000
-//! sender a@b.example          (empty value: the null sender)
-//! rcpt x@y.example x@y.example   (final address, then the one the client gave)
-//! client helo.example [192.0.2.1]
-//! body 7bit                   (patched in place to 8bit before the commit)
+//! sender a@b.example                     (empty value: the null sender)
+//! rcpt local joe ORIGINAL                 (a mailbox on this host)
+//! rcpt remote LOCAL-PART DOMAIN ORIGINAL  (an address elsewhere)
+//! rcpt refused unknown-user ORIGINAL      (sendmail only: bounced at once)
+//! client helo.example+20[192.0.2.1]
+//! body 7bit                               (patched in place to 8bit before the commit)
 //! <empty line>
 //! <content, CRLF lines>
 //! ```
+//!
+//! ORIGINAL is the address the client gave (for DSNs and logs). Files of
+//! format 1 (`tern-queue 1`, before 2026-12) are still read: their
+//! `rcpt ADDRESS ORIGINAL` lines were split at spaces, so a quoted local
+//! part with a space was already damaged in them; an address without `@`
+//! is a mailbox, one with `@` a remote address.
 
 use std::fmt;
 use std::str::FromStr;
 
+use crate::delivery::{Destination, Mailbox, Refusal};
+use crate::smtp::address::Address;
+
 /// An envelope larger than this is refused as damaged.
 pub const MAX_ENVELOPE: usize = 256 * 1024;
-const MAGIC: &str = "tern-queue 1";
+const MAGIC: &str = "tern-queue 2";
+const MAGIC_V1: &str = "tern-queue 1";
 
 /// A queue ID: 16 upper-case hex digits, the arrival second and a sequence
 /// number, so IDs sort by arrival.
@@ -72,10 +89,22 @@ impl FromStr for QueueId {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recipient {
-    /// Where to deliver (after alias expansion).
-    pub address: String,
+    /// Where to deliver (after alias expansion), decided at receipt.
+    pub dest: Destination,
     /// What the client asked for (for DSNs and logs).
     pub original: String,
+}
+
+impl Recipient {
+    /// The address as logs, `mailq` and DSNs name it: the remote address,
+    /// the mailbox with `@hostname`, or what the client asked for.
+    pub fn final_address(&self, hostname: &str) -> String {
+        match &self.dest {
+            Destination::Local(m) => format!("{m}@{hostname}"),
+            Destination::Remote(a) => a.to_string(),
+            Destination::Refused(_) => self.original.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,16 +125,25 @@ impl StoredEnvelope {
         let mut s = format!(
             "{MAGIC}\narrival {}\nsender {}\n",
             self.arrival,
-            flat(&self.sender)
+            Xtext(&self.sender)
         );
         for r in &self.recipients {
-            s.push_str(&format!(
-                "rcpt {} {}\n",
-                flat(&r.address),
-                flat(&r.original)
-            ));
+            let original = Xtext(&r.original);
+            match &r.dest {
+                Destination::Local(m) => {
+                    s.push_str(&format!("rcpt local {} {original}\n", Xtext(m.as_str())))
+                }
+                Destination::Remote(a) => s.push_str(&format!(
+                    "rcpt remote {} {} {original}\n",
+                    Xtext(&a.local),
+                    Xtext(&a.domain)
+                )),
+                Destination::Refused(why) => {
+                    s.push_str(&format!("rcpt refused {} {original}\n", why.name()))
+                }
+            }
         }
-        s.push_str(&format!("client {}\n", flat(&self.client)));
+        s.push_str(&format!("client {}\n", Xtext(&self.client)));
         s.push_str(if self.eight_bit {
             "body 8bit\n"
         } else {
@@ -128,9 +166,11 @@ impl StoredEnvelope {
 
 fn parse(text: &str, body_offset: u64) -> Result<StoredEnvelope, String> {
     let mut lines = text.split('\n');
-    if lines.next() != Some(MAGIC) {
-        return Err("not a tern queue file".into());
-    }
+    let v1 = match lines.next() {
+        Some(MAGIC) => false,
+        Some(MAGIC_V1) => true,
+        _ => return Err("not a tern queue file".into()),
+    };
     let mut env = StoredEnvelope {
         id: QueueId(0),
         arrival: 0,
@@ -145,15 +185,12 @@ fn parse(text: &str, body_offset: u64) -> Result<StoredEnvelope, String> {
         let (key, value) = line.split_once(' ').unwrap_or((line, ""));
         match key {
             "arrival" => env.arrival = value.parse().map_err(|_| "bad arrival")?,
-            "sender" => env.sender = value.to_string(),
-            "rcpt" => {
-                let (a, o) = value.split_once(' ').unwrap_or((value, value));
-                env.recipients.push(Recipient {
-                    address: a.to_string(),
-                    original: o.to_string(),
-                });
-            }
-            "client" => env.client = value.to_string(),
+            "sender" if v1 => env.sender = value.to_string(),
+            "sender" => env.sender = xtext_decode(value).ok_or("bad sender")?,
+            "rcpt" if v1 => env.recipients.push(parse_rcpt_v1(value)?),
+            "rcpt" => env.recipients.push(parse_rcpt(value)?),
+            "client" if v1 => env.client = value.to_string(),
+            "client" => env.client = xtext_decode(value).ok_or("bad client")?,
             "body" => {
                 seen_body = true;
                 env.eight_bit = value == "8bit";
@@ -167,6 +204,84 @@ fn parse(text: &str, body_offset: u64) -> Result<StoredEnvelope, String> {
     Ok(env)
 }
 
+/// `local NAME ORIGINAL`, `remote LOCAL DOMAIN ORIGINAL`, `refused WHY ORIGINAL`.
+fn parse_rcpt(value: &str) -> Result<Recipient, String> {
+    let bad = || format!("bad recipient line {value:?}");
+    let fields: Vec<String> = value
+        .split(' ')
+        .map(xtext_decode)
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    let (dest, original) = match fields.as_slice() {
+        [kind, name, original] if kind == "local" => (
+            Destination::Local(Mailbox::new(name).ok_or_else(bad)?),
+            original,
+        ),
+        [kind, local, domain, original] if kind == "remote" => (
+            Destination::Remote(Address::from_parts(local, domain).map_err(|_| bad())?),
+            original,
+        ),
+        [kind, why, original] if kind == "refused" => (
+            Destination::Refused(Refusal::from_name(why).ok_or_else(bad)?),
+            original,
+        ),
+        _ => return Err(bad()),
+    };
+    Ok(Recipient {
+        dest,
+        original: original.clone(),
+    })
+}
+
+/// Format 1: `ADDRESS ORIGINAL`, split at the first space.
+fn parse_rcpt_v1(value: &str) -> Result<Recipient, String> {
+    let (a, o) = value.split_once(' ').unwrap_or((value, value));
+    let bad = || format!("bad recipient line {value:?}");
+    let dest = if a.contains('@') {
+        Destination::Remote(Address::parse_mailbox(a).map_err(|_| bad())?)
+    } else {
+        Destination::Local(Mailbox::from_local_part(a).ok_or_else(bad)?)
+    };
+    Ok(Recipient {
+        dest,
+        original: o.to_string(),
+    })
+}
+
+/// Writes a value as xtext (RFC 3461 §4).
+struct Xtext<'a>(&'a str);
+
+impl fmt::Display for Xtext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0.bytes() {
+            if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+                write!(f, "{}", b as char)?;
+            } else {
+                write!(f, "+{b:02X}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads an xtext value; `None` when it is malformed or not UTF-8.
+fn xtext_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => {
+                let hi = (bytes.next()? as char).to_digit(16)?;
+                let lo = (bytes.next()? as char).to_digit(16)?;
+                out.push((hi * 16 + lo) as u8);
+            }
+            b'!'..=b'~' if b != b'=' => out.push(b),
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Offset of the '7' in "body 7bit" inside an encoded envelope.
 pub fn body_flag_offset(encoded: &[u8]) -> u64 {
     let needle = b"\nbody 7bit\n";
@@ -176,6 +291,7 @@ pub fn body_flag_offset(encoded: &[u8]) -> u64 {
         .map_or(0, |p| (p + 6) as u64)
 }
 
+/// A reply or error flattened to one line for the state file.
 fn flat(s: &str) -> String {
     s.chars()
         .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
@@ -271,7 +387,7 @@ mod tests {
             arrival: 5,
             sender: String::new(),
             recipients: vec![Recipient {
-                address: "a@b".into(),
+                dest: Destination::Local(Mailbox::new("a").unwrap()),
                 original: "c@d".into(),
             }],
             client: "x [1.2.3.4]".into(),
@@ -290,5 +406,182 @@ mod tests {
         assert_eq!(&bytes[d.body_offset as usize..], b"content");
         assert!(StoredEnvelope::decode(b"tern-queue 1\narrival 5").is_none());
         assert!(StoredEnvelope::decode(b"junk\n\n").unwrap().is_err());
+    }
+
+    fn remote(s: &str) -> Recipient {
+        let a = Address::parse_mailbox(s).unwrap();
+        Recipient {
+            original: a.to_string(),
+            dest: Destination::Remote(a),
+        }
+    }
+
+    fn roundtrip(env: &StoredEnvelope) -> StoredEnvelope {
+        let mut bytes = env.encode();
+        bytes.extend_from_slice(b"content");
+        let mut back = StoredEnvelope::decode(&bytes).unwrap().unwrap();
+        assert_eq!(&bytes[back.body_offset as usize..], b"content");
+        back.body_offset = env.body_offset;
+        back
+    }
+
+    fn envelope_with(recipients: Vec<Recipient>, sender: &str) -> StoredEnvelope {
+        StoredEnvelope {
+            id: QueueId(0),
+            arrival: 1_795_000_000,
+            sender: sender.into(),
+            recipients,
+            client: "helo name [192.0.2.1]".into(),
+            eight_bit: true,
+            body_offset: 0,
+        }
+    }
+
+    /// Issue 11 item 7: the space in a quoted local part split the line.
+    #[test]
+    fn quoted_local_part_with_space_survives_the_spool() {
+        let env = envelope_with(
+            vec![
+                remote("\"john doe\"@example.com"),
+                remote("\"a@b c\\\"d\"@[192.0.2.7]"),
+                Recipient {
+                    dest: Destination::Refused(Refusal::UnknownUser),
+                    original: "nosuch@mx.test".into(),
+                },
+            ],
+            "\"x y\"@example.org",
+        );
+        let back = roundtrip(&env);
+        assert_eq!(back, env);
+        match &back.recipients[0].dest {
+            Destination::Remote(a) => {
+                assert_eq!(a.local, "john doe");
+                assert_eq!(a.domain, "example.com");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A small deterministic generator (xorshift): no test-only crates.
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn pick(&mut self, set: &[u8]) -> char {
+            set[self.below(set.len())] as char
+        }
+        fn local_part(&mut self) -> String {
+            let atext = b"abcXYZ019!#$%&'*+-/=?^_`{|}~";
+            let qtext: Vec<u8> = (b' '..=b'~').collect();
+            let len = 1 + self.below(20);
+            if self.below(2) == 0 {
+                let mut s = String::new();
+                for i in 0..len {
+                    if i > 0 && i + 1 < len && self.below(5) == 0 && !s.ends_with('.') {
+                        s.push('.');
+                    } else {
+                        s.push(self.pick(atext));
+                    }
+                }
+                s
+            } else {
+                (0..len).map(|_| self.pick(&qtext)).collect()
+            }
+        }
+        fn domain(&mut self) -> String {
+            match self.below(4) {
+                0 => format!("[192.0.2.{}]", self.below(256)),
+                1 => format!("[IPv6:2001:db8::{:x}]", self.below(65536)),
+                _ => {
+                    let labels = 1 + self.below(3);
+                    let ldh = b"abcxyz0189-";
+                    (0..labels)
+                        .map(|_| {
+                            let n = 1 + self.below(10);
+                            let mut l: String = (0..n).map(|_| self.pick(ldh)).collect();
+                            l = l.trim_matches('-').to_string();
+                            if l.is_empty() {
+                                "a".to_string()
+                            } else {
+                                l
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join(".")
+                }
+            }
+        }
+    }
+
+    /// Every valid address (dot-atoms, quoted strings with any printable
+    /// character and space, address literals) reads back from the spool as
+    /// the same value, and prints and parses back to itself.
+    #[test]
+    fn every_valid_address_roundtrips_through_the_spool() {
+        let mut g = Gen(0x9E37_79B9_7F4A_7C15);
+        let mut tried = 0;
+        for _ in 0..5000 {
+            let local = g.local_part();
+            let domain = g.domain();
+            let Ok(a) = Address::from_parts(&local, &domain) else {
+                continue;
+            };
+            tried += 1;
+            assert_eq!(Address::parse_mailbox(&a.to_string()), Ok(a.clone()));
+            let text = a.to_string();
+            assert!(!text.contains(['\r', '\n', '\0']), "{text:?}");
+            let env = envelope_with(
+                vec![Recipient {
+                    dest: Destination::Remote(a.clone()),
+                    original: text.clone(),
+                }],
+                &text,
+            );
+            assert_eq!(roundtrip(&env), env, "{text}");
+        }
+        assert!(tried > 2500, "only {tried} valid addresses generated");
+    }
+
+    #[test]
+    fn format_1_files_still_load() {
+        let v1 = b"tern-queue 1\narrival 5\nsender a@b.example\nrcpt root postmaster@localhost\nrcpt x@y.example x@y.example\nclient h [127.0.0.1]\nbody 7bit\n\nbody";
+        let env = StoredEnvelope::decode(v1).unwrap().unwrap();
+        assert_eq!(env.sender, "a@b.example");
+        assert_eq!(
+            env.recipients[0].dest,
+            Destination::Local(Mailbox::new("root").unwrap())
+        );
+        assert_eq!(env.recipients[1], remote("x@y.example"));
+        assert_eq!(env.client, "h [127.0.0.1]");
+    }
+
+    #[test]
+    fn malformed_recipient_lines_are_errors_not_panics() {
+        for line in [
+            "rcpt",
+            "rcpt local",
+            "rcpt local ../etc x",
+            "rcpt remote a b",
+            "rcpt remote a bad..domain x",
+            "rcpt refused nonsense x",
+            "rcpt local joe x+4",
+            "rcpt local joe x+ZZ",
+            "rcpt local joe +C3+28",
+            "rcpt other joe x",
+        ] {
+            let text = format!("tern-queue 2\narrival 5\nsender \n{line}\nclient c\nbody 7bit\n\n");
+            assert!(
+                StoredEnvelope::decode(text.as_bytes()).unwrap().is_err(),
+                "{line}"
+            );
+        }
     }
 }

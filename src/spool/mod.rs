@@ -459,11 +459,15 @@ mod tests {
             sender: "a@b.test".into(),
             recipients: vec![
                 envelope::Recipient {
-                    address: "x@y.test".into(),
+                    dest: crate::delivery::Destination::Remote(
+                        crate::smtp::address::Address::parse_mailbox("x@y.test").unwrap(),
+                    ),
                     original: "x@y.test".into(),
                 },
                 envelope::Recipient {
-                    address: "root@localhost".into(),
+                    dest: crate::delivery::Destination::Local(
+                        crate::delivery::Mailbox::new("root").unwrap(),
+                    ),
                     original: "postmaster@localhost".into(),
                 },
             ],

@@ -121,7 +121,7 @@ def test_aliases_local_remote_and_loop(tern_factory):
             wait_for(lambda: t.maildir(user), what=f"alias delivery to {user}")
         r = sendmail(t, ["-i", "loop1"], b"Subject: loop\n\nx\n")
         assert r.returncode == 0
-        wait_for(lambda: "alias expansion of loop1@mx.test failed" in t.log_text(), what="loop detected")
+        wait_for(lambda: "alias expansion of loop1 failed" in t.log_text(), what="loop detected")
         assert not os.path.exists("/tmp/pwned")
     finally:
         sink.close()
