@@ -455,7 +455,7 @@ impl Daemon {
             files.push(file);
         }
         let results = self.spool.commit(files);
-        let now = unix_now();
+        let now = super::mono_now();
         for ((id, what, env), result) in conns.into_iter().zip(results) {
             match result {
                 Ok(qid) => {
