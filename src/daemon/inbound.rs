@@ -350,7 +350,12 @@ impl Daemon {
                                     ),
                                     None => format!("size={}", inc.size),
                                 };
-                                let env = conn.envelope.take();
+                                let mut env = conn.envelope.take();
+                                // The cached envelope serves the first
+                                // attempt: it must say 8-bit like the file.
+                                if let Some(env) = env.as_mut() {
+                                    env.eight_bit = eight_bit;
+                                }
                                 self.batch.push((id, inc, what, env));
                                 // A kept-open session does not hold on to
                                 // the room a large message needed.
