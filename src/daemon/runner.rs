@@ -397,7 +397,10 @@ impl Daemon {
                 original: flight.env.sender.clone(),
             }],
             client: format!("{} [local]", self.cfg.hostname),
-            eight_bit: false,
+            // The returned header section may carry 8-bit octets (labelled
+            // 8bit by build_bounce): the relay must know (BODY=8BITMIME or
+            // the 7-bit downgrade).
+            eight_bit: !text.is_ascii(),
             body_offset: 0,
         };
         let received = format!(

@@ -281,3 +281,26 @@ def test_8bit_header_to_a_7bit_hop_bounces_with_5_6_3(tern_factory):
         assert "status=bounced" in t.log_text()
     finally:
         sink.close()
+
+
+def test_bounce_returning_8bit_headers_is_converted_for_a_7bit_hop(tern_factory):
+    """The 5.6.3 bounce returns the original (8-bit) header section; it goes
+    to a remote sender through the same 7-bit hop, so it must be 8-bit
+    aware too (its envelope said 7bit before)."""
+    sink, mails = recording_sink(SEVEN_BIT_SINK)
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none").start()
+        msg = "Subject: Grüße\r\nMIME-Version: 1.0\r\n\r\nhallo\r\n".encode()
+        send(t, "sender@remote.test", ["x@far.test"], msg, mail_options=["BODY=8BITMIME"])
+        wait_for(lambda: sink.messages, timeout=15, what="bounce relayed")
+        b = sink.messages[0]
+        assert b["sender"] == "" and b["rcpts"] == ["sender@remote.test"], b
+        assert_7bit(b["data"])
+        m, parts = parsed_parts(b["data"])
+        assert m.get_content_type() == "multipart/report"
+        (returned,) = [p for p in parts if p.get_content_type() == "text/rfc822-headers"]
+        assert returned["Content-Transfer-Encoding"] == "quoted-printable"
+        assert "Subject: Grüße" in returned.get_payload(decode=True).decode()
+        wait_for(lambda: not t.queued(), what="queue empty")
+    finally:
+        sink.close()
