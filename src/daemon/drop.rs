@@ -29,7 +29,7 @@ impl Daemon {
             match self.import_drop(&path) {
                 Ok(id) => {
                     let _ = fs::remove_file(&path);
-                    self.queue.schedule(id, unix_now());
+                    self.queue.schedule(id, super::mono_now());
                 }
                 Err(why) => {
                     log::error!("drop {}: {why}; moved to corrupt/", path.display());

@@ -328,20 +328,47 @@ pub struct RcptState {
     pub reply: String,
 }
 
-pub fn encode_state(states: &[RcptState], attempts: u32) -> Vec<u8> {
-    let mut s = format!("attempts {attempts}\n");
+/// A message's progress as stored in `state/ID`:
+///
+/// ```text
+/// attempts 2
+/// age 3600                      (queue age, s; absent before: read as 0)
+/// 0 sent 250 2.0.0 ok           (recipient index, status, last reply)
+/// 1 deferred 451 4.3.0 later
+/// ```
+///
+/// `age` is the monotonic time the daemon has held the message (see the
+/// `queue` module doc: the wall clock is not trusted for it). A file
+/// written before the field existed loads with age 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub states: Vec<RcptState>,
+    pub attempts: u32,
+    pub age: u64,
+}
+
+pub fn encode_state(states: &[RcptState], attempts: u32, age: u64) -> Vec<u8> {
+    let mut s = format!("attempts {attempts}\nage {age}\n");
     for (i, st) in states.iter().enumerate() {
         s.push_str(&format!("{i} {} {}\n", st.status.name(), flat(&st.reply)));
     }
     s.into_bytes()
 }
 
-pub fn decode_state(bytes: &[u8], n: usize) -> Option<(Vec<RcptState>, u32)> {
+pub fn decode_state(bytes: &[u8], n: usize) -> Option<Progress> {
     let text = std::str::from_utf8(bytes).ok()?;
     let mut lines = text.lines();
     let attempts = lines.next()?.strip_prefix("attempts ")?.parse().ok()?;
-    let mut states = vec![RcptState::default(); n];
+    let mut progress = Progress {
+        states: vec![RcptState::default(); n],
+        attempts,
+        age: 0,
+    };
     for line in lines {
+        if let Some(age) = line.strip_prefix("age ") {
+            progress.age = age.parse().ok()?;
+            continue;
+        }
         let mut parts = line.splitn(3, ' ');
         let i: usize = parts.next()?.parse().ok()?;
         let status = match parts.next()? {
@@ -352,9 +379,9 @@ pub fn decode_state(bytes: &[u8], n: usize) -> Option<(Vec<RcptState>, u32)> {
             _ => return None,
         };
         let reply = parts.next().unwrap_or("").to_string();
-        *states.get_mut(i)? = RcptState { status, reply };
+        *progress.states.get_mut(i)? = RcptState { status, reply };
     }
-    Some((states, attempts))
+    Some(progress)
 }
 
 #[cfg(test)]
@@ -583,5 +610,26 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    #[test]
+    fn state_roundtrip_with_age_and_old_files_without_it() {
+        let states = vec![
+            RcptState {
+                status: RcptStatus::Sent,
+                reply: "250 ok".into(),
+            },
+            RcptState {
+                status: RcptStatus::Deferred,
+                reply: "451 4.3.0 later".into(),
+            },
+        ];
+        let p = decode_state(&encode_state(&states, 3, 86_400), 2).unwrap();
+        assert_eq!((p.states, p.attempts, p.age), (states.clone(), 3, 86_400));
+        // Written by the first version: no age line.
+        let old = b"attempts 2\n0 sent 250 ok\n1 deferred 451 4.3.0 later\n";
+        let p = decode_state(old, 2).unwrap();
+        assert_eq!((p.states, p.attempts, p.age), (states, 2, 0));
+        assert!(decode_state(b"attempts 1\nage x\n", 1).is_none());
     }
 }

@@ -44,6 +44,12 @@
 //! `spool_sync = no` the sync is skipped: a crash or power loss may then
 //! lose acknowledged mail.
 //!
+//! `state/ID` holds the attempt count, the queue age (monotonic seconds the
+//! daemon has held the message, which decides expiry; a file without it,
+//! from before, reads as age 0) and each recipient's status and last reply;
+//! its format is `envelope::Progress`. It is written after each attempt and,
+//! for held mail, at most every `daemon::runner::AGE_CHECKPOINT`.
+//!
 //! State updates are write-new + fsync + rename. Finished messages are
 //! unlinked (`msg/` first, then `state/`) without a sync: a crash can at
 //! worst cause a duplicate delivery, never a loss.
@@ -56,7 +62,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-pub use envelope::{QueueId, RcptState, RcptStatus, StoredEnvelope};
+pub use envelope::{Progress, QueueId, RcptState, RcptStatus, StoredEnvelope};
 
 /// `\n#tern-end ` + 16 hex digits of the content length + `\n`.
 pub const TRAILER_LEN: u64 = 28;
@@ -258,17 +264,26 @@ impl Spool {
 
     /// Reads a committed message's envelope and its recipients' state.
     pub fn load(&self, id: QueueId) -> io::Result<(StoredEnvelope, Vec<RcptState>, u32)> {
+        self.load_progress(id)
+            .map(|(env, p)| (env, p.states, p.attempts))
+    }
+
+    /// Reads a committed message's envelope and its progress (recipients'
+    /// state, attempts, queue age).
+    pub fn load_progress(&self, id: QueueId) -> io::Result<(StoredEnvelope, Progress)> {
         let mut f = File::open(self.path("msg", id))?;
         let env = read_envelope(&mut f)?;
-        let (states, attempts) = match fs::read(self.path("state", id)) {
+        let progress = match fs::read(self.path("state", id)) {
             Ok(bytes) => envelope::decode_state(&bytes, env.recipients.len())
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad state file"))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                (vec![RcptState::default(); env.recipients.len()], 0)
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Progress {
+                states: vec![RcptState::default(); env.recipients.len()],
+                attempts: 0,
+                age: 0,
+            },
             Err(e) => return Err(e),
         };
-        Ok((env, states, attempts))
+        Ok((env, progress))
     }
 
     /// Opens the content for reading (after the envelope, before the
@@ -281,8 +296,15 @@ impl Spool {
         Ok((f.take(len), len))
     }
 
-    /// Replaces the state file (write new, fsync, rename).
-    pub fn save_state(&self, id: QueueId, states: &[RcptState], attempts: u32) -> io::Result<()> {
+    /// Replaces the state file (write new, fsync, rename). `age`: the
+    /// message's queue age in seconds (see `envelope::Progress`).
+    pub fn save_state(
+        &self,
+        id: QueueId,
+        states: &[RcptState],
+        attempts: u32,
+        age: u64,
+    ) -> io::Result<()> {
         let tmp = self.root.join("state").join(format!("{id}.new"));
         let mut f = OpenOptions::new()
             .write(true)
@@ -290,7 +312,7 @@ impl Spool {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(&envelope::encode_state(states, attempts))?;
+        f.write_all(&envelope::encode_state(states, attempts, age))?;
         if self.sync {
             f.sync_data()?;
         }
@@ -510,9 +532,10 @@ mod tests {
             status: RcptStatus::Deferred,
             reply: "451 try\nlater".into(),
         };
-        spool.save_state(ida, &states, 3).unwrap();
+        spool.save_state(ida, &states, 3, 7200).unwrap();
         let (_, s2, attempts) = spool.load(ida).unwrap();
         assert_eq!(attempts, 3);
+        assert_eq!(spool.load_progress(ida).unwrap().1.age, 7200);
         assert_eq!(s2[0].status, RcptStatus::Sent);
         assert_eq!(s2[1].reply, "451 try later");
         assert_eq!(spool.recover().unwrap(), {
