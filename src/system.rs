@@ -164,7 +164,7 @@ pub fn run_daemon(mut cfg: Config, config_path: PathBuf, detach: bool) -> i32 {
         },
         None => None,
     };
-    let cfg_dirs = vec![cfg.spool_dir.clone(), cfg.mail_dir.clone()];
+    let (spool_dir, mail_dir) = (cfg.spool_dir.clone(), cfg.mail_dir.clone());
     let mut daemon = match Daemon::new(cfg, config_path) {
         Ok(d) => d,
         Err(e) => {
@@ -188,7 +188,7 @@ pub fn run_daemon(mut cfg: Config, config_path: PathBuf, detach: bool) -> i32 {
         }
     }
     if let (Some(user), Some((uid, gid))) = (user, account) {
-        if let Err(e) = hand_over_dirs(&cfg_dirs, uid, gid) {
+        if let Err(e) = hand_over_dirs(&spool_dir, &mail_dir, uid, gid) {
             log::error!("cannot give the spool and mail directories to {user}: {e}");
             return EX_OSERR;
         }
@@ -330,22 +330,72 @@ pub fn lookup_user(user: &str) -> io::Result<(u32, u32)> {
 
 /// Before dropping privileges: the spool tree (directories and the files in
 /// them) and the mailbox root must belong to the unprivileged user.
-fn hand_over_dirs(dirs: &[PathBuf], uid: u32, gid: u32) -> io::Result<()> {
-    for dir in dirs {
+///
+/// This runs as root in directories the unprivileged user can write, so
+/// the walk never crosses a symlink (each directory is opened `O_NOFOLLOW`
+/// relative to its parent) and only gives away directories and regular
+/// files with one link: a planted `mail/x -> /etc`, a FIFO or a hard link
+/// to `/etc/shadow` is logged and left alone (see `safe_fs`). The
+/// configured directories themselves are trusted. Files in the spool's
+/// `drop/` keep their owner: it is the submitting user the daemon reports
+/// (they are readable by every user, see `spool::drop`).
+fn hand_over_dirs(spool: &Path, mail: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    for (dir, keep_files_of) in [(spool, Some("drop")), (mail, None)] {
         std::fs::create_dir_all(dir)?;
-        chown_tree(dir, uid, gid, 2)?;
+        let top = crate::safe_fs::Dir::open(dir)?;
+        top.chown(uid, gid)?;
+        for name in top.entries()? {
+            let keep_files = keep_files_of.is_some_and(|k| name == k);
+            chown_entry(&top, dir, &name, uid, gid, CHOWN_DEPTH - 1, keep_files)?;
+        }
     }
     Ok(())
 }
 
-fn chown_tree(path: &Path, uid: u32, gid: u32, depth: u32) -> io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
-    if depth > 0 && path.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            chown_tree(&entry?.path(), uid, gid, depth - 1)?;
+/// How deep [`hand_over_dirs`] walks: `spool/msg/ID`, `mail/user/new`.
+const CHOWN_DEPTH: u32 = 2;
+
+/// Gives `parent/name` away: a directory (opened without following) with
+/// its entries down to `depth` more levels, or a plain file.
+fn chown_entry(
+    parent: &crate::safe_fs::Dir,
+    parent_path: &Path,
+    name: &std::ffi::OsStr,
+    uid: u32,
+    gid: u32,
+    depth: u32,
+    keep_files: bool,
+) -> io::Result<()> {
+    let path = parent_path.join(name);
+    match parent.sub(name) {
+        Ok(dir) => {
+            dir.chown(uid, gid)?;
+            if depth == 0 {
+                return Ok(());
+            }
+            for child in dir.entries()? {
+                if keep_files && dir.sub(&child).is_err() {
+                    continue;
+                }
+                chown_entry(&dir, &path, &child, uid, gid, depth - 1, false)?;
+            }
+            Ok(())
         }
+        // Gone meanwhile (a sendmail finishing its drop): nothing to do.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => match parent.chown_file(name, uid, gid) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                log::warn!(
+                    "not handing {} to the daemon's user: a symlink, a special file or a file with several links",
+                    path.display()
+                );
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        },
     }
-    Ok(())
 }
 
 /// setgroups/setgid/setuid, verified afterwards (including that root cannot
@@ -374,6 +424,47 @@ pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hand_over_never_crosses_a_symlink() {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // chown to another user needs root (the e2e suite runs as root)
+        }
+        let base = std::env::temp_dir().join(format!("tern-chown-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (spool, mail, outside) = (base.join("spool"), base.join("mail"), base.join("etc"));
+        for d in [
+            &spool.join("msg"),
+            &spool.join("drop"),
+            &mail.join("u/new"),
+            &outside,
+        ] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(outside.join("shadow"), b"secret").unwrap();
+        std::fs::write(spool.join("msg/0000000000000001"), b"m").unwrap();
+        std::fs::write(spool.join("drop/123.1.abc"), b"d").unwrap();
+        std::os::unix::fs::symlink(&outside, mail.join("x")).unwrap();
+        std::os::unix::fs::symlink(&outside, mail.join("u/cur")).unwrap();
+        std::os::unix::fs::symlink(&outside, spool.join("state")).unwrap();
+        std::fs::hard_link(outside.join("shadow"), mail.join("hard")).unwrap();
+        let nobody = 65534;
+        hand_over_dirs(&spool, &mail, nobody, nobody).unwrap();
+        let uid = |p: &Path| std::fs::symlink_metadata(p).unwrap().uid();
+        assert_eq!(uid(&outside), 0);
+        assert_eq!(uid(&outside.join("shadow")), 0);
+        assert_eq!(uid(&spool.join("msg/0000000000000001")), nobody);
+        assert_eq!(uid(&mail.join("u/new")), nobody);
+        assert_eq!(uid(&spool.join("drop")), nobody);
+        assert_eq!(
+            uid(&spool.join("drop/123.1.abc")),
+            0,
+            "drops keep their submitter"
+        );
+        let _ = std::fs::remove_dir_all(&base);
+    }
 
     #[test]
     fn pid_file_lock_decides_not_the_number_in_it() {
