@@ -225,7 +225,11 @@ pub struct PidFile {
 
 impl PidFile {
     /// Opens (creates) and locks `path`. `Ok(Err(pid))`: a daemon holds it.
+    /// Root opens it before dropping privileges and truncates it: a symlink
+    /// or a hard link planted there (`tern.pid -> /etc/shadow` in a
+    /// directory the daemon's user owns) is refused, not followed.
     pub fn lock(path: &Path) -> io::Result<Result<PidFile, Option<i32>>> {
+        use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -233,7 +237,15 @@ impl PidFile {
             .create(true)
             .truncate(false)
             .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)?;
+        let st = crate::safe_fs::fstat(file.as_raw_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink != 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a regular file with one link",
+            ));
+        }
         if flock(&file, libc::LOCK_EX)? {
             Ok(Ok(PidFile {
                 file,
@@ -486,5 +498,16 @@ mod tests {
         assert_eq!(running_daemon(&path), None);
         let again = PidFile::lock(&path).unwrap().expect("free after removal");
         again.remove();
+        // A planted link is refused, and its target left alone.
+        let target = path.with_extension("target");
+        std::fs::write(&target, b"precious").unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(PidFile::lock(&path).is_err());
+        std::fs::remove_file(&path).unwrap();
+        std::fs::hard_link(&target, &path).unwrap();
+        assert!(PidFile::lock(&path).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(&target).unwrap();
     }
 }
