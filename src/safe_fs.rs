@@ -78,14 +78,22 @@ impl Dir {
     /// Opens a trusted directory (from the configuration); a symlink as the
     /// path itself is followed.
     pub fn open(path: &Path) -> io::Result<Dir> {
+        Dir::open_with(path, libc::O_RDONLY)
+    }
+
+    /// Like [`Dir::open`] for a directory we may only search, not read
+    /// (`O_PATH`: the spool root is 0711 and `drop/` 1733 for other users).
+    /// Such a `Dir` serves the `*at` operations on names in it; `entries`,
+    /// `sync` and `chown` fail on it.
+    pub fn open_search(path: &Path) -> io::Result<Dir> {
+        Dir::open_with(path, libc::O_PATH)
+    }
+
+    fn open_with(path: &Path, access: libc::c_int) -> io::Result<Dir> {
         let p = cstr(path.as_os_str())?;
         // SAFETY: open(2) with a valid C string; the fd is owned below.
-        let fd = check(unsafe {
-            libc::open(
-                p.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        })?;
+        let fd =
+            check(unsafe { libc::open(p.as_ptr(), access | libc::O_DIRECTORY | libc::O_CLOEXEC) })?;
         // SAFETY: fd was just opened and is owned by nobody else.
         Ok(Dir {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
@@ -99,17 +107,23 @@ impl Dir {
     /// The subdirectory `name`; a symlink (or anything not a directory) is
     /// an error.
     pub fn sub(&self, name: &OsStr) -> io::Result<Dir> {
+        self.sub_with(name, libc::O_RDONLY)
+    }
+
+    /// [`Dir::sub`] for a directory we may only search (see
+    /// [`Dir::open_search`]).
+    pub fn sub_search(&self, name: &OsStr) -> io::Result<Dir> {
+        self.sub_with(name, libc::O_PATH)
+    }
+
+    fn sub_with(&self, name: &OsStr, access: libc::c_int) -> io::Result<Dir> {
         let c = component(name)?;
         // SAFETY: openat(2) relative to our open directory; fd owned below.
         let fd = unsafe {
             libc::openat(
                 self.raw(),
                 c.as_ptr(),
-                libc::O_RDONLY
-                    | libc::O_DIRECTORY
-                    | libc::O_NOFOLLOW
-                    | libc::O_NONBLOCK
-                    | libc::O_CLOEXEC,
+                access | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
             )
         };
         let fd = check(fd).map_err(|e| refused_link(e, name))?;

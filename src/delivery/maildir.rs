@@ -29,8 +29,9 @@
 //! (readers set it), chown to the mailbox owner (tern writes as its own user).
 
 use std::ffi::OsStr;
-use std::fs::File;
+use std::fs::{DirBuilder, File};
 use std::io::{self, Read};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::lf::CrlfToLf;
@@ -71,6 +72,13 @@ pub fn deliver_maildir(
     } else {
         parent
     };
+    if !parent.is_dir() {
+        // The configured mail_dir (trusted), made on first delivery.
+        DirBuilder::new()
+            .recursive(true)
+            .mode(MAILDIR_DIR_MODE)
+            .create(parent)?;
+    }
     let root = Dir::open(parent)?;
     let (mailbox, mut created) = root.sub_or_create(name, MAILDIR_DIR_MODE)?;
     let mut sub = |n: &str| -> io::Result<Dir> {

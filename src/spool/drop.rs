@@ -65,7 +65,8 @@ pub struct DropWriter {
 
 impl DropWriter {
     pub fn create(spool_root: &Path, sender: &str, rcpts: &[String]) -> io::Result<DropWriter> {
-        let dir = Dir::open(spool_root)?.sub(OsStr::new("drop"))?;
+        // Search access only: other users may not read the root or drop/.
+        let dir = Dir::open_search(spool_root)?.sub_search(OsStr::new("drop"))?;
         let mut n = 0u32;
         loop {
             let name = format!(
