@@ -136,10 +136,16 @@ impl Dir {
     /// The subdirectory `name`, created with `mode` if missing; true if it
     /// was created.
     pub fn sub_or_create(&self, name: &OsStr, mode: u32) -> io::Result<(Dir, bool)> {
+        match self.sub(name) {
+            Ok(dir) => return Ok((dir, false)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         let c = component(name)?;
         // SAFETY: mkdirat(2) relative to our open directory.
         let created = match check(unsafe { libc::mkdirat(self.raw(), c.as_ptr(), mode) }) {
             Ok(_) => true,
+            // Made meanwhile by someone else: open theirs (checked below).
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
             Err(e) => return Err(e),
         };

@@ -29,11 +29,7 @@ pub fn init_logging(level: log::LevelFilter, target: LogTarget) {
     let mut syslog = false;
     match target {
         LogTarget::Stderr => stamp = io::stderr().is_terminal(),
-        LogTarget::File(path) => match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-        {
+        LogTarget::File(path) => match open_log_file(&path) {
             Ok(f) => {
                 stamp = true;
                 b.target(env_logger::Target::Pipe(Box::new(f)));
@@ -79,6 +75,28 @@ pub fn init_logging(level: log::LevelFilter, target: LogTarget) {
         }
     });
     let _ = b.try_init();
+}
+
+/// Opens `log_file` for appending. Root opens it, and log lines carry text
+/// from the network (HELO names, addresses): a symlink or a hard link
+/// planted in a log directory the daemon's user owns (`tern.log ->
+/// /etc/passwd`) is refused, not followed.
+fn open_log_file(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let st = crate::safe_fs::fstat(f.as_raw_fd())?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file with one link",
+        ));
+    }
+    Ok(f)
 }
 
 /// Sends each log line as one datagram to /dev/log, never blocking: a line
@@ -476,6 +494,22 @@ mod tests {
             "drops keep their submitter"
         );
         let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn log_file_through_a_link_is_refused() {
+        let dir = std::env::temp_dir().join(format!("tern-logfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("passwd");
+        std::fs::write(&target, b"root:x:0:0\n").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("sym.log")).unwrap();
+        std::fs::hard_link(&target, dir.join("hard.log")).unwrap();
+        assert!(open_log_file(&dir.join("sym.log")).is_err());
+        assert!(open_log_file(&dir.join("hard.log")).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"root:x:0:0\n");
+        open_log_file(&dir.join("tern.log")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

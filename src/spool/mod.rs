@@ -159,7 +159,8 @@ impl From<&io::Error> for Reply {
 const DIRS: [&str; 5] = ["tmp", "msg", "state", "corrupt", "drop"];
 
 /// The spool root: others may pass through it (to reach `drop/`) but not
-/// list it; every file in it is 0600.
+/// list it; every file in it is 0600 except sendmail drops (0644 in the
+/// unlistable `drop/`, see `spool::drop`).
 pub const ROOT_MODE: u32 = 0o711;
 /// `drop/`: anyone may create a file, nobody may list it or remove another
 /// user's file (sticky), like a classic maildrop. Drop file names carry 64
