@@ -299,6 +299,22 @@ impl Dir {
     }
 }
 
+impl Dir {
+    /// Sets the mode of the file `name` if it is a regular file with a
+    /// single link (`Ok(false)` and nothing done otherwise); the check and
+    /// the `fchmod` act on one descriptor, opened without following.
+    pub fn chmod_file(&self, name: &OsStr, mode: u32) -> io::Result<bool> {
+        let file = self.open_file(name, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY, 0)?;
+        let st = fstat(file.as_raw_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink != 1 {
+            return Ok(false);
+        }
+        // SAFETY: fchmod(2) on the descriptor `file` owns.
+        check(unsafe { libc::fchmod(file.as_raw_fd(), mode) })?;
+        Ok(true)
+    }
+}
+
 /// `fstat(2)`.
 pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
     // SAFETY: an all-zero stat is a valid out-buffer for fstat(2).

@@ -367,8 +367,9 @@ pub fn lookup_user(user: &str) -> io::Result<(u32, u32)> {
 /// files with one link: a planted `mail/x -> /etc`, a FIFO or a hard link
 /// to `/etc/shadow` is logged and left alone (see `safe_fs`). The
 /// configured directories themselves are trusted. Files in the spool's
-/// `drop/` keep their owner: it is the submitting user the daemon reports
-/// (they are readable by every user, see `spool::drop`).
+/// `drop/` keep their owner, the submitting user the daemon reports; they
+/// are made readable instead (`spool::drop::DROP_FILE_MODE`: drops written
+/// 0600 by an older tern would otherwise be set aside unread).
 fn hand_over_dirs(spool: &Path, mail: &Path, uid: u32, gid: u32) -> io::Result<()> {
     for (dir, keep_files_of) in [(spool, Some("drop")), (mail, None)] {
         std::fs::create_dir_all(dir)?;
@@ -405,6 +406,10 @@ fn chown_entry(
             }
             for child in dir.entries()? {
                 if keep_files && dir.sub(&child).is_err() {
+                    let mode = crate::spool::drop::DROP_FILE_MODE;
+                    if let Err(e) = dir.chmod_file(&child, mode) {
+                        log::warn!("cannot make {} readable: {e}", path.join(&child).display());
+                    }
                     continue;
                 }
                 chown_entry(&dir, &path, &child, uid, gid, depth - 1, false)?;
@@ -476,6 +481,11 @@ mod tests {
         std::fs::write(outside.join("shadow"), b"secret").unwrap();
         std::fs::write(spool.join("msg/0000000000000001"), b"m").unwrap();
         std::fs::write(spool.join("drop/123.1.abc"), b"d").unwrap();
+        std::fs::set_permissions(
+            spool.join("drop/123.1.abc"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         std::os::unix::fs::symlink(&outside, mail.join("x")).unwrap();
         std::os::unix::fs::symlink(&outside, mail.join("u/cur")).unwrap();
         std::os::unix::fs::symlink(&outside, spool.join("state")).unwrap();
@@ -493,6 +503,11 @@ mod tests {
             0,
             "drops keep their submitter"
         );
+        let mode = std::fs::metadata(spool.join("drop/123.1.abc"))
+            .unwrap()
+            .mode()
+            & 0o7777;
+        assert_eq!(mode, crate::spool::drop::DROP_FILE_MODE);
         let _ = std::fs::remove_dir_all(&base);
     }
 

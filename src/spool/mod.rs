@@ -364,9 +364,13 @@ impl Spool {
 
     /// Reads a committed message's envelope and its recipients' state.
     pub fn load(&self, id: QueueId) -> io::Result<(StoredEnvelope, Vec<RcptState>, u32)> {
-        let mut f = File::open(self.path("msg", id))?;
+        let mut f = open_queue_file(&self.path("msg", id))?;
         let env = read_envelope(&mut f)?;
-        let (states, attempts) = match fs::read(self.path("state", id)) {
+        let state = open_queue_file(&self.path("state", id)).and_then(|mut f| {
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes).map(|_| bytes)
+        });
+        let (states, attempts) = match state {
             Ok(bytes) => envelope::decode_state(&bytes, env.recipients.len())
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad state file"))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -380,7 +384,7 @@ impl Spool {
     /// Opens the content for reading (after the envelope, before the
     /// trailer) and checks the trailer.
     pub fn open_content(&self, id: QueueId) -> io::Result<(Content, u64)> {
-        let mut f = File::open(self.path("msg", id))?;
+        let mut f = open_queue_file(&self.path("msg", id))?;
         let env = read_envelope(&mut f)?;
         let len = check_trailer(&mut f, env.body_offset)?;
         f.seek(SeekFrom::Start(env.body_offset))?;
@@ -504,6 +508,23 @@ fn random_offset() -> u64 {
         return 0;
     }
     u64::from(u32::from_le_bytes(b) & ((1 << ID_RANDOM_BITS) - 1))
+}
+
+/// Opens a spool file for reading: never through a symlink, never a FIFO
+/// or device (whose open or read would block the loop), only a regular
+/// file.
+fn open_queue_file(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    Ok(f)
 }
 
 /// Reads the envelope at the start of a message file, leaving the file

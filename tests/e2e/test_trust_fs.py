@@ -214,6 +214,24 @@ def test_unprivileged_sendmail_reaches_a_daemon_running_as_another_user(public_d
     assert not list((t.spool / "corrupt").iterdir())
 
 
+def test_root_drop_left_0600_while_the_daemon_was_down_is_delivered(public_dir):
+    """A drop written 0600 (by an older sendmail) before a daemon running as
+    nobody starts: made readable at start, its owner (the submitter) kept."""
+    need_root()
+    t = public_dir(user="nobody")
+    r = t.sendmail(["-i", "user4@localhost"], b"Subject: old\n\nwritten while down\n")
+    assert r.returncode == 0, r.stderr
+    drops = [p for p in (t.spool / "drop").iterdir() if not p.name.startswith(".")]
+    assert len(drops) == 1
+    drops[0].chmod(0o600)
+    t.start()
+    try:
+        m = wait_for(lambda: t.maildir("user4"), what="delivery of a 0600 drop")[0]
+    except TimeoutError:
+        raise AssertionError(t.log_text())
+    assert b"written while down" in m and b"uid 0" in m
+
+
 # --- item 8: no symlink crossed as root, no FIFO blocking the loop -----------------------
 
 
