@@ -413,6 +413,19 @@ mod tests {
     }
 
     #[test]
+    fn crlf_split_at_the_buffer_boundary_is_one_line_end() {
+        let tmp = TempDir::new("split");
+        let path = tmp.0.join("long");
+        // A line whose CR is the last octet of one buffer-sized piece.
+        let mut message = vec![b'a'; MBOX_WRITE_BUFFER - 1];
+        message.extend_from_slice(b"\r\nnext\r\n");
+        deliver_mbox(&path, "s@x", 0, &mut &message[..], false).expect("deliver");
+        let written = std::fs::read(&path).expect("read");
+        assert!(!written.contains(&b'\r'));
+        assert!(written.ends_with(b"a\nnext\n\n"));
+    }
+
+    #[test]
     fn empty_message_and_sender_with_spaces() {
         let tmp = TempDir::new("empty");
         let path = tmp.0.join("e");
