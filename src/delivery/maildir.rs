@@ -79,7 +79,13 @@ pub fn deliver_maildir(
             .mode(MAILDIR_DIR_MODE)
             .create(parent)?;
     }
-    let root = Dir::open(parent)?;
+    // Search permission is all a Maildir delivery needs in mail_dir (and
+    // all the old path-based code needed); read it when allowed, for the
+    // directory sync below.
+    let root = match Dir::open(parent) {
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => Dir::open_search(parent)?,
+        r => r?,
+    };
     let (mailbox, mut created) = root.sub_or_create(name, MAILDIR_DIR_MODE)?;
     let mut sub = |n: &str| -> io::Result<Dir> {
         let (d, new) = mailbox.sub_or_create(OsStr::new(n), MAILDIR_DIR_MODE)?;
