@@ -237,3 +237,14 @@ def test_report_tools_end_quietly_when_the_reader_goes_away(tern):
             os.close(w_fd)
         assert b"panicked" not in r.stderr, (cmd, r.stderr)
         assert r.returncode == -signal.SIGPIPE, (cmd, r.returncode, r.stderr)
+
+
+def test_an_argument_that_is_not_utf8_is_refused_not_a_panic(tern):
+    """argv is bytes: a recipient or queue ID that is not UTF-8 (a Latin-1
+    MAILTO, a mistyped ID) is an error like any bad argument."""
+    for args in ([b"sendmail", b"-i", b"j\xf6rg@localhost"], [b"queue", b"show", b"\xff"]):
+        r = subprocess.run([TERN_BIN.encode(), b"-c", bytes(tern.conf), *args],
+                           input=b"Subject: x\n\nx\n", capture_output=True, timeout=30)
+        assert b"panicked" not in r.stderr, (args, r.stderr)
+        assert r.returncode in (64, 65), (args, r.returncode, r.stderr)
+    assert tern.queued() == []
