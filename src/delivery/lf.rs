@@ -103,6 +103,7 @@ impl<R: Read> Read for CrlfToLf<R> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 

@@ -254,11 +254,10 @@ fn append_entry(
         if n == 0 {
             break;
         }
-        let complete = line.last() == Some(&b'\n');
-        let mut body: &[u8] = &line;
-        if complete {
-            body = &body[..body.len() - 1];
-        }
+        let (body, complete) = match line.strip_suffix(b"\n") {
+            Some(body) => (body, true),
+            None => (line.as_slice(), false),
+        };
         if at_line_start && needs_escape(body) {
             out.write_all(b">")?;
         }
@@ -309,8 +308,12 @@ fn asctime(unix_secs: i64) -> String {
     let days = unix_secs.div_euclid(86_400);
     let secs = unix_secs.rem_euclid(86_400);
     let (year, month, day) = crate::bounce::civil_from_days(days);
-    let weekday = WEEKDAYS[days.rem_euclid(7) as usize % 7];
-    let month_name = MONTHS[(month as usize).saturating_sub(1) % 12];
+    // In range: both indexes are reduced modulo the array's length.
+    #[allow(clippy::indexing_slicing)]
+    let (weekday, month_name) = (
+        WEEKDAYS[days.rem_euclid(7) as usize % 7],
+        MONTHS[(month as usize).saturating_sub(1) % 12],
+    );
     format!(
         "{weekday} {month_name} {day:>2} {:02}:{:02}:{:02} {year}",
         secs / 3600,

@@ -170,22 +170,22 @@ pub fn read_header(file: &mut File) -> Result<DropHeader, String> {
     use std::io::{Seek, SeekFrom};
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
-    let end = loop {
+    let (head, body_offset) = loop {
         let n = file.read(&mut chunk).map_err(|e| e.to_string())?;
-        if n == 0 {
+        let Some(got) = chunk.get(..n).filter(|got| !got.is_empty()) else {
             return Err("truncated drop file".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(p) = buf.windows(2).position(|w| w == b"\n\n") {
-            break p;
+        };
+        buf.extend_from_slice(got);
+        if let Some(split) = super::envelope::split_head(&buf) {
+            break split;
         }
         if buf.len() > MAX_DROP_HEADER {
             return Err("drop header too large".into());
         }
     };
-    file.seek(SeekFrom::Start((end + 2) as u64))
+    file.seek(SeekFrom::Start(body_offset))
         .map_err(|e| e.to_string())?;
-    let text = std::str::from_utf8(&buf[..end]).map_err(|_| "drop header is not UTF-8")?;
+    let text = std::str::from_utf8(head).map_err(|_| "drop header is not UTF-8")?;
     let mut lines = text.split('\n');
     if lines.next() != Some(MAGIC) {
         return Err("not a tern drop file".into());
@@ -248,6 +248,7 @@ fn flat(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 

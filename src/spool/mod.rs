@@ -79,6 +79,8 @@
 //! unlinked (`msg/` first, then `state/`) without a sync: a crash can at
 //! worst cause a duplicate delivery, never a loss.
 
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
+
 pub mod drop;
 pub mod envelope;
 
@@ -556,13 +558,13 @@ fn read_envelope(f: &mut File) -> io::Result<StoredEnvelope> {
     let mut chunk = [0u8; 4096];
     loop {
         let n = f.read(&mut chunk)?;
-        if n == 0 {
+        let Some(got) = chunk.get(..n).filter(|got| !got.is_empty()) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "truncated envelope",
             ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
+        };
+        buf.extend_from_slice(got);
         if let Some(env) = StoredEnvelope::decode(&buf) {
             return env.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
         }
@@ -598,8 +600,9 @@ fn check_trailer(f: &mut File, body_offset: u64) -> io::Result<u64> {
         .ok_or_else(bad)?;
     let len = u64::from_str_radix(hex, 16).map_err(|_| bad())?;
     if magic != TRAILER_MAGIC
-        || t[t.len() - 1] != b'\n'
-        || body_offset + len + TRAILER_LEN != file_len
+        || t.last() != Some(&b'\n')
+        // Checked: a damaged trailer may claim any length up to 2^64 - 1.
+        || body_offset.checked_add(len).and_then(|n| n.checked_add(TRAILER_LEN)) != Some(file_len)
     {
         return Err(bad());
     }
@@ -624,6 +627,7 @@ pub fn syncfs_fd(file: &File) -> io::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 
@@ -804,6 +808,26 @@ mod tests {
         assert!(dir.join("corrupt").join(id.to_string()).exists());
         // Idempotent.
         assert!(spool.recover().unwrap().is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_trailer_claiming_a_huge_length_is_damage_not_a_panic() {
+        let dir = tempdir("hugetrailer");
+        let mut spool = Spool::open(&dir, false).unwrap();
+        let mut inc = spool.create(&env()).unwrap();
+        inc.write(b"content\r\n").unwrap();
+        let id = inc.id;
+        spool.commit(vec![inc]).pop().unwrap().unwrap();
+        let path = dir.join("msg").join(id.to_string());
+        let mut bytes = fs::read(&path).unwrap();
+        let at = bytes.len() - 17;
+        bytes[at..at + 16].copy_from_slice(b"ffffffffffffffff");
+        fs::write(&path, &bytes).unwrap();
+        let e = spool.open_content(id).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(spool.recover().unwrap().is_empty());
+        assert!(dir.join("corrupt").join(id.to_string()).exists());
         let _ = fs::remove_dir_all(&dir);
     }
 }

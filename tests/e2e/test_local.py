@@ -216,3 +216,35 @@ def test_s_nail_calls_sendmail_like_cron_does(tern):
     assert r.returncode == 0, r.stderr
     m = wait_for(lambda: tern.maildir("admin"), what="s-nail delivery")[0]
     assert b"Subject: nightly backup report" in m and b"backup finished: 42 files" in m
+
+
+def test_report_tools_end_quietly_when_the_reader_goes_away(tern):
+    """`mailq | head` and friends: a reader that has gone away ends the tool
+    by SIGPIPE, as it does a C tool, not by a panic (an abort and a core
+    dump in the release build)."""
+    link = tern.dir / "mailq"
+    if not link.exists():
+        link.symlink_to(TERN_BIN)
+    for cmd in ([TERN_BIN, "-c", str(tern.conf), "mailq"],
+                [str(link), "-c", str(tern.conf)],
+                [TERN_BIN, "-c", str(tern.conf), "check-config"],
+                [TERN_BIN, "--help"]):
+        r_fd, w_fd = os.pipe()
+        os.close(r_fd)  # the reader is gone before the first write
+        try:
+            r = subprocess.run(cmd, stdout=w_fd, stderr=subprocess.PIPE, timeout=30)
+        finally:
+            os.close(w_fd)
+        assert b"panicked" not in r.stderr, (cmd, r.stderr)
+        assert r.returncode == -signal.SIGPIPE, (cmd, r.returncode, r.stderr)
+
+
+def test_an_argument_that_is_not_utf8_is_refused_not_a_panic(tern):
+    """argv is bytes: a recipient or queue ID that is not UTF-8 (a Latin-1
+    MAILTO, a mistyped ID) is an error like any bad argument."""
+    for args in ([b"sendmail", b"-i", b"j\xf6rg@localhost"], [b"queue", b"show", b"\xff"]):
+        r = subprocess.run([TERN_BIN.encode(), b"-c", bytes(tern.conf), *args],
+                           input=b"Subject: x\n\nx\n", capture_output=True, timeout=30)
+        assert b"panicked" not in r.stderr, (args, r.stderr)
+        assert r.returncode in (64, 65), (args, r.returncode, r.stderr)
+    assert tern.queued() == []
