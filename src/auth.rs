@@ -26,6 +26,8 @@
 //! other than the authenticated user (proxy authorization); SASLprep (RFC
 //! 4013) normalisation: names and passwords compare as exact bytes.
 
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
+
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
@@ -84,7 +86,11 @@ pub fn base64_encode(data: &[u8]) -> String {
         let b1 = chunk.get(1).copied().unwrap_or(0);
         let b2 = chunk.get(2).copied().unwrap_or(0);
         let n = (u32::from(b0) << 16) | (u32::from(b1) << 8) | u32::from(b2);
-        let sextet = |shift: u32| char::from(B64_ALPHABET[((n >> shift) & 63) as usize]);
+        let sextet = |shift: u32| {
+            B64_ALPHABET
+                .get(((n >> shift) & 63) as usize)
+                .map_or('=', |&c| char::from(c))
+        };
         out.push(sextet(18));
         out.push(sextet(12));
         out.push(if chunk.len() > 1 { sextet(6) } else { '=' });
@@ -122,7 +128,7 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
             _ => 0,
         };
         let mut n = 0u32;
-        for &c in &quad[..4 - pad] {
+        for &c in quad.iter().take(4 - pad) {
             n = (n << 6) | b64_value(c)?;
         }
         n <<= 6 * pad as u32;
@@ -655,6 +661,7 @@ pub fn failure_delay(failures_on_this_connection: u32) -> Duration {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};

@@ -30,6 +30,8 @@
 //! Not supported: client certificates, OCSP stapling, session resumption on
 //! the server (see [`server_config`]), 0-RTT, TLS 1.0/1.1, DANE/MTA-STS.
 
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
+
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
@@ -603,6 +605,7 @@ fn parse_server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
     use std::path::PathBuf;

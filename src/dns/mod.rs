@@ -22,6 +22,8 @@
 //! Not supported: EDNS(0), DNSSEC, DANE/TLSA, MTA-STS, search domains, IDNA
 //! (callers pass A-labels), lookup cancellation.
 
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
+
 pub mod resolv_conf;
 pub mod resolver;
 pub mod wire;

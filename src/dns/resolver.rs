@@ -671,8 +671,9 @@ impl Resolver {
         let mut start = 0;
         while start < mx.len() {
             let preference = mx.get(start).map(|m| m.0);
-            let end = mx[start..]
+            let end = mx
                 .iter()
+                .skip(start)
                 .position(|m| Some(m.0) != preference)
                 .map_or(mx.len(), |n| start + n);
             // Fisher-Yates over mx[start..end].
@@ -1084,6 +1085,7 @@ impl XorShift {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
     use crate::dns::wire::Question as WireQuestion;

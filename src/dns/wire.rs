@@ -616,6 +616,7 @@ fn read_name(packet: &[u8], start: usize) -> Result<(String, usize), WireError> 
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
 

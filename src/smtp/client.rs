@@ -531,26 +531,30 @@ impl ClientSession {
             return 0;
         }
         let take = chunk.len().min(BODY_HIGH_WATER - self.out.len());
-        let chunk = &chunk[..take];
+        let chunk = chunk.get(..take).unwrap_or(chunk);
         // Copy runs; a dot that starts a line gets a second one in front.
         // A line starts after any LF, so a bare LF cannot smuggle a dot.
         let mut copied = 0;
         let mut from = 0;
-        while let Some(off) = super::scan::position(&chunk[from..], b'.') {
+        while let Some(off) = chunk
+            .get(from..)
+            .and_then(|rest| super::scan::position(rest, b'.'))
+        {
             let dot = from + off;
-            let before = if dot == 0 {
-                self.body_tail[1]
-            } else {
-                chunk[dot - 1]
+            let before = match dot.checked_sub(1) {
+                None => Some(self.body_tail[1]),
+                Some(prev) => chunk.get(prev).copied(),
             };
-            if before == b'\n' {
-                self.out.extend_from_slice(&chunk[copied..dot]);
+            if before == Some(b'\n') {
+                self.out
+                    .extend_from_slice(chunk.get(copied..dot).unwrap_or_default());
                 self.out.push(b'.');
                 copied = dot;
             }
             from = dot + 1;
         }
-        self.out.extend_from_slice(&chunk[copied..]);
+        self.out
+            .extend_from_slice(chunk.get(copied..).unwrap_or_default());
         self.body_tail = match *chunk {
             [] => self.body_tail,
             [only] => [self.body_tail[1], only],
@@ -1064,6 +1068,7 @@ fn parse_reply_line(line: &[u8]) -> Option<(u16, bool, String)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
 

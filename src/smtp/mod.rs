@@ -1,6 +1,8 @@
 //! SMTP protocol machines, all sans-IO: the command and reply codecs, the
 //! DATA decoder, the server session and the client session.
 
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
+
 pub mod address;
 pub mod client;
 pub mod command;

@@ -231,7 +231,7 @@ impl ServerSession {
                     if self.out.len() >= OUTPUT_HIGH_WATER {
                         break;
                     }
-                    used += self.read_auth_line(&input[used..], now, policy);
+                    used += self.read_auth_line(input.get(used..).unwrap_or_default(), now, policy);
                 }
                 State::Data(dec) => {
                     let target = if self.holding_headers {
@@ -239,7 +239,7 @@ impl ServerSession {
                     } else {
                         &mut self.body
                     };
-                    used += dec.decode(&input[used..], target);
+                    used += dec.decode(input.get(used..).unwrap_or_default(), target);
                     let done = dec.is_done();
                     let release = self.holding_headers
                         && (!dec.in_headers() || done || self.held.len() > MAX_HELD_HEADER);
@@ -252,7 +252,7 @@ impl ServerSession {
                     }
                 }
                 State::Discard(dec, _) => {
-                    used += dec.decode(&input[used..], &mut self.body);
+                    used += dec.decode(input.get(used..).unwrap_or_default(), &mut self.body);
                     if dec.is_done() {
                         self.end_of_data();
                     }
@@ -261,7 +261,7 @@ impl ServerSession {
                     if self.out.len() >= OUTPUT_HIGH_WATER {
                         break;
                     }
-                    used += self.read_line(&input[used..], now, policy);
+                    used += self.read_line(input.get(used..).unwrap_or_default(), now, policy);
                 }
             }
         }
@@ -376,9 +376,10 @@ impl ServerSession {
                 .position(|w| w == b"\r\n\r\n")
                 .map_or(self.held.len(), |p| p + 2)
         };
-        self.body.extend_from_slice(&self.held[..at]);
+        let (head, rest) = self.held.split_at_checked(at).unwrap_or((&self.held, &[]));
+        self.body.extend_from_slice(head);
         self.body.extend_from_slice(add.as_bytes());
-        self.body.extend_from_slice(&self.held[at..]);
+        self.body.extend_from_slice(rest);
         self.held.clear();
     }
 
@@ -516,7 +517,7 @@ impl ServerSession {
 
     fn read_line(&mut self, input: &[u8], now: Instant, policy: &dyn Policy) -> usize {
         let (chunk, complete) = match input.iter().position(|&b| b == b'\n') {
-            Some(i) => (&input[..=i], true),
+            Some(i) => (input.get(..=i).unwrap_or(input), true),
             None => (input, false),
         };
         if !self.line_overflow {
@@ -683,7 +684,7 @@ impl ServerSession {
 
     fn read_auth_line(&mut self, input: &[u8], now: Instant, policy: &dyn Policy) -> usize {
         let (chunk, complete) = match input.iter().position(|&b| b == b'\n') {
-            Some(i) => (&input[..=i], true),
+            Some(i) => (input.get(..=i).unwrap_or(input), true),
             None => (input, false),
         };
         if self.line.len() + chunk.len() > crate::auth::MAX_SASL_LINE {
@@ -836,6 +837,7 @@ fn sanitize(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
 
