@@ -185,7 +185,9 @@ impl Daemon {
                     false
                 }
             };
-            if closed || (conn.session.is_closing() && conn.session.output().is_empty() && flushed)
+            if closed
+                || conn.session.is_abandoned()
+                || (conn.session.is_closing() && conn.session.output().is_empty() && flushed)
             {
                 closed = true;
                 break;

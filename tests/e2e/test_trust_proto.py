@@ -1,0 +1,114 @@
+"""Issue 11, protocol trust: input that crashed or stalled the daemon, and
+peer text that reached the log raw. Each test failed on main @ 80f8c34."""
+
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+from harness import TERN_BIN, free_port, wait_for
+
+CERTS = Path(__file__).resolve().parents[1] / "certs"
+
+
+def read_reply(sock, timeout=10):
+    """Reads one (possibly multi-line) reply; returns its text."""
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data.decode(errors="replace")
+        data += chunk
+        lines = data.split(b"\r\n")
+        if len(lines) > 1 and any(len(l) >= 4 and l[3:4] == b" " for l in lines[:-1]):
+            return data.decode(errors="replace")
+
+
+def is_closed_by_peer(sock, within):
+    """True if the peer closes the connection within `within` seconds."""
+    sock.settimeout(within)
+    try:
+        while True:
+            if sock.recv(4096) == b"":
+                return True
+    except socket.timeout:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def still_serves(t, rcpt):
+    with smtplib.SMTP("127.0.0.1", t.port, timeout=10) as c:
+        c.sendmail("a@x.test", [f"{rcpt}@localhost"], b"Subject: alive\r\n\r\nstill here\r\n")
+    got = wait_for(lambda: t.maildir(rcpt), what="delivery after the hostile client")
+    assert b"still here" in got[0]
+
+
+# --- item 1: one line killed the daemon --------------------------------------
+
+
+def test_multibyte_command_does_not_kill_the_daemon(tern):
+    for line in ["MAIL FROMé<a@b.test>", "RCPT TOˊ", "MAIL FRO€:<a@b.test>", "EHLO é😀"]:
+        with socket.create_connection(("127.0.0.1", tern.port), timeout=10) as s:
+            assert read_reply(s).startswith("220")
+            s.sendall(line.encode() + b"\r\n")
+            r = read_reply(s)
+            assert r[:1] in "245", (line, r)
+            s.sendall(b"QUIT\r\n")
+            read_reply(s)
+        assert tern.proc.poll() is None, f"daemon died on {line!r}:\n{tern.log_text()[-2000:]}"
+    still_serves(tern, "second")
+    assert "panicked" not in tern.log_text()
+
+
+# --- item 5: STARTTLS without a handshake held a slot forever ----------------
+
+
+def tls_tern(tern_factory, **overrides):
+    return tern_factory(
+        tls_cert=CERTS / "server.pem",
+        tls_key=CERTS / "server.key",
+        smtps_listen=f"127.0.0.1:{free_port()}",
+        server_timeout="2s",
+        **overrides,
+    )
+
+
+def test_starttls_without_handshake_is_closed_and_frees_the_slot(tern_factory):
+    t = tls_tern(tern_factory, max_connections="2").start()
+    silent = []
+    for _ in range(2):
+        s = socket.create_connection(("127.0.0.1", t.port), timeout=10)
+        assert read_reply(s).startswith("220")
+        s.sendall(b"EHLO c.test\r\n")
+        assert "STARTTLS" in read_reply(s)
+        s.sendall(b"STARTTLS\r\n")
+        assert read_reply(s).startswith("220 2.0.0 Ready to start TLS")
+        silent.append(s)
+    # Both slots are taken now.
+    with socket.create_connection(("127.0.0.1", t.port), timeout=10) as extra:
+        assert read_reply(extra).startswith("421")
+    started = time.time()
+    for s in silent:
+        assert is_closed_by_peer(s, within=8), "a silent STARTTLS client kept its connection"
+        s.close()
+    assert time.time() - started < 8
+    still_serves(t, "afterwards")
+
+
+def test_implicit_tls_without_handshake_is_closed(tern_factory):
+    t = tls_tern(tern_factory).start()
+    port = int(t.settings["smtps_listen"].rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        assert is_closed_by_peer(s, within=8), "a silent smtps client kept its connection"
+    # Half a ClientHello, then silence.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        assert is_closed_by_peer(s, within=8), "a stalled handshake kept its connection"
+    # And a real client still gets through.
+    ctx = ssl.create_default_context(cafile=str(CERTS / "ca.pem"))
+    with smtplib.SMTP_SSL("127.0.0.1", port, context=ctx, timeout=10) as c:
+        assert c.noop()[0] == 250
