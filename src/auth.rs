@@ -531,7 +531,11 @@ fn parse_plain(message: &[u8]) -> SaslStep {
 /// Per-client failure counter for AUTH brute-force protection, sans-IO.
 ///
 /// After `max_failures` failures within `window`, the client is blocked for
-/// `window` from the last failure. IPv6 clients are counted per /64 (one
+/// `window` from the last failure. A successful login changes nothing here:
+/// it must not reset the address's count, or one valid account (the
+/// attacker's own, or a leaked one) would give unlimited guesses at the
+/// others (issue 11). Legitimate users behind the same address share the
+/// count; failures age out after `window`. IPv6 clients are counted per /64 (one
 /// host usually owns a whole /64) and IPv4-mapped IPv6 as IPv4. The table
 /// holds at most `max_entries`; when full, expired entries go first, then
 /// the least recently failed one.
@@ -576,6 +580,25 @@ impl FailureLimiter {
             .is_some_and(|t| now < t)
     }
 
+    /// One login attempt from `ip`: `None` while the address is blocked
+    /// (the password is not even checked), else what `verify` said. A
+    /// failure is counted; a success changes nothing (see the type's doc).
+    pub fn attempt(
+        &mut self,
+        ip: IpAddr,
+        now: Instant,
+        verify: impl FnOnce() -> bool,
+    ) -> Option<bool> {
+        if self.is_blocked(ip, now) {
+            return None;
+        }
+        let ok = verify();
+        if !ok {
+            self.record_failure(ip, now);
+        }
+        Some(ok)
+    }
+
     pub fn record_failure(&mut self, ip: IpAddr, now: Instant) {
         let key = limiter_key(ip);
         if !self.entries.contains_key(&key) && self.entries.len() >= self.max_entries {
@@ -601,10 +624,6 @@ impl FailureLimiter {
         if entry.failures >= self.max_failures {
             entry.blocked_until = now.checked_add(window);
         }
-    }
-
-    pub fn record_success(&mut self, ip: IpAddr) {
-        self.entries.remove(&limiter_key(ip));
     }
 
     /// Entries currently held (bounded by `max_entries`).
@@ -999,14 +1018,21 @@ mod tests {
         assert!(!lim.is_blocked(v4(1), t0 + window + Duration::from_secs(1)));
     }
 
+    /// Issue 11 item 13: a login between guesses reset the count.
     #[test]
-    fn limiter_success_clears() {
+    fn limiter_success_does_not_clear_the_address() {
         let t0 = Instant::now();
-        let mut lim = FailureLimiter::new(2, Duration::from_secs(60), 100);
-        lim.record_failure(v4(1), t0);
-        lim.record_success(v4(1));
-        lim.record_failure(v4(1), t0);
-        assert!(!lim.is_blocked(v4(1), t0));
+        let mut lim = FailureLimiter::new(3, Duration::from_secs(60), 100);
+        let ip = v4(1);
+        // The attacker's own account logs in between guesses at others.
+        for _ in 0..2 {
+            assert_eq!(lim.attempt(ip, t0, || false), Some(false));
+            assert_eq!(lim.attempt(ip, t0, || true), Some(true));
+        }
+        assert_eq!(lim.attempt(ip, t0, || false), Some(false));
+        assert!(lim.is_blocked(ip, t0));
+        assert_eq!(lim.attempt(ip, t0, || true), None, "blocked, valid or not");
+        assert!(!lim.is_blocked(v4(2), t0));
         assert_eq!(lim.len(), 1);
     }
 

@@ -50,15 +50,10 @@ impl Policy for LocalPolicy<'_> {
     fn authenticate(&self, peer: IpAddr, user: &str, password: &str) -> AuthVerdict {
         let now = Instant::now();
         let mut limiter = self.daemon.auth_limiter.borrow_mut();
-        if limiter.is_blocked(peer, now) {
-            return AuthVerdict::Blocked;
-        }
-        if self.daemon.users.check(user, password) {
-            limiter.record_success(peer);
-            AuthVerdict::Ok
-        } else {
-            limiter.record_failure(peer, now);
-            AuthVerdict::Bad
+        match limiter.attempt(peer, now, || self.daemon.users.check(user, password)) {
+            None => AuthVerdict::Blocked,
+            Some(true) => AuthVerdict::Ok,
+            Some(false) => AuthVerdict::Bad,
         }
     }
 

@@ -1209,7 +1209,9 @@ mod tests {
     fn starttls_without_handshake_times_out() {
         let mut h = Harness::new(false);
         h.send(b"EHLO c\r\nSTARTTLS\r\n");
-        assert!(h.take_output().ends_with("220 2.0.0 Ready to start TLS\r\n"));
+        assert!(h
+            .take_output()
+            .ends_with("220 2.0.0 Ready to start TLS\r\n"));
         assert!(h.s.is_waiting_for_driver());
         let d = h.s.deadline().expect("TlsWait has a deadline");
         assert_eq!(d, h.now + Duration::from_secs(300));
