@@ -472,7 +472,7 @@ impl ServerSession {
             }
             return;
         }
-        if !self.deadline().is_some_and(|d| now >= d) {
+        if self.deadline().is_none_or(|d| now < d) {
             return;
         }
         match self.state {
