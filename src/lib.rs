@@ -28,6 +28,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod dns;
+pub mod logsafe;
 pub mod outbound;
 pub mod queue;
 pub mod reactor;

@@ -10,6 +10,7 @@ use super::{unix_now, Daemon};
 use crate::bounce::rfc5322_date;
 use crate::delivery::aliases::Target;
 use crate::delivery::mailbox_name;
+use crate::logsafe::LogSafe;
 use crate::reactor::SockId;
 use crate::smtp::address::Address;
 use crate::smtp::reply::{self, Reply};
@@ -268,7 +269,7 @@ impl Daemon {
                 Read::Pending => break,
                 Read::Closed => {
                     if let Some(e) = conn.transport.tls_error() {
-                        log::info!("{}: TLS failed: {e}", conn.peer);
+                        log::info!("{}: TLS failed: {}", conn.peer, LogSafe(e));
                     }
                     conn.session.connection_lost();
                     self.session_events(id, &mut conn);
@@ -336,13 +337,15 @@ impl Daemon {
                                     _ if !log::log_enabled!(log::Level::Info) => String::new(),
                                     Some(env) => format!(
                                         "from=<{}> size={} nrcpt={} client={} [{}]",
-                                        env.sender
-                                            .as_ref()
-                                            .map(|a| a.to_string())
-                                            .unwrap_or_default(),
+                                        LogSafe(
+                                            env.sender
+                                                .as_ref()
+                                                .map(|a| a.to_string())
+                                                .unwrap_or_default()
+                                        ),
                                         inc.size,
                                         env.recipients.len(),
-                                        conn.session.helo_name(),
+                                        LogSafe(conn.session.helo_name()),
                                         conn.peer.ip()
                                     ),
                                     None => format!("size={}", inc.size),

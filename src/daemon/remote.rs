@@ -657,8 +657,9 @@ impl Daemon {
                         // Opportunistic TLS that fails: this address once more in plaintext.
                         if *policy == TlsPolicy::IfOffered && d.plaintext_fallback.is_none() {
                             log::warn!(
-                                "{}: TLS with {addr} failed ({e}); retrying in plaintext",
-                                d.job.id
+                                "{}: TLS with {addr} failed ({}); retrying in plaintext",
+                                d.job.id,
+                                crate::logsafe::LogSafe(&e)
                             );
                             d.plaintext_fallback = Some(addr);
                             d.addr = d.addr.saturating_sub(1);

@@ -706,7 +706,7 @@ impl ClientSession {
     }
 
     fn handle_reply(&mut self, reply: Reply, now: Instant) {
-        log::debug!("smtp-client: < {reply}");
+        log::debug!("smtp-client: < {}", crate::logsafe::log_safe(&reply));
         let Some(expect) = self.expected.pop_front() else {
             // Unsolicited (e.g. an early 554 during the body, or a 421).
             self.fail_session(reply, false);
@@ -1026,7 +1026,10 @@ impl ClientSession {
             }
             _ => {}
         }
-        log::debug!("smtp-client: session failed: {reply}");
+        log::debug!(
+            "smtp-client: session failed: {}",
+            crate::logsafe::log_safe(&reply)
+        );
         let outcome = RcptOutcome::Deferred(reply);
         if let Some(active) = self.txn.take() {
             let outcomes = active.into_outcomes(&outcome);

@@ -112,3 +112,51 @@ def test_implicit_tls_without_handshake_is_closed(tern_factory):
     ctx = ssl.create_default_context(cafile=str(CERTS / "ca.pem"))
     with smtplib.SMTP_SSL("127.0.0.1", port, context=ctx, timeout=10) as c:
         assert c.noop()[0] == 250
+
+
+# --- item 14: peer text reached the log raw ----------------------------------
+
+
+CONTROL = [b"\x1b", b"\x07", b"\x00", b"\x7f", b"\r"]
+
+
+def raw_controls(data):
+    return [c for c in CONTROL if c in data]
+
+
+def test_control_characters_in_helo_are_escaped_in_the_log(tern):
+    with socket.create_connection(("127.0.0.1", tern.port), timeout=10) as s:
+        assert read_reply(s).startswith("220")
+        s.sendall(b"EHLO a\x1b[31mb\x07c\x7fd\x00e\r\n")
+        assert read_reply(s).startswith("250")
+        s.sendall(b"MAIL FROM:<x@y.test>\r\nRCPT TO:<esc@localhost>\r\nDATA\r\n")
+        r = read_reply(s)
+        while "354" not in r:
+            r = read_reply(s)
+        s.sendall(b"Subject: esc\r\n\r\nbody\r\n.\r\n")
+        assert "250" in read_reply(s)
+        s.sendall(b"QUIT\r\n")
+    wait_for(lambda: tern.maildir("esc"), what="delivery")
+    log = tern.log.read_bytes()
+    assert b"client=a\\x1b[31mb\\x07c\\x7fd\\x00e" in log, log[-2000:]
+    assert raw_controls(log) == [], log[-2000:]
+
+
+def test_remote_reply_with_escapes_is_escaped_in_log_and_mailq(tern_factory):
+    from harness import Sink
+
+    sink = Sink({"rcpt": "451 4.2.0 busy \x1b]0;owned\x07 \x1b[2J"})
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none").start()
+        with smtplib.SMTP("127.0.0.1", t.port, timeout=10) as c:
+            c.sendmail("a@x.test", ["far@remote.test"], b"Subject: q\r\n\r\nqueued\r\n")
+        wait_for(lambda: "status=deferred" in t.log_text(), what="deferral")
+        log = t.log.read_bytes()
+        assert b"busy \\x1b]0;owned\\x07 \\x1b[2J" in log, log[-2000:]
+        assert raw_controls(log) == [], log[-2000:]
+        q = t.cmd("mailq").stdout
+        assert b"busy \\x1b]0;owned" in q and raw_controls(q) == [], q
+        show = t.cmd("queue", "show", t.queued()[0]).stdout
+        assert raw_controls(show) == [], show
+    finally:
+        sink.close()
