@@ -38,7 +38,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ring::pbkdf2;
-use ring::rand::{SecureRandom, SystemRandom};
 
 /// Longest AUTH response line, without CRLF (RFC 4954 §4).
 pub const MAX_SASL_LINE: usize = 12288;
@@ -224,9 +223,7 @@ pub fn hash_password(password: &str, salt: &[u8]) -> String {
 /// [`hash_password`] with a fresh random salt (for `tern passwd`).
 pub fn new_hash(password: &str) -> io::Result<String> {
     let mut salt = [0u8; PBKDF2_SALT_LEN];
-    SystemRandom::new()
-        .fill(&mut salt)
-        .map_err(|_| io::Error::other("system random generator failed"))?;
+    crate::random::fill(&mut salt)?;
     Ok(hash_password(password, &salt))
 }
 

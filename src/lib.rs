@@ -31,6 +31,7 @@ pub mod dns;
 pub mod logsafe;
 pub mod outbound;
 pub mod queue;
+pub mod random;
 pub mod reactor;
 pub mod smtp;
 pub mod spool;

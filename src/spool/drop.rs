@@ -40,7 +40,7 @@ impl DropWriter {
                 "{}.{}.{:016x}",
                 crate::daemon::unix_now(),
                 std::process::id(),
-                random_u64()
+                crate::random::u64()?
             );
             let tmp = dir.join(format!(".{name}"));
             match OpenOptions::new()
@@ -166,14 +166,6 @@ pub fn read_header(file: &mut File) -> Result<DropHeader, String> {
         return Err("drop file without recipients".into());
     }
     Ok(h)
-}
-
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    if let Ok(mut f) = File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut b);
-    }
-    u64::from_ne_bytes(b) ^ u64::from(std::process::id())
 }
 
 /// Opens a drop file for import without trusting it: no symlinks, a
