@@ -628,6 +628,7 @@ impl Daemon {
                     Ok(0) => break,
                     Ok(n) => {
                         client.consume_transmit(n);
+                        client.note_progress(now);
                         progressed = true;
                     }
                     Err(_) => {
@@ -744,6 +745,19 @@ impl Daemon {
                 Phase::Talking { client, .. } => {
                     client.handle_timeout(now);
                     self.pump(key, now);
+                    // A peer that stopped reading cannot take the last
+                    // (TLS) bytes either: a timed-out session is dropped.
+                    if let Some(Delivery {
+                        phase: Phase::Talking { client, sock, .. },
+                        ..
+                    }) = self.deliveries.get(&key)
+                    {
+                        if client.is_closed() && client.poll_timeout().is_none() {
+                            let s = *sock;
+                            self.drop_socket(s);
+                            self.finish_delivery(key);
+                        }
+                    }
                 }
                 Phase::Resolving(_) => {}
             }

@@ -615,11 +615,22 @@ impl ClientSession {
         self.fail_session(synth(CONNECTION_LOST), false);
     }
 
-    /// When `handle_timeout` must be called, if ever.
+    /// Bytes of the session went out. While the body streams, this restarts
+    /// its deadline (RFC 5321 §4.5.3.2.5: the server must keep taking data
+    /// blocks; one that stops reading must not hold the connection forever).
+    pub fn note_progress(&mut self, now: Instant) {
+        if self.phase == Phase::Body {
+            self.wait_started = now;
+        }
+    }
+
+    /// When `handle_timeout` must be called, if ever. Every phase that waits
+    /// on the peer has one: for a reply, for the TLS handshake, for the
+    /// peer to take more of the body ([`Self::note_progress`]), for QUIT.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let wait = match self.phase {
-            Phase::Closed | Phase::Quitting | Phase::Body => return None,
-            Phase::AwaitingTls => self.cfg.reply_timeout,
+            Phase::Closed => return None,
+            Phase::AwaitingTls | Phase::Body | Phase::Quitting => self.cfg.reply_timeout,
             _ => match self.expected.front()? {
                 Expect::DataEnd | Expect::DiscardedDataEnd => self.cfg.final_timeout,
                 _ => self.cfg.reply_timeout,
@@ -1021,7 +1032,9 @@ impl ClientSession {
         match self.phase {
             Phase::Closed => return,
             Phase::Quitting => {
+                // Nothing more is worth sending (QUIT may still be queued).
                 self.phase = Phase::Closed;
+                self.out.clear();
                 return;
             }
             _ => {}
@@ -1042,9 +1055,11 @@ impl ClientSession {
             self.write_line("QUIT", Expect::Quit);
             self.expected.push_back(Expect::Quit);
         } else {
+            // Unsent commands or body bytes are moot: the driver closes.
             self.phase = Phase::Closed;
             self.expected.clear();
             self.line.clear();
+            self.out.clear();
         }
     }
 }
@@ -2089,7 +2104,6 @@ mod tests {
     #[test]
     fn final_dot_uses_final_timeout() {
         let mut h = in_body();
-        assert_eq!(h.s.poll_timeout(), None, "body pacing is the driver's");
         let later = h.t0 + Duration::from_secs(50);
         h.s.finish_body(later);
         assert_eq!(h.s.poll_timeout(), Some(later + Duration::from_secs(600)));
@@ -2136,6 +2150,37 @@ mod tests {
         assert!(h.s.is_closed());
         h.s.connection_lost(h.t0);
         assert!(h.events().is_empty());
+    }
+
+    /// A server that stops reading mid-body: the body has a deadline that
+    /// moves while bytes go out (it had none).
+    #[test]
+    fn stalled_body_times_out() {
+        let mut h = in_body();
+        let t1 = h.t0 + Duration::from_secs(10);
+        assert_eq!(h.s.send_body(b"some of the body\r\n"), 18);
+        h.s.note_progress(t1);
+        assert_eq!(h.s.poll_timeout(), Some(t1 + Duration::from_secs(300)));
+        h.s.handle_timeout(t1 + Duration::from_secs(299));
+        assert!(!h.s.is_closed());
+        h.s.handle_timeout(t1 + Duration::from_secs(300));
+        assert!(h.s.is_closed());
+        assert!(h.s.poll_transmit().is_empty(), "nothing left to flush");
+        let ev = h.events();
+        assert!(matches!(&done(&ev)[..], [RcptOutcome::Deferred(_)]));
+    }
+
+    /// QUIT that the server never takes: the session closes anyway.
+    #[test]
+    fn unflushed_quit_times_out() {
+        let mut h = Harness::new(cfg());
+        h.ready(&[]);
+        h.s.quit();
+        assert!(h.s.is_closed() && !h.s.poll_transmit().is_empty());
+        let d = h.s.poll_timeout().expect("Quitting has a deadline");
+        h.s.handle_timeout(d);
+        assert!(h.s.poll_transmit().is_empty());
+        assert_eq!(h.s.poll_timeout(), None);
     }
 
     #[test]

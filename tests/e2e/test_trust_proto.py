@@ -160,3 +160,49 @@ def test_remote_reply_with_escapes_is_escaped_in_log_and_mailq(tern_factory):
         assert raw_controls(show) == [], show
     finally:
         sink.close()
+
+
+# --- siblings: deadlines on the outbound side --------------------------------
+
+
+def test_outbound_server_that_stops_reading_mid_body_is_dropped(tern_factory):
+    """A next hop that answers 354 and then reads nothing held the outbound
+    connection (and its slot) forever: the body had no deadline."""
+    import threading
+
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    port = lsock.getsockname()[1]
+    conns = []
+
+    def serve():
+        c, _ = lsock.accept()
+        conns.append(c)
+        f = c.makefile("rb")
+        c.sendall(b"220 stall.test ESMTP\r\n")
+        while True:
+            line = f.readline()
+            if not line:
+                return
+            verb = line[:4].upper()
+            if verb == b"DATA":
+                c.sendall(b"354 go ahead\r\n")
+                return  # and never read again
+            c.sendall(b"250 stall.test\r\n" if verb == b"EHLO" else b"250 ok\r\n")
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    t = tern_factory(smarthost=f"127.0.0.1:{port}", smarthost_tls="none", client_timeout="2s").start()
+    body = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 8000
+    with smtplib.SMTP("127.0.0.1", t.port, timeout=30) as c:
+        c.sendmail("a@x.test", ["far@remote.test"], body)
+    wait_for(lambda: "status=deferred" in t.log_text(), timeout=20, what="the stalled delivery deferred")
+    # tern closed its end: draining what it managed to send ends in EOF.
+    conn = conns[0]
+    conn.settimeout(10)
+    while conn.recv(65536):
+        pass
+    conn.close()
+    lsock.close()
