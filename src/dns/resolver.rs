@@ -464,9 +464,13 @@ impl Resolver {
                 return None;
             }
         };
-        let same_question = asked.is_some_and(|q| {
-            q.name == question.name && q.qtype == question.qtype && q.qclass == CLASS_IN
-        });
+        let same_question = match asked {
+            Some(q) => q.name == question.name && q.qtype == question.qtype && q.qclass == CLASS_IN,
+            // A server that could not parse the query (an OPT record it
+            // does not know) may answer FORMERR/NOTIMP without the question
+            // (RFC 1035 §4.1.1); a forged one can only cost the OPT record.
+            None => matches!(header.rcode, RCODE_FORMERR | RCODE_NOTIMP),
+        };
         let matches = header.id == exchange.id
             && header.is_response
             && header.opcode == OPCODE_QUERY
@@ -1386,10 +1390,11 @@ mod tests {
             extended_rcode: 1,
             ..wire::Edns::ours()
         };
-        for (rcode, opt) in [
-            (RCODE_FORMERR, None),
-            (RCODE_NOTIMP, None),
-            (RCODE_NOERROR, Some(badvers)),
+        for (rcode, opt, echo_question) in [
+            (RCODE_FORMERR, None, true),
+            (RCODE_FORMERR, None, false),
+            (RCODE_NOTIMP, None, true),
+            (RCODE_NOERROR, Some(badvers), true),
         ] {
             let mut net = Net::new(&[S1, S2], 7);
             let id = net.resolver.resolve_mx("example.com", net.now);
@@ -1397,6 +1402,9 @@ mod tests {
             assert!(q.edns);
             let mut refusal = wire::decode(&response(&q, rcode, vec![], vec![], vec![])).unwrap();
             refusal.edns = opt;
+            if !echo_question {
+                refusal.question = None;
+            }
             net.deliver(&q, &refusal.encode().unwrap());
             // The same server again, at once, without OPT; not a new try.
             let plain = net.expect_sent("example.com", TYPE_MX);

@@ -206,3 +206,39 @@ def test_outbound_server_that_stops_reading_mid_body_is_dropped(tern_factory):
         pass
     conn.close()
     lsock.close()
+
+
+# --- item 15: EDNS(0) with a fallback for servers that refuse it --------------
+
+
+def test_mx_delivery_through_a_dns_server_that_refuses_edns(tern_factory):
+    import struct
+
+    from harness import FakeDns, Sink
+
+    class NoEdnsDns(FakeDns):
+        """Answers FORMERR to any query with an additional record (OPT),
+        as old servers and some middleboxes do."""
+
+        def __init__(self, *a, **kw):
+            self.with_opt = 0
+            super().__init__(*a, **kw)
+
+        def _answer(self, q):
+            if struct.unpack(">H", q[10:12])[0] > 0:
+                self.with_opt += 1
+                qid = struct.unpack(">H", q[:2])[0]
+                return struct.pack(">HHHHHH", qid, 0x8181, 0, 0, 0, 0)
+            return super()._answer(q)
+
+    dns = NoEdnsDns({("far.test", "MX"): [(10, "mx.far.test")], ("mx.far.test", "A"): ["127.0.0.1"]})
+    sink = Sink()
+    try:
+        t = tern_factory(dns_servers=dns.addr, mx_port=sink.port).start()
+        with smtplib.SMTP("127.0.0.1", t.port, timeout=10) as c:
+            c.sendmail("a@lan.test", ["u@far.test"], b"Subject: edns\r\n\r\nvia plain DNS\r\n")
+        wait_for(lambda: sink.messages, what="MX delivery after the EDNS fallback")
+        assert dns.with_opt == 1, "the first query carried OPT; the server was then remembered"
+    finally:
+        dns.close()
+        sink.close()
