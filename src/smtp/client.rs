@@ -10,7 +10,8 @@
 //! - RFC 5321 §3, §4.1 (commands, `<addr>` paths, `<>` null sender),
 //!   §4.2 (replies, multi-line `250-`/`250 `), §4.5.3.1.5 (512-octet reply
 //!   lines), §4.5.3.2 (client timeouts: `reply_timeout` for every reply but
-//!   the one after the final dot, which gets `final_timeout`), §4.5.2
+//!   the one after the final dot, which gets `final_timeout`; also for the
+//!   TLS handshake, for QUIT and between body writes), §4.5.2
 //!   (dot-stuffing).
 //! - RFC 2920 PIPELINING: with the extension MAIL, every RCPT and DATA go in
 //!   one group; without it, lock-step. A pipelined DATA that the server
