@@ -1043,6 +1043,42 @@ mod tests {
         assert_eq!(h.take_output(), expected_out);
     }
 
+    /// Issue 11 item 1 through the whole session: UTF-8-laden lines, cut at
+    /// every octet (inside characters too), before and after EHLO, in
+    /// AUTH: every line gets a reply and the session keeps serving.
+    #[test]
+    fn utf8_laden_lines_cut_anywhere_never_panic() {
+        let lines: [&str; 7] = [
+            "MAIL FROMé<a@b.test>",
+            "RCPT TOˊ",
+            "MAIL FROM:<\"é\"@b.test> SIZE=€",
+            "RCPT TO:<a@b😀.test>",
+            "EHLO é€😀",
+            "AUTH PLAIN é",
+            "HELO\u{a0}x",
+        ];
+        for line in lines {
+            let b = line.as_bytes();
+            for cut in 0..=b.len() {
+                for ehlo in [false, true] {
+                    let mut h = Harness::new(false);
+                    if ehlo {
+                        h.send(b"EHLO c\r\n");
+                    }
+                    h.take_output();
+                    h.send(&b[..cut]);
+                    h.send(&b[cut..]);
+                    h.send(b"\r\nNOOP\r\n");
+                    let out = h.take_output();
+                    assert!(
+                        out.ends_with("250 2.0.0 Ok\r\n") || out.ends_with("250 Ok\r\n"),
+                        "{line:?} cut {cut}: {out}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn ehlo_advertises_extensions_and_helo_has_no_enhanced_codes() {
         let mut h = Harness::new(false);
