@@ -1,5 +1,6 @@
-"""Issue 11, protocol trust: input that crashed or stalled the daemon, and
-peer text that reached the log raw. Each test failed on main @ 80f8c34."""
+"""Issue 11, protocol trust: input that crashed or stalled the daemon, peer
+text that reached the log raw, DNS that ignored EDNS(0). Each test failed on
+main @ 80f8c34 unless its docstring says it is a guard."""
 
 import smtplib
 import socket
@@ -100,6 +101,8 @@ def test_starttls_without_handshake_is_closed_and_frees_the_slot(tern_factory):
 
 
 def test_implicit_tls_without_handshake_is_closed(tern_factory):
+    """A guard, not a regression: on main the smtps handshake was already
+    bounded by the session's first deadline. It must stay so."""
     t = tls_tern(tern_factory).start()
     port = int(t.settings["smtps_listen"].rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
