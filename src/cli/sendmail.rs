@@ -61,10 +61,9 @@ pub fn parse_flags(args: &[String]) -> Result<Flags, String> {
             .cloned()
             .ok_or_else(|| format!("{flag} needs a value"))
     };
-    while i < args.len() {
-        let a = args[i].as_str();
+    while let Some(a) = args.get(i).map(String::as_str) {
         if a == "--" {
-            f.recipients.extend(args[i + 1..].iter().cloned());
+            f.recipients.extend(args.iter().skip(i + 1).cloned());
             break;
         }
         if !a.starts_with('-') || a == "-" {
@@ -72,6 +71,9 @@ pub fn parse_flags(args: &[String]) -> Result<Flags, String> {
             i += 1;
             continue;
         }
+        // A flag with its value attached (`-fme@x`): the first two octets
+        // are the flag (not a char boundary: no known flag, refused below).
+        let (flag, attached) = a.split_at_checked(2).unwrap_or((a, ""));
         match a {
             "-t" => f.from_headers = true,
             "-i" | "-oi" => f.ignore_dots = true,
@@ -80,8 +82,8 @@ pub fn parse_flags(args: &[String]) -> Result<Flags, String> {
             "-bp" => f.mode = Mode::ListQueue,
             "-bs" => f.mode = Mode::SmtpOnStdin,
             "-q" => f.mode = Mode::RunQueue,
-            _ if a.starts_with("-f") || a.starts_with("-r") => {
-                let v = value(&mut i, &a[..2], &a[2..])?;
+            _ if flag == "-f" || flag == "-r" => {
+                let v = value(&mut i, flag, attached)?;
                 let v = v
                     .trim()
                     .trim_start_matches('<')
@@ -89,12 +91,12 @@ pub fn parse_flags(args: &[String]) -> Result<Flags, String> {
                     .to_string();
                 f.sender = Some(v);
             }
-            _ if a.starts_with("-F") => f.full_name = Some(value(&mut i, "-F", &a[2..])?),
-            _ if a.starts_with("-B") => {
-                value(&mut i, "-B", &a[2..])?;
+            _ if flag == "-F" => f.full_name = Some(value(&mut i, flag, attached)?),
+            _ if flag == "-B" => {
+                value(&mut i, flag, attached)?;
             }
-            _ if a.starts_with("-q") => f.mode = Mode::RunQueue, // -q30m etc.
-            _ if a.starts_with("-o") => {}                       // -odb, -odi, -oem, ...
+            _ if flag == "-q" => f.mode = Mode::RunQueue, // -q30m etc.
+            _ if flag == "-o" => {}                       // -odb, -odi, -oem, ...
             _ => return Err(format!("unknown option {a}")),
         }
         i += 1;
@@ -239,7 +241,7 @@ fn smtp_on_stdin(cfg: &Config) -> i32 {
                     eof = true;
                     s.connection_lost();
                 }
-                Ok(n) => input.extend_from_slice(&buf[..n]),
+                Ok(n) => input.extend_from_slice(buf.get(..n).unwrap_or_default()),
             }
         }
     }
@@ -290,7 +292,8 @@ pub fn inject(
             || line
                 .iter()
                 .position(|&c| c == b':')
-                .is_some_and(|p| p > 0 && line[..p].iter().all(|&c| c.is_ascii_graphic()));
+                .and_then(|p| line.get(..p))
+                .is_some_and(|name| !name.is_empty() && name.iter().all(|&c| c.is_ascii_graphic()));
         if !is_header {
             // No header block: the message starts with its body.
             first_body_line = Some(line);
@@ -438,31 +441,32 @@ fn split_fields(header: &[u8]) -> Vec<(String, String)> {
 /// Each field's name and raw bytes (with continuation lines).
 fn raw_fields(header: &[u8]) -> Vec<(String, &[u8])> {
     let mut out: Vec<(String, &[u8])> = Vec::new();
+    // The current field is header[start..i]; i is where the next line starts.
     let mut start = 0;
     let mut i = 0;
-    while i < header.len() {
-        let end = header[i..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(header.len(), |p| i + p + 1);
-        let cont = header[i] == b' ' || header[i] == b'\t';
+    for line in header.split_inclusive(|&b| b == b'\n') {
+        let cont = matches!(line.first(), Some(b' ' | b'\t'));
         if !cont && i > start {
-            let raw = &header[start..i];
-            out.push((field_name(raw), raw));
+            if let Some(raw) = header.get(start..i) {
+                out.push((field_name(raw), raw));
+            }
             start = i;
         }
-        i = end;
+        i += line.len();
     }
-    if start < header.len() {
-        let raw = &header[start..];
+    if let Some(raw) = header.get(start..).filter(|raw| !raw.is_empty()) {
         out.push((field_name(raw), raw));
     }
     out
 }
 
 fn field_name(raw: &[u8]) -> String {
-    let p = raw.iter().position(|&b| b == b':').unwrap_or(0);
-    String::from_utf8_lossy(&raw[..p]).trim().to_string()
+    let name = raw
+        .iter()
+        .position(|&b| b == b':')
+        .and_then(|p| raw.get(..p))
+        .unwrap_or_default();
+    String::from_utf8_lossy(name).trim().to_string()
 }
 
 /// Addresses in a To/Cc/Bcc value: `a@b, "Name" <c@d>, e@f (comment)`.
@@ -484,9 +488,14 @@ pub fn header_addresses(value: &str) -> Vec<String> {
     parts.push(part);
     for p in parts {
         let p = p.trim();
-        let addr = match (p.rfind('<'), p.rfind('>')) {
-            (Some(a), Some(b)) if a < b => p[a + 1..b].trim().to_string(),
-            _ => p
+        // Inside the last `<...>`: the text after the last `<` holds the
+        // last `>` exactly when that `>` comes after the `<`.
+        let addr = match p
+            .rsplit_once('<')
+            .and_then(|(_, rest)| rest.rsplit_once('>'))
+        {
+            Some((inside, _)) => inside.trim().to_string(),
+            None => p
                 .split_whitespace()
                 .find(|w| w.contains('@'))
                 .unwrap_or(p)
@@ -513,9 +522,11 @@ fn invoking_user() -> String {
     let uid = unsafe { libc::getuid() };
     if let Ok(passwd) = std::fs::read_to_string("/etc/passwd") {
         for line in passwd.lines() {
-            let f: Vec<&str> = line.split(':').collect();
-            if f.len() > 2 && f[2].parse::<u32>() == Ok(uid) {
-                return f[0].to_string();
+            let mut f = line.split(':');
+            if let (Some(name), Some(_), Some(id)) = (f.next(), f.next(), f.next()) {
+                if id.parse::<u32>() == Ok(uid) {
+                    return name.to_string();
+                }
             }
         }
     }
@@ -527,6 +538,7 @@ fn invoking_user() -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
 

@@ -131,7 +131,7 @@ impl Daemon {
                     break;
                 }
                 out.clear();
-                conv.convert(&buf[..n], &mut out);
+                conv.convert(buf.get(..n).unwrap_or_default(), &mut out);
                 inc.write(&out).map_err(|e| e.to_string())?;
                 if inc.size > self.cfg.max_message_size {
                     return Err(format!(
@@ -242,6 +242,7 @@ impl LineEnds {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
 
