@@ -378,6 +378,9 @@ pub fn inject(
         }
         drop.write(raw).map_err(io_err)?;
     }
+    // The header loop reads whole lines but for one over the cap, which
+    // can only be the first body line.
+    let first_line_ended = first_body_line.as_ref().is_none_or(|l| l.ends_with(b"\n"));
     if let Some(line) = first_body_line {
         if line != b"\n" && line != b"\r\n" {
             drop.write(b"\n").map_err(io_err)?;
@@ -388,6 +391,9 @@ pub fn inject(
     }
     let mut total = header.len() as u64;
     if !ended_by_dot {
+        // Reads are capped, so a long line comes in pieces: only a piece
+        // that starts a line can be the lone dot that ends the message.
+        let mut at_line_start = first_line_ended;
         let mut line = Vec::new();
         loop {
             line.clear();
@@ -399,9 +405,10 @@ pub fn inject(
             if n == 0 {
                 break;
             }
-            if !flags.ignore_dots && is_lone_dot(&line) {
+            if !flags.ignore_dots && at_line_start && is_lone_dot(&line) {
                 break;
             }
+            at_line_start = line.ends_with(b"\n");
             total += n as u64;
             if total > cfg.max_message_size {
                 return Err((
@@ -570,6 +577,53 @@ mod tests {
         assert_eq!(
             header_addresses("a@b.test, \"Doe, J\" <j@d.test>, x@y.test (X)"),
             vec!["a@b.test", "j@d.test", "x@y.test"]
+        );
+    }
+
+    /// Injects `input` into a fresh spool; returns the drop file's bytes.
+    fn inject_into_temp_spool(tag: &str, flags: &Flags, input: &[u8]) -> Vec<u8> {
+        let dir = std::env::temp_dir().join(format!("tern-sendmail-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = Config {
+            spool_dir: dir.clone(),
+            spool_sync: false,
+            hostname: "host.test".into(),
+            ..Config::default()
+        };
+        let name = inject(&cfg, flags, &mut io::Cursor::new(input)).expect("inject");
+        let bytes = std::fs::read(dir.join("drop").join(name)).expect("drop file");
+        let _ = std::fs::remove_dir_all(&dir);
+        bytes
+    }
+
+    #[test]
+    fn a_dot_inside_a_long_line_does_not_end_the_message() {
+        // Lines are read 64 KiB at a time: a line whose piece after the
+        // cap is ".\n" used to end the message there, silently dropping
+        // the rest (sendmail still exited 0).
+        let flags = parse_flags(&args("a@b.test")).unwrap();
+        // The same for a first body line longer than the header block's cap.
+        for (first, len) in [
+            (b"Subject: x\n\n".as_slice(), 64 * 1024),
+            (b"", MAX_HEADER_BLOCK + 1),
+        ] {
+            let mut input = first.to_vec();
+            input.resize(first.len() + len, b'x');
+            input.extend_from_slice(b".\nafter the dot\n");
+            let drop = inject_into_temp_spool("longdot", &flags, &input);
+            let text = String::from_utf8_lossy(&drop);
+            assert!(
+                text.contains("x.\nafter the dot\n"),
+                "{:?}",
+                text.get(text.len() - 40..)
+            );
+        }
+        // A real lone dot still ends it.
+        let drop = inject_into_temp_spool("dot", &flags, b"Subject: x\n\nbody\n.\nnot sent\n");
+        let text = String::from_utf8_lossy(&drop);
+        assert!(
+            text.ends_with("body\n") && !text.contains("not sent"),
+            "{text:?}"
         );
     }
 
