@@ -371,25 +371,29 @@ pub fn inject(
             cfg.hostname
         ));
     }
-    drop.write(fix.as_bytes()).map_err(io_err)?;
+    let mut out = Counted {
+        drop: &mut drop,
+        written: 0,
+        max: cfg.max_message_size,
+    };
+    out.write(fix.as_bytes())?;
     for (name, raw) in raw_fields(&header) {
         if flags.from_headers && name.eq_ignore_ascii_case("bcc") {
             continue;
         }
-        drop.write(raw).map_err(io_err)?;
+        out.write(raw)?;
     }
     // The header loop reads whole lines but for one over the cap, which
     // can only be the first body line.
     let first_line_ended = first_body_line.as_ref().is_none_or(|l| l.ends_with(b"\n"));
     if let Some(line) = first_body_line {
         if line != b"\n" && line != b"\r\n" {
-            drop.write(b"\n").map_err(io_err)?;
+            out.write(b"\n")?;
         }
-        drop.write(&line).map_err(io_err)?;
+        out.write(&line)?;
     } else {
-        drop.write(b"\n").map_err(io_err)?;
+        out.write(b"\n")?;
     }
-    let mut total = header.len() as u64;
     if !ended_by_dot {
         // Reads are capped, so a long line comes in pieces: only a piece
         // that starts a line can be the lone dot that ends the message.
@@ -409,17 +413,7 @@ pub fn inject(
                 break;
             }
             at_line_start = line.ends_with(b"\n");
-            total += n as u64;
-            if total > cfg.max_message_size {
-                return Err((
-                    EX_DATAERR,
-                    format!(
-                        "message exceeds max_message_size ({} bytes)",
-                        cfg.max_message_size
-                    ),
-                ));
-            }
-            drop.write(&line).map_err(io_err)?;
+            out.write(&line)?;
         }
     }
     let path = drop.commit(cfg.spool_sync).map_err(io_err)?;
@@ -427,6 +421,30 @@ pub fn inject(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default())
+}
+
+/// The drop file's message, counted as it is written: the daemon applies
+/// `max_message_size` to the same octets (see `daemon::drop`), so what
+/// sendmail accepts is imported.
+struct Counted<'a> {
+    drop: &'a mut DropWriter,
+    written: u64,
+    max: u64,
+}
+
+impl Counted<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), (i32, String)> {
+        self.written = self.written.saturating_add(bytes.len() as u64);
+        if self.written > self.max {
+            return Err((
+                EX_DATAERR,
+                format!("message exceeds max_message_size ({} bytes)", self.max),
+            ));
+        }
+        self.drop
+            .write(bytes)
+            .map_err(|e| (EX_TEMPFAIL, format!("writing the drop file: {e}")))
+    }
 }
 
 fn is_lone_dot(line: &[u8]) -> bool {
