@@ -179,7 +179,7 @@ fn smtp_on_stdin(cfg: &Config) -> i32 {
     let mut queued = 0;
     loop {
         let used = s.handle_input(&input, Instant::now(), &LocalInjection);
-        input.drain(..used);
+        input.drain(..used.min(input.len()));
         if let Some(d) = drop.as_mut() {
             if !s.body().is_empty() && d.write(s.body()).is_err() {
                 s.spool_failed(crate::smtp::reply::LOCAL_ERROR);

@@ -918,7 +918,7 @@ impl Daemon {
                     match self.reactor.connect_result(sock) {
                         Ok(true) => match self.reactor.write(sock, &ds.pending_write) {
                             Ok(n) => {
-                                ds.pending_write.drain(..n);
+                                ds.pending_write.drain(..n.min(ds.pending_write.len()));
                             }
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                             Err(_) => failed = true,

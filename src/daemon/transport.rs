@@ -156,7 +156,7 @@ impl Transport {
                     }
                 }
                 Ok(n) => {
-                    self.cipher_in.drain(..n);
+                    self.cipher_in.drain(..n.min(self.cipher_in.len()));
                 }
                 Err(_) => {
                     // Send the alert if we can, then report the close.
