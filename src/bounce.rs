@@ -32,8 +32,6 @@
 //! `Original-Envelope-Id`/`Original-Recipient` (RFC 3461 DSN parameters),
 //! returning the full original body.
 
-#![deny(clippy::string_slice, clippy::indexing_slicing)]
-
 /// Most bytes of the original header block copied into the report.
 pub const MAX_RETURNED_HEADERS: usize = 64 * 1024;
 /// Longest MIME boundary (RFC 2046 §5.1.1).

@@ -38,8 +38,6 @@
 //! variable expansion, compound durations (`1h30m`), fractions, host names
 //! in `listen` or `dns_servers` (addresses only: nothing is resolved here).
 
-#![deny(clippy::string_slice, clippy::indexing_slicing)]
-
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};

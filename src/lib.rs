@@ -20,6 +20,16 @@
 //! - `config` turns the `key = value` file into a validated `Config`.
 //! - `cli` is the sendmail/mailq/queue front end, which talks to the daemon
 //!   only through the spool's drop directory and signals.
+//!
+//! No input may panic tern (a release build aborts on panic: issue 11 found
+//! one command line that stopped all mail). Input from the network, the
+//! spool, drop files, DNS and the command line reaches most of the crate, so
+//! the rule is crate-wide: a `str` is never sliced at a byte offset and
+//! every index is checked (`get`, `split_at_checked`, `strip_prefix`,
+//! iterators). Test modules opt out; any other `#[allow]` says why its index
+//! is in range.
+
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
 
 pub mod auth;
 pub mod bounce;

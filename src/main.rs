@@ -1,5 +1,8 @@
 //! tern's binary: argv[0] and subcommand dispatch only (see `cli`).
 
+// The binary is its own crate: the library's crate-wide rule (src/lib.rs).
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
+
 fn main() {
     // argv is bytes: `std::env::args` panics on one that is not UTF-8 (a
     // Latin-1 recipient, a mistyped queue ID). Such an argument becomes

@@ -23,8 +23,6 @@
 //! Linux only (`renameat2`, `O_PATH`, `AT_EMPTY_PATH`), like the rest of
 //! tern.
 
-#![deny(clippy::string_slice, clippy::indexing_slicing)]
-
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
 use std::io;

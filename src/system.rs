@@ -123,7 +123,7 @@ impl Write for SyslogWriter {
         self.line.extend_from_slice(data);
         while let Some(p) = self.line.iter().position(|&b| b == b'\n') {
             if let Some(s) = &self.sock {
-                let _ = s.send(&self.line[..p]);
+                let _ = s.send(self.line.get(..p).unwrap_or_default());
             }
             self.line.drain(..=p);
         }
@@ -352,9 +352,12 @@ pub fn lookup_user(user: &str) -> io::Result<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd")?;
     passwd
         .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() > 3 && f[0] == user)
-        .and_then(|f| Some((f[2].parse::<u32>().ok()?, f[3].parse::<u32>().ok()?)))
+        .find_map(|l| {
+            let mut f = l.split(':');
+            let (name, _, uid, gid) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            (name == user).then_some((uid, gid))
+        })
+        .and_then(|(uid, gid)| Some((uid.parse::<u32>().ok()?, gid.parse::<u32>().ok()?)))
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such user in /etc/passwd"))
 }
 

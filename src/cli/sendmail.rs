@@ -61,10 +61,9 @@ pub fn parse_flags(args: &[String]) -> Result<Flags, String> {
             .cloned()
             .ok_or_else(|| format!("{flag} needs a value"))
     };
-    while i < args.len() {
-        let a = args[i].as_str();
+    while let Some(a) = args.get(i).map(String::as_str) {
         if a == "--" {
-            f.recipients.extend(args[i + 1..].iter().cloned());
+            f.recipients.extend(args.iter().skip(i + 1).cloned());
             break;
         }
         if !a.starts_with('-') || a == "-" {
@@ -72,6 +71,9 @@ pub fn parse_flags(args: &[String]) -> Result<Flags, String> {
             i += 1;
             continue;
         }
+        // A flag with its value attached (`-fme@x`): the first two octets
+        // are the flag (not a char boundary: no known flag, refused below).
+        let (flag, attached) = a.split_at_checked(2).unwrap_or((a, ""));
         match a {
             "-t" => f.from_headers = true,
             "-i" | "-oi" => f.ignore_dots = true,
@@ -80,8 +82,8 @@ pub fn parse_flags(args: &[String]) -> Result<Flags, String> {
             "-bp" => f.mode = Mode::ListQueue,
             "-bs" => f.mode = Mode::SmtpOnStdin,
             "-q" => f.mode = Mode::RunQueue,
-            _ if a.starts_with("-f") || a.starts_with("-r") => {
-                let v = value(&mut i, &a[..2], &a[2..])?;
+            _ if flag == "-f" || flag == "-r" => {
+                let v = value(&mut i, flag, attached)?;
                 let v = v
                     .trim()
                     .trim_start_matches('<')
@@ -89,12 +91,12 @@ pub fn parse_flags(args: &[String]) -> Result<Flags, String> {
                     .to_string();
                 f.sender = Some(v);
             }
-            _ if a.starts_with("-F") => f.full_name = Some(value(&mut i, "-F", &a[2..])?),
-            _ if a.starts_with("-B") => {
-                value(&mut i, "-B", &a[2..])?;
+            _ if flag == "-F" => f.full_name = Some(value(&mut i, flag, attached)?),
+            _ if flag == "-B" => {
+                value(&mut i, flag, attached)?;
             }
-            _ if a.starts_with("-q") => f.mode = Mode::RunQueue, // -q30m etc.
-            _ if a.starts_with("-o") => {}                       // -odb, -odi, -oem, ...
+            _ if flag == "-q" => f.mode = Mode::RunQueue, // -q30m etc.
+            _ if flag == "-o" => {}                       // -odb, -odi, -oem, ...
             _ => return Err(format!("unknown option {a}")),
         }
         i += 1;
@@ -177,7 +179,7 @@ fn smtp_on_stdin(cfg: &Config) -> i32 {
     let mut queued = 0;
     loop {
         let used = s.handle_input(&input, Instant::now(), &LocalInjection);
-        input.drain(..used);
+        input.drain(..used.min(input.len()));
         if let Some(d) = drop.as_mut() {
             if !s.body().is_empty() && d.write(s.body()).is_err() {
                 s.spool_failed(crate::smtp::reply::LOCAL_ERROR);
@@ -239,7 +241,7 @@ fn smtp_on_stdin(cfg: &Config) -> i32 {
                     eof = true;
                     s.connection_lost();
                 }
-                Ok(n) => input.extend_from_slice(&buf[..n]),
+                Ok(n) => input.extend_from_slice(buf.get(..n).unwrap_or_default()),
             }
         }
     }
@@ -290,7 +292,8 @@ pub fn inject(
             || line
                 .iter()
                 .position(|&c| c == b':')
-                .is_some_and(|p| p > 0 && line[..p].iter().all(|&c| c.is_ascii_graphic()));
+                .and_then(|p| line.get(..p))
+                .is_some_and(|name| !name.is_empty() && name.iter().all(|&c| c.is_ascii_graphic()));
         if !is_header {
             // No header block: the message starts with its body.
             first_body_line = Some(line);
@@ -368,23 +371,33 @@ pub fn inject(
             cfg.hostname
         ));
     }
-    drop.write(fix.as_bytes()).map_err(io_err)?;
+    let mut out = Counted {
+        drop: &mut drop,
+        written: 0,
+        max: cfg.max_message_size,
+    };
+    out.write(fix.as_bytes())?;
     for (name, raw) in raw_fields(&header) {
         if flags.from_headers && name.eq_ignore_ascii_case("bcc") {
             continue;
         }
-        drop.write(raw).map_err(io_err)?;
+        out.write(raw)?;
     }
+    // The header loop reads whole lines but for one over the cap, which
+    // can only be the first body line.
+    let first_line_ended = first_body_line.as_ref().is_none_or(|l| l.ends_with(b"\n"));
     if let Some(line) = first_body_line {
         if line != b"\n" && line != b"\r\n" {
-            drop.write(b"\n").map_err(io_err)?;
+            out.write(b"\n")?;
         }
-        drop.write(&line).map_err(io_err)?;
+        out.write(&line)?;
     } else {
-        drop.write(b"\n").map_err(io_err)?;
+        out.write(b"\n")?;
     }
-    let mut total = header.len() as u64;
     if !ended_by_dot {
+        // Reads are capped, so a long line comes in pieces: only a piece
+        // that starts a line can be the lone dot that ends the message.
+        let mut at_line_start = first_line_ended;
         let mut line = Vec::new();
         loop {
             line.clear();
@@ -396,20 +409,11 @@ pub fn inject(
             if n == 0 {
                 break;
             }
-            if !flags.ignore_dots && is_lone_dot(&line) {
+            if !flags.ignore_dots && at_line_start && is_lone_dot(&line) {
                 break;
             }
-            total += n as u64;
-            if total > cfg.max_message_size {
-                return Err((
-                    EX_DATAERR,
-                    format!(
-                        "message exceeds max_message_size ({} bytes)",
-                        cfg.max_message_size
-                    ),
-                ));
-            }
-            drop.write(&line).map_err(io_err)?;
+            at_line_start = line.ends_with(b"\n");
+            out.write(&line)?;
         }
     }
     let path = drop.commit(cfg.spool_sync).map_err(io_err)?;
@@ -417,6 +421,30 @@ pub fn inject(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default())
+}
+
+/// The drop file's message, counted as it is written: the daemon applies
+/// `max_message_size` to the same octets (see `daemon::drop`), so what
+/// sendmail accepts is imported.
+struct Counted<'a> {
+    drop: &'a mut DropWriter,
+    written: u64,
+    max: u64,
+}
+
+impl Counted<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), (i32, String)> {
+        self.written = self.written.saturating_add(bytes.len() as u64);
+        if self.written > self.max {
+            return Err((
+                EX_DATAERR,
+                format!("message exceeds max_message_size ({} bytes)", self.max),
+            ));
+        }
+        self.drop
+            .write(bytes)
+            .map_err(|e| (EX_TEMPFAIL, format!("writing the drop file: {e}")))
+    }
 }
 
 fn is_lone_dot(line: &[u8]) -> bool {
@@ -438,31 +466,32 @@ fn split_fields(header: &[u8]) -> Vec<(String, String)> {
 /// Each field's name and raw bytes (with continuation lines).
 fn raw_fields(header: &[u8]) -> Vec<(String, &[u8])> {
     let mut out: Vec<(String, &[u8])> = Vec::new();
+    // The current field is header[start..i]; i is where the next line starts.
     let mut start = 0;
     let mut i = 0;
-    while i < header.len() {
-        let end = header[i..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(header.len(), |p| i + p + 1);
-        let cont = header[i] == b' ' || header[i] == b'\t';
+    for line in header.split_inclusive(|&b| b == b'\n') {
+        let cont = matches!(line.first(), Some(b' ' | b'\t'));
         if !cont && i > start {
-            let raw = &header[start..i];
-            out.push((field_name(raw), raw));
+            if let Some(raw) = header.get(start..i) {
+                out.push((field_name(raw), raw));
+            }
             start = i;
         }
-        i = end;
+        i += line.len();
     }
-    if start < header.len() {
-        let raw = &header[start..];
+    if let Some(raw) = header.get(start..).filter(|raw| !raw.is_empty()) {
         out.push((field_name(raw), raw));
     }
     out
 }
 
 fn field_name(raw: &[u8]) -> String {
-    let p = raw.iter().position(|&b| b == b':').unwrap_or(0);
-    String::from_utf8_lossy(&raw[..p]).trim().to_string()
+    let name = raw
+        .iter()
+        .position(|&b| b == b':')
+        .and_then(|p| raw.get(..p))
+        .unwrap_or_default();
+    String::from_utf8_lossy(name).trim().to_string()
 }
 
 /// Addresses in a To/Cc/Bcc value: `a@b, "Name" <c@d>, e@f (comment)`.
@@ -484,9 +513,14 @@ pub fn header_addresses(value: &str) -> Vec<String> {
     parts.push(part);
     for p in parts {
         let p = p.trim();
-        let addr = match (p.rfind('<'), p.rfind('>')) {
-            (Some(a), Some(b)) if a < b => p[a + 1..b].trim().to_string(),
-            _ => p
+        // Inside the last `<...>`: the text after the last `<` holds the
+        // last `>` exactly when that `>` comes after the `<`.
+        let addr = match p
+            .rsplit_once('<')
+            .and_then(|(_, rest)| rest.rsplit_once('>'))
+        {
+            Some((inside, _)) => inside.trim().to_string(),
+            None => p
                 .split_whitespace()
                 .find(|w| w.contains('@'))
                 .unwrap_or(p)
@@ -513,9 +547,11 @@ fn invoking_user() -> String {
     let uid = unsafe { libc::getuid() };
     if let Ok(passwd) = std::fs::read_to_string("/etc/passwd") {
         for line in passwd.lines() {
-            let f: Vec<&str> = line.split(':').collect();
-            if f.len() > 2 && f[2].parse::<u32>() == Ok(uid) {
-                return f[0].to_string();
+            let mut f = line.split(':');
+            if let (Some(name), Some(_), Some(id)) = (f.next(), f.next(), f.next()) {
+                if id.parse::<u32>() == Ok(uid) {
+                    return name.to_string();
+                }
             }
         }
     }
@@ -527,6 +563,7 @@ fn invoking_user() -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
 
@@ -558,6 +595,53 @@ mod tests {
         assert_eq!(
             header_addresses("a@b.test, \"Doe, J\" <j@d.test>, x@y.test (X)"),
             vec!["a@b.test", "j@d.test", "x@y.test"]
+        );
+    }
+
+    /// Injects `input` into a fresh spool; returns the drop file's bytes.
+    fn inject_into_temp_spool(tag: &str, flags: &Flags, input: &[u8]) -> Vec<u8> {
+        let dir = std::env::temp_dir().join(format!("tern-sendmail-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = Config {
+            spool_dir: dir.clone(),
+            spool_sync: false,
+            hostname: "host.test".into(),
+            ..Config::default()
+        };
+        let name = inject(&cfg, flags, &mut io::Cursor::new(input)).expect("inject");
+        let bytes = std::fs::read(dir.join("drop").join(name)).expect("drop file");
+        let _ = std::fs::remove_dir_all(&dir);
+        bytes
+    }
+
+    #[test]
+    fn a_dot_inside_a_long_line_does_not_end_the_message() {
+        // Lines are read 64 KiB at a time: a line whose piece after the
+        // cap is ".\n" used to end the message there, silently dropping
+        // the rest (sendmail still exited 0).
+        let flags = parse_flags(&args("a@b.test")).unwrap();
+        // The same for a first body line longer than the header block's cap.
+        for (first, len) in [
+            (b"Subject: x\n\n".as_slice(), 64 * 1024),
+            (b"", MAX_HEADER_BLOCK + 1),
+        ] {
+            let mut input = first.to_vec();
+            input.resize(first.len() + len, b'x');
+            input.extend_from_slice(b".\nafter the dot\n");
+            let drop = inject_into_temp_spool("longdot", &flags, &input);
+            let text = String::from_utf8_lossy(&drop);
+            assert!(
+                text.contains("x.\nafter the dot\n"),
+                "{:?}",
+                text.get(text.len() - 40..)
+            );
+        }
+        // A real lone dot still ends it.
+        let drop = inject_into_temp_spool("dot", &flags, b"Subject: x\n\nbody\n.\nnot sent\n");
+        let text = String::from_utf8_lossy(&drop);
+        assert!(
+            text.ends_with("body\n") && !text.contains("not sent"),
+            "{text:?}"
         );
     }
 

@@ -225,7 +225,8 @@ impl Daemon {
                     conn.session
                         .handle_input(&conn.input, Instant::now(), &policy)
                 };
-                conn.input.drain(..used);
+                // `drain` panics past the end: never trust a count blindly.
+                conn.input.drain(..used.min(conn.input.len()));
                 self.session_events(id, &mut conn);
                 if used > 0 {
                     continue;

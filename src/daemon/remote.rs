@@ -613,7 +613,8 @@ impl Daemon {
                             }
                         }
                     }
-                    let took = client.send_body(&d.chunk[d.chunk_pos..d.chunk_end]);
+                    let unsent = d.chunk.get(d.chunk_pos..d.chunk_end).unwrap_or_default();
+                    let took = client.send_body(unsent);
                     if took == 0 {
                         break;
                     }
@@ -899,7 +900,8 @@ impl Daemon {
                 loop {
                     match self.reactor.udp_recv(sock, &mut buf) {
                         Ok((n, from)) => {
-                            self.resolver.handle_response(handle, from, &buf[..n], now)
+                            let msg = buf.get(..n).unwrap_or_default();
+                            self.resolver.handle_response(handle, from, msg, now)
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         Err(_) => {
@@ -916,7 +918,7 @@ impl Daemon {
                     match self.reactor.connect_result(sock) {
                         Ok(true) => match self.reactor.write(sock, &ds.pending_write) {
                             Ok(n) => {
-                                ds.pending_write.drain(..n);
+                                ds.pending_write.drain(..n.min(ds.pending_write.len()));
                             }
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                             Err(_) => failed = true,
@@ -932,7 +934,8 @@ impl Daemon {
                             failed = true;
                         }
                         Ok(n) => {
-                            ds.read_buf.extend_from_slice(&buf[..n]);
+                            ds.read_buf
+                                .extend_from_slice(buf.get(..n).unwrap_or_default());
                             if ds.read_buf.len() > MAX_DNS_TCP + 2 {
                                 failed = true;
                             }
@@ -940,10 +943,12 @@ impl Daemon {
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         Err(_) => failed = true,
                     }
-                    if ds.read_buf.len() >= 2 {
-                        let len = u16::from_be_bytes([ds.read_buf[0], ds.read_buf[1]]) as usize;
-                        if ds.read_buf.len() >= 2 + len {
-                            let msg = ds.read_buf[2..2 + len].to_vec();
+                    // A message is complete once its 2-octet length prefix
+                    // and that many octets are in.
+                    if let [hi, lo, rest @ ..] = ds.read_buf.as_slice() {
+                        let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+                        if let Some(msg) = rest.get(..len) {
+                            let msg = msg.to_vec();
                             self.resolver.handle_response(handle, server, &msg, now);
                             break;
                         }

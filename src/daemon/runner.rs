@@ -139,14 +139,15 @@ impl Daemon {
         let loaded = states.clone();
         let mut tried = false;
         let mut remote: HashMap<String, Vec<(usize, String)>> = HashMap::new();
-        for (i, rcpt) in env.recipients.iter().enumerate() {
-            if states[i].status.is_final() {
+        // One state per recipient (`decode_state` makes exactly as many).
+        for (i, (rcpt, state)) in env.recipients.iter().zip(states.iter_mut()).enumerate() {
+            if state.status.is_final() {
                 continue;
             }
             match &rcpt.dest {
                 Destination::Local(mailbox) => {
                     tried = true;
-                    states[i] = self.deliver_local(&local, id, &env, rcpt, mailbox, now);
+                    *state = self.deliver_local(&local, id, &env, rcpt, mailbox, now);
                 }
                 Destination::Remote(address) => {
                     let key = if self.cfg.smarthost.is_empty() {
@@ -167,7 +168,7 @@ impl Daemon {
                         rcpt.original,
                         why.reply().status
                     );
-                    states[i] = RcptState {
+                    *state = RcptState {
                         status: RcptStatus::Failed,
                         reply,
                     };
@@ -485,7 +486,7 @@ fn status_code(reply: &str) -> String {
     let is_esc = |w: &str| {
         let p: Vec<&str> = w.split('.').collect();
         p.len() == 3
-            && matches!(p[0], "2" | "4" | "5")
+            && matches!(p.first(), Some(&("2" | "4" | "5")))
             && p.iter()
                 .all(|x| !x.is_empty() && x.len() <= 3 && x.bytes().all(|b| b.is_ascii_digit()))
     };

@@ -107,10 +107,10 @@ impl Transport {
         let mut buf = [0u8; SOCKET_READ];
         if self.tls.is_none() {
             let want = max.min(buf.len());
-            return match reactor.read(sock, &mut buf[..want]) {
+            return match reactor.read(sock, buf.get_mut(..want).unwrap_or_default()) {
                 Ok(0) => Read::Closed,
                 Ok(n) => {
-                    out.extend_from_slice(&buf[..n]);
+                    out.extend_from_slice(buf.get(..n).unwrap_or_default());
                     Read::Data
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Read::Pending,
@@ -125,7 +125,7 @@ impl Transport {
             let plain = tls.plaintext();
             if !plain.is_empty() {
                 let n = plain.len().min(max);
-                out.extend_from_slice(&plain[..n]);
+                out.extend_from_slice(plain.get(..n).unwrap_or_default());
                 tls.consume_plaintext(n);
                 return Read::Data;
             }
@@ -136,7 +136,9 @@ impl Transport {
             if self.cipher_in.is_empty() {
                 match reactor.read(sock, &mut buf) {
                     Ok(0) => return Read::Closed,
-                    Ok(n) => self.cipher_in.extend_from_slice(&buf[..n]),
+                    Ok(n) => self
+                        .cipher_in
+                        .extend_from_slice(buf.get(..n).unwrap_or_default()),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read::Pending,
                     Err(_) => return Read::Closed,
                 }
@@ -154,7 +156,7 @@ impl Transport {
                     }
                 }
                 Ok(n) => {
-                    self.cipher_in.drain(..n);
+                    self.cipher_in.drain(..n.min(self.cipher_in.len()));
                 }
                 Err(_) => {
                     // Send the alert if we can, then report the close.

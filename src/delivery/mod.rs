@@ -25,8 +25,6 @@
 //! content is streamed from the spool file through a fixed buffer, never
 //! read whole into memory.
 
-#![deny(clippy::string_slice, clippy::indexing_slicing)]
-
 pub mod aliases;
 pub mod lf;
 pub mod local;

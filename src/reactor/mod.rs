@@ -108,7 +108,10 @@ impl<K: Ord + Copy> Reactor<K> {
                 (self.slots.len() - 1) as u32
             }
         };
-        let slot = &mut self.slots[index as usize];
+        // The index is a slot's: just pushed, or freed by `close`.
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return Err(io::Error::other("reactor: socket slot out of range"));
+        };
         slot.generation = slot.generation.wrapping_add(1);
         slot.readable = false;
         slot.writable = false;

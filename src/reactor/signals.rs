@@ -76,7 +76,9 @@ impl SignalPipe {
             if n <= 0 {
                 break;
             }
-            out.extend(buf[..n as usize].iter().map(|&b| b as i32));
+            // 0 < n <= buf.len(): read(2) fills at most the buffer.
+            let n = usize::try_from(n).unwrap_or(0);
+            out.extend(buf.iter().take(n).map(|&b| b as i32));
         }
         out
     }

@@ -253,3 +253,26 @@ def test_an_argument_that_is_not_utf8_is_refused_not_a_panic(tern):
         assert b"panicked" not in r.stderr, (args, r.stderr)
         assert r.returncode in (64, 65), (args, r.returncode, r.stderr)
     assert tern.queued() == []
+
+
+def test_sendmail_message_under_max_message_size_is_delivered(tern_factory):
+    """What sendmail accepts (exit 0) the daemon must import: it used to
+    count the drop after its own Received: and CRLF line ends, so a
+    message of many short lines under the limit went to corrupt/."""
+    t = tern_factory(max_message_size="2K").start()
+    body = b"a\n" * 900  # 1800 octets as written, 2700 with CRLF
+    r = sendmail(t, ["-i", "short@localhost"], b"Subject: short lines\n\n" + body)
+    assert r.returncode == 0, r.stderr
+    m = wait_for(lambda: t.maildir("short"), timeout=5, what="delivery under the limit")[0]
+    assert m.endswith(body)
+    # The same through -bs: the SMTP session counts the data as sent.
+    data = b"Subject: bs\r\n\r\n" + b"b\r\n" * 660
+    dialog = (b"EHLO s\r\nMAIL FROM:<bs@mx.test>\r\nRCPT TO:<shortbs@localhost>\r\nDATA\r\n"
+              + data + b".\r\nQUIT\r\n")
+    r = sendmail(t, ["-bs"], dialog)
+    assert b"250 2.0.0 Ok: queued as" in r.stdout, r.stdout
+    m = wait_for(lambda: t.maildir("shortbs"), timeout=5, what="-bs delivery under the limit")[0]
+    assert m.endswith(b"b\n" * 660)
+    # Over the limit as written: refused by sendmail, nothing queued.
+    r = sendmail(t, ["-i", "long@localhost"], b"Subject: x\n\n" + b"c" * 2100 + b"\n")
+    assert r.returncode == 65, r.stderr
