@@ -290,9 +290,17 @@ impl Daemon {
         self.import_drops();
         self.reactor.add_timer(Instant::now() + TICK, Timer::Tick);
         let mut events = Vec::new();
+        let mut queue_backlog = false;
         loop {
             events.clear();
-            self.reactor.poll(Some(MAX_SLEEP), &mut events)?;
+            // Due messages left over from the last turn: look at events
+            // without sleeping, then take the next batch.
+            let wait = if queue_backlog {
+                Duration::ZERO
+            } else {
+                MAX_SLEEP
+            };
+            self.reactor.poll(Some(wait), &mut events)?;
             for ev in events.drain(..) {
                 match ev {
                     Event::Acceptable(l) => self.accept(l),
@@ -311,7 +319,7 @@ impl Daemon {
                 self.timer(t, now);
             }
             self.commit_batch();
-            self.run_queue();
+            queue_backlog = self.run_queue();
             self.outbound_poll();
             if let Some(deadline) = self.stopping {
                 if (self.inbound.is_empty() && self.outbound.is_idle())
