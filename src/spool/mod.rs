@@ -14,6 +14,14 @@
 //! | `state/ID` without `msg/ID`    | finished; removal interrupted           | `state/ID` deleted |
 //! | `state/ID.new`                 | state update interrupted                | deleted (`state/ID` is still valid) |
 //! | `msg/ID` that does not parse, or whose trailer is missing | not durable when the machine crashed (never acknowledged), or damaged | moved to `corrupt/`, logged |
+//! | anything else in `msg/` (a name that is no queue ID, a directory, a FIFO) | not tern's | moved to `corrupt/` unopened, logged |
+//! | `state/ID` that does not parse, `msg/ID` valid | damaged | moved to `corrupt/ID.state`, logged; the message starts over (all recipients pending: a duplicate is possible, a loss is not) |
+//! | a spool directory missing | deleted by hand, or a fresh spool | created, logged (`msg/`: the queue it held is lost) |
+//!
+//! Nothing in `corrupt/` is replaced: a name already there gets `.1`, `.2`, ...
+//! Before recovery the daemon checks that it can create and remove a file
+//! in every directory ([`Spool::check_writable`]); a read-only or immutable
+//! spool stops the start with exit 75 (see `daemon::SpoolUnusable`).
 //! | `drop/*`                       | sendmail drops (see `cli::sendmail`)    | imported by the daemon |
 //!
 //! ## The commit point
