@@ -12,6 +12,7 @@ Cases (each on a fresh daemon and spool, each bounded to ~2 minutes):
 
   idle       1000 sessions after EHLO, waiting (the baseline)
   pipeline   1000 connections pipelining EHLO/NOOP without reading a reply
+  stall      100 connections pipelining EHLO until tern stops reading them
   starttls   1000 connections that sent STARTTLS and then stay silent
   hello      1000 connections that sent STARTTLS and a ClientHello, then silent
   rcpts      one session offering 10,000 recipients (452 4.5.3 past max_recipients)
@@ -253,10 +254,9 @@ def open_conns(port, n, rcvbuf=None):
 # --- cases -----------------------------------------------------------------------
 
 
-def pipeline_round(t):
-    socks = open_conns(t.port, CONNS, rcvbuf=4096)
-    chunk = b"EHLO pipeline.test\r\nNOOP\r\n" * 200
-    cap = 256 * 1024
+def pipeline_round(t, conns=CONNS, chunk=b"EHLO pipeline.test\r\nNOOP\r\n" * 200,
+                   cap=256 * 1024):
+    socks = open_conns(t.port, conns, rcvbuf=4096)
     sel = selectors.DefaultSelector()
     sent = {}
     for s in socks:
@@ -279,11 +279,46 @@ def pipeline_round(t):
     blocked = sum(1 for s in socks if sent[s] < cap)
     total = sum(sent.values())
     peak = sample_max(t, 3)
+    unread = unread_by_tern(t.port)
     latency = served(t)
     peak = max(peak, sample_max(t, 1))
     for s in socks:
         s.close()
-    return peak, latency, blocked, total
+    return peak, latency, blocked, total, unread
+
+
+def unread_by_tern(port):
+    """(bytes, connections): what the kernel holds for tern's side of the
+    connections (Recv-Q), i.e. what tern declined to read, and on how many."""
+    out = subprocess.run(["ss", "-tnH", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    queues = [int(line.split()[0]) for line in out.splitlines() if line.split()]
+    return sum(queues), sum(1 for q in queues if q > 0)
+
+
+STALL_CONNS = 100
+
+
+def case_stall(d):
+    """Backpressure proper: EHLO-only pipelining (a 100-octet reply per
+    8-octet command) until tern's socket send buffers are full and tern
+    stops reading. 100 connections, not 1000: the kernel buffers up to a
+    few MB per connection here, and 1000 would push the shared machine's
+    TCP memory towards its pressure limit."""
+    t = Tern(d)
+    t.start()
+    time.sleep(0.5)
+    rest, fds = t.pss(), t.fds()
+    peak, latency, blocked, total, (unread, stalled) = pipeline_round(
+        t, conns=STALL_CONNS, chunk=b"EHLO a\r\n" * 1000, cap=2 * 1024 * 1024)
+    gone = t.settle(fds)
+    after = t.pss()
+    alive = t.alive()
+    t.stop()
+    report("stall", rest, peak, after, STALL_CONNS, PIPELINE_CEILING_KIB, latency,
+           f"; {total / STALL_CONNS / 1024:.0f} KiB written per connection, tern stopped "
+           f"reading {stalled} of {STALL_CONNS} ({unread / 1024:.0f} KiB unread in the kernel); "
+           f"sessions gone {gone and f'{gone:.1f} s' or 'NOT within 20 s'}; alive {alive}")
 
 
 def case_pipeline(d):
@@ -295,17 +330,18 @@ def case_pipeline(d):
     t.start()
     time.sleep(0.5)
     rest, fds = t.pss(), t.fds()
-    peak, latency, blocked, total = pipeline_round(t)
+    peak, latency, blocked, total, (unread, stalled) = pipeline_round(t)
     gone = t.settle(fds)
     after = t.pss()
-    peak2, latency2, _, _ = pipeline_round(t)
+    peak2, latency2, _, _, _ = pipeline_round(t)
     t.settle(fds)
     after2 = t.pss()
     alive = t.alive()
     t.stop()
     report("pipeline", rest, peak, after, CONNS, PIPELINE_CEILING_KIB, latency,
-           f"; {total / CONNS / 1024:.0f} KiB written per connection on average, "
-           f"{blocked} of {CONNS} connections blocked (tern stopped reading); "
+           f"; {total / CONNS / 1024:.0f} KiB written per connection on average "
+           f"({blocked} blocked), tern stopped reading {stalled} of them "
+           f"({unread / 1024:.0f} KiB unread in the kernel); "
            f"sessions gone {gone and f'{gone:.1f} s' or 'NOT within 20 s'} after the clients "
            f"closed; alive {alive}")
     print(f"  pipeline, second round: peak {peak2} kB, after {after2} kB, served "
@@ -499,6 +535,7 @@ def case_queue(d):
 CASES = {
     "idle": case_idle,
     "pipeline": case_pipeline,
+    "stall": case_stall,
     "starttls": case_starttls,
     "hello": lambda d: case_starttls(d, hello=True),
     "rcpts": case_rcpts,
