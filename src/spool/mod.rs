@@ -134,8 +134,9 @@ impl From<&io::Error> for Reply {
 
 const DIRS: [&str; 5] = ["tmp", "msg", "state", "corrupt", "drop"];
 
-/// The file [`Spool::check_writable`] creates and removes in each directory
-/// (not a queue ID: if a crash leaves it behind, recovery sets it aside).
+/// The start of the name of the file [`Spool::check_writable`] creates and
+/// removes in each directory (not a queue ID: if a crash leaves one behind,
+/// recovery sets it aside or removes it).
 const WRITE_PROBE: &str = ".tern-write-probe";
 
 /// Suffixes tried when a file set aside in `corrupt/` meets one of the
@@ -198,12 +199,17 @@ impl Spool {
     /// ownership would otherwise surface only as 451 to every client).
     /// The error names the directory.
     pub fn check_writable(&self) -> io::Result<()> {
+        // A fresh name, created O_EXCL: `drop/` is writable by every user,
+        // who must not be able to plant a symlink the daemon would follow.
+        let unique = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let name = format!("{WRITE_PROBE}.{}.{unique}", std::process::id());
         for d in DIRS {
-            let probe = self.root.join(d).join(WRITE_PROBE);
+            let probe = self.root.join(d).join(&name);
             let r = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
                 .open(&probe)
                 .and_then(|_| fs::remove_file(&probe));
@@ -724,8 +730,14 @@ mod tests {
             .states
             .iter()
             .all(|s| s.status == RcptStatus::Pending));
+        // A symlink planted under the probe's prefix in the world-writable
+        // drop/ is neither followed nor in the way.
+        let target = dir.join("target");
+        fs::write(&target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("drop").join(WRITE_PROBE)).unwrap();
         spool.check_writable().unwrap();
-        assert!(!msg.join(WRITE_PROBE).exists());
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
+        assert_eq!(fs::read_dir(&msg).unwrap().count(), 1);
         let _ = fs::remove_dir_all(&dir);
     }
 }
