@@ -11,6 +11,11 @@
 //! -bp -q -v -B TYPE`, `-oX...` accepted and ignored. `-bs` runs the same
 //! SMTP server session as the daemon on stdin/stdout, with drop files as
 //! its spool (local injection: relaying allowed, like the other modes).
+//!
+//! Lines over 998 octets are accepted (a cron job cannot fix its output);
+//! the daemon breaks them when it imports the drop, as Postfix's
+//! `smtp_line_length_limit` does (see `daemon::drop`). `-bs` refuses them
+//! like the SMTP server.
 
 use std::io::{self, BufRead, BufReader, Read};
 
@@ -356,10 +361,10 @@ pub fn inject(
         fix.push_str(&format!("Date: {}\n", rfc5322_date(now as i64, 0)));
     }
     if !has("message-id") {
+        let unique = crate::random::u32().map_err(io_err)?;
         fix.push_str(&format!(
-            "Message-ID: <{now}.{}.{}@{}>\n",
+            "Message-ID: <{now}.{}.{unique}@{}>\n",
             std::process::id(),
-            random_u32(),
             cfg.hostname
         ));
     }
@@ -519,14 +524,6 @@ fn invoking_user() -> String {
     } else {
         format!("uid{uid}")
     }
-}
-
-fn random_u32() -> u32 {
-    let mut b = [0u8; 4];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut b);
-    }
-    u32::from_ne_bytes(b)
 }
 
 #[cfg(test)]

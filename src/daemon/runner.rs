@@ -308,7 +308,7 @@ impl Daemon {
                 } else {
                     status_code(&o.reply)
                 },
-                o.reply
+                crate::logsafe::LogSafe(&o.reply)
             );
             *st = RcptState {
                 status: o.status,
@@ -327,7 +327,7 @@ impl Daemon {
     fn settle(&mut self, id: QueueId, mut flight: InFlight) {
         let mono = mono_now();
         let age = self.queue.age(id, flight.stored_age, mono);
-        let attempts = flight.attempts + u32::from(flight.tried);
+        let attempts = flight.attempts.saturating_add(u32::from(flight.tried));
         let open = flight.states.iter().any(|s| !s.status.is_final());
         let rules = Rules {
             retry_schedule: &self.cfg.retry_schedule,

@@ -41,6 +41,8 @@
 //!   retry in a burst to catch up, and a wall-clock arrival in the future
 //!   parked it.)
 
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;

@@ -54,7 +54,10 @@ impl QueueId {
         const HEX: &[u8; 16] = b"0123456789ABCDEF";
         let mut out = [0u8; 16];
         for (i, b) in out.iter_mut().enumerate() {
-            *b = HEX[((self.0 >> (60 - 4 * i)) & 0xF) as usize];
+            // In range: the index is masked to 0..=15.
+            #[allow(clippy::indexing_slicing)]
+            let digit = HEX[((self.0 >> (60 - 4 * i)) & 0xF) as usize];
+            *b = digit;
         }
         IdText(out)
     }
@@ -155,13 +158,21 @@ impl StoredEnvelope {
 
     /// `None`: need more bytes. `Some(Err)`: malformed.
     pub fn decode(buf: &[u8]) -> Option<Result<StoredEnvelope, String>> {
-        let end = buf.windows(2).position(|w| w == b"\n\n")?;
-        let text = match std::str::from_utf8(&buf[..end]) {
+        let (head, body_offset) = split_head(buf)?;
+        let text = match std::str::from_utf8(head) {
             Ok(t) => t,
             Err(_) => return Some(Err("envelope is not UTF-8".into())),
         };
-        Some(parse(text, (end + 2) as u64))
+        Some(parse(text, body_offset))
     }
+}
+
+/// The lines before the first empty line (`\n\n`), and the offset of what
+/// follows it; `None` while there is no empty line yet.
+pub(super) fn split_head(buf: &[u8]) -> Option<(&[u8], u64)> {
+    let end = buf.windows(2).position(|w| w == b"\n\n")?;
+    let (head, _) = buf.split_at_checked(end)?;
+    Some((head, end as u64 + 2))
 }
 
 fn parse(text: &str, body_offset: u64) -> Result<StoredEnvelope, String> {
@@ -385,6 +396,7 @@ pub fn decode_state(bytes: &[u8], n: usize) -> Option<Progress> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 
