@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cli::{EX_CONFIG, EX_OK, EX_OSERR, EX_TEMPFAIL};
 use crate::config::Config;
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, SpoolUnusable};
 
 /// Where log lines go: stderr (foreground: procd and systemd collect it),
 /// `log_file` when set, or syslog (`/dev/log`) for a detached daemon.
@@ -188,7 +188,8 @@ pub fn run_daemon(mut cfg: Config, config_path: PathBuf, detach: bool) -> i32 {
         Err(e) => {
             eprintln!("tern: {e}");
             log::error!("{e}");
-            return EX_OSERR;
+            let spool = e.get_ref().is_some_and(|e| e.is::<SpoolUnusable>());
+            return if spool { EX_TEMPFAIL } else { EX_OSERR };
         }
     };
     if detach {

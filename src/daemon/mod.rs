@@ -166,6 +166,24 @@ pub struct Daemon {
     socket_owner: HashMap<SockId, u64>,
 }
 
+/// The error `Daemon::new` returns when the spool cannot be opened or
+/// written (a read-only mount, an immutable directory): the daemon refuses
+/// to start, with exit code 75 (`EX_TEMPFAIL`), as Postfix refuses to start
+/// on a queue it cannot write. Not 78 (`EX_CONFIG`): the configuration is
+/// valid, the file system is not ready (remounted read-only after an error,
+/// an overlay mounted late at boot), and a supervisor that retries later
+/// is right to.
+#[derive(Debug)]
+pub struct SpoolUnusable(pub String);
+
+impl std::fmt::Display for SpoolUnusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SpoolUnusable {}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -204,12 +222,15 @@ impl Daemon {
         let tls_client =
             load_tls_client(&cfg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let users = load_users(&cfg);
-        let spool = Spool::open(&cfg.spool_dir, cfg.spool_sync).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot open spool {}: {e}", cfg.spool_dir.display()),
-            )
-        })?;
+        let spool = Spool::open(&cfg.spool_dir, cfg.spool_sync)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot open spool {}: {e}", cfg.spool_dir.display()),
+                )
+            })
+            .and_then(|spool| spool.check_writable().map(|()| spool))
+            .map_err(|e| io::Error::new(e.kind(), SpoolUnusable(e.to_string())))?;
         let tables = LocalTables::load(&cfg);
         let outbound = Outbound::new(&cfg);
         let cfg_dns = cfg.clone();
@@ -272,9 +293,17 @@ impl Daemon {
         self.import_drops();
         self.reactor.add_timer(Instant::now() + TICK, Timer::Tick);
         let mut events = Vec::new();
+        let mut queue_backlog = false;
         loop {
             events.clear();
-            self.reactor.poll(Some(MAX_SLEEP), &mut events)?;
+            // Due messages left over from the last turn: look at events
+            // without sleeping, then take the next batch.
+            let wait = if queue_backlog {
+                Duration::ZERO
+            } else {
+                MAX_SLEEP
+            };
+            self.reactor.poll(Some(wait), &mut events)?;
             for ev in events.drain(..) {
                 match ev {
                     Event::Acceptable(l) => self.accept(l),
@@ -293,7 +322,7 @@ impl Daemon {
                 self.timer(t, now);
             }
             self.commit_batch();
-            self.run_queue();
+            queue_backlog = self.run_queue();
             self.outbound_poll();
             if let Some(deadline) = self.stopping {
                 if (self.inbound.is_empty() && self.outbound.is_idle())

@@ -72,26 +72,33 @@ impl InFlight {
 }
 
 impl Daemon {
-    pub(super) fn run_queue(&mut self) {
+    /// Takes up to [`MESSAGES_PER_TURN`] due messages. Returns true when
+    /// it stopped at that bound with more due: the loop must come back at
+    /// once, not at the next tick (after a restart every recovered message
+    /// is due, and 16 per second kept new mail waiting behind 100,000 held
+    /// ones for hours).
+    pub(super) fn run_queue(&mut self) -> bool {
         if self.stopping.is_some() {
-            return;
+            return false;
         }
         let now = unix_now();
         let mono = mono_now();
         for _ in 0..MESSAGES_PER_TURN {
             // Memory must not grow with the queue: while outbound jobs wait
-            // for connection slots, due messages stay in the queue index.
+            // for connection slots, due messages stay in the queue index
+            // (an outbound event wakes the loop when a slot frees).
             if self.outbound.backlog() >= OUTBOUND_BACKLOG {
-                return;
+                return false;
             }
             match self.queue.pop_due(mono) {
                 Some(id) => self.attempt(id, now),
                 None => {
                     self.flushing = false;
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 
     pub(super) fn remember_fresh(&mut self, id: QueueId, env: StoredEnvelope, size: u64) {

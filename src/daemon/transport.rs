@@ -22,6 +22,21 @@ pub struct Transport {
     cipher_in: Vec<u8>,
 }
 
+/// Appends a read to the caller's buffer, which grows as a `Vec` does
+/// (doubling) but never past the caller's bound (`max`: the room it
+/// allows), so an input buffer ends at its limit
+/// (`daemon::inbound::INPUT_BUFFER`), not up to twice that (a 10 KiB
+/// buffer taking 6 KiB more would become 20 KiB).
+fn append(out: &mut Vec<u8>, data: &[u8], max: usize) {
+    let need = out.len() + data.len();
+    if out.capacity() < need {
+        let bound = out.len() + max.max(data.len());
+        let cap = (out.capacity() * 2).max(need).min(bound);
+        out.reserve_exact(cap - out.len());
+    }
+    out.extend_from_slice(data);
+}
+
 /// What a read produced.
 pub enum Read {
     /// Application bytes were appended.
@@ -110,7 +125,7 @@ impl Transport {
             return match reactor.read(sock, buf.get_mut(..want).unwrap_or_default()) {
                 Ok(0) => Read::Closed,
                 Ok(n) => {
-                    out.extend_from_slice(buf.get(..n).unwrap_or_default());
+                    append(out, buf.get(..n).unwrap_or_default(), max);
                     Read::Data
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Read::Pending,
@@ -125,7 +140,7 @@ impl Transport {
             let plain = tls.plaintext();
             if !plain.is_empty() {
                 let n = plain.len().min(max);
-                out.extend_from_slice(plain.get(..n).unwrap_or_default());
+                append(out, plain.get(..n).unwrap_or_default(), max);
                 tls.consume_plaintext(n);
                 return Read::Data;
             }
@@ -169,5 +184,26 @@ impl Transport {
                 return Read::Closed;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_grows_to_its_bound_not_past_it() {
+        let limit = 16384;
+        let mut input = Vec::new();
+        append(&mut input, &[b'a'; 10_000], limit);
+        assert_eq!(input.capacity(), 10_000);
+        // Doubling would make it 20,000.
+        let room = limit - input.len();
+        append(&mut input, &vec![b'b'; room], room);
+        assert_eq!((input.len(), input.capacity()), (limit, limit));
+        // A small read stays small (idle sessions cost little).
+        let mut input = Vec::new();
+        append(&mut input, b"EHLO c\r\n", limit);
+        assert!(input.capacity() < 64);
     }
 }

@@ -17,6 +17,13 @@
 //! | `msg/ID` that does not parse, or whose trailer is missing | not durable when the machine crashed (never acknowledged), or damaged | moved to `corrupt/ID` (`corrupt/ID.N` if that exists), logged |
 //! | `drop/*`                       | sendmail drops (see `spool::drop`)      | imported by the daemon |
 //! | `tmp`, `msg`, ... is a symlink or not a directory | tampered with                | refused: the spool is not opened, the daemon does not start |
+//! | anything else in `msg/` (a name that is no queue ID, a directory, a FIFO) | not tern's | moved to `corrupt/` unopened, logged |
+//! | `state/ID` that does not parse, `msg/ID` valid | damaged | moved to `corrupt/ID.state`, logged; the message starts over (all recipients pending: a duplicate is possible, a loss is not) |
+//! | a spool directory missing | deleted by hand, or a fresh spool | created, logged (`msg/`: the queue it held is lost) |
+//!
+//! Before recovery the daemon checks that it can create and remove a file
+//! in every directory ([`Spool::check_writable`]); a read-only or immutable
+//! spool stops the start with exit 75 (see `daemon::SpoolUnusable`).
 //!
 //! Recovery walks `tmp/` through a descriptor opened `O_NOFOLLOW` and
 //! removes with `unlinkat`, so it never acts outside the spool (see
@@ -164,6 +171,11 @@ impl From<&io::Error> for Reply {
 
 const DIRS: [&str; 5] = ["tmp", "msg", "state", "corrupt", "drop"];
 
+/// The start of the name of the file [`Spool::check_writable`] creates and
+/// removes in each directory (not a queue ID: if a crash leaves one behind,
+/// recovery sets it aside or removes it).
+const WRITE_PROBE: &str = ".tern-write-probe";
+
 /// The spool root: others may pass through it (to reach `drop/`) but not
 /// list it; every file in it is 0600 except sendmail drops (0644 in the
 /// unlistable `drop/`, see `spool::drop`).
@@ -182,6 +194,9 @@ impl Spool {
         let fresh = !root.exists();
         let mut b = fs::DirBuilder::new();
         b.recursive(true).mode(0o700);
+        if fresh {
+            log::info!("spool: creating {}", root.display());
+        }
         for d in DIRS {
             let dir = root.join(d);
             match fs::symlink_metadata(&dir) {
@@ -197,6 +212,16 @@ impl Spool {
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     b.create(&dir)?;
+                    if fresh {
+                        // nothing to report: a new spool
+                    } else if d == "msg" {
+                        log::warn!(
+                            "spool: {} was missing (any queue it held is lost); created it",
+                            dir.display()
+                        );
+                    } else {
+                        log::warn!("spool: {} was missing; created it", dir.display());
+                    }
                     if d == "drop" {
                         // set explicitly: the umask must not narrow it
                         let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(DROP_MODE));
@@ -214,6 +239,36 @@ impl Spool {
             sync,
             last_id: None,
         })
+    }
+
+    /// Checks that the daemon can create and remove files in every spool
+    /// directory (a read-only mount, an immutable directory or wrong
+    /// ownership would otherwise surface only as 451 to every client).
+    /// The error names the directory.
+    pub fn check_writable(&self) -> io::Result<()> {
+        // A fresh name, created O_EXCL: `drop/` is writable by every user,
+        // who must not be able to plant a symlink the daemon would follow.
+        let unique = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let name = format!("{WRITE_PROBE}.{}.{unique}", std::process::id());
+        for d in DIRS {
+            let probe = self.root.join(d).join(&name);
+            let r = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&probe)
+                .and_then(|_| fs::remove_file(&probe));
+            if let Err(e) = r {
+                let dir = self.root.join(d);
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("spool directory {} is not writable: {e}", dir.display()),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -460,17 +515,22 @@ impl Spool {
         for entry in fs::read_dir(self.root.join("msg"))? {
             let entry = entry?;
             let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(|s| s.parse::<QueueId>().ok()) else {
-                log::warn!("recovery: ignoring stray file {}", entry.path().display());
-                continue;
+            // Only regular files are opened: a FIFO would block the loop.
+            let regular = entry.file_type().is_ok_and(|t| t.is_file());
+            let id = name.to_str().and_then(|s| s.parse::<QueueId>().ok());
+            let problem = match id {
+                None => "not a queue file name".to_string(),
+                Some(_) if !regular => "not a regular file".to_string(),
+                Some(id) => match self.open_content(id) {
+                    Ok(_) => {
+                        self.check_state(id);
+                        ids.push(id);
+                        continue;
+                    }
+                    Err(e) => format!("damaged queue file: {e}"),
+                },
             };
-            match self.load(id).and_then(|_| self.open_content(id)) {
-                Ok(_) => ids.push(id),
-                Err(e) => {
-                    log::error!("{id}: damaged queue file ({e}); moved to corrupt/");
-                    let _ = set_aside(&entry.path(), &self.root.join("corrupt"), &id.to_string());
-                }
-            }
+            self.set_aside_logged(&entry.path(), &name.to_string_lossy(), &problem);
         }
         for entry in fs::read_dir(self.root.join("state"))? {
             let entry = entry?;
@@ -486,6 +546,37 @@ impl Spool {
         }
         ids.sort();
         Ok(ids)
+    }
+
+    /// Recovery of a valid message whose state file is unreadable: the
+    /// state is set aside and the message starts over with every recipient
+    /// pending (a possible duplicate delivery, never a loss).
+    fn check_state(&self, id: QueueId) {
+        if let Err(e) = self.load_progress(id) {
+            let state = self.path("state", id);
+            if state.exists() {
+                let why = format!("damaged state file ({e}); the message is kept");
+                self.set_aside_logged(&state, &format!("{id}.state"), &why);
+            } else {
+                log::error!("recovery: {id}: {e}");
+            }
+        }
+    }
+
+    /// Moves `path` to `corrupt/NAME` (or `NAME.N` if that is taken:
+    /// nothing there is replaced), with one log line naming both.
+    fn set_aside_logged(&self, path: &Path, name: &str, why: &str) {
+        match set_aside(path, &self.root.join("corrupt"), name) {
+            Ok(to) => log::error!(
+                "recovery: {} set aside as {} ({why})",
+                path.display(),
+                to.display()
+            ),
+            Err(e) => log::error!(
+                "recovery: {} ({why}) could not be moved to corrupt/: {e}; left in place",
+                path.display()
+            ),
+        }
     }
 
     /// Committed message IDs (for `mailq`), without touching anything.
@@ -801,6 +892,57 @@ mod tests {
         assert!(dir.join("corrupt").join(id.to_string()).exists());
         // Idempotent.
         assert!(spool.recover().unwrap().is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn recovery_sets_aside_strays_without_replacing_and_keeps_mail_with_a_bad_state() {
+        let dir = tempdir("strays");
+        let mut spool = Spool::open(&dir, false).unwrap();
+        let mut inc = spool.create(&env()).unwrap();
+        inc.write(b"Subject: kept\r\n\r\nbody\r\n").unwrap();
+        let id = inc.id;
+        spool.commit(vec![inc]).pop().unwrap().unwrap();
+        let msg = dir.join("msg");
+        let corrupt = dir.join("corrupt");
+        fs::write(msg.join("not-an-id"), b"x").unwrap();
+        fs::write(corrupt.join("not-an-id"), b"set aside before").unwrap();
+        fs::create_dir(msg.join("00000000000000AA")).unwrap();
+        let fifo = std::ffi::CString::new(
+            msg.join("00000000000000BB")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: mkfifo(3) with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        fs::write(dir.join("state").join(id.to_string()), b"\xffgarbage").unwrap();
+
+        // The FIFO is not opened (that would block), the message is kept.
+        assert_eq!(spool.recover().unwrap(), vec![id]);
+        assert_eq!(fs::read_dir(&msg).unwrap().count(), 1);
+        assert_eq!(
+            fs::read(corrupt.join("not-an-id")).unwrap(),
+            b"set aside before"
+        );
+        assert_eq!(fs::read(corrupt.join("not-an-id.1")).unwrap(), b"x");
+        assert!(corrupt.join("00000000000000AA").is_dir());
+        assert!(corrupt.join("00000000000000BB").exists());
+        assert!(corrupt.join(format!("{id}.state")).exists());
+        let (_, progress) = spool.load_progress(id).unwrap();
+        assert_eq!(progress.attempts, 0);
+        assert!(progress
+            .states
+            .iter()
+            .all(|s| s.status == RcptStatus::Pending));
+        // A symlink planted under the probe's prefix in the world-writable
+        // drop/ is neither followed nor in the way.
+        let target = dir.join("target");
+        fs::write(&target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("drop").join(WRITE_PROBE)).unwrap();
+        spool.check_writable().unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
+        assert_eq!(fs::read_dir(&msg).unwrap().count(), 1);
         let _ = fs::remove_dir_all(&dir);
     }
 
