@@ -6,6 +6,8 @@ written by `Tern` points `dns_servers` at a loopback server (a fake, or a
 closed port when the test needs no DNS).
 """
 
+import contextlib
+import glob
 import os
 import signal
 import socket
@@ -412,3 +414,44 @@ class FakeDns:
                     )
         hdr = struct.pack(">HHHHHH", qid, 0x8180 | rcode, 1, len(answers), 0, 0)
         return hdr + question + b"".join(answers)
+
+
+# --- the wall clock, faked (libfaketime) ---------------------------------------
+
+
+def libfaketime():
+    """The libfaketime preload library (Debian package `faketime`). It is
+    preloaded directly rather than through the `faketime` wrapper, which
+    forks: signals such as `kill -9` must reach the daemon itself."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+                   + glob.glob("/usr/lib/faketime/libfaketime.so.1"))
+    assert found, "libfaketime.so.1 not found (apt-get install faketime)"
+    return found[0]
+
+
+def faketime_env(**env):
+    """Environment for a process whose wall clock is faked as `env` says
+    (FAKETIME, FAKETIME_TIMESTAMP_FILE, ...) while its monotonic clock stays
+    real, as on a router whose clock is wrong or stepped by NTP."""
+    return {"LD_PRELOAD": libfaketime(), "FAKETIME_DONT_FAKE_MONOTONIC": "1", **env}
+
+
+@contextlib.contextmanager
+def faked_clock(**env):
+    """Processes started inside run with `faketime_env(**env)`."""
+    env = faketime_env(**env)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def queue_id_second(qid):
+    """The arrival second encoded in a queue ID (the top 40 bits)."""
+    return int(qid, 16) >> 24

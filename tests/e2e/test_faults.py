@@ -19,7 +19,6 @@ the test, they never skip it. The read-only and immutable cases need root
 (the machine's tests run as root)."""
 
 import email.utils
-import glob
 import os
 import random
 import shutil
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import TERN_BIN, Sink, Tern, wait_for
+from harness import TERN_BIN, Sink, Tern, faked_clock, queue_id_second, wait_for
 
 EX_TEMPFAIL = 75
 
@@ -84,37 +83,6 @@ def send(t, rcpts, body, sender="owner@localhost"):
 
 
 # --- clock -------------------------------------------------------------------
-
-
-def libfaketime():
-    """The libfaketime preload library (Debian package `faketime`)."""
-    assert shutil.which("faketime"), "faketime is not installed (apt-get install faketime)"
-    libs = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
-    assert libs, "libfaketime.so.1 not found (apt-get install faketime)"
-    return libs[0]
-
-
-@contextmanager
-def faked_clock(**env):
-    """Processes started inside run under libfaketime with `env` (FAKETIME
-    or FAKETIME_TIMESTAMP_FILE); the monotonic clock stays real, as on a
-    router whose wall clock is wrong or stepped by NTP."""
-    env = {"LD_PRELOAD": libfaketime(), "FAKETIME_DONT_FAKE_MONOTONIC": "1", **env}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def queue_id_second(qid):
-    """The arrival second encoded in a queue ID (the top 40 bits)."""
-    return int(qid, 16) >> 24
 
 
 def body(tag):

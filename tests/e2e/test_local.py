@@ -4,7 +4,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 
 from harness import TERN_BIN, Sink, wait_for
 

@@ -1,14 +1,10 @@
 """Issue 11, items 6 and 9: the clock steps (a router before NTP) and
 8BITMIME on the way out. Every peer is on 127.0.0.1."""
 
-import glob
-import os
-import shutil
 import smtplib
 import time
-from contextlib import contextmanager
 
-from harness import Sink, wait_for
+from harness import Sink, faked_clock, queue_id_second, wait_for
 
 
 def send(t, sender, rcpts, body=b"Subject: test\r\n\r\nhello world\r\n", **kw):
@@ -19,38 +15,10 @@ def send(t, sender, rcpts, body=b"Subject: test\r\n\r\nhello world\r\n", **kw):
 # --- item 6: clock steps ---------------------------------------------------
 
 
-def libfaketime():
-    """The libfaketime preload library (Debian package `faketime`)."""
-    assert shutil.which("faketime"), "faketime is not installed (apt-get install faketime)"
-    libs = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
-    assert libs, "libfaketime.so.1 not found (apt-get install faketime)"
-    return libs[0]
-
-
-@contextmanager
 def wall_clock_at(stamp):
     """Processes started inside see the wall clock at `stamp` (running on
-    from there); the monotonic clock stays real, as when NTP steps a clock."""
-    env = {
-        "LD_PRELOAD": libfaketime(),
-        "FAKETIME": "@" + stamp,
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def queue_id_second(qid):
-    """The arrival second encoded in a queue ID (the top 40 bits)."""
-    return int(qid, 16) >> 24
+    from there)."""
+    return faked_clock(FAKETIME="@" + stamp)
 
 
 def held_under_clock(tern_factory, sink, stamp, year):

@@ -10,7 +10,6 @@ and `daemon`, with the binary copied to a directory every user can reach.
 import os
 import pwd
 import shutil
-import signal
 import smtplib
 import socket
 import subprocess
@@ -21,17 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import TERN_BIN, Sink, Tern, wait_for
-
-def faketime_lib():
-    """libfaketime itself (preloaded directly: the `faketime` wrapper forks,
-    and `kill -9` must hit the daemon)."""
-    import glob
-    found = glob.glob("/usr/lib/*/faketime/libfaketime.so.1") + glob.glob("/usr/lib/faketime/libfaketime.so.1")
-    if not found:
-        raise AssertionError("libfaketime is not installed (Debian package faketime)")
-    return found[0]
-
+from harness import TERN_BIN, Sink, Tern, faketime_env, wait_for
 
 def need_root():
     if os.getuid() != 0:
@@ -165,8 +154,7 @@ def test_kill9_and_immediate_restart_lose_no_acknowledged_mail(tern_factory):
 def test_same_clock_at_every_boot_overwrites_nothing(public_dir):
     """A router without a battery-backed clock boots at the same second
     every time (libfaketime freezes the wall clock; monotonic time runs)."""
-    env = {"LD_PRELOAD": faketime_lib(), "FAKETIME": "2020-01-01 00:00:00",
-           "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    env = faketime_env(FAKETIME="2020-01-01 00:00:00")
     t = public_dir(env=env, hold_outbound="yes")
     sent = []
     for boot in range(3):

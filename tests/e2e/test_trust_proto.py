@@ -5,11 +5,10 @@ main @ 80f8c34 unless its docstring says it is a guard."""
 import smtplib
 import socket
 import ssl
-import subprocess
 import time
 from pathlib import Path
 
-from harness import TERN_BIN, free_port, wait_for
+from harness import free_port, wait_for
 
 CERTS = Path(__file__).resolve().parents[1] / "certs"
 
