@@ -47,6 +47,8 @@ pub mod safe_fs;
 pub mod smtp;
 pub mod spool;
 pub mod system;
+#[cfg(test)]
+mod test_rng;
 pub mod tls;
 
 pub use system::run_daemon;

@@ -1117,38 +1117,13 @@ impl Cache {
 // ---------------------------------------------------------------------------
 // Test randomness
 
-/// xorshift64 seeded through splitmix64: a deterministic [`RandomSource`]
-/// for tests only (query IDs come from the kernel in the daemon).
-#[cfg(test)]
-struct XorShift(u64);
-
-#[cfg(test)]
-impl XorShift {
-    fn new(seed: u64) -> XorShift {
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        XorShift(if z == 0 { 0x2545_f491_4f6c_dd1d } else { z })
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-}
-
 /// A deterministic random source for tests.
 #[cfg(test)]
 fn seeded(seed: u64) -> RandomSource {
-    let mut rng = XorShift::new(seed);
+    let mut rng = crate::test_rng::TestRng::new(seed);
     Box::new(move |buf: &mut [u8]| {
         for chunk in buf.chunks_mut(8) {
-            let word = rng.next().to_ne_bytes();
+            let word = rng.next_u64().to_ne_bytes();
             for (b, w) in chunk.iter_mut().zip(word) {
                 *b = w;
             }
@@ -2239,13 +2214,8 @@ mod tests {
 
     #[test]
     fn mutated_responses_never_panic_the_resolver() {
-        let mut state = 0x1234_5678_9abc_def1_u64;
-        let mut rng = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut gen = crate::test_rng::TestRng::new(2);
+        let mut rng = move || gen.next_u64();
         for round in 0..2_000u64 {
             let mut net = Net::new(&[S1], round);
             net.resolver.resolve_mx("example.com", net.now);

@@ -1085,14 +1085,6 @@ mod tests {
         );
     }
 
-    /// xorshift64 for the fuzz loop.
-    fn next(state: &mut u64) -> u64 {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        *state
-    }
-
     #[test]
     fn mutated_packets_never_panic() {
         let seeds = [
@@ -1124,13 +1116,13 @@ mod tests {
             .encode()
             .unwrap(),
         ];
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut rng = crate::test_rng::TestRng::new(1);
         let mut decoded = 0;
         for i in 0..30_000 {
             let mut p = seeds[i % seeds.len()].clone();
-            let edits = 1 + next(&mut state) % 4;
+            let edits = 1 + rng.next_u64() % 4;
             for _ in 0..edits {
-                let r = next(&mut state);
+                let r = rng.next_u64();
                 let at = (r >> 8) as usize % (p.len() + 1);
                 match r % 5 {
                     0 => p.truncate(at),
