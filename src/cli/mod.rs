@@ -161,6 +161,9 @@ pub fn load(path: &Path) -> Result<Config, i32> {
     })
 }
 
+/// `check-config`'s exit code for any error (SPEC).
+const CHECK_FAILED: i32 = 1;
+
 fn check_config(path: &Path) -> i32 {
     match Config::load(path) {
         Ok(cfg) => {
@@ -168,8 +171,16 @@ fn check_config(path: &Path) -> i32 {
             if let Ok((_, errors)) = crate::delivery::aliases::Aliases::load(&cfg.aliases) {
                 for e in errors {
                     eprintln!("tern: {}:{}: {}", cfg.aliases.display(), e.line, e.message);
-                    code = EX_CONFIG;
+                    code = CHECK_FAILED;
                 }
+            }
+            // What the daemon needs at start-up, checked the same way.
+            for problem in crate::daemon::startup_problems(&cfg) {
+                eprintln!("tern: {problem}");
+                code = CHECK_FAILED;
+            }
+            for warning in crate::daemon::startup_warnings(&cfg) {
+                eprintln!("tern: warning: {warning}");
             }
             if code == EX_OK {
                 println!("{}: ok", path.display());
@@ -180,7 +191,7 @@ fn check_config(path: &Path) -> i32 {
             for e in &errors {
                 eprintln!("tern: {e}");
             }
-            1
+            CHECK_FAILED
         }
     }
 }

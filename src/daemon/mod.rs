@@ -222,6 +222,9 @@ impl Daemon {
         let tls_client =
             load_tls_client(&cfg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let users = load_users(&cfg);
+        for warning in startup_warnings(&cfg) {
+            log::warn!("{warning}");
+        }
         let spool = Spool::open(&cfg.spool_dir, cfg.spool_sync)
             .map_err(|e| {
                 io::Error::new(
@@ -496,6 +499,57 @@ pub fn load_hosts(path: &std::path::Path) -> HashMap<String, Vec<std::net::IpAdd
 pub const AUTH_FAILURES_PER_IP: u32 = 10;
 pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(600);
 pub const AUTH_LIMITER_ENTRIES: usize = 1024;
+
+/// What start-up needs beyond a valid configuration file: the account to
+/// run as, the TLS certificate and key (which must match), the CA bundle,
+/// the users file and the smarthost password file. `check-config` runs
+/// these same checks, so an init script that passes it can start the
+/// daemon. Each problem is one line naming the file or setting.
+pub fn startup_problems(cfg: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(name) = &cfg.user {
+        if let Err(e) = crate::system::lookup_user(name) {
+            problems.push(format!("user = {name}: {e}"));
+        }
+    }
+    if let Err(e) = load_tls_server(cfg) {
+        problems.push(e);
+    }
+    if let Err(e) = load_tls_client(cfg) {
+        problems.push(e);
+    }
+    if let Some(path) = &cfg.users_file {
+        match Users::load(path) {
+            Ok((_, errors)) => problems.extend(
+                errors
+                    .into_iter()
+                    .map(|(line, e)| format!("{}:{line}: {e}", path.display())),
+            ),
+            Err(e) => problems.push(format!("users_file {}: {e}", path.display())),
+        }
+    }
+    if let Some(path) = &cfg.smarthost_password_file {
+        if let Err(e) = std::fs::File::open(path) {
+            problems.push(format!("smarthost_password_file {}: {e}", path.display()));
+        }
+    }
+    problems
+}
+
+/// Settings that are valid but almost certainly not what was meant.
+pub fn startup_warnings(cfg: &Config) -> Vec<String> {
+    cfg.smarthost
+        .iter()
+        .filter(|h| h.port == 465 && cfg.smarthost_tls == crate::config::SmarthostTls::StartTls)
+        .map(|h| {
+            format!(
+                "smarthost {}:465 with smarthost_tls = starttls: port 465 speaks implicit TLS, \
+                 set smarthost_tls = tls (else every delivery waits for a greeting that never comes)",
+                h.host
+            )
+        })
+        .collect()
+}
 
 fn load_tls_server(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
     match (&cfg.tls_cert, &cfg.tls_key) {
