@@ -19,11 +19,21 @@ pub enum LogTarget {
     Syslog,
 }
 
+/// Sets up the logger. Without `RUST_LOG`, the logger itself passes every
+/// level and `log::set_max_level` is the gate, so a reload can move
+/// `log_level` either way; with `RUST_LOG`, its filters rule and a reload
+/// leaves them alone.
 pub fn init_logging(level: log::LevelFilter, target: LogTarget) {
     let mut b = env_logger::Builder::new();
-    b.filter_level(level);
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        b.parse_filters(&spec);
+    let from_env = std::env::var("RUST_LOG").ok();
+    match &from_env {
+        Some(spec) => {
+            b.filter_level(level);
+            b.parse_filters(spec);
+        }
+        None => {
+            b.filter_level(log::LevelFilter::Trace);
+        }
     }
     let mut stamp = false;
     let mut syslog = false;
@@ -75,6 +85,9 @@ pub fn init_logging(level: log::LevelFilter, target: LogTarget) {
         }
     });
     let _ = b.try_init();
+    if from_env.is_none() {
+        log::set_max_level(level);
+    }
 }
 
 /// Opens `log_file` for appending. Root opens it, and log lines carry text

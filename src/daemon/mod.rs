@@ -387,6 +387,7 @@ impl Daemon {
                         "submission_listen",
                         new.submission_listen != self.cfg.submission_listen,
                     ),
+                    ("smtps_listen", new.smtps_listen != self.cfg.smtps_listen),
                     ("spool_dir", new.spool_dir != self.cfg.spool_dir),
                     ("user", new.user != self.cfg.user),
                 ] {
@@ -398,6 +399,7 @@ impl Daemon {
                 }
                 new.listen = self.cfg.listen.clone();
                 new.submission_listen = self.cfg.submission_listen.clone();
+                new.smtps_listen = self.cfg.smtps_listen.clone();
                 new.spool_dir = self.cfg.spool_dir.clone();
                 new.user = self.cfg.user.clone();
                 let released = self.cfg.hold_outbound && !new.hold_outbound;
@@ -417,6 +419,10 @@ impl Daemon {
                     session_config(&self.cfg, self.tls_server.is_some(), !self.users.is_empty());
                 self.tables = LocalTables::load(&self.cfg);
                 self.outbound.reconfigure(&self.cfg);
+                self.resolver.reconfigure(resolver_config(&self.cfg));
+                if std::env::var_os("RUST_LOG").is_none() {
+                    log::set_max_level(self.cfg.log_level);
+                }
                 log::info!("configuration reloaded from {}", self.config_path.display());
                 if released {
                     self.flush_queue();

@@ -286,6 +286,20 @@ impl Resolver {
         }
     }
 
+    /// New settings (a reload): new lookups and later tries use them;
+    /// exchanges in flight finish with the server they went to. When the
+    /// servers change, the cache and the EDNS memory go too: they were the
+    /// old servers' answers.
+    pub fn reconfigure(&mut self, mut cfg: ResolverConfig) {
+        cfg.timeout = cfg.timeout.min(MAX_TIMEOUT);
+        cfg.attempts = cfg.attempts.clamp(1, MAX_ATTEMPTS);
+        if cfg.servers != self.cfg.servers {
+            self.cache = Cache::default();
+            self.no_edns.clear();
+        }
+        self.cfg = cfg;
+    }
+
     /// Mail hosts for `domain` per RFC 5321 §5.1, in the order to try them.
     /// An address literal (`[192.0.2.1]`, `[IPv6:2001:db8::1]`) resolves at once.
     pub fn resolve_mx(&mut self, domain: &str, now: Instant) -> LookupId {
@@ -1357,6 +1371,44 @@ mod tests {
                 )])
             ))
         );
+    }
+
+    #[test]
+    fn reconfigure_moves_new_lookups_to_the_new_servers_and_drops_their_cache() {
+        let mut net = Net::new(&[S1], 3);
+        net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        net.reply(
+            &q,
+            RCODE_NOERROR,
+            vec![mx("example.com", 10, "mx.example.com")],
+            vec![],
+        );
+        for sent in net.all_sent() {
+            let answer = match sent.qtype {
+                TYPE_A => vec![a("mx.example.com", "192.0.2.1")],
+                _ => vec![],
+            };
+            net.reply_with(
+                &sent,
+                RCODE_NOERROR,
+                answer,
+                vec![soa("example.com")],
+                vec![],
+            );
+        }
+        assert!(net.result().is_some());
+        net.closed();
+        // The same servers: the cached answer stays, nothing is sent.
+        net.resolver.reconfigure(config(&[S1]));
+        net.resolver.resolve_mx("example.com", net.now);
+        assert!(net.sent().is_none(), "answered from the cache");
+        assert!(net.result().is_some());
+        // New servers (SIGHUP with a new dns_servers): asked, not the cache.
+        net.resolver.reconfigure(config(&[S2]));
+        net.resolver.resolve_mx("example.com", net.now);
+        let again = net.expect_sent("example.com", TYPE_MX);
+        assert_eq!(again.transmit.server, S2.parse().unwrap());
     }
 
     #[test]
