@@ -319,15 +319,23 @@ impl Daemon {
             .map(|h| h.name.clone())
             .unwrap_or_default();
         let fallback = d.plaintext_fallback;
-        let (client_cfg, implicit) = self.client_config(
-            smarthost,
-            fallback.is_some_and(|a| Some(a) == d.connecting_addr()),
-        );
-        let tls_cfg = self.tls_config_for(smarthost);
+        // The session settings (and the smarthost password file) are read
+        // once, when the connection is made, not at every readiness event.
+        let connecting = matches!(d.phase, Phase::Connecting { .. });
+        let setup = connecting.then(|| {
+            let (client_cfg, implicit) = self.client_config(
+                smarthost,
+                fallback.is_some_and(|a| Some(a) == d.connecting_addr()),
+            );
+            (client_cfg, implicit, self.tls_config_for(smarthost))
+        });
         let Some(d) = self.deliveries.get_mut(&key) else {
             return;
         };
-        if let Phase::Connecting { sock, addr, .. } = d.phase {
+        if let (Phase::Connecting { sock, addr, .. }, Some((client_cfg, implicit, tls_cfg))) =
+            (&d.phase, setup)
+        {
+            let (sock, addr) = (*sock, *addr);
             match self.reactor.connect_result(sock) {
                 Ok(false) => return,
                 Ok(true) => {

@@ -2,11 +2,13 @@
 servers and the log level change at once; keys that only apply at restart
 say so in one log line each."""
 
+import shutil
 import signal
 import smtplib
+import subprocess
 from pathlib import Path
 
-from harness import FakeDns, Sink, wait_for
+from harness import TERN_BIN, FakeDns, Sink, wait_for, wait_port
 
 CERTS = Path(__file__).resolve().parents[1] / "certs"
 
@@ -49,3 +51,30 @@ def test_reload_applies_log_level_and_names_restart_only_keys(tern_factory):
     with smtplib.SMTP("127.0.0.1", t.port) as c:
         c.noop()
     wait_for(lambda: "DEBUG" in t.log_text(), what="debug lines after the reload")
+
+
+def test_smarthost_password_file_is_read_once_per_connection(tern_factory, tmp_path):
+    """It was read again at every readiness event (12 opens for one 2 MB
+    delivery): now once, when the connection is made."""
+    assert shutil.which("strace"), "strace is not installed (apt-get install strace)"
+    secret = tmp_path / "smarthost.secret"
+    secret.write_text("app-password\n")
+    sink = Sink(auth=("me", "app-password"))
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none",
+                         smarthost_user="me", smarthost_password_file=secret)
+        trace = tmp_path / "trace"
+        logf = open(t.log, "ab")
+        t.proc = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=openat", "-o", str(trace),
+                                   TERN_BIN, "-c", str(t.conf)], stdout=logf, stderr=logf)
+        logf.close()
+        wait_port(t.port)
+        body = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 1000
+        with smtplib.SMTP("127.0.0.1", t.port) as c:
+            c.sendmail("a@lan.test", ["u@far.test"], body)
+        wait_for(lambda: sink.messages, timeout=30, what="the relayed message")
+        t.stop()
+        opens = [line for line in trace.read_text().splitlines() if str(secret) in line]
+        assert len(opens) == 1, opens
+    finally:
+        sink.close()
