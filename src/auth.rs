@@ -55,8 +55,11 @@ pub const MAX_CREDENTIAL_LEN: usize = 1024;
 /// the rounds only slow offline cracking of a stolen users file, which is
 /// root-only on the router. Lines carry their own count, so it can be raised.
 pub const PBKDF2_ITERATIONS: u32 = 4_096;
-/// Hash lines with more rounds are rejected: one check must not stall the loop.
-pub const MAX_PBKDF2_ITERATIONS: u32 = 1_000_000;
+/// Hash lines with more rounds are rejected (with their line number): one
+/// check must not stall the loop. 10_000 rounds cost ~4 ms here and up to
+/// ~200 ms on the slowest router CPUs; 1,000,000 (the first version's cap)
+/// would have stalled every connection for seconds per AUTH.
+pub const MAX_PBKDF2_ITERATIONS: u32 = 10_000;
 /// Random salt bytes per new hash.
 pub const PBKDF2_SALT_LEN: usize = 16;
 /// Derived key length (the SHA-256 output size).
@@ -785,6 +788,23 @@ mod tests {
     }
 
     // ---- users
+
+    #[test]
+    fn hash_lines_with_more_rounds_than_the_loop_can_afford_are_refused() {
+        let default = hash_password("pw", b"salt-for-rounds!");
+        let rounds = PBKDF2_ITERATIONS.to_string();
+        let line = |n: u32| default.replacen(&rounds, &n.to_string(), 1);
+        let (users, errors) = Users::parse(&format!(
+            "ok:{}\nslow:{}\nvery:{}\n",
+            line(MAX_PBKDF2_ITERATIONS),
+            line(MAX_PBKDF2_ITERATIONS + 1),
+            line(1_000_000)
+        ));
+        assert_eq!(users.len(), 1);
+        let lines: Vec<usize> = errors.iter().map(|(n, _)| *n).collect();
+        assert_eq!(lines, [2, 3]);
+        assert!(errors.iter().all(|(_, e)| e.contains("iteration count")));
+    }
 
     #[test]
     fn users_file_parsing_with_line_numbers() {
