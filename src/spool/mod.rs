@@ -693,10 +693,6 @@ fn check_trailer(f: &mut File, body_offset: u64) -> io::Result<u64> {
     Ok(len)
 }
 
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// One sync for everything on the spool's file system (data and directory
 /// entries of the whole batch).
 /// `syncfs(2)` for the file system `file` is on.
