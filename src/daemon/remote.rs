@@ -277,7 +277,7 @@ impl Daemon {
                     (DnsError::NoAddress, true) => {
                         format!("550 5.1.2 no mail host found for {}", d.job.domain)
                     }
-                    (e, _) => format!("451 4.4.3 DNS lookup failed: {e:?}"),
+                    (e, _) => format!("451 4.4.3 DNS lookup failed: {e}"),
                 };
                 if is_mx && permanent {
                     d.fail_undecided(&text);

@@ -341,7 +341,7 @@ impl Daemon {
                 let last = std::mem::take(&mut st.reply);
                 st.status = RcptStatus::Failed;
                 st.reply =
-                    format!("4.4.7 message expired after {age}s in the queue; last error: {last}");
+                    format!("5.4.7 message expired after {age}s in the queue; last error: {last}");
             }
             log::warn!("{id}: expired after {attempts} attempt(s), {age}s in the queue");
         }

@@ -74,7 +74,9 @@ pub struct Rules<'a> {
 /// What becomes of a message that still has undelivered recipients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disposition {
-    /// Fail the open recipients with 4.4.7 and bounce them.
+    /// Fail the open recipients with 5.4.7 (delivery time expired; a
+    /// failed action carries a permanent status, RFC 3464 §2.3.4) and
+    /// bounce them.
     Expire,
     /// Look at it again after this many seconds (monotonic).
     RetryIn(u64),

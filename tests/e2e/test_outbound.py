@@ -140,6 +140,17 @@ def test_null_mx_bounces_at_once(tern_factory):
         dns.close()
 
 
+def test_dns_failure_is_reported_in_words_not_debug_text(tern_factory):
+    """mailq and the log showed `Temporary("timeout waiting for ...")`."""
+    t = tern_factory(dns_servers="127.0.0.1:1", dns_timeout="1s").start()
+    send(t, "a@lan.test", ["u@far.test"])
+    wait_for(lambda: "status=deferred" in t.log_text(), what="the deferral")
+    q = t.cmd("mailq").stdout.decode()
+    for text in (q, t.log_text()):
+        assert "DNS lookup failed: temporary DNS failure: timeout" in text, text
+        assert "Temporary(" not in text
+
+
 def test_expiry_bounces(tern_factory):
     sink = Sink({"rcpt": "451 4.3.0 later"})
     try:
@@ -150,6 +161,8 @@ def test_expiry_bounces(tern_factory):
         ds = b.get_payload()[1].as_string()
         assert "Final-Recipient: rfc822; x@far.test" in ds
         assert "expired" in ds
+        # A failed action carries a permanent status (was 4.4.7).
+        assert "Action: failed" in ds and "Status: 5.4.7" in ds, ds
         wait_for(lambda: not t.queued(), what="expired message removed")
     finally:
         sink.close()
