@@ -206,7 +206,7 @@ impl Daemon {
                     return;
                 }
                 Err(e) => {
-                    d.last_error = format!("connect to {addr}: {e}");
+                    d.last_error = format!("451 4.4.1 connect to {addr}: {e}");
                     log::debug!("{}: {}", d.job.id, d.last_error);
                 }
             }
@@ -351,7 +351,7 @@ impl Daemon {
                         match TlsStream::client(tls_cfg, &name) {
                             Ok(t) => Transport::with_tls(t),
                             Err(e) => {
-                                d.last_error = format!("TLS to {name}: {}", e.0);
+                                d.last_error = format!("451 4.7.5 TLS to {name}: {}", e.0);
                                 self.drop_socket(sock);
                                 self.advance(key, now);
                                 return;
@@ -371,7 +371,7 @@ impl Daemon {
                     };
                 }
                 Err(e) => {
-                    d.last_error = format!("connect to {addr}: {e}");
+                    d.last_error = format!("451 4.4.1 connect to {addr}: {e}");
                     self.drop_socket(sock);
                     self.advance(key, now);
                     return;
@@ -584,7 +584,7 @@ impl Daemon {
                                 *tls_pending = true;
                             }
                             Err(e) => {
-                                d.last_error = format!("TLS to {name}: {}", e.0);
+                                d.last_error = format!("451 4.7.5 TLS to {name}: {}", e.0);
                                 client.connection_lost(now);
                             }
                         }
@@ -668,7 +668,7 @@ impl Daemon {
                 Read::Pending => {}
                 Read::Closed => {
                     if let Some(e) = transport.tls_error() {
-                        d.last_error = format!("TLS with {addr}: {e}");
+                        d.last_error = format!("451 4.7.5 TLS with {addr}: {e}");
                         // Opportunistic TLS that fails: this address once more in plaintext.
                         if *policy == TlsPolicy::IfOffered && d.plaintext_fallback.is_none() {
                             log::warn!(
@@ -751,7 +751,7 @@ impl Daemon {
             };
             match &mut d.phase {
                 Phase::Connecting { addr, sock, .. } => {
-                    d.last_error = format!("connect to {addr}: timed out");
+                    d.last_error = format!("451 4.4.1 connect to {addr}: timed out");
                     let s = *sock;
                     self.drop_socket(s);
                     self.advance(key, now);

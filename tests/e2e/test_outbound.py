@@ -151,6 +151,15 @@ def test_dns_failure_is_reported_in_words_not_debug_text(tern_factory):
         assert "Temporary(" not in text
 
 
+def test_refused_connection_is_a_deferral_with_a_temporary_code(tern_factory):
+    """A refused connection was logged `dsn=5.0.0 status=deferred`."""
+    t = tern_factory(smarthost=f"127.0.0.1:{free_port()}", smarthost_tls="none").start()
+    send(t, "a@lan.test", ["u@far.test"])
+    wait_for(lambda: "status=deferred" in t.log_text(), what="the deferral")
+    line = next(l for l in t.log_text().splitlines() if "status=deferred" in l)
+    assert "dsn=4.4.1" in line and "Connection refused" in line, line
+
+
 def test_expiry_bounces(tern_factory):
     sink = Sink({"rcpt": "451 4.3.0 later"})
     try:
