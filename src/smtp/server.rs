@@ -100,6 +100,11 @@ pub trait Policy {
     ) -> Result<Vec<Destination>, Reply>;
     /// Checks AUTH credentials for a client address.
     fn authenticate(&self, peer: IpAddr, user: &str, password: &str) -> AuthVerdict;
+    /// Whether a new transaction may start (asked at MAIL), e.g. the
+    /// spool's free space; `Err` is the reply refusing it.
+    fn check_mail(&self) -> Result<(), Reply> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -587,7 +592,7 @@ impl ServerSession {
                 }
                 reply::write_multiline(&mut self.out, 250, &lines);
             }
-            Command::Mail(sender, params) => self.mail(sender, params),
+            Command::Mail(sender, params) => self.mail(sender, params, policy),
             Command::Rcpt(rcpt) => self.rcpt(rcpt, policy),
             Command::Data => self.data(),
             Command::Rset => {
@@ -622,7 +627,7 @@ impl ServerSession {
         self.mail = None;
     }
 
-    fn mail(&mut self, sender: Option<Address>, params: MailParams) {
+    fn mail(&mut self, sender: Option<Address>, params: MailParams, policy: &dyn Policy) {
         if self.helo.is_none() {
             return self.error(&reply::NEED_HELO);
         }
@@ -634,6 +639,9 @@ impl ServerSession {
         }
         if params.size.is_some_and(|s| s > self.cfg.max_message_size) {
             return self.reply(&reply::MESSAGE_TOO_BIG);
+        }
+        if let Err(r) = policy.check_mail() {
+            return self.reply(&r);
         }
         self.mail = Some(Envelope {
             sender,
