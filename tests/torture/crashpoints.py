@@ -68,7 +68,7 @@ SYSCALLS = [
 # varies a little from run to run: timing decides group commits).
 SLACK = 2
 # Seconds a restarted daemon gets to deliver everything.
-FINISH_TIMEOUT = 20.0
+FINISH_TIMEOUT = 8.0
 TOKEN_RE = re.compile(rb"torture-token=([0-9a-f]{16})")
 
 
@@ -290,12 +290,30 @@ class TokenSink(Sink):
 # --- clients -------------------------------------------------------------------
 
 
+# token -> the queue ID its 250 named (for the diagnosis of a loss).
+QUEUE_IDS = {}
+_QUEUED_AS = re.compile(rb"([0-9A-F]{16})")
+
+
+def _note_qid(token, reply_text):
+    m = _QUEUED_AS.search(reply_text or b"")
+    if m:
+        QUEUE_IDS[token] = m.group(1).decode()
+
+
 def smtp_send(port, rcpts, token, timeout=10):
     """One message in its own session; True if it got 250."""
     try:
         with smtplib.SMTP("127.0.0.1", port, timeout=timeout) as c:
-            c.sendmail("torture@lan.test", rcpts, body_for(token))
-        return True
+            c.ehlo()
+            if c.mail("torture@lan.test")[0] != 250:
+                return False
+            if any(c.rcpt(r)[0] != 250 for r in rcpts):
+                return False
+            code, text = c.data(body_for(token))
+            if code == 250:
+                _note_qid(token, text)
+            return code == 250
     except (smtplib.SMTPException, OSError):
         return False
 
@@ -322,7 +340,10 @@ def smtp_send_together(port, rcpts, tokens, timeout=10):
         for c, _ in sessions:
             c.send(b".\r\n")
         for c, t in sessions:
-            acked[t] = c.getreply()[0] == 250
+            code, text = c.getreply()
+            acked[t] = code == 250
+            if acked[t]:
+                _note_qid(t, text)
     except (smtplib.SMTPException, OSError):
         pass
     finally:
@@ -421,12 +442,31 @@ def wait_until(pred, timeout):
     return pred()
 
 
+_COMMIT_LINE = re.compile(r"^tern: INFO: ([0-9A-F]{16}): from=<", re.M)
+
+
+def reused_queue_ids(log_text):
+    """Queue IDs committed more than once in one spool's log: a later
+    commit replaced a queued message (IDs restart after a quick restart)."""
+    seen = {}
+    for qid in _COMMIT_LINE.findall(log_text):
+        seen[qid] = seen.get(qid, 0) + 1
+    return {q for q, n in seen.items() if n > 1}
+
+
+# What a loss through a reused queue ID is called in the reports.
+ID_REUSE_BUG = ("queue ID reused after a restart within the same second: the commit's "
+                "rename replaced the queued msg/ID (the spool commit rewrite fixes it: "
+                "no-replace commit, IDs unique across restarts)")
+
+
 def run_once(scn, workdir, strace_opts=None):
     """One run of a scenario; with strace_opts the first daemon runs under
     strace (and may be killed by it). Returns a result dict."""
     sink = TokenSink() if scn.uses_sink else None
     d = Daemon(workdir, sink_port=sink.port if sink else None)
-    res = {"killed": False, "acked": {}, "violations": [], "dup_window": 0, "leftover_tmp": 0}
+    res = {"killed": False, "acked": {}, "violations": [], "dup_window": 0, "leftover_tmp": 0,
+           "lost_id_reuse": 0}
     try:
         acked = dict(scn.setup(d))
         d.start(strace=strace_opts, wait=False)
@@ -466,12 +506,17 @@ def run_once(scn, workdir, strace_opts=None):
         time.sleep(0.1)
         d.stop()
         final = scn.copies(d, sink)
+        reused = reused_queue_ids(d.log.read_text(errors="replace"))
         for t, (ok, dests) in acked.items():
             for dest in dests:
                 n = final.get((t, dest), 0)
                 window = at_kill.get((t, dest), 0) == 1 and t in in_msg
                 what = f"{'acknowledged' if ok else 'unacknowledged'} message {t} to {dest}"
                 if ok and n == 0:
+                    ids = set(in_msg.get(t, [])) | {QUEUE_IDS.get(t)}
+                    if ids & reused:
+                        res["lost_id_reuse"] += 1
+                        what += f" (known bug: queue ID reuse, {sorted(ids & reused)})"
                     res["violations"].append(f"LOST {what}")
                 elif n == 2 and window:
                     res["dup_window"] += 1
@@ -486,7 +531,10 @@ def run_once(scn, workdir, strace_opts=None):
         corrupt = d.spool_tokens("corrupt")
         bad = [t for t in corrupt if acked.get(t, (False,))[0]]
         if bad:
-            res["violations"].append(f"acknowledged messages in corrupt/: {bad}")
+            known = [t for t in bad if set(corrupt[t]) & reused]
+            res["violations"].append(f"acknowledged messages in corrupt/: {bad}"
+                                     + (f" ({len(known)} with a reused queue ID: known bug)"
+                                        if known else ""))
         res["acked"] = {t: ok for t, (ok, _) in acked.items()}
         res["unacked_delivered"] = sum(1 for t, (ok, dests) in acked.items()
                                        if not ok and any(final.get((t, x)) for x in dests))
@@ -520,7 +568,8 @@ def sweep(scn, base, every=1, log=print, only=None):
     log(f"[{scn.name}] clean-run syscall counts: "
         + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     fig = {"scenario": scn.name, "points": 0, "kills": 0, "acked": 0, "lost": 0,
-           "dup_window": 0, "violations": [], "unacked_delivered": 0, "counts": counts}
+           "dup_window": 0, "violations": [], "unacked_delivered": 0, "counts": counts,
+           "lost_id_reuse": 0}
     run = 0
     for sc, c in sorted(counts.items()):
         if only and sc not in only:
@@ -541,6 +590,7 @@ def sweep(scn, base, every=1, log=print, only=None):
             fig["acked"] += sum(1 for ok in r["acked"].values() if ok)
             fig["dup_window"] += r["dup_window"]
             fig["unacked_delivered"] += r["unacked_delivered"]
+            fig["lost_id_reuse"] += r["lost_id_reuse"]
             for v in r["violations"]:
                 lost = v.startswith("LOST")
                 fig["lost"] += lost
@@ -596,7 +646,7 @@ def commit_order(events, qid):
         if i > steps["committed"] and "dir_synced" not in steps and (
                 sc == "syncfs" or (sc in ("fsync", "fdatasync") and path.endswith("/msg"))):
             steps["dir_synced"] = i
-        if sc in ("write", "writev", "sendto", "sendmsg") and path.startswith("TCP") \
+        if sc in ("write", "writev", "sendto", "sendmsg") and path.startswith(("socket:", "TCP")) \
                 and "250 " in args and qid in args and "replied" not in steps:
             steps["replied"] = i
     need = ["data_written", "committed", "data_synced", "dir_synced", "replied"]
@@ -651,11 +701,19 @@ def trace_order(base, group=False, attempts=5):
         results = [commit_order(events, q) for q in qids]
         descs = [r[1] for r in results]
         if group:
-            first_reply = min(r[2].get("replied", 10 ** 9) for r in results)
-            if not all(r[2].get("committed", 10 ** 9) < first_reply for r in results):
-                continue  # not one turn this time: try again
-            descs.append("group: every commit before the first 250 "
-                         f"(syncs between: {sorted(set(events[i][1] for i in range(max(r[2]['committed'] for r in results), first_reply) if events[i][1] in ('fsync', 'fdatasync', 'syncfs')))})")
+            if not all(r[0] for r in results):
+                return False, descs
+            # A group: messages each committed before the other's 250.
+            steps = sorted((r[2] for r in results), key=lambda st: st["replied"])
+            pair = next(((a, b) for a in steps for b in steps if a is not b
+                         and a["committed"] < b["replied"] and b["committed"] < a["replied"]), None)
+            if pair is None:
+                continue  # each message had a turn of its own this time: try again
+            lo = max(pair[0]["committed"], pair[1]["committed"])
+            hi = min(pair[0]["replied"], pair[1]["replied"])
+            syncs = [events[i][1] for i in range(lo, hi) if events[i][1] in ("fsync", "fdatasync", "syncfs")]
+            descs.append("group commit seen: two messages each committed before the other's 250; "
+                         f"syncs between the last commit and the first 250: {syncs}")
         shutil.rmtree(wd, ignore_errors=True) if all(r[0] for r in results) else None
         return all(r[0] for r in results), descs
     raise TortureError(f"no group commit observed in {attempts} attempts")
@@ -667,14 +725,17 @@ def trace_order(base, group=False, attempts=5):
 def soak(base, rounds=100, clients=4, log=print, min_gap=0.05, max_gap=0.4):
     """`rounds` kill -9s at random moments while `clients` threads send
     continuously to a smarthost sink; the daemon is restarted at once after
-    each kill. At the end every acknowledged message must be at the sink;
-    duplicates are judged as in the sweep (snapshot at each kill)."""
+    each kill. At the end every acknowledged message must be at the sink,
+    for each of its recipients; duplicates are judged as in the sweep (a
+    snapshot of the sink and of msg/ at each kill)."""
     sink = TokenSink()
     d = Daemon(Path(base) / "soak", sink_port=sink.port)
-    acked, unacked = set(), set()
+    acked, unacked = {}, {}  # token -> recipients
     lock = threading.Lock()
     stop = threading.Event()
-    window = set()  # tokens at the sink with their queue file still in msg/ at a kill
+    window = set()  # (token, rcpt) at the sink with the queue file still in msg/ at a kill
+    files = {}  # token -> queue file names seen at kills
+    holders = {}  # queue file name -> tokens it was seen holding at kills
     t0 = time.time()
 
     def client(i):
@@ -683,7 +744,7 @@ def soak(base, rounds=100, clients=4, log=print, min_gap=0.05, max_gap=0.4):
             rcpts = ["a@far.test"] if random.random() < 0.7 else ["b@far.test", "c@other.test"]
             ok = smtp_send(d.port, rcpts, t, timeout=5)
             with lock:
-                (acked if ok else unacked).add(t)
+                (acked if ok else unacked)[t] = rcpts
             if not ok:
                 time.sleep(0.01)
 
@@ -698,7 +759,11 @@ def soak(base, rounds=100, clients=4, log=print, min_gap=0.05, max_gap=0.4):
             time.sleep(0.05)
             at_sink = sink.tokens()
             in_msg = d.spool_tokens("msg")
-            window.update(t for t in in_msg if t in at_sink)
+            for t, names in in_msg.items():
+                files.setdefault(t, set()).update(names)
+                for n in names:
+                    holders.setdefault(n, set()).add(t)
+            window.update(k for k in at_sink if k[0] in in_msg and at_sink[k] == 1)
             d.start()
         # Stop the load, let everything drain.
         stop.set()
@@ -709,19 +774,38 @@ def soak(base, rounds=100, clients=4, log=print, min_gap=0.05, max_gap=0.4):
         time.sleep(0.2)
         d.stop()
         final = sink.tokens()
-        lost = sorted(t for t in acked if final.get(t, 0) == 0)
-        dup_window = [t for t, n in final.items() if n == 2 and t in window]
-        bad_dups = [t for t, n in final.items() if n >= 2 and not (n == 2 and t in window)]
+        reused = reused_queue_ids(d.log.read_text(errors="replace"))
+        # A file seen holding two messages at different kills was replaced
+        # (the second commit may have died before its log line).
+        reused |= {n for n, ts in holders.items() if len(ts) > 1}
+        named = {}
+        for t in acked:
+            if QUEUE_IDS.get(t):
+                named.setdefault(QUEUE_IDS[t], set()).add(t)
+        reused |= {q for q, ts in named.items() if len(ts) > 1}
+        lost, lost_id_reuse = [], []
+        for t, rcpts in acked.items():
+            if any(final.get((t, r.lower()), 0) == 0 for r in rcpts):
+                lost.append(t)
+                if (files.get(t, set()) | {QUEUE_IDS.get(t)}) & reused:
+                    lost_id_reuse.append(t)
+        dup_window = [k for k, n in final.items() if n == 2 and k in window]
+        bad_dups = [k for k, n in final.items() if n >= 2 and not (n == 2 and k in window)]
         tmp_left = d.spool_files("tmp")
-        corrupt = [t for t in d.spool_tokens("corrupt") if t in acked]
+        corrupt_files = d.spool_tokens("corrupt")
+        corrupt = [t for t in corrupt_files if t in acked]
+        # A reused ID also meets the old message's state file: "bad state
+        # file", and the new message is set aside.
+        corrupt_id_reuse = [t for t in corrupt if set(corrupt_files[t]) & reused]
         fig = {"rounds": rounds, "acked": len(acked), "unacked": len(unacked),
-               "unacked_delivered": sum(1 for t in unacked if final.get(t)),
-               "lost": len(lost), "dup_window": len(dup_window), "bad_dups": len(bad_dups),
+               "unacked_delivered": sum(1 for t in unacked if any(k[0] == t for k in final)),
+               "lost": len(lost), "lost_id_reuse": len(lost_id_reuse),
+               "dup_window": len(dup_window), "bad_dups": len(bad_dups),
                "tmp_left": len(tmp_left), "corrupt_acked": len(corrupt),
-               "seconds": round(time.time() - t0, 1)}
+               "corrupt_id_reuse": len(corrupt_id_reuse), "reused_ids": len(reused), "seconds": round(time.time() - t0, 1)}
         if lost or bad_dups or tmp_left or corrupt:
-            fig["details"] = {"lost": lost[:10], "bad_dups": bad_dups[:10], "tmp": tmp_left[:10],
-                              "corrupt": corrupt[:10], "log": d.log_tail(3000)}
+            fig["details"] = {"lost": sorted(lost)[:10], "bad_dups": bad_dups[:10], "tmp": tmp_left[:10],
+                              "corrupt": corrupt[:10], "workdir": str(d.root)}
         else:
             shutil.rmtree(d.root, ignore_errors=True)
         return fig
@@ -779,16 +863,23 @@ def main(argv=None):
             failures.append(f"soak: {soak_fig}")
     # The summary table.
     print()
-    print(f"{'scenario':<10} {'crash points':>12} {'kills':>6} {'acked':>7} {'lost':>5} "
-          f"{'dup(window)':>11} {'violations':>10} {'seconds':>8}")
+    hdr = (f"{'scenario':<10} {'crash points':>12} {'kills':>6} {'acked':>7} {'lost':>5} "
+           f"{'lost:ID-reuse':>13} {'dup(window)':>11} {'violations':>10} {'seconds':>8}")
+    print(hdr)
+    print("-" * len(hdr))
     for f in figs:
         print(f"{f['scenario']:<10} {f['points']:>12} {f['kills']:>6} {f['acked']:>7} {f['lost']:>5} "
-              f"{f['dup_window']:>11} {len(f['violations']):>10} {f['seconds']:>8}")
+              f"{f['lost_id_reuse']:>13} {f['dup_window']:>11} {len(f['violations']):>10} {f['seconds']:>8}")
     if soak_fig:
-        print(f"{'soak':<10} {'kill rounds ' + str(soak_fig['rounds']):>12} {soak_fig['rounds']:>6} "
-              f"{soak_fig['acked']:>7} {soak_fig['lost']:>5} {soak_fig['dup_window']:>11} "
-              f"{soak_fig['bad_dups'] + soak_fig['tmp_left'] + soak_fig['corrupt_acked']:>10} "
+        other = soak_fig["bad_dups"] + soak_fig["tmp_left"] + soak_fig["corrupt_acked"]
+        print(f"{'soak':<10} {'-':>12} {soak_fig['rounds']:>6} {soak_fig['acked']:>7} {soak_fig['lost']:>5} "
+              f"{soak_fig['lost_id_reuse']:>13} {soak_fig['dup_window']:>11} {other:>10} "
               f"{soak_fig['seconds']:>8}")
+        print(f"soak: {soak_fig['rounds']} kill -9 rounds, {args.clients} clients; "
+              f"acknowledged in corrupt/: {soak_fig['corrupt_acked']} "
+              f"({soak_fig['corrupt_id_reuse']} through a reused ID); queue IDs reused: {soak_fig['reused_ids']}")
+    if any(f["lost_id_reuse"] for f in figs) or (soak_fig and soak_fig["lost_id_reuse"]):
+        print(f"lost:ID-reuse = {ID_REUSE_BUG}")
     for g, ok, _ in trace:
         print(f"trace order, {'group commit' if g else 'lone message'}: {'OK' if ok else 'FAILED'}")
     print(f"total {round(time.time() - t0, 1)} s; work files in {base}")
