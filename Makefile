@@ -7,10 +7,10 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 PYTHON ?= python3
 DEV_CONF := etc/tern.dev.conf
-TEST_PKGS := swaks postfix s-nail openssl
+TEST_PKGS := swaks postfix s-nail openssl strace
 PY_PKGS := pytest
 
-.PHONY: all build release run test test-deps unit e2e check fmt clippy size bench install clean cross cross-test
+.PHONY: all build release run test test-deps unit e2e torture check fmt clippy size bench install clean cross cross-test
 
 all: build
 
@@ -48,6 +48,15 @@ unit:
 
 e2e: build
 	TERN_BIN=$(CURDIR)/target/debug/tern $(PYTHON) -m pytest -q tests/e2e
+
+# The full crash-point torture (tests/torture/crashpoints.py): the commit's
+# syscall order, every crash point of every scenario under strace fault
+# injection, and TORTURE_ROUNDS kill -9 rounds under load; prints a summary
+# table and fails on any loss. `make test` runs a sample of it
+# (tests/e2e/test_torture_fast.py). Needs strace (in TEST_PKGS).
+TORTURE_ROUNDS ?= 100
+torture: build test-deps
+	TERN_BIN=$(CURDIR)/target/debug/tern $(PYTHON) tests/torture/crashpoints.py --rounds $(TORTURE_ROUNDS)
 
 check: fmt clippy
 

@@ -1005,6 +1005,50 @@ mod tests {
     }
 
     #[test]
+    fn mail_is_refused_when_the_policy_has_no_room() {
+        struct Full;
+        impl Policy for Full {
+            fn check_recipient(
+                &self,
+                rcpt: &Address,
+                relay_allowed: bool,
+            ) -> Result<Vec<Destination>, Reply> {
+                TestPolicy.check_recipient(rcpt, relay_allowed)
+            }
+            fn authenticate(&self, peer: IpAddr, user: &str, password: &str) -> AuthVerdict {
+                TestPolicy.authenticate(peer, user, password)
+            }
+            fn check_mail(&self) -> Result<(), Reply> {
+                Err(reply::NO_SPACE)
+            }
+        }
+        let now = Instant::now();
+        let peer = "192.0.2.1".parse().unwrap();
+        let mut s = ServerSession::new(cfg(), ListenerKind::Relay, peer, false, now);
+        let input: &[u8] =
+            b"EHLO c.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<joe@local.test>\r\nNOOP\r\n";
+        let mut used = 0;
+        while used < input.len() {
+            let n = s.handle_input(&input[used..], now, &Full);
+            if n == 0 {
+                break;
+            }
+            used += n;
+        }
+        let out = String::from_utf8(s.output().to_vec()).unwrap();
+        let finals: Vec<&str> = out
+            .lines()
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .map(|l| &l[..9.min(l.len())])
+            .collect();
+        // MAIL refused, so RCPT has no transaction; the session goes on.
+        assert_eq!(finals[2], "452 4.3.1", "{out}");
+        assert!(finals[3].starts_with("503"), "{out}");
+        assert!(finals[4].starts_with("250"), "{out}");
+        assert!(s.poll_event().is_none());
+    }
+
+    #[test]
     fn pipelined_input_split_at_every_byte() {
         let mut whole = Harness::new(false);
         whole.send(TXN);
