@@ -159,3 +159,55 @@ def test_disk_full(tern_factory, small_fs):
         assert not list((spool / "corrupt").iterdir())
     finally:
         sink.close()
+
+
+PAGE = 4096
+TRAILER_LEN = 28  # spool::TRAILER_LEN
+
+
+def test_enospc_at_commit_gives_452_and_leaves_no_file(tern_factory, small_fs):
+    """The content fits the disk to the byte but its trailer, written at the
+    commit, does not: 452 4.3.1 after DATA, nothing in tmp/ or msg/, and the
+    commit (not the DATA write) is what failed."""
+    spool = small_fs / "spool"
+    t = tern_factory(spool_dir=spool, hold_outbound="yes", min_free_space=0)
+    t.spool = spool
+    t.start()
+
+    def send(body):
+        with smtplib.SMTP("127.0.0.1", t.port, timeout=30) as c:
+            c.ehlo()
+            assert c.mail("a@lan.test")[0] == 250
+            assert c.rcpt("x@far.test")[0] == 250
+            return c.data(body)
+
+    # Calibrate: the queue file of a message is its envelope and header
+    # (fixed length for these addresses), the content and the trailer.
+    probe = b"Subject: probe\r\n\r\n" + b"p" * 100 + b"\r\n"
+    assert send(probe)[0] == 250
+    (q,) = t.queued()
+    overhead = (spool / "msg" / q).stat().st_size - TRAILER_LEN - len(probe)
+    # A content that ends 10 bytes before a page boundary: the trailer needs
+    # one more page, which the disk will not have.
+    pages = 40
+    content_len = pages * PAGE - 10 - overhead
+    line = b"x" * 70 + b"\r\n"
+    head = b"Subject: exact fit\r\n\r\n"
+    n, rest = divmod(content_len - len(head), len(line))
+    body = head + line * n + b"y" * (rest - 2) + b"\r\n" if rest >= 2 else None
+    assert body is not None and len(body) == content_len
+    filler = small_fs / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * (free_bytes(spool) - pages * PAGE))
+    assert free_bytes(spool) == pages * PAGE
+    code, text = send(body)
+    assert (code, text[:5]) == (452, b"4.3.1"), (code, text)
+    assert t.queued() == [q]
+    assert not list((spool / "tmp").iterdir())
+    log = t.log_text()
+    assert "commit failed" in log and "No space left" in log, log[-2000:]
+    # Room again: the same message is accepted.
+    filler.unlink()
+    assert send(body)[0] == 250
+    assert len(t.queued()) == 2
+    assert t.proc.poll() is None
