@@ -82,10 +82,19 @@ def test_disk_full(tern_factory, small_fs):
             c.sendmail("a@lan.test", ["x@far.test"], message("before"))
         assert len(t.queued()) == 1
 
-        # 1. Below min_free_space: 452 4.3.1 at MAIL; sendmail exits 75.
+        # 1. Below min_free_space: 452 4.3.1 at MAIL, and at DATA for a
+        # transaction that began before; sendmail exits 75.
+        early = smtplib.SMTP("127.0.0.1", t.port, timeout=10)
+        early.ehlo()
+        assert early.mail("a@lan.test")[0] == 250
+        assert early.rcpt("x@far.test")[0] == 250
         filler = fill(spool, MIN_FREE // 2)
         assert free_bytes(spool) < MIN_FREE
         time.sleep(RECHECK)
+        early.putcmd("data")
+        code, text = early.getreply()
+        assert (code, text[:5]) == (452, b"4.3.1"), (code, text)
+        early.quit()
         with smtplib.SMTP("127.0.0.1", t.port, timeout=10) as c:
             c.ehlo()
             code, text = c.mail("a@lan.test")
