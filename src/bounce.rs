@@ -32,6 +32,8 @@
 //! `Original-Envelope-Id`/`Original-Recipient` (RFC 3461 DSN parameters),
 //! returning the full original body.
 
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
+
 /// Most bytes of the original header block copied into the report.
 pub const MAX_RETURNED_HEADERS: usize = 64 * 1024;
 /// Longest MIME boundary (RFC 2046 §5.1.1).
@@ -353,8 +355,12 @@ pub fn rfc5322_date(unix_secs: i64, utc_offset_secs: i32) -> String {
     let secs = local.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
     // 1970-01-01 was a Thursday.
-    let weekday = WEEKDAYS[days.rem_euclid(7) as usize % 7];
-    let month_name = MONTHS[(month as usize).saturating_sub(1) % 12];
+    // In range: both indexes are reduced modulo the array's length.
+    #[allow(clippy::indexing_slicing)]
+    let (weekday, month_name) = (
+        WEEKDAYS[days.rem_euclid(7) as usize % 7],
+        MONTHS[(month as usize).saturating_sub(1) % 12],
+    );
     let sign = if offset < 0 { '-' } else { '+' };
     let abs = offset.unsigned_abs();
     format!(
@@ -412,6 +418,7 @@ pub fn header_block(message: &[u8]) -> &[u8] {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 

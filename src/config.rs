@@ -38,6 +38,8 @@
 //! variable expansion, compound durations (`1h30m`), fractions, host names
 //! in `listen` or `dns_servers` (addresses only: nothing is resolved here).
 
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
+
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -446,8 +448,12 @@ fn system_hostname() -> String {
     // read up to the first NUL inside `buf`.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
     if rc == 0 {
-        if let Some(end) = buf.iter().position(|&b| b == 0) {
-            if let Ok(name) = std::str::from_utf8(&buf[..end]) {
+        let name = buf
+            .iter()
+            .position(|&b| b == 0)
+            .and_then(|end| buf.get(..end));
+        if let Some(name) = name {
+            if let Ok(name) = std::str::from_utf8(name) {
                 if !name.trim().is_empty() {
                     return name.trim().to_string();
                 }
@@ -829,12 +835,14 @@ fn digits(s: &str) -> Option<u64> {
 
 /// Splits a number from a one-letter ASCII suffix and scales it.
 fn scaled(v: &str, units: &[(char, u64)]) -> Option<u64> {
-    let (number, factor) = match v.chars().last() {
+    let mut chars = v.chars();
+    let (number, factor) = match chars.next_back() {
         Some(c) if c.is_ascii_alphabetic() => {
             let (_, factor) = units
                 .iter()
                 .find(|(unit, _)| unit.eq_ignore_ascii_case(&c))?;
-            (v[..v.len() - 1].trim_end(), *factor)
+            // `chars` now holds `v` without its last character.
+            (chars.as_str().trim_end(), *factor)
         }
         _ => (v, 1),
     };
@@ -936,6 +944,7 @@ fn is_valid_domain(d: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 

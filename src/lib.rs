@@ -31,6 +31,7 @@ pub mod dns;
 pub mod outbound;
 pub mod queue;
 pub mod reactor;
+pub mod safe_fs;
 pub mod smtp;
 pub mod spool;
 pub mod system;

@@ -10,6 +10,8 @@
 //! Results are three-valued per recipient, as everywhere in tern: sent,
 //! deferred (retry later), failed (bounce).
 
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
+
 use std::collections::{HashMap, VecDeque};
 
 use crate::config::{Config, HostPort};

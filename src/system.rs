@@ -29,11 +29,7 @@ pub fn init_logging(level: log::LevelFilter, target: LogTarget) {
     let mut syslog = false;
     match target {
         LogTarget::Stderr => stamp = io::stderr().is_terminal(),
-        LogTarget::File(path) => match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-        {
+        LogTarget::File(path) => match open_log_file(&path) {
             Ok(f) => {
                 stamp = true;
                 b.target(env_logger::Target::Pipe(Box::new(f)));
@@ -79,6 +75,28 @@ pub fn init_logging(level: log::LevelFilter, target: LogTarget) {
         }
     });
     let _ = b.try_init();
+}
+
+/// Opens `log_file` for appending. Root opens it, and log lines carry text
+/// from the network (HELO names, addresses): a symlink or a hard link
+/// planted in a log directory the daemon's user owns (`tern.log ->
+/// /etc/passwd`) is refused, not followed.
+fn open_log_file(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let st = crate::safe_fs::fstat(f.as_raw_fd())?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file with one link",
+        ));
+    }
+    Ok(f)
 }
 
 /// Sends each log line as one datagram to /dev/log, never blocking: a line
@@ -164,7 +182,7 @@ pub fn run_daemon(mut cfg: Config, config_path: PathBuf, detach: bool) -> i32 {
         },
         None => None,
     };
-    let cfg_dirs = vec![cfg.spool_dir.clone(), cfg.mail_dir.clone()];
+    let (spool_dir, mail_dir) = (cfg.spool_dir.clone(), cfg.mail_dir.clone());
     let mut daemon = match Daemon::new(cfg, config_path) {
         Ok(d) => d,
         Err(e) => {
@@ -188,7 +206,7 @@ pub fn run_daemon(mut cfg: Config, config_path: PathBuf, detach: bool) -> i32 {
         }
     }
     if let (Some(user), Some((uid, gid))) = (user, account) {
-        if let Err(e) = hand_over_dirs(&cfg_dirs, uid, gid) {
+        if let Err(e) = hand_over_dirs(&spool_dir, &mail_dir, uid, gid) {
             log::error!("cannot give the spool and mail directories to {user}: {e}");
             return EX_OSERR;
         }
@@ -225,7 +243,11 @@ pub struct PidFile {
 
 impl PidFile {
     /// Opens (creates) and locks `path`. `Ok(Err(pid))`: a daemon holds it.
+    /// Root opens it before dropping privileges and truncates it: a symlink
+    /// or a hard link planted there (`tern.pid -> /etc/shadow` in a
+    /// directory the daemon's user owns) is refused, not followed.
     pub fn lock(path: &Path) -> io::Result<Result<PidFile, Option<i32>>> {
+        use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -233,7 +255,15 @@ impl PidFile {
             .create(true)
             .truncate(false)
             .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)?;
+        let st = crate::safe_fs::fstat(file.as_raw_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink != 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a regular file with one link",
+            ));
+        }
         if flock(&file, libc::LOCK_EX)? {
             Ok(Ok(PidFile {
                 file,
@@ -330,22 +360,77 @@ pub fn lookup_user(user: &str) -> io::Result<(u32, u32)> {
 
 /// Before dropping privileges: the spool tree (directories and the files in
 /// them) and the mailbox root must belong to the unprivileged user.
-fn hand_over_dirs(dirs: &[PathBuf], uid: u32, gid: u32) -> io::Result<()> {
-    for dir in dirs {
+///
+/// This runs as root in directories the unprivileged user can write, so
+/// the walk never crosses a symlink (each directory is opened `O_NOFOLLOW`
+/// relative to its parent) and only gives away directories and regular
+/// files with one link: a planted `mail/x -> /etc`, a FIFO or a hard link
+/// to `/etc/shadow` is logged and left alone (see `safe_fs`). The
+/// configured directories themselves are trusted. Files in the spool's
+/// `drop/` keep their owner, the submitting user the daemon reports; they
+/// are made readable instead (`spool::drop::DROP_FILE_MODE`: drops written
+/// 0600 by an older tern would otherwise be set aside unread).
+fn hand_over_dirs(spool: &Path, mail: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    for (dir, keep_files_of) in [(spool, Some("drop")), (mail, None)] {
         std::fs::create_dir_all(dir)?;
-        chown_tree(dir, uid, gid, 2)?;
+        let top = crate::safe_fs::Dir::open(dir)?;
+        top.chown(uid, gid)?;
+        for name in top.entries()? {
+            let keep_files = keep_files_of.is_some_and(|k| name == k);
+            chown_entry(&top, dir, &name, uid, gid, CHOWN_DEPTH - 1, keep_files)?;
+        }
     }
     Ok(())
 }
 
-fn chown_tree(path: &Path, uid: u32, gid: u32, depth: u32) -> io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
-    if depth > 0 && path.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            chown_tree(&entry?.path(), uid, gid, depth - 1)?;
+/// How deep [`hand_over_dirs`] walks: `spool/msg/ID`, `mail/user/new`.
+const CHOWN_DEPTH: u32 = 2;
+
+/// Gives `parent/name` away: a directory (opened without following) with
+/// its entries down to `depth` more levels, or a plain file.
+fn chown_entry(
+    parent: &crate::safe_fs::Dir,
+    parent_path: &Path,
+    name: &std::ffi::OsStr,
+    uid: u32,
+    gid: u32,
+    depth: u32,
+    keep_files: bool,
+) -> io::Result<()> {
+    let path = parent_path.join(name);
+    match parent.sub(name) {
+        Ok(dir) => {
+            dir.chown(uid, gid)?;
+            if depth == 0 {
+                return Ok(());
+            }
+            for child in dir.entries()? {
+                if keep_files && dir.sub(&child).is_err() {
+                    let mode = crate::spool::drop::DROP_FILE_MODE;
+                    if let Err(e) = dir.chmod_file(&child, mode) {
+                        log::warn!("cannot make {} readable: {e}", path.join(&child).display());
+                    }
+                    continue;
+                }
+                chown_entry(&dir, &path, &child, uid, gid, depth - 1, false)?;
+            }
+            Ok(())
         }
+        // Gone meanwhile (a sendmail finishing its drop): nothing to do.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => match parent.chown_file(name, uid, gid) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                log::warn!(
+                    "not handing {} to the daemon's user: a symlink, a special file or a file with several links",
+                    path.display()
+                );
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        },
     }
-    Ok(())
 }
 
 /// setgroups/setgid/setuid, verified afterwards (including that root cannot
@@ -376,6 +461,73 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hand_over_never_crosses_a_symlink() {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // chown to another user needs root (the e2e suite runs as root)
+        }
+        let base = std::env::temp_dir().join(format!("tern-chown-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (spool, mail, outside) = (base.join("spool"), base.join("mail"), base.join("etc"));
+        for d in [
+            &spool.join("msg"),
+            &spool.join("drop"),
+            &mail.join("u/new"),
+            &outside,
+        ] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(outside.join("shadow"), b"secret").unwrap();
+        std::fs::write(spool.join("msg/0000000000000001"), b"m").unwrap();
+        std::fs::write(spool.join("drop/123.1.abc"), b"d").unwrap();
+        std::fs::set_permissions(
+            spool.join("drop/123.1.abc"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&outside, mail.join("x")).unwrap();
+        std::os::unix::fs::symlink(&outside, mail.join("u/cur")).unwrap();
+        std::os::unix::fs::symlink(&outside, spool.join("state")).unwrap();
+        std::fs::hard_link(outside.join("shadow"), mail.join("hard")).unwrap();
+        let nobody = 65534;
+        hand_over_dirs(&spool, &mail, nobody, nobody).unwrap();
+        let uid = |p: &Path| std::fs::symlink_metadata(p).unwrap().uid();
+        assert_eq!(uid(&outside), 0);
+        assert_eq!(uid(&outside.join("shadow")), 0);
+        assert_eq!(uid(&spool.join("msg/0000000000000001")), nobody);
+        assert_eq!(uid(&mail.join("u/new")), nobody);
+        assert_eq!(uid(&spool.join("drop")), nobody);
+        assert_eq!(
+            uid(&spool.join("drop/123.1.abc")),
+            0,
+            "drops keep their submitter"
+        );
+        let mode = std::fs::metadata(spool.join("drop/123.1.abc"))
+            .unwrap()
+            .mode()
+            & 0o7777;
+        assert_eq!(mode, crate::spool::drop::DROP_FILE_MODE);
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn log_file_through_a_link_is_refused() {
+        let dir = std::env::temp_dir().join(format!("tern-logfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("passwd");
+        std::fs::write(&target, b"root:x:0:0\n").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("sym.log")).unwrap();
+        std::fs::hard_link(&target, dir.join("hard.log")).unwrap();
+        assert!(open_log_file(&dir.join("sym.log")).is_err());
+        assert!(open_log_file(&dir.join("hard.log")).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"root:x:0:0\n");
+        open_log_file(&dir.join("tern.log")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn pid_file_lock_decides_not_the_number_in_it() {
         let path = std::env::temp_dir().join(format!("tern-pidfile-{}.pid", std::process::id()));
         // A stale file naming a live process (ours) does not block a start.
@@ -395,5 +547,16 @@ mod tests {
         assert_eq!(running_daemon(&path), None);
         let again = PidFile::lock(&path).unwrap().expect("free after removal");
         again.remove();
+        // A planted link is refused, and its target left alone.
+        let target = path.with_extension("target");
+        std::fs::write(&target, b"precious").unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(PidFile::lock(&path).is_err());
+        std::fs::remove_file(&path).unwrap();
+        std::fs::hard_link(&target, &path).unwrap();
+        assert!(PidFile::lock(&path).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(&target).unwrap();
     }
 }

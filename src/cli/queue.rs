@@ -2,6 +2,8 @@
 //! safe while the daemon runs (it re-reads a message before each attempt
 //! and forgets one whose file is gone; a flush is a SIGUSR1).
 
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
+
 use std::io::Read;
 
 use super::{EX_DATAERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL, EX_USAGE};

@@ -11,6 +11,11 @@
 //! -bp -q -v -B TYPE`, `-oX...` accepted and ignored. `-bs` runs the same
 //! SMTP server session as the daemon on stdin/stdout, with drop files as
 //! its spool (local injection: relaying allowed, like the other modes).
+//!
+//! Lines over 998 octets are accepted (a cron job cannot fix its output);
+//! the daemon breaks them when it imports the drop, as Postfix's
+//! `smtp_line_length_limit` does (see `daemon::drop`). `-bs` refuses them
+//! like the SMTP server.
 
 use std::io::{self, BufRead, BufReader, Read};
 

@@ -1,6 +1,16 @@
 //! Importing sendmail drops (see `spool::drop`): each complete drop file is
 //! validated like remote input, copied into the spool with CRLF line ends
 //! and a `Received:` header, committed, and only then unlinked.
+//!
+//! Long lines: tern's SMTP server refuses lines over 1000 octets (RFC 5321
+//! §4.5.3.1.6), so the spool never holds one; a drop is local input that
+//! cannot be refused line by line (cron has no one to tell), so a line
+//! longer than [`MAX_STORED_LINE`] octets is broken as Postfix's
+//! `smtp_line_length_limit` does (Postfix 3.7, `postconf(5)`): a
+//! `CR LF SPACE` is inserted, which in a header is a fold and in MIME
+//! bodies does the least damage. The break never splits a UTF-8 sequence
+//! (it comes before the sequence's first octet); octets that are not UTF-8
+//! are counted singly.
 
 use std::fs;
 use std::io::Read;
@@ -29,7 +39,7 @@ impl Daemon {
             match self.import_drop(&path) {
                 Ok(id) => {
                     let _ = fs::remove_file(&path);
-                    self.queue.schedule(id, unix_now());
+                    self.queue.schedule(id, super::mono_now());
                 }
                 Err(why) => {
                     log::error!("drop {}: {why}; moved to corrupt/", path.display());
@@ -37,7 +47,9 @@ impl Daemon {
                         .file_name()
                         .map(|n| n.to_os_string())
                         .unwrap_or_default();
-                    let _ = fs::rename(&path, self.spool.root().join("corrupt").join(name));
+                    let name = name.to_string_lossy();
+                    let _ =
+                        crate::spool::set_aside(&path, &self.spool.root().join("corrupt"), &name);
                 }
             }
         }
@@ -155,13 +167,21 @@ impl Daemon {
     }
 }
 
-/// LF, CR LF and bare CR in, CRLF out; a final line end is added if missing.
+/// The longest line stored from a drop, CRLF not counted: RFC 5321's
+/// 1000 octets with the CRLF, the limit tern's SMTP server enforces.
+pub const MAX_STORED_LINE: usize = crate::smtp::data::MAX_LINE - 2;
+
+/// LF, CR LF and bare CR in, CRLF out; a final line end is added if
+/// missing; lines over [`MAX_STORED_LINE`] octets are broken with
+/// `CR LF SPACE` (see the module doc).
 #[derive(Default)]
 struct LineEnds {
     after_cr: bool,
     at_line_start: bool,
     started: bool,
     eight_bit: bool,
+    /// Octets in the current output line.
+    column: usize,
 }
 
 impl LineEnds {
@@ -176,23 +196,42 @@ impl LineEnds {
                     out.extend_from_slice(b"\r\n");
                     self.after_cr = false;
                     self.at_line_start = true;
+                    self.column = 0;
                 }
                 _ if self.after_cr => {
                     // The previous CR was bare.
                     out.extend_from_slice(b"\r\n");
+                    self.column = 0;
                     self.after_cr = b == b'\r';
                     if b != b'\r' {
-                        out.push(b);
+                        self.push(b, out);
                     }
                     self.at_line_start = false;
                 }
                 b'\r' => self.after_cr = true,
                 _ => {
-                    out.push(b);
+                    self.push(b, out);
                     self.at_line_start = false;
                 }
             }
         }
+    }
+
+    /// One octet of line content, after a break if the line is full.
+    fn push(&mut self, b: u8, out: &mut Vec<u8>) {
+        // A UTF-8 lead octet reserves room for its whole sequence.
+        let needed = match b {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        if self.column > 1 && self.column + needed > MAX_STORED_LINE {
+            out.extend_from_slice(b"\r\n ");
+            self.column = 1;
+        }
+        out.push(b);
+        self.column += 1;
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) {
@@ -223,5 +262,52 @@ mod tests {
         assert_eq!(conv(b""), b"");
         assert_eq!(conv(b"x\r"), b"x\r\n");
         assert_eq!(conv(b"x\r\r\n"), b"x\r\n\r\n");
+    }
+
+    fn lines(out: &[u8]) -> Vec<&[u8]> {
+        let mut v: Vec<&[u8]> = out.split(|&b| b == b'\n').collect();
+        assert_eq!(v.pop(), Some(&b""[..]));
+        v.iter()
+            .map(|l| l.strip_suffix(b"\r").expect("CRLF"))
+            .collect()
+    }
+
+    #[test]
+    fn long_lines_are_broken_like_postfix() {
+        let out = conv(
+            &[
+                b"Subject: ".as_slice(),
+                &[b'x'; 2000],
+                b"\n\n",
+                &[b'y'; 2500],
+                b"\n",
+            ]
+            .concat(),
+        );
+        let ls = lines(&out);
+        assert!(
+            ls.iter().all(|l| l.len() <= MAX_STORED_LINE),
+            "{:?}",
+            ls.iter().map(|l| l.len()).collect::<Vec<_>>()
+        );
+        assert_eq!(ls[0].len(), MAX_STORED_LINE);
+        assert!(ls[1].starts_with(b" x") && ls[2].starts_with(b" x"));
+        assert_eq!(ls[3], b"");
+        // Nothing lost: removing the inserted breaks gives the input back.
+        let joined = out.windows(3).filter(|w| w == b"\r\n ").count();
+        assert_eq!(joined, 2 + 2);
+        let restored = String::from_utf8(out.clone()).unwrap().replace("\r\n ", "");
+        assert_eq!(restored.len(), 9 + 2000 + 4 + 2500 + 2);
+        // A line of exactly the limit is left alone.
+        let exact = conv(&[b'z'; MAX_STORED_LINE]);
+        assert_eq!(lines(&exact).len(), 1);
+        // UTF-8 sequences are never split.
+        let text = "é".repeat(1500);
+        let out = conv(text.as_bytes());
+        for l in lines(&out) {
+            assert!(l.len() <= MAX_STORED_LINE);
+            let l = l.strip_prefix(b" ").unwrap_or(l);
+            assert!(std::str::from_utf8(l).is_ok());
+        }
     }
 }

@@ -352,7 +352,12 @@ impl Daemon {
                                     ),
                                     None => format!("size={}", inc.size),
                                 };
-                                let env = conn.envelope.take();
+                                let mut env = conn.envelope.take();
+                                // The cached envelope serves the first
+                                // attempt: it must say 8-bit like the file.
+                                if let Some(env) = env.as_mut() {
+                                    env.eight_bit = eight_bit;
+                                }
                                 self.batch.push((id, inc, what, env));
                                 // A kept-open session does not hold on to
                                 // the room a large message needed.
@@ -436,7 +441,7 @@ impl Daemon {
             files.push(file);
         }
         let results = self.spool.commit(files);
-        let now = unix_now();
+        let now = super::mono_now();
         for ((id, what, env), result) in conns.into_iter().zip(results) {
             match result {
                 Ok(qid) => {

@@ -174,6 +174,14 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Seconds on the daemon's monotonic clock (from its first use in this
+/// process). The queue runs on it: due times and queue age must not move
+/// when the wall clock steps (see the `queue` module doc).
+pub fn mono_now() -> u64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_secs()
+}
+
 impl Daemon {
     /// Binds the listeners and opens the spool (start-up order of SPEC:
     /// config, listeners, spool, recovery, serve).
@@ -256,7 +264,7 @@ impl Daemon {
     }
 
     pub fn run(&mut self) -> io::Result<()> {
-        let now = unix_now();
+        let now = mono_now();
         for id in self.spool.recover()? {
             self.queue.schedule(id, now);
         }
@@ -392,7 +400,7 @@ impl Daemon {
 
     fn flush_queue(&mut self) {
         self.flushing = true;
-        self.queue.flush(unix_now());
+        self.queue.flush(mono_now());
         self.import_drops();
     }
 

@@ -621,6 +621,11 @@ impl Daemon {
                     progressed = true;
                 }
             }
+            // Feeding the body can settle the transaction (a body that
+            // cannot be downgraded to 7 bits): its events come first.
+            if client.has_events() {
+                continue;
+            }
             // Write (through TLS when on; nothing goes out mid-handshake but
             // the handshake itself).
             while !*tls_pending && !client.poll_transmit().is_empty() {

@@ -3,17 +3,22 @@
 //! and settles each message when every part of its attempt is back:
 //! remove it, bounce it (RFC 3464, once, listing every failed recipient),
 //! or reschedule it on the pure retry schedule.
+//!
+//! Expiry and retry run on the monotonic clock and the message's queue age,
+//! never on the wall clock (`queue` module doc): the decision is
+//! `queue::after_attempt`, a pure function of age, attempts and whether
+//! this round really attempted anything.
 
 use std::collections::HashMap;
 
-use super::{unix_now, Daemon};
+use super::{mono_now, unix_now, Daemon};
 use crate::bounce::{
     build_bounce, header_block, rfc5322_date, Action, BounceInput, FailedRecipient,
 };
 use crate::delivery::local::{Format, LocalDelivery, LocalError};
 use crate::delivery::{Destination, Mailbox, Refusal};
 use crate::outbound::{Job, Outcome};
-use crate::queue::{is_expired, next_attempt};
+use crate::queue::{after_attempt, Disposition, Rules};
 use crate::smtp::address::Address;
 use crate::spool::envelope::Recipient;
 use crate::spool::{QueueId, RcptState, RcptStatus, StoredEnvelope};
@@ -42,11 +47,17 @@ pub struct InFlight {
     pub loaded: Vec<RcptState>,
     /// Remote recipients were held back (`hold_outbound`).
     pub held: bool,
+    /// The queue age in the state file as loaded (0 without one).
+    pub stored_age: u64,
 }
 
 /// How often held mail is looked at again (a flush or a reload that turns
 /// `hold_outbound` off releases it at once).
 pub const HELD_RECHECK: u64 = 300;
+/// Held mail is not attempted and its state file not rewritten at each
+/// recheck (flash wear); its queue age is saved at most this often, so a
+/// restart forgets at most this much of the time it was held.
+pub const AGE_CHECKPOINT: u64 = 3600;
 
 impl InFlight {
     fn newly_failed(&self) -> impl Iterator<Item = (&Recipient, &RcptState)> {
@@ -66,13 +77,14 @@ impl Daemon {
             return;
         }
         let now = unix_now();
+        let mono = mono_now();
         for _ in 0..MESSAGES_PER_TURN {
             // Memory must not grow with the queue: while outbound jobs wait
             // for connection slots, due messages stay in the queue index.
             if self.outbound.backlog() >= OUTBOUND_BACKLOG {
                 return;
             }
-            match self.queue.pop_due(now) {
+            match self.queue.pop_due(mono) {
                 Some(id) => self.attempt(id, now),
                 None => {
                     self.flushing = false;
@@ -94,11 +106,14 @@ impl Daemon {
         let loaded = match cached {
             Some((env, _)) => {
                 let n = env.recipients.len();
-                Ok((env, vec![RcptState::default(); n], 0))
+                Ok((env, vec![RcptState::default(); n], 0, 0))
             }
-            None => self.spool.load(id),
+            None => self
+                .spool
+                .load_progress(id)
+                .map(|(env, p)| (env, p.states, p.attempts, p.age)),
         };
-        let (env, mut states, attempts) = match loaded {
+        let (env, mut states, attempts, stored_age) = match loaded {
             Ok(x) => x,
             Err(e) => {
                 log::error!("{id}: cannot read queue file: {e}");
@@ -162,6 +177,7 @@ impl Daemon {
         let mut flight = InFlight {
             loaded,
             held: false,
+            stored_age,
             env,
             states,
             attempts,
@@ -302,19 +318,24 @@ impl Daemon {
 
     /// Everything of this attempt is back: finish, bounce or retry.
     fn settle(&mut self, id: QueueId, mut flight: InFlight) {
-        let now = unix_now();
-        let attempts = flight.attempts + u32::from(flight.tried);
+        let mono = mono_now();
+        let age = self.queue.age(id, flight.stored_age, mono);
+        let attempts = flight.attempts.saturating_add(u32::from(flight.tried));
         let open = flight.states.iter().any(|s| !s.status.is_final());
-        if open && is_expired(flight.env.arrival, now, self.cfg.max_queue_time) {
+        let rules = Rules {
+            retry_schedule: &self.cfg.retry_schedule,
+            max_queue_time: self.cfg.max_queue_time,
+            held_recheck: HELD_RECHECK,
+        };
+        let disposition = after_attempt(age, attempts, flight.tried, &rules);
+        if open && disposition == Disposition::Expire {
             for st in flight.states.iter_mut().filter(|s| !s.status.is_final()) {
                 let last = std::mem::take(&mut st.reply);
                 st.status = RcptStatus::Failed;
-                st.reply = format!(
-                    "4.4.7 message expired after {}s in the queue; last error: {last}",
-                    self.cfg.max_queue_time.as_secs()
-                );
+                st.reply =
+                    format!("4.4.7 message expired after {age}s in the queue; last error: {last}");
             }
-            log::warn!("{id}: expired after {} attempt(s)", attempts);
+            log::warn!("{id}: expired after {attempts} attempt(s), {age}s in the queue");
         }
         // One report per attempt for the recipients that failed in it
         // (usually the only one: most messages finish in one attempt).
@@ -330,17 +351,23 @@ impl Daemon {
             log::info!("{id}: removed");
             return;
         }
-        if flight.states != flight.loaded || attempts != flight.attempts {
-            if let Err(e) = self.spool.save_state(id, &flight.states, attempts) {
-                log::error!("{id}: cannot save delivery state: {e}");
+        let checkpoint = age.saturating_sub(flight.stored_age) >= AGE_CHECKPOINT;
+        let mut saved = false;
+        if flight.states != flight.loaded || attempts != flight.attempts || checkpoint {
+            match self.spool.save_state(id, &flight.states, attempts, age) {
+                Ok(()) => saved = true,
+                Err(e) => log::error!("{id}: cannot save delivery state: {e}"),
             }
         }
-        let due = if flight.held && !flight.tried {
-            now + HELD_RECHECK
-        } else {
-            next_attempt(flight.env.arrival, attempts, &self.cfg.retry_schedule).max(now + 1)
+        let wait = match disposition {
+            Disposition::RetryIn(wait) => wait,
+            // Unreachable with open recipients; any wait is sane.
+            Disposition::Expire => HELD_RECHECK,
         };
-        self.queue.schedule(id, due);
+        self.queue.schedule(id, mono.saturating_add(wait));
+        if saved {
+            self.queue.age_saved(id, mono);
+        }
     }
 
     /// Sends one delivery status notification for the failed recipients,
@@ -382,7 +409,10 @@ impl Daemon {
             sender: String::new(),
             recipients: self.bounce_recipients(&flight.env.sender),
             client: format!("{} [local]", self.cfg.hostname),
-            eight_bit: false,
+            // The returned header section may carry 8-bit octets (labelled
+            // 8bit by build_bounce): the relay must know (BODY=8BITMIME or
+            // the 7-bit downgrade).
+            eight_bit: !text.is_ascii(),
             body_offset: 0,
         };
         let received = format!(
@@ -400,7 +430,7 @@ impl Daemon {
                 match self.spool.commit(vec![inc]).pop() {
                     Some(Ok(bid)) => {
                         log::info!("{id}: sender non-delivery notification: {bid}");
-                        self.queue.schedule(bid, now);
+                        self.queue.schedule(bid, mono_now());
                     }
                     _ => log::error!("{id}: could not queue the bounce {bid}"),
                 }

@@ -403,6 +403,7 @@ fn unsupported_kind(raw: &str, target: &str) -> Option<&'static str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 

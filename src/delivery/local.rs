@@ -1,7 +1,10 @@
 //! Local delivery of one queued message to one mailbox.
 //!
 //! The content streams from the spool file, behind a `Return-Path:` and a
-//! `Delivered-To:` header, into Maildir or mbox. Failures are classed the
+//! `Delivered-To:` header, into Maildir or mbox, with LF line endings
+//! (both writers convert the spool's CRLF, see `delivery::lf`). A mailbox
+//! that is a symlink, a FIFO or otherwise not what tern created is a
+//! temporary failure, logged by the runner, never followed. Failures are classed the
 //! way the queue needs them: a busy mbox lock or an I/O error is temporary
 //! (retried later), nothing local is permanent except an unusable name.
 
@@ -41,7 +44,8 @@ impl LocalDelivery {
         now_unix: u64,
         seq: u64,
     ) -> Result<String, LocalError> {
-        let header = format!("Return-Path: <{sender}>\r\nDelivered-To: {original_rcpt}\r\n");
+        // LF like the rest of the mailbox file (see `delivery::lf`).
+        let header = format!("Return-Path: <{sender}>\nDelivered-To: {original_rcpt}\n");
         let mut stream = io::Cursor::new(header.into_bytes()).chain(content);
         let path = self.mail_dir.join(user.as_str());
         match self.format {

@@ -12,8 +12,15 @@
 //!
 //! Invariants:
 //! - `new/<unique>` is never overwritten: the move is `link(2)`, which fails
-//!   if the name exists (`rename(2)` only as a fallback on file systems
-//!   without hard links, after checking the name is free).
+//!   if the name exists (`renameat2(RENAME_NOREPLACE)` as a fallback on file
+//!   systems without hard links).
+//! - No symlink below `mail_dir` is followed: the mailbox, `tmp/`, `new/`
+//!   and `cur/` are opened `O_NOFOLLOW` relative to their parent's
+//!   descriptor (`safe_fs`), so `mail/user -> /etc` or `mail/user/new ->
+//!   /root` is refused (a temporary failure the runner logs) instead of
+//!   writing as tern's user, or root, wherever it points.
+//! - Files hold LF line endings (the Unix convention mail readers expect;
+//!   the spool holds CRLF), converted while streaming (`delivery::lf`).
 //! - `Ok` means the message is in `new/` (and durable when `sync`); `Err`
 //!   means it is not, and the `tmp/` file this call created is removed.
 //!   A `tmp/<unique>` that existed before the call is never removed.
@@ -21,10 +28,14 @@
 //! Not supported: Maildir++ quotas and folders, the `cur/` info suffix
 //! (readers set it), chown to the mailbox owner (tern writes as its own user).
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::{DirBuilder, File};
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+
+use super::lf::CrlfToLf;
+use crate::safe_fs::Dir;
 
 /// Mode of created Maildir directories.
 pub const MAILDIR_DIR_MODE: u32 = 0o700;
@@ -32,8 +43,12 @@ pub const MAILDIR_DIR_MODE: u32 = 0o700;
 pub const MAILDIR_FILE_MODE: u32 = 0o600;
 
 /// Streams `content` (e.g. `Return-Path:` and `Delivered-To:` headers
-/// chained before the stored message) into `mailbox_dir/new/<unique>` and
-/// returns that path. Creates `tmp/`, `new/` and `cur/` if missing.
+/// chained before the stored message) into `mailbox_dir/new/<unique>` with
+/// LF line endings (see `delivery::lf`) and returns that path. Creates
+/// `tmp/`, `new/` and `cur/` if missing. The parent of `mailbox_dir` (the
+/// configured `mail_dir`) is trusted; the mailbox and its subdirectories
+/// are never followed if they are symlinks: such a mailbox is an error
+/// (the caller defers and logs), never a write elsewhere.
 pub fn deliver_maildir(
     mailbox_dir: &Path,
     content: &mut dyn Read,
@@ -46,36 +61,61 @@ pub fn deliver_maildir(
             format!("bad maildir name {unique:?}"),
         ));
     }
-    let created = ensure_dirs(mailbox_dir)?;
+    let (Some(name), Some(parent)) = (mailbox_dir.file_name(), mailbox_dir.parent()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad mailbox path {}", mailbox_dir.display()),
+        ));
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    if !parent.is_dir() {
+        // The configured mail_dir (trusted), made on first delivery.
+        DirBuilder::new()
+            .recursive(true)
+            .mode(MAILDIR_DIR_MODE)
+            .create(parent)?;
+    }
+    // Search permission is all a Maildir delivery needs in mail_dir (and
+    // all the old path-based code needed); read it when allowed, for the
+    // directory sync below.
+    let root = match Dir::open(parent) {
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => Dir::open_search(parent)?,
+        r => r?,
+    };
+    let (mailbox, mut created) = root.sub_or_create(name, MAILDIR_DIR_MODE)?;
+    let mut sub = |n: &str| -> io::Result<Dir> {
+        let (d, new) = mailbox.sub_or_create(OsStr::new(n), MAILDIR_DIR_MODE)?;
+        created |= new;
+        Ok(d)
+    };
+    let (tmp, new, _cur) = (sub("tmp")?, sub("new")?, sub("cur")?);
     if sync && created {
         // New directory entries must be durable before the message is.
-        sync_dir(mailbox_dir)?;
-        if let Some(parent) = mailbox_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
-        }
+        mailbox.sync()?;
+        root.sync()?;
     }
 
-    let tmp_path = mailbox_dir.join("tmp").join(unique);
+    let unique = OsStr::new(unique);
     let new_path = mailbox_dir.join("new").join(unique);
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(MAILDIR_FILE_MODE)
-        .open(&tmp_path)?;
+    let file = tmp.create_file(unique, MAILDIR_FILE_MODE)?;
     // From here on the tmp file is ours: remove it on any failure.
     if let Err(e) = write_content(file, content, sync) {
-        remove_quietly(&tmp_path);
+        remove_quietly(&tmp, unique, mailbox_dir, "tmp");
         return Err(e);
     }
-    if let Err(e) = move_into_new(&tmp_path, &new_path) {
-        remove_quietly(&tmp_path);
+    if let Err(e) = move_into_new(&tmp, &new, unique, mailbox_dir) {
+        remove_quietly(&tmp, unique, mailbox_dir, "tmp");
         return Err(e);
     }
     if sync {
-        if let Err(e) = sync_dir(&mailbox_dir.join("new")) {
+        if let Err(e) = new.sync() {
             // Not durable: report failure and take the message back so a
             // retry does not deliver it twice.
-            remove_quietly(&new_path);
+            remove_quietly(&new, unique, mailbox_dir, "new");
             return Err(e);
         }
     }
@@ -101,48 +141,29 @@ pub fn unique_name(now_secs: u64, now_micros: u32, pid: u32, seq: u64, hostname:
     format!("{now_secs}.M{now_micros}P{pid}Q{seq}.{host}")
 }
 
-/// Creates the mailbox and its three subdirectories; true if any was new.
-fn ensure_dirs(mailbox_dir: &Path) -> io::Result<bool> {
-    let mut created = false;
-    let mut builder = DirBuilder::new();
-    builder.recursive(true).mode(MAILDIR_DIR_MODE);
-    for sub in ["tmp", "new", "cur"] {
-        let dir = mailbox_dir.join(sub);
-        if !dir.is_dir() {
-            builder.create(&dir)?;
-            created = true;
-        }
-    }
-    Ok(created)
-}
-
 fn write_content(mut file: File, content: &mut dyn Read, sync: bool) -> io::Result<()> {
-    io::copy(content, &mut file)?;
+    io::copy(&mut CrlfToLf::new(content), &mut file)?;
     if sync {
         file.sync_all()?;
     }
     Ok(())
 }
 
-/// `link` then `unlink` (qmail); `rename` where hard links are unsupported.
-fn move_into_new(tmp_path: &Path, new_path: &Path) -> io::Result<()> {
-    match fs::hard_link(tmp_path, new_path) {
+/// `link` then `unlink` (qmail); where hard links are unsupported, a
+/// rename that cannot replace (`renameat2(RENAME_NOREPLACE)`).
+fn move_into_new(tmp: &Dir, new: &Dir, unique: &OsStr, mailbox_dir: &Path) -> io::Result<()> {
+    match tmp.link(unique, new, unique) {
         Ok(()) => {
-            if let Err(e) = fs::remove_file(tmp_path) {
+            if let Err(e) = tmp.unlink(unique) {
                 // Delivered; a stale tmp file is harmless.
-                log::warn!("maildir: cannot remove {}: {e}", tmp_path.display());
+                log::warn!(
+                    "maildir: cannot remove {}: {e}",
+                    mailbox_dir.join("tmp").join(unique).display()
+                );
             }
             Ok(())
         }
-        Err(e) if link_unsupported(&e) => {
-            if fs::symlink_metadata(new_path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("{} exists", new_path.display()),
-                ));
-            }
-            fs::rename(tmp_path, new_path)
-        }
+        Err(e) if link_unsupported(&e) => tmp.rename_noreplace(unique, new, unique),
         Err(e) => Err(e),
     }
 }
@@ -154,14 +175,13 @@ fn link_unsupported(e: &io::Error) -> bool {
     )
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-fn remove_quietly(path: &Path) {
-    if let Err(e) = fs::remove_file(path) {
+fn remove_quietly(dir: &Dir, name: &OsStr, mailbox_dir: &Path, sub: &str) {
+    if let Err(e) = dir.unlink(name) {
         if e.kind() != io::ErrorKind::NotFound {
-            log::warn!("maildir: cannot remove {}: {e}", path.display());
+            log::warn!(
+                "maildir: cannot remove {}: {e}",
+                mailbox_dir.join(sub).join(name).display()
+            );
         }
     }
 }
@@ -169,6 +189,7 @@ fn remove_quietly(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     /// A fresh directory under the system temp dir, removed on drop.
@@ -213,7 +234,11 @@ mod tests {
             let path = deliver_maildir(&mailbox, &mut &parts.concat()[..], &unique, sync)
                 .expect("deliver");
             assert_eq!(path, mailbox.join("new").join(&unique));
-            assert_eq!(fs::read(&path).expect("read"), parts.concat());
+            // Line endings are LF in the mailbox.
+            assert_eq!(
+                fs::read(&path).expect("read"),
+                b"Return-Path: <bob@example.com>\nDelivered-To: alice@router.lan\nSubject: hi\n\nbody\n"
+            );
             let mode = fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
             assert_eq!(mode, MAILDIR_FILE_MODE);
         }
@@ -275,6 +300,30 @@ mod tests {
         );
         assert!(names(&mailbox.join("tmp")).is_empty(), "tmp file removed");
         assert_eq!(names(&mailbox.join("new")), ["one"]);
+    }
+
+    #[test]
+    fn symlinked_mailbox_or_subdirectory_is_refused() {
+        let tmp = TempDir::new("symlink");
+        let elsewhere = tmp.0.join("elsewhere");
+        fs::create_dir_all(elsewhere.join("new")).expect("mkdir");
+        // mail/eve -> elsewhere
+        std::os::unix::fs::symlink(&elsewhere, tmp.0.join("eve")).expect("symlink");
+        let err = deliver_maildir(&tmp.0.join("eve"), &mut &b"m"[..], "u1", false)
+            .expect_err("must refuse");
+        assert!(err.to_string().contains("symlink"), "{err}");
+        // mail/mallory/new -> elsewhere/new
+        let mailbox = tmp.0.join("mallory");
+        fs::create_dir_all(mailbox.join("tmp")).expect("mkdir");
+        std::os::unix::fs::symlink(elsewhere.join("new"), mailbox.join("new")).expect("symlink");
+        deliver_maildir(&mailbox, &mut &b"m"[..], "u2", false).expect_err("must refuse");
+        assert!(
+            names(&elsewhere).iter().all(|n| n == "new"),
+            "{:?}",
+            names(&elsewhere)
+        );
+        assert!(names(&elsewhere.join("new")).is_empty());
+        assert!(names(&mailbox.join("tmp")).is_empty());
     }
 
     #[test]

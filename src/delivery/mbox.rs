@@ -19,7 +19,16 @@
 //!   `sync`).
 //! - The message is streamed through one buffer of [`MBOX_WRITE_BUFFER`]
 //!   bytes; no second copy of it is built.
-//! - The mailbox is opened with `O_NOFOLLOW`: a symlink is refused.
+//! - The mailbox is opened with `O_NOFOLLOW | O_NONBLOCK` and checked with
+//!   `fstat` before anything is written: it must be a regular file with one
+//!   link, owned by the daemon's effective uid (tern writes mailboxes as its
+//!   own user). A symlink, a FIFO (whose open would otherwise block the
+//!   only thread until a reader appears), a device, a hard link to a file
+//!   elsewhere or someone else's file is refused with an error: the caller
+//!   defers and logs. `O_NONBLOCK` is cleared once the file is known to be
+//!   regular.
+//! - Line endings are LF: the spool's CRLF is converted while streaming by
+//!   the same converter Maildir uses (`delivery::lf`).
 //!
 //! Not supported: dot-locking (`USER.lock`), `Content-Length:` (mboxcl2),
 //! local time zones in the `From ` line.
@@ -29,6 +38,8 @@ use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+use super::lf::CrlfToLf;
 
 /// Size of the write buffer the message is streamed through.
 pub const MBOX_WRITE_BUFFER: usize = 16 * 1024;
@@ -115,27 +126,70 @@ fn append_or_roll_back(
     Ok(())
 }
 
-/// Opens for append without following symlinks; true if the file was created.
+/// Opens for append without following symlinks or blocking, and checks
+/// what was opened (see the module doc); true if the file was created.
 fn open_mailbox(path: &Path) -> io::Result<(File, bool)> {
     let mut options = OpenOptions::new();
     options
         .append(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .mode(MBOX_FILE_MODE);
-    match options.open(path) {
-        Ok(file) => Ok((file, false)),
+    let (file, created) = match options.open(path) {
+        Ok(file) => (file, false),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             match options.clone().create_new(true).open(path) {
-                Ok(file) => Ok((file, true)),
+                Ok(file) => (file, true),
                 // Someone created it in between: use theirs.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    Ok((options.open(path)?, false))
+                    (options.open(path).map_err(refused)?, false)
                 }
-                Err(e) => Err(e),
+                Err(e) => return Err(e),
             }
         }
-        Err(e) => Err(e),
+        Err(e) => return Err(refused(e)),
+    };
+    check_mailbox(&file)?;
+    // SAFETY: fcntl(2) on the descriptor `file` owns.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0
+        || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0
+    {
+        return Err(io::Error::last_os_error());
     }
+    Ok((file, created))
+}
+
+/// A regular file with one link, owned by us.
+fn check_mailbox(file: &File) -> io::Result<()> {
+    let st = crate::safe_fs::fstat(file.as_raw_fd())?;
+    let why = if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        "not a regular file".to_string()
+    } else if st.st_nlink != 1 {
+        format!("has {} links", st.st_nlink)
+    } else if st.st_uid != crate::safe_fs::euid() {
+        format!(
+            "owned by uid {}, not by tern's uid {}",
+            st.st_uid,
+            crate::safe_fs::euid()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("refusing the mailbox: {why}"),
+    ))
+}
+
+/// What an `O_NOFOLLOW | O_NONBLOCK` open's errors mean here.
+fn refused(e: io::Error) -> io::Error {
+    let why = match e.raw_os_error() {
+        Some(libc::ELOOP) => "refusing the mailbox: a symlink",
+        Some(libc::ENXIO) => "refusing the mailbox: a FIFO or device without a reader",
+        _ => return e,
+    };
+    io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
 /// Takes both the BSD and the POSIX lock without waiting.
@@ -187,7 +241,7 @@ fn append_entry(
 ) -> io::Result<()> {
     let mut out = BufWriter::with_capacity(MBOX_WRITE_BUFFER, out);
     out.write_all(from_line(envelope_sender, date_unix).as_bytes())?;
-    let mut input = BufReader::with_capacity(MBOX_WRITE_BUFFER, message);
+    let mut input = BufReader::with_capacity(MBOX_WRITE_BUFFER, CrlfToLf::new(message));
     let mut line = Vec::with_capacity(1024);
     // Lines longer than the buffer come in pieces; only a piece that starts
     // a line is checked for `From `.
@@ -200,12 +254,10 @@ fn append_entry(
         if n == 0 {
             break;
         }
-        let complete = line.last() == Some(&b'\n');
-        let mut body: &[u8] = &line;
-        if complete {
-            body = &body[..body.len() - 1];
-            body = body.strip_suffix(b"\r").unwrap_or(body);
-        }
+        let (body, complete) = match line.strip_suffix(b"\n") {
+            Some(body) => (body, true),
+            None => (line.as_slice(), false),
+        };
         if at_line_start && needs_escape(body) {
             out.write_all(b">")?;
         }
@@ -256,8 +308,12 @@ fn asctime(unix_secs: i64) -> String {
     let days = unix_secs.div_euclid(86_400);
     let secs = unix_secs.rem_euclid(86_400);
     let (year, month, day) = crate::bounce::civil_from_days(days);
-    let weekday = WEEKDAYS[days.rem_euclid(7) as usize % 7];
-    let month_name = MONTHS[(month as usize).saturating_sub(1) % 12];
+    // In range: both indexes are reduced modulo the array's length.
+    #[allow(clippy::indexing_slicing)]
+    let (weekday, month_name) = (
+        WEEKDAYS[days.rem_euclid(7) as usize % 7],
+        MONTHS[(month as usize).saturating_sub(1) % 12],
+    );
     format!(
         "{weekday} {month_name} {day:>2} {:02}:{:02}:{:02} {year}",
         secs / 3600,
@@ -360,6 +416,19 @@ mod tests {
     }
 
     #[test]
+    fn crlf_split_at_the_buffer_boundary_is_one_line_end() {
+        let tmp = TempDir::new("split");
+        let path = tmp.0.join("long");
+        // A line whose CR is the last octet of one buffer-sized piece.
+        let mut message = vec![b'a'; MBOX_WRITE_BUFFER - 1];
+        message.extend_from_slice(b"\r\nnext\r\n");
+        deliver_mbox(&path, "s@x", 0, &mut &message[..], false).expect("deliver");
+        let written = std::fs::read(&path).expect("read");
+        assert!(!written.contains(&b'\r'));
+        assert!(written.ends_with(b"a\nnext\n\n"));
+    }
+
+    #[test]
     fn empty_message_and_sender_with_spaces() {
         let tmp = TempDir::new("empty");
         let path = tmp.0.join("e");
@@ -404,6 +473,36 @@ mod tests {
             deliver_mbox(&link, "s@x", 0, &mut &b"m\n"[..], false),
             Err(MboxError::Io(_))
         ));
+        assert_eq!(std::fs::read(&target).expect("read"), b"");
+    }
+
+    #[test]
+    fn fifo_and_hard_link_are_refused_without_blocking() {
+        let tmp = TempDir::new("fifo");
+        let fifo = tmp.0.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: mkfifo(3) with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // No reader: the open itself must not block (the test would hang).
+        assert!(matches!(
+            deliver_mbox(&fifo, "s@x", 0, &mut &b"m\n"[..], false),
+            Err(MboxError::Io(_))
+        ));
+        // With a reader, the FIFO opens but is refused after fstat.
+        let _reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .expect("reader");
+        let err = deliver_mbox(&fifo, "s@x", 0, &mut &b"m\n"[..], false).expect_err("fifo");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        // A second link to a file is refused too.
+        let target = tmp.0.join("target");
+        std::fs::write(&target, b"").expect("write");
+        std::fs::hard_link(&target, tmp.0.join("hard")).expect("link");
+        let err = deliver_mbox(&tmp.0.join("hard"), "s@x", 0, &mut &b"m\n"[..], false)
+            .expect_err("hard link");
+        assert!(err.to_string().contains("links"), "{err}");
         assert_eq!(std::fs::read(&target).expect("read"), b"");
     }
 

@@ -25,7 +25,10 @@
 //! content is streamed from the spool file through a fixed buffer, never
 //! read whole into memory.
 
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
+
 pub mod aliases;
+pub mod lf;
 pub mod local;
 pub mod maildir;
 pub mod mbox;
@@ -203,6 +206,7 @@ pub fn push_unique(list: &mut Vec<(Destination, String)>, dest: Destination, ori
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 

@@ -1,14 +1,47 @@
-//! The in-memory queue index and the retry schedule.
+//! The in-memory queue index and the retry and expiry rules.
 //!
-//! Memory per queued message is a few words: the ID, its due time and its
-//! attempt count, in a hash map plus a min-heap of `(due, id)`. The heap is
-//! lazily cancelled: a popped entry whose due time no longer matches the map
-//! is skipped (after a reschedule or removal). Times are wall-clock UNIX
-//! seconds because they must survive restarts.
+//! Memory per queued message is a few words: the ID, its due time, its
+//! age mark and a busy flag, in a hash map plus a min-heap of `(due, id)`.
+//! The heap is lazily cancelled: a popped entry whose due time no longer
+//! matches the map is skipped (after a reschedule or removal).
 //!
-//! Retry is a pure function ([`next_attempt`]) of the arrival time and the
-//! attempt count, as in qmail's `nextretry`: nothing about a message's
-//! schedule needs to be stored beyond the attempt count.
+//! ## Clocks: why no wall-clock time here
+//!
+//! The wall clock lies on routers: a board without a battery-backed clock
+//! boots at a stale time and NTP steps it months forward; a bad RTC steps it
+//! back. Measuring the queue with it bounced held mail "expired after 0
+//! attempts" the moment NTP set the clock, and parked mail that arrived "in
+//! the future" for years. So:
+//!
+//! - **Due times** in this index are seconds on the daemon's monotonic
+//!   clock (`daemon::mono_now`, which never steps). They do not survive a
+//!   restart and need not: recovery makes every message due at once.
+//! - **Queue age** is the monotonic time the daemon has held a message,
+//!   accumulated across restarts in its state file (the `age` line of
+//!   `state/ID`). The index keeps, per message, the monotonic time at which
+//!   the stored age was exact (its *age mark*); [`Queue::age`] adds the time
+//!   since. The age is saved with every attempt and, for held mail, at
+//!   least every `daemon::runner::AGE_CHECKPOINT`. Time while the daemon is
+//!   down is not counted (no clock we trust measures it), nor the time since
+//!   the last save when it stops: the age undercounts, never overcounts, so
+//!   mail may stay somewhat longer than `max_queue_time` but is never
+//!   bounced early.
+//! - **Held mail** (`hold_outbound = yes`) ages like any other (as in
+//!   Postfix, time in the queue counts whatever the reason), but it is
+//!   never expired while held: a message expires only when an attempt that
+//!   really ran leaves it undelivered at an age of `max_queue_time` or more
+//!   ([`after_attempt`]). So nothing is bounced without at least one try,
+//!   and a message released after a long hold gets one attempt first.
+//! - **Retry** is a pure function of the attempt count ([`retry_wait`]), as
+//!   in qmail's `nextretry`: the wait after the n-th attempt is the n-th
+//!   step of `retry_schedule` (the last repeats), counted on the monotonic
+//!   clock from the end of that attempt, so no wait ever exceeds the
+//!   schedule's longest step. (Anchoring the schedule to the arrival, as
+//!   the first version did, made a message released after a long hold
+//!   retry in a burst to catch up, and a wall-clock arrival in the future
+//!   parked it.)
+
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -16,29 +49,60 @@ use std::time::Duration;
 
 use crate::spool::QueueId;
 
-/// When the `attempts`-th retry is due: arrival plus the sum of the first
-/// `attempts` waits of the schedule (the last wait repeats).
-pub fn next_attempt(arrival: u64, attempts: u32, schedule: &[Duration]) -> u64 {
-    let mut t = arrival;
-    for i in 0..attempts as usize {
-        let wait = schedule
-            .get(i)
-            .or(schedule.last())
-            .map_or(300, |d| d.as_secs().max(1));
-        t = t.saturating_add(wait);
-    }
-    t
+/// A schedule step used when `retry_schedule` is empty (config validation
+/// prevents that; this keeps the function total).
+pub const DEFAULT_RETRY_WAIT: u64 = 300;
+
+/// Seconds to wait after the `attempts`-th attempt (counting from 1) before
+/// the next one: that step of the schedule, the last step repeating. Never
+/// 0 and never more than the schedule's longest step.
+pub fn retry_wait(attempts: u32, schedule: &[Duration]) -> u64 {
+    let step = (attempts as usize).saturating_sub(1);
+    schedule
+        .get(step)
+        .or(schedule.last())
+        .map_or(DEFAULT_RETRY_WAIT, |d| d.as_secs().max(1))
 }
 
-/// A message past `max_queue_time` is bounced instead of retried.
-pub fn is_expired(arrival: u64, now: u64, max_queue_time: Duration) -> bool {
-    now >= arrival.saturating_add(max_queue_time.as_secs())
+/// The rules that decide what happens after an attempt.
+#[derive(Clone, Copy, Debug)]
+pub struct Rules<'a> {
+    pub retry_schedule: &'a [Duration],
+    pub max_queue_time: Duration,
+    /// Wait before held (not attempted) mail is looked at again.
+    pub held_recheck: u64,
+}
+
+/// What becomes of a message that still has undelivered recipients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Fail the open recipients with 4.4.7 and bounce them.
+    Expire,
+    /// Look at it again after this many seconds (monotonic).
+    RetryIn(u64),
+}
+
+/// The decision after an attempt of a message whose queue age is `age`
+/// seconds and which has now been attempted `attempts` times; `tried`
+/// says whether this round really attempted a delivery (held mail is not
+/// attempted). Pure: no clock, so it is tested with any clock story.
+pub fn after_attempt(age: u64, attempts: u32, tried: bool, rules: &Rules) -> Disposition {
+    if !tried {
+        // Held: never expired, whatever its age (see the module doc).
+        return Disposition::RetryIn(rules.held_recheck.max(1));
+    }
+    if age >= rules.max_queue_time.as_secs() {
+        return Disposition::Expire;
+    }
+    Disposition::RetryIn(retry_wait(attempts, rules.retry_schedule))
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     due: u64,
     busy: bool,
+    /// When (monotonic) the age stored in the state file was exact.
+    age_mark: u64,
 }
 
 #[derive(Default)]
@@ -64,10 +128,40 @@ impl Queue {
         self.entries.contains_key(&id)
     }
 
-    /// Adds or reschedules a message (and marks it idle).
+    /// Adds or reschedules a message (and marks it idle). Times are on the
+    /// monotonic clock. A message is added when it becomes due (committed,
+    /// imported or recovered: `due` is now), so its age mark starts there;
+    /// a reschedule keeps the mark.
     pub fn schedule(&mut self, id: QueueId, due: u64) {
-        self.entries.insert(id, Entry { due, busy: false });
+        self.entries
+            .entry(id)
+            .and_modify(|e| {
+                e.due = due;
+                e.busy = false;
+            })
+            .or_insert(Entry {
+                due,
+                busy: false,
+                age_mark: due,
+            });
         self.heap.push(Reverse((due, id)));
+    }
+
+    /// A message's queue age at `now` (monotonic): the age stored in its
+    /// state file plus the time since that was exact.
+    pub fn age(&self, id: QueueId, stored_age: u64, now: u64) -> u64 {
+        let since = self
+            .entries
+            .get(&id)
+            .map_or(0, |e| now.saturating_sub(e.age_mark));
+        stored_age.saturating_add(since)
+    }
+
+    /// The age was just saved (exact as of `now`).
+    pub fn age_saved(&mut self, id: QueueId, now: u64) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.age_mark = now;
+        }
     }
 
     pub fn remove(&mut self, id: QueueId) {
@@ -127,21 +221,159 @@ mod tests {
         v.iter().map(|&s| Duration::from_secs(s)).collect()
     }
 
-    #[test]
-    fn schedule_is_pure_and_last_wait_repeats() {
-        let s = secs(&[300, 600, 1800]);
-        assert_eq!(next_attempt(1000, 0, &s), 1000);
-        assert_eq!(next_attempt(1000, 1, &s), 1300);
-        assert_eq!(next_attempt(1000, 2, &s), 1900);
-        assert_eq!(next_attempt(1000, 3, &s), 3700);
-        assert_eq!(next_attempt(1000, 5, &s), 7300);
+    const DAY: u64 = 86400;
+
+    fn rules(schedule: &[Duration]) -> Rules<'_> {
+        Rules {
+            retry_schedule: schedule,
+            max_queue_time: Duration::from_secs(5 * DAY),
+            held_recheck: 300,
+        }
     }
 
     #[test]
-    fn expiry() {
-        let five_days = Duration::from_secs(5 * 86400);
-        assert!(!is_expired(0, 5 * 86400 - 1, five_days));
-        assert!(is_expired(0, 5 * 86400, five_days));
+    fn retry_wait_is_the_nth_step_and_the_last_repeats() {
+        let s = secs(&[300, 600, 1800]);
+        assert_eq!(retry_wait(1, &s), 300);
+        assert_eq!(retry_wait(2, &s), 600);
+        assert_eq!(retry_wait(3, &s), 1800);
+        assert_eq!(retry_wait(4, &s), 1800);
+        assert_eq!(retry_wait(u32::MAX, &s), 1800);
+        // Total for odd inputs: never 0.
+        assert_eq!(retry_wait(0, &s), 300);
+        assert_eq!(retry_wait(1, &secs(&[0])), 1);
+        assert_eq!(retry_wait(3, &[]), DEFAULT_RETRY_WAIT);
+    }
+
+    #[test]
+    fn expiry_needs_an_attempt_and_the_age() {
+        let s = secs(&[300]);
+        let r = rules(&s);
+        assert_eq!(
+            after_attempt(5 * DAY - 1, 1, true, &r),
+            Disposition::RetryIn(300)
+        );
+        assert_eq!(after_attempt(5 * DAY, 1, true, &r), Disposition::Expire);
+        // Held (not attempted in this round): never expired, however old.
+        assert_eq!(
+            after_attempt(50 * DAY, 0, false, &r),
+            Disposition::RetryIn(300)
+        );
+        assert_eq!(
+            after_attempt(50 * DAY, 3, false, &r),
+            Disposition::RetryIn(300)
+        );
+    }
+
+    /// The reported case: mail accepted and held while the wall clock was
+    /// months behind, NTP steps it forward, the hold is lifted and the first
+    /// attempt defers. The wall clock appears nowhere in the decision, and
+    /// the monotonic age is what the queue really waited.
+    #[test]
+    fn forward_clock_step_with_held_mail_is_no_bounce_before_an_attempt() {
+        let s = secs(&[300, 600, 1800, 3600, 7200, 14400]);
+        let r = rules(&s);
+        let mut q = Queue::new();
+        let id = QueueId(1);
+        let mut mono = 1_000; // the daemon's monotonic clock
+        let mut wall = 1_577_836_800u64; // 2020-01-01, the router's idea
+        q.schedule(id, mono);
+        let arrival_wall = wall;
+        // Held for an hour, rechecked every 300 s; NTP then steps the wall
+        // clock six years forward.
+        for _ in 0..12 {
+            assert_eq!(q.pop_due(mono), Some(id));
+            let age = q.age(id, 0, mono);
+            match after_attempt(age, 0, false, &r) {
+                Disposition::RetryIn(w) => q.schedule(id, mono + w),
+                Disposition::Expire => panic!("held mail expired"),
+            }
+            mono += 300;
+            wall += 300;
+        }
+        wall += 6 * 365 * DAY;
+        assert!(wall - arrival_wall > r.max_queue_time.as_secs());
+        // Released: the first attempt defers; the age is an hour, not years.
+        assert_eq!(q.pop_due(mono), Some(id));
+        let age = q.age(id, 0, mono);
+        assert_eq!(age, 3600);
+        assert_eq!(after_attempt(age, 1, true, &r), Disposition::RetryIn(300));
+        // Held far longer than max_queue_time: still one real attempt first.
+        assert_eq!(
+            after_attempt(q.age(id, 0, mono + 10 * DAY), 0, false, &r),
+            Disposition::RetryIn(300)
+        );
+        assert_eq!(
+            after_attempt(q.age(id, 0, mono + 10 * DAY), 1, true, &r),
+            Disposition::Expire
+        );
+    }
+
+    /// A message that "arrived" years in the future (clock stepped back
+    /// since) is retried within the schedule's longest step, every time.
+    #[test]
+    fn backward_clock_step_retries_within_the_longest_step() {
+        let s = secs(&[300, 600, 1800, 3600, 7200, 14400]);
+        let r = rules(&s);
+        let mut q = Queue::new();
+        let id = QueueId(2);
+        let mut mono = 0;
+        q.schedule(id, mono);
+        let mut attempts = 0u32;
+        loop {
+            assert_eq!(q.pop_due(mono), Some(id), "attempt {attempts}");
+            attempts += 1;
+            let age = q.age(id, 0, mono);
+            match after_attempt(age, attempts, true, &r) {
+                Disposition::RetryIn(w) => {
+                    assert!(age < 5 * DAY);
+                    assert!((1..=14400).contains(&w), "wait {w}");
+                    q.schedule(id, mono + w);
+                    assert_eq!(q.next_due(), Some(mono + w));
+                    mono += w;
+                }
+                Disposition::Expire => {
+                    // Only once the monotonic age reached max_queue_time.
+                    assert!(age >= 5 * DAY);
+                    break;
+                }
+            }
+        }
+        // 6 steps (27,900 s), then 4 h until 5 days: attempt 36.
+        assert_eq!(attempts, 36);
+    }
+
+    /// Age survives restarts through the state file; each process's
+    /// monotonic clock starts anew.
+    #[test]
+    fn age_accumulates_across_restarts_through_the_state_file() {
+        use crate::spool::envelope::{decode_state, encode_state, RcptState};
+        let id = QueueId(3);
+        let states = vec![RcptState::default()];
+        // First daemon: queued at mono 100, attempted at mono 400.
+        let mut q = Queue::new();
+        q.schedule(id, 100);
+        assert_eq!(q.pop_due(400), Some(id));
+        let age = q.age(id, 0, 400);
+        assert_eq!(age, 300);
+        let file = encode_state(&states, 1, age);
+        q.age_saved(id, 400);
+        q.schedule(id, 700);
+        assert_eq!(q.age(id, age, 1000), 900);
+        // Second daemon (after a reboot: mono starts at 0 again).
+        let p = decode_state(&file, 1).unwrap();
+        assert_eq!((p.attempts, p.age), (1, 300));
+        let mut q = Queue::new();
+        q.schedule(id, 0);
+        assert_eq!(q.pop_due(0), Some(id));
+        assert_eq!(q.age(id, p.age, 50), 350);
+        let file = encode_state(&p.states, 2, q.age(id, p.age, 50));
+        q.age_saved(id, 50);
+        // Third daemon.
+        let p = decode_state(&file, 1).unwrap();
+        let mut q = Queue::new();
+        q.schedule(id, 7);
+        assert_eq!(q.age(id, p.age, 7 + 5 * DAY), 350 + 5 * DAY);
     }
 
     #[test]

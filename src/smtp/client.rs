@@ -18,8 +18,13 @@
 //! - RFC 1870 SIZE: `SIZE=n` is declared; a message over the advertised
 //!   limit fails permanently (552 5.3.4) without a MAIL being sent.
 //! - RFC 6152 8BITMIME: `BODY=8BITMIME` when the body is 8-bit and the
-//!   server offers it; when not offered the message is sent anyway, as
-//!   Postfix does (no downgrade to quoted-printable).
+//!   server offers it. To a server that offers neither 8BITMIME nor
+//!   SMTPUTF8 (§3: no 8-bit octets may be sent), an 8-bit body goes through
+//!   the [`super::mime7bit`] downgrade (8-bit parts to quoted-printable)
+//!   before dot-stuffing, as Postfix's client does; when the content cannot
+//!   be converted (8-bit headers, `binary`...), the connection is dropped
+//!   mid-DATA (the server discards an unterminated message) and every
+//!   recipient the server accepted fails with 554 5.6.3.
 //! - RFC 6531 SMTPUTF8: the parameter is sent when the transaction needs it;
 //!   when needed but not offered the transaction fails permanently (5.6.7).
 //! - RFC 3207 STARTTLS: after the 220 no further plaintext byte is read
@@ -38,17 +43,20 @@
 //!   Postfix's `smtp_skip_5xx_greeting`) or a timeout never bounce mail.
 //! - Buffers are bounded: input by `MAX_REPLY_LINE` × `MAX_REPLY_LINES`,
 //!   output by `BODY_HIGH_WATER` plus one stuffed chunk while the body
-//!   streams (the command group of a transaction is bounded by the
+//!   streams (a downgraded chunk is at most about 3.1 times its input, plus
+//!   the converter's line buffer) (the command group of a transaction is bounded by the
 //!   recipient limit of the caller).
 //! - Credentials never reach the log.
 //!
 //! Not supported: CHUNKING/BDAT, DSN parameters, other SASL mechanisms
-//! (CRAM-MD5, XOAUTH2…), downgrading 8-bit bodies, SMTPUTF8 downgrade,
+//! (CRAM-MD5, XOAUTH2…), SMTPUTF8 downgrade,
 //! LMTP. The data-block timeout (socket write progress during the body) is
 //! the driver's, because only it sees writes complete; likewise the wait
 //! after QUIT.
 
 use std::collections::VecDeque;
+
+use super::mime7bit::{Downgrade, Unconvertible};
 
 pub use crate::auth::base64_encode;
 use std::fmt;
@@ -75,6 +83,10 @@ const BAD_RECIPIENT: (u16, &str) = (553, "5.1.3 invalid recipient address");
 const SMTPUTF8_NOT_OFFERED: (u16, &str) =
     (553, "5.6.7 SMTPUTF8 required but not offered by the server");
 const TOO_BIG_CODE: u16 = 552;
+/// A body that cannot go to a 7-bit server (RFC 3463 5.6.3); the reason follows.
+const NOT_CONVERTIBLE_CODE: u16 = 554;
+const NOT_CONVERTIBLE_TEXT: &str =
+    "5.6.3 message content cannot be converted to 7bit for a server without 8BITMIME:";
 const TOO_BIG_TEXT: &str = "5.3.4 message size exceeds the server's fixed maximum of";
 
 fn synth((code, text): (u16, &str)) -> Reply {
@@ -278,6 +290,8 @@ struct ActiveTransaction {
     mail_accepted: bool,
     next_rcpt: usize,
     data_sent: bool,
+    /// 8-bit body to a 7-bit server: the MIME downgrade.
+    downgrade: Option<Downgrade>,
 }
 
 impl ActiveTransaction {
@@ -376,6 +390,8 @@ pub struct ClientSession {
     txn: Option<ActiveTransaction>,
     /// Last two body bytes sent, as if the body followed a CRLF.
     body_tail: [u8; 2],
+    /// Downgraded body bytes on their way to dot-stuffing (reused).
+    converted: Vec<u8>,
 }
 
 impl ClientSession {
@@ -398,6 +414,7 @@ impl ClientSession {
             plain_response_resent: false,
             txn: None,
             body_tail: *b"\r\n",
+            converted: Vec::new(),
         }
     }
 
@@ -438,6 +455,11 @@ impl ClientSession {
 
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
+    }
+
+    /// Whether `poll_event` has something.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
     }
 
     /// Starts a transaction; only after `Ready` or a `TransactionDone`.
@@ -504,6 +526,8 @@ impl ClientSession {
         if txn.smtputf8 {
             mail_command.push_str(" SMTPUTF8");
         }
+        let downgrade = (txn.eight_bit && !self.offers("8BITMIME") && !self.offers("SMTPUTF8"))
+            .then(Downgrade::new);
         let pipelined = self.offers("PIPELINING");
         self.phase = Phase::Transaction;
         self.txn = Some(ActiveTransaction {
@@ -515,6 +539,7 @@ impl ClientSession {
             mail_accepted: false,
             next_rcpt: 0,
             data_sent: false,
+            downgrade,
         });
         if pipelined {
             self.send_pipelined_group(now);
@@ -532,6 +557,23 @@ impl ClientSession {
         }
         let take = chunk.len().min(BODY_HIGH_WATER - self.out.len());
         let chunk = &chunk[..take];
+        match self.txn.as_mut().and_then(|t| t.downgrade.as_mut()) {
+            Some(conv) => {
+                let mut converted = std::mem::take(&mut self.converted);
+                converted.clear();
+                match conv.push(chunk, &mut converted) {
+                    Ok(()) => self.stuff(&converted),
+                    Err(why) => self.abort_unconvertible(why),
+                }
+                self.converted = converted;
+            }
+            None => self.stuff(chunk),
+        }
+        take
+    }
+
+    /// Dot-stuffs body bytes into the output.
+    fn stuff(&mut self, chunk: &[u8]) {
         // Copy runs; a dot that starts a line gets a second one in front.
         // A line starts after any LF, so a bare LF cannot smuggle a dot.
         let mut copied = 0;
@@ -556,13 +598,45 @@ impl ClientSession {
             [only] => [self.body_tail[1], only],
             [.., a, b] => [a, b],
         };
-        take
+    }
+
+    /// The body cannot be sent to this 7-bit server: the recipients it
+    /// accepted fail with 5.6.3, and the connection is dropped without the
+    /// final dot (nothing else can end DATA; the server must discard the
+    /// unterminated message, RFC 5321 §4.1.1.4).
+    fn abort_unconvertible(&mut self, why: Unconvertible) {
+        log::debug!("smtp-client: body not sent: {why}");
+        let reply = Reply {
+            code: NOT_CONVERTIBLE_CODE,
+            lines: vec![format!("{NOT_CONVERTIBLE_TEXT} {why}")],
+        };
+        if let Some(active) = self.txn.take() {
+            let outcomes = active.into_outcomes(&RcptOutcome::Failed(reply));
+            self.events
+                .push_back(ClientEvent::TransactionDone(outcomes));
+        }
+        self.out.clear();
+        self.expected.clear();
+        self.phase = Phase::Closed;
     }
 
     /// Ends the body: CRLF if it did not end with one, then `.` CRLF.
     pub fn finish_body(&mut self, now: Instant) {
         if self.phase != Phase::Body {
             return;
+        }
+        if let Some(conv) = self.txn.as_mut().and_then(|t| t.downgrade.as_mut()) {
+            let mut converted = std::mem::take(&mut self.converted);
+            converted.clear();
+            let done = conv.finish(&mut converted);
+            match done {
+                Ok(()) => self.stuff(&converted),
+                Err(why) => self.abort_unconvertible(why),
+            }
+            self.converted = converted;
+            if self.phase != Phase::Body {
+                return;
+            }
         }
         if self.body_tail != *b"\r\n" {
             self.out.extend_from_slice(b"\r\n");
@@ -1380,6 +1454,88 @@ mod tests {
         t.eight_bit = true;
         h.start(t);
         assert_eq!(h.sent(), "MAIL FROM:<>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
+    }
+
+    /// Runs an 8-bit transaction with one recipient to a server offering
+    /// `exts`, streams `body` in 7-octet chunks; returns what was sent after
+    /// DATA and the events.
+    fn eight_bit_body(exts: &[&str], body: &[u8]) -> (String, Vec<ClientEvent>, bool) {
+        let mut h = Harness::new(cfg());
+        h.ready(exts);
+        let mut t = txn(&["b@y"]);
+        t.eight_bit = true;
+        h.start(t);
+        let mail = h.sent();
+        assert!(mail.starts_with("MAIL FROM:<a@x.example>"), "{mail}");
+        if !exts.contains(&"PIPELINING") {
+            h.feed("250 ok\r\n");
+            h.sent();
+            h.feed("250 ok\r\n");
+            h.sent();
+        } else {
+            h.feed("250 ok\r\n250 ok\r\n");
+        }
+        h.feed("354 go\r\n");
+        assert_eq!(h.events(), vec![ClientEvent::WantBody]);
+        for piece in body.chunks(7) {
+            assert_eq!(h.s.send_body(piece), piece.len());
+        }
+        h.s.finish_body(h.t0);
+        let sent = h.sent();
+        let events = h.events();
+        (format!("{mail}{sent}"), events, h.s.is_closed())
+    }
+
+    #[test]
+    fn eight_bit_body_declared_to_an_8bitmime_server_and_sent_as_is() {
+        let body = "Subject: x\r\n\r\ncaf\u{e9}\r\n".as_bytes();
+        let (sent, _, _) = eight_bit_body(&["PIPELINING", "8BITMIME"], body);
+        assert!(
+            sent.starts_with("MAIL FROM:<a@x.example> BODY=8BITMIME\r\n"),
+            "{sent}"
+        );
+        assert!(
+            sent.ends_with("Subject: x\r\n\r\ncaf\u{e9}\r\n.\r\n"),
+            "{sent}"
+        );
+        // SMTPUTF8 implies 8-bit transport (RFC 6531 §3.1): no downgrade.
+        let (sent, _, _) = eight_bit_body(&["PIPELINING", "SMTPUTF8"], body);
+        assert!(sent.ends_with("caf\u{e9}\r\n.\r\n"), "{sent}");
+    }
+
+    #[test]
+    fn eight_bit_body_is_downgraded_for_a_7bit_server() {
+        let body = "Subject: x\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n.caf\u{e9}\r\n".as_bytes();
+        let (sent, events, closed) = eight_bit_body(&["PIPELINING"], body);
+        assert!(!sent.contains("BODY="), "{sent}");
+        assert!(sent.is_ascii(), "{sent}");
+        assert!(
+            sent.ends_with(
+                "Content-Transfer-Encoding: quoted-printable\r\n\r\n..caf=C3=A9\r\n.\r\n"
+            ),
+            "{sent}"
+        );
+        assert!(events.is_empty() && !closed);
+    }
+
+    #[test]
+    fn unconvertible_body_fails_with_5_6_3_and_drops_the_connection() {
+        let body = "Subject: caf\u{e9}\r\n\r\nx\r\n".as_bytes();
+        let (sent, events, closed) = eight_bit_body(&[], body);
+        assert!(
+            !sent.contains(".\r\n") && !sent.contains('\u{e9}'),
+            "{sent:?}"
+        );
+        assert!(closed);
+        let [ClientEvent::TransactionDone(outcomes)] = events.as_slice() else {
+            panic!("{events:?}");
+        };
+        let [RcptOutcome::Failed(r)] = outcomes.as_slice() else {
+            panic!("{outcomes:?}");
+        };
+        assert_eq!(r.code, 554);
+        assert_eq!(r.enhanced(), Some((5, 6, 3)));
+        assert!(r.text().contains("8-bit octets in a header"), "{r}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod address;
 pub mod client;
 pub mod command;
 pub mod data;
+pub mod mime7bit;
 pub mod reply;
 pub mod scan;
 pub mod server;

@@ -6,6 +6,31 @@
 //! | `drop/.NAME`      | being written by sendmail               | nobody (the daemon skips dot files; sendmail removes it on error) |
 //! | `drop/NAME`       | complete and fsync'd: sendmail exited 0  | the daemon imports it into `tmp/` → `msg/`, then unlinks it |
 //!
+//! ## Who can read a drop
+//!
+//! The daemon may run as another user than the submitter: root's cron
+//! mail goes to a daemon running as `user = tern`, and any local user's
+//! mail to a daemon running as root or as `tern`. The daemon drops its
+//! privileges at start, so it cannot read a 0600 file of another user. A
+//! drop file is therefore made readable by everyone ([`DROP_FILE_MODE`],
+//! 0644, set with `fchmod` so that the submitter's umask cannot narrow
+//! it), and what keeps other local users out is that they cannot find it:
+//! `drop/` is 1733 (no read permission for others: no `readdir`, no
+//! inotify watch), its files carry 64 random bits from the system's random
+//! source in their names (and the submitter's pid and time), the name is
+//! printed only to the submitter (`-v`), and a drop lives until the daemon
+//! imports it (within a second while it runs). Guessing a name is 2^64
+//! tries of a `stat` each. `corrupt/` (where a bad drop is set aside) is
+//! 0700. Rejected alternatives: chowning the file to the spool owner would
+//! need root (only root's drops could be fixed) and would lose the
+//! submitting uid the daemon reports; a setgid helper is more than a
+//! router needs.
+//!
+//! The file is created through a descriptor of `drop/` opened `O_NOFOLLOW`
+//! (root's sendmail never writes through a symlink the spool owner
+//! planted), `O_EXCL`, and published with a rename that cannot replace
+//! (`safe_fs`).
+//!
 //! A drop file is `tern-drop 1`, `sender ADDR` (empty: `<>`), one
 //! `rcpt ADDR` per recipient, an empty line, then the message as the
 //! program gave it (LF or CRLF). The daemon re-validates everything in it as
@@ -13,56 +38,66 @@
 //! idempotent up to the unlink: a crash between commit and unlink can give a
 //! duplicate, never a loss.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+use crate::safe_fs::Dir;
 
 const MAGIC: &str = "tern-drop 1";
 /// Readable by the daemon whatever user it runs as; the directory is not
-/// listable and the names are random, so other users cannot find it.
+/// listable and the names are random, so other users cannot find it (see
+/// "Who can read a drop").
 pub const DROP_FILE_MODE: u32 = 0o644;
 /// A drop header larger than this is refused.
 pub const MAX_DROP_HEADER: usize = 64 * 1024;
 
 pub struct DropWriter {
     file: File,
-    tmp: PathBuf,
+    dir: Dir,
+    tmp: OsString,
+    name: OsString,
     done: PathBuf,
+    committed: bool,
 }
 
 impl DropWriter {
     pub fn create(spool_root: &Path, sender: &str, rcpts: &[String]) -> io::Result<DropWriter> {
-        let dir = spool_root.join("drop");
+        // Search access only: other users may not read the root or drop/.
+        let dir = Dir::open_search(spool_root)?.sub_search(OsStr::new("drop"))?;
         let mut n = 0u32;
         loop {
             let name = format!(
                 "{}.{}.{:016x}",
                 crate::daemon::unix_now(),
                 std::process::id(),
-                random_u64()
+                random_u64()?
             );
-            let tmp = dir.join(format!(".{name}"));
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-            {
+            let tmp = OsString::from(format!(".{name}"));
+            match dir.create_file(&tmp, DROP_FILE_MODE) {
                 Ok(mut file) => {
                     let mut head = format!("{MAGIC}\nsender {}\n", flat(sender));
                     for r in rcpts {
                         head.push_str(&format!("rcpt {}\n", flat(r)));
                     }
                     head.push('\n');
-                    if let Err(e) = file.write_all(head.as_bytes()) {
-                        let _ = fs::remove_file(&tmp);
+                    // Exactly DROP_FILE_MODE whatever the umask (see the module doc).
+                    let written = file
+                        .set_permissions(fs::Permissions::from_mode(DROP_FILE_MODE))
+                        .and_then(|()| file.write_all(head.as_bytes()));
+                    if let Err(e) = written {
+                        let _ = dir.unlink(&tmp);
                         return Err(e);
                     }
                     return Ok(DropWriter {
                         file,
+                        done: spool_root.join("drop").join(&name),
+                        dir,
                         tmp,
-                        done: dir.join(name),
+                        name: OsString::from(name),
+                        committed: false,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
@@ -73,17 +108,18 @@ impl DropWriter {
 
     pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
         self.file.write_all(data).inspect_err(|_| {
-            let _ = fs::remove_file(&self.tmp);
+            let _ = self.dir.unlink(&self.tmp);
         })
     }
 
     /// Makes the drop durable and visible to the daemon.
-    pub fn commit(self, sync: bool) -> io::Result<PathBuf> {
+    pub fn commit(mut self, sync: bool) -> io::Result<PathBuf> {
         let r = (|| {
             if sync {
                 self.file.sync_all()?;
             }
-            fs::rename(&self.tmp, &self.done)?;
+            self.dir
+                .rename_noreplace(&self.tmp, &self.dir, &self.name)?;
             if sync {
                 // drop/ is not readable by most users, so it cannot be opened
                 // to fsync it; syncfs through the file reaches the entry too.
@@ -91,18 +127,21 @@ impl DropWriter {
             }
             Ok(())
         })();
-        if r.is_err() {
-            let _ = fs::remove_file(&self.tmp);
+        match r {
+            Ok(()) => {
+                self.committed = true;
+                Ok(self.done.clone())
+            }
+            Err(e) => Err(e),
         }
-        r.map(|_| self.done.clone())
     }
 }
 
 impl Drop for DropWriter {
     fn drop(&mut self) {
         // Not committed (error path): remove the partial file.
-        if self.tmp.exists() && !self.done.exists() {
-            let _ = fs::remove_file(&self.tmp);
+        if !self.committed {
+            let _ = self.dir.unlink(&self.tmp);
         }
     }
 }
@@ -131,22 +170,22 @@ pub fn read_header(file: &mut File) -> Result<DropHeader, String> {
     use std::io::{Seek, SeekFrom};
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
-    let end = loop {
+    let (head, body_offset) = loop {
         let n = file.read(&mut chunk).map_err(|e| e.to_string())?;
-        if n == 0 {
+        let Some(got) = chunk.get(..n).filter(|got| !got.is_empty()) else {
             return Err("truncated drop file".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(p) = buf.windows(2).position(|w| w == b"\n\n") {
-            break p;
+        };
+        buf.extend_from_slice(got);
+        if let Some(split) = super::envelope::split_head(&buf) {
+            break split;
         }
         if buf.len() > MAX_DROP_HEADER {
             return Err("drop header too large".into());
         }
     };
-    file.seek(SeekFrom::Start((end + 2) as u64))
+    file.seek(SeekFrom::Start(body_offset))
         .map_err(|e| e.to_string())?;
-    let text = std::str::from_utf8(&buf[..end]).map_err(|_| "drop header is not UTF-8")?;
+    let text = std::str::from_utf8(head).map_err(|_| "drop header is not UTF-8")?;
     let mut lines = text.split('\n');
     if lines.next() != Some(MAGIC) {
         return Err("not a tern drop file".into());
@@ -168,12 +207,15 @@ pub fn read_header(file: &mut File) -> Result<DropHeader, String> {
     Ok(h)
 }
 
-fn random_u64() -> u64 {
+/// 64 bits from the system's random source; a drop is not written without
+/// them (the name's secrecy is what protects a 0644 drop file).
+fn random_u64() -> io::Result<u64> {
+    use ring::rand::SecureRandom;
     let mut b = [0u8; 8];
-    if let Ok(mut f) = File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut b);
-    }
-    u64::from_ne_bytes(b) ^ u64::from(std::process::id())
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| io::Error::other("no random numbers from the system"))?;
+    Ok(u64::from_ne_bytes(b))
 }
 
 /// Opens a drop file for import without trusting it: no symlinks, a
@@ -206,6 +248,7 @@ fn flat(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 

@@ -54,7 +54,10 @@ impl QueueId {
         const HEX: &[u8; 16] = b"0123456789ABCDEF";
         let mut out = [0u8; 16];
         for (i, b) in out.iter_mut().enumerate() {
-            *b = HEX[((self.0 >> (60 - 4 * i)) & 0xF) as usize];
+            // In range: the index is masked to 0..=15.
+            #[allow(clippy::indexing_slicing)]
+            let digit = HEX[((self.0 >> (60 - 4 * i)) & 0xF) as usize];
+            *b = digit;
         }
         IdText(out)
     }
@@ -155,13 +158,21 @@ impl StoredEnvelope {
 
     /// `None`: need more bytes. `Some(Err)`: malformed.
     pub fn decode(buf: &[u8]) -> Option<Result<StoredEnvelope, String>> {
-        let end = buf.windows(2).position(|w| w == b"\n\n")?;
-        let text = match std::str::from_utf8(&buf[..end]) {
+        let (head, body_offset) = split_head(buf)?;
+        let text = match std::str::from_utf8(head) {
             Ok(t) => t,
             Err(_) => return Some(Err("envelope is not UTF-8".into())),
         };
-        Some(parse(text, (end + 2) as u64))
+        Some(parse(text, body_offset))
     }
+}
+
+/// The lines before the first empty line (`\n\n`), and the offset of what
+/// follows it; `None` while there is no empty line yet.
+pub(super) fn split_head(buf: &[u8]) -> Option<(&[u8], u64)> {
+    let end = buf.windows(2).position(|w| w == b"\n\n")?;
+    let (head, _) = buf.split_at_checked(end)?;
+    Some((head, end as u64 + 2))
 }
 
 fn parse(text: &str, body_offset: u64) -> Result<StoredEnvelope, String> {
@@ -328,20 +339,47 @@ pub struct RcptState {
     pub reply: String,
 }
 
-pub fn encode_state(states: &[RcptState], attempts: u32) -> Vec<u8> {
-    let mut s = format!("attempts {attempts}\n");
+/// A message's progress as stored in `state/ID`:
+///
+/// ```text
+/// attempts 2
+/// age 3600                      (queue age, s; absent before: read as 0)
+/// 0 sent 250 2.0.0 ok           (recipient index, status, last reply)
+/// 1 deferred 451 4.3.0 later
+/// ```
+///
+/// `age` is the monotonic time the daemon has held the message (see the
+/// `queue` module doc: the wall clock is not trusted for it). A file
+/// written before the field existed loads with age 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub states: Vec<RcptState>,
+    pub attempts: u32,
+    pub age: u64,
+}
+
+pub fn encode_state(states: &[RcptState], attempts: u32, age: u64) -> Vec<u8> {
+    let mut s = format!("attempts {attempts}\nage {age}\n");
     for (i, st) in states.iter().enumerate() {
         s.push_str(&format!("{i} {} {}\n", st.status.name(), flat(&st.reply)));
     }
     s.into_bytes()
 }
 
-pub fn decode_state(bytes: &[u8], n: usize) -> Option<(Vec<RcptState>, u32)> {
+pub fn decode_state(bytes: &[u8], n: usize) -> Option<Progress> {
     let text = std::str::from_utf8(bytes).ok()?;
     let mut lines = text.lines();
     let attempts = lines.next()?.strip_prefix("attempts ")?.parse().ok()?;
-    let mut states = vec![RcptState::default(); n];
+    let mut progress = Progress {
+        states: vec![RcptState::default(); n],
+        attempts,
+        age: 0,
+    };
     for line in lines {
+        if let Some(age) = line.strip_prefix("age ") {
+            progress.age = age.parse().ok()?;
+            continue;
+        }
         let mut parts = line.splitn(3, ' ');
         let i: usize = parts.next()?.parse().ok()?;
         let status = match parts.next()? {
@@ -352,12 +390,13 @@ pub fn decode_state(bytes: &[u8], n: usize) -> Option<(Vec<RcptState>, u32)> {
             _ => return None,
         };
         let reply = parts.next().unwrap_or("").to_string();
-        *states.get_mut(i)? = RcptState { status, reply };
+        *progress.states.get_mut(i)? = RcptState { status, reply };
     }
-    Some((states, attempts))
+    Some(progress)
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 
@@ -583,5 +622,26 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    #[test]
+    fn state_roundtrip_with_age_and_old_files_without_it() {
+        let states = vec![
+            RcptState {
+                status: RcptStatus::Sent,
+                reply: "250 ok".into(),
+            },
+            RcptState {
+                status: RcptStatus::Deferred,
+                reply: "451 4.3.0 later".into(),
+            },
+        ];
+        let p = decode_state(&encode_state(&states, 3, 86_400), 2).unwrap();
+        assert_eq!((p.states, p.attempts, p.age), (states.clone(), 3, 86_400));
+        // Written by the first version: no age line.
+        let old = b"attempts 2\n0 sent 250 ok\n1 deferred 451 4.3.0 later\n";
+        let p = decode_state(old, 2).unwrap();
+        assert_eq!((p.states, p.attempts, p.age), (states, 2, 0));
+        assert!(decode_state(b"attempts 1\nage x\n", 1).is_none());
     }
 }

@@ -9,19 +9,44 @@
 //! | files present                  | state                                   | recovery at start-up |
 //! |--------------------------------|-----------------------------------------|----------------------|
 //! | `tmp/ID`                       | being received; **not** acknowledged    | deleted |
+//! | `tmp/ID` + `msg/ID` (one file, two names) | commit by `link` + `unlink` interrupted (fallback, see below) | `tmp/ID` deleted, `msg/ID` queued |
 //! | `msg/ID`                       | committed, no attempt recorded yet      | queued, all recipients pending |
 //! | `msg/ID` + `state/ID`          | committed, some attempts recorded       | queued with its state |
 //! | `state/ID` without `msg/ID`    | finished; removal interrupted           | `state/ID` deleted |
 //! | `state/ID.new`                 | state update interrupted                | deleted (`state/ID` is still valid) |
-//! | `msg/ID` that does not parse, or whose trailer is missing | not durable when the machine crashed (never acknowledged), or damaged | moved to `corrupt/`, logged |
-//! | `drop/*`                       | sendmail drops (see `cli::sendmail`)    | imported by the daemon |
+//! | `msg/ID` that does not parse, or whose trailer is missing | not durable when the machine crashed (never acknowledged), or damaged | moved to `corrupt/ID` (`corrupt/ID.N` if that exists), logged |
+//! | `drop/*`                       | sendmail drops (see `spool::drop`)      | imported by the daemon |
+//! | `tmp`, `msg`, ... is a symlink or not a directory | tampered with                | refused: the spool is not opened, the daemon does not start |
+//!
+//! Recovery walks `tmp/` through a descriptor opened `O_NOFOLLOW` and
+//! removes with `unlinkat`, so it never acts outside the spool (see
+//! `safe_fs`); [`Spool::open`] refuses a spool whose subdirectories are
+//! symlinks, since every later path would lead elsewhere.
+//!
+//! ## Queue IDs
+//!
+//! 16 hex digits: the arrival second (high 40 bits) and 24 low bits. The
+//! first ID of each second starts at a random offset below 2^23 (from
+//! `ring`'s `SystemRandom`), later IDs count up from the last one handed
+//! out, and the first `create` of a process starts above the highest ID
+//! found in `tmp/`, `msg/`, `state/` and `corrupt/`. So IDs sort by
+//! arrival while the clock moves forward, stay unique when it stands still
+//! or steps back (a router without a battery-backed clock boots at the same
+//! second every time; a crash-looping daemon restarts within the second),
+//! and are hardly ever reused in the logs even with an empty spool.
+//! Uniqueness does not depend on any of that: `tmp/ID` is created
+//! `O_EXCL`, and the commit never replaces an existing `msg/ID` (below).
 //!
 //! ## The commit point
 //!
 //! `tmp/ID` is created `O_EXCL`, the envelope is written when DATA starts,
 //! the content streams in as it arrives. At the end of the loop turn every
 //! finished file gets a fixed-size trailer (`TRAILER_LEN` octets: a magic
-//! and the content length) and is renamed to `msg/ID`; then the batch is
+//! and the content length) and is moved to `msg/ID` with
+//! `renameat2(RENAME_NOREPLACE)` (or `link` + `unlink` where the flag is
+//! unsupported): an existing `msg/ID` is never replaced; if one exists the
+//! message takes the next free ID (the `Received:` header keeps the first
+//! one; the log and the 250 reply give the final one). Then the batch is
 //! made durable, data and directory entries together, and only then does
 //! the server answer 250. How depends on the batch (group commit):
 //!
@@ -44,9 +69,17 @@
 //! `spool_sync = no` the sync is skipped: a crash or power loss may then
 //! lose acknowledged mail.
 //!
+//! `state/ID` holds the attempt count, the queue age (monotonic seconds the
+//! daemon has held the message, which decides expiry; a file without it,
+//! from before, reads as age 0) and each recipient's status and last reply;
+//! its format is `envelope::Progress`. It is written after each attempt and,
+//! for held mail, at most every `daemon::runner::AGE_CHECKPOINT`.
+//!
 //! State updates are write-new + fsync + rename. Finished messages are
 //! unlinked (`msg/` first, then `state/`) without a sync: a crash can at
 //! worst cause a duplicate delivery, never a loss.
+
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
 
 pub mod drop;
 pub mod envelope;
@@ -57,7 +90,9 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-pub use envelope::{QueueId, RcptState, RcptStatus, StoredEnvelope};
+use crate::safe_fs;
+
+pub use envelope::{Progress, QueueId, RcptState, RcptStatus, StoredEnvelope};
 
 /// `\n#tern-end ` + 16 hex digits of the content length + `\n`.
 pub const TRAILER_LEN: u64 = 28;
@@ -82,6 +117,7 @@ pub struct Incoming {
     file: io::BufWriter<File>,
     path: PathBuf,
     flag_offset: u64,
+    arrival: u64,
     pub size: u64,
 }
 
@@ -107,8 +143,18 @@ pub struct Spool {
     /// `msg/`, held open for the commit's `syncfs` (no open/close per batch).
     msg_dir: File,
     sync: bool,
-    seq: u32,
+    /// The last queue ID handed out (see "Queue IDs"); `None` until the
+    /// first `create` looked at the spool.
+    last_id: Option<u64>,
 }
+
+/// Tries at finding a free queue ID before giving up (each one is a new,
+/// higher ID; more than one is needed only if another process writes the
+/// same spool).
+pub const ID_ATTEMPTS: u32 = 1000;
+/// Random bits at the start of each second's IDs (below 2^24, so a second
+/// has room for 2^23 more IDs before it reaches the next second's range).
+pub const ID_RANDOM_BITS: u32 = 23;
 
 impl From<&io::Error> for Reply {
     fn from(e: &io::Error) -> Reply {
@@ -122,7 +168,8 @@ impl From<&io::Error> for Reply {
 const DIRS: [&str; 5] = ["tmp", "msg", "state", "corrupt", "drop"];
 
 /// The spool root: others may pass through it (to reach `drop/`) but not
-/// list it; every file in it is 0600.
+/// list it; every file in it is 0600 except sendmail drops (0644 in the
+/// unlistable `drop/`, see `spool::drop`).
 pub const ROOT_MODE: u32 = 0o711;
 /// `drop/`: anyone may create a file, nobody may list it or remove another
 /// user's file (sticky), like a classic maildrop. Drop file names carry 64
@@ -140,12 +187,25 @@ impl Spool {
         b.recursive(true).mode(0o700);
         for d in DIRS {
             let dir = root.join(d);
-            if !dir.exists() {
-                b.create(&dir)?;
-                if d == "drop" {
-                    // set explicitly: the umask must not narrow it
-                    let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(DROP_MODE));
+            match fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{} is a symlink or not a directory; refusing to use the spool",
+                            dir.display()
+                        ),
+                    ))
                 }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    b.create(&dir)?;
+                    if d == "drop" {
+                        // set explicitly: the umask must not narrow it
+                        let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(DROP_MODE));
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
         if fresh {
@@ -155,7 +215,7 @@ impl Spool {
             root: root.to_path_buf(),
             msg_dir: File::open(root.join("msg"))?,
             sync,
-            seq: 0,
+            last_id: None,
         })
     }
 
@@ -175,9 +235,8 @@ impl Spool {
     /// Creates `tmp/ID` and writes the envelope; the caller streams the content.
     pub fn create(&mut self, env: &StoredEnvelope) -> io::Result<Incoming> {
         let mut env = env.clone();
-        for _ in 0..1000 {
-            self.seq = self.seq.wrapping_add(1);
-            env.id = QueueId::new(env.arrival, self.seq);
+        for _ in 0..ID_ATTEMPTS {
+            env.id = self.next_id(env.arrival);
             let path = self.path("tmp", env.id);
             let file = OpenOptions::new()
                 .write(true)
@@ -198,10 +257,66 @@ impl Spool {
                         file,
                         path,
                         flag_offset,
+                        arrival: env.arrival,
                         size: 0,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other("could not find a free queue id"))
+    }
+
+    /// A new queue ID above every one handed out or found in the spool
+    /// (see "Queue IDs" above).
+    fn next_id(&mut self, arrival: u64) -> QueueId {
+        let last = match self.last_id {
+            Some(last) => last,
+            None => self.highest_id_in_spool(),
+        };
+        let second = QueueId::new(arrival, 0).0;
+        let id = if second > last {
+            second | random_offset()
+        } else {
+            last.wrapping_add(1)
+        };
+        self.last_id = Some(id);
+        QueueId(id)
+    }
+
+    /// The highest ID named in `tmp/`, `msg/`, `state/` (`ID` and `ID.new`)
+    /// or `corrupt/` (`ID` and `ID.N`); 0 for an empty spool.
+    fn highest_id_in_spool(&self) -> u64 {
+        let mut highest = 0;
+        for dir in ["tmp", "msg", "state", "corrupt"] {
+            let Ok(entries) = fs::read_dir(self.root.join(dir)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let stem = name.split('.').next().unwrap_or(name);
+                if let Ok(id) = stem.parse::<QueueId>() {
+                    highest = highest.max(id.0);
+                }
+            }
+        }
+        highest
+    }
+
+    /// Moves a sealed file from `tmp/` to `msg/` without replacing anything;
+    /// if its ID is taken there, under the next free one.
+    fn publish(&mut self, inc: &Incoming) -> io::Result<QueueId> {
+        let mut id = inc.id;
+        for _ in 0..ID_ATTEMPTS {
+            match safe_fs::rename_noreplace(&inc.path, &self.path("msg", id)) {
+                Ok(()) => return Ok(id),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    let next = self.next_id(inc.arrival);
+                    log::warn!("{id}: msg/{id} exists (another writer?); committing as {next}");
+                    id = next;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -223,8 +338,7 @@ impl Spool {
             let r = (|| {
                 inc.file.write_all(&trailer(inc.size))?;
                 inc.file.flush()?;
-                fs::rename(&inc.path, self.path("msg", inc.id))?;
-                Ok(inc.id)
+                self.publish(&inc)
             })();
             match r {
                 // Kept for the sync in case it is the only one.
@@ -259,39 +373,60 @@ impl Spool {
 
     /// Reads a committed message's envelope and its recipients' state.
     pub fn load(&self, id: QueueId) -> io::Result<(StoredEnvelope, Vec<RcptState>, u32)> {
-        let mut f = File::open(self.path("msg", id))?;
+        self.load_progress(id)
+            .map(|(env, p)| (env, p.states, p.attempts))
+    }
+
+    /// Reads a committed message's envelope and its progress (recipients'
+    /// state, attempts, queue age).
+    pub fn load_progress(&self, id: QueueId) -> io::Result<(StoredEnvelope, Progress)> {
+        let mut f = open_queue_file(&self.path("msg", id))?;
         let env = read_envelope(&mut f)?;
-        let (states, attempts) = match fs::read(self.path("state", id)) {
+        let state = open_queue_file(&self.path("state", id)).and_then(|mut f| {
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes).map(|_| bytes)
+        });
+        let progress = match state {
             Ok(bytes) => envelope::decode_state(&bytes, env.recipients.len())
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad state file"))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                (vec![RcptState::default(); env.recipients.len()], 0)
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Progress {
+                states: vec![RcptState::default(); env.recipients.len()],
+                attempts: 0,
+                age: 0,
+            },
             Err(e) => return Err(e),
         };
-        Ok((env, states, attempts))
+        Ok((env, progress))
     }
 
     /// Opens the content for reading (after the envelope, before the
     /// trailer) and checks the trailer.
     pub fn open_content(&self, id: QueueId) -> io::Result<(Content, u64)> {
-        let mut f = File::open(self.path("msg", id))?;
+        let mut f = open_queue_file(&self.path("msg", id))?;
         let env = read_envelope(&mut f)?;
         let len = check_trailer(&mut f, env.body_offset)?;
         f.seek(SeekFrom::Start(env.body_offset))?;
         Ok((f.take(len), len))
     }
 
-    /// Replaces the state file (write new, fsync, rename).
-    pub fn save_state(&self, id: QueueId, states: &[RcptState], attempts: u32) -> io::Result<()> {
+    /// Replaces the state file (write new, fsync, rename). `age`: the
+    /// message's queue age in seconds (see `envelope::Progress`).
+    pub fn save_state(
+        &self,
+        id: QueueId,
+        states: &[RcptState],
+        attempts: u32,
+        age: u64,
+    ) -> io::Result<()> {
         let tmp = self.root.join("state").join(format!("{id}.new"));
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
-        f.write_all(&envelope::encode_state(states, attempts))?;
+        f.write_all(&envelope::encode_state(states, attempts, age))?;
         if self.sync {
             f.sync_data()?;
         }
@@ -315,13 +450,14 @@ impl Spool {
     /// Start-up recovery (idempotent): applies the state table above and
     /// returns every committed message.
     pub fn recover(&self) -> io::Result<Vec<QueueId>> {
-        for entry in fs::read_dir(self.root.join("tmp"))? {
-            let entry = entry?;
+        // Never through a symlink: the directory is opened O_NOFOLLOW.
+        let tmp = safe_fs::Dir::open(&self.root)?.sub(std::ffi::OsStr::new("tmp"))?;
+        for name in tmp.entries()? {
             log::info!(
                 "recovery: removing unacknowledged {}",
-                entry.path().display()
+                self.root.join("tmp").join(&name).display()
             );
-            let _ = fs::remove_file(entry.path());
+            let _ = tmp.unlink(&name);
         }
         let mut ids = Vec::new();
         for entry in fs::read_dir(self.root.join("msg"))? {
@@ -335,7 +471,7 @@ impl Spool {
                 Ok(_) => ids.push(id),
                 Err(e) => {
                     log::error!("{id}: damaged queue file ({e}); moved to corrupt/");
-                    let _ = fs::rename(entry.path(), self.path("corrupt", id));
+                    let _ = set_aside(&entry.path(), &self.root.join("corrupt"), &id.to_string());
                 }
             }
         }
@@ -369,6 +505,53 @@ impl Spool {
     }
 }
 
+/// Moves `from` into `dir` as `name`, or `name.1`, `name.2`, ... if taken:
+/// never over an earlier file (set-aside files are kept for the admin).
+pub fn set_aside(from: &Path, dir: &Path, name: &str) -> io::Result<PathBuf> {
+    let mut to = dir.join(name);
+    for n in 1..=ID_ATTEMPTS {
+        match safe_fs::rename_noreplace(from, &to) {
+            Ok(()) => return Ok(to),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                to = dir.join(format!("{name}.{n}"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(format!(
+        "no free name for {name} in {}",
+        dir.display()
+    )))
+}
+
+/// 0..2^ID_RANDOM_BITS from the system's random source; 0 if it fails
+/// (uniqueness never depends on it).
+fn random_offset() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        return 0;
+    }
+    u64::from(u32::from_le_bytes(b) & ((1 << ID_RANDOM_BITS) - 1))
+}
+
+/// Opens a spool file for reading: never through a symlink, never a FIFO
+/// or device (whose open or read would block the loop), only a regular
+/// file.
+fn open_queue_file(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    Ok(f)
+}
+
 /// Reads the envelope at the start of a message file, leaving the file
 /// position unspecified.
 fn read_envelope(f: &mut File) -> io::Result<StoredEnvelope> {
@@ -376,13 +559,13 @@ fn read_envelope(f: &mut File) -> io::Result<StoredEnvelope> {
     let mut chunk = [0u8; 4096];
     loop {
         let n = f.read(&mut chunk)?;
-        if n == 0 {
+        let Some(got) = chunk.get(..n).filter(|got| !got.is_empty()) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "truncated envelope",
             ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
+        };
+        buf.extend_from_slice(got);
         if let Some(env) = StoredEnvelope::decode(&buf) {
             return env.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
         }
@@ -418,8 +601,9 @@ fn check_trailer(f: &mut File, body_offset: u64) -> io::Result<u64> {
         .ok_or_else(bad)?;
     let len = u64::from_str_radix(hex, 16).map_err(|_| bad())?;
     if magic != TRAILER_MAGIC
-        || t[t.len() - 1] != b'\n'
-        || body_offset + len + TRAILER_LEN != file_len
+        || t.last() != Some(&b'\n')
+        // Checked: a damaged trailer may claim any length up to 2^64 - 1.
+        || body_offset.checked_add(len).and_then(|n| n.checked_add(TRAILER_LEN)) != Some(file_len)
     {
         return Err(bad());
     }
@@ -444,6 +628,7 @@ pub fn syncfs_fd(file: &File) -> io::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 
@@ -511,9 +696,10 @@ mod tests {
             status: RcptStatus::Deferred,
             reply: "451 try\nlater".into(),
         };
-        spool.save_state(ida, &states, 3).unwrap();
+        spool.save_state(ida, &states, 3, 7200).unwrap();
         let (_, s2, attempts) = spool.load(ida).unwrap();
         assert_eq!(attempts, 3);
+        assert_eq!(spool.load_progress(ida).unwrap().1.age, 7200);
         assert_eq!(s2[0].status, RcptStatus::Sent);
         assert_eq!(s2[1].reply, "451 try later");
         assert_eq!(spool.recover().unwrap(), {
@@ -524,6 +710,75 @@ mod tests {
         spool.remove(ida).unwrap();
         assert_eq!(spool.list().unwrap(), vec![idb]);
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn commit_never_replaces_an_existing_message() {
+        let dir = tempdir("noreplace");
+        let mut spool = Spool::open(&dir, false).unwrap();
+        let mut inc = spool.create(&env()).unwrap();
+        inc.write(b"new message\r\n").unwrap();
+        // Another writer (or an earlier boot) already holds this ID.
+        let taken = dir.join("msg").join(inc.id.to_string());
+        fs::write(&taken, b"acknowledged earlier").unwrap();
+        let first = inc.id;
+        let id = spool.commit(vec![inc]).pop().unwrap().unwrap();
+        assert_ne!(id, first);
+        assert_eq!(fs::read(&taken).unwrap(), b"acknowledged earlier");
+        let (mut f, _) = spool.open_content(id).unwrap();
+        let mut content = Vec::new();
+        f.read_to_end(&mut content).unwrap();
+        assert_eq!(content, b"new message\r\n");
+        assert!(fs::read_dir(dir.join("tmp")).unwrap().next().is_none());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn ids_stay_unique_across_restarts_whatever_the_clock() {
+        let dir = tempdir("ids");
+        let mut all = Vec::new();
+        // Three "boots" at the same second, then one with the clock behind.
+        for arrival in [1_795_000_000, 1_795_000_000, 1_795_000_000, 1_000] {
+            let mut spool = Spool::open(&dir, false).unwrap();
+            spool.recover().unwrap();
+            let mut e = env();
+            e.arrival = arrival;
+            for _ in 0..5 {
+                let mut inc = spool.create(&e).unwrap();
+                inc.write(b"x\r\n").unwrap();
+                all.push(spool.commit(vec![inc]).pop().unwrap().unwrap());
+            }
+        }
+        let mut listed = Spool::open(&dir, false).unwrap().list().unwrap();
+        listed.sort();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 20);
+        assert_eq!(listed, all, "every committed message is still there");
+        // IDs follow arrival while the clock moves forward.
+        let mut spool = Spool::open(&dir, false).unwrap();
+        let mut e = env();
+        e.arrival = 1_795_000_100;
+        let a = spool.create(&e).unwrap().id;
+        e.arrival = 1_795_000_101;
+        let b = spool.create(&e).unwrap().id;
+        assert!(a < b && a.0 >> 24 == 1_795_000_100, "{a} {b}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn symlinked_spool_directories_are_refused() {
+        let dir = tempdir("symlinked");
+        let outside = tempdir("symlinked-outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("precious"), b"x").unwrap();
+        Spool::open(&dir, false).unwrap();
+        fs::remove_dir(dir.join("tmp")).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("tmp")).unwrap();
+        assert!(Spool::open(&dir, false).is_err());
+        assert!(outside.join("precious").exists());
+        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_dir_all(&outside);
     }
 
     #[test]
@@ -554,6 +809,26 @@ mod tests {
         assert!(dir.join("corrupt").join(id.to_string()).exists());
         // Idempotent.
         assert!(spool.recover().unwrap().is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_trailer_claiming_a_huge_length_is_damage_not_a_panic() {
+        let dir = tempdir("hugetrailer");
+        let mut spool = Spool::open(&dir, false).unwrap();
+        let mut inc = spool.create(&env()).unwrap();
+        inc.write(b"content\r\n").unwrap();
+        let id = inc.id;
+        spool.commit(vec![inc]).pop().unwrap().unwrap();
+        let path = dir.join("msg").join(id.to_string());
+        let mut bytes = fs::read(&path).unwrap();
+        let at = bytes.len() - 17;
+        bytes[at..at + 16].copy_from_slice(b"ffffffffffffffff");
+        fs::write(&path, &bytes).unwrap();
+        let e = spool.open_content(id).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(spool.recover().unwrap().is_empty());
+        assert!(dir.join("corrupt").join(id.to_string()).exists());
         let _ = fs::remove_dir_all(&dir);
     }
 }
