@@ -71,14 +71,11 @@ def test_twenty_quick_restarts_keep_held_mail(tern_factory):
         sink.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (issue 12 torture): queue IDs are arrival second + a counter that starts "
-    "at 0 in every daemon, so a message received in the same second as a restart "
-    "gets the ID of a queued one and the commit's rename replaces it: an "
-    "acknowledged message is lost (and a stale state/ID can send the new one to "
-    "corrupt/). Fixed by the spool commit rewrite (no-replace commit, IDs unique "
-    "across restarts); remove this marker then."))
 def test_message_after_quick_restart_does_not_replace_a_queued_one(tern_factory):
+    """Regression (found by the torture soak, fixed on main by unique queue
+    IDs and a commit that never replaces): IDs were arrival second + a
+    counter restarting at 0, so a message committed in the same second as a
+    restart took a queued message's ID and the rename replaced it."""
     sink = Sink()
     try:
         t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none",
