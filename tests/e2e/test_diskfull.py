@@ -220,3 +220,30 @@ def test_enospc_at_commit_gives_452_and_leaves_no_file(tern_factory, small_fs):
     assert send(body)[0] == 250
     assert len(t.queued()) == 2
     assert t.proc.poll() is None
+
+
+def test_drop_waits_for_space_instead_of_corrupt(tern_factory, small_fs):
+    """A sendmail drop (accepted: exit 0) that the daemon cannot import
+    because the disk is full stays in drop/ and is delivered once space
+    returns; it is never set aside in corrupt/."""
+    spool = small_fs / "spool"
+    t = tern_factory(spool_dir=spool, min_free_space=0)
+    t.spool = spool
+    t.start()
+    t.stop()
+    r = subprocess.run([TERN_BIN, "-c", str(t.conf), "sendmail", "-oi", "root"],
+                       input=message("waits-for-space", size=100 * 1024).replace(b"\r\n", b"\n"),
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    filler = fill(spool, 0)
+    t.start()
+    time.sleep(2.5)  # the start-up import and two scans
+    assert len(list((spool / "drop").iterdir())) == 1
+    assert not list((spool / "corrupt").iterdir())
+    assert not list((spool / "tmp").iterdir())
+    assert "kept for the next scan" in t.log_text()
+    filler.unlink()
+    wait_for(lambda: any(b"waits-for-space" in m for m in t.maildir("root")), timeout=10,
+             what="the drop delivered once space returned")
+    assert not list((spool / "drop").iterdir())
+    assert not list((spool / "corrupt").iterdir())

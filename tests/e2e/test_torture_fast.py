@@ -2,10 +2,10 @@
 `make torture` runs the full sweep): the commit's syscall order for a lone
 message and a group commit, a sample of crash points (every
 FAST_EVERY-th, at a random offset; the failing syscall and N are named) of
-each scenario, a short kill -9 soak, and the defect the torture found that
-is still open, reproduced deterministically and marked xfail(strict=True)
-until fixed (the other one, queue IDs reused after a restart, is fixed on
-main: tests/e2e/test_restarts.py keeps its regression test).
+each scenario, a short kill -9 soak, and a deterministic regression test
+for a defect the torture found (a drop imported twice; the other one,
+queue IDs reused after a restart, has its regression test in
+tests/e2e/test_restarts.py).
 Needs strace with fault injection; fails (never skips) without it."""
 
 import sys
@@ -20,14 +20,6 @@ import crashpoints  # noqa: E402
 # One crash point in this many (the full sweep tries them all).
 FAST_EVERY = 12
 FAST_SOAK_ROUNDS = 10
-
-
-DROP_DUP_REASON = (
-    "BUG: a sendmail drop is committed into msg/ and only then unlinked from drop/; a "
-    "kill between the two imports it again at the next start (delivered twice, outside "
-    "the remote-250 window). spool::drop documents it as accepted; issue 12 does not "
-    "allow it. Fix: record the drop name in the queued message and skip/unlink a drop "
-    "that is already queued at start-up.")
 
 
 def test_strace_can_inject():
@@ -46,15 +38,13 @@ def test_commit_order(tmp_path, group):
 @pytest.mark.parametrize("name", sorted(crashpoints.SCENARIOS))
 def test_crash_points_sample(tmp_path, name):
     """No loss and no duplicate outside the allowed window at a sample of
-    crash points. Drop re-import duplicates (the open bug below) are
-    printed, not failed here: its own strict-xfail test carries it."""
+    crash points."""
     lines = []
     fig = crashpoints.sweep(crashpoints.SCENARIOS[name], tmp_path, every=FAST_EVERY, log=lines.append)
     print("\n".join(lines))
     print({k: v for k, v in fig.items() if k != "violations"})
     assert fig["points"] > 0 and fig["kills"] > 0, fig
-    unexplained = [v for v in fig["violations"] if crashpoints.DROP_DUP_BUG not in v]
-    assert not unexplained, "\n".join(unexplained)
+    assert fig["lost"] == 0 and not fig["violations"], "\n".join(fig["violations"])
 
 
 def test_kill9_soak_short(tmp_path):
@@ -65,8 +55,10 @@ def test_kill9_soak_short(tmp_path):
     assert fig["bad_dups"] == 0 and fig["tmp_left"] == 0, fig
 
 
-@pytest.mark.xfail(strict=True, reason=DROP_DUP_REASON)
 def test_drop_import_killed_before_unlink_is_delivered_once(tmp_path):
+    """Regression: a drop was committed into msg/ and only then unlinked, so
+    a kill between the two imported it again at the next start (found by
+    the sendmail scenario). Now the drop is claimed as NAME+ID first."""
     crashpoints.need_strace()
     d = crashpoints.Daemon(tmp_path)
     token = crashpoints.new_token()
