@@ -58,19 +58,29 @@ def test_kill9_soak_short(tmp_path):
 def test_drop_import_killed_before_unlink_is_delivered_once(tmp_path):
     """Regression: a drop was committed into msg/ and only then unlinked, so
     a kill between the two imported it again at the next start (found by
-    the sendmail scenario). Now the drop is claimed as NAME+ID first."""
+    the sendmail scenario). Now the drop is claimed as NAME+ID first.
+
+    The kill: at the Nth unlink/unlinkat of a daemon importing one drop at
+    start, for the first N that leaves the message committed in msg/ and
+    the drop still in drop/ (whatever the file names)."""
     crashpoints.need_strace()
-    d = crashpoints.Daemon(tmp_path)
-    token = crashpoints.new_token()
-    assert crashpoints.sendmail_drop(d, "dave", token)  # daemon down: a drop file
-    (drop,) = list((d.spool / "drop").iterdir())
-    # Killed on entering the unlink of that drop file, i.e. after its commit.
-    d.start(strace=["-o", "/dev/null", "-P", str(drop), "-e", "trace=unlink,unlinkat",
-                    "-e", "inject=unlink,unlinkat:signal=SIGKILL:when=1"], wait=False)
-    d.proc.wait(15)
-    assert d.proc.returncode == -9, "the daemon was not killed at the drop's unlink"
-    d.proc = None
-    # A later second: the re-import cannot take the same queue ID.
+    for n in range(1, 16):
+        d = crashpoints.Daemon(tmp_path / f"n{n}")
+        token = crashpoints.new_token()
+        assert crashpoints.sendmail_drop(d, "dave", token)  # daemon down: a drop file
+        d.start(strace=["-o", "/dev/null", "-e", "trace=unlink,unlinkat",
+                        "-e", f"inject=unlink,unlinkat:signal=SIGKILL:when={n}"], wait=False)
+        crashpoints.wait_until(lambda: not d.alive() or d.maildir_tokens(), 10)
+        if d.alive():
+            d.stop()
+            continue
+        d.proc.wait()
+        d.proc = None
+        if d.spool_files("msg") and d.spool_files("drop"):
+            break
+    else:
+        pytest.fail("no kill left a committed message with its drop file")
+    # A later second: with second-based IDs the re-import cannot reuse the ID.
     time.sleep(1.1)
     d.start()
     try:
@@ -79,4 +89,4 @@ def test_drop_import_killed_before_unlink_is_delivered_once(tmp_path):
         time.sleep(0.3)
     finally:
         d.stop()
-    assert d.maildir_tokens() == {(token, "dave"): 1}
+    assert d.maildir_tokens() == {(token, "dave"): 1}, f"killed at unlink #{n}"
