@@ -20,6 +20,8 @@ import crashpoints  # noqa: E402
 # One crash point in this many (the full sweep tries them all).
 FAST_EVERY = 12
 FAST_SOAK_ROUNDS = 10
+# Seconds between a soak client's messages (the full soak sends flat out).
+FAST_SOAK_PACE = 0.03
 
 
 def test_strace_can_inject():
@@ -48,7 +50,7 @@ def test_crash_points_sample(tmp_path, name):
 
 
 def test_kill9_soak_short(tmp_path):
-    fig = crashpoints.soak(tmp_path, rounds=FAST_SOAK_ROUNDS, clients=3)
+    fig = crashpoints.soak(tmp_path, rounds=FAST_SOAK_ROUNDS, clients=3, pace=FAST_SOAK_PACE)
     print(fig)
     assert fig["acked"] > 0, fig
     assert fig["lost"] == 0 and fig["corrupt_acked"] == 0, fig

@@ -769,12 +769,14 @@ def trace_order(base, group=False, attempts=5):
 # --- the kill -9 soak ----------------------------------------------------------
 
 
-def soak(base, rounds=100, clients=4, log=print, min_gap=0.05, max_gap=0.4):
+def soak(base, rounds=100, clients=4, log=print, min_gap=0.05, max_gap=0.4, pace=0.0):
     """`rounds` kill -9s at random moments while `clients` threads send
     continuously to a smarthost sink; the daemon is restarted at once after
     each kill. At the end every acknowledged message must be at the sink,
     for each of its recipients; duplicates are judged as in the sweep (a
-    snapshot of the sink and of msg/ at each kill)."""
+    snapshot of the sink and of msg/ at each kill). `pace`: seconds each
+    client waits between messages (0: flat out; the queue then drains at the
+    Python sink's speed after the last round)."""
     sink = TokenSink()
     d = Daemon(Path(base) / "soak", sink_port=sink.port)
     acked, unacked = {}, {}  # token -> recipients
@@ -792,8 +794,7 @@ def soak(base, rounds=100, clients=4, log=print, min_gap=0.05, max_gap=0.4):
             ok = smtp_send(d.port, rcpts, t, timeout=5)
             with lock:
                 (acked if ok else unacked)[t] = rcpts
-            if not ok:
-                time.sleep(0.01)
+            time.sleep(pace if ok else max(pace, 0.01))
 
     d.start()
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
