@@ -1,16 +1,22 @@
 # tern — see README.md. `make run` starts tern on the embedded dev config;
 # `make test` runs every test (installing the Debian packages the interop
-# tests need when run as root).
+# tests need when run as root): unit tests, then the end-to-end suite
+# against the debug binary and again against the release binary (where
+# panic = "abort": a panic reachable from input kills the daemon there).
 
 CARGO ?= cargo
 PREFIX ?= /usr/local
 DESTDIR ?=
 PYTHON ?= python3
 DEV_CONF := etc/tern.dev.conf
-TEST_PKGS := swaks postfix s-nail openssl strace
-PY_PKGS := pytest
+# Every program the e2e tests run, by Debian package: swaks (and
+# libnet-ssleay-perl, only a Recommends of swaks, for its STARTTLS),
+# postfix (smtp-sink, smtp-source), s-nail (a real sendmail caller),
+# openssl (s_client), faketime and strace. pytest runs them: Debian's
+# python3-pytest when $(PYTHON) lacks it and we are root, else pip.
+TEST_PKGS := swaks libnet-ssleay-perl postfix s-nail openssl faketime strace
 
-.PHONY: all build release run test test-deps unit e2e torture check fmt clippy size bench install clean cross cross-test
+.PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench install clean cross cross-test
 
 all: build
 
@@ -26,7 +32,7 @@ run: build
 	mkdir -p run/spool run/mail
 	./target/debug/tern -c $(DEV_CONF)
 
-test: test-deps unit e2e
+test: test-deps unit e2e e2e-release
 
 test-deps:
 	@missing=""; \
@@ -40,7 +46,10 @@ test-deps:
 	    echo "missing Debian packages:$$missing (run 'make test' as root, or apt-get install them)"; exit 1; \
 	  fi; \
 	fi
-	@$(PYTHON) -c "import pytest" 2>/dev/null || $(PYTHON) -m pip install -q $(PY_PKGS) \
+	@$(PYTHON) -c "import pytest" 2>/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pytest >/dev/null \
+	       && $(PYTHON) -c "import pytest" 2>/dev/null; } \
+	  || $(PYTHON) -m pip install -q pytest \
 	  || { echo "python package pytest is missing and could not be installed"; exit 1; }
 
 unit:
@@ -48,6 +57,10 @@ unit:
 
 e2e: build
 	TERN_BIN=$(CURDIR)/target/debug/tern $(PYTHON) -m pytest -q tests/e2e
+
+# The same suite against the release profile (panic = "abort", LTO).
+e2e-release: release
+	TERN_BIN=$(CURDIR)/target/release/tern $(PYTHON) -m pytest -q tests/e2e
 
 # The full crash-point torture (tests/torture/crashpoints.py): the commit's
 # syscall order, every crash point of every scenario under strace fault

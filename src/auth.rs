@@ -26,6 +26,12 @@
 //! other than the authenticated user (proxy authorization); SASLprep (RFC
 //! 4013) normalisation: names and passwords compare as exact bytes.
 
+// No input may panic the daemon (a release build aborts on panic: issue 11
+// found one command line that stopped all mail). Byte offsets never slice a
+// `str`, and every index is checked (`get`, `split_at_checked`, iterators);
+// test modules opt out.
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
+
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
@@ -36,7 +42,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ring::pbkdf2;
-use ring::rand::{SecureRandom, SystemRandom};
 
 /// Longest AUTH response line, without CRLF (RFC 4954 §4).
 pub const MAX_SASL_LINE: usize = 12288;
@@ -84,7 +89,11 @@ pub fn base64_encode(data: &[u8]) -> String {
         let b1 = chunk.get(1).copied().unwrap_or(0);
         let b2 = chunk.get(2).copied().unwrap_or(0);
         let n = (u32::from(b0) << 16) | (u32::from(b1) << 8) | u32::from(b2);
-        let sextet = |shift: u32| char::from(B64_ALPHABET[((n >> shift) & 63) as usize]);
+        let sextet = |shift: u32| {
+            B64_ALPHABET
+                .get(((n >> shift) & 63) as usize)
+                .map_or('=', |&c| char::from(c))
+        };
         out.push(sextet(18));
         out.push(sextet(12));
         out.push(if chunk.len() > 1 { sextet(6) } else { '=' });
@@ -122,7 +131,7 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
             _ => 0,
         };
         let mut n = 0u32;
-        for &c in &quad[..4 - pad] {
+        for &c in quad.iter().take(4 - pad) {
             n = (n << 6) | b64_value(c)?;
         }
         n <<= 6 * pad as u32;
@@ -218,9 +227,7 @@ pub fn hash_password(password: &str, salt: &[u8]) -> String {
 /// [`hash_password`] with a fresh random salt (for `tern passwd`).
 pub fn new_hash(password: &str) -> io::Result<String> {
     let mut salt = [0u8; PBKDF2_SALT_LEN];
-    SystemRandom::new()
-        .fill(&mut salt)
-        .map_err(|_| io::Error::other("system random generator failed"))?;
+    crate::random::fill(&mut salt)?;
     Ok(hash_password(password, &salt))
 }
 
@@ -525,7 +532,11 @@ fn parse_plain(message: &[u8]) -> SaslStep {
 /// Per-client failure counter for AUTH brute-force protection, sans-IO.
 ///
 /// After `max_failures` failures within `window`, the client is blocked for
-/// `window` from the last failure. IPv6 clients are counted per /64 (one
+/// `window` from the last failure. A successful login changes nothing here:
+/// it must not reset the address's count, or one valid account (the
+/// attacker's own, or a leaked one) would give unlimited guesses at the
+/// others (issue 11). Legitimate users behind the same address share the
+/// count; failures age out after `window`. IPv6 clients are counted per /64 (one
 /// host usually owns a whole /64) and IPv4-mapped IPv6 as IPv4. The table
 /// holds at most `max_entries`; when full, expired entries go first, then
 /// the least recently failed one.
@@ -570,6 +581,25 @@ impl FailureLimiter {
             .is_some_and(|t| now < t)
     }
 
+    /// One login attempt from `ip`: `None` while the address is blocked
+    /// (the password is not even checked), else what `verify` said. A
+    /// failure is counted; a success changes nothing (see the type's doc).
+    pub fn attempt(
+        &mut self,
+        ip: IpAddr,
+        now: Instant,
+        verify: impl FnOnce() -> bool,
+    ) -> Option<bool> {
+        if self.is_blocked(ip, now) {
+            return None;
+        }
+        let ok = verify();
+        if !ok {
+            self.record_failure(ip, now);
+        }
+        Some(ok)
+    }
+
     pub fn record_failure(&mut self, ip: IpAddr, now: Instant) {
         let key = limiter_key(ip);
         if !self.entries.contains_key(&key) && self.entries.len() >= self.max_entries {
@@ -595,10 +625,6 @@ impl FailureLimiter {
         if entry.failures >= self.max_failures {
             entry.blocked_until = now.checked_add(window);
         }
-    }
-
-    pub fn record_success(&mut self, ip: IpAddr) {
-        self.entries.remove(&limiter_key(ip));
     }
 
     /// Entries currently held (bounded by `max_entries`).
@@ -655,6 +681,7 @@ pub fn failure_delay(failures_on_this_connection: u32) -> Duration {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
@@ -992,14 +1019,21 @@ mod tests {
         assert!(!lim.is_blocked(v4(1), t0 + window + Duration::from_secs(1)));
     }
 
+    /// Issue 11 item 13: a login between guesses reset the count.
     #[test]
-    fn limiter_success_clears() {
+    fn limiter_success_does_not_clear_the_address() {
         let t0 = Instant::now();
-        let mut lim = FailureLimiter::new(2, Duration::from_secs(60), 100);
-        lim.record_failure(v4(1), t0);
-        lim.record_success(v4(1));
-        lim.record_failure(v4(1), t0);
-        assert!(!lim.is_blocked(v4(1), t0));
+        let mut lim = FailureLimiter::new(3, Duration::from_secs(60), 100);
+        let ip = v4(1);
+        // The attacker's own account logs in between guesses at others.
+        for _ in 0..2 {
+            assert_eq!(lim.attempt(ip, t0, || false), Some(false));
+            assert_eq!(lim.attempt(ip, t0, || true), Some(true));
+        }
+        assert_eq!(lim.attempt(ip, t0, || false), Some(false));
+        assert!(lim.is_blocked(ip, t0));
+        assert_eq!(lim.attempt(ip, t0, || true), None, "blocked, valid or not");
+        assert!(!lim.is_blocked(v4(2), t0));
         assert_eq!(lim.len(), 1);
     }
 

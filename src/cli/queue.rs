@@ -62,7 +62,11 @@ pub fn mailq(cfg: Config) -> i32 {
                 if st.reply.is_empty() {
                     println!("{:45}{address} ({state})", "");
                 } else {
-                    println!("{:45}{address} ({state}: {})", "", st.reply);
+                    println!(
+                        "{:45}{address} ({state}: {})",
+                        "",
+                        crate::logsafe::LogSafe(&st.reply)
+                    );
                 }
             }
             println!();
@@ -141,7 +145,7 @@ pub fn main(cfg: Config, args: &[String]) -> i32 {
                     println!("id: {qid}");
                     println!("arrival: {}", rfc5322_date(env.arrival as i64, 0));
                     println!("sender: <{}>", env.sender);
-                    println!("client: {}", env.client);
+                    println!("client: {}", crate::logsafe::LogSafe(&env.client));
                     println!("attempts: {attempts}");
                     for (r, st) in env.recipients.iter().zip(&states) {
                         println!(
@@ -149,14 +153,20 @@ pub fn main(cfg: Config, args: &[String]) -> i32 {
                             r.final_address(&cfg.hostname),
                             r.original,
                             st.status,
-                            st.reply
+                            crate::logsafe::LogSafe(&st.reply)
                         );
                     }
                     println!();
                     if let Ok((f, _)) = spool.open_content(qid) {
                         let mut buf = Vec::new();
                         let _ = f.take(64 * 1024).read_to_end(&mut buf);
-                        print!("{}", String::from_utf8_lossy(header_block(&buf)));
+                        // Header lines as text, control octets escaped
+                        // (a terminal must not run what a sender wrote).
+                        for line in header_block(&buf).split_inclusive(|&b| b == b'\n') {
+                            let line = line.strip_suffix(b"\n").unwrap_or(line);
+                            let line = line.strip_suffix(b"\r").unwrap_or(line);
+                            println!("{}", crate::logsafe::LogSafe(line));
+                        }
                     }
                     EX_OK
                 }

@@ -390,10 +390,10 @@ pub fn inject(
         fix.push_str(&format!("Date: {}\n", rfc5322_date(now as i64, 0)));
     }
     if !has("message-id") {
+        let unique = crate::random::u32().map_err(io_err)?;
         fix.push_str(&format!(
-            "Message-ID: <{now}.{}.{}@{}>\n",
+            "Message-ID: <{now}.{}.{unique}@{}>\n",
             std::process::id(),
-            random_u32(),
             cfg.hostname
         ));
     }
@@ -553,14 +553,6 @@ fn invoking_user() -> String {
     } else {
         format!("uid{uid}")
     }
-}
-
-fn random_u32() -> u32 {
-    let mut b = [0u8; 4];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut b);
-    }
-    u32::from_ne_bytes(b)
 }
 
 #[cfg(test)]

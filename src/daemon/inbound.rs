@@ -9,6 +9,7 @@ use super::transport::{Read, Transport};
 use super::{unix_now, Daemon};
 use crate::bounce::rfc5322_date;
 use crate::delivery::Destination;
+use crate::logsafe::LogSafe;
 use crate::reactor::SockId;
 use crate::smtp::address::Address;
 use crate::smtp::reply::{self, Reply};
@@ -49,15 +50,10 @@ impl Policy for LocalPolicy<'_> {
     fn authenticate(&self, peer: IpAddr, user: &str, password: &str) -> AuthVerdict {
         let now = Instant::now();
         let mut limiter = self.daemon.auth_limiter.borrow_mut();
-        if limiter.is_blocked(peer, now) {
-            return AuthVerdict::Blocked;
-        }
-        if self.daemon.users.check(user, password) {
-            limiter.record_success(peer);
-            AuthVerdict::Ok
-        } else {
-            limiter.record_failure(peer, now);
-            AuthVerdict::Bad
+        match limiter.attempt(peer, now, || self.daemon.users.check(user, password)) {
+            None => AuthVerdict::Blocked,
+            Some(true) => AuthVerdict::Ok,
+            Some(false) => AuthVerdict::Bad,
         }
     }
 
@@ -187,7 +183,9 @@ impl Daemon {
                     false
                 }
             };
-            if closed || (conn.session.is_closing() && conn.session.output().is_empty() && flushed)
+            if closed
+                || conn.session.is_abandoned()
+                || (conn.session.is_closing() && conn.session.output().is_empty() && flushed)
             {
                 closed = true;
                 break;
@@ -273,7 +271,7 @@ impl Daemon {
                 Read::Pending => break,
                 Read::Closed => {
                     if let Some(e) = conn.transport.tls_error() {
-                        log::info!("{}: TLS failed: {e}", conn.peer);
+                        log::info!("{}: TLS failed: {}", conn.peer, LogSafe(e));
                     }
                     conn.session.connection_lost();
                     self.session_events(id, &mut conn);
@@ -341,13 +339,15 @@ impl Daemon {
                                     _ if !log::log_enabled!(log::Level::Info) => String::new(),
                                     Some(env) => format!(
                                         "from=<{}> size={} nrcpt={} client={} [{}]",
-                                        env.sender
-                                            .as_ref()
-                                            .map(|a| a.to_string())
-                                            .unwrap_or_default(),
+                                        LogSafe(
+                                            env.sender
+                                                .as_ref()
+                                                .map(|a| a.to_string())
+                                                .unwrap_or_default()
+                                        ),
                                         inc.size,
                                         env.recipients.len(),
-                                        conn.session.helo_name(),
+                                        LogSafe(conn.session.helo_name()),
                                         conn.peer.ip()
                                     ),
                                     None => format!("size={}", inc.size),

@@ -244,7 +244,10 @@ impl Daemon {
             stopping: None,
             in_flight: HashMap::new(),
             local_seq: 0,
-            resolver: Resolver::new(resolver_config(&cfg_dns), seed()),
+            resolver: Resolver::new(
+                resolver_config(&cfg_dns),
+                Box::new(|buf: &mut [u8]| crate::random::fill(buf).map_err(|_| ())),
+            ),
             dns_socks: HashMap::new(),
             dns_by_handle: HashMap::new(),
             dns_timer: None,
@@ -525,14 +528,4 @@ pub fn resolver_config(cfg: &Config) -> ResolverConfig {
         rc.timeout = t;
     }
     rc
-}
-
-/// Seed for query IDs and MX shuffling, from the kernel.
-fn seed() -> u64 {
-    let mut b = [0u8; 8];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut b);
-    }
-    u64::from_ne_bytes(b) ^ u64::from(std::process::id())
 }

@@ -633,6 +633,7 @@ impl Daemon {
                     Ok(0) => break,
                     Ok(n) => {
                         client.consume_transmit(n);
+                        client.note_progress(now);
                         progressed = true;
                     }
                     Err(_) => {
@@ -662,8 +663,9 @@ impl Daemon {
                         // Opportunistic TLS that fails: this address once more in plaintext.
                         if *policy == TlsPolicy::IfOffered && d.plaintext_fallback.is_none() {
                             log::warn!(
-                                "{}: TLS with {addr} failed ({e}); retrying in plaintext",
-                                d.job.id
+                                "{}: TLS with {addr} failed ({}); retrying in plaintext",
+                                d.job.id,
+                                crate::logsafe::LogSafe(&e)
                             );
                             d.plaintext_fallback = Some(addr);
                             d.addr = d.addr.saturating_sub(1);
@@ -748,6 +750,19 @@ impl Daemon {
                 Phase::Talking { client, .. } => {
                     client.handle_timeout(now);
                     self.pump(key, now);
+                    // A peer that stopped reading cannot take the last
+                    // (TLS) bytes either: a timed-out session is dropped.
+                    if let Some(Delivery {
+                        phase: Phase::Talking { client, sock, .. },
+                        ..
+                    }) = self.deliveries.get(&key)
+                    {
+                        if client.is_closed() && client.poll_timeout().is_none() {
+                            let s = *sock;
+                            self.drop_socket(s);
+                            self.finish_delivery(key);
+                        }
+                    }
                 }
                 Phase::Resolving(_) => {}
             }

@@ -301,7 +301,7 @@ impl Daemon {
                 } else {
                     status_code(&o.reply)
                 },
-                o.reply
+                crate::logsafe::LogSafe(&o.reply)
             );
             *st = RcptState {
                 status: o.status,

@@ -98,6 +98,7 @@ fn scoped(addr: Ipv6Addr, scope_id: u32) -> SocketAddrV6 {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
     use crate::dns::resolver::{DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT};

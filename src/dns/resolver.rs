@@ -16,11 +16,14 @@
 //! randomise equal preferences), RFC 7505 (null MX), RFC 1035 §7 (matching a
 //! response to its query, retransmission across servers), RFC 1035 §4.2.2
 //! and RFC 7766 (TCP after truncation), RFC 1034 §3.6.2 (CNAME chains),
-//! RFC 2308 (negative caching).
+//! RFC 2308 (negative caching), RFC 6891 §7 (EDNS(0) and the fallback for
+//! servers without it), RFC 5452 §9.2 (unpredictable query IDs).
 //!
 //! Invariants:
-//! - Each [`Transmit`] has a fresh [`QueryHandle`] and a fresh random 16-bit
-//!   ID. A response counts only if it arrives on that handle, from that
+//! - Each [`Transmit`] has a fresh [`QueryHandle`] and a fresh 16-bit ID from
+//!   the [`RandomSource`] the driver passes in (the kernel's CSPRNG in the
+//!   daemon); if the source fails, the question fails temporarily and
+//!   nothing is sent (fail closed, never a guessable ID). A response counts only if it arrives on that handle, from that
 //!   server's address and port, with that ID, QR set, opcode QUERY and the
 //!   same question; anything else is ignored and the exchange keeps waiting.
 //! - Every handle handed out by `poll_transmit` is later handed out once by
@@ -29,25 +32,30 @@
 //!   one per try, each waiting `timeout`), plus one TCP try per truncated
 //!   UDP answer. SERVFAIL, REFUSED, other error codes, malformed answers and
 //!   transport errors move on to the next try at once.
+//! - Queries carry an EDNS(0) OPT record. A server that answers one with
+//!   FORMERR, NOTIMP or BADVERS is asked again at once without it (not
+//!   counted as a try) and remembered, so each configured server costs at
+//!   most one such round trip per resolver lifetime.
 //! - DNS trouble is never permanent: only NXDOMAIN, NODATA, null MX and
 //!   invalid names give a permanent [`DnsError`].
 //! - Memory per lookup is bounded: at most [`MAX_MX_HOSTS`] hosts, at most
 //!   [`MAX_PARALLEL_QUESTIONS`] questions in flight, at most
 //!   [`MAX_CNAME_CHAIN`] aliases; the cache holds [`CACHE_ENTRIES`] entries.
 //!
-//! Not supported: EDNS(0), DNSSEC validation, search domains and `ndots`
+//! Not supported: EDNS options, DNSSEC validation, search domains and `ndots`
 //! (names are always absolute), the `rotate` option, IDNA, cancelling a
 //! lookup, removing our own host from the MX list (RFC 5321 §5.1 last
 //! paragraphs: the delivery code knows our host name and does that).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::wire::{
-    self, Header, Message, RData, Record, CLASS_IN, OPCODE_QUERY, RCODE_FORMERR, RCODE_NOERROR,
-    RCODE_NOTIMP, RCODE_NXDOMAIN, RCODE_REFUSED, RCODE_SERVFAIL, TYPE_A, TYPE_AAAA, TYPE_MX,
+    self, Header, Message, RData, Record, CLASS_IN, OPCODE_QUERY, RCODE_BADVERS, RCODE_FORMERR,
+    RCODE_NOERROR, RCODE_NOTIMP, RCODE_NXDOMAIN, RCODE_REFUSED, RCODE_SERVFAIL, TYPE_A, TYPE_AAAA,
+    TYPE_MX,
 };
 
 /// Most cached answers (positive and negative).
@@ -150,9 +158,18 @@ impl fmt::Display for DnsError {
 
 impl std::error::Error for DnsError {}
 
+/// Random octets for query IDs and MX shuffling, given by the driver (the
+/// resolver is sans-IO): the daemon passes the kernel's CSPRNG
+/// ([`crate::random::fill`]), tests a seeded generator. `Err` means no
+/// randomness is available.
+pub type RandomSource = Box<dyn FnMut(&mut [u8]) -> Result<(), ()>>;
+
 pub struct Resolver {
     cfg: ResolverConfig,
-    rng: XorShift,
+    random: RandomSource,
+    /// Servers that refused EDNS(0): they get plain queries (bounded by
+    /// the configured server list).
+    no_edns: HashSet<SocketAddr>,
     next_id: u64,
     lookups: HashMap<LookupId, Lookup>,
     questions: HashMap<QuestionId, Question>,
@@ -213,6 +230,8 @@ struct Exchange {
     server: SocketAddr,
     transport: Transport,
     id: u16,
+    /// The query carried an OPT record.
+    edns: bool,
     deadline: Instant,
 }
 
@@ -246,14 +265,15 @@ enum Addresses {
 }
 
 impl Resolver {
-    /// `seed` feeds the PRNG for query IDs and shuffling; take it from the
-    /// OS once at start-up.
-    pub fn new(mut cfg: ResolverConfig, seed: u64) -> Resolver {
+    /// `random` gives the query IDs and the shuffling of equal MX
+    /// preferences (see [`RandomSource`]).
+    pub fn new(mut cfg: ResolverConfig, random: RandomSource) -> Resolver {
         cfg.timeout = cfg.timeout.min(MAX_TIMEOUT);
         cfg.attempts = cfg.attempts.clamp(1, MAX_ATTEMPTS);
         Resolver {
             cfg,
-            rng: XorShift::new(seed),
+            random,
+            no_edns: HashSet::new(),
             next_id: 0,
             lookups: HashMap::new(),
             questions: HashMap::new(),
@@ -345,13 +365,31 @@ impl Resolver {
             } else {
                 self.next_try(qid, format!("truncated TCP answer from {server}"), now);
             }
-        } else if header.rcode == RCODE_NOERROR || header.rcode == RCODE_NXDOMAIN {
-            match wire::decode(payload) {
+            self.apply_ready(now);
+            return;
+        }
+        let message = wire::decode(payload);
+        // BADVERS lives in the OPT record; without one, the header says it all.
+        let rcode = message
+            .as_ref()
+            .map_or(u16::from(header.rcode), Message::rcode);
+        let refuses_edns = rcode == u16::from(RCODE_FORMERR)
+            || rcode == u16::from(RCODE_NOTIMP)
+            || rcode == RCODE_BADVERS;
+        if exchange.edns && refuses_edns {
+            // RFC 6891 §7: ask the same server again without the OPT record.
+            log::debug!("dns: {server} refused EDNS(0), retrying without it");
+            if self.cfg.servers.contains(&server) {
+                self.no_edns.insert(server);
+            }
+            self.send(qid, server, exchange.transport, now);
+        } else if rcode == u16::from(RCODE_NOERROR) || rcode == u16::from(RCODE_NXDOMAIN) {
+            match message {
                 Ok(message) => self.handle_answer(qid, &message, now),
                 Err(e) => self.next_try(qid, format!("malformed answer from {server}: {e}"), now),
             }
         } else {
-            let why = format!("{} from {server}", rcode_name(header.rcode));
+            let why = format!("{} from {server}", rcode_name(rcode));
             self.next_try(qid, why, now);
         }
         self.apply_ready(now);
@@ -426,9 +464,13 @@ impl Resolver {
                 return None;
             }
         };
-        let same_question = asked.is_some_and(|q| {
-            q.name == question.name && q.qtype == question.qtype && q.qclass == CLASS_IN
-        });
+        let same_question = match asked {
+            Some(q) => q.name == question.name && q.qtype == question.qtype && q.qclass == CLASS_IN,
+            // A server that could not parse the query (an OPT record it
+            // does not know) may answer FORMERR/NOTIMP without the question
+            // (RFC 1035 §4.1.1); a forged one can only cost the OPT record.
+            None => matches!(header.rcode, RCODE_FORMERR | RCODE_NOTIMP),
+        };
         let matches = header.id == exchange.id
             && header.is_response
             && header.opcode == OPCODE_QUERY
@@ -451,8 +493,16 @@ impl Resolver {
         let Some(question) = self.questions.get(&qid) else {
             return;
         };
-        let id = self.rng.next() as u16;
-        let query = match wire::encode_query(id, &question.name, question.qtype) {
+        let mut id = [0u8; 2];
+        if (self.random)(&mut id).is_err() {
+            let why = "no random source for a query ID".to_string();
+            self.finish_question(qid, Outcome::Temporary(why));
+            return;
+        }
+        let id = u16::from_be_bytes(id);
+        // Once refused on UDP, the server gets no OPT record over TCP either.
+        let edns = !self.no_edns.contains(&server);
+        let query = match wire::encode_query(id, &question.name, question.qtype, edns) {
             Ok(query) => query,
             Err(e) => {
                 let why = format!("cannot encode {}: {e}", question.name);
@@ -478,6 +528,7 @@ impl Resolver {
                 server,
                 transport,
                 id,
+                edns,
                 deadline,
             },
         );
@@ -664,6 +715,16 @@ impl Resolver {
         }
     }
 
+    /// Uniform enough in `0..n` for n > 0; 0 without a random source (the
+    /// shuffle is load spreading, not security).
+    fn below(&mut self, n: usize) -> usize {
+        let mut b = [0u8; 8];
+        if (self.random)(&mut b).is_err() {
+            return 0;
+        }
+        (u64::from_ne_bytes(b) % n.max(1) as u64) as usize
+    }
+
     /// Sorts by preference, shuffles equal preferences, drops duplicate
     /// hosts and keeps at most [`MAX_MX_HOSTS`].
     fn order_mx(&mut self, mx: &mut Vec<(u16, String)>) {
@@ -671,13 +732,14 @@ impl Resolver {
         let mut start = 0;
         while start < mx.len() {
             let preference = mx.get(start).map(|m| m.0);
-            let end = mx[start..]
+            let end = mx
                 .iter()
+                .skip(start)
                 .position(|m| Some(m.0) != preference)
                 .map_or(mx.len(), |n| start + n);
             // Fisher-Yates over mx[start..end].
             for i in (start + 1..end).rev() {
-                let j = start + self.rng.below(i - start + 1);
+                let j = start + self.below(i - start + 1);
                 mx.swap(i, j);
             }
             start = end;
@@ -977,13 +1039,14 @@ fn literal_host(text: &str, addr: IpAddr) -> MxHost {
     }
 }
 
-fn rcode_name(rcode: u8) -> String {
-    match rcode {
-        RCODE_FORMERR => "FORMERR".to_string(),
-        RCODE_SERVFAIL => "SERVFAIL".to_string(),
-        RCODE_NOTIMP => "NOTIMP".to_string(),
-        RCODE_REFUSED => "REFUSED".to_string(),
-        other => format!("RCODE {other}"),
+fn rcode_name(rcode: u16) -> String {
+    match u8::try_from(rcode) {
+        Ok(RCODE_FORMERR) => "FORMERR".to_string(),
+        Ok(RCODE_SERVFAIL) => "SERVFAIL".to_string(),
+        Ok(RCODE_NOTIMP) => "NOTIMP".to_string(),
+        Ok(RCODE_REFUSED) => "REFUSED".to_string(),
+        _ if rcode == RCODE_BADVERS => "BADVERS".to_string(),
+        _ => format!("RCODE {rcode}"),
     }
 }
 
@@ -1052,13 +1115,14 @@ impl Cache {
 }
 
 // ---------------------------------------------------------------------------
-// PRNG
+// Test randomness
 
-/// xorshift64 seeded through splitmix64, so nearby seeds diverge at once.
-/// Not cryptographic: query IDs only need to be unpredictable enough on top
-/// of the kernel's random source port.
+/// xorshift64 seeded through splitmix64: a deterministic [`RandomSource`]
+/// for tests only (query IDs come from the kernel in the daemon).
+#[cfg(test)]
 struct XorShift(u64);
 
+#[cfg(test)]
 impl XorShift {
     fn new(seed: u64) -> XorShift {
         let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -1076,14 +1140,25 @@ impl XorShift {
         self.0 = x;
         x
     }
+}
 
-    /// Uniform enough in `0..n` for n > 0.
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
+/// A deterministic random source for tests.
+#[cfg(test)]
+fn seeded(seed: u64) -> RandomSource {
+    let mut rng = XorShift::new(seed);
+    Box::new(move |buf: &mut [u8]| {
+        for chunk in buf.chunks_mut(8) {
+            let word = rng.next().to_ne_bytes();
+            for (b, w) in chunk.iter_mut().zip(word) {
+                *b = w;
+            }
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
     use crate::dns::wire::Question as WireQuestion;
@@ -1109,6 +1184,8 @@ mod tests {
     struct Sent {
         transmit: Transmit,
         id: u16,
+        /// The query carried an OPT record.
+        edns: bool,
         name: String,
         qtype: u16,
     }
@@ -1152,7 +1229,7 @@ mod tests {
     impl Net {
         fn new(servers: &[&str], seed: u64) -> Net {
             Net {
-                resolver: Resolver::new(config(servers), seed),
+                resolver: Resolver::new(config(servers), seeded(seed)),
                 now: Instant::now(),
             }
         }
@@ -1172,6 +1249,7 @@ mod tests {
             let question = message.question.unwrap();
             Some(Sent {
                 id: message.header.id,
+                edns: message.edns.is_some(),
                 name: question.name,
                 qtype: question.qtype,
                 transmit,
@@ -1248,6 +1326,7 @@ mod tests {
             answers,
             authority,
             additional,
+            edns: None,
         }
         .encode()
         .unwrap()
@@ -1262,6 +1341,116 @@ mod tests {
             name: name.into(),
             preference,
             addrs: addrs.iter().map(|a| ip(a)).collect(),
+        }
+    }
+
+    // -- EDNS(0) and query IDs (issue 11 item 15) ------------------------------
+
+    fn glued_mx_answer(net: &mut Net, q: &Sent, edns: Option<wire::Edns>) {
+        let mut m = wire::decode(&response(
+            q,
+            RCODE_NOERROR,
+            vec![mx("example.com", 10, "mx.example.com")],
+            vec![],
+            vec![
+                a("mx.example.com", "192.0.2.1"),
+                aaaa("mx.example.com", "2001:db8::1"),
+            ],
+        ))
+        .unwrap();
+        m.edns = edns;
+        net.deliver(q, &m.encode().unwrap());
+    }
+
+    #[test]
+    fn queries_carry_edns0_and_answers_with_opt_are_accepted() {
+        let mut net = Net::new(&[S1], 1);
+        let id = net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        assert!(q.edns, "every query carries an OPT record");
+        let opt = wire::decode(&q.transmit.payload).unwrap().edns.unwrap();
+        assert_eq!(opt.udp_payload, 1232);
+        glued_mx_answer(&mut net, &q, Some(wire::Edns::ours()));
+        assert_eq!(
+            net.result(),
+            Some((
+                id,
+                Ok(vec![host(
+                    "mx.example.com",
+                    10,
+                    &["2001:db8::1", "192.0.2.1"]
+                )])
+            ))
+        );
+    }
+
+    #[test]
+    fn server_refusing_edns_is_asked_again_plainly_and_remembered() {
+        let badvers = wire::Edns {
+            extended_rcode: 1,
+            ..wire::Edns::ours()
+        };
+        for (rcode, opt, echo_question) in [
+            (RCODE_FORMERR, None, true),
+            (RCODE_FORMERR, None, false),
+            (RCODE_NOTIMP, None, true),
+            (RCODE_NOERROR, Some(badvers), true),
+        ] {
+            let mut net = Net::new(&[S1, S2], 7);
+            let id = net.resolver.resolve_mx("example.com", net.now);
+            let q = net.expect_sent("example.com", TYPE_MX);
+            assert!(q.edns);
+            let mut refusal = wire::decode(&response(&q, rcode, vec![], vec![], vec![])).unwrap();
+            refusal.edns = opt;
+            if !echo_question {
+                refusal.question = None;
+            }
+            net.deliver(&q, &refusal.encode().unwrap());
+            // The same server again, at once, without OPT; not a new try.
+            let plain = net.expect_sent("example.com", TYPE_MX);
+            assert!(!plain.edns, "rcode {rcode} opt {opt:?}");
+            assert_eq!(plain.transmit.server, q.transmit.server);
+            glued_mx_answer(&mut net, &plain, None);
+            assert_eq!(
+                net.result(),
+                Some((
+                    id,
+                    Ok(vec![host(
+                        "mx.example.com",
+                        10,
+                        &["2001:db8::1", "192.0.2.1"]
+                    )])
+                ))
+            );
+            // Remembered for S1 (first try of the next lookups goes there).
+            net.resolver.resolve_mx("example.org", net.now);
+            let next = net.expect_sent("example.org", TYPE_MX);
+            assert_eq!(next.transmit.server, S1.parse().unwrap());
+            assert!(!next.edns, "S1 is remembered as plain");
+            // ... and a plain query's FORMERR is an ordinary failure: next server.
+            net.reply(&next, RCODE_FORMERR, vec![], vec![]);
+            let other = net.expect_sent("example.org", TYPE_MX);
+            assert_eq!(other.transmit.server, S2.parse().unwrap());
+            assert!(other.edns, "S2 never refused EDNS");
+        }
+    }
+
+    #[test]
+    fn no_random_source_fails_closed() {
+        let failing: RandomSource = Box::new(|_: &mut [u8]| Err(()));
+        let mut resolver = Resolver::new(config(&[S1]), failing);
+        let now = Instant::now();
+        let id = resolver.resolve_mx("example.com", now);
+        assert!(
+            resolver.poll_transmit().is_none(),
+            "no query with a guessable ID"
+        );
+        match resolver.poll_result() {
+            Some((got, Err(DnsError::Temporary(why)))) => {
+                assert_eq!(got, id);
+                assert!(why.contains("random"), "{why}");
+            }
+            other => panic!("{other:?}"),
         }
     }
 
@@ -1756,6 +1945,7 @@ mod tests {
             let other = Sent {
                 transmit: q.transmit.clone(),
                 id: q.id,
+                edns: q.edns,
                 name: name.into(),
                 qtype,
             };
@@ -1768,6 +1958,7 @@ mod tests {
         let upper = Sent {
             transmit: q.transmit.clone(),
             id: q.id,
+            edns: q.edns,
             name: "EXAMPLE.com".into(),
             qtype: TYPE_MX,
         };

@@ -22,13 +22,17 @@
 //! - Every read is bounds-checked; no input can make the decoder panic.
 //!
 //! Kept record types: A, AAAA, MX, CNAME (and SOA in the authority section,
-//! for its negative-caching minimum), class IN only. Other records are
+//! for its negative-caching minimum), class IN only, and the EDNS(0) OPT
+//! pseudo-record (RFC 6891 §6.1) as [`Message::edns`]. Other records are
 //! skipped after their bounds are checked.
 //!
-//! Not supported: EDNS(0) (queries are plain 512-octet UDP; larger answers
-//! come back truncated and are retried over TCP), DNSSEC, name compression on
-//! encode, more than one question per message, IDNA (names must already be
-//! A-labels).
+//! EDNS(0): queries carry an OPT record advertising [`EDNS_UDP_PAYLOAD`]
+//! octets (the DNS flag day 2020 value, which avoids IP fragmentation), so
+//! answers over 512 octets do not cost a TCP round trip; the resolver falls
+//! back to a plain query for servers that refuse it. No EDNS options, no DO bit.
+//!
+//! Not supported: DNSSEC, name compression on encode, more than one question
+//! per message, IDNA (names must already be A-labels).
 
 use std::fmt;
 use std::fmt::Write as _;
@@ -46,12 +50,16 @@ pub const MAX_LABEL_LEN: usize = 63;
 pub const MAX_POINTER_HOPS: usize = 16;
 /// Largest UDP response a server may send us without EDNS(0).
 pub const MAX_UDP_PAYLOAD: usize = 512;
+/// UDP payload size advertised in our OPT record (RFC 6891 §6.2.5).
+pub const EDNS_UDP_PAYLOAD: u16 = 1232;
 
 pub const TYPE_A: u16 = 1;
 pub const TYPE_CNAME: u16 = 5;
 pub const TYPE_SOA: u16 = 6;
 pub const TYPE_MX: u16 = 15;
 pub const TYPE_AAAA: u16 = 28;
+/// EDNS(0) pseudo-record (RFC 6891 §6.1.1).
+pub const TYPE_OPT: u16 = 41;
 pub const CLASS_IN: u16 = 1;
 
 pub const OPCODE_QUERY: u8 = 0;
@@ -61,6 +69,9 @@ pub const RCODE_SERVFAIL: u8 = 2;
 pub const RCODE_NXDOMAIN: u8 = 3;
 pub const RCODE_NOTIMP: u8 = 4;
 pub const RCODE_REFUSED: u8 = 5;
+/// Extended RCODE 16 (RFC 6891 §6.1.3): only visible with the OPT record's
+/// upper bits, see [`Message::rcode`].
+pub const RCODE_BADVERS: u16 = 16;
 
 const FLAG_QR: u16 = 0x8000;
 const FLAG_AA: u16 = 0x0400;
@@ -158,7 +169,39 @@ pub struct Message {
     pub question: Option<Question>,
     pub answers: Vec<Record>,
     pub authority: Vec<Record>,
+    /// Kept records of the additional section (the OPT record is in `edns`).
     pub additional: Vec<Record>,
+    /// The OPT pseudo-record; encoded last in the additional section.
+    pub edns: Option<Edns>,
+}
+
+/// The fields of an OPT pseudo-record (RFC 6891 §6.1.2, §6.1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edns {
+    /// The sender's UDP payload size (the record's CLASS field).
+    pub udp_payload: u16,
+    /// The upper 8 bits of the 12-bit RCODE.
+    pub extended_rcode: u8,
+    pub version: u8,
+}
+
+impl Edns {
+    /// What tern puts in its queries.
+    pub fn ours() -> Edns {
+        Edns {
+            udp_payload: EDNS_UDP_PAYLOAD,
+            extended_rcode: 0,
+            version: 0,
+        }
+    }
+}
+
+impl Message {
+    /// The full RCODE: the header's 4 bits plus the OPT record's upper 8.
+    pub fn rcode(&self) -> u16 {
+        let upper = self.edns.map_or(0, |e| u16::from(e.extended_rcode));
+        (upper << 4) | u16::from(self.header.rcode & 0x0f)
+    }
 }
 
 /// Why a packet could not be decoded.
@@ -329,8 +372,9 @@ fn put_name(out: &mut Vec<u8>, name: &str) -> Result<(), NameError> {
 // ---------------------------------------------------------------------------
 // Encoding
 
-/// A recursive (RD) query for `name`/`qtype`, class IN, ready for UDP.
-pub fn encode_query(id: u16, name: &str, qtype: u16) -> Result<Vec<u8>, NameError> {
+/// A recursive (RD) query for `name`/`qtype`, class IN, ready for UDP;
+/// with an EDNS(0) OPT record when `edns`.
+pub fn encode_query(id: u16, name: &str, qtype: u16, edns: bool) -> Result<Vec<u8>, NameError> {
     Message {
         header: Header {
             id,
@@ -342,6 +386,7 @@ pub fn encode_query(id: u16, name: &str, qtype: u16) -> Result<Vec<u8>, NameErro
             qtype,
             qclass: CLASS_IN,
         }),
+        edns: edns.then(Edns::ours),
         ..Message::default()
     }
     .encode()
@@ -359,7 +404,7 @@ impl Message {
             usize::from(self.question.is_some()),
             self.answers.len(),
             self.authority.len(),
-            self.additional.len(),
+            self.additional.len() + usize::from(self.edns.is_some()),
         ] {
             out.extend_from_slice(&count(n).to_be_bytes());
         }
@@ -372,6 +417,15 @@ impl Message {
             for record in section.iter().take(usize::from(u16::MAX)) {
                 put_record(&mut out, record)?;
             }
+        }
+        if let Some(edns) = self.edns {
+            // Root owner, TYPE OPT, CLASS = payload size, TTL = extended
+            // RCODE, version, flags (0), no options.
+            out.push(0);
+            out.extend_from_slice(&TYPE_OPT.to_be_bytes());
+            out.extend_from_slice(&edns.udp_payload.to_be_bytes());
+            out.extend_from_slice(&[edns.extended_rcode, edns.version, 0, 0]);
+            out.extend_from_slice(&0u16.to_be_bytes());
         }
         Ok(out)
     }
@@ -413,7 +467,11 @@ fn put_record(out: &mut Vec<u8>, record: &Record) -> Result<(), NameError> {
 /// Decodes the header and the question only: enough to decide whether a
 /// response belongs to a query before trusting the rest of it.
 pub fn decode_head(packet: &[u8]) -> Result<(Header, Option<Question>), WireError> {
-    let mut reader = Reader { packet, pos: 0 };
+    let mut reader = Reader {
+        packet,
+        pos: 0,
+        edns: None,
+    };
     let (header, counts) = reader.header()?;
     let question = reader.question(counts[0])?;
     Ok((header, question))
@@ -421,7 +479,11 @@ pub fn decode_head(packet: &[u8]) -> Result<(Header, Option<Question>), WireErro
 
 /// Decodes a whole message. Records of other types or classes are skipped.
 pub fn decode(packet: &[u8]) -> Result<Message, WireError> {
-    let mut reader = Reader { packet, pos: 0 };
+    let mut reader = Reader {
+        packet,
+        pos: 0,
+        edns: None,
+    };
     let (header, counts) = reader.header()?;
     let question = reader.question(counts[0])?;
     let answers = reader.records(counts[1])?;
@@ -433,12 +495,15 @@ pub fn decode(packet: &[u8]) -> Result<Message, WireError> {
         answers,
         authority,
         additional,
+        edns: reader.edns,
     })
 }
 
 struct Reader<'a> {
     packet: &'a [u8],
     pos: usize,
+    /// The first OPT record seen (RFC 6891 §6.1.1 allows one).
+    edns: Option<Edns>,
 }
 
 impl<'a> Reader<'a> {
@@ -510,12 +575,22 @@ impl<'a> Reader<'a> {
         let name = self.name()?;
         let rtype = self.u16()?;
         let class = self.u16()?;
-        let ttl = self.u32()?;
-        let ttl = if ttl > MAX_TTL { 0 } else { ttl };
+        let raw_ttl = self.u32()?;
+        let ttl = if raw_ttl > MAX_TTL { 0 } else { raw_ttl };
         let rdlength = usize::from(self.u16()?);
         let start = self.pos;
         let rdata = self.bytes(rdlength)?;
         let end = self.pos;
+        if rtype == TYPE_OPT {
+            // Its options are skipped (their bounds were checked above).
+            let [extended_rcode, version, _, _] = raw_ttl.to_be_bytes();
+            self.edns.get_or_insert(Edns {
+                udp_payload: class,
+                extended_rcode,
+                version,
+            });
+            return Ok(None);
+        }
         if class != CLASS_IN {
             return Ok(None);
         }
@@ -547,6 +622,7 @@ impl<'a> Reader<'a> {
                 let mut inner = Reader {
                     packet: self.packet,
                     pos: start,
+                    edns: None,
                 };
                 inner.name()?;
                 inner.name()?;
@@ -616,6 +692,7 @@ fn read_name(packet: &[u8], start: usize) -> Result<(String, usize), WireError> 
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
 
@@ -653,10 +730,67 @@ mod tests {
 
     #[test]
     fn query_encoding_matches_rfc1035_layout() {
-        let q = encode_query(0xbeef, "Example.COM.", TYPE_MX).unwrap();
+        let q = encode_query(0xbeef, "Example.COM.", TYPE_MX, false).unwrap();
         let mut want = vec![0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
         want.extend_from_slice(b"\x07Example\x03COM\x00\x00\x0f\x00\x01");
         assert_eq!(q, want);
+    }
+
+    /// Issue 11 item 15: queries carried no OPT record.
+    #[test]
+    fn query_carries_edns0_opt_record() {
+        let q = encode_query(0xbeef, "Example.COM.", TYPE_MX, true).unwrap();
+        let mut want = vec![0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
+        want.extend_from_slice(b"\x07Example\x03COM\x00\x00\x0f\x00\x01");
+        // Root, TYPE 41, CLASS 1232 (0x04d0), TTL 0, RDLEN 0.
+        want.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(q, want);
+        let back = decode(&q).unwrap();
+        assert_eq!(back.edns, Some(Edns::ours()));
+        assert!(back.additional.is_empty());
+    }
+
+    #[test]
+    fn decodes_opt_in_additional_section_with_extended_rcode() {
+        let mut msg = Message {
+            header: Header {
+                id: 9,
+                is_response: true,
+                rcode: RCODE_NOERROR,
+                ..Header::default()
+            },
+            question: Some(Question {
+                name: "example.org".into(),
+                qtype: TYPE_MX,
+                qclass: CLASS_IN,
+            }),
+            additional: vec![Record {
+                name: "mx.example.org".into(),
+                ttl: 60,
+                data: RData::A(Ipv4Addr::new(192, 0, 2, 1)),
+            }],
+            edns: Some(Edns {
+                udp_payload: 4096,
+                extended_rcode: 1,
+                version: 0,
+            }),
+            ..Message::default()
+        };
+        let back = decode(&msg.encode().unwrap()).unwrap();
+        assert_eq!(back, msg);
+        assert_eq!(back.rcode(), RCODE_BADVERS, "header 0 + extended 1 << 4");
+        // An OPT with options (here one 4-octet option) is read too.
+        msg.edns = None;
+        let mut p = msg.encode().unwrap();
+        p[11] += 1;
+        p.extend_from_slice(&[
+            0, 0, 41, 0x02, 0x00, 0, 0, 0, 0, 0, 8, 0, 10, 0, 4, 1, 2, 3, 4,
+        ]);
+        let back = decode(&p).unwrap();
+        assert_eq!(back.edns.map(|e| e.udp_payload), Some(512));
+        assert_eq!(back.additional.len(), 1);
+        // A truncated OPT is an error, not a panic.
+        assert_eq!(decode(&p[..p.len() - 2]), Err(WireError::Truncated));
     }
 
     #[test]
@@ -867,7 +1001,7 @@ mod tests {
         p.extend_from_slice(&[0x04, b'a', b'.', 0x00, b'\\', 0x01, b'B', 0x00, 0, 1, 0, 1]);
         let name = decode(&p).unwrap().question.unwrap().name;
         assert_eq!(name, "a\\.\\000\\\\.b");
-        let q = encode_query(0, &name, TYPE_A).unwrap();
+        let q = encode_query(0, &name, TYPE_A, false).unwrap();
         assert_eq!(
             &q[12..20],
             &[0x04, b'a', b'.', 0x00, b'\\', 0x01, b'b', 0x00]
@@ -915,6 +1049,7 @@ mod tests {
                     exchange: String::new(),
                 },
             }],
+            edns: None,
         };
         assert_eq!(decode(&msg.encode().unwrap()).unwrap(), msg);
     }
@@ -962,7 +1097,7 @@ mod tests {
     fn mutated_packets_never_panic() {
         let seeds = [
             compressed_mx_response(),
-            encode_query(1, "a.example", TYPE_A).unwrap(),
+            encode_query(1, "a.example", TYPE_A, true).unwrap(),
             Message {
                 header: Header {
                     is_response: true,
@@ -984,6 +1119,7 @@ mod tests {
                     data: RData::Soa { minimum: 1 },
                 }],
                 additional: vec![],
+                edns: Some(Edns::ours()),
             }
             .encode()
             .unwrap(),

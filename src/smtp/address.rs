@@ -46,7 +46,10 @@ impl Address {
         } else {
             s.rfind('@').ok_or(AddressError::Syntax)?
         };
-        let (local_raw, domain) = (&s[..at], &s[at + 1..]);
+        let (local_raw, domain) = s
+            .split_at_checked(at)
+            .and_then(|(l, d)| Some((l, d.strip_prefix('@')?)))
+            .ok_or(AddressError::Syntax)?;
         let local = parse_local_part(local_raw)?;
         if local_raw.len() > MAX_LOCAL_PART {
             return Err(AddressError::TooLong);
@@ -114,14 +117,14 @@ pub fn parse_path(s: &str) -> Result<Option<Address>, AddressError> {
     }
     let mailbox = if inner.starts_with('@') {
         // A-d-l ":" Mailbox — the source route is ignored (Appendix C).
-        let colon = inner.find(':').ok_or(AddressError::Syntax)?;
-        for hop in inner[..colon].split(',') {
+        let (route, mailbox) = inner.split_once(':').ok_or(AddressError::Syntax)?;
+        for hop in route.split(',') {
             let d = hop.strip_prefix('@').ok_or(AddressError::Syntax)?;
             if !is_valid_domain(d) {
                 return Err(AddressError::Syntax);
             }
         }
-        &inner[colon + 1..]
+        mailbox
     } else {
         inner
     };
@@ -140,13 +143,13 @@ fn is_dot_string(s: &str) -> bool {
 
 /// Index just past the closing quote of a quoted string starting at 0.
 fn quoted_end(s: &str) -> Option<usize> {
-    let b = s.as_bytes();
-    let mut i = 1;
-    while i < b.len() {
-        match b[i] {
-            b'\\' => i += 2,
+    let mut escaped = false;
+    for (i, b) in s.bytes().enumerate().skip(1) {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' => escaped = true,
             b'"' => return Some(i + 1),
-            _ => i += 1,
+            _ => {}
         }
     }
     None
@@ -156,9 +159,10 @@ fn parse_local_part(s: &str) -> Result<String, AddressError> {
     if is_dot_string(s) {
         return Ok(s.to_string());
     }
-    if s.len() >= 2 && s.starts_with('"') && quoted_end(s) == Some(s.len()) {
+    let inner = s.strip_prefix('"').and_then(|r| r.strip_suffix('"'));
+    if let (Some(inner), Some(true)) = (inner, quoted_end(s).map(|e| e == s.len())) {
         let mut out = String::new();
-        let mut chars = s[1..s.len() - 1].chars();
+        let mut chars = inner.chars();
         while let Some(c) = chars.next() {
             let c = if c == '\\' {
                 chars.next().ok_or(AddressError::Syntax)?
@@ -205,6 +209,7 @@ pub fn is_valid_domain(d: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
 

@@ -10,7 +10,8 @@
 //! - RFC 5321 §3, §4.1 (commands, `<addr>` paths, `<>` null sender),
 //!   §4.2 (replies, multi-line `250-`/`250 `), §4.5.3.1.5 (512-octet reply
 //!   lines), §4.5.3.2 (client timeouts: `reply_timeout` for every reply but
-//!   the one after the final dot, which gets `final_timeout`), §4.5.2
+//!   the one after the final dot, which gets `final_timeout`; also for the
+//!   TLS handshake, for QUIT and between body writes), §4.5.2
 //!   (dot-stuffing).
 //! - RFC 2920 PIPELINING: with the extension MAIL, every RCPT and DATA go in
 //!   one group; without it, lock-step. A pipelined DATA that the server
@@ -556,7 +557,7 @@ impl ClientSession {
             return 0;
         }
         let take = chunk.len().min(BODY_HIGH_WATER - self.out.len());
-        let chunk = &chunk[..take];
+        let chunk = chunk.get(..take).unwrap_or(chunk);
         match self.txn.as_mut().and_then(|t| t.downgrade.as_mut()) {
             Some(conv) => {
                 let mut converted = std::mem::take(&mut self.converted);
@@ -578,21 +579,25 @@ impl ClientSession {
         // A line starts after any LF, so a bare LF cannot smuggle a dot.
         let mut copied = 0;
         let mut from = 0;
-        while let Some(off) = super::scan::position(&chunk[from..], b'.') {
+        while let Some(off) = chunk
+            .get(from..)
+            .and_then(|rest| super::scan::position(rest, b'.'))
+        {
             let dot = from + off;
-            let before = if dot == 0 {
-                self.body_tail[1]
-            } else {
-                chunk[dot - 1]
+            let before = match dot.checked_sub(1) {
+                None => Some(self.body_tail[1]),
+                Some(prev) => chunk.get(prev).copied(),
             };
-            if before == b'\n' {
-                self.out.extend_from_slice(&chunk[copied..dot]);
+            if before == Some(b'\n') {
+                self.out
+                    .extend_from_slice(chunk.get(copied..dot).unwrap_or_default());
                 self.out.push(b'.');
                 copied = dot;
             }
             from = dot + 1;
         }
-        self.out.extend_from_slice(&chunk[copied..]);
+        self.out
+            .extend_from_slice(chunk.get(copied..).unwrap_or_default());
         self.body_tail = match *chunk {
             [] => self.body_tail,
             [only] => [self.body_tail[1], only],
@@ -685,11 +690,22 @@ impl ClientSession {
         self.fail_session(synth(CONNECTION_LOST), false);
     }
 
-    /// When `handle_timeout` must be called, if ever.
+    /// Bytes of the session went out. While the body streams, this restarts
+    /// its deadline (RFC 5321 §4.5.3.2.5: the server must keep taking data
+    /// blocks; one that stops reading must not hold the connection forever).
+    pub fn note_progress(&mut self, now: Instant) {
+        if self.phase == Phase::Body {
+            self.wait_started = now;
+        }
+    }
+
+    /// When `handle_timeout` must be called, if ever. Every phase that waits
+    /// on the peer has one: for a reply, for the TLS handshake, for the
+    /// peer to take more of the body ([`Self::note_progress`]), for QUIT.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let wait = match self.phase {
-            Phase::Closed | Phase::Quitting | Phase::Body => return None,
-            Phase::AwaitingTls => self.cfg.reply_timeout,
+            Phase::Closed => return None,
+            Phase::AwaitingTls | Phase::Body | Phase::Quitting => self.cfg.reply_timeout,
             _ => match self.expected.front()? {
                 Expect::DataEnd | Expect::DiscardedDataEnd => self.cfg.final_timeout,
                 _ => self.cfg.reply_timeout,
@@ -776,7 +792,7 @@ impl ClientSession {
     }
 
     fn handle_reply(&mut self, reply: Reply, now: Instant) {
-        log::debug!("smtp-client: < {reply}");
+        log::debug!("smtp-client: < {}", crate::logsafe::log_safe(&reply));
         let Some(expect) = self.expected.pop_front() else {
             // Unsolicited (e.g. an early 554 during the body, or a 421).
             self.fail_session(reply, false);
@@ -1091,12 +1107,17 @@ impl ClientSession {
         match self.phase {
             Phase::Closed => return,
             Phase::Quitting => {
+                // Nothing more is worth sending (QUIT may still be queued).
                 self.phase = Phase::Closed;
+                self.out.clear();
                 return;
             }
             _ => {}
         }
-        log::debug!("smtp-client: session failed: {reply}");
+        log::debug!(
+            "smtp-client: session failed: {}",
+            crate::logsafe::log_safe(&reply)
+        );
         let outcome = RcptOutcome::Deferred(reply);
         if let Some(active) = self.txn.take() {
             let outcomes = active.into_outcomes(&outcome);
@@ -1109,9 +1130,11 @@ impl ClientSession {
             self.write_line("QUIT", Expect::Quit);
             self.expected.push_back(Expect::Quit);
         } else {
+            // Unsent commands or body bytes are moot: the driver closes.
             self.phase = Phase::Closed;
             self.expected.clear();
             self.line.clear();
+            self.out.clear();
         }
     }
 }
@@ -1138,6 +1161,7 @@ fn parse_reply_line(line: &[u8]) -> Option<(u16, bool, String)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
 
@@ -2237,7 +2261,6 @@ mod tests {
     #[test]
     fn final_dot_uses_final_timeout() {
         let mut h = in_body();
-        assert_eq!(h.s.poll_timeout(), None, "body pacing is the driver's");
         let later = h.t0 + Duration::from_secs(50);
         h.s.finish_body(later);
         assert_eq!(h.s.poll_timeout(), Some(later + Duration::from_secs(600)));
@@ -2284,6 +2307,37 @@ mod tests {
         assert!(h.s.is_closed());
         h.s.connection_lost(h.t0);
         assert!(h.events().is_empty());
+    }
+
+    /// A server that stops reading mid-body: the body has a deadline that
+    /// moves while bytes go out (it had none).
+    #[test]
+    fn stalled_body_times_out() {
+        let mut h = in_body();
+        let t1 = h.t0 + Duration::from_secs(10);
+        assert_eq!(h.s.send_body(b"some of the body\r\n"), 18);
+        h.s.note_progress(t1);
+        assert_eq!(h.s.poll_timeout(), Some(t1 + Duration::from_secs(300)));
+        h.s.handle_timeout(t1 + Duration::from_secs(299));
+        assert!(!h.s.is_closed());
+        h.s.handle_timeout(t1 + Duration::from_secs(300));
+        assert!(h.s.is_closed());
+        assert!(h.s.poll_transmit().is_empty(), "nothing left to flush");
+        let ev = h.events();
+        assert!(matches!(&done(&ev)[..], [RcptOutcome::Deferred(_)]));
+    }
+
+    /// QUIT that the server never takes: the session closes anyway.
+    #[test]
+    fn unflushed_quit_times_out() {
+        let mut h = Harness::new(cfg());
+        h.ready(&[]);
+        h.s.quit();
+        assert!(h.s.is_closed() && !h.s.poll_transmit().is_empty());
+        let d = h.s.poll_timeout().expect("Quitting has a deadline");
+        h.s.handle_timeout(d);
+        assert!(h.s.poll_transmit().is_empty());
+        assert_eq!(h.s.poll_timeout(), None);
     }
 
     #[test]

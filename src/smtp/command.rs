@@ -40,40 +40,57 @@ pub enum Command {
 }
 
 /// Decodes one command line.
+///
+/// The line is parsed as bytes and split only at ASCII delimiters, so a
+/// multi-byte character anywhere (even where a `:` or `<` is expected) is a
+/// syntax error, never a slice inside a character.
 pub fn parse_command(line: &[u8]) -> Result<Command, Reply> {
-    let line = std::str::from_utf8(line).map_err(|_| reply::SYNTAX_PARAMS)?;
-    let (verb, rest) = match line.find(' ') {
-        Some(i) => (&line[..i], line[i + 1..].trim()),
-        None => (line, ""),
-    };
-    let verb = verb.to_ascii_uppercase();
-    match verb.as_str() {
-        "HELO" | "EHLO" => {
-            let name = rest.split_whitespace().next().unwrap_or("");
+    // Commands are ASCII; UTF-8 is allowed only inside parameters, where
+    // the address parser refuses it with 553 5.6.7.
+    if std::str::from_utf8(line).is_err() {
+        return Err(reply::SYNTAX_PARAMS);
+    }
+    let mut parts = line.splitn(2, |&b| b == b' ');
+    let verb = parts.next().unwrap_or_default().to_ascii_uppercase();
+    let rest = parts.next().unwrap_or_default().trim_ascii();
+    match verb.as_slice() {
+        b"HELO" | b"EHLO" => {
+            let name = rest
+                .split(|b| b.is_ascii_whitespace())
+                .next()
+                .unwrap_or_default();
             if name.is_empty() || name.len() > 255 {
                 return Err(reply::SYNTAX_HELO);
             }
-            Ok(if verb == "HELO" {
-                Command::Helo(name.to_string())
+            let name = text(name)?;
+            Ok(if verb == b"HELO" {
+                Command::Helo(name)
             } else {
-                Command::Ehlo(name.to_string())
+                Command::Ehlo(name)
             })
         }
-        "MAIL" => parse_mail(rest),
-        "RCPT" => parse_rcpt(rest),
-        "DATA" => no_args(rest, Command::Data),
-        "RSET" => no_args(rest, Command::Rset),
-        "QUIT" => no_args(rest, Command::Quit),
-        "STARTTLS" => no_args(rest, Command::StartTls),
-        "NOOP" => Ok(Command::Noop),
-        "HELP" => Ok(Command::Help),
-        "VRFY" | "EXPN" => Ok(Command::Vrfy),
-        "AUTH" => Ok(Command::Auth(rest.to_string())),
+        b"MAIL" => parse_mail(rest),
+        b"RCPT" => parse_rcpt(rest),
+        b"DATA" => no_args(rest, Command::Data),
+        b"RSET" => no_args(rest, Command::Rset),
+        b"QUIT" => no_args(rest, Command::Quit),
+        b"STARTTLS" => no_args(rest, Command::StartTls),
+        b"NOOP" => Ok(Command::Noop),
+        b"HELP" => Ok(Command::Help),
+        b"VRFY" | b"EXPN" => Ok(Command::Vrfy),
+        b"AUTH" => Ok(Command::Auth(text(rest)?)),
         _ => Err(reply::UNKNOWN_COMMAND),
     }
 }
 
-fn no_args(rest: &str, cmd: Command) -> Result<Command, Reply> {
+/// A piece of the (already UTF-8 checked) line cut at ASCII delimiters.
+fn text(bytes: &[u8]) -> Result<String, Reply> {
+    std::str::from_utf8(bytes)
+        .map(str::to_string)
+        .map_err(|_| reply::SYNTAX_PARAMS)
+}
+
+fn no_args(rest: &[u8], cmd: Command) -> Result<Command, Reply> {
     if rest.is_empty() {
         Ok(cmd)
     } else {
@@ -82,32 +99,39 @@ fn no_args(rest: &str, cmd: Command) -> Result<Command, Reply> {
 }
 
 /// Splits `FROM:<path> params` into the path and its parameters.
-fn split_path<'a>(rest: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
-    if rest.len() < prefix.len() || !rest[..prefix.len()].eq_ignore_ascii_case(prefix) {
+fn split_path<'a>(rest: &'a [u8], prefix: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
+    let (head, tail) = rest.split_at_checked(prefix.len())?;
+    if !head.eq_ignore_ascii_case(prefix) {
         return None;
     }
-    let after = rest[prefix.len()..].trim_start();
-    if !after.starts_with('<') {
+    let after = tail.trim_ascii_start();
+    if after.first() != Some(&b'<') {
         return None;
     }
     // The path ends at the first '>' outside a quoted string.
-    let bytes = after.as_bytes();
     let mut quoted = false;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' if quoted => i += 1,
+    let mut escaped = false;
+    for (i, &b) in after.iter().enumerate() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match b {
+            b'\\' if quoted => escaped = true,
             b'"' => quoted = !quoted,
-            b'>' if !quoted => return Some((&after[..=i], after[i + 1..].trim())),
+            b'>' if !quoted => {
+                let (path, params) = after.split_at_checked(i + 1)?;
+                return Some((path, params.trim_ascii()));
+            }
             _ => {}
         }
-        i += 1;
     }
     None
 }
 
-fn parse_mail(rest: &str) -> Result<Command, Reply> {
-    let (path, params) = split_path(rest, "FROM:").ok_or(reply::SYNTAX_MAIL)?;
+fn parse_mail(rest: &[u8]) -> Result<Command, Reply> {
+    let (path, params) = split_path(rest, b"FROM:").ok_or(reply::SYNTAX_MAIL)?;
+    let path = std::str::from_utf8(path).map_err(|_| reply::SYNTAX_MAIL)?;
     let sender = parse_path(path).map_err(|e| match e {
         AddressError::NonAscii => reply::NON_ASCII,
         _ => reply::BAD_SENDER,
@@ -116,14 +140,26 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
         size: None,
         body: Body::SevenBit,
     };
-    for param in params.split_whitespace() {
-        let (key, value) = param.split_once('=').unwrap_or((param, ""));
-        match key.to_ascii_uppercase().as_str() {
-            "SIZE" => out.size = Some(value.parse().map_err(|_| reply::SYNTAX_PARAMS)?),
-            "BODY" => {
-                out.body = match value.to_ascii_uppercase().as_str() {
-                    "7BIT" => Body::SevenBit,
-                    "8BITMIME" => Body::EightBitMime,
+    for param in params
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|p| !p.is_empty())
+    {
+        let mut kv = param.splitn(2, |&b| b == b'=');
+        let key = kv.next().unwrap_or_default().to_ascii_uppercase();
+        let value = kv.next().unwrap_or_default().to_ascii_uppercase();
+        match key.as_slice() {
+            b"SIZE" => {
+                out.size = Some(
+                    std::str::from_utf8(&value)
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or(reply::SYNTAX_PARAMS)?,
+                )
+            }
+            b"BODY" => {
+                out.body = match value.as_slice() {
+                    b"7BIT" => Body::SevenBit,
+                    b"8BITMIME" => Body::EightBitMime,
                     _ => return Err(reply::SYNTAX_PARAMS),
                 }
             }
@@ -133,14 +169,15 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
     Ok(Command::Mail(sender, out))
 }
 
-fn parse_rcpt(rest: &str) -> Result<Command, Reply> {
-    let (path, params) = split_path(rest, "TO:").ok_or(reply::SYNTAX_RCPT)?;
+fn parse_rcpt(rest: &[u8]) -> Result<Command, Reply> {
+    let (path, params) = split_path(rest, b"TO:").ok_or(reply::SYNTAX_RCPT)?;
     if !params.is_empty() {
         return Err(reply::UNKNOWN_PARAMETER);
     }
-    if path.eq_ignore_ascii_case("<postmaster>") {
+    if path.eq_ignore_ascii_case(b"<postmaster>") {
         return Ok(Command::Rcpt(None));
     }
+    let path = std::str::from_utf8(path).map_err(|_| reply::SYNTAX_RCPT)?;
     match parse_path(path) {
         Ok(Some(a)) => Ok(Command::Rcpt(Some(a))),
         Ok(None) => Err(reply::BAD_RECIPIENT),
@@ -150,6 +187,7 @@ fn parse_rcpt(rest: &str) -> Result<Command, Reply> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
 
@@ -231,5 +269,98 @@ mod tests {
         assert_eq!(parse_command(b"\xff\xfe"), Err(reply::SYNTAX_PARAMS));
         assert_eq!(parse_command(b"DATA x"), Err(reply::SYNTAX_PARAMS));
         assert_eq!(parse_command(b"HELO"), Err(reply::SYNTAX_HELO));
+    }
+
+    // Issue 11 item 1: these two lines aborted the release daemon (a `&str`
+    // sliced inside a multi-byte character).
+    #[test]
+    fn multibyte_where_a_delimiter_belongs_is_a_syntax_error() {
+        assert_eq!(
+            parse_command("MAIL FROMé<a@b.test>".as_bytes()),
+            Err(reply::SYNTAX_MAIL)
+        );
+        assert_eq!(
+            parse_command("RCPT TOˊ".as_bytes()),
+            Err(reply::SYNTAX_RCPT)
+        );
+        assert_eq!(
+            parse_command("MAIL FRO€:<a@b.test>".as_bytes()),
+            Err(reply::SYNTAX_MAIL)
+        );
+        assert_eq!(
+            parse_command("RCPT T😀<a@b.test>".as_bytes()),
+            Err(reply::SYNTAX_RCPT)
+        );
+        assert_eq!(
+            parse_command("MAILé FROM:<a@b.test>".as_bytes()),
+            Err(reply::UNKNOWN_COMMAND)
+        );
+        assert_eq!(
+            parse_command("MAIL FROM:<é@b.test>".as_bytes()),
+            Err(reply::NON_ASCII)
+        );
+        assert_eq!(
+            parse_command("RCPT TO:<a@b.test>é".as_bytes()),
+            Err(reply::UNKNOWN_PARAMETER)
+        );
+        assert_eq!(
+            parse_command("MAIL FROM:<a@b.test> SIZE=1é".as_bytes()),
+            Err(reply::SYNTAX_PARAMS)
+        );
+    }
+
+    const COMMANDS: [&str; 9] = [
+        "MAIL FROM:<a@b.test> SIZE=100 BODY=8BITMIME",
+        "RCPT TO:<\"q\\\"x\"@y.test>",
+        "RCPT TO:<@relay.test:x@y.test>",
+        "EHLO client.test",
+        "HELO client.test",
+        "AUTH PLAIN dGVzdAB0ZXN0AHRlc3Q=",
+        "MAIL FROM:<>",
+        "STARTTLS",
+        "RCPT TO:<postmaster>",
+    ];
+    const WIDE: [&str; 5] = ["é", "ˊ", "€", "😀", "\u{a0}"];
+
+    /// A multi-byte character inserted at every position of every command,
+    /// and replacing every octet of it: never a panic.
+    #[test]
+    fn multibyte_at_every_position() {
+        for cmd in COMMANDS {
+            for wide in WIDE {
+                for at in 0..=cmd.len() {
+                    let mut inserted = cmd.as_bytes().to_vec();
+                    inserted.splice(at..at, wide.bytes());
+                    let _ = parse_command(&inserted);
+                    if at < cmd.len() {
+                        let mut replaced = cmd.as_bytes().to_vec();
+                        replaced.splice(at..=at, wide.bytes());
+                        let _ = parse_command(&replaced);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every octet prefix and suffix of UTF-8-laden lines (cuts inside
+    /// characters included): never a panic.
+    #[test]
+    fn every_prefix_and_suffix_of_utf8_lines() {
+        let lines = [
+            "MAIL FROMé<a@b.test>",
+            "RCPT TOˊ",
+            "MAIL FROM:<\"é\"@b.test> SIZE=€",
+            "RCPT TO:<a@b😀.test> NOTIFY=ˊ",
+            "EHLO é€😀",
+            "AUTH PLAIN é",
+            "mail from:\u{a0}<a@b.test>",
+        ];
+        for line in lines {
+            let b = line.as_bytes();
+            for cut in 0..=b.len() {
+                let _ = parse_command(&b[..cut]);
+                let _ = parse_command(&b[cut..]);
+            }
+        }
     }
 }

@@ -97,31 +97,28 @@ impl DataDecoder {
     /// consumed: all of them, or up to and including the end-of-data
     /// sequence (the rest belongs to the next command).
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
-        let mut i = 0;
-        while i < input.len() {
+        let mut rest = input;
+        while let Some((&b, after)) = rest.split_first() {
             if self.state == State::Done {
-                return i;
+                break;
             }
             // An ordinary octet starting a line starts its run (below).
-            if matches!(self.state, State::LineStart { .. })
-                && !matches!(input[i], b'.' | b'\r' | b'\n')
-            {
+            if matches!(self.state, State::LineStart { .. }) && !matches!(b, b'.' | b'\r' | b'\n') {
                 self.state = State::Mid;
             }
             // Fast path: copy the run of ordinary octets inside a line.
             if self.state == State::Mid {
-                let run =
-                    super::scan::position2(&input[i..], b'\r', b'\n').unwrap_or(input.len() - i);
-                if run > 0 {
-                    self.content(&input[i..i + run], out);
-                    i += run;
+                let run = super::scan::position2(rest, b'\r', b'\n').unwrap_or(rest.len());
+                if let Some((line, after)) = rest.split_at_checked(run).filter(|_| run > 0) {
+                    self.content(line, out);
+                    rest = after;
                     continue;
                 }
             }
-            self.step(input[i], out);
-            i += 1;
+            self.step(b, out);
+            rest = after;
         }
-        i
+        input.len() - rest.len()
     }
 
     fn step(&mut self, b: u8, out: &mut Vec<u8>) {
@@ -179,10 +176,13 @@ impl DataDecoder {
         if !self.summary.eight_bit && super::scan::has_high_bit(bytes) {
             self.summary.eight_bit = true;
         }
-        if self.in_headers && self.head_len < self.head.len() {
-            let n = bytes.len().min(self.head.len() - self.head_len);
-            self.head[self.head_len..self.head_len + n].copy_from_slice(&bytes[..n]);
-            self.head_len += n;
+        if self.in_headers {
+            let free = self.head.get_mut(self.head_len..).unwrap_or_default();
+            let n = bytes.len().min(free.len());
+            if let (Some(to), Some(from)) = (free.get_mut(..n), bytes.get(..n)) {
+                to.copy_from_slice(from);
+                self.head_len += n;
+            }
         }
         self.emit(bytes, out);
     }
@@ -202,9 +202,11 @@ impl DataDecoder {
     }
 
     fn scan_header(&mut self) {
-        let head = &self.head[..self.head_len];
-        let starts =
-            |name: &[u8]| head.len() >= name.len() && head[..name.len()].eq_ignore_ascii_case(name);
+        let head = self.head.get(..self.head_len).unwrap_or_default();
+        let starts = |name: &[u8]| {
+            head.get(..name.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(name))
+        };
         if starts(b"received:") {
             self.summary.received_headers += 1;
         } else if starts(b"date:") {
@@ -213,8 +215,7 @@ impl DataDecoder {
             self.summary.has_message_id = true;
         } else if starts(b"from:") {
             self.summary.has_from = true;
-        } else if head[0] != b' '
-            && head[0] != b'\t'
+        } else if !matches!(head.first(), None | Some(b' ' | b'\t'))
             && !head.contains(&b':')
             && self.head_len < self.head.len()
         {
@@ -226,7 +227,7 @@ impl DataDecoder {
     fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         let room = self.max_size.saturating_sub(self.summary.size);
         let take = (bytes.len() as u64).min(room) as usize;
-        out.extend_from_slice(&bytes[..take]);
+        out.extend_from_slice(bytes.get(..take).unwrap_or(bytes));
         if take < bytes.len() {
             self.summary.oversize = true;
         }
@@ -235,6 +236,7 @@ impl DataDecoder {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
 

@@ -682,6 +682,7 @@ fn unquote(v: &[u8]) -> Vec<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
 

@@ -1,5 +1,13 @@
 //! SMTP protocol machines, all sans-IO: the command and reply codecs, the
 //! DATA decoder, the server session and the client session.
+//!
+//! Everything here reads bytes from the network, so no input may panic
+//! (a release build aborts on panic, and one command line once stopped all
+//! mail): commands are parsed as bytes, a `str` is never sliced at a byte
+//! offset, and every index is checked (`get`, `split_at_checked`,
+//! iterators). The lints below keep it so; test modules opt out.
+
+#![deny(clippy::string_slice, clippy::indexing_slicing)]
 
 pub mod address;
 pub mod client;

@@ -213,6 +213,7 @@ pub const LOCAL_ERROR: Reply = Reply::new(451, "4.3.0", "Error: local error in p
 pub const NO_SPACE: Reply = Reply::new(452, "4.3.1", "Error: insufficient system storage");
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
 

@@ -18,19 +18,17 @@ fn zero_octets(x: u64) -> u64 {
 /// The first index of `a` or `b` in `hay`.
 pub fn position2(hay: &[u8], a: u8, b: u8) -> Option<usize> {
     let (pa, pb) = (ONES * a as u64, ONES * b as u64);
-    let mut words = hay.chunks_exact(8);
+    let (words, rest) = hay.as_chunks::<8>();
     let mut base = 0;
-    for w in words.by_ref() {
-        let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+    for w in words {
+        let x = u64::from_le_bytes(*w);
         let hit = zero_octets(x ^ pa) | zero_octets(x ^ pb);
         if hit != 0 {
             return Some(base + (hit.trailing_zeros() / 8) as usize);
         }
         base += 8;
     }
-    words
-        .remainder()
-        .iter()
+    rest.iter()
         .position(|&c| c == a || c == b)
         .map(|i| base + i)
 }
@@ -42,17 +40,17 @@ pub fn position(hay: &[u8], a: u8) -> Option<usize> {
 
 /// Whether any octet has its high bit set.
 pub fn has_high_bit(hay: &[u8]) -> bool {
-    let mut words = hay.chunks_exact(8);
-    for w in words.by_ref() {
-        let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-        if x & HIGHS != 0 {
+    let (words, rest) = hay.as_chunks::<8>();
+    for w in words {
+        if u64::from_le_bytes(*w) & HIGHS != 0 {
             return true;
         }
     }
-    words.remainder().iter().any(|&c| c >= 0x80)
+    rest.iter().any(|&c| c >= 0x80)
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
 

@@ -16,10 +16,15 @@
 //! | `Data`       | message octets until `CRLF.CRLF`           | end of data (→ `Commit` or error reply) |
 //! | `Discard`    | message octets, thrown away                | end of data (→ the stored error reply) |
 //! | `Commit`     | the driver: `committed` after the group sync| that call |
-//! | `TlsWait`    | the driver: `tls_started` after STARTTLS   | that call |
+//! | `TlsWait`    | the driver: `tls_started` after STARTTLS   | that call, timeout |
 //! | `Auth`       | a SASL response line                       | success, failure, cancel |
 //! | `AuthDelay`  | time: a failed AUTH's reply is held back   | the deadline |
-//! | `Closing`    | nothing: output is flushed, then closed    | — |
+//! | `Closing`    | nothing: output is flushed, then closed    | [`CLOSE_LINGER`]: abandoned |
+//!
+//! Every state that waits on the peer has a deadline ([`ServerSession::deadline`]):
+//! `server_timeout` from the last input, and for `TlsWait` from the STARTTLS
+//! command, so the whole handshake must end within one `server_timeout` (a
+//! client that says STARTTLS and then nothing held its slot forever).
 //!
 //! PIPELINING falls out of the design: commands are handled in order as
 //! they arrive and replies are appended in order. Input stops being consumed
@@ -48,6 +53,11 @@ use crate::delivery::{push_unique, Destination};
 
 /// Unread replies beyond this stop the session from reading more commands.
 pub const OUTPUT_HIGH_WATER: usize = 8 * 1024;
+
+/// How long a closing session's last reply may take to drain before the
+/// driver drops the connection anyway ([`ServerSession::is_abandoned`]): a
+/// client that stops reading must not keep its slot.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(10);
 
 /// What kind of listener accepted the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,6 +187,8 @@ pub struct ServerSession {
     held: Vec<u8>,
     /// (queue id, date) for the header fix-ups.
     fixup: Option<(String, String)>,
+    /// Closing, and the output did not drain in time.
+    abandoned: bool,
 }
 
 /// A submitted message's header section held for fix-ups at most; a longer
@@ -214,6 +226,7 @@ impl ServerSession {
             holding_headers: false,
             held: Vec::new(),
             fixup: None,
+            abandoned: false,
         };
         let greeting = reply::greeting(&s.cfg.hostname);
         s.reply(&greeting);
@@ -228,6 +241,7 @@ impl ServerSession {
         // No EHLO yet, but SPEC (and Postfix) give the enhanced code here.
         why.write_to(&mut s.out, true);
         s.state = State::Closing;
+        s.deadline = now + CLOSE_LINGER;
         s
     }
 
@@ -247,7 +261,7 @@ impl ServerSession {
                     if self.out.len() >= OUTPUT_HIGH_WATER {
                         break;
                     }
-                    used += self.read_auth_line(&input[used..], now, policy);
+                    used += self.read_auth_line(input.get(used..).unwrap_or_default(), now, policy);
                 }
                 State::Data(dec) => {
                     let target = if self.holding_headers {
@@ -255,7 +269,7 @@ impl ServerSession {
                     } else {
                         &mut self.body
                     };
-                    used += dec.decode(&input[used..], target);
+                    used += dec.decode(input.get(used..).unwrap_or_default(), target);
                     let done = dec.is_done();
                     let release = self.holding_headers
                         && (!dec.in_headers() || done || self.held.len() > MAX_HELD_HEADER);
@@ -268,7 +282,7 @@ impl ServerSession {
                     }
                 }
                 State::Discard(dec, _) => {
-                    used += dec.decode(&input[used..], &mut self.body);
+                    used += dec.decode(input.get(used..).unwrap_or_default(), &mut self.body);
                     if dec.is_done() {
                         self.end_of_data();
                     }
@@ -277,12 +291,17 @@ impl ServerSession {
                     if self.out.len() >= OUTPUT_HIGH_WATER {
                         break;
                     }
-                    used += self.read_line(&input[used..], now, policy);
+                    used += self.read_line(input.get(used..).unwrap_or_default(), now, policy);
                 }
             }
         }
         if used > 0 {
-            self.deadline = now + self.cfg.timeout;
+            self.deadline = now
+                + if self.is_closing() {
+                    CLOSE_LINGER
+                } else {
+                    self.cfg.timeout
+                };
         }
         used
     }
@@ -392,9 +411,10 @@ impl ServerSession {
                 .position(|w| w == b"\r\n\r\n")
                 .map_or(self.held.len(), |p| p + 2)
         };
-        self.body.extend_from_slice(&self.held[..at]);
+        let (head, rest) = self.held.split_at_checked(at).unwrap_or((&self.held, &[]));
+        self.body.extend_from_slice(head);
         self.body.extend_from_slice(add.as_bytes());
-        self.body.extend_from_slice(&self.held[at..]);
+        self.body.extend_from_slice(rest);
         self.held.clear();
     }
 
@@ -435,12 +455,21 @@ impl ServerSession {
     /// The deadline for the client to say something, if one runs now.
     pub fn deadline(&self) -> Option<Instant> {
         match self.state {
-            State::Command | State::Data(_) | State::Discard(..) | State::Auth(_) => {
-                Some(self.deadline)
-            }
+            State::Command
+            | State::Data(_)
+            | State::Discard(..)
+            | State::Auth(_)
+            | State::TlsWait
+            | State::Closing => Some(self.deadline),
             State::AuthDelay { until, .. } => Some(until),
-            _ => None,
+            State::SpoolOpen | State::Commit(_) => None,
         }
+    }
+
+    /// A closing session whose output could not drain within
+    /// [`CLOSE_LINGER`]: the driver closes the connection without waiting.
+    pub fn is_abandoned(&self) -> bool {
+        self.abandoned
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -459,9 +488,25 @@ impl ServerSession {
             }
             return;
         }
-        if self.deadline().is_some_and(|d| now >= d) {
-            let r = reply::timeout(&self.cfg.hostname);
-            self.close_with(&r);
+        if self.deadline().is_none_or(|d| now < d) {
+            return;
+        }
+        match self.state {
+            State::Closing => {
+                self.out.clear();
+                self.abandoned = true;
+            }
+            // Mid-handshake nothing can be said in plaintext any more.
+            State::TlsWait => {
+                self.out.clear();
+                self.state = State::Closing;
+                self.abandoned = true;
+            }
+            _ => {
+                let r = reply::timeout(&self.cfg.hostname);
+                self.close_with(&r);
+                self.deadline = now + CLOSE_LINGER;
+            }
         }
     }
 
@@ -532,7 +577,7 @@ impl ServerSession {
 
     fn read_line(&mut self, input: &[u8], now: Instant, policy: &dyn Policy) -> usize {
         let (chunk, complete) = match input.iter().position(|&b| b == b'\n') {
-            Some(i) => (&input[..=i], true),
+            Some(i) => (input.get(..=i).unwrap_or(input), true),
             None => (input, false),
         };
         if !self.line_overflow {
@@ -707,7 +752,7 @@ impl ServerSession {
 
     fn read_auth_line(&mut self, input: &[u8], now: Instant, policy: &dyn Policy) -> usize {
         let (chunk, complete) = match input.iter().position(|&b| b == b'\n') {
-            Some(i) => (&input[..=i], true),
+            Some(i) => (input.get(..=i).unwrap_or(input), true),
             None => (input, false),
         };
         if self.line.len() + chunk.len() > crate::auth::MAX_SASL_LINE {
@@ -860,6 +905,7 @@ fn sanitize(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
 
@@ -1069,6 +1115,42 @@ mod tests {
         assert_eq!(h.take_output(), expected_out);
     }
 
+    /// Issue 11 item 1 through the whole session: UTF-8-laden lines, cut at
+    /// every octet (inside characters too), before and after EHLO, in
+    /// AUTH: every line gets a reply and the session keeps serving.
+    #[test]
+    fn utf8_laden_lines_cut_anywhere_never_panic() {
+        let lines: [&str; 7] = [
+            "MAIL FROMé<a@b.test>",
+            "RCPT TOˊ",
+            "MAIL FROM:<\"é\"@b.test> SIZE=€",
+            "RCPT TO:<a@b😀.test>",
+            "EHLO é€😀",
+            "AUTH PLAIN é",
+            "HELO\u{a0}x",
+        ];
+        for line in lines {
+            let b = line.as_bytes();
+            for cut in 0..=b.len() {
+                for ehlo in [false, true] {
+                    let mut h = Harness::new(false);
+                    if ehlo {
+                        h.send(b"EHLO c\r\n");
+                    }
+                    h.take_output();
+                    h.send(&b[..cut]);
+                    h.send(&b[cut..]);
+                    h.send(b"\r\nNOOP\r\n");
+                    let out = h.take_output();
+                    assert!(
+                        out.ends_with("250 2.0.0 Ok\r\n") || out.ends_with("250 Ok\r\n"),
+                        "{line:?} cut {cut}: {out}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn ehlo_advertises_extensions_and_helo_has_no_enhanced_codes() {
         let mut h = Harness::new(false);
@@ -1228,6 +1310,46 @@ mod tests {
         h.s.handle_timeout(d);
         assert_eq!(h.s.poll_event(), Some(Event::Abort));
         assert!(h.s.is_closing());
+    }
+
+    // Issue 11 item 5: after 220 Ready to start TLS nothing timed out.
+    #[test]
+    fn starttls_without_handshake_times_out() {
+        let mut h = Harness::new(false);
+        h.send(b"EHLO c\r\nSTARTTLS\r\n");
+        assert!(h
+            .take_output()
+            .ends_with("220 2.0.0 Ready to start TLS\r\n"));
+        assert!(h.s.is_waiting_for_driver());
+        let d = h.s.deadline().expect("TlsWait has a deadline");
+        assert_eq!(d, h.now + Duration::from_secs(300));
+        h.s.handle_timeout(d - Duration::from_secs(1));
+        assert!(!h.s.is_closing());
+        h.s.handle_timeout(d);
+        assert!(h.s.is_closing() && h.s.is_abandoned());
+        // Nothing in plaintext after the 220: the handshake had begun.
+        assert!(h.s.output().is_empty());
+        // A late handshake does not revive it.
+        h.s.tls_started("TLSv1.3 X".into(), d);
+        assert!(h.s.is_closing());
+    }
+
+    /// A client that never reads keeps its 421 unsent: the session is
+    /// abandoned after CLOSE_LINGER instead of holding the slot.
+    #[test]
+    fn closing_session_is_abandoned_after_linger() {
+        let mut h = Harness::new(false);
+        let t0 = h.now;
+        h.s.handle_timeout(t0 + Duration::from_secs(300));
+        assert!(h.s.is_closing() && !h.s.is_abandoned());
+        let d = h.s.deadline().expect("Closing has a deadline");
+        assert_eq!(d, t0 + Duration::from_secs(300) + CLOSE_LINGER);
+        h.s.handle_timeout(d);
+        assert!(h.s.is_abandoned());
+        // QUIT: the 221 gets CLOSE_LINGER, not a whole server_timeout.
+        let mut h = Harness::new(false);
+        h.send(b"QUIT\r\n");
+        assert_eq!(h.s.deadline(), Some(h.now + CLOSE_LINGER));
     }
 
     #[test]

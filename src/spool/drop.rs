@@ -72,11 +72,13 @@ impl DropWriter {
         let dir = Dir::open_search(spool_root)?.sub_search(OsStr::new("drop"))?;
         let mut n = 0u32;
         loop {
+            // 64 random bits, or no drop at all: the name's secrecy is
+            // what protects a 0644 drop file from other local users.
             let name = format!(
                 "{}.{}.{:016x}",
                 crate::daemon::unix_now(),
                 std::process::id(),
-                random_u64()?
+                crate::random::u64()?
             );
             let tmp = OsString::from(format!(".{name}"));
             match dir.create_file(&tmp, DROP_FILE_MODE) {
@@ -232,17 +234,6 @@ pub fn read_header(file: &mut File) -> Result<DropHeader, String> {
         return Err("drop file without recipients".into());
     }
     Ok(h)
-}
-
-/// 64 bits from the system's random source; a drop is not written without
-/// them (the name's secrecy is what protects a 0644 drop file).
-fn random_u64() -> io::Result<u64> {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 8];
-    ring::rand::SystemRandom::new()
-        .fill(&mut b)
-        .map_err(|_| io::Error::other("no random numbers from the system"))?;
-    Ok(u64::from_ne_bytes(b))
 }
 
 /// Opens a drop file for import without trusting it: no symlinks, a

@@ -527,12 +527,7 @@ pub fn set_aside(from: &Path, dir: &Path, name: &str) -> io::Result<PathBuf> {
 /// 0..2^ID_RANDOM_BITS from the system's random source; 0 if it fails
 /// (uniqueness never depends on it).
 fn random_offset() -> u64 {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 4];
-    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        return 0;
-    }
-    u64::from(u32::from_le_bytes(b) & ((1 << ID_RANDOM_BITS) - 1))
+    crate::random::u32().map_or(0, |r| u64::from(r & ((1 << ID_RANDOM_BITS) - 1)))
 }
 
 /// Opens a spool file for reading: never through a symlink, never a FIFO

@@ -179,6 +179,11 @@ def test_sendmail_as_an_unprivileged_user():
         raise AssertionError("this test needs root (CI runs as root)")
     base = Path(tempfile.mkdtemp(prefix="tern-nonroot-", dir="/tmp"))
     base.chmod(0o755)
+    # nobody runs a copy: the checkout may not be traversable (a clone
+    # under /root, which is 0700).
+    tern_bin = base / "tern"
+    shutil.copy2(TERN_BIN, tern_bin)
+    tern_bin.chmod(0o755)
     t = Tern(base)
     try:
         t.start()
@@ -188,7 +193,7 @@ def test_sendmail_as_an_unprivileged_user():
             os.setgid(nobody.pw_gid)
             os.setuid(nobody.pw_uid)
 
-        r = subprocess.run([TERN_BIN, "-c", str(t.conf), "sendmail", "-i", "user1@localhost"],
+        r = subprocess.run([str(tern_bin), "-c", str(t.conf), "sendmail", "-i", "user1@localhost"],
                            input=b"Subject: from nobody\n\nunprivileged\n", capture_output=True,
                            timeout=30, preexec_fn=demote)
         assert r.returncode == 0, r.stderr
