@@ -16,7 +16,7 @@ DEV_CONF := etc/tern.dev.conf
 # python3-pytest when $(PYTHON) lacks it and we are root, else pip.
 TEST_PKGS := swaks libnet-ssleay-perl postfix s-nail openssl faketime strace
 
-.PHONY: all build release run test test-deps unit e2e e2e-release check fmt clippy size bench install clean cross cross-test
+.PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench install clean cross cross-test
 
 all: build
 
@@ -61,6 +61,15 @@ e2e: build
 # The same suite against the release profile (panic = "abort", LTO).
 e2e-release: release
 	TERN_BIN=$(CURDIR)/target/release/tern $(PYTHON) -m pytest -q tests/e2e
+
+# The full crash-point torture (tests/torture/crashpoints.py): the commit's
+# syscall order, every crash point of every scenario under strace fault
+# injection, and TORTURE_ROUNDS kill -9 rounds under load; prints a summary
+# table and fails on any loss. `make test` runs a sample of it
+# (tests/e2e/test_torture_fast.py). Needs strace (in TEST_PKGS).
+TORTURE_ROUNDS ?= 100
+torture: build test-deps
+	TERN_BIN=$(CURDIR)/target/debug/tern $(PYTHON) tests/torture/crashpoints.py --rounds $(TORTURE_ROUNDS)
 
 check: fmt clippy
 

@@ -63,6 +63,7 @@ pub const KEYS: &[&str] = &[
     "smtps_listen",
     "spool_dir",
     "spool_sync",
+    "min_free_space",
     "local_domains",
     "local_recipients",
     "mail_dir",
@@ -315,6 +316,8 @@ pub struct Config {
     // Spool.
     pub spool_dir: PathBuf,
     pub spool_sync: bool,
+    /// Bytes; 0: no check (see `spool::space`).
+    pub min_free_space: u64,
     // Local delivery.
     /// Lower-cased, without a trailing dot.
     pub local_domains: Vec<String>,
@@ -379,6 +382,7 @@ impl Default for Config {
             smtps_listen: Vec::new(),
             spool_dir: PathBuf::from("/var/spool/tern"),
             spool_sync: true,
+            min_free_space: 1024 * 1024,
             local_recipients: LocalRecipients::Passwd,
             mail_dir: PathBuf::from("/var/mail"),
             local_delivery: LocalDelivery::Maildir,
@@ -615,6 +619,7 @@ impl Config {
             "smtps_listen" => self.smtps_listen = listeners(v)?,
             "spool_dir" => self.spool_dir = required_path(v)?,
             "spool_sync" => self.spool_sync = boolean(v)?,
+            "min_free_space" => self.min_free_space = parse_size(v)?,
             "local_domains" => {
                 self.local_domains = list(v)
                     .map(|d| {
@@ -980,6 +985,7 @@ mod tests {
         assert!(c.submission_listen.is_empty() && c.smtps_listen.is_empty());
         assert_eq!(c.spool_dir, Path::new("/var/spool/tern"));
         assert!(c.spool_sync);
+        assert_eq!(c.min_free_space, 1 << 20);
         assert_eq!(c.local_domains[0], "localhost");
         assert!(c.is_local_domain(&c.hostname.to_ascii_uppercase()));
         assert_eq!(c.mail_dir, Path::new("/var/mail"));
@@ -1026,6 +1032,7 @@ submission_listen = [::1]:587
 smtps_listen = 192.0.2.1:465
 spool_dir = /tmp/spool
 spool_sync = off
+min_free_space = 0
 local_domains = Example.net., mail.example.net
 local_recipients = ANY
 mail_dir = /home/mail
@@ -1074,6 +1081,7 @@ log_level = Debug
         assert_eq!(c.smtps_listen, vec!["192.0.2.1:465".parse().unwrap()]);
         assert_eq!(c.spool_dir, Path::new("/tmp/spool"));
         assert!(!c.spool_sync);
+        assert_eq!(c.min_free_space, 0);
         assert_eq!(c.local_domains, vec!["example.net", "mail.example.net"]);
         assert!(c.is_local_domain("EXAMPLE.net."));
         assert!(!c.is_local_domain("localhost"));

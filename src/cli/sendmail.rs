@@ -138,10 +138,24 @@ pub fn main(cfg: Config, args: Vec<String>) -> i32 {
 /// The server session's questions for a local `-bs` client: any
 /// well-formed recipient is taken and written to the drop as the client
 /// gave it; the daemon decides where it goes when it imports the drop (no
-/// destination is decided here).
-struct LocalInjection;
+/// destination is decided here). MAIL is refused below `min_free_space`.
+struct LocalInjection<'a> {
+    cfg: &'a Config,
+}
 
-impl crate::smtp::server::Policy for LocalInjection {
+/// `min_free_space` for a drop (one statvfs: this process sends one message).
+fn spool_has_room(cfg: &Config) -> bool {
+    crate::spool::space::has_room(&cfg.spool_dir, cfg.min_free_space)
+}
+
+impl crate::smtp::server::Policy for LocalInjection<'_> {
+    fn check_mail(&self) -> Result<(), crate::smtp::reply::Reply> {
+        if spool_has_room(self.cfg) {
+            Ok(())
+        } else {
+            Err(crate::smtp::reply::NO_SPACE)
+        }
+    }
     fn check_recipient(
         &self,
         _rcpt: &Address,
@@ -178,7 +192,7 @@ fn smtp_on_stdin(cfg: &Config) -> i32 {
     let mut eof = false;
     let mut queued = 0;
     loop {
-        let used = s.handle_input(&input, Instant::now(), &LocalInjection);
+        let used = s.handle_input(&input, Instant::now(), &LocalInjection { cfg });
         input.drain(..used.min(input.len()));
         if let Some(d) = drop.as_mut() {
             if !s.body().is_empty() && d.write(s.body()).is_err() {
@@ -198,7 +212,7 @@ fn smtp_on_stdin(cfg: &Config) -> i32 {
                             let now = unix_now();
                             s.data_started("(local)", &rfc5322_date(now as i64, 0));
                         }
-                        Err(_) => s.data_refused(crate::smtp::reply::LOCAL_ERROR),
+                        Err(e) => s.data_refused((&e).into()),
                     }
                 }
                 Event::Commit => {
@@ -336,9 +350,24 @@ pub fn inject(
     }
     // The spool may not exist yet (the daemon never ran, or is starting).
     let _ = crate::spool::Spool::open(&cfg.spool_dir, cfg.spool_sync);
+    if !spool_has_room(cfg) {
+        return Err((
+            EX_TEMPFAIL,
+            format!(
+                "{} has less than min_free_space ({} bytes) free; try again later",
+                cfg.spool_dir.display(),
+                cfg.min_free_space
+            ),
+        ));
+    }
     let mut drop = DropWriter::create(&cfg.spool_dir, &sender, &rcpts).map_err(|e| {
+        // A full disk is temporary; anything else needs the admin.
+        let code = match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => EX_TEMPFAIL,
+            _ => EX_CANTCREAT,
+        };
         (
-            EX_CANTCREAT,
+            code,
             format!("cannot write to {}/drop: {e}", cfg.spool_dir.display()),
         )
     })?;

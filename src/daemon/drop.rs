@@ -2,6 +2,13 @@
 //! validated like remote input, copied into the spool with CRLF line ends
 //! and a `Received:` header, committed, and only then unlinked.
 //!
+//! Exactly once across a kill: before the commit the drop is renamed to
+//! `NAME+ID` (claimed for queue ID `ID`, [`drop::claim`]); a claimed drop
+//! whose `msg/ID` exists was committed and only its unlink was lost, so it
+//! is unlinked, not imported again (the crash-point torture found the
+//! duplicate). A drop is set aside in `corrupt/` only when it is bad; when
+//! the spool cannot take it (a full disk) it stays for the next scan.
+//!
 //! Long lines: tern's SMTP server refuses lines over 1000 octets (RFC 5321
 //! §4.5.3.1.6), so the spool never holds one; a drop is local input that
 //! cannot be refused line by line (cron has no one to tell), so a line
@@ -14,7 +21,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{unix_now, Daemon};
 use crate::bounce::rfc5322_date;
@@ -36,12 +43,25 @@ impl Daemon {
             .into_iter()
             .take(DROPS_PER_SCAN)
         {
-            match self.import_drop(&path) {
-                Ok(id) => {
+            if let Some(id) = drop::claimed_id(&path) {
+                let queued = self.spool.root().join("msg").join(id.text().as_str());
+                if fs::symlink_metadata(&queued).is_ok() {
+                    log::info!("drop {}: already queued as {id}; removed", path.display());
                     let _ = fs::remove_file(&path);
+                    continue;
+                }
+            }
+            match self.import_drop(&path) {
+                Ok((id, claimed)) => {
+                    let _ = fs::remove_file(&claimed);
                     self.queue.schedule(id, super::mono_now());
                 }
-                Err(why) => {
+                Err(ImportError::Later(why)) => {
+                    // The rest would meet the same spool: next scan.
+                    log::warn!("drop {}: {why}; kept for the next scan", path.display());
+                    break;
+                }
+                Err(ImportError::Bad(why)) => {
                     log::error!("drop {}: {why}; moved to corrupt/", path.display());
                     let name = path
                         .file_name()
@@ -55,7 +75,9 @@ impl Daemon {
         }
     }
 
-    fn import_drop(&mut self, path: &Path) -> Result<QueueId, String> {
+    /// Imports one drop; returns the queue ID and the drop's path as
+    /// claimed (what to unlink).
+    fn import_drop(&mut self, path: &Path) -> Result<(QueueId, PathBuf), ImportError> {
         // Header, message and conversion slack: a bound, not a policy.
         let max = self
             .cfg
@@ -101,7 +123,7 @@ impl Daemon {
             .map(|(dest, original)| Recipient { dest, original })
             .collect();
         if recipients.is_empty() {
-            return Err("no recipients".into());
+            return Err("no recipients".to_string().into());
         }
         let now = unix_now();
         let env = StoredEnvelope {
@@ -113,7 +135,10 @@ impl Daemon {
             eight_bit: false,
             body_offset: 0,
         };
-        let mut inc = self.spool.create(&env).map_err(|e| format!("spool: {e}"))?;
+        let mut inc = self
+            .spool
+            .create(&env)
+            .map_err(|e| ImportError::Later(format!("spool: {e}")))?;
         let received = format!(
             "Received: by {} (tern sendmail, uid {uid})\r\n\tid {}; {}\r\n",
             self.cfg.hostname,
@@ -128,29 +153,30 @@ impl Daemon {
         let mut conv = LineEnds::default();
         let mut out = Vec::with_capacity(8192);
         let mut buf = [0u8; 8192];
-        let result: Result<(), String> = (|| {
-            inc.write(received.as_bytes()).map_err(|e| e.to_string())?;
+        let later = |e: std::io::Error| ImportError::Later(e.to_string());
+        let result: Result<(), ImportError> = (|| {
+            inc.write(received.as_bytes()).map_err(later)?;
             loop {
-                let n = file.read(&mut buf).map_err(|e| e.to_string())?;
+                let n = file.read(&mut buf).map_err(later)?;
                 if n == 0 {
                     break;
                 }
                 read = read.saturating_add(n as u64);
                 if read > limit {
-                    return Err(format!(
+                    return Err(ImportError::Bad(format!(
                         "message exceeds max_message_size ({})",
                         self.cfg.max_message_size
-                    ));
+                    )));
                 }
                 out.clear();
                 conv.convert(buf.get(..n).unwrap_or_default(), &mut out);
-                inc.write(&out).map_err(|e| e.to_string())?;
+                inc.write(&out).map_err(later)?;
             }
             out.clear();
             conv.finish(&mut out);
-            inc.write(&out).map_err(|e| e.to_string())?;
+            inc.write(&out).map_err(later)?;
             if conv.eight_bit {
-                inc.mark_eight_bit().map_err(|e| e.to_string())?;
+                inc.mark_eight_bit().map_err(later)?;
             }
             Ok(())
         })();
@@ -160,15 +186,24 @@ impl Daemon {
         }
         let size = inc.size;
         let nrcpt = env.recipients.len();
+        // Claimed for this ID just before the commit (see the module doc);
+        // a drop that is not committed stays claimed and is imported again.
+        let claimed = match drop::claim(path, inc.id) {
+            Ok(p) => p,
+            Err(e) => {
+                self.spool.discard(inc);
+                return Err(ImportError::Later(format!("cannot claim the drop: {e}")));
+            }
+        };
         match self.spool.commit(vec![inc]).pop() {
             Some(Ok(id)) => {
                 log::info!(
                     "{id}: from=<{sender}> size={size} nrcpt={nrcpt} client=local uid={uid}"
                 );
-                Ok(id)
+                Ok((id, claimed))
             }
-            Some(Err(e)) => Err(format!("commit: {e}")),
-            None => Err("commit: no result".into()),
+            Some(Err(e)) => Err(ImportError::Later(format!("commit: {e}"))),
+            None => Err(ImportError::Later("commit: no result".into())),
         }
     }
 }
@@ -177,6 +212,20 @@ impl Daemon {
 /// `Received:` field a `sendmail -bs` session writes before the data it
 /// counted (the client's HELO name and recipient are each a line at most).
 pub const DROP_HEADROOM: u64 = 4096;
+
+/// Why a drop was not imported.
+enum ImportError {
+    /// The drop itself is bad: it is set aside in `corrupt/`.
+    Bad(String),
+    /// The spool cannot take it now (full disk, I/O error): it stays.
+    Later(String),
+}
+
+impl From<String> for ImportError {
+    fn from(why: String) -> ImportError {
+        ImportError::Bad(why)
+    }
+}
 
 /// The longest line stored from a drop, CRLF not counted: RFC 5321's
 /// 1000 octets with the CRLF, the limit tern's SMTP server enforces.

@@ -57,6 +57,14 @@ impl Policy for LocalPolicy<'_> {
         }
     }
 
+    fn check_mail(&self) -> Result<(), Reply> {
+        if self.daemon.spool_has_room() {
+            Ok(())
+        } else {
+            Err(reply::NO_SPACE)
+        }
+    }
+
     fn check_recipient(
         &self,
         rcpt: &Address,
@@ -72,6 +80,13 @@ impl Policy for LocalPolicy<'_> {
 }
 
 impl Daemon {
+    /// `min_free_space` (cached by the gate: at most one statvfs a second).
+    fn spool_has_room(&self) -> bool {
+        self.space
+            .borrow_mut()
+            .room(&self.cfg.spool_dir, self.cfg.min_free_space, Instant::now())
+    }
+
     pub(super) fn accept(&mut self, listener: SockId) {
         let Some(&kind) = self.listeners.get(&listener) else {
             return;
@@ -367,6 +382,10 @@ impl Daemon {
     }
 
     fn open_incoming(&mut self, conn: &mut Inbound) {
+        if !self.spool_has_room() {
+            conn.session.data_refused(reply::NO_SPACE);
+            return;
+        }
         let Some(env) = conn.session.envelope() else {
             return;
         };

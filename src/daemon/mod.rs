@@ -134,6 +134,8 @@ pub struct Daemon {
     /// system resolver would).
     hosts: HashMap<String, Vec<std::net::IpAddr>>,
     auth_limiter: RefCell<FailureLimiter>,
+    /// `min_free_space`, checked at MAIL and DATA (cached).
+    space: RefCell<crate::spool::space::SpaceGate>,
     inbound: HashMap<SockId, Inbound>,
     per_ip: HashMap<IpAddr, usize>,
     outbound: Outbound,
@@ -249,6 +251,7 @@ impl Daemon {
                 AUTH_FAILURE_WINDOW,
                 AUTH_LIMITER_ENTRIES,
             )),
+            space: RefCell::new(crate::spool::space::SpaceGate::new()),
             cfg,
             config_path,
             reactor,

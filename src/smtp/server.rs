@@ -110,6 +110,11 @@ pub trait Policy {
     ) -> Result<Vec<Destination>, Reply>;
     /// Checks AUTH credentials for a client address.
     fn authenticate(&self, peer: IpAddr, user: &str, password: &str) -> AuthVerdict;
+    /// Whether a new transaction may start (asked at MAIL), e.g. the
+    /// spool's free space; `Err` is the reply refusing it.
+    fn check_mail(&self) -> Result<(), Reply> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -632,7 +637,7 @@ impl ServerSession {
                 }
                 reply::write_multiline(&mut self.out, 250, &lines);
             }
-            Command::Mail(sender, params) => self.mail(sender, params),
+            Command::Mail(sender, params) => self.mail(sender, params, policy),
             Command::Rcpt(rcpt) => self.rcpt(rcpt, policy),
             Command::Data => self.data(),
             Command::Rset => {
@@ -667,7 +672,7 @@ impl ServerSession {
         self.mail = None;
     }
 
-    fn mail(&mut self, sender: Option<Address>, params: MailParams) {
+    fn mail(&mut self, sender: Option<Address>, params: MailParams, policy: &dyn Policy) {
         if self.helo.is_none() {
             return self.error(&reply::NEED_HELO);
         }
@@ -679,6 +684,9 @@ impl ServerSession {
         }
         if params.size.is_some_and(|s| s > self.cfg.max_message_size) {
             return self.reply(&reply::MESSAGE_TOO_BIG);
+        }
+        if let Err(r) = policy.check_mail() {
+            return self.reply(&r);
         }
         self.mail = Some(Envelope {
             sender,
@@ -1040,6 +1048,50 @@ mod tests {
         let msg = String::from_utf8(h.committed[0].clone()).unwrap();
         assert!(msg.starts_with("Received: from client.test ([192.0.2.1])\r\n\tby mx.local.test (tern) with ESMTP id ABC123\r\n\tfor <joe@local.test>; Sun, 29 Nov 2026"), "{msg}");
         assert!(msg.ends_with("Subject: hi\r\n\r\nbody\r\n"));
+    }
+
+    #[test]
+    fn mail_is_refused_when_the_policy_has_no_room() {
+        struct Full;
+        impl Policy for Full {
+            fn check_recipient(
+                &self,
+                rcpt: &Address,
+                relay_allowed: bool,
+            ) -> Result<Vec<Destination>, Reply> {
+                TestPolicy.check_recipient(rcpt, relay_allowed)
+            }
+            fn authenticate(&self, peer: IpAddr, user: &str, password: &str) -> AuthVerdict {
+                TestPolicy.authenticate(peer, user, password)
+            }
+            fn check_mail(&self) -> Result<(), Reply> {
+                Err(reply::NO_SPACE)
+            }
+        }
+        let now = Instant::now();
+        let peer = "192.0.2.1".parse().unwrap();
+        let mut s = ServerSession::new(cfg(), ListenerKind::Relay, peer, false, now);
+        let input: &[u8] =
+            b"EHLO c.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<joe@local.test>\r\nNOOP\r\n";
+        let mut used = 0;
+        while used < input.len() {
+            let n = s.handle_input(&input[used..], now, &Full);
+            if n == 0 {
+                break;
+            }
+            used += n;
+        }
+        let out = String::from_utf8(s.output().to_vec()).unwrap();
+        let finals: Vec<&str> = out
+            .lines()
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .map(|l| &l[..9.min(l.len())])
+            .collect();
+        // MAIL refused, so RCPT has no transaction; the session goes on.
+        assert_eq!(finals[2], "452 4.3.1", "{out}");
+        assert!(finals[3].starts_with("503"), "{out}");
+        assert!(finals[4].starts_with("250"), "{out}");
+        assert!(s.poll_event().is_none());
     }
 
     #[test]

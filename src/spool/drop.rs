@@ -4,7 +4,8 @@
 //! | file              | state                                   | who acts |
 //! |-------------------|-----------------------------------------|----------|
 //! | `drop/.NAME`      | being written by sendmail               | nobody (the daemon skips dot files; sendmail removes it on error) |
-//! | `drop/NAME`       | complete and fsync'd: sendmail exited 0  | the daemon imports it into `tmp/` → `msg/`, then unlinks it |
+//! | `drop/NAME`       | complete and fsync'd: sendmail exited 0  | the daemon imports it into `tmp/`, renames it to `NAME+ID`, commits `msg/ID`, then unlinks it |
+//! | `drop/NAME+ID`    | claimed for queue ID `ID` by an import    | at the next scan: unlinked if `msg/ID` exists (committed, the unlink was lost), else imported again |
 //!
 //! ## Who can read a drop
 //!
@@ -34,9 +35,11 @@
 //! A drop file is `tern-drop 1`, `sender ADDR` (empty: `<>`), one
 //! `rcpt ADDR` per recipient, an empty line, then the message as the
 //! program gave it (LF or CRLF). The daemon re-validates everything in it as
-//! it would for a remote client: addresses, size, hop count. Import is
-//! idempotent up to the unlink: a crash between commit and unlink can give a
-//! duplicate, never a loss.
+//! it would for a remote client: addresses, size, hop count. A kill between
+//! the commit and the unlink gives no duplicate (the claim names the queue
+//! file); a power loss there still may, if the claim's rename did not reach
+//! the disk (the commit syncs `msg/`, not `drop/`): a duplicate, never a
+//! loss.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
@@ -148,6 +151,30 @@ impl Drop for DropWriter {
     }
 }
 
+/// Separates a drop's name from the queue ID it is claimed for (drop names
+/// never contain it).
+pub const CLAIM_MARK: char = '+';
+
+/// Renames `drop/NAME` (or `drop/NAME+OLD`) to `drop/NAME+ID` before its
+/// commit as queue ID `id`; returns the new path.
+pub fn claim(path: &Path, id: crate::spool::QueueId) -> io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let base = name.split(CLAIM_MARK).next().unwrap_or_default();
+    let to = path.with_file_name(format!("{base}{CLAIM_MARK}{id}"));
+    crate::safe_fs::rename_noreplace(path, &to)?;
+    Ok(to)
+}
+
+/// The queue ID a drop was claimed for, if any.
+pub fn claimed_id(path: &Path) -> Option<crate::spool::QueueId> {
+    let name = path.file_name()?.to_str()?;
+    let (_, id) = name.rsplit_once(CLAIM_MARK)?;
+    id.parse().ok()
+}
+
 /// Complete drops, oldest first.
 pub fn list(spool_root: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(spool_root.join("drop"))
@@ -242,6 +269,34 @@ fn flat(s: &str) -> String {
 #[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claims_name_the_queue_id() {
+        let root = std::env::temp_dir().join(format!("tern-claim-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("drop")).unwrap();
+        let path = root.join("drop").join("1796000000.42.00112233aabbccdd");
+        fs::write(&path, b"x").unwrap();
+        assert_eq!(claimed_id(&path), None);
+        let id = crate::spool::QueueId(0x006B_1056_C175_3750);
+        let claimed = claim(&path, id).unwrap();
+        assert!(!path.exists());
+        assert_eq!(
+            claimed.file_name().unwrap().to_str().unwrap(),
+            "1796000000.42.00112233aabbccdd+006B1056C1753750"
+        );
+        assert_eq!(claimed_id(&claimed), Some(id));
+        assert_eq!(list(&root), vec![claimed.clone()]);
+        // A re-claim keeps the drop's own name.
+        let id2 = crate::spool::QueueId(0x006B_1056_C175_3751);
+        let again = claim(&claimed, id2).unwrap();
+        assert_eq!(claimed_id(&again), Some(id2));
+        assert!(again
+            .to_str()
+            .unwrap()
+            .ends_with("00112233aabbccdd+006B1056C1753751"));
+        let _ = fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn write_list_read() {

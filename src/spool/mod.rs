@@ -88,6 +88,7 @@
 
 pub mod drop;
 pub mod envelope;
+pub mod space;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
