@@ -172,11 +172,6 @@ impl From<&io::Error> for Reply {
 
 const DIRS: [&str; 5] = ["tmp", "msg", "state", "corrupt", "drop"];
 
-/// The start of the name of the file [`Spool::check_writable`] creates and
-/// removes in each directory (not a queue ID: if a crash leaves one behind,
-/// recovery sets it aside or removes it).
-const WRITE_PROBE: &str = ".tern-write-probe";
-
 /// The spool root: others may pass through it (to reach `drop/`) but not
 /// list it; every file in it is 0600 except sendmail drops (0644 in the
 /// unlistable `drop/`, see `spool::drop`).
@@ -247,22 +242,27 @@ impl Spool {
     /// ownership would otherwise surface only as 451 to every client).
     /// The error names the directory.
     pub fn check_writable(&self) -> io::Result<()> {
-        // A fresh name, created O_EXCL: `drop/` is writable by every user,
-        // who must not be able to plant a symlink the daemon would follow.
-        let unique = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let name = format!("{WRITE_PROBE}.{}.{unique}", std::process::id());
+        use std::os::unix::ffi::OsStrExt;
+        // access(2) with the effective IDs: EROFS on a read-only mount,
+        // EPERM on an immutable directory, EACCES on wrong ownership. No
+        // probe file: one left behind by a crash at the wrong moment would
+        // be a stray in `drop/` (the torture found one).
         for d in DIRS {
-            let probe = self.root.join(d).join(&name);
-            let r = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&probe)
-                .and_then(|_| fs::remove_file(&probe));
-            if let Err(e) = r {
-                let dir = self.root.join(d);
+            let dir = self.root.join(d);
+            let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "NUL in the spool path")
+            })?;
+            // SAFETY: a valid NUL-terminated path; faccessat only reads it.
+            let r = unsafe {
+                libc::faccessat(
+                    libc::AT_FDCWD,
+                    path.as_ptr(),
+                    libc::W_OK | libc::X_OK,
+                    libc::AT_EACCESS,
+                )
+            };
+            if r != 0 {
+                let e = io::Error::last_os_error();
                 return Err(io::Error::new(
                     e.kind(),
                     format!("spool directory {} is not writable: {e}", dir.display()),
@@ -932,13 +932,9 @@ mod tests {
             .states
             .iter()
             .all(|s| s.status == RcptStatus::Pending));
-        // A symlink planted under the probe's prefix in the world-writable
-        // drop/ is neither followed nor in the way.
-        let target = dir.join("target");
-        fs::write(&target, b"keep").unwrap();
-        std::os::unix::fs::symlink(&target, dir.join("drop").join(WRITE_PROBE)).unwrap();
+        // The writability check leaves nothing behind in any directory.
         spool.check_writable().unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"keep");
+        assert_eq!(fs::read_dir(dir.join("drop")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(&msg).unwrap().count(), 1);
         let _ = fs::remove_dir_all(&dir);
     }

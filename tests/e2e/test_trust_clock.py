@@ -90,7 +90,7 @@ def test_mail_that_arrived_in_the_future_is_retried_within_the_schedule(tern_fac
 def test_queue_age_survives_a_restart_and_expires_after_an_attempt(tern_factory):
     """Queue age is monotonic time accumulated in the state file: time
     queued before a restart still counts, and once it passes max_queue_time
-    the next real attempt bounces the message (4.4.7)."""
+    the next real attempt bounces the message (5.4.7)."""
     sink = Sink({"rcpt": "451 4.3.0 try later"})
     try:
         t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none",
@@ -108,7 +108,7 @@ def test_queue_age_survives_a_restart_and_expires_after_an_attempt(tern_factory)
         t.start()
         wait_for(lambda: t.maildir("owner"), timeout=15, what="expiry bounce")
         assert time.time() - started < 5.5
-        assert b"4.4.7" in t.maildir("owner")[0]
+        assert b"5.4.7" in t.maildir("owner")[0]
         wait_for(lambda: not t.queued(), what="expired message removed")
     finally:
         sink.close()
