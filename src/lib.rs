@@ -28,6 +28,8 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod dns;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod outbound;
 pub mod queue;
 pub mod reactor;
