@@ -83,7 +83,11 @@ fn no_args(rest: &str, cmd: Command) -> Result<Command, Reply> {
 
 /// Splits `FROM:<path> params` into the path and its parameters.
 fn split_path<'a>(rest: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
-    if rest.len() < prefix.len() || !rest[..prefix.len()].eq_ignore_ascii_case(prefix) {
+    // `get`: a multi-byte character may straddle the prefix's length.
+    if !rest
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    {
         return None;
     }
     let after = rest[prefix.len()..].trim_start();
@@ -221,6 +225,24 @@ mod tests {
         assert_eq!(
             parse_command(b"RCPT TO:<\"a>b\"@y.example>").map(|_| ()),
             Ok(())
+        );
+    }
+
+    /// Found by fuzzing (smtp_command): slicing at the prefix length
+    /// panicked inside a multi-byte character, aborting the daemon.
+    #[test]
+    fn non_ascii_where_the_prefix_ends_is_a_syntax_error() {
+        assert_eq!(
+            parse_command("MAIL FROMé:<a@b>".as_bytes()),
+            Err(reply::SYNTAX_MAIL)
+        );
+        assert_eq!(
+            parse_command("RCPT TOé".as_bytes()),
+            Err(reply::SYNTAX_RCPT)
+        );
+        assert_eq!(
+            parse_command("MAIL FROM".as_bytes()),
+            Err(reply::SYNTAX_MAIL)
         );
     }
 
