@@ -123,7 +123,8 @@ cross-test: cross
 # target that crashes (the input is in fuzz/artifacts/NAME/). New corpus
 # entries go to fuzz/work/NAME (not checked in); the checked-in seeds
 # (fuzz/corpus/NAME) and crash reproducers (fuzz/regressions/NAME) are read
-# too, and `make test` replays both without a fuzzer. cargo-fuzz needs
+# too, and `make test` replays both without a fuzzer. Targets are built
+# optimized with debug assertions and overflow checks (-O -a). cargo-fuzz needs
 # nightly flags: the nightly toolchain when rustup has one, else stable with
 # RUSTC_BOOTSTRAP=1. FUZZ_TARGETS picks targets; FUZZ_ARGS adds libFuzzer
 # flags.
@@ -145,13 +146,13 @@ fuzz-deps:
 	@echo "fuzz: $$(cargo fuzz --version), toolchain: $(FUZZ_CARGO) ($$($(subst cargo,rustc,$(FUZZ_CARGO)) --version))"
 
 fuzz-build: fuzz-deps
-	cd fuzz && nice -n 10 $(FUZZ_CARGO) fuzz build -O
+	cd fuzz && nice -n 10 $(FUZZ_CARGO) fuzz build -O -a
 
 fuzz: fuzz-build
 	@for t in $(FUZZ_TARGETS); do \
 	  mkdir -p fuzz/work/$$t fuzz/regressions/$$t; \
 	  echo "== fuzz $$t: $(FUZZ_SECONDS) s"; \
-	  (cd fuzz && nice -n 10 $(FUZZ_CARGO) fuzz run -O $$t work/$$t corpus/$$t regressions/$$t -- \
+	  (cd fuzz && nice -n 10 $(FUZZ_CARGO) fuzz run -O -a $$t work/$$t corpus/$$t regressions/$$t -- \
 	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_ARGS)) >fuzz/work/$$t.log 2>&1; \
 	  rc=$$?; \
 	  grep -E '^(#[0-9]+ *DONE|stat::number_of_executed_units|thread .* panicked|SUMMARY|Test unit written|Error)' fuzz/work/$$t.log; \
