@@ -16,7 +16,7 @@ DEV_CONF := etc/tern.dev.conf
 # python3-pytest when $(PYTHON) lacks it and we are root, else pip.
 TEST_PKGS := swaks libnet-ssleay-perl postfix s-nail openssl faketime strace
 
-.PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench install clean cross cross-test
+.PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench install clean cross cross-test fuzz fuzz-deps fuzz-build
 
 all: build
 
@@ -139,6 +139,52 @@ cross:
 # A loopback smoke test of the cross binary under qemu-user.
 cross-test: cross
 	$(PYTHON) tests/cross_smoke.py $(CROSS_QEMU_$(TARGET)) target/$(TARGET)/release/tern
+
+# Fuzzing (fuzz/README.md): every cargo-fuzz target in fuzz/ for
+# FUZZ_SECONDS each, one at a time, one process, niced; fails on the first
+# target that crashes (the input is in fuzz/artifacts/NAME/). New corpus
+# entries go to fuzz/work/NAME (not checked in); the checked-in seeds
+# (fuzz/corpus/NAME) and crash reproducers (fuzz/regressions/NAME) are read
+# too, and `make test` replays both without a fuzzer. Targets are built
+# optimized with debug assertions and overflow checks (-O -a). cargo-fuzz needs
+# nightly flags: the nightly toolchain when rustup has one, else stable with
+# RUSTC_BOOTSTRAP=1. FUZZ_TARGETS picks targets; FUZZ_ARGS adds libFuzzer
+# flags.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(shell sed -n 's/^name = "\(.*\)"$$/\1/p' fuzz/Cargo.toml | grep -v '^tern-fuzz$$')
+FUZZ_ARGS ?=
+FUZZ_CARGO = $(shell if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then echo "cargo +nightly"; else echo "env RUSTC_BOOTSTRAP=1 cargo"; fi)
+
+fuzz-deps:
+	@command -v rustup >/dev/null || command -v cargo >/dev/null || { echo "fuzz: no Rust toolchain (cargo) found"; exit 1; }
+	@if ! cargo fuzz --version >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing cargo-fuzz from crates.io"; \
+	    cargo install --locked cargo-fuzz || { echo "cargo install cargo-fuzz failed"; exit 1; }; \
+	  else \
+	    echo "fuzz: cargo-fuzz is missing (run 'make fuzz' as root, or 'cargo install cargo-fuzz')"; exit 1; \
+	  fi; \
+	fi
+	@echo "fuzz: $$(cargo fuzz --version), toolchain: $(FUZZ_CARGO) ($$($(subst cargo,rustc,$(FUZZ_CARGO)) --version))"
+
+fuzz-build: fuzz-deps
+	cd fuzz && nice -n 10 $(FUZZ_CARGO) fuzz build -O -a
+
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/work/$$t fuzz/regressions/$$t; \
+	  echo "== fuzz $$t: $(FUZZ_SECONDS) s"; \
+	  (cd fuzz && nice -n 10 $(FUZZ_CARGO) fuzz run -O -a $$t work/$$t corpus/$$t regressions/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_ARGS)) >fuzz/work/$$t.log 2>&1; \
+	  rc=$$?; \
+	  grep -E '^(#[0-9]+ *DONE|stat::number_of_executed_units|thread .* panicked|SUMMARY|Test unit written|Error)' fuzz/work/$$t.log; \
+	  if [ $$rc != 0 ] || grep -q 'Test unit written' fuzz/work/$$t.log; then \
+	    echo "fuzz: $$t FAILED (log: fuzz/work/$$t.log). Minimize with"; \
+	    echo "  cd fuzz && $(FUZZ_CARGO) fuzz tmin $$t artifacts/$$t/<file>"; \
+	    echo "then copy the minimized input into fuzz/regressions/$$t/"; \
+	    exit 1; \
+	  fi; \
+	done; echo "fuzz: no crash in $(words $(FUZZ_TARGETS)) targets"
 
 clean:
 	$(CARGO) clean

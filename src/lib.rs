@@ -38,6 +38,8 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod dns;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod logsafe;
 pub mod outbound;
 pub mod queue;

@@ -262,6 +262,24 @@ mod tests {
         );
     }
 
+    /// Found by fuzzing (smtp_command): slicing at the prefix length
+    /// panicked inside a multi-byte character, aborting the daemon.
+    #[test]
+    fn non_ascii_where_the_prefix_ends_is_a_syntax_error() {
+        assert_eq!(
+            parse_command("MAIL FROMé:<a@b>".as_bytes()),
+            Err(reply::SYNTAX_MAIL)
+        );
+        assert_eq!(
+            parse_command("RCPT TOé".as_bytes()),
+            Err(reply::SYNTAX_RCPT)
+        );
+        assert_eq!(
+            parse_command("MAIL FROM".as_bytes()),
+            Err(reply::SYNTAX_MAIL)
+        );
+    }
+
     #[test]
     fn unknown_and_garbage() {
         assert_eq!(parse_command(b"FOO"), Err(reply::UNKNOWN_COMMAND));
