@@ -244,7 +244,12 @@ pub fn smtp_command(data: &[u8]) {
     match parse_command(data) {
         Ok(Command::Helo(name) | Command::Ehlo(name)) => {
             assert!(!name.is_empty() && name.len() <= 255);
-            assert!(!name.contains(char::is_whitespace), "{name:?}");
+            assert!(
+                !name
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control()),
+                "{name:?}"
+            );
         }
         Ok(Command::Mail(sender, params)) => {
             if let Some(a) = &sender {

@@ -59,7 +59,8 @@ pub fn parse_command(line: &[u8]) -> Result<Command, Reply> {
                 .split(|b| b.is_ascii_whitespace())
                 .next()
                 .unwrap_or_default();
-            if name.is_empty() || name.len() > 255 {
+            // No control octets: the name goes into the Received: field.
+            if name.is_empty() || name.len() > 255 || name.iter().any(|&b| b < 0x20 || b == 0x7f) {
                 return Err(reply::SYNTAX_HELO);
             }
             let name = text(name)?;
@@ -287,6 +288,16 @@ mod tests {
         assert_eq!(parse_command(b"\xff\xfe"), Err(reply::SYNTAX_PARAMS));
         assert_eq!(parse_command(b"DATA x"), Err(reply::SYNTAX_PARAMS));
         assert_eq!(parse_command(b"HELO"), Err(reply::SYNTAX_HELO));
+        // Control octets never reach the Received: field (found by fuzzing:
+        // a vertical tab is not ASCII white space, so it stayed in the name).
+        for bad in [
+            &b"HELO [192\x0b.0.2.1]"[..],
+            b"EHLO a\x00b",
+            b"EHLO a\x1bb",
+            b"HELO a\x7f",
+        ] {
+            assert_eq!(parse_command(bad), Err(reply::SYNTAX_HELO), "{bad:?}");
+        }
     }
 
     // Issue 11 item 1: these two lines aborted the release daemon (a `&str`
