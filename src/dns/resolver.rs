@@ -1373,13 +1373,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn reconfigure_moves_new_lookups_to_the_new_servers_and_drops_their_cache() {
-        let mut net = Net::new(&[S1], 3);
-        net.resolver.resolve_mx("example.com", net.now);
-        let q = net.expect_sent("example.com", TYPE_MX);
+    /// Answers an MX query for example.com with one host, its A query with
+    /// 192.0.2.1 and its AAAA query with NODATA and an SOA (cached
+    /// negatively), so the whole answer is cacheable.
+    fn answer_mx_with_one_a(net: &mut Net, q: &Sent) {
         net.reply(
-            &q,
+            q,
             RCODE_NOERROR,
             vec![mx("example.com", 10, "mx.example.com")],
             vec![],
@@ -1397,6 +1396,14 @@ mod tests {
                 vec![],
             );
         }
+    }
+
+    #[test]
+    fn reconfigure_moves_new_lookups_to_the_new_servers_and_drops_their_cache() {
+        let mut net = Net::new(&[S1], 3);
+        net.resolver.resolve_mx("example.com", net.now);
+        let q = net.expect_sent("example.com", TYPE_MX);
+        answer_mx_with_one_a(&mut net, &q);
         assert!(net.result().is_some());
         net.closed();
         // The same servers: the cached answer stays, nothing is sent.
@@ -2190,26 +2197,7 @@ mod tests {
         let mut net = Net::new(&[S1], 1);
         net.resolver.resolve_mx("example.com", net.now);
         let q = net.expect_sent("example.com", TYPE_MX);
-        net.reply(
-            &q,
-            RCODE_NOERROR,
-            vec![mx("example.com", 10, "mx.example.com")],
-            vec![],
-        );
-        for sent in net.all_sent() {
-            let answer = match sent.qtype {
-                TYPE_A => vec![a("mx.example.com", "192.0.2.1")],
-                _ => vec![],
-            };
-            // NODATA for AAAA with an SOA: cached negatively.
-            net.reply_with(
-                &sent,
-                RCODE_NOERROR,
-                answer,
-                vec![soa("example.com")],
-                vec![],
-            );
-        }
+        answer_mx_with_one_a(&mut net, &q);
         let first = net.result().unwrap().1;
         net.closed();
         net.now += Duration::from_secs(60);

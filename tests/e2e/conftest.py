@@ -15,17 +15,19 @@ def pytest_runtest_makereport(item, call):
     setattr(item, "rep_" + rep.when, rep)
 
 
-@pytest.fixture
-def tern_factory(tmp_path, request):
+def tern_factory_in(base, request):
+    """Makes `Tern`s in numbered directories under `base`; stops them at the
+    end and, when the test failed, prints what each daemon logged."""
     started = []
 
     def make(**overrides):
-        d = tmp_path / f"t{len(started)}"
+        d = base / f"t{len(started)}"
         d.mkdir()
         t = Tern(d, **overrides)
         started.append(t)
         return t
 
+    make.base = base
     yield make
     for t in started:
         code = None
@@ -38,6 +40,11 @@ def tern_factory(tmp_path, request):
             # Shown by pytest with the failure: what the daemon said.
             print(f"--- tern log ({t.dir}, exit code {code}) ---")
             print(t.log_text()[-6000:])
+
+
+@pytest.fixture
+def tern_factory(tmp_path, request):
+    yield from tern_factory_in(tmp_path, request)
 
 
 @pytest.fixture

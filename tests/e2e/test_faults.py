@@ -31,7 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import TERN_BIN, Sink, Tern, faked_clock, queue_id_second, wait_for
+from conftest import tern_factory_in
+from harness import TERN_BIN, Sink, faked_clock, queue_id_second, wait_for
 
 EX_TEMPFAIL = 75
 
@@ -43,27 +44,7 @@ def tern_factory(request):
     prune each other's numbered directories, and a directory renamed away
     under a bind mount or `chattr +i` could not be cleaned up."""
     base = Path(tempfile.mkdtemp(prefix="tern-faults-"))
-    started = []
-
-    def make(**overrides):
-        d = base / f"t{len(started)}"
-        d.mkdir()
-        t = Tern(d, **overrides)
-        started.append(t)
-        return t
-
-    make.base = base
-    yield make
-    for t in started:
-        code = None
-        try:
-            code = t.stop()
-        except Exception:
-            pass
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            print(f"--- tern log ({t.dir}, exit code {code}) ---")
-            print(t.log_text()[-6000:])
+    yield from tern_factory_in(base, request)
     shutil.rmtree(base, ignore_errors=True)
 
 
