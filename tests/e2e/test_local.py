@@ -186,6 +186,8 @@ def test_sendmail_as_an_unprivileged_user():
     t = Tern(base)
     try:
         t.start()
+        # The port opens before the spool is created: wait for recovery.
+        wait_for(lambda: "started: " in t.log_text(), what="start-up recovery")
         nobody = pwd.getpwnam("nobody")
 
         def demote():
