@@ -328,6 +328,36 @@ for i, s in enumerate([
 ]):
     write("sasl", f"seed-{i:02}", s)
 
+# --- 8bit -> 7bit downgrade -------------------------------------------------------
+# Bytes: shape (0 raw, 1 non-MIME, 2 8bit part, 3 multipart), cut count, cuts;
+# shapes 1-3: header count and length-prefixed X-Fuzz values; shape 3: part
+# count; then the message (shape 0) or body text.
+
+
+def mime(name, shape, cuts, fields, body, parts=None):
+    if isinstance(body, str):
+        body = body.encode()
+    head = bytes([shape, len(cuts)]) + bytes(cuts)
+    if shape:
+        head += bytes([len(fields)])
+        for f in fields:
+            head += bytes([len(f)]) + f.encode()
+        if shape == 3:
+            head += bytes([parts])
+    write("mime_downgrade", name, head + body)
+
+
+mime("raw-multipart", 0, [30, 200], [],
+     "Subject: t\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+     "pre\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+     "caf\xc3\xa9 = 100%\r\n--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\n\xc3\xa9t\xc3\xa9\r\n"
+     "--b--\r\nepilogue\r\n".encode("latin-1"))
+mime("raw-binary", 0, [], [], b"Content-Transfer-Encoding: binary\r\n\r\n\x00\xff\r\n")
+mime("raw-8bit-header", 0, [5], [], "Subject: \xe9\r\n\r\nbody\r\n".encode("latin-1"))
+mime("non-mime", 1, [10], ["a"], "Gr\xfc\xdfe\r\n" + "x" * 200 + "\xe9\r\n.\r\n--not a boundary\r\n")
+mime("part", 2, [3, 90], [], "trailing space \r\ntab\t\r\n=3D\r\n" + "\xff" * 100 + "\r\n")
+mime("multipart", 3, [50], ["x", "y"], "first \xe9\r\nsecond part line\r\nthird \xc3\xa9", parts=2)
+
 if __name__ == "__main__":
     total = 0
     for t in sorted(os.listdir(CORPUS)):
