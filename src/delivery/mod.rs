@@ -30,6 +30,7 @@ pub mod lf;
 pub mod local;
 pub mod maildir;
 pub mod mbox;
+pub mod outcome;
 
 use std::collections::HashSet;
 use std::fmt;

@@ -1,0 +1,448 @@
+//! What one delivery attempt did for one recipient, decided once into a
+//! value and kept as that value: in the state file (field by field), the
+//! queue runner, the log line, `mailq` and the bounce.
+//!
+//! Why: results used to be formatted as `"{relay} said: {reply}"` and parsed
+//! back by the runner for the status code and the relay. A refused
+//! connection was logged `dsn=5.0.0 status=deferred`, replies tern made up
+//! itself were shown as "HOST said: …", and DNS errors carried Rust debug
+//! text. Now a [`Reason`] says who decided ([`Origin`]: the remote server,
+//! or tern itself and why), the reply code, the RFC 3463 status and a
+//! sentence; every reason tern makes up comes from the table of
+//! constructors at the end of this module, so codes and wording are
+//! consistent.
+
+use std::fmt;
+
+/// An RFC 3463 enhanced status code: class (2, 4, 5), subject, detail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Status {
+    pub class: u8,
+    pub subject: u16,
+    pub detail: u16,
+}
+
+impl Status {
+    pub const fn new(class: u8, subject: u16, detail: u16) -> Status {
+        Status {
+            class,
+            subject,
+            detail,
+        }
+    }
+
+    /// Parses "C.SSS.DDD" (class 2, 4 or 5; at most three digits each).
+    pub fn parse(s: &str) -> Option<Status> {
+        let mut parts = s.split('.');
+        let class = digits(parts.next()?, 1)?;
+        let subject = digits(parts.next()?, 3)?;
+        let detail = digits(parts.next()?, 3)?;
+        if parts.next().is_some() || !matches!(class, 2 | 4 | 5) {
+            return None;
+        }
+        Some(Status::new(class as u8, subject, detail))
+    }
+
+    /// The generic code of a basic reply code's class (X.0.0), for a reply
+    /// without an enhanced code.
+    pub fn generic(code: u16) -> Status {
+        match code / 100 {
+            2 => Status::new(2, 0, 0),
+            4 => Status::new(4, 0, 0),
+            _ => Status::new(5, 0, 0),
+        }
+    }
+
+    pub fn is_permanent(self) -> bool {
+        self.class == 5
+    }
+}
+
+fn digits(s: &str, max: usize) -> Option<u16> {
+    if s.is_empty() || s.len() > max || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
+    }
+}
+
+/// Who decided an outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The remote server replied so; `relay` names it as `host[ip]:port`.
+    Remote { relay: String },
+    /// tern: the DNS lookup of the destination.
+    Dns,
+    /// tern: the TCP connection (refused, unreachable, timed out).
+    Connect,
+    /// tern: the TLS handshake or certificate verification, or the TLS
+    /// policy (required but not offered).
+    Tls,
+    /// tern: the server did not answer in time.
+    Timeout,
+    /// tern: the SMTP dialog itself (connection lost, malformed reply,
+    /// content the server cannot take).
+    Protocol,
+    /// tern: local delivery (mailbox, alias, user).
+    Local,
+    /// tern: the queue (expiry, a recipient refused at import, a loop).
+    Queue,
+}
+
+impl Origin {
+    /// The word stored in the state file and shown in logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Origin::Remote { .. } => "remote",
+            Origin::Dns => "dns",
+            Origin::Connect => "connect",
+            Origin::Tls => "tls",
+            Origin::Timeout => "timeout",
+            Origin::Protocol => "protocol",
+            Origin::Local => "local",
+            Origin::Queue => "queue",
+        }
+    }
+
+    /// The inverse of [`Origin::name`] for the origins without a relay.
+    pub fn from_name(name: &str) -> Option<Origin> {
+        Some(match name {
+            "dns" => Origin::Dns,
+            "connect" => Origin::Connect,
+            "tls" => Origin::Tls,
+            "timeout" => Origin::Timeout,
+            "protocol" => Origin::Protocol,
+            "local" => Origin::Local,
+            "queue" => Origin::Queue,
+            _ => return None,
+        })
+    }
+
+    pub fn relay(&self) -> Option<&str> {
+        match self {
+            Origin::Remote { relay } => Some(relay),
+            _ => None,
+        }
+    }
+}
+
+/// Why a recipient was deferred or failed: a reply (basic code, enhanced
+/// status, one line of text without the codes) and who gave it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reason {
+    pub origin: Origin,
+    pub code: u16,
+    pub status: Status,
+    pub text: String,
+}
+
+impl Reason {
+    /// A reason tern decided. The status class must match the code's.
+    pub fn new(origin: Origin, code: u16, status: Status, text: impl Into<String>) -> Reason {
+        debug_assert_eq!(u16::from(status.class), code / 100, "{code} {status}");
+        Reason {
+            origin,
+            code,
+            status,
+            text: one_line(&text.into()),
+        }
+    }
+
+    /// A server's reply: its code, its enhanced code when it gave one
+    /// (else the class's X.0.0), and its text after the enhanced code.
+    pub fn remote(relay: &str, code: u16, status: Option<Status>, text: &str) -> Reason {
+        Reason {
+            origin: Origin::Remote {
+                relay: relay.to_string(),
+            },
+            code,
+            status: status.unwrap_or_else(|| Status::generic(code)),
+            text: one_line(text),
+        }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+}
+
+/// Line ends and other control characters become spaces: a reason is one
+/// line in the state file, the log and the bounce.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// As shown in logs, `mailq` and bounces: `relay said: 550 5.1.1 text` for
+/// a server's reply, `550 5.1.2 text` for tern's own decision.
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Origin::Remote { relay } = &self.origin {
+            write!(f, "{relay} said: ")?;
+        }
+        write!(f, "{} {} {}", self.code, self.status, self.text)
+    }
+}
+
+/// One recipient's result of one attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted by `relay` (`host[ip]:port`, or the mailbox for local
+    /// delivery).
+    Delivered { relay: String },
+    /// Try again later.
+    Deferred(Reason),
+    /// Final: the sender gets a bounce.
+    Failed(Reason),
+}
+
+impl Outcome {
+    /// Deferred or failed according to the reason's code.
+    pub fn from_reason(reason: Reason) -> Outcome {
+        if reason.is_permanent() {
+            Outcome::Failed(reason)
+        } else {
+            Outcome::Deferred(reason)
+        }
+    }
+
+    pub fn reason(&self) -> Option<&Reason> {
+        match self {
+            Outcome::Delivered { .. } => None,
+            Outcome::Deferred(r) | Outcome::Failed(r) => Some(r),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The table of reasons tern makes up itself. Every synthesized reason is
+// built here; callers never write a code.
+
+/// DNS: the lookup failed for now (timeout, SERVFAIL, REFUSED, malformed
+/// answer); `why` says which, in words.
+pub fn dns_temporary(domain: &str, why: &str) -> Reason {
+    Reason::new(
+        Origin::Dns,
+        451,
+        Status::new(4, 4, 3),
+        format!("DNS lookup for {domain} failed: {why}"),
+    )
+}
+
+/// DNS: NXDOMAIN.
+pub fn dns_no_such_domain(domain: &str) -> Reason {
+    Reason::new(
+        Origin::Dns,
+        550,
+        Status::new(5, 1, 2),
+        format!("domain {domain} does not exist"),
+    )
+}
+
+/// DNS: no MX and no address, or MX hosts without addresses.
+pub fn dns_no_address(domain: &str) -> Reason {
+    Reason::new(
+        Origin::Dns,
+        550,
+        Status::new(5, 1, 2),
+        format!("no mail host found for {domain}"),
+    )
+}
+
+/// DNS: a null MX (RFC 7505).
+pub fn dns_null_mx(domain: &str) -> Reason {
+    Reason::new(
+        Origin::Dns,
+        556,
+        Status::new(5, 1, 10),
+        format!("domain {domain} accepts no mail (null MX)"),
+    )
+}
+
+/// The MX walk leads back to this host.
+pub fn mail_loops_back(domain: &str) -> Reason {
+    Reason::new(
+        Origin::Queue,
+        554,
+        Status::new(5, 4, 6),
+        format!("mail for {domain} loops back to myself"),
+    )
+}
+
+/// TCP connect failed; `why` is the system's words ("connection refused").
+pub fn connect_failed(addr: &str, why: &str) -> Reason {
+    Reason::new(
+        Origin::Connect,
+        451,
+        Status::new(4, 4, 1),
+        format!("cannot connect to {addr}: {why}"),
+    )
+}
+
+/// TCP connect did not finish in time.
+pub fn connect_timeout(addr: &str) -> Reason {
+    Reason::new(
+        Origin::Connect,
+        451,
+        Status::new(4, 4, 1),
+        format!("cannot connect to {addr}: timed out"),
+    )
+}
+
+/// Every host and address was tried and none gave a better reason.
+pub fn no_destination_reached() -> Reason {
+    Reason::new(
+        Origin::Connect,
+        451,
+        Status::new(4, 4, 1),
+        "no destination could be reached",
+    )
+}
+
+/// The TLS handshake or the certificate check failed; `why` in words
+/// ("certificate verify failed: unknown issuer").
+pub fn tls_failed(peer: &str, why: &str) -> Reason {
+    Reason::new(
+        Origin::Tls,
+        451,
+        Status::new(4, 7, 5),
+        format!("TLS with {peer} failed: {why}"),
+    )
+}
+
+/// No CA certificates to verify a server with.
+pub fn tls_no_trust_anchors() -> Reason {
+    Reason::new(
+        Origin::Tls,
+        451,
+        Status::new(4, 7, 5),
+        "no trusted CA certificates to verify the server (set tls_ca_file)",
+    )
+}
+
+/// The server answered in the other TLS mode; `hint` says what to set.
+pub fn tls_mode_mismatch(peer: &str, hint: &str) -> Reason {
+    Reason::new(
+        Origin::Tls,
+        451,
+        Status::new(4, 7, 5),
+        format!("TLS mode mismatch with {peer}: {hint}"),
+    )
+}
+
+/// The server did not answer in time; `waiting_for` names the step.
+pub fn timeout(peer: &str, waiting_for: &str) -> Reason {
+    Reason::new(
+        Origin::Timeout,
+        451,
+        Status::new(4, 4, 2),
+        format!("timeout waiting for {waiting_for} from {peer}"),
+    )
+}
+
+/// The connection closed in the middle of the dialog.
+pub fn connection_lost(peer: &str) -> Reason {
+    Reason::new(
+        Origin::Protocol,
+        451,
+        Status::new(4, 4, 2),
+        format!("connection to {peer} lost"),
+    )
+}
+
+/// The queue gave up: the message was held longer than `max_queue_time`.
+pub fn expired(held: &str, last: Option<&Reason>) -> Reason {
+    let text = match last {
+        Some(last) => format!("message expired after {held} in the queue; last error: {last}"),
+        None => format!("message expired after {held} in the queue"),
+    };
+    Reason::new(Origin::Queue, 554, Status::new(5, 4, 7), text)
+}
+
+/// The spool file could not be read for this attempt.
+pub fn queue_file_unreadable(why: &str) -> Reason {
+    Reason::new(
+        Origin::Queue,
+        451,
+        Status::new(4, 3, 0),
+        format!("cannot read queue file: {why}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_parse_and_print() {
+        assert_eq!(Status::parse("5.1.10"), Some(Status::new(5, 1, 10)));
+        assert_eq!(Status::new(4, 4, 7).to_string(), "4.4.7");
+        for bad in ["", "5.1", "3.1.1", "5.1.1.1", "5.1000.1", "5.x.1", "+5.1.1"] {
+            assert_eq!(Status::parse(bad), None, "{bad}");
+        }
+        assert_eq!(Status::generic(554), Status::new(5, 0, 0));
+        assert_eq!(Status::generic(421), Status::new(4, 0, 0));
+    }
+
+    #[test]
+    fn remote_and_own_reasons_print_differently() {
+        let r = Reason::remote(
+            "mx.example[192.0.2.1]:25",
+            550,
+            Status::parse("5.1.1"),
+            "no such\r\nuser",
+        );
+        assert_eq!(
+            r.to_string(),
+            "mx.example[192.0.2.1]:25 said: 550 5.1.1 no such  user"
+        );
+        assert_eq!(r.origin.relay(), Some("mx.example[192.0.2.1]:25"));
+        let own = connect_failed("192.0.2.1:25", "connection refused");
+        assert_eq!(
+            own.to_string(),
+            "451 4.4.1 cannot connect to 192.0.2.1:25: connection refused"
+        );
+        assert!(matches!(
+            Outcome::from_reason(own),
+            Outcome::Deferred(Reason {
+                origin: Origin::Connect,
+                ..
+            })
+        ));
+        assert!(matches!(
+            Outcome::from_reason(dns_null_mx("x.test")),
+            Outcome::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn origin_names_round_trip() {
+        for o in [
+            Origin::Dns,
+            Origin::Connect,
+            Origin::Tls,
+            Origin::Timeout,
+            Origin::Protocol,
+            Origin::Local,
+            Origin::Queue,
+        ] {
+            assert_eq!(Origin::from_name(o.name()), Some(o));
+        }
+        assert_eq!(Origin::from_name("remote"), None);
+    }
+
+    #[test]
+    fn expiry_is_permanent_and_names_the_last_error() {
+        let last = dns_temporary("x.test", "SERVFAIL from 127.0.0.1:53");
+        let r = expired("5d", Some(&last));
+        assert!(r.is_permanent());
+        assert_eq!(r.status, Status::new(5, 4, 7));
+        assert!(r.text.contains("SERVFAIL"), "{r}");
+    }
+}
