@@ -315,7 +315,10 @@ mod tests {
         let mailbox = format!("{local}@{domain}");
         assert!(mailbox.len() + 2 > MAX_PATH);
         assert_eq!(Address::parse_mailbox(&mailbox), Err(AddressError::TooLong));
-        assert_eq!(Address::from_parts(&local, &domain), Err(AddressError::TooLong));
+        assert_eq!(
+            Address::from_parts(&local, &domain),
+            Err(AddressError::TooLong)
+        );
     }
 
     #[test]
