@@ -490,7 +490,7 @@ fn crlf_normalized(bytes: &[u8]) -> Vec<u8> {
 
 /// RFC 2045 §6.7 decoding of a quoted-printable body; every encoded line
 /// is at most 76 octets.
-fn qp_decode(body: &[u8]) -> Vec<u8> {
+pub(crate) fn qp_decode(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
     let last = lines.len() - 1;

@@ -76,17 +76,7 @@ impl Address {
 
     /// Length of `<address>` as printed.
     fn path_len(&self) -> usize {
-        use fmt::Write;
-        struct Count(usize);
-        impl Write for Count {
-            fn write_str(&mut self, s: &str) -> fmt::Result {
-                self.0 += s.len();
-                Ok(())
-            }
-        }
-        let mut n = Count(2);
-        let _ = write!(n, "{self}");
-        n.0
+        self.to_string().len() + 2
     }
 
     /// Builds an address from a local part (unquoted form) and a domain

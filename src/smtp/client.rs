@@ -133,22 +133,9 @@ impl Reply {
     /// The RFC 3463 enhanced status code at the start of the first line.
     pub fn enhanced(&self) -> Option<(u8, u16, u16)> {
         let token = self.lines.first()?.split_ascii_whitespace().next()?;
-        let mut parts = token.split('.');
-        let class = parse_digits(parts.next()?, 1)?;
-        let subject = parse_digits(parts.next()?, 3)?;
-        let detail = parse_digits(parts.next()?, 3)?;
-        if parts.next().is_some() || !matches!(class, 2 | 4 | 5) {
-            return None;
-        }
-        Some((class as u8, subject, detail))
+        let s = crate::delivery::outcome::Status::parse(token)?;
+        Some((s.class, s.subject, s.detail))
     }
-}
-
-fn parse_digits(s: &str, max_len: usize) -> Option<u16> {
-    if s.is_empty() || s.len() > max_len || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
 }
 
 impl fmt::Display for Reply {

@@ -711,34 +711,8 @@ mod tests {
         Ok(out)
     }
 
-    /// RFC 2045 §6.7 decoding, for the tests.
-    fn qp_decode(body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
-        let n = lines.len();
-        for (i, line) in lines.into_iter().enumerate() {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let (line, soft) = match line.strip_suffix(b"=") {
-                Some(l) => (l, true),
-                None => (line, false),
-            };
-            let mut j = 0;
-            while j < line.len() {
-                if line[j] == b'=' {
-                    let hex = std::str::from_utf8(&line[j + 1..j + 3]).unwrap();
-                    out.push(u8::from_str_radix(hex, 16).unwrap());
-                    j += 3;
-                } else {
-                    out.push(line[j]);
-                    j += 1;
-                }
-            }
-            if !soft && i + 1 < n {
-                out.extend_from_slice(b"\r\n");
-            }
-        }
-        out
-    }
+    /// RFC 2045 §6.7 decoding: the fuzz driver's, so both check the same way.
+    use crate::fuzz_targets::qp_decode;
 
     fn split_head(msg: &[u8]) -> (&[u8], &[u8]) {
         let p = msg.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
