@@ -726,6 +726,35 @@ impl ClientSession {
         }
     }
 
+    /// What the session waits for, in words, for a timeout's reason ("the
+    /// reply to RCPT TO").
+    pub fn waiting_for(&self) -> &'static str {
+        match self.phase {
+            Phase::AwaitingTls => return "the TLS handshake",
+            Phase::Body => return "the server to take the message body",
+            _ => {}
+        }
+        match self.expected.front() {
+            Some(Expect::Greeting) => "the greeting",
+            Some(Expect::Ehlo) => "the reply to EHLO",
+            Some(Expect::Helo) => "the reply to HELO",
+            Some(Expect::StartTls) => "the reply to STARTTLS",
+            Some(
+                Expect::AuthPlain
+                | Expect::AuthLoginUser
+                | Expect::AuthLoginPassword
+                | Expect::AuthResult,
+            ) => "the reply to AUTH",
+            Some(Expect::Mail) => "the reply to MAIL FROM",
+            Some(Expect::Rcpt(_)) => "the reply to RCPT TO",
+            Some(Expect::Data) => "the reply to DATA",
+            Some(Expect::DataEnd | Expect::DiscardedDataEnd) => "the reply to the final dot",
+            Some(Expect::Rset) => "the reply to RSET",
+            Some(Expect::Quit) => "the reply to QUIT",
+            None => "the server",
+        }
+    }
+
     /// Nothing more will happen: write out `poll_transmit` (QUIT) and close.
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed | Phase::Quitting)

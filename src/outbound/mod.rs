@@ -4,18 +4,28 @@
 //! recipients when a smarthost is configured, else the recipients of one
 //! domain (RFC 5321 §5.1: they share the domain's MX hosts, so they share
 //! one transaction). Jobs wait here until a connection slot is free
-//! (`max_outbound` in all, `max_outbound_per_host` per destination); the
-//! daemon's `remote` module runs them (DNS, connect, SMTP client).
+//! (`max_outbound` in all, `max_outbound_per_host` per destination); each
+//! runs as a [`machine::Delivery`] (MX walk, TLS policy, deadlines,
+//! connection reuse), which the daemon's `remote` module feeds with DNS
+//! answers, sockets and time.
 //!
 //! Results are three-valued per recipient, as everywhere in tern: sent,
 //! deferred (retry later), failed (bounce).
 
 use std::collections::{HashMap, VecDeque};
 
+pub mod machine;
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
+mod scenarios;
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
+mod sim;
+
 use crate::config::{Config, HostPort};
 use crate::spool::{QueueId, RcptStatus};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {
     pub id: QueueId,
     /// The destination domain; empty when going to the smarthost.
