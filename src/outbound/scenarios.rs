@@ -351,6 +351,36 @@ fn timeout_at(command: &'static str, waiting_for: &str, wait: Duration) {
 }
 
 #[test]
+fn scenario_timeout_waiting_for_the_greeting() {
+    let silent = Script {
+        greeting: None,
+        ..Script::ok()
+    };
+    let mut sim = single(Peer::Script(silent));
+    sim.finish();
+    assert_eq!(sim.elapsed(), REPLY_TIMEOUT);
+    assert_eq!(sim.deferred_reason(), outcome::timeout(MX1, "the greeting"));
+    assert!(sim.commands.is_empty());
+}
+
+#[test]
+fn scenario_timeout_during_the_starttls_handshake() {
+    let mut s = settings();
+    s.outbound_tls = OutboundTls::Required;
+    let mut sim = Sim::new(job(1, "dest.test", &["bob@dest.test"]), Vec::new(), s)
+        .dns(one_mx("192.0.2.1"))
+        .peer(sa("192.0.2.1", 25), Peer::Server(WITH_TLS));
+    sim.tls_hangs = true;
+    sim.finish();
+    assert_eq!(sim.tls_starts.len(), 1);
+    assert_eq!(sim.elapsed(), REPLY_TIMEOUT);
+    assert_eq!(
+        sim.deferred_reason(),
+        outcome::timeout(MX1, "the TLS handshake")
+    );
+}
+
+#[test]
 fn scenario_timeout_waiting_for_ehlo_reply() {
     timeout_at("EHLO", "the reply to EHLO", REPLY_TIMEOUT);
 }

@@ -183,6 +183,8 @@ pub struct Sim {
     pub peers: HashMap<SocketAddr, VecDeque<Peer>>,
     /// Addresses whose TLS handshakes fail, with the error.
     pub tls_fail: HashMap<SocketAddr, &'static str>,
+    /// Handshakes never finish (the peer stalls mid-handshake).
+    pub tls_hangs: bool,
     pub conn: Option<Conn>,
     pub body: Vec<u8>,
     pub body_pos: Option<usize>,
@@ -212,6 +214,7 @@ impl Sim {
             dns: VecDeque::new(),
             peers: HashMap::new(),
             tls_fail: HashMap::new(),
+            tls_hangs: false,
             conn: None,
             body: b"Subject: hi\r\n\r\nhello\r\n".to_vec(),
             body_pos: None,
@@ -452,6 +455,7 @@ impl Sim {
                 let addr = self.conn.as_ref().map(|c| c.addr);
                 match addr.and_then(|a| self.tls_fail.get(&a)) {
                     Some(why) => self.m.handle_tls_error(why, now),
+                    None if self.tls_hangs => {}
                     None => self.m.handle_tls_established(now),
                 }
             }
