@@ -852,3 +852,65 @@ fn scenario_shutdown_quits_an_idle_session_at_once() {
     assert_eq!(sim.elapsed(), Duration::ZERO);
     assert_eq!(sim.commands.last().map(String::as_str), Some("QUIT"));
 }
+
+// ---- what the client decides before or instead of sending -------------------------
+
+#[test]
+fn scenario_message_over_the_servers_size_limit_fails_without_mail() {
+    let script = Script::ok().with("EHLO", "250-mx.test\r\n250 SIZE 50");
+    let mut sim = single(Peer::Script(script));
+    sim.finish();
+    let r = sim.failed_reason();
+    assert_eq!((r.code, r.status), (552, Status::new(5, 3, 4)));
+    assert!(!sim.commands.iter().any(|c| c.starts_with("MAIL")));
+    // The session itself was fine: it idled, then said QUIT.
+    assert_eq!(sim.commands.last().map(String::as_str), Some("QUIT"));
+}
+
+#[test]
+fn scenario_every_recipient_refused_sends_no_data() {
+    let script = Script::ok().with("RCPT", "550 5.1.1 unknown");
+    let mut sim = Sim::mx(job(1, "dest.test", &["a@dest.test", "b@dest.test"]))
+        .dns(one_mx("192.0.2.1"))
+        .peer(sa("192.0.2.1", 25), Peer::Script(script));
+    sim.finish();
+    assert_eq!(sim.failed_reason().status, Status::new(5, 1, 1));
+    assert!(!sim.commands.iter().any(|c| c == "DATA"));
+    assert!(sim.commands.iter().any(|c| c == "RSET"));
+}
+
+#[test]
+fn scenario_421_in_the_middle_of_the_transaction_defers_and_tries_no_other_host() {
+    let script = Script::ok().with("RCPT", "421 4.3.2 shutting down");
+    let mut sim = Sim::mx(job(1, "dest.test", &["bob@dest.test"]))
+        .dns(Ok(vec![
+            mx("mx1.dest.test", 10, &["192.0.2.1"]),
+            mx("mx2.dest.test", 20, &["192.0.2.2"]),
+        ]))
+        .peer(sa("192.0.2.1", 25), Peer::Script(script))
+        .peer(sa("192.0.2.2", 25), Peer::Server(PLAIN));
+    sim.finish();
+    let r = sim.deferred_reason();
+    assert_eq!(
+        r.to_string(),
+        format!("{MX1} said: 421 4.3.2 shutting down")
+    );
+    assert_eq!(sim.connects.len(), 1);
+}
+
+#[test]
+fn scenario_unconvertible_8bit_body_to_a_7bit_server_fails_and_closes() {
+    let mut j = job(1, "dest.test", &["bob@dest.test"]);
+    j.eight_bit = true;
+    let mut sim = Sim::mx(j)
+        .dns(one_mx("192.0.2.1"))
+        .peer(sa("192.0.2.1", 25), Peer::Script(Script::ok()));
+    // An 8-bit header cannot be made 7-bit.
+    sim.body = "Subject: caf\u{e9}\r\n\r\nbody\r\n".as_bytes().to_vec();
+    sim.finish();
+    let r = sim.failed_reason();
+    assert_eq!((r.code, r.status), (554, Status::new(5, 6, 3)));
+    assert_eq!(sim.messages, 0, "no final dot was sent");
+    assert!(sim.m.is_done());
+    assert_eq!(sim.closes, 1);
+}
