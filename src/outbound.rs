@@ -7,13 +7,13 @@
 //! (`max_outbound` in all, `max_outbound_per_host` per destination); the
 //! daemon's `remote` module runs them (DNS, connect, SMTP client).
 //!
-//! Results are three-valued per recipient, as everywhere in tern: sent,
-//! deferred (retry later), failed (bounce).
+//! Results are three-valued per recipient, as everywhere in tern: a
+//! [`crate::delivery::outcome::Outcome`] (delivered, deferred, failed).
 
 use std::collections::{HashMap, VecDeque};
 
 use crate::config::{Config, HostPort};
-use crate::spool::{QueueId, RcptStatus};
+use crate::spool::QueueId;
 
 #[derive(Clone, Debug)]
 pub struct Job {
@@ -26,13 +26,6 @@ pub struct Job {
     pub size: u64,
     pub eight_bit: bool,
     pub arrival: u64,
-}
-
-#[derive(Clone, Debug)]
-pub struct Outcome {
-    pub status: RcptStatus,
-    pub reply: String,
-    pub relay: String,
 }
 
 pub struct Outbound {

@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 use super::transport::{Read, Transport};
 use super::{Daemon, Timer};
 use crate::config::{OutboundTls, SmarthostTls};
+use crate::delivery::outcome::{self, Origin, Outcome, Reason, Status};
 use crate::dns::{DnsError, LookupId, MxHost, QueryHandle, Transport as DnsTransport};
-use crate::outbound::{Job, Outcome};
+use crate::outbound::Job;
 use crate::reactor::SockId;
 use crate::smtp::client::{
-    ClientConfig, ClientEvent, ClientSession, Credentials, RcptOutcome, Reply, TlsPolicy,
+    ClientConfig, ClientEvent, ClientSession, Credentials, Own, RcptOutcome, Reply, TlsPolicy,
     Transaction,
 };
-use crate::spool::RcptStatus;
 use crate::tls::TlsStream;
 use std::sync::Arc;
 
@@ -84,7 +84,11 @@ pub struct Delivery {
     chunk_pos: usize,
     chunk_end: usize,
     body_done: bool,
-    last_error: String,
+    /// Why the last address failed (the reason undecided recipients get).
+    last_error: Option<Reason>,
+    /// The TLS handshake of this connection failed so: it outranks the
+    /// client's "connection lost" that follows.
+    tls_failure: Option<Reason>,
     /// Outcomes decided so far (index in the job's recipient list).
     decided: HashMap<usize, Outcome>,
 }
@@ -206,8 +210,9 @@ impl Daemon {
                     return;
                 }
                 Err(e) => {
-                    d.last_error = format!("451 4.4.1 connect to {addr}: {e}");
-                    log::debug!("{}: {}", d.job.id, d.last_error);
+                    let reason = outcome::connect_failed(&addr.to_string(), &outcome::io_words(&e));
+                    log::debug!("{}: {reason}", d.job.id);
+                    d.last_error = Some(reason);
                 }
             }
         }
@@ -243,9 +248,8 @@ impl Daemon {
                         None => hosts,
                     };
                     if own.is_some() && hosts.is_empty() {
-                        let text =
-                            format!("554 5.4.6 mail for {} loops back to myself", d.job.domain);
-                        d.fail_undecided(&text);
+                        let reason = outcome::mail_loops_back(&d.job.domain);
+                        d.fail_undecided(&reason);
                         self.finish_delivery(key);
                         return;
                     }
@@ -266,18 +270,20 @@ impl Daemon {
             }
             Err(e) => {
                 let permanent = e.is_permanent();
+                let name = if is_mx {
+                    d.job.domain.clone()
+                } else {
+                    d.hops
+                        .get(d.hop)
+                        .map(|h| h.name.clone())
+                        .unwrap_or_default()
+                };
                 let text = match (&e, is_mx) {
-                    (DnsError::NullMx, _) => format!(
-                        "556 5.1.10 domain {} accepts no mail (null MX)",
-                        d.job.domain
-                    ),
-                    (DnsError::NoSuchDomain, true) => {
-                        format!("550 5.1.2 domain {} does not exist", d.job.domain)
-                    }
-                    (DnsError::NoAddress, true) => {
-                        format!("550 5.1.2 no mail host found for {}", d.job.domain)
-                    }
-                    (e, _) => format!("451 4.4.3 DNS lookup failed: {e}"),
+                    (DnsError::NullMx, _) => outcome::dns_null_mx(&name),
+                    (DnsError::NoSuchDomain, true) => outcome::dns_no_such_domain(&name),
+                    (DnsError::NoAddress, true) => outcome::dns_no_address(&name),
+                    (DnsError::Temporary(why), _) => outcome::dns_temporary(&name, why),
+                    (e, _) => outcome::dns_temporary(&name, &e.to_string()),
                 };
                 if is_mx && permanent {
                     d.fail_undecided(&text);
@@ -285,7 +291,7 @@ impl Daemon {
                 } else {
                     // A smarthost name that does not resolve, or a DNS outage:
                     // move on to the next host; defer if none is left.
-                    d.last_error = text;
+                    d.last_error = Some(text);
                     if is_mx {
                         self.finish_delivery(key);
                     } else {
@@ -343,7 +349,7 @@ impl Daemon {
                     let policy = client_cfg.tls;
                     let transport = if implicit {
                         let Some(tls_cfg) = tls_cfg else {
-                            d.last_error = "451 4.7.5 no trusted CA certificates to verify the smarthost (set tls_ca_file)".into();
+                            d.last_error = Some(outcome::tls_no_trust_anchors());
                             self.drop_socket(sock);
                             self.advance(key, now);
                             return;
@@ -351,7 +357,7 @@ impl Daemon {
                         match TlsStream::client(tls_cfg, &name) {
                             Ok(t) => Transport::with_tls(t),
                             Err(e) => {
-                                d.last_error = format!("451 4.7.5 TLS to {name}: {}", e.0);
+                                d.last_error = Some(outcome::tls_failed(&name, &e.0));
                                 self.drop_socket(sock);
                                 self.advance(key, now);
                                 return;
@@ -371,7 +377,8 @@ impl Daemon {
                     };
                 }
                 Err(e) => {
-                    d.last_error = format!("451 4.4.1 connect to {addr}: {e}");
+                    let why = outcome::io_words(&e);
+                    d.last_error = Some(outcome::connect_failed(&addr.to_string(), &why));
                     self.drop_socket(sock);
                     self.advance(key, now);
                     return;
@@ -449,7 +456,7 @@ impl Daemon {
         let mut reports = Vec::new();
         self.pump_connection(key, now, &mut reports);
         for (job, decided) in reports {
-            self.report(job, decided, "");
+            self.report(job, decided, None);
         }
     }
 
@@ -539,10 +546,13 @@ impl Daemon {
                     }
                     ClientEvent::SessionFailed(o) => {
                         let relay = relay_name(&d.hops, d.hop, addr);
-                        let o = outcome(o, &relay);
+                        let o = match d.tls_failure.take() {
+                            Some(tls) => Outcome::Deferred(tls),
+                            None => outcome(o, &relay),
+                        };
                         if d.body_done {
                             // After the transaction (QUIT trouble): nothing to do.
-                        } else if o.status == RcptStatus::Failed
+                        } else if matches!(o, Outcome::Failed(_))
                             && d.hop + 1 >= d.hops.len()
                             && d.addrs_left() == 0
                         {
@@ -550,7 +560,7 @@ impl Daemon {
                                 d.decided.entry(i).or_insert_with(|| o.clone());
                             }
                         } else {
-                            d.last_error = o.reply.clone();
+                            d.last_error = o.reason().cloned();
                         }
                         d.body = None;
                         self.drop_socket(sock);
@@ -584,7 +594,8 @@ impl Daemon {
                                 *tls_pending = true;
                             }
                             Err(e) => {
-                                d.last_error = format!("451 4.7.5 TLS to {name}: {}", e.0);
+                                let relay = relay_name(&d.hops, d.hop, addr);
+                                d.tls_failure = Some(outcome::tls_failed(&relay, &e.0));
                                 client.connection_lost(now);
                             }
                         }
@@ -668,7 +679,13 @@ impl Daemon {
                 Read::Pending => {}
                 Read::Closed => {
                     if let Some(e) = transport.tls_error() {
-                        d.last_error = format!("451 4.7.5 TLS with {addr}: {e}");
+                        let relay = relay_name(&d.hops, d.hop, addr);
+                        let reason = match (transport.tls_peer_spoke_plaintext(), *tls_pending) {
+                            (true, false) => outcome::tls_mode_mismatch(&relay, PLAIN_FIRST_HINT),
+                            _ => outcome::tls_failed(&relay, &e),
+                        };
+                        log::debug!("{}: {reason}", d.job.id);
+                        d.tls_failure = Some(reason);
                         // Opportunistic TLS that fails: this address once more in plaintext.
                         if *policy == TlsPolicy::IfOffered && d.plaintext_fallback.is_none() {
                             log::warn!(
@@ -751,7 +768,7 @@ impl Daemon {
             };
             match &mut d.phase {
                 Phase::Connecting { addr, sock, .. } => {
-                    d.last_error = format!("451 4.4.1 connect to {addr}: timed out");
+                    d.last_error = Some(outcome::connect_timeout(&addr.to_string()));
                     let s = *sock;
                     self.drop_socket(s);
                     self.advance(key, now);
@@ -800,25 +817,24 @@ impl Daemon {
         self.outbound.finished(&d.job.domain);
         if !d.job_reported {
             let decided = std::mem::take(&mut d.decided);
-            self.report(d.job, decided, &d.last_error);
+            self.report(d.job, decided, d.last_error.take());
         }
     }
 
     /// Hands a job's outcomes to the runner; recipients without one are
     /// deferred with the last error seen.
-    fn report(&mut self, job: Job, mut decided: HashMap<usize, Outcome>, last_error: &str) {
-        let last = if last_error.is_empty() {
-            "451 4.4.1 no destination could be reached".to_string()
-        } else {
-            last_error.to_string()
-        };
+    fn report(
+        &mut self,
+        job: Job,
+        mut decided: HashMap<usize, Outcome>,
+        last_error: Option<Reason>,
+    ) {
+        let last = last_error.unwrap_or_else(outcome::no_destination_reached);
         let mut outcomes = Vec::with_capacity(job.recipients.len());
         for (j, (index, _)) in job.recipients.iter().enumerate() {
-            let o = decided.remove(&j).unwrap_or_else(|| Outcome {
-                status: RcptStatus::Deferred,
-                reply: last.clone(),
-                relay: "none".into(),
-            });
+            let o = decided
+                .remove(&j)
+                .unwrap_or_else(|| Outcome::Deferred(last.clone()));
             outcomes.push((*index, o));
         }
         self.job_done(job.id, outcomes);
@@ -987,20 +1003,19 @@ impl Delivery {
             chunk_pos: 0,
             chunk_end: 0,
             body_done: false,
-            last_error: String::new(),
+            last_error: None,
+            tls_failure: None,
             decided: HashMap::new(),
         }
     }
 
     /// Fails every recipient without an outcome yet (a permanent answer
     /// about the destination itself, before any SMTP).
-    fn fail_undecided(&mut self, reply: &str) {
+    fn fail_undecided(&mut self, reason: &Reason) {
         for i in 0..self.job.recipients.len() {
-            self.decided.entry(i).or_insert_with(|| Outcome {
-                status: RcptStatus::Failed,
-                reply: reply.to_string(),
-                relay: "none".into(),
-            });
+            self.decided
+                .entry(i)
+                .or_insert_with(|| Outcome::Failed(reason.clone()));
         }
     }
 
@@ -1040,15 +1055,38 @@ fn relay_name(hops: &[Hop], hop: usize, addr: SocketAddr) -> String {
     format!("{name}[{}]:{}", addr.ip(), addr.port())
 }
 
+/// The hint for a server that greets in plaintext where implicit TLS was
+/// configured.
+const PLAIN_FIRST_HINT: &str = "the server speaks plain SMTP first; set smarthost_tls = starttls";
+
 fn outcome(o: RcptOutcome, relay: &str) -> Outcome {
-    let (status, reply): (RcptStatus, Reply) = match o {
-        RcptOutcome::Delivered(r) => (RcptStatus::Sent, r),
-        RcptOutcome::Deferred(r) => (RcptStatus::Deferred, r),
-        RcptOutcome::Failed(r) => (RcptStatus::Failed, r),
+    match o {
+        RcptOutcome::Delivered(_) => Outcome::Delivered {
+            relay: relay.to_string(),
+        },
+        RcptOutcome::Deferred(r) => Outcome::Deferred(reason(r, relay)),
+        RcptOutcome::Failed(r) => Outcome::Failed(reason(r, relay)),
+    }
+}
+
+/// A client reply as a reason: the server's words when it said them, else
+/// tern's own (timeout, lost connection, TLS policy, protocol), never
+/// presented as something the server said.
+fn reason(r: Reply, relay: &str) -> Reason {
+    let status = r.enhanced().map(|(c, s, d)| Status::new(c, s, d));
+    let all = r.text();
+    let text = match status {
+        Some(_) => all.split_once(' ').map_or("", |(_, rest)| rest),
+        None => all.as_str(),
     };
-    Outcome {
-        status,
-        reply: format!("{relay} said: {reply}"),
-        relay: relay.to_string(),
+    let status_or_generic = status.unwrap_or_else(|| Status::generic(r.code));
+    match r.own {
+        None => Reason::remote(relay, r.code, status, text),
+        Some(Own::Timeout(what)) => outcome::timeout(relay, what),
+        Some(Own::ConnectionLost) => outcome::connection_lost(relay),
+        Some(Own::Tls) => outcome::smtp_client(Origin::Tls, relay, r.code, status_or_generic, text),
+        Some(Own::Protocol | Own::Client) => {
+            outcome::smtp_client(Origin::Protocol, relay, r.code, status_or_generic, text)
+        }
     }
 }

@@ -375,6 +375,81 @@ pub fn queue_file_unreadable(why: &str) -> Reason {
     )
 }
 
+/// A reply the SMTP client made up itself about a session with `peer`
+/// (STARTTLS not offered, a malformed reply, a message over the server's
+/// SIZE...): the client's code and text, marked as tern's and naming the
+/// server. Timeouts and lost connections go through [`timeout`] and
+/// [`connection_lost`].
+pub fn smtp_client(origin: Origin, peer: &str, code: u16, status: Status, text: &str) -> Reason {
+    Reason::new(origin, code, status, format!("{text} (server {peer})"))
+}
+
+/// Local delivery: no such user or mailbox (a sendmail drop to an unknown
+/// local address).
+pub fn local_unknown_user(address: &str) -> Reason {
+    Reason::new(
+        Origin::Local,
+        550,
+        Status::new(5, 1, 1),
+        format!("no such user here: {address}"),
+    )
+}
+
+/// Local delivery: the local part cannot name a mailbox.
+pub fn local_bad_mailbox_name(address: &str) -> Reason {
+    Reason::new(
+        Origin::Local,
+        550,
+        Status::new(5, 1, 3),
+        format!("{address} cannot name a local mailbox"),
+    )
+}
+
+/// Local delivery: the mailbox file is locked by another program.
+pub fn local_mailbox_locked(mailbox: &str) -> Reason {
+    Reason::new(
+        Origin::Local,
+        451,
+        Status::new(4, 2, 0),
+        format!("mailbox {mailbox} is locked"),
+    )
+}
+
+/// Local delivery: the file system or the user's quota is full.
+pub fn local_mailbox_full(mailbox: &str) -> Reason {
+    Reason::new(
+        Origin::Local,
+        452,
+        Status::new(4, 2, 2),
+        format!("mailbox {mailbox} is full (no space left)"),
+    )
+}
+
+/// Local delivery: writing the mailbox failed; `why` is the system's words.
+pub fn local_write_failed(mailbox: &str, why: &str) -> Reason {
+    Reason::new(
+        Origin::Local,
+        451,
+        Status::new(4, 3, 0),
+        format!("cannot write to mailbox {mailbox}: {why}"),
+    )
+}
+
+/// An I/O error in the system's words ("connection refused"), without the
+/// "(os error 111)" Rust appends.
+pub fn io_words(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let words = match text.rsplit_once(" (os error ") {
+        Some((words, _)) => words,
+        None => text.as_str(),
+    };
+    let mut chars = words.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
