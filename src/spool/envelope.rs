@@ -30,7 +30,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::delivery::outcome::{Origin, Outcome, Reason, Status};
+use crate::delivery::outcome::{one_line, Origin, Outcome, Reason, Status};
 use crate::delivery::{Destination, Mailbox, Refusal};
 use crate::smtp::address::Address;
 
@@ -456,13 +456,6 @@ fn relay_field(s: &str) -> Option<String> {
         "-" => Some(String::new()),
         _ => xtext_decode(s),
     }
-}
-
-/// Controls become spaces: the text is the rest of one line.
-fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
 
 pub fn decode_state(bytes: &[u8], n: usize) -> Option<Progress> {
