@@ -17,13 +17,12 @@ use std::time::{Duration, Instant};
 use super::transport::{Read, Transport};
 use super::{Daemon, Timer};
 use crate::config::{OutboundTls, SmarthostTls};
-use crate::delivery::outcome::{self, Origin, Outcome, Reason, Status};
+use crate::delivery::outcome::{self, Outcome, Reason};
 use crate::dns::{DnsError, LookupId, MxHost, QueryHandle, Transport as DnsTransport};
 use crate::outbound::Job;
 use crate::reactor::SockId;
 use crate::smtp::client::{
-    ClientConfig, ClientEvent, ClientSession, Credentials, Own, RcptOutcome, Reply, TlsPolicy,
-    Transaction,
+    ClientConfig, ClientEvent, ClientSession, Credentials, RcptOutcome, TlsPolicy, Transaction,
 };
 use crate::tls::TlsStream;
 use std::sync::Arc;
@@ -681,7 +680,7 @@ impl Daemon {
                     if let Some(e) = transport.tls_error() {
                         let relay = relay_name(&d.hops, d.hop, addr);
                         let reason = match (transport.tls_peer_spoke_plaintext(), *tls_pending) {
-                            (true, false) => outcome::tls_mode_mismatch(&relay, PLAIN_FIRST_HINT),
+                            (true, false) => outcome::tls_plaintext_greeting(&relay),
                             _ => outcome::tls_failed(&relay, &e),
                         };
                         log::debug!("{}: {reason}", d.job.id);
@@ -1055,38 +1054,12 @@ fn relay_name(hops: &[Hop], hop: usize, addr: SocketAddr) -> String {
     format!("{name}[{}]:{}", addr.ip(), addr.port())
 }
 
-/// The hint for a server that greets in plaintext where implicit TLS was
-/// configured.
-const PLAIN_FIRST_HINT: &str = "the server speaks plain SMTP first; set smarthost_tls = starttls";
-
 fn outcome(o: RcptOutcome, relay: &str) -> Outcome {
     match o {
         RcptOutcome::Delivered(_) => Outcome::Delivered {
             relay: relay.to_string(),
         },
-        RcptOutcome::Deferred(r) => Outcome::Deferred(reason(r, relay)),
-        RcptOutcome::Failed(r) => Outcome::Failed(reason(r, relay)),
-    }
-}
-
-/// A client reply as a reason: the server's words when it said them, else
-/// tern's own (timeout, lost connection, TLS policy, protocol), never
-/// presented as something the server said.
-fn reason(r: Reply, relay: &str) -> Reason {
-    let status = r.enhanced().map(|(c, s, d)| Status::new(c, s, d));
-    let all = r.text();
-    let text = match status {
-        Some(_) => all.split_once(' ').map_or("", |(_, rest)| rest),
-        None => all.as_str(),
-    };
-    let status_or_generic = status.unwrap_or_else(|| Status::generic(r.code));
-    match r.own {
-        None => Reason::remote(relay, r.code, status, text),
-        Some(Own::Timeout(what)) => outcome::timeout(relay, what),
-        Some(Own::ConnectionLost) => outcome::connection_lost(relay),
-        Some(Own::Tls) => outcome::smtp_client(Origin::Tls, relay, r.code, status_or_generic, text),
-        Some(Own::Protocol | Own::Client) => {
-            outcome::smtp_client(Origin::Protocol, relay, r.code, status_or_generic, text)
-        }
+        RcptOutcome::Deferred(r) => Outcome::Deferred(outcome::from_client(&r, relay)),
+        RcptOutcome::Failed(r) => Outcome::Failed(outcome::from_client(&r, relay)),
     }
 }
