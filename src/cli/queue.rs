@@ -148,10 +148,10 @@ pub fn main(cfg: Config, args: &[String]) -> i32 {
                     println!("attempts: {attempts}");
                     for (r, st) in env.recipients.iter().zip(&states) {
                         println!(
-                            "recipient: {} (for {}) {:?} {}",
+                            "recipient: {} (for {}) {} {}",
                             r.final_address(&cfg.hostname),
                             r.original,
-                            st.status,
+                            st.status.name(),
                             crate::logsafe::LogSafe(&st.describe())
                         );
                     }

@@ -316,7 +316,7 @@ impl RcptStatus {
     pub fn is_final(self) -> bool {
         matches!(self, RcptStatus::Sent | RcptStatus::Failed)
     }
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             RcptStatus::Pending => "pending",
             RcptStatus::Deferred => "deferred",

@@ -67,6 +67,8 @@ def test_connection_refused(tern_factory):
     assert f"({sentence})" in line, line
     assert "said:" not in line and "os error" not in line, line
     assert mailq_line(t, "u@far.test") == f"u@far.test (deferred: {sentence})"
+    show = t.cmd("queue", "show", t.queued()[0]).stdout.decode()
+    assert f"recipient: u@far.test (for u@far.test) deferred {sentence}" in show, show
 
 
 def test_dns_servfail(tern_factory):
