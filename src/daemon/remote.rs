@@ -22,7 +22,7 @@ use crate::dns::{DnsError, LookupId, MxHost, QueryHandle, Transport as DnsTransp
 use crate::outbound::Job;
 use crate::reactor::SockId;
 use crate::smtp::client::{
-    ClientConfig, ClientEvent, ClientSession, Credentials, RcptOutcome, TlsPolicy, Transaction,
+    ClientConfig, ClientEvent, ClientSession, Credentials, Own, RcptOutcome, TlsPolicy, Transaction,
 };
 use crate::tls::TlsStream;
 use std::sync::Arc;
@@ -545,8 +545,18 @@ impl Daemon {
                     }
                     ClientEvent::SessionFailed(o) => {
                         let relay = relay_name(&d.hops, d.hop, addr);
+                        // Silence in plaintext on the implicit-TLS port: the
+                        // server waits for our TLS hello (a mode mismatch).
+                        let silent_465 = addr.port() == outcome::IMPLICIT_TLS_PORT
+                            && transport.tls.is_none()
+                            && !client.greeted()
+                            && matches!(&o, RcptOutcome::Deferred(r)
+                                if matches!(r.own, Some(Own::Timeout(_))));
                         let o = match d.tls_failure.take() {
                             Some(tls) => Outcome::Deferred(tls),
+                            None if silent_465 => {
+                                Outcome::Deferred(outcome::tls_implicit_port(&relay))
+                            }
                             None => outcome(o, &relay),
                         };
                         if d.body_done {

@@ -387,6 +387,19 @@ pub fn tls_plaintext_greeting(peer: &str) -> Reason {
     )
 }
 
+/// Where implicit TLS is the rule (port 465, RFC 8314), the server sends
+/// nothing until the client's TLS hello: a plaintext client waits for a
+/// greeting that never comes.
+pub const IMPLICIT_TLS_PORT: u16 = 465;
+
+/// A plaintext session to port 465 timed out before any greeting.
+pub fn tls_implicit_port(peer: &str) -> Reason {
+    tls_mode_mismatch(
+        peer,
+        "port 465 speaks implicit TLS; set smarthost_tls = tls",
+    )
+}
+
 /// What the SMTP client reports as a reason: the server's words when it
 /// said them (`Remote`), else tern's own (timeout, lost connection, TLS
 /// policy, protocol), never presented as something the server said.

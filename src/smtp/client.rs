@@ -432,6 +432,8 @@ pub struct ClientSession {
     extensions: Vec<Extension>,
     tls_active: bool,
     starttls_refused: bool,
+    /// The server's greeting arrived (whatever its code).
+    greeted: bool,
     plain_response_resent: bool,
     txn: Option<ActiveTransaction>,
     /// Last two body bytes sent, as if the body followed a CRLF.
@@ -458,6 +460,7 @@ impl ClientSession {
             tls_active,
             starttls_refused: false,
             plain_response_resent: false,
+            greeted: false,
             txn: None,
             body_tail: *b"\r\n",
             converted: Vec::new(),
@@ -836,6 +839,12 @@ impl ClientSession {
         })
     }
 
+    /// Whether the server ever greeted (a server that waits for a TLS
+    /// ClientHello never does).
+    pub fn greeted(&self) -> bool {
+        self.greeted
+    }
+
     pub fn tls_active(&self) -> bool {
         self.tls_active
     }
@@ -891,6 +900,7 @@ impl ClientSession {
         }
         match expect {
             Expect::Greeting => {
+                self.greeted = true;
                 if reply.class() == 2 {
                     let ehlo = format!("EHLO {}", self.cfg.helo_name);
                     self.send_command(&ehlo, Expect::Ehlo, now);
@@ -2334,6 +2344,7 @@ mod tests {
         h.s.handle_timeout(deadline - Duration::from_secs(1));
         assert!(h.events().is_empty());
         h.s.handle_timeout(deadline);
+        assert!(!h.s.greeted());
         let ev = h.events();
         assert!(
             matches!(&ev[..], [ClientEvent::SessionFailed(RcptOutcome::Deferred(r))] if r.enhanced() == Some((4, 4, 2)) && r.own == Some(Own::Timeout("the greeting")) && r.text() == "4.4.2 timeout waiting for the greeting")
@@ -2359,7 +2370,9 @@ mod tests {
     fn reply_resets_deadline() {
         let mut h = Harness::new(cfg());
         let later = h.t0 + Duration::from_secs(100);
+        assert!(!h.s.greeted());
         h.s.handle_input(b"220 hi\r\n", later);
+        assert!(h.s.greeted());
         assert_eq!(h.s.poll_timeout(), Some(later + Duration::from_secs(300)));
         h.s.handle_input(&ehlo_reply(&[]).into_bytes(), later);
         assert_eq!(h.s.poll_timeout(), None, "idle between transactions");

@@ -190,3 +190,44 @@ def test_server_refusal_bounce_names_the_server(tern_factory):
         assert f"<gone@far.test>: {relay} said: 550 5.1.1 no such user" in human, human
     finally:
         sink.close()
+
+
+def test_starttls_to_the_implicit_tls_port(tern_factory):
+    """smarthost_tls = starttls (the default) to port 465: the server waits
+    for a TLS hello and never greets; the timeout says what is wrong."""
+    import socket
+    import threading
+
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        lsock.bind(("127.0.0.1", 465))
+    except OSError as e:
+        lsock.close()
+        pytest.skip(f"cannot listen on port 465: {e}")
+    lsock.listen(4)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                c, _ = lsock.accept()
+            except OSError:
+                return
+            held.append(c)  # silent: an implicit-TLS server waits for the hello
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        t = tern_factory(smarthost="localhost:465", smarthost_tls="starttls",
+                         tls_ca_file=CERTS / "ca.pem", client_timeout="2s").start()
+        send(t, "owner@localhost", ["u@far.test"])
+        line = outcome_line(t, "u@far.test", "deferred")
+        sentence = ("451 4.7.5 TLS mode mismatch with localhost[127.0.0.1]:465: "
+                    "port 465 speaks implicit TLS; set smarthost_tls = tls")
+        assert "relay=none dsn=4.7.5 status=deferred" in line, line
+        assert f"({sentence})" in line, line
+        assert mailq_line(t, "u@far.test") == f"u@far.test (deferred: {sentence})"
+    finally:
+        lsock.close()
+        for c in held:
+            c.close()
