@@ -231,3 +231,31 @@ def test_starttls_to_the_implicit_tls_port(tern_factory):
         lsock.close()
         for c in held:
             c.close()
+
+
+def test_old_state_file_reads_as_reasons_and_is_rewritten(tern_factory):
+    """A state file from before typed reasons (one reply string per
+    recipient) loads: the string is parsed once into a reason, and the next
+    save writes the field-by-field layout."""
+    sink = Sink({"rcpt": "451 4.2.0 still busy"})
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none",
+                         hold_outbound="yes").start()
+        send(t, "owner@localhost", ["u@far.test"])
+        qid = wait_for(lambda: t.queued(), what="queued")[0]
+        t.stop()
+        state = t.spool / "state" / qid
+        state.write_text("attempts 2\n0 deferred old.mx[192.0.2.1]:25 said: 451 4.3.0 try later\n")
+        assert mailq_line(t, "u@far.test") == \
+            "u@far.test (deferred: old.mx[192.0.2.1]:25 said: 451 4.3.0 try later)"
+        # The next attempt saves the new layout with the new reason.
+        t.settings["hold_outbound"] = "no"
+        t.write_config()
+        t.start()
+        relay = f"127.0.0.1[127.0.0.1]:{sink.port}"
+        wait_for(lambda: "tern-state 2" in state.read_text(), what="state rewritten")
+        text = state.read_text()
+        assert f"\n0 deferred remote {relay} 451 4.2.0 still busy\n" in text, text
+        assert mailq_line(t, "u@far.test") == f"u@far.test (deferred: {relay} said: 451 4.2.0 still busy)"
+    finally:
+        sink.close()
