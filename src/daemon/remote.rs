@@ -16,10 +16,8 @@ use super::{Daemon, Timer};
 use crate::delivery::outcome;
 use crate::dns::{DnsError, LookupId, MxHost, QueryHandle, Transport as DnsTransport};
 use crate::outbound::machine::{Action, Delivery, Hop, Lookup, Settings};
-use crate::outbound::Outcome;
 use crate::reactor::SockId;
 use crate::smtp::client::Credentials;
-use crate::spool::RcptStatus;
 use crate::tls::TlsStream;
 
 /// Body bytes read from the spool per step.
@@ -220,7 +218,7 @@ impl Daemon {
                     }
                     d.machine.handle_connected(Ok(()), now);
                 }
-                Err(e) => d.machine.handle_connected(Err(io_words(&e)), now),
+                Err(e) => d.machine.handle_connected(Err(outcome::io_words(&e)), now),
             }
         }
         self.pump(key, now);
@@ -249,7 +247,7 @@ impl Daemon {
                 }
                 Err(e) => {
                     log::debug!("{}: connect to {addr}: {e}", d.machine.job_id());
-                    d.machine.handle_connected(Err(io_words(&e)), now);
+                    d.machine.handle_connected(Err(outcome::io_words(&e)), now);
                 }
             },
             Action::StartTls {
@@ -270,7 +268,7 @@ impl Daemon {
                         d.transport.tls = Some(t);
                         d.tls_reported = false;
                     }
-                    Err(why) => d.machine.handle_tls_error(&why, now),
+                    Err(why) => d.machine.handle_tls_error(&why, false, now),
                 }
             }
             Action::OpenBody(id) => match self.spool.open_content(id) {
@@ -296,10 +294,6 @@ impl Daemon {
                 }
             }
             Action::Report { job, outcomes } => {
-                let outcomes = outcomes
-                    .into_iter()
-                    .map(|(i, o)| (i, legacy_outcome(o)))
-                    .collect();
                 self.job_done(job.id, outcomes);
                 // Connection reuse: the next job for the same destination
                 // goes over this session (it inherits the slot).
@@ -373,7 +367,10 @@ impl Daemon {
                     Read::Pending => {}
                     Read::Closed => {
                         match d.transport.tls_error() {
-                            Some(e) => d.machine.handle_tls_error(&e, now),
+                            Some(e) => {
+                                let plaintext = d.transport.tls_peer_spoke_plaintext();
+                                d.machine.handle_tls_error(&e, plaintext, now)
+                            }
                             None => d.machine.handle_closed(now),
                         }
                         progressed = true;
@@ -634,41 +631,4 @@ fn feed_body(d: &mut Outgoing, now: Instant) -> bool {
         progressed = true;
     }
     progressed
-}
-
-/// A connect error in words ("connection refused"), not Rust debug text.
-fn io_words(e: &std::io::Error) -> String {
-    use std::io::ErrorKind;
-    match e.kind() {
-        ErrorKind::ConnectionRefused => "connection refused".into(),
-        ErrorKind::ConnectionReset => "connection reset".into(),
-        ErrorKind::TimedOut => "timed out".into(),
-        ErrorKind::AddrNotAvailable => "address not available".into(),
-        _ => match e.raw_os_error() {
-            Some(libc::EHOSTUNREACH) => "host unreachable".into(),
-            Some(libc::ENETUNREACH) => "network unreachable".into(),
-            _ => e.to_string(),
-        },
-    }
-}
-
-/// The runner's record of an outcome (until it takes typed outcomes).
-fn legacy_outcome(o: outcome::Outcome) -> Outcome {
-    match o {
-        outcome::Outcome::Delivered { relay } => Outcome {
-            status: RcptStatus::Sent,
-            reply: format!("delivered to {relay}"),
-            relay,
-        },
-        outcome::Outcome::Deferred(r) => Outcome {
-            status: RcptStatus::Deferred,
-            reply: r.to_string(),
-            relay: r.origin.relay().unwrap_or("none").to_string(),
-        },
-        outcome::Outcome::Failed(r) => Outcome {
-            status: RcptStatus::Failed,
-            reply: r.to_string(),
-            relay: r.origin.relay().unwrap_or("none").to_string(),
-        },
-    }
 }

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use super::Job;
 use crate::config::{OutboundTls, SmarthostTls};
-use crate::delivery::outcome::{self, Outcome, Reason, Status};
+use crate::delivery::outcome::{self, Outcome, Reason};
 use crate::dns::{DnsError, MxHost};
 use crate::smtp::client::{
     ClientConfig, ClientEvent, ClientSession, Credentials, RcptOutcome, Reply, TlsPolicy,
@@ -58,8 +58,6 @@ use crate::spool::QueueId;
 /// How long a finished session waits for another message to the same
 /// destination before QUIT (Postfix's connection cache uses 2 s too).
 pub const OUTBOUND_IDLE_KEEP: Duration = Duration::from_secs(2);
-/// The port of implicit-TLS submission (RFC 8314).
-pub const SUBMISSIONS_PORT: u16 = 465;
 /// How long a port-465 server may stay silent before tern concludes it
 /// waits for a TLS ClientHello (an SMTP server greets at once).
 pub const IMPLICIT_TLS_GREETING_WAIT: Duration = Duration::from_secs(10);
@@ -167,9 +165,9 @@ pub struct Delivery {
     last_error: Option<Reason>,
     /// Outcomes decided so far (index in the job's recipient list).
     decided: HashMap<usize, Outcome>,
-    /// Why the session is being failed by tern itself (timeout, lost
-    /// connection, TLS): the reason given to the recipients it leaves
-    /// undecided, instead of the client's generic reply.
+    /// Why tern itself is failing the session (TLS, the port-465 silence,
+    /// the spool file): the reason given to the recipients it leaves
+    /// undecided, instead of the client's "connection lost".
     cause: Option<Reason>,
 }
 
@@ -409,8 +407,9 @@ impl Delivery {
             reply_timeout: self.settings.reply_timeout,
             final_timeout: self.settings.reply_timeout * 2,
         };
-        let greeting_deadline = (self.smarthost && !implicit && addr.port() == SUBMISSIONS_PORT)
-            .then(|| now + IMPLICIT_TLS_GREETING_WAIT);
+        let greeting_deadline =
+            (self.smarthost && !implicit && addr.port() == outcome::IMPLICIT_TLS_PORT)
+                .then(|| now + IMPLICIT_TLS_GREETING_WAIT);
         if implicit {
             self.actions.push_back(Action::StartTls {
                 server_name: self.hop_name(),
@@ -454,13 +453,19 @@ impl Delivery {
     }
 
     /// The TLS layer failed (handshake, certificate, or later); `why` in
-    /// words ("certificate verify failed: unknown issuer").
-    pub fn handle_tls_error(&mut self, why: &str, now: Instant) {
+    /// words ("certificate verify failed: unknown issuer");
+    /// `peer_spoke_plaintext`: what came was plain SMTP, not TLS.
+    pub fn handle_tls_error(&mut self, why: &str, peer_spoke_plaintext: bool, now: Instant) {
         let State::Session(s) = &mut self.state else {
             return;
         };
         let peer = relay_name(&self.hops, self.hop, s.addr);
-        let reason = outcome::tls_failed(&peer, why);
+        // Implicit TLS (no STARTTLS in progress) answered by a greeting.
+        let reason = if peer_spoke_plaintext && !s.tls_pending {
+            outcome::tls_plaintext_greeting(&peer)
+        } else {
+            outcome::tls_failed(&peer, why)
+        };
         // Opportunistic TLS that fails: this address once more in plaintext.
         if s.policy == TlsPolicy::IfOffered && self.plaintext_fallback.is_none() {
             log::warn!(
@@ -482,8 +487,6 @@ impl Delivery {
         let State::Session(s) = &mut self.state else {
             return;
         };
-        let peer = relay_name(&self.hops, self.hop, s.addr);
-        self.cause = Some(outcome::connection_lost(&peer));
         s.client.connection_lost(now);
         self.drive(now);
     }
@@ -497,20 +500,20 @@ impl Delivery {
                 self.advance(now);
             }
             State::Session(s) => {
-                let peer = relay_name(&self.hops, self.hop, s.addr);
-                if s.greeting_deadline.is_some_and(|t| t <= now) {
-                    s.greeting_deadline = None;
-                    let reason = outcome::tls_mode_mismatch(
-                        &peer,
-                        "port 465 speaks implicit TLS; set smarthost_tls = tls",
-                    );
-                    self.cause = Some(reason);
-                    s.client.connection_lost(now);
+                let client_due = s.client.poll_timeout().is_some_and(|t| t <= now);
+                if let Some(deadline) = s.greeting_deadline {
+                    // Silence on the implicit-TLS port: the server waits
+                    // for our TLS hello (whichever deadline comes first).
+                    if deadline <= now || client_due {
+                        s.greeting_deadline = None;
+                        let peer = relay_name(&self.hops, self.hop, s.addr);
+                        self.cause = Some(outcome::tls_implicit_port(&peer));
+                        s.client.connection_lost(now);
+                    }
                 } else if s.idle_since.is_some_and(|t| t + OUTBOUND_IDLE_KEEP <= now) {
                     s.idle_since = None;
                     s.client.quit();
-                } else if s.client.poll_timeout().is_some_and(|t| t <= now) {
-                    self.cause = Some(outcome::timeout(&peer, s.client.waiting_for()));
+                } else if client_due {
                     s.client.handle_timeout(now);
                 }
                 self.drive(now);
@@ -801,12 +804,13 @@ impl Delivery {
         }
     }
 
-    /// A client outcome as an [`Outcome`]: the server's reply, or tern's
-    /// reason when the reply is the session failure tern caused.
+    /// A client outcome as an [`Outcome`]: the server's reply or the
+    /// client's own (`outcome::from_client`), or tern's reason when the
+    /// reply is the session failure tern caused.
     fn outcome_of(&self, o: RcptOutcome, failure: Option<&Reply>, relay: &str) -> Outcome {
         let reason = |reply: &Reply| match &self.cause {
             Some(cause) if failure == Some(reply) => cause.clone(),
-            _ => remote_reason(relay, reply),
+            _ => outcome::from_client(reply, relay),
         };
         match o {
             RcptOutcome::Delivered(_) => Outcome::Delivered {
@@ -858,18 +862,4 @@ fn relay_host(hops: &[Hop], hop: usize) -> String {
 fn relay_name(hops: &[Hop], hop: usize, addr: SocketAddr) -> String {
     let name = hops.get(hop).map_or("unknown", |h| h.name.as_str());
     format!("{name}[{}]:{}", addr.ip(), addr.port())
-}
-
-/// A server's reply as a reason: its code, its enhanced code when it gave
-/// one, and the text after it.
-fn remote_reason(relay: &str, reply: &Reply) -> Reason {
-    let status = reply
-        .enhanced()
-        .map(|(class, subject, detail)| Status::new(class, subject, detail));
-    let text = reply.text();
-    let text = match status {
-        Some(_) => text.split_once(' ').map_or("", |(_, rest)| rest),
-        None => text.as_str(),
-    };
-    Reason::remote(relay, reply.code, status, text)
 }

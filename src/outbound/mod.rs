@@ -9,8 +9,8 @@
 //! connection reuse), which the daemon's `remote` module feeds with DNS
 //! answers, sockets and time.
 //!
-//! Results are three-valued per recipient, as everywhere in tern: sent,
-//! deferred (retry later), failed (bounce).
+//! Results are three-valued per recipient, as everywhere in tern: a
+//! [`crate::delivery::outcome::Outcome`] (delivered, deferred, failed).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -23,7 +23,7 @@ mod scenarios;
 mod sim;
 
 use crate::config::{Config, HostPort};
-use crate::spool::{QueueId, RcptStatus};
+use crate::spool::QueueId;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {
@@ -36,13 +36,6 @@ pub struct Job {
     pub size: u64,
     pub eight_bit: bool,
     pub arrival: u64,
-}
-
-#[derive(Clone, Debug)]
-pub struct Outcome {
-    pub status: RcptStatus,
-    pub reply: String,
-    pub relay: String,
 }
 
 pub struct Outbound {

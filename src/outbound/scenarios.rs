@@ -387,12 +387,12 @@ fn scenario_timeout_waiting_for_ehlo_reply() {
 
 #[test]
 fn scenario_timeout_waiting_for_mail_reply() {
-    timeout_at("MAIL", "the reply to MAIL FROM", REPLY_TIMEOUT);
+    timeout_at("MAIL", "the reply to MAIL", REPLY_TIMEOUT);
 }
 
 #[test]
 fn scenario_timeout_waiting_for_rcpt_reply() {
-    timeout_at("RCPT", "the reply to RCPT TO", REPLY_TIMEOUT);
+    timeout_at("RCPT", "the reply to RCPT", REPLY_TIMEOUT);
 }
 
 #[test]
@@ -407,7 +407,7 @@ fn scenario_timeout_after_the_final_dot_waits_twice_as_long() {
     assert_eq!(sim.elapsed(), REPLY_TIMEOUT * 2);
     assert_eq!(
         sim.deferred_reason(),
-        outcome::timeout(MX1, "the reply to the final dot")
+        outcome::timeout(MX1, "the reply to the end of the message")
     );
     // The dot went out: the peer may have the message (a duplicate risk
     // RFC 1047 accepts); no other host is tried in this attempt.
@@ -423,7 +423,7 @@ fn scenario_timeout_while_the_server_takes_no_more_body() {
     sim.finish();
     assert_eq!(
         sim.deferred_reason(),
-        outcome::timeout(MX1, "the server to take the message body")
+        outcome::timeout(MX1, "the server to take the message")
     );
     assert_eq!(sim.messages, 0);
 }
@@ -444,7 +444,7 @@ fn scenario_timeout_during_a_mid_transaction_failure_tries_no_other_host() {
     assert_eq!(sim.connects.len(), 1);
     assert_eq!(
         sim.deferred_reason(),
-        outcome::timeout(MX1, "the reply to RCPT TO")
+        outcome::timeout(MX1, "the reply to RCPT")
     );
 }
 
@@ -530,8 +530,11 @@ fn scenario_tls_required_but_not_offered_defers() {
         .peer(sa("192.0.2.1", 25), Peer::Server(PLAIN));
     sim.finish();
     let r = sim.deferred_reason();
-    assert_eq!(r.code, 454);
-    assert!(r.text.contains("STARTTLS not offered"), "{r}");
+    assert_eq!((r.origin.clone(), r.code), (Origin::Tls, 454));
+    assert_eq!(
+        r.text,
+        format!("TLS required but STARTTLS not offered (server {MX1})")
+    );
     assert!(sim.tls_starts.is_empty());
     assert_eq!(sim.messages, 0);
 }
@@ -749,6 +752,50 @@ fn scenario_port_465_in_starttls_mode_is_a_tls_mode_mismatch() {
         )
     );
     assert_eq!((r.origin, r.code), (Origin::Tls, 451));
+}
+
+#[test]
+fn scenario_port_465_silence_with_a_short_client_timeout_is_still_a_mismatch() {
+    let silent = Script {
+        greeting: None,
+        ..Script::ok()
+    };
+    let hops = vec![smarthost("smtp.isp.test", 465, Some("192.0.2.60"))];
+    let mut s = settings();
+    s.reply_timeout = Duration::from_secs(2);
+    let mut sim = Sim::new(job(1, "", &["bob@far.test"]), hops, s)
+        .peer(sa("192.0.2.60", 465), Peer::Script(silent));
+    sim.finish();
+    assert_eq!(sim.elapsed(), Duration::from_secs(2));
+    assert_eq!(
+        sim.deferred_reason(),
+        outcome::tls_implicit_port("smtp.isp.test[192.0.2.60]:465")
+    );
+}
+
+#[test]
+fn scenario_implicit_tls_answered_by_a_plaintext_greeting_is_a_mismatch() {
+    let hops = vec![smarthost("smtp.isp.test", 587, Some("192.0.2.60"))];
+    let mut s = settings();
+    s.smarthost_tls = SmarthostTls::Tls;
+    // What the plaintext server says never reaches the session: the TLS
+    // layer takes it for a broken handshake.
+    let plaintext = Script {
+        greeting: None,
+        ..Script::ok()
+    };
+    let mut sim = Sim::new(job(1, "", &["bob@far.test"]), hops, s)
+        .peer(sa("192.0.2.60", 587), Peer::Script(plaintext));
+    sim.tls_hangs = true;
+    sim.run();
+    // The TLS layer saw "220 ..." where a ServerHello belongs.
+    sim.m
+        .handle_tls_error("received corrupt message", true, sim.now);
+    sim.finish();
+    assert_eq!(
+        sim.deferred_reason(),
+        outcome::tls_plaintext_greeting("smtp.isp.test[192.0.2.60]:587")
+    );
 }
 
 #[test]

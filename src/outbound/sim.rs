@@ -454,7 +454,7 @@ impl Sim {
                 self.tls_starts.push((server_name, verify));
                 let addr = self.conn.as_ref().map(|c| c.addr);
                 match addr.and_then(|a| self.tls_fail.get(&a)) {
-                    Some(why) => self.m.handle_tls_error(why, now),
+                    Some(why) => self.m.handle_tls_error(why, false, now),
                     None if self.tls_hangs => {}
                     None => self.m.handle_tls_established(now),
                 }
