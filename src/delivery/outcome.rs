@@ -171,11 +171,12 @@ impl Reason {
     }
 }
 
-/// Line ends and other control characters become spaces: a reason is one
-/// line in the state file, the log and the bounce.
-fn one_line(s: &str) -> String {
+/// Line ends become spaces: a reason is one line in the state file, the
+/// log and the bounce. Other control characters stay as the server sent
+/// them; every display escapes them (`logsafe`, the bounce's `clean`).
+pub fn one_line(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| if matches!(c, '\r' | '\n') { ' ' } else { c })
         .collect()
 }
 
