@@ -361,17 +361,57 @@ fn detach_process() -> io::Result<()> {
     Ok(())
 }
 
+/// The account database read by [`passwd_entries`].
+pub const PASSWD_FILE: &str = "/etc/passwd";
+/// The longest account file read (a router's has a dozen lines).
+pub const MAX_PASSWD_BYTES: u64 = 4 * 1024 * 1024;
+
+/// One account: name, uid, gid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PasswdEntry {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The accounts of [`PASSWD_FILE`]. Read as bytes: a GECOS field in
+/// Latin-1 on one line must not hide every account (read as UTF-8, one
+/// such byte made the whole file unreadable: no local users, no `user =`
+/// account, sendmail submitting as `uidN`). Lines whose name is not UTF-8,
+/// or whose uid/gid are not numbers, are skipped.
+pub fn passwd_entries() -> io::Result<Vec<PasswdEntry>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(PASSWD_FILE)?
+        .take(MAX_PASSWD_BYTES)
+        .read_to_end(&mut bytes)?;
+    Ok(parse_passwd(&bytes))
+}
+
+fn parse_passwd(bytes: &[u8]) -> Vec<PasswdEntry> {
+    let number = |f: Option<&[u8]>| std::str::from_utf8(f?).ok()?.parse::<u32>().ok();
+    bytes
+        .split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let mut f = line.split(|&b| b == b':');
+            let name = std::str::from_utf8(f.next()?).ok()?;
+            let _password = f.next()?;
+            let (uid, gid) = (number(f.next())?, number(f.next())?);
+            (!name.is_empty()).then(|| PasswdEntry {
+                name: name.to_string(),
+                uid,
+                gid,
+            })
+        })
+        .collect()
+}
+
 /// uid and gid of `user` from /etc/passwd.
 pub fn lookup_user(user: &str) -> io::Result<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd")?;
-    passwd
-        .lines()
-        .find_map(|l| {
-            let mut f = l.split(':');
-            let (name, _, uid, gid) = (f.next()?, f.next()?, f.next()?, f.next()?);
-            (name == user).then_some((uid, gid))
-        })
-        .and_then(|(uid, gid)| Some((uid.parse::<u32>().ok()?, gid.parse::<u32>().ok()?)))
+    passwd_entries()?
+        .into_iter()
+        .find(|e| e.name == user)
+        .map(|e| (e.uid, e.gid))
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such user in /etc/passwd"))
 }
 
@@ -476,6 +516,23 @@ pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwd_with_latin1_gecos_still_lists_every_account() {
+        let file = b"root:x:0:0:root:/root:/bin/sh\n\
+            ren\xe9:x:1001:100:Ren\xe9 Dupont:/home/rene:/bin/sh\n\
+            joe:x:1000:100:Jo\xeb:/home/joe:/bin/sh\n\
+            broken line\n:x:5:5::/:\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false";
+        let entries = parse_passwd(file);
+        let names: Vec<(&str, u32, u32)> = entries
+            .iter()
+            .map(|e| (e.name.as_str(), e.uid, e.gid))
+            .collect();
+        assert_eq!(
+            names,
+            [("root", 0, 0), ("joe", 1000, 100), ("nobody", 65534, 65534)]
+        );
+    }
 
     #[test]
     fn hand_over_never_crosses_a_symlink() {

@@ -114,8 +114,14 @@ pub fn server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<ServerConfig
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| {
+            let why = match e {
+                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                    "the key does not belong to the certificate".to_string()
+                }
+                e => e.to_string(),
+            };
             TlsError(format!(
-                "certificate {} / key {} unusable: {e}",
+                "certificate {} / key {} unusable: {why}",
                 cert_pem.display(),
                 key_pem.display()
             ))

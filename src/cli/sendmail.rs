@@ -574,15 +574,12 @@ fn quote_name(name: &str) -> String {
 fn invoking_user() -> String {
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
-    if let Ok(passwd) = std::fs::read_to_string("/etc/passwd") {
-        for line in passwd.lines() {
-            let mut f = line.split(':');
-            if let (Some(name), Some(_), Some(id)) = (f.next(), f.next(), f.next()) {
-                if id.parse::<u32>() == Ok(uid) {
-                    return name.to_string();
-                }
-            }
-        }
+    if let Some(e) = crate::system::passwd_entries()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.uid == uid)
+    {
+        return e.name;
     }
     if uid == 0 {
         "root".into()

@@ -75,15 +75,16 @@ pub struct LocalTables {
 
 impl LocalTables {
     pub fn load(cfg: &Config) -> LocalTables {
-        let users = std::fs::read_to_string("/etc/passwd")
-            .map(|t| {
-                t.lines()
-                    .filter_map(|l| l.split(':').next())
-                    .filter(|u| !u.is_empty())
-                    .map(|u| u.to_ascii_lowercase())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let users = match crate::system::passwd_entries() {
+            Ok(entries) => entries
+                .into_iter()
+                .map(|e| e.name.to_ascii_lowercase())
+                .collect(),
+            Err(e) => {
+                log::error!("{}: {e}; no local accounts", crate::system::PASSWD_FILE);
+                HashSet::new()
+            }
+        };
         let aliases = match Aliases::load(&cfg.aliases) {
             Ok((a, errors)) => {
                 for e in errors {

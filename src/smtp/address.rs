@@ -60,10 +60,33 @@ impl Address {
         if !is_valid_domain(domain) {
             return Err(AddressError::Syntax);
         }
-        Ok(Address {
+        let address = Address {
             local,
             domain: domain.to_ascii_lowercase(),
-        })
+        };
+        // RFC 5321 §4.5.3.1.3: the path, brackets included, is at most 256
+        // octets. Checked on the printed form, which is what goes into
+        // `MAIL FROM:<...>` and `RCPT TO:<...>` (a 64-octet local part and
+        // a 255-octet domain pass the checks above but not this one).
+        if address.path_len() > MAX_PATH {
+            return Err(AddressError::TooLong);
+        }
+        Ok(address)
+    }
+
+    /// Length of `<address>` as printed.
+    fn path_len(&self) -> usize {
+        use fmt::Write;
+        struct Count(usize);
+        impl Write for Count {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                self.0 += s.len();
+                Ok(())
+            }
+        }
+        let mut n = Count(2);
+        let _ = write!(n, "{self}");
+        n.0
     }
 
     /// Builds an address from a local part (unquoted form) and a domain
@@ -284,6 +307,18 @@ mod tests {
         assert!(parse_path(&format!("<{ok}@x.example>")).is_ok());
         let long = format!("<a@{}.example>", "b".repeat(260));
         assert_eq!(parse_path(&long), Err(AddressError::TooLong));
+        // Each part within its own limit, the path over 256 octets.
+        let local = "l".repeat(64);
+        let label = "d".repeat(60);
+        let domain = format!("{label}.{label}.{label}.{label}.test");
+        assert!(domain.len() <= MAX_DOMAIN);
+        let mailbox = format!("{local}@{domain}");
+        assert!(mailbox.len() + 2 > MAX_PATH);
+        assert_eq!(Address::parse_mailbox(&mailbox), Err(AddressError::TooLong));
+        assert_eq!(
+            Address::from_parts(&local, &domain),
+            Err(AddressError::TooLong)
+        );
     }
 
     #[test]

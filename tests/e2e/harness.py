@@ -100,6 +100,11 @@ class Tern:
         )
 
     def start(self):
+        """Starts the daemon and waits until it serves: the port is open and,
+        when the log level shows it, start-up recovery logged "started:" (the
+        port opens before the spool is recovered, and tests that touch the
+        spool at once raced it)."""
+        starts = self.log_text().count("started: ")
         logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [TERN_BIN, "-c", str(self.conf)], stdout=logf, stderr=logf
@@ -107,6 +112,12 @@ class Tern:
         logf.close()
         try:
             wait_port(self.port)
+            if self.settings.get("log_level", "info") in ("info", "debug", "trace"):
+                wait_for(
+                    lambda: self.log_text().count("started: ") > starts
+                    or self.proc.poll() is not None,
+                    what="start-up recovery",
+                )
         except TimeoutError:
             self.stop()
             raise RuntimeError("tern did not start:\n" + self.log_text())

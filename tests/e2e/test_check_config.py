@@ -37,7 +37,7 @@ def test_problems_the_daemon_would_meet_at_start_are_errors(tmp_path):
     cases = [
         ({"user": "nosuchuser"}, "user = nosuchuser"),
         ({"tls_cert": tmp_path / "missing.pem", "tls_key": key_a}, "missing.pem"),
-        ({"tls_cert": cert_a, "tls_key": key_b}, "unusable"),
+        ({"tls_cert": cert_a, "tls_key": key_b}, "the key does not belong to the certificate"),
         ({"tls_ca_file": tmp_path / "no-ca.pem"}, "no-ca.pem"),
         ({"users_file": tmp_path / "no-users"}, "no-users"),
         ({"smarthost": "127.0.0.1:2", "smarthost_user": "me", "smarthost_password_file": tmp_path / "no-secret"},

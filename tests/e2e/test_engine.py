@@ -63,8 +63,9 @@ def test_port_465_smarthost_in_starttls_mode_defers_soon_as_a_tls_mode_mismatch(
         line = next(l for l in t.log_text().splitlines() if "status=deferred" in l)
         assert "dsn=4.7.5" in line, line
         assert "TLS mode mismatch" in line and "set smarthost_tls = tls" in line, line
-        q = t.cmd("mailq").stdout.decode()
-        assert "port 465 speaks implicit TLS" in q, q
+        # The state file is written just after the log line.
+        wait_for(lambda: "port 465 speaks implicit TLS" in t.cmd("mailq").stdout.decode(),
+                 what="the reason in mailq")
     finally:
         server.close()
 
