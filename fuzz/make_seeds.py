@@ -271,6 +271,17 @@ write("spool_state", "three", bytes([3]) + b"attempts 2\n0 sent 250 2.0.0 ok\n"
       b"1 deferred 451 4.4.2 timeout\n2 failed 550 5.1.1 no\n")
 write("spool_state", "pending", bytes([1]) + b"attempts 0\n0 pending \n")
 write("spool_state", "bad-index", bytes([2]) + b"attempts 1\n7 sent x\r\n")
+# The current layout (tern-state 2): reasons field by field.
+write("spool_state", "typed", bytes([5]) + b"tern-state 2\nattempts 3\nage 7200\n"
+      b"0 sent mx.example[192.0.2.1]:25\n"
+      b"1 deferred remote mx.example[192.0.2.1]:25 451 4.3.0 try later\n"
+      b"2 failed dns - 550 5.1.2 domain x.test does not exist\n"
+      b"3 deferred tls - 451 4.7.5 TLS with mx[192.0.2.1]:25 failed: certificate verify failed: unknown issuer\n"
+      b"4 sent maildir+20/var/mail/joe\n")
+write("spool_state", "typed-bad", bytes([2]) + b"tern-state 2\nattempts 1\n"
+      b"0 failed dns mx 550 5.1.1 x\n1 deferred queue - 45 4.0.0 y\n")
+write("spool_state", "old-said", bytes([2]) + b"attempts 1\nage 60\n"
+      b"0 deferred mx[192.0.2.1]:25 said: 451 4.3.0 later\n1 failed 5.4.7 expired\n")
 
 write("spool_drop", "plain", "tern-drop 1\nsender root@router.lan\nrcpt joe\n"
       "rcpt list@local.test\nrcpt far@remote.test\n\nSubject: x\n\nbody\n")

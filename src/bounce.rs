@@ -76,8 +76,11 @@ pub struct FailedRecipient {
     /// Host name of the server that gave the answer, when there was one.
     pub remote_mta: Option<String>,
     /// `type; text`, e.g. `smtp; 550 5.1.1 no such user`. A value without a
-    /// type gets `smtp; ` in front.
+    /// type gets `smtp; ` in front. Only for a reply a server gave.
     pub diagnostic: Option<String>,
+    /// The sentence for the human-readable part ("cannot connect to ...:
+    /// connection refused"); without one, the diagnostic or the status.
+    pub explanation: Option<String>,
 }
 
 /// Everything a report is built from; all strings are preformatted.
@@ -244,8 +247,13 @@ fn human_text(out: &mut Vec<u8>, input: &BounceInput, mta: &str) {
         text.push_str(intro);
         text.push_str("\r\n\r\n");
         for rcpt in listed {
-            let reason =
-                diagnostic_of(rcpt).unwrap_or_else(|| format!("status {}", status_of(rcpt)));
+            let reason = rcpt
+                .explanation
+                .as_deref()
+                .map(clean)
+                .filter(|e| !e.trim().is_empty())
+                .or_else(|| diagnostic_of(rcpt))
+                .unwrap_or_else(|| format!("status {}", status_of(rcpt)));
             text.push_str(&format!("<{}>: {reason}\r\n", clean(&rcpt.address)));
             if let Some(host) = rcpt
                 .remote_mta
@@ -433,7 +441,23 @@ mod tests {
             action,
             remote_mta: remote.map(str::to_string),
             diagnostic: diag.map(str::to_string),
+            explanation: None,
         }
+    }
+
+    #[test]
+    fn own_decisions_explained_without_a_diagnostic_code() {
+        let mut r = rcpt("a@x.test", "5.4.7", Action::Failed, None, None);
+        r.explanation = Some("554 5.4.7 message expired after 2d in the queue".into());
+        let recipients = [r];
+        let out = String::from_utf8(build_bounce(&input(&recipients, b""))).unwrap();
+        assert!(
+            out.contains("<a@x.test>: 554 5.4.7 message expired after 2d in the queue\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("Status: 5.4.7\r\n"), "{out}");
+        assert!(!out.contains("Diagnostic-Code"), "{out}");
+        assert!(!out.contains("Remote-MTA"), "{out}");
     }
 
     fn input<'a>(recipients: &'a [FailedRecipient], headers: &'a [u8]) -> BounceInput<'a> {

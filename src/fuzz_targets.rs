@@ -1317,6 +1317,7 @@ pub fn smtp_client_reply(data: &[u8]) {
         let r = crate::smtp::client::Reply {
             code: 250,
             lines: vec![text(line).into_owned()],
+            own: None,
         };
         if let Some((class, subject, detail)) = r.enhanced() {
             assert!(matches!(class, 2 | 4 | 5) && subject <= 999 && detail <= 999);
@@ -1722,10 +1723,6 @@ pub fn spool_envelope(data: &[u8]) {
     );
 }
 
-fn flat(s: &str) -> String {
-    s.replace(['\r', '\n'], " ")
-}
-
 /// `spool::envelope::decode_state`: arbitrary state files, and
 /// encode → decode of states built from the input.
 pub fn spool_state(data: &[u8]) {
@@ -1746,34 +1743,69 @@ pub fn spool_state(data: &[u8]) {
     let n = usize::from(input.byte() % 8);
     let attempts = input.u32();
     let age = u64::from(input.u32());
-    let states: Vec<RcptState> = (0..n)
-        .map(|_| RcptState {
-            status: input.pick(&[
-                RcptStatus::Pending,
-                RcptStatus::Deferred,
-                RcptStatus::Sent,
-                RcptStatus::Failed,
-            ]),
-            reply: input.string(),
-        })
-        .collect();
+    let states: Vec<RcptState> = (0..n).map(|_| state_from(&mut input)).collect();
     assert_state_roundtrip(&states, attempts, age);
 }
 
-/// encode → decode gives the states back, replies flattened to one line.
+/// A recipient state as the daemon makes them: a relay once sent, a
+/// reason (every origin, a code and a status of the same class, any text)
+/// when deferred or failed.
+fn state_from(input: &mut Input) -> RcptState {
+    use crate::delivery::outcome::{Origin, Reason, Status};
+    let status = input.pick(&[
+        RcptStatus::Pending,
+        RcptStatus::Deferred,
+        RcptStatus::Sent,
+        RcptStatus::Failed,
+    ]);
+    let mut state = RcptState {
+        status,
+        ..RcptState::default()
+    };
+    match status {
+        RcptStatus::Pending => {}
+        RcptStatus::Sent => state.relay = input.string(),
+        RcptStatus::Deferred | RcptStatus::Failed => {
+            if input.byte().is_multiple_of(4) {
+                return state;
+            }
+            let code = input.pick(&[421u16, 450, 451, 452, 454, 550, 553, 554, 556]);
+            let reply_status = Status::new(
+                (code / 100) as u8,
+                (input.u32() % 1000) as u16,
+                (input.u32() % 1000) as u16,
+            );
+            let origin = match input.byte() % 8 {
+                0 => Origin::Remote {
+                    relay: input.string(),
+                },
+                k => [
+                    Origin::Dns,
+                    Origin::Connect,
+                    Origin::Tls,
+                    Origin::Timeout,
+                    Origin::Protocol,
+                    Origin::Local,
+                    Origin::Queue,
+                ]
+                .into_iter()
+                .nth(usize::from(k - 1))
+                .unwrap_or(Origin::Queue),
+            };
+            state.reason = Some(Reason::new(origin, code, reply_status, input.string()));
+        }
+    }
+    state
+}
+
+/// encode → decode gives the states back (reason texts are one line by
+/// construction; relays are stored in xtext, so any relay comes back).
 fn assert_state_roundtrip(states: &[RcptState], attempts: u32, age: u64) {
-    let expected: Vec<RcptState> = states
-        .iter()
-        .map(|s| RcptState {
-            status: s.status,
-            reply: flat(&s.reply),
-        })
-        .collect();
     let encoded = encode_state(states, attempts, age);
     assert_eq!(
         decode_state(&encoded, states.len()),
         Some(Progress {
-            states: expected,
+            states: states.to_vec(),
             attempts,
             age
         }),

@@ -370,6 +370,8 @@ pub struct TlsStream {
     peer_closed: bool,
     close_sent: bool,
     error: Option<TlsError>,
+    /// The handshake failed on bytes that were no TLS record.
+    plaintext_peer: bool,
 }
 
 impl fmt::Debug for TlsStream {
@@ -411,6 +413,7 @@ impl TlsStream {
             peer_closed: false,
             close_sent: false,
             error: None,
+            plaintext_peer: false,
         }
     }
 
@@ -433,7 +436,14 @@ impl TlsStream {
             };
             used += n;
             if let Err(e) = self.conn.process_new_packets() {
-                return Err(self.fail(format!("TLS: {e}")));
+                // Not a TLS record at all before the handshake finished:
+                // the peer speaks plaintext (SMTP's greeting) on this port.
+                self.plaintext_peer = self.conn.is_handshaking()
+                    && matches!(
+                        e,
+                        rustls::Error::InvalidMessage(_) | rustls::Error::PeerSentOversizedRecord
+                    );
+                return Err(self.fail(describe(&e)));
             }
             self.drain_plaintext();
         }
@@ -568,6 +578,12 @@ impl TlsStream {
         self.error.as_ref()
     }
 
+    /// The handshake failed because the peer sent something that is not
+    /// TLS (a plaintext SMTP greeting where implicit TLS was expected).
+    pub fn peer_spoke_plaintext(&self) -> bool {
+        self.plaintext_peer
+    }
+
     /// E.g. "TLSv1.3 TLS13_AES_256_GCM_SHA384", once the handshake is done.
     pub fn protocol_description(&self) -> Option<String> {
         if self.conn.is_handshaking() || self.error.is_some() {
@@ -592,6 +608,60 @@ impl TlsStream {
             self.close_sent = true;
             self.conn.send_close_notify();
         }
+    }
+}
+
+/// A rustls error in words an administrator understands (never Rust debug
+/// text): "certificate verify failed: unknown issuer", ...
+pub fn describe(e: &rustls::Error) -> String {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    match e {
+        E::InvalidCertificate(c) => {
+            let why = match c {
+                C::UnknownIssuer => "unknown issuer",
+                C::NotValidForName | C::NotValidForNameContext { .. } => "name mismatch",
+                C::Expired | C::ExpiredContext { .. } => "certificate expired",
+                C::NotValidYet | C::NotValidYetContext { .. } => "certificate not yet valid",
+                C::Revoked => "certificate revoked",
+                C::BadSignature => "bad signature",
+                C::BadEncoding => "malformed certificate",
+                C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                    "certificate not valid for a server"
+                }
+                C::UnsupportedSignatureAlgorithmContext { .. }
+                | C::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+                    "unsupported signature algorithm"
+                }
+                _ => "invalid certificate",
+            };
+            format!("certificate verify failed: {why}")
+        }
+        E::InvalidMessage(_) | E::PeerSentOversizedRecord => {
+            "the peer did not answer in TLS".into()
+        }
+        E::NoCertificatesPresented => "the server presented no certificate".into(),
+        E::PeerIncompatible(_) => "no TLS version or cipher suite in common".into(),
+        E::PeerMisbehaved(_) | E::InappropriateMessage { .. } => {
+            "the peer broke the TLS protocol".into()
+        }
+        E::DecryptError => "cannot decrypt the peer's data".into(),
+        E::AlertReceived(a) => {
+            let what = match a {
+                A::HandshakeFailure => "handshake failure",
+                A::ProtocolVersion => "unsupported protocol version",
+                A::BadCertificate | A::UnsupportedCertificate | A::CertificateUnknown => {
+                    "certificate rejected"
+                }
+                A::UnknownCA => "unknown CA",
+                A::AccessDenied => "access denied",
+                A::InternalError => "internal error",
+                A::InsufficientSecurity => "insufficient security",
+                A::DecodeError | A::DecryptError | A::IllegalParameter => "protocol error",
+                _ => "fatal alert",
+            };
+            format!("the peer sent a TLS alert: {what}")
+        }
+        other => format!("TLS error: {other}"),
     }
 }
 
@@ -802,7 +872,8 @@ mod tests {
         server.write_plaintext(b"secret");
         let (ce, _se) = shuttle(&mut client, &mut server, usize::MAX);
         let err = ce.expect("client must reject the certificate");
-        assert!(err.0.contains("UnknownIssuer"), "{err}");
+        assert_eq!(err.0, "certificate verify failed: unknown issuer");
+        assert!(!client.peer_spoke_plaintext());
         assert!(client.plaintext().is_empty());
         assert!(!client.wants_read());
         assert_eq!(client.protocol_description(), None);
@@ -820,7 +891,7 @@ mod tests {
         let mut client = TlsStream::client(test_client_config("ca.pem"), "other.test").unwrap();
         let (ce, _) = shuttle(&mut client, &mut server, usize::MAX);
         let e = ce.unwrap().0;
-        assert!(e.contains("not valid for name \"other.test\""), "{e}");
+        assert_eq!(e, "certificate verify failed: name mismatch");
     }
 
     #[test]
@@ -858,7 +929,7 @@ mod tests {
             let mut client = TlsStream::client(client_config_no_verify(), "localhost").unwrap();
             let (ce, _) = shuttle(&mut client, &mut server, usize::MAX);
             let e = ce.expect("forged signature must fail").0;
-            assert!(e.contains("BadSignature"), "{e}");
+            assert_eq!(e, "certificate verify failed: bad signature");
             assert!(client.plaintext().is_empty());
         }
     }
@@ -898,10 +969,19 @@ mod tests {
     }
 
     #[test]
+    fn plaintext_greeting_where_tls_was_expected_is_recognized() {
+        let mut client = TlsStream::client(client_config_no_verify(), "mx.test").unwrap();
+        let e = client.read_tls(b"220 mx.test ESMTP\r\n").unwrap_err();
+        assert_eq!(e.0, "the peer did not answer in TLS");
+        assert!(client.peer_spoke_plaintext());
+    }
+
+    #[test]
     fn garbage_is_a_fatal_error() {
         let mut server = TlsStream::server(test_server_config()).unwrap();
         let e = server.read_tls(b"EHLO x\r\n").unwrap_err();
-        assert!(e.0.starts_with("TLS"), "{e}");
+        assert_eq!(e.0, "the peer did not answer in TLS");
+        assert!(server.peer_spoke_plaintext());
         assert!(server.read_tls(b"\x16\x03\x01").is_err());
         assert!(!server.wants_read());
     }

@@ -57,13 +57,14 @@ pub fn mailq(cfg: Config) -> i32 {
                     RcptStatus::Sent => "sent",
                     RcptStatus::Failed => "failed",
                 };
-                if st.reply.is_empty() {
+                let why = st.describe();
+                if why.is_empty() {
                     println!("{:45}{address} ({state})", "");
                 } else {
                     println!(
                         "{:45}{address} ({state}: {})",
                         "",
-                        crate::logsafe::LogSafe(&st.reply)
+                        crate::logsafe::LogSafe(&why)
                     );
                 }
             }
@@ -147,11 +148,11 @@ pub fn main(cfg: Config, args: &[String]) -> i32 {
                     println!("attempts: {attempts}");
                     for (r, st) in env.recipients.iter().zip(&states) {
                         println!(
-                            "recipient: {} (for {}) {:?} {}",
+                            "recipient: {} (for {}) {} {}",
                             r.final_address(&cfg.hostname),
                             r.original,
-                            st.status,
-                            crate::logsafe::LogSafe(&st.reply)
+                            st.status.name(),
+                            crate::logsafe::LogSafe(&st.describe())
                         );
                     }
                     println!();

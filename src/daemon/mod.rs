@@ -36,7 +36,7 @@ use crate::spool::{Incoming, Spool};
 
 use crate::spool::QueueId;
 use inbound::Inbound;
-use remote::{Delivery, DnsSock};
+use remote::{DnsSock, Outgoing};
 use runner::InFlight;
 
 /// Envelopes kept for messages not yet attempted (beyond this, the first
@@ -163,7 +163,7 @@ pub struct Daemon {
     dns_by_handle: HashMap<QueryHandle, SockId>,
     dns_timer: Option<Instant>,
     lookups: HashMap<LookupId, u64>,
-    deliveries: HashMap<u64, Delivery>,
+    deliveries: HashMap<u64, Outgoing>,
     delivery_seq: u64,
     /// Which delivery owns an outbound socket.
     socket_owner: HashMap<SockId, u64>,

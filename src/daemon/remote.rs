@@ -1,92 +1,50 @@
-//! Running outbound jobs in the loop: DNS through the sans-IO resolver,
-//! non-blocking connects tried host by host and address by address, the
-//! sans-IO SMTP client fed from the socket, and the body streamed from the
-//! spool file with a high-water mark (never the whole body in memory).
-//!
-//! Failure policy (RFC 5321 §5.1 and §4.5.4.1): a connection failure, a
-//! timeout or a whole-session failure moves on to the next address, then
-//! the next MX host (or fallback smarthost); only when every one failed is
-//! the job deferred with the last error. Per-recipient 4xx/5xx replies from
-//! a server that took the transaction are final for this attempt.
+//! Running outbound jobs in the loop: each job is an
+//! [`outbound::machine::Delivery`](crate::outbound::machine::Delivery),
+//! which decides everything (MX walk, address and TLS fallback, deadlines,
+//! connection reuse, outcomes); this module only maps its actions to the
+//! world: DNS questions to the sans-IO resolver and its sockets, connects
+//! and bytes to the reactor (through TLS when asked), the body from the
+//! spool file (streamed with a high-water mark, never whole in memory),
+//! and its reports to the queue runner.
 
-use std::collections::HashMap;
 use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::transport::{Read, Transport};
 use super::{Daemon, Timer};
-use crate::config::{OutboundTls, SmarthostTls};
+use crate::delivery::outcome;
 use crate::dns::{DnsError, LookupId, MxHost, QueryHandle, Transport as DnsTransport};
-use crate::outbound::{Job, Outcome};
+use crate::outbound::machine::{Action, Delivery, Hop, Lookup, Settings};
 use crate::reactor::SockId;
-use crate::smtp::client::{
-    ClientConfig, ClientEvent, ClientSession, Credentials, RcptOutcome, Reply, TlsPolicy,
-    Transaction,
-};
-use crate::spool::RcptStatus;
+use crate::smtp::client::Credentials;
 use crate::tls::TlsStream;
-use std::sync::Arc;
 
-/// How long a finished outbound session waits for another message to the
-/// same destination before QUIT (Postfix's connection cache uses 2 s too).
-pub const OUTBOUND_IDLE_KEEP: Duration = Duration::from_secs(2);
 /// Body bytes read from the spool per step.
 pub const BODY_CHUNK: usize = 16 * 1024;
 /// Bytes read from a peer per wakeup.
 const READ_CHUNK: usize = 4096;
 /// Largest DNS response accepted over TCP.
 const MAX_DNS_TCP: usize = 65535;
+/// Rounds of actions, body, writes and reads per readiness event; a busy
+/// connection comes back next turn (`mark_hot`).
+const PUMP_ROUNDS: usize = 64;
 
-/// One host to try: name, port and (once resolved) addresses.
-struct Hop {
-    name: String,
-    port: u16,
-    addrs: Option<Vec<IpAddr>>,
-}
-
-enum Phase {
-    Resolving(LookupId),
-    Connecting {
-        sock: SockId,
-        addr: SocketAddr,
-        deadline: Instant,
-    },
-    Talking {
-        sock: SockId,
-        addr: SocketAddr,
-        client: Box<ClientSession>,
-        transport: Box<Transport>,
-        /// A STARTTLS handshake is running; `tls_established` follows it.
-        tls_pending: bool,
-        /// The TLS policy this connection uses (for the plaintext fallback).
-        policy: TlsPolicy,
-    },
-}
-
-pub struct Delivery {
-    job: Job,
-    hops: Vec<Hop>,
-    hop: usize,
-    addr: usize,
-    phase: Phase,
+/// One delivery machine and what the daemon holds for it.
+pub struct Outgoing {
+    machine: Delivery,
+    /// The connection, when one is open.
+    sock: Option<SockId>,
+    transport: Transport,
+    /// The TLS handshake of this connection was reported finished.
+    tls_reported: bool,
+    lookup: Option<LookupId>,
     body: Option<crate::spool::Content>,
-    /// After opportunistic TLS failed with this address: plaintext once.
-    plaintext_fallback: Option<SocketAddr>,
-    /// The job's outcomes went to the runner already (the session may stay
-    /// open, idle, for the next job to the same destination).
-    job_reported: bool,
-    /// Idle in the connection cache since then.
-    idle_since: Option<Instant>,
     /// Body bytes read from the spool (`chunk[chunk_pos..chunk_end]` not
-    /// yet taken by the client); sized once, refilled in place.
+    /// yet taken by the machine); sized once, refilled in place.
     chunk: Vec<u8>,
     chunk_pos: usize,
     chunk_end: usize,
-    body_done: bool,
-    last_error: String,
-    /// Outcomes decided so far (index in the job's recipient list).
-    decided: HashMap<usize, Outcome>,
 }
 
 /// A DNS exchange in progress on a socket of its own.
@@ -104,28 +62,14 @@ impl Daemon {
         // Idle cached connections first: a waiting job for the same
         // destination reuses one without a new connect, greeting and EHLO.
         let now = Instant::now();
-        let idle: Vec<(u64, String)> = self
+        let idle: Vec<u64> = self
             .deliveries
             .iter()
-            .filter(|(_, d)| d.idle_since.is_some())
-            .map(|(k, d)| (*k, d.job.domain.clone()))
+            .filter(|(_, d)| d.machine.is_idle())
+            .map(|(k, _)| *k)
             .collect();
-        for (key, domain) in idle {
-            let Some(job) = self.outbound.take_for(&domain) else {
-                continue;
-            };
-            if let Some(d) = self.deliveries.get_mut(&key) {
-                if let Phase::Talking { client, .. } = &mut d.phase {
-                    d.job = job;
-                    d.decided.clear();
-                    d.job_reported = false;
-                    d.idle_since = None;
-                    d.body_done = false;
-                    d.chunk_pos = 0;
-                    d.chunk_end = 0;
-                    client.start_transaction(transaction(&d.job), now);
-                }
-            }
+        for key in idle {
+            self.offer_next_job(key, now);
             self.pump(key, now);
         }
         while let Some(job) = self.outbound.next_startable() {
@@ -134,12 +78,29 @@ impl Daemon {
         self.dns_flush(Instant::now());
     }
 
-    fn start_job(&mut self, job: Job) {
+    /// Gives an idle session the next job to its destination, if any.
+    fn offer_next_job(&mut self, key: u64, now: Instant) {
+        let Some(d) = self.deliveries.get_mut(&key) else {
+            return;
+        };
+        if !d.machine.is_idle() {
+            return;
+        }
+        if let Some(job) = self.outbound.take_for(d.machine.destination()) {
+            d.body = None;
+            d.chunk_pos = 0;
+            d.chunk_end = 0;
+            if let Err(job) = d.machine.next_job(job, now) {
+                self.outbound.submit(job);
+            }
+        }
+    }
+
+    fn start_job(&mut self, job: crate::outbound::Job) {
         let now = Instant::now();
         let key = self.next_delivery_key();
-        if job.domain.is_empty() {
-            let hops = self
-                .outbound
+        let smarthosts = if job.domain.is_empty() {
+            self.outbound
                 .smarthosts
                 .iter()
                 .map(|hp| Hop {
@@ -152,17 +113,27 @@ impl Daemon {
                         .map(|ip| vec![ip])
                         .or_else(|| self.hosts.get(&hp.host.to_ascii_lowercase()).cloned()),
                 })
-                .collect();
-            let d = Delivery::new(job, hops);
-            self.deliveries.insert(key, d);
-            self.advance(key, now);
+                .collect()
         } else {
-            let lookup = self.resolver.resolve_mx(&job.domain, now);
-            self.lookups.insert(lookup, key);
-            let mut d = Delivery::new(job, Vec::new());
-            d.phase = Phase::Resolving(lookup);
-            self.deliveries.insert(key, d);
-        }
+            Vec::new()
+        };
+        let settings = self.outbound_settings(job.domain.is_empty());
+        let machine = Delivery::new(job, smarthosts, settings, now);
+        self.deliveries.insert(
+            key,
+            Outgoing {
+                machine,
+                sock: None,
+                transport: Transport::plain(),
+                tls_reported: false,
+                lookup: None,
+                body: None,
+                chunk: Vec::new(),
+                chunk_pos: 0,
+                chunk_end: 0,
+            },
+        );
+        self.pump(key, now);
     }
 
     fn next_delivery_key(&mut self) -> u64 {
@@ -170,265 +141,27 @@ impl Daemon {
         self.delivery_seq
     }
 
-    /// Moves a delivery to its next address (resolving names as needed) or
-    /// finishes it when nothing is left to try.
-    fn advance(&mut self, key: u64, now: Instant) {
-        loop {
-            let Some(d) = self.deliveries.get_mut(&key) else {
-                return;
-            };
-            let Some(hop) = d.hops.get(d.hop) else {
-                self.finish_delivery(key);
-                return;
-            };
-            let Some(addrs) = &hop.addrs else {
-                let lookup = self.resolver.resolve_host(&hop.name.clone(), now);
-                self.lookups.insert(lookup, key);
-                d.phase = Phase::Resolving(lookup);
-                return;
-            };
-            let Some(ip) = addrs.get(d.addr).copied() else {
-                d.hop += 1;
-                d.addr = 0;
-                continue;
-            };
-            d.addr += 1;
-            let addr = SocketAddr::new(ip, hop.port);
-            match self.reactor.connect(addr) {
-                Ok(sock) => {
-                    let deadline = now + self.cfg.connect_timeout;
-                    d.phase = Phase::Connecting {
-                        sock,
-                        addr,
-                        deadline,
-                    };
-                    self.socket_owner.insert(sock, key);
-                    return;
-                }
-                Err(e) => {
-                    d.last_error = format!("451 4.4.1 connect to {addr}: {e}");
-                    log::debug!("{}: {}", d.job.id, d.last_error);
-                }
-            }
-        }
-    }
-
-    /// A resolver answer for one of our deliveries.
-    fn lookup_done(
-        &mut self,
-        lookup: LookupId,
-        result: Result<Vec<MxHost>, DnsError>,
-        now: Instant,
-    ) {
-        let Some(key) = self.lookups.remove(&lookup) else {
-            return;
-        };
-        let port = self.cfg.mx_port;
-        let hostname = self.cfg.hostname.clone();
-        let Some(d) = self.deliveries.get_mut(&key) else {
-            return;
-        };
-        let is_mx = !d.job.domain.is_empty();
-        match result {
-            Ok(hosts) => {
-                if is_mx {
-                    // RFC 5321 §5.1: when we are one of the MX hosts, only
-                    // more preferred hosts are candidates (else: a loop).
-                    let own = hosts
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case(&hostname))
-                        .map(|h| h.preference);
-                    let hosts: Vec<MxHost> = match own {
-                        Some(p) => hosts.into_iter().filter(|h| h.preference < p).collect(),
-                        None => hosts,
-                    };
-                    if own.is_some() && hosts.is_empty() {
-                        let text =
-                            format!("554 5.4.6 mail for {} loops back to myself", d.job.domain);
-                        d.fail_undecided(&text);
-                        self.finish_delivery(key);
-                        return;
-                    }
-                    d.hops = hosts
-                        .into_iter()
-                        .map(|h| Hop {
-                            name: h.name,
-                            port,
-                            addrs: Some(h.addrs),
-                        })
-                        .collect();
-                    d.hop = 0;
-                } else if let Some(hop) = d.hops.get_mut(d.hop) {
-                    hop.addrs = Some(hosts.into_iter().flat_map(|h| h.addrs).collect());
-                }
-                d.addr = 0;
-                self.advance(key, now);
-            }
-            Err(e) => {
-                let permanent = e.is_permanent();
-                let text = match (&e, is_mx) {
-                    (DnsError::NullMx, _) => format!(
-                        "556 5.1.10 domain {} accepts no mail (null MX)",
-                        d.job.domain
-                    ),
-                    (DnsError::NoSuchDomain, true) => {
-                        format!("550 5.1.2 domain {} does not exist", d.job.domain)
-                    }
-                    (DnsError::NoAddress, true) => {
-                        format!("550 5.1.2 no mail host found for {}", d.job.domain)
-                    }
-                    (e, _) => format!("451 4.4.3 DNS lookup failed: {e}"),
-                };
-                if is_mx && permanent {
-                    d.fail_undecided(&text);
-                    self.finish_delivery(key);
-                } else {
-                    // A smarthost name that does not resolve, or a DNS outage:
-                    // move on to the next host; defer if none is left.
-                    d.last_error = text;
-                    if is_mx {
-                        self.finish_delivery(key);
-                    } else {
-                        d.hop += 1;
-                        d.addr = 0;
-                        self.advance(key, now);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Readiness on an outbound socket (delivery or DNS).
-    pub(super) fn outbound_ready(&mut self, sock: SockId) {
-        if self.dns_socks.contains_key(&sock) {
-            self.dns_ready(sock);
-            return;
-        }
-        let Some(&key) = self.socket_owner.get(&sock) else {
-            self.reactor.close(sock);
-            return;
-        };
-        let now = Instant::now();
-        let Some(d) = self.deliveries.get(&key) else {
-            return;
-        };
-        let smarthost = d.job.domain.is_empty();
-        let name = d
-            .hops
-            .get(d.hop)
-            .map(|h| h.name.clone())
-            .unwrap_or_default();
-        let fallback = d.plaintext_fallback;
-        // The session settings (and the smarthost password file) are read
-        // once, when the connection is made, not at every readiness event.
-        let connecting = matches!(d.phase, Phase::Connecting { .. });
-        let setup = connecting.then(|| {
-            let (client_cfg, implicit) = self.client_config(
-                smarthost,
-                fallback.is_some_and(|a| Some(a) == d.connecting_addr()),
-            );
-            (client_cfg, implicit, self.tls_config_for(smarthost))
-        });
-        let Some(d) = self.deliveries.get_mut(&key) else {
-            return;
-        };
-        if let (Phase::Connecting { sock, addr, .. }, Some((client_cfg, implicit, tls_cfg))) =
-            (&d.phase, setup)
-        {
-            let (sock, addr) = (*sock, *addr);
-            match self.reactor.connect_result(sock) {
-                Ok(false) => return,
-                Ok(true) => {
-                    log::debug!("{}: connected to {addr}", d.job.id);
-                    let policy = client_cfg.tls;
-                    let transport = if implicit {
-                        let Some(tls_cfg) = tls_cfg else {
-                            d.last_error = "451 4.7.5 no trusted CA certificates to verify the smarthost (set tls_ca_file)".into();
-                            self.drop_socket(sock);
-                            self.advance(key, now);
-                            return;
-                        };
-                        match TlsStream::client(tls_cfg, &name) {
-                            Ok(t) => Transport::with_tls(t),
-                            Err(e) => {
-                                d.last_error = format!("451 4.7.5 TLS to {name}: {}", e.0);
-                                self.drop_socket(sock);
-                                self.advance(key, now);
-                                return;
-                            }
-                        }
-                    } else {
-                        Transport::plain()
-                    };
-                    let client = ClientSession::new(client_cfg, now);
-                    d.phase = Phase::Talking {
-                        sock,
-                        addr,
-                        client: Box::new(client),
-                        transport: Box::new(transport),
-                        tls_pending: false,
-                        policy,
-                    };
-                }
-                Err(e) => {
-                    d.last_error = format!("451 4.4.1 connect to {addr}: {e}");
-                    self.drop_socket(sock);
-                    self.advance(key, now);
-                    return;
-                }
-            }
-        }
-        self.pump(key, now);
-    }
-
-    /// The SMTP client settings for one connection, and whether TLS is
-    /// implicit (port 465 style). `no_tls`: the opportunistic plaintext retry.
-    fn client_config(&self, smarthost: bool, no_tls: bool) -> (ClientConfig, bool) {
-        let (tls, implicit) = if smarthost {
-            match self.cfg.smarthost_tls {
-                SmarthostTls::StartTls => (TlsPolicy::Required, false),
-                SmarthostTls::Tls => (TlsPolicy::Never, true),
-                SmarthostTls::None => (TlsPolicy::Never, false),
-            }
-        } else {
-            match self.cfg.outbound_tls {
-                _ if no_tls => (TlsPolicy::Never, false),
-                OutboundTls::Opportunistic => (TlsPolicy::IfOffered, false),
-                OutboundTls::Required => (TlsPolicy::Required, false),
-                OutboundTls::None => (TlsPolicy::Never, false),
-            }
-        };
-        let credentials = if smarthost {
-            self.smarthost_credentials()
-        } else {
-            None
-        };
-        let cfg = ClientConfig {
-            helo_name: self.cfg.hostname.clone(),
-            tls,
-            tls_active: implicit,
-            credentials,
+    /// The machine's view of the configuration; the smarthost password
+    /// file is read here, once per delivery.
+    fn outbound_settings(&self, smarthost: bool) -> Settings {
+        Settings {
+            hostname: self.cfg.hostname.clone(),
+            mx_port: self.cfg.mx_port,
+            outbound_tls: self.cfg.outbound_tls,
+            smarthost_tls: self.cfg.smarthost_tls,
+            credentials: if smarthost {
+                self.smarthost_credentials()
+            } else {
+                None
+            },
+            connect_timeout: self.cfg.connect_timeout,
             reply_timeout: self.cfg.client_timeout,
-            final_timeout: self.cfg.client_timeout * 2,
-        };
-        (cfg, implicit)
-    }
-
-    /// Smarthost and `outbound_tls = required` verify the certificate;
-    /// opportunistic MX TLS encrypts without authenticating (RFC 7435).
-    /// `None`: verification is needed but no trust anchors are loaded (the
-    /// delivery defers; it never falls back to an unverified handshake).
-    fn tls_config_for(&self, smarthost: bool) -> Option<Arc<rustls::ClientConfig>> {
-        let verify = smarthost || self.cfg.outbound_tls == OutboundTls::Required;
-        if verify {
-            self.tls_client.clone()
-        } else {
-            Some(self.tls_client_any.clone())
+            trust_anchors: self.tls_client.is_some(),
         }
     }
 
     /// `smarthost_user` and the first line of `smarthost_password_file`
-    /// (read at each connection, so a changed password needs no reload).
+    /// (read for each delivery, so a changed password needs no reload).
     fn smarthost_credentials(&self) -> Option<Credentials> {
         let user = self.cfg.smarthost_user.clone()?;
         let path = self.cfg.smarthost_password_file.as_ref()?;
@@ -444,304 +177,244 @@ impl Daemon {
         }
     }
 
-    /// Moves bytes between socket, client session and spool file.
-    fn pump(&mut self, key: u64, now: Instant) {
-        let mut reports = Vec::new();
-        self.pump_connection(key, now, &mut reports);
-        for (job, decided) in reports {
-            self.report(job, decided, "");
+    /// A resolver answer for one of our deliveries.
+    fn lookup_done(
+        &mut self,
+        lookup: LookupId,
+        result: Result<Vec<MxHost>, DnsError>,
+        now: Instant,
+    ) {
+        let Some(key) = self.lookups.remove(&lookup) else {
+            return;
+        };
+        let Some(d) = self.deliveries.get_mut(&key) else {
+            return;
+        };
+        d.lookup = None;
+        d.machine.handle_lookup(result, now);
+        self.pump(key, now);
+    }
+
+    /// Readiness on an outbound socket (delivery or DNS).
+    pub(super) fn outbound_ready(&mut self, sock: SockId) {
+        if self.dns_socks.contains_key(&sock) {
+            self.dns_ready(sock);
+            return;
+        }
+        let Some(&key) = self.socket_owner.get(&sock) else {
+            self.reactor.close(sock);
+            return;
+        };
+        let now = Instant::now();
+        let Some(d) = self.deliveries.get_mut(&key) else {
+            return;
+        };
+        if d.machine.is_connecting() {
+            match self.reactor.connect_result(sock) {
+                Ok(false) => return,
+                Ok(true) => {
+                    if let Some(relay) = d.machine.relay() {
+                        log::debug!("{}: connected to {relay}", d.machine.job_id());
+                    }
+                    d.machine.handle_connected(Ok(()), now);
+                }
+                Err(e) => d.machine.handle_connected(Err(outcome::io_words(&e)), now),
+            }
+        }
+        self.pump(key, now);
+    }
+
+    /// Does what a machine asks, one action at a time.
+    fn apply(&mut self, key: u64, action: Action, now: Instant) {
+        let Some(d) = self.deliveries.get_mut(&key) else {
+            return;
+        };
+        match action {
+            Action::Resolve(lookup) => {
+                let id = match lookup {
+                    Lookup::Mx(domain) => self.resolver.resolve_mx(&domain, now),
+                    Lookup::Host(name) => self.resolver.resolve_host(&name, now),
+                };
+                d.lookup = Some(id);
+                self.lookups.insert(id, key);
+            }
+            Action::Connect(addr) => match self.reactor.connect(addr) {
+                Ok(sock) => {
+                    d.sock = Some(sock);
+                    d.transport = Transport::plain();
+                    d.tls_reported = false;
+                    self.socket_owner.insert(sock, key);
+                }
+                Err(e) => {
+                    log::debug!("{}: connect to {addr}: {e}", d.machine.job_id());
+                    d.machine.handle_connected(Err(outcome::io_words(&e)), now);
+                }
+            },
+            Action::StartTls {
+                server_name,
+                verify,
+            } => {
+                let cfg = if verify {
+                    self.tls_client.clone()
+                } else {
+                    Some(self.tls_client_any.clone())
+                };
+                let stream = match cfg {
+                    Some(cfg) => TlsStream::client(cfg, &server_name).map_err(|e| e.0),
+                    None => Err(outcome::tls_no_trust_anchors().text),
+                };
+                match stream {
+                    Ok(t) => {
+                        d.transport.tls = Some(t);
+                        d.tls_reported = false;
+                    }
+                    Err(why) => d.machine.handle_tls_error(&why, false, now),
+                }
+            }
+            Action::OpenBody(id) => match self.spool.open_content(id) {
+                Ok((f, _)) => {
+                    d.body = Some(f);
+                    d.chunk_pos = 0;
+                    d.chunk_end = 0;
+                }
+                Err(e) => {
+                    log::error!("{id}: cannot read queue file: {e}");
+                    d.machine.body_failed(&e.to_string(), now);
+                }
+            },
+            Action::Close => {
+                d.body = None;
+                if let Some(sock) = d.sock.take() {
+                    // The last bytes (a QUIT, a TLS alert) if they fit.
+                    let _ = d.transport.flush(&mut self.reactor, sock);
+                    self.drop_socket(sock);
+                }
+                if let Some(d) = self.deliveries.get_mut(&key) {
+                    d.transport = Transport::plain();
+                }
+            }
+            Action::Report { job, outcomes } => {
+                self.job_done(job.id, outcomes);
+                // Connection reuse: the next job for the same destination
+                // goes over this session (it inherits the slot).
+                self.offer_next_job(key, now);
+            }
         }
     }
 
-    fn pump_connection(
-        &mut self,
-        key: u64,
-        now: Instant,
-        reports: &mut Vec<(Job, HashMap<usize, Outcome>)>,
-    ) {
-        for _ in 0..64 {
+    /// Moves actions, body bytes and socket bytes until nothing moves (or
+    /// the round budget is spent).
+    fn pump(&mut self, key: u64, now: Instant) {
+        for _ in 0..PUMP_ROUNDS {
+            let mut progressed = false;
+            loop {
+                let Some(d) = self.deliveries.get_mut(&key) else {
+                    return;
+                };
+                let Some(action) = d.machine.poll_action() else {
+                    break;
+                };
+                progressed = true;
+                self.apply(key, action, now);
+            }
             let Some(d) = self.deliveries.get_mut(&key) else {
                 return;
             };
-            let Phase::Talking {
-                sock,
-                addr,
-                client,
-                transport,
-                tls_pending,
-                policy,
-            } = &mut d.phase
-            else {
-                return;
-            };
-            let (sock, addr) = (*sock, *addr);
-            let mut progressed = false;
-            // Events first: they may produce output.
-            while let Some(ev) = client.poll_event() {
-                progressed = true;
-                match ev {
-                    ClientEvent::Ready => {
-                        if d.body.is_none() && !d.body_done {
-                            client.start_transaction(transaction(&d.job), now);
-                        } else {
-                            client.quit();
-                        }
-                    }
-                    ClientEvent::WantBody => match self.spool.open_content(d.job.id) {
-                        Ok((f, _)) => d.body = Some(f),
-                        Err(e) => {
-                            log::error!("{}: cannot read queue file: {e}", d.job.id);
-                            client.connection_lost(now);
-                        }
-                    },
-                    ClientEvent::TransactionDone(outcomes) => {
-                        let relay = relay_name(&d.hops, d.hop, addr);
-                        for (i, o) in outcomes.into_iter().enumerate() {
-                            d.decided.insert(i, outcome(o, &relay));
-                        }
-                        d.body = None;
-                        d.body_done = true;
-                        // Connection reuse: the next job for the same
-                        // destination goes over this session (it inherits the slot).
-                        let next = if client.is_closed() {
-                            None
-                        } else {
-                            self.outbound.take_for(&d.job.domain)
-                        };
-                        match next {
-                            Some(next) => {
-                                let done = std::mem::replace(&mut d.job, next);
-                                let decided = std::mem::take(&mut d.decided);
-                                reports.push((done, decided));
-                                d.body_done = false;
-                                d.chunk_pos = 0;
-                                d.chunk_end = 0;
-                                client.start_transaction(transaction(&d.job), now);
-                            }
-                            None => {
-                                // Report now; keep the session open a moment
-                                // for the next message to the same place.
-                                let done = d.job.clone();
-                                let decided = std::mem::take(&mut d.decided);
-                                reports.push((done, decided));
-                                d.job_reported = true;
-                                if !client.is_closed() {
-                                    d.idle_since = Some(now);
-                                }
-                            }
-                        }
-                    }
-                    ClientEvent::SessionFailed(_) if d.job_reported => {
-                        // An idle cached connection went away: nothing is owed.
-                        self.drop_socket(sock);
-                        self.finish_delivery(key);
-                        return;
-                    }
-                    ClientEvent::SessionFailed(o) => {
-                        let relay = relay_name(&d.hops, d.hop, addr);
-                        let o = outcome(o, &relay);
-                        if d.body_done {
-                            // After the transaction (QUIT trouble): nothing to do.
-                        } else if o.status == RcptStatus::Failed
-                            && d.hop + 1 >= d.hops.len()
-                            && d.addrs_left() == 0
-                        {
-                            for i in 0..d.job.recipients.len() {
-                                d.decided.entry(i).or_insert_with(|| o.clone());
-                            }
-                        } else {
-                            d.last_error = o.reply.clone();
-                        }
-                        d.body = None;
-                        self.drop_socket(sock);
-                        if d_finished(self.deliveries.get(&key)) {
-                            self.finish_delivery(key);
-                        } else {
-                            self.advance(key, now);
-                        }
-                        return;
-                    }
-                    ClientEvent::StartTls => {
-                        let name = d
-                            .hops
-                            .get(d.hop)
-                            .map(|h| h.name.clone())
-                            .unwrap_or_default();
-                        let cfg = if *policy == TlsPolicy::IfOffered {
-                            Some(self.tls_client_any.clone())
-                        } else {
-                            self.tls_client.clone()
-                        };
-                        let stream = match cfg {
-                            Some(cfg) => TlsStream::client(cfg, &name),
-                            None => Err(crate::tls::TlsError(
-                                "no trusted CA certificates to verify it (set tls_ca_file)".into(),
-                            )),
-                        };
-                        match stream {
-                            Ok(t) => {
-                                transport.tls = Some(t);
-                                *tls_pending = true;
-                            }
-                            Err(e) => {
-                                d.last_error = format!("451 4.7.5 TLS to {name}: {}", e.0);
-                                client.connection_lost(now);
-                            }
-                        }
-                    }
-                }
-            }
-            // Body: feed the client until it stops taking (high-water mark).
-            if let Some(file) = d.body.as_mut() {
-                loop {
-                    if d.chunk_pos == d.chunk_end {
-                        if d.chunk.len() != BODY_CHUNK {
-                            d.chunk.resize(BODY_CHUNK, 0);
-                        }
-                        match file.read(&mut d.chunk) {
-                            Ok(0) => {
-                                d.chunk_pos = 0;
-                                d.chunk_end = 0;
-                                client.finish_body(now);
-                                d.body = None;
-                                progressed = true;
-                                break;
-                            }
-                            Ok(n) => {
-                                d.chunk_pos = 0;
-                                d.chunk_end = n;
-                            }
-                            Err(e) => {
-                                log::error!("{}: reading queue file: {e}", d.job.id);
-                                d.chunk_pos = 0;
-                                d.chunk_end = 0;
-                                d.body = None;
-                                client.connection_lost(now);
-                                break;
-                            }
-                        }
-                    }
-                    let unsent = d.chunk.get(d.chunk_pos..d.chunk_end).unwrap_or_default();
-                    let took = client.send_body(unsent);
-                    if took == 0 {
-                        break;
-                    }
-                    d.chunk_pos += took;
-                    progressed = true;
-                }
-            }
-            // Feeding the body can settle the transaction (a body that
-            // cannot be downgraded to 7 bits): its events come first.
-            if client.has_events() {
-                continue;
-            }
-            // Write (through TLS when on; nothing goes out mid-handshake but
-            // the handshake itself).
-            while !*tls_pending && !client.poll_transmit().is_empty() {
-                match transport.write(&mut self.reactor, sock, client.poll_transmit()) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        client.consume_transmit(n);
-                        client.note_progress(now);
-                        progressed = true;
-                    }
-                    Err(_) => {
-                        client.connection_lost(now);
-                        progressed = true;
-                        break;
-                    }
-                }
-            }
-            let flushed = transport.flush(&mut self.reactor, sock).unwrap_or(true);
-            if client.is_closed() && client.poll_transmit().is_empty() && flushed {
-                self.drop_socket(sock);
+            if d.machine.is_done() {
                 self.finish_delivery(key);
                 return;
             }
-            // Read.
-            let mut input = Vec::new();
-            match transport.read(&mut self.reactor, sock, &mut input, READ_CHUNK) {
-                Read::Data => {
-                    client.handle_input(&input, now);
-                    progressed = true;
-                }
-                Read::Pending => {}
-                Read::Closed => {
-                    if let Some(e) = transport.tls_error() {
-                        d.last_error = format!("451 4.7.5 TLS with {addr}: {e}");
-                        // Opportunistic TLS that fails: this address once more in plaintext.
-                        if *policy == TlsPolicy::IfOffered && d.plaintext_fallback.is_none() {
-                            log::warn!(
-                                "{}: TLS with {addr} failed ({}); retrying in plaintext",
-                                d.job.id,
-                                crate::logsafe::LogSafe(&e)
-                            );
-                            d.plaintext_fallback = Some(addr);
-                            d.addr = d.addr.saturating_sub(1);
+            // Body: feed the machine until it stops taking (high-water mark).
+            if d.body.is_some() && d.machine.wants_body() {
+                progressed |= feed_body(d, now);
+            }
+            // Nothing is read or written before the connect completes (a
+            // read would take the socket's error from `connect_result`).
+            let sock = d.sock.filter(|_| !d.machine.is_connecting());
+            if let Some(sock) = sock {
+                // Write (through TLS when on).
+                while !d.machine.poll_transmit().is_empty() {
+                    match d
+                        .transport
+                        .write(&mut self.reactor, sock, d.machine.poll_transmit())
+                    {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            d.machine.consume_transmit(n, now);
+                            progressed = true;
+                        }
+                        Err(_) => {
+                            d.machine.handle_closed(now);
+                            progressed = true;
+                            break;
                         }
                     }
-                    client.connection_lost(now);
-                    progressed = true;
                 }
+                let _ = d.transport.flush(&mut self.reactor, sock);
             }
-            if *tls_pending
-                && !transport.is_handshaking()
-                && transport.tls.as_ref().is_some_and(|t| t.error().is_none())
-            {
-                *tls_pending = false;
-                if let Some(desc) = transport
+            // Read, unless the machine has actions first (a Close).
+            let sock = d.sock.filter(|_| !d.machine.is_connecting());
+            if let (Some(sock), false) = (sock, d.machine.has_actions()) {
+                let mut input = Vec::new();
+                match d
+                    .transport
+                    .read(&mut self.reactor, sock, &mut input, READ_CHUNK)
+                {
+                    Read::Data => {
+                        d.machine.handle_input(&input, now);
+                        progressed = true;
+                    }
+                    Read::Pending => {}
+                    Read::Closed => {
+                        match d.transport.tls_error() {
+                            Some(e) => {
+                                let plaintext = d.transport.tls_peer_spoke_plaintext();
+                                d.machine.handle_tls_error(&e, plaintext, now)
+                            }
+                            None => d.machine.handle_closed(now),
+                        }
+                        progressed = true;
+                    }
+                }
+                let handshake_done = d
+                    .transport
                     .tls
                     .as_ref()
-                    .and_then(|t| t.protocol_description())
-                {
-                    log::debug!("{}: TLS with {addr}: {desc}", d.job.id);
+                    .is_some_and(|t| !t.is_handshaking() && t.error().is_none());
+                if handshake_done && !d.tls_reported && d.sock.is_some() {
+                    d.tls_reported = true;
+                    if let Some(desc) = d
+                        .transport
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.protocol_description())
+                    {
+                        log::debug!("{}: TLS: {desc}", d.machine.job_id());
+                    }
+                    d.machine.handle_tls_established(now);
+                    progressed = true;
                 }
-                client.tls_established(now);
-                progressed = true;
             }
             if !progressed {
                 return;
             }
         }
         // Budget spent: come back next turn.
-        if let Some(Delivery {
-            phase: Phase::Talking { sock, .. },
-            ..
-        }) = self.deliveries.get(&key)
-        {
-            let s = *sock;
+        if let Some(s) = self.deliveries.get(&key).and_then(|d| d.sock) {
             self.reactor.mark_hot(s);
         }
     }
 
-    /// The tick: connects and client sessions whose deadline passed.
+    /// The tick: deadlines of the machines (connects, replies, idle
+    /// sessions), and at shutdown the idle sessions' QUIT.
     pub(super) fn sweep_outbound(&mut self, now: Instant) {
-        // Cached connections idle for too long (or all of them at shutdown).
-        let stale: Vec<u64> = self
-            .deliveries
-            .iter()
-            .filter(|(_, d)| {
-                d.idle_since
-                    .is_some_and(|t| self.stopping.is_some() || t + OUTBOUND_IDLE_KEEP <= now)
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        for key in stale {
-            if let Some(d) = self.deliveries.get_mut(&key) {
-                d.idle_since = None;
-                if let Phase::Talking { client, .. } = &mut d.phase {
-                    client.quit();
-                }
-            }
-            self.pump(key, now);
-        }
+        let stopping = self.stopping.is_some();
         let due: Vec<u64> = self
             .deliveries
             .iter()
-            .filter(|(_, d)| match &d.phase {
-                Phase::Connecting { deadline, .. } => *deadline <= now,
-                Phase::Talking { client, .. } => client.poll_timeout().is_some_and(|t| t <= now),
-                Phase::Resolving(_) => false,
+            .filter(|(_, d)| {
+                (stopping && d.machine.is_idle())
+                    || d.machine.poll_timeout().is_some_and(|t| t <= now)
             })
             .map(|(k, _)| *k)
             .collect();
@@ -749,32 +422,11 @@ impl Daemon {
             let Some(d) = self.deliveries.get_mut(&key) else {
                 continue;
             };
-            match &mut d.phase {
-                Phase::Connecting { addr, sock, .. } => {
-                    d.last_error = format!("451 4.4.1 connect to {addr}: timed out");
-                    let s = *sock;
-                    self.drop_socket(s);
-                    self.advance(key, now);
-                }
-                Phase::Talking { client, .. } => {
-                    client.handle_timeout(now);
-                    self.pump(key, now);
-                    // A peer that stopped reading cannot take the last
-                    // (TLS) bytes either: a timed-out session is dropped.
-                    if let Some(Delivery {
-                        phase: Phase::Talking { client, sock, .. },
-                        ..
-                    }) = self.deliveries.get(&key)
-                    {
-                        if client.is_closed() && client.poll_timeout().is_none() {
-                            let s = *sock;
-                            self.drop_socket(s);
-                            self.finish_delivery(key);
-                        }
-                    }
-                }
-                Phase::Resolving(_) => {}
+            if stopping {
+                d.machine.shutdown(now);
             }
+            d.machine.handle_timeout(now);
+            self.pump(key, now);
         }
     }
 
@@ -783,45 +435,18 @@ impl Daemon {
         self.socket_owner.remove(&sock);
     }
 
-    /// Reports a delivery's outcomes to the runner and frees its slot.
+    /// A machine is done: its slot is free.
     fn finish_delivery(&mut self, key: u64) {
-        let Some(mut d) = self.deliveries.remove(&key) else {
+        let Some(d) = self.deliveries.remove(&key) else {
             return;
         };
-        match &d.phase {
-            Phase::Connecting { sock, .. } | Phase::Talking { sock, .. } => {
-                let s = *sock;
-                self.drop_socket(s);
-            }
-            Phase::Resolving(l) => {
-                self.lookups.remove(l);
-            }
+        if let Some(s) = d.sock {
+            self.drop_socket(s);
         }
-        self.outbound.finished(&d.job.domain);
-        if !d.job_reported {
-            let decided = std::mem::take(&mut d.decided);
-            self.report(d.job, decided, &d.last_error);
+        if let Some(l) = d.lookup {
+            self.lookups.remove(&l);
         }
-    }
-
-    /// Hands a job's outcomes to the runner; recipients without one are
-    /// deferred with the last error seen.
-    fn report(&mut self, job: Job, mut decided: HashMap<usize, Outcome>, last_error: &str) {
-        let last = if last_error.is_empty() {
-            "451 4.4.1 no destination could be reached".to_string()
-        } else {
-            last_error.to_string()
-        };
-        let mut outcomes = Vec::with_capacity(job.recipients.len());
-        for (j, (index, _)) in job.recipients.iter().enumerate() {
-            let o = decided.remove(&j).unwrap_or_else(|| Outcome {
-                status: RcptStatus::Deferred,
-                reply: last.clone(),
-                relay: "none".into(),
-            });
-            outcomes.push((*index, o));
-        }
-        self.job_done(job.id, outcomes);
+        self.outbound.finished(d.machine.destination());
     }
 
     // --- DNS ---------------------------------------------------------------------
@@ -971,84 +596,39 @@ impl Daemon {
     }
 }
 
-impl Delivery {
-    fn new(job: Job, hops: Vec<Hop>) -> Delivery {
-        Delivery {
-            job,
-            hops,
-            hop: 0,
-            addr: 0,
-            phase: Phase::Resolving(LookupId(0)),
-            body: None,
-            plaintext_fallback: None,
-            job_reported: false,
-            idle_since: None,
-            chunk: Vec::new(),
-            chunk_pos: 0,
-            chunk_end: 0,
-            body_done: false,
-            last_error: String::new(),
-            decided: HashMap::new(),
+/// Streams body bytes from the spool file into the machine until it takes
+/// no more; returns whether anything moved.
+fn feed_body(d: &mut Outgoing, now: Instant) -> bool {
+    let mut progressed = false;
+    while let Some(file) = d.body.as_mut() {
+        if d.chunk_pos == d.chunk_end {
+            if d.chunk.len() != BODY_CHUNK {
+                d.chunk.resize(BODY_CHUNK, 0);
+            }
+            d.chunk_pos = 0;
+            d.chunk_end = 0;
+            match file.read(&mut d.chunk) {
+                Ok(0) => {
+                    d.body = None;
+                    d.machine.finish_body(now);
+                    return true;
+                }
+                Ok(n) => d.chunk_end = n,
+                Err(e) => {
+                    log::error!("{}: reading queue file: {e}", d.machine.job_id());
+                    d.body = None;
+                    d.machine.body_failed(&e.to_string(), now);
+                    return true;
+                }
+            }
         }
-    }
-
-    /// Fails every recipient without an outcome yet (a permanent answer
-    /// about the destination itself, before any SMTP).
-    fn fail_undecided(&mut self, reply: &str) {
-        for i in 0..self.job.recipients.len() {
-            self.decided.entry(i).or_insert_with(|| Outcome {
-                status: RcptStatus::Failed,
-                reply: reply.to_string(),
-                relay: "none".into(),
-            });
+        let unsent = d.chunk.get(d.chunk_pos..d.chunk_end).unwrap_or_default();
+        let took = d.machine.send_body(unsent, now);
+        if took == 0 {
+            break;
         }
+        d.chunk_pos += took;
+        progressed = true;
     }
-
-    /// The address of the connection being set up.
-    fn connecting_addr(&self) -> Option<SocketAddr> {
-        match self.phase {
-            Phase::Connecting { addr, .. } => Some(addr),
-            _ => None,
-        }
-    }
-
-    fn addrs_left(&self) -> usize {
-        self.hops
-            .get(self.hop)
-            .and_then(|h| h.addrs.as_ref())
-            .map_or(0, |a| a.len().saturating_sub(self.addr))
-    }
-}
-
-/// Every recipient has an outcome already.
-fn d_finished(d: Option<&Delivery>) -> bool {
-    d.is_some_and(|d| d.decided.len() == d.job.recipients.len())
-}
-
-fn transaction(job: &Job) -> Transaction {
-    Transaction {
-        sender: job.sender.clone(),
-        recipients: job.recipients.iter().map(|(_, a)| a.clone()).collect(),
-        size: job.size,
-        eight_bit: job.eight_bit,
-        smtputf8: false,
-    }
-}
-
-fn relay_name(hops: &[Hop], hop: usize, addr: SocketAddr) -> String {
-    let name = hops.get(hop).map_or("unknown", |h| h.name.as_str());
-    format!("{name}[{}]:{}", addr.ip(), addr.port())
-}
-
-fn outcome(o: RcptOutcome, relay: &str) -> Outcome {
-    let (status, reply): (RcptStatus, Reply) = match o {
-        RcptOutcome::Delivered(r) => (RcptStatus::Sent, r),
-        RcptOutcome::Deferred(r) => (RcptStatus::Deferred, r),
-        RcptOutcome::Failed(r) => (RcptStatus::Failed, r),
-    };
-    Outcome {
-        status,
-        reply: format!("{relay} said: {reply}"),
-        relay: relay.to_string(),
-    }
+    progressed
 }

@@ -15,9 +15,10 @@ use super::{mono_now, unix_now, Daemon};
 use crate::bounce::{
     build_bounce, header_block, rfc5322_date, Action, BounceInput, FailedRecipient,
 };
-use crate::delivery::local::{Format, LocalDelivery, LocalError};
+use crate::delivery::local::{Format, LocalDelivery};
+use crate::delivery::outcome::{self, Origin, Outcome, Reason};
 use crate::delivery::{Destination, Mailbox, Refusal};
-use crate::outbound::{Job, Outcome};
+use crate::outbound::Job;
 use crate::queue::{after_attempt, Disposition, Rules};
 use crate::smtp::address::Address;
 use crate::spool::envelope::Recipient;
@@ -169,16 +170,13 @@ impl Daemon {
                 }
                 Destination::Refused(why) => {
                     tried = true;
-                    let reply = why.reply().to_string();
-                    log::info!(
-                        "{id}: to=<{}> relay=none delay=0 dsn={} status=bounced ({reply})",
-                        rcpt.original,
-                        why.reply().status
-                    );
-                    *state = RcptState {
-                        status: RcptStatus::Failed,
-                        reply,
+                    let reason = match why {
+                        Refusal::UnknownUser => outcome::local_unknown_user(&rcpt.original),
+                        Refusal::BadMailboxName => outcome::local_bad_mailbox_name(&rcpt.original),
                     };
+                    let o = Outcome::Failed(reason);
+                    log_outcome(id, &rcpt.original, 0, &o);
+                    *state = RcptState::from_outcome(o);
                 }
             }
         }
@@ -238,7 +236,7 @@ impl Daemon {
         let result = self
             .spool
             .open_content(id)
-            .map_err(|e| LocalError::Temporary(format!("451 4.3.0 cannot read queue file: {e}")))
+            .map_err(|e| outcome::queue_file_unreadable(&outcome::io_words(&e)))
             .and_then(|(file, _)| {
                 local.deliver(user, &env.sender, &rcpt.original, file, now, self.local_seq)
             });
@@ -249,32 +247,16 @@ impl Daemon {
                     "{id}: to=<{}> mailbox={user} relay=local delay={delay} dsn=2.0.0 status=sent ({place})",
                     rcpt.original
                 );
-                RcptState {
-                    status: RcptStatus::Sent,
-                    reply: place,
-                }
+                RcptState::from_outcome(Outcome::Delivered { relay: place })
             }
-            Err(LocalError::Temporary(why)) => {
+            Err(reason) => {
+                let o = Outcome::from_reason(reason);
                 log::warn!(
-                    "{id}: to=<{}> mailbox={user} relay=local delay={delay} dsn={} status=deferred ({why})",
+                    "{id}: to=<{}> mailbox={user} relay=local delay={delay} {}",
                     rcpt.original,
-                    status_code(&why)
+                    Fields(&o)
                 );
-                RcptState {
-                    status: RcptStatus::Deferred,
-                    reply: why,
-                }
-            }
-            Err(LocalError::Permanent(why)) => {
-                log::warn!(
-                    "{id}: to=<{}> mailbox={user} relay=local delay={delay} dsn={} status=bounced ({why})",
-                    rcpt.original,
-                    status_code(&why)
-                );
-                RcptState {
-                    status: RcptStatus::Failed,
-                    reply: why,
-                }
+                RcptState::from_outcome(o)
             }
         }
     }
@@ -296,25 +278,8 @@ impl Daemon {
                 .recipients
                 .get(i)
                 .map_or(String::new(), |r| r.final_address(&self.cfg.hostname));
-            let status = match o.status {
-                RcptStatus::Sent => "sent",
-                RcptStatus::Failed => "bounced",
-                _ => "deferred",
-            };
-            log::info!(
-                "{id}: to=<{addr}> relay={} delay={delay} dsn={} status={status} ({})",
-                o.relay,
-                if o.status == RcptStatus::Sent {
-                    "2.0.0".to_string()
-                } else {
-                    status_code(&o.reply)
-                },
-                crate::logsafe::LogSafe(&o.reply)
-            );
-            *st = RcptState {
-                status: o.status,
-                reply: o.reply,
-            };
+            log_outcome(id, &addr, delay, &o);
+            *st = RcptState::from_outcome(o);
         }
         flight.outstanding = flight.outstanding.saturating_sub(1);
         if flight.outstanding == 0 {
@@ -337,13 +302,21 @@ impl Daemon {
         };
         let disposition = after_attempt(age, attempts, flight.tried, &rules);
         if open && disposition == Disposition::Expire {
-            for st in flight.states.iter_mut().filter(|s| !s.status.is_final()) {
-                let last = std::mem::take(&mut st.reply);
-                st.status = RcptStatus::Failed;
-                st.reply =
-                    format!("5.4.7 message expired after {age}s in the queue; last error: {last}");
+            let held = held_for(age);
+            let now = unix_now();
+            let delay = now.saturating_sub(flight.env.arrival);
+            for (rcpt, st) in flight
+                .env
+                .recipients
+                .iter()
+                .zip(flight.states.iter_mut())
+                .filter(|(_, s)| !s.status.is_final())
+            {
+                let o = Outcome::Failed(outcome::expired(&held, st.reason.as_ref()));
+                log_outcome(id, &rcpt.final_address(&self.cfg.hostname), delay, &o);
+                *st = RcptState::from_outcome(o);
             }
-            log::warn!("{id}: expired after {attempts} attempt(s), {age}s in the queue");
+            log::warn!("{id}: expired after {attempts} attempt(s), {held} in the queue");
         }
         // One report per attempt for the recipients that failed in it
         // (usually the only one: most messages finish in one attempt).
@@ -387,13 +360,7 @@ impl Daemon {
         }
         let failed: Vec<FailedRecipient> = flight
             .newly_failed()
-            .map(|(r, s)| FailedRecipient {
-                address: r.final_address(&self.cfg.hostname),
-                status: status_code(&s.reply),
-                action: Action::Failed,
-                remote_mta: relay_of(&s.reply),
-                diagnostic: Some(format!("smtp; {}", s.reply)),
-            })
+            .map(|(r, s)| failed_recipient(r.final_address(&self.cfg.hostname), s))
             .collect();
         let headers = self.original_headers(id);
         let now = unix_now();
@@ -487,48 +454,130 @@ impl Daemon {
     }
 }
 
-/// The enhanced status code in a reply text ("550 5.1.1 ..."), or a
-/// generic one for its class.
-fn status_code(reply: &str) -> String {
-    let is_esc = |w: &str| {
-        let p: Vec<&str> = w.split('.').collect();
-        p.len() == 3
-            && matches!(p.first(), Some(&("2" | "4" | "5")))
-            && p.iter()
-                .all(|x| !x.is_empty() && x.len() <= 3 && x.bytes().all(|b| b.is_ascii_digit()))
-    };
-    if let Some(w) = reply.split_whitespace().find(|w| is_esc(w)) {
-        return w.to_string();
-    }
-    let class = reply
-        .split_whitespace()
-        .find(|w| w.len() == 3 && w.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|w| w.chars().next());
-    match class {
-        Some('4') => "4.0.0".into(),
-        _ => "5.0.0".into(),
+/// A failed recipient in the report: the reason's status; the server's
+/// name and its reply as `Diagnostic-Code` only when a server said it;
+/// the sentence for the human part.
+fn failed_recipient(address: String, state: &RcptState) -> FailedRecipient {
+    let reason = state.reason.as_ref();
+    let remote = reason.and_then(|r| r.origin.relay());
+    FailedRecipient {
+        address,
+        status: reason.map_or("5.0.0".into(), |r| r.status.to_string()),
+        action: Action::Failed,
+        // `host[ip]:port` → host.
+        remote_mta: remote.map(|relay| relay.split('[').next().unwrap_or(relay).to_string()),
+        diagnostic: reason
+            .filter(|r| matches!(r.origin, Origin::Remote { .. }))
+            .map(|r| format!("smtp; {} {} {}", r.code, r.status, r.text)),
+        explanation: reason.map(Reason::to_string),
     }
 }
 
-/// Outbound replies are stored as "host[ip]:port said: 550 ..."; returns the host.
-fn relay_of(reply: &str) -> Option<String> {
-    let (head, _) = reply.split_once(" said: ")?;
-    Some(head.split('[').next().unwrap_or(head).to_string())
+/// The outcome part of a log line: `relay=... dsn=... status=... (sentence)`.
+struct Fields<'a>(&'a Outcome);
+
+impl std::fmt::Display for Fields<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Outcome::Delivered { relay } => {
+                write!(f, "relay={relay} dsn=2.0.0 status=sent")
+            }
+            Outcome::Deferred(r) | Outcome::Failed(r) => {
+                let status = match self.0 {
+                    Outcome::Failed(_) => "bounced",
+                    _ => "deferred",
+                };
+                write!(
+                    f,
+                    "relay={} dsn={} status={status} ({})",
+                    r.origin.relay().unwrap_or("none"),
+                    r.status,
+                    crate::logsafe::LogSafe(&r.to_string())
+                )
+            }
+        }
+    }
+}
+
+fn log_outcome(id: QueueId, addr: &str, delay: u64, o: &Outcome) {
+    let fields = Fields(o);
+    match o {
+        Outcome::Delivered { .. } => log::info!("{id}: to=<{addr}> delay={delay} {fields}"),
+        _ => log::warn!("{id}: to=<{addr}> delay={delay} {fields}"),
+    }
+}
+
+/// A queue age in words: "5d", "3h", "12m", "40s" (whole units, largest).
+fn held_for(age: u64) -> String {
+    match age {
+        a if a >= 86_400 && a.is_multiple_of(86_400) => format!("{}d", a / 86_400),
+        a if a >= 3600 && a.is_multiple_of(3600) => format!("{}h", a / 3600),
+        a if a >= 60 && a.is_multiple_of(60) => format!("{}m", a / 60),
+        a => format!("{a}s"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::outcome::Status;
 
     #[test]
-    fn status_codes_from_replies() {
-        assert_eq!(status_code("550 5.1.1 no such user"), "5.1.1");
-        assert_eq!(status_code("554 denied"), "5.0.0");
-        assert_eq!(status_code("4.4.7 message expired"), "4.4.7");
+    fn log_fields_come_from_the_outcome() {
+        let refused = Outcome::Deferred(outcome::connect_failed(
+            "127.0.0.1:25",
+            "connection refused",
+        ));
         assert_eq!(
-            status_code("mx.example[192.0.2.1]:25 said: 550 5.7.1 no"),
-            "5.7.1"
+            Fields(&refused).to_string(),
+            "relay=none dsn=4.4.1 status=deferred (451 4.4.1 cannot connect to 127.0.0.1:25: connection refused)"
         );
-        assert_eq!(status_code("451 try later"), "4.0.0");
+        let said = Outcome::Failed(Reason::remote(
+            "mx.example[192.0.2.1]:25",
+            550,
+            Status::parse("5.1.1"),
+            "no such user",
+        ));
+        assert_eq!(
+            Fields(&said).to_string(),
+            "relay=mx.example[192.0.2.1]:25 dsn=5.1.1 status=bounced (mx.example[192.0.2.1]:25 said: 550 5.1.1 no such user)"
+        );
+        let sent = Outcome::Delivered {
+            relay: "mx[192.0.2.1]:25".into(),
+        };
+        assert_eq!(
+            Fields(&sent).to_string(),
+            "relay=mx[192.0.2.1]:25 dsn=2.0.0 status=sent"
+        );
+    }
+
+    #[test]
+    fn bounce_fields_only_name_a_server_that_said_something() {
+        let said = RcptState::from_outcome(Outcome::Failed(Reason::remote(
+            "mx.example[192.0.2.1]:25",
+            550,
+            Status::parse("5.1.1"),
+            "no such user",
+        )));
+        let r = failed_recipient("a@x".into(), &said);
+        assert_eq!(r.status, "5.1.1");
+        assert_eq!(r.remote_mta.as_deref(), Some("mx.example"));
+        assert_eq!(
+            r.diagnostic.as_deref(),
+            Some("smtp; 550 5.1.1 no such user")
+        );
+        let expired = RcptState::from_outcome(Outcome::Failed(outcome::expired(
+            &held_for(5 * 86_400),
+            said.reason.as_ref(),
+        )));
+        let r = failed_recipient("a@x".into(), &expired);
+        assert_eq!(r.status, "5.4.7");
+        assert_eq!((r.remote_mta, r.diagnostic), (None, None));
+        assert!(r
+            .explanation
+            .unwrap()
+            .starts_with("554 5.4.7 message expired after 5d"));
+        assert_eq!(held_for(90), "90s");
+        assert_eq!(held_for(7200), "2h");
     }
 }

@@ -66,6 +66,11 @@ impl Transport {
             .map(|e| e.0.clone())
     }
 
+    /// The TLS handshake met plaintext (see `TlsStream::peer_spoke_plaintext`).
+    pub fn tls_peer_spoke_plaintext(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.peer_spoke_plaintext())
+    }
+
     pub fn is_handshaking(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| t.is_handshaking())
     }

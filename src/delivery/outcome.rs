@@ -14,6 +14,8 @@
 
 use std::fmt;
 
+use crate::smtp::client::{Own, Reply};
+
 /// An RFC 3463 enhanced status code: class (2, 4, 5), subject, detail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Status {
@@ -171,11 +173,12 @@ impl Reason {
     }
 }
 
-/// Line ends and other control characters become spaces: a reason is one
-/// line in the state file, the log and the bounce.
-fn one_line(s: &str) -> String {
+/// Line ends become spaces: a reason is one line in the state file, the
+/// log and the bounce. Other control characters stay as the server sent
+/// them; every display escapes them (`logsafe`, the bounce's `clean`).
+pub fn one_line(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| if matches!(c, '\r' | '\n') { ' ' } else { c })
         .collect()
 }
 
@@ -375,6 +378,125 @@ pub fn queue_file_unreadable(why: &str) -> Reason {
     )
 }
 
+/// Implicit TLS (`smarthost_tls = tls`) met a server that greets in
+/// plaintext.
+pub fn tls_plaintext_greeting(peer: &str) -> Reason {
+    tls_mode_mismatch(
+        peer,
+        "the server speaks plain SMTP first; set smarthost_tls = starttls",
+    )
+}
+
+/// Where implicit TLS is the rule (port 465, RFC 8314), the server sends
+/// nothing until the client's TLS hello: a plaintext client waits for a
+/// greeting that never comes.
+pub const IMPLICIT_TLS_PORT: u16 = 465;
+
+/// A plaintext session to port 465 timed out before any greeting.
+pub fn tls_implicit_port(peer: &str) -> Reason {
+    tls_mode_mismatch(
+        peer,
+        "port 465 speaks implicit TLS; set smarthost_tls = tls",
+    )
+}
+
+/// What the SMTP client reports as a reason: the server's words when it
+/// said them (`Remote`), else tern's own (timeout, lost connection, TLS
+/// policy, protocol), never presented as something the server said.
+pub fn from_client(r: &Reply, peer: &str) -> Reason {
+    let status = r.enhanced().map(|(c, s, d)| Status::new(c, s, d));
+    let all = r.text();
+    let text = match status {
+        Some(_) => all.split_once(' ').map_or("", |(_, rest)| rest),
+        None => all.as_str(),
+    };
+    let status_or_generic = status.unwrap_or_else(|| Status::generic(r.code));
+    match r.own {
+        None => Reason::remote(peer, r.code, status, text),
+        Some(Own::Timeout(what)) => timeout(peer, what),
+        Some(Own::ConnectionLost) => connection_lost(peer),
+        Some(Own::Tls) => smtp_client(Origin::Tls, peer, r.code, status_or_generic, text),
+        Some(Own::Protocol | Own::Client) => {
+            smtp_client(Origin::Protocol, peer, r.code, status_or_generic, text)
+        }
+    }
+}
+
+/// A reply the SMTP client made up itself about a session with `peer`
+/// (STARTTLS not offered, a malformed reply, a message over the server's
+/// SIZE...): the client's code and text, marked as tern's and naming the
+/// server. Timeouts and lost connections go through [`timeout`] and
+/// [`connection_lost`].
+pub fn smtp_client(origin: Origin, peer: &str, code: u16, status: Status, text: &str) -> Reason {
+    Reason::new(origin, code, status, format!("{text} (server {peer})"))
+}
+
+/// Local delivery: no such user or mailbox (a sendmail drop to an unknown
+/// local address).
+pub fn local_unknown_user(address: &str) -> Reason {
+    Reason::new(
+        Origin::Local,
+        550,
+        Status::new(5, 1, 1),
+        format!("no such user here: {address}"),
+    )
+}
+
+/// Local delivery: the local part cannot name a mailbox.
+pub fn local_bad_mailbox_name(address: &str) -> Reason {
+    Reason::new(
+        Origin::Local,
+        550,
+        Status::new(5, 1, 3),
+        format!("{address} cannot name a local mailbox"),
+    )
+}
+
+/// Local delivery: the mailbox file is locked by another program.
+pub fn local_mailbox_locked(mailbox: &str) -> Reason {
+    Reason::new(
+        Origin::Local,
+        451,
+        Status::new(4, 2, 0),
+        format!("mailbox {mailbox} is locked"),
+    )
+}
+
+/// Local delivery: the file system or the user's quota is full.
+pub fn local_mailbox_full(mailbox: &str) -> Reason {
+    Reason::new(
+        Origin::Local,
+        452,
+        Status::new(4, 2, 2),
+        format!("mailbox {mailbox} is full (no space left)"),
+    )
+}
+
+/// Local delivery: writing the mailbox failed; `why` is the system's words.
+pub fn local_write_failed(mailbox: &str, why: &str) -> Reason {
+    Reason::new(
+        Origin::Local,
+        451,
+        Status::new(4, 3, 0),
+        format!("cannot write to mailbox {mailbox}: {why}"),
+    )
+}
+
+/// An I/O error in the system's words ("connection refused"), without the
+/// "(os error 111)" Rust appends.
+pub fn io_words(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let words = match text.rsplit_once(" (os error ") {
+        Some((words, _)) => words,
+        None => text.as_str(),
+    };
+    let mut chars = words.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,5 +566,61 @@ mod tests {
         assert!(r.is_permanent());
         assert_eq!(r.status, Status::new(5, 4, 7));
         assert!(r.text.contains("SERVFAIL"), "{r}");
+    }
+
+    fn client_reply(code: u16, text: &str, own: Option<Own>) -> Reply {
+        Reply {
+            code,
+            lines: vec![text.to_string()],
+            own,
+        }
+    }
+
+    #[test]
+    fn client_replies_keep_who_said_them() {
+        let peer = "mx.example[192.0.2.1]:25";
+        let said = from_client(&client_reply(535, "5.7.8 bad credentials", None), peer);
+        assert_eq!(
+            said.to_string(),
+            "mx.example[192.0.2.1]:25 said: 535 5.7.8 bad credentials"
+        );
+        let plain = from_client(&client_reply(554, "go away", None), peer);
+        assert_eq!(
+            (plain.status, plain.text.as_str()),
+            (Status::new(5, 0, 0), "go away")
+        );
+        let own = |code, text, own| from_client(&client_reply(code, text, Some(own)), peer);
+        let t = own(
+            451,
+            "4.4.2 timeout waiting for the greeting",
+            Own::Timeout("the greeting"),
+        );
+        assert_eq!(t.origin, Origin::Timeout);
+        assert_eq!(
+            t.to_string(),
+            "451 4.4.2 timeout waiting for the greeting from mx.example[192.0.2.1]:25"
+        );
+        let lost = own(451, "4.4.2 connection lost", Own::ConnectionLost);
+        assert_eq!(
+            lost.to_string(),
+            "451 4.4.2 connection to mx.example[192.0.2.1]:25 lost"
+        );
+        let tls = own(454, "4.7.0 TLS required but STARTTLS not offered", Own::Tls);
+        assert_eq!(tls.origin, Origin::Tls);
+        assert_eq!(
+            tls.to_string(),
+            "454 4.7.0 TLS required but STARTTLS not offered (server mx.example[192.0.2.1]:25)"
+        );
+        let big = own(552, "5.3.4 message size exceeds", Own::Client);
+        assert_eq!((&big.origin, big.code), (&Origin::Protocol, 552));
+        for r in [t, lost, tls, big] {
+            assert!(!r.to_string().contains("said:"), "{r}");
+        }
+    }
+
+    #[test]
+    fn io_errors_in_words() {
+        let e = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(io_words(&e), "connection refused");
     }
 }

@@ -70,19 +70,43 @@ pub const MAX_REPLY_LINES: usize = 100;
 /// `send_body` takes nothing while this many bytes wait to be written.
 pub const BODY_HIGH_WATER: usize = 16 * 1024;
 
-/// Synthesized replies: (code, enhanced status and text).
-const NOT_READY: (u16, &str) = (451, "4.3.0 client session not ready for a transaction");
-const ABORTED: (u16, &str) = (451, "4.3.0 delivery aborted by the client");
-const TIMEOUT: (u16, &str) = (451, "4.4.2 timeout waiting for the server");
-const CONNECTION_LOST: (u16, &str) = (451, "4.4.2 connection lost");
-const PROTOCOL_ERROR: (u16, &str) = (451, "4.5.0 SMTP protocol error from the server");
-const TLS_NOT_OFFERED: (u16, &str) = (454, "4.7.0 TLS required but STARTTLS not offered");
-const AUTH_NEEDS_TLS: (u16, &str) = (454, "4.7.0 refusing to send credentials without TLS");
-const NO_AUTH_MECHANISM: (u16, &str) = (454, "4.7.0 server offers no supported AUTH mechanism");
-const BAD_SENDER: (u16, &str) = (553, "5.1.7 invalid sender address");
-const BAD_RECIPIENT: (u16, &str) = (553, "5.1.3 invalid recipient address");
-const SMTPUTF8_NOT_OFFERED: (u16, &str) =
-    (553, "5.6.7 SMTPUTF8 required but not offered by the server");
+/// Synthesized replies: (code, enhanced status and text, why tern made it
+/// up). They reach the daemon marked as the client's own ([`Reply::own`]),
+/// never as something the server said.
+type Synth = (u16, &'static str, Own);
+const NOT_READY: Synth = (
+    451,
+    "4.3.0 client session not ready for a transaction",
+    Own::Client,
+);
+const ABORTED: Synth = (451, "4.3.0 delivery aborted by the client", Own::Client);
+const CONNECTION_LOST: Synth = (451, "4.4.2 connection lost", Own::ConnectionLost);
+const PROTOCOL_ERROR: Synth = (
+    451,
+    "4.5.0 SMTP protocol error from the server",
+    Own::Protocol,
+);
+const TLS_NOT_OFFERED: Synth = (454, "4.7.0 TLS required but STARTTLS not offered", Own::Tls);
+const AUTH_NEEDS_TLS: Synth = (
+    454,
+    "4.7.0 refusing to send credentials without TLS",
+    Own::Tls,
+);
+const NO_AUTH_MECHANISM: Synth = (
+    454,
+    "4.7.0 server offers no supported AUTH mechanism",
+    Own::Protocol,
+);
+const BAD_SENDER: Synth = (553, "5.1.7 invalid sender address", Own::Client);
+const BAD_RECIPIENT: Synth = (553, "5.1.3 invalid recipient address", Own::Client);
+const SMTPUTF8_NOT_OFFERED: Synth = (
+    553,
+    "5.6.7 SMTPUTF8 required but not offered by the server",
+    Own::Client,
+);
+/// No reply in time: 4.4.2, "timeout waiting for" what was awaited.
+const TIMEOUT_CODE: u16 = 451;
+const TIMEOUT_TEXT: &str = "4.4.2 timeout waiting for";
 const TOO_BIG_CODE: u16 = 552;
 /// A body that cannot go to a 7-bit server (RFC 3463 5.6.3); the reason follows.
 const NOT_CONVERTIBLE_CODE: u16 = 554;
@@ -90,11 +114,30 @@ const NOT_CONVERTIBLE_TEXT: &str =
     "5.6.3 message content cannot be converted to 7bit for a server without 8BITMIME:";
 const TOO_BIG_TEXT: &str = "5.3.4 message size exceeds the server's fixed maximum of";
 
-fn synth((code, text): (u16, &str)) -> Reply {
+fn synth((code, text, own): Synth) -> Reply {
     Reply {
         code,
         lines: vec![text.to_string()],
+        own: Some(own),
     }
+}
+
+/// Why the client made a reply up itself instead of the server giving it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Own {
+    /// No reply (or TLS handshake, or body progress) in time; names what
+    /// was awaited ("the greeting").
+    Timeout(&'static str),
+    /// The socket closed or failed mid-dialog.
+    ConnectionLost,
+    /// The server broke the protocol (malformed reply, no usable AUTH).
+    Protocol,
+    /// The TLS policy: STARTTLS required but not offered, credentials
+    /// that must not go out in plaintext.
+    Tls,
+    /// The client's own checks before sending (state, addresses, size,
+    /// 8-bit content, SMTPUTF8).
+    Client,
 }
 
 /// One SMTP reply: its code and the text of each line (without the code).
@@ -102,6 +145,8 @@ fn synth((code, text): (u16, &str)) -> Reply {
 pub struct Reply {
     pub code: u16,
     pub lines: Vec<String>,
+    /// `None` for a reply the server sent; else why the client made it up.
+    pub own: Option<Own>,
 }
 
 impl Reply {
@@ -374,6 +419,8 @@ pub struct ClientSession {
     extensions: Vec<Extension>,
     tls_active: bool,
     starttls_refused: bool,
+    /// The server's greeting arrived (whatever its code).
+    greeted: bool,
     plain_response_resent: bool,
     txn: Option<ActiveTransaction>,
     /// Last two body bytes sent, as if the body followed a CRLF.
@@ -400,6 +447,7 @@ impl ClientSession {
             tls_active,
             starttls_refused: false,
             plain_response_resent: false,
+            greeted: false,
             txn: None,
             body_tail: *b"\r\n",
             converted: Vec::new(),
@@ -470,6 +518,7 @@ impl ClientSession {
                 let reply = Reply {
                     code: TOO_BIG_CODE,
                     lines: vec![format!("{TOO_BIG_TEXT} {limit} octets")],
+                    own: Some(Own::Client),
                 };
                 self.events.push_back(fail_all(RcptOutcome::Failed(reply)));
                 return;
@@ -601,6 +650,7 @@ impl ClientSession {
         let reply = Reply {
             code: NOT_CONVERTIBLE_CODE,
             lines: vec![format!("{NOT_CONVERTIBLE_TEXT} {why}")],
+            own: Some(Own::Client),
         };
         if let Some(active) = self.txn.take() {
             let outcomes = active.into_outcomes(&RcptOutcome::Failed(reply));
@@ -704,12 +754,44 @@ impl ClientSession {
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(deadline) = self.poll_timeout() {
             if now >= deadline {
-                log::debug!(
-                    "smtp-client: timeout waiting for {:?}",
-                    self.expected.front()
-                );
-                self.fail_session(synth(TIMEOUT), false);
+                let what = self.awaited();
+                log::debug!("smtp-client: timeout waiting for {what}");
+                let reply = Reply {
+                    code: TIMEOUT_CODE,
+                    lines: vec![format!("{TIMEOUT_TEXT} {what}")],
+                    own: Some(Own::Timeout(what)),
+                };
+                self.fail_session(reply, false);
             }
+        }
+    }
+
+    /// What the session waits for, in words (for a timeout).
+    fn awaited(&self) -> &'static str {
+        match self.phase {
+            Phase::AwaitingTls => return "the TLS handshake",
+            Phase::Body => return "the server to take the message",
+            _ => {}
+        }
+        match self.expected.front() {
+            Some(Expect::Greeting) => "the greeting",
+            Some(Expect::Ehlo) => "the reply to EHLO",
+            Some(Expect::Helo) => "the reply to HELO",
+            Some(Expect::StartTls) => "the reply to STARTTLS",
+            Some(
+                Expect::AuthPlain
+                | Expect::AuthLoginUser
+                | Expect::AuthLoginPassword
+                | Expect::AuthResult,
+            ) => "the reply to AUTH",
+            Some(Expect::Mail) => "the reply to MAIL",
+            Some(Expect::Rcpt(_)) => "the reply to RCPT",
+            Some(Expect::Data) => "the reply to DATA",
+            Some(Expect::DataEnd | Expect::DiscardedDataEnd) => {
+                "the reply to the end of the message"
+            }
+            Some(Expect::Rset) => "the reply to RSET",
+            Some(Expect::Quit) | None => "the reply to QUIT",
         }
     }
 
@@ -744,6 +826,12 @@ impl ClientSession {
         })
     }
 
+    /// Whether the server ever greeted (a server that waits for a TLS
+    /// ClientHello never does).
+    pub fn greeted(&self) -> bool {
+        self.greeted
+    }
+
     pub fn tls_active(&self) -> bool {
         self.tls_active
     }
@@ -773,6 +861,7 @@ impl ClientSession {
             let reply = Reply {
                 code,
                 lines: std::mem::take(&mut self.reply_lines),
+                own: None,
             };
             self.handle_reply(reply, now);
         }
@@ -798,6 +887,7 @@ impl ClientSession {
         }
         match expect {
             Expect::Greeting => {
+                self.greeted = true;
                 if reply.class() == 2 {
                     let ehlo = format!("EHLO {}", self.cfg.helo_name);
                     self.send_command(&ehlo, Expect::Ehlo, now);
@@ -1186,6 +1276,7 @@ mod tests {
         Reply {
             code,
             lines: vec![text.into()],
+            own: None,
         }
     }
 
@@ -1253,6 +1344,7 @@ mod tests {
         let r = Reply {
             code: 550,
             lines: vec!["5.1.1 no such user".into(), "bye".into()],
+            own: None,
         };
         assert_eq!(r.to_string(), "550 5.1.1 no such user bye");
         assert_eq!(r.text(), "5.1.1 no such user bye");
@@ -1267,7 +1359,8 @@ mod tests {
         assert_eq!(
             Reply {
                 code: 250,
-                lines: vec![]
+                lines: vec![],
+                own: None,
             }
             .to_string(),
             "250"
@@ -1296,7 +1389,7 @@ mod tests {
         h.feed(&long);
         let ev = h.events();
         assert!(
-            matches!(&ev[..], [ClientEvent::SessionFailed(RcptOutcome::Deferred(r))] if r.enhanced() == Some((4, 5, 0)))
+            matches!(&ev[..], [ClientEvent::SessionFailed(RcptOutcome::Deferred(r))] if r.enhanced() == Some((4, 5, 0)) && r.own == Some(Own::Protocol))
         );
         assert!(h.s.is_closed());
         assert_eq!(h.sent(), "");
@@ -1627,7 +1720,7 @@ mod tests {
             h.feed(&format!("{code} go away\r\n"));
             let ev = h.events();
             assert!(
-                matches!(&ev[..], [ClientEvent::SessionFailed(RcptOutcome::Deferred(r))] if r.code.to_string() == code)
+                matches!(&ev[..], [ClientEvent::SessionFailed(RcptOutcome::Deferred(r))] if r.code.to_string() == code && r.own.is_none())
             );
             assert_eq!(h.sent(), "QUIT\r\n");
             assert!(h.s.is_closed());
@@ -2045,7 +2138,7 @@ mod tests {
         h.feed(&ehlo_reply(&["PIPELINING"]));
         let ev = h.events();
         assert!(
-            matches!(&ev[..], [ClientEvent::SessionFailed(RcptOutcome::Deferred(r))] if r.enhanced() == Some((4, 7, 0)))
+            matches!(&ev[..], [ClientEvent::SessionFailed(RcptOutcome::Deferred(r))] if r.enhanced() == Some((4, 7, 0)) && r.own == Some(Own::Tls))
         );
         assert_eq!(h.sent(), "QUIT\r\n");
     }
@@ -2238,9 +2331,10 @@ mod tests {
         h.s.handle_timeout(deadline - Duration::from_secs(1));
         assert!(h.events().is_empty());
         h.s.handle_timeout(deadline);
+        assert!(!h.s.greeted());
         let ev = h.events();
         assert!(
-            matches!(&ev[..], [ClientEvent::SessionFailed(RcptOutcome::Deferred(r))] if r.enhanced() == Some((4, 4, 2)))
+            matches!(&ev[..], [ClientEvent::SessionFailed(RcptOutcome::Deferred(r))] if r.enhanced() == Some((4, 4, 2)) && r.own == Some(Own::Timeout("the greeting")) && r.text() == "4.4.2 timeout waiting for the greeting")
         );
         assert!(h.s.is_closed());
     }
@@ -2254,7 +2348,7 @@ mod tests {
         h.s.handle_timeout(later + Duration::from_secs(600));
         let ev = h.events();
         assert!(
-            matches!(&done(&ev)[..], [RcptOutcome::Deferred(r)] if r.enhanced() == Some((4, 4, 2)))
+            matches!(&done(&ev)[..], [RcptOutcome::Deferred(r)] if r.enhanced() == Some((4, 4, 2)) && r.own == Some(Own::Timeout("the reply to the end of the message")))
         );
         assert!(matches!(ev.last(), Some(ClientEvent::SessionFailed(_))));
     }
@@ -2263,7 +2357,9 @@ mod tests {
     fn reply_resets_deadline() {
         let mut h = Harness::new(cfg());
         let later = h.t0 + Duration::from_secs(100);
+        assert!(!h.s.greeted());
         h.s.handle_input(b"220 hi\r\n", later);
+        assert!(h.s.greeted());
         assert_eq!(h.s.poll_timeout(), Some(later + Duration::from_secs(300)));
         h.s.handle_input(&ehlo_reply(&[]).into_bytes(), later);
         assert_eq!(h.s.poll_timeout(), None, "idle between transactions");
@@ -2277,7 +2373,7 @@ mod tests {
         h.s.connection_lost(h.t0);
         let ev = h.events();
         assert!(
-            matches!(&done(&ev)[..], [RcptOutcome::Deferred(r)] if r.text().contains("connection lost"))
+            matches!(&done(&ev)[..], [RcptOutcome::Deferred(r)] if r.text().contains("connection lost") && r.own == Some(Own::ConnectionLost))
         );
         assert!(matches!(ev.last(), Some(ClientEvent::SessionFailed(_))));
         assert!(h.s.is_closed());

@@ -30,6 +30,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::delivery::outcome::{one_line, Origin, Outcome, Reason, Status};
 use crate::delivery::{Destination, Mailbox, Refusal};
 use crate::smtp::address::Address;
 
@@ -302,13 +303,6 @@ pub fn body_flag_offset(encoded: &[u8]) -> u64 {
         .map_or(0, |p| (p + 6) as u64)
 }
 
-/// A reply or error flattened to one line for the state file.
-fn flat(s: &str) -> String {
-    s.chars()
-        .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
-        .collect()
-}
-
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RcptStatus {
     #[default]
@@ -322,7 +316,7 @@ impl RcptStatus {
     pub fn is_final(self) -> bool {
         matches!(self, RcptStatus::Sent | RcptStatus::Failed)
     }
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             RcptStatus::Pending => "pending",
             RcptStatus::Deferred => "deferred",
@@ -330,27 +324,92 @@ impl RcptStatus {
             RcptStatus::Failed => "failed",
         }
     }
+    fn from_name(name: &str) -> Option<RcptStatus> {
+        Some(match name {
+            "pending" => RcptStatus::Pending,
+            "deferred" => RcptStatus::Deferred,
+            "sent" => RcptStatus::Sent,
+            "failed" => RcptStatus::Failed,
+            _ => return None,
+        })
+    }
 }
 
-/// One recipient's progress: status and the last reply or error seen.
+/// One recipient's progress: its status and, as decided by the last
+/// attempt, why it is deferred or failed, or where it went.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RcptState {
     pub status: RcptStatus,
-    pub reply: String,
+    /// Deferred or failed: why. `None` while pending and once sent.
+    pub reason: Option<Reason>,
+    /// Sent: where to (`host[ip]:port`, or the local mailbox file).
+    pub relay: String,
 }
 
-/// A message's progress as stored in `state/ID`:
+impl RcptState {
+    /// The state an attempt's outcome leaves.
+    pub fn from_outcome(outcome: Outcome) -> RcptState {
+        match outcome {
+            Outcome::Delivered { relay } => RcptState {
+                status: RcptStatus::Sent,
+                reason: None,
+                relay,
+            },
+            Outcome::Deferred(reason) => RcptState {
+                status: RcptStatus::Deferred,
+                reason: Some(reason),
+                relay: String::new(),
+            },
+            Outcome::Failed(reason) => RcptState {
+                status: RcptStatus::Failed,
+                reason: Some(reason),
+                relay: String::new(),
+            },
+        }
+    }
+
+    /// In words for `mailq`: the reason's sentence, where it went, or
+    /// nothing (pending).
+    pub fn describe(&self) -> String {
+        match (&self.reason, self.status) {
+            (Some(reason), _) => reason.to_string(),
+            (None, RcptStatus::Sent) if !self.relay.is_empty() => {
+                format!("delivered to {}", self.relay)
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+/// First line of a state file in the current layout.
+const STATE_MAGIC: &str = "tern-state 2";
+
+/// A message's progress as stored in `state/ID`, one line per recipient
+/// whose status is known, each reason field by field (never a reply string
+/// to be parsed again):
 ///
 /// ```text
+/// tern-state 2
 /// attempts 2
-/// age 3600                      (queue age, s; absent before: read as 0)
-/// 0 sent 250 2.0.0 ok           (recipient index, status, last reply)
-/// 1 deferred 451 4.3.0 later
+/// age 3600                      (queue age, s)
+/// 0 sent mx.example[192.0.2.1]:25
+/// 1 deferred remote mx.example[192.0.2.1]:25 451 4.3.0 try later
+/// 2 failed dns - 550 5.1.2 domain x.test does not exist
 /// ```
 ///
+/// A reason is `origin relay code status text`: the origin's name
+/// ([`Origin::name`]), the relay in xtext (`-` when there is none), the
+/// reply code, the RFC 3463 status, then the text to the end of the line.
+///
 /// `age` is the monotonic time the daemon has held the message (see the
-/// `queue` module doc: the wall clock is not trusted for it). A file
-/// written before the field existed loads with age 0.
+/// `queue` module doc: the wall clock is not trusted for it).
+///
+/// Migration: files written before this layout have no `tern-state` line
+/// and one reply string per recipient (`1 deferred mx[ip]:25 said: 451
+/// ...`). They load through [`legacy_reason`], a one-time parse of that
+/// string (a relay before " said: " makes the origin Remote, anything else
+/// is taken as tern's own: Queue); the next save writes the new layout.
+/// Files without an `age` line (the first version) load with age 0.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     pub states: Vec<RcptState>,
@@ -359,16 +418,57 @@ pub struct Progress {
 }
 
 pub fn encode_state(states: &[RcptState], attempts: u32, age: u64) -> Vec<u8> {
-    let mut s = format!("attempts {attempts}\nage {age}\n");
+    let mut s = format!("{STATE_MAGIC}\nattempts {attempts}\nage {age}\n");
     for (i, st) in states.iter().enumerate() {
-        s.push_str(&format!("{i} {} {}\n", st.status.name(), flat(&st.reply)));
+        s.push_str(&format!("{i} {}", st.status.name()));
+        match (st.status, &st.reason) {
+            (RcptStatus::Sent, _) => s.push_str(&format!(" {}", RelayField(&st.relay))),
+            (_, Some(r)) => s.push_str(&format!(
+                " {} {} {} {} {}",
+                r.origin.name(),
+                RelayField(r.origin.relay().unwrap_or("")),
+                r.code,
+                r.status,
+                one_line(&r.text)
+            )),
+            (_, None) => {}
+        }
+        s.push('\n');
     }
     s.into_bytes()
 }
 
+/// A relay as one space-free field: xtext, `-` for none.
+struct RelayField<'a>(&'a str);
+
+impl fmt::Display for RelayField<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            "" => f.write_str("-"),
+            "-" => f.write_str("+2D"),
+            relay => write!(f, "{}", Xtext(relay)),
+        }
+    }
+}
+
+fn relay_field(s: &str) -> Option<String> {
+    match s {
+        "-" => Some(String::new()),
+        _ => xtext_decode(s),
+    }
+}
+
 pub fn decode_state(bytes: &[u8], n: usize) -> Option<Progress> {
     let text = std::str::from_utf8(bytes).ok()?;
-    let mut lines = text.lines();
+    let mut lines = text.lines().peekable();
+    let current = match lines.peek() {
+        Some(&STATE_MAGIC) => {
+            lines.next();
+            true
+        }
+        Some(first) if first.starts_with("tern-state ") => return None,
+        _ => false,
+    };
     let attempts = lines.next()?.strip_prefix("attempts ")?.parse().ok()?;
     let mut progress = Progress {
         states: vec![RcptState::default(); n],
@@ -382,17 +482,118 @@ pub fn decode_state(bytes: &[u8], n: usize) -> Option<Progress> {
         }
         let mut parts = line.splitn(3, ' ');
         let i: usize = parts.next()?.parse().ok()?;
-        let status = match parts.next()? {
-            "pending" => RcptStatus::Pending,
-            "deferred" => RcptStatus::Deferred,
-            "sent" => RcptStatus::Sent,
-            "failed" => RcptStatus::Failed,
-            _ => return None,
+        let status = RcptStatus::from_name(parts.next()?)?;
+        let rest = parts.next().unwrap_or("");
+        let state = if current {
+            decode_rcpt(status, rest)?
+        } else {
+            legacy_state(status, rest)
         };
-        let reply = parts.next().unwrap_or("").to_string();
-        *progress.states.get_mut(i)? = RcptState { status, reply };
+        *progress.states.get_mut(i)? = state;
     }
     Some(progress)
+}
+
+/// One recipient's fields after its status (current layout).
+fn decode_rcpt(status: RcptStatus, rest: &str) -> Option<RcptState> {
+    let mut state = RcptState {
+        status,
+        ..RcptState::default()
+    };
+    match status {
+        _ if rest.is_empty() => {}
+        RcptStatus::Sent => state.relay = relay_field(rest)?,
+        RcptStatus::Pending | RcptStatus::Deferred | RcptStatus::Failed => {
+            let mut f = rest.splitn(5, ' ');
+            let origin = f.next()?;
+            let relay = relay_field(f.next()?)?;
+            let code = f.next()?;
+            if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let code: u16 = code.parse().ok().filter(|c| (100..600).contains(c))?;
+            let reply_status = Status::parse(f.next()?)?;
+            let text = one_line(f.next().unwrap_or(""));
+            let origin = match origin {
+                "remote" => Origin::Remote { relay },
+                other if relay.is_empty() => Origin::from_name(other)?,
+                _ => return None,
+            };
+            state.reason = Some(Reason {
+                origin,
+                code,
+                status: reply_status,
+                text,
+            });
+        }
+    }
+    Some(state)
+}
+
+/// A recipient line of the old layout: the reply string, parsed once.
+fn legacy_state(status: RcptStatus, reply: &str) -> RcptState {
+    let mut state = RcptState {
+        status,
+        ..RcptState::default()
+    };
+    match status {
+        RcptStatus::Sent => {
+            state.relay = match reply.split_once(" said: ") {
+                Some((relay, _)) => relay.to_string(),
+                None => reply.to_string(),
+            }
+        }
+        // The old writer kept no reply for pending recipients.
+        RcptStatus::Pending => {}
+        RcptStatus::Deferred | RcptStatus::Failed => {
+            state.reason = legacy_reason(reply, status == RcptStatus::Failed);
+        }
+    }
+    state
+}
+
+/// The one-time migration parse of an old state file's reply string
+/// (`relay said: 550 5.1.1 text`, `451 4.4.1 text`, `5.4.7 text`): code and
+/// status where present, else the generic ones for a deferral or a
+/// failure; the origin is Remote when a relay said it, else Queue.
+pub fn legacy_reason(reply: &str, failed: bool) -> Option<Reason> {
+    let reply = reply.trim();
+    if reply.is_empty() {
+        return None;
+    }
+    let (origin, rest) = match reply.split_once(" said: ") {
+        Some((relay, rest)) => (
+            Origin::Remote {
+                relay: relay.to_string(),
+            },
+            rest,
+        ),
+        None => (Origin::Queue, reply),
+    };
+    let mut words = rest.splitn(2, ' ');
+    let first = words.next().unwrap_or("");
+    let (code, rest) = match first.parse::<u16>() {
+        Ok(c) if first.len() == 3 && (200..600).contains(&c) => (Some(c), words.next()),
+        _ => (None, Some(rest)),
+    };
+    let rest = rest.unwrap_or("");
+    let mut words = rest.splitn(2, ' ');
+    let (status, text) = match Status::parse(words.next().unwrap_or("")) {
+        Some(st) => (Some(st), words.next().unwrap_or("")),
+        None => (None, rest),
+    };
+    let code = code.unwrap_or(match status {
+        Some(st) if st.class == 4 => 451,
+        Some(_) => 554,
+        None if failed => 554,
+        None => 451,
+    });
+    Some(Reason {
+        origin,
+        code,
+        status: status.unwrap_or_else(|| Status::generic(code)),
+        text: one_line(text),
+    })
 }
 
 #[cfg(test)]
@@ -619,23 +820,110 @@ mod tests {
     }
 
     #[test]
-    fn state_roundtrip_with_age_and_old_files_without_it() {
+    fn state_roundtrip_keeps_every_reason_field() {
+        use crate::delivery::outcome;
         let states = vec![
-            RcptState {
-                status: RcptStatus::Sent,
-                reply: "250 ok".into(),
-            },
-            RcptState {
-                status: RcptStatus::Deferred,
-                reply: "451 4.3.0 later".into(),
-            },
+            RcptState::from_outcome(Outcome::Delivered {
+                relay: "mx.example[192.0.2.1]:25".into(),
+            }),
+            RcptState::from_outcome(Outcome::Deferred(Reason::remote(
+                "mx.example[192.0.2.1]:25",
+                451,
+                Status::parse("4.3.0"),
+                "try  later ",
+            ))),
+            RcptState::from_outcome(Outcome::Failed(outcome::dns_no_such_domain("x.test"))),
+            RcptState::default(),
+            RcptState::from_outcome(Outcome::Deferred(outcome::connect_failed(
+                "192.0.2.1:25",
+                "connection refused",
+            ))),
+            RcptState::from_outcome(Outcome::Delivered { relay: "-".into() }),
+            RcptState::from_outcome(Outcome::Delivered {
+                relay: "maildir /var/mail/joe x".into(),
+            }),
         ];
-        let p = decode_state(&encode_state(&states, 3, 86_400), 2).unwrap();
-        assert_eq!((p.states, p.attempts, p.age), (states.clone(), 3, 86_400));
-        // Written by the first version: no age line.
-        let old = b"attempts 2\n0 sent 250 ok\n1 deferred 451 4.3.0 later\n";
-        let p = decode_state(old, 2).unwrap();
-        assert_eq!((p.states, p.attempts, p.age), (states, 2, 0));
+        let encoded = encode_state(&states, 3, 86_400);
+        let text = String::from_utf8(encoded.clone()).unwrap();
+        assert!(
+            text.starts_with("tern-state 2\nattempts 3\nage 86400\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n1 deferred remote mx.example[192.0.2.1]:25 451 4.3.0 try  later \n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n2 failed dns - 550 5.1.2 domain x.test does not exist\n"),
+            "{text}"
+        );
+        assert!(text.contains("\n3 pending\n"), "{text}");
+        assert!(
+            text.contains("\n6 sent maildir+20/var/mail/joe+20x\n"),
+            "{text}"
+        );
+        let p = decode_state(&encoded, states.len()).unwrap();
+        assert_eq!((p.states, p.attempts, p.age), (states, 3, 86_400));
+        // A later layout, or broken fields, are not guessed at.
+        assert!(decode_state(b"tern-state 3\nattempts 1\n", 1).is_none());
+        for bad in [
+            "0 failed dns mx 550 5.1.1 x",
+            "0 failed nosuch - 550 5.1.1 x",
+            "0 failed dns - 55 5.1.1 x",
+            "0 failed dns - 550 5.1 x",
+            "0 failed dns -",
+            "0 sent a+zz",
+        ] {
+            let file = format!("tern-state 2\nattempts 1\n{bad}\n");
+            assert!(decode_state(file.as_bytes(), 1).is_none(), "{bad}");
+        }
         assert!(decode_state(b"attempts 1\nage x\n", 1).is_none());
+    }
+
+    #[test]
+    fn old_state_files_migrate_to_reasons() {
+        // Written before reasons were typed: one reply string each, and (the
+        // first version) no age line.
+        let old = "attempts 2\n\
+                   0 sent mx.example[192.0.2.1]:25 said: 250 2.0.0 ok\n\
+                   1 deferred mx.example[192.0.2.1]:25 said: 451 4.3.0 try later\n\
+                   2 deferred 451 4.4.1 connect to 192.0.2.1:25: Connection refused (os error 111)\n\
+                   3 failed 5.4.7 message expired after 9s in the queue; last error: x\n\
+                   4 sent maildir /var/mail/joe/new/1.x\n\
+                   5 pending \n";
+        let p = decode_state(old.as_bytes(), 6).unwrap();
+        assert_eq!((p.attempts, p.age), (2, 0));
+        let s = &p.states;
+        assert_eq!(s[0].status, RcptStatus::Sent);
+        assert_eq!(s[0].relay, "mx.example[192.0.2.1]:25");
+        assert_eq!(
+            s[1].reason,
+            Some(Reason::remote(
+                "mx.example[192.0.2.1]:25",
+                451,
+                Status::parse("4.3.0"),
+                "try later"
+            ))
+        );
+        let r2 = s[2].reason.as_ref().unwrap();
+        assert_eq!((r2.origin.clone(), r2.code), (Origin::Queue, 451));
+        assert_eq!(r2.status, Status::new(4, 4, 1));
+        assert!(r2.text.starts_with("connect to 192.0.2.1:25"), "{r2}");
+        let r3 = s[3].reason.as_ref().unwrap();
+        assert_eq!((r3.code, r3.status), (554, Status::new(5, 4, 7)));
+        assert_eq!(s[4].relay, "maildir /var/mail/joe/new/1.x");
+        assert_eq!(s[5], RcptState::default());
+        // Saved again, it is in the new layout and loads the same.
+        let again = encode_state(&p.states, p.attempts, p.age);
+        assert!(again.starts_with(b"tern-state 2\n"));
+        assert_eq!(decode_state(&again, 6).unwrap().states, p.states);
+        // A bare code without an enhanced one gets the class's generic one.
+        let r = legacy_reason("554 denied", true).unwrap();
+        assert_eq!(
+            (r.code, r.status, r.text.as_str()),
+            (554, Status::new(5, 0, 0), "denied")
+        );
+        assert_eq!(legacy_reason("odd words", false).unwrap().code, 451);
+        assert_eq!(legacy_reason("  ", false), None);
     }
 }

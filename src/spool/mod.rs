@@ -768,20 +768,26 @@ mod tests {
         assert_eq!(len, content.len() as u64);
 
         let mut states = states;
-        states[0] = RcptState {
-            status: RcptStatus::Sent,
-            reply: "250 ok".into(),
-        };
-        states[1] = RcptState {
-            status: RcptStatus::Deferred,
-            reply: "451 try\nlater".into(),
-        };
+        use crate::delivery::outcome::{Outcome, Reason, Status};
+        states[0] = RcptState::from_outcome(Outcome::Delivered {
+            relay: "mx[192.0.2.1]:25".into(),
+        });
+        let later = Reason::remote(
+            "mx[192.0.2.1]:25",
+            451,
+            Status::parse("4.3.0"),
+            "try\nlater",
+        );
+        states[1] = RcptState::from_outcome(Outcome::Deferred(later));
         spool.save_state(ida, &states, 3, 7200).unwrap();
         let (_, s2, attempts) = spool.load(ida).unwrap();
         assert_eq!(attempts, 3);
         assert_eq!(spool.load_progress(ida).unwrap().1.age, 7200);
         assert_eq!(s2[0].status, RcptStatus::Sent);
-        assert_eq!(s2[1].reply, "451 try later");
+        assert_eq!(
+            s2[1].reason.as_ref().map(|r| r.to_string()).as_deref(),
+            Some("mx[192.0.2.1]:25 said: 451 4.3.0 try later")
+        );
         assert_eq!(spool.recover().unwrap(), {
             let mut v = vec![ida, idb];
             v.sort();

@@ -147,7 +147,7 @@ def test_dns_failure_is_reported_in_words_not_debug_text(tern_factory):
     wait_for(lambda: "status=deferred" in t.log_text(), what="the deferral")
     q = t.cmd("mailq").stdout.decode()
     for text in (q, t.log_text()):
-        assert "DNS lookup failed: temporary DNS failure: timeout" in text, text
+        assert "451 4.4.3 DNS lookup for far.test failed: timeout" in text, text
         assert "Temporary(" not in text
 
 
@@ -157,7 +157,7 @@ def test_refused_connection_is_a_deferral_with_a_temporary_code(tern_factory):
     send(t, "a@lan.test", ["u@far.test"])
     wait_for(lambda: "status=deferred" in t.log_text(), what="the deferral")
     line = next(l for l in t.log_text().splitlines() if "status=deferred" in l)
-    assert "dsn=4.4.1" in line and "Connection refused" in line, line
+    assert "dsn=4.4.1" in line and "connection refused" in line, line
 
 
 def test_expiry_bounces(tern_factory):
@@ -169,7 +169,7 @@ def test_expiry_bounces(tern_factory):
         b = bounce_for(t, "owner")
         ds = b.get_payload()[1].as_string()
         assert "Final-Recipient: rfc822; x@far.test" in ds
-        assert "expired" in ds
+        assert "expired" in b.get_payload()[0].as_string()
         # A failed action carries a permanent status (was 4.4.7).
         assert "Action: failed" in ds and "Status: 5.4.7" in ds, ds
         wait_for(lambda: not t.queued(), what="expired message removed")
@@ -261,7 +261,8 @@ def test_own_mx_entry_only_more_preferred_hosts(tern_factory, sink):
         assert "relay=primary.backup.test[127.0.0.1]" in t.log_text()
         b = bounce_for(t, "owner")
         ds = b.get_payload()[1].as_string()
-        assert "v@self.test" in ds and "5.4.6" in ds and "loops back to myself" in ds
+        assert "v@self.test" in ds and "5.4.6" in ds
+        assert "loops back to myself" in b.get_payload()[0].as_string()
     finally:
         dns.close()
 

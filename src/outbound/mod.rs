@@ -4,18 +4,28 @@
 //! recipients when a smarthost is configured, else the recipients of one
 //! domain (RFC 5321 §5.1: they share the domain's MX hosts, so they share
 //! one transaction). Jobs wait here until a connection slot is free
-//! (`max_outbound` in all, `max_outbound_per_host` per destination); the
-//! daemon's `remote` module runs them (DNS, connect, SMTP client).
+//! (`max_outbound` in all, `max_outbound_per_host` per destination); each
+//! runs as a [`machine::Delivery`] (MX walk, TLS policy, deadlines,
+//! connection reuse), which the daemon's `remote` module feeds with DNS
+//! answers, sockets and time.
 //!
-//! Results are three-valued per recipient, as everywhere in tern: sent,
-//! deferred (retry later), failed (bounce).
+//! Results are three-valued per recipient, as everywhere in tern: a
+//! [`crate::delivery::outcome::Outcome`] (delivered, deferred, failed).
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::config::{Config, HostPort};
-use crate::spool::{QueueId, RcptStatus};
+pub mod machine;
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
+mod scenarios;
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
+mod sim;
 
-#[derive(Clone, Debug)]
+use crate::config::{Config, HostPort};
+use crate::spool::QueueId;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {
     pub id: QueueId,
     /// The destination domain; empty when going to the smarthost.
@@ -26,13 +36,6 @@ pub struct Job {
     pub size: u64,
     pub eight_bit: bool,
     pub arrival: u64,
-}
-
-#[derive(Clone, Debug)]
-pub struct Outcome {
-    pub status: RcptStatus,
-    pub reply: String,
-    pub relay: String,
 }
 
 pub struct Outbound {

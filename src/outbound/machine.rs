@@ -1,0 +1,865 @@
+//! One outbound delivery as a sans-IO machine (in the style of
+//! quinn-proto): one job (one message, one destination) from the DNS
+//! lookup to the outcome of every recipient, fed results, bytes and time by
+//! the daemon, which only moves them (`daemon::remote`).
+//!
+//! In: [`Delivery::handle_lookup`], [`Delivery::handle_connected`],
+//! [`Delivery::handle_input`], [`Delivery::handle_tls_established`] /
+//! [`Delivery::handle_tls_error`], [`Delivery::handle_closed`],
+//! [`Delivery::handle_timeout`], and the body through
+//! [`Delivery::send_body`] / [`Delivery::finish_body`] /
+//! [`Delivery::body_failed`].
+//! Out: [`Delivery::poll_action`] (resolve, connect, start TLS, open the
+//! body, close, report), [`Delivery::poll_transmit`] (bytes to write) and
+//! [`Delivery::poll_timeout`] (the next deadline).
+//!
+//! What it decides (RFC 5321 §5.1 and §4.5.4.1):
+//! - The MX walk: hosts in preference order (equal preferences keep the
+//!   resolver's shuffle); when this host is one of them, only more
+//!   preferred ones (else the mail loops back: failed). Smarthosts in the
+//!   configured order, names resolved as they come.
+//! - Every address of a host, IPv6 before IPv4.
+//! - A connection failure, a timeout or a whole-session failure moves on to
+//!   the next address, then the next host; when every one failed the job is
+//!   deferred with the last error. Per-recipient 4xx/5xx replies from a
+//!   server that took the transaction are final for this attempt, and so is
+//!   a session that dies during the transaction.
+//! - TLS policy: opportunistic STARTTLS for MX hosts (not verified, RFC
+//!   7435) with one plaintext retry on the same address after a failed
+//!   handshake; verified STARTTLS or implicit TLS for smarthosts and for
+//!   `outbound_tls = required`, never falling back.
+//! - Deadlines: connect ([`Settings::connect_timeout`]); greeting, replies,
+//!   TLS handshake, body and the final dot through the SMTP client
+//!   (`smtp::client`, `reply_timeout` and twice that after the dot); a
+//!   server on port 465 that says nothing within
+//!   [`IMPLICIT_TLS_GREETING_WAIT`] while tern speaks plaintext first is a
+//!   TLS mode mismatch (it waits for a ClientHello), reported as such.
+//! - Connection reuse: after a transaction the session stays open, idle,
+//!   for [`OUTBOUND_IDLE_KEEP`]; [`Delivery::next_job`] runs another job to
+//!   the same destination on it, else it says QUIT.
+//!
+//! Results are [`Outcome`]s; every reason tern makes up comes from the
+//! table in `delivery::outcome`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::Job;
+use crate::config::{OutboundTls, SmarthostTls};
+use crate::delivery::outcome::{self, Outcome, Reason};
+use crate::dns::{DnsError, MxHost};
+use crate::smtp::client::{
+    ClientConfig, ClientEvent, ClientSession, Credentials, RcptOutcome, Reply, TlsPolicy,
+    Transaction,
+};
+use crate::spool::QueueId;
+
+/// How long a finished session waits for another message to the same
+/// destination before QUIT (Postfix's connection cache uses 2 s too).
+pub const OUTBOUND_IDLE_KEEP: Duration = Duration::from_secs(2);
+/// How long a port-465 server may stay silent before tern concludes it
+/// waits for a TLS ClientHello (an SMTP server greets at once).
+pub const IMPLICIT_TLS_GREETING_WAIT: Duration = Duration::from_secs(10);
+
+/// What the daemon's configuration says about outbound connections.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// This host's name: the EHLO argument, and how it recognizes itself
+    /// in an MX list.
+    pub hostname: String,
+    pub mx_port: u16,
+    pub outbound_tls: OutboundTls,
+    pub smarthost_tls: SmarthostTls,
+    /// For the smarthost (read once, when the delivery starts).
+    pub credentials: Option<Credentials>,
+    pub connect_timeout: Duration,
+    pub reply_timeout: Duration,
+    /// CA certificates are loaded: a verified handshake is possible.
+    pub trust_anchors: bool,
+}
+
+/// One host to try: name, port and (once resolved) addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hop {
+    pub name: String,
+    pub port: u16,
+    pub addrs: Option<Vec<IpAddr>>,
+}
+
+/// A DNS question for the daemon's resolver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The MX hosts of a domain, with their addresses.
+    Mx(String),
+    /// The addresses of one host (a smarthost named by name).
+    Host(String),
+}
+
+/// What the daemon must do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Resolve(Lookup),
+    /// Open a TCP connection; answer with `handle_connected`.
+    Connect(SocketAddr),
+    /// Run a TLS handshake on the connection (now: before the greeting for
+    /// implicit TLS, or after the 220 to STARTTLS); answer with
+    /// `handle_tls_established` or `handle_tls_error`. `verify`: check the
+    /// certificate against the CA certificates and `server_name`.
+    StartTls {
+        server_name: String,
+        verify: bool,
+    },
+    /// Open the message body in the spool and stream it with `send_body`
+    /// and `finish_body` (or `body_failed`).
+    OpenBody(QueueId),
+    /// Close the current connection (any bytes still to write are moot).
+    Close,
+    /// The job is over: one outcome per recipient (index in the envelope).
+    Report {
+        job: Job,
+        outcomes: Vec<(usize, Outcome)>,
+    },
+}
+
+#[derive(Debug)]
+enum State {
+    Resolving,
+    Connecting { addr: SocketAddr, deadline: Instant },
+    Session(Box<Session>),
+    Done,
+}
+
+#[derive(Debug)]
+struct Session {
+    addr: SocketAddr,
+    client: ClientSession,
+    policy: TlsPolicy,
+    /// A STARTTLS handshake is running: nothing plaintext goes out.
+    tls_pending: bool,
+    /// Port 465 spoken to in plaintext: the greeting must come by then.
+    greeting_deadline: Option<Instant>,
+    /// The body is being streamed (after `OpenBody`).
+    body: bool,
+    /// The job's transaction ended (its outcomes are reported).
+    txn_done: bool,
+    /// Idle in the connection cache since then.
+    idle_since: Option<Instant>,
+}
+
+/// One job's delivery. See the module doc.
+#[derive(Debug)]
+pub struct Delivery {
+    job: Job,
+    settings: Settings,
+    smarthost: bool,
+    hops: Vec<Hop>,
+    hop: usize,
+    addr: usize,
+    state: State,
+    actions: VecDeque<Action>,
+    /// After opportunistic TLS failed with this address: plaintext once.
+    plaintext_fallback: Option<SocketAddr>,
+    /// The job's outcomes are reported (the session may stay, idle).
+    job_reported: bool,
+    last_error: Option<Reason>,
+    /// Outcomes decided so far (index in the job's recipient list).
+    decided: HashMap<usize, Outcome>,
+    /// Why tern itself is failing the session (TLS, the port-465 silence,
+    /// the spool file): the reason given to the recipients it leaves
+    /// undecided, instead of the client's "connection lost".
+    cause: Option<Reason>,
+}
+
+impl Delivery {
+    /// A delivery for `job`: to the domain's MX hosts, or (an empty
+    /// domain) to `smarthosts` in order.
+    pub fn new(job: Job, smarthosts: Vec<Hop>, settings: Settings, now: Instant) -> Delivery {
+        let smarthost = job.domain.is_empty();
+        let mut d = Delivery {
+            job,
+            settings,
+            smarthost,
+            hops: Vec::new(),
+            hop: 0,
+            addr: 0,
+            state: State::Resolving,
+            actions: VecDeque::new(),
+            plaintext_fallback: None,
+            job_reported: false,
+            last_error: None,
+            decided: HashMap::new(),
+            cause: None,
+        };
+        if smarthost {
+            d.hops = smarthosts
+                .into_iter()
+                .map(|mut h| {
+                    if let Some(a) = h.addrs.as_mut() {
+                        ipv6_first(a);
+                    }
+                    h
+                })
+                .collect();
+            d.advance(now);
+        } else {
+            d.actions
+                .push_back(Action::Resolve(Lookup::Mx(d.job.domain.clone())));
+        }
+        d
+    }
+
+    // ---- outputs ------------------------------------------------------------
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// `poll_action` has something.
+    pub fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
+    /// SMTP bytes to write to the connection.
+    pub fn poll_transmit(&self) -> &[u8] {
+        match &self.state {
+            State::Session(s) if !s.tls_pending => s.client.poll_transmit(),
+            _ => &[],
+        }
+    }
+
+    /// `n` bytes of `poll_transmit` were written.
+    pub fn consume_transmit(&mut self, n: usize, now: Instant) {
+        if let State::Session(s) = &mut self.state {
+            s.client.consume_transmit(n);
+            if n > 0 {
+                s.client.note_progress(now);
+            }
+        }
+        self.check_closed();
+    }
+
+    /// When `handle_timeout` must be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            State::Connecting { deadline, .. } => Some(*deadline),
+            State::Session(s) => {
+                let idle = s.idle_since.map(|t| t + OUTBOUND_IDLE_KEEP);
+                [s.client.poll_timeout(), s.greeting_deadline, idle]
+                    .into_iter()
+                    .flatten()
+                    .min()
+            }
+            State::Resolving | State::Done => None,
+        }
+    }
+
+    /// The body is wanted (after `OpenBody`, until `finish_body`).
+    pub fn wants_body(&self) -> bool {
+        matches!(&self.state, State::Session(s) if s.body)
+    }
+
+    /// A connect is in progress (readiness means its result is known).
+    pub fn is_connecting(&self) -> bool {
+        matches!(self.state, State::Connecting { .. })
+    }
+
+    /// The job is reported and the session waits for another one.
+    pub fn is_idle(&self) -> bool {
+        matches!(&self.state, State::Session(s) if s.idle_since.is_some())
+    }
+
+    /// Nothing more will happen: the slot is free.
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done) && self.actions.is_empty()
+    }
+
+    /// The destination domain ("" for the smarthost).
+    pub fn destination(&self) -> &str {
+        &self.job.domain
+    }
+
+    pub fn job_id(&self) -> QueueId {
+        self.job.id
+    }
+
+    /// The peer as named in logs: `host[ip]:port`.
+    pub fn relay(&self) -> Option<String> {
+        match &self.state {
+            State::Session(s) => Some(self.relay_name(s.addr)),
+            State::Connecting { addr, .. } => Some(self.relay_name(*addr)),
+            _ => None,
+        }
+    }
+
+    // ---- inputs -------------------------------------------------------------
+
+    /// The resolver's answer to the last `Resolve`.
+    pub fn handle_lookup(&mut self, result: Result<Vec<MxHost>, DnsError>, now: Instant) {
+        if !matches!(self.state, State::Resolving) {
+            return;
+        }
+        let is_mx = !self.smarthost;
+        match result {
+            Ok(mut hosts) if is_mx => {
+                // RFC 5321 §5.1: when we are one of the MX hosts, only more
+                // preferred hosts are candidates (else: a loop).
+                hosts.sort_by_key(|h| h.preference);
+                let own = hosts
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(&self.settings.hostname))
+                    .map(|h| h.preference);
+                if let Some(p) = own {
+                    hosts.retain(|h| h.preference < p);
+                    if hosts.is_empty() {
+                        self.fail_undecided(outcome::mail_loops_back(&self.job.domain));
+                        self.finish();
+                        return;
+                    }
+                }
+                let port = self.settings.mx_port;
+                self.hops = hosts
+                    .into_iter()
+                    .map(|h| {
+                        let mut addrs = h.addrs;
+                        ipv6_first(&mut addrs);
+                        Hop {
+                            name: h.name,
+                            port,
+                            addrs: Some(addrs),
+                        }
+                    })
+                    .collect();
+                self.hop = 0;
+                self.addr = 0;
+                self.advance(now);
+            }
+            Ok(hosts) => {
+                if let Some(hop) = self.hops.get_mut(self.hop) {
+                    let mut addrs: Vec<IpAddr> = hosts.into_iter().flat_map(|h| h.addrs).collect();
+                    ipv6_first(&mut addrs);
+                    hop.addrs = Some(addrs);
+                }
+                self.addr = 0;
+                self.advance(now);
+            }
+            Err(e) if is_mx => {
+                let domain = self.job.domain.clone();
+                match e {
+                    DnsError::NullMx => self.fail_undecided(outcome::dns_null_mx(&domain)),
+                    DnsError::NoSuchDomain => {
+                        self.fail_undecided(outcome::dns_no_such_domain(&domain))
+                    }
+                    DnsError::NoAddress => self.fail_undecided(outcome::dns_no_address(&domain)),
+                    DnsError::Temporary(why) => {
+                        self.last_error = Some(outcome::dns_temporary(&domain, &why));
+                    }
+                }
+                self.finish();
+            }
+            Err(e) => {
+                // A smarthost name that does not resolve, or a DNS outage:
+                // the next smarthost; deferred when none is left.
+                let name = self
+                    .hops
+                    .get(self.hop)
+                    .map_or(String::new(), |h| h.name.clone());
+                let why = match e {
+                    DnsError::Temporary(why) => why,
+                    other => other.to_string(),
+                };
+                self.last_error = Some(outcome::dns_temporary(&name, &why));
+                self.hop += 1;
+                self.addr = 0;
+                self.advance(now);
+            }
+        }
+    }
+
+    /// The result of the last `Connect`: `Err` holds the system's words
+    /// ("connection refused").
+    pub fn handle_connected(&mut self, result: Result<(), String>, now: Instant) {
+        let State::Connecting { addr, .. } = self.state else {
+            return;
+        };
+        if let Err(why) = result {
+            self.last_error = Some(outcome::connect_failed(&addr.to_string(), &why));
+            self.close();
+            self.advance(now);
+            return;
+        }
+        let (policy, implicit) = self.tls_mode(addr);
+        if implicit && !self.settings.trust_anchors {
+            self.last_error = Some(outcome::tls_no_trust_anchors());
+            self.close();
+            self.advance(now);
+            return;
+        }
+        let cfg = ClientConfig {
+            helo_name: self.settings.hostname.clone(),
+            tls: policy,
+            tls_active: implicit,
+            credentials: if self.smarthost {
+                self.settings.credentials.clone()
+            } else {
+                None
+            },
+            reply_timeout: self.settings.reply_timeout,
+            final_timeout: self.settings.reply_timeout * 2,
+        };
+        let greeting_deadline =
+            (self.smarthost && !implicit && addr.port() == outcome::IMPLICIT_TLS_PORT)
+                .then(|| now + IMPLICIT_TLS_GREETING_WAIT);
+        if implicit {
+            self.actions.push_back(Action::StartTls {
+                server_name: self.hop_name(),
+                verify: true,
+            });
+        }
+        self.state = State::Session(Box::new(Session {
+            addr,
+            client: ClientSession::new(cfg, now),
+            policy,
+            tls_pending: false,
+            greeting_deadline,
+            body: false,
+            txn_done: false,
+            idle_since: None,
+        }));
+    }
+
+    /// Bytes read from the connection (plaintext, after any TLS).
+    pub fn handle_input(&mut self, bytes: &[u8], now: Instant) {
+        let State::Session(s) = &mut self.state else {
+            return;
+        };
+        if !bytes.is_empty() {
+            s.greeting_deadline = None;
+        }
+        s.client.handle_input(bytes, now);
+        self.drive(now);
+    }
+
+    /// The handshake asked for by `StartTls` finished.
+    pub fn handle_tls_established(&mut self, now: Instant) {
+        let State::Session(s) = &mut self.state else {
+            return;
+        };
+        if s.tls_pending {
+            s.tls_pending = false;
+            s.client.tls_established(now);
+            self.drive(now);
+        }
+    }
+
+    /// The TLS layer failed (handshake, certificate, or later); `why` in
+    /// words ("certificate verify failed: unknown issuer");
+    /// `peer_spoke_plaintext`: what came was plain SMTP, not TLS.
+    pub fn handle_tls_error(&mut self, why: &str, peer_spoke_plaintext: bool, now: Instant) {
+        let State::Session(s) = &mut self.state else {
+            return;
+        };
+        let peer = relay_name(&self.hops, self.hop, s.addr);
+        // Implicit TLS (no STARTTLS in progress) answered by a greeting.
+        let reason = if peer_spoke_plaintext && !s.tls_pending {
+            outcome::tls_plaintext_greeting(&peer)
+        } else {
+            outcome::tls_failed(&peer, why)
+        };
+        // Opportunistic TLS that fails: this address once more in plaintext.
+        if s.policy == TlsPolicy::IfOffered && self.plaintext_fallback.is_none() {
+            log::warn!(
+                "{}: TLS with {peer} failed ({}); retrying in plaintext",
+                self.job.id,
+                crate::logsafe::LogSafe(why)
+            );
+            self.plaintext_fallback = Some(s.addr);
+            self.addr = self.addr.saturating_sub(1);
+        }
+        self.last_error = Some(reason.clone());
+        self.cause = Some(reason);
+        s.client.connection_lost(now);
+        self.drive(now);
+    }
+
+    /// The connection closed or failed (read or write).
+    pub fn handle_closed(&mut self, now: Instant) {
+        let State::Session(s) = &mut self.state else {
+            return;
+        };
+        s.client.connection_lost(now);
+        self.drive(now);
+    }
+
+    /// Deadlines that passed by `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &mut self.state {
+            State::Connecting { addr, deadline } if *deadline <= now => {
+                self.last_error = Some(outcome::connect_timeout(&addr.to_string()));
+                self.close();
+                self.advance(now);
+            }
+            State::Session(s) => {
+                let client_due = s.client.poll_timeout().is_some_and(|t| t <= now);
+                if let Some(deadline) = s.greeting_deadline {
+                    // Silence on the implicit-TLS port: the server waits
+                    // for our TLS hello (whichever deadline comes first).
+                    if deadline <= now || client_due {
+                        s.greeting_deadline = None;
+                        let peer = relay_name(&self.hops, self.hop, s.addr);
+                        self.cause = Some(outcome::tls_implicit_port(&peer));
+                        s.client.connection_lost(now);
+                    }
+                } else if s.idle_since.is_some_and(|t| t + OUTBOUND_IDLE_KEEP <= now) {
+                    s.idle_since = None;
+                    s.client.quit();
+                } else if client_due {
+                    s.client.handle_timeout(now);
+                }
+                self.drive(now);
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes a chunk of the stored message; returns how many bytes were
+    /// taken (0: come back after the next write).
+    pub fn send_body(&mut self, chunk: &[u8], now: Instant) -> usize {
+        let State::Session(s) = &mut self.state else {
+            return 0;
+        };
+        if !s.body {
+            return 0;
+        }
+        let took = s.client.send_body(chunk);
+        // Feeding the body can settle the transaction (content that
+        // cannot be downgraded to 7 bits).
+        self.drive(now);
+        took
+    }
+
+    /// The whole body was given.
+    pub fn finish_body(&mut self, now: Instant) {
+        if let State::Session(s) = &mut self.state {
+            if s.body {
+                s.body = false;
+                s.client.finish_body(now);
+            }
+        }
+        self.drive(now);
+    }
+
+    /// The spool file could not be opened or read.
+    pub fn body_failed(&mut self, why: &str, now: Instant) {
+        let State::Session(s) = &mut self.state else {
+            return;
+        };
+        s.body = false;
+        self.cause = Some(outcome::queue_file_unreadable(why));
+        s.client.connection_lost(now);
+        self.drive(now);
+    }
+
+    /// Another job to the same destination, for an idle session; given
+    /// back when the session cannot take it.
+    pub fn next_job(&mut self, job: Job, now: Instant) -> Result<(), Job> {
+        let State::Session(s) = &mut self.state else {
+            return Err(job);
+        };
+        if s.idle_since.is_none() || job.domain != self.job.domain || s.client.is_closed() {
+            return Err(job);
+        }
+        s.idle_since = None;
+        s.txn_done = false;
+        s.client.start_transaction(transaction(&job), now);
+        self.job = job;
+        self.decided.clear();
+        self.job_reported = false;
+        self.last_error = None;
+        self.drive(now);
+        Ok(())
+    }
+
+    /// The daemon stops: an idle session says QUIT now.
+    pub fn shutdown(&mut self, now: Instant) {
+        if let State::Session(s) = &mut self.state {
+            if s.idle_since.take().is_some() {
+                s.client.quit();
+                self.drive(now);
+            }
+        }
+    }
+
+    // ---- internals ----------------------------------------------------------
+
+    /// The TLS policy for a connection to `addr`, and whether TLS is
+    /// implicit.
+    fn tls_mode(&self, addr: SocketAddr) -> (TlsPolicy, bool) {
+        if self.smarthost {
+            return match self.settings.smarthost_tls {
+                SmarthostTls::StartTls => (TlsPolicy::Required, false),
+                SmarthostTls::Tls => (TlsPolicy::Never, true),
+                SmarthostTls::None => (TlsPolicy::Never, false),
+            };
+        }
+        if self.plaintext_fallback == Some(addr) {
+            return (TlsPolicy::Never, false);
+        }
+        match self.settings.outbound_tls {
+            OutboundTls::Opportunistic => (TlsPolicy::IfOffered, false),
+            OutboundTls::Required => (TlsPolicy::Required, false),
+            OutboundTls::None => (TlsPolicy::Never, false),
+        }
+    }
+
+    fn hop_name(&self) -> String {
+        self.hops
+            .get(self.hop)
+            .map_or(String::new(), |h| h.name.clone())
+    }
+
+    fn relay_name(&self, addr: SocketAddr) -> String {
+        relay_name(&self.hops, self.hop, addr)
+    }
+
+    /// Moves to the next address (resolving names as needed) or finishes
+    /// when nothing is left to try.
+    fn advance(&mut self, now: Instant) {
+        loop {
+            let Some(hop) = self.hops.get(self.hop) else {
+                self.finish();
+                return;
+            };
+            let Some(addrs) = &hop.addrs else {
+                self.actions
+                    .push_back(Action::Resolve(Lookup::Host(hop.name.clone())));
+                self.state = State::Resolving;
+                return;
+            };
+            let Some(ip) = addrs.get(self.addr).copied() else {
+                self.hop += 1;
+                self.addr = 0;
+                continue;
+            };
+            self.addr += 1;
+            let addr = SocketAddr::new(ip, hop.port);
+            self.actions.push_back(Action::Connect(addr));
+            self.state = State::Connecting {
+                addr,
+                deadline: now + self.settings.connect_timeout,
+            };
+            return;
+        }
+    }
+
+    /// Drops the current connection, if any.
+    fn close(&mut self) {
+        if matches!(self.state, State::Connecting { .. } | State::Session(_)) {
+            self.actions.push_back(Action::Close);
+            self.state = State::Resolving;
+        }
+    }
+
+    /// Reports what is owed and ends.
+    fn finish(&mut self) {
+        self.close();
+        if !self.job_reported {
+            self.report();
+        }
+        self.state = State::Done;
+    }
+
+    /// The job's outcomes: recipients without one are deferred with the
+    /// last error seen.
+    fn report(&mut self) {
+        let last = self
+            .last_error
+            .clone()
+            .unwrap_or_else(outcome::no_destination_reached);
+        let mut decided = std::mem::take(&mut self.decided);
+        let outcomes = self
+            .job
+            .recipients
+            .iter()
+            .enumerate()
+            .map(|(j, (index, _))| {
+                let o = decided
+                    .remove(&j)
+                    .unwrap_or_else(|| Outcome::Deferred(last.clone()));
+                (*index, o)
+            })
+            .collect();
+        self.job_reported = true;
+        self.actions.push_back(Action::Report {
+            job: self.job.clone(),
+            outcomes,
+        });
+    }
+
+    /// Fails every recipient without an outcome yet (a permanent answer
+    /// about the destination itself, before any SMTP).
+    fn fail_undecided(&mut self, reason: Reason) {
+        for i in 0..self.job.recipients.len() {
+            self.decided
+                .entry(i)
+                .or_insert_with(|| Outcome::Failed(reason.clone()));
+        }
+    }
+
+    /// Handles the client's events until it has none.
+    fn drive(&mut self, now: Instant) {
+        while let State::Session(s) = &mut self.state {
+            let events: Vec<ClientEvent> = std::iter::from_fn(|| s.client.poll_event()).collect();
+            if events.is_empty() {
+                break;
+            }
+            // The reply the session failed with: recipients left undecided
+            // by the failure carry it (and, when tern caused the failure,
+            // tern's reason instead).
+            let failure = events.iter().find_map(|e| match e {
+                ClientEvent::SessionFailed(o) => Some(rcpt_reply(o).clone()),
+                _ => None,
+            });
+            for ev in events {
+                if !matches!(self.state, State::Session(_)) {
+                    break;
+                }
+                self.on_event(ev, failure.as_ref(), now);
+            }
+        }
+        self.cause = None;
+        self.check_closed();
+    }
+
+    fn on_event(&mut self, ev: ClientEvent, failure: Option<&Reply>, now: Instant) {
+        let State::Session(s) = &mut self.state else {
+            return;
+        };
+        let addr = s.addr;
+        match ev {
+            ClientEvent::Ready => {
+                if self.job_reported || s.txn_done {
+                    s.client.quit();
+                } else {
+                    s.client.start_transaction(transaction(&self.job), now);
+                }
+            }
+            ClientEvent::StartTls => {
+                let verify = s.policy != TlsPolicy::IfOffered;
+                if verify && !self.settings.trust_anchors {
+                    let reason = outcome::tls_no_trust_anchors();
+                    self.last_error = Some(reason.clone());
+                    self.cause = Some(reason);
+                    s.client.connection_lost(now);
+                } else {
+                    s.tls_pending = true;
+                    let server_name = relay_host(&self.hops, self.hop);
+                    self.actions.push_back(Action::StartTls {
+                        server_name,
+                        verify,
+                    });
+                }
+            }
+            ClientEvent::WantBody => {
+                s.body = true;
+                self.actions.push_back(Action::OpenBody(self.job.id));
+            }
+            ClientEvent::TransactionDone(outcomes) => {
+                s.body = false;
+                s.txn_done = true;
+                let relay = relay_name(&self.hops, self.hop, addr);
+                for (i, o) in outcomes.into_iter().enumerate() {
+                    let o = self.outcome_of(o, failure, &relay);
+                    self.decided.insert(i, o);
+                }
+                // Report now; keep the session open a moment for the
+                // next message to the same place.
+                self.report();
+                if let State::Session(s) = &mut self.state {
+                    if !s.client.is_closed() {
+                        s.idle_since = Some(now);
+                    }
+                }
+            }
+            ClientEvent::SessionFailed(o) => {
+                if self.job_reported {
+                    // After the transaction (QUIT trouble), or an idle
+                    // cached connection went away: nothing is owed.
+                    self.finish();
+                    return;
+                }
+                let relay = relay_name(&self.hops, self.hop, addr);
+                let reason = match self.outcome_of(o, failure, &relay) {
+                    Outcome::Deferred(r) | Outcome::Failed(r) => r,
+                    Outcome::Delivered { .. } => return,
+                };
+                self.last_error = Some(reason);
+                self.close();
+                if self.decided.len() == self.job.recipients.len() {
+                    self.finish();
+                } else {
+                    self.advance(now);
+                }
+            }
+        }
+    }
+
+    /// A client outcome as an [`Outcome`]: the server's reply or the
+    /// client's own (`outcome::from_client`), or tern's reason when the
+    /// reply is the session failure tern caused.
+    fn outcome_of(&self, o: RcptOutcome, failure: Option<&Reply>, relay: &str) -> Outcome {
+        let reason = |reply: &Reply| match &self.cause {
+            Some(cause) if failure == Some(reply) => cause.clone(),
+            _ => outcome::from_client(reply, relay),
+        };
+        match o {
+            RcptOutcome::Delivered(_) => Outcome::Delivered {
+                relay: relay.to_string(),
+            },
+            RcptOutcome::Deferred(r) => Outcome::Deferred(reason(&r)),
+            RcptOutcome::Failed(r) => Outcome::Failed(reason(&r)),
+        }
+    }
+
+    /// The client has nothing more to say: the connection closes, and the
+    /// delivery ends (reporting what is owed).
+    fn check_closed(&mut self) {
+        if let State::Session(s) = &self.state {
+            if s.client.is_closed() && s.client.poll_transmit().is_empty() && !s.client.has_events()
+            {
+                self.finish();
+            }
+        }
+    }
+}
+
+/// Sorts addresses IPv6 first, keeping the order within each family.
+fn ipv6_first(addrs: &mut [IpAddr]) {
+    addrs.sort_by_key(|a| a.is_ipv4());
+}
+
+fn rcpt_reply(o: &RcptOutcome) -> &Reply {
+    match o {
+        RcptOutcome::Delivered(r) | RcptOutcome::Deferred(r) | RcptOutcome::Failed(r) => r,
+    }
+}
+
+fn transaction(job: &Job) -> Transaction {
+    Transaction {
+        sender: job.sender.clone(),
+        recipients: job.recipients.iter().map(|(_, a)| a.clone()).collect(),
+        size: job.size,
+        eight_bit: job.eight_bit,
+        smtputf8: false,
+    }
+}
+
+fn relay_host(hops: &[Hop], hop: usize) -> String {
+    hops.get(hop).map_or(String::new(), |h| h.name.clone())
+}
+
+/// `host[ip]:port`, as relays are named in logs and reasons.
+fn relay_name(hops: &[Hop], hop: usize, addr: SocketAddr) -> String {
+    let name = hops.get(hop).map_or("unknown", |h| h.name.as_str());
+    format!("{name}[{}]:{}", addr.ip(), addr.port())
+}
