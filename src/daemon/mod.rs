@@ -7,10 +7,13 @@
 //!
 //! One turn of the loop: wait; accept; drive every ready connection a
 //! bounded amount; fire due timers; run the group commit of every message
-//! that ended during the turn and answer those sessions; run the queue.
+//! that ended during the turn and answer those sessions; run the queue;
+//! move local deliveries by at most `delivery::jobs::LOCAL_BYTES_PER_TURN`
+//! octets (the poll does not sleep while some remain).
 
 mod drop;
 mod inbound;
+mod local;
 mod remote;
 mod runner;
 mod transport;
@@ -157,6 +160,8 @@ pub struct Daemon {
     in_flight: HashMap<QueueId, InFlight>,
     /// Sequence for unique local names (Maildir, bounce IDs).
     local_seq: u64,
+    /// Local deliveries, moved a bounded amount per turn.
+    local_jobs: local::LocalJobs,
     resolver: Resolver,
     dns_socks: HashMap<SockId, DnsSock>,
     dns_by_handle: HashMap<QueryHandle, SockId>,
@@ -268,6 +273,7 @@ impl Daemon {
             stopping: None,
             in_flight: HashMap::new(),
             local_seq: 0,
+            local_jobs: local::LocalJobs::default(),
             resolver: Resolver::new(
                 resolver_config(&cfg_dns),
                 Box::new(|buf: &mut [u8]| crate::random::fill(buf).map_err(|_| ())),
@@ -300,11 +306,13 @@ impl Daemon {
         self.reactor.add_timer(Instant::now() + TICK, Timer::Tick);
         let mut events = Vec::new();
         let mut queue_backlog = false;
+        let mut local_busy = false;
         loop {
             events.clear();
             // Due messages left over from the last turn: look at events
             // without sleeping, then take the next batch.
-            let wait = if queue_backlog {
+            // Local deliveries in progress likewise.
+            let wait = if queue_backlog || local_busy {
                 Duration::ZERO
             } else {
                 MAX_SLEEP
@@ -329,9 +337,12 @@ impl Daemon {
             }
             self.commit_batch();
             queue_backlog = self.run_queue();
+            local_busy = self.run_local_jobs();
             self.outbound_poll();
             if let Some(deadline) = self.stopping {
-                if (self.inbound.is_empty() && self.outbound.is_idle())
+                if (self.inbound.is_empty()
+                    && self.outbound.is_idle()
+                    && self.local_jobs.is_empty())
                     || Instant::now() >= deadline
                 {
                     log::info!("stopped");

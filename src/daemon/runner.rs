@@ -11,12 +11,12 @@
 
 use std::collections::HashMap;
 
+use super::local::LocalTask;
 use super::{mono_now, unix_now, Daemon};
 use crate::bounce::{
     build_bounce, header_block, rfc5322_date, Action, BounceInput, FailedRecipient,
 };
-use crate::delivery::local::{Format, LocalDelivery, LocalError};
-use crate::delivery::{Destination, Mailbox, Refusal};
+use crate::delivery::{Destination, Refusal};
 use crate::outbound::{Job, Outcome};
 use crate::queue::{after_attempt, Disposition, Rules};
 use crate::smtp::address::Address;
@@ -87,7 +87,9 @@ impl Daemon {
             // Memory must not grow with the queue: while outbound jobs wait
             // for connection slots, due messages stay in the queue index
             // (an outbound event wakes the loop when a slot frees).
-            if self.outbound.backlog() >= OUTBOUND_BACKLOG {
+            if self.outbound.backlog() >= OUTBOUND_BACKLOG
+                || self.local_jobs.len() >= super::local::LOCAL_BACKLOG
+            {
                 return false;
             }
             match self.queue.pop_due(mono) {
@@ -128,15 +130,6 @@ impl Daemon {
                 return;
             }
         };
-        let local = LocalDelivery {
-            mail_dir: self.cfg.mail_dir.clone(),
-            format: match self.cfg.local_delivery {
-                crate::config::LocalDelivery::Maildir => Format::Maildir,
-                crate::config::LocalDelivery::Mbox => Format::Mbox,
-            },
-            sync: self.cfg.spool_sync,
-            hostname: self.cfg.hostname.clone(),
-        };
         // As loaded: recipients that failed in an earlier attempt were
         // reported then; an unchanged state is not rewritten.
         let failed_before = states
@@ -146,6 +139,7 @@ impl Daemon {
         let loaded = states.clone();
         let mut tried = false;
         let mut remote: HashMap<String, Vec<(usize, String)>> = HashMap::new();
+        let mut local = Vec::new();
         // One state per recipient (`decode_state` makes exactly as many).
         for (i, (rcpt, state)) in env.recipients.iter().zip(states.iter_mut()).enumerate() {
             if state.status.is_final() {
@@ -154,7 +148,17 @@ impl Daemon {
             match &rcpt.dest {
                 Destination::Local(mailbox) => {
                     tried = true;
-                    *state = self.deliver_local(&local, id, &env, rcpt, mailbox, now);
+                    self.local_seq += 1;
+                    local.push(LocalTask {
+                        id,
+                        index: i,
+                        mailbox: mailbox.clone(),
+                        sender: env.sender.clone(),
+                        original: rcpt.original.clone(),
+                        arrival: env.arrival,
+                        now,
+                        seq: self.local_seq,
+                    });
                 }
                 Destination::Remote(address) => {
                     let key = if self.cfg.smarthost.is_empty() {
@@ -218,64 +222,16 @@ impl Daemon {
                 }
             }
         }
+        // Local deliveries are jobs the loop moves a bounded amount per
+        // turn (`delivery::jobs`); each reports like an outbound job.
+        flight.outstanding += local.len();
+        for task in local {
+            self.local_jobs.push(task);
+        }
         if flight.outstanding == 0 {
             self.settle(id, flight);
         } else {
             self.in_flight.insert(id, flight);
-        }
-    }
-
-    fn deliver_local(
-        &mut self,
-        local: &LocalDelivery,
-        id: QueueId,
-        env: &StoredEnvelope,
-        rcpt: &Recipient,
-        user: &Mailbox,
-        now: u64,
-    ) -> RcptState {
-        self.local_seq += 1;
-        let result = self
-            .spool
-            .open_content(id)
-            .map_err(|e| LocalError::Temporary(format!("451 4.3.0 cannot read queue file: {e}")))
-            .and_then(|(file, _)| {
-                local.deliver(user, &env.sender, &rcpt.original, file, now, self.local_seq)
-            });
-        let delay = now.saturating_sub(env.arrival);
-        match result {
-            Ok(place) => {
-                log::info!(
-                    "{id}: to=<{}> mailbox={user} relay=local delay={delay} dsn=2.0.0 status=sent ({place})",
-                    rcpt.original
-                );
-                RcptState {
-                    status: RcptStatus::Sent,
-                    reply: place,
-                }
-            }
-            Err(LocalError::Temporary(why)) => {
-                log::warn!(
-                    "{id}: to=<{}> mailbox={user} relay=local delay={delay} dsn={} status=deferred ({why})",
-                    rcpt.original,
-                    status_code(&why)
-                );
-                RcptState {
-                    status: RcptStatus::Deferred,
-                    reply: why,
-                }
-            }
-            Err(LocalError::Permanent(why)) => {
-                log::warn!(
-                    "{id}: to=<{}> mailbox={user} relay=local delay={delay} dsn={} status=bounced ({why})",
-                    rcpt.original,
-                    status_code(&why)
-                );
-                RcptState {
-                    status: RcptStatus::Failed,
-                    reply: why,
-                }
-            }
         }
     }
 
@@ -325,7 +281,7 @@ impl Daemon {
     }
 
     /// Everything of this attempt is back: finish, bounce or retry.
-    fn settle(&mut self, id: QueueId, mut flight: InFlight) {
+    pub(super) fn settle(&mut self, id: QueueId, mut flight: InFlight) {
         let mono = mono_now();
         let age = self.queue.age(id, flight.stored_age, mono);
         let attempts = flight.attempts.saturating_add(u32::from(flight.tried));
@@ -489,7 +445,7 @@ impl Daemon {
 
 /// The enhanced status code in a reply text ("550 5.1.1 ..."), or a
 /// generic one for its class.
-fn status_code(reply: &str) -> String {
+pub(super) fn status_code(reply: &str) -> String {
     let is_esc = |w: &str| {
         let p: Vec<&str> = w.split('.').collect();
         p.len() == 3

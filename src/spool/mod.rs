@@ -124,12 +124,27 @@ pub struct Incoming {
     flag_offset: u64,
     arrival: u64,
     pub size: u64,
+    /// Early writeback of a large message (`spool_sync` only): the
+    /// commit's sync finds little left to write (see `writeback`).
+    writeback: Option<crate::writeback::Writeback>,
 }
 
 impl Incoming {
     pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
         self.file.write_all(data)?;
         self.size += data.len() as u64;
+        if let Some(wb) = &mut self.writeback {
+            let end = self.size.saturating_add(self.flag_offset);
+            if end
+                >= wb
+                    .started()
+                    .saturating_add(crate::writeback::WRITEBACK_STEP)
+            {
+                self.file.flush()?;
+                let pos = self.file.get_mut().stream_position()?;
+                wb.advance(self.file.get_ref(), pos);
+            }
+        }
         Ok(())
     }
 
@@ -312,6 +327,7 @@ impl Spool {
                         flag_offset,
                         arrival: env.arrival,
                         size: 0,
+                        writeback: self.sync.then(|| crate::writeback::Writeback::new(0)),
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,

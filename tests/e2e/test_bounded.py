@@ -1,0 +1,80 @@
+"""Bounded work per turn (issue 13 item 3): a large message to many local
+users is delivered in steps of `LOCAL_BYTES_PER_TURN` octets, and every
+mailbox still gets a byte-identical copy (Maildir and mbox). Correctness,
+not timing: tests/bench/stall.py measures the stall."""
+
+import re
+import smtplib
+import socket
+
+import pytest
+
+from harness import wait_for
+
+USERS = [f"user{i:02d}" for i in range(1, 21)]
+
+
+def big_message(size):
+    """CRLF lines, some starting with `From ` (mbox escapes them), one
+    long line; no line starts with a dot."""
+    head = (b"From: sender@localhost\r\nTo: many@localhost\r\n"
+            b"Subject: ten megabytes\r\nMessage-ID: <big@localhost>\r\n\r\n")
+    chunks = [head]
+    n = len(head)
+    i = 0
+    while n < size:
+        if i % 1000 == 0:
+            line = b"From the middle of the body " + str(i).encode() + b"\r\n"
+        elif i % 777 == 0:
+            line = b"z" * 998 + b"\r\n"
+        else:
+            line = b"line %08d abcdefghijklmnopqrstuvwxyz0123456789\r\n" % i
+        chunks.append(line)
+        n += len(line)
+        i += 1
+    return b"".join(chunks)
+
+
+def noop_answers(port):
+    """A NOOP on a second connection is answered while delivery runs."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220")
+        s.sendall(b"NOOP\r\n")
+        assert f.readline().startswith(b"250")
+        s.sendall(b"QUIT\r\n")
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "mbox"])
+def test_ten_megabytes_to_many_local_users_byte_identical(tern_factory, fmt):
+    t = tern_factory(local_delivery=fmt, max_message_size=20 * 1024 * 1024,
+                     log_level="info").start()
+    data = big_message(10 * 1024 * 1024)
+    with smtplib.SMTP("127.0.0.1", t.port, timeout=60) as c:
+        refused = c.sendmail("sender@localhost", [f"{u}@localhost" for u in USERS], data)
+        assert refused == {}
+    noop_answers(t.port)
+    # The queue file goes once every copy is durable in its mailbox.
+    wait_for(lambda: not t.queued(), timeout=120, what="all local deliveries")
+    body = data.replace(b"\r\n", b"\n")
+    for u in USERS:
+        if fmt == "maildir":
+            copies = t.maildir(u)
+            assert len(copies) == 1, u
+            got = copies[0]
+            assert not list((t.mail / u / "tmp").iterdir()), "no file left in tmp/"
+        else:
+            got = (t.mail / u).read_bytes()
+            first, rest = got.split(b"\n", 1)
+            assert re.fullmatch(rb"From sender@localhost \w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}", first)
+            assert rest.endswith(b"\n\n") and got.count(b"\nFrom sender@localhost ") == 0
+            got = rest[:-1]  # the closing empty line
+            # mboxrd: a body line starting with `From ` gained a `>`.
+            got = got.replace(b"\n>From the middle", b"\nFrom the middle")
+        want_head = b"Return-Path: <sender@localhost>\nDelivered-To: %s@localhost\nReceived: " % u.encode()
+        assert got.startswith(want_head), got[:200]
+        # Everything after tern's Received: field is the message as sent.
+        received_end = got.index(b"\nFrom: sender@localhost\n") + 1
+        assert got[received_end:] == body, f"{u}: content differs"
+    log = t.log_text()
+    assert log.count("status=sent") == len(USERS)
