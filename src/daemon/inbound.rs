@@ -47,16 +47,6 @@ struct LocalPolicy<'a> {
 }
 
 impl Policy for LocalPolicy<'_> {
-    fn authenticate(&self, peer: IpAddr, user: &str, password: &str) -> AuthVerdict {
-        let now = Instant::now();
-        let mut limiter = self.daemon.auth_limiter.borrow_mut();
-        match limiter.attempt(peer, now, || self.daemon.users.check(user, password)) {
-            None => AuthVerdict::Blocked,
-            Some(true) => AuthVerdict::Ok,
-            Some(false) => AuthVerdict::Bad,
-        }
-    }
-
     fn check_mail(&self) -> Result<(), Reply> {
         if self.daemon.spool_has_room() {
             Ok(())
@@ -80,6 +70,36 @@ impl Policy for LocalPolicy<'_> {
 }
 
 impl Daemon {
+    /// Answers at most [`super::AUTH_CHECKS_PER_TURN`] pending AUTH verifications
+    /// (each a PBKDF2 of up to `MAX_PBKDF2_ITERATIONS` rounds: 7–80 ms on
+    /// router CPUs); true while more wait (the loop must not sleep).
+    pub(super) fn answer_auth(&mut self) -> bool {
+        for _ in 0..super::AUTH_CHECKS_PER_TURN {
+            let Some((id, creds)) = self.auth_pending.pop_front() else {
+                return false;
+            };
+            // The client may have gone (or the session timed out).
+            let Some(peer) = self.inbound.get(&id).map(|c| c.session.peer()) else {
+                continue;
+            };
+            let now = Instant::now();
+            let verdict = match self
+                .auth_limiter
+                .get_mut()
+                .attempt(peer, now, || self.users.check(&creds.user, &creds.password))
+            {
+                None => AuthVerdict::Blocked,
+                Some(true) => AuthVerdict::Ok,
+                Some(false) => AuthVerdict::Bad,
+            };
+            if let Some(c) = self.inbound.get_mut(&id) {
+                c.session.auth_verdict(verdict, Instant::now());
+            }
+            self.drive_inbound(id);
+        }
+        !self.auth_pending.is_empty()
+    }
+
     /// `min_free_space` (cached by the gate: at most one statvfs a second).
     fn spool_has_room(&self) -> bool {
         self.space
@@ -372,6 +392,8 @@ impl Daemon {
                     }
                 }
                 Event::StartTls => conn.starttls = true,
+                // Verified between turns (`answer_auth`), not here.
+                Event::Authenticate(creds) => self.auth_pending.push_back((id, creds)),
                 Event::Abort => {
                     if let Some(inc) = conn.incoming.take() {
                         self.spool.discard(inc);

@@ -162,6 +162,8 @@ pub struct Daemon {
     local_seq: u64,
     /// Local deliveries, moved a bounded amount per turn.
     local_jobs: local::LocalJobs,
+    /// AUTH credentials waiting for their check (`inbound::answer_auth`).
+    auth_pending: std::collections::VecDeque<(SockId, crate::smtp::server::Credentials)>,
     resolver: Resolver,
     dns_socks: HashMap<SockId, DnsSock>,
     dns_by_handle: HashMap<QueryHandle, SockId>,
@@ -274,6 +276,7 @@ impl Daemon {
             in_flight: HashMap::new(),
             local_seq: 0,
             local_jobs: local::LocalJobs::default(),
+            auth_pending: std::collections::VecDeque::new(),
             resolver: Resolver::new(
                 resolver_config(&cfg_dns),
                 Box::new(|buf: &mut [u8]| crate::random::fill(buf).map_err(|_| ())),
@@ -307,12 +310,13 @@ impl Daemon {
         let mut events = Vec::new();
         let mut queue_backlog = false;
         let mut local_busy = false;
+        let mut auth_busy = false;
         loop {
             events.clear();
             // Due messages left over from the last turn: look at events
             // without sleeping, then take the next batch.
             // Local deliveries in progress likewise.
-            let wait = if queue_backlog || local_busy {
+            let wait = if queue_backlog || local_busy || auth_busy {
                 Duration::ZERO
             } else {
                 MAX_SLEEP
@@ -338,6 +342,7 @@ impl Daemon {
             self.commit_batch();
             queue_backlog = self.run_queue();
             local_busy = self.run_local_jobs();
+            auth_busy = self.answer_auth();
             self.outbound_poll();
             if let Some(deadline) = self.stopping {
                 if (self.inbound.is_empty()
@@ -515,6 +520,9 @@ pub fn load_hosts(path: &std::path::Path) -> HashMap<String, Vec<std::net::IpAdd
     map
 }
 
+/// AUTH verifications (PBKDF2) answered per loop turn; the rest wait for
+/// the next turn, which comes at once.
+pub const AUTH_CHECKS_PER_TURN: usize = 1;
 /// Brute-force limits for AUTH per client address.
 pub const AUTH_FAILURES_PER_IP: u32 = 10;
 pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(600);

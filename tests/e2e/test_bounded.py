@@ -78,3 +78,54 @@ def test_ten_megabytes_to_many_local_users_byte_identical(tern_factory, fmt):
         assert got[received_end:] == body, f"{u}: content differs"
     log = t.log_text()
     assert log.count("status=sent") == len(USERS)
+
+
+def test_auth_is_verified_between_turns_for_many_clients(tern_factory, tmp_path):
+    """Several AUTHs arrive in the same turn: each is verified by the loop
+    (one per turn) and answered on its own connection; a client that
+    leaves before its verdict does not disturb the others."""
+    import base64
+    import subprocess
+
+    from harness import TERN_BIN
+
+    r = subprocess.run([TERN_BIN, "passwd", "joe"], input=b"s3cret pass\n",
+                       capture_output=True, timeout=10)
+    assert r.returncode == 0, r.stderr
+    users = tmp_path / "users"
+    users.write_text(r.stdout.decode())
+    t = tern_factory(users_file=users, allow_plaintext_auth="yes",
+                     relay_networks="10.255.0.0/16").start()
+
+    def session():
+        s = socket.create_connection(("127.0.0.1", t.port), timeout=20)
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220")
+        s.sendall(b"EHLO c.test\r\n")
+        while True:
+            line = f.readline()
+            if line[3:4] == b" ":
+                break
+        return s, f
+
+    good = base64.b64encode(b"\0joe\0s3cret pass")
+    bad = base64.b64encode(b"\0joe\0wrong")
+    conns = [session() for _ in range(6)]
+    leaver, _ = session()
+    # All AUTHs go out before any answer is read; the good ones pipeline
+    # a MAIL behind the AUTH.
+    leaver.sendall(b"AUTH PLAIN " + good + b"\r\n")
+    leaver.close()
+    for i, (s, _) in enumerate(conns):
+        cred = bad if i == 0 else good
+        s.sendall(b"AUTH PLAIN " + cred + b"\r\nMAIL FROM:<joe@lan.test>\r\n")
+    for i, (s, f) in enumerate(conns):
+        first = f.readline()
+        if i == 0:
+            assert first.startswith(b"535"), first
+        else:
+            assert first.startswith(b"235"), first
+            assert f.readline().startswith(b"250"), "the pipelined MAIL"
+        s.close()
+    assert t.proc.poll() is None
+    assert t.log_text().count("auth: joe authenticated") >= 5
