@@ -453,17 +453,28 @@ impl Daemon {
     /// The group commit: one sync of `msg/` for every message that ended
     /// this turn, then the 250s.
     pub(super) fn commit_batch(&mut self) {
-        if self.batch.is_empty() {
+        if self.batch.is_empty() && self.drop_commits.is_empty() {
             return;
         }
         let batch = std::mem::take(&mut self.batch);
+        let drops = std::mem::take(&mut self.drop_commits);
         let mut conns = Vec::with_capacity(batch.len());
-        let mut files = Vec::with_capacity(batch.len());
+        let mut files = Vec::with_capacity(batch.len() + drops.len());
         for (conn, file, what, env) in batch {
             conns.push((conn, what, env.map(|e| (e, file.size))));
             files.push(file);
         }
-        let results = self.spool.commit(files);
+        // Imported sendmail drops share the sync.
+        let mut imported = Vec::with_capacity(drops.len());
+        for (claimed, file, what) in drops {
+            imported.push((claimed, what));
+            files.push(file);
+        }
+        let mut results = self.spool.commit(files);
+        let drop_results = results.split_off(conns.len().min(results.len()));
+        for ((claimed, what), result) in imported.into_iter().zip(drop_results) {
+            self.drop_committed(claimed, what, result);
+        }
         let now = super::mono_now();
         for ((id, what, env), result) in conns.into_iter().zip(results) {
             match result {

@@ -162,6 +162,11 @@ pub struct Daemon {
     local_seq: u64,
     /// Local deliveries, moved a bounded amount per turn.
     local_jobs: local::LocalJobs,
+    /// Sendmail drops being imported, a bounded amount per turn.
+    drops: drop::DropImports,
+    /// Imported drops for this turn's group commit: (claimed path, file,
+    /// log text).
+    drop_commits: Vec<(PathBuf, Incoming, String)>,
     /// AUTH credentials waiting for their check (`inbound::answer_auth`).
     auth_pending: std::collections::VecDeque<(SockId, crate::smtp::server::Credentials)>,
     resolver: Resolver,
@@ -277,6 +282,8 @@ impl Daemon {
             local_seq: 0,
             local_jobs: local::LocalJobs::default(),
             auth_pending: std::collections::VecDeque::new(),
+            drops: drop::DropImports::default(),
+            drop_commits: Vec::new(),
             resolver: Resolver::new(
                 resolver_config(&cfg_dns),
                 Box::new(|buf: &mut [u8]| crate::random::fill(buf).map_err(|_| ())),
@@ -311,12 +318,13 @@ impl Daemon {
         let mut queue_backlog = false;
         let mut local_busy = false;
         let mut auth_busy = false;
+        let mut drops_busy = false;
         loop {
             events.clear();
             // Due messages left over from the last turn: look at events
             // without sleeping, then take the next batch.
             // Local deliveries in progress likewise.
-            let wait = if queue_backlog || local_busy || auth_busy {
+            let wait = if queue_backlog || local_busy || auth_busy || drops_busy {
                 Duration::ZERO
             } else {
                 MAX_SLEEP
@@ -339,6 +347,7 @@ impl Daemon {
             while let Some(t) = self.reactor.pop_timer(now) {
                 self.timer(t, now);
             }
+            drops_busy = self.import_turn();
             self.commit_batch();
             queue_backlog = self.run_queue();
             local_busy = self.run_local_jobs();

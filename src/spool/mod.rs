@@ -468,6 +468,35 @@ impl Spool {
         Ok((env, progress))
     }
 
+    /// Complete sendmail drops in `drop/`, oldest first (`spool::drop`).
+    pub fn drops(&self) -> Vec<PathBuf> {
+        drop::list(&self.root)
+    }
+
+    /// Whether `msg/ID` exists (a claimed drop was committed).
+    pub fn is_queued(&self, id: QueueId) -> bool {
+        fs::symlink_metadata(self.path("msg", id)).is_ok()
+    }
+
+    /// Moves a bad drop (a path from [`Spool::drops`]) to `corrupt/`.
+    pub fn set_aside_drop(&self, path: &Path) -> io::Result<PathBuf> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        set_aside(path, &self.root.join("corrupt"), &name)
+    }
+
+    /// Unlinks an imported drop (a path from [`Spool::drops`] or its
+    /// claimed name); a drop already gone is fine.
+    pub fn remove_drop(&self, path: &Path) {
+        if let Err(e) = fs::remove_file(path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("drop {}: cannot remove: {e}", path.display());
+            }
+        }
+    }
+
     /// Opens the content for reading (after the envelope, before the
     /// trailer) and checks the trailer.
     pub fn open_content(&self, id: QueueId) -> io::Result<(Content, u64)> {
