@@ -23,8 +23,9 @@ use crate::smtp::address::Address;
 use crate::spool::envelope::Recipient;
 use crate::spool::{QueueId, RcptState, RcptStatus, StoredEnvelope};
 
-/// Messages taken from the queue per loop turn; local deliveries fsync, so
-/// this bounds how long one turn can keep other sessions waiting.
+/// Messages taken from the queue per loop turn (their local deliveries
+/// are queued as jobs, see `daemon::local`; this bounds the loading of
+/// envelopes and states in one turn).
 pub const MESSAGES_PER_TURN: usize = 16;
 /// Outbound jobs waiting for a connection slot before the runner stops
 /// taking due messages (each waiting job holds its envelope in memory).

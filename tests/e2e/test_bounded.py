@@ -78,6 +78,22 @@ def test_ten_megabytes_to_many_local_users_byte_identical(tern_factory, fmt):
         assert got[received_end:] == body, f"{u}: content differs"
     log = t.log_text()
     assert log.count("status=sent") == len(USERS)
+    # Idle again: the loop sleeps (no zero-timeout polling left armed).
+    assert cpu_seconds(t.proc.pid, 1.0) < 0.2
+
+
+def cpu_seconds(pid, interval):
+    """CPU time (user + system) the process used during `interval`."""
+    import os
+    import time
+
+    def ticks():
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    before = ticks()
+    time.sleep(interval)
+    return (ticks() - before) / os.sysconf("SC_CLK_TCK")
 
 
 def test_auth_is_verified_between_turns_for_many_clients(tern_factory, tmp_path):
