@@ -45,7 +45,7 @@ pub const DROPS_PER_SCAN: usize = 32;
 /// Octets of drop content copied into the spool per loop turn, over all
 /// drops (a drop of 2 × `max_message_size` held the loop for its whole
 /// copy and sync before).
-pub const DROP_BYTES_PER_TURN: usize = 256 * 1024;
+pub const DROP_BYTES_PER_TURN: usize = crate::delivery::jobs::LOCAL_BYTES_PER_TURN;
 /// What starting a drop (open, header, recipient policy, spool file)
 /// counts against the turn's budget.
 pub const DROP_START_COST: usize = 4 * 1024;

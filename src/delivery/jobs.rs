@@ -27,7 +27,11 @@ use super::local::{LocalError, LocalJob};
 
 /// Octets moved into mailboxes per loop turn, over all jobs (the outbound
 /// body pump moves `BODY_CHUNK` per socket event in the same spirit).
-pub const LOCAL_BYTES_PER_TURN: usize = 256 * 1024;
+/// With `spool_sync` a turn also waits for the writeback of an earlier
+/// step (`writeback`), so this is what the disk must take per turn:
+/// 128 KiB kept the worst NOOP round trip under 20 ms on a shared VM disk
+/// (`tests/bench/stall.py`; 256 KiB gave up to 39 ms there).
+pub const LOCAL_BYTES_PER_TURN: usize = 128 * 1024;
 /// What starting a job (directory and file opens, a lock) counts against
 /// the turn's budget: at most 64 jobs start in one turn.
 pub const LOCAL_JOB_START_COST: usize = 4 * 1024;

@@ -167,7 +167,7 @@ impl LocalJob {
     /// Makes the directory entry durable (after `publish`).
     pub fn sync_entry(&self) -> Result<(), LocalError> {
         match &self.writer {
-            Writer::Maildir(w) => w.new_dir().sync(),
+            Writer::Maildir(w) => w.sync_entries(),
             Writer::Mbox(w) => w.sync_dir(),
         }
         .map_err(|e| self.error(e))

@@ -64,7 +64,7 @@ pub fn deliver_maildir(
     }
     w.publish()?;
     if sync {
-        w.new_dir().sync()?;
+        w.sync_entries()?;
     }
     Ok(w.finish())
 }
@@ -84,14 +84,18 @@ enum Phase {
 /// [`begin`](Self::begin) (directories, the `tmp/` file), then
 /// [`pump`](Self::pump) with a byte budget until it returns true, then
 /// [`sync_data`](Self::sync_data) (or a `syncfs` that covers it),
-/// [`publish`](Self::publish) (`tmp/` → `new/`), a sync of
-/// [`new_dir`](Self::new_dir), and [`finish`](Self::finish). Dropped before
+/// [`publish`](Self::publish) (`tmp/` → `new/`),
+/// [`sync_entries`](Self::sync_entries) (or again a `syncfs`), and
+/// [`finish`](Self::finish). Dropped before
 /// `finish` (an error, a shutdown), it removes what it created: the
 /// `tmp/` file, or the `new/` entry not yet durable.
 pub struct MaildirWrite<'a> {
     mailbox_dir: PathBuf,
     tmp: Dir,
     new: Dir,
+    /// The mailbox and `mail_dir`, when `begin` created directories: their
+    /// new entries must be durable before the message is reported.
+    created: Option<(Dir, Dir)>,
     unique: std::ffi::OsString,
     file: File,
     input: CrlfToLf<Box<dyn Read + 'a>>,
@@ -147,11 +151,10 @@ impl<'a> MaildirWrite<'a> {
             Ok(d)
         };
         let (tmp, new, _cur) = (sub("tmp")?, sub("new")?, sub("cur")?);
-        if sync && created {
-            // New directory entries must be durable before the message is.
-            mailbox.sync()?;
-            root.sync()?;
-        }
+        // New directory entries must be durable before the message is
+        // reported delivered: synced with the `new/` entry (one journal
+        // commit for all of them instead of one more per directory here).
+        let created = (sync && created).then_some((mailbox, root));
         let unique = OsStr::new(unique).to_os_string();
         let file = tmp.create_file(&unique, MAILDIR_FILE_MODE)?;
         // From here on the tmp file is ours: `Drop` removes it on failure.
@@ -159,6 +162,7 @@ impl<'a> MaildirWrite<'a> {
             mailbox_dir: mailbox_dir.to_path_buf(),
             tmp,
             new,
+            created,
             unique,
             file,
             input: CrlfToLf::new(content),
@@ -207,9 +211,15 @@ impl<'a> MaildirWrite<'a> {
         Ok(())
     }
 
-    /// `new/`, to sync after [`publish`](Self::publish).
-    pub fn new_dir(&self) -> &Dir {
-        &self.new
+    /// Makes the `new/` entry durable (after [`publish`](Self::publish)),
+    /// and the directories `begin` created.
+    pub fn sync_entries(&self) -> io::Result<()> {
+        self.new.sync()?;
+        if let Some((mailbox, root)) = &self.created {
+            mailbox.sync()?;
+            root.sync()?;
+        }
+        Ok(())
     }
 
     /// Delivered: keeps the message and says where it is.

@@ -140,14 +140,19 @@ def one_run(args, workdir, run):
         probe.start()
         time.sleep(0.5)
         t_start = time.perf_counter()
-        submit(t.port, users, data)
-        t_data = time.perf_counter()
-        deadline = t_data + args.timeout
-        while delivered(t, users, args.format) < len(users):
-            if time.perf_counter() > deadline:
-                raise TimeoutError("delivery did not finish")
-            time.sleep(0.005)
-        t_done = time.perf_counter()
+        if args.idle:
+            # The noise floor: the same probe, nothing delivered.
+            time.sleep(args.idle)
+            t_data = t_done = time.perf_counter()
+        else:
+            submit(t.port, users, data)
+            t_data = time.perf_counter()
+            deadline = t_data + args.timeout
+            while delivered(t, users, args.format) < len(users):
+                if time.perf_counter() > deadline:
+                    raise TimeoutError("delivery did not finish")
+                time.sleep(0.005)
+            t_done = time.perf_counter()
         time.sleep(0.2)
         probe.stop.set()
         probe.join(5)
@@ -175,6 +180,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--format", choices=["maildir", "mbox"], default="maildir")
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--idle", type=float, default=0,
+                    help="deliver nothing, probe for this many seconds: the machine's noise floor")
     ap.add_argument("--no-sync", action="store_true", help="spool_sync = no (no fsync at all)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true", help="keep the run directories (logs)")
