@@ -48,6 +48,9 @@ pub const FRESH_CACHE: usize = 1024;
 
 /// The longest the loop sleeps without a timer (a safety net only).
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// A loop turn whose work (after the poll) takes this long is logged at
+/// debug level with where the time went (`tests/bench/stall.py` reads it).
+pub const SLOW_TURN: Duration = Duration::from_millis(10);
 /// How long a graceful stop waits for commits and output before exiting.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The housekeeping tick: sendmail drops are imported, session and
@@ -330,6 +333,7 @@ impl Daemon {
                 MAX_SLEEP
             };
             self.reactor.poll(Some(wait), &mut events)?;
+            let turn = Instant::now();
             for ev in events.drain(..) {
                 match ev {
                     Event::Acceptable(l) => self.accept(l),
@@ -348,10 +352,27 @@ impl Daemon {
                 self.timer(t, now);
             }
             drops_busy = self.import_turn();
+            let t_drops = Instant::now();
             self.commit_batch();
+            let t_commit = Instant::now();
             queue_backlog = self.run_queue();
+            let t_queue = Instant::now();
             local_busy = self.run_local_jobs();
+            let t_local = Instant::now();
             auth_busy = self.answer_auth();
+            let t_auth = Instant::now();
+            if t_auth - turn >= SLOW_TURN {
+                log::debug!(
+                    "slow turn: {} ms (events and timers {}, drops {}, commit {}, queue {}, local {}, auth {})",
+                    (t_auth - turn).as_millis(),
+                    (now - turn).as_millis(),
+                    (t_drops - now).as_millis(),
+                    (t_commit - t_drops).as_millis(),
+                    (t_queue - t_commit).as_millis(),
+                    (t_local - t_queue).as_millis(),
+                    (t_auth - t_local).as_millis(),
+                );
+            }
             self.outbound_poll();
             if let Some(deadline) = self.stopping {
                 if (self.inbound.is_empty()
