@@ -69,6 +69,26 @@ impl Daemon {
         !self.local_jobs.is_empty()
     }
 
+    /// At exit with attempts still in flight (the shutdown grace ran out):
+    /// records what finished, so a recipient whose copy is already in its
+    /// mailbox is not delivered again after the restart. Unfinished local
+    /// jobs were undone; their recipients keep their old state.
+    pub(super) fn save_unsettled(&mut self) {
+        let mono = super::mono_now();
+        for (id, flight) in &self.in_flight {
+            if flight.states == flight.loaded {
+                continue;
+            }
+            let age = self.queue.age(*id, flight.stored_age, mono);
+            if let Err(e) = self
+                .spool
+                .save_state(*id, &flight.states, flight.attempts, age)
+            {
+                log::error!("{id}: cannot save delivery state: {e}");
+            }
+        }
+    }
+
     fn local_done(&mut self, id: QueueId, index: usize, state: RcptState) {
         let Some(flight) = self.in_flight.get_mut(&id) else {
             return;

@@ -380,6 +380,7 @@ impl Daemon {
                     && self.local_jobs.is_empty())
                     || Instant::now() >= deadline
                 {
+                    self.save_unsettled();
                     log::info!("stopped");
                     return Ok(());
                 }
