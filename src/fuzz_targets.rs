@@ -771,13 +771,14 @@ impl Policy for FuzzPolicy {
         };
         policy.resolve(rcpt, relay_allowed)
     }
+}
 
-    fn authenticate(&self, _peer: IpAddr, user: &str, password: &str) -> AuthVerdict {
-        match (user, password) {
-            ("joe", "secret") => AuthVerdict::Ok,
-            ("blocked", _) => AuthVerdict::Blocked,
-            _ => AuthVerdict::Bad,
-        }
+/// The fuzz driver's users: joe/secret, and a blocked client.
+fn fuzz_verdict(user: &str, password: &str) -> AuthVerdict {
+    match (user, password) {
+        ("joe", "secret") => AuthVerdict::Ok,
+        ("blocked", _) => AuthVerdict::Blocked,
+        _ => AuthVerdict::Bad,
     }
 }
 
@@ -850,6 +851,9 @@ impl ServerDriver {
                     self.s
                         .tls_started("TLSv1.3 TLS13_AES_128_GCM_SHA256".into(), self.now);
                 }
+                Event::Authenticate(c) => self
+                    .s
+                    .auth_verdict(fuzz_verdict(&c.user, &c.password), self.now),
             }
         }
         any

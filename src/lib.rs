@@ -52,5 +52,6 @@ pub mod system;
 #[cfg(test)]
 mod test_rng;
 pub mod tls;
+pub mod writeback;
 
 pub use system::run_daemon;

@@ -163,14 +163,6 @@ impl crate::smtp::server::Policy for LocalInjection<'_> {
     ) -> Result<Vec<crate::delivery::Destination>, crate::smtp::reply::Reply> {
         Ok(Vec::new())
     }
-    fn authenticate(
-        &self,
-        _peer: std::net::IpAddr,
-        _user: &str,
-        _password: &str,
-    ) -> crate::smtp::server::AuthVerdict {
-        crate::smtp::server::AuthVerdict::Bad
-    }
 }
 
 /// `sendmail -bs`: an SMTP dialog on stdin/stdout (blocking is fine here:
@@ -233,6 +225,10 @@ fn smtp_on_stdin(cfg: &Config) -> i32 {
                 }
                 Event::Abort => drop = None,
                 Event::StartTls => {}
+                // AUTH is not offered here.
+                Event::Authenticate(_) => {
+                    s.auth_verdict(crate::smtp::server::AuthVerdict::Bad, Instant::now())
+                }
             }
         }
         if !s.output().is_empty() {

@@ -2,6 +2,14 @@
 //! validated like remote input, copied into the spool with CRLF line ends
 //! and a `Received:` header, committed, and only then unlinked.
 //!
+//! Bounded work per turn: a scan (the tick, SIGUSR2, a flush) lists at
+//! most [`DROPS_PER_SCAN`] drops; each loop turn copies at most
+//! [`DROP_BYTES_PER_TURN`] octets of them, keeping the open drop, its
+//! spool file and the converter's state between turns; a drop copied
+//! whole joins the turn's group commit with the messages received over
+//! SMTP (one sync for all). Files are reached through the `Spool` API
+//! (`drops`, `is_queued`, `set_aside_drop`, `remove_drop`).
+//!
 //! Exactly once across a kill: before the commit the drop is renamed to
 //! `NAME+ID` (claimed for queue ID `ID`, [`drop::claim`]); a claimed drop
 //! whose `msg/ID` exists was committed and only its unlink was lost, so it
@@ -19,9 +27,10 @@
 //! (it comes before the sequence's first octet); octets that are not UTF-8
 //! are counted singly.
 
-use std::fs;
+use std::collections::VecDeque;
+use std::fs::File;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::{unix_now, Daemon};
 use crate::bounce::rfc5322_date;
@@ -29,55 +38,156 @@ use crate::delivery::{push_unique, Destination};
 use crate::smtp::address::Address;
 use crate::spool::drop;
 use crate::spool::envelope::Recipient;
-use crate::spool::{QueueId, StoredEnvelope};
+use crate::spool::{Incoming, QueueId, StoredEnvelope};
 
-/// Drops imported per scan; the rest wait for the next scan.
+/// Drops taken per scan; the rest wait for the next scan.
 pub const DROPS_PER_SCAN: usize = 32;
+/// Octets of drop content copied into the spool per loop turn, over all
+/// drops (a drop of 2 × `max_message_size` held the loop for its whole
+/// copy and sync before).
+pub const DROP_BYTES_PER_TURN: usize = crate::delivery::jobs::LOCAL_BYTES_PER_TURN;
+/// What starting a drop (open, header, recipient policy, spool file)
+/// counts against the turn's budget.
+pub const DROP_START_COST: usize = 4 * 1024;
+/// Octets read from a drop at a time.
+const DROP_READ_BUFFER: usize = 8 * 1024;
+
+/// The drops found by the last scan and the one being copied.
+#[derive(Default)]
+pub struct DropImports {
+    waiting: VecDeque<PathBuf>,
+    current: Option<Importing>,
+}
+
+impl DropImports {
+    /// Nothing waiting, nothing being copied.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.current.is_none()
+    }
+}
+
+/// One drop on its way into the spool: both files open, the offsets in
+/// them, the line-end converter's state.
+struct Importing {
+    path: PathBuf,
+    file: File,
+    inc: Incoming,
+    uid: u32,
+    sender: String,
+    nrcpt: usize,
+    /// Octets of the drop's message read so far, and the most allowed.
+    read: u64,
+    limit: u64,
+    conv: LineEnds,
+}
+
+/// What one step of an import came to.
+enum Step {
+    /// The budget ran out first.
+    More(Box<Importing>),
+    /// All copied: claimed and handed to the group commit.
+    Handed,
+}
 
 impl Daemon {
+    /// Looks at `drop/` (at the tick, on SIGUSR2, on a flush) unless the
+    /// last scan's drops are still being imported; the copying is done a
+    /// bounded amount per turn by [`Daemon::import_turn`].
     pub(super) fn import_drops(&mut self) {
-        if self.stopping.is_some() {
+        if self.stopping.is_some() || !self.drops.is_idle() {
             return;
         }
-        for path in drop::list(self.spool.root())
+        self.drops.waiting = self
+            .spool
+            .drops()
             .into_iter()
             .take(DROPS_PER_SCAN)
-        {
-            if let Some(id) = drop::claimed_id(&path) {
-                let queued = self.spool.root().join("msg").join(id.text().as_str());
-                if fs::symlink_metadata(&queued).is_ok() {
-                    log::info!("drop {}: already queued as {id}; removed", path.display());
-                    let _ = fs::remove_file(&path);
-                    continue;
+            .collect();
+    }
+
+    /// Copies at most [`DROP_BYTES_PER_TURN`] octets of drops into the
+    /// spool; a drop copied whole is claimed and joins this turn's group
+    /// commit. True while drops remain (the loop must not sleep).
+    pub(super) fn import_turn(&mut self) -> bool {
+        if self.stopping.is_some() {
+            // A drop not committed stays in drop/ and is imported after
+            // the restart.
+            self.drops.waiting.clear();
+            if let Some(imp) = self.drops.current.take() {
+                self.spool.discard(imp.inc);
+            }
+            return false;
+        }
+        let mut budget = DROP_BYTES_PER_TURN;
+        while budget > 0 {
+            let imp = match self.drops.current.take() {
+                Some(imp) => imp,
+                None => {
+                    let Some(path) = self.drops.waiting.pop_front() else {
+                        break;
+                    };
+                    budget = budget.saturating_sub(DROP_START_COST).max(1);
+                    match self.start_drop(path) {
+                        Some(imp) => imp,
+                        None => continue,
+                    }
+                }
+            };
+            let path = imp.path.clone();
+            match self.copy_drop(imp, &mut budget) {
+                Ok(Step::More(imp)) => self.drops.current = Some(*imp),
+                Ok(Step::Handed) => {}
+                Err(e) => {
+                    if self.import_failed(&path, e) {
+                        // The rest would meet the same spool: next scan.
+                        self.drops.waiting.clear();
+                    }
                 }
             }
-            match self.import_drop(&path) {
-                Ok((id, claimed)) => {
-                    let _ = fs::remove_file(&claimed);
-                    self.queue.schedule(id, super::mono_now());
+        }
+        !self.drops.is_idle()
+    }
+
+    /// Opens a drop and its spool file; `None` when it needs no import or
+    /// failed (handled and logged).
+    fn start_drop(&mut self, path: PathBuf) -> Option<Importing> {
+        if let Some(id) = drop::claimed_id(&path) {
+            if self.spool.is_queued(id) {
+                log::info!("drop {}: already queued as {id}; removed", path.display());
+                self.spool.remove_drop(&path);
+                return None;
+            }
+        }
+        match self.open_drop(&path) {
+            Ok(imp) => Some(imp),
+            Err(e) => {
+                if self.import_failed(&path, e) {
+                    self.drops.waiting.clear();
                 }
-                Err(ImportError::Later(why)) => {
-                    // The rest would meet the same spool: next scan.
-                    log::warn!("drop {}: {why}; kept for the next scan", path.display());
-                    break;
-                }
-                Err(ImportError::Bad(why)) => {
-                    log::error!("drop {}: {why}; moved to corrupt/", path.display());
-                    let name = path
-                        .file_name()
-                        .map(|n| n.to_os_string())
-                        .unwrap_or_default();
-                    let name = name.to_string_lossy();
-                    let _ =
-                        crate::spool::set_aside(&path, &self.spool.root().join("corrupt"), &name);
-                }
+                None
             }
         }
     }
 
-    /// Imports one drop; returns the queue ID and the drop's path as
-    /// claimed (what to unlink).
-    fn import_drop(&mut self, path: &Path) -> Result<(QueueId, PathBuf), ImportError> {
+    /// Logs a failed import and sets a bad drop aside; true when the
+    /// spool could not take it (the scan stops).
+    fn import_failed(&mut self, path: &std::path::Path, e: ImportError) -> bool {
+        match e {
+            ImportError::Later(why) => {
+                log::warn!("drop {}: {why}; kept for the next scan", path.display());
+                true
+            }
+            ImportError::Bad(why) => {
+                log::error!("drop {}: {why}; moved to corrupt/", path.display());
+                let _ = self.spool.set_aside_drop(path);
+                false
+            }
+        }
+    }
+
+    /// Validates the drop's header like remote input and creates its
+    /// spool file with the `Received:` field.
+    fn open_drop(&mut self, path: &std::path::Path) -> Result<Importing, ImportError> {
         // Header, message and conversion slack: a bound, not a policy.
         let max = self
             .cfg
@@ -126,6 +236,7 @@ impl Daemon {
             return Err("no recipients".to_string().into());
         }
         let now = unix_now();
+        let nrcpt = recipients.len();
         let env = StoredEnvelope {
             id: QueueId(0),
             arrival: now,
@@ -145,65 +256,103 @@ impl Daemon {
             inc.id,
             rfc5322_date(now as i64, 0)
         );
-        // The limit applies to the drop's message as sendmail wrote it
-        // (sendmail counts the same octets), not to the copy with CRLF
-        // line ends and a Received: field.
-        let limit = self.cfg.max_message_size.saturating_add(DROP_HEADROOM);
-        let mut read: u64 = 0;
-        let mut conv = LineEnds::default();
-        let mut out = Vec::with_capacity(8192);
-        let mut buf = [0u8; 8192];
-        let later = |e: std::io::Error| ImportError::Later(e.to_string());
-        let result: Result<(), ImportError> = (|| {
-            inc.write(received.as_bytes()).map_err(later)?;
-            loop {
-                let n = file.read(&mut buf).map_err(later)?;
+        if let Err(e) = inc.write(received.as_bytes()) {
+            self.spool.discard(inc);
+            return Err(ImportError::Later(e.to_string()));
+        }
+        Ok(Importing {
+            path: path.to_path_buf(),
+            file,
+            inc,
+            uid,
+            sender,
+            nrcpt,
+            read: 0,
+            // The limit applies to the drop's message as sendmail wrote
+            // it (sendmail counts the same octets), not to the copy with
+            // CRLF line ends and a Received: field.
+            limit: self.cfg.max_message_size.saturating_add(DROP_HEADROOM),
+            conv: LineEnds::default(),
+        })
+    }
+
+    /// Copies while `budget` lasts; at the end of the drop, claims it and
+    /// hands its file to the group commit. On error the spool file is
+    /// discarded.
+    fn copy_drop(&mut self, mut imp: Importing, budget: &mut usize) -> Result<Step, ImportError> {
+        let mut buf = [0u8; DROP_READ_BUFFER];
+        let mut out = Vec::with_capacity(2 * DROP_READ_BUFFER);
+        let result: Result<bool, ImportError> = (|| {
+            let later = |e: std::io::Error| ImportError::Later(e.to_string());
+            while *budget > 0 {
+                let n = imp.file.read(&mut buf).map_err(later)?;
                 if n == 0 {
-                    break;
+                    out.clear();
+                    imp.conv.finish(&mut out);
+                    imp.inc.write(&out).map_err(later)?;
+                    if imp.conv.eight_bit {
+                        imp.inc.mark_eight_bit().map_err(later)?;
+                    }
+                    return Ok(true);
                 }
-                read = read.saturating_add(n as u64);
-                if read > limit {
+                *budget = budget.saturating_sub(n);
+                imp.read = imp.read.saturating_add(n as u64);
+                if imp.read > imp.limit {
                     return Err(ImportError::Bad(format!(
                         "message exceeds max_message_size ({})",
                         self.cfg.max_message_size
                     )));
                 }
                 out.clear();
-                conv.convert(buf.get(..n).unwrap_or_default(), &mut out);
-                inc.write(&out).map_err(later)?;
+                imp.conv.convert(buf.get(..n).unwrap_or_default(), &mut out);
+                imp.inc.write(&out).map_err(later)?;
             }
-            out.clear();
-            conv.finish(&mut out);
-            inc.write(&out).map_err(later)?;
-            if conv.eight_bit {
-                inc.mark_eight_bit().map_err(later)?;
-            }
-            Ok(())
+            Ok(false)
         })();
-        if let Err(e) = result {
-            self.spool.discard(inc);
-            return Err(e);
-        }
-        let size = inc.size;
-        let nrcpt = env.recipients.len();
-        // Claimed for this ID just before the commit (see the module doc);
-        // a drop that is not committed stays claimed and is imported again.
-        let claimed = match drop::claim(path, inc.id) {
-            Ok(p) => p,
-            Err(e) => {
-                self.spool.discard(inc);
-                return Err(ImportError::Later(format!("cannot claim the drop: {e}")));
-            }
-        };
-        match self.spool.commit(vec![inc]).pop() {
-            Some(Ok(id)) => {
-                log::info!(
-                    "{id}: from=<{sender}> size={size} nrcpt={nrcpt} client=local uid={uid}"
+        match result {
+            Ok(false) => Ok(Step::More(Box::new(imp))),
+            Ok(true) => {
+                // Claimed for this ID just before the commit (see the
+                // module doc); a drop that is not committed stays claimed
+                // and is imported again.
+                let claimed = match drop::claim(&imp.path, imp.inc.id) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.spool.discard(imp.inc);
+                        return Err(ImportError::Later(format!("cannot claim the drop: {e}")));
+                    }
+                };
+                let what = format!(
+                    "from=<{}> size={} nrcpt={} client=local uid={}",
+                    imp.sender, imp.inc.size, imp.nrcpt, imp.uid
                 );
-                Ok((id, claimed))
+                self.drop_commits.push((claimed, imp.inc, what));
+                Ok(Step::Handed)
             }
-            Some(Err(e)) => Err(ImportError::Later(format!("commit: {e}"))),
-            None => Err(ImportError::Later("commit: no result".into())),
+            Err(e) => {
+                self.spool.discard(imp.inc);
+                Err(e)
+            }
+        }
+    }
+
+    /// The group commit's result for an imported drop.
+    pub(super) fn drop_committed(
+        &mut self,
+        claimed: PathBuf,
+        what: String,
+        result: std::io::Result<QueueId>,
+    ) {
+        match result {
+            Ok(id) => {
+                log::info!("{id}: {what}");
+                self.spool.remove_drop(&claimed);
+                self.queue.schedule(id, super::mono_now());
+            }
+            Err(e) => log::warn!(
+                "drop {}: commit: {e}; kept for the next scan",
+                claimed.display()
+            ),
         }
     }
 }

@@ -47,16 +47,6 @@ struct LocalPolicy<'a> {
 }
 
 impl Policy for LocalPolicy<'_> {
-    fn authenticate(&self, peer: IpAddr, user: &str, password: &str) -> AuthVerdict {
-        let now = Instant::now();
-        let mut limiter = self.daemon.auth_limiter.borrow_mut();
-        match limiter.attempt(peer, now, || self.daemon.users.check(user, password)) {
-            None => AuthVerdict::Blocked,
-            Some(true) => AuthVerdict::Ok,
-            Some(false) => AuthVerdict::Bad,
-        }
-    }
-
     fn check_mail(&self) -> Result<(), Reply> {
         if self.daemon.spool_has_room() {
             Ok(())
@@ -80,6 +70,36 @@ impl Policy for LocalPolicy<'_> {
 }
 
 impl Daemon {
+    /// Answers at most [`super::AUTH_CHECKS_PER_TURN`] pending AUTH verifications
+    /// (each a PBKDF2 of up to `MAX_PBKDF2_ITERATIONS` rounds: 7–80 ms on
+    /// router CPUs); true while more wait (the loop must not sleep).
+    pub(super) fn answer_auth(&mut self) -> bool {
+        for _ in 0..super::AUTH_CHECKS_PER_TURN {
+            let Some((id, creds)) = self.auth_pending.pop_front() else {
+                return false;
+            };
+            // The client may have gone (or the session timed out).
+            let Some(peer) = self.inbound.get(&id).map(|c| c.session.peer()) else {
+                continue;
+            };
+            let now = Instant::now();
+            let verdict = match self
+                .auth_limiter
+                .get_mut()
+                .attempt(peer, now, || self.users.check(&creds.user, &creds.password))
+            {
+                None => AuthVerdict::Blocked,
+                Some(true) => AuthVerdict::Ok,
+                Some(false) => AuthVerdict::Bad,
+            };
+            if let Some(c) = self.inbound.get_mut(&id) {
+                c.session.auth_verdict(verdict, Instant::now());
+            }
+            self.drive_inbound(id);
+        }
+        !self.auth_pending.is_empty()
+    }
+
     /// `min_free_space` (cached by the gate: at most one statvfs a second).
     fn spool_has_room(&self) -> bool {
         self.space
@@ -372,6 +392,8 @@ impl Daemon {
                     }
                 }
                 Event::StartTls => conn.starttls = true,
+                // Verified between turns (`answer_auth`), not here.
+                Event::Authenticate(creds) => self.auth_pending.push_back((id, creds)),
                 Event::Abort => {
                     if let Some(inc) = conn.incoming.take() {
                         self.spool.discard(inc);
@@ -431,17 +453,28 @@ impl Daemon {
     /// The group commit: one sync of `msg/` for every message that ended
     /// this turn, then the 250s.
     pub(super) fn commit_batch(&mut self) {
-        if self.batch.is_empty() {
+        if self.batch.is_empty() && self.drop_commits.is_empty() {
             return;
         }
         let batch = std::mem::take(&mut self.batch);
+        let drops = std::mem::take(&mut self.drop_commits);
         let mut conns = Vec::with_capacity(batch.len());
-        let mut files = Vec::with_capacity(batch.len());
+        let mut files = Vec::with_capacity(batch.len() + drops.len());
         for (conn, file, what, env) in batch {
             conns.push((conn, what, env.map(|e| (e, file.size))));
             files.push(file);
         }
-        let results = self.spool.commit(files);
+        // Imported sendmail drops share the sync.
+        let mut imported = Vec::with_capacity(drops.len());
+        for (claimed, file, what) in drops {
+            imported.push((claimed, what));
+            files.push(file);
+        }
+        let mut results = self.spool.commit(files);
+        let drop_results = results.split_off(conns.len().min(results.len()));
+        for ((claimed, what), result) in imported.into_iter().zip(drop_results) {
+            self.drop_committed(claimed, what, result);
+        }
         let now = super::mono_now();
         for ((id, what, env), result) in conns.into_iter().zip(results) {
             match result {

@@ -7,10 +7,13 @@
 //!
 //! One turn of the loop: wait; accept; drive every ready connection a
 //! bounded amount; fire due timers; run the group commit of every message
-//! that ended during the turn and answer those sessions; run the queue.
+//! that ended during the turn and answer those sessions; run the queue;
+//! move local deliveries by at most `delivery::jobs::LOCAL_BYTES_PER_TURN`
+//! octets (the poll does not sleep while some remain).
 
 mod drop;
 mod inbound;
+mod local;
 mod remote;
 mod runner;
 mod transport;
@@ -45,6 +48,9 @@ pub const FRESH_CACHE: usize = 1024;
 
 /// The longest the loop sleeps without a timer (a safety net only).
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// A loop turn whose work (after the poll) takes this long is logged at
+/// debug level with where the time went (`tests/bench/stall.py` reads it).
+pub const SLOW_TURN: Duration = Duration::from_millis(10);
 /// How long a graceful stop waits for commits and output before exiting.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The housekeeping tick: sendmail drops are imported, session and
@@ -158,6 +164,15 @@ pub struct Daemon {
     in_flight: HashMap<QueueId, InFlight>,
     /// Sequence for unique local names (Maildir, bounce IDs).
     local_seq: u64,
+    /// Local deliveries, moved a bounded amount per turn.
+    local_jobs: local::LocalJobs,
+    /// Sendmail drops being imported, a bounded amount per turn.
+    drops: drop::DropImports,
+    /// Imported drops for this turn's group commit: (claimed path, file,
+    /// log text).
+    drop_commits: Vec<(PathBuf, Incoming, String)>,
+    /// AUTH credentials waiting for their check (`inbound::answer_auth`).
+    auth_pending: std::collections::VecDeque<(SockId, crate::smtp::server::Credentials)>,
     resolver: Resolver,
     dns_socks: HashMap<SockId, DnsSock>,
     dns_by_handle: HashMap<QueryHandle, SockId>,
@@ -269,6 +284,10 @@ impl Daemon {
             stopping: None,
             in_flight: HashMap::new(),
             local_seq: 0,
+            local_jobs: local::LocalJobs::default(),
+            auth_pending: std::collections::VecDeque::new(),
+            drops: drop::DropImports::default(),
+            drop_commits: Vec::new(),
             resolver: Resolver::new(
                 resolver_config(&cfg_dns),
                 Box::new(|buf: &mut [u8]| crate::random::fill(buf).map_err(|_| ())),
@@ -301,16 +320,21 @@ impl Daemon {
         self.reactor.add_timer(Instant::now() + TICK, Timer::Tick);
         let mut events = Vec::new();
         let mut queue_backlog = false;
+        let mut local_busy = false;
+        let mut auth_busy = false;
+        let mut drops_busy = false;
         loop {
             events.clear();
             // Due messages left over from the last turn: look at events
             // without sleeping, then take the next batch.
-            let wait = if queue_backlog {
+            // Local deliveries in progress likewise.
+            let wait = if queue_backlog || local_busy || auth_busy || drops_busy {
                 Duration::ZERO
             } else {
                 MAX_SLEEP
             };
             self.reactor.poll(Some(wait), &mut events)?;
+            let turn = Instant::now();
             for ev in events.drain(..) {
                 match ev {
                     Event::Acceptable(l) => self.accept(l),
@@ -328,13 +352,36 @@ impl Daemon {
             while let Some(t) = self.reactor.pop_timer(now) {
                 self.timer(t, now);
             }
+            drops_busy = self.import_turn();
+            let t_drops = Instant::now();
             self.commit_batch();
+            let t_commit = Instant::now();
             queue_backlog = self.run_queue();
+            let t_queue = Instant::now();
+            local_busy = self.run_local_jobs();
+            let t_local = Instant::now();
+            auth_busy = self.answer_auth();
+            let t_auth = Instant::now();
+            if t_auth - turn >= SLOW_TURN {
+                log::debug!(
+                    "slow turn: {} ms (events and timers {}, drops {}, commit {}, queue {}, local {}, auth {})",
+                    (t_auth - turn).as_millis(),
+                    (now - turn).as_millis(),
+                    (t_drops - now).as_millis(),
+                    (t_commit - t_drops).as_millis(),
+                    (t_queue - t_commit).as_millis(),
+                    (t_local - t_queue).as_millis(),
+                    (t_auth - t_local).as_millis(),
+                );
+            }
             self.outbound_poll();
             if let Some(deadline) = self.stopping {
-                if (self.inbound.is_empty() && self.outbound.is_idle())
+                if (self.inbound.is_empty()
+                    && self.outbound.is_idle()
+                    && self.local_jobs.is_empty())
                     || Instant::now() >= deadline
                 {
+                    self.save_unsettled();
                     log::info!("stopped");
                     return Ok(());
                 }
@@ -505,6 +552,9 @@ pub fn load_hosts(path: &std::path::Path) -> HashMap<String, Vec<std::net::IpAdd
     map
 }
 
+/// AUTH verifications (PBKDF2) answered per loop turn; the rest wait for
+/// the next turn, which comes at once.
+pub const AUTH_CHECKS_PER_TURN: usize = 1;
 /// Brute-force limits for AUTH per client address.
 pub const AUTH_FAILURES_PER_IP: u32 = 10;
 pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(600);

@@ -11,21 +11,22 @@
 
 use std::collections::HashMap;
 
+use super::local::LocalTask;
 use super::{mono_now, unix_now, Daemon};
 use crate::bounce::{
     build_bounce, header_block, rfc5322_date, Action, BounceInput, FailedRecipient,
 };
-use crate::delivery::local::{Format, LocalDelivery};
 use crate::delivery::outcome::{self, Origin, Outcome, Reason};
-use crate::delivery::{Destination, Mailbox, Refusal};
+use crate::delivery::{Destination, Refusal};
 use crate::outbound::Job;
 use crate::queue::{after_attempt, Disposition, Rules};
 use crate::smtp::address::Address;
 use crate::spool::envelope::Recipient;
 use crate::spool::{QueueId, RcptState, RcptStatus, StoredEnvelope};
 
-/// Messages taken from the queue per loop turn; local deliveries fsync, so
-/// this bounds how long one turn can keep other sessions waiting.
+/// Messages taken from the queue per loop turn (their local deliveries
+/// are queued as jobs, see `daemon::local`; this bounds the loading of
+/// envelopes and states in one turn).
 pub const MESSAGES_PER_TURN: usize = 16;
 /// Outbound jobs waiting for a connection slot before the runner stops
 /// taking due messages (each waiting job holds its envelope in memory).
@@ -88,7 +89,9 @@ impl Daemon {
             // Memory must not grow with the queue: while outbound jobs wait
             // for connection slots, due messages stay in the queue index
             // (an outbound event wakes the loop when a slot frees).
-            if self.outbound.backlog() >= OUTBOUND_BACKLOG {
+            if self.outbound.backlog() >= OUTBOUND_BACKLOG
+                || self.local_jobs.len() >= super::local::LOCAL_BACKLOG
+            {
                 return false;
             }
             match self.queue.pop_due(mono) {
@@ -129,15 +132,6 @@ impl Daemon {
                 return;
             }
         };
-        let local = LocalDelivery {
-            mail_dir: self.cfg.mail_dir.clone(),
-            format: match self.cfg.local_delivery {
-                crate::config::LocalDelivery::Maildir => Format::Maildir,
-                crate::config::LocalDelivery::Mbox => Format::Mbox,
-            },
-            sync: self.cfg.spool_sync,
-            hostname: self.cfg.hostname.clone(),
-        };
         // As loaded: recipients that failed in an earlier attempt were
         // reported then; an unchanged state is not rewritten.
         let failed_before = states
@@ -147,6 +141,7 @@ impl Daemon {
         let loaded = states.clone();
         let mut tried = false;
         let mut remote: HashMap<String, Vec<(usize, String)>> = HashMap::new();
+        let mut local = Vec::new();
         // One state per recipient (`decode_state` makes exactly as many).
         for (i, (rcpt, state)) in env.recipients.iter().zip(states.iter_mut()).enumerate() {
             if state.status.is_final() {
@@ -155,7 +150,17 @@ impl Daemon {
             match &rcpt.dest {
                 Destination::Local(mailbox) => {
                     tried = true;
-                    *state = self.deliver_local(&local, id, &env, rcpt, mailbox, now);
+                    self.local_seq += 1;
+                    local.push(LocalTask {
+                        id,
+                        index: i,
+                        mailbox: mailbox.clone(),
+                        sender: env.sender.clone(),
+                        original: rcpt.original.clone(),
+                        arrival: env.arrival,
+                        now,
+                        seq: self.local_seq,
+                    });
                 }
                 Destination::Remote(address) => {
                     let key = if self.cfg.smarthost.is_empty() {
@@ -216,48 +221,16 @@ impl Daemon {
                 }
             }
         }
+        // Local deliveries are jobs the loop moves a bounded amount per
+        // turn (`delivery::jobs`); each reports like an outbound job.
+        flight.outstanding += local.len();
+        for task in local {
+            self.local_jobs.push(task);
+        }
         if flight.outstanding == 0 {
             self.settle(id, flight);
         } else {
             self.in_flight.insert(id, flight);
-        }
-    }
-
-    fn deliver_local(
-        &mut self,
-        local: &LocalDelivery,
-        id: QueueId,
-        env: &StoredEnvelope,
-        rcpt: &Recipient,
-        user: &Mailbox,
-        now: u64,
-    ) -> RcptState {
-        self.local_seq += 1;
-        let result = self
-            .spool
-            .open_content(id)
-            .map_err(|e| outcome::queue_file_unreadable(&outcome::io_words(&e)))
-            .and_then(|(file, _)| {
-                local.deliver(user, &env.sender, &rcpt.original, file, now, self.local_seq)
-            });
-        let delay = now.saturating_sub(env.arrival);
-        match result {
-            Ok(place) => {
-                log::info!(
-                    "{id}: to=<{}> mailbox={user} relay=local delay={delay} dsn=2.0.0 status=sent ({place})",
-                    rcpt.original
-                );
-                RcptState::from_outcome(Outcome::Delivered { relay: place })
-            }
-            Err(reason) => {
-                let o = Outcome::from_reason(reason);
-                log::warn!(
-                    "{id}: to=<{}> mailbox={user} relay=local delay={delay} {}",
-                    rcpt.original,
-                    Fields(&o)
-                );
-                RcptState::from_outcome(o)
-            }
         }
     }
 
@@ -290,7 +263,7 @@ impl Daemon {
     }
 
     /// Everything of this attempt is back: finish, bounce or retry.
-    fn settle(&mut self, id: QueueId, mut flight: InFlight) {
+    pub(super) fn settle(&mut self, id: QueueId, mut flight: InFlight) {
         let mono = mono_now();
         let age = self.queue.age(id, flight.stored_age, mono);
         let attempts = flight.attempts.saturating_add(u32::from(flight.tried));
@@ -474,7 +447,7 @@ fn failed_recipient(address: String, state: &RcptState) -> FailedRecipient {
 }
 
 /// The outcome part of a log line: `relay=... dsn=... status=... (sentence)`.
-struct Fields<'a>(&'a Outcome);
+pub(super) struct Fields<'a>(pub(super) &'a Outcome);
 
 impl std::fmt::Display for Fields<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

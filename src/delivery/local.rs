@@ -1,4 +1,5 @@
-//! Local delivery of one queued message to one mailbox.
+//! Local delivery of one queued message to one mailbox, as a job the loop
+//! moves a bounded number of octets per turn (see `delivery::jobs`).
 //!
 //! The content streams from the spool file, behind a `Return-Path:` and a
 //! `Delivered-To:` header, into Maildir or mbox, with LF line endings
@@ -9,12 +10,26 @@
 //! (4.2.0), a full disk or quota (4.2.2) or another I/O error (4.3.0) are
 //! temporary (retried later); nothing local is permanent except an unusable
 //! name, which is refused before delivery.
+//!
+//! A job's steps: [`LocalDelivery::start`] (open and lock the mailbox,
+//! create the `tmp/` file), [`LocalJob::pump`] until the whole message is
+//! written, a sync of the data ([`LocalJob::sync_data`], or one `syncfs`
+//! for every job that finished writing in the same turn),
+//! [`LocalJob::publish`] (Maildir `tmp/` → `new/`), a sync of the new
+//! directory entry ([`LocalJob::sync_entry`], or again one `syncfs`), and
+//! [`LocalJob::finish`]. A job dropped before `finish` undoes its write
+//! (Maildir: the `tmp/` or not yet durable `new/` file is removed; mbox:
+//! the file is truncated back to its old length).
 
+use std::fs::File;
 use std::io::{self, Read};
 use std::path::PathBuf;
 
+use super::maildir::MaildirWrite;
+use super::mbox::{MboxAppend, MboxError};
 use super::outcome::{self, Reason};
-use super::{maildir, mbox, Mailbox};
+use super::{maildir, Mailbox};
+use crate::writeback::Writeback;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -29,23 +44,37 @@ pub struct LocalDelivery {
     pub hostname: String,
 }
 
+enum Writer {
+    Maildir(MaildirWrite<'static>),
+    Mbox(MboxAppend<'static>),
+}
+
+/// One message on its way into one mailbox.
+pub struct LocalJob {
+    writer: Writer,
+    /// The mailbox (directory or file), for messages.
+    path: PathBuf,
+    /// Early writeback, when the data will be synced.
+    writeback: Option<Writeback>,
+}
+
 impl LocalDelivery {
-    /// Delivers `content` (the stored message) to a mailbox and says where
-    /// it went.
-    pub fn deliver(
+    /// Opens the mailbox for `content` (the stored message); the job then
+    /// moves it in steps.
+    pub fn start(
         &self,
         user: &Mailbox,
         sender: &str,
         original_rcpt: &str,
-        content: crate::spool::Content,
+        content: Box<dyn Read>,
         now_unix: u64,
         seq: u64,
-    ) -> Result<String, Reason> {
+    ) -> Result<LocalJob, Reason> {
         // LF like the rest of the mailbox file (see `delivery::lf`).
         let header = format!("Return-Path: <{sender}>\nDelivered-To: {original_rcpt}\n");
-        let mut stream = io::Cursor::new(header.into_bytes()).chain(content);
+        let stream: Box<dyn Read> = Box::new(io::Cursor::new(header.into_bytes()).chain(content));
         let path = self.mail_dir.join(user.as_str());
-        match self.format {
+        let writer = match self.format {
             Format::Maildir => {
                 let unique = maildir::unique_name(
                     now_unix,
@@ -54,28 +83,122 @@ impl LocalDelivery {
                     seq,
                     &self.hostname,
                 );
-                maildir::deliver_maildir(&path, &mut stream, &unique, self.sync)
-                    .map(|p| format!("maildir {}", p.display()))
-                    .map_err(|e| io_reason(&format!("maildir {}", path.display()), &e))
+                MaildirWrite::begin(&path, stream, &unique, self.sync)
+                    .map(Writer::Maildir)
+                    .map_err(|e| maildir_error(&path, e))?
             }
-            Format::Mbox => {
-                let result = std::fs::create_dir_all(&self.mail_dir)
-                    .map_err(mbox::MboxError::Io)
-                    .and_then(|()| {
-                        mbox::deliver_mbox(&path, sender, now_unix as i64, &mut stream, self.sync)
-                    });
-                match result {
-                    Ok(()) => Ok(format!("mbox {}", path.display())),
-                    Err(mbox::MboxError::Locked) => Err(outcome::local_mailbox_locked(&format!(
-                        "mbox {}",
-                        path.display()
-                    ))),
-                    Err(mbox::MboxError::Io(e)) => {
-                        Err(io_reason(&format!("mbox {}", path.display()), &e))
-                    }
-                }
+            Format::Mbox => std::fs::create_dir_all(&self.mail_dir)
+                .map_err(MboxError::Io)
+                .and_then(|()| MboxAppend::begin(&path, sender, now_unix as i64, stream, self.sync))
+                .map(Writer::Mbox)
+                .map_err(|e| mbox_error(&path, e))?,
+        };
+        let writeback = self.sync.then(|| {
+            Writeback::new(match &writer {
+                Writer::Maildir(_) => 0,
+                Writer::Mbox(w) => w.end(),
+            })
+        });
+        Ok(LocalJob {
+            writer,
+            path,
+            writeback,
+        })
+    }
+}
+
+impl LocalJob {
+    /// Writes while `budget` lasts, taking what it moved off `budget`;
+    /// true once the whole message is in the file.
+    pub fn pump(&mut self, budget: &mut usize) -> Result<bool, Reason> {
+        let (complete, end) = match &mut self.writer {
+            Writer::Maildir(w) => (w.pump(budget), w.written()),
+            Writer::Mbox(w) => (w.pump(budget), w.end()),
+        };
+        let complete = complete.map_err(|e| self.error(e))?;
+        if let Some(wb) = &mut self.writeback {
+            let file = match &self.writer {
+                Writer::Maildir(w) => w.file(),
+                Writer::Mbox(w) => w.file(),
+            };
+            wb.advance(file, end);
+        }
+        Ok(complete)
+    }
+
+    /// The file written (a `syncfs` on it covers this job).
+    pub fn file(&self) -> &File {
+        match &self.writer {
+            Writer::Maildir(w) => w.file(),
+            Writer::Mbox(w) => w.file(),
+        }
+    }
+
+    /// Makes the written data durable.
+    pub fn sync_data(&self) -> Result<(), Reason> {
+        match &self.writer {
+            Writer::Maildir(w) => w.sync_data(),
+            Writer::Mbox(w) => w.sync_data(),
+        }
+        .map_err(|e| self.error(e))
+    }
+
+    /// Maildir: `tmp/` → `new/`. Mbox: nothing (the entry is in place).
+    pub fn publish(&mut self) -> Result<(), Reason> {
+        match &mut self.writer {
+            Writer::Maildir(w) => w.publish(),
+            Writer::Mbox(_) => Ok(()),
+        }
+        .map_err(|e| self.error(e))
+    }
+
+    /// Whether a directory entry must still be made durable (Maildir's
+    /// `new/` entry, a newly created mbox file).
+    pub fn entry_needs_sync(&self) -> bool {
+        match &self.writer {
+            Writer::Maildir(_) => true,
+            Writer::Mbox(w) => w.created(),
+        }
+    }
+
+    /// Makes the directory entry durable (after `publish`).
+    pub fn sync_entry(&self) -> Result<(), Reason> {
+        match &self.writer {
+            Writer::Maildir(w) => w.sync_entries(),
+            Writer::Mbox(w) => w.sync_dir(),
+        }
+        .map_err(|e| self.error(e))
+    }
+
+    /// Delivered: keeps the message and says where it went.
+    pub fn finish(self) -> String {
+        match self.writer {
+            Writer::Maildir(w) => format!("maildir {}", w.finish().display()),
+            Writer::Mbox(w) => {
+                w.finish();
+                format!("mbox {}", self.path.display())
             }
         }
+    }
+
+    /// The temporary failure for an I/O error of this job.
+    pub fn error(&self, e: io::Error) -> Reason {
+        match &self.writer {
+            Writer::Maildir(_) => maildir_error(&self.path, e),
+            Writer::Mbox(_) => mbox_error(&self.path, MboxError::Io(e)),
+        }
+    }
+}
+
+fn maildir_error(path: &std::path::Path, e: io::Error) -> Reason {
+    io_reason(&format!("maildir {}", path.display()), &e)
+}
+
+fn mbox_error(path: &std::path::Path, e: MboxError) -> Reason {
+    let mailbox = format!("mbox {}", path.display());
+    match e {
+        MboxError::Locked => outcome::local_mailbox_locked(&mailbox),
+        MboxError::Io(e) => io_reason(&mailbox, &e),
     }
 }
 

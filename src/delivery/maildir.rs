@@ -30,7 +30,7 @@
 
 use std::ffi::OsStr;
 use std::fs::{DirBuilder, File};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -44,83 +44,205 @@ pub const MAILDIR_FILE_MODE: u32 = 0o600;
 
 /// Streams `content` (e.g. `Return-Path:` and `Delivered-To:` headers
 /// chained before the stored message) into `mailbox_dir/new/<unique>` with
-/// LF line endings (see `delivery::lf`) and returns that path. Creates
-/// `tmp/`, `new/` and `cur/` if missing. The parent of `mailbox_dir` (the
-/// configured `mail_dir`) is trusted; the mailbox and its subdirectories
-/// are never followed if they are symlinks: such a mailbox is an error
-/// (the caller defers and logs), never a write elsewhere.
+/// LF line endings (see `delivery::lf`) and returns that path, in one go
+/// (the daemon uses [`MaildirWrite`] a bounded step at a time; this is the
+/// same sequence driven to the end). Creates `tmp/`, `new/` and `cur/` if
+/// missing. The parent of `mailbox_dir` (the configured `mail_dir`) is
+/// trusted; the mailbox and its subdirectories are never followed if they
+/// are symlinks: such a mailbox is an error (the caller defers and logs),
+/// never a write elsewhere.
 pub fn deliver_maildir(
     mailbox_dir: &Path,
     content: &mut dyn Read,
     unique: &str,
     sync: bool,
 ) -> io::Result<PathBuf> {
-    if unique.is_empty() || unique == "." || unique == ".." || unique.contains(['/', '\0']) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("bad maildir name {unique:?}"),
-        ));
+    let mut w = MaildirWrite::begin(mailbox_dir, Box::new(content), unique, sync)?;
+    while !w.pump(&mut usize::MAX.clone())? {}
+    if sync {
+        w.sync_data()?;
     }
-    let (Some(name), Some(parent)) = (mailbox_dir.file_name(), mailbox_dir.parent()) else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("bad mailbox path {}", mailbox_dir.display()),
-        ));
-    };
-    let parent = if parent.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        parent
-    };
-    if !parent.is_dir() {
-        // The configured mail_dir (trusted), made on first delivery.
-        DirBuilder::new()
-            .recursive(true)
-            .mode(MAILDIR_DIR_MODE)
-            .create(parent)?;
+    w.publish()?;
+    if sync {
+        w.sync_entries()?;
     }
-    // Search permission is all a Maildir delivery needs in mail_dir (and
-    // all the old path-based code needed); read it when allowed, for the
-    // directory sync below.
-    let root = match Dir::open(parent) {
-        Err(e) if e.raw_os_error() == Some(libc::EACCES) => Dir::open_search(parent)?,
-        r => r?,
-    };
-    let (mailbox, mut created) = root.sub_or_create(name, MAILDIR_DIR_MODE)?;
-    let mut sub = |n: &str| -> io::Result<Dir> {
-        let (d, new) = mailbox.sub_or_create(OsStr::new(n), MAILDIR_DIR_MODE)?;
-        created |= new;
-        Ok(d)
-    };
-    let (tmp, new, _cur) = (sub("tmp")?, sub("new")?, sub("cur")?);
-    if sync && created {
-        // New directory entries must be durable before the message is.
-        mailbox.sync()?;
-        root.sync()?;
+    Ok(w.finish())
+}
+
+/// Where a [`MaildirWrite`] is; what `Drop` must undo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// The message is (being) written under `tmp/`.
+    Tmp,
+    /// Linked into `new/`, the directory not yet synced.
+    New,
+    /// Reported delivered: nothing to undo.
+    Done,
+}
+
+/// One Maildir delivery in steps, so a large message never holds the loop:
+/// [`begin`](Self::begin) (directories, the `tmp/` file), then
+/// [`pump`](Self::pump) with a byte budget until it returns true, then
+/// [`sync_data`](Self::sync_data) (or a `syncfs` that covers it),
+/// [`publish`](Self::publish) (`tmp/` → `new/`),
+/// [`sync_entries`](Self::sync_entries) (or again a `syncfs`), and
+/// [`finish`](Self::finish). Dropped before
+/// `finish` (an error, a shutdown), it removes what it created: the
+/// `tmp/` file, or the `new/` entry not yet durable.
+pub struct MaildirWrite<'a> {
+    mailbox_dir: PathBuf,
+    tmp: Dir,
+    new: Dir,
+    /// The mailbox and `mail_dir`, when `begin` created directories: their
+    /// new entries must be durable before the message is reported.
+    created: Option<(Dir, Dir)>,
+    unique: std::ffi::OsString,
+    file: File,
+    input: CrlfToLf<Box<dyn Read + 'a>>,
+    buf: Box<[u8]>,
+    written: u64,
+    phase: Phase,
+}
+
+impl<'a> MaildirWrite<'a> {
+    /// Makes the mailbox directories (synced when new and `sync`) and
+    /// creates `tmp/<unique>`.
+    pub fn begin(
+        mailbox_dir: &Path,
+        content: Box<dyn Read + 'a>,
+        unique: &str,
+        sync: bool,
+    ) -> io::Result<MaildirWrite<'a>> {
+        if unique.is_empty() || unique == "." || unique == ".." || unique.contains(['/', '\0']) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad maildir name {unique:?}"),
+            ));
+        }
+        let (Some(name), Some(parent)) = (mailbox_dir.file_name(), mailbox_dir.parent()) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad mailbox path {}", mailbox_dir.display()),
+            ));
+        };
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        if !parent.is_dir() {
+            // The configured mail_dir (trusted), made on first delivery.
+            DirBuilder::new()
+                .recursive(true)
+                .mode(MAILDIR_DIR_MODE)
+                .create(parent)?;
+        }
+        // Search permission is all a Maildir delivery needs in mail_dir (and
+        // all the old path-based code needed); read it when allowed, for the
+        // directory sync below.
+        let root = match Dir::open(parent) {
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => Dir::open_search(parent)?,
+            r => r?,
+        };
+        let (mailbox, mut created) = root.sub_or_create(name, MAILDIR_DIR_MODE)?;
+        let mut sub = |n: &str| -> io::Result<Dir> {
+            let (d, new) = mailbox.sub_or_create(OsStr::new(n), MAILDIR_DIR_MODE)?;
+            created |= new;
+            Ok(d)
+        };
+        let (tmp, new, _cur) = (sub("tmp")?, sub("new")?, sub("cur")?);
+        // New directory entries must be durable before the message is
+        // reported delivered: synced with the `new/` entry (one journal
+        // commit for all of them instead of one more per directory here).
+        let created = (sync && created).then_some((mailbox, root));
+        let unique = OsStr::new(unique).to_os_string();
+        let file = tmp.create_file(&unique, MAILDIR_FILE_MODE)?;
+        // From here on the tmp file is ours: `Drop` removes it on failure.
+        Ok(MaildirWrite {
+            mailbox_dir: mailbox_dir.to_path_buf(),
+            tmp,
+            new,
+            created,
+            unique,
+            file,
+            input: CrlfToLf::new(content),
+            buf: vec![0; MAILDIR_COPY_BUFFER].into_boxed_slice(),
+            written: 0,
+            phase: Phase::Tmp,
+        })
     }
 
-    let unique = OsStr::new(unique);
-    let new_path = mailbox_dir.join("new").join(unique);
-    let file = tmp.create_file(unique, MAILDIR_FILE_MODE)?;
-    // From here on the tmp file is ours: remove it on any failure.
-    if let Err(e) = write_content(file, content, sync) {
-        remove_quietly(&tmp, unique, mailbox_dir, "tmp");
-        return Err(e);
+    /// Copies content into the `tmp/` file while `budget` lasts (at most
+    /// one buffer past it), taking what it moved off `budget`; true once
+    /// the whole content is there.
+    pub fn pump(&mut self, budget: &mut usize) -> io::Result<bool> {
+        while *budget > 0 {
+            let n = self.input.read(&mut self.buf)?;
+            if n == 0 {
+                return Ok(true);
+            }
+            (&self.file).write_all(self.buf.get(..n).unwrap_or_default())?;
+            self.written += n as u64;
+            *budget = budget.saturating_sub(n);
+        }
+        Ok(false)
     }
-    if let Err(e) = move_into_new(&tmp, &new, unique, mailbox_dir) {
-        remove_quietly(&tmp, unique, mailbox_dir, "tmp");
-        return Err(e);
+
+    /// Octets written to the file so far.
+    pub fn written(&self) -> u64 {
+        self.written
     }
-    if sync {
-        if let Err(e) = new.sync() {
-            // Not durable: report failure and take the message back so a
-            // retry does not deliver it twice.
-            remove_quietly(&new, unique, mailbox_dir, "new");
-            return Err(e);
+
+    /// The message file (for a `syncfs` that covers it).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// `fsync` of the message file.
+    pub fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+
+    /// Moves the written message from `tmp/` into `new/` (see
+    /// `move_into_new`); durable once `new/` is synced.
+    pub fn publish(&mut self) -> io::Result<()> {
+        move_into_new(&self.tmp, &self.new, &self.unique, &self.mailbox_dir)?;
+        self.phase = Phase::New;
+        Ok(())
+    }
+
+    /// Makes the `new/` entry durable (after [`publish`](Self::publish)),
+    /// and the directories `begin` created.
+    pub fn sync_entries(&self) -> io::Result<()> {
+        self.new.sync()?;
+        if let Some((mailbox, root)) = &self.created {
+            mailbox.sync()?;
+            root.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Delivered: keeps the message and says where it is.
+    pub fn finish(mut self) -> PathBuf {
+        self.phase = Phase::Done;
+        self.mailbox_dir.join("new").join(&self.unique)
+    }
+}
+
+impl Drop for MaildirWrite<'_> {
+    fn drop(&mut self) {
+        match self.phase {
+            Phase::Tmp => remove_quietly(&self.tmp, &self.unique, &self.mailbox_dir, "tmp"),
+            // Not durable: take the message back so a retry does not
+            // deliver it twice.
+            Phase::New => remove_quietly(&self.new, &self.unique, &self.mailbox_dir, "new"),
+            Phase::Done => {}
         }
     }
-    Ok(new_path)
 }
+
+/// Octets copied per read/write while streaming into a Maildir file.
+pub const MAILDIR_COPY_BUFFER: usize = 64 * 1024;
 
 /// The maildir(5) unique name `secs.M<micros>P<pid>Q<seq>.<host>`. The host
 /// has `/` replaced by `\057` and `:` by `\072`; an empty host becomes
@@ -139,14 +261,6 @@ pub fn unique_name(now_secs: u64, now_micros: u32, pid: u32, seq: u64, hostname:
         host.push_str("localhost");
     }
     format!("{now_secs}.M{now_micros}P{pid}Q{seq}.{host}")
-}
-
-fn write_content(mut file: File, content: &mut dyn Read, sync: bool) -> io::Result<()> {
-    io::copy(&mut CrlfToLf::new(content), &mut file)?;
-    if sync {
-        file.sync_all()?;
-    }
-    Ok(())
 }
 
 /// `link` then `unlink` (qmail); where hard links are unsupported, a

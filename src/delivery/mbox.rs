@@ -34,7 +34,7 @@
 //! local time zones in the `From ` line.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -70,8 +70,10 @@ impl std::fmt::Display for MboxError {
     }
 }
 
-/// Appends one message to the mbox at `path`, creating the file if needed.
-/// `envelope_sender` empty (null sender) is written as `MAILER-DAEMON`.
+/// Appends one message to the mbox at `path`, creating the file if needed,
+/// in one go (the daemon uses [`MboxAppend`] a bounded step at a time;
+/// this is the same sequence driven to the end). `envelope_sender` empty
+/// (null sender) is written as `MAILER-DAEMON`.
 pub fn deliver_mbox(
     path: &Path,
     envelope_sender: &str,
@@ -79,51 +81,185 @@ pub fn deliver_mbox(
     message: &mut dyn Read,
     sync: bool,
 ) -> Result<(), MboxError> {
-    let (file, created) = open_mailbox(path)?;
-    lock(&file)?;
-    let original_len = file.metadata()?.len();
-    let synced_dir = path
-        .parent()
-        .filter(|dir| sync && created && !dir.as_os_str().is_empty());
-    append_or_roll_back(
-        &file,
-        &mut &file,
-        original_len,
-        sync,
-        synced_dir,
-        envelope_sender,
-        date_unix,
-        message,
-    )?;
+    let mut append = MboxAppend::begin(path, envelope_sender, date_unix, Box::new(message), sync)?;
+    while !append.pump(&mut usize::MAX.clone())? {}
+    if sync {
+        append.sync_data()?;
+        append.sync_dir()?;
+    }
+    append.finish();
     // Closing the file releases both locks.
     Ok(())
 }
 
-/// Appends through `out` (the file itself, or a fault injector in tests),
-/// syncs, and on any error truncates `file` back to `original_len`.
-#[allow(clippy::too_many_arguments)]
-fn append_or_roll_back(
-    file: &File,
-    out: &mut dyn Write,
+/// One mbox append in steps, so a large message never holds the loop:
+/// [`begin`](Self::begin) (open, check, lock), [`pump`](Self::pump) with a
+/// byte budget until it returns true, [`sync_data`](Self::sync_data) (or a
+/// `syncfs` that covers it) and [`sync_dir`](Self::sync_dir) when the file
+/// is new, then [`finish`](Self::finish). The locks are held from `begin`
+/// to the end. Dropped before `finish` (an error, a shutdown), it
+/// truncates the file back to its length before the append.
+pub struct MboxAppend<'a> {
+    file: File,
     original_len: u64,
+    /// The directory whose new entry must be synced (the file was created).
+    created_in: Option<std::path::PathBuf>,
+    escaper: Escaper<'a>,
+    /// Whether the roll-back is synced.
     sync: bool,
-    synced_dir: Option<&Path>,
-    envelope_sender: &str,
-    date_unix: i64,
-    message: &mut dyn Read,
-) -> io::Result<()> {
-    let result = append_entry(out, envelope_sender, date_unix, message)
-        .and_then(|()| if sync { file.sync_data() } else { Ok(()) })
-        .and_then(|()| match synced_dir {
-            // A new file's directory entry must be durable too.
+    done: bool,
+}
+
+impl<'a> MboxAppend<'a> {
+    /// Opens (creating if needed) and locks the mailbox; the `From ` line
+    /// is the first thing [`pump`](Self::pump) writes.
+    pub fn begin(
+        path: &Path,
+        envelope_sender: &str,
+        date_unix: i64,
+        message: Box<dyn Read + 'a>,
+        sync: bool,
+    ) -> Result<MboxAppend<'a>, MboxError> {
+        let (file, created) = open_mailbox(path)?;
+        lock(&file)?;
+        let original_len = file.metadata()?.len();
+        let created_in = path
+            .parent()
+            .filter(|dir| created && !dir.as_os_str().is_empty())
+            .map(Path::to_path_buf);
+        Ok(MboxAppend {
+            file,
+            original_len,
+            created_in,
+            escaper: Escaper::new(from_line(envelope_sender, date_unix), message),
+            sync,
+            done: false,
+        })
+    }
+
+    /// Appends the entry while `budget` lasts (at most one line piece past
+    /// it), taking what it moved off `budget`; true once the whole entry
+    /// (with its closing empty line) is in the file.
+    pub fn pump(&mut self, budget: &mut usize) -> io::Result<bool> {
+        self.escaper.pump(&mut &self.file, budget)
+    }
+
+    /// The mailbox file (for a `syncfs` that covers it).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// `fdatasync` of the mailbox.
+    pub fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// A new file's directory entry must be durable too.
+    pub fn sync_dir(&self) -> io::Result<()> {
+        match &self.created_in {
             Some(dir) => File::open(dir)?.sync_all(),
             None => Ok(()),
-        });
-    if let Err(e) = result {
-        roll_back(file, original_len, sync);
-        return Err(e);
+        }
     }
-    Ok(())
+
+    /// The file's length as far as this append wrote it.
+    pub fn end(&self) -> u64 {
+        self.original_len.saturating_add(self.escaper.written)
+    }
+
+    /// Whether [`sync_dir`](Self::sync_dir) has anything to do.
+    pub fn created(&self) -> bool {
+        self.created_in.is_some()
+    }
+
+    /// Delivered: keeps the entry (closing the file releases the locks).
+    pub fn finish(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for MboxAppend<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            roll_back(&self.file, self.original_len, self.sync);
+        }
+    }
+}
+
+/// The mboxrd writer's state between steps: the input (CRLF → LF), the
+/// line being escaped, output not yet written.
+struct Escaper<'a> {
+    input: BufReader<CrlfToLf<Box<dyn Read + 'a>>>,
+    line: Vec<u8>,
+    out: Vec<u8>,
+    /// Lines longer than the buffer come in pieces; only a piece that
+    /// starts a line is checked for `From `.
+    at_line_start: bool,
+    /// Octets written through the sink so far.
+    written: u64,
+}
+
+impl<'a> Escaper<'a> {
+    fn new(from_line: String, message: Box<dyn Read + 'a>) -> Escaper<'a> {
+        let mut out = Vec::with_capacity(2 * MBOX_WRITE_BUFFER);
+        out.extend_from_slice(from_line.as_bytes());
+        Escaper {
+            input: BufReader::with_capacity(MBOX_WRITE_BUFFER, CrlfToLf::new(message)),
+            line: Vec::with_capacity(1024),
+            out,
+            at_line_start: true,
+            written: 0,
+        }
+    }
+
+    /// Escapes and writes about `budget` octets of input through `sink`;
+    /// true once the input ended and the closing empty line is written.
+    /// Nothing is left buffered when it returns `Ok`.
+    fn pump(&mut self, sink: &mut dyn Write, budget: &mut usize) -> io::Result<bool> {
+        let mut ended = false;
+        while *budget > 0 {
+            self.line.clear();
+            let n = (&mut self.input)
+                .take(MBOX_WRITE_BUFFER as u64)
+                .read_until(b'\n', &mut self.line)?;
+            if n == 0 {
+                ended = true;
+                break;
+            }
+            *budget = budget.saturating_sub(n);
+            let (body, complete) = match self.line.strip_suffix(b"\n") {
+                Some(body) => (body, true),
+                None => (self.line.as_slice(), false),
+            };
+            if self.at_line_start && needs_escape(body) {
+                self.out.push(b'>');
+            }
+            self.out.extend_from_slice(body);
+            if complete {
+                self.out.push(b'\n');
+            }
+            self.at_line_start = complete;
+            if self.out.len() >= MBOX_WRITE_BUFFER {
+                self.flush(sink)?;
+            }
+        }
+        if ended {
+            if !self.at_line_start {
+                self.out.push(b'\n');
+                self.at_line_start = true;
+            }
+            self.out.push(b'\n');
+        }
+        self.flush(sink)?;
+        Ok(ended)
+    }
+
+    fn flush(&mut self, sink: &mut dyn Write) -> io::Result<()> {
+        sink.write_all(&self.out)?;
+        self.written = self.written.saturating_add(self.out.len() as u64);
+        self.out.clear();
+        Ok(())
+    }
 }
 
 /// Opens for append without following symlinks or blocking, and checks
@@ -230,48 +366,6 @@ fn roll_back(file: &File, original_len: u64, sync: bool) {
             "mbox: cannot truncate back to {original_len} bytes after a failed append: {e}"
         );
     }
-}
-
-/// Writes the `From ` line, the escaped message and the closing empty line.
-fn append_entry(
-    out: &mut dyn Write,
-    envelope_sender: &str,
-    date_unix: i64,
-    message: &mut dyn Read,
-) -> io::Result<()> {
-    let mut out = BufWriter::with_capacity(MBOX_WRITE_BUFFER, out);
-    out.write_all(from_line(envelope_sender, date_unix).as_bytes())?;
-    let mut input = BufReader::with_capacity(MBOX_WRITE_BUFFER, CrlfToLf::new(message));
-    let mut line = Vec::with_capacity(1024);
-    // Lines longer than the buffer come in pieces; only a piece that starts
-    // a line is checked for `From `.
-    let mut at_line_start = true;
-    loop {
-        line.clear();
-        let n = (&mut input)
-            .take(MBOX_WRITE_BUFFER as u64)
-            .read_until(b'\n', &mut line)?;
-        if n == 0 {
-            break;
-        }
-        let (body, complete) = match line.strip_suffix(b"\n") {
-            Some(body) => (body, true),
-            None => (line.as_slice(), false),
-        };
-        if at_line_start && needs_escape(body) {
-            out.write_all(b">")?;
-        }
-        out.write_all(body)?;
-        if complete {
-            out.write_all(b"\n")?;
-        }
-        at_line_start = complete;
-    }
-    if !at_line_start {
-        out.write_all(b"\n")?;
-    }
-    out.write_all(b"\n")?;
-    out.flush()
 }
 
 /// mboxrd: `From ` after any number of `>`.
@@ -512,31 +606,30 @@ mod tests {
         let path = tmp.0.join("dave");
         deliver_mbox(&path, "s@x", 0, &mut &b"Subject: kept\n"[..], false).expect("first");
         let before = std::fs::read(&path).expect("read");
-        let (file, _) = open_mailbox(&path).expect("open");
-        lock(&file).expect("lock");
-        let original_len = file.metadata().expect("stat").len();
         let message = "line\r\n".repeat(MBOX_WRITE_BUFFER);
+        let mut append =
+            MboxAppend::begin(&path, "s@x", 0, Box::new(message.as_bytes()), true).expect("begin");
+        // A first step reaches the file, the second fails half-way.
+        assert!(!append
+            .pump(&mut MBOX_WRITE_BUFFER.clone())
+            .expect("first step"));
+        let file = append.file().try_clone().expect("dup");
+        assert!(file.metadata().expect("stat").len() > before.len() as u64);
         let mut failing = FailAfter {
             file: &file,
             budget: MBOX_WRITE_BUFFER + 10,
             written: 0,
         };
-        let err = append_or_roll_back(
-            &file,
-            &mut failing,
-            original_len,
-            true,
-            None,
-            "s@x",
-            0,
-            &mut message.as_bytes(),
-        )
-        .expect_err("injected");
+        let err = append
+            .escaper
+            .pump(&mut failing, &mut usize::MAX.clone())
+            .expect_err("injected");
         assert_eq!(err.kind(), io::ErrorKind::StorageFull);
         assert!(
             failing.written > 0,
             "partial data was written before the error"
         );
+        drop(append);
         drop(file);
         assert_eq!(std::fs::read(&path).expect("read"), before);
         // The mailbox still works afterwards.

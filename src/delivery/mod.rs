@@ -26,6 +26,7 @@
 //! read whole into memory.
 
 pub mod aliases;
+pub mod jobs;
 pub mod lf;
 pub mod local;
 pub mod maildir;

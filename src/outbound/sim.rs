@@ -17,7 +17,9 @@ use crate::delivery::Destination;
 use crate::dns::{DnsError, MxHost};
 use crate::smtp::address::Address;
 use crate::smtp::reply::{self, Reply};
-use crate::smtp::server::{AuthVerdict, Event, ListenerKind, Policy, ServerSession, SessionConfig};
+use crate::smtp::server::{
+    AuthVerdict, Credentials, Event, ListenerKind, Policy, ServerSession, SessionConfig,
+};
 use crate::spool::QueueId;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,13 +91,14 @@ impl Policy for PeerPolicy {
             Ok(vec![Destination::Remote(rcpt.clone())])
         }
     }
+}
 
-    fn authenticate(&self, _peer: IpAddr, user: &str, password: &str) -> AuthVerdict {
-        if user == "joe" && password == "secret" {
-            AuthVerdict::Ok
-        } else {
-            AuthVerdict::Bad
-        }
+/// The peer's one account: joe / secret.
+fn peer_verdict(c: &Credentials) -> AuthVerdict {
+    if c.user == "joe" && c.password == "secret" {
+        AuthVerdict::Ok
+    } else {
+        AuthVerdict::Bad
     }
 }
 
@@ -546,6 +549,7 @@ impl Sim {
                                 pending.clear();
                                 s.tls_started("TLSv1.3 notional".into(), now);
                             }
+                            Event::Authenticate(c) => s.auth_verdict(peer_verdict(&c), now),
                         }
                     }
                     if !progressed && (n == 0 || pending.is_empty()) {

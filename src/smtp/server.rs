@@ -17,7 +17,8 @@
 //! | `Discard`    | message octets, thrown away                | end of data (→ the stored error reply) |
 //! | `Commit`     | the driver: `committed` after the group sync| that call |
 //! | `TlsWait`    | the driver: `tls_started` after STARTTLS   | that call, timeout |
-//! | `Auth`       | a SASL response line                       | success, failure, cancel |
+//! | `Auth`       | a SASL response line                       | credentials, cancel, a bad line |
+//! | `AuthCheck`  | the driver: `auth_verdict` on the credentials | that call |
 //! | `AuthDelay`  | time: a failed AUTH's reply is held back   | the deadline |
 //! | `Closing`    | nothing: output is flushed, then closed    | [`CLOSE_LINGER`]: abandoned |
 //!
@@ -38,6 +39,10 @@
 //! AUTH (RFC 4954, PLAIN and LOGIN) is offered only over TLS unless
 //! `allow_plaintext_auth`; a failed attempt holds its 535 for a growing delay
 //! (`AuthDelay`, a deadline, never a sleep) and too many close the session.
+//! The password check (PBKDF2, milliseconds to tens of milliseconds on a
+//! router) is not the session's: it emits [`Event::Authenticate`] and
+//! waits (`AuthCheck`); the driver verifies between turns of its loop and
+//! answers with [`ServerSession::auth_verdict`].
 //!
 //! Not supported: SMTPUTF8, DSN, CHUNKING.
 
@@ -97,6 +102,24 @@ pub enum AuthVerdict {
     Blocked,
 }
 
+/// Credentials to verify ([`Event::Authenticate`]); the password is never
+/// printed.
+#[derive(PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Credentials {{ user: {:?}, password: <hidden> }}",
+            self.user
+        )
+    }
+}
+
 /// Decisions the session cannot make alone (they depend on configuration
 /// and local tables). Implemented by the daemon; tests use a small fake.
 pub trait Policy {
@@ -108,8 +131,6 @@ pub trait Policy {
         rcpt: &Address,
         relay_allowed: bool,
     ) -> Result<Vec<Destination>, Reply>;
-    /// Checks AUTH credentials for a client address.
-    fn authenticate(&self, peer: IpAddr, user: &str, password: &str) -> AuthVerdict;
     /// Whether a new transaction may start (asked at MAIL), e.g. the
     /// spool's free space; `Err` is the reply refusing it.
     fn check_mail(&self) -> Result<(), Reply> {
@@ -129,6 +150,9 @@ pub enum Event {
     /// `220 Ready to start TLS` is in the output: write it, drop any input
     /// buffered after the command, run the handshake, call `tls_started`.
     StartTls,
+    /// AUTH ended with these credentials: verify them (outside the
+    /// session's input handling, it may be slow), then call `auth_verdict`.
+    Authenticate(Credentials),
 }
 
 /// The transaction as it stands after RCPT, read by the driver at
@@ -154,6 +178,10 @@ enum State {
     Commit(DataSummary),
     TlsWait,
     Auth(Box<crate::auth::SaslServer>),
+    /// Credentials are with the driver (`Event::Authenticate`).
+    AuthCheck {
+        user: String,
+    },
     AuthDelay {
         until: Instant,
         reply: Reply,
@@ -254,14 +282,16 @@ impl ServerSession {
         while used < input.len() {
             match &mut self.state {
                 State::Closing => return input.len(),
-                State::SpoolOpen | State::Commit(_) | State::TlsWait | State::AuthDelay { .. } => {
-                    break
-                }
+                State::SpoolOpen
+                | State::Commit(_)
+                | State::TlsWait
+                | State::AuthCheck { .. }
+                | State::AuthDelay { .. } => break,
                 State::Auth(_) => {
                     if self.out.len() >= OUTPUT_HIGH_WATER {
                         break;
                     }
-                    used += self.read_auth_line(input.get(used..).unwrap_or_default(), now, policy);
+                    used += self.read_auth_line(input.get(used..).unwrap_or_default());
                 }
                 State::Data(dec) => {
                     let target = if self.holding_headers {
@@ -291,7 +321,7 @@ impl ServerSession {
                     if self.out.len() >= OUTPUT_HIGH_WATER {
                         break;
                     }
-                    used += self.read_line(input.get(used..).unwrap_or_default(), now, policy);
+                    used += self.read_line(input.get(used..).unwrap_or_default(), policy);
                 }
             }
         }
@@ -462,7 +492,7 @@ impl ServerSession {
             | State::TlsWait
             | State::Closing => Some(self.deadline),
             State::AuthDelay { until, .. } => Some(until),
-            State::SpoolOpen | State::Commit(_) => None,
+            State::SpoolOpen | State::Commit(_) | State::AuthCheck { .. } => None,
         }
     }
 
@@ -539,7 +569,7 @@ impl ServerSession {
     pub fn is_waiting_for_driver(&self) -> bool {
         matches!(
             self.state,
-            State::SpoolOpen | State::Commit(_) | State::TlsWait
+            State::SpoolOpen | State::Commit(_) | State::TlsWait | State::AuthCheck { .. }
         )
     }
 
@@ -575,7 +605,7 @@ impl ServerSession {
 
     // --- command phase ------------------------------------------------------
 
-    fn read_line(&mut self, input: &[u8], now: Instant, policy: &dyn Policy) -> usize {
+    fn read_line(&mut self, input: &[u8], policy: &dyn Policy) -> usize {
         let (chunk, complete) = match input.iter().position(|&b| b == b'\n') {
             Some(i) => (input.get(..=i).unwrap_or(input), true),
             None => (input, false),
@@ -598,7 +628,7 @@ impl ServerSession {
                 if line.last() == Some(&b'\r') {
                     line.pop();
                 }
-                self.command(&line, now, policy);
+                self.command(&line, policy);
                 line.clear();
                 self.line = line;
             }
@@ -606,7 +636,7 @@ impl ServerSession {
         chunk.len()
     }
 
-    fn command(&mut self, line: &[u8], now: Instant, policy: &dyn Policy) {
+    fn command(&mut self, line: &[u8], policy: &dyn Policy) {
         let cmd = match parse_command(line) {
             Ok(c) => c,
             Err(r) => return self.error(&r),
@@ -663,7 +693,7 @@ impl ServerSession {
                     self.events.push_back(Event::StartTls);
                 }
             }
-            Command::Auth(args) => self.auth(&args, now, policy),
+            Command::Auth(args) => self.auth(&args),
         }
     }
 
@@ -725,7 +755,7 @@ impl ServerSession {
         }
     }
 
-    fn auth(&mut self, args: &str, now: Instant, policy: &dyn Policy) {
+    fn auth(&mut self, args: &str) {
         if !self.cfg.auth_available {
             return self.error(&reply::NOT_IMPLEMENTED);
         }
@@ -744,13 +774,13 @@ impl ServerSession {
         match crate::auth::SaslServer::start(args) {
             Ok((sasl, step)) => {
                 self.state = State::Auth(Box::new(sasl));
-                self.auth_step(step, now, policy);
+                self.auth_step(step);
             }
             Err(_) => self.error(&reply::AUTH_MECHANISM),
         }
     }
 
-    fn read_auth_line(&mut self, input: &[u8], now: Instant, policy: &dyn Policy) -> usize {
+    fn read_auth_line(&mut self, input: &[u8]) -> usize {
         let (chunk, complete) = match input.iter().position(|&b| b == b'\n') {
             Some(i) => (input.get(..=i).unwrap_or(input), true),
             None => (input, false),
@@ -771,12 +801,12 @@ impl ServerSession {
                 State::Auth(sasl) => sasl.step(text),
                 _ => return chunk.len(),
             };
-            self.auth_step(step, now, policy);
+            self.auth_step(step);
         }
         chunk.len()
     }
 
-    fn auth_step(&mut self, step: crate::auth::SaslStep, now: Instant, policy: &dyn Policy) {
+    fn auth_step(&mut self, step: crate::auth::SaslStep) {
         use crate::auth::SaslStep;
         match step {
             SaslStep::Challenge(c) => {
@@ -784,32 +814,9 @@ impl ServerSession {
                     .extend_from_slice(format!("334 {c}\r\n").as_bytes());
             }
             SaslStep::Done { user, password } => {
-                match policy.authenticate(self.peer, &user, &password) {
-                    AuthVerdict::Ok => {
-                        log::info!("auth: {user} authenticated from {}", self.peer);
-                        self.state = State::Command;
-                        self.auth_user = Some(user);
-                        self.reply(&reply::AUTH_OK);
-                    }
-                    verdict => {
-                        self.auth_failures += 1;
-                        log::warn!(
-                            "auth: failed for {user:?} from {} ({} on this connection)",
-                            self.peer,
-                            self.auth_failures
-                        );
-                        let reply = if verdict == AuthVerdict::Blocked {
-                            reply::AUTH_BLOCKED
-                        } else {
-                            reply::AUTH_FAILED
-                        };
-                        self.state = State::AuthDelay {
-                            until: now + crate::auth::failure_delay(self.auth_failures),
-                            reply,
-                            close: self.auth_failures >= MAX_AUTH_FAILURES,
-                        };
-                    }
-                }
+                self.state = State::AuthCheck { user: user.clone() };
+                self.events
+                    .push_back(Event::Authenticate(Credentials { user, password }));
             }
             SaslStep::Failed(why) => {
                 log::debug!("auth: malformed exchange from {}: {why}", self.peer);
@@ -819,6 +826,41 @@ impl ServerSession {
             SaslStep::Cancelled => {
                 self.state = State::Command;
                 self.reply(&reply::AUTH_CANCELLED);
+            }
+        }
+    }
+
+    /// The driver's answer to [`Event::Authenticate`].
+    pub fn auth_verdict(&mut self, verdict: AuthVerdict, now: Instant) {
+        let State::AuthCheck { user } = &mut self.state else {
+            return;
+        };
+        let user = std::mem::take(user);
+        self.deadline = now + self.cfg.timeout;
+        match verdict {
+            AuthVerdict::Ok => {
+                log::info!("auth: {user} authenticated from {}", self.peer);
+                self.state = State::Command;
+                self.auth_user = Some(user);
+                self.reply(&reply::AUTH_OK);
+            }
+            verdict => {
+                self.auth_failures += 1;
+                log::warn!(
+                    "auth: failed for {user:?} from {} ({} on this connection)",
+                    self.peer,
+                    self.auth_failures
+                );
+                let reply = if verdict == AuthVerdict::Blocked {
+                    reply::AUTH_BLOCKED
+                } else {
+                    reply::AUTH_FAILED
+                };
+                self.state = State::AuthDelay {
+                    until: now + crate::auth::failure_delay(self.auth_failures),
+                    reply,
+                    close: self.auth_failures >= MAX_AUTH_FAILURES,
+                };
             }
         }
     }
@@ -928,12 +970,14 @@ mod tests {
                 Err(reply::RELAY_DENIED)
             }
         }
-        fn authenticate(&self, _peer: IpAddr, user: &str, password: &str) -> AuthVerdict {
-            if user == "joe" && password == "secret" {
-                AuthVerdict::Ok
-            } else {
-                AuthVerdict::Bad
-            }
+    }
+
+    /// The test driver's password check.
+    fn test_verdict(c: &Credentials) -> AuthVerdict {
+        if c.user == "joe" && c.password == "secret" {
+            AuthVerdict::Ok
+        } else {
+            AuthVerdict::Bad
         }
     }
 
@@ -1012,6 +1056,7 @@ mod tests {
                             self.stored.clear();
                         }
                         Event::StartTls => {}
+                        Event::Authenticate(c) => self.s.auth_verdict(test_verdict(&c), self.now),
                     }
                 }
                 if !progressed && (n == 0 || self.pending.is_empty()) {
@@ -1060,9 +1105,6 @@ mod tests {
                 relay_allowed: bool,
             ) -> Result<Vec<Destination>, Reply> {
                 TestPolicy.check_recipient(rcpt, relay_allowed)
-            }
-            fn authenticate(&self, peer: IpAddr, user: &str, password: &str) -> AuthVerdict {
-                TestPolicy.authenticate(peer, user, password)
             }
             fn check_mail(&self) -> Result<(), Reply> {
                 Err(reply::NO_SPACE)
@@ -1452,6 +1494,38 @@ mod tests {
         assert_eq!(h.codes(), vec![235, 250, 250, 354, 250]);
         let msg = String::from_utf8(h.committed[0].clone()).unwrap();
         assert!(msg.contains("with ESMTPSA id"), "{msg}");
+        assert_eq!(h.s.auth_user(), Some("joe"));
+    }
+
+    /// The password check is the driver's, between turns: the session
+    /// emits the credentials, reads nothing more and says nothing until
+    /// the verdict, then goes on with what was pipelined.
+    #[test]
+    fn auth_waits_for_the_drivers_verdict() {
+        let mut h = tls_session(ListenerKind::Submission);
+        h.send(b"EHLO c\r\n");
+        h.take_output();
+        let input: &[u8] = b"AUTH PLAIN AGpvZQBzZWNyZXQ=\r\nMAIL FROM:<a@b.test>\r\n";
+        let used = h.s.handle_input(input, h.now, &TestPolicy);
+        assert_eq!(used, input.len() - b"MAIL FROM:<a@b.test>\r\n".len());
+        let Some(Event::Authenticate(c)) = h.s.poll_event() else {
+            panic!("no Authenticate event");
+        };
+        assert_eq!((c.user.as_str(), c.password.as_str()), ("joe", "secret"));
+        assert!(!format!("{c:?}").contains("secret"), "password in Debug");
+        assert!(h.s.output().is_empty());
+        assert!(h.s.is_waiting_for_driver());
+        assert_eq!(h.s.deadline(), None);
+        // Still waiting: more input is not taken.
+        assert_eq!(h.s.handle_input(&input[used..], h.now, &TestPolicy), 0);
+        h.s.auth_verdict(AuthVerdict::Ok, h.now);
+        assert_eq!(h.take_output(), "235 2.7.0 Authentication successful\r\n");
+        assert_eq!(h.s.auth_user(), Some("joe"));
+        h.send(&input[used..]);
+        assert_eq!(h.codes(), vec![250]);
+        // A verdict nobody asked for changes nothing.
+        h.s.auth_verdict(AuthVerdict::Bad, h.now);
+        assert!(h.s.output().is_empty());
         assert_eq!(h.s.auth_user(), Some("joe"));
     }
 

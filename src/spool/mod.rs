@@ -124,12 +124,27 @@ pub struct Incoming {
     flag_offset: u64,
     arrival: u64,
     pub size: u64,
+    /// Early writeback of a large message (`spool_sync` only): the
+    /// commit's sync finds little left to write (see `writeback`).
+    writeback: Option<crate::writeback::Writeback>,
 }
 
 impl Incoming {
     pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
         self.file.write_all(data)?;
         self.size += data.len() as u64;
+        if let Some(wb) = &mut self.writeback {
+            let end = self.size.saturating_add(self.flag_offset);
+            if end
+                >= wb
+                    .started()
+                    .saturating_add(crate::writeback::WRITEBACK_STEP)
+            {
+                self.file.flush()?;
+                let pos = self.file.get_mut().stream_position()?;
+                wb.advance(self.file.get_ref(), pos);
+            }
+        }
         Ok(())
     }
 
@@ -312,6 +327,7 @@ impl Spool {
                         flag_offset,
                         arrival: env.arrival,
                         size: 0,
+                        writeback: self.sync.then(|| crate::writeback::Writeback::new(0)),
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -450,6 +466,35 @@ impl Spool {
             Err(e) => return Err(e),
         };
         Ok((env, progress))
+    }
+
+    /// Complete sendmail drops in `drop/`, oldest first (`spool::drop`).
+    pub fn drops(&self) -> Vec<PathBuf> {
+        drop::list(&self.root)
+    }
+
+    /// Whether `msg/ID` exists (a claimed drop was committed).
+    pub fn is_queued(&self, id: QueueId) -> bool {
+        fs::symlink_metadata(self.path("msg", id)).is_ok()
+    }
+
+    /// Moves a bad drop (a path from [`Spool::drops`]) to `corrupt/`.
+    pub fn set_aside_drop(&self, path: &Path) -> io::Result<PathBuf> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        set_aside(path, &self.root.join("corrupt"), &name)
+    }
+
+    /// Unlinks an imported drop (a path from [`Spool::drops`] or its
+    /// claimed name); a drop already gone is fine.
+    pub fn remove_drop(&self, path: &Path) {
+        if let Err(e) = fs::remove_file(path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("drop {}: cannot remove: {e}", path.display());
+            }
+        }
     }
 
     /// Opens the content for reading (after the envelope, before the
