@@ -35,6 +35,7 @@ pub mod auth;
 pub mod bounce;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod delivery;
 pub mod dns;
