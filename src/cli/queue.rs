@@ -185,6 +185,10 @@ fn report(reply: &ClientReply) -> i32 {
 /// How long a queue command waits for the daemon's reply.
 pub const CONTROL_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a queue command waits for a spool that is locked while no
+/// daemon answers on the socket (a daemon stopping, another command).
+pub const LOCKED_WAIT: Duration = Duration::from_secs(3);
+
 /// Where queue changes go: decided by the first request.
 enum Channel {
     Unknown,
@@ -204,8 +208,9 @@ enum SendError {
 
 impl Channel {
     fn execute(&mut self, spool: &Spool, req: Request) -> Result<ClientReply, String> {
-        if !matches!(self, Channel::Offline { .. }) {
-            let path = spool.control_path();
+        let path = spool.control_path();
+        let give_up = std::time::Instant::now() + LOCKED_WAIT;
+        while !matches!(self, Channel::Offline { .. }) {
             match send(&path, req) {
                 Ok(reply) => {
                     *self = Channel::Daemon;
@@ -217,10 +222,15 @@ impl Channel {
             }
             match spool.try_lock() {
                 Ok(Some(lock)) => *self = Channel::Offline { _lock: lock },
+                // Locked, but no socket: a daemon stopping (or another
+                // queue command at work). Wait a little, then say so.
+                Ok(None) if std::time::Instant::now() < give_up => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
                 Ok(None) => {
                     return Err(format!(
-                        "the spool is locked (a daemon is starting or stopping, or another queue \
-                         command runs) but {} does not answer; try again",
+                        "the spool is locked (a daemon is stopping, or another queue command \
+                         runs) but {} does not answer; try again",
                         path.display()
                     ))
                 }

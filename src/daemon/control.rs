@@ -13,8 +13,8 @@ use crate::reactor::SockId;
 use crate::spool::QueueId;
 
 impl Daemon {
-    /// Creates the control socket (after start-up recovery, as the user the
-    /// daemon runs as). A stale socket from a daemon that crashed is
+    /// Creates the control socket (at start, with the listeners; see
+    /// [`Daemon::give_control_socket`] for its owner). A stale socket from a daemon that crashed is
     /// replaced: the spool lock, taken at start, says no other daemon owns
     /// it. A failure is logged and the daemon runs without one (`tern
     /// queue` then says it cannot reach the daemon).
@@ -57,6 +57,15 @@ impl Daemon {
                 path.display()
             ),
         }
+    }
+
+    /// Gives the control socket to the user the daemon runs as (it was
+    /// created before privileges were dropped).
+    pub fn give_control_socket(&self, uid: u32, gid: u32) -> io::Result<()> {
+        if self.control_listener.is_none() {
+            return Ok(());
+        }
+        std::os::unix::fs::lchown(self.spool.control_path(), Some(uid), Some(gid))
     }
 
     /// Closes the control socket and removes its file (at shutdown).

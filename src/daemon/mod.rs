@@ -253,7 +253,7 @@ impl Daemon {
         let tables = LocalTables::load(&cfg);
         let outbound = Outbound::new(&cfg);
         let cfg_dns = cfg.clone();
-        Ok(Daemon {
+        let mut daemon = Daemon {
             session_cfg: session_config(&cfg, tls_server.is_some(), !users.is_empty()),
             tls_server,
             tls_client,
@@ -298,7 +298,12 @@ impl Daemon {
             deliveries: HashMap::new(),
             delivery_seq: 0,
             socket_owner: HashMap::new(),
-        })
+        };
+        // Bound with the listeners, before the loop runs: a `tern queue`
+        // right after start-up waits in the backlog, it never finds no
+        // socket while the daemon holds the spool lock.
+        daemon.open_control();
+        Ok(daemon)
     }
 
     /// Addresses actually bound (tests use port 0).
@@ -327,7 +332,6 @@ impl Daemon {
                 self.held.len()
             );
         }
-        self.open_control();
         self.import_drops();
         self.reactor.add_timer(Instant::now() + TICK, Timer::Tick);
         let mut events = Vec::new();
