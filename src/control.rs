@@ -565,6 +565,40 @@ mod tests {
     }
 
     #[test]
+    fn random_input_in_random_pieces_gives_one_answer_and_stays_bounded() {
+        let mut rng = crate::test_rng::TestRng::new(13);
+        let alphabet = b"deletflushorasy 0123456789ABCDEFabcdef\r\n\x00\xff";
+        for _ in 0..5000 {
+            let len = rng.below(3 * MAX_REQUEST);
+            let input: Vec<u8> = (0..len).map(|_| rng.pick(alphabet)).collect();
+            let mut c = Conn::new(Instant::now());
+            let mut rest = &input[..];
+            let mut requests = 0;
+            while !rest.is_empty() && c.wants_input() {
+                let n = 1 + rng.below(rest.len());
+                let (piece, tail) = rest.split_at(n);
+                rest = tail;
+                if let Some(req) = c.handle_input(piece) {
+                    requests += 1;
+                    // Whatever was parsed is a valid request line again.
+                    let line = req.line();
+                    assert_eq!(parse_request(line.trim_end().as_bytes()), Ok(req));
+                    c.answer(&Reply::Flushing(None));
+                }
+            }
+            c.handle_eof();
+            assert!(requests <= 1);
+            let out = drain(&mut c);
+            assert!(
+                out.starts_with("ok ") || out.starts_with("error "),
+                "{out:?}"
+            );
+            assert!(out.len() <= MAX_REPLY && out.ends_with('\n'));
+            assert!(c.is_closed());
+        }
+    }
+
+    #[test]
     fn eof_before_the_line_and_timeouts() {
         let now = Instant::now();
         let mut c = Conn::new(now);

@@ -1,6 +1,7 @@
 //! The reactor: the only code that imports mio.
 //!
-//! It owns every socket (listeners, TCP connections, UDP sockets for DNS),
+//! It owns every socket (listeners, TCP connections, UDP sockets for DNS,
+//! the unix control socket and its connections),
 //! one timer heap for the whole process and the signal self-pipe. Callers
 //! hold [`SockId`] handles (slab index + generation, so a stale handle to a
 //! reused slot is detected) and get [`Event`]s back from [`Reactor::poll`].

@@ -251,15 +251,27 @@ def test_hold_and_release(tern_factory):
         sink.close()
 
 
-def test_release_of_a_message_not_on_hold(tern_factory):
-    t = tern_factory(hold_outbound="yes").start()
-    r = sendmail(t, ["-i", "far@remote.test"], b"Subject: x\n\nx\n")
-    assert r.returncode == 0
-    qid = wait_for(lambda: t.queued(), what="queued")[0]
-    code, _, err = queue(t, "release", qid)
-    assert code == 65 and f"not-held {qid}" in err, err
-    # hold_outbound (the global key) is untouched: mailq says why it waits.
-    assert "held: hold_outbound = yes" in mailq(t)
+def test_release_of_a_message_not_on_hold_and_flush_id_under_hold_outbound(tern_factory):
+    sink = Sink()
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none",
+                         hold_outbound="yes").start()
+        r = sendmail(t, ["-i", "far@remote.test"], b"Subject: x\n\nx\n")
+        assert r.returncode == 0
+        qid = wait_for(lambda: t.queued(), what="queued")[0]
+        code, _, err = queue(t, "release", qid)
+        assert code == 65 and f"not-held {qid}" in err, err
+        # hold_outbound (the global key) is untouched: mailq says why it waits.
+        wait_for(lambda: "held: hold_outbound = yes" in mailq(t), what="held by hold_outbound")
+        time.sleep(0.5)
+        assert sink.messages == []
+        # `flush ID` sends that one message, as `flush` sends them all.
+        code, out, err = queue(t, "flush", qid)
+        assert code == 0 and out.strip() == f"flushing {qid}", err
+        wait_for(lambda: sink.messages, timeout=5, what="delivery after flush ID")
+        assert problems(t) == [], t.log_text()
+    finally:
+        sink.close()
 
 
 def test_garbage_and_oversized_requests_get_an_error_and_smtp_goes_on(tern):
