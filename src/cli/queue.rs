@@ -4,7 +4,7 @@
 //! running (no socket, or nobody listening on it) a change is made here,
 //! on the spool, under the spool lock.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -271,16 +271,50 @@ fn send(path: &Path, req: Request) -> Result<ClientReply, SendError> {
         .map_err(other)?;
     s.set_write_timeout(Some(CONTROL_CLIENT_TIMEOUT))
         .map_err(other)?;
-    s.write_all(req.line().as_bytes()).map_err(other)?;
+    send_no_signal(&s, req.line().as_bytes()).map_err(other)?;
     let mut line = Vec::new();
     (&mut s)
         .take(MAX_REPLY as u64)
         .read_to_end(&mut line)
         .map_err(other)?;
+    if line.is_empty() {
+        return Err(SendError::Other(
+            "the daemon closed the connection without a reply (too many queue commands at once?); \
+             try again"
+                .to_string(),
+        ));
+    }
     let text = String::from_utf8_lossy(&line);
     let text = text.split('\n').next().unwrap_or("");
     parse_reply(text)
         .ok_or_else(|| SendError::Other(format!("unexpected reply from the daemon: {text:?}")))
+}
+
+/// Writes all of `data` with `MSG_NOSIGNAL`: the command line tools take
+/// SIGPIPE's default action (see `cli`), and a daemon that closed the
+/// connection must give an error message, not a silent death.
+fn send_no_signal(s: &UnixStream, mut data: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    while !data.is_empty() {
+        // SAFETY: send(2) reads `data.len()` bytes from a live slice.
+        let n = unsafe {
+            libc::send(
+                s.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        data = data.get(n as usize..).unwrap_or_default();
+    }
+    Ok(())
 }
 
 /// A request carried out on the spool itself (no daemon runs; the caller

@@ -181,6 +181,13 @@ pub struct Daemon {
     socket_owner: HashMap<SockId, u64>,
 }
 
+impl Drop for Daemon {
+    /// The control socket goes with the daemon, however `run` ended.
+    fn drop(&mut self) {
+        self.close_control();
+    }
+}
+
 /// The error `Daemon::new` returns when the spool cannot be opened or
 /// written (a read-only mount, an immutable directory): the daemon refuses
 /// to start, with exit code 75 (`EX_TEMPFAIL`), as Postfix refuses to start
