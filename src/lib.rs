@@ -18,8 +18,11 @@
 //!   events and `now` in; bytes, events and deadlines out.
 //! - `daemon` moves bytes and events between them and owns the sessions.
 //! - `config` turns the `key = value` file into a validated `Config`.
-//! - `cli` is the sendmail/mailq/queue front end, which talks to the daemon
-//!   only through the spool's drop directory and signals.
+//! - `cli` is the sendmail/mailq/queue front end. It talks to the daemon
+//!   through the spool's drop directory (sendmail), a signal (SIGUSR2: a
+//!   drop is waiting) and the control socket (`control`: queue changes, so
+//!   the daemon stays the only writer of the queue); `mailq` and `queue
+//!   show` only read the spool.
 //!
 //! No input may panic tern (a release build aborts on panic: issue 11 found
 //! one command line that stopped all mail). Input from the network, the
@@ -35,6 +38,7 @@ pub mod auth;
 pub mod bounce;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod delivery;
 pub mod dns;

@@ -224,6 +224,10 @@ pub fn run_daemon(mut cfg: Config, config_path: PathBuf, detach: bool) -> i32 {
             log::error!("cannot give the spool and mail directories to {user}: {e}");
             return EX_OSERR;
         }
+        if let Err(e) = daemon.give_control_socket(uid, gid) {
+            log::error!("cannot give the control socket to {user}: {e}");
+            return EX_OSERR;
+        }
         if let Err(e) = drop_privileges(uid, gid) {
             log::error!("cannot drop privileges to {user}: {e}");
             return EX_CONFIG;

@@ -11,6 +11,7 @@
 //! move local deliveries by at most `delivery::jobs::LOCAL_BYTES_PER_TURN`
 //! octets (the poll does not sleep while some remain).
 
+mod control;
 mod drop;
 mod inbound;
 mod local;
@@ -159,6 +160,18 @@ pub struct Daemon {
     fresh: HashMap<QueueId, (crate::spool::StoredEnvelope, u64)>,
     /// A `queue flush` is running: held mail is delivered too.
     flushing: bool,
+    /// Messages a `queue flush ID` asked for: attempted even under
+    /// `hold_outbound` (like a whole-queue flush).
+    flush_one: HashSet<QueueId>,
+    /// Messages on hold (`hold/ID`, `tern queue hold`): out of the
+    /// schedule until released.
+    held: HashSet<QueueId>,
+    /// The control socket (see `control`); `None` if it could not be
+    /// created, and after shutdown began.
+    control_listener: Option<SockId>,
+    controls: HashMap<SockId, crate::control::Conn>,
+    /// The spool lock, held for the daemon's life: one writer.
+    _spool_lock: crate::spool::hold::SpoolLock,
     stopping: Option<Instant>,
     /// Messages with outbound jobs outstanding.
     in_flight: HashMap<QueueId, InFlight>,
@@ -182,6 +195,13 @@ pub struct Daemon {
     delivery_seq: u64,
     /// Which delivery owns an outbound socket.
     socket_owner: HashMap<SockId, u64>,
+}
+
+impl Drop for Daemon {
+    /// The control socket goes with the daemon, however `run` ended.
+    fn drop(&mut self) {
+        self.close_control();
+    }
 }
 
 /// The error `Daemon::new` returns when the spool cannot be opened or
@@ -252,10 +272,11 @@ impl Daemon {
             })
             .and_then(|spool| spool.check_writable().map(|()| spool))
             .map_err(|e| io::Error::new(e.kind(), SpoolUnusable(e.to_string())))?;
+        let spool_lock = lock_spool(&spool)?;
         let tables = LocalTables::load(&cfg);
         let outbound = Outbound::new(&cfg);
         let cfg_dns = cfg.clone();
-        Ok(Daemon {
+        let mut daemon = Daemon {
             session_cfg: session_config(&cfg, tls_server.is_some(), !users.is_empty()),
             tls_server,
             tls_client,
@@ -281,6 +302,11 @@ impl Daemon {
             batch: Vec::new(),
             fresh: HashMap::new(),
             flushing: false,
+            flush_one: HashSet::new(),
+            held: HashSet::new(),
+            control_listener: None,
+            controls: HashMap::new(),
+            _spool_lock: spool_lock,
             stopping: None,
             in_flight: HashMap::new(),
             local_seq: 0,
@@ -299,7 +325,12 @@ impl Daemon {
             deliveries: HashMap::new(),
             delivery_seq: 0,
             socket_owner: HashMap::new(),
-        })
+        };
+        // Bound with the listeners, before the loop runs: a `tern queue`
+        // right after start-up waits in the backlog, it never finds no
+        // socket while the daemon holds the spool lock.
+        daemon.open_control();
+        Ok(daemon)
     }
 
     /// Addresses actually bound (tests use port 0).
@@ -312,10 +343,22 @@ impl Daemon {
 
     pub fn run(&mut self) -> io::Result<()> {
         let now = mono_now();
-        for id in self.spool.recover()? {
-            self.queue.schedule(id, now);
+        let recovered = self.spool.recover()?;
+        self.held = self.spool.held()?.into_iter().collect();
+        for &id in &recovered {
+            if !self.held.contains(&id) {
+                self.queue.schedule(id, now);
+            }
         }
-        log::info!("started: {} queued message(s)", self.queue.len());
+        if self.held.is_empty() {
+            log::info!("started: {} queued message(s)", self.queue.len());
+        } else {
+            log::info!(
+                "started: {} queued message(s), {} on hold",
+                self.queue.len(),
+                self.held.len()
+            );
+        }
         self.import_drops();
         self.reactor.add_timer(Instant::now() + TICK, Timer::Tick);
         let mut events = Vec::new();
@@ -337,10 +380,13 @@ impl Daemon {
             let turn = Instant::now();
             for ev in events.drain(..) {
                 match ev {
+                    Event::Acceptable(l) if self.is_control_listener(l) => self.accept_control(l),
                     Event::Acceptable(l) => self.accept(l),
                     Event::Ready(id) => {
                         if self.inbound.contains_key(&id) {
                             self.drive_inbound(id);
+                        } else if self.is_control(id) {
+                            self.drive_control(id);
                         } else {
                             self.outbound_ready(id);
                         }
@@ -382,6 +428,7 @@ impl Daemon {
                     || Instant::now() >= deadline
                 {
                     self.save_unsettled();
+                    self.close_control();
                     log::info!("stopped");
                     return Ok(());
                 }
@@ -416,6 +463,7 @@ impl Daemon {
             self.reactor.close(id);
         }
         self.listeners.clear();
+        self.close_control();
         let ids: Vec<SockId> = self.inbound.keys().copied().collect();
         for id in ids {
             if let Some(c) = self.inbound.get_mut(&id) {
@@ -499,6 +547,7 @@ impl Daemon {
                 self.import_drops();
                 self.sweep_inbound(now);
                 self.sweep_outbound(now);
+                self.sweep_control(now);
                 self.reactor.add_timer(now + TICK, Timer::Tick);
             }
             Timer::Dns => self.dns_timer(now),
@@ -519,6 +568,37 @@ impl Daemon {
                 c.session.handle_timeout(now);
             }
             self.drive_inbound(id);
+        }
+    }
+}
+
+/// How long start-up waits for the spool lock (a `tern queue` command
+/// working on the spool while no daemon ran holds it for a moment).
+pub const SPOOL_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Takes the spool lock for the daemon's life (before the loop runs, so
+/// the short wait blocks nobody).
+fn lock_spool(spool: &Spool) -> io::Result<crate::spool::hold::SpoolLock> {
+    let unusable = |e: String| io::Error::other(SpoolUnusable(e));
+    let deadline = Instant::now() + SPOOL_LOCK_WAIT;
+    loop {
+        match spool.try_lock() {
+            Ok(Some(lock)) => return Ok(lock),
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(None) => {
+                return Err(unusable(format!(
+                    "spool {} is locked by another process (another tern daemon on this spool?)",
+                    spool.root().display()
+                )))
+            }
+            Err(e) => {
+                return Err(unusable(format!(
+                    "cannot lock the spool {}: {e}",
+                    spool.root().display()
+                )))
+            }
         }
     }
 }

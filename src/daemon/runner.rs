@@ -112,6 +112,12 @@ impl Daemon {
     }
 
     fn attempt(&mut self, id: QueueId, now: u64) {
+        if self.held.contains(&id) {
+            // On hold (`tern queue hold`): out of the schedule until released.
+            self.queue.remove(id);
+            return;
+        }
+        let flush_one = self.flush_one.remove(&id);
         let cached = self.fresh.remove(&id);
         let content_size = cached.as_ref().map(|(_, size)| *size);
         let loaded = match cached {
@@ -197,7 +203,7 @@ impl Daemon {
             failed_before,
         };
         if !remote.is_empty() {
-            if self.cfg.hold_outbound && !self.flushing {
+            if self.cfg.hold_outbound && !self.flushing && !flush_one {
                 // Held mail is not attempted and its state is not touched
                 // (no write per held message); `mailq` shows it as held.
                 flight.held = true;
@@ -302,6 +308,7 @@ impl Daemon {
                 log::error!("{id}: cannot remove finished message: {e}");
             }
             self.queue.remove(id);
+            self.held.remove(&id);
             log::info!("{id}: removed");
             return;
         }
@@ -318,6 +325,11 @@ impl Daemon {
             // Unreachable with open recipients; any wait is sane.
             Disposition::Expire => HELD_RECHECK,
         };
+        if self.held.contains(&id) {
+            // Held while this attempt ran: out of the schedule until released.
+            self.queue.remove(id);
+            return;
+        }
         self.queue.schedule(id, mono.saturating_add(wait));
         if saved {
             self.queue.age_saved(id, mono);

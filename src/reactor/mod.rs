@@ -1,6 +1,7 @@
 //! The reactor: the only code that imports mio.
 //!
-//! It owns every socket (listeners, TCP connections, UDP sockets for DNS),
+//! It owns every socket (listeners, TCP connections, UDP sockets for DNS,
+//! the unix control socket and its connections),
 //! one timer heap for the whole process and the signal self-pipe. Callers
 //! hold [`SockId`] handles (slab index + generation, so a stale handle to a
 //! reused slot is detected) and get [`Event`]s back from [`Reactor::poll`].
@@ -20,7 +21,7 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
 use mio::{Interest, Poll, Token};
 
 /// Connections accepted per listener per wakeup, so one flood of connects
@@ -40,6 +41,9 @@ enum Socket {
     Listener(TcpListener),
     Stream(TcpStream),
     Udp(UdpSocket),
+    /// The control socket (see `control`).
+    UnixListener(UnixListener),
+    Unix(UnixStream),
 }
 
 struct Slot {
@@ -126,6 +130,8 @@ impl<K: Ord + Copy> Reactor<K> {
             Some(Socket::Listener(l)) => registry.register(l, token, interest),
             Some(Socket::Stream(s)) => registry.register(s, token, interest),
             Some(Socket::Udp(u)) => registry.register(u, token, interest),
+            Some(Socket::UnixListener(l)) => registry.register(l, token, interest),
+            Some(Socket::Unix(s)) => registry.register(s, token, interest),
             None => Ok(()),
         };
         if let Err(e) = res {
@@ -153,6 +159,40 @@ impl<K: Ord + Copy> Reactor<K> {
             Socket::Listener(l) => l.local_addr().ok(),
             Socket::Stream(s) => s.local_addr().ok(),
             Socket::Udp(u) => u.local_addr().ok(),
+            Socket::UnixListener(_) | Socket::Unix(_) => None,
+        }
+    }
+
+    /// Listens on a unix stream socket at `path` (which must not exist).
+    pub fn listen_unix(&mut self, path: &std::path::Path) -> io::Result<SockId> {
+        let l = UnixListener::bind(path)?;
+        self.insert(Socket::UnixListener(l), Interest::READABLE)
+    }
+
+    /// Accepts one pending connection on a unix listener; `Ok(None)` when
+    /// drained.
+    pub fn accept_unix(&mut self, listener: SockId) -> io::Result<Option<SockId>> {
+        let Some(slot) = self.slot(listener) else {
+            return Ok(None);
+        };
+        let Some(Socket::UnixListener(l)) = slot.socket.as_ref() else {
+            return Ok(None);
+        };
+        match l.accept() {
+            Ok((stream, _)) => {
+                let id = self.insert(
+                    Socket::Unix(stream),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?;
+                if let Some(s) = self.slot(id) {
+                    s.readable = true;
+                    s.writable = true;
+                }
+                self.hot.push(id);
+                Ok(Some(id))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -239,6 +279,7 @@ impl<K: Ord + Copy> Reactor<K> {
         let slot = self.slot(id).ok_or(io::ErrorKind::NotConnected)?;
         let r = match slot.socket.as_mut() {
             Some(Socket::Stream(s)) => s.read(buf),
+            Some(Socket::Unix(s)) => s.read(buf),
             _ => Err(io::ErrorKind::NotConnected.into()),
         };
         if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
@@ -251,6 +292,7 @@ impl<K: Ord + Copy> Reactor<K> {
         let slot = self.slot(id).ok_or(io::ErrorKind::NotConnected)?;
         let r = match slot.socket.as_mut() {
             Some(Socket::Stream(s)) => s.write(data),
+            Some(Socket::Unix(s)) => s.write(data),
             _ => Err(io::ErrorKind::NotConnected.into()),
         };
         if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
@@ -292,6 +334,12 @@ impl<K: Ord + Copy> Reactor<K> {
             }
             Some(Socket::Udp(mut u)) => {
                 let _ = registry.deregister(&mut u);
+            }
+            Some(Socket::UnixListener(mut l)) => {
+                let _ = registry.deregister(&mut l);
+            }
+            Some(Socket::Unix(mut s)) => {
+                let _ = registry.deregister(&mut s);
             }
             None => {}
         }
@@ -374,7 +422,9 @@ impl<K: Ord + Copy> Reactor<K> {
         seen.dedup();
         for id in seen {
             match self.slot(id).and_then(|s| s.socket.as_ref()) {
-                Some(Socket::Listener(_)) => out.push(Event::Acceptable(id)),
+                Some(Socket::Listener(_) | Socket::UnixListener(_)) => {
+                    out.push(Event::Acceptable(id))
+                }
                 Some(_) => out.push(Event::Ready(id)),
                 None => {}
             }

@@ -16,6 +16,10 @@
 //! | `state/ID.new`                 | state update interrupted                | deleted (`state/ID` is still valid) |
 //! | `msg/ID` that does not parse, or whose trailer is missing | not durable when the machine crashed (never acknowledged), or damaged | moved to `corrupt/ID` (`corrupt/ID.N` if that exists), logged |
 //! | `drop/*`                       | sendmail drops (see `spool::drop`)      | imported by the daemon |
+//! | `msg/ID` + `hold/ID`           | on hold (`tern queue hold`, see `spool::hold`): never attempted until released | kept, not scheduled |
+//! | `hold/ID` without `msg/ID`, or `hold/` junk | removal interrupted      | deleted |
+//! | `lock`                         | the spool lock: `flock`ed by the running daemon (or a `tern queue` command while none runs) | kept |
+//! | `control`                      | the daemon's control socket (see `control`) | a stale one is replaced at start, removed at exit |
 //! | `tmp`, `msg`, ... is a symlink or not a directory | tampered with                | refused: the spool is not opened, the daemon does not start |
 //! | anything else in `msg/` (a name that is no queue ID, a directory, a FIFO) | not tern's | moved to `corrupt/` unopened, logged |
 //! | `state/ID` that does not parse, `msg/ID` valid | damaged | moved to `corrupt/ID.state`, logged; the message starts over (all recipients pending: a duplicate is possible, a loss is not) |
@@ -83,11 +87,12 @@
 //! for held mail, at most every `daemon::runner::AGE_CHECKPOINT`.
 //!
 //! State updates are write-new + fsync + rename. Finished messages are
-//! unlinked (`msg/` first, then `state/`) without a sync: a crash can at
+//! unlinked (`msg/` first, then `state/`, then `hold/`) without a sync: a crash can at
 //! worst cause a duplicate delivery, never a loss.
 
 pub mod drop;
 pub mod envelope;
+pub mod hold;
 pub mod space;
 
 use std::fs::{self, File, OpenOptions};
@@ -185,7 +190,7 @@ impl From<&io::Error> for Reply {
     }
 }
 
-const DIRS: [&str; 5] = ["tmp", "msg", "state", "corrupt", "drop"];
+const DIRS: [&str; 6] = ["tmp", "msg", "state", "corrupt", "drop", "hold"];
 
 /// The spool root: others may pass through it (to reach `drop/`) but not
 /// list it; every file in it is 0600 except sendmail drops (0644 in the
@@ -225,6 +230,9 @@ impl Spool {
                     b.create(&dir)?;
                     if fresh {
                         // nothing to report: a new spool
+                    } else if d == "hold" {
+                        // new in this version: an older spool has none
+                        log::info!("spool: created {}", dir.display());
                     } else if d == "msg" {
                         log::warn!(
                             "spool: {} was missing (any queue it held is lost); created it",
@@ -540,9 +548,11 @@ impl Spool {
             Err(e) => return Err(e),
         }
         match fs::remove_file(self.path("state", id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
+        self.release(id).map(|_| ())
     }
 
     /// Start-up recovery (idempotent): applies the state table above and
@@ -591,6 +601,7 @@ impl Spool {
             }
         }
         ids.sort();
+        self.remove_orphan_holds(&ids)?;
         Ok(ids)
     }
 
