@@ -16,7 +16,13 @@ LOG_PROBLEM = re.compile(r"\b(WARN|ERROR)\b")
 
 
 def problems(t):
-    return [l for l in t.log_text().splitlines() if LOG_PROBLEM.search(l)]
+    """Warnings and errors, except the deferrals the tests' sink causes on
+    purpose (451 mailbox busy keeps a message queued)."""
+    return [
+        l
+        for l in t.log_text().splitlines()
+        if LOG_PROBLEM.search(l) and "status=deferred" not in l
+    ]
 
 
 def queue(t, *args):
@@ -122,8 +128,10 @@ def test_queue_delete_while_the_daemon_runs_leaves_no_error_in_the_log(tern_fact
         code, _, err = queue(t, "delete", qid)
         assert code == 66 and f"no-such-message {qid}" in err, err
         assert problems(t) == []
-        # The daemon serves on.
-        queued_remote(t, sink, subject="after")
+        # The daemon serves on (the message may be delivered at once, over
+        # the connection kept from the last attempt: not waited for in mailq).
+        r = sendmail(t, ["-i", "far@remote.test"], b"Subject: after\n\nbody\n")
+        assert r.returncode == 0, r.stderr
         wait_for(lambda: sink.messages, what="the next message delivered")
     finally:
         sink.close()
