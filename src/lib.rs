@@ -54,6 +54,8 @@ pub mod smtp;
 pub mod spool;
 pub mod system;
 #[cfg(test)]
+mod test_dir;
+#[cfg(test)]
 mod test_rng;
 pub mod tls;
 pub mod writeback;

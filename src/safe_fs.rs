@@ -381,24 +381,8 @@ fn link_then_unlink(dfrom: RawFd, from: &CStr, dto: RawFd, to: &CStr) -> io::Res
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
-    use std::path::PathBuf;
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let d = std::env::temp_dir().join(format!("tern-safefs-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d).unwrap();
-            TempDir(d)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TempDir;
 
     #[test]
     fn rename_never_replaces() {
