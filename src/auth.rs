@@ -29,7 +29,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::io::Read;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -302,16 +301,9 @@ impl Users {
 
     /// Reads and parses the file (at most [`MAX_USERS_FILE_SIZE`] bytes).
     pub fn load(path: &Path) -> io::Result<(Users, Vec<(usize, String)>)> {
-        let file = std::fs::File::open(path)?;
-        let mut text = String::new();
-        file.take(MAX_USERS_FILE_SIZE + 1)
-            .read_to_string(&mut text)?;
-        if text.len() as u64 > MAX_USERS_FILE_SIZE {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("larger than {MAX_USERS_FILE_SIZE} bytes"),
-            ));
-        }
+        let bytes = crate::system::read_bounded(std::fs::File::open(path)?, MAX_USERS_FILE_SIZE)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))?;
         Ok(Self::parse(&text))
     }
 

@@ -4,7 +4,7 @@
 //! → privileges dropped → spool recovered and served (`Daemon::run`).
 
 use std::ffi::CString;
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::cli::{EX_CONFIG, EX_OK, EX_OSERR, EX_TEMPFAIL};
@@ -365,6 +365,23 @@ fn detach_process() -> io::Result<()> {
     Ok(())
 }
 
+/// Reads a whole file (or stream) of at most `limit` octets. A longer one
+/// is an error that names the limit: never read whole into memory, never
+/// truncated silently (a cut table would lose its last entries unseen).
+pub fn read_bounded(source: impl io::Read, limit: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    source
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// The account database read by [`passwd_entries`].
 pub const PASSWD_FILE: &str = "/etc/passwd";
 /// The longest account file read (a router's has a dozen lines).
@@ -384,11 +401,8 @@ pub struct PasswdEntry {
 /// account, sendmail submitting as `uidN`). Lines whose name is not UTF-8,
 /// or whose uid/gid are not numbers, are skipped.
 pub fn passwd_entries() -> io::Result<Vec<PasswdEntry>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(PASSWD_FILE)?
-        .take(MAX_PASSWD_BYTES)
-        .read_to_end(&mut bytes)?;
+    let bytes = read_bounded(std::fs::File::open(PASSWD_FILE)?, MAX_PASSWD_BYTES)
+        .map_err(|e| io::Error::new(e.kind(), format!("{PASSWD_FILE}: {e}")))?;
     Ok(parse_passwd(&bytes))
 }
 
@@ -520,6 +534,16 @@ pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_bounded_takes_the_limit_and_refuses_one_octet_more() {
+        let data = vec![b'x'; 100];
+        assert_eq!(read_bounded(&data[..], 100).expect("at the limit"), data);
+        let e = read_bounded(&data[..], 99).expect_err("over the limit");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(e.to_string(), "larger than 99 bytes");
+        assert_eq!(read_bounded(&b""[..], 0).expect("empty"), b"");
+    }
 
     #[test]
     fn passwd_with_latin1_gecos_still_lists_every_account() {

@@ -38,7 +38,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 
 use super::{without_extension, Mailbox};
@@ -138,18 +138,8 @@ impl Aliases {
             }
             Err(e) => return Err(e),
         };
-        let mut bytes = Vec::new();
-        file.take(MAX_ALIASES_FILE_BYTES + 1)
-            .read_to_end(&mut bytes)?;
-        if bytes.len() as u64 > MAX_ALIASES_FILE_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{}: larger than {MAX_ALIASES_FILE_BYTES} bytes",
-                    path.display()
-                ),
-            ));
-        }
+        let bytes = crate::system::read_bounded(file, MAX_ALIASES_FILE_BYTES)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         Ok(Aliases::parse(&String::from_utf8_lossy(&bytes)))
     }
 
