@@ -58,6 +58,9 @@ use super::wire::{
     TYPE_MX,
 };
 
+mod cache;
+use cache::{Cache, Cached};
+
 /// Most cached answers (positive and negative).
 pub const CACHE_ENTRIES: usize = 256;
 /// Longest time an answer stays cached, whatever its TTL.
@@ -1061,70 +1064,6 @@ fn rcode_name(rcode: u16) -> String {
         Ok(RCODE_REFUSED) => "REFUSED".to_string(),
         _ if rcode == RCODE_BADVERS => "BADVERS".to_string(),
         _ => format!("RCODE {rcode}"),
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Cache
-
-#[derive(Clone, Debug)]
-enum Cached {
-    Records(Vec<RData>),
-    NoData,
-    NxDomain,
-}
-
-struct CacheEntry {
-    expires: Instant,
-    answer: Cached,
-}
-
-/// Answers keyed by (canonical name, type), at most [`CACHE_ENTRIES`]; when
-/// full, expired entries go first, then the one closest to expiry.
-#[derive(Default)]
-struct Cache {
-    entries: HashMap<(String, u16), CacheEntry>,
-}
-
-impl Cache {
-    fn lookup(&mut self, name: &str, qtype: u16, now: Instant) -> Option<Outcome> {
-        let key = (name.to_string(), qtype);
-        let entry = self.entries.get(&key)?;
-        if entry.expires <= now {
-            self.entries.remove(&key);
-            return None;
-        }
-        Some(match &entry.answer {
-            Cached::Records(records) => Outcome::Records {
-                records: records.clone(),
-                additional: Vec::new(),
-            },
-            Cached::NoData => Outcome::NoData,
-            Cached::NxDomain => Outcome::NxDomain,
-        })
-    }
-
-    fn insert(&mut self, name: &str, qtype: u16, answer: Cached, ttl: u32, now: Instant) {
-        if ttl == 0 {
-            return;
-        }
-        let key = (name.to_string(), qtype);
-        if self.entries.len() >= CACHE_ENTRIES && !self.entries.contains_key(&key) {
-            self.entries.retain(|_, e| e.expires > now);
-            if self.entries.len() >= CACHE_ENTRIES {
-                let soonest = self
-                    .entries
-                    .iter()
-                    .min_by_key(|(_, e)| e.expires)
-                    .map(|(k, _)| k.clone());
-                if let Some(soonest) = soonest {
-                    self.entries.remove(&soonest);
-                }
-            }
-        }
-        let lifetime = Duration::from_secs(u64::from(ttl)).min(MAX_CACHE_TTL);
-        let expires = now + lifetime;
-        self.entries.insert(key, CacheEntry { expires, answer });
     }
 }
 
