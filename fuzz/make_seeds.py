@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes the seed corpora under fuzz/corpus/NAME/ (checked in; rerun after
-changing a driver's input layout in src/fuzz_targets.rs).
+changing a driver's input layout in src/fuzz_targets/).
 
 Each seed is a small realistic input laid out as the driver reads it:
 parameter bytes first, then the byte stream.
