@@ -468,7 +468,6 @@ fn system_hostname() -> String {
 impl Config {
     /// Reads and parses `path`; an unreadable or oversized file is one error.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
-        use std::io::Read;
         let file = path.display().to_string();
         let one = |message: String| {
             vec![ConfigError {
@@ -477,15 +476,15 @@ impl Config {
                 message,
             }]
         };
-        let mut bytes = Vec::new();
-        let read = std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes));
-        if let Err(e) = read {
-            return Err(one(format!("cannot read: {e}")));
-        }
-        if bytes.len() as u64 > MAX_CONFIG_BYTES {
-            return Err(one(format!("larger than {MAX_CONFIG_BYTES} bytes")));
-        }
+        let bytes = match std::fs::File::open(path)
+            .and_then(|f| crate::system::read_bounded(f, MAX_CONFIG_BYTES))
+        {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(one(e.to_string()))
+            }
+            Err(e) => return Err(one(format!("cannot read: {e}"))),
+        };
         match String::from_utf8(bytes) {
             Ok(text) => Config::parse(&text, &file),
             Err(e) => Err(one(format!(
