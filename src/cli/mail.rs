@@ -11,7 +11,8 @@
 //! Bcc recipients are only in the envelope.
 //!
 //! Also accepted: `-n`, `-N`, `-i` (ignored: no start-up file, no
-//! interactive mode), `-v` (print the queue file name), `-E` (send nothing
+//! interactive mode), `-S VAR[=VALUE]` (ignored: s-nail settings such as
+//! `sendwait` or `smtp=`; tern is the transport), `-v` (print the queue file name), `-E` (send nothing
 //! when the body is empty), `--` (end of options). Options and recipients
 //! may be mixed (GNU getopt order); values may be attached (`-sSubject`).
 //! Reading mail is not supported. Under the `mail`/`mailx` names `-c` is
@@ -81,7 +82,7 @@ pub fn parse_args(args: &[String]) -> Result<MailArgs, String> {
         }
         // The flag is the first two octets; a value may follow attached.
         let (flag, attached) = a.split_at_checked(2).unwrap_or((a, ""));
-        let takes_value = matches!(flag, "-s" | "-a" | "-r" | "-c" | "-b");
+        let takes_value = matches!(flag, "-s" | "-a" | "-r" | "-c" | "-b" | "-S");
         if takes_value {
             let value = if attached.is_empty() {
                 i += 1;
@@ -101,7 +102,8 @@ pub fn parse_args(args: &[String]) -> Result<MailArgs, String> {
                 }
                 "-r" => m.from = Some(value),
                 "-c" => m.cc.push(value),
-                _ => m.bcc.push(value),
+                "-b" => m.bcc.push(value),
+                _ => {} // -S VAR[=VALUE]: s-nail/mailx settings, none apply
             }
         } else {
             match a {
@@ -743,8 +745,8 @@ mod tests {
     #[test]
     fn command_line() {
         let a = parse_args(&args(&[
-            "-s", "disk", "-a", "r.pdf", "-ax.log", "-r", "me@x", "-c", "c@x", "-b", "b@x", "-n",
-            "root", "-E", "u@y", "--", "-odd",
+            "-s", "disk", "-S", "sendwait", "-a", "r.pdf", "-ax.log", "-r", "me@x", "-c", "c@x",
+            "-b", "b@x", "-n", "root", "-E", "u@y", "--", "-odd",
         ]))
         .unwrap();
         assert_eq!(a.subject.as_deref(), Some("disk"));

@@ -102,7 +102,8 @@ def test_mail_and_mailx_symlinks_with_from_and_mixed_order(tern):
     assert parse(delivered(tern, "bcc")[0])["Subject"] == SUBJECT
     # mailx, no attachments: a single text/plain part; unqualified
     # recipients get the host name, like sendmail's.
-    r = mail(tern, ["-s", "apcupsd: power failure", "root"], b"UPS on battery\r\n", argv0="mailx")
+    r = mail(tern, ["-S", "sendwait", "-s", "apcupsd: power failure", "root"], b"UPS on battery\r\n",
+             argv0="mailx")
     assert r.returncode == 0, r.stderr
     m = parse(delivered(tern, "root")[0])
     assert m["Subject"] == "apcupsd: power failure" and m["To"] == "root@mx.test"
