@@ -90,6 +90,9 @@ install: release
 	ln -sf tern $(DESTDIR)$(PREFIX)/sbin/sendmail
 	ln -sf tern $(DESTDIR)$(PREFIX)/sbin/mailq
 	ln -sf tern $(DESTDIR)$(PREFIX)/sbin/newaliases
+	install -d $(DESTDIR)$(PREFIX)/bin
+	ln -sf ../sbin/tern $(DESTDIR)$(PREFIX)/bin/mail
+	ln -sf ../sbin/tern $(DESTDIR)$(PREFIX)/bin/mailx
 	@if [ -e $(DESTDIR)/etc/tern.conf ]; then echo "keeping existing $(DESTDIR)/etc/tern.conf"; \
 	  else install -D -m 0644 etc/tern.conf $(DESTDIR)/etc/tern.conf; fi
 	install -D -m 0755 etc/init.d/tern $(DESTDIR)/etc/init.d/tern

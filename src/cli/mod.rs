@@ -1,7 +1,8 @@
 //! Command-line entry points (SPEC "Command line"): argv[0] and subcommand
-//! dispatch to the daemon, `check-config`, `sendmail`, `mailq`, `queue` and
-//! `newaliases`. Exit codes follow sysexits(3).
+//! dispatch to the daemon, `check-config`, `sendmail`, `mail`, `mailq`,
+//! `queue` and `newaliases`. Exit codes follow sysexits(3).
 
+pub mod mail;
 pub mod queue;
 pub mod sendmail;
 
@@ -26,6 +27,8 @@ const HELP: &str = "\
 usage: tern [-c FILE] [-d]                 run the daemon (foreground; -d detaches)
        tern [-c FILE] check-config         validate the configuration
        tern [-c FILE] sendmail [FLAGS] [RCPT...]   inject a message (also as `sendmail`)
+       tern [-c FILE] mail [-s SUBJECT] [-a FILE]... [-r FROM] [-c ADDR] [-b ADDR] RCPT...
+                                           send stdin as a message (also as `mail`, `mailx`)
        tern [-c FILE] mailq                list the queue (also as `mailq`)
        tern [-c FILE] queue flush | delete ID|all-deferred | show ID
        tern [-c FILE] newaliases           validate the aliases file
@@ -47,6 +50,14 @@ pub fn main(args: Vec<String>) -> i32 {
     let mut rest: Vec<String> = args.into_iter().skip(1).collect();
     match argv0.as_str() {
         "sendmail" => return with_config(&mut rest, |cfg, _path, rest| sendmail::main(cfg, rest)),
+        // `-c` is Cc here: the configuration comes from TERN_CONFIG.
+        "mail" | "mailx" => {
+            let cfg = match load(&env_config_path()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            return mail::main(cfg, rest);
+        }
         "mailq" => {
             default_sigpipe();
             return with_config(&mut rest, |cfg, _, _| queue::mailq(cfg));
@@ -111,6 +122,7 @@ pub fn main(args: Vec<String>) -> i32 {
     match cmd {
         "" => crate::run_daemon(cfg, config_path, detach),
         "sendmail" => sendmail::main(cfg, args.to_vec()),
+        "mail" | "mailx" => mail::main(cfg, args.to_vec()),
         "mailq" => queue::mailq(cfg),
         "queue" => queue::main(cfg, args),
         "newaliases" => newaliases(cfg),
@@ -138,8 +150,7 @@ fn default_sigpipe() {
 /// For the sendmail/mailq personalities: an optional leading `-c FILE`
 /// (tern's own), then the compatible flags.
 fn with_config(rest: &mut Vec<String>, f: impl FnOnce(Config, PathBuf, Vec<String>) -> i32) -> i32 {
-    let mut path =
-        PathBuf::from(std::env::var("TERN_CONFIG").unwrap_or_else(|_| DEFAULT_CONFIG.into()));
+    let mut path = env_config_path();
     if let [flag, file, ..] = rest.as_slice() {
         if flag == "-c" {
             path = PathBuf::from(file);
@@ -150,6 +161,12 @@ fn with_config(rest: &mut Vec<String>, f: impl FnOnce(Config, PathBuf, Vec<Strin
         Ok(cfg) => f(cfg, path, std::mem::take(rest)),
         Err(code) => code,
     }
+}
+
+/// The configuration of the multi-call personalities: `TERN_CONFIG`, else
+/// the default.
+fn env_config_path() -> PathBuf {
+    PathBuf::from(std::env::var("TERN_CONFIG").unwrap_or_else(|_| DEFAULT_CONFIG.into()))
 }
 
 pub fn load(path: &Path) -> Result<Config, i32> {

@@ -267,13 +267,7 @@ pub fn inject(
     flags: &Flags,
     input: &mut dyn BufRead,
 ) -> Result<String, (i32, String)> {
-    let user = invoking_user();
-    let sender = match &flags.sender {
-        Some(s) if s.is_empty() => String::new(),
-        Some(s) if s.contains('@') => s.clone(),
-        Some(s) => format!("{s}@{}", cfg.hostname),
-        None => format!("{user}@{}", cfg.hostname),
-    };
+    let sender = envelope_sender(cfg, flags.sender.as_deref());
     if !sender.is_empty() && Address::parse_mailbox(&sender).is_err() {
         return Err((EX_DATAERR, format!("bad sender address {sender:?}")));
     }
@@ -329,11 +323,7 @@ pub fn inject(
         if r.is_empty() {
             continue;
         }
-        let full = if r.contains('@') {
-            r.to_string()
-        } else {
-            format!("{r}@{}", cfg.hostname)
-        };
+        let full = qualify(cfg, r);
         if Address::parse_mailbox(&full).is_err() {
             return Err((EX_DATAERR, format!("bad recipient address {r:?}")));
         }
@@ -389,12 +379,8 @@ pub fn inject(
         fix.push_str(&format!("Date: {}\n", rfc5322_date(now as i64, 0)));
     }
     if !has("message-id") {
-        let unique = crate::random::u32().map_err(io_err)?;
-        fix.push_str(&format!(
-            "Message-ID: <{now}.{}.{unique}@{}>\n",
-            std::process::id(),
-            cfg.hostname
-        ));
+        let id = new_message_id(cfg, now).map_err(io_err)?;
+        fix.push_str(&format!("Message-ID: {id}\n"));
     }
     let mut out = Counted {
         drop: &mut drop,
@@ -446,6 +432,36 @@ pub fn inject(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default())
+}
+
+/// The envelope sender for `-f`/`-r` (`given`), else the invoking user:
+/// unqualified names get `@hostname`; an empty one is the null sender.
+pub fn envelope_sender(cfg: &Config, given: Option<&str>) -> String {
+    match given {
+        Some("") => String::new(),
+        Some(s) if s.contains('@') => s.to_string(),
+        Some(s) => format!("{s}@{}", cfg.hostname),
+        None => format!("{}@{}", invoking_user(), cfg.hostname),
+    }
+}
+
+/// A recipient as written to the envelope: unqualified names get `@hostname`.
+pub fn qualify(cfg: &Config, rcpt: &str) -> String {
+    if rcpt.contains('@') {
+        rcpt.to_string()
+    } else {
+        format!("{rcpt}@{}", cfg.hostname)
+    }
+}
+
+/// A fresh `<...>` Message-ID for mail submitted at `now` (unix seconds).
+pub fn new_message_id(cfg: &Config, now: u64) -> io::Result<String> {
+    let unique = crate::random::u32()?;
+    Ok(format!(
+        "<{now}.{}.{unique}@{}>",
+        std::process::id(),
+        cfg.hostname
+    ))
 }
 
 /// The drop file's message, counted as it is written: the daemon applies
@@ -558,7 +574,7 @@ pub fn header_addresses(value: &str) -> Vec<String> {
     out
 }
 
-fn quote_name(name: &str) -> String {
+pub fn quote_name(name: &str) -> String {
     let clean: String = name.chars().filter(|c| !c.is_control()).collect();
     if clean.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ') {
         clean
