@@ -12,6 +12,7 @@
 //! octets (the poll does not sleep while some remain).
 
 mod control;
+mod dns;
 mod drop;
 mod inbound;
 mod local;
@@ -31,7 +32,6 @@ use crate::auth::{FailureLimiter, Users};
 use crate::config::Config;
 use crate::delivery::aliases::Aliases;
 use crate::delivery::RecipientPolicy;
-use crate::dns::{LookupId, QueryHandle, Resolver, ResolverConfig};
 use crate::outbound::Outbound;
 use crate::queue::Queue;
 use crate::reactor::{Event, Reactor, SockId};
@@ -40,7 +40,9 @@ use crate::spool::{Incoming, Spool};
 
 use crate::spool::QueueId;
 use inbound::Inbound;
-use remote::{DnsSock, Outgoing};
+use remote::Outgoing;
+
+pub use dns::{load_hosts, resolver_config, HOSTS_FILE, MAX_HOSTS_ENTRIES};
 use runner::InFlight;
 
 /// Envelopes kept for messages not yet attempted (beyond this, the first
@@ -138,9 +140,6 @@ pub struct Daemon {
     tls_client: Option<Arc<rustls::ClientConfig>>,
     tls_client_any: Arc<rustls::ClientConfig>,
     users: Users,
-    /// /etc/hosts, consulted for smarthost names before DNS (as the
-    /// system resolver would).
-    hosts: HashMap<String, Vec<std::net::IpAddr>>,
     auth_limiter: RefCell<FailureLimiter>,
     /// `min_free_space`, checked at MAIL and DATA (cached).
     space: RefCell<crate::spool::space::SpaceGate>,
@@ -186,11 +185,9 @@ pub struct Daemon {
     drop_commits: Vec<(PathBuf, Incoming, String)>,
     /// AUTH credentials waiting for their check (`inbound::answer_auth`).
     auth_pending: std::collections::VecDeque<(SockId, crate::smtp::server::Credentials)>,
-    resolver: Resolver,
-    dns_socks: HashMap<SockId, DnsSock>,
-    dns_by_handle: HashMap<QueryHandle, SockId>,
-    dns_timer: Option<Instant>,
-    lookups: HashMap<LookupId, u64>,
+    dns: dns::DnsDriver,
+    /// Which delivery waits for a lookup.
+    lookups: HashMap<crate::dns::LookupId, u64>,
     deliveries: HashMap<u64, Outgoing>,
     delivery_seq: u64,
     /// Which delivery owns an outbound socket.
@@ -275,14 +272,13 @@ impl Daemon {
         let spool_lock = lock_spool(&spool)?;
         let tables = LocalTables::load(&cfg);
         let outbound = Outbound::new(&cfg);
-        let cfg_dns = cfg.clone();
+        let dns = dns::DnsDriver::new(&cfg);
         let mut daemon = Daemon {
             session_cfg: session_config(&cfg, tls_server.is_some(), !users.is_empty()),
             tls_server,
             tls_client,
             tls_client_any: crate::tls::client_config_no_verify(),
             users,
-            hosts: load_hosts(std::path::Path::new(HOSTS_FILE)),
             auth_limiter: RefCell::new(FailureLimiter::new(
                 AUTH_FAILURES_PER_IP,
                 AUTH_FAILURE_WINDOW,
@@ -314,13 +310,7 @@ impl Daemon {
             auth_pending: std::collections::VecDeque::new(),
             drops: drop::DropImports::default(),
             drop_commits: Vec::new(),
-            resolver: Resolver::new(
-                resolver_config(&cfg_dns),
-                Box::new(|buf: &mut [u8]| crate::random::fill(buf).map_err(|_| ())),
-            ),
-            dns_socks: HashMap::new(),
-            dns_by_handle: HashMap::new(),
-            dns_timer: None,
+            dns,
             lookups: HashMap::new(),
             deliveries: HashMap::new(),
             delivery_seq: 0,
@@ -512,13 +502,12 @@ impl Daemon {
                     Err(e) => log::error!("reload: keeping the old CA file: {e}"),
                 }
                 self.users = load_users(&new);
-                self.hosts = load_hosts(std::path::Path::new(HOSTS_FILE));
                 self.cfg = new;
                 self.session_cfg =
                     session_config(&self.cfg, self.tls_server.is_some(), !self.users.is_empty());
                 self.tables = LocalTables::load(&self.cfg);
                 self.outbound.reconfigure(&self.cfg);
-                self.resolver.reconfigure(resolver_config(&self.cfg));
+                self.dns.reconfigure(&self.cfg);
                 if std::env::var_os("RUST_LOG").is_none() {
                     log::set_max_level(self.cfg.log_level);
                 }
@@ -550,7 +539,10 @@ impl Daemon {
                 self.sweep_control(now);
                 self.reactor.add_timer(now + TICK, Timer::Tick);
             }
-            Timer::Dns => self.dns_timer(now),
+            Timer::Dns => {
+                self.dns.handle_timer(now);
+                self.dns_flush(now);
+            }
             Timer::ShutdownDeadline => {}
         }
     }
@@ -601,35 +593,6 @@ fn lock_spool(spool: &Spool) -> io::Result<crate::spool::hold::SpoolLock> {
             }
         }
     }
-}
-
-pub const HOSTS_FILE: &str = "/etc/hosts";
-/// Names read from the hosts file at most (it is a fallback table, not a zone).
-pub const MAX_HOSTS_ENTRIES: usize = 1024;
-
-/// `addr name alias...` lines; names lower-cased.
-pub fn load_hosts(path: &std::path::Path) -> HashMap<String, Vec<std::net::IpAddr>> {
-    let mut map: HashMap<String, Vec<std::net::IpAddr>> = HashMap::new();
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return map;
-    };
-    for line in text.lines() {
-        let line = line.split('#').next().unwrap_or("");
-        let mut words = line.split_whitespace();
-        let Some(addr) = words.next().and_then(|a| a.parse().ok()) else {
-            continue;
-        };
-        for name in words {
-            if map.len() >= MAX_HOSTS_ENTRIES {
-                return map;
-            }
-            let e = map.entry(name.to_ascii_lowercase()).or_default();
-            if !e.contains(&addr) {
-                e.push(addr);
-            }
-        }
-    }
-    map
 }
 
 /// AUTH verifications (PBKDF2) answered per loop turn; the rest wait for
@@ -736,16 +699,4 @@ pub fn session_config(cfg: &Config, tls_available: bool, auth_available: bool) -
         hop_limit: cfg.hop_limit,
         timeout: cfg.server_timeout,
     }
-}
-
-/// The resolver's servers: `dns_servers`, else /etc/resolv.conf.
-pub fn resolver_config(cfg: &Config) -> ResolverConfig {
-    let mut rc = crate::dns::load_resolv_conf(std::path::Path::new("/etc/resolv.conf"));
-    if !cfg.dns_servers.is_empty() {
-        rc.servers = cfg.dns_servers.clone();
-    }
-    if let Some(t) = cfg.dns_timeout {
-        rc.timeout = t;
-    }
-    rc
 }

@@ -8,14 +8,14 @@
 //! and its reports to the queue runner.
 
 use std::io::Read as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Instant;
 
 use super::transport::{Read, Transport};
-use super::{Daemon, Timer};
+use super::Daemon;
 use crate::delivery::outcome;
-use crate::dns::{DnsError, LookupId, MxHost, QueryHandle, Transport as DnsTransport};
-use crate::outbound::machine::{Action, Delivery, Hop, Lookup, Settings};
+use crate::dns::{DnsError, LookupId, MxHost};
+use crate::outbound::machine::{Action, Delivery, Hop, Settings};
 use crate::reactor::SockId;
 use crate::smtp::client::Credentials;
 use crate::tls::TlsStream;
@@ -24,8 +24,6 @@ use crate::tls::TlsStream;
 pub const BODY_CHUNK: usize = 16 * 1024;
 /// Bytes read from a peer per wakeup.
 const READ_CHUNK: usize = 4096;
-/// Largest DNS response accepted over TCP.
-const MAX_DNS_TCP: usize = 65535;
 /// Rounds of actions, body, writes and reads per readiness event; a busy
 /// connection comes back next turn (`mark_hot`).
 const PUMP_ROUNDS: usize = 64;
@@ -45,15 +43,6 @@ pub struct Outgoing {
     chunk: Vec<u8>,
     chunk_pos: usize,
     chunk_end: usize,
-}
-
-/// A DNS exchange in progress on a socket of its own.
-pub struct DnsSock {
-    handle: QueryHandle,
-    server: SocketAddr,
-    transport: DnsTransport,
-    pending_write: Vec<u8>,
-    read_buf: Vec<u8>,
 }
 
 impl Daemon {
@@ -111,7 +100,7 @@ impl Daemon {
                         .parse::<IpAddr>()
                         .ok()
                         .map(|ip| vec![ip])
-                        .or_else(|| self.hosts.get(&hp.host.to_ascii_lowercase()).cloned()),
+                        .or_else(|| self.dns.hosts_entry(&hp.host)),
                 })
                 .collect()
         } else {
@@ -197,8 +186,10 @@ impl Daemon {
 
     /// Readiness on an outbound socket (delivery or DNS).
     pub(super) fn outbound_ready(&mut self, sock: SockId) {
-        if self.dns_socks.contains_key(&sock) {
-            self.dns_ready(sock);
+        if self.dns.owns(sock) {
+            let now = Instant::now();
+            self.dns.handle_ready(&mut self.reactor, sock, now);
+            self.dns_flush(now);
             return;
         }
         let Some(&key) = self.socket_owner.get(&sock) else {
@@ -231,10 +222,7 @@ impl Daemon {
         };
         match action {
             Action::Resolve(lookup) => {
-                let id = match lookup {
-                    Lookup::Mx(domain) => self.resolver.resolve_mx(&domain, now),
-                    Lookup::Host(name) => self.resolver.resolve_host(&name, now),
-                };
+                let id = self.dns.resolve(&lookup, now);
                 d.lookup = Some(id);
                 self.lookups.insert(id, key);
             }
@@ -451,148 +439,12 @@ impl Daemon {
 
     // --- DNS ---------------------------------------------------------------------
 
-    /// Sends what the resolver wants sent and collects its answers.
+    /// Lets the DNS driver send and hands its answers to the deliveries.
     pub(super) fn dns_flush(&mut self, now: Instant) {
-        while let Some(tx) = self.resolver.poll_transmit() {
-            let local: SocketAddr = if tx.server.is_ipv4() {
-                (Ipv4Addr::UNSPECIFIED, 0).into()
-            } else {
-                (Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            let sock = match tx.transport {
-                DnsTransport::Udp => self.reactor.udp_bind(local).and_then(|s| {
-                    self.reactor
-                        .udp_send(s, tx.server, &tx.payload)
-                        .map(|_| s)
-                        .inspect_err(|_| self.reactor.close(s))
-                }),
-                DnsTransport::Tcp => self.reactor.connect(tx.server),
-            };
-            match sock {
-                Ok(s) => {
-                    let pending_write = if matches!(tx.transport, DnsTransport::Tcp) {
-                        tx.payload
-                    } else {
-                        Vec::new()
-                    };
-                    self.dns_socks.insert(
-                        s,
-                        DnsSock {
-                            handle: tx.handle,
-                            server: tx.server,
-                            transport: tx.transport,
-                            pending_write,
-                            read_buf: Vec::new(),
-                        },
-                    );
-                    self.dns_by_handle.insert(tx.handle, s);
-                }
-                Err(e) => {
-                    log::debug!("dns: cannot send to {}: {e}", tx.server);
-                    self.resolver.handle_transport_error(tx.handle, now);
-                }
-            }
-        }
-        while let Some(handle) = self.resolver.poll_closed() {
-            if let Some(s) = self.dns_by_handle.remove(&handle) {
-                self.dns_socks.remove(&s);
-                self.reactor.close(s);
-            }
-        }
-        let mut results = Vec::new();
-        while let Some(r) = self.resolver.poll_result() {
-            results.push(r);
-        }
-        for (lookup, result) in results {
+        for (lookup, result) in self.dns.flush(&mut self.reactor, now) {
             self.lookup_done(lookup, result, now);
         }
-        if let Some(t) = self.resolver.poll_timeout() {
-            // One heap entry at a time: only an earlier deadline adds one.
-            if self.dns_timer.is_none_or(|armed| t < armed) {
-                self.dns_timer = Some(t);
-                self.reactor.add_timer(t, Timer::Dns);
-            }
-        }
-    }
-
-    pub(super) fn dns_timer(&mut self, now: Instant) {
-        self.dns_timer = None;
-        self.resolver.handle_timeout(now);
-        self.dns_flush(now);
-    }
-
-    fn dns_ready(&mut self, sock: SockId) {
-        let now = Instant::now();
-        let Some(ds) = self.dns_socks.get_mut(&sock) else {
-            return;
-        };
-        let handle = ds.handle;
-        match ds.transport {
-            DnsTransport::Udp => {
-                let mut buf = [0u8; 1500];
-                loop {
-                    match self.reactor.udp_recv(sock, &mut buf) {
-                        Ok((n, from)) => {
-                            let msg = buf.get(..n).unwrap_or_default();
-                            self.resolver.handle_response(handle, from, msg, now)
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(_) => {
-                            self.resolver.handle_transport_error(handle, now);
-                            break;
-                        }
-                    }
-                }
-            }
-            DnsTransport::Tcp => {
-                let server = ds.server;
-                let mut failed = false;
-                if !ds.pending_write.is_empty() {
-                    match self.reactor.connect_result(sock) {
-                        Ok(true) => match self.reactor.write(sock, &ds.pending_write) {
-                            Ok(n) => {
-                                ds.pending_write.drain(..n.min(ds.pending_write.len()));
-                            }
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                            Err(_) => failed = true,
-                        },
-                        Ok(false) => {}
-                        Err(_) => failed = true,
-                    }
-                }
-                let mut buf = [0u8; 4096];
-                while !failed {
-                    match self.reactor.read(sock, &mut buf) {
-                        Ok(0) => {
-                            failed = true;
-                        }
-                        Ok(n) => {
-                            ds.read_buf
-                                .extend_from_slice(buf.get(..n).unwrap_or_default());
-                            if ds.read_buf.len() > MAX_DNS_TCP + 2 {
-                                failed = true;
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(_) => failed = true,
-                    }
-                    // A message is complete once its 2-octet length prefix
-                    // and that many octets are in.
-                    if let [hi, lo, rest @ ..] = ds.read_buf.as_slice() {
-                        let len = usize::from(u16::from_be_bytes([*hi, *lo]));
-                        if let Some(msg) = rest.get(..len) {
-                            let msg = msg.to_vec();
-                            self.resolver.handle_response(handle, server, &msg, now);
-                            break;
-                        }
-                    }
-                }
-                if failed {
-                    self.resolver.handle_transport_error(handle, now);
-                }
-            }
-        }
-        self.dns_flush(now);
+        self.dns.arm_timer(&mut self.reactor);
     }
 }
 
