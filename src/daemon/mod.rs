@@ -16,7 +16,7 @@ mod dns;
 mod drop;
 mod inbound;
 mod local;
-mod remote;
+mod outbound;
 mod runner;
 mod transport;
 
@@ -32,7 +32,6 @@ use crate::auth::{FailureLimiter, Users};
 use crate::config::Config;
 use crate::delivery::aliases::Aliases;
 use crate::delivery::RecipientPolicy;
-use crate::outbound::Outbound;
 use crate::queue::Queue;
 use crate::reactor::{Event, Reactor, SockId};
 use crate::smtp::server::{ListenerKind, SessionConfig};
@@ -40,7 +39,7 @@ use crate::spool::{Incoming, Spool};
 
 use crate::spool::QueueId;
 use inbound::Inbound;
-use remote::Outgoing;
+use outbound::{Io, JobReport, OutboundDriver};
 
 pub use dns::{load_hosts, resolver_config, HOSTS_FILE, MAX_HOSTS_ENTRIES};
 use runner::InFlight;
@@ -136,16 +135,14 @@ pub struct Daemon {
     listeners: HashMap<SockId, ListenerKind>,
     /// Loaded from tls_cert/tls_key; `None` without them (no STARTTLS).
     tls_server: Option<Arc<rustls::ServerConfig>>,
-    /// Client configs for outbound TLS: verifying, and opportunistic.
-    tls_client: Option<Arc<rustls::ClientConfig>>,
-    tls_client_any: Arc<rustls::ClientConfig>,
     users: Users,
     auth_limiter: RefCell<FailureLimiter>,
     /// `min_free_space`, checked at MAIL and DATA (cached).
     space: RefCell<crate::spool::space::SpaceGate>,
     inbound: HashMap<SockId, Inbound>,
     per_ip: HashMap<IpAddr, usize>,
-    outbound: Outbound,
+    /// Outbound jobs, deliveries and their sockets (`outbound`).
+    outbound: OutboundDriver,
     /// Messages whose content ended this turn, committed together.
     /// (connection, file, the `from=<...> nrcpt=N client=...` log text)
     batch: Vec<(
@@ -185,13 +182,8 @@ pub struct Daemon {
     drop_commits: Vec<(PathBuf, Incoming, String)>,
     /// AUTH credentials waiting for their check (`inbound::answer_auth`).
     auth_pending: std::collections::VecDeque<(SockId, crate::smtp::server::Credentials)>,
+    /// The resolver and its sockets (`dns`).
     dns: dns::DnsDriver,
-    /// Which delivery waits for a lookup.
-    lookups: HashMap<crate::dns::LookupId, u64>,
-    deliveries: HashMap<u64, Outgoing>,
-    delivery_seq: u64,
-    /// Which delivery owns an outbound socket.
-    socket_owner: HashMap<SockId, u64>,
 }
 
 impl Drop for Daemon {
@@ -271,13 +263,11 @@ impl Daemon {
             .map_err(|e| io::Error::new(e.kind(), SpoolUnusable(e.to_string())))?;
         let spool_lock = lock_spool(&spool)?;
         let tables = LocalTables::load(&cfg);
-        let outbound = Outbound::new(&cfg);
+        let outbound = OutboundDriver::new(&cfg, tls_client);
         let dns = dns::DnsDriver::new(&cfg);
         let mut daemon = Daemon {
             session_cfg: session_config(&cfg, tls_server.is_some(), !users.is_empty()),
             tls_server,
-            tls_client,
-            tls_client_any: crate::tls::client_config_no_verify(),
             users,
             auth_limiter: RefCell::new(FailureLimiter::new(
                 AUTH_FAILURES_PER_IP,
@@ -311,10 +301,6 @@ impl Daemon {
             drops: drop::DropImports::default(),
             drop_commits: Vec::new(),
             dns,
-            lookups: HashMap::new(),
-            deliveries: HashMap::new(),
-            delivery_seq: 0,
-            socket_owner: HashMap::new(),
         };
         // Bound with the listeners, before the loop runs: a `tern queue`
         // right after start-up waits in the backlog, it never finds no
@@ -498,7 +484,7 @@ impl Daemon {
                     Err(e) => log::error!("reload: keeping the old certificate: {e}"),
                 }
                 match load_tls_client(&new) {
-                    Ok(t) => self.tls_client = t,
+                    Ok(t) => self.outbound.set_tls_client(t),
                     Err(e) => log::error!("reload: keeping the old CA file: {e}"),
                 }
                 self.users = load_users(&new);
@@ -544,6 +530,69 @@ impl Daemon {
                 self.dns_flush(now);
             }
             Timer::ShutdownDeadline => {}
+        }
+    }
+
+    // --- the outbound driver and the DNS driver -----------------------------
+
+    /// The outbound driver and what it borrows for a call.
+    fn outbound_parts(&mut self) -> (&mut OutboundDriver, Io<'_>) {
+        let io = Io {
+            reactor: &mut self.reactor,
+            dns: &mut self.dns,
+            spool: &self.spool,
+            cfg: &self.cfg,
+        };
+        (&mut self.outbound, io)
+    }
+
+    /// Starts outbound jobs while slots are free, then lets the DNS driver
+    /// send what they asked.
+    fn outbound_poll(&mut self) {
+        let (outbound, mut io) = self.outbound_parts();
+        let reports = outbound.poll(&mut io);
+        self.job_reports(reports);
+        self.dns_flush(Instant::now());
+    }
+
+    /// Readiness on a socket that is neither inbound nor control: a DNS
+    /// exchange or a delivery (else a leftover, closed).
+    fn outbound_ready(&mut self, sock: SockId) {
+        if self.dns.owns(sock) {
+            let now = Instant::now();
+            self.dns.handle_ready(&mut self.reactor, sock, now);
+            self.dns_flush(now);
+            return;
+        }
+        let (outbound, mut io) = self.outbound_parts();
+        let reports = outbound.handle_ready(&mut io, sock);
+        self.job_reports(reports);
+    }
+
+    /// The outbound machines' deadlines (and at shutdown the idle
+    /// sessions' QUIT).
+    fn sweep_outbound(&mut self, now: Instant) {
+        let stopping = self.stopping.is_some();
+        let (outbound, mut io) = self.outbound_parts();
+        let reports = outbound.sweep(&mut io, now, stopping);
+        self.job_reports(reports);
+    }
+
+    /// Lets the DNS driver send and hands its answers to the deliveries.
+    fn dns_flush(&mut self, now: Instant) {
+        let answers = self.dns.flush(&mut self.reactor, now);
+        if !answers.is_empty() {
+            let (outbound, mut io) = self.outbound_parts();
+            let reports = outbound.handle_answers(&mut io, answers, now);
+            self.job_reports(reports);
+        }
+        self.dns.arm_timer(&mut self.reactor);
+    }
+
+    /// Finished outbound jobs to the queue runner.
+    fn job_reports(&mut self, reports: Vec<JobReport>) {
+        for r in reports {
+            self.job_done(r.id, r.outcomes);
         }
     }
 

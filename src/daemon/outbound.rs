@@ -1,23 +1,34 @@
-//! Running outbound jobs in the loop: each job is an
+//! The outbound driver: running outbound jobs in the loop. Each job is an
 //! [`outbound::machine::Delivery`](crate::outbound::machine::Delivery),
 //! which decides everything (MX walk, address and TLS fallback, deadlines,
-//! connection reuse, outcomes); this module only maps its actions to the
-//! world: DNS questions to the sans-IO resolver and its sockets, connects
-//! and bytes to the reactor (through TLS when asked), the body from the
-//! spool file (streamed with a high-water mark, never whole in memory),
-//! and its reports to the queue runner.
+//! connection reuse, outcomes); [`OutboundDriver`] only maps its actions to
+//! the world: DNS questions to the [`DnsDriver`], connects and bytes to
+//! the reactor (through TLS when asked), the body from the spool file
+//! (streamed with a high-water mark, never whole in memory), and its
+//! reports, as [`JobReport`] values, to the queue runner.
+//!
+//! The driver owns the jobs waiting for a slot, the running deliveries,
+//! the map from outbound sockets and lookups to deliveries, and the TLS
+//! client configurations; what it borrows for a call (reactor, DNS
+//! driver, spool, configuration) comes in an [`Io`].
 
+use std::collections::HashMap;
 use std::io::Read as _;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
+use super::dns::{Answer, DnsDriver};
 use super::transport::{Read, Transport};
-use super::Daemon;
-use crate::delivery::outcome;
-use crate::dns::{DnsError, LookupId, MxHost};
+use super::Timer;
+use crate::config::Config;
+use crate::delivery::outcome::{self, Outcome};
+use crate::dns::LookupId;
 use crate::outbound::machine::{Action, Delivery, Hop, Settings};
-use crate::reactor::SockId;
+use crate::outbound::{Job, Outbound};
+use crate::reactor::{Reactor, SockId};
 use crate::smtp::client::Credentials;
+use crate::spool::{QueueId, Spool};
 use crate::tls::TlsStream;
 
 /// Body bytes read from the spool per step.
@@ -45,9 +56,87 @@ pub struct Outgoing {
     chunk_end: usize,
 }
 
-impl Daemon {
-    /// Starts jobs while slots are free and flushes resolver transmissions.
-    pub(super) fn outbound_poll(&mut self) {
+/// What the driver borrows from the daemon for one call.
+pub struct Io<'a> {
+    pub reactor: &'a mut Reactor<Timer>,
+    pub dns: &'a mut DnsDriver,
+    pub spool: &'a Spool,
+    pub cfg: &'a Config,
+}
+
+/// A finished job: its message and one outcome per recipient (by index
+/// in the envelope), for the queue runner.
+pub struct JobReport {
+    pub id: QueueId,
+    pub outcomes: Vec<(usize, Outcome)>,
+}
+
+pub struct OutboundDriver {
+    /// Jobs waiting for a connection slot, and the slot counts.
+    jobs: Outbound,
+    /// The running deliveries, by key.
+    deliveries: HashMap<u64, Outgoing>,
+    delivery_seq: u64,
+    /// Which delivery owns an outbound socket.
+    socket_owner: HashMap<SockId, u64>,
+    /// Which delivery waits for a lookup.
+    lookups: HashMap<LookupId, u64>,
+    /// Client configs for outbound TLS: verifying (`None` without trust
+    /// anchors), and opportunistic.
+    tls_client: Option<Arc<rustls::ClientConfig>>,
+    tls_client_any: Arc<rustls::ClientConfig>,
+    /// Reports of this call, handed out at its end.
+    reports: Vec<JobReport>,
+}
+
+impl OutboundDriver {
+    pub fn new(cfg: &Config, tls_client: Option<Arc<rustls::ClientConfig>>) -> OutboundDriver {
+        OutboundDriver {
+            jobs: Outbound::new(cfg),
+            deliveries: HashMap::new(),
+            delivery_seq: 0,
+            socket_owner: HashMap::new(),
+            lookups: HashMap::new(),
+            tls_client,
+            tls_client_any: crate::tls::client_config_no_verify(),
+            reports: Vec::new(),
+        }
+    }
+
+    /// On reload: slot limits, smarthosts.
+    pub fn reconfigure(&mut self, cfg: &Config) {
+        self.jobs.reconfigure(cfg);
+    }
+
+    /// On reload: the verifying client configuration (new CA file).
+    pub fn set_tls_client(&mut self, tls_client: Option<Arc<rustls::ClientConfig>>) {
+        self.tls_client = tls_client;
+    }
+
+    /// Queues a job; it starts at the next [`OutboundDriver::poll`] with a
+    /// free slot.
+    pub fn submit(&mut self, job: Job) {
+        self.jobs.submit(job);
+    }
+
+    /// Jobs waiting for a connection slot.
+    pub fn backlog(&self) -> usize {
+        self.jobs.backlog()
+    }
+
+    /// No job running.
+    pub fn is_idle(&self) -> bool {
+        self.jobs.is_idle()
+    }
+
+    /// No new connections (waiting jobs stay in the spool for the restart).
+    pub fn shutdown(&mut self) {
+        self.jobs.shutdown();
+    }
+
+    /// Starts jobs while slots are free (idle kept sessions first). Flush
+    /// the DNS driver afterwards: the jobs may have asked questions.
+    pub fn poll(&mut self, io: &mut Io) -> Vec<JobReport> {
         // Idle cached connections first: a waiting job for the same
         // destination reuses one without a new connect, greeting and EHLO.
         let now = Instant::now();
@@ -59,12 +148,12 @@ impl Daemon {
             .collect();
         for key in idle {
             self.offer_next_job(key, now);
-            self.pump(key, now);
+            self.pump(io, key, now);
         }
-        while let Some(job) = self.outbound.next_startable() {
-            self.start_job(job);
+        while let Some(job) = self.jobs.next_startable() {
+            self.start_job(io, job);
         }
-        self.dns_flush(Instant::now());
+        std::mem::take(&mut self.reports)
     }
 
     /// Gives an idle session the next job to its destination, if any.
@@ -75,21 +164,21 @@ impl Daemon {
         if !d.machine.is_idle() {
             return;
         }
-        if let Some(job) = self.outbound.take_for(d.machine.destination()) {
+        if let Some(job) = self.jobs.take_for(d.machine.destination()) {
             d.body = None;
             d.chunk_pos = 0;
             d.chunk_end = 0;
             if let Err(job) = d.machine.next_job(job, now) {
-                self.outbound.submit(job);
+                self.jobs.submit(job);
             }
         }
     }
 
-    fn start_job(&mut self, job: crate::outbound::Job) {
+    fn start_job(&mut self, io: &mut Io, job: Job) {
         let now = Instant::now();
         let key = self.next_delivery_key();
         let smarthosts = if job.domain.is_empty() {
-            self.outbound
+            self.jobs
                 .smarthosts
                 .iter()
                 .map(|hp| Hop {
@@ -100,13 +189,13 @@ impl Daemon {
                         .parse::<IpAddr>()
                         .ok()
                         .map(|ip| vec![ip])
-                        .or_else(|| self.dns.hosts_entry(&hp.host)),
+                        .or_else(|| io.dns.hosts_entry(&hp.host)),
                 })
                 .collect()
         } else {
             Vec::new()
         };
-        let settings = self.outbound_settings(job.domain.is_empty());
+        let settings = self.settings(io.cfg, job.domain.is_empty());
         let machine = Delivery::new(job, smarthosts, settings, now);
         self.deliveries.insert(
             key,
@@ -122,7 +211,7 @@ impl Daemon {
                 chunk_end: 0,
             },
         );
-        self.pump(key, now);
+        self.pump(io, key, now);
     }
 
     fn next_delivery_key(&mut self) -> u64 {
@@ -132,77 +221,58 @@ impl Daemon {
 
     /// The machine's view of the configuration; the smarthost password
     /// file is read here, once per delivery.
-    fn outbound_settings(&self, smarthost: bool) -> Settings {
+    fn settings(&self, cfg: &Config, smarthost: bool) -> Settings {
         Settings {
-            hostname: self.cfg.hostname.clone(),
-            mx_port: self.cfg.mx_port,
-            outbound_tls: self.cfg.outbound_tls,
-            smarthost_tls: self.cfg.smarthost_tls,
+            hostname: cfg.hostname.clone(),
+            mx_port: cfg.mx_port,
+            outbound_tls: cfg.outbound_tls,
+            smarthost_tls: cfg.smarthost_tls,
             credentials: if smarthost {
-                self.smarthost_credentials()
+                smarthost_credentials(cfg)
             } else {
                 None
             },
-            connect_timeout: self.cfg.connect_timeout,
-            reply_timeout: self.cfg.client_timeout,
+            connect_timeout: cfg.connect_timeout,
+            reply_timeout: cfg.client_timeout,
             trust_anchors: self.tls_client.is_some(),
         }
     }
 
-    /// `smarthost_user` and the first line of `smarthost_password_file`
-    /// (read for each delivery, so a changed password needs no reload).
-    fn smarthost_credentials(&self) -> Option<Credentials> {
-        let user = self.cfg.smarthost_user.clone()?;
-        let path = self.cfg.smarthost_password_file.as_ref()?;
-        match std::fs::read_to_string(path) {
-            Ok(text) => Some(Credentials {
-                user,
-                password: text.lines().next().unwrap_or("").to_string(),
-            }),
-            Err(e) => {
-                log::error!("smarthost_password_file {}: {e}", path.display());
-                None
-            }
-        }
-    }
-
-    /// A resolver answer for one of our deliveries.
-    fn lookup_done(
+    /// The DNS driver's answers; those for our deliveries move them.
+    /// Arm the DNS driver's timer afterwards (they may ask again).
+    pub fn handle_answers(
         &mut self,
-        lookup: LookupId,
-        result: Result<Vec<MxHost>, DnsError>,
+        io: &mut Io,
+        answers: Vec<Answer>,
         now: Instant,
-    ) {
-        let Some(key) = self.lookups.remove(&lookup) else {
-            return;
-        };
-        let Some(d) = self.deliveries.get_mut(&key) else {
-            return;
-        };
-        d.lookup = None;
-        d.machine.handle_lookup(result, now);
-        self.pump(key, now);
+    ) -> Vec<JobReport> {
+        for (lookup, result) in answers {
+            let Some(key) = self.lookups.remove(&lookup) else {
+                continue;
+            };
+            let Some(d) = self.deliveries.get_mut(&key) else {
+                continue;
+            };
+            d.lookup = None;
+            d.machine.handle_lookup(result, now);
+            self.pump(io, key, now);
+        }
+        std::mem::take(&mut self.reports)
     }
 
-    /// Readiness on an outbound socket (delivery or DNS).
-    pub(super) fn outbound_ready(&mut self, sock: SockId) {
-        if self.dns.owns(sock) {
-            let now = Instant::now();
-            self.dns.handle_ready(&mut self.reactor, sock, now);
-            self.dns_flush(now);
-            return;
-        }
+    /// Readiness on a delivery's socket (any other is closed).
+    pub fn handle_ready(&mut self, io: &mut Io, sock: SockId) -> Vec<JobReport> {
         let Some(&key) = self.socket_owner.get(&sock) else {
-            self.reactor.close(sock);
-            return;
+            io.reactor.close(sock);
+            return Vec::new();
         };
         let now = Instant::now();
         let Some(d) = self.deliveries.get_mut(&key) else {
-            return;
+            return Vec::new();
         };
         if d.machine.is_connecting() {
-            match self.reactor.connect_result(sock) {
-                Ok(false) => return,
+            match io.reactor.connect_result(sock) {
+                Ok(false) => return Vec::new(),
                 Ok(true) => {
                     if let Some(relay) = d.machine.relay() {
                         log::debug!("{}: connected to {relay}", d.machine.job_id());
@@ -212,21 +282,22 @@ impl Daemon {
                 Err(e) => d.machine.handle_connected(Err(outcome::io_words(&e)), now),
             }
         }
-        self.pump(key, now);
+        self.pump(io, key, now);
+        std::mem::take(&mut self.reports)
     }
 
     /// Does what a machine asks, one action at a time.
-    fn apply(&mut self, key: u64, action: Action, now: Instant) {
+    fn apply(&mut self, io: &mut Io, key: u64, action: Action, now: Instant) {
         let Some(d) = self.deliveries.get_mut(&key) else {
             return;
         };
         match action {
             Action::Resolve(lookup) => {
-                let id = self.dns.resolve(&lookup, now);
+                let id = io.dns.resolve(&lookup, now);
                 d.lookup = Some(id);
                 self.lookups.insert(id, key);
             }
-            Action::Connect(addr) => match self.reactor.connect(addr) {
+            Action::Connect(addr) => match io.reactor.connect(addr) {
                 Ok(sock) => {
                     d.sock = Some(sock);
                     d.transport = Transport::plain();
@@ -259,7 +330,7 @@ impl Daemon {
                     Err(why) => d.machine.handle_tls_error(&why, false, now),
                 }
             }
-            Action::OpenBody(id) => match self.spool.open_content(id) {
+            Action::OpenBody(id) => match io.spool.open_content(id) {
                 Ok((f, _)) => {
                     d.body = Some(f);
                     d.chunk_pos = 0;
@@ -274,15 +345,18 @@ impl Daemon {
                 d.body = None;
                 if let Some(sock) = d.sock.take() {
                     // The last bytes (a QUIT, a TLS alert) if they fit.
-                    let _ = d.transport.flush(&mut self.reactor, sock);
-                    self.drop_socket(sock);
+                    let _ = d.transport.flush(io.reactor, sock);
+                    self.drop_socket(io.reactor, sock);
                 }
                 if let Some(d) = self.deliveries.get_mut(&key) {
                     d.transport = Transport::plain();
                 }
             }
             Action::Report { job, outcomes } => {
-                self.job_done(job.id, outcomes);
+                self.reports.push(JobReport {
+                    id: job.id,
+                    outcomes,
+                });
                 // Connection reuse: the next job for the same destination
                 // goes over this session (it inherits the slot).
                 self.offer_next_job(key, now);
@@ -292,7 +366,7 @@ impl Daemon {
 
     /// Moves actions, body bytes and socket bytes until nothing moves (or
     /// the round budget is spent).
-    fn pump(&mut self, key: u64, now: Instant) {
+    fn pump(&mut self, io: &mut Io, key: u64, now: Instant) {
         for _ in 0..PUMP_ROUNDS {
             let mut progressed = false;
             loop {
@@ -303,13 +377,13 @@ impl Daemon {
                     break;
                 };
                 progressed = true;
-                self.apply(key, action, now);
+                self.apply(io, key, action, now);
             }
             let Some(d) = self.deliveries.get_mut(&key) else {
                 return;
             };
             if d.machine.is_done() {
-                self.finish_delivery(key);
+                self.finish_delivery(io.reactor, key);
                 return;
             }
             // Body: feed the machine until it stops taking (high-water mark).
@@ -324,7 +398,7 @@ impl Daemon {
                 while !d.machine.poll_transmit().is_empty() {
                     match d
                         .transport
-                        .write(&mut self.reactor, sock, d.machine.poll_transmit())
+                        .write(io.reactor, sock, d.machine.poll_transmit())
                     {
                         Ok(0) => break,
                         Ok(n) => {
@@ -338,16 +412,13 @@ impl Daemon {
                         }
                     }
                 }
-                let _ = d.transport.flush(&mut self.reactor, sock);
+                let _ = d.transport.flush(io.reactor, sock);
             }
             // Read, unless the machine has actions first (a Close).
             let sock = d.sock.filter(|_| !d.machine.is_connecting());
             if let (Some(sock), false) = (sock, d.machine.has_actions()) {
                 let mut input = Vec::new();
-                match d
-                    .transport
-                    .read(&mut self.reactor, sock, &mut input, READ_CHUNK)
-                {
+                match d.transport.read(io.reactor, sock, &mut input, READ_CHUNK) {
                     Read::Data => {
                         d.machine.handle_input(&input, now);
                         progressed = true;
@@ -389,14 +460,13 @@ impl Daemon {
         }
         // Budget spent: come back next turn.
         if let Some(s) = self.deliveries.get(&key).and_then(|d| d.sock) {
-            self.reactor.mark_hot(s);
+            io.reactor.mark_hot(s);
         }
     }
 
     /// The tick: deadlines of the machines (connects, replies, idle
     /// sessions), and at shutdown the idle sessions' QUIT.
-    pub(super) fn sweep_outbound(&mut self, now: Instant) {
-        let stopping = self.stopping.is_some();
+    pub fn sweep(&mut self, io: &mut Io, now: Instant, stopping: bool) -> Vec<JobReport> {
         let due: Vec<u64> = self
             .deliveries
             .iter()
@@ -414,37 +484,28 @@ impl Daemon {
                 d.machine.shutdown(now);
             }
             d.machine.handle_timeout(now);
-            self.pump(key, now);
+            self.pump(io, key, now);
         }
+        std::mem::take(&mut self.reports)
     }
 
-    fn drop_socket(&mut self, sock: SockId) {
-        self.reactor.close(sock);
+    fn drop_socket(&mut self, reactor: &mut Reactor<Timer>, sock: SockId) {
+        reactor.close(sock);
         self.socket_owner.remove(&sock);
     }
 
     /// A machine is done: its slot is free.
-    fn finish_delivery(&mut self, key: u64) {
+    fn finish_delivery(&mut self, reactor: &mut Reactor<Timer>, key: u64) {
         let Some(d) = self.deliveries.remove(&key) else {
             return;
         };
         if let Some(s) = d.sock {
-            self.drop_socket(s);
+            self.drop_socket(reactor, s);
         }
         if let Some(l) = d.lookup {
             self.lookups.remove(&l);
         }
-        self.outbound.finished(d.machine.destination());
-    }
-
-    // --- DNS ---------------------------------------------------------------------
-
-    /// Lets the DNS driver send and hands its answers to the deliveries.
-    pub(super) fn dns_flush(&mut self, now: Instant) {
-        for (lookup, result) in self.dns.flush(&mut self.reactor, now) {
-            self.lookup_done(lookup, result, now);
-        }
-        self.dns.arm_timer(&mut self.reactor);
+        self.jobs.finished(d.machine.destination());
     }
 }
 
@@ -483,4 +544,21 @@ fn feed_body(d: &mut Outgoing, now: Instant) -> bool {
         progressed = true;
     }
     progressed
+}
+
+/// `smarthost_user` and the first line of `smarthost_password_file`
+/// (read for each delivery, so a changed password needs no reload).
+fn smarthost_credentials(cfg: &Config) -> Option<Credentials> {
+    let user = cfg.smarthost_user.clone()?;
+    let path = cfg.smarthost_password_file.as_ref()?;
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(Credentials {
+            user,
+            password: text.lines().next().unwrap_or("").to_string(),
+        }),
+        Err(e) => {
+            log::error!("smarthost_password_file {}: {e}", path.display());
+            None
+        }
+    }
 }
