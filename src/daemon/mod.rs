@@ -11,6 +11,20 @@
 //! move local deliveries by at most `delivery::jobs::LOCAL_BYTES_PER_TURN`
 //! octets (the poll does not sleep while some remain).
 
+/// The shared resources of a `Daemon` as an [`Io`] (a macro, so that the
+/// borrow is of these fields only, next to a part borrowed mutably).
+macro_rules! io {
+    ($d:expr) => {
+        Io {
+            reactor: &mut $d.reactor,
+            spool: &mut $d.spool,
+            cfg: &$d.cfg,
+            tables: &$d.tables,
+        }
+    };
+}
+
+mod commit;
 mod control;
 mod dns;
 mod drop;
@@ -20,28 +34,29 @@ mod outbound;
 mod runner;
 mod transport;
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::auth::{FailureLimiter, Users};
+use crate::auth::Users;
 use crate::config::Config;
 use crate::delivery::aliases::Aliases;
 use crate::delivery::RecipientPolicy;
 use crate::queue::Queue;
 use crate::reactor::{Event, Reactor, SockId};
-use crate::smtp::server::{ListenerKind, SessionConfig};
+use crate::smtp::server::SessionConfig;
 use crate::spool::{Incoming, Spool};
 
 use crate::spool::QueueId;
-use inbound::Inbound;
-use outbound::{Io, JobReport, OutboundDriver};
+use inbound::InboundSessions;
+use outbound::{JobReport, OutboundDriver};
 
 pub use dns::{load_hosts, resolver_config, HOSTS_FILE, MAX_HOSTS_ENTRIES};
+pub use inbound::{
+    AUTH_CHECKS_PER_TURN, AUTH_FAILURES_PER_IP, AUTH_FAILURE_WINDOW, AUTH_LIMITER_ENTRIES,
+};
 use runner::InFlight;
 
 /// Envelopes kept for messages not yet attempted (beyond this, the first
@@ -124,6 +139,15 @@ impl LocalTables {
     }
 }
 
+/// What a part of the daemon borrows of the shared resources for one
+/// call (each part owns its own maps; see `lib.rs`).
+pub struct Io<'a> {
+    pub reactor: &'a mut Reactor<Timer>,
+    pub spool: &'a mut Spool,
+    pub cfg: &'a Config,
+    pub tables: &'a LocalTables,
+}
+
 pub struct Daemon {
     cfg: Config,
     config_path: PathBuf,
@@ -131,26 +155,10 @@ pub struct Daemon {
     spool: Spool,
     queue: Queue,
     tables: LocalTables,
-    session_cfg: SessionConfig,
-    listeners: HashMap<SockId, ListenerKind>,
-    /// Loaded from tls_cert/tls_key; `None` without them (no STARTTLS).
-    tls_server: Option<Arc<rustls::ServerConfig>>,
-    users: Users,
-    auth_limiter: RefCell<FailureLimiter>,
-    /// `min_free_space`, checked at MAIL and DATA (cached).
-    space: RefCell<crate::spool::space::SpaceGate>,
-    inbound: HashMap<SockId, Inbound>,
-    per_ip: HashMap<IpAddr, usize>,
+    /// Listeners and SMTP sessions (`inbound`).
+    inbound: InboundSessions,
     /// Outbound jobs, deliveries and their sockets (`outbound`).
     outbound: OutboundDriver,
-    /// Messages whose content ended this turn, committed together.
-    /// (connection, file, the `from=<...> nrcpt=N client=...` log text)
-    batch: Vec<(
-        SockId,
-        Incoming,
-        String,
-        Option<crate::spool::StoredEnvelope>,
-    )>,
     /// Envelopes (and content sizes) of messages committed but not yet
     /// attempted: their first attempt needs no re-read of the file.
     fresh: HashMap<QueueId, (crate::spool::StoredEnvelope, u64)>,
@@ -180,8 +188,6 @@ pub struct Daemon {
     /// Imported drops for this turn's group commit: (claimed path, file,
     /// log text).
     drop_commits: Vec<(PathBuf, Incoming, String)>,
-    /// AUTH credentials waiting for their check (`inbound::answer_auth`).
-    auth_pending: std::collections::VecDeque<(SockId, crate::smtp::server::Credentials)>,
     /// The resolver and its sockets (`dns`).
     dns: dns::DnsDriver,
 }
@@ -230,20 +236,7 @@ impl Daemon {
     /// config, listeners, spool, recovery, serve).
     pub fn new(cfg: Config, config_path: PathBuf) -> io::Result<Daemon> {
         let mut reactor = Reactor::new()?;
-        let mut listeners = HashMap::new();
-        for (addrs, kind) in [
-            (&cfg.listen, ListenerKind::Relay),
-            (&cfg.submission_listen, ListenerKind::Submission),
-            (&cfg.smtps_listen, ListenerKind::Smtps),
-        ] {
-            for addr in addrs {
-                let id = reactor.listen(*addr).map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-                })?;
-                log::info!("listening on {addr} ({kind:?})");
-                listeners.insert(id, kind);
-            }
-        }
+        let listeners = inbound::bind_listeners(&cfg, &mut reactor)?;
         let tls_server =
             load_tls_server(&cfg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let tls_client =
@@ -265,27 +258,16 @@ impl Daemon {
         let tables = LocalTables::load(&cfg);
         let outbound = OutboundDriver::new(&cfg, tls_client);
         let dns = dns::DnsDriver::new(&cfg);
+        let inbound = InboundSessions::new(listeners, &cfg, tls_server, users);
         let mut daemon = Daemon {
-            session_cfg: session_config(&cfg, tls_server.is_some(), !users.is_empty()),
-            tls_server,
-            users,
-            auth_limiter: RefCell::new(FailureLimiter::new(
-                AUTH_FAILURES_PER_IP,
-                AUTH_FAILURE_WINDOW,
-                AUTH_LIMITER_ENTRIES,
-            )),
-            space: RefCell::new(crate::spool::space::SpaceGate::new()),
+            inbound,
             cfg,
             config_path,
             reactor,
             spool,
             queue: Queue::new(),
             tables,
-            listeners,
-            inbound: HashMap::new(),
-            per_ip: HashMap::new(),
             outbound,
-            batch: Vec::new(),
             fresh: HashMap::new(),
             flushing: false,
             flush_one: HashSet::new(),
@@ -297,7 +279,6 @@ impl Daemon {
             in_flight: HashMap::new(),
             local_seq: 0,
             local_jobs: local::LocalJobs::default(),
-            auth_pending: std::collections::VecDeque::new(),
             drops: drop::DropImports::default(),
             drop_commits: Vec::new(),
             dns,
@@ -311,8 +292,9 @@ impl Daemon {
 
     /// Addresses actually bound (tests use port 0).
     pub fn local_addrs(&mut self) -> Vec<std::net::SocketAddr> {
-        let ids: Vec<SockId> = self.listeners.keys().copied().collect();
-        ids.into_iter()
+        self.inbound
+            .listener_ids()
+            .into_iter()
             .filter_map(|id| self.reactor.local_addr(id))
             .collect()
     }
@@ -357,10 +339,12 @@ impl Daemon {
             for ev in events.drain(..) {
                 match ev {
                     Event::Acceptable(l) if self.is_control_listener(l) => self.accept_control(l),
-                    Event::Acceptable(l) => self.accept(l),
+                    Event::Acceptable(l) => {
+                        self.inbound.accept(&mut io!(self), l);
+                    }
                     Event::Ready(id) => {
-                        if self.inbound.contains_key(&id) {
-                            self.drive_inbound(id);
+                        if self.inbound.owns(id) {
+                            self.inbound.drive(&mut io!(self), id);
                         } else if self.is_control(id) {
                             self.drive_control(id);
                         } else {
@@ -382,7 +366,7 @@ impl Daemon {
             let t_queue = Instant::now();
             local_busy = self.run_local_jobs();
             let t_local = Instant::now();
-            auth_busy = self.answer_auth();
+            auth_busy = self.inbound.answer_auth(&mut io!(self));
             let t_auth = Instant::now();
             if t_auth - turn >= SLOW_TURN {
                 log::debug!(
@@ -434,19 +418,8 @@ impl Daemon {
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         self.stopping = Some(deadline);
         self.reactor.add_timer(deadline, Timer::ShutdownDeadline);
-        let ids: Vec<SockId> = self.listeners.keys().copied().collect();
-        for id in ids {
-            self.reactor.close(id);
-        }
-        self.listeners.clear();
+        self.inbound.shutdown(&mut io!(self));
         self.close_control();
-        let ids: Vec<SockId> = self.inbound.keys().copied().collect();
-        for id in ids {
-            if let Some(c) = self.inbound.get_mut(&id) {
-                c.session.shutdown();
-            }
-            self.drive_inbound(id);
-        }
         self.outbound.shutdown();
         // Cached idle outbound sessions say QUIT now.
         self.sweep_outbound(Instant::now());
@@ -479,18 +452,20 @@ impl Daemon {
                 new.user = self.cfg.user.clone();
                 let released = self.cfg.hold_outbound && !new.hold_outbound;
                 // Certificates and users: a bad new one keeps the old one.
-                match load_tls_server(&new) {
-                    Ok(t) => self.tls_server = t,
-                    Err(e) => log::error!("reload: keeping the old certificate: {e}"),
-                }
+                let tls_server = match load_tls_server(&new) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        log::error!("reload: keeping the old certificate: {e}");
+                        None
+                    }
+                };
                 match load_tls_client(&new) {
                     Ok(t) => self.outbound.set_tls_client(t),
                     Err(e) => log::error!("reload: keeping the old CA file: {e}"),
                 }
-                self.users = load_users(&new);
+                let users = load_users(&new);
                 self.cfg = new;
-                self.session_cfg =
-                    session_config(&self.cfg, self.tls_server.is_some(), !self.users.is_empty());
+                self.inbound.reconfigure(&self.cfg, tls_server, users);
                 self.tables = LocalTables::load(&self.cfg);
                 self.outbound.reconfigure(&self.cfg);
                 self.dns.reconfigure(&self.cfg);
@@ -520,7 +495,7 @@ impl Daemon {
         match t {
             Timer::Tick => {
                 self.import_drops();
-                self.sweep_inbound(now);
+                self.inbound.sweep(&mut io!(self), now);
                 self.sweep_outbound(now);
                 self.sweep_control(now);
                 self.reactor.add_timer(now + TICK, Timer::Tick);
@@ -535,22 +510,10 @@ impl Daemon {
 
     // --- the outbound driver and the DNS driver -----------------------------
 
-    /// The outbound driver and what it borrows for a call.
-    fn outbound_parts(&mut self) -> (&mut OutboundDriver, Io<'_>) {
-        let io = Io {
-            reactor: &mut self.reactor,
-            dns: &mut self.dns,
-            spool: &self.spool,
-            cfg: &self.cfg,
-        };
-        (&mut self.outbound, io)
-    }
-
     /// Starts outbound jobs while slots are free, then lets the DNS driver
     /// send what they asked.
     fn outbound_poll(&mut self) {
-        let (outbound, mut io) = self.outbound_parts();
-        let reports = outbound.poll(&mut io);
+        let reports = self.outbound.poll(&mut io!(self), &mut self.dns);
         self.job_reports(reports);
         self.dns_flush(Instant::now());
     }
@@ -564,8 +527,9 @@ impl Daemon {
             self.dns_flush(now);
             return;
         }
-        let (outbound, mut io) = self.outbound_parts();
-        let reports = outbound.handle_ready(&mut io, sock);
+        let reports = self
+            .outbound
+            .handle_ready(&mut io!(self), &mut self.dns, sock);
         self.job_reports(reports);
     }
 
@@ -573,8 +537,9 @@ impl Daemon {
     /// sessions' QUIT).
     fn sweep_outbound(&mut self, now: Instant) {
         let stopping = self.stopping.is_some();
-        let (outbound, mut io) = self.outbound_parts();
-        let reports = outbound.sweep(&mut io, now, stopping);
+        let reports = self
+            .outbound
+            .sweep(&mut io!(self), &mut self.dns, now, stopping);
         self.job_reports(reports);
     }
 
@@ -582,8 +547,9 @@ impl Daemon {
     fn dns_flush(&mut self, now: Instant) {
         let answers = self.dns.flush(&mut self.reactor, now);
         if !answers.is_empty() {
-            let (outbound, mut io) = self.outbound_parts();
-            let reports = outbound.handle_answers(&mut io, answers, now);
+            let reports = self
+                .outbound
+                .handle_answers(&mut io!(self), &mut self.dns, answers, now);
             self.job_reports(reports);
         }
         self.dns.arm_timer(&mut self.reactor);
@@ -593,22 +559,6 @@ impl Daemon {
     fn job_reports(&mut self, reports: Vec<JobReport>) {
         for r in reports {
             self.job_done(r.id, r.outcomes);
-        }
-    }
-
-    /// Times out inbound sessions whose deadline passed.
-    fn sweep_inbound(&mut self, now: Instant) {
-        let expired: Vec<SockId> = self
-            .inbound
-            .iter()
-            .filter(|(_, c)| c.session.deadline().is_some_and(|d| d <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            if let Some(c) = self.inbound.get_mut(&id) {
-                c.session.handle_timeout(now);
-            }
-            self.drive_inbound(id);
         }
     }
 }
@@ -643,14 +593,6 @@ fn lock_spool(spool: &Spool) -> io::Result<crate::spool::hold::SpoolLock> {
         }
     }
 }
-
-/// AUTH verifications (PBKDF2) answered per loop turn; the rest wait for
-/// the next turn, which comes at once.
-pub const AUTH_CHECKS_PER_TURN: usize = 1;
-/// Brute-force limits for AUTH per client address.
-pub const AUTH_FAILURES_PER_IP: u32 = 10;
-pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(600);
-pub const AUTH_LIMITER_ENTRIES: usize = 1024;
 
 /// What start-up needs beyond a valid configuration file: the account to
 /// run as, the TLS certificate and key (which must match), the CA bundle,

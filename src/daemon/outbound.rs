@@ -9,8 +9,8 @@
 //!
 //! The driver owns the jobs waiting for a slot, the running deliveries,
 //! the map from outbound sockets and lookups to deliveries, and the TLS
-//! client configurations; what it borrows for a call (reactor, DNS
-//! driver, spool, configuration) comes in an [`Io`].
+//! client configurations; what it borrows for a call comes in an [`Io`]
+//! (reactor, spool, configuration) and the [`DnsDriver`].
 
 use std::collections::HashMap;
 use std::io::Read as _;
@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use super::dns::{Answer, DnsDriver};
 use super::transport::{Read, Transport};
-use super::Timer;
+use super::{Io, Timer};
 use crate::config::Config;
 use crate::delivery::outcome::{self, Outcome};
 use crate::dns::LookupId;
@@ -28,7 +28,7 @@ use crate::outbound::machine::{Action, Delivery, Hop, Settings};
 use crate::outbound::{Job, Outbound};
 use crate::reactor::{Reactor, SockId};
 use crate::smtp::client::Credentials;
-use crate::spool::{QueueId, Spool};
+use crate::spool::QueueId;
 use crate::tls::TlsStream;
 
 /// Body bytes read from the spool per step.
@@ -54,14 +54,6 @@ pub struct Outgoing {
     chunk: Vec<u8>,
     chunk_pos: usize,
     chunk_end: usize,
-}
-
-/// What the driver borrows from the daemon for one call.
-pub struct Io<'a> {
-    pub reactor: &'a mut Reactor<Timer>,
-    pub dns: &'a mut DnsDriver,
-    pub spool: &'a Spool,
-    pub cfg: &'a Config,
 }
 
 /// A finished job: its message and one outcome per recipient (by index
@@ -136,7 +128,7 @@ impl OutboundDriver {
 
     /// Starts jobs while slots are free (idle kept sessions first). Flush
     /// the DNS driver afterwards: the jobs may have asked questions.
-    pub fn poll(&mut self, io: &mut Io) -> Vec<JobReport> {
+    pub fn poll(&mut self, io: &mut Io, dns: &mut DnsDriver) -> Vec<JobReport> {
         // Idle cached connections first: a waiting job for the same
         // destination reuses one without a new connect, greeting and EHLO.
         let now = Instant::now();
@@ -148,10 +140,10 @@ impl OutboundDriver {
             .collect();
         for key in idle {
             self.offer_next_job(key, now);
-            self.pump(io, key, now);
+            self.pump(io, dns, key, now);
         }
         while let Some(job) = self.jobs.next_startable() {
-            self.start_job(io, job);
+            self.start_job(io, dns, job);
         }
         std::mem::take(&mut self.reports)
     }
@@ -174,7 +166,7 @@ impl OutboundDriver {
         }
     }
 
-    fn start_job(&mut self, io: &mut Io, job: Job) {
+    fn start_job(&mut self, io: &mut Io, dns: &mut DnsDriver, job: Job) {
         let now = Instant::now();
         let key = self.next_delivery_key();
         let smarthosts = if job.domain.is_empty() {
@@ -189,7 +181,7 @@ impl OutboundDriver {
                         .parse::<IpAddr>()
                         .ok()
                         .map(|ip| vec![ip])
-                        .or_else(|| io.dns.hosts_entry(&hp.host)),
+                        .or_else(|| dns.hosts_entry(&hp.host)),
                 })
                 .collect()
         } else {
@@ -211,7 +203,7 @@ impl OutboundDriver {
                 chunk_end: 0,
             },
         );
-        self.pump(io, key, now);
+        self.pump(io, dns, key, now);
     }
 
     fn next_delivery_key(&mut self) -> u64 {
@@ -243,6 +235,7 @@ impl OutboundDriver {
     pub fn handle_answers(
         &mut self,
         io: &mut Io,
+        dns: &mut DnsDriver,
         answers: Vec<Answer>,
         now: Instant,
     ) -> Vec<JobReport> {
@@ -255,13 +248,18 @@ impl OutboundDriver {
             };
             d.lookup = None;
             d.machine.handle_lookup(result, now);
-            self.pump(io, key, now);
+            self.pump(io, dns, key, now);
         }
         std::mem::take(&mut self.reports)
     }
 
     /// Readiness on a delivery's socket (any other is closed).
-    pub fn handle_ready(&mut self, io: &mut Io, sock: SockId) -> Vec<JobReport> {
+    pub fn handle_ready(
+        &mut self,
+        io: &mut Io,
+        dns: &mut DnsDriver,
+        sock: SockId,
+    ) -> Vec<JobReport> {
         let Some(&key) = self.socket_owner.get(&sock) else {
             io.reactor.close(sock);
             return Vec::new();
@@ -282,18 +280,18 @@ impl OutboundDriver {
                 Err(e) => d.machine.handle_connected(Err(outcome::io_words(&e)), now),
             }
         }
-        self.pump(io, key, now);
+        self.pump(io, dns, key, now);
         std::mem::take(&mut self.reports)
     }
 
     /// Does what a machine asks, one action at a time.
-    fn apply(&mut self, io: &mut Io, key: u64, action: Action, now: Instant) {
+    fn apply(&mut self, io: &mut Io, dns: &mut DnsDriver, key: u64, action: Action, now: Instant) {
         let Some(d) = self.deliveries.get_mut(&key) else {
             return;
         };
         match action {
             Action::Resolve(lookup) => {
-                let id = io.dns.resolve(&lookup, now);
+                let id = dns.resolve(&lookup, now);
                 d.lookup = Some(id);
                 self.lookups.insert(id, key);
             }
@@ -366,7 +364,7 @@ impl OutboundDriver {
 
     /// Moves actions, body bytes and socket bytes until nothing moves (or
     /// the round budget is spent).
-    fn pump(&mut self, io: &mut Io, key: u64, now: Instant) {
+    fn pump(&mut self, io: &mut Io, dns: &mut DnsDriver, key: u64, now: Instant) {
         for _ in 0..PUMP_ROUNDS {
             let mut progressed = false;
             loop {
@@ -377,7 +375,7 @@ impl OutboundDriver {
                     break;
                 };
                 progressed = true;
-                self.apply(io, key, action, now);
+                self.apply(io, dns, key, action, now);
             }
             let Some(d) = self.deliveries.get_mut(&key) else {
                 return;
@@ -466,7 +464,13 @@ impl OutboundDriver {
 
     /// The tick: deadlines of the machines (connects, replies, idle
     /// sessions), and at shutdown the idle sessions' QUIT.
-    pub fn sweep(&mut self, io: &mut Io, now: Instant, stopping: bool) -> Vec<JobReport> {
+    pub fn sweep(
+        &mut self,
+        io: &mut Io,
+        dns: &mut DnsDriver,
+        now: Instant,
+        stopping: bool,
+    ) -> Vec<JobReport> {
         let due: Vec<u64> = self
             .deliveries
             .iter()
@@ -484,7 +488,7 @@ impl OutboundDriver {
                 d.machine.shutdown(now);
             }
             d.machine.handle_timeout(now);
-            self.pump(io, key, now);
+            self.pump(io, dns, key, now);
         }
         std::mem::take(&mut self.reports)
     }
