@@ -170,10 +170,8 @@ pub struct Daemon {
     /// Messages on hold (`hold/ID`, `tern queue hold`): out of the
     /// schedule until released.
     held: HashSet<QueueId>,
-    /// The control socket (see `control`); `None` if it could not be
-    /// created, and after shutdown began.
-    control_listener: Option<SockId>,
-    controls: HashMap<SockId, crate::control::Conn>,
+    /// The control socket and its connections (`control`).
+    control: control::ControlSocket,
     /// The spool lock, held for the daemon's life: one writer.
     _spool_lock: crate::spool::hold::SpoolLock,
     stopping: Option<Instant>,
@@ -255,11 +253,15 @@ impl Daemon {
             .and_then(|spool| spool.check_writable().map(|()| spool))
             .map_err(|e| io::Error::new(e.kind(), SpoolUnusable(e.to_string())))?;
         let spool_lock = lock_spool(&spool)?;
+        // Bound with the listeners, before the loop runs: a `tern queue`
+        // right after start-up waits in the backlog, it never finds no
+        // socket while the daemon holds the spool lock.
+        let control = control::ControlSocket::open(&mut reactor, &spool);
         let tables = LocalTables::load(&cfg);
         let outbound = OutboundDriver::new(&cfg, tls_client);
         let dns = dns::DnsDriver::new(&cfg);
         let inbound = InboundSessions::new(listeners, &cfg, tls_server, users);
-        let mut daemon = Daemon {
+        Ok(Daemon {
             inbound,
             cfg,
             config_path,
@@ -272,8 +274,7 @@ impl Daemon {
             flushing: false,
             flush_one: HashSet::new(),
             held: HashSet::new(),
-            control_listener: None,
-            controls: HashMap::new(),
+            control,
             _spool_lock: spool_lock,
             stopping: None,
             in_flight: HashMap::new(),
@@ -282,12 +283,7 @@ impl Daemon {
             drops: drop::DropImports::default(),
             drop_commits: Vec::new(),
             dns,
-        };
-        // Bound with the listeners, before the loop runs: a `tern queue`
-        // right after start-up waits in the backlog, it never finds no
-        // socket while the daemon holds the spool lock.
-        daemon.open_control();
-        Ok(daemon)
+        })
     }
 
     /// Addresses actually bound (tests use port 0).
@@ -338,14 +334,14 @@ impl Daemon {
             let turn = Instant::now();
             for ev in events.drain(..) {
                 match ev {
-                    Event::Acceptable(l) if self.is_control_listener(l) => self.accept_control(l),
+                    Event::Acceptable(l) if self.control.is_listener(l) => self.accept_control(l),
                     Event::Acceptable(l) => {
                         self.inbound.accept(&mut io!(self), l);
                     }
                     Event::Ready(id) => {
                         if self.inbound.owns(id) {
                             self.inbound.drive(&mut io!(self), id);
-                        } else if self.is_control(id) {
+                        } else if self.control.owns(id) {
                             self.drive_control(id);
                         } else {
                             self.outbound_ready(id);
