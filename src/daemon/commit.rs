@@ -5,7 +5,7 @@
 //!
 //! [`InboundSessions`]: super::inbound::InboundSessions
 
-use super::{mono_now, Daemon, Io};
+use super::{Daemon, Io};
 use crate::smtp::reply::Reply;
 
 impl Daemon {
@@ -13,10 +13,10 @@ impl Daemon {
     /// this turn, then the 250s.
     pub(super) fn commit_batch(&mut self) {
         let batch = self.inbound.take_batch();
-        if batch.is_empty() && self.drop_commits.is_empty() {
+        let drops = self.drops.take_commits();
+        if batch.is_empty() && drops.is_empty() {
             return;
         }
-        let drops = std::mem::take(&mut self.drop_commits);
         let mut conns = Vec::with_capacity(batch.len());
         let mut files = Vec::with_capacity(batch.len() + drops.len());
         for ended in batch {
@@ -29,25 +29,26 @@ impl Daemon {
         }
         // Imported sendmail drops share the sync.
         let mut imported = Vec::with_capacity(drops.len());
-        for (claimed, file, what) in drops {
-            imported.push((claimed, what));
-            files.push(file);
+        for d in drops {
+            imported.push((d.claimed, d.what));
+            files.push(d.file);
         }
         let mut results = self.spool.commit(files);
         let drop_results = results.split_off(conns.len().min(results.len()));
         for ((claimed, what), result) in imported.into_iter().zip(drop_results) {
-            self.drop_committed(claimed, what, result);
+            if let Some(id) = super::drop::committed(&mut io!(self), &claimed, &what, result) {
+                self.runner.schedule_new(id);
+            }
         }
-        let now = mono_now();
         let stopping = self.stopping.is_some();
         for ((id, what, env), result) in conns.into_iter().zip(results) {
             let answer = match result {
                 Ok(qid) => {
                     log::info!("{qid}: {what}");
                     if let Some(env) = env {
-                        self.remember_fresh(qid, env.0, env.1);
+                        self.runner.remember_fresh(qid, env.0, env.1);
                     }
-                    self.queue.schedule(qid, now);
+                    self.runner.schedule_new(qid);
                     Ok(qid)
                 }
                 Err(e) => {

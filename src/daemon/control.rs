@@ -10,7 +10,8 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::Instant;
 
-use super::{mono_now, Daemon, Timer};
+use super::runner::QueueRunner;
+use super::{mono_now, Daemon, Io, Timer};
 use crate::control::{
     Conn, ControlReply, ErrorKind, Request, MAX_CONNECTIONS, READ_CHUNK, SOCKET_MODE,
 };
@@ -236,20 +237,30 @@ impl Daemon {
         }
     }
 
-    /// Carries out one request on the queue and the spool.
+    /// Carries out one request: a queue run here (it scans the drops
+    /// too), the rest by the queue runner.
     fn control_request(&mut self, req: Request) -> ControlReply {
+        if let Request::Flush(None) = req {
+            log::info!("queue run requested (tern queue flush)");
+            self.flush_queue();
+            return ControlReply::Flushing(None);
+        }
+        self.runner.control_request(&mut io!(self), req)
+    }
+}
+
+impl QueueRunner {
+    /// Carries out one request (not a whole-queue flush) on the queue and
+    /// the spool.
+    fn control_request(&mut self, io: &mut Io, req: Request) -> ControlReply {
         let id = match req {
-            Request::Flush(None) => {
-                log::info!("queue run requested (tern queue flush)");
-                self.flush_queue();
-                return ControlReply::Flushing(None);
-            }
+            Request::Flush(None) => return ControlReply::Flushing(None),
             Request::Delete(id)
             | Request::Flush(Some(id))
             | Request::Hold(id)
             | Request::Release(id) => id,
         };
-        if !self.spool.exists(id) {
+        if !io.spool.exists(id) {
             return ControlReply::error(
                 ErrorKind::NoSuchMessage,
                 id,
@@ -264,7 +275,7 @@ impl Daemon {
                 id,
                 "a delivery attempt is running; try again when it ends",
             ),
-            Request::Delete(_) => match self.spool.remove(id) {
+            Request::Delete(_) => match io.spool.remove(id) {
                 Ok(()) => {
                     self.forget(id);
                     log::info!("{id}: deleted (tern queue delete)");
@@ -288,7 +299,7 @@ impl Daemon {
                 }
                 ControlReply::Flushing(Some(id))
             }
-            Request::Hold(_) => match self.spool.hold(id) {
+            Request::Hold(_) => match io.spool.hold(id) {
                 Ok(()) => {
                     self.held.insert(id);
                     self.flush_one.remove(&id);
@@ -305,7 +316,7 @@ impl Daemon {
                     ControlReply::error(ErrorKind::Failed, id, e.to_string())
                 }
             },
-            Request::Release(_) => match self.spool.release(id) {
+            Request::Release(_) => match io.spool.release(id) {
                 Ok(true) => {
                     self.held.remove(&id);
                     if !busy {
@@ -325,7 +336,7 @@ impl Daemon {
         }
     }
 
-    /// Drops every trace of a message from the daemon's memory.
+    /// Drops every trace of a message from the runner's memory.
     fn forget(&mut self, id: QueueId) {
         self.queue.remove(id);
         self.fresh.remove(&id);

@@ -34,7 +34,7 @@ mod outbound;
 mod runner;
 mod transport;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,12 +44,10 @@ use crate::auth::Users;
 use crate::config::Config;
 use crate::delivery::aliases::Aliases;
 use crate::delivery::RecipientPolicy;
-use crate::queue::Queue;
 use crate::reactor::{Event, Reactor, SockId};
 use crate::smtp::server::SessionConfig;
-use crate::spool::{Incoming, Spool};
+use crate::spool::Spool;
 
-use crate::spool::QueueId;
 use inbound::InboundSessions;
 use outbound::{JobReport, OutboundDriver};
 
@@ -57,11 +55,9 @@ pub use dns::{load_hosts, resolver_config, HOSTS_FILE, MAX_HOSTS_ENTRIES};
 pub use inbound::{
     AUTH_CHECKS_PER_TURN, AUTH_FAILURES_PER_IP, AUTH_FAILURE_WINDOW, AUTH_LIMITER_ENTRIES,
 };
-use runner::InFlight;
+use runner::QueueRunner;
 
-/// Envelopes kept for messages not yet attempted (beyond this, the first
-/// attempt reads the file like any other).
-pub const FRESH_CACHE: usize = 1024;
+pub use runner::FRESH_CACHE;
 
 /// The longest the loop sleeps without a timer (a safety net only).
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -153,39 +149,20 @@ pub struct Daemon {
     config_path: PathBuf,
     reactor: Reactor<Timer>,
     spool: Spool,
-    queue: Queue,
     tables: LocalTables,
     /// Listeners and SMTP sessions (`inbound`).
     inbound: InboundSessions,
     /// Outbound jobs, deliveries and their sockets (`outbound`).
     outbound: OutboundDriver,
-    /// Envelopes (and content sizes) of messages committed but not yet
-    /// attempted: their first attempt needs no re-read of the file.
-    fresh: HashMap<QueueId, (crate::spool::StoredEnvelope, u64)>,
-    /// A `queue flush` is running: held mail is delivered too.
-    flushing: bool,
-    /// Messages a `queue flush ID` asked for: attempted even under
-    /// `hold_outbound` (like a whole-queue flush).
-    flush_one: HashSet<QueueId>,
-    /// Messages on hold (`hold/ID`, `tern queue hold`): out of the
-    /// schedule until released.
-    held: HashSet<QueueId>,
+    /// The schedule, attempts and local deliveries (`runner`).
+    runner: QueueRunner,
     /// The control socket and its connections (`control`).
     control: control::ControlSocket,
     /// The spool lock, held for the daemon's life: one writer.
     _spool_lock: crate::spool::hold::SpoolLock,
     stopping: Option<Instant>,
-    /// Messages with outbound jobs outstanding.
-    in_flight: HashMap<QueueId, InFlight>,
-    /// Sequence for unique local names (Maildir, bounce IDs).
-    local_seq: u64,
-    /// Local deliveries, moved a bounded amount per turn.
-    local_jobs: local::LocalJobs,
-    /// Sendmail drops being imported, a bounded amount per turn.
+    /// Sendmail drops being imported, a bounded amount per turn (`drop`).
     drops: drop::DropImports,
-    /// Imported drops for this turn's group commit: (claimed path, file,
-    /// log text).
-    drop_commits: Vec<(PathBuf, Incoming, String)>,
     /// The resolver and its sockets (`dns`).
     dns: dns::DnsDriver,
 }
@@ -267,21 +244,13 @@ impl Daemon {
             config_path,
             reactor,
             spool,
-            queue: Queue::new(),
+            runner: QueueRunner::default(),
             tables,
             outbound,
-            fresh: HashMap::new(),
-            flushing: false,
-            flush_one: HashSet::new(),
-            held: HashSet::new(),
             control,
             _spool_lock: spool_lock,
             stopping: None,
-            in_flight: HashMap::new(),
-            local_seq: 0,
-            local_jobs: local::LocalJobs::default(),
             drops: drop::DropImports::default(),
-            drop_commits: Vec::new(),
             dns,
         })
     }
@@ -296,23 +265,7 @@ impl Daemon {
     }
 
     pub fn run(&mut self) -> io::Result<()> {
-        let now = mono_now();
-        let recovered = self.spool.recover()?;
-        self.held = self.spool.held()?.into_iter().collect();
-        for &id in &recovered {
-            if !self.held.contains(&id) {
-                self.queue.schedule(id, now);
-            }
-        }
-        if self.held.is_empty() {
-            log::info!("started: {} queued message(s)", self.queue.len());
-        } else {
-            log::info!(
-                "started: {} queued message(s), {} on hold",
-                self.queue.len(),
-                self.held.len()
-            );
-        }
+        self.runner.start(&mut io!(self))?;
         self.import_drops();
         self.reactor.add_timer(Instant::now() + TICK, Timer::Tick);
         let mut events = Vec::new();
@@ -354,13 +307,15 @@ impl Daemon {
             while let Some(t) = self.reactor.pop_timer(now) {
                 self.timer(t, now);
             }
-            drops_busy = self.import_turn();
+            drops_busy = self.drops.turn(&mut io!(self), self.stopping.is_some());
             let t_drops = Instant::now();
             self.commit_batch();
             let t_commit = Instant::now();
-            queue_backlog = self.run_queue();
+            queue_backlog =
+                self.runner
+                    .run_queue(&mut io!(self), &mut self.outbound, self.stopping.is_some());
             let t_queue = Instant::now();
-            local_busy = self.run_local_jobs();
+            local_busy = self.runner.run_local_jobs(&mut io!(self));
             let t_local = Instant::now();
             auth_busy = self.inbound.answer_auth(&mut io!(self));
             let t_auth = Instant::now();
@@ -378,12 +333,10 @@ impl Daemon {
             }
             self.outbound_poll();
             if let Some(deadline) = self.stopping {
-                if (self.inbound.is_empty()
-                    && self.outbound.is_idle()
-                    && self.local_jobs.is_empty())
+                if (self.inbound.is_empty() && self.outbound.is_idle() && self.runner.local_idle())
                     || Instant::now() >= deadline
                 {
-                    self.save_unsettled();
+                    self.runner.save_unsettled(&mut io!(self));
                     self.close_control();
                     log::info!("stopped");
                     return Ok(());
@@ -482,9 +435,14 @@ impl Daemon {
     }
 
     fn flush_queue(&mut self) {
-        self.flushing = true;
-        self.queue.flush(mono_now());
+        self.runner.flush();
         self.import_drops();
+    }
+
+    /// Looks at `drop/` (the copying is bounded per turn, `drop`).
+    fn import_drops(&mut self) {
+        let stopping = self.stopping.is_some();
+        self.drops.scan(&mut io!(self), stopping);
     }
 
     fn timer(&mut self, t: Timer, now: Instant) {
@@ -554,7 +512,7 @@ impl Daemon {
     /// Finished outbound jobs to the queue runner.
     fn job_reports(&mut self, reports: Vec<JobReport>) {
         for r in reports {
-            self.job_done(r.id, r.outcomes);
+            self.runner.job_done(&mut io!(self), r.id, r.outcomes);
         }
     }
 }
