@@ -14,9 +14,7 @@ use std::time::Instant;
 
 use super::Timer;
 use crate::config::Config;
-use crate::dns::{
-    DnsError, LookupId, MxHost, QueryHandle, Resolver, ResolverConfig, Transport as DnsTransport,
-};
+use crate::dns::{DnsError, LookupId, MxHost, QueryHandle, Resolver, ResolverConfig, Transport};
 use crate::outbound::machine::Lookup;
 use crate::reactor::{Reactor, SockId};
 
@@ -34,7 +32,7 @@ pub type Answer = (LookupId, Result<Vec<MxHost>, DnsError>);
 struct DnsSock {
     handle: QueryHandle,
     server: SocketAddr,
-    transport: DnsTransport,
+    transport: Transport,
     pending_write: Vec<u8>,
     read_buf: Vec<u8>,
 }
@@ -99,17 +97,17 @@ impl DnsDriver {
                 (Ipv6Addr::UNSPECIFIED, 0).into()
             };
             let sock = match tx.transport {
-                DnsTransport::Udp => reactor.udp_bind(local).and_then(|s| {
+                Transport::Udp => reactor.udp_bind(local).and_then(|s| {
                     reactor
                         .udp_send(s, tx.server, &tx.payload)
                         .map(|_| s)
                         .inspect_err(|_| reactor.close(s))
                 }),
-                DnsTransport::Tcp => reactor.connect(tx.server),
+                Transport::Tcp => reactor.connect(tx.server),
             };
             match sock {
                 Ok(s) => {
-                    let pending_write = if matches!(tx.transport, DnsTransport::Tcp) {
+                    let pending_write = if matches!(tx.transport, Transport::Tcp) {
                         tx.payload
                     } else {
                         Vec::new()
@@ -169,7 +167,7 @@ impl DnsDriver {
         };
         let handle = ds.handle;
         match ds.transport {
-            DnsTransport::Udp => {
+            Transport::Udp => {
                 let mut buf = [0u8; 1500];
                 loop {
                     match reactor.udp_recv(sock, &mut buf) {
@@ -185,7 +183,7 @@ impl DnsDriver {
                     }
                 }
             }
-            DnsTransport::Tcp => {
+            Transport::Tcp => {
                 let server = ds.server;
                 let mut failed = false;
                 if !ds.pending_write.is_empty() {

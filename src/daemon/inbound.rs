@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::transport::{Read, Transport};
+use super::link::{Link, Read};
 use super::{unix_now, Io, LocalTables, Timer};
 use crate::auth::{FailureLimiter, Users};
 use crate::bounce::rfc5322_date;
@@ -46,7 +46,7 @@ pub const READS_PER_WAKEUP: usize = 16;
 
 pub struct Inbound {
     pub session: ServerSession,
-    transport: Transport,
+    link: Link,
     /// The session asked for STARTTLS; the handshake starts once its 220 is out.
     starttls: bool,
     tls_announced: bool,
@@ -194,11 +194,6 @@ impl InboundSessions {
             super::session_config(cfg, self.tls_server.is_some(), !self.users.is_empty());
     }
 
-    /// The listeners' sockets.
-    pub fn listener_ids(&self) -> Vec<SockId> {
-        self.listeners.keys().copied().collect()
-    }
-
     /// Whether `id` is a session's connection.
     pub fn owns(&self, id: SockId) -> bool {
         self.conns.contains_key(&id)
@@ -335,9 +330,9 @@ impl InboundSessions {
                     true,
                 )
             };
-            let transport = if kind == ListenerKind::Smtps {
+            let link = if kind == ListenerKind::Smtps {
                 match self.tls_server.clone().map(TlsStream::server) {
-                    Some(Ok(tls)) => Transport::with_tls(tls),
+                    Some(Ok(tls)) => Link::with_tls(tls),
                     _ => {
                         log::error!("{peer}: no TLS configuration for the smtps listener");
                         io.reactor.close(id);
@@ -345,13 +340,13 @@ impl InboundSessions {
                     }
                 }
             } else {
-                Transport::plain()
+                Link::plain()
             };
             self.conns.insert(
                 id,
                 Inbound {
                     session,
-                    transport,
+                    link,
                     starttls: false,
                     tls_announced: false,
                     input: Vec::new(),
@@ -379,7 +374,7 @@ impl InboundSessions {
         loop {
             // 1. Write what the session has to say (through TLS if on).
             while !conn.session.output().is_empty() {
-                match conn.transport.write(io.reactor, id, conn.session.output()) {
+                match conn.link.write(io.reactor, id, conn.session.output()) {
                     Ok(0) => break,
                     Ok(n) => conn.session.consume_output(n),
                     Err(_) => {
@@ -388,7 +383,7 @@ impl InboundSessions {
                     }
                 }
             }
-            let flushed = match conn.transport.flush(io.reactor, id) {
+            let flushed = match conn.link.flush(io.reactor, id) {
                 Ok(f) => f,
                 Err(_) => {
                     closed = true;
@@ -416,7 +411,7 @@ impl InboundSessions {
                             );
                         }
                         conn.input.clear();
-                        conn.transport.tls = Some(tls);
+                        conn.link.tls = Some(tls);
                     }
                     _ => {
                         log::error!("{}: cannot start TLS", conn.peer);
@@ -425,12 +420,9 @@ impl InboundSessions {
                     }
                 }
             }
-            if !conn.tls_announced
-                && conn.transport.tls.is_some()
-                && !conn.transport.is_handshaking()
-            {
+            if !conn.tls_announced && conn.link.tls.is_some() && !conn.link.is_handshaking() {
                 if let Some(desc) = conn
-                    .transport
+                    .link
                     .tls
                     .as_ref()
                     .and_then(|t| t.protocol_description())
@@ -465,7 +457,7 @@ impl InboundSessions {
             }
             // 4. Read more, unless the session cannot take it now (a TLS
             // handshake always reads).
-            let handshaking = conn.transport.is_handshaking();
+            let handshaking = conn.link.is_handshaking();
             if !handshaking
                 && (conn.session.is_waiting_for_driver()
                     || conn.input.len() >= INPUT_BUFFER
@@ -480,11 +472,11 @@ impl InboundSessions {
             }
             reads += 1;
             let room = INPUT_BUFFER.saturating_sub(conn.input.len()).max(1);
-            match conn.transport.read(io.reactor, id, &mut conn.input, room) {
+            match conn.link.read(io.reactor, id, &mut conn.input, room) {
                 Read::Data => {}
                 Read::Pending => break,
                 Read::Closed => {
-                    if let Some(e) = conn.transport.tls_error() {
+                    if let Some(e) = conn.link.tls_error() {
                         log::info!("{}: TLS failed: {}", conn.peer, LogSafe(e));
                     }
                     conn.session.connection_lost();

@@ -29,10 +29,10 @@ mod control;
 mod dns;
 mod drop;
 mod inbound;
+mod link;
 mod local;
 mod outbound;
 mod runner;
-mod transport;
 
 use std::collections::HashSet;
 use std::io;
@@ -44,7 +44,7 @@ use crate::auth::Users;
 use crate::config::Config;
 use crate::delivery::aliases::Aliases;
 use crate::delivery::RecipientPolicy;
-use crate::reactor::{Event, Reactor, SockId};
+use crate::reactor::{Reactor, Readiness, SockId};
 use crate::smtp::server::SessionConfig;
 use crate::spool::Spool;
 
@@ -255,15 +255,6 @@ impl Daemon {
         })
     }
 
-    /// Addresses actually bound (tests use port 0).
-    pub fn local_addrs(&mut self) -> Vec<std::net::SocketAddr> {
-        self.inbound
-            .listener_ids()
-            .into_iter()
-            .filter_map(|id| self.reactor.local_addr(id))
-            .collect()
-    }
-
     pub fn run(&mut self) -> io::Result<()> {
         self.runner.start(&mut io!(self))?;
         self.import_drops();
@@ -287,11 +278,13 @@ impl Daemon {
             let turn = Instant::now();
             for ev in events.drain(..) {
                 match ev {
-                    Event::Acceptable(l) if self.control.is_listener(l) => self.accept_control(l),
-                    Event::Acceptable(l) => {
+                    Readiness::Acceptable(l) if self.control.is_listener(l) => {
+                        self.accept_control(l)
+                    }
+                    Readiness::Acceptable(l) => {
                         self.inbound.accept(&mut io!(self), l);
                     }
-                    Event::Ready(id) => {
+                    Readiness::Ready(id) => {
                         if self.inbound.owns(id) {
                             self.inbound.drive(&mut io!(self), id);
                         } else if self.control.owns(id) {
@@ -300,7 +293,7 @@ impl Daemon {
                             self.outbound_ready(id);
                         }
                     }
-                    Event::Signal(sig) => self.signal(sig),
+                    Readiness::Signal(sig) => self.signal(sig),
                 }
             }
             let now = Instant::now();

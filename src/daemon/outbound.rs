@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::dns::{Answer, DnsDriver};
-use super::transport::{Read, Transport};
+use super::link::{Link, Read};
 use super::{Io, Timer};
 use crate::config::Config;
 use crate::delivery::outcome::{self, Outcome};
@@ -44,7 +44,7 @@ pub struct Outgoing {
     machine: Delivery,
     /// The connection, when one is open.
     sock: Option<SockId>,
-    transport: Transport,
+    link: Link,
     /// The TLS handshake of this connection was reported finished.
     tls_reported: bool,
     lookup: Option<LookupId>,
@@ -194,7 +194,7 @@ impl OutboundDriver {
             Outgoing {
                 machine,
                 sock: None,
-                transport: Transport::plain(),
+                link: Link::plain(),
                 tls_reported: false,
                 lookup: None,
                 body: None,
@@ -298,7 +298,7 @@ impl OutboundDriver {
             Action::Connect(addr) => match io.reactor.connect(addr) {
                 Ok(sock) => {
                     d.sock = Some(sock);
-                    d.transport = Transport::plain();
+                    d.link = Link::plain();
                     d.tls_reported = false;
                     self.socket_owner.insert(sock, key);
                 }
@@ -322,7 +322,7 @@ impl OutboundDriver {
                 };
                 match stream {
                     Ok(t) => {
-                        d.transport.tls = Some(t);
+                        d.link.tls = Some(t);
                         d.tls_reported = false;
                     }
                     Err(why) => d.machine.handle_tls_error(&why, false, now),
@@ -343,11 +343,11 @@ impl OutboundDriver {
                 d.body = None;
                 if let Some(sock) = d.sock.take() {
                     // The last bytes (a QUIT, a TLS alert) if they fit.
-                    let _ = d.transport.flush(io.reactor, sock);
+                    let _ = d.link.flush(io.reactor, sock);
                     self.drop_socket(io.reactor, sock);
                 }
                 if let Some(d) = self.deliveries.get_mut(&key) {
-                    d.transport = Transport::plain();
+                    d.link = Link::plain();
                 }
             }
             Action::Report { job, outcomes } => {
@@ -394,10 +394,7 @@ impl OutboundDriver {
             if let Some(sock) = sock {
                 // Write (through TLS when on).
                 while !d.machine.poll_transmit().is_empty() {
-                    match d
-                        .transport
-                        .write(io.reactor, sock, d.machine.poll_transmit())
-                    {
+                    match d.link.write(io.reactor, sock, d.machine.poll_transmit()) {
                         Ok(0) => break,
                         Ok(n) => {
                             d.machine.consume_transmit(n, now);
@@ -410,22 +407,22 @@ impl OutboundDriver {
                         }
                     }
                 }
-                let _ = d.transport.flush(io.reactor, sock);
+                let _ = d.link.flush(io.reactor, sock);
             }
             // Read, unless the machine has actions first (a Close).
             let sock = d.sock.filter(|_| !d.machine.is_connecting());
             if let (Some(sock), false) = (sock, d.machine.has_actions()) {
                 let mut input = Vec::new();
-                match d.transport.read(io.reactor, sock, &mut input, READ_CHUNK) {
+                match d.link.read(io.reactor, sock, &mut input, READ_CHUNK) {
                     Read::Data => {
                         d.machine.handle_input(&input, now);
                         progressed = true;
                     }
                     Read::Pending => {}
                     Read::Closed => {
-                        match d.transport.tls_error() {
+                        match d.link.tls_error() {
                             Some(e) => {
-                                let plaintext = d.transport.tls_peer_spoke_plaintext();
+                                let plaintext = d.link.tls_peer_spoke_plaintext();
                                 d.machine.handle_tls_error(&e, plaintext, now)
                             }
                             None => d.machine.handle_closed(now),
@@ -434,18 +431,13 @@ impl OutboundDriver {
                     }
                 }
                 let handshake_done = d
-                    .transport
+                    .link
                     .tls
                     .as_ref()
                     .is_some_and(|t| !t.is_handshaking() && t.error().is_none());
                 if handshake_done && !d.tls_reported && d.sock.is_some() {
                     d.tls_reported = true;
-                    if let Some(desc) = d
-                        .transport
-                        .tls
-                        .as_ref()
-                        .and_then(|t| t.protocol_description())
-                    {
+                    if let Some(desc) = d.link.tls.as_ref().and_then(|t| t.protocol_description()) {
                         log::debug!("{}: TLS: {desc}", d.machine.job_id());
                     }
                     d.machine.handle_tls_established(now);
