@@ -5,6 +5,27 @@
 //! state. This module only moves bytes and events between them, in one
 //! thread, and derives timers from the machines' deadlines after each step.
 //!
+//! [`Daemon`] is a switchboard over parts, each the only owner of its maps:
+//!
+//! | part | file | owns |
+//! |------|------|------|
+//! | `InboundSessions` | `inbound.rs` | listeners, SMTP sessions, per-address counts, server TLS, users file, AUTH limiter, the turn's commit batch |
+//! | `DropImports` | `drop.rs` | sendmail drops being imported, their commit batch |
+//! | `QueueRunner` | `runner.rs`, `local.rs` | the schedule, attempts in flight, fresh envelopes, hold and flush marks, local delivery jobs |
+//! | `OutboundDriver` | `outbound.rs` | jobs waiting for a slot, delivery machines, their sockets and lookups, client TLS |
+//! | `DnsDriver` | `dns.rs` | the resolver, its sockets and timer entry, the hosts table |
+//! | `ControlSocket` | `control.rs` | the control socket and its connections |
+//!
+//! The daemon itself keeps what they share: configuration, reactor, spool
+//! and local tables, lent to a part for one call as an [`Io`]. A part that
+//! needs another's work gets it as a parameter (the runner submits jobs to
+//! the `OutboundDriver`, which asks the `DnsDriver`) and answers with
+//! values (`JobReport`, DNS answers, `Ended` messages, `ControlReply`),
+//! never with a pointer back. Two steps take several parts and live here:
+//! the group commit (`commit.rs`) and carrying out control requests
+//! (`control.rs`). `link.rs` is the byte path (plain or TLS) that inbound
+//! sessions and deliveries share.
+//!
 //! One turn of the loop: wait; accept; drive every ready connection a
 //! bounded amount; fire due timers; run the group commit of every message
 //! that ended during the turn and answer those sessions; run the queue;
@@ -145,26 +166,30 @@ pub struct Io<'a> {
 }
 
 pub struct Daemon {
+    // Shared, lent to the parts as an `Io`.
     cfg: Config,
-    config_path: PathBuf,
     reactor: Reactor<Timer>,
     spool: Spool,
     tables: LocalTables,
+    // The parts, in the order a message meets them.
     /// Listeners and SMTP sessions (`inbound`).
     inbound: InboundSessions,
-    /// Outbound jobs, deliveries and their sockets (`outbound`).
-    outbound: OutboundDriver,
-    /// The schedule, attempts and local deliveries (`runner`).
-    runner: QueueRunner,
-    /// The control socket and its connections (`control`).
-    control: control::ControlSocket,
-    /// The spool lock, held for the daemon's life: one writer.
-    _spool_lock: crate::spool::hold::SpoolLock,
-    stopping: Option<Instant>,
     /// Sendmail drops being imported, a bounded amount per turn (`drop`).
     drops: drop::DropImports,
+    /// The schedule, attempts and local deliveries (`runner`).
+    runner: QueueRunner,
+    /// Outbound jobs, deliveries and their sockets (`outbound`).
+    outbound: OutboundDriver,
     /// The resolver and its sockets (`dns`).
     dns: dns::DnsDriver,
+    /// The control socket and its connections (`control`).
+    control: control::ControlSocket,
+    // The daemon's own.
+    config_path: PathBuf,
+    /// The spool lock, held for the daemon's life: one writer.
+    _spool_lock: crate::spool::hold::SpoolLock,
+    /// When the shutdown grace ends, once a shutdown began.
+    stopping: Option<Instant>,
 }
 
 impl Drop for Daemon {
