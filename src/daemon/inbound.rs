@@ -5,7 +5,7 @@
 //! file and the AUTH failure limiter; what it borrows for a call (reactor,
 //! spool, configuration, local tables) comes in an [`Io`].
 //!
-//! A message whose content ended waits in the session's commit batch
+//! A message whose content ended waits in the commit batch
 //! ([`InboundSessions::take_batch`]) for the group commit at the end of the
 //! turn (`daemon::commit`), which answers it through
 //! [`InboundSessions::committed`].
@@ -44,8 +44,9 @@ pub const INPUT_KEPT: usize = 1024;
 /// Reads per connection per wakeup, so one fast client cannot starve others.
 pub const READS_PER_WAKEUP: usize = 16;
 
-pub struct Inbound {
-    pub session: ServerSession,
+/// One SMTP connection: the session machine and its byte path.
+struct Inbound {
+    session: ServerSession,
     link: Link,
     /// The session asked for STARTTLS; the handshake starts once its 220 is out.
     starttls: bool,

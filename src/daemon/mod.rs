@@ -264,19 +264,19 @@ impl Daemon {
         let dns = dns::DnsDriver::new(&cfg);
         let inbound = InboundSessions::new(listeners, &cfg, tls_server, users);
         Ok(Daemon {
-            inbound,
             cfg,
-            config_path,
             reactor,
             spool,
-            runner: QueueRunner::default(),
             tables,
+            inbound,
+            drops: drop::DropImports::default(),
+            runner: QueueRunner::default(),
             outbound,
+            dns,
             control,
+            config_path,
             _spool_lock: spool_lock,
             stopping: None,
-            drops: drop::DropImports::default(),
-            dns,
         })
     }
 

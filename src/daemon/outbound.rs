@@ -10,7 +10,9 @@
 //! The driver owns the jobs waiting for a slot, the running deliveries,
 //! the map from outbound sockets and lookups to deliveries, and the TLS
 //! client configurations; what it borrows for a call comes in an [`Io`]
-//! (reactor, spool, configuration) and the [`DnsDriver`].
+//! (reactor, spool, configuration) and the [`DnsDriver`]. Reports are
+//! handed out when the call returns: the runner settles the message then,
+//! after the session that reported has been offered its next job.
 
 use std::collections::HashMap;
 use std::io::Read as _;
@@ -39,8 +41,8 @@ const READ_CHUNK: usize = 4096;
 /// connection comes back next turn (`mark_hot`).
 const PUMP_ROUNDS: usize = 64;
 
-/// One delivery machine and what the daemon holds for it.
-pub struct Outgoing {
+/// One delivery machine and what the driver holds for it.
+struct Outgoing {
     machine: Delivery,
     /// The connection, when one is open.
     sock: Option<SockId>,
