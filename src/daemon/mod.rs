@@ -11,7 +11,7 @@
 //! |------|------|------|
 //! | `InboundSessions` | `inbound.rs` | listeners, SMTP sessions, per-address counts, server TLS, users file, AUTH limiter, the turn's commit batch |
 //! | `DropImports` | `drop.rs` | sendmail drops being imported, their commit batch |
-//! | `QueueRunner` | `runner.rs`, `local.rs` | the schedule, attempts in flight, fresh envelopes, hold and flush marks, local delivery jobs |
+//! | `QueueRunner` | `runner/` (`local.rs`: local jobs, `requests.rs`: control requests) | the schedule, attempts in flight, fresh envelopes, hold and flush marks, local delivery jobs |
 //! | `OutboundDriver` | `outbound.rs` | jobs waiting for a slot, delivery machines, their sockets and lookups, client TLS |
 //! | `DnsDriver` | `dns.rs` | the resolver, its sockets and timer entry, the hosts table |
 //! | `ControlSocket` | `control.rs` | the control socket and its connections |
@@ -21,10 +21,9 @@
 //! needs another's work gets it as a parameter (the runner submits jobs to
 //! the `OutboundDriver`, which asks the `DnsDriver`) and answers with
 //! values (`JobReport`, DNS answers, `Ended` messages, `ControlReply`),
-//! never with a pointer back. Two steps take several parts and live here:
-//! the group commit (`commit.rs`) and carrying out control requests
-//! (`control.rs`). `link.rs` is the byte path (plain or TLS) that inbound
-//! sessions and deliveries share.
+//! never with a pointer back. The group commit takes several parts and
+//! lives here (`commit.rs`). `link.rs` is the byte path (plain or TLS) that
+//! inbound sessions and deliveries share.
 //!
 //! One turn of the loop: wait; accept; drive every ready connection a
 //! bounded amount; fire due timers; run the group commit of every message
@@ -51,7 +50,6 @@ mod dns;
 mod drop;
 mod inbound;
 mod link;
-mod local;
 mod outbound;
 mod runner;
 

@@ -16,9 +16,11 @@
 //! `queue::after_attempt`, a pure function of age, attempts and whether
 //! this round really attempted anything.
 
+mod local;
+mod requests;
+
 use std::collections::{HashMap, HashSet};
 
-use super::local::{LocalJobs, LocalTask};
 use super::outbound::OutboundDriver;
 use super::{mono_now, unix_now, Io};
 use crate::bounce::{
@@ -31,9 +33,10 @@ use crate::queue::{after_attempt, Disposition, Queue, Rules};
 use crate::smtp::address::Address;
 use crate::spool::envelope::Recipient;
 use crate::spool::{QueueId, RcptState, RcptStatus, StoredEnvelope};
+use local::{LocalJobs, LocalTask};
 
 /// Messages taken from the queue per loop turn (their local deliveries
-/// are queued as jobs, see `daemon::local`; this bounds the loading of
+/// are queued as jobs, see `daemon::runner::local`; this bounds the loading of
 /// envelopes and states in one turn).
 pub const MESSAGES_PER_TURN: usize = 16;
 /// Outbound jobs waiting for a connection slot before the runner stops
@@ -42,7 +45,8 @@ pub const OUTBOUND_BACKLOG: usize = 64;
 /// Bytes of the original message's header returned in a bounce.
 const BOUNCE_HEADER_READ: usize = 64 * 1024;
 
-/// A message whose attempt is in progress (remote jobs outstanding).
+/// A message whose attempt is in progress (outbound or local jobs
+/// outstanding).
 pub struct InFlight {
     pub env: StoredEnvelope,
     pub states: Vec<RcptState>,
@@ -88,24 +92,24 @@ pub const FRESH_CACHE: usize = 1024;
 #[derive(Default)]
 pub struct QueueRunner {
     /// The schedule: due times of queued messages.
-    pub(super) queue: Queue,
+    queue: Queue,
     /// Messages with jobs (outbound or local) outstanding.
-    pub(super) in_flight: HashMap<QueueId, InFlight>,
+    in_flight: HashMap<QueueId, InFlight>,
     /// Envelopes (and content sizes) of messages committed but not yet
     /// attempted: their first attempt needs no re-read of the file.
-    pub(super) fresh: HashMap<QueueId, (StoredEnvelope, u64)>,
+    fresh: HashMap<QueueId, (StoredEnvelope, u64)>,
     /// A `queue flush` is running: held mail is delivered too.
-    pub(super) flushing: bool,
+    flushing: bool,
     /// Messages a `queue flush ID` asked for: attempted even under
     /// `hold_outbound` (like a whole-queue flush).
-    pub(super) flush_one: HashSet<QueueId>,
+    flush_one: HashSet<QueueId>,
     /// Messages on hold (`hold/ID`, `tern queue hold`): out of the
     /// schedule until released.
-    pub(super) held: HashSet<QueueId>,
+    held: HashSet<QueueId>,
     /// Sequence for unique local names (Maildir, bounce IDs).
-    pub(super) local_seq: u64,
+    local_seq: u64,
     /// Local deliveries, moved a bounded amount per turn.
-    pub(super) local_jobs: LocalJobs,
+    local_jobs: LocalJobs,
 }
 
 impl QueueRunner {
@@ -169,7 +173,7 @@ impl QueueRunner {
             // for connection slots, due messages stay in the queue index
             // (an outbound event wakes the loop when a slot frees).
             if outbound.backlog() >= OUTBOUND_BACKLOG
-                || self.local_jobs.len() >= super::local::LOCAL_BACKLOG
+                || self.local_jobs.len() >= local::LOCAL_BACKLOG
             {
                 return false;
             }
@@ -348,7 +352,7 @@ impl QueueRunner {
     }
 
     /// Everything of this attempt is back: finish, bounce or retry.
-    pub(super) fn settle(&mut self, io: &mut Io, id: QueueId, mut flight: InFlight) {
+    fn settle(&mut self, io: &mut Io, id: QueueId, mut flight: InFlight) {
         let mono = mono_now();
         let age = self.queue.age(id, flight.stored_age, mono);
         let attempts = flight.attempts.saturating_add(u32::from(flight.tried));
@@ -538,7 +542,7 @@ fn failed_recipient(address: String, state: &RcptState) -> FailedRecipient {
 }
 
 /// The outcome part of a log line: `relay=... dsn=... status=... (sentence)`.
-pub(super) struct Fields<'a>(pub(super) &'a Outcome);
+struct Fields<'a>(&'a Outcome);
 
 impl std::fmt::Display for Fields<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -5,8 +5,8 @@
 //! (zero poll timeout) while tasks remain, and sleeps as before when none
 //! do.
 
-use super::runner::QueueRunner;
-use super::Io;
+use super::QueueRunner;
+use crate::daemon::Io;
 use crate::delivery::jobs::LocalQueue;
 use crate::delivery::local::{Format, LocalDelivery};
 use crate::delivery::outcome::{self, Outcome, Reason};
@@ -76,7 +76,7 @@ impl QueueRunner {
     /// mailbox is not delivered again after the restart. Unfinished local
     /// jobs were undone; their recipients keep their old state.
     pub fn save_unsettled(&mut self, io: &mut Io) {
-        let mono = super::mono_now();
+        let mono = crate::daemon::mono_now();
         for (id, flight) in &self.in_flight {
             if flight.states == flight.loaded {
                 continue;
@@ -124,7 +124,7 @@ fn local_state(t: &LocalTask, result: Result<String, Reason>) -> RcptState {
             log::warn!(
                 "{id}: to=<{}> mailbox={user} relay=local delay={delay} {}",
                 t.original,
-                super::runner::Fields(&o)
+                super::Fields(&o)
             );
             RcptState::from_outcome(o)
         }
