@@ -1,7 +1,7 @@
 //! One outbound delivery as a sans-IO machine (in the style of
 //! quinn-proto): one job (one message, one destination) from the DNS
 //! lookup to the outcome of every recipient, fed results, bytes and time by
-//! the daemon, which only moves them (`daemon::remote`).
+//! the daemon, which only moves them (`daemon::outbound`).
 //!
 //! In: [`Delivery::handle_lookup`], [`Delivery::handle_connected`],
 //! [`Delivery::handle_input`], [`Delivery::handle_tls_established`] /
