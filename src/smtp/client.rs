@@ -60,7 +60,6 @@ use std::collections::VecDeque;
 use super::mime7bit::{Downgrade, Unconvertible};
 
 pub use crate::auth::base64_encode;
-use std::fmt;
 use std::time::{Duration, Instant};
 
 mod reply;
@@ -133,21 +132,7 @@ pub enum TlsPolicy {
     Required,
 }
 
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub user: String,
-    pub password: String,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Credentials {{ user: {:?}, password: <redacted> }}",
-            self.user
-        )
-    }
-}
+pub use crate::auth::Credentials;
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
