@@ -8,7 +8,7 @@
 use super::QueueRunner;
 use crate::daemon::Io;
 use crate::delivery::jobs::LocalQueue;
-use crate::delivery::local::{Format, LocalDelivery};
+use crate::delivery::local::{Format, MailboxWriter};
 use crate::delivery::outcome::{self, Outcome, Reason};
 use crate::delivery::Mailbox;
 use crate::spool::{QueueId, RcptState};
@@ -41,7 +41,7 @@ impl QueueRunner {
         if self.local_jobs.is_empty() {
             return false;
         }
-        let local = LocalDelivery {
+        let local = MailboxWriter {
             mail_dir: io.cfg.mail_dir.clone(),
             format: match io.cfg.local_delivery {
                 crate::config::LocalDelivery::Maildir => Format::Maildir,

@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use super::outbound::OutboundDriver;
 use super::{mono_now, unix_now, Io};
 use crate::bounce::{
-    build_bounce, header_block, rfc5322_date, Action, BounceInput, FailedRecipient,
+    build_bounce, header_block, rfc5322_date, BounceInput, DsnAction, FailedRecipient,
 };
 use crate::delivery::outcome::{self, Origin, Outcome, Reason};
 use crate::delivery::{Destination, Refusal};
@@ -531,7 +531,7 @@ fn failed_recipient(address: String, state: &RcptState) -> FailedRecipient {
     FailedRecipient {
         address,
         status: reason.map_or("5.0.0".into(), |r| r.status.to_string()),
-        action: Action::Failed,
+        action: DsnAction::Failed,
         // `host[ip]:port` → host.
         remote_mta: remote.map(|relay| relay.split('[').next().unwrap_or(relay).to_string()),
         diagnostic: reason
