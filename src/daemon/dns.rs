@@ -246,12 +246,19 @@ pub fn resolver_config(cfg: &Config) -> ResolverConfig {
     rc
 }
 
+/// The longest hosts file read.
+pub const MAX_HOSTS_FILE_BYTES: u64 = 1024 * 1024;
+
 /// `addr name alias...` lines; names lower-cased.
 pub fn load_hosts(path: &std::path::Path) -> HashMap<String, Vec<IpAddr>> {
     let mut map: HashMap<String, Vec<IpAddr>> = HashMap::new();
-    let Ok(text) = std::fs::read_to_string(path) else {
+    let Ok(bytes) = std::fs::File::open(path)
+        .and_then(|f| crate::system::read_bounded(f, MAX_HOSTS_FILE_BYTES))
+    else {
         return map;
     };
+    // Lossy: one odd byte in a comment must not hide the whole table.
+    let text = String::from_utf8_lossy(&bytes);
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("");
         let mut words = line.split_whitespace();
@@ -269,4 +276,25 @@ pub fn load_hosts(path: &std::path::Path) -> HashMap<String, Vec<IpAddr>> {
         }
     }
     map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_file_with_a_latin1_comment_still_loads() {
+        let dir = crate::test_dir::TempDir::new("hosts");
+        let path = dir.0.join("hosts");
+        std::fs::write(
+            &path,
+            b"# Ren\xe9's router\n127.0.0.1 localhost\n192.0.2.7 Smtp.Example  relay # alias\n",
+        )
+        .expect("write");
+        let map = load_hosts(&path);
+        let addr: IpAddr = "192.0.2.7".parse().expect("ip");
+        assert_eq!(map.get("smtp.example"), Some(&vec![addr]));
+        assert_eq!(map.get("relay"), Some(&vec![addr]));
+        assert!(map.contains_key("localhost"));
+    }
 }

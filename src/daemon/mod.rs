@@ -593,7 +593,7 @@ pub fn startup_problems(cfg: &Config) -> Vec<String> {
         }
     }
     if let Some(path) = &cfg.smarthost_password_file {
-        if let Err(e) = std::fs::File::open(path) {
+        if let Err(e) = crate::system::read_secret_line(path) {
             problems.push(format!("smarthost_password_file {}: {e}", path.display()));
         }
     }

@@ -549,11 +549,8 @@ fn feed_body(d: &mut Outgoing, now: Instant) -> bool {
 fn smarthost_credentials(cfg: &Config) -> Option<Credentials> {
     let user = cfg.smarthost_user.clone()?;
     let path = cfg.smarthost_password_file.as_ref()?;
-    match std::fs::read_to_string(path) {
-        Ok(text) => Some(Credentials {
-            user,
-            password: text.lines().next().unwrap_or("").to_string(),
-        }),
+    match crate::system::read_secret_line(path) {
+        Ok(password) => Some(Credentials { user, password }),
         Err(e) => {
             log::error!("smarthost_password_file {}: {e}", path.display());
             None
