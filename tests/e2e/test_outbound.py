@@ -59,7 +59,7 @@ def test_mx_delivery_with_fake_dns(tern_factory, sink):
         wait_for(lambda: sink.messages, what="MX delivery")
         assert sorted(sink.messages[0]["rcpts"]) == ["u1@far.test", "u2@far.test"]
         assert ("far.test", "MX") in dns.queries
-        assert "relay=mx1.far.test[127.0.0.1]" in t.log_text()
+        wait_for(lambda: "relay=mx1.far.test[127.0.0.1]" in t.log_text(), what="the delivery logged")
     finally:
         dns.close()
 
