@@ -58,6 +58,7 @@ pub const MAX_DOMAIN_LEN: usize = 255;
 /// Every key the file may set, in the order of `etc/tern.conf`.
 pub const KEYS: &[&str] = &[
     "hostname",
+    "helo_name",
     "listen",
     "submission_listen",
     "smtps_listen",
@@ -310,6 +311,9 @@ impl fmt::Display for HostPort {
 pub struct Config {
     // Identity and listeners.
     pub hostname: String,
+    /// Name sent in outbound EHLO/HELO; `None`: `hostname` (see
+    /// [`Config::helo_name`]).
+    pub helo_name: Option<String>,
     pub listen: Vec<SocketAddr>,
     pub submission_listen: Vec<SocketAddr>,
     pub smtps_listen: Vec<SocketAddr>,
@@ -377,6 +381,7 @@ impl Default for Config {
         Config {
             local_domains: default_local_domains(&hostname),
             hostname,
+            helo_name: None,
             listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, SMTP_PORT))],
             submission_listen: Vec::new(),
             smtps_listen: Vec::new(),
@@ -439,6 +444,13 @@ fn default_local_domains(hostname: &str) -> Vec<String> {
     domains
 }
 
+/// `localhost` or `localhost.localdomain`, any case, with or without the
+/// final dot: a name no other host can use to reach this one.
+pub fn is_localhost(name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    name.eq_ignore_ascii_case("localhost") || name.eq_ignore_ascii_case("localhost.localdomain")
+}
+
 /// The system host name: gethostname(2), then /proc, then `localhost`.
 fn system_hostname() -> String {
     let mut buf = [0u8; MAX_DOMAIN_LEN + 1];
@@ -466,6 +478,11 @@ fn system_hostname() -> String {
 }
 
 impl Config {
+    /// The outbound EHLO name: `helo_name`, else `hostname`.
+    pub fn helo_name(&self) -> &str {
+        self.helo_name.as_deref().unwrap_or(&self.hostname)
+    }
+
     /// Reads and parses `path`; an unreadable or oversized file is one error.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
         let file = path.display().to_string();
@@ -613,6 +630,21 @@ impl Config {
     fn set(&mut self, key: &str, v: &str) -> Result<(), String> {
         match key {
             "hostname" => self.hostname = v.to_string(),
+            "helo_name" => {
+                self.helo_name = match v {
+                    "" => None,
+                    v if is_localhost(v) => {
+                        return Err(format!(
+                            "helo_name {v:?}: providers refuse EHLO localhost; set a name \
+                             the world can resolve, or leave helo_name unset"
+                        ))
+                    }
+                    v if is_valid_domain(v) => Some(v.to_string()),
+                    v => return Err(format!(
+                        "helo_name {v:?} is not a valid domain name (letters, digits, '-' and '.')"
+                    )),
+                }
+            }
             "listen" => self.listen = listeners(v)?,
             "submission_listen" => self.submission_listen = listeners(v)?,
             "smtps_listen" => self.smtps_listen = listeners(v)?,

@@ -645,6 +645,8 @@ pub(crate) fn check_example(text: &str) {
     };
     let want = Config {
         hostname: all.hostname.clone(),
+        // Its default is the host name: the example shows that value.
+        helo_name: all.helo_name.clone().filter(|h| *h == all.hostname),
         local_domains: default_local_domains(&all.hostname),
         ..Config::default()
     };
@@ -662,4 +664,26 @@ fn shipped_example_config() {
     check_example(&text);
     let dev = std::fs::read_to_string(format!("{dir}/etc/tern.dev.conf")).unwrap();
     assert!(Config::parse(&dev, "tern.dev.conf").is_ok());
+}
+
+#[test]
+fn helo_name_defaults_to_hostname_and_refuses_localhost() {
+    let cfg = Config::parse("hostname = mx.example\n", "t").expect("config");
+    assert_eq!(cfg.helo_name(), "mx.example");
+    let cfg =
+        Config::parse("hostname = router.lan\nhelo_name = Out.Example.NET\n", "t").expect("config");
+    assert_eq!(cfg.helo_name(), "Out.Example.NET");
+    for bad in [
+        "localhost",
+        "LOCALHOST.",
+        "localhost.localdomain",
+        "not a name",
+    ] {
+        let errors = Config::parse(
+            &format!("hostname = mx.example\n\nhelo_name = {bad}\n"),
+            "t",
+        )
+        .expect_err(bad);
+        assert!(errors.iter().any(|e| e.line == 3), "{bad}: {errors:?}");
+    }
 }

@@ -188,14 +188,14 @@ impl DnsDriver {
                 let mut failed = false;
                 if !ds.pending_write.is_empty() {
                     match reactor.connect_result(sock) {
-                        Ok(true) => match reactor.write(sock, &ds.pending_write) {
+                        Ok(Some(_)) => match reactor.write(sock, &ds.pending_write) {
                             Ok(n) => {
                                 ds.pending_write.drain(..n.min(ds.pending_write.len()));
                             }
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                             Err(_) => failed = true,
                         },
-                        Ok(false) => {}
+                        Ok(None) => {}
                         Err(_) => failed = true,
                     }
                 }

@@ -218,6 +218,7 @@ impl OutboundDriver {
     fn settings(&self, cfg: &Config, smarthost: bool) -> Settings {
         Settings {
             hostname: cfg.hostname.clone(),
+            helo_name: cfg.helo_name().to_string(),
             mx_port: cfg.mx_port,
             outbound_tls: cfg.outbound_tls,
             smarthost_tls: cfg.smarthost_tls,
@@ -272,12 +273,12 @@ impl OutboundDriver {
         };
         if d.machine.is_connecting() {
             match io.reactor.connect_result(sock) {
-                Ok(false) => return Vec::new(),
-                Ok(true) => {
+                Ok(None) => return Vec::new(),
+                Ok(Some(local)) => {
                     if let Some(relay) = d.machine.relay() {
                         log::debug!("{}: connected to {relay}", d.machine.job_id());
                     }
-                    d.machine.handle_connected(Ok(()), now);
+                    d.machine.handle_connected(Ok(local), now);
                 }
                 Err(e) => d.machine.handle_connected(Err(outcome::io_words(&e)), now),
             }

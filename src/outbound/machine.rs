@@ -65,9 +65,12 @@ pub const IMPLICIT_TLS_GREETING_WAIT: Duration = Duration::from_secs(10);
 /// What the daemon's configuration says about outbound connections.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// This host's name: the EHLO argument, and how it recognizes itself
-    /// in an MX list.
+    /// This host's name: how it recognizes itself in an MX list.
     pub hostname: String,
+    /// The EHLO argument (`helo_name`, else `hostname`); `localhost` is
+    /// replaced by the connection's own address literal (providers refuse
+    /// `EHLO localhost`).
+    pub helo_name: String,
     pub mx_port: u16,
     pub outbound_tls: OutboundTls,
     pub smarthost_tls: SmarthostTls,
@@ -378,16 +381,19 @@ impl Delivery {
 
     /// The result of the last `Connect`: `Err` holds the system's words
     /// ("connection refused").
-    pub fn handle_connected(&mut self, result: Result<(), String>, now: Instant) {
+    pub fn handle_connected(&mut self, result: Result<SocketAddr, String>, now: Instant) {
         let State::Connecting { addr, .. } = self.state else {
             return;
         };
-        if let Err(why) = result {
-            self.last_error = Some(outcome::connect_failed(&addr.to_string(), &why));
-            self.close();
-            self.advance(now);
-            return;
-        }
+        let local = match result {
+            Ok(local) => local,
+            Err(why) => {
+                self.last_error = Some(outcome::connect_failed(&addr.to_string(), &why));
+                self.close();
+                self.advance(now);
+                return;
+            }
+        };
         let (policy, implicit) = self.tls_mode(addr);
         if implicit && !self.settings.trust_anchors {
             self.last_error = Some(outcome::tls_no_trust_anchors());
@@ -396,7 +402,7 @@ impl Delivery {
             return;
         }
         let cfg = ClientConfig {
-            helo_name: self.settings.hostname.clone(),
+            helo_name: ehlo_name(&self.settings.helo_name, local),
             tls: policy,
             tls_active: implicit,
             credentials: if self.smarthost {
@@ -862,4 +868,20 @@ fn relay_host(hops: &[Hop], hop: usize) -> String {
 fn relay_name(hops: &[Hop], hop: usize, addr: SocketAddr) -> String {
     let name = hops.get(hop).map_or("unknown", |h| h.name.as_str());
     format!("{name}[{}]:{}", addr.ip(), addr.port())
+}
+
+/// The EHLO argument for a connection from `local`: the configured name,
+/// or the address literal (RFC 5321 §4.1.3) when that name is `localhost`
+/// (a host whose name was never set), which providers refuse.
+pub fn ehlo_name(configured: &str, local: SocketAddr) -> String {
+    if !crate::config::is_localhost(configured) {
+        return configured.to_string();
+    }
+    match local.ip() {
+        IpAddr::V4(ip) => format!("[{ip}]"),
+        IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) => format!("[{v4}]"),
+            None => format!("[IPv6:{ip}]"),
+        },
+    }
 }

@@ -961,3 +961,47 @@ fn scenario_unconvertible_8bit_body_to_a_7bit_server_fails_and_closes() {
     assert!(sim.m.is_done());
     assert_eq!(sim.closes, 1);
 }
+
+#[test]
+fn scenario_ehlo_name_localhost_becomes_the_address_literal() {
+    // The script answers only the literal: `EHLO localhost` would wait.
+    let script = Script::ok()
+        .without("EHLO")
+        .with("EHLO [192.0.2.25]", "250 mx.test");
+    for name in ["localhost", "LocalHost.localdomain."] {
+        let mut s = settings();
+        s.helo_name = name.into();
+        let mut sim = Sim::new(job(1, "dest.test", &["bob@dest.test"]), Vec::new(), s)
+            .dns(one_mx("192.0.2.1"))
+            .peer(sa("192.0.2.1", 25), Peer::Script(script.clone()));
+        sim.finish();
+        assert_eq!(sim.outcomes(), vec![(10, delivered(MX1))], "{name}");
+    }
+    // A configured name is sent as it is (the script sees lines upper-cased).
+    let mut sim = Sim::new(
+        job(1, "dest.test", &["bob@dest.test"]),
+        Vec::new(),
+        settings(),
+    )
+    .dns(one_mx("192.0.2.1"))
+    .peer(
+        sa("192.0.2.1", 25),
+        Peer::Script(
+            Script::ok()
+                .without("EHLO")
+                .with("EHLO TERN.TEST", "250 mx.test"),
+        ),
+    );
+    sim.finish();
+    assert_eq!(sim.outcomes(), vec![(10, delivered(MX1))]);
+}
+
+#[test]
+fn ehlo_address_literals() {
+    use super::machine::ehlo_name;
+    let v6: std::net::SocketAddr = "[2001:db8::1]:40000".parse().unwrap();
+    let mapped: std::net::SocketAddr = "[::ffff:192.0.2.9]:40000".parse().unwrap();
+    assert_eq!(ehlo_name("localhost", v6), "[IPv6:2001:db8::1]");
+    assert_eq!(ehlo_name("localhost", mapped), "[192.0.2.9]");
+    assert_eq!(ehlo_name("router.example", v6), "router.example");
+}

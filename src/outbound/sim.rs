@@ -25,9 +25,16 @@ use crate::spool::QueueId;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The simulated connections' own end.
+pub const SIM_LOCAL_ADDR: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 25)),
+    40025,
+);
+
 pub fn settings() -> Settings {
     Settings {
         hostname: "tern.test".into(),
+        helo_name: "tern.test".into(),
         mx_port: 25,
         outbound_tls: OutboundTls::Opportunistic,
         smarthost_tls: SmarthostTls::StartTls,
@@ -412,7 +419,7 @@ impl Sim {
                                 in_data: false,
                             },
                         });
-                        self.m.handle_connected(Ok(()), now);
+                        self.m.handle_connected(Ok(SIM_LOCAL_ADDR), now);
                         if let Some(g) = script.greeting {
                             self.m.handle_input(format!("{g}\r\n").as_bytes(), now);
                         }
@@ -445,7 +452,7 @@ impl Sim {
                                 pending: Vec::new(),
                             },
                         });
-                        self.m.handle_connected(Ok(()), now);
+                        self.m.handle_connected(Ok(SIM_LOCAL_ADDR), now);
                         self.m.handle_input(&greeting, now);
                     }
                 }

@@ -222,9 +222,9 @@ impl<K: Ord + Copy> Reactor<K> {
         self.insert(Socket::Stream(s), Interest::READABLE | Interest::WRITABLE)
     }
 
-    /// After writability on a connecting stream: `Ok(true)` connected,
-    /// `Ok(false)` still in progress, `Err` failed.
-    pub fn connect_result(&mut self, id: SockId) -> io::Result<bool> {
+    /// After writability on a connecting stream: `Ok(Some(local address))`
+    /// connected, `Ok(None)` still in progress, `Err` failed.
+    pub fn connect_result(&mut self, id: SockId) -> io::Result<Option<SocketAddr>> {
         let Some(slot) = self.slot(id) else {
             return Err(io::ErrorKind::NotConnected.into());
         };
@@ -235,8 +235,8 @@ impl<K: Ord + Copy> Reactor<K> {
             return Err(e);
         }
         match s.peer_addr() {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Ok(_) => s.local_addr().map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(None),
             Err(e) => Err(e),
         }
     }
