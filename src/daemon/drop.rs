@@ -213,7 +213,7 @@ impl Daemon {
             let a = if r.contains('@') {
                 Address::parse_mailbox(r)
             } else {
-                Address::parse_mailbox(&format!("{r}@{}", self.cfg.hostname))
+                Address::parse_mailbox(&format!("{r}@{}", self.cfg.qualify_domain))
             }
             .map_err(|e| format!("bad recipient {r:?}: {e:?}"))?;
             let original = a.to_string();
@@ -243,6 +243,7 @@ impl Daemon {
             sender: sender.clone(),
             recipients,
             client: format!("local uid {uid}"),
+            origin: crate::rewrite::SenderOrigin::Local,
             eight_bit: false,
             body_offset: 0,
         };

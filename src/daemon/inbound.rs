@@ -430,6 +430,11 @@ impl Daemon {
                 .unwrap_or_default(),
             recipients,
             client: format!("{} [{}]", conn.session.helo_name(), conn.peer.ip()),
+            origin: crate::rewrite::SenderOrigin::of_smtp_client(
+                env.sender.as_ref(),
+                conn.session.may_relay(),
+                &|d| self.cfg.is_local_domain(d),
+            ),
             eight_bit: false,
             body_offset: 0,
         };

@@ -78,6 +78,8 @@ pub enum Timer {
 pub struct LocalTables {
     pub users: HashSet<String>,
     pub aliases: Aliases,
+    /// `sender_rewrite` and `sender_address` (see `rewrite`).
+    pub rewrite: crate::rewrite::SenderMap,
 }
 
 impl LocalTables {
@@ -104,7 +106,12 @@ impl LocalTables {
                 Aliases::parse("").0
             }
         };
-        LocalTables { users, aliases }
+        let rewrite = crate::rewrite::RewriteTable::load_logged(cfg);
+        LocalTables {
+            users,
+            aliases,
+            rewrite,
+        }
     }
 
     /// The one recipient policy (SMTP, sendmail drops, bounces) over these
@@ -668,6 +675,7 @@ pub fn startup_problems(cfg: &Config) -> Vec<String> {
             Err(e) => problems.push(format!("users_file {}: {e}", path.display())),
         }
     }
+    problems.extend(crate::rewrite::startup_problems(cfg));
     if let Some(path) = &cfg.smarthost_password_file {
         if let Err(e) = std::fs::File::open(path) {
             problems.push(format!("smarthost_password_file {}: {e}", path.display()));

@@ -212,17 +212,23 @@ impl Daemon {
                     Some(size) => size,
                     None => self.spool.content_size(id).unwrap_or(0),
                 };
+                let (sender, rewrite) = crate::rewrite::RewriteTable::outbound(
+                    &self.tables.rewrite,
+                    &flight.env.sender,
+                    flight.env.origin,
+                );
                 for (domain, rcpts) in remote {
                     flight.outstanding += 1;
                     flight.tried = true;
                     self.outbound.submit(Job {
                         id,
                         domain,
-                        sender: flight.env.sender.clone(),
+                        sender: sender.clone(),
                         recipients: rcpts,
                         size,
                         eight_bit: flight.env.eight_bit,
                         arrival: flight.env.arrival,
+                        rewrite: rewrite.clone(),
                     });
                 }
             }
@@ -369,6 +375,7 @@ impl Daemon {
             sender: String::new(),
             recipients: self.bounce_recipients(&flight.env.sender),
             client: format!("{} [local]", self.cfg.hostname),
+            origin: crate::rewrite::SenderOrigin::Other,
             // The returned header section may carry 8-bit octets (labelled
             // 8bit by build_bounce): the relay must know (BODY=8BITMIME or
             // the 7-bit downgrade).

@@ -851,6 +851,7 @@ fn transaction(job: &Job) -> Transaction {
         size: job.size,
         eight_bit: job.eight_bit,
         smtputf8: false,
+        rewrite: job.rewrite.clone(),
     }
 }
 
