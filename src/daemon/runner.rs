@@ -214,6 +214,7 @@ impl Daemon {
                 };
                 let (sender, rewrite) = crate::rewrite::RewriteTable::outbound(
                     &self.tables.rewrite,
+                    id,
                     &flight.env.sender,
                     flight.env.origin,
                 );

@@ -40,6 +40,7 @@ use std::rc::Rc;
 
 use crate::config::Config;
 use crate::smtp::address::Address;
+use crate::spool::QueueId;
 
 /// Largest `sender_rewrite` file read.
 pub const MAX_REWRITE_FILE_BYTES: u64 = 1024 * 1024;
@@ -240,9 +241,11 @@ impl RewriteTable {
 
     /// For a remote job of a stored message: the envelope sender to use,
     /// and the table for its header rewriter (`None`: the body goes out as
-    /// stored). Only locally originated mail with a sender is touched.
+    /// stored). Only locally originated mail with a sender is touched; a
+    /// rewritten envelope sender is logged with the queue ID.
     pub fn outbound(
         table: &SenderMap,
+        id: QueueId,
         sender: &str,
         origin: SenderOrigin,
     ) -> (String, Option<SenderMap>) {
@@ -250,7 +253,11 @@ impl RewriteTable {
             return (sender.to_string(), None);
         }
         let envelope = match table.rewrite_sender(sender) {
-            Some(a) => a.to_string(),
+            Some(a) => {
+                let a = a.to_string();
+                log::info!("{id}: sender_rewrite from=<{sender}> to=<{a}>");
+                a
+            }
             None => sender.to_string(),
         };
         (envelope, Some(Rc::clone(table)))

@@ -128,15 +128,16 @@ fn first_match_wins_and_comes_before_sender_address() {
 #[test]
 fn only_locally_originated_mail_with_a_sender_is_rewritten_outbound() {
     let t: SenderMap = Rc::new(table("", Some("me@example.com")));
-    let (s, rw) = RewriteTable::outbound(&t, "root@router.lan", SenderOrigin::Local);
+    let (s, rw) = RewriteTable::outbound(&t, QueueId(1), "root@router.lan", SenderOrigin::Local);
     assert_eq!(s, "me@example.com");
     assert!(rw.is_some());
-    let (s, rw) = RewriteTable::outbound(&t, "root@router.lan", SenderOrigin::Other);
+    let (s, rw) = RewriteTable::outbound(&t, QueueId(1), "root@router.lan", SenderOrigin::Other);
     assert_eq!((s.as_str(), rw.is_none()), ("root@router.lan", true));
-    let (s, rw) = RewriteTable::outbound(&t, "", SenderOrigin::Local);
+    let (s, rw) = RewriteTable::outbound(&t, QueueId(1), "", SenderOrigin::Local);
     assert_eq!((s.as_str(), rw.is_none()), ("", true));
     let empty: SenderMap = Rc::new(table("", None));
-    let (s, rw) = RewriteTable::outbound(&empty, "root@router.lan", SenderOrigin::Local);
+    let (s, rw) =
+        RewriteTable::outbound(&empty, QueueId(1), "root@router.lan", SenderOrigin::Local);
     assert_eq!((s.as_str(), rw.is_none()), ("root@router.lan", true));
 }
 
@@ -364,4 +365,46 @@ fn a_field_too_long_to_hold_passes_unchanged() {
     assert_eq!(stream(&[&msg]), want);
     let bytes: Vec<&[u8]> = msg.chunks(7).collect();
     assert_eq!(stream(&bytes), want);
+}
+
+/// The fuzz driver's properties over messages built from the pieces that
+/// matter (quotes, comments, angles, folds, groups, empty lines).
+#[test]
+fn random_messages_keep_the_fuzz_properties() {
+    let pieces: &[&[u8]] = &[
+        b"From:",
+        b"Sender:",
+        b"To:",
+        b"from :",
+        b" ",
+        b"\t",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"root",
+        b"root@router.lan",
+        b"a@x.test",
+        b"\"",
+        b"\\",
+        b"(",
+        b")",
+        b"<",
+        b">",
+        b",",
+        b";",
+        b":",
+        b"@",
+        b"Cron Daemon",
+        b"\xc3\xa9",
+        b"\r\n\r\n",
+        b"body",
+    ];
+    let mut rng = crate::test_rng::TestRng::new(1414);
+    for _ in 0..4000 {
+        let mut data = vec![rng.below(256) as u8];
+        for _ in 0..rng.below(40) {
+            data.extend_from_slice(rng.pick(pieces));
+        }
+        crate::fuzz_targets::sender_rewrite(&data);
+    }
 }

@@ -91,6 +91,7 @@ def test_cron_mail_leaves_as_sender_address_and_local_copy_keeps_the_original(te
     assert lm["From"] == "Cron Daemon <root@router.lan>"
     assert lm["To"] == "root@router.lan"
     wait_for(lambda: not t.queued(), what="queue empty")
+    assert "sender_rewrite from=<root@router.lan> to=<me@example.com>" in t.log_text()
 
 
 def test_without_rewriting_the_provider_refuses_the_sender(tern_factory, provider):
