@@ -37,6 +37,25 @@ use std::time::{Duration, Instant};
 use ring::pbkdf2;
 
 /// Longest AUTH response line, without CRLF (RFC 4954 §4).
+/// A user name and password: what a client sends (smarthost AUTH) and what
+/// the server verifies (`Event::Authenticate`). The password is never
+/// printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Credentials {{ user: {:?}, password: <hidden> }}",
+            self.user
+        )
+    }
+}
+
 pub const MAX_SASL_LINE: usize = 12288;
 /// Longest user name or password accepted (RFC 4616 §2 asks for at least 255).
 pub const MAX_CREDENTIAL_LEN: usize = 1024;
@@ -673,6 +692,19 @@ pub fn failure_delay(failures_on_this_connection: u32) -> Duration {
 #[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_print_the_password() {
+        let c = Credentials {
+            user: "joe".into(),
+            password: "s3cret".into(),
+        };
+        let shown = format!("{c:?}");
+        assert!(
+            shown.contains("joe") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+    }
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     // ---- base64

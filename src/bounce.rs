@@ -42,25 +42,25 @@ pub const MAX_FIELD_VALUE: usize = 900;
 
 /// What happened to a recipient (RFC 3464 §2.3.3 `Action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub enum DsnAction {
     /// Given up: permanent failure or queue lifetime exceeded.
     Failed,
     /// Still being retried; this is a warning only.
     Delayed,
 }
 
-impl Action {
+impl DsnAction {
     fn field_value(self) -> &'static str {
         match self {
-            Action::Failed => "failed",
-            Action::Delayed => "delayed",
+            DsnAction::Failed => "failed",
+            DsnAction::Delayed => "delayed",
         }
     }
 
     fn default_status(self) -> &'static str {
         match self {
-            Action::Failed => "5.0.0",
-            Action::Delayed => "4.0.0",
+            DsnAction::Failed => "5.0.0",
+            DsnAction::Delayed => "4.0.0",
         }
     }
 }
@@ -72,7 +72,7 @@ pub struct FailedRecipient {
     pub address: String,
     /// RFC 3463 enhanced status code, e.g. `5.1.1`.
     pub status: String,
-    pub action: Action,
+    pub action: DsnAction,
     /// Host name of the server that gave the answer, when there was one.
     pub remote_mta: Option<String>,
     /// `type; text`, e.g. `smtp; 550 5.1.1 no such user`. A value without a
@@ -109,7 +109,10 @@ pub fn build_bounce(input: &BounceInput) -> Vec<u8> {
     let mta = clean(input.reporting_mta);
     let boundary = mime_boundary(input.boundary);
     let all_delayed = !input.recipients.is_empty()
-        && input.recipients.iter().all(|r| r.action == Action::Delayed);
+        && input
+            .recipients
+            .iter()
+            .all(|r| r.action == DsnAction::Delayed);
     let subject = if all_delayed {
         "Delayed Mail (still being retried)"
     } else {
@@ -224,12 +227,12 @@ fn human_text(out: &mut Vec<u8>, input: &BounceInput, mta: &str) {
     let mut text = format!("This is the mail system at host {mta}.\r\n");
     let sections = [
         (
-            Action::Failed,
+            DsnAction::Failed,
             "Your message could not be delivered to the following recipients.\r\n\
              This is a permanent error; delivery will not be tried again.",
         ),
         (
-            Action::Delayed,
+            DsnAction::Delayed,
             "Your message has not been delivered yet to the following recipients.\r\n\
              Delivery is still being retried; there is no need to send it again.",
         ),
@@ -431,7 +434,7 @@ mod tests {
     fn rcpt(
         address: &str,
         status: &str,
-        action: Action,
+        action: DsnAction,
         remote: Option<&str>,
         diag: Option<&str>,
     ) -> FailedRecipient {
@@ -447,7 +450,7 @@ mod tests {
 
     #[test]
     fn own_decisions_explained_without_a_diagnostic_code() {
-        let mut r = rcpt("a@x.test", "5.4.7", Action::Failed, None, None);
+        let mut r = rcpt("a@x.test", "5.4.7", DsnAction::Failed, None, None);
         r.explanation = Some("554 5.4.7 message expired after 2d in the queue".into());
         let recipients = [r];
         let out = String::from_utf8(build_bounce(&input(&recipients, b""))).unwrap();
@@ -506,11 +509,11 @@ mod tests {
             rcpt(
                 "bob@example.com",
                 "5.1.1",
-                Action::Failed,
+                DsnAction::Failed,
                 Some("mx1.example.com"),
                 Some("smtp; 550 5.1.1 no such user"),
             ),
-            rcpt("carol@example.com", "4.4.1", Action::Delayed, None, None),
+            rcpt("carol@example.com", "4.4.1", DsnAction::Delayed, None, None),
         ];
         let msg = build_bounce(&input(&recipients, HEADERS));
         let text = String::from_utf8(msg.clone()).expect("utf-8");
@@ -582,7 +585,7 @@ mod tests {
         let recipients = [rcpt(
             "bob@example.com",
             "4.4.7",
-            Action::Delayed,
+            DsnAction::Delayed,
             None,
             None,
         )];
@@ -597,7 +600,7 @@ mod tests {
         let recipients = [rcpt(
             "bob@example.com\r\nBcc: victim@example.com",
             "5.1.1\r\nX-Evil: 1",
-            Action::Failed,
+            DsnAction::Failed,
             Some("mx\r\nX-Evil: 2"),
             Some("550 no\r\n--Q1234.1795830910/mx.example.net\r\nContent-Type: text/html"),
         )];
@@ -631,7 +634,13 @@ mod tests {
             headers.extend_from_slice(line.as_bytes());
         }
         headers.extend_from_slice(b"\r\nbody\r\n");
-        let recipients = [rcpt("bob@example.com", "5.1.1", Action::Failed, None, None)];
+        let recipients = [rcpt(
+            "bob@example.com",
+            "5.1.1",
+            DsnAction::Failed,
+            None,
+            None,
+        )];
         let text = String::from_utf8(build_bounce(&input(&recipients, &headers))).expect("utf-8");
         let start = text
             .find("Undelivered Message Headers\r\n\r\n")
@@ -649,7 +658,13 @@ mod tests {
     #[test]
     fn lf_headers_are_normalized_and_boundary_lookalikes_dropped() {
         let headers = b"Subject: x\n--B\nTo: y\n\nbody";
-        let recipients = [rcpt("bob@example.com", "5.1.1", Action::Failed, None, None)];
+        let recipients = [rcpt(
+            "bob@example.com",
+            "5.1.1",
+            DsnAction::Failed,
+            None,
+            None,
+        )];
         let mut inp = input(&recipients, headers);
         inp.boundary = "B";
         let text = String::from_utf8(build_bounce(&inp)).expect("utf-8");
@@ -660,7 +675,13 @@ mod tests {
     #[test]
     fn eight_bit_headers_are_labelled() {
         let headers = "Subject: caf\u{e9}\r\n\r\n".as_bytes();
-        let recipients = [rcpt("bob@example.com", "5.1.1", Action::Failed, None, None)];
+        let recipients = [rcpt(
+            "bob@example.com",
+            "5.1.1",
+            DsnAction::Failed,
+            None,
+            None,
+        )];
         let text = String::from_utf8(build_bounce(&input(&recipients, headers))).expect("utf-8");
         assert!(text.contains("Content-Transfer-Encoding: 8bit\r\n\r\nSubject: caf\u{e9}\r\n"));
     }
@@ -670,7 +691,13 @@ mod tests {
         assert_eq!(mime_boundary("a\"b c\r\nd"), "abcd");
         assert_eq!(mime_boundary("\"\""), "tern-report-boundary");
         assert_eq!(mime_boundary(&"x".repeat(100)).len(), MAX_BOUNDARY_LEN);
-        let recipients = [rcpt("bob@example.com", "5.1.1", Action::Failed, None, None)];
+        let recipients = [rcpt(
+            "bob@example.com",
+            "5.1.1",
+            DsnAction::Failed,
+            None,
+            None,
+        )];
         let mut inp = input(&recipients, HEADERS);
         inp.boundary = "\"";
         let text = String::from_utf8(build_bounce(&inp)).expect("utf-8");

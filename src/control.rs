@@ -182,7 +182,7 @@ impl ErrorKind {
 
 /// The daemon's answer to one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
+pub enum ControlReply {
     Deleted(QueueId),
     Flushing(Option<QueueId>),
     Held(QueueId),
@@ -190,19 +190,19 @@ pub enum Reply {
     Error(ErrorKind, Option<QueueId>, String),
 }
 
-impl Reply {
-    pub fn error(kind: ErrorKind, id: QueueId, text: impl Into<String>) -> Reply {
-        Reply::Error(kind, Some(id), text.into())
+impl ControlReply {
+    pub fn error(kind: ErrorKind, id: QueueId, text: impl Into<String>) -> ControlReply {
+        ControlReply::Error(kind, Some(id), text.into())
     }
 
-    pub fn bad(e: RequestError) -> Reply {
-        Reply::Error(ErrorKind::BadRequest, None, e.to_string())
+    pub fn bad(e: RequestError) -> ControlReply {
+        ControlReply::Error(ErrorKind::BadRequest, None, e.to_string())
     }
 
     /// The reply line, LF-terminated, printable ASCII only.
     pub fn line(&self) -> String {
         let status = match self {
-            Reply::Error(..) => "error",
+            ControlReply::Error(..) => "error",
             _ => "ok",
         };
         format!("{status} {}\n", self.text())
@@ -211,12 +211,12 @@ impl Reply {
     /// What a client shows: the line without `ok `/`error ` and LF.
     pub fn text(&self) -> String {
         match self {
-            Reply::Deleted(id) => format!("deleted {id}"),
-            Reply::Flushing(None) => "flushing".to_string(),
-            Reply::Flushing(Some(id)) => format!("flushing {id}"),
-            Reply::Held(id) => format!("held {id}"),
-            Reply::Released(id) => format!("released {id}"),
-            Reply::Error(kind, id, text) => {
+            ControlReply::Deleted(id) => format!("deleted {id}"),
+            ControlReply::Flushing(None) => "flushing".to_string(),
+            ControlReply::Flushing(Some(id)) => format!("flushing {id}"),
+            ControlReply::Held(id) => format!("held {id}"),
+            ControlReply::Released(id) => format!("released {id}"),
+            ControlReply::Error(kind, id, text) => {
                 let text: String = text
                     .chars()
                     .map(|c| {
@@ -240,7 +240,7 @@ impl Reply {
     /// work itself, with no daemon running).
     pub fn into_client(self) -> ClientReply {
         match &self {
-            Reply::Error(kind, ..) => ClientReply::Error(Some(*kind), self.text()),
+            ControlReply::Error(kind, ..) => ClientReply::Error(Some(*kind), self.text()),
             _ => ClientReply::Ok(self.text()),
         }
     }
@@ -317,7 +317,7 @@ impl Conn {
             None => (data, false),
         };
         if buf.len() + part.len() >= MAX_REQUEST {
-            self.answer(&Reply::bad(RequestError::TooLong));
+            self.answer(&ControlReply::bad(RequestError::TooLong));
             return None;
         }
         buf.extend_from_slice(part);
@@ -330,7 +330,7 @@ impl Conn {
                 Some(req)
             }
             Err(e) => {
-                self.answer(&Reply::bad(e));
+                self.answer(&ControlReply::bad(e));
                 None
             }
         }
@@ -339,12 +339,12 @@ impl Conn {
     /// The client closed its side.
     pub fn handle_eof(&mut self) {
         if self.wants_input() {
-            self.answer(&Reply::bad(RequestError::Incomplete));
+            self.answer(&ControlReply::bad(RequestError::Incomplete));
         }
     }
 
     /// The daemon's answer to the request [`Conn::handle_input`] returned.
-    pub fn answer(&mut self, reply: &Reply) {
+    pub fn answer(&mut self, reply: &ControlReply) {
         if matches!(self.state, State::Closed) {
             return;
         }
@@ -390,7 +390,7 @@ impl Conn {
         }
         match self.state {
             State::Reading(_) => {
-                self.answer(&Reply::bad(RequestError::Timeout));
+                self.answer(&ControlReply::bad(RequestError::Timeout));
                 self.deadline = now + CONTROL_TIMEOUT;
             }
             _ => self.state = State::Closed,
@@ -461,17 +461,23 @@ mod tests {
     fn replies_are_one_line_and_parse_back() {
         let cases = [
             (
-                Reply::Deleted(id()),
+                ControlReply::Deleted(id()),
                 ClientReply::Ok(format!("deleted {ID}")),
             ),
-            (Reply::Flushing(None), ClientReply::Ok("flushing".into())),
-            (Reply::Held(id()), ClientReply::Ok(format!("held {ID}"))),
             (
-                Reply::error(ErrorKind::Busy, id(), "being delivered"),
+                ControlReply::Flushing(None),
+                ClientReply::Ok("flushing".into()),
+            ),
+            (
+                ControlReply::Held(id()),
+                ClientReply::Ok(format!("held {ID}")),
+            ),
+            (
+                ControlReply::error(ErrorKind::Busy, id(), "being delivered"),
                 ClientReply::Error(Some(ErrorKind::Busy), format!("busy {ID}: being delivered")),
             ),
             (
-                Reply::bad(RequestError::TooLong),
+                ControlReply::bad(RequestError::TooLong),
                 ClientReply::Error(
                     Some(ErrorKind::BadRequest),
                     "bad-request: request line too long".into(),
@@ -484,7 +490,7 @@ mod tests {
             assert_eq!(parse_reply(line.trim_end_matches('\n')), Some(parsed));
         }
         // A newline or control octet in error text cannot split the reply.
-        let r = Reply::error(ErrorKind::Failed, id(), "a\nb\x1b c");
+        let r = ControlReply::error(ErrorKind::Failed, id(), "a\nb\x1b c");
         assert_eq!(r.line(), format!("error failed {ID}: a?b? c\n"));
         assert_eq!(parse_reply("hello"), None);
         assert_eq!(
@@ -515,7 +521,7 @@ mod tests {
             assert_eq!(req, Some(Request::Release(id())), "split at {split}");
             assert!(!c.wants_input());
             assert_eq!(c.poll_transmit(), None, "nothing before the answer");
-            c.answer(&Reply::Released(id()));
+            c.answer(&ControlReply::Released(id()));
             assert_eq!(drain(&mut c), format!("ok released {ID}\n"));
             assert!(c.is_closed());
         }
@@ -583,7 +589,7 @@ mod tests {
                     // Whatever was parsed is a valid request line again.
                     let line = req.line();
                     assert_eq!(parse_request(line.trim_end().as_bytes()), Ok(req));
-                    c.answer(&Reply::Flushing(None));
+                    c.answer(&ControlReply::Flushing(None));
                 }
             }
             c.handle_eof();
@@ -623,7 +629,7 @@ mod tests {
         // A failed write closes it.
         let mut c = Conn::new(now);
         c.handle_input(b"flush\n");
-        c.answer(&Reply::Flushing(None));
+        c.answer(&ControlReply::Flushing(None));
         c.fail();
         assert!(c.is_closed() && c.poll_transmit().is_none());
     }

@@ -382,6 +382,20 @@ pub fn read_bounded(source: impl io::Read, limit: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The longest secret file read (a password or token file; a token is a
+/// few KiB at most).
+pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// The first line of a secret file (`smarthost_password_file`), without
+/// its line end; bounded by [`MAX_SECRET_FILE_BYTES`].
+pub fn read_secret_line(path: &Path) -> io::Result<String> {
+    let bytes = read_bounded(std::fs::File::open(path)?, MAX_SECRET_FILE_BYTES)?;
+    let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    String::from_utf8(line.to_vec())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "the first line is not UTF-8"))
+}
+
 /// The account database read by [`passwd_entries`].
 pub const PASSWD_FILE: &str = "/etc/passwd";
 /// The longest account file read (a router's has a dozen lines).
@@ -534,6 +548,18 @@ pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_line_is_the_first_line_without_its_end() {
+        let dir = crate::test_dir::TempDir::new("secret");
+        let path = dir.0.join("pw");
+        std::fs::write(&path, b"p@ss w0rd\r\nsecond line\n").expect("write");
+        assert_eq!(read_secret_line(&path).expect("read"), "p@ss w0rd");
+        std::fs::write(&path, b"no newline").expect("write");
+        assert_eq!(read_secret_line(&path).expect("read"), "no newline");
+        std::fs::write(&path, vec![b'x'; MAX_SECRET_FILE_BYTES as usize + 1]).expect("write");
+        assert!(read_secret_line(&path).is_err());
+    }
 
     #[test]
     fn read_bounded_takes_the_limit_and_refuses_one_octet_more() {

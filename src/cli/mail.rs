@@ -123,7 +123,7 @@ pub fn parse_args(args: &[String]) -> Result<MailArgs, String> {
 
 /// The `From:` mailbox: an optional display name and a qualified address.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Mailbox {
+pub struct NamedAddress {
     pub name: Option<String>,
     pub addr: String,
 }
@@ -147,7 +147,7 @@ fn split_from(value: &str) -> (Option<String>, String) {
 /// What goes into the header besides the body and the attachments.
 #[derive(Debug)]
 pub struct Headers<'a> {
-    pub from: &'a Mailbox,
+    pub from: &'a NamedAddress,
     pub to: &'a [String],
     pub cc: &'a [String],
     pub subject: Option<&'a str>,
@@ -348,7 +348,7 @@ fn address_list(field: &str, addrs: &[String]) -> String {
     fold(field, &tokens)
 }
 
-fn from_field(from: &Mailbox) -> String {
+fn from_field(from: &NamedAddress) -> String {
     let mut tokens: Vec<String> = match from.name.as_deref().map(without_controls) {
         None => Vec::new(),
         Some(name) if name.is_ascii() => {
@@ -621,7 +621,7 @@ pub fn submit(
     {
         boundary = new_boundary().map_err(|e| (EX_TEMPFAIL, format!("boundary: {e}")))?;
     }
-    let from = Mailbox {
+    let from = NamedAddress {
         name,
         addr: sender.clone(),
     };
@@ -717,13 +717,13 @@ mod tests {
         head.lines().map(str::to_string).collect()
     }
 
-    const FROM: Mailbox = Mailbox {
+    const FROM: NamedAddress = NamedAddress {
         name: None,
         addr: String::new(),
     };
 
     fn compose_simple(subject: Option<&str>, body: &[u8], atts: &[Attachment]) -> Vec<u8> {
-        let from = Mailbox {
+        let from = NamedAddress {
             addr: "root@host.test".into(),
             ..FROM
         };
@@ -778,14 +778,14 @@ mod tests {
             split_from("\"UPS Daemon\" <ups@x>"),
             (Some("UPS Daemon".into()), "ups@x".into())
         );
-        let f = from_field(&Mailbox {
+        let f = from_field(&NamedAddress {
             name: Some("Zoë Admin".into()),
             addr: "z@x.test".into(),
         });
         let words: Vec<&str> = f.trim_start_matches("From: ").split_whitespace().collect();
         assert_eq!(decode_word(words[0]), "Zoë Admin".as_bytes());
         assert_eq!(words[1], "<z@x.test>");
-        let f = from_field(&Mailbox {
+        let f = from_field(&NamedAddress {
             name: Some("Backup, nightly".into()),
             addr: "b@x.test".into(),
         });

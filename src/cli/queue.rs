@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::{EX_DATAERR, EX_NOINPUT, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE};
 use crate::bounce::{header_block, rfc5322_date};
 use crate::config::Config;
-use crate::control::{parse_reply, ClientReply, ErrorKind, Reply, Request, MAX_REPLY};
+use crate::control::{parse_reply, ClientReply, ControlReply, ErrorKind, Request, MAX_REPLY};
 use crate::delivery::Destination;
 use crate::spool::{drop, QueueId, RcptStatus, Spool};
 
@@ -320,11 +320,12 @@ fn send_no_signal(s: &UnixStream, mut data: &[u8]) -> std::io::Result<()> {
 
 /// A request carried out on the spool itself (no daemon runs; the caller
 /// holds the spool lock).
-fn offline(spool: &Spool, req: Request) -> Reply {
-    let missing = |id| Reply::error(ErrorKind::NoSuchMessage, id, "no such message in the queue");
-    let failed = |id, e: std::io::Error| Reply::error(ErrorKind::Failed, id, e.to_string());
+fn offline(spool: &Spool, req: Request) -> ControlReply {
+    let missing =
+        |id| ControlReply::error(ErrorKind::NoSuchMessage, id, "no such message in the queue");
+    let failed = |id, e: std::io::Error| ControlReply::error(ErrorKind::Failed, id, e.to_string());
     match req {
-        Request::Flush(_) => Reply::Error(
+        Request::Flush(_) => ControlReply::Error(
             ErrorKind::Failed,
             None,
             "the daemon is not running; mail is delivered when it starts".to_string(),
@@ -332,15 +333,15 @@ fn offline(spool: &Spool, req: Request) -> Reply {
         Request::Delete(id) if !spool.exists(id) => missing(id),
         Request::Delete(id) => spool
             .remove(id)
-            .map_or_else(|e| failed(id, e), |()| Reply::Deleted(id)),
+            .map_or_else(|e| failed(id, e), |()| ControlReply::Deleted(id)),
         Request::Hold(id) if !spool.exists(id) => missing(id),
         Request::Hold(id) => spool
             .hold(id)
-            .map_or_else(|e| failed(id, e), |()| Reply::Held(id)),
+            .map_or_else(|e| failed(id, e), |()| ControlReply::Held(id)),
         Request::Release(id) if !spool.exists(id) => missing(id),
         Request::Release(id) => match spool.release(id) {
-            Ok(true) => Reply::Released(id),
-            Ok(false) => Reply::error(ErrorKind::NotHeld, id, "the message is not on hold"),
+            Ok(true) => ControlReply::Released(id),
+            Ok(false) => ControlReply::error(ErrorKind::NotHeld, id, "the message is not on hold"),
             Err(e) => failed(id, e),
         },
     }

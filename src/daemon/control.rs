@@ -1,31 +1,54 @@
-//! The control socket in the loop: accepts `tern queue` connections, feeds
-//! their bytes to `control::Conn` machines, and carries out each request on
-//! the queue and the spool (the daemon is the only writer of both while it
-//! runs; see the `control` module for the protocol).
+//! The control socket in the loop: [`ControlSocket`] owns the listening
+//! unix socket and the `tern queue` connections, feeds their bytes to
+//! `control::Conn` machines and hands each request to the daemon, which
+//! has the queue runner carry it out on the queue and the spool
+//! (`runner::requests`; the daemon is the only writer of both while it
+//! runs; see the `control` module for the protocol) and gives the answer
+//! back.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::Instant;
 
-use super::{mono_now, Daemon};
-use crate::control::{Conn, ErrorKind, Reply, Request, MAX_CONNECTIONS, READ_CHUNK, SOCKET_MODE};
-use crate::reactor::SockId;
-use crate::spool::QueueId;
+use super::{Daemon, Io, Timer};
+use crate::control::{Conn, ControlReply, Request, MAX_CONNECTIONS, READ_CHUNK, SOCKET_MODE};
+use crate::reactor::{Reactor, SockId};
+use crate::spool::Spool;
 
-impl Daemon {
+/// The control socket and its connections.
+#[derive(Default)]
+pub struct ControlSocket {
+    /// `None` if it could not be created, and after shutdown began.
+    listener: Option<SockId>,
+    conns: HashMap<SockId, Conn>,
+}
+
+/// What one accept on the control socket came to.
+pub enum Accepted {
+    /// A new connection: drive it.
+    New(SockId),
+    /// Refused (too many open); try the next.
+    Refused,
+    /// Nothing more pending (or an error, logged).
+    Drained,
+}
+
+impl ControlSocket {
     /// Creates the control socket (at start, with the listeners; see
     /// [`Daemon::give_control_socket`] for its owner). A stale socket from a daemon that crashed is
     /// replaced: the spool lock, taken at start, says no other daemon owns
     /// it. A failure is logged and the daemon runs without one (`tern
     /// queue` then says it cannot reach the daemon).
-    pub(super) fn open_control(&mut self) {
-        let path = self.spool.control_path();
+    pub fn open(reactor: &mut Reactor<Timer>, spool: &Spool) -> ControlSocket {
+        let mut control = ControlSocket::default();
+        let path = spool.control_path();
         match std::fs::symlink_metadata(&path) {
             Ok(m) if m.file_type().is_socket() => {
                 log::info!("control: replacing the stale socket {}", path.display());
                 if let Err(e) = std::fs::remove_file(&path) {
                     log::error!("control: cannot remove {}: {e}", path.display());
-                    return;
+                    return control;
                 }
             }
             Ok(_) => {
@@ -33,7 +56,7 @@ impl Daemon {
                     "control: {} exists and is not a socket; queue commands cannot reach the daemon",
                     path.display()
                 );
-                return;
+                return control;
             }
             Err(_) => {}
         }
@@ -42,7 +65,7 @@ impl Daemon {
         // for a moment (one thread: nothing else creates files meanwhile).
         // SAFETY: umask(2) only swaps the process's file creation mask.
         let old = unsafe { libc::umask(0o777 & !SOCKET_MODE) };
-        let bound = self.reactor.listen_unix(&path);
+        let bound = reactor.listen_unix(&path);
         // SAFETY: as above, restoring the previous mask.
         unsafe { libc::umask(old) };
         match bound {
@@ -50,73 +73,67 @@ impl Daemon {
                 let _ =
                     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(SOCKET_MODE));
                 log::debug!("control socket {}", path.display());
-                self.control_listener = Some(id);
+                control.listener = Some(id);
             }
             Err(e) => log::error!(
                 "control: cannot create {}: {e}; queue commands cannot reach the daemon",
                 path.display()
             ),
         }
+        control
     }
 
-    /// Gives the control socket to the user the daemon runs as (it was
-    /// created before privileges were dropped).
-    pub fn give_control_socket(&self, uid: u32, gid: u32) -> io::Result<()> {
-        if self.control_listener.is_none() {
-            return Ok(());
-        }
-        std::os::unix::fs::lchown(self.spool.control_path(), Some(uid), Some(gid))
+    /// Whether the control socket exists.
+    pub fn is_open(&self) -> bool {
+        self.listener.is_some()
     }
 
     /// Closes the control socket and removes its file (at shutdown).
-    pub(super) fn close_control(&mut self) {
-        if let Some(id) = self.control_listener.take() {
-            self.reactor.close(id);
-            let _ = std::fs::remove_file(self.spool.control_path());
+    pub fn close(&mut self, reactor: &mut Reactor<Timer>, spool: &Spool) {
+        if let Some(id) = self.listener.take() {
+            reactor.close(id);
+            let _ = std::fs::remove_file(spool.control_path());
         }
-        for (id, _) in self.controls.drain() {
-            self.reactor.close(id);
+        for (id, _) in self.conns.drain() {
+            reactor.close(id);
         }
     }
 
-    pub(super) fn is_control_listener(&self, id: SockId) -> bool {
-        self.control_listener == Some(id)
+    pub fn is_listener(&self, id: SockId) -> bool {
+        self.listener == Some(id)
     }
 
-    pub(super) fn is_control(&self, id: SockId) -> bool {
-        self.controls.contains_key(&id)
+    pub fn owns(&self, id: SockId) -> bool {
+        self.conns.contains_key(&id)
     }
 
-    pub(super) fn accept_control(&mut self, listener: SockId) {
-        for _ in 0..MAX_CONNECTIONS {
-            let id = match self.reactor.accept_unix(listener) {
-                Ok(Some(id)) => id,
-                Ok(None) => return,
-                Err(e) => {
-                    log::warn!("control: accept: {e}");
-                    return;
-                }
-            };
-            if self.controls.len() >= MAX_CONNECTIONS {
-                log::info!("control: connection refused: {MAX_CONNECTIONS} already open");
-                self.reactor.close(id);
-                continue;
+    /// Accepts one connection (at most [`MAX_CONNECTIONS`] open).
+    pub fn accept_one(&mut self, reactor: &mut Reactor<Timer>, listener: SockId) -> Accepted {
+        let id = match reactor.accept_unix(listener) {
+            Ok(Some(id)) => id,
+            Ok(None) => return Accepted::Drained,
+            Err(e) => {
+                log::warn!("control: accept: {e}");
+                return Accepted::Drained;
             }
-            self.controls.insert(id, Conn::new(Instant::now()));
-            self.drive_control(id);
+        };
+        if self.conns.len() >= MAX_CONNECTIONS {
+            log::info!("control: connection refused: {MAX_CONNECTIONS} already open");
+            reactor.close(id);
+            return Accepted::Refused;
         }
-        // More may be pending: come back on the next turn.
-        self.reactor.mark_hot(listener);
+        self.conns.insert(id, Conn::new(Instant::now()));
+        Accepted::New(id)
     }
 
-    /// Reads what the client sent (at most a request line: the machine
-    /// stops wanting input there), answers it, writes the reply.
-    pub(super) fn drive_control(&mut self, id: SockId) {
+    /// Reads what the client sent, at most a request line (the machine
+    /// stops wanting input there).
+    pub fn read(&mut self, reactor: &mut Reactor<Timer>, id: SockId) -> Option<Request> {
         let mut buf = [0u8; READ_CHUNK];
         let mut request = None;
-        if let Some(conn) = self.controls.get_mut(&id) {
+        if let Some(conn) = self.conns.get_mut(&id) {
             while conn.wants_input() && request.is_none() {
-                match self.reactor.read(id, &mut buf) {
+                match reactor.read(id, &mut buf) {
                     Ok(0) => conn.handle_eof(),
                     Ok(n) => request = conn.handle_input(buf.get(..n).unwrap_or_default()),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -125,17 +142,27 @@ impl Daemon {
                 }
             }
         }
-        if let Some(req) = request {
-            let reply = self.control_request(req);
-            if let Some(conn) = self.controls.get_mut(&id) {
-                conn.answer(&reply);
+        request
+    }
+
+    /// Queues the answer (if any), writes what is pending and closes a
+    /// finished connection.
+    pub fn answer(
+        &mut self,
+        reactor: &mut Reactor<Timer>,
+        id: SockId,
+        reply: Option<&ControlReply>,
+    ) {
+        if let Some(reply) = reply {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.answer(reply);
             }
         }
-        while let Some(conn) = self.controls.get_mut(&id) {
+        while let Some(conn) = self.conns.get_mut(&id) {
             let Some(out) = conn.poll_transmit() else {
                 break;
             };
-            match self.reactor.write(id, out) {
+            match reactor.write(id, out) {
                 Ok(0) => conn.fail(),
                 Ok(n) => conn.transmitted(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -143,116 +170,79 @@ impl Daemon {
                 Err(_) => conn.fail(),
             }
         }
-        if self.controls.get(&id).is_some_and(Conn::is_closed) {
-            self.controls.remove(&id);
-            self.reactor.close(id);
+        if self.conns.get(&id).is_some_and(Conn::is_closed) {
+            self.conns.remove(&id);
+            reactor.close(id);
         }
     }
 
-    /// Times out control connections (from the tick).
-    pub(super) fn sweep_control(&mut self, now: Instant) {
+    /// Times out connections whose deadline passed; returns them (to be
+    /// driven: the timeout queues an answer).
+    pub fn expire(&mut self, now: Instant) -> Vec<SockId> {
         let due: Vec<SockId> = self
-            .controls
+            .conns
             .iter()
             .filter(|(_, c)| c.deadline() <= now)
             .map(|(id, _)| *id)
             .collect();
-        for id in due {
-            if let Some(c) = self.controls.get_mut(&id) {
+        for id in &due {
+            if let Some(c) = self.conns.get_mut(id) {
                 c.handle_timeout(now);
             }
+        }
+        due
+    }
+}
+
+impl Daemon {
+    /// Gives the control socket to the user the daemon runs as (it was
+    /// created before privileges were dropped).
+    pub fn give_control_socket(&self, uid: u32, gid: u32) -> io::Result<()> {
+        if !self.control.is_open() {
+            return Ok(());
+        }
+        std::os::unix::fs::lchown(self.spool.control_path(), Some(uid), Some(gid))
+    }
+
+    /// Closes the control socket and its connections.
+    pub(super) fn close_control(&mut self) {
+        self.control.close(&mut self.reactor, &self.spool);
+    }
+
+    pub(super) fn accept_control(&mut self, listener: SockId) {
+        for _ in 0..MAX_CONNECTIONS {
+            match self.control.accept_one(&mut self.reactor, listener) {
+                Accepted::New(id) => self.drive_control(id),
+                Accepted::Refused => {}
+                Accepted::Drained => return,
+            }
+        }
+        // More may be pending: come back on the next turn.
+        self.reactor.mark_hot(listener);
+    }
+
+    /// Reads what the client sent, answers it, writes the reply.
+    pub(super) fn drive_control(&mut self, id: SockId) {
+        let request = self.control.read(&mut self.reactor, id);
+        let reply = request.map(|req| self.control_request(req));
+        self.control.answer(&mut self.reactor, id, reply.as_ref());
+    }
+
+    /// Times out control connections (from the tick).
+    pub(super) fn sweep_control(&mut self, now: Instant) {
+        for id in self.control.expire(now) {
             self.drive_control(id);
         }
     }
 
-    /// Carries out one request on the queue and the spool.
-    fn control_request(&mut self, req: Request) -> Reply {
-        let id = match req {
-            Request::Flush(None) => {
-                log::info!("queue run requested (tern queue flush)");
-                self.flush_queue();
-                return Reply::Flushing(None);
-            }
-            Request::Delete(id)
-            | Request::Flush(Some(id))
-            | Request::Hold(id)
-            | Request::Release(id) => id,
-        };
-        if !self.spool.exists(id) {
-            return Reply::error(ErrorKind::NoSuchMessage, id, "no such message in the queue");
+    /// Carries out one request: a queue run here (it scans the drops
+    /// too), the rest by the queue runner.
+    fn control_request(&mut self, req: Request) -> ControlReply {
+        if let Request::Flush(None) = req {
+            log::info!("queue run requested (tern queue flush)");
+            self.flush_queue();
+            return ControlReply::Flushing(None);
         }
-        let busy = self.in_flight.contains_key(&id);
-        match req {
-            Request::Flush(None) => Reply::Flushing(None),
-            Request::Delete(_) if busy => Reply::error(
-                ErrorKind::Busy,
-                id,
-                "a delivery attempt is running; try again when it ends",
-            ),
-            Request::Delete(_) => match self.spool.remove(id) {
-                Ok(()) => {
-                    self.forget(id);
-                    log::info!("{id}: deleted (tern queue delete)");
-                    Reply::Deleted(id)
-                }
-                Err(e) => {
-                    log::error!("{id}: cannot delete: {e}");
-                    Reply::error(ErrorKind::Failed, id, e.to_string())
-                }
-            },
-            Request::Flush(Some(_)) if self.held.contains(&id) => Reply::error(
-                ErrorKind::Held,
-                id,
-                "the message is on hold; release it first",
-            ),
-            Request::Flush(Some(_)) => {
-                if !busy {
-                    log::info!("{id}: delivery requested (tern queue flush)");
-                    self.flush_one.insert(id);
-                    self.queue.schedule(id, mono_now());
-                }
-                Reply::Flushing(Some(id))
-            }
-            Request::Hold(_) => match self.spool.hold(id) {
-                Ok(()) => {
-                    self.held.insert(id);
-                    self.flush_one.remove(&id);
-                    if !busy {
-                        // A running attempt finishes; the runner then
-                        // leaves the message out of the schedule.
-                        self.queue.remove(id);
-                    }
-                    log::info!("{id}: on hold (tern queue hold)");
-                    Reply::Held(id)
-                }
-                Err(e) => {
-                    log::error!("{id}: cannot hold: {e}");
-                    Reply::error(ErrorKind::Failed, id, e.to_string())
-                }
-            },
-            Request::Release(_) => match self.spool.release(id) {
-                Ok(true) => {
-                    self.held.remove(&id);
-                    if !busy {
-                        self.queue.schedule(id, mono_now());
-                    }
-                    log::info!("{id}: released (tern queue release)");
-                    Reply::Released(id)
-                }
-                Ok(false) => Reply::error(ErrorKind::NotHeld, id, "the message is not on hold"),
-                Err(e) => {
-                    log::error!("{id}: cannot release: {e}");
-                    Reply::error(ErrorKind::Failed, id, e.to_string())
-                }
-            },
-        }
-    }
-
-    /// Drops every trace of a message from the daemon's memory.
-    fn forget(&mut self, id: QueueId) {
-        self.queue.remove(id);
-        self.fresh.remove(&id);
-        self.held.remove(&id);
-        self.flush_one.remove(&id);
+        self.runner.control_request(&mut io!(self), req)
     }
 }

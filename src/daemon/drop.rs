@@ -30,9 +30,9 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use super::{unix_now, Daemon};
+use super::{unix_now, Io};
 use crate::bounce::rfc5322_date;
 use crate::delivery::{push_unique, Destination};
 use crate::smtp::address::Address;
@@ -52,18 +52,23 @@ pub const DROP_START_COST: usize = 4 * 1024;
 /// Octets read from a drop at a time.
 const DROP_READ_BUFFER: usize = 8 * 1024;
 
-/// The drops found by the last scan and the one being copied.
+/// The drops found by the last scan, the one being copied, and those
+/// copied whole this turn (for the group commit).
 #[derive(Default)]
 pub struct DropImports {
     waiting: VecDeque<PathBuf>,
     current: Option<Importing>,
+    /// Imported drops for this turn's group commit.
+    commits: Vec<DropCommit>,
 }
 
-impl DropImports {
-    /// Nothing waiting, nothing being copied.
-    pub fn is_idle(&self) -> bool {
-        self.waiting.is_empty() && self.current.is_none()
-    }
+/// A drop copied whole, waiting for the group commit.
+pub struct DropCommit {
+    /// The drop's claimed path (`NAME+ID`), unlinked after the commit.
+    pub claimed: PathBuf,
+    pub file: Incoming,
+    /// The `from=<...> size=... nrcpt=N client=local uid=...` log text.
+    pub what: String,
 }
 
 /// One drop on its way into the spool: both files open, the offsets in
@@ -89,80 +94,85 @@ enum Step {
     Handed,
 }
 
-impl Daemon {
+impl DropImports {
+    /// Nothing waiting, nothing being copied.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.current.is_none()
+    }
+
+    /// The drops copied whole this turn, for the group commit.
+    pub fn take_commits(&mut self) -> Vec<DropCommit> {
+        std::mem::take(&mut self.commits)
+    }
+
     /// Looks at `drop/` (at the tick, on SIGUSR2, on a flush) unless the
     /// last scan's drops are still being imported; the copying is done a
-    /// bounded amount per turn by [`Daemon::import_turn`].
-    pub(super) fn import_drops(&mut self) {
-        if self.stopping.is_some() || !self.drops.is_idle() {
+    /// bounded amount per turn by [`DropImports::turn`].
+    pub fn scan(&mut self, io: &mut Io, stopping: bool) {
+        if stopping || !self.is_idle() {
             return;
         }
-        self.drops.waiting = self
-            .spool
-            .drops()
-            .into_iter()
-            .take(DROPS_PER_SCAN)
-            .collect();
+        self.waiting = io.spool.drops().into_iter().take(DROPS_PER_SCAN).collect();
     }
 
     /// Copies at most [`DROP_BYTES_PER_TURN`] octets of drops into the
     /// spool; a drop copied whole is claimed and joins this turn's group
     /// commit. True while drops remain (the loop must not sleep).
-    pub(super) fn import_turn(&mut self) -> bool {
-        if self.stopping.is_some() {
+    pub fn turn(&mut self, io: &mut Io, stopping: bool) -> bool {
+        if stopping {
             // A drop not committed stays in drop/ and is imported after
             // the restart.
-            self.drops.waiting.clear();
-            if let Some(imp) = self.drops.current.take() {
-                self.spool.discard(imp.inc);
+            self.waiting.clear();
+            if let Some(imp) = self.current.take() {
+                io.spool.discard(imp.inc);
             }
             return false;
         }
         let mut budget = DROP_BYTES_PER_TURN;
         while budget > 0 {
-            let imp = match self.drops.current.take() {
+            let imp = match self.current.take() {
                 Some(imp) => imp,
                 None => {
-                    let Some(path) = self.drops.waiting.pop_front() else {
+                    let Some(path) = self.waiting.pop_front() else {
                         break;
                     };
                     budget = budget.saturating_sub(DROP_START_COST).max(1);
-                    match self.start_drop(path) {
+                    match self.start_drop(io, path) {
                         Some(imp) => imp,
                         None => continue,
                     }
                 }
             };
             let path = imp.path.clone();
-            match self.copy_drop(imp, &mut budget) {
-                Ok(Step::More(imp)) => self.drops.current = Some(*imp),
+            match self.copy_drop(io, imp, &mut budget) {
+                Ok(Step::More(imp)) => self.current = Some(*imp),
                 Ok(Step::Handed) => {}
                 Err(e) => {
-                    if self.import_failed(&path, e) {
+                    if self.import_failed(io, &path, e) {
                         // The rest would meet the same spool: next scan.
-                        self.drops.waiting.clear();
+                        self.waiting.clear();
                     }
                 }
             }
         }
-        !self.drops.is_idle()
+        !self.is_idle()
     }
 
     /// Opens a drop and its spool file; `None` when it needs no import or
     /// failed (handled and logged).
-    fn start_drop(&mut self, path: PathBuf) -> Option<Importing> {
+    fn start_drop(&mut self, io: &mut Io, path: PathBuf) -> Option<Importing> {
         if let Some(id) = drop::claimed_id(&path) {
-            if self.spool.is_queued(id) {
+            if io.spool.is_queued(id) {
                 log::info!("drop {}: already queued as {id}; removed", path.display());
-                self.spool.remove_drop(&path);
+                io.spool.remove_drop(&path);
                 return None;
             }
         }
-        match self.open_drop(&path) {
+        match open_drop(io, &path) {
             Ok(imp) => Some(imp),
             Err(e) => {
-                if self.import_failed(&path, e) {
-                    self.drops.waiting.clear();
+                if self.import_failed(io, &path, e) {
+                    self.waiting.clear();
                 }
                 None
             }
@@ -171,7 +181,7 @@ impl Daemon {
 
     /// Logs a failed import and sets a bad drop aside; true when the
     /// spool could not take it (the scan stops).
-    fn import_failed(&mut self, path: &std::path::Path, e: ImportError) -> bool {
+    fn import_failed(&mut self, io: &mut Io, path: &std::path::Path, e: ImportError) -> bool {
         match e {
             ImportError::Later(why) => {
                 log::warn!("drop {}: {why}; kept for the next scan", path.display());
@@ -179,108 +189,21 @@ impl Daemon {
             }
             ImportError::Bad(why) => {
                 log::error!("drop {}: {why}; moved to corrupt/", path.display());
-                let _ = self.spool.set_aside_drop(path);
+                let _ = io.spool.set_aside_drop(path);
                 false
             }
         }
     }
 
-    /// Validates the drop's header like remote input and creates its
-    /// spool file with the `Received:` field.
-    fn open_drop(&mut self, path: &std::path::Path) -> Result<Importing, ImportError> {
-        // Header, message and conversion slack: a bound, not a policy.
-        let max = self
-            .cfg
-            .max_message_size
-            .saturating_mul(2)
-            .saturating_add(drop::MAX_DROP_HEADER as u64);
-        let (mut file, uid) = drop::open_for_import(path, max).map_err(|e| e.to_string())?;
-        let head = drop::read_header(&mut file)?;
-        let sender = if head.sender.is_empty() {
-            String::new()
-        } else {
-            Address::parse_mailbox(&head.sender)
-                .map_err(|e| format!("bad sender {:?}: {e:?}", head.sender))?
-                .to_string()
-        };
-        // The same policy as SMTP, with relaying allowed (local injection);
-        // a local recipient that does not exist cannot be refused in-line,
-        // so it is stored as refused and bounced by the first attempt.
-        let is_local = |d: &str| self.cfg.is_local_domain(d);
-        let policy = self.tables.policy(&self.cfg, &is_local);
-        let mut decided = Vec::new();
-        for r in &head.recipients {
-            let a = if r.contains('@') {
-                Address::parse_mailbox(r)
-            } else {
-                Address::parse_mailbox(&format!("{r}@{}", self.cfg.qualify_domain))
-            }
-            .map_err(|e| format!("bad recipient {r:?}: {e:?}"))?;
-            let original = a.to_string();
-            let destinations = if is_local(&a.domain) {
-                policy
-                    .resolve_local(&a.local)
-                    .unwrap_or_else(|why| vec![Destination::Refused(why)])
-            } else {
-                vec![Destination::Remote(a)]
-            };
-            for d in destinations {
-                push_unique(&mut decided, d, &original);
-            }
-        }
-        let recipients: Vec<Recipient> = decided
-            .into_iter()
-            .map(|(dest, original)| Recipient { dest, original })
-            .collect();
-        if recipients.is_empty() {
-            return Err("no recipients".to_string().into());
-        }
-        let now = unix_now();
-        let nrcpt = recipients.len();
-        let env = StoredEnvelope {
-            id: QueueId(0),
-            arrival: now,
-            sender: sender.clone(),
-            recipients,
-            client: format!("local uid {uid}"),
-            origin: crate::rewrite::SenderOrigin::Local,
-            eight_bit: false,
-            body_offset: 0,
-        };
-        let mut inc = self
-            .spool
-            .create(&env)
-            .map_err(|e| ImportError::Later(format!("spool: {e}")))?;
-        let received = format!(
-            "Received: by {} (tern sendmail, uid {uid})\r\n\tid {}; {}\r\n",
-            self.cfg.hostname,
-            inc.id,
-            rfc5322_date(now as i64, 0)
-        );
-        if let Err(e) = inc.write(received.as_bytes()) {
-            self.spool.discard(inc);
-            return Err(ImportError::Later(e.to_string()));
-        }
-        Ok(Importing {
-            path: path.to_path_buf(),
-            file,
-            inc,
-            uid,
-            sender,
-            nrcpt,
-            read: 0,
-            // The limit applies to the drop's message as sendmail wrote
-            // it (sendmail counts the same octets), not to the copy with
-            // CRLF line ends and a Received: field.
-            limit: self.cfg.max_message_size.saturating_add(DROP_HEADROOM),
-            conv: LineEnds::default(),
-        })
-    }
-
     /// Copies while `budget` lasts; at the end of the drop, claims it and
     /// hands its file to the group commit. On error the spool file is
     /// discarded.
-    fn copy_drop(&mut self, mut imp: Importing, budget: &mut usize) -> Result<Step, ImportError> {
+    fn copy_drop(
+        &mut self,
+        io: &mut Io,
+        mut imp: Importing,
+        budget: &mut usize,
+    ) -> Result<Step, ImportError> {
         let mut buf = [0u8; DROP_READ_BUFFER];
         let mut out = Vec::with_capacity(2 * DROP_READ_BUFFER);
         let result: Result<bool, ImportError> = (|| {
@@ -301,7 +224,7 @@ impl Daemon {
                 if imp.read > imp.limit {
                     return Err(ImportError::Bad(format!(
                         "message exceeds max_message_size ({})",
-                        self.cfg.max_message_size
+                        io.cfg.max_message_size
                     )));
                 }
                 out.clear();
@@ -319,7 +242,7 @@ impl Daemon {
                 let claimed = match drop::claim(&imp.path, imp.inc.id) {
                     Ok(p) => p,
                     Err(e) => {
-                        self.spool.discard(imp.inc);
+                        io.spool.discard(imp.inc);
                         return Err(ImportError::Later(format!("cannot claim the drop: {e}")));
                     }
                 };
@@ -327,35 +250,135 @@ impl Daemon {
                     "from=<{}> size={} nrcpt={} client=local uid={}",
                     imp.sender, imp.inc.size, imp.nrcpt, imp.uid
                 );
-                self.drop_commits.push((claimed, imp.inc, what));
+                self.commits.push(DropCommit {
+                    claimed,
+                    file: imp.inc,
+                    what,
+                });
                 Ok(Step::Handed)
             }
             Err(e) => {
-                self.spool.discard(imp.inc);
+                io.spool.discard(imp.inc);
                 Err(e)
             }
         }
     }
+}
 
-    /// The group commit's result for an imported drop.
-    pub(super) fn drop_committed(
-        &mut self,
-        claimed: PathBuf,
-        what: String,
-        result: std::io::Result<QueueId>,
-    ) {
-        match result {
-            Ok(id) => {
-                log::info!("{id}: {what}");
-                self.spool.remove_drop(&claimed);
-                self.queue.schedule(id, super::mono_now());
-            }
-            Err(e) => log::warn!(
+/// The group commit's result for an imported drop: the drop is unlinked
+/// and the queue ID returned (for the schedule), or it stays.
+pub fn committed(
+    io: &mut Io,
+    claimed: &Path,
+    what: &str,
+    result: std::io::Result<QueueId>,
+) -> Option<QueueId> {
+    match result {
+        Ok(id) => {
+            log::info!("{id}: {what}");
+            io.spool.remove_drop(claimed);
+            Some(id)
+        }
+        Err(e) => {
+            log::warn!(
                 "drop {}: commit: {e}; kept for the next scan",
                 claimed.display()
-            ),
+            );
+            None
         }
     }
+}
+
+/// Validates the drop's header like remote input and creates its
+/// spool file with the `Received:` field.
+fn open_drop(io: &mut Io, path: &std::path::Path) -> Result<Importing, ImportError> {
+    // Header, message and conversion slack: a bound, not a policy.
+    let max = io
+        .cfg
+        .max_message_size
+        .saturating_mul(2)
+        .saturating_add(drop::MAX_DROP_HEADER as u64);
+    let (mut file, uid) = drop::open_for_import(path, max).map_err(|e| e.to_string())?;
+    let head = drop::read_header(&mut file)?;
+    let sender = if head.sender.is_empty() {
+        String::new()
+    } else {
+        Address::parse_mailbox(&head.sender)
+            .map_err(|e| format!("bad sender {:?}: {e:?}", head.sender))?
+            .to_string()
+    };
+    // The same policy as SMTP, with relaying allowed (local injection);
+    // a local recipient that does not exist cannot be refused in-line,
+    // so it is stored as refused and bounced by the first attempt.
+    let is_local = |d: &str| io.cfg.is_local_domain(d);
+    let policy = io.tables.policy(io.cfg, &is_local);
+    let mut decided = Vec::new();
+    for r in &head.recipients {
+        let a = if r.contains('@') {
+            Address::parse_mailbox(r)
+        } else {
+            Address::parse_mailbox(&format!("{r}@{}", io.cfg.qualify_domain))
+        }
+        .map_err(|e| format!("bad recipient {r:?}: {e:?}"))?;
+        let original = a.to_string();
+        let destinations = if is_local(&a.domain) {
+            policy
+                .resolve_local(&a.local)
+                .unwrap_or_else(|why| vec![Destination::Refused(why)])
+        } else {
+            vec![Destination::Remote(a)]
+        };
+        for d in destinations {
+            push_unique(&mut decided, d, &original);
+        }
+    }
+    let recipients: Vec<Recipient> = decided
+        .into_iter()
+        .map(|(dest, original)| Recipient { dest, original })
+        .collect();
+    if recipients.is_empty() {
+        return Err("no recipients".to_string().into());
+    }
+    let now = unix_now();
+    let nrcpt = recipients.len();
+    let env = StoredEnvelope {
+        id: QueueId(0),
+        arrival: now,
+        sender: sender.clone(),
+        recipients,
+        client: format!("local uid {uid}"),
+        origin: crate::rewrite::SenderOrigin::Local,
+        eight_bit: false,
+        body_offset: 0,
+    };
+    let mut inc = io
+        .spool
+        .create(&env)
+        .map_err(|e| ImportError::Later(format!("spool: {e}")))?;
+    let received = format!(
+        "Received: by {} (tern sendmail, uid {uid})\r\n\tid {}; {}\r\n",
+        io.cfg.hostname,
+        inc.id,
+        rfc5322_date(now as i64, 0)
+    );
+    if let Err(e) = inc.write(received.as_bytes()) {
+        io.spool.discard(inc);
+        return Err(ImportError::Later(e.to_string()));
+    }
+    Ok(Importing {
+        path: path.to_path_buf(),
+        file,
+        inc,
+        uid,
+        sender,
+        nrcpt,
+        read: 0,
+        // The limit applies to the drop's message as sendmail wrote
+        // it (sendmail counts the same octets), not to the copy with
+        // CRLF line ends and a Received: field.
+        limit: io.cfg.max_message_size.saturating_add(DROP_HEADROOM),
+        conv: LineEnds::default(),
+    })
 }
 
 /// Octets a drop's message may have beyond `max_message_size`: the

@@ -1,21 +1,38 @@
-//! Inbound connections: accept limits, the byte pump between socket and
-//! [`ServerSession`], streaming the body into the spool, and the group
-//! commit at the end of each loop turn.
+//! Inbound sessions: accept limits, the byte pump between socket and
+//! [`ServerSession`], streaming the body into the spool, AUTH checks
+//! between turns. [`InboundSessions`] owns the listeners, the connections
+//! and their per-address counts, the server TLS configuration, the users
+//! file and the AUTH failure limiter; what it borrows for a call (reactor,
+//! spool, configuration, local tables) comes in an [`Io`].
+//!
+//! A message whose content ended waits in the commit batch
+//! ([`InboundSessions::take_batch`]) for the group commit at the end of the
+//! turn (`daemon::commit`), which answers it through
+//! [`InboundSessions::committed`].
 
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
-use super::transport::{Read, Transport};
-use super::{unix_now, Daemon};
+use super::link::{Link, Read};
+use super::{unix_now, Io, LocalTables, Timer};
+use crate::auth::{FailureLimiter, Users};
 use crate::bounce::rfc5322_date;
+use crate::config::Config;
 use crate::delivery::Destination;
 use crate::logsafe::LogSafe;
-use crate::reactor::SockId;
+use crate::reactor::{Reactor, SockId};
 use crate::smtp::address::Address;
 use crate::smtp::reply::{self, Reply};
-use crate::smtp::server::{AuthVerdict, Event, ListenerKind, Policy, ServerSession};
+use crate::smtp::server::{
+    AuthVerdict, Credentials, Event, ListenerKind, Policy, ServerSession, SessionConfig,
+};
 use crate::spool::envelope::Recipient;
-use crate::spool::{Incoming, StoredEnvelope};
+use crate::spool::space::SpaceGate;
+use crate::spool::{Incoming, QueueId, StoredEnvelope};
 use crate::tls::TlsStream;
 
 /// Input buffer per connection: a read never takes more than this, and a
@@ -27,9 +44,10 @@ pub const INPUT_KEPT: usize = 1024;
 /// Reads per connection per wakeup, so one fast client cannot starve others.
 pub const READS_PER_WAKEUP: usize = 16;
 
-pub struct Inbound {
-    pub session: ServerSession,
-    transport: Transport,
+/// One SMTP connection: the session machine and its byte path.
+struct Inbound {
+    session: ServerSession,
+    link: Link,
     /// The session asked for STARTTLS; the handshake starts once its 220 is out.
     starttls: bool,
     tls_announced: bool,
@@ -41,14 +59,75 @@ pub struct Inbound {
     counted: bool,
 }
 
+/// AUTH verifications (PBKDF2) answered per loop turn; the rest wait for
+/// the next turn, which comes at once.
+pub const AUTH_CHECKS_PER_TURN: usize = 1;
+/// Brute-force limits for AUTH per client address.
+pub const AUTH_FAILURES_PER_IP: u32 = 10;
+pub const AUTH_FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+pub const AUTH_LIMITER_ENTRIES: usize = 1024;
+
+/// A message whose content ended this turn, waiting for the group commit.
+pub struct Ended {
+    /// The session's connection.
+    pub conn: SockId,
+    pub file: Incoming,
+    /// The `from=<...> nrcpt=N client=...` log text.
+    pub what: String,
+    /// The envelope, for the runner's fresh cache.
+    pub envelope: Option<StoredEnvelope>,
+}
+
+pub struct InboundSessions {
+    listeners: HashMap<SockId, ListenerKind>,
+    conns: HashMap<SockId, Inbound>,
+    /// Counted connections per client address (`max_connections_per_ip`).
+    per_ip: HashMap<IpAddr, usize>,
+    session_cfg: SessionConfig,
+    /// Loaded from tls_cert/tls_key; `None` without them (no STARTTLS).
+    tls_server: Option<Arc<rustls::ServerConfig>>,
+    users: Users,
+    auth_limiter: FailureLimiter,
+    /// AUTH credentials waiting for their check (`answer_auth`).
+    auth_pending: VecDeque<(SockId, Credentials)>,
+    /// `min_free_space`, checked at MAIL and DATA (cached).
+    space: RefCell<SpaceGate>,
+    /// Messages whose content ended this turn, committed together.
+    batch: Vec<Ended>,
+}
+
+/// Binds every listener of the configuration.
+pub fn bind_listeners(
+    cfg: &Config,
+    reactor: &mut Reactor<Timer>,
+) -> io::Result<HashMap<SockId, ListenerKind>> {
+    let mut listeners = HashMap::new();
+    for (addrs, kind) in [
+        (&cfg.listen, ListenerKind::Relay),
+        (&cfg.submission_listen, ListenerKind::Submission),
+        (&cfg.smtps_listen, ListenerKind::Smtps),
+    ] {
+        for addr in addrs {
+            let id = reactor
+                .listen(*addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            log::info!("listening on {addr} ({kind:?})");
+            listeners.insert(id, kind);
+        }
+    }
+    Ok(listeners)
+}
+
 /// The daemon's answers to the session's policy questions.
 struct LocalPolicy<'a> {
-    daemon: &'a Daemon,
+    cfg: &'a Config,
+    tables: &'a LocalTables,
+    space: &'a RefCell<SpaceGate>,
 }
 
 impl Policy for LocalPolicy<'_> {
     fn check_mail(&self) -> Result<(), Reply> {
-        if self.daemon.spool_has_room() {
+        if spool_has_room(self.space, self.cfg) {
             Ok(())
         } else {
             Err(reply::NO_SPACE)
@@ -60,74 +139,185 @@ impl Policy for LocalPolicy<'_> {
         rcpt: &Address,
         relay_allowed: bool,
     ) -> Result<Vec<Destination>, Reply> {
-        let cfg = &self.daemon.cfg;
+        let cfg = self.cfg;
         let is_local = |d: &str| cfg.is_local_domain(d);
-        self.daemon
-            .tables
+        self.tables
             .policy(cfg, &is_local)
             .resolve(rcpt, relay_allowed)
     }
 }
 
-impl Daemon {
-    /// Answers at most [`super::AUTH_CHECKS_PER_TURN`] pending AUTH verifications
+/// `min_free_space` (cached by the gate: at most one statvfs a second).
+fn spool_has_room(space: &RefCell<SpaceGate>, cfg: &Config) -> bool {
+    space
+        .borrow_mut()
+        .room(&cfg.spool_dir, cfg.min_free_space, Instant::now())
+}
+
+impl InboundSessions {
+    pub fn new(
+        listeners: HashMap<SockId, ListenerKind>,
+        cfg: &Config,
+        tls_server: Option<Arc<rustls::ServerConfig>>,
+        users: Users,
+    ) -> InboundSessions {
+        InboundSessions {
+            listeners,
+            conns: HashMap::new(),
+            per_ip: HashMap::new(),
+            session_cfg: super::session_config(cfg, tls_server.is_some(), !users.is_empty()),
+            tls_server,
+            users,
+            auth_limiter: FailureLimiter::new(
+                AUTH_FAILURES_PER_IP,
+                AUTH_FAILURE_WINDOW,
+                AUTH_LIMITER_ENTRIES,
+            ),
+            auth_pending: VecDeque::new(),
+            space: RefCell::new(SpaceGate::new()),
+            batch: Vec::new(),
+        }
+    }
+
+    /// On reload: the new configuration (already the daemon's), a new
+    /// certificate (`None`: keep the old one) and the users file.
+    pub fn reconfigure(
+        &mut self,
+        cfg: &Config,
+        tls_server: Option<Option<Arc<rustls::ServerConfig>>>,
+        users: Users,
+    ) {
+        if let Some(t) = tls_server {
+            self.tls_server = t;
+        }
+        self.users = users;
+        self.session_cfg =
+            super::session_config(cfg, self.tls_server.is_some(), !self.users.is_empty());
+    }
+
+    /// Whether `id` is a session's connection.
+    pub fn owns(&self, id: SockId) -> bool {
+        self.conns.contains_key(&id)
+    }
+
+    /// No session open.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Shutdown: the listeners close, every session says 421 (a session
+    /// whose message is in this turn's commit batch is told after its
+    /// answer, see [`InboundSessions::committed`]).
+    pub fn shutdown(&mut self, io: &mut Io) {
+        for (id, _) in self.listeners.drain() {
+            io.reactor.close(id);
+        }
+        let ids: Vec<SockId> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.session.shutdown();
+            }
+            self.drive(io, id);
+        }
+    }
+
+    /// Times out sessions whose deadline passed.
+    pub fn sweep(&mut self, io: &mut Io, now: Instant) {
+        let expired: Vec<SockId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.deadline().is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.session.handle_timeout(now);
+            }
+            self.drive(io, id);
+        }
+    }
+
+    /// The messages that ended this turn, for the group commit.
+    pub fn take_batch(&mut self) -> Vec<Ended> {
+        std::mem::take(&mut self.batch)
+    }
+
+    /// The group commit's result for a session's message: the 250 (or the
+    /// error), then at shutdown the 421.
+    pub fn committed(
+        &mut self,
+        io: &mut Io,
+        id: SockId,
+        result: Result<QueueId, Reply>,
+        stopping: bool,
+    ) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            match result {
+                Ok(qid) => c.session.committed(Ok(qid.text().as_str())),
+                Err(r) => c.session.committed(Err(r)),
+            }
+        }
+        // A commit that was in flight at SIGTERM: answered, then 421.
+        if stopping {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.session.shutdown();
+            }
+        }
+        self.drive(io, id);
+    }
+
+    /// Answers at most [`AUTH_CHECKS_PER_TURN`] pending AUTH verifications
     /// (each a PBKDF2 of up to `MAX_PBKDF2_ITERATIONS` rounds: 7–80 ms on
     /// router CPUs); true while more wait (the loop must not sleep).
-    pub(super) fn answer_auth(&mut self) -> bool {
-        for _ in 0..super::AUTH_CHECKS_PER_TURN {
+    pub fn answer_auth(&mut self, io: &mut Io) -> bool {
+        for _ in 0..AUTH_CHECKS_PER_TURN {
             let Some((id, creds)) = self.auth_pending.pop_front() else {
                 return false;
             };
             // The client may have gone (or the session timed out).
-            let Some(peer) = self.inbound.get(&id).map(|c| c.session.peer()) else {
+            let Some(peer) = self.conns.get(&id).map(|c| c.session.peer()) else {
                 continue;
             };
             let now = Instant::now();
             let verdict = match self
                 .auth_limiter
-                .get_mut()
                 .attempt(peer, now, || self.users.check(&creds.user, &creds.password))
             {
                 None => AuthVerdict::Blocked,
                 Some(true) => AuthVerdict::Ok,
                 Some(false) => AuthVerdict::Bad,
             };
-            if let Some(c) = self.inbound.get_mut(&id) {
+            if let Some(c) = self.conns.get_mut(&id) {
                 c.session.auth_verdict(verdict, Instant::now());
             }
-            self.drive_inbound(id);
+            self.drive(io, id);
         }
         !self.auth_pending.is_empty()
     }
 
-    /// `min_free_space` (cached by the gate: at most one statvfs a second).
-    fn spool_has_room(&self) -> bool {
-        self.space
-            .borrow_mut()
-            .room(&self.cfg.spool_dir, self.cfg.min_free_space, Instant::now())
-    }
-
-    pub(super) fn accept(&mut self, listener: SockId) {
+    /// Accepts a batch of connections on a listener (false if `listener`
+    /// is not one of ours).
+    pub fn accept(&mut self, io: &mut Io, listener: SockId) -> bool {
         let Some(&kind) = self.listeners.get(&listener) else {
-            return;
+            return false;
         };
         for _ in 0..crate::reactor::ACCEPT_BATCH {
-            let (id, peer) = match self.reactor.accept(listener) {
+            let (id, peer) = match io.reactor.accept(listener) {
                 Ok(Some(x)) => x,
-                Ok(None) => return,
+                Ok(None) => return true,
                 Err(e) => {
                     log::warn!("accept: {e}");
-                    return;
+                    return true;
                 }
             };
             let now = Instant::now();
             let ip = canonical(peer.ip());
             let per_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
-            let (session, counted) = if self.inbound.len() >= self.cfg.max_connections
-                || per_ip >= self.cfg.max_connections_per_ip
+            let (session, counted) = if self.conns.len() >= io.cfg.max_connections
+                || per_ip >= io.cfg.max_connections_per_ip
             {
                 log::warn!("connection from {peer} refused: too many connections");
-                let r = reply::too_many_connections(&self.cfg.hostname);
+                let r = reply::too_many_connections(&io.cfg.hostname);
                 (
                     ServerSession::refuse(self.session_cfg.clone(), ip, r, now),
                     false,
@@ -135,29 +325,29 @@ impl Daemon {
             } else {
                 log::debug!("connect from {peer}");
                 *self.per_ip.entry(ip).or_insert(0) += 1;
-                let relay = self.cfg.may_relay(ip);
+                let relay = io.cfg.may_relay(ip);
                 (
                     ServerSession::new(self.session_cfg.clone(), kind, ip, relay, now),
                     true,
                 )
             };
-            let transport = if kind == ListenerKind::Smtps {
+            let link = if kind == ListenerKind::Smtps {
                 match self.tls_server.clone().map(TlsStream::server) {
-                    Some(Ok(tls)) => Transport::with_tls(tls),
+                    Some(Ok(tls)) => Link::with_tls(tls),
                     _ => {
                         log::error!("{peer}: no TLS configuration for the smtps listener");
-                        self.reactor.close(id);
+                        io.reactor.close(id);
                         continue;
                     }
                 }
             } else {
-                Transport::plain()
+                Link::plain()
             };
-            self.inbound.insert(
+            self.conns.insert(
                 id,
                 Inbound {
                     session,
-                    transport,
+                    link,
                     starttls: false,
                     tls_announced: false,
                     input: Vec::new(),
@@ -167,16 +357,17 @@ impl Daemon {
                     counted,
                 },
             );
-            self.drive_inbound(id);
+            self.drive(io, id);
         }
         // More may be pending: come back next turn.
-        self.reactor.mark_hot(listener);
+        io.reactor.mark_hot(listener);
+        true
     }
 
     /// Moves bytes between the socket and the session until neither can make
     /// progress or the per-wakeup budget is spent.
-    pub(super) fn drive_inbound(&mut self, id: SockId) {
-        let Some(mut conn) = self.inbound.remove(&id) else {
+    pub fn drive(&mut self, io: &mut Io, id: SockId) {
+        let Some(mut conn) = self.conns.remove(&id) else {
             return;
         };
         let mut reads = 0;
@@ -184,10 +375,7 @@ impl Daemon {
         loop {
             // 1. Write what the session has to say (through TLS if on).
             while !conn.session.output().is_empty() {
-                match conn
-                    .transport
-                    .write(&mut self.reactor, id, conn.session.output())
-                {
+                match conn.link.write(io.reactor, id, conn.session.output()) {
                     Ok(0) => break,
                     Ok(n) => conn.session.consume_output(n),
                     Err(_) => {
@@ -196,7 +384,7 @@ impl Daemon {
                     }
                 }
             }
-            let flushed = match conn.transport.flush(&mut self.reactor, id) {
+            let flushed = match conn.link.flush(io.reactor, id) {
                 Ok(f) => f,
                 Err(_) => {
                     closed = true;
@@ -224,7 +412,7 @@ impl Daemon {
                             );
                         }
                         conn.input.clear();
-                        conn.transport.tls = Some(tls);
+                        conn.link.tls = Some(tls);
                     }
                     _ => {
                         log::error!("{}: cannot start TLS", conn.peer);
@@ -233,12 +421,9 @@ impl Daemon {
                     }
                 }
             }
-            if !conn.tls_announced
-                && conn.transport.tls.is_some()
-                && !conn.transport.is_handshaking()
-            {
+            if !conn.tls_announced && conn.link.tls.is_some() && !conn.link.is_handshaking() {
                 if let Some(desc) = conn
-                    .transport
+                    .link
                     .tls
                     .as_ref()
                     .and_then(|t| t.protocol_description())
@@ -256,20 +441,24 @@ impl Daemon {
             // 3. Feed buffered input.
             if !conn.input.is_empty() {
                 let used = {
-                    let policy = LocalPolicy { daemon: self };
+                    let policy = LocalPolicy {
+                        cfg: io.cfg,
+                        tables: io.tables,
+                        space: &self.space,
+                    };
                     conn.session
                         .handle_input(&conn.input, Instant::now(), &policy)
                 };
                 // `drain` panics past the end: never trust a count blindly.
                 conn.input.drain(..used.min(conn.input.len()));
-                self.session_events(id, &mut conn);
+                self.session_events(io, id, &mut conn);
                 if used > 0 {
                     continue;
                 }
             }
             // 4. Read more, unless the session cannot take it now (a TLS
             // handshake always reads).
-            let handshaking = conn.transport.is_handshaking();
+            let handshaking = conn.link.is_handshaking();
             if !handshaking
                 && (conn.session.is_waiting_for_driver()
                     || conn.input.len() >= INPUT_BUFFER
@@ -279,43 +468,40 @@ impl Daemon {
                 break;
             }
             if reads == READS_PER_WAKEUP {
-                self.reactor.mark_hot(id);
+                io.reactor.mark_hot(id);
                 break;
             }
             reads += 1;
             let room = INPUT_BUFFER.saturating_sub(conn.input.len()).max(1);
-            match conn
-                .transport
-                .read(&mut self.reactor, id, &mut conn.input, room)
-            {
+            match conn.link.read(io.reactor, id, &mut conn.input, room) {
                 Read::Data => {}
                 Read::Pending => break,
                 Read::Closed => {
-                    if let Some(e) = conn.transport.tls_error() {
+                    if let Some(e) = conn.link.tls_error() {
                         log::info!("{}: TLS failed: {}", conn.peer, LogSafe(e));
                     }
                     conn.session.connection_lost();
-                    self.session_events(id, &mut conn);
+                    self.session_events(io, id, &mut conn);
                     closed = true;
                     break;
                 }
             }
         }
         if closed {
-            self.close_inbound(id, conn);
+            self.close(io, id, conn);
             return;
         }
-        self.inbound.insert(id, conn);
+        self.conns.insert(id, conn);
     }
 
-    fn close_inbound(&mut self, id: SockId, mut conn: Inbound) {
+    fn close(&mut self, io: &mut Io, id: SockId, mut conn: Inbound) {
         if let Some(inc) = conn.incoming.take() {
-            self.spool.discard(inc);
+            io.spool.discard(inc);
         }
         // A message in the commit batch stays there: its commit is harmless
         // even if the client is gone (it may have seen nothing; a duplicate
         // is possible, a loss is not).
-        self.reactor.close(id);
+        io.reactor.close(id);
         if conn.counted {
             let ip = canonical(conn.peer.ip());
             if let Some(n) = self.per_ip.get_mut(&ip) {
@@ -329,7 +515,7 @@ impl Daemon {
     }
 
     /// Writes decoded body bytes to the spool file and acts on the session's events.
-    fn session_events(&mut self, id: SockId, conn: &mut Inbound) {
+    fn session_events(&mut self, io: &mut Io, id: SockId, conn: &mut Inbound) {
         loop {
             if !conn.session.body().is_empty() {
                 if let Some(inc) = conn.incoming.as_mut() {
@@ -344,7 +530,7 @@ impl Daemon {
                 return;
             };
             match ev {
-                Event::DataStart => self.open_incoming(conn),
+                Event::DataStart => self.open_incoming(io, conn),
                 Event::Commit => {
                     if let Some(mut inc) = conn.incoming.take() {
                         let eight_bit = conn.session.summary().is_some_and(|s| s.eight_bit);
@@ -379,13 +565,18 @@ impl Daemon {
                                 if let Some(env) = env.as_mut() {
                                     env.eight_bit = eight_bit;
                                 }
-                                self.batch.push((id, inc, what, env));
+                                self.batch.push(Ended {
+                                    conn: id,
+                                    file: inc,
+                                    what,
+                                    envelope: env,
+                                });
                                 // A kept-open session does not hold on to
                                 // the room a large message needed.
                                 conn.input.shrink_to(INPUT_KEPT);
                             }
                             Err(e) => {
-                                self.spool.discard(inc);
+                                io.spool.discard(inc);
                                 conn.session.committed(Err(Reply::from(&e)));
                             }
                         }
@@ -396,15 +587,15 @@ impl Daemon {
                 Event::Authenticate(creds) => self.auth_pending.push_back((id, creds)),
                 Event::Abort => {
                     if let Some(inc) = conn.incoming.take() {
-                        self.spool.discard(inc);
+                        io.spool.discard(inc);
                     }
                 }
             }
         }
     }
 
-    fn open_incoming(&mut self, conn: &mut Inbound) {
-        if !self.spool_has_room() {
+    fn open_incoming(&mut self, io: &mut Io, conn: &mut Inbound) {
+        if !spool_has_room(&self.space, io.cfg) {
             conn.session.data_refused(reply::NO_SPACE);
             return;
         }
@@ -433,12 +624,12 @@ impl Daemon {
             origin: crate::rewrite::SenderOrigin::of_smtp_client(
                 env.sender.as_ref(),
                 conn.session.may_relay(),
-                &|d| self.cfg.is_local_domain(d),
+                &|d| io.cfg.is_local_domain(d),
             ),
             eight_bit: false,
             body_offset: 0,
         };
-        match self.spool.create(&stored) {
+        match io.spool.create(&stored) {
             Ok(inc) => {
                 let date = rfc5322_date(now as i64, 0);
                 conn.session.data_started(inc.id.text().as_str(), &date);
@@ -452,61 +643,6 @@ impl Daemon {
                 log::error!("cannot create spool file: {e}");
                 conn.session.data_refused(Reply::from(&e));
             }
-        }
-    }
-
-    /// The group commit: one sync of `msg/` for every message that ended
-    /// this turn, then the 250s.
-    pub(super) fn commit_batch(&mut self) {
-        if self.batch.is_empty() && self.drop_commits.is_empty() {
-            return;
-        }
-        let batch = std::mem::take(&mut self.batch);
-        let drops = std::mem::take(&mut self.drop_commits);
-        let mut conns = Vec::with_capacity(batch.len());
-        let mut files = Vec::with_capacity(batch.len() + drops.len());
-        for (conn, file, what, env) in batch {
-            conns.push((conn, what, env.map(|e| (e, file.size))));
-            files.push(file);
-        }
-        // Imported sendmail drops share the sync.
-        let mut imported = Vec::with_capacity(drops.len());
-        for (claimed, file, what) in drops {
-            imported.push((claimed, what));
-            files.push(file);
-        }
-        let mut results = self.spool.commit(files);
-        let drop_results = results.split_off(conns.len().min(results.len()));
-        for ((claimed, what), result) in imported.into_iter().zip(drop_results) {
-            self.drop_committed(claimed, what, result);
-        }
-        let now = super::mono_now();
-        for ((id, what, env), result) in conns.into_iter().zip(results) {
-            match result {
-                Ok(qid) => {
-                    log::info!("{qid}: {what}");
-                    if let Some(env) = env {
-                        self.remember_fresh(qid, env.0, env.1);
-                    }
-                    self.queue.schedule(qid, now);
-                    if let Some(c) = self.inbound.get_mut(&id) {
-                        c.session.committed(Ok(qid.text().as_str()));
-                    }
-                }
-                Err(e) => {
-                    log::error!("commit failed: {e}");
-                    if let Some(c) = self.inbound.get_mut(&id) {
-                        c.session.committed(Err(Reply::from(&e)));
-                    }
-                }
-            }
-            // A commit that was in flight at SIGTERM: answered, then 421.
-            if self.stopping.is_some() {
-                if let Some(c) = self.inbound.get_mut(&id) {
-                    c.session.shutdown();
-                }
-            }
-            self.drive_inbound(id);
         }
     }
 }

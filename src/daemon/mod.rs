@@ -5,47 +5,78 @@
 //! state. This module only moves bytes and events between them, in one
 //! thread, and derives timers from the machines' deadlines after each step.
 //!
+//! [`Daemon`] is a switchboard over parts, each the only owner of its maps:
+//!
+//! | part | file | owns |
+//! |------|------|------|
+//! | `InboundSessions` | `inbound.rs` | listeners, SMTP sessions, per-address counts, server TLS, users file, AUTH limiter, the turn's commit batch |
+//! | `DropImports` | `drop.rs` | sendmail drops being imported, their commit batch |
+//! | `QueueRunner` | `runner/` (`local.rs`: local jobs, `requests.rs`: control requests) | the schedule, attempts in flight, fresh envelopes, hold and flush marks, local delivery jobs |
+//! | `OutboundDriver` | `outbound.rs` | jobs waiting for a slot, delivery machines, their sockets and lookups, client TLS |
+//! | `DnsDriver` | `dns.rs` | the resolver, its sockets and timer entry, the hosts table |
+//! | `ControlSocket` | `control.rs` | the control socket and its connections |
+//!
+//! The daemon itself keeps what they share: configuration, reactor, spool
+//! and local tables, lent to a part for one call as an [`Io`]. A part that
+//! needs another's work gets it as a parameter (the runner submits jobs to
+//! the `OutboundDriver`, which asks the `DnsDriver`) and answers with
+//! values (`JobReport`, DNS answers, `Ended` messages, `ControlReply`),
+//! never with a pointer back. The group commit takes several parts and
+//! lives here (`commit.rs`). `link.rs` is the byte path (plain or TLS) that
+//! inbound sessions and deliveries share.
+//!
 //! One turn of the loop: wait; accept; drive every ready connection a
 //! bounded amount; fire due timers; run the group commit of every message
 //! that ended during the turn and answer those sessions; run the queue;
 //! move local deliveries by at most `delivery::jobs::LOCAL_BYTES_PER_TURN`
 //! octets (the poll does not sleep while some remain).
 
+/// The shared resources of a `Daemon` as an [`Io`] (a macro, so that the
+/// borrow is of these fields only, next to a part borrowed mutably).
+macro_rules! io {
+    ($d:expr) => {
+        Io {
+            reactor: &mut $d.reactor,
+            spool: &mut $d.spool,
+            cfg: &$d.cfg,
+            tables: &$d.tables,
+        }
+    };
+}
+
+mod commit;
 mod control;
+mod dns;
 mod drop;
 mod inbound;
-mod local;
-mod remote;
+mod link;
+mod outbound;
 mod runner;
-mod transport;
 
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::auth::{FailureLimiter, Users};
+use crate::auth::Users;
 use crate::config::Config;
 use crate::delivery::aliases::Aliases;
 use crate::delivery::RecipientPolicy;
-use crate::dns::{LookupId, QueryHandle, Resolver, ResolverConfig};
-use crate::outbound::Outbound;
-use crate::queue::Queue;
-use crate::reactor::{Event, Reactor, SockId};
-use crate::smtp::server::{ListenerKind, SessionConfig};
-use crate::spool::{Incoming, Spool};
+use crate::reactor::{Reactor, Readiness, SockId};
+use crate::smtp::server::SessionConfig;
+use crate::spool::Spool;
 
-use crate::spool::QueueId;
-use inbound::Inbound;
-use remote::{DnsSock, Outgoing};
-use runner::InFlight;
+use inbound::InboundSessions;
+use outbound::{JobReport, OutboundDriver};
 
-/// Envelopes kept for messages not yet attempted (beyond this, the first
-/// attempt reads the file like any other).
-pub const FRESH_CACHE: usize = 1024;
+pub use dns::{load_hosts, resolver_config, HOSTS_FILE, MAX_HOSTS_ENTRIES};
+pub use inbound::{
+    AUTH_CHECKS_PER_TURN, AUTH_FAILURES_PER_IP, AUTH_FAILURE_WINDOW, AUTH_LIMITER_ENTRIES,
+};
+use runner::QueueRunner;
+
+pub use runner::FRESH_CACHE;
 
 /// The longest the loop sleeps without a timer (a safety net only).
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -130,78 +161,40 @@ impl LocalTables {
     }
 }
 
+/// What a part of the daemon borrows of the shared resources for one
+/// call (each part owns its own maps; see `lib.rs`).
+pub struct Io<'a> {
+    pub reactor: &'a mut Reactor<Timer>,
+    pub spool: &'a mut Spool,
+    pub cfg: &'a Config,
+    pub tables: &'a LocalTables,
+}
+
 pub struct Daemon {
+    // Shared, lent to the parts as an `Io`.
     cfg: Config,
-    config_path: PathBuf,
     reactor: Reactor<Timer>,
     spool: Spool,
-    queue: Queue,
     tables: LocalTables,
-    session_cfg: SessionConfig,
-    listeners: HashMap<SockId, ListenerKind>,
-    /// Loaded from tls_cert/tls_key; `None` without them (no STARTTLS).
-    tls_server: Option<Arc<rustls::ServerConfig>>,
-    /// Client configs for outbound TLS: verifying, and opportunistic.
-    tls_client: Option<Arc<rustls::ClientConfig>>,
-    tls_client_any: Arc<rustls::ClientConfig>,
-    users: Users,
-    /// /etc/hosts, consulted for smarthost names before DNS (as the
-    /// system resolver would).
-    hosts: HashMap<String, Vec<std::net::IpAddr>>,
-    auth_limiter: RefCell<FailureLimiter>,
-    /// `min_free_space`, checked at MAIL and DATA (cached).
-    space: RefCell<crate::spool::space::SpaceGate>,
-    inbound: HashMap<SockId, Inbound>,
-    per_ip: HashMap<IpAddr, usize>,
-    outbound: Outbound,
-    /// Messages whose content ended this turn, committed together.
-    /// (connection, file, the `from=<...> nrcpt=N client=...` log text)
-    batch: Vec<(
-        SockId,
-        Incoming,
-        String,
-        Option<crate::spool::StoredEnvelope>,
-    )>,
-    /// Envelopes (and content sizes) of messages committed but not yet
-    /// attempted: their first attempt needs no re-read of the file.
-    fresh: HashMap<QueueId, (crate::spool::StoredEnvelope, u64)>,
-    /// A `queue flush` is running: held mail is delivered too.
-    flushing: bool,
-    /// Messages a `queue flush ID` asked for: attempted even under
-    /// `hold_outbound` (like a whole-queue flush).
-    flush_one: HashSet<QueueId>,
-    /// Messages on hold (`hold/ID`, `tern queue hold`): out of the
-    /// schedule until released.
-    held: HashSet<QueueId>,
-    /// The control socket (see `control`); `None` if it could not be
-    /// created, and after shutdown began.
-    control_listener: Option<SockId>,
-    controls: HashMap<SockId, crate::control::Conn>,
+    // The parts, in the order a message meets them.
+    /// Listeners and SMTP sessions (`inbound`).
+    inbound: InboundSessions,
+    /// Sendmail drops being imported, a bounded amount per turn (`drop`).
+    drops: drop::DropImports,
+    /// The schedule, attempts and local deliveries (`runner`).
+    runner: QueueRunner,
+    /// Outbound jobs, deliveries and their sockets (`outbound`).
+    outbound: OutboundDriver,
+    /// The resolver and its sockets (`dns`).
+    dns: dns::DnsDriver,
+    /// The control socket and its connections (`control`).
+    control: control::ControlSocket,
+    // The daemon's own.
+    config_path: PathBuf,
     /// The spool lock, held for the daemon's life: one writer.
     _spool_lock: crate::spool::hold::SpoolLock,
+    /// When the shutdown grace ends, once a shutdown began.
     stopping: Option<Instant>,
-    /// Messages with outbound jobs outstanding.
-    in_flight: HashMap<QueueId, InFlight>,
-    /// Sequence for unique local names (Maildir, bounce IDs).
-    local_seq: u64,
-    /// Local deliveries, moved a bounded amount per turn.
-    local_jobs: local::LocalJobs,
-    /// Sendmail drops being imported, a bounded amount per turn.
-    drops: drop::DropImports,
-    /// Imported drops for this turn's group commit: (claimed path, file,
-    /// log text).
-    drop_commits: Vec<(PathBuf, Incoming, String)>,
-    /// AUTH credentials waiting for their check (`inbound::answer_auth`).
-    auth_pending: std::collections::VecDeque<(SockId, crate::smtp::server::Credentials)>,
-    resolver: Resolver,
-    dns_socks: HashMap<SockId, DnsSock>,
-    dns_by_handle: HashMap<QueryHandle, SockId>,
-    dns_timer: Option<Instant>,
-    lookups: HashMap<LookupId, u64>,
-    deliveries: HashMap<u64, Outgoing>,
-    delivery_seq: u64,
-    /// Which delivery owns an outbound socket.
-    socket_owner: HashMap<SockId, u64>,
 }
 
 impl Drop for Daemon {
@@ -248,20 +241,7 @@ impl Daemon {
     /// config, listeners, spool, recovery, serve).
     pub fn new(cfg: Config, config_path: PathBuf) -> io::Result<Daemon> {
         let mut reactor = Reactor::new()?;
-        let mut listeners = HashMap::new();
-        for (addrs, kind) in [
-            (&cfg.listen, ListenerKind::Relay),
-            (&cfg.submission_listen, ListenerKind::Submission),
-            (&cfg.smtps_listen, ListenerKind::Smtps),
-        ] {
-            for addr in addrs {
-                let id = reactor.listen(*addr).map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-                })?;
-                log::info!("listening on {addr} ({kind:?})");
-                listeners.insert(id, kind);
-            }
-        }
+        let listeners = inbound::bind_listeners(&cfg, &mut reactor)?;
         let tls_server =
             load_tls_server(&cfg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let tls_client =
@@ -280,92 +260,33 @@ impl Daemon {
             .and_then(|spool| spool.check_writable().map(|()| spool))
             .map_err(|e| io::Error::new(e.kind(), SpoolUnusable(e.to_string())))?;
         let spool_lock = lock_spool(&spool)?;
-        let tables = LocalTables::load(&cfg);
-        let outbound = Outbound::new(&cfg);
-        let cfg_dns = cfg.clone();
-        let mut daemon = Daemon {
-            session_cfg: session_config(&cfg, tls_server.is_some(), !users.is_empty()),
-            tls_server,
-            tls_client,
-            tls_client_any: crate::tls::client_config_no_verify(),
-            users,
-            hosts: load_hosts(std::path::Path::new(HOSTS_FILE)),
-            auth_limiter: RefCell::new(FailureLimiter::new(
-                AUTH_FAILURES_PER_IP,
-                AUTH_FAILURE_WINDOW,
-                AUTH_LIMITER_ENTRIES,
-            )),
-            space: RefCell::new(crate::spool::space::SpaceGate::new()),
-            cfg,
-            config_path,
-            reactor,
-            spool,
-            queue: Queue::new(),
-            tables,
-            listeners,
-            inbound: HashMap::new(),
-            per_ip: HashMap::new(),
-            outbound,
-            batch: Vec::new(),
-            fresh: HashMap::new(),
-            flushing: false,
-            flush_one: HashSet::new(),
-            held: HashSet::new(),
-            control_listener: None,
-            controls: HashMap::new(),
-            _spool_lock: spool_lock,
-            stopping: None,
-            in_flight: HashMap::new(),
-            local_seq: 0,
-            local_jobs: local::LocalJobs::default(),
-            auth_pending: std::collections::VecDeque::new(),
-            drops: drop::DropImports::default(),
-            drop_commits: Vec::new(),
-            resolver: Resolver::new(
-                resolver_config(&cfg_dns),
-                Box::new(|buf: &mut [u8]| crate::random::fill(buf).map_err(|_| ())),
-            ),
-            dns_socks: HashMap::new(),
-            dns_by_handle: HashMap::new(),
-            dns_timer: None,
-            lookups: HashMap::new(),
-            deliveries: HashMap::new(),
-            delivery_seq: 0,
-            socket_owner: HashMap::new(),
-        };
         // Bound with the listeners, before the loop runs: a `tern queue`
         // right after start-up waits in the backlog, it never finds no
         // socket while the daemon holds the spool lock.
-        daemon.open_control();
-        Ok(daemon)
-    }
-
-    /// Addresses actually bound (tests use port 0).
-    pub fn local_addrs(&mut self) -> Vec<std::net::SocketAddr> {
-        let ids: Vec<SockId> = self.listeners.keys().copied().collect();
-        ids.into_iter()
-            .filter_map(|id| self.reactor.local_addr(id))
-            .collect()
+        let control = control::ControlSocket::open(&mut reactor, &spool);
+        let tables = LocalTables::load(&cfg);
+        let outbound = OutboundDriver::new(&cfg, tls_client);
+        let dns = dns::DnsDriver::new(&cfg);
+        let inbound = InboundSessions::new(listeners, &cfg, tls_server, users);
+        Ok(Daemon {
+            cfg,
+            reactor,
+            spool,
+            tables,
+            inbound,
+            drops: drop::DropImports::default(),
+            runner: QueueRunner::default(),
+            outbound,
+            dns,
+            control,
+            config_path,
+            _spool_lock: spool_lock,
+            stopping: None,
+        })
     }
 
     pub fn run(&mut self) -> io::Result<()> {
-        let now = mono_now();
-        let recovered = self.spool.recover()?;
-        self.held = self.spool.held()?.into_iter().collect();
-        for &id in &recovered {
-            if !self.held.contains(&id) {
-                self.queue.schedule(id, now);
-            }
-        }
-        if self.held.is_empty() {
-            log::info!("started: {} queued message(s)", self.queue.len());
-        } else {
-            log::info!(
-                "started: {} queued message(s), {} on hold",
-                self.queue.len(),
-                self.held.len()
-            );
-        }
+        self.runner.start(&mut io!(self))?;
         self.import_drops();
         self.reactor.add_timer(Instant::now() + TICK, Timer::Tick);
         let mut events = Vec::new();
@@ -387,33 +308,39 @@ impl Daemon {
             let turn = Instant::now();
             for ev in events.drain(..) {
                 match ev {
-                    Event::Acceptable(l) if self.is_control_listener(l) => self.accept_control(l),
-                    Event::Acceptable(l) => self.accept(l),
-                    Event::Ready(id) => {
-                        if self.inbound.contains_key(&id) {
-                            self.drive_inbound(id);
-                        } else if self.is_control(id) {
+                    Readiness::Acceptable(l) if self.control.is_listener(l) => {
+                        self.accept_control(l)
+                    }
+                    Readiness::Acceptable(l) => {
+                        self.inbound.accept(&mut io!(self), l);
+                    }
+                    Readiness::Ready(id) => {
+                        if self.inbound.owns(id) {
+                            self.inbound.drive(&mut io!(self), id);
+                        } else if self.control.owns(id) {
                             self.drive_control(id);
                         } else {
                             self.outbound_ready(id);
                         }
                     }
-                    Event::Signal(sig) => self.signal(sig),
+                    Readiness::Signal(sig) => self.signal(sig),
                 }
             }
             let now = Instant::now();
             while let Some(t) = self.reactor.pop_timer(now) {
                 self.timer(t, now);
             }
-            drops_busy = self.import_turn();
+            drops_busy = self.drops.turn(&mut io!(self), self.stopping.is_some());
             let t_drops = Instant::now();
             self.commit_batch();
             let t_commit = Instant::now();
-            queue_backlog = self.run_queue();
+            queue_backlog =
+                self.runner
+                    .run_queue(&mut io!(self), &mut self.outbound, self.stopping.is_some());
             let t_queue = Instant::now();
-            local_busy = self.run_local_jobs();
+            local_busy = self.runner.run_local_jobs(&mut io!(self));
             let t_local = Instant::now();
-            auth_busy = self.answer_auth();
+            auth_busy = self.inbound.answer_auth(&mut io!(self));
             let t_auth = Instant::now();
             if t_auth - turn >= SLOW_TURN {
                 log::debug!(
@@ -429,12 +356,10 @@ impl Daemon {
             }
             self.outbound_poll();
             if let Some(deadline) = self.stopping {
-                if (self.inbound.is_empty()
-                    && self.outbound.is_idle()
-                    && self.local_jobs.is_empty())
+                if (self.inbound.is_empty() && self.outbound.is_idle() && self.runner.local_idle())
                     || Instant::now() >= deadline
                 {
-                    self.save_unsettled();
+                    self.runner.save_unsettled(&mut io!(self));
                     self.close_control();
                     log::info!("stopped");
                     return Ok(());
@@ -465,19 +390,8 @@ impl Daemon {
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         self.stopping = Some(deadline);
         self.reactor.add_timer(deadline, Timer::ShutdownDeadline);
-        let ids: Vec<SockId> = self.listeners.keys().copied().collect();
-        for id in ids {
-            self.reactor.close(id);
-        }
-        self.listeners.clear();
+        self.inbound.shutdown(&mut io!(self));
         self.close_control();
-        let ids: Vec<SockId> = self.inbound.keys().copied().collect();
-        for id in ids {
-            if let Some(c) = self.inbound.get_mut(&id) {
-                c.session.shutdown();
-            }
-            self.drive_inbound(id);
-        }
         self.outbound.shutdown();
         // Cached idle outbound sessions say QUIT now.
         self.sweep_outbound(Instant::now());
@@ -510,22 +424,23 @@ impl Daemon {
                 new.user = self.cfg.user.clone();
                 let released = self.cfg.hold_outbound && !new.hold_outbound;
                 // Certificates and users: a bad new one keeps the old one.
-                match load_tls_server(&new) {
-                    Ok(t) => self.tls_server = t,
-                    Err(e) => log::error!("reload: keeping the old certificate: {e}"),
-                }
+                let tls_server = match load_tls_server(&new) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        log::error!("reload: keeping the old certificate: {e}");
+                        None
+                    }
+                };
                 match load_tls_client(&new) {
-                    Ok(t) => self.tls_client = t,
+                    Ok(t) => self.outbound.set_tls_client(t),
                     Err(e) => log::error!("reload: keeping the old CA file: {e}"),
                 }
-                self.users = load_users(&new);
-                self.hosts = load_hosts(std::path::Path::new(HOSTS_FILE));
+                let users = load_users(&new);
                 self.cfg = new;
-                self.session_cfg =
-                    session_config(&self.cfg, self.tls_server.is_some(), !self.users.is_empty());
+                self.inbound.reconfigure(&self.cfg, tls_server, users);
                 self.tables = LocalTables::load(&self.cfg);
                 self.outbound.reconfigure(&self.cfg);
-                self.resolver.reconfigure(resolver_config(&self.cfg));
+                self.dns.reconfigure(&self.cfg);
                 if std::env::var_os("RUST_LOG").is_none() {
                     log::set_max_level(self.cfg.log_level);
                 }
@@ -543,38 +458,84 @@ impl Daemon {
     }
 
     fn flush_queue(&mut self) {
-        self.flushing = true;
-        self.queue.flush(mono_now());
+        self.runner.flush();
         self.import_drops();
+    }
+
+    /// Looks at `drop/` (the copying is bounded per turn, `drop`).
+    fn import_drops(&mut self) {
+        let stopping = self.stopping.is_some();
+        self.drops.scan(&mut io!(self), stopping);
     }
 
     fn timer(&mut self, t: Timer, now: Instant) {
         match t {
             Timer::Tick => {
                 self.import_drops();
-                self.sweep_inbound(now);
+                self.inbound.sweep(&mut io!(self), now);
                 self.sweep_outbound(now);
                 self.sweep_control(now);
                 self.reactor.add_timer(now + TICK, Timer::Tick);
             }
-            Timer::Dns => self.dns_timer(now),
+            Timer::Dns => {
+                self.dns.handle_timer(now);
+                self.dns_flush(now);
+            }
             Timer::ShutdownDeadline => {}
         }
     }
 
-    /// Times out inbound sessions whose deadline passed.
-    fn sweep_inbound(&mut self, now: Instant) {
-        let expired: Vec<SockId> = self
-            .inbound
-            .iter()
-            .filter(|(_, c)| c.session.deadline().is_some_and(|d| d <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            if let Some(c) = self.inbound.get_mut(&id) {
-                c.session.handle_timeout(now);
-            }
-            self.drive_inbound(id);
+    // --- the outbound driver and the DNS driver -----------------------------
+
+    /// Starts outbound jobs while slots are free, then lets the DNS driver
+    /// send what they asked.
+    fn outbound_poll(&mut self) {
+        let reports = self.outbound.poll(&mut io!(self), &mut self.dns);
+        self.job_reports(reports);
+        self.dns_flush(Instant::now());
+    }
+
+    /// Readiness on a socket that is neither inbound nor control: a DNS
+    /// exchange or a delivery (else a leftover, closed).
+    fn outbound_ready(&mut self, sock: SockId) {
+        if self.dns.owns(sock) {
+            let now = Instant::now();
+            self.dns.handle_ready(&mut self.reactor, sock, now);
+            self.dns_flush(now);
+            return;
+        }
+        let reports = self
+            .outbound
+            .handle_ready(&mut io!(self), &mut self.dns, sock);
+        self.job_reports(reports);
+    }
+
+    /// The outbound machines' deadlines (and at shutdown the idle
+    /// sessions' QUIT).
+    fn sweep_outbound(&mut self, now: Instant) {
+        let stopping = self.stopping.is_some();
+        let reports = self
+            .outbound
+            .sweep(&mut io!(self), &mut self.dns, now, stopping);
+        self.job_reports(reports);
+    }
+
+    /// Lets the DNS driver send and hands its answers to the deliveries.
+    fn dns_flush(&mut self, now: Instant) {
+        let answers = self.dns.flush(&mut self.reactor, now);
+        if !answers.is_empty() {
+            let reports = self
+                .outbound
+                .handle_answers(&mut io!(self), &mut self.dns, answers, now);
+            self.job_reports(reports);
+        }
+        self.dns.arm_timer(&mut self.reactor);
+    }
+
+    /// Finished outbound jobs to the queue runner.
+    fn job_reports(&mut self, reports: Vec<JobReport>) {
+        for r in reports {
+            self.runner.job_done(&mut io!(self), r.id, r.outcomes);
         }
     }
 }
@@ -610,43 +571,6 @@ fn lock_spool(spool: &Spool) -> io::Result<crate::spool::hold::SpoolLock> {
     }
 }
 
-pub const HOSTS_FILE: &str = "/etc/hosts";
-/// Names read from the hosts file at most (it is a fallback table, not a zone).
-pub const MAX_HOSTS_ENTRIES: usize = 1024;
-
-/// `addr name alias...` lines; names lower-cased.
-pub fn load_hosts(path: &std::path::Path) -> HashMap<String, Vec<std::net::IpAddr>> {
-    let mut map: HashMap<String, Vec<std::net::IpAddr>> = HashMap::new();
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return map;
-    };
-    for line in text.lines() {
-        let line = line.split('#').next().unwrap_or("");
-        let mut words = line.split_whitespace();
-        let Some(addr) = words.next().and_then(|a| a.parse().ok()) else {
-            continue;
-        };
-        for name in words {
-            if map.len() >= MAX_HOSTS_ENTRIES {
-                return map;
-            }
-            let e = map.entry(name.to_ascii_lowercase()).or_default();
-            if !e.contains(&addr) {
-                e.push(addr);
-            }
-        }
-    }
-    map
-}
-
-/// AUTH verifications (PBKDF2) answered per loop turn; the rest wait for
-/// the next turn, which comes at once.
-pub const AUTH_CHECKS_PER_TURN: usize = 1;
-/// Brute-force limits for AUTH per client address.
-pub const AUTH_FAILURES_PER_IP: u32 = 10;
-pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(600);
-pub const AUTH_LIMITER_ENTRIES: usize = 1024;
-
 /// What start-up needs beyond a valid configuration file: the account to
 /// run as, the TLS certificate and key (which must match), the CA bundle,
 /// the users file and the smarthost password file. `check-config` runs
@@ -677,7 +601,7 @@ pub fn startup_problems(cfg: &Config) -> Vec<String> {
     }
     problems.extend(crate::rewrite::startup_problems(cfg));
     if let Some(path) = &cfg.smarthost_password_file {
-        if let Err(e) = std::fs::File::open(path) {
+        if let Err(e) = crate::system::read_secret_line(path) {
             problems.push(format!("smarthost_password_file {}: {e}", path.display()));
         }
     }
@@ -744,16 +668,4 @@ pub fn session_config(cfg: &Config, tls_available: bool, auth_available: bool) -
         hop_limit: cfg.hop_limit,
         timeout: cfg.server_timeout,
     }
-}
-
-/// The resolver's servers: `dns_servers`, else /etc/resolv.conf.
-pub fn resolver_config(cfg: &Config) -> ResolverConfig {
-    let mut rc = crate::dns::load_resolv_conf(std::path::Path::new("/etc/resolv.conf"));
-    if !cfg.dns_servers.is_empty() {
-        rc.servers = cfg.dns_servers.clone();
-    }
-    if let Some(t) = cfg.dns_timeout {
-        rc.timeout = t;
-    }
-    rc
 }

@@ -217,7 +217,7 @@ fn sync_filesystems<'a>(files: impl Iterator<Item = &'a File>) -> std::io::Resul
 #[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use crate::delivery::local::{Format, LocalDelivery};
+    use crate::delivery::local::{Format, MailboxWriter};
     use crate::delivery::{maildir, mbox, Mailbox};
     use std::io::{self, Read};
     use std::path::{Path, PathBuf};
@@ -263,8 +263,8 @@ mod tests {
         m
     }
 
-    fn local(dir: &Path, format: Format, sync: bool) -> LocalDelivery {
-        LocalDelivery {
+    fn local(dir: &Path, format: Format, sync: bool) -> MailboxWriter {
+        MailboxWriter {
             mail_dir: dir.to_path_buf(),
             format,
             sync,
@@ -282,7 +282,7 @@ mod tests {
     /// the number of turns.
     fn run(
         queue: &mut LocalQueue<Task>,
-        ld: &LocalDelivery,
+        ld: &MailboxWriter,
         data: &[u8],
         budget: usize,
         sync: bool,

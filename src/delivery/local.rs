@@ -11,7 +11,7 @@
 //! temporary (retried later); nothing local is permanent except an unusable
 //! name, which is refused before delivery.
 //!
-//! A job's steps: [`LocalDelivery::start`] (open and lock the mailbox,
+//! A job's steps: [`MailboxWriter::start`] (open and lock the mailbox,
 //! create the `tmp/` file), [`LocalJob::pump`] until the whole message is
 //! written, a sync of the data ([`LocalJob::sync_data`], or one `syncfs`
 //! for every job that finished writing in the same turn),
@@ -37,7 +37,9 @@ pub enum Format {
     Mbox,
 }
 
-pub struct LocalDelivery {
+/// Where and how local mail is written: the mailbox root, the format, and
+/// whether writes are synced; starts one [`LocalJob`] per mailbox.
+pub struct MailboxWriter {
     pub mail_dir: PathBuf,
     pub format: Format,
     pub sync: bool,
@@ -58,7 +60,7 @@ pub struct LocalJob {
     writeback: Option<Writeback>,
 }
 
-impl LocalDelivery {
+impl MailboxWriter {
     /// Opens the mailbox for `content` (the stored message); the job then
     /// moves it in steps.
     pub fn start(

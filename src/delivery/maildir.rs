@@ -71,7 +71,7 @@ pub fn deliver_maildir(
 
 /// Where a [`MaildirWrite`] is; what `Drop` must undo.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
+enum Stage {
     /// The message is (being) written under `tmp/`.
     Tmp,
     /// Linked into `new/`, the directory not yet synced.
@@ -101,7 +101,7 @@ pub struct MaildirWrite<'a> {
     input: CrlfToLf<Box<dyn Read + 'a>>,
     buf: Box<[u8]>,
     written: u64,
-    phase: Phase,
+    stage: Stage,
 }
 
 impl<'a> MaildirWrite<'a> {
@@ -168,7 +168,7 @@ impl<'a> MaildirWrite<'a> {
             input: CrlfToLf::new(content),
             buf: vec![0; MAILDIR_COPY_BUFFER].into_boxed_slice(),
             written: 0,
-            phase: Phase::Tmp,
+            stage: Stage::Tmp,
         })
     }
 
@@ -207,7 +207,7 @@ impl<'a> MaildirWrite<'a> {
     /// `move_into_new`); durable once `new/` is synced.
     pub fn publish(&mut self) -> io::Result<()> {
         move_into_new(&self.tmp, &self.new, &self.unique, &self.mailbox_dir)?;
-        self.phase = Phase::New;
+        self.stage = Stage::New;
         Ok(())
     }
 
@@ -224,19 +224,19 @@ impl<'a> MaildirWrite<'a> {
 
     /// Delivered: keeps the message and says where it is.
     pub fn finish(mut self) -> PathBuf {
-        self.phase = Phase::Done;
+        self.stage = Stage::Done;
         self.mailbox_dir.join("new").join(&self.unique)
     }
 }
 
 impl Drop for MaildirWrite<'_> {
     fn drop(&mut self) {
-        match self.phase {
-            Phase::Tmp => remove_quietly(&self.tmp, &self.unique, &self.mailbox_dir, "tmp"),
+        match self.stage {
+            Stage::Tmp => remove_quietly(&self.tmp, &self.unique, &self.mailbox_dir, "tmp"),
             // Not durable: take the message back so a retry does not
             // deliver it twice.
-            Phase::New => remove_quietly(&self.new, &self.unique, &self.mailbox_dir, "new"),
-            Phase::Done => {}
+            Stage::New => remove_quietly(&self.new, &self.unique, &self.mailbox_dir, "new"),
+            Stage::Done => {}
         }
     }
 }

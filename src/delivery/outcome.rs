@@ -14,7 +14,7 @@
 
 use std::fmt;
 
-use crate::smtp::client::{Own, Reply};
+use crate::smtp::client::{Own, ServerReply};
 
 /// An RFC 3463 enhanced status code: class (2, 4, 5), subject, detail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -403,7 +403,7 @@ pub fn tls_implicit_port(peer: &str) -> Reason {
 /// What the SMTP client reports as a reason: the server's words when it
 /// said them (`Remote`), else tern's own (timeout, lost connection, TLS
 /// policy, protocol), never presented as something the server said.
-pub fn from_client(r: &Reply, peer: &str) -> Reason {
+pub fn from_client(r: &ServerReply, peer: &str) -> Reason {
     let status = r.enhanced().map(|(c, s, d)| Status::new(c, s, d));
     let all = r.text();
     let text = match status {
@@ -568,8 +568,8 @@ mod tests {
         assert!(r.text.contains("SERVFAIL"), "{r}");
     }
 
-    fn client_reply(code: u16, text: &str, own: Option<Own>) -> Reply {
-        Reply {
+    fn client_reply(code: u16, text: &str, own: Option<Own>) -> ServerReply {
+        ServerReply {
             code,
             lines: vec![text.to_string()],
             own,

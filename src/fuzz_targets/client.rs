@@ -312,7 +312,7 @@ pub fn smtp_client_reply(data: &[u8]) {
     assert_eq!(whole, split, "split at {cut}");
     assert_command_lines(&whole.1);
     for line in replies.split(|&b| b == b'\n').take(20) {
-        let r = crate::smtp::client::Reply {
+        let r = crate::smtp::client::ServerReply {
             code: 250,
             lines: vec![text(line).into_owned()],
             own: None,

@@ -1,7 +1,7 @@
 //! One outbound delivery as a sans-IO machine (in the style of
 //! quinn-proto): one job (one message, one destination) from the DNS
 //! lookup to the outcome of every recipient, fed results, bytes and time by
-//! the daemon, which only moves them (`daemon::remote`).
+//! the daemon, which only moves them (`daemon::outbound`).
 //!
 //! In: [`Delivery::handle_lookup`], [`Delivery::handle_connected`],
 //! [`Delivery::handle_input`], [`Delivery::handle_tls_established`] /
@@ -50,7 +50,7 @@ use crate::config::{OutboundTls, SmarthostTls};
 use crate::delivery::outcome::{self, Outcome, Reason};
 use crate::dns::{DnsError, MxHost};
 use crate::smtp::client::{
-    ClientConfig, ClientEvent, ClientSession, Credentials, RcptOutcome, Reply, TlsPolicy,
+    ClientConfig, ClientEvent, ClientSession, Credentials, RcptOutcome, ServerReply, TlsPolicy,
     Transaction,
 };
 use crate::spool::QueueId;
@@ -731,7 +731,7 @@ impl Delivery {
         self.check_closed();
     }
 
-    fn on_event(&mut self, ev: ClientEvent, failure: Option<&Reply>, now: Instant) {
+    fn on_event(&mut self, ev: ClientEvent, failure: Option<&ServerReply>, now: Instant) {
         let State::Session(s) = &mut self.state else {
             return;
         };
@@ -807,8 +807,8 @@ impl Delivery {
     /// A client outcome as an [`Outcome`]: the server's reply or the
     /// client's own (`outcome::from_client`), or tern's reason when the
     /// reply is the session failure tern caused.
-    fn outcome_of(&self, o: RcptOutcome, failure: Option<&Reply>, relay: &str) -> Outcome {
-        let reason = |reply: &Reply| match &self.cause {
+    fn outcome_of(&self, o: RcptOutcome, failure: Option<&ServerReply>, relay: &str) -> Outcome {
+        let reason = |reply: &ServerReply| match &self.cause {
             Some(cause) if failure == Some(reply) => cause.clone(),
             _ => outcome::from_client(reply, relay),
         };
@@ -838,7 +838,7 @@ fn ipv6_first(addrs: &mut [IpAddr]) {
     addrs.sort_by_key(|a| a.is_ipv4());
 }
 
-fn rcpt_reply(o: &RcptOutcome) -> &Reply {
+fn rcpt_reply(o: &RcptOutcome) -> &ServerReply {
     match o {
         RcptOutcome::Delivered(r) | RcptOutcome::Deferred(r) | RcptOutcome::Failed(r) => r,
     }

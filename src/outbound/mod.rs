@@ -6,8 +6,8 @@
 //! one transaction). Jobs wait here until a connection slot is free
 //! (`max_outbound` in all, `max_outbound_per_host` per destination); each
 //! runs as a [`machine::Delivery`] (MX walk, TLS policy, deadlines,
-//! connection reuse), which the daemon's `remote` module feeds with DNS
-//! answers, sockets and time.
+//! connection reuse), which the daemon's outbound driver
+//! (`daemon::outbound`) feeds with DNS answers, sockets and time.
 //!
 //! Results are three-valued per recipient, as everywhere in tern: a
 //! [`crate::delivery::outcome::Outcome`] (delivered, deferred, failed).

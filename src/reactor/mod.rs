@@ -4,7 +4,7 @@
 //! the unix control socket and its connections),
 //! one timer heap for the whole process and the signal self-pipe. Callers
 //! hold [`SockId`] handles (slab index + generation, so a stale handle to a
-//! reused slot is detected) and get [`Event`]s back from [`Reactor::poll`].
+//! reused slot is detected) and get [`Readiness`] reports back from [`Reactor::poll`].
 //!
 //! Rules that keep the single thread fair (mio's edge-triggered contract):
 //! readiness is remembered per socket until the owner drains it to
@@ -55,7 +55,7 @@ struct Slot {
 }
 
 #[derive(Debug)]
-pub enum Event {
+pub enum Readiness {
     /// A listener has pending connections: call [`Reactor::accept`].
     Acceptable(SockId),
     /// A stream or UDP socket may be read or written (or has an error).
@@ -152,15 +152,6 @@ impl<K: Ord + Copy> Reactor<K> {
     pub fn listen(&mut self, addr: SocketAddr) -> io::Result<SockId> {
         let l = TcpListener::bind(addr)?;
         self.insert(Socket::Listener(l), Interest::READABLE)
-    }
-
-    pub fn local_addr(&mut self, id: SockId) -> Option<SocketAddr> {
-        match self.slot(id)?.socket.as_ref()? {
-            Socket::Listener(l) => l.local_addr().ok(),
-            Socket::Stream(s) => s.local_addr().ok(),
-            Socket::Udp(u) => u.local_addr().ok(),
-            Socket::UnixListener(_) | Socket::Unix(_) => None,
-        }
     }
 
     /// Listens on a unix stream socket at `path` (which must not exist).
@@ -361,15 +352,11 @@ impl<K: Ord + Copy> Reactor<K> {
         }
     }
 
-    pub fn timer_count(&self) -> usize {
-        self.timers.len()
-    }
-
     // --- the wait -----------------------------------------------------------------
 
     /// Waits for readiness, a signal, or the next timer (capped by
     /// `max_wait`), and appends what happened to `out`.
-    pub fn poll(&mut self, max_wait: Option<Duration>, out: &mut Vec<Event>) -> io::Result<()> {
+    pub fn poll(&mut self, max_wait: Option<Duration>, out: &mut Vec<Readiness>) -> io::Result<()> {
         let now = Instant::now();
         let mut wait = self
             .timers
@@ -415,7 +402,7 @@ impl<K: Ord + Copy> Reactor<K> {
         // readable (not one wasted read(2) per wakeup).
         if signalled {
             for sig in self.signals.drain() {
-                out.push(Event::Signal(sig));
+                out.push(Readiness::Signal(sig));
             }
         }
         seen.sort();
@@ -423,9 +410,9 @@ impl<K: Ord + Copy> Reactor<K> {
         for id in seen {
             match self.slot(id).and_then(|s| s.socket.as_ref()) {
                 Some(Socket::Listener(_) | Socket::UnixListener(_)) => {
-                    out.push(Event::Acceptable(id))
+                    out.push(Readiness::Acceptable(id))
                 }
-                Some(_) => out.push(Event::Ready(id)),
+                Some(_) => out.push(Readiness::Ready(id)),
                 None => {}
             }
         }

@@ -61,12 +61,11 @@ use super::mime7bit::{Downgrade, Unconvertible};
 use crate::rewrite::header::HeaderRewriter;
 
 pub use crate::auth::base64_encode;
-use std::fmt;
 use std::time::{Duration, Instant};
 
 mod reply;
 use reply::{parse_extensions, parse_reply_line, Extension};
-pub use reply::{Own, Reply};
+pub use reply::{Own, ServerReply};
 
 /// Longest reply line accepted, CRLF included (RFC 5321 §4.5.3.1.5).
 pub const MAX_REPLY_LINE: usize = 512;
@@ -76,7 +75,7 @@ pub const MAX_REPLY_LINES: usize = 100;
 pub const BODY_HIGH_WATER: usize = 16 * 1024;
 
 /// Synthesized replies: (code, enhanced status and text, why tern made it
-/// up). They reach the daemon marked as the client's own ([`Reply::own`]),
+/// up). They reach the daemon marked as the client's own ([`ServerReply::own`]),
 /// never as something the server said.
 type Synth = (u16, &'static str, Own);
 const NOT_READY: Synth = (
@@ -119,8 +118,8 @@ const NOT_CONVERTIBLE_TEXT: &str =
     "5.6.3 message content cannot be converted to 7bit for a server without 8BITMIME:";
 const TOO_BIG_TEXT: &str = "5.3.4 message size exceeds the server's fixed maximum of";
 
-fn synth((code, text, own): Synth) -> Reply {
-    Reply {
+fn synth((code, text, own): Synth) -> ServerReply {
+    ServerReply {
         code,
         lines: vec![text.to_string()],
         own: Some(own),
@@ -134,21 +133,7 @@ pub enum TlsPolicy {
     Required,
 }
 
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub user: String,
-    pub password: String,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Credentials {{ user: {:?}, password: <redacted> }}",
-            self.user
-        )
-    }
-}
+pub use crate::auth::Credentials;
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -177,9 +162,9 @@ pub struct Transaction {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RcptOutcome {
-    Delivered(Reply),
-    Deferred(Reply),
-    Failed(Reply),
+    Delivered(ServerReply),
+    Deferred(ServerReply),
+    Failed(ServerReply),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -296,7 +281,7 @@ impl ActiveTransaction {
 }
 
 /// Outcome of a negative reply: 5yz fails, anything else defers.
-fn failure_outcome(reply: &Reply) -> RcptOutcome {
+fn failure_outcome(reply: &ServerReply) -> RcptOutcome {
     if reply.is_permanent() {
         RcptOutcome::Failed(reply.clone())
     } else {
@@ -427,7 +412,7 @@ impl ClientSession {
         }
         if let Some(limit) = self.size_limit() {
             if txn.size > limit {
-                let reply = Reply {
+                let reply = ServerReply {
                     code: TOO_BIG_CODE,
                     lines: vec![format!("{TOO_BIG_TEXT} {limit} octets")],
                     own: Some(Own::Client),
@@ -577,7 +562,7 @@ impl ClientSession {
     /// unterminated message, RFC 5321 §4.1.1.4).
     fn abort_unconvertible(&mut self, why: Unconvertible) {
         log::debug!("smtp-client: body not sent: {why}");
-        let reply = Reply {
+        let reply = ServerReply {
             code: NOT_CONVERTIBLE_CODE,
             lines: vec![format!("{NOT_CONVERTIBLE_TEXT} {why}")],
             own: Some(Own::Client),
@@ -696,7 +681,7 @@ impl ClientSession {
             if now >= deadline {
                 let what = self.awaited();
                 log::debug!("smtp-client: timeout waiting for {what}");
-                let reply = Reply {
+                let reply = ServerReply {
                     code: TIMEOUT_CODE,
                     lines: vec![format!("{TIMEOUT_TEXT} {what}")],
                     own: Some(Own::Timeout(what)),
@@ -798,7 +783,7 @@ impl ClientSession {
         self.reply_lines.push(text);
         if last {
             self.reply_code = None;
-            let reply = Reply {
+            let reply = ServerReply {
                 code,
                 lines: std::mem::take(&mut self.reply_lines),
                 own: None,
@@ -807,7 +792,7 @@ impl ClientSession {
         }
     }
 
-    fn handle_reply(&mut self, reply: Reply, now: Instant) {
+    fn handle_reply(&mut self, reply: ServerReply, now: Instant) {
         log::debug!("smtp-client: < {}", crate::logsafe::log_safe(&reply));
         let Some(expect) = self.expected.pop_front() else {
             // Unsolicited (e.g. an early 554 during the body, or a 421).
@@ -922,7 +907,7 @@ impl ClientSession {
         }
     }
 
-    fn handle_mail_reply(&mut self, reply: &Reply, now: Instant) {
+    fn handle_mail_reply(&mut self, reply: &ServerReply, now: Instant) {
         let Some(active) = self.txn.as_mut() else {
             return;
         };
@@ -937,7 +922,7 @@ impl ClientSession {
         // Pipelined: the RCPT and DATA replies still come and are ignored.
     }
 
-    fn handle_rcpt_reply(&mut self, index: usize, reply: &Reply) {
+    fn handle_rcpt_reply(&mut self, index: usize, reply: &ServerReply) {
         let Some(active) = self.txn.as_mut() else {
             return;
         };
@@ -953,7 +938,7 @@ impl ClientSession {
         }
     }
 
-    fn handle_data_reply(&mut self, reply: &Reply, now: Instant) {
+    fn handle_data_reply(&mut self, reply: &ServerReply, now: Instant) {
         let Some(active) = self.txn.as_mut() else {
             return;
         };
@@ -1120,7 +1105,7 @@ impl ClientSession {
     /// Ends the session: a transaction in flight is settled first, then
     /// `SessionFailed(Deferred(reply))`; QUIT is sent when the dialog is
     /// still in step (`send_quit`).
-    fn fail_session(&mut self, reply: Reply, send_quit: bool) {
+    fn fail_session(&mut self, reply: ServerReply, send_quit: bool) {
         match self.phase {
             Phase::Closed => return,
             Phase::Quitting => {

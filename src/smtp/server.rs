@@ -102,23 +102,8 @@ pub enum AuthVerdict {
     Blocked,
 }
 
-/// Credentials to verify ([`Event::Authenticate`]); the password is never
-/// printed.
-#[derive(PartialEq, Eq)]
-pub struct Credentials {
-    pub user: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Credentials {{ user: {:?}, password: <hidden> }}",
-            self.user
-        )
-    }
-}
+/// Credentials to verify ([`Event::Authenticate`]).
+pub use crate::auth::Credentials;
 
 /// Decisions the session cannot make alone (they depend on configuration
 /// and local tables). Implemented by the daemon; tests use a small fake.

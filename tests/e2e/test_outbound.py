@@ -59,7 +59,7 @@ def test_mx_delivery_with_fake_dns(tern_factory, sink):
         wait_for(lambda: sink.messages, what="MX delivery")
         assert sorted(sink.messages[0]["rcpts"]) == ["u1@far.test", "u2@far.test"]
         assert ("far.test", "MX") in dns.queries
-        assert "relay=mx1.far.test[127.0.0.1]" in t.log_text()
+        wait_for(lambda: "relay=mx1.far.test[127.0.0.1]" in t.log_text(), what="the delivery logged")
     finally:
         dns.close()
 
@@ -91,8 +91,10 @@ def test_retry_then_deliver_exactly_once(tern_factory):
         t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none", retry_schedule="1s").start()
         send(t, "a@lan.test", ["x@far.test"])
         wait_for(lambda: "status=deferred" in t.log_text(), what="first attempt deferred")
-        q = t.cmd("mailq").stdout.decode()
-        assert "451 4.3.0 try later" in q or not t.queued(), q
+        # The state file is written just after the log line: wait for mailq
+        # to show the reason (or for the retry to have delivered already).
+        wait_for(lambda: "451 4.3.0 try later" in t.cmd("mailq").stdout.decode()
+                 or not t.queued(), what="the reason in mailq")
         wait_for(lambda: sink.messages, timeout=15, what="retry delivered")
         time.sleep(2.5)
         assert len(sink.messages) == 1
@@ -258,7 +260,9 @@ def test_own_mx_entry_only_more_preferred_hosts(tern_factory, sink):
         send(t, "owner@localhost", ["u@backup.test", "v@self.test"])
         wait_for(lambda: sink.messages, what="delivery to the primary")
         assert sink.messages[0]["rcpts"] == ["u@backup.test"]
-        assert "relay=primary.backup.test[127.0.0.1]" in t.log_text()
+        # The sink has the message before tern has read its 250 and logged.
+        wait_for(lambda: "relay=primary.backup.test[127.0.0.1]" in t.log_text(),
+                 what="the delivery logged")
         b = bounce_for(t, "owner")
         ds = b.get_payload()[1].as_string()
         assert "v@self.test" in ds and "5.4.6" in ds

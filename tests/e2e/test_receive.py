@@ -41,9 +41,12 @@ def test_smtplib_delivers_to_maildir_byte_identical(tern):
     m = msgs[0]
     assert m.startswith(b"Return-Path: <a@remote.test>\nDelivered-To: joe@localhost\nReceived: from client.test ([127.0.0.1])\n\tby mx.test (tern) with ESMTP id ")
     assert m.endswith(raw.replace(b"\r\n", b"\n")), m[-200:]  # mailboxes hold LF
+    # The file is in new/ a turn before its entry is synced and the
+    # delivery logged.
+    wait_for(lambda: "status=sent" in tern.log_text(), what="the delivery logged")
     log = tern.log_text()
     assert "from=<a@remote.test> size=" in log
-    assert "to=<joe@localhost> mailbox=joe relay=local" in log and "status=sent" in log
+    assert "to=<joe@localhost> mailbox=joe relay=local" in log
 
 
 def test_send_message_with_pipelining_many_recipients(tern):

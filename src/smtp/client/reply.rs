@@ -1,4 +1,4 @@
-//! What the server says, parsed: reply lines into [`Reply`] (with [`Own`]
+//! What the server says, parsed: reply lines into [`ServerReply`] (with [`Own`]
 //! marking the replies the client makes up itself), and the lines of an
 //! EHLO reply into extensions.
 //!
@@ -26,16 +26,18 @@ pub enum Own {
     Client,
 }
 
-/// One SMTP reply: its code and the text of each line (without the code).
+/// One SMTP reply as the client sees it: its code and the text of each
+/// line (without the code); from the server, or made up by the client
+/// (`own`). What tern's own server sends is `smtp::reply::Reply`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reply {
+pub struct ServerReply {
     pub code: u16,
     pub lines: Vec<String>,
     /// `None` for a reply the server sent; else why the client made it up.
     pub own: Option<Own>,
 }
 
-impl Reply {
+impl ServerReply {
     /// First digit of the code.
     pub fn class(&self) -> u16 {
         self.code / 100
@@ -69,7 +71,7 @@ impl Reply {
     }
 }
 
-impl fmt::Display for Reply {
+impl fmt::Display for ServerReply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.lines.is_empty() {
             write!(f, "{}", self.code)

@@ -31,8 +31,8 @@ fn txn(rcpts: &[&str]) -> Transaction {
     }
 }
 
-fn reply(code: u16, text: &str) -> Reply {
-    Reply {
+fn reply(code: u16, text: &str) -> ServerReply {
+    ServerReply {
         code,
         lines: vec![text.into()],
         own: None,
@@ -100,7 +100,7 @@ fn done(events: &[ClientEvent]) -> Vec<RcptOutcome> {
 
 #[test]
 fn reply_accessors() {
-    let r = Reply {
+    let r = ServerReply {
         code: 550,
         lines: vec!["5.1.1 no such user".into(), "bye".into()],
         own: None,
@@ -116,7 +116,7 @@ fn reply_accessors() {
     assert_eq!(reply(250, "3.1.0 ok").enhanced(), None);
     assert_eq!(reply(250, "2.1234.0 ok").enhanced(), None);
     assert_eq!(
-        Reply {
+        ServerReply {
             code: 250,
             lines: vec![],
             own: None,

@@ -4,28 +4,39 @@
 //! remove it, bounce it (RFC 3464, once, listing every failed recipient),
 //! or reschedule it on the pure retry schedule.
 //!
+//! [`QueueRunner`] owns the schedule ([`Queue`]), the attempts in flight,
+//! the fresh-envelope cache, the hold and flush marks and the local
+//! delivery jobs; it borrows the spool, configuration and tables through an
+//! [`Io`] and hands remote jobs to the [`OutboundDriver`], whose
+//! [`JobReport`](super::outbound::JobReport)s come back through
+//! [`QueueRunner::job_done`].
+//!
 //! Expiry and retry run on the monotonic clock and the message's queue age,
 //! never on the wall clock (`queue` module doc): the decision is
 //! `queue::after_attempt`, a pure function of age, attempts and whether
 //! this round really attempted anything.
 
-use std::collections::HashMap;
+mod local;
+mod requests;
 
-use super::local::LocalTask;
-use super::{mono_now, unix_now, Daemon};
+use std::collections::{HashMap, HashSet};
+
+use super::outbound::OutboundDriver;
+use super::{mono_now, unix_now, Io};
 use crate::bounce::{
-    build_bounce, header_block, rfc5322_date, Action, BounceInput, FailedRecipient,
+    build_bounce, header_block, rfc5322_date, BounceInput, DsnAction, FailedRecipient,
 };
 use crate::delivery::outcome::{self, Origin, Outcome, Reason};
 use crate::delivery::{Destination, Refusal};
 use crate::outbound::Job;
-use crate::queue::{after_attempt, Disposition, Rules};
+use crate::queue::{after_attempt, Disposition, Queue, Rules};
 use crate::smtp::address::Address;
 use crate::spool::envelope::Recipient;
 use crate::spool::{QueueId, RcptState, RcptStatus, StoredEnvelope};
+use local::{LocalJobs, LocalTask};
 
 /// Messages taken from the queue per loop turn (their local deliveries
-/// are queued as jobs, see `daemon::local`; this bounds the loading of
+/// are queued as jobs, see `daemon::runner::local`; this bounds the loading of
 /// envelopes and states in one turn).
 pub const MESSAGES_PER_TURN: usize = 16;
 /// Outbound jobs waiting for a connection slot before the runner stops
@@ -34,7 +45,8 @@ pub const OUTBOUND_BACKLOG: usize = 64;
 /// Bytes of the original message's header returned in a bounce.
 const BOUNCE_HEADER_READ: usize = 64 * 1024;
 
-/// A message whose attempt is in progress (remote jobs outstanding).
+/// A message whose attempt is in progress (outbound or local jobs
+/// outstanding).
 pub struct InFlight {
     pub env: StoredEnvelope,
     pub states: Vec<RcptState>,
@@ -73,14 +85,85 @@ impl InFlight {
     }
 }
 
-impl Daemon {
+/// Envelopes kept for messages not yet attempted (beyond this, the first
+/// attempt reads the file like any other).
+pub const FRESH_CACHE: usize = 1024;
+
+#[derive(Default)]
+pub struct QueueRunner {
+    /// The schedule: due times of queued messages.
+    queue: Queue,
+    /// Messages with jobs (outbound or local) outstanding.
+    in_flight: HashMap<QueueId, InFlight>,
+    /// Envelopes (and content sizes) of messages committed but not yet
+    /// attempted: their first attempt needs no re-read of the file.
+    fresh: HashMap<QueueId, (StoredEnvelope, u64)>,
+    /// A `queue flush` is running: held mail is delivered too.
+    flushing: bool,
+    /// Messages a `queue flush ID` asked for: attempted even under
+    /// `hold_outbound` (like a whole-queue flush).
+    flush_one: HashSet<QueueId>,
+    /// Messages on hold (`hold/ID`, `tern queue hold`): out of the
+    /// schedule until released.
+    held: HashSet<QueueId>,
+    /// Sequence for unique local names (Maildir, bounce IDs).
+    local_seq: u64,
+    /// Local deliveries, moved a bounded amount per turn.
+    local_jobs: LocalJobs,
+}
+
+impl QueueRunner {
+    /// At start: every recovered message is due now, except those on hold.
+    pub fn start(&mut self, io: &mut Io) -> std::io::Result<()> {
+        let now = mono_now();
+        let recovered = io.spool.recover()?;
+        self.held = io.spool.held()?.into_iter().collect();
+        for &id in &recovered {
+            if !self.held.contains(&id) {
+                self.queue.schedule(id, now);
+            }
+        }
+        if self.held.is_empty() {
+            log::info!("started: {} queued message(s)", self.queue.len());
+        } else {
+            log::info!(
+                "started: {} queued message(s), {} on hold",
+                self.queue.len(),
+                self.held.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// A new message (committed, imported or a bounce): due now.
+    pub fn schedule_new(&mut self, id: QueueId) {
+        self.queue.schedule(id, mono_now());
+    }
+
+    /// A queue run (SIGUSR1, `tern queue flush`, a release by reload):
+    /// everything is due now, held mail included, until the queue is empty.
+    pub fn flush(&mut self) {
+        self.flushing = true;
+        self.queue.flush(mono_now());
+    }
+
+    /// No local delivery in progress.
+    pub fn local_idle(&self) -> bool {
+        self.local_jobs.is_empty()
+    }
+
     /// Takes up to [`MESSAGES_PER_TURN`] due messages. Returns true when
     /// it stopped at that bound with more due: the loop must come back at
     /// once, not at the next tick (after a restart every recovered message
     /// is due, and 16 per second kept new mail waiting behind 100,000 held
     /// ones for hours).
-    pub(super) fn run_queue(&mut self) -> bool {
-        if self.stopping.is_some() {
+    pub fn run_queue(
+        &mut self,
+        io: &mut Io,
+        outbound: &mut OutboundDriver,
+        stopping: bool,
+    ) -> bool {
+        if stopping {
             return false;
         }
         let now = unix_now();
@@ -89,13 +172,13 @@ impl Daemon {
             // Memory must not grow with the queue: while outbound jobs wait
             // for connection slots, due messages stay in the queue index
             // (an outbound event wakes the loop when a slot frees).
-            if self.outbound.backlog() >= OUTBOUND_BACKLOG
-                || self.local_jobs.len() >= super::local::LOCAL_BACKLOG
+            if outbound.backlog() >= OUTBOUND_BACKLOG
+                || self.local_jobs.len() >= local::LOCAL_BACKLOG
             {
                 return false;
             }
             match self.queue.pop_due(mono) {
-                Some(id) => self.attempt(id, now),
+                Some(id) => self.attempt(io, outbound, id, now),
                 None => {
                     self.flushing = false;
                     return false;
@@ -105,13 +188,13 @@ impl Daemon {
         true
     }
 
-    pub(super) fn remember_fresh(&mut self, id: QueueId, env: StoredEnvelope, size: u64) {
-        if self.fresh.len() < super::FRESH_CACHE {
+    pub fn remember_fresh(&mut self, id: QueueId, env: StoredEnvelope, size: u64) {
+        if self.fresh.len() < FRESH_CACHE {
             self.fresh.insert(id, (env, size));
         }
     }
 
-    fn attempt(&mut self, id: QueueId, now: u64) {
+    fn attempt(&mut self, io: &mut Io, outbound: &mut OutboundDriver, id: QueueId, now: u64) {
         if self.held.contains(&id) {
             // On hold (`tern queue hold`): out of the schedule until released.
             self.queue.remove(id);
@@ -125,7 +208,7 @@ impl Daemon {
                 let n = env.recipients.len();
                 Ok((env, vec![RcptState::default(); n], 0, 0))
             }
-            None => self
+            None => io
                 .spool
                 .load_progress(id)
                 .map(|(env, p)| (env, p.states, p.attempts, p.age)),
@@ -169,7 +252,7 @@ impl Daemon {
                     });
                 }
                 Destination::Remote(address) => {
-                    let key = if self.cfg.smarthost.is_empty() {
+                    let key = if io.cfg.smarthost.is_empty() {
                         address.domain.clone()
                     } else {
                         String::new()
@@ -203,17 +286,17 @@ impl Daemon {
             failed_before,
         };
         if !remote.is_empty() {
-            if self.cfg.hold_outbound && !self.flushing && !flush_one {
+            if io.cfg.hold_outbound && !self.flushing && !flush_one {
                 // Held mail is not attempted and its state is not touched
                 // (no write per held message); `mailq` shows it as held.
                 flight.held = true;
             } else {
                 let size = match content_size {
                     Some(size) => size,
-                    None => self.spool.content_size(id).unwrap_or(0),
+                    None => io.spool.content_size(id).unwrap_or(0),
                 };
                 let (sender, rewrite) = crate::rewrite::RewriteTable::outbound(
-                    &self.tables.rewrite,
+                    &io.tables.rewrite,
                     id,
                     &flight.env.sender,
                     flight.env.origin,
@@ -221,7 +304,7 @@ impl Daemon {
                 for (domain, rcpts) in remote {
                     flight.outstanding += 1;
                     flight.tried = true;
-                    self.outbound.submit(Job {
+                    outbound.submit(Job {
                         id,
                         domain,
                         sender: sender.clone(),
@@ -241,7 +324,7 @@ impl Daemon {
             self.local_jobs.push(task);
         }
         if flight.outstanding == 0 {
-            self.settle(id, flight);
+            self.settle(io, id, flight);
         } else {
             self.in_flight.insert(id, flight);
         }
@@ -249,7 +332,7 @@ impl Daemon {
 
     /// An outbound job finished: record its outcomes and settle the
     /// message when it was the last one.
-    pub(super) fn job_done(&mut self, id: QueueId, outcomes: Vec<(usize, Outcome)>) {
+    pub fn job_done(&mut self, io: &mut Io, id: QueueId, outcomes: Vec<(usize, Outcome)>) {
         let Some(flight) = self.in_flight.get_mut(&id) else {
             return;
         };
@@ -263,27 +346,27 @@ impl Daemon {
                 .env
                 .recipients
                 .get(i)
-                .map_or(String::new(), |r| r.final_address(&self.cfg.hostname));
+                .map_or(String::new(), |r| r.final_address(&io.cfg.hostname));
             log_outcome(id, &addr, delay, &o);
             *st = RcptState::from_outcome(o);
         }
         flight.outstanding = flight.outstanding.saturating_sub(1);
         if flight.outstanding == 0 {
             if let Some(flight) = self.in_flight.remove(&id) {
-                self.settle(id, flight);
+                self.settle(io, id, flight);
             }
         }
     }
 
     /// Everything of this attempt is back: finish, bounce or retry.
-    pub(super) fn settle(&mut self, id: QueueId, mut flight: InFlight) {
+    fn settle(&mut self, io: &mut Io, id: QueueId, mut flight: InFlight) {
         let mono = mono_now();
         let age = self.queue.age(id, flight.stored_age, mono);
         let attempts = flight.attempts.saturating_add(u32::from(flight.tried));
         let open = flight.states.iter().any(|s| !s.status.is_final());
         let rules = Rules {
-            retry_schedule: &self.cfg.retry_schedule,
-            max_queue_time: self.cfg.max_queue_time,
+            retry_schedule: &io.cfg.retry_schedule,
+            max_queue_time: io.cfg.max_queue_time,
             held_recheck: HELD_RECHECK,
         };
         let disposition = after_attempt(age, attempts, flight.tried, &rules);
@@ -299,7 +382,7 @@ impl Daemon {
                 .filter(|(_, s)| !s.status.is_final())
             {
                 let o = Outcome::Failed(outcome::expired(&held, st.reason.as_ref()));
-                log_outcome(id, &rcpt.final_address(&self.cfg.hostname), delay, &o);
+                log_outcome(id, &rcpt.final_address(&io.cfg.hostname), delay, &o);
                 *st = RcptState::from_outcome(o);
             }
             log::warn!("{id}: expired after {attempts} attempt(s), {held} in the queue");
@@ -307,11 +390,11 @@ impl Daemon {
         // One report per attempt for the recipients that failed in it
         // (usually the only one: most messages finish in one attempt).
         if flight.newly_failed().next().is_some() {
-            self.bounce(id, &flight);
+            self.bounce(io, id, &flight);
         }
         let open = flight.states.iter().any(|s| !s.status.is_final());
         if !open {
-            if let Err(e) = self.spool.remove(id) {
+            if let Err(e) = io.spool.remove(id) {
                 log::error!("{id}: cannot remove finished message: {e}");
             }
             self.queue.remove(id);
@@ -322,7 +405,7 @@ impl Daemon {
         let checkpoint = age.saturating_sub(flight.stored_age) >= AGE_CHECKPOINT;
         let mut saved = false;
         if flight.states != flight.loaded || attempts != flight.attempts || checkpoint {
-            match self.spool.save_state(id, &flight.states, attempts, age) {
+            match io.spool.save_state(id, &flight.states, attempts, age) {
                 Ok(()) => saved = true,
                 Err(e) => log::error!("{id}: cannot save delivery state: {e}"),
             }
@@ -345,22 +428,22 @@ impl Daemon {
 
     /// Sends one delivery status notification for the failed recipients,
     /// through the spool like any message. Never for the null sender.
-    fn bounce(&mut self, id: QueueId, flight: &InFlight) {
+    fn bounce(&mut self, io: &mut Io, id: QueueId, flight: &InFlight) {
         if flight.env.sender.is_empty() {
             log::warn!("{id}: undeliverable message from <>; discarded without a bounce");
             return;
         }
         let failed: Vec<FailedRecipient> = flight
             .newly_failed()
-            .map(|(r, s)| failed_recipient(r.final_address(&self.cfg.hostname), s))
+            .map(|(r, s)| failed_recipient(r.final_address(&io.cfg.hostname), s))
             .collect();
-        let headers = self.original_headers(id);
+        let headers = original_headers(io, id);
         let now = unix_now();
         self.local_seq += 1;
-        let message_id = format!("<{}.{}.bounce@{}>", id, self.local_seq, self.cfg.hostname);
-        let boundary = format!("{id}.{now}/{}", self.cfg.hostname);
+        let message_id = format!("<{}.{}.bounce@{}>", id, self.local_seq, io.cfg.hostname);
+        let boundary = format!("{id}.{now}/{}", io.cfg.hostname);
         let text = build_bounce(&BounceInput {
-            reporting_mta: &self.cfg.hostname,
+            reporting_mta: &io.cfg.hostname,
             queue_id: id.text().as_str(),
             original_sender: &flight.env.sender,
             arrival_date: &rfc5322_date(flight.env.arrival as i64, 0),
@@ -374,8 +457,8 @@ impl Daemon {
             id: QueueId(0),
             arrival: now,
             sender: String::new(),
-            recipients: self.bounce_recipients(&flight.env.sender),
-            client: format!("{} [local]", self.cfg.hostname),
+            recipients: bounce_recipients(io, &flight.env.sender),
+            client: format!("{} [local]", io.cfg.hostname),
             origin: crate::rewrite::SenderOrigin::Other,
             // The returned header section may carry 8-bit octets (labelled
             // 8bit by build_bounce): the relay must know (BODY=8BITMIME or
@@ -385,17 +468,17 @@ impl Daemon {
         };
         let received = format!(
             "Received: by {} (tern) id {id}; {}\r\n",
-            self.cfg.hostname,
+            io.cfg.hostname,
             rfc5322_date(now as i64, 0)
         );
-        match self.spool.create(&env).and_then(|mut inc| {
+        match io.spool.create(&env).and_then(|mut inc| {
             inc.write(received.as_bytes())?;
             inc.write(&text)?;
             Ok(inc)
         }) {
             Ok(inc) => {
                 let bid = inc.id;
-                match self.spool.commit(vec![inc]).pop() {
+                match io.spool.commit(vec![inc]).pop() {
                     Some(Ok(bid)) => {
                         log::info!("{id}: sender non-delivery notification: {bid}");
                         self.queue.schedule(bid, mono_now());
@@ -406,45 +489,45 @@ impl Daemon {
             Err(e) => log::error!("{id}: could not create the bounce: {e}"),
         }
     }
+}
 
-    /// Where a report to `sender` goes: through the same policy as any
-    /// recipient (a local sender's aliases apply); a sender that is not a
-    /// valid address or names no local user gets it as postmaster.
-    fn bounce_recipients(&self, sender: &str) -> Vec<Recipient> {
-        let is_local = |d: &str| self.cfg.is_local_domain(d);
-        let policy = self.tables.policy(&self.cfg, &is_local);
-        let decided = Address::parse_mailbox(sender)
-            .map_err(|_| Refusal::BadMailboxName)
-            .and_then(|a| {
-                if is_local(&a.domain) {
-                    policy.resolve_local(&a.local)
-                } else {
-                    Ok(vec![Destination::Remote(a)])
-                }
-            })
-            .or_else(|why| {
-                log::warn!("bounce to <{sender}>: {}; sent to postmaster", why.reply());
-                policy.resolve_local("postmaster")
-            })
-            .unwrap_or_default();
-        decided
-            .into_iter()
-            .map(|dest| Recipient {
-                dest,
-                original: sender.to_string(),
-            })
-            .collect()
-    }
+/// Where a report to `sender` goes: through the same policy as any
+/// recipient (a local sender's aliases apply); a sender that is not a
+/// valid address or names no local user gets it as postmaster.
+fn bounce_recipients(io: &Io, sender: &str) -> Vec<Recipient> {
+    let is_local = |d: &str| io.cfg.is_local_domain(d);
+    let policy = io.tables.policy(io.cfg, &is_local);
+    let decided = Address::parse_mailbox(sender)
+        .map_err(|_| Refusal::BadMailboxName)
+        .and_then(|a| {
+            if is_local(&a.domain) {
+                policy.resolve_local(&a.local)
+            } else {
+                Ok(vec![Destination::Remote(a)])
+            }
+        })
+        .or_else(|why| {
+            log::warn!("bounce to <{sender}>: {}; sent to postmaster", why.reply());
+            policy.resolve_local("postmaster")
+        })
+        .unwrap_or_default();
+    decided
+        .into_iter()
+        .map(|dest| Recipient {
+            dest,
+            original: sender.to_string(),
+        })
+        .collect()
+}
 
-    fn original_headers(&self, id: QueueId) -> Vec<u8> {
-        use std::io::Read;
-        let Ok((file, _)) = self.spool.open_content(id) else {
-            return Vec::new();
-        };
-        let mut buf = Vec::new();
-        let _ = file.take(BOUNCE_HEADER_READ as u64).read_to_end(&mut buf);
-        header_block(&buf).to_vec()
-    }
+fn original_headers(io: &Io, id: QueueId) -> Vec<u8> {
+    use std::io::Read;
+    let Ok((file, _)) = io.spool.open_content(id) else {
+        return Vec::new();
+    };
+    let mut buf = Vec::new();
+    let _ = file.take(BOUNCE_HEADER_READ as u64).read_to_end(&mut buf);
+    header_block(&buf).to_vec()
 }
 
 /// A failed recipient in the report: the reason's status; the server's
@@ -456,7 +539,7 @@ fn failed_recipient(address: String, state: &RcptState) -> FailedRecipient {
     FailedRecipient {
         address,
         status: reason.map_or("5.0.0".into(), |r| r.status.to_string()),
-        action: Action::Failed,
+        action: DsnAction::Failed,
         // `host[ip]:port` → host.
         remote_mta: remote.map(|relay| relay.split('[').next().unwrap_or(relay).to_string()),
         diagnostic: reason
@@ -467,7 +550,7 @@ fn failed_recipient(address: String, state: &RcptState) -> FailedRecipient {
 }
 
 /// The outcome part of a log line: `relay=... dsn=... status=... (sentence)`.
-pub(super) struct Fields<'a>(pub(super) &'a Outcome);
+struct Fields<'a>(&'a Outcome);
 
 impl std::fmt::Display for Fields<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -5,9 +5,10 @@
 //! (zero poll timeout) while tasks remain, and sleeps as before when none
 //! do.
 
-use super::Daemon;
+use super::QueueRunner;
+use crate::daemon::Io;
 use crate::delivery::jobs::LocalQueue;
-use crate::delivery::local::{Format, LocalDelivery};
+use crate::delivery::local::{Format, MailboxWriter};
 use crate::delivery::outcome::{self, Outcome, Reason};
 use crate::delivery::Mailbox;
 use crate::spool::{QueueId, RcptState};
@@ -33,24 +34,24 @@ pub struct LocalTask {
 
 pub type LocalJobs = LocalQueue<LocalTask>;
 
-impl Daemon {
+impl QueueRunner {
     /// One turn of local delivery; true while tasks remain (the loop must
     /// not sleep).
-    pub(super) fn run_local_jobs(&mut self) -> bool {
+    pub fn run_local_jobs(&mut self, io: &mut Io) -> bool {
         if self.local_jobs.is_empty() {
             return false;
         }
-        let local = LocalDelivery {
-            mail_dir: self.cfg.mail_dir.clone(),
-            format: match self.cfg.local_delivery {
+        let local = MailboxWriter {
+            mail_dir: io.cfg.mail_dir.clone(),
+            format: match io.cfg.local_delivery {
                 crate::config::LocalDelivery::Maildir => Format::Maildir,
                 crate::config::LocalDelivery::Mbox => Format::Mbox,
             },
-            sync: self.cfg.spool_sync,
-            hostname: self.cfg.hostname.clone(),
+            sync: io.cfg.spool_sync,
+            hostname: io.cfg.hostname.clone(),
         };
-        let spool = &self.spool;
-        let done = self.local_jobs.turn(self.cfg.spool_sync, &mut |t| {
+        let spool = &io.spool;
+        let done = self.local_jobs.turn(io.cfg.spool_sync, &mut |t| {
             let (content, _) = spool
                 .open_content(t.id)
                 .map_err(|e| outcome::queue_file_unreadable(&outcome::io_words(&e)))?;
@@ -65,7 +66,7 @@ impl Daemon {
         });
         for (task, result) in done {
             let state = local_state(&task, result);
-            self.local_done(task.id, task.index, state);
+            self.local_done(io, task.id, task.index, state);
         }
         !self.local_jobs.is_empty()
     }
@@ -74,14 +75,14 @@ impl Daemon {
     /// records what finished, so a recipient whose copy is already in its
     /// mailbox is not delivered again after the restart. Unfinished local
     /// jobs were undone; their recipients keep their old state.
-    pub(super) fn save_unsettled(&mut self) {
-        let mono = super::mono_now();
+    pub fn save_unsettled(&mut self, io: &mut Io) {
+        let mono = crate::daemon::mono_now();
         for (id, flight) in &self.in_flight {
             if flight.states == flight.loaded {
                 continue;
             }
             let age = self.queue.age(*id, flight.stored_age, mono);
-            if let Err(e) = self
+            if let Err(e) = io
                 .spool
                 .save_state(*id, &flight.states, flight.attempts, age)
             {
@@ -90,7 +91,7 @@ impl Daemon {
         }
     }
 
-    fn local_done(&mut self, id: QueueId, index: usize, state: RcptState) {
+    fn local_done(&mut self, io: &mut Io, id: QueueId, index: usize, state: RcptState) {
         let Some(flight) = self.in_flight.get_mut(&id) else {
             return;
         };
@@ -100,7 +101,7 @@ impl Daemon {
         flight.outstanding = flight.outstanding.saturating_sub(1);
         if flight.outstanding == 0 {
             if let Some(flight) = self.in_flight.remove(&id) {
-                self.settle(id, flight);
+                self.settle(io, id, flight);
             }
         }
     }
@@ -123,7 +124,7 @@ fn local_state(t: &LocalTask, result: Result<String, Reason>) -> RcptState {
             log::warn!(
                 "{id}: to=<{}> mailbox={user} relay=local delay={delay} {}",
                 t.original,
-                super::runner::Fields(&o)
+                super::Fields(&o)
             );
             RcptState::from_outcome(o)
         }

@@ -17,7 +17,7 @@ use super::Timer;
 pub const SOCKET_READ: usize = 16384;
 
 #[derive(Default)]
-pub struct Transport {
+pub struct Link {
     pub tls: Option<TlsStream>,
     cipher_in: Vec<u8>,
 }
@@ -47,13 +47,13 @@ pub enum Read {
     Closed,
 }
 
-impl Transport {
-    pub fn plain() -> Transport {
-        Transport::default()
+impl Link {
+    pub fn plain() -> Link {
+        Link::default()
     }
 
-    pub fn with_tls(tls: TlsStream) -> Transport {
-        Transport {
+    pub fn with_tls(tls: TlsStream) -> Link {
+        Link {
             tls: Some(tls),
             cipher_in: Vec::new(),
         }

@@ -1,41 +1,52 @@
-//! Running outbound jobs in the loop: each job is an
+//! The outbound driver: running outbound jobs in the loop. Each job is an
 //! [`outbound::machine::Delivery`](crate::outbound::machine::Delivery),
 //! which decides everything (MX walk, address and TLS fallback, deadlines,
-//! connection reuse, outcomes); this module only maps its actions to the
-//! world: DNS questions to the sans-IO resolver and its sockets, connects
-//! and bytes to the reactor (through TLS when asked), the body from the
-//! spool file (streamed with a high-water mark, never whole in memory),
-//! and its reports to the queue runner.
+//! connection reuse, outcomes); [`OutboundDriver`] only maps its actions to
+//! the world: DNS questions to the [`DnsDriver`], connects and bytes to
+//! the reactor (through TLS when asked), the body from the spool file
+//! (streamed with a high-water mark, never whole in memory), and its
+//! reports, as [`JobReport`] values, to the queue runner.
+//!
+//! The driver owns the jobs waiting for a slot, the running deliveries,
+//! the map from outbound sockets and lookups to deliveries, and the TLS
+//! client configurations; what it borrows for a call comes in an [`Io`]
+//! (reactor, spool, configuration) and the [`DnsDriver`]. Reports are
+//! handed out when the call returns: the runner settles the message then,
+//! after the session that reported has been offered its next job.
 
+use std::collections::HashMap;
 use std::io::Read as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
-use super::transport::{Read, Transport};
-use super::{Daemon, Timer};
-use crate::delivery::outcome;
-use crate::dns::{DnsError, LookupId, MxHost, QueryHandle, Transport as DnsTransport};
-use crate::outbound::machine::{Action, Delivery, Hop, Lookup, Settings};
-use crate::reactor::SockId;
+use super::dns::{Answer, DnsDriver};
+use super::link::{Link, Read};
+use super::{Io, Timer};
+use crate::config::Config;
+use crate::delivery::outcome::{self, Outcome};
+use crate::dns::LookupId;
+use crate::outbound::machine::{Action, Delivery, Hop, Settings};
+use crate::outbound::{Job, Outbound};
+use crate::reactor::{Reactor, SockId};
 use crate::smtp::client::Credentials;
+use crate::spool::QueueId;
 use crate::tls::TlsStream;
 
 /// Body bytes read from the spool per step.
 pub const BODY_CHUNK: usize = 16 * 1024;
 /// Bytes read from a peer per wakeup.
 const READ_CHUNK: usize = 4096;
-/// Largest DNS response accepted over TCP.
-const MAX_DNS_TCP: usize = 65535;
 /// Rounds of actions, body, writes and reads per readiness event; a busy
 /// connection comes back next turn (`mark_hot`).
 const PUMP_ROUNDS: usize = 64;
 
-/// One delivery machine and what the daemon holds for it.
-pub struct Outgoing {
+/// One delivery machine and what the driver holds for it.
+struct Outgoing {
     machine: Delivery,
     /// The connection, when one is open.
     sock: Option<SockId>,
-    transport: Transport,
+    link: Link,
     /// The TLS handshake of this connection was reported finished.
     tls_reported: bool,
     lookup: Option<LookupId>,
@@ -47,18 +58,79 @@ pub struct Outgoing {
     chunk_end: usize,
 }
 
-/// A DNS exchange in progress on a socket of its own.
-pub struct DnsSock {
-    handle: QueryHandle,
-    server: SocketAddr,
-    transport: DnsTransport,
-    pending_write: Vec<u8>,
-    read_buf: Vec<u8>,
+/// A finished job: its message and one outcome per recipient (by index
+/// in the envelope), for the queue runner.
+pub struct JobReport {
+    pub id: QueueId,
+    pub outcomes: Vec<(usize, Outcome)>,
 }
 
-impl Daemon {
-    /// Starts jobs while slots are free and flushes resolver transmissions.
-    pub(super) fn outbound_poll(&mut self) {
+pub struct OutboundDriver {
+    /// Jobs waiting for a connection slot, and the slot counts.
+    jobs: Outbound,
+    /// The running deliveries, by key.
+    deliveries: HashMap<u64, Outgoing>,
+    delivery_seq: u64,
+    /// Which delivery owns an outbound socket.
+    socket_owner: HashMap<SockId, u64>,
+    /// Which delivery waits for a lookup.
+    lookups: HashMap<LookupId, u64>,
+    /// Client configs for outbound TLS: verifying (`None` without trust
+    /// anchors), and opportunistic.
+    tls_client: Option<Arc<rustls::ClientConfig>>,
+    tls_client_any: Arc<rustls::ClientConfig>,
+    /// Reports of this call, handed out at its end.
+    reports: Vec<JobReport>,
+}
+
+impl OutboundDriver {
+    pub fn new(cfg: &Config, tls_client: Option<Arc<rustls::ClientConfig>>) -> OutboundDriver {
+        OutboundDriver {
+            jobs: Outbound::new(cfg),
+            deliveries: HashMap::new(),
+            delivery_seq: 0,
+            socket_owner: HashMap::new(),
+            lookups: HashMap::new(),
+            tls_client,
+            tls_client_any: crate::tls::client_config_no_verify(),
+            reports: Vec::new(),
+        }
+    }
+
+    /// On reload: slot limits, smarthosts.
+    pub fn reconfigure(&mut self, cfg: &Config) {
+        self.jobs.reconfigure(cfg);
+    }
+
+    /// On reload: the verifying client configuration (new CA file).
+    pub fn set_tls_client(&mut self, tls_client: Option<Arc<rustls::ClientConfig>>) {
+        self.tls_client = tls_client;
+    }
+
+    /// Queues a job; it starts at the next [`OutboundDriver::poll`] with a
+    /// free slot.
+    pub fn submit(&mut self, job: Job) {
+        self.jobs.submit(job);
+    }
+
+    /// Jobs waiting for a connection slot.
+    pub fn backlog(&self) -> usize {
+        self.jobs.backlog()
+    }
+
+    /// No job running.
+    pub fn is_idle(&self) -> bool {
+        self.jobs.is_idle()
+    }
+
+    /// No new connections (waiting jobs stay in the spool for the restart).
+    pub fn shutdown(&mut self) {
+        self.jobs.shutdown();
+    }
+
+    /// Starts jobs while slots are free (idle kept sessions first). Flush
+    /// the DNS driver afterwards: the jobs may have asked questions.
+    pub fn poll(&mut self, io: &mut Io, dns: &mut DnsDriver) -> Vec<JobReport> {
         // Idle cached connections first: a waiting job for the same
         // destination reuses one without a new connect, greeting and EHLO.
         let now = Instant::now();
@@ -70,12 +142,12 @@ impl Daemon {
             .collect();
         for key in idle {
             self.offer_next_job(key, now);
-            self.pump(key, now);
+            self.pump(io, dns, key, now);
         }
-        while let Some(job) = self.outbound.next_startable() {
-            self.start_job(job);
+        while let Some(job) = self.jobs.next_startable() {
+            self.start_job(io, dns, job);
         }
-        self.dns_flush(Instant::now());
+        std::mem::take(&mut self.reports)
     }
 
     /// Gives an idle session the next job to its destination, if any.
@@ -86,21 +158,21 @@ impl Daemon {
         if !d.machine.is_idle() {
             return;
         }
-        if let Some(job) = self.outbound.take_for(d.machine.destination()) {
+        if let Some(job) = self.jobs.take_for(d.machine.destination()) {
             d.body = None;
             d.chunk_pos = 0;
             d.chunk_end = 0;
             if let Err(job) = d.machine.next_job(job, now) {
-                self.outbound.submit(job);
+                self.jobs.submit(job);
             }
         }
     }
 
-    fn start_job(&mut self, job: crate::outbound::Job) {
+    fn start_job(&mut self, io: &mut Io, dns: &mut DnsDriver, job: Job) {
         let now = Instant::now();
         let key = self.next_delivery_key();
         let smarthosts = if job.domain.is_empty() {
-            self.outbound
+            self.jobs
                 .smarthosts
                 .iter()
                 .map(|hp| Hop {
@@ -111,20 +183,20 @@ impl Daemon {
                         .parse::<IpAddr>()
                         .ok()
                         .map(|ip| vec![ip])
-                        .or_else(|| self.hosts.get(&hp.host.to_ascii_lowercase()).cloned()),
+                        .or_else(|| dns.hosts_entry(&hp.host)),
                 })
                 .collect()
         } else {
             Vec::new()
         };
-        let settings = self.outbound_settings(job.domain.is_empty());
+        let settings = self.settings(io.cfg, job.domain.is_empty());
         let machine = Delivery::new(job, smarthosts, settings, now);
         self.deliveries.insert(
             key,
             Outgoing {
                 machine,
                 sock: None,
-                transport: Transport::plain(),
+                link: Link::plain(),
                 tls_reported: false,
                 lookup: None,
                 body: None,
@@ -133,7 +205,7 @@ impl Daemon {
                 chunk_end: 0,
             },
         );
-        self.pump(key, now);
+        self.pump(io, dns, key, now);
     }
 
     fn next_delivery_key(&mut self) -> u64 {
@@ -143,75 +215,64 @@ impl Daemon {
 
     /// The machine's view of the configuration; the smarthost password
     /// file is read here, once per delivery.
-    fn outbound_settings(&self, smarthost: bool) -> Settings {
+    fn settings(&self, cfg: &Config, smarthost: bool) -> Settings {
         Settings {
-            hostname: self.cfg.hostname.clone(),
-            mx_port: self.cfg.mx_port,
-            outbound_tls: self.cfg.outbound_tls,
-            smarthost_tls: self.cfg.smarthost_tls,
+            hostname: cfg.hostname.clone(),
+            mx_port: cfg.mx_port,
+            outbound_tls: cfg.outbound_tls,
+            smarthost_tls: cfg.smarthost_tls,
             credentials: if smarthost {
-                self.smarthost_credentials()
+                smarthost_credentials(cfg)
             } else {
                 None
             },
-            connect_timeout: self.cfg.connect_timeout,
-            reply_timeout: self.cfg.client_timeout,
+            connect_timeout: cfg.connect_timeout,
+            reply_timeout: cfg.client_timeout,
             trust_anchors: self.tls_client.is_some(),
         }
     }
 
-    /// `smarthost_user` and the first line of `smarthost_password_file`
-    /// (read for each delivery, so a changed password needs no reload).
-    fn smarthost_credentials(&self) -> Option<Credentials> {
-        let user = self.cfg.smarthost_user.clone()?;
-        let path = self.cfg.smarthost_password_file.as_ref()?;
-        match std::fs::read_to_string(path) {
-            Ok(text) => Some(Credentials {
-                user,
-                password: text.lines().next().unwrap_or("").to_string(),
-            }),
-            Err(e) => {
-                log::error!("smarthost_password_file {}: {e}", path.display());
-                None
-            }
-        }
-    }
-
-    /// A resolver answer for one of our deliveries.
-    fn lookup_done(
+    /// The DNS driver's answers; those for our deliveries move them.
+    /// Arm the DNS driver's timer afterwards (they may ask again).
+    pub fn handle_answers(
         &mut self,
-        lookup: LookupId,
-        result: Result<Vec<MxHost>, DnsError>,
+        io: &mut Io,
+        dns: &mut DnsDriver,
+        answers: Vec<Answer>,
         now: Instant,
-    ) {
-        let Some(key) = self.lookups.remove(&lookup) else {
-            return;
-        };
-        let Some(d) = self.deliveries.get_mut(&key) else {
-            return;
-        };
-        d.lookup = None;
-        d.machine.handle_lookup(result, now);
-        self.pump(key, now);
+    ) -> Vec<JobReport> {
+        for (lookup, result) in answers {
+            let Some(key) = self.lookups.remove(&lookup) else {
+                continue;
+            };
+            let Some(d) = self.deliveries.get_mut(&key) else {
+                continue;
+            };
+            d.lookup = None;
+            d.machine.handle_lookup(result, now);
+            self.pump(io, dns, key, now);
+        }
+        std::mem::take(&mut self.reports)
     }
 
-    /// Readiness on an outbound socket (delivery or DNS).
-    pub(super) fn outbound_ready(&mut self, sock: SockId) {
-        if self.dns_socks.contains_key(&sock) {
-            self.dns_ready(sock);
-            return;
-        }
+    /// Readiness on a delivery's socket (any other is closed).
+    pub fn handle_ready(
+        &mut self,
+        io: &mut Io,
+        dns: &mut DnsDriver,
+        sock: SockId,
+    ) -> Vec<JobReport> {
         let Some(&key) = self.socket_owner.get(&sock) else {
-            self.reactor.close(sock);
-            return;
+            io.reactor.close(sock);
+            return Vec::new();
         };
         let now = Instant::now();
         let Some(d) = self.deliveries.get_mut(&key) else {
-            return;
+            return Vec::new();
         };
         if d.machine.is_connecting() {
-            match self.reactor.connect_result(sock) {
-                Ok(false) => return,
+            match io.reactor.connect_result(sock) {
+                Ok(false) => return Vec::new(),
                 Ok(true) => {
                     if let Some(relay) = d.machine.relay() {
                         log::debug!("{}: connected to {relay}", d.machine.job_id());
@@ -221,27 +282,25 @@ impl Daemon {
                 Err(e) => d.machine.handle_connected(Err(outcome::io_words(&e)), now),
             }
         }
-        self.pump(key, now);
+        self.pump(io, dns, key, now);
+        std::mem::take(&mut self.reports)
     }
 
     /// Does what a machine asks, one action at a time.
-    fn apply(&mut self, key: u64, action: Action, now: Instant) {
+    fn apply(&mut self, io: &mut Io, dns: &mut DnsDriver, key: u64, action: Action, now: Instant) {
         let Some(d) = self.deliveries.get_mut(&key) else {
             return;
         };
         match action {
             Action::Resolve(lookup) => {
-                let id = match lookup {
-                    Lookup::Mx(domain) => self.resolver.resolve_mx(&domain, now),
-                    Lookup::Host(name) => self.resolver.resolve_host(&name, now),
-                };
+                let id = dns.resolve(&lookup, now);
                 d.lookup = Some(id);
                 self.lookups.insert(id, key);
             }
-            Action::Connect(addr) => match self.reactor.connect(addr) {
+            Action::Connect(addr) => match io.reactor.connect(addr) {
                 Ok(sock) => {
                     d.sock = Some(sock);
-                    d.transport = Transport::plain();
+                    d.link = Link::plain();
                     d.tls_reported = false;
                     self.socket_owner.insert(sock, key);
                 }
@@ -265,13 +324,13 @@ impl Daemon {
                 };
                 match stream {
                     Ok(t) => {
-                        d.transport.tls = Some(t);
+                        d.link.tls = Some(t);
                         d.tls_reported = false;
                     }
                     Err(why) => d.machine.handle_tls_error(&why, false, now),
                 }
             }
-            Action::OpenBody(id) => match self.spool.open_content(id) {
+            Action::OpenBody(id) => match io.spool.open_content(id) {
                 Ok((f, _)) => {
                     d.body = Some(f);
                     d.chunk_pos = 0;
@@ -286,15 +345,18 @@ impl Daemon {
                 d.body = None;
                 if let Some(sock) = d.sock.take() {
                     // The last bytes (a QUIT, a TLS alert) if they fit.
-                    let _ = d.transport.flush(&mut self.reactor, sock);
-                    self.drop_socket(sock);
+                    let _ = d.link.flush(io.reactor, sock);
+                    self.drop_socket(io.reactor, sock);
                 }
                 if let Some(d) = self.deliveries.get_mut(&key) {
-                    d.transport = Transport::plain();
+                    d.link = Link::plain();
                 }
             }
             Action::Report { job, outcomes } => {
-                self.job_done(job.id, outcomes);
+                self.reports.push(JobReport {
+                    id: job.id,
+                    outcomes,
+                });
                 // Connection reuse: the next job for the same destination
                 // goes over this session (it inherits the slot).
                 self.offer_next_job(key, now);
@@ -304,7 +366,7 @@ impl Daemon {
 
     /// Moves actions, body bytes and socket bytes until nothing moves (or
     /// the round budget is spent).
-    fn pump(&mut self, key: u64, now: Instant) {
+    fn pump(&mut self, io: &mut Io, dns: &mut DnsDriver, key: u64, now: Instant) {
         for _ in 0..PUMP_ROUNDS {
             let mut progressed = false;
             loop {
@@ -315,13 +377,13 @@ impl Daemon {
                     break;
                 };
                 progressed = true;
-                self.apply(key, action, now);
+                self.apply(io, dns, key, action, now);
             }
             let Some(d) = self.deliveries.get_mut(&key) else {
                 return;
             };
             if d.machine.is_done() {
-                self.finish_delivery(key);
+                self.finish_delivery(io.reactor, key);
                 return;
             }
             // Body: feed the machine until it stops taking (high-water mark).
@@ -334,10 +396,7 @@ impl Daemon {
             if let Some(sock) = sock {
                 // Write (through TLS when on).
                 while !d.machine.poll_transmit().is_empty() {
-                    match d
-                        .transport
-                        .write(&mut self.reactor, sock, d.machine.poll_transmit())
-                    {
+                    match d.link.write(io.reactor, sock, d.machine.poll_transmit()) {
                         Ok(0) => break,
                         Ok(n) => {
                             d.machine.consume_transmit(n, now);
@@ -350,25 +409,22 @@ impl Daemon {
                         }
                     }
                 }
-                let _ = d.transport.flush(&mut self.reactor, sock);
+                let _ = d.link.flush(io.reactor, sock);
             }
             // Read, unless the machine has actions first (a Close).
             let sock = d.sock.filter(|_| !d.machine.is_connecting());
             if let (Some(sock), false) = (sock, d.machine.has_actions()) {
                 let mut input = Vec::new();
-                match d
-                    .transport
-                    .read(&mut self.reactor, sock, &mut input, READ_CHUNK)
-                {
+                match d.link.read(io.reactor, sock, &mut input, READ_CHUNK) {
                     Read::Data => {
                         d.machine.handle_input(&input, now);
                         progressed = true;
                     }
                     Read::Pending => {}
                     Read::Closed => {
-                        match d.transport.tls_error() {
+                        match d.link.tls_error() {
                             Some(e) => {
-                                let plaintext = d.transport.tls_peer_spoke_plaintext();
+                                let plaintext = d.link.tls_peer_spoke_plaintext();
                                 d.machine.handle_tls_error(&e, plaintext, now)
                             }
                             None => d.machine.handle_closed(now),
@@ -377,18 +433,13 @@ impl Daemon {
                     }
                 }
                 let handshake_done = d
-                    .transport
+                    .link
                     .tls
                     .as_ref()
                     .is_some_and(|t| !t.is_handshaking() && t.error().is_none());
                 if handshake_done && !d.tls_reported && d.sock.is_some() {
                     d.tls_reported = true;
-                    if let Some(desc) = d
-                        .transport
-                        .tls
-                        .as_ref()
-                        .and_then(|t| t.protocol_description())
-                    {
+                    if let Some(desc) = d.link.tls.as_ref().and_then(|t| t.protocol_description()) {
                         log::debug!("{}: TLS: {desc}", d.machine.job_id());
                     }
                     d.machine.handle_tls_established(now);
@@ -401,14 +452,19 @@ impl Daemon {
         }
         // Budget spent: come back next turn.
         if let Some(s) = self.deliveries.get(&key).and_then(|d| d.sock) {
-            self.reactor.mark_hot(s);
+            io.reactor.mark_hot(s);
         }
     }
 
     /// The tick: deadlines of the machines (connects, replies, idle
     /// sessions), and at shutdown the idle sessions' QUIT.
-    pub(super) fn sweep_outbound(&mut self, now: Instant) {
-        let stopping = self.stopping.is_some();
+    pub fn sweep(
+        &mut self,
+        io: &mut Io,
+        dns: &mut DnsDriver,
+        now: Instant,
+        stopping: bool,
+    ) -> Vec<JobReport> {
         let due: Vec<u64> = self
             .deliveries
             .iter()
@@ -426,173 +482,28 @@ impl Daemon {
                 d.machine.shutdown(now);
             }
             d.machine.handle_timeout(now);
-            self.pump(key, now);
+            self.pump(io, dns, key, now);
         }
+        std::mem::take(&mut self.reports)
     }
 
-    fn drop_socket(&mut self, sock: SockId) {
-        self.reactor.close(sock);
+    fn drop_socket(&mut self, reactor: &mut Reactor<Timer>, sock: SockId) {
+        reactor.close(sock);
         self.socket_owner.remove(&sock);
     }
 
     /// A machine is done: its slot is free.
-    fn finish_delivery(&mut self, key: u64) {
+    fn finish_delivery(&mut self, reactor: &mut Reactor<Timer>, key: u64) {
         let Some(d) = self.deliveries.remove(&key) else {
             return;
         };
         if let Some(s) = d.sock {
-            self.drop_socket(s);
+            self.drop_socket(reactor, s);
         }
         if let Some(l) = d.lookup {
             self.lookups.remove(&l);
         }
-        self.outbound.finished(d.machine.destination());
-    }
-
-    // --- DNS ---------------------------------------------------------------------
-
-    /// Sends what the resolver wants sent and collects its answers.
-    pub(super) fn dns_flush(&mut self, now: Instant) {
-        while let Some(tx) = self.resolver.poll_transmit() {
-            let local: SocketAddr = if tx.server.is_ipv4() {
-                (Ipv4Addr::UNSPECIFIED, 0).into()
-            } else {
-                (Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            let sock = match tx.transport {
-                DnsTransport::Udp => self.reactor.udp_bind(local).and_then(|s| {
-                    self.reactor
-                        .udp_send(s, tx.server, &tx.payload)
-                        .map(|_| s)
-                        .inspect_err(|_| self.reactor.close(s))
-                }),
-                DnsTransport::Tcp => self.reactor.connect(tx.server),
-            };
-            match sock {
-                Ok(s) => {
-                    let pending_write = if matches!(tx.transport, DnsTransport::Tcp) {
-                        tx.payload
-                    } else {
-                        Vec::new()
-                    };
-                    self.dns_socks.insert(
-                        s,
-                        DnsSock {
-                            handle: tx.handle,
-                            server: tx.server,
-                            transport: tx.transport,
-                            pending_write,
-                            read_buf: Vec::new(),
-                        },
-                    );
-                    self.dns_by_handle.insert(tx.handle, s);
-                }
-                Err(e) => {
-                    log::debug!("dns: cannot send to {}: {e}", tx.server);
-                    self.resolver.handle_transport_error(tx.handle, now);
-                }
-            }
-        }
-        while let Some(handle) = self.resolver.poll_closed() {
-            if let Some(s) = self.dns_by_handle.remove(&handle) {
-                self.dns_socks.remove(&s);
-                self.reactor.close(s);
-            }
-        }
-        let mut results = Vec::new();
-        while let Some(r) = self.resolver.poll_result() {
-            results.push(r);
-        }
-        for (lookup, result) in results {
-            self.lookup_done(lookup, result, now);
-        }
-        if let Some(t) = self.resolver.poll_timeout() {
-            // One heap entry at a time: only an earlier deadline adds one.
-            if self.dns_timer.is_none_or(|armed| t < armed) {
-                self.dns_timer = Some(t);
-                self.reactor.add_timer(t, Timer::Dns);
-            }
-        }
-    }
-
-    pub(super) fn dns_timer(&mut self, now: Instant) {
-        self.dns_timer = None;
-        self.resolver.handle_timeout(now);
-        self.dns_flush(now);
-    }
-
-    fn dns_ready(&mut self, sock: SockId) {
-        let now = Instant::now();
-        let Some(ds) = self.dns_socks.get_mut(&sock) else {
-            return;
-        };
-        let handle = ds.handle;
-        match ds.transport {
-            DnsTransport::Udp => {
-                let mut buf = [0u8; 1500];
-                loop {
-                    match self.reactor.udp_recv(sock, &mut buf) {
-                        Ok((n, from)) => {
-                            let msg = buf.get(..n).unwrap_or_default();
-                            self.resolver.handle_response(handle, from, msg, now)
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(_) => {
-                            self.resolver.handle_transport_error(handle, now);
-                            break;
-                        }
-                    }
-                }
-            }
-            DnsTransport::Tcp => {
-                let server = ds.server;
-                let mut failed = false;
-                if !ds.pending_write.is_empty() {
-                    match self.reactor.connect_result(sock) {
-                        Ok(true) => match self.reactor.write(sock, &ds.pending_write) {
-                            Ok(n) => {
-                                ds.pending_write.drain(..n.min(ds.pending_write.len()));
-                            }
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                            Err(_) => failed = true,
-                        },
-                        Ok(false) => {}
-                        Err(_) => failed = true,
-                    }
-                }
-                let mut buf = [0u8; 4096];
-                while !failed {
-                    match self.reactor.read(sock, &mut buf) {
-                        Ok(0) => {
-                            failed = true;
-                        }
-                        Ok(n) => {
-                            ds.read_buf
-                                .extend_from_slice(buf.get(..n).unwrap_or_default());
-                            if ds.read_buf.len() > MAX_DNS_TCP + 2 {
-                                failed = true;
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(_) => failed = true,
-                    }
-                    // A message is complete once its 2-octet length prefix
-                    // and that many octets are in.
-                    if let [hi, lo, rest @ ..] = ds.read_buf.as_slice() {
-                        let len = usize::from(u16::from_be_bytes([*hi, *lo]));
-                        if let Some(msg) = rest.get(..len) {
-                            let msg = msg.to_vec();
-                            self.resolver.handle_response(handle, server, &msg, now);
-                            break;
-                        }
-                    }
-                }
-                if failed {
-                    self.resolver.handle_transport_error(handle, now);
-                }
-            }
-        }
-        self.dns_flush(now);
+        self.jobs.finished(d.machine.destination());
     }
 }
 
@@ -631,4 +542,18 @@ fn feed_body(d: &mut Outgoing, now: Instant) -> bool {
         progressed = true;
     }
     progressed
+}
+
+/// `smarthost_user` and the first line of `smarthost_password_file`
+/// (read for each delivery, so a changed password needs no reload).
+fn smarthost_credentials(cfg: &Config) -> Option<Credentials> {
+    let user = cfg.smarthost_user.clone()?;
+    let path = cfg.smarthost_password_file.as_ref()?;
+    match crate::system::read_secret_line(path) {
+        Ok(password) => Some(Credentials { user, password }),
+        Err(e) => {
+            log::error!("smarthost_password_file {}: {e}", path.display());
+            None
+        }
+    }
 }

@@ -1,0 +1,62 @@
+//! The group commit at the end of each loop turn: every message whose
+//! content ended this turn (SMTP sessions of [`InboundSessions`], imported
+//! sendmail drops) is committed with one sync of `msg/`; then each is
+//! scheduled in the queue and its session gets its 250 (or the error).
+//!
+//! [`InboundSessions`]: super::inbound::InboundSessions
+
+use super::{Daemon, Io};
+use crate::smtp::reply::Reply;
+
+impl Daemon {
+    /// The group commit: one sync of `msg/` for every message that ended
+    /// this turn, then the 250s.
+    pub(super) fn commit_batch(&mut self) {
+        let batch = self.inbound.take_batch();
+        let drops = self.drops.take_commits();
+        if batch.is_empty() && drops.is_empty() {
+            return;
+        }
+        let mut conns = Vec::with_capacity(batch.len());
+        let mut files = Vec::with_capacity(batch.len() + drops.len());
+        for ended in batch {
+            conns.push((
+                ended.conn,
+                ended.what,
+                ended.envelope.map(|e| (e, ended.file.size)),
+            ));
+            files.push(ended.file);
+        }
+        // Imported sendmail drops share the sync.
+        let mut imported = Vec::with_capacity(drops.len());
+        for d in drops {
+            imported.push((d.claimed, d.what));
+            files.push(d.file);
+        }
+        let mut results = self.spool.commit(files);
+        let drop_results = results.split_off(conns.len().min(results.len()));
+        for ((claimed, what), result) in imported.into_iter().zip(drop_results) {
+            if let Some(id) = super::drop::committed(&mut io!(self), &claimed, &what, result) {
+                self.runner.schedule_new(id);
+            }
+        }
+        let stopping = self.stopping.is_some();
+        for ((id, what, env), result) in conns.into_iter().zip(results) {
+            let answer = match result {
+                Ok(qid) => {
+                    log::info!("{qid}: {what}");
+                    if let Some(env) = env {
+                        self.runner.remember_fresh(qid, env.0, env.1);
+                    }
+                    self.runner.schedule_new(qid);
+                    Ok(qid)
+                }
+                Err(e) => {
+                    log::error!("commit failed: {e}");
+                    Err(Reply::from(&e))
+                }
+            };
+            self.inbound.committed(&mut io!(self), id, answer, stopping);
+        }
+    }
+}
