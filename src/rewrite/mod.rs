@@ -290,16 +290,6 @@ pub fn is_unqualified_name(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b))
 }
 
-/// `name` → `name@domain`; anything with an `@` (or not a bare name) is
-/// returned as it is.
-pub fn qualify(name: &str, domain: &str) -> String {
-    if is_unqualified_name(name) {
-        format!("{name}@{domain}")
-    } else {
-        name.to_string()
-    }
-}
-
 fn parse_pattern(p: &str) -> Result<Pattern, String> {
     if p == "*" {
         return Ok(Pattern::Any);
