@@ -224,3 +224,21 @@ def test_catch_all_alias_takes_unknown_local_names_but_opens_no_relay(tern_facto
     # sendmail recipients reach the catch-all too.
     sendmail(t, ["-i", "nobody-here"], b"Subject: via sendmail\n\nx\n")
     wait_for(lambda: len(t.maildir("owner")) == 2, what="sendmail to the catch-all")
+
+
+def test_the_origin_survives_a_restart_in_the_queue_file(tern_factory, provider):
+    # Held while the daemon runs, so the attempt after the restart reads
+    # the envelope back from the queue file (not the in-memory copy).
+    t = router(tern_factory, provider, hold_outbound="yes").start()
+    sendmail(t, ["-i", "root"], CRON)
+    wait_for(lambda: t.queued(), what="queued")
+    qfile = t.spool / "msg" / t.queued()[0]
+    assert b"\norigin local\n" in qfile.read_bytes()
+    assert t.stop() == 0
+    t.settings["hold_outbound"] = "no"
+    t.write_config()
+    t.start()
+    wait_for(lambda: provider.messages, what="delivery after the restart")
+    m = provider.messages[0]
+    assert m["sender"] == ALLOWED
+    assert email.message_from_bytes(m["data"])["From"] == "Cron Daemon <me@example.com>"
