@@ -13,7 +13,21 @@ impl Daemon {
     /// this turn, then the 250s.
     pub(super) fn commit_batch(&mut self) {
         let batch = self.inbound.take_batch();
-        let drops = self.drops.take_commits();
+        let mut drops = self.drops.take_commits();
+        if !drops.is_empty() {
+            if let Err(e) = self.spool.sync_drop_claims() {
+                // Committed with a claim that may not survive a power loss,
+                // a drop could be imported twice: left claimed instead, the
+                // next scan imports it again (nothing was acknowledged).
+                log::warn!(
+                    "cannot sync drop/ ({e}); {} drop(s) kept for the next scan",
+                    drops.len()
+                );
+                for d in drops.drain(..) {
+                    self.spool.discard(d.file);
+                }
+            }
+        }
         if batch.is_empty() && drops.is_empty() {
             return;
         }

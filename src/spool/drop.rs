@@ -35,11 +35,11 @@
 //! A drop file is `tern-drop 1`, `sender ADDR` (empty: `<>`), one
 //! `rcpt ADDR` per recipient, an empty line, then the message as the
 //! program gave it (LF or CRLF). The daemon re-validates everything in it as
-//! it would for a remote client: addresses, size, hop count. A kill between
-//! the commit and the unlink gives no duplicate (the claim names the queue
-//! file); a power loss there still may, if the claim's rename did not reach
-//! the disk (the commit syncs `msg/`, not `drop/`): a duplicate, never a
-//! loss.
+//! it would for a remote client: addresses, size, hop count. A kill or a
+//! power loss between the commit and the unlink gives no duplicate: the
+//! claim names the queue file, and `drop/` is synced after the claims and
+//! before the commit (`Spool::sync_drop_claims`), so a committed message
+//! never has its drop back under the old name.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};

@@ -495,6 +495,18 @@ impl Spool {
         set_aside(path, &self.root.join("corrupt"), &name)
     }
 
+    /// Makes the claims of imported drops (their `drop/NAME+ID` renames)
+    /// durable, before those drops are committed: after a power loss a
+    /// committed message must never have its drop back under its old
+    /// name (it would be imported again). Nothing to do without
+    /// `spool_sync`.
+    pub fn sync_drop_claims(&self) -> io::Result<()> {
+        if !self.sync {
+            return Ok(());
+        }
+        File::open(self.root.join("drop"))?.sync_all()
+    }
+
     /// Unlinks an imported drop (a path from [`Spool::drops`] or its
     /// claimed name); a drop already gone is fine.
     pub fn remove_drop(&self, path: &Path) {

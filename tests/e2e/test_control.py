@@ -296,7 +296,10 @@ def test_garbage_and_oversized_requests_get_an_error_and_smtp_goes_on(tern):
     for _ in range(12):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(str(tern.spool / "control"))
-        s.sendall(b"fl")
+        try:
+            s.sendall(b"fl")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # one over the limit, closed at accept (as it should be)
         idle.append(s)
     r = sendmail(tern, ["-i", "after@localhost"], b"Subject: x\n\nstill serving\n")
     assert r.returncode == 0

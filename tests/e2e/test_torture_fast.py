@@ -37,6 +37,15 @@ def test_commit_order(tmp_path, group):
     assert ok, descs
 
 
+def test_drop_claim_is_synced_before_the_commit(tmp_path):
+    """Regression: the claim of a sendmail drop (drop/NAME -> drop/NAME+ID)
+    was not synced; a power loss after the commit could bring the drop
+    back under its old name, imported again (a duplicate)."""
+    ok, desc = crashpoints.drop_claim_order(tmp_path)
+    print(desc)
+    assert ok, desc
+
+
 @pytest.mark.parametrize("name", sorted(crashpoints.SCENARIOS))
 def test_crash_points_sample(tmp_path, name):
     """No loss and no duplicate outside the allowed window at a sample of

@@ -768,6 +768,46 @@ def trace_order(base, group=False, attempts=5):
     raise TortureError(f"no group commit observed in {attempts} attempts")
 
 
+def drop_claim_order(base):
+    """Runs the daemon under strace while `sendmail` hands it one drop, and
+    checks that the drop's claim (`drop/NAME` renamed to `drop/NAME+ID`) is
+    durable before the message is committed into msg/: a sync of drop/ (or
+    a syncfs) between the claim and the commit. Without it a power loss
+    after the commit could bring the drop back unclaimed, and it would be
+    imported twice. Returns (ok, description)."""
+    need_strace()
+    wd = Path(base) / "trace-drop"
+    out = wd / "trace.txt"
+    d = Daemon(wd, hold_outbound="yes")
+    try:
+        d.start(strace=["-tt", "-y", "-s", "200", "-o", str(out),
+                        "-e", "trace=" + ",".join(TRACE_SYSCALLS)])
+        token = new_token()
+        if not sendmail_drop(d, "dave", token):
+            raise TortureError("sendmail failed")
+        wait_until(lambda: d.maildir_tokens(), 10)
+        d.stop()
+    finally:
+        if d.alive():
+            d.kill9()
+    events = parse_trace(out.read_text(errors="replace"))
+    claim = next(((i, m.group(1)) for i, sc, path, args, ret in events
+                  if ret >= 0 and sc.startswith("rename") and "/drop" in (path + args)
+                  for m in [re.search(r"\+([0-9A-F]{16})\"", args)] if m), None)
+    if claim is None:
+        return False, "no claim rename (drop/NAME -> drop/NAME+ID) in the trace"
+    ci, qid = claim
+    commit = next((i for i, sc, path, args, ret in events
+                   if ret >= 0 and i > ci and sc in ("rename", "renameat", "renameat2", "link", "linkat")
+                   and "/msg" in (path + args)), None)
+    if commit is None:
+        return False, f"claim of {qid} at event {ci}, but no commit into msg/ after it"
+    syncs = [(sc, path) for i, sc, path, args, ret in events[ci + 1:commit]
+             if ret >= 0 and (sc == "syncfs" or (sc in ("fsync", "fdatasync") and path.endswith("/drop")))]
+    desc = f"claim of {qid} at event {ci}, commit at {commit}, drop/ syncs between: {syncs}"
+    return bool(syncs), desc
+
+
 # --- the kill -9 soak ----------------------------------------------------------
 
 
