@@ -369,6 +369,18 @@ mime("non-mime", 1, [10], ["a"], "Gr\xfc\xdfe\r\n" + "x" * 200 + "\xe9\r\n.\r\n-
 mime("part", 2, [3, 90], [], "trailing space \r\ntab\t\r\n=3D\r\n" + "\xff" * 100 + "\r\n")
 mime("multipart", 3, [50], ["x", "y"], "first \xe9\r\nsecond part line\r\nthird \xc3\xa9", parts=2)
 
+# sender_rewrite: chunk-size byte, then the message.
+def rewrite(name, chunk, message):
+    if isinstance(message, str):
+        message = message.encode("latin-1")
+    write("sender_rewrite", name, bytes([chunk]) + message)
+
+
+rewrite("cron", 0, "From: Cron Daemon <root>\r\nSender: root (x)\r\nTo: root\r\n\r\nFrom: root\r\n")
+rewrite("folded-group", 6, "FROM: a@b.test,\r\n\t\"x, y\" <root@router.lan>,\r\n G: c@x.test;\r\n\r\nbody\r\n")
+rewrite("odd", 2, "From: \"root <root>\r\nSender: (root\r\nFrom: <@r.test:root@router.lan>\n\nx")
+rewrite("rules", 1, "# rules\nroot me@example.com\n@router.lan\n* x@y.test # c\nroot a@b.test\n")
+
 if __name__ == "__main__":
     total = 0
     for t in sorted(os.listdir(CORPUS)):

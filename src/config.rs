@@ -70,6 +70,9 @@ pub const KEYS: &[&str] = &[
     "mail_dir",
     "local_delivery",
     "aliases",
+    "qualify_domain",
+    "sender_address",
+    "sender_rewrite",
     "relay_networks",
     "smarthost",
     "smarthost_tls",
@@ -330,6 +333,13 @@ pub struct Config {
     pub local_delivery: LocalDelivery,
     /// Empty or missing file: no aliases.
     pub aliases: PathBuf,
+    /// Domain for unqualified addresses of locally submitted mail
+    /// (lower-cased; default: `hostname`).
+    pub qualify_domain: String,
+    /// Locally originated senders leave the host as this address.
+    pub sender_address: Option<crate::smtp::address::Address>,
+    /// `PATTERN ADDRESS` file, before `sender_address` (see `rewrite`).
+    pub sender_rewrite: Option<PathBuf>,
     // Relaying and outbound delivery.
     pub relay_networks: Vec<Cidr>,
     pub smarthost: Vec<HostPort>,
@@ -378,6 +388,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         let hostname = system_hostname();
+        let qualify_domain = hostname.to_ascii_lowercase();
         Config {
             local_domains: default_local_domains(&hostname),
             hostname,
@@ -392,6 +403,9 @@ impl Default for Config {
             mail_dir: PathBuf::from("/var/mail"),
             local_delivery: LocalDelivery::Maildir,
             aliases: PathBuf::from("/etc/aliases"),
+            qualify_domain,
+            sender_address: None,
+            sender_rewrite: None,
             relay_networks: vec![
                 Cidr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
                 Cidr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
@@ -556,6 +570,9 @@ impl Config {
         if !seen.iter().any(|(k, _)| *k == "local_domains") {
             cfg.local_domains = default_local_domains(&cfg.hostname);
         }
+        if !seen.iter().any(|(k, _)| *k == "qualify_domain") {
+            cfg.qualify_domain = cfg.hostname.to_ascii_lowercase();
+        }
         let line_of = |key: &str| seen.iter().find(|(k, _)| *k == key).map_or(0, |(_, l)| *l);
         for (key, message) in cfg.validate() {
             errors.push(ConfigError {
@@ -683,6 +700,23 @@ impl Config {
                 )?
             }
             "aliases" => self.aliases = PathBuf::from(v),
+            "qualify_domain" => {
+                let d = v.strip_suffix('.').unwrap_or(v);
+                if !is_valid_domain(d) {
+                    return Err(format!("bad domain {d:?}"));
+                }
+                self.qualify_domain = d.to_ascii_lowercase();
+            }
+            "sender_address" => {
+                self.sender_address = match v {
+                    "" => None,
+                    v => Some(
+                        crate::smtp::address::Address::parse_mailbox(v)
+                            .map_err(|_| format!("bad address {v:?} (user@domain)"))?,
+                    ),
+                }
+            }
+            "sender_rewrite" => self.sender_rewrite = optional_path(v),
             "relay_networks" => {
                 self.relay_networks = list(v).map(Cidr::parse).collect::<Result<_, _>>()?
             }
@@ -790,6 +824,7 @@ impl Config {
             &mut self.tls_key,
             &mut self.tls_ca_file,
             &mut self.smarthost_password_file,
+            &mut self.sender_rewrite,
         ];
         for path in paths
             .into_iter()

@@ -16,7 +16,7 @@
 //! The binary never calls these functions, so they cost no flash.
 //!
 //! The drivers live in one submodule per group of targets (`syntax`,
-//! `mime`, `server`, `client`, `dns`, `spool`, `admin`) and are re-exported
+//! `mime`, `rewrite`, `server`, `client`, `dns`, `spool`, `admin`) and are re-exported
 //! here under their target names; this module keeps what several groups
 //! share: the `Input` parameter reader, the checks on output bytes, and
 //! the local domains, aliases and users the drivers agree on.
@@ -231,6 +231,7 @@ mod admin;
 mod client;
 mod dns;
 mod mime;
+mod rewrite;
 mod server;
 mod spool;
 mod syntax;
@@ -241,6 +242,7 @@ pub use dns::{dns_resolver, dns_wire};
 pub use mime::mime_downgrade;
 #[cfg(test)] // for the quoted-printable checks in smtp::mime7bit's tests
 pub(crate) use mime::qp_decode;
+pub use rewrite::sender_rewrite;
 pub use server::smtp_server;
 pub use spool::{spool_drop, spool_envelope, spool_state};
 pub use syntax::{smtp_address, smtp_command, smtp_data};
@@ -266,4 +268,5 @@ pub const TARGETS: &[(&str, Driver)] = &[
     ("users", users),
     ("sasl", sasl),
     ("mime_downgrade", mime_downgrade),
+    ("sender_rewrite", sender_rewrite),
 ];

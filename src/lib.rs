@@ -98,6 +98,7 @@ pub mod outbound;
 pub mod queue;
 pub mod random;
 pub mod reactor;
+pub mod rewrite;
 pub mod safe_fs;
 pub mod smtp;
 pub mod spool;

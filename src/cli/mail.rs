@@ -1024,6 +1024,7 @@ mod tests {
             spool_dir: dir.0.join("spool"),
             spool_sync: false,
             hostname: "host.test".into(),
+            qualify_domain: "host.test".into(),
             ..Config::default()
         }
     }

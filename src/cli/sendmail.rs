@@ -7,6 +7,13 @@
 //! header block is read into a bounded buffer (it must be inspected for
 //! `-t` and the fix-ups); the body streams through.
 //!
+//! Unqualified addresses (`root`) in the envelope and in the
+//! `From/To/Cc/Bcc/Sender/Reply-To` fields get `@qualify_domain` here,
+//! where the header block is already held and split into fields (the
+//! daemon's drop import streams the header and would need a second
+//! field buffer). Not done for `-bs`, whose header passes through the SMTP
+//! session unparsed.
+//!
 //! Flags (sendmail(8) compatible): `-t -i -oi -f ADDR -r ADDR -F NAME -bm
 //! -bp -q -v -B TYPE`, `-oX...` accepted and ignored. `-bs` runs the same
 //! SMTP server session as the daemon on stdin/stdout, with drop files as
@@ -392,7 +399,11 @@ pub fn inject(
         if flags.from_headers && name.eq_ignore_ascii_case("bcc") {
             continue;
         }
-        out.write(raw)?;
+        // Bare `To: root` never leaves the host unqualified.
+        match crate::rewrite::header::qualify_field(raw, &cfg.qualify_domain) {
+            Some(qualified) => out.write(&qualified)?,
+            None => out.write(raw)?,
+        }
     }
     // The header loop reads whole lines but for one over the cap, which
     // can only be the first body line.
@@ -435,22 +446,23 @@ pub fn inject(
 }
 
 /// The envelope sender for `-f`/`-r` (`given`), else the invoking user:
-/// unqualified names get `@hostname`; an empty one is the null sender.
+/// unqualified names get `@qualify_domain`; an empty one is the null sender.
 pub fn envelope_sender(cfg: &Config, given: Option<&str>) -> String {
     match given {
         Some("") => String::new(),
         Some(s) if s.contains('@') => s.to_string(),
-        Some(s) => format!("{s}@{}", cfg.hostname),
-        None => format!("{}@{}", invoking_user(), cfg.hostname),
+        Some(s) => format!("{s}@{}", cfg.qualify_domain),
+        None => format!("{}@{}", invoking_user(), cfg.qualify_domain),
     }
 }
 
-/// A recipient as written to the envelope: unqualified names get `@hostname`.
+/// A recipient as written to the envelope: unqualified names get
+/// `@qualify_domain`.
 pub fn qualify(cfg: &Config, rcpt: &str) -> String {
     if rcpt.contains('@') {
         rcpt.to_string()
     } else {
-        format!("{rcpt}@{}", cfg.hostname)
+        format!("{rcpt}@{}", cfg.qualify_domain)
     }
 }
 
@@ -644,6 +656,7 @@ mod tests {
             spool_dir: dir.clone(),
             spool_sync: false,
             hostname: "host.test".into(),
+            qualify_domain: "host.test".into(),
             ..Config::default()
         };
         let name = inject(&cfg, flags, &mut io::Cursor::new(input)).expect("inject");

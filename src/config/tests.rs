@@ -210,6 +210,33 @@ log_level = Debug
     assert_eq!(c.log_level, log::LevelFilter::Debug);
 }
 
+/// Issue 14: the sender rewriting keys.
+#[test]
+fn sender_rewriting_keys() {
+    let c = parse("hostname = Router.Lan\n");
+    assert_eq!(c.qualify_domain, "router.lan");
+    assert_eq!(c.sender_address, None);
+    assert_eq!(c.sender_rewrite, None);
+    let c = parse(
+        "qualify_domain = Home.Example.\nhostname = router.lan\n\
+         sender_address = me@Example.com\nsender_rewrite = /etc/tern/senders\n",
+    );
+    assert_eq!(c.qualify_domain, "home.example");
+    assert_eq!(
+        c.sender_address,
+        Some(crate::smtp::address::Address::parse_mailbox("me@example.com").unwrap())
+    );
+    assert_eq!(c.sender_rewrite, Some(PathBuf::from("/etc/tern/senders")));
+    let e = errors("sender_address = root\nqualify_domain = a..b\nqualify_domain =\n");
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert_eq!(e[0].line, 1);
+    assert!(
+        e[0].message.contains("sender_address: bad address"),
+        "{e:?}"
+    );
+    assert!(e[1].message.contains("qualify_domain: bad domain"), "{e:?}");
+}
+
 #[test]
 fn hostname_sets_default_local_domains_unless_listed() {
     let c = parse("hostname = Router.Lan\n");
@@ -648,6 +675,7 @@ pub(crate) fn check_example(text: &str) {
         // Its default is the host name: the example shows that value.
         helo_name: all.helo_name.clone().filter(|h| *h == all.hostname),
         local_domains: default_local_domains(&all.hostname),
+        qualify_domain: all.hostname.to_ascii_lowercase(),
         ..Config::default()
     };
     assert_eq!(all, want);

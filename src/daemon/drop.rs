@@ -317,7 +317,7 @@ fn open_drop(io: &mut Io, path: &std::path::Path) -> Result<Importing, ImportErr
         let a = if r.contains('@') {
             Address::parse_mailbox(r)
         } else {
-            Address::parse_mailbox(&format!("{r}@{}", io.cfg.hostname))
+            Address::parse_mailbox(&format!("{r}@{}", io.cfg.qualify_domain))
         }
         .map_err(|e| format!("bad recipient {r:?}: {e:?}"))?;
         let original = a.to_string();
@@ -347,6 +347,7 @@ fn open_drop(io: &mut Io, path: &std::path::Path) -> Result<Importing, ImportErr
         sender: sender.clone(),
         recipients,
         client: format!("local uid {uid}"),
+        origin: crate::rewrite::SenderOrigin::Local,
         eight_bit: false,
         body_offset: 0,
     };

@@ -621,6 +621,11 @@ impl InboundSessions {
                 .unwrap_or_default(),
             recipients,
             client: format!("{} [{}]", conn.session.helo_name(), conn.peer.ip()),
+            origin: crate::rewrite::SenderOrigin::of_smtp_client(
+                env.sender.as_ref(),
+                conn.session.may_relay(),
+                &|d| io.cfg.is_local_domain(d),
+            ),
             eight_bit: false,
             body_offset: 0,
         };

@@ -109,6 +109,8 @@ pub enum Timer {
 pub struct LocalTables {
     pub users: HashSet<String>,
     pub aliases: Aliases,
+    /// `sender_rewrite` and `sender_address` (see `rewrite`).
+    pub rewrite: crate::rewrite::SenderMap,
 }
 
 impl LocalTables {
@@ -135,7 +137,12 @@ impl LocalTables {
                 Aliases::parse("").0
             }
         };
-        LocalTables { users, aliases }
+        let rewrite = crate::rewrite::RewriteTable::load_logged(cfg);
+        LocalTables {
+            users,
+            aliases,
+            rewrite,
+        }
     }
 
     /// The one recipient policy (SMTP, sendmail drops, bounces) over these
@@ -592,6 +599,7 @@ pub fn startup_problems(cfg: &Config) -> Vec<String> {
             Err(e) => problems.push(format!("users_file {}: {e}", path.display())),
         }
     }
+    problems.extend(crate::rewrite::startup_problems(cfg));
     if let Some(path) = &cfg.smarthost_password_file {
         if let Err(e) = crate::system::read_secret_line(path) {
             problems.push(format!("smarthost_password_file {}: {e}", path.display()));

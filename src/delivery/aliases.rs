@@ -16,7 +16,9 @@
 //! `"quoted"` targets are unwrapped; a line whose first non-blank character is
 //! `#` is a comment, also between continuation lines. RFC 5321 §4.5.1:
 //! `postmaster` always resolves; when the file has no entry for it, it goes
-//! where `root` goes.
+//! where `root` goes. A `*: address` entry is the catch-all: a local
+//! recipient that is neither an alias nor a mailbox goes to its targets
+//! (see `delivery::RecipientPolicy::resolve_local`).
 //!
 //! Expansion is recursive (at most [`MAX_ALIAS_DEPTH`] levels and
 //! [`MAX_EXPANSION`] results). An alias that names itself delivers to the

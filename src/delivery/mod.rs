@@ -15,7 +15,8 @@
 //! Local recipients (SPEC "Route"): the local part is lower-cased; an alias
 //! of that exact name is expanded, otherwise the `+extension` is removed and
 //! the name without it is looked up as an alias, then as a mailbox
-//! (`postmaster` always exists). Aliases are expanded when the message is
+//! (`postmaster` always exists); a name that is none of these goes to the
+//! catch-all alias `*` when the file has one. Aliases are expanded when the message is
 //! received (as OpenSMTPD does), so a change to `/etc/aliases` applies to
 //! new mail, and each message is delivered once per final mailbox or remote
 //! address, however many of its recipients lead there.
@@ -39,6 +40,9 @@ use std::fmt;
 use crate::smtp::address::Address;
 use crate::smtp::reply::{self, Reply};
 use aliases::{Aliases, Target};
+
+/// The alias name that catches unknown local recipients (`*: owner`).
+pub const CATCH_ALL: &str = "*";
 
 /// Longest mailbox name (the longest local part, RFC 5321 §4.5.3.1.1).
 pub const MAX_MAILBOX_NAME: usize = 64;
@@ -158,20 +162,26 @@ impl RecipientPolicy<'_> {
         self.resolve_local(&rcpt.local).map_err(Refusal::reply)
     }
 
-    /// A local part of a local domain: alias targets or the mailbox itself.
+    /// A local part of a local domain: alias targets or the mailbox
+    /// itself; else the catch-all alias `*`, if any.
     pub fn resolve_local(&self, local: &str) -> Result<Vec<Destination>, Refusal> {
         let name = self.aliases.lookup_name(local);
         if self.aliases.contains(&name) || name == "postmaster" {
             return Ok(self.expand(&name));
         }
-        let Some(mailbox) = Mailbox::new(&name) else {
-            return Err(Refusal::BadMailboxName);
+        let refusal = match Mailbox::new(&name) {
+            None => Refusal::BadMailboxName,
+            Some(mailbox) if self.any_local || self.users.contains(mailbox.as_str()) => {
+                return Ok(vec![Destination::Local(mailbox)])
+            }
+            Some(_) => Refusal::UnknownUser,
         };
-        if self.any_local || self.users.contains(mailbox.as_str()) {
-            Ok(vec![Destination::Local(mailbox)])
-        } else {
-            Err(Refusal::UnknownUser)
+        // `*: owner` (SPEC "Router mail"): its targets are the file's, never
+        // derived from the local part, so it opens no relay.
+        if self.aliases.contains(CATCH_ALL) {
+            return Ok(self.expand(CATCH_ALL));
         }
+        Err(refusal)
     }
 
     fn expand(&self, name: &str) -> Vec<Destination> {
@@ -336,6 +346,48 @@ mod tests {
         assert_eq!(
             f.resolve("x%y@localhost", false, true),
             Err(reply::BAD_MAILBOX_NAME)
+        );
+    }
+
+    /// Issue 14: `*: owner` catches unknown local names; aliases,
+    /// postmaster and real mailboxes still win; other domains still need
+    /// relay permission.
+    #[test]
+    fn catch_all_alias_takes_unknown_local_names_only() {
+        let f = Fixture::new("*: owner\nsales: far@remote.example\n");
+        for rcpt in ["nosuch@localhost", "NoSuch+x@mx.test", "x%y@localhost"] {
+            assert_eq!(
+                f.resolve(rcpt, false, false),
+                Ok(vec![local("owner")]),
+                "{rcpt}"
+            );
+        }
+        assert_eq!(
+            f.resolve("joe@localhost", false, false),
+            Ok(vec![local("joe")])
+        );
+        assert_eq!(
+            f.resolve("sales@localhost", false, false),
+            Ok(vec![Destination::Remote(addr("far@remote.example"))])
+        );
+        assert_eq!(
+            f.resolve("postmaster@localhost", false, false),
+            Ok(vec![local("root")])
+        );
+        assert_eq!(
+            f.resolve("nosuch@remote.example", false, false),
+            Err(reply::RELAY_DENIED)
+        );
+        // A quoted local part with `@` still reaches only the catch-all.
+        assert_eq!(
+            f.resolve("\"victim@remote.example\"@localhost", false, false),
+            Ok(vec![local("owner")])
+        );
+        // A catch-all to a remote address.
+        let f = Fixture::new("*: far@remote.example\n");
+        assert_eq!(
+            f.resolve("nosuch@localhost", false, false),
+            Ok(vec![Destination::Remote(addr("far@remote.example"))])
         );
     }
 

@@ -69,6 +69,11 @@ pub fn spool_envelope(data: &[u8]) {
         sender: input.string(),
         recipients,
         client: input.string(),
+        origin: if flags & 0x40 != 0 {
+            crate::rewrite::SenderOrigin::Local
+        } else {
+            crate::rewrite::SenderOrigin::Other
+        },
         eight_bit: flags & 0x80 != 0,
         body_offset: 0,
     };
@@ -267,6 +272,7 @@ pub fn spool_drop(data: &[u8]) {
             .map(|(dest, original)| Recipient { dest, original })
             .collect(),
         client: "local uid 1000".into(),
+        origin: crate::rewrite::SenderOrigin::Local,
         eight_bit: false,
         body_offset: 0,
     };

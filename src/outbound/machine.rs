@@ -857,6 +857,7 @@ fn transaction(job: &Job) -> Transaction {
         size: job.size,
         eight_bit: job.eight_bit,
         smtputf8: false,
+        rewrite: job.rewrite.clone(),
     }
 }
 

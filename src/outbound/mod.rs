@@ -36,6 +36,9 @@ pub struct Job {
     pub size: u64,
     pub eight_bit: bool,
     pub arrival: u64,
+    /// Locally originated mail: the table for its `From:`/`Sender:`
+    /// (`sender` is already rewritten); `None`: sent as stored.
+    pub rewrite: Option<crate::rewrite::SenderMap>,
 }
 
 pub struct Outbound {
@@ -136,6 +139,7 @@ mod tests {
             size: 1,
             eight_bit: false,
             arrival: 0,
+            rewrite: None,
         }
     }
 

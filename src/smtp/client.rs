@@ -58,6 +58,7 @@
 use std::collections::VecDeque;
 
 use super::mime7bit::{Downgrade, Unconvertible};
+use crate::rewrite::header::HeaderRewriter;
 
 pub use crate::auth::base64_encode;
 use std::time::{Duration, Instant};
@@ -154,6 +155,9 @@ pub struct Transaction {
     pub size: u64,
     pub eight_bit: bool,
     pub smtputf8: bool,
+    /// Locally originated mail leaving the host: the `From:`/`Sender:`
+    /// addresses of the body are rewritten with this table (`rewrite`).
+    pub rewrite: Option<crate::rewrite::SenderMap>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -243,6 +247,8 @@ struct ActiveTransaction {
     data_sent: bool,
     /// 8-bit body to a 7-bit server: the MIME downgrade.
     downgrade: Option<Downgrade>,
+    /// Sender rewriting of the header, before the downgrade.
+    rewrite: Option<HeaderRewriter>,
 }
 
 impl ActiveTransaction {
@@ -315,6 +321,8 @@ pub struct ClientSession {
     body_tail: [u8; 2],
     /// Downgraded body bytes on their way to dot-stuffing (reused).
     converted: Vec<u8>,
+    /// Header-rewritten body bytes on their way to the downgrade (reused).
+    rewritten: Vec<u8>,
 }
 
 impl ClientSession {
@@ -339,6 +347,7 @@ impl ClientSession {
             txn: None,
             body_tail: *b"\r\n",
             converted: Vec::new(),
+            rewritten: Vec::new(),
         }
     }
 
@@ -465,6 +474,7 @@ impl ClientSession {
             next_rcpt: 0,
             data_sent: false,
             downgrade,
+            rewrite: txn.rewrite.map(HeaderRewriter::new),
         });
         if pipelined {
             self.send_pipelined_group(now);
@@ -482,6 +492,24 @@ impl ClientSession {
         }
         let take = chunk.len().min(BODY_HIGH_WATER - self.out.len());
         let chunk = chunk.get(..take).unwrap_or(chunk);
+        let mut rewritten = std::mem::take(&mut self.rewritten);
+        rewritten.clear();
+        match self.txn.as_mut().and_then(|t| t.rewrite.as_mut()) {
+            Some(rw) => {
+                rw.push(chunk, &mut rewritten);
+                self.convert_and_stuff(&rewritten);
+            }
+            None => self.convert_and_stuff(chunk),
+        }
+        self.rewritten = rewritten;
+        take
+    }
+
+    /// Body bytes through the 7-bit downgrade (when on) into the output.
+    fn convert_and_stuff(&mut self, chunk: &[u8]) {
+        if self.phase != Phase::Body {
+            return;
+        }
         match self.txn.as_mut().and_then(|t| t.downgrade.as_mut()) {
             Some(conv) => {
                 let mut converted = std::mem::take(&mut self.converted);
@@ -494,7 +522,6 @@ impl ClientSession {
             }
             None => self.stuff(chunk),
         }
-        take
     }
 
     /// Dot-stuffs body bytes into the output.
@@ -554,6 +581,16 @@ impl ClientSession {
     pub fn finish_body(&mut self, now: Instant) {
         if self.phase != Phase::Body {
             return;
+        }
+        if let Some(rw) = self.txn.as_mut().and_then(|t| t.rewrite.as_mut()) {
+            let mut rewritten = std::mem::take(&mut self.rewritten);
+            rewritten.clear();
+            rw.finish(&mut rewritten);
+            self.convert_and_stuff(&rewritten);
+            self.rewritten = rewritten;
+            if self.phase != Phase::Body {
+                return;
+            }
         }
         if let Some(conv) = self.txn.as_mut().and_then(|t| t.downgrade.as_mut()) {
             let mut converted = std::mem::take(&mut self.converted);

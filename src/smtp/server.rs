@@ -580,6 +580,11 @@ impl ServerSession {
         self.tls.as_deref()
     }
 
+    /// The client may send to other domains (`relay_networks` or AUTH).
+    pub fn may_relay(&self) -> bool {
+        self.relay_allowed || self.auth_user.is_some()
+    }
+
     pub fn auth_user(&self) -> Option<&str> {
         self.auth_user.as_deref()
     }

@@ -16,6 +16,7 @@
 //! rcpt remote LOCAL-PART DOMAIN ORIGINAL  (an address elsewhere)
 //! rcpt refused unknown-user ORIGINAL      (sendmail only: bounced at once)
 //! client helo.example+20[192.0.2.1]
+//! origin local                            (optional: locally originated)
 //! body 7bit                               (patched in place to 8bit before the commit)
 //! <empty line>
 //! <content, CRLF lines>
@@ -26,12 +27,19 @@
 //! `rcpt ADDRESS ORIGINAL` lines were split at spaces, so a quoted local
 //! part with a space was already damaged in them; an address without `@`
 //! is a mailbox, one with `@` a remote address.
+//!
+//! `origin local` (issue 14) marks a message whose sender is rewritten
+//! when it leaves the host (see `rewrite::SenderOrigin`); it is written
+//! only for such messages, so other files are byte-identical to before,
+//! and a file without it (every file written earlier) loads as
+//! `SenderOrigin::Other`: old queued mail is not rewritten.
 
 use std::fmt;
 use std::str::FromStr;
 
 use crate::delivery::outcome::{one_line, Origin, Outcome, Reason, Status};
 use crate::delivery::{Destination, Mailbox, Refusal};
+use crate::rewrite::SenderOrigin;
 use crate::smtp::address::Address;
 
 /// An envelope larger than this is refused as damaged.
@@ -119,6 +127,8 @@ pub struct StoredEnvelope {
     pub sender: String,
     pub recipients: Vec<Recipient>,
     pub client: String,
+    /// Decided at reception: whether the sender is rewritten outbound.
+    pub origin: SenderOrigin,
     pub eight_bit: bool,
     /// Where the content starts in the file (set by `decode`).
     pub body_offset: u64,
@@ -148,6 +158,9 @@ impl StoredEnvelope {
             }
         }
         s.push_str(&format!("client {}\n", Xtext(&self.client)));
+        if self.origin == SenderOrigin::Local {
+            s.push_str("origin local\n");
+        }
         s.push_str(if self.eight_bit {
             "body 8bit\n"
         } else {
@@ -189,6 +202,7 @@ fn parse(text: &str, body_offset: u64) -> Result<StoredEnvelope, String> {
         sender: String::new(),
         recipients: Vec::new(),
         client: String::new(),
+        origin: SenderOrigin::Other,
         eight_bit: false,
         body_offset,
     };
@@ -203,6 +217,7 @@ fn parse(text: &str, body_offset: u64) -> Result<StoredEnvelope, String> {
             "rcpt" => env.recipients.push(parse_rcpt(value)?),
             "client" if v1 => env.client = value.to_string(),
             "client" => env.client = xtext_decode(value).ok_or("bad client")?,
+            "origin" if !v1 && value == "local" => env.origin = SenderOrigin::Local,
             "body" => {
                 seen_body = true;
                 env.eight_bit = value == "8bit";
@@ -631,6 +646,7 @@ mod tests {
                 original: "c@d".into(),
             }],
             client: "x [1.2.3.4]".into(),
+            origin: crate::rewrite::SenderOrigin::Other,
             eight_bit: false,
             body_offset: 0,
         };
@@ -672,6 +688,7 @@ mod tests {
             sender: sender.into(),
             recipients,
             client: "helo name [192.0.2.1]".into(),
+            origin: crate::rewrite::SenderOrigin::Other,
             eight_bit: true,
             body_offset: 0,
         }
@@ -795,6 +812,36 @@ mod tests {
         );
         assert_eq!(env.recipients[1], remote("x@y.example"));
         assert_eq!(env.client, "h [127.0.0.1]");
+    }
+
+    /// Issue 14: the origin decided at reception survives the spool; files
+    /// without the line (all older ones) load as `Other`, and only local
+    /// messages carry it.
+    #[test]
+    fn origin_roundtrips_and_old_files_load_as_other() {
+        let mut env = envelope_with(vec![remote("far@remote.test")], "root@router.lan");
+        assert!(!String::from_utf8(env.encode()).unwrap().contains("origin"));
+        assert_eq!(roundtrip(&env).origin, SenderOrigin::Other);
+        env.origin = SenderOrigin::Local;
+        let text = String::from_utf8(env.encode()).unwrap();
+        assert!(text.contains("\norigin local\nbody 8bit\n"), "{text}");
+        assert_eq!(roundtrip(&env), env);
+        // The 7bit flag is still found (patched in place at commit).
+        env.eight_bit = false;
+        let bytes = env.encode();
+        assert_eq!(bytes[body_flag_offset(&bytes) as usize], b'7');
+        let old = b"tern-queue 2\narrival 5\nsender root@router.lan\nrcpt remote far remote.test far@remote.test\nclient local+20uid+200\nbody 7bit\n\nx";
+        let back = StoredEnvelope::decode(old).unwrap().unwrap();
+        assert_eq!(back.origin, SenderOrigin::Other);
+        assert_eq!(back.client, "local uid 0");
+        for bad in ["origin", "origin remote", "origin local x"] {
+            let text =
+                format!("tern-queue 2\narrival 5\nsender \nrcpt local joe x\n{bad}\nbody 7bit\n\n");
+            assert!(
+                StoredEnvelope::decode(text.as_bytes()).unwrap().is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

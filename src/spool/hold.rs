@@ -144,6 +144,7 @@ mod tests {
                 original: "x@y.test".into(),
             }],
             client: "test".into(),
+            origin: crate::rewrite::SenderOrigin::Other,
             eight_bit: false,
             body_offset: 0,
         };

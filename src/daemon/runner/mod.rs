@@ -295,17 +295,24 @@ impl QueueRunner {
                     Some(size) => size,
                     None => io.spool.content_size(id).unwrap_or(0),
                 };
+                let (sender, rewrite) = crate::rewrite::RewriteTable::outbound(
+                    &io.tables.rewrite,
+                    id,
+                    &flight.env.sender,
+                    flight.env.origin,
+                );
                 for (domain, rcpts) in remote {
                     flight.outstanding += 1;
                     flight.tried = true;
                     outbound.submit(Job {
                         id,
                         domain,
-                        sender: flight.env.sender.clone(),
+                        sender: sender.clone(),
                         recipients: rcpts,
                         size,
                         eight_bit: flight.env.eight_bit,
                         arrival: flight.env.arrival,
+                        rewrite: rewrite.clone(),
                     });
                 }
             }
@@ -452,6 +459,7 @@ impl QueueRunner {
             sender: String::new(),
             recipients: bounce_recipients(io, &flight.env.sender),
             client: format!("{} [local]", io.cfg.hostname),
+            origin: crate::rewrite::SenderOrigin::Other,
             // The returned header section may carry 8-bit octets (labelled
             // 8bit by build_bounce): the relay must know (BODY=8BITMIME or
             // the 7-bit downgrade).

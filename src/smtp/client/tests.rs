@@ -27,6 +27,7 @@ fn txn(rcpts: &[&str]) -> Transaction {
         size: 100,
         eight_bit: false,
         smtputf8: false,
+        rewrite: None,
     }
 }
 
@@ -361,6 +362,58 @@ fn eight_bit_body_declared_to_an_8bitmime_server_and_sent_as_is() {
     // SMTPUTF8 implies 8-bit transport (RFC 6531 §3.1): no downgrade.
     let (sent, _, _) = eight_bit_body(&["PIPELINING", "SMTPUTF8"], body);
     assert!(sent.ends_with("caf\u{e9}\r\n.\r\n"), "{sent}");
+}
+
+/// Issue 14: the `From:` rewrite runs on the stored body before the 7-bit
+/// downgrade and dot-stuffing, in any chunking, including the held last
+/// field at `finish_body`.
+#[test]
+fn header_rewrite_runs_before_the_downgrade_and_dot_stuffing() {
+    let conf = crate::config::Config {
+        local_domains: vec!["router.lan".into()],
+        qualify_domain: "router.lan".into(),
+        sender_address: crate::smtp::address::Address::parse_mailbox("me@example.com").ok(),
+        ..crate::config::Config::default()
+    };
+    let table = std::rc::Rc::new(crate::rewrite::RewriteTable::new(&conf, Vec::new()));
+    let body = "From: Cron Daemon <root@router.lan>\r\nContent-Type: text/plain; charset=utf-8\r\n\
+                Content-Transfer-Encoding: 8bit\r\n\r\n.caf\u{e9}\r\nFrom: root\r\n"
+        .as_bytes();
+    for chunk in [1, 7, 64, body.len()] {
+        let mut h = Harness::new(cfg());
+        h.ready(&["PIPELINING"]);
+        let mut t = txn(&["b@y"]);
+        t.eight_bit = true;
+        t.rewrite = Some(table.clone());
+        h.start(t);
+        h.sent();
+        h.feed("250 ok\r\n250 ok\r\n354 go\r\n");
+        h.events();
+        for piece in body.chunks(chunk) {
+            assert_eq!(h.s.send_body(piece), piece.len());
+        }
+        h.s.finish_body(h.t0);
+        let sent = h.sent();
+        assert!(
+            sent.starts_with("From: Cron Daemon <me@example.com>\r\n"),
+            "{chunk}: {sent}"
+        );
+        assert!(
+            sent.ends_with("\r\n\r\n..caf=C3=A9\r\nFrom: root\r\n.\r\n"),
+            "{chunk}: {sent}"
+        );
+    }
+    // A header-only message: the held field comes out at the end.
+    let mut h = Harness::new(cfg());
+    h.ready(&["PIPELINING", "8BITMIME"]);
+    let mut t = txn(&["b@y"]);
+    t.rewrite = Some(table);
+    h.start(t);
+    h.sent();
+    h.feed("250 ok\r\n250 ok\r\n354 go\r\n");
+    h.s.send_body(b"From: root");
+    h.s.finish_body(h.t0);
+    assert_eq!(h.sent(), "From: me@example.com\r\n.\r\n");
 }
 
 #[test]
