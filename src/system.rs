@@ -382,6 +382,31 @@ pub fn read_bounded(source: impl io::Read, limit: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// When this tern was built (seconds since 1970, see `build.rs`); 0 if
+/// unknown.
+pub fn build_epoch() -> u64 {
+    env!("TERN_BUILD_EPOCH").parse().unwrap_or(0)
+}
+
+/// A date as `YYYY-MM-DD` (UTC), for messages about the clock.
+pub fn ymd(unix_secs: i64) -> String {
+    let (y, m, d) = crate::bounce::civil_from_days(unix_secs.div_euclid(86_400));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The sentence for a clock that cannot be right: before this build of
+/// tern. `None` when `now` is plausible.
+pub fn clock_before_build(now_unix: u64) -> Option<String> {
+    let built = build_epoch();
+    (now_unix < built).then(|| {
+        format!(
+            "the system clock ({}) is before this tern was built ({}): it is wrong; set it (NTP)",
+            ymd(now_unix as i64),
+            ymd(built as i64)
+        )
+    })
+}
+
 /// The longest secret file read (a password or token file; a token is a
 /// few KiB at most).
 pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;

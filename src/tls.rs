@@ -613,6 +613,17 @@ impl TlsStream {
 
 /// A rustls error in words an administrator understands (never Rust debug
 /// text): "certificate verify failed: unknown issuer", ...
+/// What the clock said when a certificate's dates did not fit: a clock
+/// before this build is named as wrong, any other as what it says.
+fn clock_words(now_unix: u64) -> String {
+    crate::system::clock_before_build(now_unix).unwrap_or_else(|| {
+        format!(
+            "this host's clock says {}",
+            crate::system::ymd(now_unix as i64)
+        )
+    })
+}
+
 pub fn describe(e: &rustls::Error) -> String {
     use rustls::{AlertDescription as A, CertificateError as C, Error as E};
     match e {
@@ -620,8 +631,22 @@ pub fn describe(e: &rustls::Error) -> String {
             let why = match c {
                 C::UnknownIssuer => "unknown issuer",
                 C::NotValidForName | C::NotValidForNameContext { .. } => "name mismatch",
-                C::Expired | C::ExpiredContext { .. } => "certificate expired",
-                C::NotValidYet | C::NotValidYetContext { .. } => "certificate not yet valid",
+                C::ExpiredContext { time, not_after } => {
+                    return format!(
+                        "certificate verify failed: certificate expired on {} ({})",
+                        crate::system::ymd(not_after.as_secs() as i64),
+                        clock_words(time.as_secs())
+                    )
+                }
+                C::NotValidYetContext { time, not_before } => {
+                    return format!(
+                        "certificate verify failed: certificate not valid before {} ({})",
+                        crate::system::ymd(not_before.as_secs() as i64),
+                        clock_words(time.as_secs())
+                    )
+                }
+                C::Expired => "certificate expired",
+                C::NotValidYet => "certificate not yet valid (check the system clock)",
                 C::Revoked => "certificate revoked",
                 C::BadSignature => "bad signature",
                 C::BadEncoding => "malformed certificate",
@@ -683,6 +708,32 @@ fn parse_server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
 mod tests {
     use super::*;
     use std::path::PathBuf;
+
+    #[test]
+    fn certificate_dates_name_the_clock() {
+        use rustls::pki_types::UnixTime;
+        use rustls::CertificateError as C;
+        let day = |d: u64| UnixTime::since_unix_epoch(std::time::Duration::from_secs(d * 86_400));
+        // A router at 1970 + 10 days (before this build): the clock is wrong.
+        let early = describe(&rustls::Error::InvalidCertificate(C::NotValidYetContext {
+            time: day(10),
+            not_before: day(20_000),
+        }));
+        assert!(early.starts_with("certificate verify failed: certificate not valid before 2024-10-04 (the system clock (1970-01-11) is before this tern was built"), "{early}");
+        assert!(early.ends_with("it is wrong; set it (NTP))"), "{early}");
+        // A plausible clock and a really expired certificate.
+        let far = crate::system::build_epoch() / 86_400 + 400;
+        let expired = describe(&rustls::Error::InvalidCertificate(C::ExpiredContext {
+            time: day(far),
+            not_after: day(far - 3),
+        }));
+        assert!(
+            expired.contains("certificate expired on ")
+                && expired.contains("(this host's clock says "),
+            "{expired}"
+        );
+        assert!(!expired.contains("wrong"), "{expired}");
+    }
 
     fn cert_path(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -123,6 +123,12 @@ impl QueueRunner {
                 self.queue.schedule(id, now);
             }
         }
+        if let Some(why) = crate::system::clock_before_build(super::unix_now()) {
+            // A router before NTP: certificates look not yet valid, and the
+            // dates in new mail are wrong. Retries and expiry do not depend
+            // on it (monotonic clock), nothing bounces because of it.
+            log::warn!("{why}; TLS deliveries defer until it is");
+        }
         if self.held.is_empty() {
             log::info!("started: {} queued message(s)", self.queue.len());
         } else {
