@@ -170,21 +170,23 @@ impl<K: Ord + Copy> Reactor<K> {
             return Ok(None);
         };
         match l.accept() {
-            Ok((stream, _)) => {
-                let id = self.insert(
-                    Socket::Unix(stream),
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
-                if let Some(s) = self.slot(id) {
-                    s.readable = true;
-                    s.writable = true;
-                }
-                self.hot.push(id);
-                Ok(Some(id))
-            }
+            Ok((stream, _)) => self.adopt(Socket::Unix(stream)).map(Some),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Registers an accepted connection, assumed ready: its owner tries
+    /// reading at once (the edge that woke the listener is not the
+    /// connection's).
+    fn adopt(&mut self, socket: Socket) -> io::Result<SockId> {
+        let id = self.insert(socket, Interest::READABLE | Interest::WRITABLE)?;
+        if let Some(s) = self.slot(id) {
+            s.readable = true;
+            s.writable = true;
+        }
+        self.hot.push(id);
+        Ok(id)
     }
 
     /// Accepts one pending connection; `Ok(None)` when drained.
@@ -198,17 +200,8 @@ impl<K: Ord + Copy> Reactor<K> {
         match l.accept() {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let id = self.insert(
-                    Socket::Stream(stream),
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
-                // A fresh socket is assumed ready: the owner tries reading at once.
-                if let Some(s) = self.slot(id) {
-                    s.readable = true;
-                    s.writable = true;
-                }
-                self.hot.push(id);
-                Ok(Some((id, peer)))
+                self.adopt(Socket::Stream(stream))
+                    .map(|id| Some((id, peer)))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
