@@ -657,9 +657,11 @@ impl Config {
                         ))
                     }
                     v if is_valid_domain(v) => Some(v.to_string()),
-                    v => return Err(format!(
+                    v => {
+                        return Err(format!(
                         "helo_name {v:?} is not a valid domain name (letters, digits, '-' and '.')"
-                    )),
+                    ))
+                    }
                 }
             }
             "listen" => self.listen = listeners(v)?,

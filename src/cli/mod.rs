@@ -5,6 +5,7 @@
 pub mod mail;
 pub mod queue;
 pub mod sendmail;
+pub mod test;
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,7 @@ usage: tern [-c FILE] [-d]                 run the daemon (foreground; -d detach
        tern [-c FILE] mailq                list the queue (also as `mailq`)
        tern [-c FILE] queue flush | delete ID|all-deferred | show ID
        tern [-c FILE] newaliases           validate the aliases file
+       tern [-c FILE] test [-f FROM] ADDRESS   send a test message, show the dialogue, diagnose
        tern passwd USER                    read a password on stdin, print USER:HASH for users_file
        tern --version | --help
 ";
@@ -105,7 +107,7 @@ pub fn main(args: Vec<String>) -> i32 {
     };
     if matches!(
         cmd,
-        "check-config" | "passwd" | "mailq" | "queue" | "newaliases"
+        "check-config" | "passwd" | "mailq" | "queue" | "newaliases" | "test"
     ) {
         default_sigpipe();
     }
@@ -126,6 +128,7 @@ pub fn main(args: Vec<String>) -> i32 {
         "mailq" => queue::mailq(cfg),
         "queue" => queue::main(cfg, args),
         "newaliases" => newaliases(cfg),
+        "test" => test::main(cfg, args),
         other => {
             eprintln!("tern: unknown command {other:?}\n{HELP}");
             EX_USAGE
