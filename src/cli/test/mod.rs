@@ -150,7 +150,7 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
 
     let body = message(
         cfg,
-        &original_sender,
+        (&original_sender, &sender),
         &rcpt_text,
         &route,
         &settings.helo_name,
@@ -259,8 +259,10 @@ fn route_words(cfg: &Config, domain: &str) -> String {
 }
 
 /// The test message (CRLF lines). `From:` carries the original sender:
-/// the client rewrites it as the daemon's delivery would.
-fn message(cfg: &Config, sender: &str, rcpt: &str, route: &str, helo: &str) -> Vec<u8> {
+/// the client rewrites it as the daemon's delivery would. `senders`: the
+/// original and the envelope sender after rewriting.
+fn message(cfg: &Config, senders: (&str, &str), rcpt: &str, route: &str, helo: &str) -> Vec<u8> {
+    let (sender, envelope) = senders;
     let now = crate::daemon::unix_now();
     let id = super::sendmail::new_message_id(cfg, now)
         .unwrap_or_else(|_| format!("<{now}.{}@{}>", std::process::id(), cfg.hostname));
@@ -286,7 +288,11 @@ fn message(cfg: &Config, sender: &str, rcpt: &str, route: &str, helo: &str) -> V
         String::new(),
         format!("Route: {route}"),
         format!("EHLO name: {helo}"),
-        format!("Sender: {from}"),
+        if envelope == sender {
+            format!("Envelope sender: <{envelope}>")
+        } else {
+            format!("Envelope sender: <{envelope}> (rewritten from <{sender}>)")
+        },
         String::new(),
         "If you read this, mail from this host reaches you.".to_string(),
     ];
@@ -330,7 +336,7 @@ mod tests {
         };
         let m = String::from_utf8(message(
             &cfg,
-            "root@router.example",
+            ("root@router.example", "me@x.example"),
             "me@x.example",
             "smarthost smtp.x.example:587 (smarthost_tls = starttls)",
             "router.example",
@@ -340,6 +346,9 @@ mod tests {
         assert!(m.contains("Subject: tern test from router.example\r\n"));
         assert!(m.contains("\r\nDate: ") && m.contains("\r\nMessage-ID: <"));
         assert!(m.contains("Route: smarthost smtp.x.example:587"));
+        assert!(
+            m.contains("Envelope sender: <me@x.example> (rewritten from <root@router.example>)")
+        );
         assert!(m.ends_with("\r\n"));
     }
 }
