@@ -378,3 +378,22 @@ def test_usage_and_local_address(tern_factory):
     assert code == 64 and "usage: tern [-c FILE] test [-f FROM] ADDRESS" in err
     code, out, err = run_test(t, "someone@mx.test")
     assert code == 64 and "local_domains" in err, err
+
+
+def test_clock_before_the_certificate_says_ntp(tern_factory):
+    """The router's clock says 2020: the server's certificate is "not yet
+    valid"; the diagnosis is the clock (NTP), not tern.conf."""
+    from harness import faketime_env
+    sink = Sink(tls=server_ctx())
+    try:
+        t = tern_factory(smarthost=f"localhost:{sink.port}", smarthost_tls="starttls",
+                         tls_ca_file=CERTS / "ca.pem")
+        r = t.cmd("test", "you@far.test", env=faketime_env(FAKETIME="@2020-01-01 00:00:00"))
+        out = r.stdout.decode(errors="replace")
+        assert r.returncode == 75, out + r.stderr.decode(errors="replace")
+        assert "certificate not yet valid" in out, out
+        assert "this host's clock is wrong" in out and "NTP" in out, out
+        assert setting_line(out) == "Setting: none in tern.conf", out
+        assert sink.messages == []
+    finally:
+        sink.close()
