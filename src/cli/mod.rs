@@ -1,6 +1,7 @@
 //! Command-line entry points (SPEC "Command line"): argv[0] and subcommand
 //! dispatch to the daemon, `check-config`, `sendmail`, `mail`, `mailq`,
-//! `queue` and `newaliases`. Exit codes follow sysexits(3).
+//! `queue`, `newaliases` and `test` (a test message through the daemon's
+//! route, with the dialogue and a diagnosis). Exit codes follow sysexits(3).
 
 pub mod mail;
 pub mod queue;

@@ -69,6 +69,7 @@ pub enum Case {
     AuthRequired,
     SenderRefused,
     HeloRefused,
+    StartTlsRefused,
     RelayDenied,
     RecipientUnknown,
     GreetingRefused,
@@ -194,6 +195,14 @@ pub const TABLE: &[Row] = &[
         setting: Some("helo_name"),
         advice: "set helo_name to a fully qualified name (router.example.com); providers \
                  refuse localhost and names without a dot.",
+    },
+    Row {
+        case: Case::StartTlsRefused,
+        applies: |e, _| remote(e) && e.stage == Some(Stage::StartTls),
+        summary: "the server offered STARTTLS but refused to start it",
+        setting: Some("smarthost_tls"),
+        advice: "the server's TLS is out of order: try again later, or use its implicit-TLS \
+                 port (465) with smarthost_tls = tls.",
     },
     Row {
         case: Case::RelayDenied,
@@ -518,6 +527,8 @@ mod tests {
         let f = facts();
         let e = said_at(Stage::Ehlo, 501, "5.5.4", "localhost: invalid domain name");
         assert_eq!(case(&e, &f), (Case::HeloRefused, Some("helo_name")));
+        let e = said_at(Stage::StartTls, 454, "4.7.0", "TLS not available");
+        assert_eq!(case(&e, &f), (Case::StartTlsRefused, Some("smarthost_tls")));
         let e = said_at(Stage::Rcpt, 554, "5.7.1", "Relay access denied");
         assert_eq!(case(&e, &f), (Case::RelayDenied, Some(CREDENTIALS)));
         let e = said_at(Stage::Rcpt, 550, "5.1.1", "no such user");
@@ -637,6 +648,30 @@ mod tests {
         assert_eq!(case(&e, &f).0, Case::Timeout);
         let e = evidence(outcome::queue_file_unreadable("gone"));
         assert_eq!(case(&e, &f), (Case::Other, None));
+    }
+
+    #[test]
+    fn rustls_errors_become_tls_problems() {
+        use rustls::{CertificateError as C, Error as E, InvalidMessage};
+        let of = |e: E| TlsProblem::of(&e);
+        assert_eq!(
+            of(E::InvalidCertificate(C::UnknownIssuer)),
+            TlsProblem::UnknownIssuer
+        );
+        assert_eq!(
+            of(E::InvalidCertificate(C::NotValidYet)),
+            TlsProblem::NotYetValid
+        );
+        assert_eq!(of(E::InvalidCertificate(C::Expired)), TlsProblem::Expired);
+        assert_eq!(
+            of(E::InvalidCertificate(C::NotValidForName)),
+            TlsProblem::NameMismatch
+        );
+        assert_eq!(
+            of(E::InvalidMessage(InvalidMessage::InvalidContentType)),
+            TlsProblem::NotTls
+        );
+        assert_eq!(of(E::DecryptError), TlsProblem::Other);
     }
 
     #[test]
