@@ -333,7 +333,12 @@ impl<W: Write> Driver<W> {
                 if !self.transcript.seen.heard {
                     self.transcript.event("no word from the server");
                 }
-                self.machine.handle_timeout(now);
+                if deadline.is_some() {
+                    self.machine.handle_timeout(now);
+                } else {
+                    // No deadline yet nothing to do: give up the session.
+                    self.machine.handle_closed(now);
+                }
             }
             Err(e) => {
                 self.transcript
