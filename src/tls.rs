@@ -372,6 +372,8 @@ pub struct TlsStream {
     error: Option<TlsError>,
     /// The handshake failed on bytes that were no TLS record.
     plaintext_peer: bool,
+    /// What the fatal error was, as a type (for `tern test`'s diagnosis).
+    problem: Option<TlsProblem>,
 }
 
 impl fmt::Debug for TlsStream {
@@ -414,6 +416,7 @@ impl TlsStream {
             close_sent: false,
             error: None,
             plaintext_peer: false,
+            problem: None,
         }
     }
 
@@ -443,6 +446,7 @@ impl TlsStream {
                         e,
                         rustls::Error::InvalidMessage(_) | rustls::Error::PeerSentOversizedRecord
                     );
+                self.problem = Some(TlsProblem::of(&e));
                 return Err(self.fail(describe(&e)));
             }
             self.drain_plaintext();
@@ -584,6 +588,11 @@ impl TlsStream {
         self.plaintext_peer
     }
 
+    /// The kind of the fatal error, when it came from the TLS exchange.
+    pub fn problem(&self) -> Option<TlsProblem> {
+        self.problem
+    }
+
     /// E.g. "TLSv1.3 TLS13_AES_256_GCM_SHA384", once the handshake is done.
     pub fn protocol_description(&self) -> Option<String> {
         if self.conn.is_handshaking() || self.error.is_some() {
@@ -607,6 +616,40 @@ impl TlsStream {
         if !self.close_sent {
             self.close_sent = true;
             self.conn.send_close_notify();
+        }
+    }
+}
+
+/// A TLS failure as a type: what an administrator must change differs
+/// (the CA file, the clock, the host name, the TLS mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsProblem {
+    /// The certificate chains to no trusted CA.
+    UnknownIssuer,
+    /// The certificate's validity starts after our clock's now.
+    NotYetValid,
+    Expired,
+    /// The certificate does not name the server we asked for.
+    NameMismatch,
+    /// What came was no TLS (a plaintext greeting).
+    NotTls,
+    Other,
+}
+
+impl TlsProblem {
+    pub fn of(e: &rustls::Error) -> TlsProblem {
+        use rustls::{CertificateError as C, Error as E};
+        match e {
+            E::InvalidCertificate(C::UnknownIssuer) => TlsProblem::UnknownIssuer,
+            E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+                TlsProblem::NotYetValid
+            }
+            E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => TlsProblem::Expired,
+            E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                TlsProblem::NameMismatch
+            }
+            E::InvalidMessage(_) | E::PeerSentOversizedRecord => TlsProblem::NotTls,
+            _ => TlsProblem::Other,
         }
     }
 }

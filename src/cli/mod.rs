@@ -1,10 +1,12 @@
 //! Command-line entry points (SPEC "Command line"): argv[0] and subcommand
 //! dispatch to the daemon, `check-config`, `sendmail`, `mail`, `mailq`,
-//! `queue` and `newaliases`. Exit codes follow sysexits(3).
+//! `queue`, `newaliases` and `test` (a test message through the daemon's
+//! route, with the dialogue and a diagnosis). Exit codes follow sysexits(3).
 
 pub mod mail;
 pub mod queue;
 pub mod sendmail;
+pub mod test;
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +34,7 @@ usage: tern [-c FILE] [-d]                 run the daemon (foreground; -d detach
        tern [-c FILE] mailq                list the queue (also as `mailq`)
        tern [-c FILE] queue flush | delete ID|all-deferred | show ID
        tern [-c FILE] newaliases           validate the aliases file
+       tern [-c FILE] test [-f FROM] ADDRESS   send a test message, show the dialogue, diagnose
        tern passwd USER                    read a password on stdin, print USER:HASH for users_file
        tern --version | --help
 ";
@@ -105,7 +108,7 @@ pub fn main(args: Vec<String>) -> i32 {
     };
     if matches!(
         cmd,
-        "check-config" | "passwd" | "mailq" | "queue" | "newaliases"
+        "check-config" | "passwd" | "mailq" | "queue" | "newaliases" | "test"
     ) {
         default_sigpipe();
     }
@@ -126,6 +129,7 @@ pub fn main(args: Vec<String>) -> i32 {
         "mailq" => queue::mailq(cfg),
         "queue" => queue::main(cfg, args),
         "newaliases" => newaliases(cfg),
+        "test" => test::main(cfg, args),
         other => {
             eprintln!("tern: unknown command {other:?}\n{HELP}");
             EX_USAGE

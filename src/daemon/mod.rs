@@ -46,11 +46,11 @@ macro_rules! io {
 
 mod commit;
 mod control;
-mod dns;
+pub(crate) mod dns;
 mod drop;
 mod inbound;
 mod link;
-mod outbound;
+pub(crate) mod outbound;
 mod runner;
 
 use std::collections::HashSet;
@@ -632,7 +632,7 @@ fn load_tls_server(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, St
     }
 }
 
-fn load_tls_client(cfg: &Config) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+pub fn load_tls_client(cfg: &Config) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
     crate::tls::client_config(cfg.tls_ca_file.as_deref())
         .map(Some)
         .map_err(|e| e.0)

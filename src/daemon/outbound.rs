@@ -23,7 +23,7 @@ use std::time::Instant;
 use super::dns::{Answer, DnsDriver};
 use super::link::{Link, Read};
 use super::{Io, Timer};
-use crate::config::Config;
+use crate::config::{Config, HostPort};
 use crate::delivery::outcome::{self, Outcome};
 use crate::dns::LookupId;
 use crate::outbound::machine::{Action, Delivery, Hop, Settings};
@@ -172,24 +172,11 @@ impl OutboundDriver {
         let now = Instant::now();
         let key = self.next_delivery_key();
         let smarthosts = if job.domain.is_empty() {
-            self.jobs
-                .smarthosts
-                .iter()
-                .map(|hp| Hop {
-                    name: hp.host.clone(),
-                    port: hp.port,
-                    addrs: hp
-                        .host
-                        .parse::<IpAddr>()
-                        .ok()
-                        .map(|ip| vec![ip])
-                        .or_else(|| dns.hosts_entry(&hp.host)),
-                })
-                .collect()
+            smarthost_hops(&self.jobs.smarthosts, |name| dns.hosts_entry(name))
         } else {
             Vec::new()
         };
-        let settings = self.settings(io.cfg, job.domain.is_empty());
+        let settings = settings(io.cfg, job.domain.is_empty(), self.tls_client.is_some());
         let machine = Delivery::new(job, smarthosts, settings, now);
         self.deliveries.insert(
             key,
@@ -211,26 +198,6 @@ impl OutboundDriver {
     fn next_delivery_key(&mut self) -> u64 {
         self.delivery_seq += 1;
         self.delivery_seq
-    }
-
-    /// The machine's view of the configuration; the smarthost password
-    /// file is read here, once per delivery.
-    fn settings(&self, cfg: &Config, smarthost: bool) -> Settings {
-        Settings {
-            hostname: cfg.hostname.clone(),
-            helo_name: cfg.helo_name().to_string(),
-            mx_port: cfg.mx_port,
-            outbound_tls: cfg.outbound_tls,
-            smarthost_tls: cfg.smarthost_tls,
-            credentials: if smarthost {
-                smarthost_credentials(cfg)
-            } else {
-                None
-            },
-            connect_timeout: cfg.connect_timeout,
-            reply_timeout: cfg.client_timeout,
-            trust_anchors: self.tls_client.is_some(),
-        }
     }
 
     /// The DNS driver's answers; those for our deliveries move them.
@@ -545,9 +512,52 @@ fn feed_body(d: &mut Outgoing, now: Instant) -> bool {
     progressed
 }
 
+/// The smarthosts as the machine's hops: IP literals and names in the
+/// hosts file (`hosts`) come with their addresses, other names are
+/// resolved by the machine's lookups.
+pub fn smarthost_hops(
+    smarthosts: &[HostPort],
+    hosts: impl Fn(&str) -> Option<Vec<IpAddr>>,
+) -> Vec<Hop> {
+    smarthosts
+        .iter()
+        .map(|hp| Hop {
+            name: hp.host.clone(),
+            port: hp.port,
+            addrs: hp
+                .host
+                .parse::<IpAddr>()
+                .ok()
+                .map(|ip| vec![ip])
+                .or_else(|| hosts(&hp.host)),
+        })
+        .collect()
+}
+
+/// The machine's view of the configuration; the smarthost password file
+/// is read here, once per delivery. `trust_anchors`: a verifying TLS
+/// client configuration could be built.
+pub fn settings(cfg: &Config, smarthost: bool, trust_anchors: bool) -> Settings {
+    Settings {
+        hostname: cfg.hostname.clone(),
+        helo_name: cfg.helo_name().to_string(),
+        mx_port: cfg.mx_port,
+        outbound_tls: cfg.outbound_tls,
+        smarthost_tls: cfg.smarthost_tls,
+        credentials: if smarthost {
+            smarthost_credentials(cfg)
+        } else {
+            None
+        },
+        connect_timeout: cfg.connect_timeout,
+        reply_timeout: cfg.client_timeout,
+        trust_anchors,
+    }
+}
+
 /// `smarthost_user` and the first line of `smarthost_password_file`
 /// (read for each delivery, so a changed password needs no reload).
-fn smarthost_credentials(cfg: &Config) -> Option<Credentials> {
+pub fn smarthost_credentials(cfg: &Config) -> Option<Credentials> {
     let user = cfg.smarthost_user.clone()?;
     let path = cfg.smarthost_password_file.as_ref()?;
     match crate::system::read_secret_line(path) {
