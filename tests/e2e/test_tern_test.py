@@ -391,7 +391,7 @@ def test_clock_before_the_certificate_says_ntp(tern_factory):
         r = t.cmd("test", "you@far.test", env=faketime_env(FAKETIME="@2020-01-01 00:00:00"))
         out = r.stdout.decode(errors="replace")
         assert r.returncode == 75, out + r.stderr.decode(errors="replace")
-        assert "certificate not yet valid" in out, out
+        assert "certificate not valid before" in out and "is before this tern was built" in out, out
         assert "this host's clock is wrong" in out and "NTP" in out, out
         assert setting_line(out) == "Setting: none in tern.conf", out
         assert sink.messages == []
