@@ -501,7 +501,8 @@ impl QueueRunner {
 /// recipient (a local sender's aliases apply); a sender that is not a
 /// valid address or names no local user gets it as postmaster.
 fn bounce_recipients(io: &Io, sender: &str) -> Vec<Recipient> {
-    let is_local = |d: &str| io.cfg.is_local_domain(d);
+    // A report has the null sender: only recipient `local` routes apply.
+    let is_local = |d: &str| io.cfg.is_local_domain(d) || io.tables.routes.is_local("", d);
     let policy = io.tables.policy(io.cfg, &is_local);
     let decided = Address::parse_mailbox(sender)
         .map_err(|_| Refusal::BadMailboxName)
