@@ -158,7 +158,7 @@ impl OutboundDriver {
         if !d.machine.is_idle() {
             return;
         }
-        if let Some(job) = self.jobs.take_for(d.machine.destination()) {
+        if let Some(job) = self.jobs.take_for(&d.machine.destination_key()) {
             d.body = None;
             d.chunk_pos = 0;
             d.chunk_end = 0;
@@ -171,25 +171,54 @@ impl OutboundDriver {
     fn start_job(&mut self, io: &mut Io, dns: &mut DnsDriver, job: Job) {
         let now = Instant::now();
         let key = self.next_delivery_key();
-        let smarthosts = if job.domain.is_empty() {
-            self.jobs
-                .smarthosts
-                .iter()
-                .map(|hp| Hop {
-                    name: hp.host.clone(),
-                    port: hp.port,
-                    addrs: hp
-                        .host
-                        .parse::<IpAddr>()
-                        .ok()
-                        .map(|ip| vec![ip])
-                        .or_else(|| dns.hosts_entry(&hp.host)),
-                })
-                .collect()
-        } else {
-            Vec::new()
+        let (smarthosts, settings) = match (&job.relay, job.domain.is_empty()) {
+            // A route's relay (or the smarthost keys as one): its hosts, TLS
+            // mode and credentials, read now for this attempt.
+            (Some(relay), true) => {
+                let credentials = match relay.credentials() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Without its password the relay would refuse the
+                        // mail (530): deferred, nothing sent.
+                        log::error!("{}: {e}", job.id);
+                        let reason = outcome::route_unusable(&e);
+                        self.jobs.finished(&job.destination_key());
+                        self.reports.push(JobReport {
+                            id: job.id,
+                            outcomes: job
+                                .recipients
+                                .iter()
+                                .map(|(i, _)| (*i, Outcome::Deferred(reason.clone())))
+                                .collect(),
+                        });
+                        return;
+                    }
+                };
+                let base = self.settings(io.cfg, false);
+                (
+                    relay.hops(|name| dns.hosts_entry(name)),
+                    relay.settings(base, credentials),
+                )
+            }
+            (None, true) => (
+                self.jobs
+                    .smarthosts
+                    .iter()
+                    .map(|hp| Hop {
+                        name: hp.host.clone(),
+                        port: hp.port,
+                        addrs: hp
+                            .host
+                            .parse::<IpAddr>()
+                            .ok()
+                            .map(|ip| vec![ip])
+                            .or_else(|| dns.hosts_entry(&hp.host)),
+                    })
+                    .collect(),
+                self.settings(io.cfg, true),
+            ),
+            (_, false) => (Vec::new(), self.settings(io.cfg, false)),
         };
-        let settings = self.settings(io.cfg, job.domain.is_empty());
         let machine = Delivery::new(job, smarthosts, settings, now);
         self.deliveries.insert(
             key,
@@ -504,7 +533,7 @@ impl OutboundDriver {
         if let Some(l) = d.lookup {
             self.lookups.remove(&l);
         }
-        self.jobs.finished(d.machine.destination());
+        self.jobs.finished(&d.machine.destination_key());
     }
 }
 

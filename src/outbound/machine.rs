@@ -282,6 +282,12 @@ impl Delivery {
         &self.job.domain
     }
 
+    /// The destination with its relay: what the connection cache is
+    /// keyed by.
+    pub fn destination_key(&self) -> super::DestinationKey {
+        self.job.destination_key()
+    }
+
     pub fn job_id(&self) -> QueueId {
         self.job.id
     }
@@ -572,7 +578,8 @@ impl Delivery {
         let State::Session(s) = &mut self.state else {
             return Err(job);
         };
-        if s.idle_since.is_none() || job.domain != self.job.domain || s.client.is_closed() {
+        let same = job.domain == self.job.domain && job.relay == self.job.relay;
+        if s.idle_since.is_none() || !same || s.client.is_closed() {
             return Err(job);
         }
         s.idle_since = None;
