@@ -428,9 +428,14 @@ impl Delivery {
                 verify: true,
             });
         }
+        let mut client = ClientSession::new(cfg, now);
+        // A route's `auth=`: that mechanism only.
+        if let Some(m) = self.job.relay.as_ref().and_then(|r| r.auth) {
+            client.restrict_auth(m);
+        }
         self.state = State::Session(Box::new(Session {
             addr,
-            client: ClientSession::new(cfg, now),
+            client,
             policy,
             tls_pending: false,
             greeting_deadline,

@@ -9,7 +9,7 @@ use super::machine::{Hop, Lookup};
 use super::sim::*;
 use super::Job;
 use crate::config::{HostPort, SmarthostTls};
-use crate::routes::Relay;
+use crate::routes::{AuthMechanism, Relay};
 use crate::smtp::client::Credentials;
 
 fn relay(host: &str, port: u16, tls: SmarthostTls, user: Option<&str>) -> Relay {
@@ -171,4 +171,54 @@ fn relay_hops_resolve_addresses_and_hosts_entries() {
             },
         ]
     );
+}
+
+/// A server offering both mechanisms, answering a LOGIN dialog for joe.
+fn plain_and_login() -> Script {
+    Script::ok()
+        .with("EHLO", "250-mx.test\r\n250 AUTH PLAIN LOGIN")
+        .with("AUTH PLAIN", "235 2.7.0 ok")
+        .with("AUTH LOGIN", "334 VXNlcm5hbWU6")
+        .with("AM9L", "334 UGFzc3dvcmQ6") // base64("joe")
+        .with("C2VJCMV0", "235 2.7.0 ok") // base64("secret")
+}
+
+fn auth_commands(sim: &Sim) -> Vec<String> {
+    sim.commands
+        .iter()
+        .filter(|c| c.starts_with("AUTH"))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn scenario_route_auth_login_is_used_even_when_plain_is_offered() {
+    let mut r = relay("192.0.2.70", 587, SmarthostTls::None, Some("joe"));
+    r.auth = Some(AuthMechanism::Login);
+    let mut sim = relay_sim(&r, relay_job(1, &r, &["bob@far.test"]), joe())
+        .peer(sa("192.0.2.70", 587), Peer::Script(plain_and_login()));
+    sim.finish();
+    assert_eq!(auth_commands(&sim), vec!["AUTH LOGIN"]);
+    assert_eq!(sim.messages, 1);
+    // Without `auth=`: PLAIN, as offered first.
+    r.auth = None;
+    let mut sim = relay_sim(&r, relay_job(1, &r, &["bob@far.test"]), joe())
+        .peer(sa("192.0.2.70", 587), Peer::Script(plain_and_login()));
+    sim.finish();
+    assert_eq!(auth_commands(&sim).len(), 1);
+    assert!(auth_commands(&sim)[0].starts_with("AUTH PLAIN"));
+}
+
+#[test]
+fn scenario_route_auth_plain_not_offered_defers() {
+    let mut r = relay("192.0.2.70", 587, SmarthostTls::None, Some("joe"));
+    r.auth = Some(AuthMechanism::Plain);
+    let login_only = plain_and_login().with("EHLO", "250-mx.test\r\n250 AUTH LOGIN");
+    let mut sim = relay_sim(&r, relay_job(1, &r, &["bob@far.test"]), joe())
+        .peer(sa("192.0.2.70", 587), Peer::Script(login_only));
+    sim.finish();
+    assert!(auth_commands(&sim).is_empty());
+    let reason = sim.deferred_reason();
+    assert!(reason.text.contains("AUTH mechanism"), "{reason}");
+    assert_eq!(sim.messages, 0);
 }
