@@ -615,6 +615,7 @@ pub fn startup_problems(cfg: &Config) -> Vec<String> {
 
 /// Settings that are valid but almost certainly not what was meant.
 pub fn startup_warnings(cfg: &Config) -> Vec<String> {
+    let routes = crate::routes::startup_warnings(cfg);
     cfg.smarthost
         .iter()
         .filter(|h| h.port == 465 && cfg.smarthost_tls == crate::config::SmarthostTls::StartTls)
@@ -625,6 +626,7 @@ pub fn startup_warnings(cfg: &Config) -> Vec<String> {
                 h.host
             )
         })
+        .chain(routes)
         .collect()
 }
 

@@ -319,6 +319,31 @@ pub fn startup_problems(cfg: &Config) -> Vec<String> {
     problems
 }
 
+/// Valid routes that are almost certainly not what was meant: port 465
+/// (implicit TLS) in `tls=starttls` mode.
+pub fn startup_warnings(cfg: &Config) -> Vec<String> {
+    let (table, _) = RouteTable::load(cfg);
+    let path = cfg.routes.as_deref().unwrap_or(Path::new(""));
+    let mut warnings = Vec::new();
+    for r in &table.routes {
+        let Target::Smtp(relay) = &r.target else {
+            continue;
+        };
+        for h in &relay.hosts {
+            if h.port == 465 && relay.tls == SmarthostTls::StartTls {
+                warnings.push(format!(
+                    "{}:{}: smtp:{}:465 with tls=starttls: port 465 speaks implicit TLS, \
+                     add tls=tls (else every delivery waits for a greeting that never comes)",
+                    path.display(),
+                    r.line,
+                    h.host
+                ));
+            }
+        }
+    }
+    warnings
+}
+
 /// `a.b.example` is a subdomain of `b.example`; `b.example` is not.
 fn is_subdomain(domain: &str, parent: &str) -> bool {
     let (d, p) = (domain.as_bytes(), parent.as_bytes());

@@ -295,3 +295,21 @@ fn oversized_file_is_refused() {
     assert!(t.is_empty());
     assert_eq!(problems.len(), 1, "{problems:?}");
 }
+
+#[test]
+fn port_465_in_starttls_mode_is_warned_about() {
+    let dir = crate::test_dir::TempDir::new("routes-465");
+    let path = dir.0.join("routes");
+    std::fs::write(
+        &path,
+        "@a.example smtp:smtp.a.example:465\n@b.example smtp:smtp.b.example:465 tls=tls\n",
+    )
+    .unwrap();
+    let cfg = Config {
+        routes: Some(path.clone()),
+        ..Default::default()
+    };
+    let w = startup_warnings(&cfg);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].starts_with(&format!("{}:1: smtp:smtp.a.example:465", path.display())));
+}

@@ -156,6 +156,14 @@ def test_local_route_delivers_to_a_maildir(tern_factory, sinks):
     wait_for(lambda: t.maildir("joe") and smarthost.messages, what="local and remote delivery")
     assert b"hello world" in t.maildir("joe")[0]
     assert rcpts_of(smarthost) == ["far@remote.test"]
+    # The sendmail path decides the same way.
+    r = subprocess.run([TERN_BIN, "-c", str(t.conf), "sendmail", "-i", "ann@router.lan"],
+                       input=b"Subject: via sendmail\n\nlocal route\n", capture_output=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: t.maildir("ann"), what="sendmail to a local route")
+    assert b"local route" in t.maildir("ann")[0]
+    assert rcpts_of(smarthost) == ["far@remote.test"]
 
 
 def test_check_config_names_bad_and_unsupported_lines(tern_factory):
@@ -173,6 +181,10 @@ def test_check_config_names_bad_and_unsupported_lines(tern_factory):
     assert f"{t.routes}:4: webhook targets are not supported yet" in err, err
     assert f"{t.routes}:5: auth=xoauth2 is not supported yet" in err, err
     assert ":2:" not in err, err
+    t.routes.write_text("@ok.example smtp:smtp.ok.example:465\n")
+    code, err = check_config(t)
+    assert code == 0, err
+    assert f"warning: {t.routes}:1: smtp:smtp.ok.example:465 with tls=starttls" in err, err
     t.routes.write_text("@ok.example mx\n* local\n")
     code, err = check_config(t)
     assert code == 0, err
