@@ -23,10 +23,13 @@
 //!
 //! TARGET: `smtp:HOST[:PORT]` (port 25 when omitted; keys `tls=starttls|tls|none`
 //! (default `starttls`), `user=` with `password_file=` (an absolute path,
-//! first line read at each delivery attempt), `auth=plain|login`), `mx`,
-//! `local` (the recipient is delivered to the local mailbox of its local
-//! part, as if its domain were in `local_domains`; decided when the
-//! message is received).
+//! first line read at each delivery attempt; unreadable: the mail is
+//! deferred), `auth=plain|login` (that mechanism only; default PLAIN, else
+//! LOGIN, as offered)), `mx`, `local` (the recipient is delivered to the
+//! local mailbox of its local part, aliases first, as if its domain were in
+//! `local_domains`; decided when the message is received, so a recipient
+//! queued as remote before the route existed goes out the default way).
+//! `#` starts a comment anywhere on a line; a key appears once per line.
 //!
 //! Decided once, into types: the file becomes a [`RouteTable`] of
 //! [`Route`]s with a [`Match`] and a [`Target`]; a remote target carries a
