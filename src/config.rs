@@ -74,6 +74,7 @@ pub const KEYS: &[&str] = &[
     "sender_address",
     "sender_rewrite",
     "relay_networks",
+    "routes",
     "smarthost",
     "smarthost_tls",
     "smarthost_user",
@@ -138,7 +139,7 @@ pub enum LocalDelivery {
 }
 
 /// How the smarthost connection is secured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SmarthostTls {
     /// STARTTLS (RFC 3207), required: no plaintext fallback.
     StartTls,
@@ -253,7 +254,7 @@ fn mask_v6(prefix: u8) -> u128 {
 }
 
 /// A host (domain or IP address, IPv6 without brackets) and a port.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HostPort {
     pub host: String,
     pub port: u16,
@@ -342,6 +343,8 @@ pub struct Config {
     pub sender_rewrite: Option<PathBuf>,
     // Relaying and outbound delivery.
     pub relay_networks: Vec<Cidr>,
+    /// `MATCH TARGET` file: next hop per domain and sender (see `routes`).
+    pub routes: Option<PathBuf>,
     pub smarthost: Vec<HostPort>,
     pub smarthost_tls: SmarthostTls,
     pub smarthost_user: Option<String>,
@@ -410,6 +413,7 @@ impl Default for Config {
                 Cidr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
                 Cidr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
             ],
+            routes: None,
             smarthost: Vec::new(),
             smarthost_tls: SmarthostTls::StartTls,
             smarthost_user: None,
@@ -722,6 +726,7 @@ impl Config {
             "relay_networks" => {
                 self.relay_networks = list(v).map(Cidr::parse).collect::<Result<_, _>>()?
             }
+            "routes" => self.routes = optional_path(v),
             "smarthost" => {
                 self.smarthost = list(v)
                     .map(|s| HostPort::parse(s, SMTP_PORT))
@@ -827,6 +832,7 @@ impl Config {
             &mut self.tls_ca_file,
             &mut self.smarthost_password_file,
             &mut self.sender_rewrite,
+            &mut self.routes,
         ];
         for path in paths
             .into_iter()

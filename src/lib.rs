@@ -99,6 +99,7 @@ pub mod queue;
 pub mod random;
 pub mod reactor;
 pub mod rewrite;
+pub mod routes;
 pub mod safe_fs;
 pub mod smtp;
 pub mod spool;

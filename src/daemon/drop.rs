@@ -310,7 +310,7 @@ fn open_drop(io: &mut Io, path: &std::path::Path) -> Result<Importing, ImportErr
     // The same policy as SMTP, with relaying allowed (local injection);
     // a local recipient that does not exist cannot be refused in-line,
     // so it is stored as refused and bounced by the first attempt.
-    let is_local = |d: &str| io.cfg.is_local_domain(d);
+    let is_local = |d: &str| io.cfg.is_local_domain(d) || io.tables.routes.is_local(&sender, d);
     let policy = io.tables.policy(io.cfg, &is_local);
     let mut decided = Vec::new();
     for r in &head.recipients {

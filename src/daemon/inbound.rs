@@ -139,8 +139,20 @@ impl Policy for LocalPolicy<'_> {
         rcpt: &Address,
         relay_allowed: bool,
     ) -> Result<Vec<Destination>, Reply> {
+        self.check_recipient_from(None, rcpt, relay_allowed)
+    }
+
+    /// A `local` route makes its recipients local (decided here, once).
+    fn check_recipient_from(
+        &self,
+        sender: Option<&Address>,
+        rcpt: &Address,
+        relay_allowed: bool,
+    ) -> Result<Vec<Destination>, Reply> {
         let cfg = self.cfg;
-        let is_local = |d: &str| cfg.is_local_domain(d);
+        let sender = sender.map(Address::to_string).unwrap_or_default();
+        let routes = &self.tables.routes;
+        let is_local = |d: &str| cfg.is_local_domain(d) || routes.is_local(&sender, d);
         self.tables
             .policy(cfg, &is_local)
             .resolve(rcpt, relay_allowed)

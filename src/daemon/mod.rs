@@ -111,6 +111,8 @@ pub struct LocalTables {
     pub aliases: Aliases,
     /// `sender_rewrite` and `sender_address` (see `rewrite`).
     pub rewrite: crate::rewrite::SenderMap,
+    /// The `routes` file (see `routes`).
+    pub routes: crate::routes::RouteMap,
 }
 
 impl LocalTables {
@@ -138,10 +140,12 @@ impl LocalTables {
             }
         };
         let rewrite = crate::rewrite::RewriteTable::load_logged(cfg);
+        let routes = crate::routes::RouteTable::load_logged(cfg);
         LocalTables {
             users,
             aliases,
             rewrite,
+            routes,
         }
     }
 
@@ -600,6 +604,7 @@ pub fn startup_problems(cfg: &Config) -> Vec<String> {
         }
     }
     problems.extend(crate::rewrite::startup_problems(cfg));
+    problems.extend(crate::routes::startup_problems(cfg));
     if let Some(path) = &cfg.smarthost_password_file {
         if let Err(e) = crate::system::read_secret_line(path) {
             problems.push(format!("smarthost_password_file {}: {e}", path.display()));
@@ -610,6 +615,7 @@ pub fn startup_problems(cfg: &Config) -> Vec<String> {
 
 /// Settings that are valid but almost certainly not what was meant.
 pub fn startup_warnings(cfg: &Config) -> Vec<String> {
+    let routes = crate::routes::startup_warnings(cfg);
     cfg.smarthost
         .iter()
         .filter(|h| h.port == 465 && cfg.smarthost_tls == crate::config::SmarthostTls::StartTls)
@@ -620,6 +626,7 @@ pub fn startup_warnings(cfg: &Config) -> Vec<String> {
                 h.host
             )
         })
+        .chain(routes)
         .collect()
 }
 

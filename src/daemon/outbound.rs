@@ -158,7 +158,7 @@ impl OutboundDriver {
         if !d.machine.is_idle() {
             return;
         }
-        if let Some(job) = self.jobs.take_for(d.machine.destination()) {
+        if let Some(job) = self.jobs.take_for(&d.machine.destination_key()) {
             d.body = None;
             d.chunk_pos = 0;
             d.chunk_end = 0;
@@ -171,12 +171,44 @@ impl OutboundDriver {
     fn start_job(&mut self, io: &mut Io, dns: &mut DnsDriver, job: Job) {
         let now = Instant::now();
         let key = self.next_delivery_key();
-        let smarthosts = if job.domain.is_empty() {
-            smarthost_hops(&self.jobs.smarthosts, |name| dns.hosts_entry(name))
-        } else {
-            Vec::new()
+        let (smarthosts, settings) = match (&job.relay, job.domain.is_empty()) {
+            // A route's relay (or the smarthost keys as one): its hosts, TLS
+            // mode and credentials, read now for this attempt.
+            (Some(relay), true) => {
+                let credentials = match relay.credentials() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Without its password the relay would refuse the
+                        // mail (530): deferred, nothing sent.
+                        log::error!("{}: {e}", job.id);
+                        let reason = outcome::route_unusable(&e);
+                        self.jobs.finished(&job.destination_key());
+                        self.reports.push(JobReport {
+                            id: job.id,
+                            outcomes: job
+                                .recipients
+                                .iter()
+                                .map(|(i, _)| (*i, Outcome::Deferred(reason.clone())))
+                                .collect(),
+                        });
+                        return;
+                    }
+                };
+                let base = settings(io.cfg, false, self.tls_client.is_some());
+                (
+                    relay.hops(|name| dns.hosts_entry(name)),
+                    relay.settings(base, credentials),
+                )
+            }
+            (None, true) => (
+                smarthost_hops(&self.jobs.smarthosts, |name| dns.hosts_entry(name)),
+                settings(io.cfg, true, self.tls_client.is_some()),
+            ),
+            (_, false) => (
+                Vec::new(),
+                settings(io.cfg, false, self.tls_client.is_some()),
+            ),
         };
-        let settings = settings(io.cfg, job.domain.is_empty(), self.tls_client.is_some());
         let machine = Delivery::new(job, smarthosts, settings, now);
         self.deliveries.insert(
             key,
@@ -471,7 +503,7 @@ impl OutboundDriver {
         if let Some(l) = d.lookup {
             self.lookups.remove(&l);
         }
-        self.jobs.finished(d.machine.destination());
+        self.jobs.finished(&d.machine.destination_key());
     }
 }
 

@@ -278,6 +278,18 @@ pub fn mail_loops_back(domain: &str) -> Reason {
     )
 }
 
+/// The recipient's route cannot be used now: a target not supported yet,
+/// a password file that cannot be read. Deferred: fixing the
+/// configuration (and SIGHUP) lets the mail go.
+pub fn route_unusable(why: &str) -> Reason {
+    Reason::new(
+        Origin::Queue,
+        451,
+        Status::new(4, 3, 5),
+        format!("route not usable: {why}"),
+    )
+}
+
 /// TCP connect failed; `why` is the system's words ("connection refused").
 pub fn connect_failed(addr: &str, why: &str) -> Reason {
     Reason::new(

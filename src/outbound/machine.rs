@@ -282,6 +282,12 @@ impl Delivery {
         &self.job.domain
     }
 
+    /// The destination with its relay: what the connection cache is
+    /// keyed by.
+    pub fn destination_key(&self) -> super::DestinationKey {
+        self.job.destination_key()
+    }
+
     pub fn job_id(&self) -> QueueId {
         self.job.id
     }
@@ -422,9 +428,14 @@ impl Delivery {
                 verify: true,
             });
         }
+        let mut client = ClientSession::new(cfg, now);
+        // A route's `auth=`: that mechanism only.
+        if let Some(m) = self.job.relay.as_ref().and_then(|r| r.auth) {
+            client.restrict_auth(m);
+        }
         self.state = State::Session(Box::new(Session {
             addr,
-            client: ClientSession::new(cfg, now),
+            client,
             policy,
             tls_pending: false,
             greeting_deadline,
@@ -572,7 +583,8 @@ impl Delivery {
         let State::Session(s) = &mut self.state else {
             return Err(job);
         };
-        if s.idle_since.is_none() || job.domain != self.job.domain || s.client.is_closed() {
+        let same = job.domain == self.job.domain && job.relay == self.job.relay;
+        if s.idle_since.is_none() || !same || s.client.is_closed() {
             return Err(job);
         }
         s.idle_since = None;

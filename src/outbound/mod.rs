@@ -1,9 +1,13 @@
 //! Outbound delivery plans: jobs, destinations and limits.
 //!
-//! A job is one message's recipients for one destination: all remote
-//! recipients when a smarthost is configured, else the recipients of one
-//! domain (RFC 5321 §5.1: they share the domain's MX hosts, so they share
-//! one transaction). Jobs wait here until a connection slot is free
+//! A job is one message's recipients for one destination: the recipients
+//! whose route (`routes`, else the smarthost) is the same relay, or the
+//! recipients of one domain that goes to its MX hosts (RFC 5321 §5.1: they
+//! share the domain's MX hosts, so they share one transaction). The
+//! destination ([`DestinationKey`]: the domain, or the relay with its TLS
+//! mode and credential source) also keys the slot counts and connection
+//! reuse, so two routes to one host with different credentials never share
+//! a session. Jobs wait here until a connection slot is free
 //! (`max_outbound` in all, `max_outbound_per_host` per destination); each
 //! runs as a [`machine::Delivery`] (MX walk, TLS policy, deadlines,
 //! connection reuse), which the daemon's outbound driver
@@ -13,8 +17,12 @@
 //! [`crate::delivery::outcome::Outcome`] (delivered, deferred, failed).
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 
 pub mod machine;
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
+mod route_scenarios;
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod scenarios;
@@ -28,7 +36,7 @@ use crate::spool::QueueId;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {
     pub id: QueueId,
-    /// The destination domain; empty when going to the smarthost.
+    /// The destination domain; empty when going to a relay.
     pub domain: String,
     pub sender: String,
     /// (index in the envelope, address)
@@ -39,12 +47,70 @@ pub struct Job {
     /// Locally originated mail: the table for its `From:`/`Sender:`
     /// (`sender` is already rewritten); `None`: sent as stored.
     pub rewrite: Option<crate::rewrite::SenderMap>,
+    /// With an empty `domain`: the relay this job goes to (a route or the
+    /// `smarthost` keys); `None`: the smarthosts and settings the caller
+    /// gives the machine. Always `None` with a domain (MX).
+    pub relay: Option<std::rc::Rc<crate::routes::Relay>>,
+}
+
+impl Job {
+    /// Where this job goes, as the connection cache and slot counts see it.
+    pub fn destination_key(&self) -> DestinationKey {
+        DestinationKey {
+            domain: self.domain.clone(),
+            relay: self.relay.clone(),
+        }
+    }
+}
+
+impl crate::routes::Relay {
+    /// The hosts to try, in order; an IP address, or a name `hosts_entry`
+    /// knows (`/etc/hosts`), comes resolved.
+    pub fn hops(&self, hosts_entry: impl Fn(&str) -> Option<Vec<IpAddr>>) -> Vec<machine::Hop> {
+        self.hosts
+            .iter()
+            .map(|hp| machine::Hop {
+                name: hp.host.clone(),
+                port: hp.port,
+                addrs: hp
+                    .host
+                    .parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| vec![ip])
+                    .or_else(|| hosts_entry(&hp.host)),
+            })
+            .collect()
+    }
+
+    /// The machine's settings for this relay: its TLS mode and the
+    /// credentials read for this attempt (see [`Relay::credentials`]).
+    ///
+    /// [`Relay::credentials`]: crate::routes::Relay::credentials
+    pub fn settings(
+        &self,
+        base: machine::Settings,
+        credentials: Option<crate::smtp::client::Credentials>,
+    ) -> machine::Settings {
+        machine::Settings {
+            smarthost_tls: self.tls,
+            credentials,
+            ..base
+        }
+    }
+}
+
+/// A destination: a domain's MX hosts, or a relay (hosts, TLS mode and
+/// credential source). Jobs with equal keys may share a connection.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DestinationKey {
+    pub domain: String,
+    pub relay: Option<std::rc::Rc<crate::routes::Relay>>,
 }
 
 pub struct Outbound {
     pending: VecDeque<Job>,
     active: usize,
-    per_destination: HashMap<String, usize>,
+    per_destination: HashMap<DestinationKey, usize>,
     max_outbound: usize,
     max_per_host: usize,
     pub smarthosts: Vec<HostPort>,
@@ -92,30 +158,40 @@ impl Outbound {
             return None;
         }
         let pos = self.pending.iter().position(|j| {
-            self.per_destination.get(&j.domain).copied().unwrap_or(0) < self.max_per_host
+            self.per_destination
+                .get(&j.destination_key())
+                .copied()
+                .unwrap_or(0)
+                < self.max_per_host
         })?;
         let job = self.pending.remove(pos)?;
         self.active += 1;
-        *self.per_destination.entry(job.domain.clone()).or_insert(0) += 1;
+        *self
+            .per_destination
+            .entry(job.destination_key())
+            .or_insert(0) += 1;
         Some(job)
     }
 
     /// A job for the same destination, for a connection that just finished
     /// one (it keeps its slot: nothing is counted).
-    pub fn take_for(&mut self, domain: &str) -> Option<Job> {
+    pub fn take_for(&mut self, destination: &DestinationKey) -> Option<Job> {
         if self.stopping {
             return None;
         }
-        let pos = self.pending.iter().position(|j| j.domain == domain)?;
+        let pos = self
+            .pending
+            .iter()
+            .position(|j| j.domain == destination.domain && j.relay == destination.relay)?;
         self.pending.remove(pos)
     }
 
-    pub fn finished(&mut self, domain: &str) {
+    pub fn finished(&mut self, destination: &DestinationKey) {
         self.active = self.active.saturating_sub(1);
-        if let Some(n) = self.per_destination.get_mut(domain) {
+        if let Some(n) = self.per_destination.get_mut(destination) {
             *n -= 1;
             if *n == 0 {
-                self.per_destination.remove(domain);
+                self.per_destination.remove(destination);
             }
         }
     }
@@ -140,6 +216,14 @@ mod tests {
             eight_bit: false,
             arrival: 0,
             rewrite: None,
+            relay: None,
+        }
+    }
+
+    fn key(domain: &str) -> DestinationKey {
+        DestinationKey {
+            domain: domain.into(),
+            relay: None,
         }
     }
 
@@ -158,10 +242,10 @@ mod tests {
             .map(|j| j.domain)
             .collect();
         assert_eq!(started, vec!["a", "a", "b"]);
-        o.finished("a");
+        o.finished(&key("a"));
         assert_eq!(o.next_startable().map(|j| j.domain), Some("a".into()));
         assert!(o.next_startable().is_none());
-        o.finished("b");
+        o.finished(&key("b"));
         assert_eq!(o.next_startable().map(|j| j.domain), Some("c".into()));
     }
 }

@@ -134,6 +134,7 @@ pub enum TlsPolicy {
 }
 
 pub use crate::auth::Credentials;
+use crate::routes::AuthMechanism;
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -323,6 +324,9 @@ pub struct ClientSession {
     converted: Vec<u8>,
     /// Header-rewritten body bytes on their way to the downgrade (reused).
     rewritten: Vec<u8>,
+    /// The one SASL mechanism allowed (a route's `auth=`); `None`: PLAIN,
+    /// else LOGIN, as offered.
+    auth_only: Option<crate::routes::AuthMechanism>,
 }
 
 impl ClientSession {
@@ -348,7 +352,14 @@ impl ClientSession {
             body_tail: *b"\r\n",
             converted: Vec::new(),
             rewritten: Vec::new(),
+            auth_only: None,
         }
+    }
+
+    /// Authenticates only with `mechanism` (a route's `auth=`); a server
+    /// that does not offer it fails the session as for no mechanism.
+    pub fn restrict_auth(&mut self, mechanism: crate::routes::AuthMechanism) {
+        self.auth_only = Some(mechanism);
     }
 
     // ---- driver interface -------------------------------------------------
@@ -985,14 +996,18 @@ impl ClientSession {
         }
         if !self.tls_active && self.cfg.tls != TlsPolicy::Never {
             self.fail_session(synth(AUTH_NEEDS_TLS), true);
-        } else if self.offers_auth("PLAIN") {
+        } else if self.offers_auth("PLAIN") && self.may_use(AuthMechanism::Plain) {
             let command = format!("AUTH PLAIN {}", self.plain_response());
             self.send_command(&command, Expect::AuthPlain, now);
-        } else if self.offers_auth("LOGIN") {
+        } else if self.offers_auth("LOGIN") && self.may_use(AuthMechanism::Login) {
             self.send_command("AUTH LOGIN", Expect::AuthLoginUser, now);
         } else {
             self.fail_session(synth(NO_AUTH_MECHANISM), true);
         }
+    }
+
+    fn may_use(&self, mechanism: AuthMechanism) -> bool {
+        self.auth_only.is_none_or(|only| only == mechanism)
     }
 
     /// RFC 4616: empty authzid, NUL, user, NUL, password.

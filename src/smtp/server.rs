@@ -116,6 +116,18 @@ pub trait Policy {
         rcpt: &Address,
         relay_allowed: bool,
     ) -> Result<Vec<Destination>, Reply>;
+    /// The same, knowing the envelope sender (`None`: `<>`), for policies
+    /// that depend on it (a `from:` route to `local`); by default the
+    /// sender does not matter.
+    fn check_recipient_from(
+        &self,
+        sender: Option<&Address>,
+        rcpt: &Address,
+        relay_allowed: bool,
+    ) -> Result<Vec<Destination>, Reply> {
+        let _ = sender;
+        self.check_recipient(rcpt, relay_allowed)
+    }
     /// Whether a new transaction may start (asked at MAIL), e.g. the
     /// spool's free space; `Err` is the reply refusing it.
     fn check_mail(&self) -> Result<(), Reply> {
@@ -728,7 +740,8 @@ impl ServerSession {
             local: "postmaster".into(),
             domain: self.cfg.hostname.to_ascii_lowercase(),
         });
-        match policy.check_recipient(&rcpt, self.relay_allowed || self.auth_user.is_some()) {
+        let relay_allowed = self.relay_allowed || self.auth_user.is_some();
+        match policy.check_recipient_from(mail.sender.as_ref(), &rcpt, relay_allowed) {
             Ok(destinations) => {
                 if let Some(mail) = self.mail.as_mut() {
                     if !mail.recipients.contains(&rcpt) {

@@ -98,6 +98,19 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
     }
     let given = args.from.as_deref().unwrap_or("root");
     let original_sender = super::sendmail::envelope_sender(cfg, Some(given));
+    // Routes are not followed yet: refuse rather than test another way
+    // than the daemon would deliver.
+    let (routes, _) = crate::routes::RouteTable::load(cfg);
+    if let crate::routes::RouteChoice::Route(r) = routes.route_for(&original_sender, &rcpt.domain) {
+        let file = cfg.routes.as_deref().unwrap_or(std::path::Path::new(""));
+        eprintln!(
+            "tern test: <{rcpt}> from <{original_sender}> matches {}:{}: tern test does not \
+             follow routes yet (only the smarthost keys and MX); not tested",
+            file.display(),
+            r.line
+        );
+        return EX_UNAVAILABLE;
+    }
     if !original_sender.is_empty() && Address::parse_mailbox(&original_sender).is_err() {
         eprintln!("tern test: bad sender {given:?}\n{USAGE}");
         return EX_USAGE;
@@ -168,6 +181,9 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
         eight_bit: false,
         arrival: crate::daemon::unix_now(),
         rewrite,
+        // No route matched: the smarthost keys (hops and settings below)
+        // or MX.
+        relay: None,
     };
     let hosts =
         crate::daemon::dns::load_hosts(std::path::Path::new(crate::daemon::dns::HOSTS_FILE));

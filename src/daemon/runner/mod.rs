@@ -28,8 +28,9 @@ use crate::bounce::{
 };
 use crate::delivery::outcome::{self, Origin, Outcome, Reason};
 use crate::delivery::{Destination, Refusal};
-use crate::outbound::Job;
+use crate::outbound::{DestinationKey, Job};
 use crate::queue::{after_attempt, Disposition, Queue, Rules};
+use crate::routes::{Relay, RouteChoice, Target};
 use crate::smtp::address::Address;
 use crate::spool::envelope::Recipient;
 use crate::spool::{QueueId, RcptState, RcptStatus, StoredEnvelope};
@@ -235,7 +236,9 @@ impl QueueRunner {
             .collect();
         let loaded = states.clone();
         let mut tried = false;
-        let mut remote: HashMap<String, Vec<(usize, String)>> = HashMap::new();
+        let mut remote: HashMap<DestinationKey, Vec<(usize, String)>> = HashMap::new();
+        // No route: the smarthost keys, else MX.
+        let smarthost = crate::routes::Relay::smarthost(io.cfg).map(std::rc::Rc::new);
         let mut local = Vec::new();
         // One state per recipient (`decode_state` makes exactly as many).
         for (i, (rcpt, state)) in env.recipients.iter().zip(states.iter_mut()).enumerate() {
@@ -258,15 +261,18 @@ impl QueueRunner {
                     });
                 }
                 Destination::Remote(address) => {
-                    let key = if io.cfg.smarthost.is_empty() {
-                        address.domain.clone()
-                    } else {
-                        String::new()
-                    };
-                    remote
-                        .entry(key)
-                        .or_default()
-                        .push((i, address.to_string()));
+                    match remote_destination(io, &smarthost, &env.sender, &address.domain) {
+                        Ok(key) => remote
+                            .entry(key)
+                            .or_default()
+                            .push((i, address.to_string())),
+                        Err(reason) => {
+                            tried = true;
+                            let o = Outcome::Deferred(reason);
+                            log_outcome(id, &rcpt.original, 0, &o);
+                            *state = RcptState::from_outcome(o);
+                        }
+                    }
                 }
                 Destination::Refused(why) => {
                     tried = true;
@@ -307,12 +313,13 @@ impl QueueRunner {
                     &flight.env.sender,
                     flight.env.origin,
                 );
-                for (domain, rcpts) in remote {
+                for (key, rcpts) in remote {
                     flight.outstanding += 1;
                     flight.tried = true;
                     outbound.submit(Job {
                         id,
-                        domain,
+                        domain: key.domain,
+                        relay: key.relay,
                         sender: sender.clone(),
                         recipients: rcpts,
                         size,
@@ -497,11 +504,58 @@ impl QueueRunner {
     }
 }
 
+/// Where a remote recipient goes now (`routes`, else the smarthost, else
+/// MX): its job's destination, or why its route cannot be used (it is
+/// deferred, never sent another way). The routes file may change with
+/// SIGHUP, so this is decided at each attempt, like Postfix's transport
+/// maps. A `local` route applies when a message is received (the
+/// recipient is stored as local then); a recipient received as remote
+/// before such a route was added goes out the default way.
+fn remote_destination(
+    io: &Io,
+    smarthost: &Option<std::rc::Rc<Relay>>,
+    sender: &str,
+    domain: &str,
+) -> Result<DestinationKey, Reason> {
+    let default = || DestinationKey {
+        domain: if smarthost.is_some() {
+            String::new()
+        } else {
+            domain.to_string()
+        },
+        relay: smarthost.clone(),
+    };
+    let route = match io.tables.routes.route_for(sender, domain) {
+        RouteChoice::Default => return Ok(default()),
+        RouteChoice::Route(r) => r,
+    };
+    if let Some(why) = route.target.unsupported() {
+        let file = io.cfg.routes.as_deref().unwrap_or(std::path::Path::new(""));
+        return Err(outcome::route_unusable(&format!(
+            "{}:{}: {why}",
+            file.display(),
+            route.line
+        )));
+    }
+    Ok(match &route.target {
+        Target::Smtp(relay) => DestinationKey {
+            domain: String::new(),
+            relay: Some(std::rc::Rc::new(relay.clone())),
+        },
+        Target::Mx => DestinationKey {
+            domain: domain.to_string(),
+            relay: None,
+        },
+        Target::Local | Target::Webhook { .. } => default(),
+    })
+}
+
 /// Where a report to `sender` goes: through the same policy as any
 /// recipient (a local sender's aliases apply); a sender that is not a
 /// valid address or names no local user gets it as postmaster.
 fn bounce_recipients(io: &Io, sender: &str) -> Vec<Recipient> {
-    let is_local = |d: &str| io.cfg.is_local_domain(d);
+    // A report has the null sender: only recipient `local` routes apply.
+    let is_local = |d: &str| io.cfg.is_local_domain(d) || io.tables.routes.is_local("", d);
     let policy = io.tables.policy(io.cfg, &is_local);
     let decided = Address::parse_mailbox(sender)
         .map_err(|_| Refusal::BadMailboxName)
