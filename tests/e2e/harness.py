@@ -185,6 +185,7 @@ class Sink:
         self.tls_sessions = 0
         self.messages = []  # dicts: sender, rcpts, data (bytes)
         self.sessions = 0
+        self.commands = []  # every command line received, in order
         self.lock = threading.Lock()
         sink = self
 
@@ -244,6 +245,8 @@ class Sink:
             if not line:
                 return
             cmd = line.decode(errors="replace").rstrip("\r\n")
+            with self.lock:
+                self.commands.append(cmd)  # every command line, for failure reports
             verb = cmd.split(" ", 1)[0].upper()
             if verb == "EHLO":
                 r = self._reply("ehlo", txn, cmd, None)
