@@ -95,8 +95,11 @@ def test_retry_then_deliver_exactly_once(tern_factory):
         # to show the reason (or for the retry to have delivered already).
         wait_for(lambda: "451 4.3.0 try later" in t.cmd("mailq").stdout.decode()
                  or not t.queued(), what="the reason in mailq")
-        wait_for(lambda: sink.messages, timeout=15,
-                 what=f"retry delivered (sink sessions {sink.sessions}, commands {sink.commands})")
+        try:
+            wait_for(lambda: sink.messages, timeout=15, what="retry delivered")
+        except TimeoutError as e:
+            raise AssertionError(f"{e}; the sink had {sink.sessions} session(s) and got "
+                                 f"{sink.commands}") from e
         time.sleep(2.5)
         assert len(sink.messages) == 1
         assert not t.queued()
