@@ -1005,3 +1005,48 @@ fn ehlo_address_literals() {
     assert_eq!(ehlo_name("localhost", mapped), "[192.0.2.9]");
     assert_eq!(ehlo_name("router.example", v6), "router.example");
 }
+
+#[test]
+fn scenario_reuse_after_a_transaction_refused_at_data() {
+    // Job 1: every recipient refused (450), DATA refused, RSET; job 2 goes
+    // over the same session, offered before the RSET reply is read.
+    let mut sim = single(Peer::Server(PLAIN));
+    sim.m = super::machine::Delivery::new(
+        job(1, "dest.test", &["later@dest.test"]),
+        Vec::new(),
+        settings(),
+        sim.now,
+    );
+    sim.next_jobs
+        .push_back(job(2, "dest.test", &["carol@dest.test"]));
+    sim.finish();
+    assert_eq!(sim.connects.len(), 1);
+    assert_eq!(sim.reports.len(), 2, "{:?}", sim.commands);
+    assert!(matches!(sim.reports[0].1[0], (10, Outcome::Deferred(_))));
+    assert_eq!(sim.reports[1].1, vec![(10, delivered(MX1))]);
+    assert_eq!(sim.messages, 1);
+}
+
+#[test]
+fn scenario_reuse_a_second_after_a_transaction_refused_at_data() {
+    // The same, with the retry offered a second later (after the RSET
+    // reply), as the queue runner's 1 s retry does.
+    let mut sim = single(Peer::Server(PLAIN));
+    sim.m = super::machine::Delivery::new(
+        job(1, "dest.test", &["later@dest.test"]),
+        Vec::new(),
+        settings(),
+        sim.now,
+    );
+    sim.run();
+    assert_eq!(sim.reports.len(), 1);
+    assert!(sim.m.is_idle());
+    sim.wait(Duration::from_secs(1));
+    sim.m
+        .next_job(job(1, "dest.test", &["carol@dest.test"]), sim.now)
+        .expect("the idle session takes the retry");
+    sim.finish();
+    assert_eq!(sim.reports.len(), 2, "{:?}", sim.commands);
+    assert_eq!(sim.reports[1].1, vec![(10, delivered(MX1))]);
+    assert_eq!(sim.messages, 1);
+}
