@@ -51,7 +51,7 @@ mod drop;
 mod inbound;
 mod link;
 pub(crate) mod outbound;
-mod runner;
+pub(crate) mod runner;
 
 use std::collections::HashSet;
 use std::io;

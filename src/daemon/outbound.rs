@@ -171,43 +171,31 @@ impl OutboundDriver {
     fn start_job(&mut self, io: &mut Io, dns: &mut DnsDriver, job: Job) {
         let now = Instant::now();
         let key = self.next_delivery_key();
-        let (smarthosts, settings) = match (&job.relay, job.domain.is_empty()) {
-            // A route's relay (or the smarthost keys as one): its hosts, TLS
-            // mode and credentials, read now for this attempt.
-            (Some(relay), true) => {
-                let credentials = match relay.credentials() {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Without its password the relay would refuse the
-                        // mail (530): deferred, nothing sent.
-                        log::error!("{}: {e}", job.id);
-                        let reason = outcome::route_unusable(&e);
-                        self.jobs.finished(&job.destination_key());
-                        self.reports.push(JobReport {
-                            id: job.id,
-                            outcomes: job
-                                .recipients
-                                .iter()
-                                .map(|(i, _)| (*i, Outcome::Deferred(reason.clone())))
-                                .collect(),
-                        });
-                        return;
-                    }
-                };
-                let base = settings(io.cfg, false, self.tls_client.is_some());
-                (
-                    relay.hops(|name| dns.hosts_entry(name)),
-                    relay.settings(base, credentials),
-                )
+        let hops_settings = job_hops_and_settings(
+            io.cfg,
+            self.tls_client.is_some(),
+            &job,
+            &self.jobs.smarthosts,
+            |name| dns.hosts_entry(name),
+        );
+        let (smarthosts, settings) = match hops_settings {
+            Ok(hs) => hs,
+            Err(e) => {
+                // Without its password the relay would refuse the mail
+                // (530): deferred, nothing sent.
+                log::error!("{}: {e}", job.id);
+                let reason = outcome::route_unusable(&e);
+                self.jobs.finished(&job.destination_key());
+                self.reports.push(JobReport {
+                    id: job.id,
+                    outcomes: job
+                        .recipients
+                        .iter()
+                        .map(|(i, _)| (*i, Outcome::Deferred(reason.clone())))
+                        .collect(),
+                });
+                return;
             }
-            (None, true) => (
-                smarthost_hops(&self.jobs.smarthosts, |name| dns.hosts_entry(name)),
-                settings(io.cfg, true, self.tls_client.is_some()),
-            ),
-            (_, false) => (
-                Vec::new(),
-                settings(io.cfg, false, self.tls_client.is_some()),
-            ),
         };
         let machine = Delivery::new(job, smarthosts, settings, now);
         self.deliveries.insert(
@@ -542,6 +530,32 @@ fn feed_body(d: &mut Outgoing, now: Instant) -> bool {
         progressed = true;
     }
     progressed
+}
+
+/// A job's hops and settings: its relay's (a route, or the smarthost keys
+/// as one: hosts, TLS mode, credentials read now for this attempt), or the
+/// smarthost list for a job without one, or none for MX. `Err`: the
+/// relay's password file cannot be read (the job must not go without it).
+/// Shared by the daemon and `tern test`, so both go the same way.
+pub fn job_hops_and_settings(
+    cfg: &Config,
+    trust_anchors: bool,
+    job: &Job,
+    smarthosts: &[HostPort],
+    hosts: impl Fn(&str) -> Option<Vec<IpAddr>>,
+) -> Result<(Vec<Hop>, Settings), String> {
+    Ok(match (&job.relay, job.domain.is_empty()) {
+        (Some(relay), true) => {
+            let credentials = relay.credentials()?;
+            let base = settings(cfg, false, trust_anchors);
+            (relay.hops(hosts), relay.settings(base, credentials))
+        }
+        (None, true) => (
+            smarthost_hops(smarthosts, hosts),
+            settings(cfg, true, trust_anchors),
+        ),
+        (_, false) => (Vec::new(), settings(cfg, false, trust_anchors)),
+    })
 }
 
 /// The smarthosts as the machine's hops: IP literals and names in the

@@ -217,14 +217,27 @@ def test_sighup_reloads_the_routes_file(tern_factory, sinks):
     assert rcpts_of(two) == ["y@far.test"]
 
 
-def test_tern_test_refuses_an_address_that_a_route_sends_elsewhere(tern_factory, sinks):
-    """`tern test` does not follow routes yet: for a routed address it says
-    so (with the route's line) instead of testing another path than the
-    daemon's."""
-    a = sinks()
-    t = with_routes(tern_factory, f"# comment\n@far.test smtp:127.0.0.1:{a.port} tls=none\n")
+def test_tern_test_goes_by_the_route_the_daemon_would_use(tern_factory, sinks):
+    """`tern test` decides the route as the queue runner does: a routed
+    address goes to its relay with the route's credentials, another one by
+    the smarthost keys."""
+    routed = sinks(auth=("routed", "pw1"))
+    default = sinks()
+    pw = tern_factory.base / "routed.pw"
+    pw.write_text("pw1\n")
+    t = with_routes(tern_factory,
+                    f"# comment\n@far.test smtp:127.0.0.1:{routed.port} tls=none user=routed "
+                    f"password_file={pw}\n",
+                    smarthost=f"127.0.0.1:{default.port}", smarthost_tls="none")
     r = t.cmd("test", "u@far.test")
-    err = r.stderr.decode()
-    assert r.returncode == 69, err
-    assert ":2: tern test does not follow routes yet" in err, err
-    assert a.sessions == 0
+    out = r.stdout.decode()
+    assert r.returncode == 0, out + r.stderr.decode()
+    assert f":2: smtp:127.0.0.1:{routed.port} (tls=none)" in out, out
+    assert "pw1" not in out, out
+    assert [m["rcpts"] for m in routed.messages] == [["u@far.test"]]
+    assert routed.auth_seen and routed.auth_seen[0][:2] == ("routed", "pw1")
+    r = t.cmd("test", "u@other.test")
+    out = r.stdout.decode()
+    assert r.returncode == 0, out + r.stderr.decode()
+    assert f"* route: smarthost 127.0.0.1:{default.port}" in out, out
+    assert [m["rcpts"] for m in default.messages] == [["u@other.test"]]

@@ -98,19 +98,34 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
     }
     let given = args.from.as_deref().unwrap_or("root");
     let original_sender = super::sendmail::envelope_sender(cfg, Some(given));
-    // Routes are not followed yet: refuse rather than test another way
-    // than the daemon would deliver.
-    let (routes, _) = crate::routes::RouteTable::load(cfg);
-    if let crate::routes::RouteChoice::Route(r) = routes.route_for(&original_sender, &rcpt.domain) {
-        let file = cfg.routes.as_deref().unwrap_or(std::path::Path::new(""));
-        eprintln!(
-            "tern test: <{rcpt}> from <{original_sender}> matches {}:{}: tern test does not \
-             follow routes yet (only the smarthost keys and MX); not tested",
-            file.display(),
-            r.line
-        );
-        return EX_UNAVAILABLE;
+    // The route as the queue runner decides it (routes, else the
+    // smarthost keys, else MX), from the envelope sender as received.
+    let (routes, route_problems) = crate::routes::RouteTable::load(cfg);
+    for p in &route_problems {
+        eprintln!("tern test: {p}");
     }
+    if !route_problems.is_empty() {
+        return EX_CONFIG;
+    }
+    let smarthost_relay = crate::routes::Relay::smarthost(cfg).map(Rc::new);
+    let key = match crate::daemon::runner::remote_destination(
+        cfg,
+        &routes,
+        &smarthost_relay,
+        &original_sender,
+        &rcpt.domain,
+    ) {
+        Ok(key) => key,
+        Err(reason) => {
+            let _ = writeln!(out, "\nResult: not delivered: {reason}");
+            let _ = writeln!(out, "Setting: the line of the routes file named above");
+            return EX_TEMPFAIL;
+        }
+    };
+    let route_line = match routes.route_for(&original_sender, &rcpt.domain) {
+        crate::routes::RouteChoice::Route(r) => Some(r.line),
+        crate::routes::RouteChoice::Default => None,
+    };
     if !original_sender.is_empty() && Address::parse_mailbox(&original_sender).is_err() {
         eprintln!("tern test: bad sender {given:?}\n{USAGE}");
         return EX_USAGE;
@@ -126,7 +141,7 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
     let (sender, rewrite) =
         RewriteTable::outbound(&table, QueueId(0), &original_sender, SenderOrigin::Local);
 
-    let smarthost = !cfg.smarthost.is_empty();
+    let smarthost = key.relay.is_some();
     let tls_verify = match crate::daemon::load_tls_client(cfg) {
         Ok(t) => t,
         Err(e) => {
@@ -134,20 +149,49 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
             None
         }
     };
-    let settings = crate::daemon::outbound::settings(cfg, smarthost, tls_verify.is_some());
-    if smarthost && cfg.smarthost_user.is_some() && settings.credentials.is_none() {
-        let _ = writeln!(
-            out,
-            "* warning: smarthost_password_file cannot be read: sending without AUTH"
-        );
-    }
+    let mut job = Job {
+        id: QueueId(0),
+        domain: key.domain.clone(),
+        sender: sender.clone(),
+        recipients: vec![(0, rcpt_text.clone())],
+        size: 0,
+        eight_bit: false,
+        arrival: crate::daemon::unix_now(),
+        rewrite,
+        relay: key.relay.clone(),
+    };
+    let hosts =
+        crate::daemon::dns::load_hosts(std::path::Path::new(crate::daemon::dns::HOSTS_FILE));
+    let (hops, settings) = match crate::daemon::outbound::job_hops_and_settings(
+        cfg,
+        tls_verify.is_some(),
+        &job,
+        &cfg.smarthost,
+        |name| hosts.get(&name.to_ascii_lowercase()).cloned(),
+    ) {
+        Ok(hs) => hs,
+        Err(e) => {
+            // The daemon defers such a job without connecting.
+            let _ = writeln!(out, "\nResult: not delivered: {e}");
+            let _ = writeln!(
+                out,
+                "Setting: {}",
+                if route_line.is_some() {
+                    "password_file= on the routes line"
+                } else {
+                    "smarthost_password_file"
+                }
+            );
+            return EX_TEMPFAIL;
+        }
+    };
     let facts = RouteFacts {
         smarthost,
-        smarthost_tls: cfg.smarthost_tls,
+        smarthost_tls: key.relay.as_ref().map_or(cfg.smarthost_tls, |r| r.tls),
         credentials: settings.credentials.is_some(),
         trust_anchors: tls_verify.is_some(),
     };
-    let route = route_words(cfg, &rcpt.domain);
+    let route = route_words(cfg, &rcpt.domain, key.relay.as_deref(), route_line);
     let _ = writeln!(out, "* route: {route}");
     if sender != original_sender {
         let _ = writeln!(
@@ -168,28 +212,7 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
         &route,
         &settings.helo_name,
     );
-    let job = Job {
-        id: QueueId(0),
-        domain: if smarthost {
-            String::new()
-        } else {
-            rcpt.domain.clone()
-        },
-        sender: sender.clone(),
-        recipients: vec![(0, rcpt_text.clone())],
-        size: body.len() as u64,
-        eight_bit: false,
-        arrival: crate::daemon::unix_now(),
-        rewrite,
-        // No route matched: the smarthost keys (hops and settings below)
-        // or MX.
-        relay: None,
-    };
-    let hosts =
-        crate::daemon::dns::load_hosts(std::path::Path::new(crate::daemon::dns::HOSTS_FILE));
-    let hops = crate::daemon::outbound::smarthost_hops(&cfg.smarthost, |name| {
-        hosts.get(&name.to_ascii_lowercase()).cloned()
-    });
+    job.size = body.len() as u64;
     let write_timeout = settings.reply_timeout;
     let machine = Delivery::new(job, hops, settings, Instant::now());
     let resolver = crate::dns::Resolver::new(
@@ -253,25 +276,38 @@ fn print_diagnosis(out: &mut impl Write, e: &Evidence, d: &Diagnosis) {
 }
 
 /// The route in words, for the dialogue and the message.
-fn route_words(cfg: &Config, domain: &str) -> String {
-    if cfg.smarthost.is_empty() {
+fn route_words(
+    cfg: &Config,
+    domain: &str,
+    relay: Option<&crate::routes::Relay>,
+    route_line: Option<usize>,
+) -> String {
+    let from = match (route_line, cfg.routes.as_deref()) {
+        (Some(line), Some(file)) => format!("routes {}:{line}: ", file.display()),
+        _ => String::new(),
+    };
+    let Some(relay) = relay else {
         let tls = match cfg.outbound_tls {
             crate::config::OutboundTls::Opportunistic => "opportunistic",
             crate::config::OutboundTls::Required => "required",
             crate::config::OutboundTls::None => "none",
         };
         return format!(
-            "the MX hosts of {domain}, port {} (outbound_tls = {tls})",
+            "{from}the MX hosts of {domain}, port {} (outbound_tls = {tls})",
             cfg.mx_port
         );
-    }
-    let hosts: Vec<String> = cfg.smarthost.iter().map(|h| h.to_string()).collect();
-    let tls = match cfg.smarthost_tls {
+    };
+    let hosts: Vec<String> = relay.hosts.iter().map(|h| h.to_string()).collect();
+    let tls = match relay.tls {
         SmarthostTls::StartTls => "starttls",
         SmarthostTls::Tls => "tls",
         SmarthostTls::None => "none",
     };
-    format!("smarthost {} (smarthost_tls = {tls})", hosts.join(", "))
+    if route_line.is_some() {
+        format!("{from}smtp:{} (tls={tls})", hosts.join(", "))
+    } else {
+        format!("smarthost {} (smarthost_tls = {tls})", hosts.join(", "))
+    }
 }
 
 /// The test message (CRLF lines). `From:` carries the original sender:

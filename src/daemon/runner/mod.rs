@@ -261,7 +261,13 @@ impl QueueRunner {
                     });
                 }
                 Destination::Remote(address) => {
-                    match remote_destination(io, &smarthost, &env.sender, &address.domain) {
+                    match remote_destination(
+                        io.cfg,
+                        &io.tables.routes,
+                        &smarthost,
+                        &env.sender,
+                        &address.domain,
+                    ) {
                         Ok(key) => remote
                             .entry(key)
                             .or_default()
@@ -511,8 +517,9 @@ impl QueueRunner {
 /// maps. A `local` route applies when a message is received (the
 /// recipient is stored as local then); a recipient received as remote
 /// before such a route was added goes out the default way.
-fn remote_destination(
-    io: &Io,
+pub fn remote_destination(
+    cfg: &crate::config::Config,
+    routes: &crate::routes::RouteTable,
     smarthost: &Option<std::rc::Rc<Relay>>,
     sender: &str,
     domain: &str,
@@ -525,12 +532,12 @@ fn remote_destination(
         },
         relay: smarthost.clone(),
     };
-    let route = match io.tables.routes.route_for(sender, domain) {
+    let route = match routes.route_for(sender, domain) {
         RouteChoice::Default => return Ok(default()),
         RouteChoice::Route(r) => r,
     };
     if let Some(why) = route.target.unsupported() {
-        let file = io.cfg.routes.as_deref().unwrap_or(std::path::Path::new(""));
+        let file = cfg.routes.as_deref().unwrap_or(std::path::Path::new(""));
         return Err(outcome::route_unusable(&format!(
             "{}:{}: {why}",
             file.display(),
