@@ -11,8 +11,9 @@
 //! `From/To/Cc/Bcc/Sender/Reply-To` fields get `@qualify_domain` here,
 //! where the header block is already held and split into fields (the
 //! daemon's drop import streams the header and would need a second
-//! field buffer). Not done for `-bs`, whose header passes through the SMTP
-//! session unparsed.
+//! field buffer). For `-bs`, whose header arrives in pieces through the
+//! SMTP session, the streaming `rewrite::header::HeaderRewriter::qualifier`
+//! does the same.
 //!
 //! Flags (sendmail(8) compatible): `-t -i -oi -f ADDR -r ADDR -F NAME -bm
 //! -bp -q -v -B TYPE`, `-oX...` accepted and ignored. `-bs` runs the same
@@ -175,6 +176,7 @@ impl crate::smtp::server::Policy for LocalInjection<'_> {
 /// `sendmail -bs`: an SMTP dialog on stdin/stdout (blocking is fine here:
 /// this is a short-lived client process, not the daemon's loop).
 fn smtp_on_stdin(cfg: &Config) -> i32 {
+    use crate::rewrite::header::HeaderRewriter;
     use crate::smtp::server::{Event, ListenerKind, ServerSession};
     use std::io::Write;
     use std::time::Instant;
@@ -186,6 +188,9 @@ fn smtp_on_stdin(cfg: &Config) -> i32 {
     let mut stdin = io::stdin().lock();
     let mut stdout = io::stdout().lock();
     let mut drop: Option<DropWriter> = None;
+    // Bare `To: root` never leaves the host unqualified (as for `inject`).
+    let mut qualifier = HeaderRewriter::qualifier(&cfg.qualify_domain);
+    let mut qualified: Vec<u8> = Vec::new();
     let mut input: Vec<u8> = Vec::new();
     let mut buf = [0u8; 4096];
     let mut eof = false;
@@ -194,7 +199,9 @@ fn smtp_on_stdin(cfg: &Config) -> i32 {
         let used = s.handle_input(&input, Instant::now(), &LocalInjection { cfg });
         input.drain(..used.min(input.len()));
         if let Some(d) = drop.as_mut() {
-            if !s.body().is_empty() && d.write(s.body()).is_err() {
+            qualified.clear();
+            qualifier.push(s.body(), &mut qualified);
+            if !qualified.is_empty() && d.write(&qualified).is_err() {
                 s.spool_failed(crate::smtp::reply::LOCAL_ERROR);
             }
         }
@@ -208,6 +215,7 @@ fn smtp_on_stdin(cfg: &Config) -> i32 {
                     match DropWriter::create(&cfg.spool_dir, &sender, &rcpts) {
                         Ok(d) => {
                             drop = Some(d);
+                            qualifier = HeaderRewriter::qualifier(&cfg.qualify_domain);
                             let now = unix_now();
                             s.data_started("(local)", &rfc5322_date(now as i64, 0));
                         }
@@ -215,6 +223,14 @@ fn smtp_on_stdin(cfg: &Config) -> i32 {
                     }
                 }
                 Event::Commit => {
+                    // A header without a body: the last field is still held.
+                    qualified.clear();
+                    qualifier.finish(&mut qualified);
+                    if let Some(d) = drop.as_mut() {
+                        if !qualified.is_empty() && d.write(&qualified).is_err() {
+                            drop = None;
+                        }
+                    }
                     let r = match drop.take().map(|d| d.commit(cfg.spool_sync)) {
                         Some(Ok(path)) => {
                             queued += 1;

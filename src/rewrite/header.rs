@@ -237,12 +237,25 @@ pub fn qualify_field(raw: &[u8], domain: &str) -> Option<Vec<u8>> {
     })
 }
 
-/// The streaming `From:`/`Sender:` rewriter: feed [`HeaderRewriter::push`]
-/// with the stored message in chunks of any size, then call
-/// [`HeaderRewriter::finish`].
+/// What a [`HeaderRewriter`] does to the fields it holds.
+#[derive(Debug)]
+enum FieldRewrite {
+    /// `From:`/`Sender:` addresses through the sender map (mail leaving
+    /// the host).
+    Senders(SenderMap),
+    /// Bare names in the address fields get `@domain` ([`qualify_field`];
+    /// `sendmail -bs`, whose header arrives in pieces).
+    Qualify(String),
+}
+
+/// The streaming header rewriter: feed [`HeaderRewriter::push`] with the
+/// message in chunks of any size, then call [`HeaderRewriter::finish`].
+/// Rewrites `From:`/`Sender:` ([`HeaderRewriter::new`]) or qualifies the
+/// address fields ([`HeaderRewriter::qualifier`]); the body passes
+/// through.
 #[derive(Debug)]
 pub struct HeaderRewriter {
-    map: SenderMap,
+    what: FieldRewrite,
     /// Past the empty line: everything passes through.
     body: bool,
     /// The field being read (with its continuation lines so far).
@@ -258,8 +271,18 @@ pub struct HeaderRewriter {
 
 impl HeaderRewriter {
     pub fn new(map: SenderMap) -> HeaderRewriter {
+        HeaderRewriter::with(FieldRewrite::Senders(map))
+    }
+
+    /// Qualifies bare names in `From/To/Cc/Bcc/Sender/Reply-To` with
+    /// `domain`.
+    pub fn qualifier(domain: &str) -> HeaderRewriter {
+        HeaderRewriter::with(FieldRewrite::Qualify(domain.to_string()))
+    }
+
+    fn with(what: FieldRewrite) -> HeaderRewriter {
         HeaderRewriter {
-            map,
+            what,
             body: false,
             field: Vec::new(),
             passthrough: false,
@@ -290,7 +313,9 @@ impl HeaderRewriter {
             } else {
                 self.field.push(b);
                 if self.field.len() > MAX_REWRITE_FIELD {
-                    if name_in(&self.field, SENDER_FIELDS) {
+                    if matches!(self.what, FieldRewrite::Senders(_))
+                        && name_in(&self.field, SENDER_FIELDS)
+                    {
                         log::warn!(
                             "sender rewrite: a header field longer than \
                              {MAX_REWRITE_FIELD} octets is passed on unchanged"
@@ -324,10 +349,13 @@ impl HeaderRewriter {
         if self.field.is_empty() {
             return;
         }
-        let map = &self.map;
-        match rewrite_field(&self.field, SENDER_FIELDS, &mut |t| {
-            map.rewrite_sender(t).map(|a| a.to_string())
-        }) {
+        let new = match &self.what {
+            FieldRewrite::Senders(map) => rewrite_field(&self.field, SENDER_FIELDS, &mut |t| {
+                map.rewrite_sender(t).map(|a| a.to_string())
+            }),
+            FieldRewrite::Qualify(domain) => qualify_field(&self.field, domain),
+        };
+        match new {
             Some(new) => out.extend_from_slice(&new),
             None => out.extend_from_slice(&self.field),
         }

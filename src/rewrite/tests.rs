@@ -408,3 +408,23 @@ fn random_messages_keep_the_fuzz_properties() {
         crate::fuzz_targets::sender_rewrite(&data);
     }
 }
+
+#[test]
+fn the_streaming_qualifier_matches_qualify_field_in_any_pieces() {
+    let msg: &[u8] = b"From: root\r\nTo: root, \"A B\" <ab>,\r\n  joe@x.test\r\nSubject: root\r\n\r\nTo: root\r\n";
+    let want: &[u8] = b"From: root@h.test\r\nTo: root@h.test, \"A B\" <ab@h.test>,\r\n  joe@x.test\r\nSubject: root\r\n\r\nTo: root\r\n";
+    for split in 0..=msg.len() {
+        let (a, b) = msg.split_at(split);
+        let mut q = HeaderRewriter::qualifier("h.test");
+        let mut out = Vec::new();
+        q.push(a, &mut out);
+        q.push(b, &mut out);
+        q.finish(&mut out);
+        assert_eq!(
+            out,
+            want,
+            "split at {split}: {}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+}

@@ -242,3 +242,17 @@ def test_the_origin_survives_a_restart_in_the_queue_file(tern_factory, provider)
     m = provider.messages[0]
     assert m["sender"] == ALLOWED
     assert email.message_from_bytes(m["data"])["From"] == "Cron Daemon <me@example.com>"
+
+
+def test_sendmail_bs_headers_are_qualified_too(tern_factory):
+    """`sendmail -bs`: bare names in the address fields get @qualify_domain
+    as with plain sendmail (the header arrives in pieces through the SMTP
+    session; a streaming qualifier does it)."""
+    from test_local import sendmail
+    t = tern_factory(qualify_domain="home.example").start()
+    dialog = (b"EHLO script\r\nMAIL FROM:<bs@mx.test>\r\nRCPT TO:<bsq@localhost>\r\nDATA\r\n"
+              b"From: root\r\nTo: bsq, \"Ops\" <ops>\r\nSubject: root\r\n\r\nTo: body\r\n.\r\nQUIT\r\n")
+    r = sendmail(t, ["-bs"], dialog)
+    assert r.returncode == 0, r.stderr
+    m = wait_for(lambda: t.maildir("bsq"), what="-bs delivery")[0]
+    assert b"\nFrom: root@home.example\nTo: bsq@home.example, \"Ops\" <ops@home.example>\nSubject: root\n\nTo: body\n" in m, m
