@@ -79,6 +79,8 @@ pub const KEYS: &[&str] = &[
     "smarthost_tls",
     "smarthost_user",
     "smarthost_password_file",
+    "smarthost_auth",
+    "smarthost_oauth_token_command",
     "hold_outbound",
     "outbound_tls",
     "mx_port",
@@ -349,6 +351,11 @@ pub struct Config {
     pub smarthost_tls: SmarthostTls,
     pub smarthost_user: Option<String>,
     pub smarthost_password_file: Option<PathBuf>,
+    /// `None`: PLAIN, else LOGIN, as offered.
+    pub smarthost_auth: Option<crate::routes::AuthMechanism>,
+    /// XOAUTH2/OAUTHBEARER: argv (split on spaces, no shell) of the
+    /// command whose first output line is the access token.
+    pub smarthost_oauth_token_command: Option<String>,
     pub hold_outbound: bool,
     pub outbound_tls: OutboundTls,
     pub mx_port: u16,
@@ -418,6 +425,8 @@ impl Default for Config {
             smarthost_tls: SmarthostTls::StartTls,
             smarthost_user: None,
             smarthost_password_file: None,
+            smarthost_auth: None,
+            smarthost_oauth_token_command: None,
             hold_outbound: false,
             outbound_tls: OutboundTls::Opportunistic,
             mx_port: SMTP_PORT,
@@ -617,7 +626,31 @@ impl Config {
                 "smtps_listen needs tls_cert and tls_key".into(),
             ));
         }
+        let oauth = self.smarthost_auth.is_some_and(|m| m.is_oauth());
+        match (oauth, &self.smarthost_oauth_token_command) {
+            (true, None) => problems.push((
+                "smarthost_auth",
+                "smarthost_auth = xoauth2|oauthbearer needs smarthost_oauth_token_command".into(),
+            )),
+            (false, Some(_)) => problems.push((
+                "smarthost_oauth_token_command",
+                "smarthost_oauth_token_command needs smarthost_auth = xoauth2|oauthbearer".into(),
+            )),
+            _ => {}
+        }
+        if oauth && self.smarthost_user.is_none() {
+            problems.push((
+                "smarthost_auth",
+                "smarthost_auth = xoauth2|oauthbearer needs smarthost_user".into(),
+            ));
+        }
         match (&self.smarthost_user, &self.smarthost_password_file) {
+            (Some(_), None) if oauth => {}
+            (Some(_), Some(_)) if oauth => problems.push((
+                "smarthost_password_file",
+                "smarthost_password_file is not used with smarthost_auth = xoauth2|oauthbearer"
+                    .into(),
+            )),
             (Some(_), None) => problems.push((
                 "smarthost_user",
                 "smarthost_user needs smarthost_password_file".into(),
@@ -744,6 +777,25 @@ impl Config {
             }
             "smarthost_user" => self.smarthost_user = optional_string(v),
             "smarthost_password_file" => self.smarthost_password_file = optional_path(v),
+            "smarthost_auth" => {
+                use crate::routes::AuthMechanism as M;
+                self.smarthost_auth = if v.is_empty() {
+                    None
+                } else {
+                    Some(keyword(
+                        v,
+                        &[
+                            ("plain", M::Plain),
+                            ("login", M::Login),
+                            ("xoauth2", M::XOAuth2),
+                            ("oauthbearer", M::OAuthBearer),
+                        ],
+                    )?)
+                }
+            }
+            "smarthost_oauth_token_command" => {
+                self.smarthost_oauth_token_command = optional_string(v)
+            }
             "hold_outbound" => self.hold_outbound = boolean(v)?,
             "outbound_tls" => {
                 self.outbound_tls = keyword(

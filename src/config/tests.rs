@@ -715,3 +715,40 @@ fn helo_name_defaults_to_hostname_and_refuses_localhost() {
         assert!(errors.iter().any(|e| e.line == 3), "{bad}: {errors:?}");
     }
 }
+
+#[test]
+fn smarthost_oauth_keys() {
+    use crate::routes::AuthMechanism;
+    let c = parse(
+        "smarthost = smtp.gmail.com:587\nsmarthost_user = me@gmail.com\n\
+         smarthost_auth = xoauth2\nsmarthost_oauth_token_command = /usr/bin/tok --user me\n",
+    );
+    assert_eq!(c.smarthost_auth, Some(AuthMechanism::XOAuth2));
+    assert_eq!(
+        c.smarthost_oauth_token_command.as_deref(),
+        Some("/usr/bin/tok --user me")
+    );
+    let relay = crate::routes::Relay::smarthost(&c).unwrap();
+    assert_eq!(relay.oauth_command(), Some("/usr/bin/tok --user me"));
+    assert_eq!(
+        parse("smarthost_auth = LOGIN\n").smarthost_auth,
+        Some(AuthMechanism::Login)
+    );
+    assert_eq!(parse("smarthost_auth =\n").smarthost_auth, None);
+    let e = errors("smarthost_user = me\nsmarthost_auth = oauthbearer\n");
+    assert!(
+        e[0].message.contains("needs smarthost_oauth_token_command"),
+        "{e:?}"
+    );
+    let e = errors("smarthost_oauth_token_command = /t\n");
+    assert!(e[0].message.contains("needs smarthost_auth"), "{e:?}");
+    let e = errors("smarthost_auth = xoauth2\nsmarthost_oauth_token_command = /t\n");
+    assert!(e[0].message.contains("needs smarthost_user"), "{e:?}");
+    let e = errors(
+        "smarthost_user = me\nsmarthost_password_file = /p\nsmarthost_auth = xoauth2\n\
+         smarthost_oauth_token_command = /t\n",
+    );
+    assert!(e[0].message.contains("not used with"), "{e:?}");
+    let e = errors("smarthost_auth = cram-md5\n");
+    assert_eq!(e[0].line, 1);
+}

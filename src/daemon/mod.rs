@@ -50,6 +50,7 @@ pub(crate) mod dns;
 mod drop;
 mod inbound;
 mod link;
+pub(crate) mod oauth;
 pub(crate) mod outbound;
 pub(crate) mod runner;
 

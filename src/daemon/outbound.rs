@@ -81,6 +81,10 @@ pub struct OutboundDriver {
     tls_client_any: Arc<rustls::ClientConfig>,
     /// Reports of this call, handed out at its end.
     reports: Vec<JobReport>,
+    /// OAuth2 access tokens (token commands and their cache).
+    tokens: super::oauth::TokenSource,
+    /// Jobs (holding their slots) waiting for their relay's token.
+    token_waiting: Vec<Job>,
 }
 
 impl OutboundDriver {
@@ -94,6 +98,8 @@ impl OutboundDriver {
             tls_client,
             tls_client_any: crate::tls::client_config_no_verify(),
             reports: Vec::new(),
+            tokens: super::oauth::TokenSource::default(),
+            token_waiting: Vec::new(),
         }
     }
 
@@ -170,6 +176,28 @@ impl OutboundDriver {
 
     fn start_job(&mut self, io: &mut Io, dns: &mut DnsDriver, job: Job) {
         let now = Instant::now();
+        // An OAuth relay: the job waits (with its slot) for the token.
+        let command = job
+            .relay
+            .as_ref()
+            .and_then(|r| r.oauth_command())
+            .map(str::to_string);
+        let token = match command {
+            Some(command) => match self.tokens.get(&command, now) {
+                Some(token) => Some(token),
+                None => {
+                    match self.tokens.start(io.reactor, &command, now) {
+                        Ok(()) => self.token_waiting.push(job),
+                        Err(e) => {
+                            log::error!("{}: {e}", job.id);
+                            self.defer_job(job, outcome::oauth_token_unavailable(&e));
+                        }
+                    }
+                    return;
+                }
+            },
+            None => None,
+        };
         let key = self.next_delivery_key();
         let hops_settings = job_hops_and_settings(
             io.cfg,
@@ -177,6 +205,7 @@ impl OutboundDriver {
             &job,
             &self.jobs.smarthosts,
             |name| dns.hosts_entry(name),
+            token.as_deref(),
         );
         let (smarthosts, settings) = match hops_settings {
             Ok(hs) => hs,
@@ -184,16 +213,7 @@ impl OutboundDriver {
                 // Without its password the relay would refuse the mail
                 // (530): deferred, nothing sent.
                 log::error!("{}: {e}", job.id);
-                let reason = outcome::route_unusable(&e);
-                self.jobs.finished(&job.destination_key());
-                self.reports.push(JobReport {
-                    id: job.id,
-                    outcomes: job
-                        .recipients
-                        .iter()
-                        .map(|(i, _)| (*i, Outcome::Deferred(reason.clone())))
-                        .collect(),
-                });
+                self.defer_job(job, outcome::route_unusable(&e));
                 return;
             }
         };
@@ -213,6 +233,39 @@ impl OutboundDriver {
             },
         );
         self.pump(io, dns, key, now);
+    }
+
+    /// A job that cannot start: every recipient deferred, its slot freed.
+    fn defer_job(&mut self, job: Job, reason: crate::delivery::outcome::Reason) {
+        self.jobs.finished(&job.destination_key());
+        self.reports.push(JobReport {
+            id: job.id,
+            outcomes: job
+                .recipients
+                .iter()
+                .map(|(i, _)| (*i, Outcome::Deferred(reason.clone())))
+                .collect(),
+        });
+    }
+
+    /// Token commands that finished: their waiting jobs start, or are
+    /// deferred with the command's failure.
+    fn token_results(&mut self, io: &mut Io, dns: &mut DnsDriver) {
+        for (command, result) in self.tokens.take_done() {
+            let (ready, waiting): (Vec<Job>, Vec<Job>) = std::mem::take(&mut self.token_waiting)
+                .into_iter()
+                .partition(|j| {
+                    j.relay.as_ref().and_then(|r| r.oauth_command()) == Some(command.as_str())
+                });
+            self.token_waiting = waiting;
+            for job in ready {
+                match &result {
+                    // Cached now: `start_job` takes it.
+                    Ok(_) => self.start_job(io, dns, job),
+                    Err(e) => self.defer_job(job, outcome::oauth_token_unavailable(e)),
+                }
+            }
+        }
     }
 
     fn next_delivery_key(&mut self) -> u64 {
@@ -250,6 +303,11 @@ impl OutboundDriver {
         dns: &mut DnsDriver,
         sock: SockId,
     ) -> Vec<JobReport> {
+        if self.tokens.owns(sock) {
+            self.tokens.handle_ready(io.reactor, sock);
+            self.token_results(io, dns);
+            return std::mem::take(&mut self.reports);
+        }
         let Some(&key) = self.socket_owner.get(&sock) else {
             io.reactor.close(sock);
             return Vec::new();
@@ -341,6 +399,11 @@ impl OutboundDriver {
                 }
             }
             Action::Report { job, outcomes } => {
+                if d.machine.oauth_rejected() {
+                    if let Some(command) = job.relay.as_ref().and_then(|r| r.oauth_command()) {
+                        self.tokens.forget(command);
+                    }
+                }
                 self.reports.push(JobReport {
                     id: job.id,
                     outcomes,
@@ -453,6 +516,8 @@ impl OutboundDriver {
         now: Instant,
         stopping: bool,
     ) -> Vec<JobReport> {
+        self.tokens.sweep(io.reactor, now);
+        self.token_results(io, dns);
         let due: Vec<u64> = self
             .deliveries
             .iter()
@@ -543,10 +608,15 @@ pub fn job_hops_and_settings(
     job: &Job,
     smarthosts: &[HostPort],
     hosts: impl Fn(&str) -> Option<Vec<IpAddr>>,
+    oauth_token: Option<&str>,
 ) -> Result<(Vec<Hop>, Settings), String> {
     Ok(match (&job.relay, job.domain.is_empty()) {
         (Some(relay), true) => {
-            let credentials = relay.credentials()?;
+            let credentials = match (relay.oauth_command(), oauth_token) {
+                (Some(_), Some(token)) => relay.oauth_credentials(token),
+                (Some(_), None) => return Err("no OAuth2 access token".into()),
+                (None, _) => relay.credentials()?,
+            };
             let base = settings(cfg, false, trust_anchors);
             (relay.hops(hosts), relay.settings(base, credentials))
         }

@@ -290,6 +290,18 @@ pub fn route_unusable(why: &str) -> Reason {
     )
 }
 
+/// No OAuth2 access token for the relay: its token command failed (exit
+/// status, bad output, the deadline). Deferred, never bounced: the
+/// command may work at the next attempt.
+pub fn oauth_token_unavailable(why: &str) -> Reason {
+    Reason::new(
+        Origin::Queue,
+        451,
+        Status::new(4, 7, 0),
+        format!("no OAuth2 access token: {why}"),
+    )
+}
+
 /// TCP connect failed; `why` is the system's words ("connection refused").
 pub fn connect_failed(addr: &str, why: &str) -> Reason {
     Reason::new(

@@ -172,6 +172,8 @@ pub struct Delivery {
     /// the spool file): the reason given to the recipients it leaves
     /// undecided, instead of the client's "connection lost".
     cause: Option<Reason>,
+    /// A server refused the OAuth2 token (XOAUTH2/OAUTHBEARER).
+    oauth_rejected: bool,
 }
 
 impl Delivery {
@@ -193,6 +195,7 @@ impl Delivery {
             last_error: None,
             decided: HashMap::new(),
             cause: None,
+            oauth_rejected: false,
         };
         if smarthost {
             d.hops = smarthosts
@@ -286,6 +289,12 @@ impl Delivery {
     /// keyed by.
     pub fn destination_key(&self) -> super::DestinationKey {
         self.job.destination_key()
+    }
+
+    /// A server refused this job's OAuth2 access token: drop it from the
+    /// cache.
+    pub fn oauth_rejected(&self) -> bool {
+        self.oauth_rejected
     }
 
     pub fn job_id(&self) -> QueueId {
@@ -433,6 +442,7 @@ impl Delivery {
         if let Some(m) = self.job.relay.as_ref().and_then(|r| r.auth) {
             client.restrict_auth(m);
         }
+        client.set_server(&self.hop_name(), addr.port());
         self.state = State::Session(Box::new(Session {
             addr,
             client,
@@ -800,6 +810,9 @@ impl Delivery {
                 }
             }
             ClientEvent::SessionFailed(o) => {
+                if let State::Session(s) = &self.state {
+                    self.oauth_rejected |= s.client.oauth_rejected();
+                }
                 if self.job_reported {
                     // After the transaction (QUIT trouble), or an idle
                     // cached connection went away: nothing is owed.

@@ -44,6 +44,8 @@ enum Socket {
     /// The control socket (see `control`).
     UnixListener(UnixListener),
     Unix(UnixStream),
+    /// The read end of a child's stdout (a token command, `daemon::oauth`).
+    Pipe(mio::unix::pipe::Receiver),
 }
 
 struct Slot {
@@ -132,6 +134,7 @@ impl<K: Ord + Copy> Reactor<K> {
             Some(Socket::Udp(u)) => registry.register(u, token, interest),
             Some(Socket::UnixListener(l)) => registry.register(l, token, interest),
             Some(Socket::Unix(s)) => registry.register(s, token, interest),
+            Some(Socket::Pipe(p)) => registry.register(p, token, interest),
             None => Ok(()),
         };
         if let Err(e) = res {
@@ -209,6 +212,12 @@ impl<K: Ord + Copy> Reactor<K> {
     }
 
     /// Starts a non-blocking connect; completion shows as writability.
+    /// Registers the read end of a pipe (non-blocking); read it with
+    /// [`Reactor::read`], readiness comes as [`Readiness::Ready`].
+    pub fn register_pipe(&mut self, pipe: mio::unix::pipe::Receiver) -> io::Result<SockId> {
+        self.insert(Socket::Pipe(pipe), Interest::READABLE)
+    }
+
     pub fn connect(&mut self, addr: SocketAddr) -> io::Result<SockId> {
         let s = TcpStream::connect(addr)?;
         let _ = s.set_nodelay(true);
@@ -264,6 +273,7 @@ impl<K: Ord + Copy> Reactor<K> {
         let r = match slot.socket.as_mut() {
             Some(Socket::Stream(s)) => s.read(buf),
             Some(Socket::Unix(s)) => s.read(buf),
+            Some(Socket::Pipe(p)) => p.read(buf),
             _ => Err(io::ErrorKind::NotConnected.into()),
         };
         if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
@@ -324,6 +334,9 @@ impl<K: Ord + Copy> Reactor<K> {
             }
             Some(Socket::Unix(mut s)) => {
                 let _ = registry.deregister(&mut s);
+            }
+            Some(Socket::Pipe(mut p)) => {
+                let _ = registry.deregister(&mut p);
             }
             None => {}
         }

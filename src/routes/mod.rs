@@ -38,10 +38,14 @@
 //! cache, so two routes to one host with different credentials never share
 //! a session.
 //!
+//! `auth=xoauth2|oauthbearer` needs `user=` and `oauth_token_command=`
+//! (one word in a route line, as values hold no spaces: a program, run
+//! without a shell; the first line of its output is the
+//! access token, see `daemon::oauth`) and no `password_file=`.
+//!
 //! Not supported yet (parsed, reported by `check-config` and at start-up
 //! with their line; mail that matches such a line is deferred, never sent
-//! another way): `auth=xoauth2|oauthbearer`, `oauth_token_command=`,
-//! `webhook:URL` targets (`format=ntfy|json`).
+//! another way): `webhook:URL` targets (`format=ntfy|json`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -78,6 +82,23 @@ pub enum AuthMechanism {
     OAuthBearer,
 }
 
+impl AuthMechanism {
+    /// XOAUTH2 or OAUTHBEARER: an access token instead of a password.
+    pub fn is_oauth(self) -> bool {
+        matches!(self, AuthMechanism::XOAuth2 | AuthMechanism::OAuthBearer)
+    }
+
+    /// The SASL name.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMechanism::Plain => "PLAIN",
+            AuthMechanism::Login => "LOGIN",
+            AuthMechanism::XOAuth2 => "XOAUTH2",
+            AuthMechanism::OAuthBearer => "OAUTHBEARER",
+        }
+    }
+}
+
 /// How to reach a relay: hosts in order, TLS mode, where the credentials
 /// come from. Also the identity of a connection-cache entry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -99,8 +120,8 @@ impl Relay {
             tls: cfg.smarthost_tls,
             user: cfg.smarthost_user.clone(),
             password_file: cfg.smarthost_password_file.clone(),
-            auth: None,
-            oauth_token_command: None,
+            auth: cfg.smarthost_auth,
+            oauth_token_command: cfg.smarthost_oauth_token_command.clone(),
         })
     }
 
@@ -120,18 +141,26 @@ impl Relay {
             .map_err(|e| format!("password_file {}: {e}", path.display()))
     }
 
-    /// What of this relay tern cannot do yet.
+    /// The token command of an XOAUTH2/OAUTHBEARER relay: its access
+    /// token stands in for the password.
+    pub fn oauth_command(&self) -> Option<&str> {
+        self.auth
+            .filter(|m| m.is_oauth())
+            .and(self.oauth_token_command.as_deref())
+    }
+
+    /// The user and an access token as the credentials of an OAuth relay.
+    pub fn oauth_credentials(&self, token: &str) -> Option<Credentials> {
+        self.user.as_ref().map(|user| Credentials {
+            user: user.clone(),
+            password: token.to_string(),
+        })
+    }
+
+    /// What of this relay tern cannot do yet (nothing: kept for the
+    /// targets' common check).
     pub fn unsupported(&self) -> Option<&'static str> {
-        match self.auth {
-            Some(AuthMechanism::XOAuth2) => return Some("auth=xoauth2 is not supported yet"),
-            Some(AuthMechanism::OAuthBearer) => {
-                return Some("auth=oauthbearer is not supported yet")
-            }
-            _ => {}
-        }
-        self.oauth_token_command
-            .as_ref()
-            .map(|_| "oauth_token_command is not supported yet")
+        None
     }
 }
 
@@ -491,6 +520,19 @@ fn parse_target(s: &str, keys: &[(&str, &str)]) -> Result<Target, String> {
         (None, Some(_)) => return Err("password_file= needs user=".into()),
         (Some(_), None) if !oauth => return Err("user= needs password_file=".into()),
         (None, None) if auth.is_some() => return Err("auth= needs user=".into()),
+        (_, Some(_)) if oauth => {
+            return Err("password_file= is not used with auth=xoauth2|oauthbearer".into())
+        }
+        _ => {}
+    }
+    match (oauth, value("oauth_token_command")) {
+        (true, None) => return Err("auth=xoauth2|oauthbearer needs oauth_token_command=".into()),
+        (false, Some(_)) => {
+            return Err("oauth_token_command= needs auth=xoauth2 or auth=oauthbearer".into())
+        }
+        (_, Some(c)) if c.split(' ').all(str::is_empty) => {
+            return Err("oauth_token_command= is empty".into())
+        }
         _ => {}
     }
     Ok(Target::Smtp(Relay {

@@ -126,11 +126,10 @@ fn bad_lines_are_reported_with_their_number() {
 }
 
 #[test]
-fn unsupported_targets_are_named() {
+fn oauth_routes_are_supported_and_checked() {
     let t = table(
-        "@a.example smtp:h:587 user=u auth=xoauth2\n\
-         @b.example smtp:h:587 user=u auth=oauthbearer\n\
-         @c.example smtp:h:587 user=u password_file=/p oauth_token_command=/bin/t\n\
+        "@a.example smtp:h:587 user=u auth=xoauth2 oauth_token_command=/bin/tok\n\
+         @b.example smtp:h:587 user=u auth=oauthbearer oauth_token_command=/bin/t\n\
          @d.example webhook:https://ntfy.sh/x\n\
          @e.example smtp:h:587 user=u password_file=/p auth=plain\n",
     );
@@ -138,11 +137,34 @@ fn unsupported_targets_are_named() {
     assert_eq!(
         why,
         vec![
-            Some("auth=xoauth2 is not supported yet"),
-            Some("auth=oauthbearer is not supported yet"),
-            Some("oauth_token_command is not supported yet"),
-            Some("webhook targets are not supported yet"),
             None,
+            None,
+            Some("webhook targets are not supported yet"),
+            None
+        ]
+    );
+    let Target::Smtp(r) = &t.routes()[0].target else {
+        panic!("not smtp")
+    };
+    assert_eq!(r.oauth_command(), Some("/bin/tok"));
+    let c = r.oauth_credentials("tok").unwrap();
+    assert_eq!((c.user.as_str(), c.password.as_str()), ("u", "tok"));
+    let Target::Smtp(plain) = &t.routes()[3].target else {
+        panic!("not smtp")
+    };
+    assert_eq!(plain.oauth_command(), None);
+    let (_, errors) = RouteTable::parse(
+        "@a.example smtp:h:587 user=u auth=xoauth2\n\
+         @c.example smtp:h:587 user=u password_file=/p oauth_token_command=/bin/t\n\
+         @c.example smtp:h:587 user=u password_file=/p auth=xoauth2 oauth_token_command=/bin/t\n",
+    );
+    let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        vec![
+            "auth=xoauth2|oauthbearer needs oauth_token_command=",
+            "oauth_token_command= needs auth=xoauth2 or auth=oauthbearer",
+            "password_file= is not used with auth=xoauth2|oauthbearer",
         ]
     );
 }

@@ -63,6 +63,10 @@ use crate::rewrite::header::HeaderRewriter;
 pub use crate::auth::base64_encode;
 use std::time::{Duration, Instant};
 
+mod oauth;
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod oauth_tests;
 mod reply;
 use reply::{parse_extensions, parse_reply_line, Extension};
 pub use reply::{Own, ServerReply};
@@ -193,6 +197,10 @@ enum Expect {
     AuthPlain,
     AuthLoginUser,
     AuthLoginPassword,
+    /// The reply to `AUTH XOAUTH2`/`AUTH OAUTHBEARER` with the initial
+    /// response: 235, or a 334 error challenge (JSON) answered by
+    /// `oauth::ERROR_ACK` before the final 5xx.
+    AuthOAuth(AuthMechanism),
     AuthResult,
     Mail,
     Rcpt(usize),
@@ -208,7 +216,10 @@ impl Expect {
     fn carries_credentials(self) -> bool {
         matches!(
             self,
-            Expect::AuthPlain | Expect::AuthLoginPassword | Expect::AuthResult
+            Expect::AuthPlain
+                | Expect::AuthLoginPassword
+                | Expect::AuthOAuth(_)
+                | Expect::AuthResult
         )
     }
 }
@@ -327,6 +338,10 @@ pub struct ClientSession {
     /// The one SASL mechanism allowed (a route's `auth=`); `None`: PLAIN,
     /// else LOGIN, as offered.
     auth_only: Option<crate::routes::AuthMechanism>,
+    /// The server's name and port, for OAUTHBEARER's `host=`/`port=`.
+    server: Option<(String, u16)>,
+    /// An XOAUTH2/OAUTHBEARER exchange was refused: the token is bad.
+    oauth_rejected: bool,
 }
 
 impl ClientSession {
@@ -353,7 +368,21 @@ impl ClientSession {
             converted: Vec::new(),
             rewritten: Vec::new(),
             auth_only: None,
+            server: None,
+            oauth_rejected: false,
         }
+    }
+
+    /// The server's host name and port as configured (OAUTHBEARER sends
+    /// them, RFC 7628 §3.1).
+    pub fn set_server(&mut self, host: &str, port: u16) {
+        self.server = Some((host.to_string(), port));
+    }
+
+    /// An XOAUTH2 or OAUTHBEARER authentication was refused: the access
+    /// token should not be used again.
+    pub fn oauth_rejected(&self) -> bool {
+        self.oauth_rejected
     }
 
     /// Authenticates only with `mechanism` (a route's `auth=`); a server
@@ -718,6 +747,7 @@ impl ClientSession {
                 Expect::AuthPlain
                 | Expect::AuthLoginUser
                 | Expect::AuthLoginPassword
+                | Expect::AuthOAuth(_)
                 | Expect::AuthResult,
             ) => "the reply to AUTH",
             Some(Expect::Mail) => "the reply to MAIL",
@@ -879,9 +909,21 @@ impl ClientSession {
                 let line = base64_encode(field);
                 self.send_command(&line, next, now);
             }
+            Expect::AuthOAuth(m) if reply.class() == 3 => {
+                // The error challenge (base64 JSON); acknowledging it
+                // brings the final 5xx.
+                self.oauth_rejected = true;
+                let ack = oauth::error_ack(m);
+                self.send_command(ack, Expect::AuthResult, now);
+            }
+            Expect::AuthOAuth(_) if reply.class() != 2 => {
+                self.oauth_rejected = true;
+                self.fail_session(reply, true);
+            }
             Expect::AuthPlain
             | Expect::AuthLoginUser
             | Expect::AuthLoginPassword
+            | Expect::AuthOAuth(_)
             | Expect::AuthResult => {
                 if reply.class() == 2 {
                     self.become_ready();
@@ -996,6 +1038,17 @@ impl ClientSession {
         }
         if !self.tls_active && self.cfg.tls != TlsPolicy::Never {
             self.fail_session(synth(AUTH_NEEDS_TLS), true);
+        } else if let Some(m) = self.auth_only.filter(|m| m.is_oauth()) {
+            if !self.offers_auth(m.name()) {
+                self.fail_session(synth(NO_AUTH_MECHANISM), true);
+                return;
+            }
+            let response = match (&self.cfg.credentials, &self.server) {
+                (Some(c), server) => oauth::initial_response(m, c, server.as_ref()),
+                (None, _) => String::new(),
+            };
+            let command = format!("AUTH {} {response}", m.name());
+            self.send_command(&command, Expect::AuthOAuth(m), now);
         } else if self.offers_auth("PLAIN") && self.may_use(AuthMechanism::Plain) {
             let command = format!("AUTH PLAIN {}", self.plain_response());
             self.send_command(&command, Expect::AuthPlain, now);

@@ -162,13 +162,28 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
     };
     let hosts =
         crate::daemon::dns::load_hosts(std::path::Path::new(crate::daemon::dns::HOSTS_FILE));
-    let (hops, settings) = match crate::daemon::outbound::job_hops_and_settings(
-        cfg,
-        tls_verify.is_some(),
-        &job,
-        &cfg.smarthost,
-        |name| hosts.get(&name.to_ascii_lowercase()).cloned(),
-    ) {
+    // An OAuth relay: the token command runs here (a command may block).
+    let oauth = job
+        .relay
+        .as_ref()
+        .and_then(|r| r.oauth_command())
+        .map(crate::daemon::oauth::fetch_blocking);
+    let token = oauth
+        .as_ref()
+        .and_then(|r| r.as_ref().ok())
+        .map(String::as_str);
+    let hops_settings = match &oauth {
+        Some(Err(e)) => Err(format!("no OAuth2 access token: {e}")),
+        _ => crate::daemon::outbound::job_hops_and_settings(
+            cfg,
+            tls_verify.is_some(),
+            &job,
+            &cfg.smarthost,
+            |name| hosts.get(&name.to_ascii_lowercase()).cloned(),
+            token,
+        ),
+    };
+    let (hops, settings) = match hops_settings {
         Ok(hs) => hs,
         Err(e) => {
             // The daemon defers such a job without connecting.
@@ -176,10 +191,11 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
             let _ = writeln!(
                 out,
                 "Setting: {}",
-                if route_line.is_some() {
-                    "password_file= on the routes line"
-                } else {
-                    "smarthost_password_file"
+                match (route_line.is_some(), oauth.is_some()) {
+                    (true, false) => "password_file= on the routes line",
+                    (false, false) => "smarthost_password_file",
+                    (true, true) => "oauth_token_command= on the routes line",
+                    (false, true) => "smarthost_oauth_token_command",
                 }
             );
             return EX_TEMPFAIL;
