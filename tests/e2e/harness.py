@@ -172,16 +172,20 @@ class Sink:
     """
 
     def __init__(self, script=None, extensions=("PIPELINING", "8BITMIME", "SIZE 100000000"),
-                 tls=None, implicit_tls=False, auth=None):
+                 tls=None, implicit_tls=False, auth=None, oauth=None):
         """tls: an ssl.SSLContext (server side) to offer STARTTLS with, or to
         wrap every connection in when implicit_tls; auth: (user, password)
-        to offer AUTH PLAIN/LOGIN with."""
+        to offer AUTH PLAIN/LOGIN with; oauth: the one access token accepted
+        by AUTH XOAUTH2/OAUTHBEARER (offered then; a wrong token gets
+        Google's 334 error challenge, then 535)."""
         self.script = dict(script or {})
         self.extensions = list(extensions)
         self.tls = tls
         self.implicit_tls = implicit_tls
         self.auth = auth
         self.auth_seen = []  # (user, password, was_tls)
+        self.oauth = oauth
+        self.oauth_seen = []  # (mechanism, decoded initial response, answer to a 334)
         self.tls_sessions = 0
         self.messages = []  # dicts: sender, rcpts, data (bytes)
         self.sessions = 0
@@ -258,6 +262,8 @@ class Sink:
                         lines.append("STARTTLS")
                     if self.auth and (tls_on or not self.tls):
                         lines.append("AUTH PLAIN LOGIN")
+                    elif self.oauth and (tls_on or not self.tls):
+                        lines.append("AUTH XOAUTH2 OAUTHBEARER")
                     for i, l in enumerate(lines):
                         send(("250 " if i == len(lines) - 1 else "250-") + l)
             elif verb == "STARTTLS" and self.tls and not tls_on:
@@ -267,6 +273,28 @@ class Sink:
                     return
                 tls_on = True
                 rfile, wfile = sock.makefile("rb"), sock.makefile("wb")
+            elif verb == "AUTH" and self.oauth and len(cmd.split(" ")) > 2:
+                mech, resp = cmd.split(" ")[1:3]
+                text = base64.b64decode(resp).decode()
+                fields = dict(f.split("=", 1) for f in text.split("\x01")[1:] if "=" in f)
+                if mech.upper() == "XOAUTH2":
+                    user = text.split("\x01")[0].removeprefix("user=")
+                else:
+                    user = text.split(",")[1].removeprefix("a=")
+                ok = fields.get("auth") == "Bearer " + self.oauth
+                answer = None
+                if not ok:
+                    send("334 " + base64.b64encode(
+                        b'{"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}'
+                    ).decode())
+                    answer = rfile.readline().decode().rstrip("\r\n")
+                with self.lock:
+                    self.oauth_seen.append((mech.upper(), text, answer))
+                if ok:
+                    authed = user
+                    send("235 2.7.0 Accepted")
+                else:
+                    send("535 5.7.8 Username and Password not accepted")
             elif verb == "AUTH" and self.auth:
                 parts = cmd.split(" ")
                 if parts[1].upper() == "PLAIN":

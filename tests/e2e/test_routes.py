@@ -179,7 +179,7 @@ def test_check_config_names_bad_and_unsupported_lines(tern_factory):
     assert code == 1, err
     assert f"{t.routes}:3: tls=maybe" in err, err
     assert f"{t.routes}:4: webhook targets are not supported yet" in err, err
-    assert f"{t.routes}:5: auth=xoauth2 is not supported yet" in err, err
+    assert f"{t.routes}:5: auth=xoauth2|oauthbearer needs oauth_token_command=" in err, err
     assert ":2:" not in err, err
     t.routes.write_text("@ok.example smtp:smtp.ok.example:465\n")
     code, err = check_config(t)
