@@ -222,6 +222,15 @@ impl TokenSource {
             .retain_mut(|child| !matches!(child.try_wait(), Ok(Some(_)) | Err(_)));
     }
 
+    /// At shutdown: running commands are killed (their results would
+    /// start no delivery); the pipes go with the reactor.
+    pub fn shutdown(&mut self) {
+        for (_, mut r) in self.running.drain() {
+            let _ = r.child.kill();
+            let _ = r.child.try_wait();
+        }
+    }
+
     /// Results since the last call.
     pub fn take_done(&mut self) -> Vec<(String, Result<String, String>)> {
         std::mem::take(&mut self.done)

@@ -132,6 +132,11 @@ impl OutboundDriver {
     /// No new connections (waiting jobs stay in the spool for the restart).
     pub fn shutdown(&mut self) {
         self.jobs.shutdown();
+        // Jobs waiting for a token stay in the spool, like waiting ones.
+        for job in std::mem::take(&mut self.token_waiting) {
+            self.jobs.finished(&job.destination_key());
+        }
+        self.tokens.shutdown();
     }
 
     /// Starts jobs while slots are free (idle kept sessions first). Flush
