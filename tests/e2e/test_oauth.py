@@ -7,7 +7,6 @@ a hanging command is not tested end to end (no test-only keys); the unit
 test `daemon::oauth::tests::runs_caches_and_forgets` kills one."""
 
 import subprocess
-import time
 
 import pytest
 
@@ -140,3 +139,15 @@ def test_tern_test_runs_the_token_command(tern_factory, tmp_path, sinks):
     assert "> AUTH XOAUTH2 <credentials hidden>" in out, out
     assert "tok-1" not in out
     assert sink.oauth_seen[0][1] == f"user={USER}\x01auth=Bearer tok-1\x01\x01"
+
+
+def test_tern_test_names_the_token_command_when_it_fails(tern_factory, tmp_path, sinks):
+    sink = sinks(oauth="tok-1")
+    t = oauth_tern(tern_factory, tmp_path, sink, fail=True)
+    r = subprocess.run([TERN_BIN, "-c", str(t.conf), "test", "-f", "cam@lan.test",
+                        "you@far.test"], capture_output=True, timeout=30)
+    out = r.stdout.decode()
+    assert r.returncode == 75, out + r.stderr.decode()
+    assert "Result: not delivered: no OAuth2 access token: the token command failed" in out, out
+    assert "Setting: smarthost_oauth_token_command" in out, out
+    assert sink.sessions == 0
