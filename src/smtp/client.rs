@@ -67,7 +67,9 @@ mod oauth;
 #[cfg(test)]
 #[allow(clippy::indexing_slicing)]
 mod oauth_tests;
+mod own_replies;
 mod reply;
+use own_replies::*;
 use reply::{parse_extensions, parse_reply_line, Extension};
 pub use reply::{Own, ServerReply};
 
@@ -77,58 +79,6 @@ pub const MAX_REPLY_LINE: usize = 512;
 pub const MAX_REPLY_LINES: usize = 100;
 /// `send_body` takes nothing while this many bytes wait to be written.
 pub const BODY_HIGH_WATER: usize = 16 * 1024;
-
-/// Synthesized replies: (code, enhanced status and text, why tern made it
-/// up). They reach the daemon marked as the client's own ([`ServerReply::own`]),
-/// never as something the server said.
-type Synth = (u16, &'static str, Own);
-const NOT_READY: Synth = (
-    451,
-    "4.3.0 client session not ready for a transaction",
-    Own::Client,
-);
-const ABORTED: Synth = (451, "4.3.0 delivery aborted by the client", Own::Client);
-const CONNECTION_LOST: Synth = (451, "4.4.2 connection lost", Own::ConnectionLost);
-const PROTOCOL_ERROR: Synth = (
-    451,
-    "4.5.0 SMTP protocol error from the server",
-    Own::Protocol,
-);
-const TLS_NOT_OFFERED: Synth = (454, "4.7.0 TLS required but STARTTLS not offered", Own::Tls);
-const AUTH_NEEDS_TLS: Synth = (
-    454,
-    "4.7.0 refusing to send credentials without TLS",
-    Own::Tls,
-);
-const NO_AUTH_MECHANISM: Synth = (
-    454,
-    "4.7.0 server offers no supported AUTH mechanism",
-    Own::Protocol,
-);
-const BAD_SENDER: Synth = (553, "5.1.7 invalid sender address", Own::Client);
-const BAD_RECIPIENT: Synth = (553, "5.1.3 invalid recipient address", Own::Client);
-const SMTPUTF8_NOT_OFFERED: Synth = (
-    553,
-    "5.6.7 SMTPUTF8 required but not offered by the server",
-    Own::Client,
-);
-/// No reply in time: 4.4.2, "timeout waiting for" what was awaited.
-const TIMEOUT_CODE: u16 = 451;
-const TIMEOUT_TEXT: &str = "4.4.2 timeout waiting for";
-const TOO_BIG_CODE: u16 = 552;
-/// A body that cannot go to a 7-bit server (RFC 3463 5.6.3); the reason follows.
-const NOT_CONVERTIBLE_CODE: u16 = 554;
-const NOT_CONVERTIBLE_TEXT: &str =
-    "5.6.3 message content cannot be converted to 7bit for a server without 8BITMIME:";
-const TOO_BIG_TEXT: &str = "5.3.4 message size exceeds the server's fixed maximum of";
-
-fn synth((code, text, own): Synth) -> ServerReply {
-    ServerReply {
-        code,
-        lines: vec![text.to_string()],
-        own: Some(own),
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsPolicy {
