@@ -16,7 +16,7 @@
 //! The binary never calls these functions, so they cost no flash.
 //!
 //! The drivers live in one submodule per group of targets (`syntax`,
-//! `mime`, `rewrite`, `server`, `client`, `dns`, `spool`, `admin`) and are re-exported
+//! `mime`, `rewrite`, `routing`, `server`, `client`, `dns`, `spool`, `admin`) and are re-exported
 //! here under their target names; this module keeps what several groups
 //! share: the `Input` parameter reader, the checks on output bytes, and
 //! the local domains, aliases and users the drivers agree on.
@@ -232,6 +232,7 @@ mod client;
 mod dns;
 mod mime;
 mod rewrite;
+mod routing;
 mod server;
 mod spool;
 mod syntax;
@@ -243,6 +244,7 @@ pub use mime::mime_downgrade;
 #[cfg(test)] // for the quoted-printable checks in smtp::mime7bit's tests
 pub(crate) use mime::qp_decode;
 pub use rewrite::sender_rewrite;
+pub use routing::routes;
 pub use server::smtp_server;
 pub use spool::{spool_drop, spool_envelope, spool_state};
 pub use syntax::{smtp_address, smtp_command, smtp_data};
@@ -269,4 +271,5 @@ pub const TARGETS: &[(&str, Driver)] = &[
     ("sasl", sasl),
     ("mime_downgrade", mime_downgrade),
     ("sender_rewrite", sender_rewrite),
+    ("routes", routes),
 ];
