@@ -408,6 +408,27 @@ route_seed("oauth-webhook", "@a.test smtp:h:587 auth=xoauth2 user=u oauth_token_
            "@b.test webhook:ftp://x\n.sub.test smtp:[192.0.2.1] auth=login user=v password_file=/p\n",
            ["\"X Y\"@Q.test z.test", "v@q.test deep.er.sub.test."])
 
+# mail_compose: flags (bits 0-1 attachments, 4 name, 8 subject, 16 Cc),
+# name (two length bytes), subject (two length bytes), per attachment a file name
+# (length byte) and contents (two length bytes); the rest is the body.
+def mail_seed(name, flags, from_name, subject, attachments, body):
+    enc = lambda s: s.encode("utf-8") if isinstance(s, str) else s
+    data = bytes([flags]) + struct.pack(">H", len(enc(from_name))) + enc(from_name)
+    data += struct.pack(">H", len(enc(subject))) + enc(subject)
+    for fname, content in attachments:
+        data += bytes([len(enc(fname))]) + enc(fname)
+        data += struct.pack(">H", len(enc(content))) + enc(content)
+    write("mail_compose", name, data + enc(body))
+
+
+mail_seed("plain", 8, "", "disk /dev/sda: 3 reallocated sectors", [], "smartd says hi\n")
+mail_seed("utf8-subject", 4 | 8 | 16, "Routeur Café", "Température élevée: 71 °C\nsecond line " + "x" * 90,
+          [], "long " + "y" * 1200 + "\r\nnul \0 cr \r end")
+mail_seed("attachments", 2 | 4 | 8, "Ops \"night\" team", "backup report",
+          [("report.csv", "a,b\n1,2\n"), ("r\u00e9sum\u00e9 " + "n" * 60 + ".pdf", bytes(range(256)))],
+          "see attached\n")
+mail_seed("attachment-only", 1, "", "", [("empty.bin", b"")], "")
+
 if __name__ == "__main__":
     total = 0
     for t in sorted(os.listdir(CORPUS)):
