@@ -58,14 +58,16 @@ pub fn routes(data: &[u8]) {
                 domains.push(format!("a{d}"));
             }
             Match::Sender(a) => {
-                senders.push(a.to_string());
+                senders.push(printed_sender(&a.to_string()));
                 senders.push(printed_sender(&a.to_string().to_ascii_uppercase()));
                 domains.push(a.domain.clone());
             }
             Match::SenderDomain(d) => {
-                senders.push(format!("u@{d}"));
-                senders.push(format!("U@{}", d.to_ascii_uppercase()));
-                senders.push(format!("u@a.{d}"));
+                // Printed like the daemon's senders: a 255-octet domain
+                // makes no sender (the path would pass 256 octets).
+                senders.push(printed_sender(&format!("u@{d}")));
+                senders.push(printed_sender(&format!("U@{}", d.to_ascii_uppercase())));
+                senders.push(printed_sender(&format!("u@a.{d}")));
                 domains.push(d.clone());
             }
             Match::Any => {}
