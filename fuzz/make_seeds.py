@@ -381,6 +381,54 @@ rewrite("folded-group", 6, "FROM: a@b.test,\r\n\t\"x, y\" <root@router.lan>,\r\n
 rewrite("odd", 2, "From: \"root <root>\r\nSender: (root\r\nFrom: <@r.test:root@router.lan>\n\nx")
 rewrite("rules", 1, "# rules\nroot me@example.com\n@router.lan\n* x@y.test # c\nroot a@b.test\n")
 
+# routes: the routes file, then optionally NUL and query lines "SENDER DOMAIN".
+def route_seed(name, text, queries=()):
+    data = text.encode("latin-1")
+    if queries:
+        data += b"\0" + "\n".join(queries).encode("latin-1")
+    write("routes", name, data)
+
+
+route_seed("example", """# routes
+@example.com      smtp:mail.example.com:587 tls=starttls user=u password_file=/etc/tern/pw
+.corp.example     smtp:10.0.0.5:25 tls=none          # subdomains of corp.example
+from:@work.example smtp:smtp.work.example:465 tls=tls user=me@work.example password_file=/etc/tern/work
+from:cron@router.lan mx
+@lan.example      mx
+@router.lan       local
+*                 smtp:smtp.gmail.com:465 tls=tls user=me@gmail.com password_file=/etc/tern/gmail
+""", ["cron@Router.LAN x.example", "me@work.example EXAMPLE.COM.", "a@b.test a.corp.example",
+      "<> corp.example", "x@y.test router.lan"])
+route_seed("errors", "\r\n@ bad\n* mx extra\n.x..y mx\nfrom:@[1.2.3.4] local\n"
+           "@a.test smtp:h:99999\n@b.test smtp:[::1]:25 user=u\n# only a comment\n"
+           "@c.test local tls=none\n@d.test smtp:h tls=tls tls=none\n   \n@e.test",
+           ["u@a.test c.test"])
+route_seed("oauth-webhook", "@a.test smtp:h:587 auth=xoauth2 user=u oauth_token_command=/bin/t\n"
+           "from:\"x y\"@q.test webhook:https://ntfy.sh/t format=json\n"
+           "@b.test webhook:ftp://x\n.sub.test smtp:[192.0.2.1] auth=login user=v password_file=/p\n",
+           ["\"X Y\"@Q.test z.test", "v@q.test deep.er.sub.test."])
+
+# mail_compose: flags (bits 0-1 attachments, 4 name, 8 subject, 16 Cc),
+# name (two length bytes), subject (two length bytes), per attachment a file name
+# (length byte) and contents (two length bytes); the rest is the body.
+def mail_seed(name, flags, from_name, subject, attachments, body):
+    enc = lambda s: s.encode("utf-8") if isinstance(s, str) else s
+    data = bytes([flags]) + struct.pack(">H", len(enc(from_name))) + enc(from_name)
+    data += struct.pack(">H", len(enc(subject))) + enc(subject)
+    for fname, content in attachments:
+        data += bytes([len(enc(fname))]) + enc(fname)
+        data += struct.pack(">H", len(enc(content))) + enc(content)
+    write("mail_compose", name, data + enc(body))
+
+
+mail_seed("plain", 8, "", "disk /dev/sda: 3 reallocated sectors", [], "smartd says hi\n")
+mail_seed("utf8-subject", 4 | 8 | 16, "Routeur Café", "Température élevée: 71 °C\nsecond line " + "x" * 90,
+          [], "long " + "y" * 1200 + "\r\nnul \0 cr \r end")
+mail_seed("attachments", 2 | 4 | 8, "Ops \"night\" team", "backup report",
+          [("report.csv", "a,b\n1,2\n"), ("r\u00e9sum\u00e9 " + "n" * 60 + ".pdf", bytes(range(256)))],
+          "see attached\n")
+mail_seed("attachment-only", 1, "", "", [("empty.bin", b"")], "")
+
 if __name__ == "__main__":
     total = 0
     for t in sorted(os.listdir(CORPUS)):

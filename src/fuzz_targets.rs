@@ -16,7 +16,7 @@
 //! The binary never calls these functions, so they cost no flash.
 //!
 //! The drivers live in one submodule per group of targets (`syntax`,
-//! `mime`, `rewrite`, `server`, `client`, `dns`, `spool`, `admin`) and are re-exported
+//! `mail`, `mime`, `rewrite`, `routing`, `server`, `client`, `dns`, `spool`, `admin`) and are re-exported
 //! here under their target names; this module keeps what several groups
 //! share: the `Input` parameter reader, the checks on output bytes, and
 //! the local domains, aliases and users the drivers agree on.
@@ -230,8 +230,10 @@ fn fuzz_users() -> HashSet<String> {
 mod admin;
 mod client;
 mod dns;
+mod mail;
 mod mime;
 mod rewrite;
+mod routing;
 mod server;
 mod spool;
 mod syntax;
@@ -239,10 +241,12 @@ mod syntax;
 pub use admin::{aliases, config, sasl, users};
 pub use client::{smtp_client, smtp_client_reply};
 pub use dns::{dns_resolver, dns_wire};
+pub use mail::mail_compose;
 pub use mime::mime_downgrade;
 #[cfg(test)] // for the quoted-printable checks in smtp::mime7bit's tests
 pub(crate) use mime::qp_decode;
 pub use rewrite::sender_rewrite;
+pub use routing::routes;
 pub use server::smtp_server;
 pub use spool::{spool_drop, spool_envelope, spool_state};
 pub use syntax::{smtp_address, smtp_command, smtp_data};
@@ -269,4 +273,6 @@ pub const TARGETS: &[(&str, Driver)] = &[
     ("sasl", sasl),
     ("mime_downgrade", mime_downgrade),
     ("sender_rewrite", sender_rewrite),
+    ("routes", routes),
+    ("mail_compose", mail_compose),
 ];

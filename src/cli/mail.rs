@@ -348,15 +348,24 @@ fn address_list(field: &str, addrs: &[String]) -> String {
     fold(field, &tokens)
 }
 
+/// The display name as words, quoted or plain, or as encoded-words when it
+/// is not ASCII or a word would not fit on a folded line (a `-r` name of
+/// 1,000 letters made a line longer than RFC 5322's 998 octets).
 fn from_field(from: &NamedAddress) -> String {
+    let longest_word = MAX_HEADER_LINE.saturating_sub("From".len() + 2);
     let mut tokens: Vec<String> = match from.name.as_deref().map(without_controls) {
         None => Vec::new(),
         Some(name) if name.is_ascii() => {
             let quoted = sendmail::quote_name(&name);
-            if quoted.starts_with('"') {
+            let words: Vec<String> = if quoted.starts_with('"') {
                 vec![quoted]
             } else {
                 quoted.split_whitespace().map(str::to_string).collect()
+            };
+            if words.iter().all(|w| w.len() <= longest_word) {
+                words
+            } else {
+                encoded_words(&name)
             }
         }
         Some(name) => encoded_words(&name),
@@ -790,6 +799,27 @@ mod tests {
             addr: "b@x.test".into(),
         });
         assert_eq!(f, "From: \"Backup, nightly\" <b@x.test>\n");
+    }
+
+    #[test]
+    fn long_display_name_is_encoded_and_folded() {
+        for name in ["a".repeat(1000), format!("\"{}\" x", "b,".repeat(40))] {
+            let f = from_field(&NamedAddress {
+                name: Some(name.clone()),
+                addr: "r@x.test".into(),
+            });
+            assert!(f.ends_with(" <r@x.test>\n"), "{f}");
+            let mut decoded = Vec::new();
+            for line in f.lines() {
+                assert!(line.len() <= MAX_HEADER_LINE, "line of {}", line.len());
+                for w in line.trim_start_matches("From:").split_whitespace() {
+                    if w != "<r@x.test>" {
+                        decoded.extend(decode_word(w));
+                    }
+                }
+            }
+            assert_eq!(decoded, name.as_bytes());
+        }
     }
 
     #[test]
