@@ -153,17 +153,7 @@ impl TokenSource {
         if self.running.contains_key(command) {
             return Ok(());
         }
-        let args = argv(command);
-        let Some((program, rest)) = args.split_first() else {
-            return Err("the token command is empty".into());
-        };
-        let mut child = Command::new(program)
-            .args(rest)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot run the token command {program}: {e}"))?;
+        let mut child = spawn(command)?;
         let registered = child
             .stdout
             .take()
@@ -181,7 +171,7 @@ impl TokenSource {
                 return Err(format!("token command pipe: {e}"));
             }
         };
-        log::debug!("running the OAuth2 token command {program}");
+        log::debug!("running the OAuth2 token command {command:?}");
         self.running.insert(
             command.to_string(),
             Running {
@@ -303,28 +293,61 @@ impl TokenSource {
     }
 }
 
-/// Runs `command` to its end, blocking (for `tern test`, a command that
-/// may block); the same limits as the daemon's.
-pub fn fetch_blocking(command: &str) -> Result<String, String> {
+/// Starts the command: argv split on spaces, no shell, stdin and stderr
+/// on /dev/null, stdout a pipe.
+fn spawn(command: &str) -> Result<Child, String> {
     let args = argv(command);
     let Some((program, rest)) = args.split_first() else {
         return Err("the token command is empty".into());
     };
-    let mut child = Command::new(program)
+    Command::new(program)
         .args(rest)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot run the token command {program}: {e}"))?;
+        .map_err(|e| format!("cannot run the token command {program}: {e}"))
+}
+
+/// Runs `command` to its end, blocking (for `tern test`, a command that
+/// may block), with the daemon's limits: [`TOKEN_OUTPUT_MAX`] octets kept,
+/// killed after [`TOKEN_COMMAND_DEADLINE`].
+pub fn fetch_blocking(command: &str) -> Result<String, String> {
+    fetch_blocking_within(command, TOKEN_COMMAND_DEADLINE)
+}
+
+fn fetch_blocking_within(command: &str, limit: Duration) -> Result<String, String> {
+    use std::os::fd::AsRawFd;
+    let mut child = spawn(command)?;
+    let deadline = Instant::now() + limit;
     let mut output = TokenOutput::default();
     if let Some(mut out) = child.stdout.take() {
         let mut buf = [0u8; READ_CHUNK];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 {
-                break;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut pfd = libc::pollfd {
+                fd: out.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+            // SAFETY: one valid pollfd for the duration of the call.
+            let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if ready < 0 {
+                continue; // EINTR: the deadline is checked again
             }
-            output.push(buf.get(..n).unwrap_or_default());
+            if ready == 0 {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "the token command did not finish within {} ms; killed",
+                    limit.as_millis()
+                ));
+            }
+            match out.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => output.push(buf.get(..n).unwrap_or_default()),
+            }
         }
     }
     let status = child.wait().map_err(|e| e.to_string())?;
@@ -339,6 +362,16 @@ mod tests {
 
     fn ok() -> Option<ExitStatus> {
         Some(ExitStatus::from_raw(0))
+    }
+
+    #[test]
+    fn blocking_fetch_kills_a_command_past_its_deadline() {
+        let t0 = Instant::now();
+        let e = fetch_blocking_within("/bin/sleep 5", Duration::from_millis(200)).unwrap_err();
+        assert!(e.contains("did not finish") && e.contains("killed"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+        let tok = fetch_blocking_within("/bin/echo ya29.tok", Duration::from_secs(5));
+        assert_eq!(tok.unwrap(), "ya29.tok");
     }
 
     #[test]
