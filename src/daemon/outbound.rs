@@ -626,33 +626,11 @@ pub fn job_hops_and_settings(
             (relay.hops(hosts), relay.settings(base, credentials))
         }
         (None, true) => (
-            smarthost_hops(smarthosts, hosts),
+            crate::outbound::hops_of(smarthosts, hosts),
             settings(cfg, true, trust_anchors),
         ),
         (_, false) => (Vec::new(), settings(cfg, false, trust_anchors)),
     })
-}
-
-/// The smarthosts as the machine's hops: IP literals and names in the
-/// hosts file (`hosts`) come with their addresses, other names are
-/// resolved by the machine's lookups.
-pub fn smarthost_hops(
-    smarthosts: &[HostPort],
-    hosts: impl Fn(&str) -> Option<Vec<IpAddr>>,
-) -> Vec<Hop> {
-    smarthosts
-        .iter()
-        .map(|hp| Hop {
-            name: hp.host.clone(),
-            port: hp.port,
-            addrs: hp
-                .host
-                .parse::<IpAddr>()
-                .ok()
-                .map(|ip| vec![ip])
-                .or_else(|| hosts(&hp.host)),
-        })
-        .collect()
 }
 
 /// The machine's view of the configuration; the smarthost password file

@@ -63,23 +63,34 @@ impl Job {
     }
 }
 
+/// A list of `host:port` as the machine's hops, in order; an IP address,
+/// or a name `hosts_entry` knows (`/etc/hosts`), comes resolved, other
+/// names are resolved by the machine's lookups. For a route's relay and the
+/// smarthost keys alike.
+pub fn hops_of(
+    hosts: &[crate::config::HostPort],
+    hosts_entry: impl Fn(&str) -> Option<Vec<IpAddr>>,
+) -> Vec<machine::Hop> {
+    hosts
+        .iter()
+        .map(|hp| machine::Hop {
+            name: hp.host.clone(),
+            port: hp.port,
+            addrs: hp
+                .host
+                .parse::<IpAddr>()
+                .ok()
+                .map(|ip| vec![ip])
+                .or_else(|| hosts_entry(&hp.host)),
+        })
+        .collect()
+}
+
 impl crate::routes::Relay {
     /// The hosts to try, in order; an IP address, or a name `hosts_entry`
     /// knows (`/etc/hosts`), comes resolved.
     pub fn hops(&self, hosts_entry: impl Fn(&str) -> Option<Vec<IpAddr>>) -> Vec<machine::Hop> {
-        self.hosts
-            .iter()
-            .map(|hp| machine::Hop {
-                name: hp.host.clone(),
-                port: hp.port,
-                addrs: hp
-                    .host
-                    .parse::<IpAddr>()
-                    .ok()
-                    .map(|ip| vec![ip])
-                    .or_else(|| hosts_entry(&hp.host)),
-            })
-            .collect()
+        hops_of(&self.hosts, hosts_entry)
     }
 
     /// The machine's settings for this relay: its TLS mode and the
