@@ -12,9 +12,11 @@ DEV_CONF := etc/tern.dev.conf
 # Every program the e2e tests run, by Debian package: swaks (and
 # libnet-ssleay-perl, only a Recommends of swaks, for its STARTTLS),
 # postfix (smtp-sink, smtp-source), s-nail (a real sendmail caller),
-# openssl (s_client), faketime and strace. pytest runs them: Debian's
-# python3-pytest when $(PYTHON) lacks it and we are root, else pip.
-TEST_PKGS := swaks libnet-ssleay-perl postfix s-nail openssl faketime strace
+# openssl (s_client), faketime, strace, and Dovecot's LMTP server
+# (dovecot-core, dovecot-lmtpd: the LMTP interop test starts its own
+# instance). pytest runs them: Debian's python3-pytest when $(PYTHON)
+# lacks it and we are root, else pip.
+TEST_PKGS := swaks libnet-ssleay-perl postfix s-nail openssl faketime strace dovecot-core dovecot-lmtpd
 
 .PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench install clean cross cross-test fuzz fuzz-deps fuzz-build
 

@@ -43,6 +43,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod lmtp;
+pub use lmtp::{LmtpTarget, LMTP_PORT};
+
 /// Largest configuration file read (a router's config is a few KiB).
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// Longest duration accepted (ten years): keeps `Instant + duration`
@@ -69,6 +72,7 @@ pub const KEYS: &[&str] = &[
     "local_recipients",
     "mail_dir",
     "local_delivery",
+    "lmtp_target",
     "aliases",
     "qualify_domain",
     "sender_address",
@@ -138,6 +142,8 @@ pub enum LocalDelivery {
     Maildir,
     /// `mail_dir/USER`, one file, `From ` separated.
     Mbox,
+    /// Handed to the LMTP server at `lmtp_target` (RFC 2033).
+    Lmtp,
 }
 
 /// How the smarthost connection is secured.
@@ -334,6 +340,8 @@ pub struct Config {
     pub local_recipients: LocalRecipients,
     pub mail_dir: PathBuf,
     pub local_delivery: LocalDelivery,
+    /// Where `local_delivery = lmtp` hands local mail.
+    pub lmtp_target: Option<LmtpTarget>,
     /// Empty or missing file: no aliases.
     pub aliases: PathBuf,
     /// Domain for unqualified addresses of locally submitted mail
@@ -412,6 +420,7 @@ impl Default for Config {
             local_recipients: LocalRecipients::Passwd,
             mail_dir: PathBuf::from("/var/mail"),
             local_delivery: LocalDelivery::Maildir,
+            lmtp_target: None,
             aliases: PathBuf::from("/etc/aliases"),
             qualify_domain,
             sender_address: None,
@@ -661,6 +670,17 @@ impl Config {
             )),
             _ => {}
         }
+        match (self.local_delivery, &self.lmtp_target) {
+            (LocalDelivery::Lmtp, None) => problems.push((
+                "local_delivery",
+                "local_delivery = lmtp needs lmtp_target (unix:/path or host:port)".into(),
+            )),
+            (LocalDelivery::Maildir | LocalDelivery::Mbox, Some(_)) => problems.push((
+                "lmtp_target",
+                "lmtp_target is only used with local_delivery = lmtp".into(),
+            )),
+            _ => {}
+        }
         let listeners = [
             ("listen", &self.listen),
             ("submission_listen", &self.submission_listen),
@@ -735,9 +755,11 @@ impl Config {
                     &[
                         ("maildir", LocalDelivery::Maildir),
                         ("mbox", LocalDelivery::Mbox),
+                        ("lmtp", LocalDelivery::Lmtp),
                     ],
                 )?
             }
+            "lmtp_target" => self.lmtp_target = LmtpTarget::parse(v)?,
             "aliases" => self.aliases = PathBuf::from(v),
             "qualify_domain" => {
                 let d = v.strip_suffix('.').unwrap_or(v);

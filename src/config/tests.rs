@@ -299,7 +299,7 @@ fn booleans_and_keywords_ignore_case() {
     let e = errors("local_delivery = maildirs\n");
     assert_eq!(
         e[0].to_string(),
-        "t.conf:1: local_delivery: expected maildir, mbox, got \"maildirs\""
+        "t.conf:1: local_delivery: expected maildir, mbox, lmtp, got \"maildirs\""
     );
 }
 
@@ -751,4 +751,35 @@ fn smarthost_oauth_keys() {
     assert!(e[0].message.contains("not used with"), "{e:?}");
     let e = errors("smarthost_auth = cram-md5\n");
     assert_eq!(e[0].line, 1);
+}
+
+// --- local_delivery = lmtp ---------------------------------------------------
+
+#[test]
+fn lmtp_delivery_takes_its_target() {
+    let c = parse("local_delivery = lmtp\nlmtp_target = unix:/run/dovecot/lmtp\n");
+    assert_eq!(c.local_delivery, LocalDelivery::Lmtp);
+    assert_eq!(
+        c.lmtp_target,
+        Some(LmtpTarget::Unix("/run/dovecot/lmtp".into()))
+    );
+}
+
+#[test]
+fn lmtp_without_target_and_target_without_lmtp_are_errors() {
+    let e = errors("hostname = h.test\nlocal_delivery = lmtp\n");
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].line, 2);
+    assert!(e[0].message.contains("needs lmtp_target"), "{e:?}");
+    let e = errors("lmtp_target = 127.0.0.1:24\n");
+    assert_eq!(e[0].line, 1);
+    assert!(e[0]
+        .message
+        .contains("only used with local_delivery = lmtp"));
+    let e = errors("local_delivery = lmtp\nlmtp_target = unix:relative\n");
+    assert!(
+        e.iter()
+            .any(|e| e.line == 2 && e.message.starts_with("lmtp_target: ")),
+        "{e:?}"
+    );
 }

@@ -174,7 +174,7 @@ impl OutboundDriver {
             d.chunk_pos = 0;
             d.chunk_end = 0;
             if let Err(job) = d.machine.next_job(job, now) {
-                self.jobs.submit(job);
+                self.jobs.submit(*job);
             }
         }
     }
@@ -358,6 +358,23 @@ impl OutboundDriver {
                 Err(e) => {
                     log::debug!("{}: connect to {addr}: {e}", d.machine.job_id());
                     d.machine.handle_connected(Err(outcome::io_words(&e)), now);
+                }
+            },
+            // A unix stream connect completes or fails at once (Linux
+            // never answers EINPROGRESS for it; a full backlog is EAGAIN,
+            // a failure like any other): the loop does not wait.
+            Action::ConnectUnix(path) => match io.reactor.connect_unix(&path) {
+                Ok(sock) => {
+                    d.sock = Some(sock);
+                    d.link = Link::plain();
+                    d.tls_reported = false;
+                    self.socket_owner.insert(sock, key);
+                    d.machine.handle_connected_unix(Ok(()), now);
+                }
+                Err(e) => {
+                    log::debug!("{}: connect to {}: {e}", d.machine.job_id(), path.display());
+                    d.machine
+                        .handle_connected_unix(Err(outcome::io_words(&e)), now);
                 }
             },
             Action::StartTls {
@@ -615,6 +632,16 @@ pub fn job_hops_and_settings(
     hosts: impl Fn(&str) -> Option<Vec<IpAddr>>,
     oauth_token: Option<&str>,
 ) -> Result<(Vec<Hop>, Settings), String> {
+    if let Some(target) = job.lmtp.as_deref() {
+        let hops = match target {
+            crate::config::LmtpTarget::Inet(hp) => {
+                crate::outbound::hops_of(std::slice::from_ref(hp), hosts)
+            }
+            // The machine connects to the socket itself.
+            crate::config::LmtpTarget::Unix(_) => Vec::new(),
+        };
+        return Ok((hops, settings(cfg, false, trust_anchors)));
+    }
     Ok(match (&job.relay, job.domain.is_empty()) {
         (Some(relay), true) => {
             let credentials = match (relay.oauth_command(), oauth_token) {

@@ -208,6 +208,7 @@ pub fn smtp_client(data: &[u8]) {
         }),
         reply_timeout: Duration::from_secs(300),
         final_timeout: Duration::from_secs(600),
+        lmtp: false,
     };
     let now = Instant::now();
     let mut d = ClientDriver {
@@ -292,6 +293,7 @@ pub fn smtp_client_reply(data: &[u8]) {
             credentials: None,
             reply_timeout: Duration::from_secs(300),
             final_timeout: Duration::from_secs(600),
+            lmtp: false,
         };
         let now = Instant::now();
         let mut c = ClientSession::new(cfg, now);

@@ -38,15 +38,22 @@
 //!   for [`OUTBOUND_IDLE_KEEP`]; [`Delivery::next_job`] runs another job to
 //!   the same destination on it, else it says QUIT.
 //!
+//! - LMTP (RFC 2033, a job with [`Job::lmtp`]: local mail for
+//!   `local_delivery = lmtp`): the same walk and session with the client
+//!   in its LMTP mode (LHLO, one reply per recipient after the dot), to
+//!   the one `lmtp_target`: a `host:port` hop, or a unix socket
+//!   ([`Action::ConnectUnix`]); never TLS or AUTH (a local server).
+//!
 //! Results are [`Outcome`]s; every reason tern makes up comes from the
 //! table in `delivery::outcome`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::Job;
-use crate::config::{OutboundTls, SmarthostTls};
+use crate::config::{LmtpTarget, OutboundTls, SmarthostTls};
 use crate::delivery::outcome::{self, Outcome, Reason};
 use crate::dns::{DnsError, MxHost};
 use crate::smtp::client::{
@@ -90,6 +97,32 @@ pub struct Hop {
     pub addrs: Option<Vec<IpAddr>>,
 }
 
+/// The far end of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Inet(SocketAddr),
+    /// A unix stream socket (an LMTP server).
+    Unix(PathBuf),
+}
+
+impl Endpoint {
+    fn port(&self) -> Option<u16> {
+        match self {
+            Endpoint::Inet(a) => Some(a.port()),
+            Endpoint::Unix(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Inet(a) => a.fmt(f),
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
 /// A DNS question for the daemon's resolver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {
@@ -105,6 +138,9 @@ pub enum Action {
     Resolve(Lookup),
     /// Open a TCP connection; answer with `handle_connected`.
     Connect(SocketAddr),
+    /// Connect to a unix stream socket; answer with
+    /// `handle_connected_unix`.
+    ConnectUnix(PathBuf),
     /// Run a TLS handshake on the connection (now: before the greeting for
     /// implicit TLS, or after the 220 to STARTTLS); answer with
     /// `handle_tls_established` or `handle_tls_error`. `verify`: check the
@@ -128,14 +164,14 @@ pub enum Action {
 #[derive(Debug)]
 enum State {
     Resolving,
-    Connecting { addr: SocketAddr, deadline: Instant },
+    Connecting { addr: Endpoint, deadline: Instant },
     Session(Box<Session>),
     Done,
 }
 
 #[derive(Debug)]
 struct Session {
-    addr: SocketAddr,
+    addr: Endpoint,
     client: ClientSession,
     policy: TlsPolicy,
     /// A STARTTLS handshake is running: nothing plaintext goes out.
@@ -162,7 +198,7 @@ pub struct Delivery {
     state: State,
     actions: VecDeque<Action>,
     /// After opportunistic TLS failed with this address: plaintext once.
-    plaintext_fallback: Option<SocketAddr>,
+    plaintext_fallback: Option<Endpoint>,
     /// The job's outcomes are reported (the session may stay, idle).
     job_reported: bool,
     last_error: Option<Reason>,
@@ -304,8 +340,8 @@ impl Delivery {
     /// The peer as named in logs: `host[ip]:port`.
     pub fn relay(&self) -> Option<String> {
         match &self.state {
-            State::Session(s) => Some(self.relay_name(s.addr)),
-            State::Connecting { addr, .. } => Some(self.relay_name(*addr)),
+            State::Session(s) => Some(self.relay_name(&s.addr)),
+            State::Connecting { addr, .. } => Some(self.relay_name(addr)),
             _ => None,
         }
     }
@@ -397,9 +433,20 @@ impl Delivery {
     /// The result of the last `Connect`: `Err` holds the system's words
     /// ("connection refused").
     pub fn handle_connected(&mut self, result: Result<SocketAddr, String>, now: Instant) {
-        let State::Connecting { addr, .. } = self.state else {
+        self.connected(result.map(Some), now);
+    }
+
+    /// The result of the last `ConnectUnix`.
+    pub fn handle_connected_unix(&mut self, result: Result<(), String>, now: Instant) {
+        self.connected(result.map(|()| None), now);
+    }
+
+    /// A connect's result: the local address of a TCP connection.
+    fn connected(&mut self, result: Result<Option<SocketAddr>, String>, now: Instant) {
+        let State::Connecting { addr, .. } = &self.state else {
             return;
         };
+        let addr = addr.clone();
         let local = match result {
             Ok(local) => local,
             Err(why) => {
@@ -409,7 +456,7 @@ impl Delivery {
                 return;
             }
         };
-        let (policy, implicit) = self.tls_mode(addr);
+        let (policy, implicit) = self.tls_mode(&addr);
         if implicit && !self.settings.trust_anchors {
             self.last_error = Some(outcome::tls_no_trust_anchors());
             self.close();
@@ -417,7 +464,10 @@ impl Delivery {
             return;
         }
         let cfg = ClientConfig {
-            helo_name: ehlo_name(&self.settings.helo_name, local),
+            helo_name: match local {
+                Some(local) => ehlo_name(&self.settings.helo_name, local),
+                None => self.settings.helo_name.clone(),
+            },
             tls: policy,
             tls_active: implicit,
             credentials: if self.smarthost {
@@ -427,9 +477,10 @@ impl Delivery {
             },
             reply_timeout: self.settings.reply_timeout,
             final_timeout: self.settings.reply_timeout * 2,
+            lmtp: self.job.lmtp.is_some(),
         };
         let greeting_deadline =
-            (self.smarthost && !implicit && addr.port() == outcome::IMPLICIT_TLS_PORT)
+            (self.smarthost && !implicit && addr.port() == Some(outcome::IMPLICIT_TLS_PORT))
                 .then(|| now + IMPLICIT_TLS_GREETING_WAIT);
         if implicit {
             self.actions.push_back(Action::StartTls {
@@ -442,7 +493,9 @@ impl Delivery {
         if let Some(m) = self.job.relay.as_ref().and_then(|r| r.auth) {
             client.restrict_auth(m);
         }
-        client.set_server(&self.hop_name(), addr.port());
+        if let Some(port) = addr.port() {
+            client.set_server(&self.hop_name(), port);
+        }
         self.state = State::Session(Box::new(Session {
             addr,
             client,
@@ -486,7 +539,7 @@ impl Delivery {
         let State::Session(s) = &mut self.state else {
             return;
         };
-        let peer = relay_name(&self.hops, self.hop, s.addr);
+        let peer = relay_name(&self.hops, self.hop, &s.addr);
         // Implicit TLS (no STARTTLS in progress) answered by a greeting.
         let reason = if peer_spoke_plaintext && !s.tls_pending {
             outcome::tls_plaintext_greeting(&peer)
@@ -500,7 +553,7 @@ impl Delivery {
                 self.job.id,
                 crate::logsafe::LogSafe(why)
             );
-            self.plaintext_fallback = Some(s.addr);
+            self.plaintext_fallback = Some(s.addr.clone());
             self.addr = self.addr.saturating_sub(1);
         }
         self.last_error = Some(reason.clone());
@@ -533,7 +586,7 @@ impl Delivery {
                     // for our TLS hello (whichever deadline comes first).
                     if deadline <= now || client_due {
                         s.greeting_deadline = None;
-                        let peer = relay_name(&self.hops, self.hop, s.addr);
+                        let peer = relay_name(&self.hops, self.hop, &s.addr);
                         self.cause = Some(outcome::tls_implicit_port(&peer));
                         s.client.connection_lost(now);
                     }
@@ -589,13 +642,13 @@ impl Delivery {
 
     /// Another job to the same destination, for an idle session; given
     /// back when the session cannot take it.
-    pub fn next_job(&mut self, job: Job, now: Instant) -> Result<(), Job> {
+    pub fn next_job(&mut self, job: Job, now: Instant) -> Result<(), Box<Job>> {
         let State::Session(s) = &mut self.state else {
-            return Err(job);
+            return Err(Box::new(job));
         };
-        let same = job.domain == self.job.domain && job.relay == self.job.relay;
+        let same = job.destination_key() == self.job.destination_key();
         if s.idle_since.is_none() || !same || s.client.is_closed() {
-            return Err(job);
+            return Err(Box::new(job));
         }
         s.idle_since = None;
         s.txn_done = false;
@@ -622,7 +675,10 @@ impl Delivery {
 
     /// The TLS policy for a connection to `addr`, and whether TLS is
     /// implicit.
-    fn tls_mode(&self, addr: SocketAddr) -> (TlsPolicy, bool) {
+    fn tls_mode(&self, addr: &Endpoint) -> (TlsPolicy, bool) {
+        if self.job.lmtp.is_some() {
+            return (TlsPolicy::Never, false);
+        }
         if self.smarthost {
             return match self.settings.smarthost_tls {
                 SmarthostTls::StartTls => (TlsPolicy::Required, false),
@@ -630,7 +686,7 @@ impl Delivery {
                 SmarthostTls::None => (TlsPolicy::Never, false),
             };
         }
-        if self.plaintext_fallback == Some(addr) {
+        if self.plaintext_fallback.as_ref() == Some(addr) {
             return (TlsPolicy::Never, false);
         }
         match self.settings.outbound_tls {
@@ -646,13 +702,27 @@ impl Delivery {
             .map_or(String::new(), |h| h.name.clone())
     }
 
-    fn relay_name(&self, addr: SocketAddr) -> String {
+    fn relay_name(&self, addr: &Endpoint) -> String {
         relay_name(&self.hops, self.hop, addr)
     }
 
     /// Moves to the next address (resolving names as needed) or finishes
     /// when nothing is left to try.
     fn advance(&mut self, now: Instant) {
+        if let Some(LmtpTarget::Unix(path)) = self.job.lmtp.as_deref() {
+            // The one hop is the socket: once, then done.
+            if self.hop > 0 {
+                self.finish();
+                return;
+            }
+            self.hop = 1;
+            self.actions.push_back(Action::ConnectUnix(path.clone()));
+            self.state = State::Connecting {
+                addr: Endpoint::Unix(path.clone()),
+                deadline: now + self.settings.connect_timeout,
+            };
+            return;
+        }
         loop {
             let Some(hop) = self.hops.get(self.hop) else {
                 self.finish();
@@ -673,7 +743,7 @@ impl Delivery {
             let addr = SocketAddr::new(ip, hop.port);
             self.actions.push_back(Action::Connect(addr));
             self.state = State::Connecting {
-                addr,
+                addr: Endpoint::Inet(addr),
                 deadline: now + self.settings.connect_timeout,
             };
             return;
@@ -763,7 +833,7 @@ impl Delivery {
         let State::Session(s) = &mut self.state else {
             return;
         };
-        let addr = s.addr;
+        let addr = s.addr.clone();
         match ev {
             ClientEvent::Ready => {
                 if self.job_reported || s.txn_done {
@@ -795,7 +865,7 @@ impl Delivery {
             ClientEvent::TransactionDone(outcomes) => {
                 s.body = false;
                 s.txn_done = true;
-                let relay = relay_name(&self.hops, self.hop, addr);
+                let relay = relay_name(&self.hops, self.hop, &addr);
                 for (i, o) in outcomes.into_iter().enumerate() {
                     let o = self.outcome_of(o, failure, &relay);
                     self.decided.insert(i, o);
@@ -819,7 +889,7 @@ impl Delivery {
                     self.finish();
                     return;
                 }
-                let relay = relay_name(&self.hops, self.hop, addr);
+                let relay = relay_name(&self.hops, self.hop, &addr);
                 let reason = match self.outcome_of(o, failure, &relay) {
                     Outcome::Deferred(r) | Outcome::Failed(r) => r,
                     Outcome::Delivered { .. } => return,
@@ -891,7 +961,11 @@ fn relay_host(hops: &[Hop], hop: usize) -> String {
 }
 
 /// `host[ip]:port`, as relays are named in logs and reasons.
-fn relay_name(hops: &[Hop], hop: usize, addr: SocketAddr) -> String {
+/// A unix socket is named as `unix:/path`.
+fn relay_name(hops: &[Hop], hop: usize, addr: &Endpoint) -> String {
+    let Endpoint::Inet(addr) = addr else {
+        return addr.to_string();
+    };
     let name = hops.get(hop).map_or("unknown", |h| h.name.as_str());
     format!("{name}[{}]:{}", addr.ip(), addr.port())
 }

@@ -19,6 +19,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
+mod lmtp_scenarios;
 pub mod machine;
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
@@ -51,6 +54,10 @@ pub struct Job {
     /// `smarthost` keys); `None`: the smarthosts and settings the caller
     /// gives the machine. Always `None` with a domain (MX).
     pub relay: Option<std::rc::Rc<crate::routes::Relay>>,
+    /// Local mail for `local_delivery = lmtp`: the LMTP server it goes
+    /// to (with an empty `domain` and no `relay`); the recipients are
+    /// mailbox names.
+    pub lmtp: Option<std::rc::Rc<crate::config::LmtpTarget>>,
 }
 
 impl Job {
@@ -59,6 +66,7 @@ impl Job {
         DestinationKey {
             domain: self.domain.clone(),
             relay: self.relay.clone(),
+            lmtp: self.lmtp.clone(),
         }
     }
 }
@@ -116,6 +124,7 @@ impl crate::routes::Relay {
 pub struct DestinationKey {
     pub domain: String,
     pub relay: Option<std::rc::Rc<crate::routes::Relay>>,
+    pub lmtp: Option<std::rc::Rc<crate::config::LmtpTarget>>,
 }
 
 pub struct Outbound {
@@ -193,7 +202,7 @@ impl Outbound {
         let pos = self
             .pending
             .iter()
-            .position(|j| j.domain == destination.domain && j.relay == destination.relay)?;
+            .position(|j| j.destination_key() == *destination)?;
         self.pending.remove(pos)
     }
 
@@ -228,6 +237,7 @@ mod tests {
             arrival: 0,
             rewrite: None,
             relay: None,
+            lmtp: None,
         }
     }
 
@@ -235,6 +245,7 @@ mod tests {
         DestinationKey {
             domain: domain.into(),
             relay: None,
+            lmtp: None,
         }
     }
 

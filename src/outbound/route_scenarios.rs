@@ -113,10 +113,10 @@ fn scenario_idle_session_takes_no_job_for_a_relay_with_other_credentials() {
     assert!(sim.m.is_idle());
     // Same host and port, other user: a session of its own.
     let other = relay_job(2, &bob, &["y@b.test"]);
-    assert_eq!(sim.m.next_job(other.clone(), sim.now), Err(other));
+    assert_eq!(sim.m.next_job(other.clone(), sim.now), Err(Box::new(other)));
     // The default smarthost (no relay) is another destination too.
     let plain = job(3, "", &["z@c.test"]);
-    assert_eq!(sim.m.next_job(plain.clone(), sim.now), Err(plain));
+    assert_eq!(sim.m.next_job(plain.clone(), sim.now), Err(Box::new(plain)));
     assert_ne!(
         relay_job(2, &bob, &[]).destination_key(),
         relay_job(1, &alice, &[]).destination_key()

@@ -884,7 +884,7 @@ fn scenario_idle_session_takes_no_job_for_another_destination() {
     let mut sim = single(Peer::Server(PLAIN));
     sim.run();
     let other = job(2, "elsewhere.test", &["x@elsewhere.test"]);
-    assert_eq!(sim.m.next_job(other.clone(), sim.now), Err(other));
+    assert_eq!(sim.m.next_job(other.clone(), sim.now), Err(Box::new(other)));
     assert!(sim.m.is_idle());
 }
 

@@ -61,6 +61,7 @@ pub fn job(id: u64, domain: &str, rcpts: &[&str]) -> Job {
         arrival: 0,
         rewrite: None,
         relay: None,
+        lmtp: None,
     }
 }
 
@@ -179,7 +180,8 @@ pub enum Live {
 }
 
 pub struct Conn {
-    addr: SocketAddr,
+    /// `None`: a unix socket.
+    addr: Option<SocketAddr>,
     live: Live,
 }
 
@@ -193,6 +195,8 @@ pub struct Sim {
     /// Who answers at each address: one peer per connect, the last one
     /// for every later connect.
     pub peers: HashMap<SocketAddr, VecDeque<Peer>>,
+    /// Who answers at a unix socket path.
+    pub unix_peers: HashMap<std::path::PathBuf, Peer>,
     /// Addresses whose TLS handshakes fail, with the error.
     pub tls_fail: HashMap<SocketAddr, &'static str>,
     /// Handshakes never finish (the peer stalls mid-handshake).
@@ -207,6 +211,7 @@ pub struct Sim {
     // What happened:
     pub lookups: Vec<Lookup>,
     pub connects: Vec<SocketAddr>,
+    pub unix_connects: Vec<std::path::PathBuf>,
     pub tls_starts: Vec<(String, bool)>,
     pub closes: usize,
     pub reports: Vec<(Job, Vec<(usize, Outcome)>)>,
@@ -225,6 +230,7 @@ impl Sim {
             now: t0,
             dns: VecDeque::new(),
             peers: HashMap::new(),
+            unix_peers: HashMap::new(),
             tls_fail: HashMap::new(),
             tls_hangs: false,
             conn: None,
@@ -235,6 +241,7 @@ impl Sim {
             next_jobs: VecDeque::new(),
             lookups: Vec::new(),
             connects: Vec::new(),
+            unix_connects: Vec::new(),
             tls_starts: Vec::new(),
             closes: 0,
             reports: Vec::new(),
@@ -407,64 +414,21 @@ impl Sim {
             Action::Connect(addr) => {
                 assert!(self.conn.is_none(), "connect with a connection open");
                 self.connects.push(addr);
-                match self.next_peer(addr) {
-                    None | Some(Peer::Refuse) => self
-                        .m
-                        .handle_connected(Err("connection refused".into()), now),
-                    Some(Peer::Blackhole) => {}
-                    Some(Peer::Script(script)) => {
-                        self.conn = Some(Conn {
-                            addr,
-                            live: Live::Script {
-                                script: script.clone(),
-                                line: Vec::new(),
-                                in_data: false,
-                            },
-                        });
-                        self.m.handle_connected(Ok(SIM_LOCAL_ADDR), now);
-                        if let Some(g) = script.greeting {
-                            self.m.handle_input(format!("{g}\r\n").as_bytes(), now);
-                        }
-                    }
-                    Some(Peer::Server(opts)) => {
-                        let cfg = SessionConfig {
-                            hostname: "mx.peer.test".into(),
-                            max_message_size: 1 << 20,
-                            max_recipients: 10,
-                            max_errors: 10,
-                            hop_limit: 30,
-                            timeout: REPLY_TIMEOUT,
-                            tls_available: opts.tls,
-                            auth_available: opts.auth,
-                            allow_plaintext_auth: true,
-                        };
-                        let mut s = ServerSession::new(
-                            cfg,
-                            ListenerKind::Relay,
-                            ip("192.0.2.99"),
-                            true,
-                            now,
-                        );
-                        let greeting = s.output().to_vec();
-                        s.consume_output(greeting.len());
-                        self.conn = Some(Conn {
-                            addr,
-                            live: Live::Server {
-                                s: Box::new(s),
-                                pending: Vec::new(),
-                            },
-                        });
-                        self.m.handle_connected(Ok(SIM_LOCAL_ADDR), now);
-                        self.m.handle_input(&greeting, now);
-                    }
-                }
+                let peer = self.next_peer(addr);
+                self.open(peer, Some(addr));
+            }
+            Action::ConnectUnix(path) => {
+                assert!(self.conn.is_none(), "connect with a connection open");
+                self.unix_connects.push(path.clone());
+                let peer = self.unix_peers.get(&path).cloned();
+                self.open(peer, None);
             }
             Action::StartTls {
                 server_name,
                 verify,
             } => {
                 self.tls_starts.push((server_name, verify));
-                let addr = self.conn.as_ref().map(|c| c.addr);
+                let addr = self.conn.as_ref().and_then(|c| c.addr);
                 match addr.and_then(|a| self.tls_fail.get(&a)) {
                     Some(why) => self.m.handle_tls_error(why, false, now),
                     None if self.tls_hangs => {}
@@ -492,6 +456,66 @@ impl Sim {
                             .expect("idle session takes a job");
                     }
                 }
+            }
+        }
+    }
+
+    /// A connect to `peer` (at `addr`; `None`: a unix socket).
+    fn open(&mut self, peer: Option<Peer>, addr: Option<SocketAddr>) {
+        let now = self.now;
+        let connected = |m: &mut Delivery| match addr {
+            Some(_) => m.handle_connected(Ok(SIM_LOCAL_ADDR), now),
+            None => m.handle_connected_unix(Ok(()), now),
+        };
+        match peer {
+            None | Some(Peer::Refuse) => match addr {
+                Some(_) => self
+                    .m
+                    .handle_connected(Err("connection refused".into()), now),
+                None => self
+                    .m
+                    .handle_connected_unix(Err("No such file or directory".into()), now),
+            },
+            Some(Peer::Blackhole) => {}
+            Some(Peer::Script(script)) => {
+                self.conn = Some(Conn {
+                    addr,
+                    live: Live::Script {
+                        script: script.clone(),
+                        line: Vec::new(),
+                        in_data: false,
+                    },
+                });
+                connected(&mut self.m);
+                if let Some(g) = script.greeting {
+                    self.m.handle_input(format!("{g}\r\n").as_bytes(), now);
+                }
+            }
+            Some(Peer::Server(opts)) => {
+                let cfg = SessionConfig {
+                    hostname: "mx.peer.test".into(),
+                    max_message_size: 1 << 20,
+                    max_recipients: 10,
+                    max_errors: 10,
+                    hop_limit: 30,
+                    timeout: REPLY_TIMEOUT,
+                    tls_available: opts.tls,
+                    auth_available: opts.auth,
+                    allow_plaintext_auth: true,
+                };
+                let mut s =
+                    ServerSession::new(cfg, ListenerKind::Relay, ip("192.0.2.99"), true, now);
+                let greeting = s.output().to_vec();
+                s.consume_output(greeting.len());
+                self.conn = Some(Conn {
+                    addr,
+                    live: Live::Server {
+                        s: Box::new(s),
+                        pending: Vec::new(),
+                    },
+                });
+                connected(&mut self.m);
+                self.m.handle_input(&greeting, now);
             }
         }
     }

@@ -224,6 +224,13 @@ impl<K: Ord + Copy> Reactor<K> {
         self.insert(Socket::Stream(s), Interest::READABLE | Interest::WRITABLE)
     }
 
+    /// Connects to a unix stream socket (non-blocking; such a connect
+    /// completes or fails at once).
+    pub fn connect_unix(&mut self, path: &std::path::Path) -> io::Result<SockId> {
+        let s = UnixStream::connect(path)?;
+        self.insert(Socket::Unix(s), Interest::READABLE | Interest::WRITABLE)
+    }
+
     /// After writability on a connecting stream: `Ok(Some(local address))`
     /// connected, `Ok(None)` still in progress, `Err` failed.
     pub fn connect_result(&mut self, id: SockId) -> io::Result<Option<SocketAddr>> {

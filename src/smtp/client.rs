@@ -32,6 +32,12 @@
 //!   (bytes already received are discarded, against command injection), and
 //!   EHLO is sent again with the pre-TLS extensions forgotten.
 //! - RFC 4954 AUTH with PLAIN (RFC 4616, initial response) or LOGIN.
+//! - RFC 2033 LMTP ([`ClientConfig::lmtp`]): the same dialogue with LHLO
+//!   for EHLO (no HELO fallback) and, after the final dot, one reply per
+//!   accepted recipient, in RCPT order, each that recipient's outcome. A
+//!   session that dies between those replies defers the recipients still
+//!   without one (the server may have delivered them: a duplicate beats a
+//!   loss, as after a lost reply to the dot in SMTP).
 //!
 //! Invariants:
 //! - Every recipient of a transaction gets exactly one `RcptOutcome`, in the
@@ -51,7 +57,7 @@
 //!
 //! Not supported: CHUNKING/BDAT, DSN parameters, other SASL mechanisms
 //! (CRAM-MD5, XOAUTH2…), SMTPUTF8 downgrade,
-//! LMTP. The data-block timeout (socket write progress during the body) is
+//! The data-block timeout (socket write progress during the body) is
 //! the driver's, because only it sees writes complete; likewise the wait
 //! after QUIT.
 
@@ -98,8 +104,11 @@ pub struct ClientConfig {
     pub tls_active: bool,
     pub credentials: Option<Credentials>,
     pub reply_timeout: Duration,
-    /// Wait for the reply after the body's final dot.
+    /// Wait for the reply after the body's final dot (in LMTP, for each
+    /// recipient's reply).
     pub final_timeout: Duration,
+    /// Speak LMTP (RFC 2033) instead of SMTP.
+    pub lmtp: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,6 +165,8 @@ enum Expect {
     Rcpt(usize),
     Data,
     DataEnd,
+    /// LMTP: the reply after the dot for the recipient at this index.
+    LmtpDataEnd(usize),
     /// Final reply to an empty body sent only to leave a bogus 354.
     DiscardedDataEnd,
     Rset,
@@ -218,6 +229,13 @@ impl ActiveTransaction {
         self.states.iter().any(|s| matches!(s, RcptState::Accepted))
     }
 
+    /// LMTP: the reply after the dot for one accepted recipient.
+    fn decide_one(&mut self, index: usize, outcome: RcptOutcome) {
+        if let Some(state @ RcptState::Accepted) = self.states.get_mut(index) {
+            *state = RcptState::Decided(outcome);
+        }
+    }
+
     fn decide_where(&mut self, accepted: bool, outcome: &RcptOutcome) {
         for state in &mut self.states {
             let hit = match state {
@@ -248,6 +266,15 @@ fn failure_outcome(reply: &ServerReply) -> RcptOutcome {
         RcptOutcome::Failed(reply.clone())
     } else {
         RcptOutcome::Deferred(reply.clone())
+    }
+}
+
+/// Outcome of the reply after the final dot: 2yz delivered.
+fn data_end_outcome(reply: &ServerReply) -> RcptOutcome {
+    if reply.class() == 2 {
+        RcptOutcome::Delivered(reply.clone())
+    } else {
+        failure_outcome(reply)
     }
 }
 
@@ -599,7 +626,24 @@ impl ClientSession {
             self.out.extend_from_slice(b"\r\n");
         }
         self.phase = Phase::Transaction;
-        self.send_command(".", Expect::DataEnd, now);
+        let accepted: Vec<usize> = match self.txn.as_ref() {
+            Some(active) if self.cfg.lmtp => active
+                .states
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| matches!(s, RcptState::Accepted))
+                .map(|(i, _)| i)
+                .collect(),
+            _ => Vec::new(),
+        };
+        match accepted.split_first() {
+            Some((first, rest)) => {
+                self.send_command(".", Expect::LmtpDataEnd(*first), now);
+                self.expected
+                    .extend(rest.iter().map(|&i| Expect::LmtpDataEnd(i)));
+            }
+            None => self.send_command(".", Expect::DataEnd, now),
+        }
     }
 
     /// The TLS handshake after STARTTLS succeeded.
@@ -613,8 +657,14 @@ impl ClientSession {
         self.extensions.clear();
         self.tls_active = true;
         self.phase = Phase::Setup;
-        let ehlo = format!("EHLO {}", self.cfg.helo_name);
-        self.send_command(&ehlo, Expect::Ehlo, now);
+        self.send_hello(now);
+    }
+
+    /// EHLO, or LHLO in LMTP (RFC 2033 §4.1).
+    fn send_hello(&mut self, now: Instant) {
+        let verb = if self.cfg.lmtp { "LHLO" } else { "EHLO" };
+        let line = format!("{verb} {}", self.cfg.helo_name);
+        self.send_command(&line, Expect::Ehlo, now);
     }
 
     /// Sends QUIT (a transaction in flight is deferred). Mid-body or
@@ -659,7 +709,9 @@ impl ClientSession {
             Phase::Closed => return None,
             Phase::AwaitingTls | Phase::Body | Phase::Quitting => self.cfg.reply_timeout,
             _ => match self.expected.front()? {
-                Expect::DataEnd | Expect::DiscardedDataEnd => self.cfg.final_timeout,
+                Expect::DataEnd | Expect::LmtpDataEnd(_) | Expect::DiscardedDataEnd => {
+                    self.cfg.final_timeout
+                }
                 _ => self.cfg.reply_timeout,
             },
         };
@@ -703,7 +755,7 @@ impl ClientSession {
             Some(Expect::Mail) => "the reply to MAIL",
             Some(Expect::Rcpt(_)) => "the reply to RCPT",
             Some(Expect::Data) => "the reply to DATA",
-            Some(Expect::DataEnd | Expect::DiscardedDataEnd) => {
+            Some(Expect::DataEnd | Expect::LmtpDataEnd(_) | Expect::DiscardedDataEnd) => {
                 "the reply to the end of the message"
             }
             Some(Expect::Rset) => "the reply to RSET",
@@ -805,8 +857,7 @@ impl ClientSession {
             Expect::Greeting => {
                 self.greeted = true;
                 if reply.class() == 2 {
-                    let ehlo = format!("EHLO {}", self.cfg.helo_name);
-                    self.send_command(&ehlo, Expect::Ehlo, now);
+                    self.send_hello(now);
                 } else {
                     self.fail_session(reply, true);
                 }
@@ -815,7 +866,7 @@ impl ClientSession {
                 if reply.class() == 2 {
                     self.extensions = parse_extensions(&reply.lines);
                     self.setup_tls(now);
-                } else if reply.is_permanent() {
+                } else if reply.is_permanent() && !self.cfg.lmtp {
                     let helo = format!("HELO {}", self.cfg.helo_name);
                     self.send_command(&helo, Expect::Helo, now);
                 } else {
@@ -887,15 +938,18 @@ impl ClientSession {
             Expect::Data => self.handle_data_reply(&reply, now),
             Expect::DataEnd => {
                 if let Some(mut active) = self.txn.take() {
-                    let outcome = if reply.class() == 2 {
-                        RcptOutcome::Delivered(reply.clone())
-                    } else {
-                        failure_outcome(&reply)
-                    };
-                    active.decide_where(true, &outcome);
+                    active.decide_where(true, &data_end_outcome(&reply));
                     self.txn = Some(active);
                 }
                 self.finish_transaction(false, now);
+            }
+            Expect::LmtpDataEnd(i) => {
+                if let Some(active) = self.txn.as_mut() {
+                    active.decide_one(i, data_end_outcome(&reply));
+                }
+                if !matches!(self.expected.front(), Some(Expect::LmtpDataEnd(_))) {
+                    self.finish_transaction(false, now);
+                }
             }
             Expect::DiscardedDataEnd => self.finish_transaction(true, now),
             Expect::Rset => {

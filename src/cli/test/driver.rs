@@ -189,6 +189,11 @@ impl<W: Write> Driver<W> {
                     }
                 }
             }
+            // `tern test` tries remote routes only (no LMTP job).
+            Action::ConnectUnix(path) => {
+                let why = format!("{}: not tried by tern test", path.display());
+                self.machine.handle_connected_unix(Err(why), now);
+            }
             Action::StartTls {
                 server_name,
                 verify,

@@ -159,6 +159,7 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
         arrival: crate::daemon::unix_now(),
         rewrite,
         relay: key.relay.clone(),
+        lmtp: None,
     };
     let hosts =
         crate::daemon::dns::load_hosts(std::path::Path::new(crate::daemon::dns::HOSTS_FILE));

@@ -44,8 +44,11 @@ impl QueueRunner {
         let local = MailboxWriter {
             mail_dir: io.cfg.mail_dir.clone(),
             format: match io.cfg.local_delivery {
-                crate::config::LocalDelivery::Maildir => Format::Maildir,
                 crate::config::LocalDelivery::Mbox => Format::Mbox,
+                // Lmtp: only tasks queued before a reload switched to it.
+                crate::config::LocalDelivery::Maildir | crate::config::LocalDelivery::Lmtp => {
+                    Format::Maildir
+                }
             },
             sync: io.cfg.spool_sync,
             hostname: io.cfg.hostname.clone(),

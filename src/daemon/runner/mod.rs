@@ -240,12 +240,20 @@ impl QueueRunner {
         // No route: the smarthost keys, else MX.
         let smarthost = crate::routes::Relay::smarthost(io.cfg).map(std::rc::Rc::new);
         let mut local = Vec::new();
+        // `local_delivery = lmtp`: the local recipients' mailbox names, for
+        // one job to the LMTP server.
+        let lmtp_target = io.cfg.lmtp();
+        let mut lmtp = Vec::new();
         // One state per recipient (`decode_state` makes exactly as many).
         for (i, (rcpt, state)) in env.recipients.iter().zip(states.iter_mut()).enumerate() {
             if state.status.is_final() {
                 continue;
             }
             match &rcpt.dest {
+                Destination::Local(mailbox) if lmtp_target.is_some() => {
+                    tried = true;
+                    lmtp.push((i, mailbox.to_string()));
+                }
                 Destination::Local(mailbox) => {
                     tried = true;
                     self.local_seq += 1;
@@ -303,16 +311,33 @@ impl QueueRunner {
             tried,
             failed_before,
         };
+        let size = || match content_size {
+            Some(size) => size,
+            None => io.spool.content_size(id).unwrap_or(0),
+        };
+        if let (Some(target), false) = (lmtp_target, lmtp.is_empty()) {
+            // Local mail is never held: it does not leave the host.
+            flight.outstanding += 1;
+            outbound.submit(Job {
+                id,
+                domain: String::new(),
+                relay: None,
+                lmtp: Some(std::rc::Rc::new(target.clone())),
+                sender: flight.env.sender.clone(),
+                recipients: lmtp,
+                size: size(),
+                eight_bit: flight.env.eight_bit,
+                arrival: flight.env.arrival,
+                rewrite: None,
+            });
+        }
         if !remote.is_empty() {
             if io.cfg.hold_outbound && !self.flushing && !flush_one {
                 // Held mail is not attempted and its state is not touched
                 // (no write per held message); `mailq` shows it as held.
                 flight.held = true;
             } else {
-                let size = match content_size {
-                    Some(size) => size,
-                    None => io.spool.content_size(id).unwrap_or(0),
-                };
+                let size = size();
                 let (sender, rewrite) = crate::rewrite::RewriteTable::outbound(
                     &io.tables.rewrite,
                     id,
@@ -326,6 +351,7 @@ impl QueueRunner {
                         id,
                         domain: key.domain,
                         relay: key.relay,
+                        lmtp: key.lmtp,
                         sender: sender.clone(),
                         recipients: rcpts,
                         size,
@@ -531,6 +557,7 @@ pub fn remote_destination(
             domain.to_string()
         },
         relay: smarthost.clone(),
+        lmtp: None,
     };
     let route = match routes.route_for(sender, domain) {
         RouteChoice::Default => return Ok(default()),
@@ -548,10 +575,12 @@ pub fn remote_destination(
         Target::Smtp(relay) => DestinationKey {
             domain: String::new(),
             relay: Some(std::rc::Rc::new(relay.clone())),
+            lmtp: None,
         },
         Target::Mx => DestinationKey {
             domain: domain.to_string(),
             relay: None,
+            lmtp: None,
         },
         Target::Local | Target::Webhook { .. } => default(),
     })

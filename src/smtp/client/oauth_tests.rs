@@ -13,6 +13,7 @@ fn session(mechanism: AuthMechanism) -> ClientSession {
         }),
         reply_timeout: Duration::from_secs(300),
         final_timeout: Duration::from_secs(600),
+        lmtp: false,
     };
     let mut s = ClientSession::new(cfg, Instant::now());
     s.restrict_auth(mechanism);

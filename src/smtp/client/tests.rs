@@ -10,6 +10,7 @@ fn cfg() -> ClientConfig {
         credentials: None,
         reply_timeout: Duration::from_secs(300),
         final_timeout: Duration::from_secs(600),
+        lmtp: false,
     }
 }
 
@@ -1020,4 +1021,5 @@ fn implicit_tls_skips_starttls() {
 }
 
 // AUTH, deadlines and the end of a session: in `tests/session.rs`.
+mod lmtp;
 mod session;
