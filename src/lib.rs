@@ -7,6 +7,7 @@
 //!                                                    ▼
 //!                                daemon::runner ─┬─▶ delivery::local (Maildir / mbox)
 //!                                                └─▶ outbound ─▶ dns + smtp::client ─▶ smarthost / MX
+//!                                                                  (LMTP mode) ─▶ local LMTP server
 //!                                failures ─▶ bounce (RFC 3464) ─▶ spool
 //! ```
 //!
@@ -52,8 +53,9 @@
 //!    first attempt; recovery at start does the same for every `msg/` file.
 //! 5. **Attempt.** When the ID is due, the `QueueRunner` splits the
 //!    recipients: local ones become jobs it moves a bounded amount per
-//!    turn (`delivery::jobs`, Maildir / mbox); remote ones become one
-//!    `outbound::Job` per destination, handed to
+//!    turn (`delivery::jobs`, Maildir / mbox) or, with `local_delivery =
+//!    lmtp`, one `outbound::Job` to the LMTP server; remote ones become
+//!    one `outbound::Job` per destination, handed to
 //!    `daemon::outbound::OutboundDriver`.
 //! 6. **Deliver.** The `OutboundDriver` runs each job as an
 //!    `outbound::machine::Delivery` (MX walk, TLS policy, connection

@@ -24,7 +24,10 @@
 //! Local delivery writes to Maildir (`mail_dir/USER/{tmp,new,cur}`) or mbox
 //! (`mail_dir/USER`), prefixed with `Return-Path:` and `Delivered-To:`. The
 //! content is streamed from the spool file through a fixed buffer, never
-//! read whole into memory.
+//! read whole into memory. With `local_delivery = lmtp` the mailbox name
+//! (the bare `USER`, after aliases) is the LMTP recipient instead, and the
+//! LMTP server writes the mailbox (`outbound::machine`, client in LMTP
+//! mode).
 
 pub mod aliases;
 pub mod jobs;

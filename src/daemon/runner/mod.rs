@@ -1,5 +1,7 @@
 //! The queue runner: a timer of the loop that takes due messages, delivers
-//! local recipients at once, hands remote ones to the outbound machinery,
+//! local recipients at once (with `local_delivery = lmtp`: one outbound
+//! job per message to the LMTP server, never held by `hold_outbound`),
+//! hands remote ones to the outbound machinery,
 //! and settles each message when every part of its attempt is back:
 //! remove it, bounce it (RFC 3464, once, listing every failed recipient),
 //! or reschedule it on the pure retry schedule.
