@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import wait_for
+from harness import free_port, wait_for
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 
@@ -69,6 +69,7 @@ class Dovecot:
         self.mail.mkdir()
         os.chown(self.mail, uid, gid)
         self.socket = self.dir / "lmtp.sock"
+        self.port = free_port()
         self.log = self.dir / "dovecot.log"
         self.conf = self.dir / "dovecot.conf"
         user = pwd.getpwuid(os.getuid()).pw_name
@@ -95,6 +96,10 @@ userdb {{
 service lmtp {{
   unix_listener {self.socket} {{
     mode = 0666
+  }}
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {self.port}
   }}
 }}
 """)
@@ -174,6 +179,17 @@ def test_dovecot_lmtp_delivers_to_two_local_users(tern_factory, dovecot):
     # One LMTP session: both recipients in one transaction.
     assert "LHLO" in log
     assert t.queued() == [] or wait_for(lambda: t.queued() == [], what="queue empty")
+
+
+def test_dovecot_lmtp_over_tcp_host_port(tern_factory, dovecot):
+    t = tern_factory(local_delivery="lmtp", lmtp_target=f"127.0.0.1:{dovecot.port}").start()
+    body = b"Subject: tcp\r\n\r\nover 127.0.0.1\r\n"
+    send(t, "", ["carol@localhost"], body)
+    m = wait_for(lambda: dovecot.maildir("carol"), timeout=20, what="carol's mail in Dovecot")[0]
+    assert m.endswith(unix(body)), m
+    assert m.startswith(b"Return-Path: <>\n"), m
+    wait_for(lambda: f"relay=127.0.0.1[127.0.0.1]:{dovecot.port}" in t.log_text(),
+             what="the status=sent line")
 
 
 def test_check_config_lmtp(tern_factory):

@@ -150,3 +150,35 @@ fn smtp_still_takes_one_reply_after_the_dot() {
     let delivered = RcptOutcome::Delivered(reply(250, "2.0.0 queued"));
     assert_eq!(done(&mut h), [delivered.clone(), delivered]);
 }
+
+#[test]
+fn lmtp_without_pipelining_goes_lock_step_then_takes_one_reply_each() {
+    let mut h = lmtp();
+    h.feed("220 lmtp.example\r\n");
+    h.sent();
+    h.feed("250 lmtp.example\r\n");
+    assert_eq!(h.events(), vec![ClientEvent::Ready]);
+    h.start(txn(&["ann", "bob"]));
+    for (command, answer) in [
+        ("MAIL FROM:<a@x.example>", "250 ok"),
+        ("RCPT TO:<ann>", "250 ok"),
+        ("RCPT TO:<bob>", "250 ok"),
+        ("DATA", "354 go"),
+    ] {
+        assert_eq!(h.sent(), format!("{command}\r\n"));
+        h.feed(&format!("{answer}\r\n"));
+    }
+    assert_eq!(h.events(), vec![ClientEvent::WantBody]);
+    h.s.finish_body(h.t0);
+    assert_eq!(h.sent(), ".\r\n");
+    h.feed("250 2.0.0 ann ok\r\n");
+    assert!(!h.s.has_events());
+    h.feed("451 4.3.0 bob later\r\n");
+    assert_eq!(
+        done(&mut h),
+        [
+            RcptOutcome::Delivered(reply(250, "2.0.0 ann ok")),
+            RcptOutcome::Deferred(reply(451, "4.3.0 bob later")),
+        ]
+    );
+}
