@@ -97,6 +97,17 @@ server("smtps-auth-failures", 2 | 16, 0x38, [0x1f | 0x80],
 server("smuggling", 4, 7, [5, 0x80 | 9, 0x1f],
        "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<joe@local.test>\r\nDATA\r\n"
        "a\n.\nMAIL FROM:<evil@x>\r\n\r.\rb\r\n.\n\r\n.\r\nQUIT\r\n")
+server("bdat-pipelined", 4, 6, [],
+       "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<joe@local.test>\r\n"
+       "BDAT 14\r\nSubject: s\r\n\r\nBDAT 9 LAST\r\n.\r\nQUIT\r\nBDAT 3\r\nabcDATA\r\nRSET\r\n"
+       "MAIL FROM:<a@b.test>\r\nBDAT 5\r\nNOOP\n\r\nBDAT 0 LAST\r\nQUIT\r\n")
+server("bdat-oversize", 1 | 4, 1, [0x07, 0x1f],
+       "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<joe@local.test>\r\n"
+       "BDAT 40\r\n" + "x" * 40 + "BDAT 40 LAST\r\n" + "y" * 40 + "NOOP\r\n")
+server("bdat-framed", 0, 0x40 | 6, [0x03, 0x05, 0xc2, 0x1f],
+       "Subject: framed\r\n\r\n.dot\r\nbare\nlf\rcr\r\n.\r\nQUIT\r\nend")
+server("bdat-framed-spool-trouble", 64 | 128, 0x40 | 1, [0x02, 0xc1, 0x03],
+       "Received: a\r\n\r\n" + "z" * 80)
 server("errors-and-long-lines", 0, 0, [],
        "FOO\r\nMAIL FROM:<a@b>\r\n" + "X" * 1200 + "\r\nEHLO c\r\n"
        "MAIL FROM:<bad address@x>\r\nRCPT TO:<x@y>\r\nDATA\r\nBDAT 1\r\n")
