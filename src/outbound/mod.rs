@@ -19,6 +19,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
+mod chunking_scenarios;
 pub mod machine;
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data

@@ -28,6 +28,17 @@
 //!   recipient the server accepted fails with 554 5.6.3.
 //! - RFC 6531 SMTPUTF8: the parameter is sent when the transaction needs it;
 //!   when needed but not offered the transaction fails permanently (5.6.7).
+//! - RFC 3030 CHUNKING: to a server that offers it, the message goes as
+//!   `BDAT n` chunks of about [`BDAT_CHUNK`] octets and a final
+//!   `BDAT n LAST` instead of DATA: no dot-stuffing, no 354 round trip.
+//!   The chunks are cut from the stream as it is sent (after the header
+//!   rewriting and the 7-bit downgrade, which change the length), so each
+//!   length is known when its command is written and memory stays bounded.
+//!   Chunks are pipelined when PIPELINING is offered, else each waits for
+//!   the reply to the one before. A chunk refused ends the transaction
+//!   (the accepted recipients get that reply), RSET follows, and the
+//!   replies to chunks already sent are read and ignored. See
+//!   [`chunking`].
 //! - RFC 3207 STARTTLS: after the 220 no further plaintext byte is read
 //!   (bytes already received are discarded, against command injection), and
 //!   EHLO is sent again with the pre-TLS extensions forgotten.
@@ -49,7 +60,7 @@
 //!   recipient limit of the caller).
 //! - Credentials never reach the log.
 //!
-//! Not supported: CHUNKING/BDAT, DSN parameters, other SASL mechanisms
+//! Not supported: BINARYMIME (RFC 3030 §3), DSN parameters, other SASL mechanisms
 //! (CRAM-MD5, XOAUTH2…), SMTPUTF8 downgrade,
 //! LMTP. The data-block timeout (socket write progress during the body) is
 //! the driver's, because only it sees writes complete; likewise the wait
@@ -63,6 +74,8 @@ use crate::rewrite::header::HeaderRewriter;
 pub use crate::auth::base64_encode;
 use std::time::{Duration, Instant};
 
+mod chunking;
+pub use chunking::BDAT_CHUNK;
 mod oauth;
 #[cfg(test)]
 #[allow(clippy::indexing_slicing)]
@@ -155,6 +168,11 @@ enum Expect {
     Mail,
     Rcpt(usize),
     Data,
+    /// The reply to a `BDAT n` chunk that is not the last one.
+    Bdat,
+    /// The reply to a chunk sent before an earlier one was refused.
+    StaleChunk,
+    /// The final reply: after the body's dot, or to `BDAT n LAST`.
     DataEnd,
     /// Final reply to an empty body sent only to leave a bogus 354.
     DiscardedDataEnd,
@@ -206,7 +224,10 @@ struct ActiveTransaction {
     mail_sent: bool,
     mail_accepted: bool,
     next_rcpt: usize,
+    /// DATA was sent, or (`chunking`) the body was asked for.
     data_sent: bool,
+    /// The body goes in BDAT chunks (the server offers CHUNKING).
+    chunking: bool,
     /// 8-bit body to a 7-bit server: the MIME downgrade.
     downgrade: Option<Downgrade>,
     /// Sender rewriting of the header, before the downgrade.
@@ -285,6 +306,8 @@ pub struct ClientSession {
     converted: Vec<u8>,
     /// Header-rewritten body bytes on their way to the downgrade (reused).
     rewritten: Vec<u8>,
+    /// BDAT: the chunk being filled, sent once its length is reached.
+    chunk: Vec<u8>,
     /// The one SASL mechanism allowed (a route's `auth=`); `None`: PLAIN,
     /// else LOGIN, as offered.
     auth_only: Option<crate::routes::AuthMechanism>,
@@ -317,6 +340,7 @@ impl ClientSession {
             body_tail: *b"\r\n",
             converted: Vec::new(),
             rewritten: Vec::new(),
+            chunk: Vec::new(),
             auth_only: None,
             server: None,
             oauth_rejected: false,
@@ -453,6 +477,7 @@ impl ClientSession {
         let downgrade = (txn.eight_bit && !self.offers("8BITMIME") && !self.offers("SMTPUTF8"))
             .then(Downgrade::new);
         let pipelined = self.offers("PIPELINING");
+        let chunking = self.offers("CHUNKING");
         self.phase = Phase::Transaction;
         self.txn = Some(ActiveTransaction {
             mail_command,
@@ -463,6 +488,7 @@ impl ClientSession {
             mail_accepted: false,
             next_rcpt: 0,
             data_sent: false,
+            chunking,
             downgrade,
             rewrite: txn.rewrite.map(HeaderRewriter::new),
         });
@@ -477,7 +503,7 @@ impl ClientSession {
     /// returns how many bytes were taken (0 while over `BODY_HIGH_WATER`
     /// or when no body is wanted).
     pub fn send_body(&mut self, chunk: &[u8]) -> usize {
-        if self.phase != Phase::Body || self.out.len() >= BODY_HIGH_WATER {
+        if self.phase != Phase::Body || self.out.len() >= BODY_HIGH_WATER || self.chunk_waits() {
             return 0;
         }
         let take = chunk.len().min(BODY_HIGH_WATER - self.out.len());
@@ -505,12 +531,12 @@ impl ClientSession {
                 let mut converted = std::mem::take(&mut self.converted);
                 converted.clear();
                 match conv.push(chunk, &mut converted) {
-                    Ok(()) => self.stuff(&converted),
+                    Ok(()) => self.emit_body(&converted),
                     Err(why) => self.abort_unconvertible(why),
                 }
                 self.converted = converted;
             }
-            None => self.stuff(chunk),
+            None => self.emit_body(chunk),
         }
     }
 
@@ -539,6 +565,10 @@ impl ClientSession {
         }
         self.out
             .extend_from_slice(chunk.get(copied..).unwrap_or_default());
+    }
+
+    /// Remembers the last two body octets sent.
+    fn note_tail(&mut self, chunk: &[u8]) {
         self.body_tail = match *chunk {
             [] => self.body_tail,
             [only] => [self.body_tail[1], only],
@@ -587,7 +617,7 @@ impl ClientSession {
             converted.clear();
             let done = conv.finish(&mut converted);
             match done {
-                Ok(()) => self.stuff(&converted),
+                Ok(()) => self.emit_body(&converted),
                 Err(why) => self.abort_unconvertible(why),
             }
             self.converted = converted;
@@ -596,10 +626,14 @@ impl ClientSession {
             }
         }
         if self.body_tail != *b"\r\n" {
-            self.out.extend_from_slice(b"\r\n");
+            self.emit_body(b"\r\n");
         }
         self.phase = Phase::Transaction;
-        self.send_command(".", Expect::DataEnd, now);
+        if self.txn.as_ref().is_some_and(|t| t.chunking) {
+            self.send_chunk(true, now);
+        } else {
+            self.send_command(".", Expect::DataEnd, now);
+        }
     }
 
     /// The TLS handshake after STARTTLS succeeded.
@@ -703,6 +737,7 @@ impl ClientSession {
             Some(Expect::Mail) => "the reply to MAIL",
             Some(Expect::Rcpt(_)) => "the reply to RCPT",
             Some(Expect::Data) => "the reply to DATA",
+            Some(Expect::Bdat | Expect::StaleChunk) => "the reply to BDAT",
             Some(Expect::DataEnd | Expect::DiscardedDataEnd) => {
                 "the reply to the end of the message"
             }
@@ -885,6 +920,8 @@ impl ClientSession {
             Expect::Mail => self.handle_mail_reply(&reply, now),
             Expect::Rcpt(i) => self.handle_rcpt_reply(i, &reply),
             Expect::Data => self.handle_data_reply(&reply, now),
+            Expect::Bdat => self.handle_bdat_reply(&reply, now),
+            Expect::StaleChunk => {}
             Expect::DataEnd => {
                 if let Some(mut active) = self.txn.take() {
                     let outcome = if reply.class() == 2 {
@@ -948,9 +985,7 @@ impl ClientSession {
         let any_accepted = active.any_accepted();
         if reply.class() == 3 {
             if any_accepted {
-                self.phase = Phase::Body;
-                self.body_tail = *b"\r\n";
-                self.events.push_back(ClientEvent::WantBody);
+                self.start_body();
             } else {
                 // RFC 2920 §3.1 says the server must refuse this DATA; leave
                 // with an empty body, then reset.
@@ -1042,21 +1077,25 @@ impl ClientSession {
                 lines.push((format!("RCPT TO:<{rcpt}>"), Expect::Rcpt(i)));
             }
         }
-        lines.push(("DATA".to_string(), Expect::Data));
+        // BDAT waits for the RCPT replies (the body is asked for then).
+        if !active.chunking {
+            lines.push(("DATA".to_string(), Expect::Data));
+            active.data_sent = true;
+        }
         active.mail_sent = true;
         active.next_rcpt = active.recipients.len();
-        active.data_sent = true;
         for (line, expect) in lines {
             self.send_command(&line, expect, now);
         }
     }
 
-    /// Without PIPELINING: the next command once every reply is in.
+    /// Without PIPELINING: the next command once every reply is in. With
+    /// it and CHUNKING: the body once the pipelined group is answered.
     fn advance_lockstep(&mut self, now: Instant) {
         let Some(active) = self.txn.as_mut() else {
             return;
         };
-        if active.pipelined {
+        if active.pipelined && !active.chunking {
             return;
         }
         if !active.mail_sent {
@@ -1082,9 +1121,15 @@ impl ClientSession {
         }
         if active.any_accepted() {
             active.data_sent = true;
-            self.send_command("DATA", Expect::Data, now);
+            if active.chunking {
+                self.start_body();
+            } else {
+                self.send_command("DATA", Expect::Data, now);
+            }
         } else {
-            self.finish_transaction(true, now);
+            // Pipelined, MAIL may have been refused too: nothing to reset.
+            let rset = active.mail_accepted;
+            self.finish_transaction(rset, now);
         }
     }
 

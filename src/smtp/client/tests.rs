@@ -1020,4 +1020,5 @@ fn implicit_tls_skips_starttls() {
 }
 
 // AUTH, deadlines and the end of a session: in `tests/session.rs`.
+mod chunking;
 mod session;
