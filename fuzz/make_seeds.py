@@ -161,6 +161,13 @@ client("starttls-auth-plain", 0x01 | 0x08, 0x00, [],
 client("auth-login-lockstep", 0x04 | 0x08, 0x40 | 0x20, [],
        "220 mx\r\n250-mx\r\n250 AUTH LOGIN\r\n334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n"
        "235 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n")
+client("chunking-pipelined", 0x20, 0x01, [],
+       "220 mx.remote.test ESMTP\r\n250-mx.remote.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME\r\n"
+       "250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n"
+       "250 2.0.0 queued\r\n221 bye\r\n")
+client("chunking-lockstep-8bit-refused", 0x10, 0x20 | 0x03, [0],
+       "220 mx\r\n250-mx\r\n250 CHUNKING\r\n250 ok\r\n250 ok\r\n250 ok\r\n"
+       "552 5.3.4 too big\r\n250 ok\r\n250 ok\r\n250 ok\r\n250 queued\r\n221 bye\r\n")
 client("required-tls-missing", 0x02, 0, [], "220 mx\r\n250 mx\r\n221 bye\r\n")
 client("failures", 0, 0x02, [0x10, 0x80, 0x01, 0xa0, 0xc0],
        "220-mx\r\n220 still greeting\r\n500 no EHLO\r\n250 helo ok\r\n250 ok\r\n"
