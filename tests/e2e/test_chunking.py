@@ -187,6 +187,31 @@ def test_client_gone_between_chunks_leaves_nothing(tern):
     assert not tern.queued()
 
 
+def test_sendmail_bs_takes_bdat(tern):
+    """`sendmail -bs` runs the same session on stdin: BDAT works there too,
+    including a message ended by `BDAT 0 LAST` (the Received: field kept)."""
+    dialog = (b"EHLO script\r\nMAIL FROM:<bs@mx.test>\r\nRCPT TO:<bsuser@localhost>\r\n"
+              + bdat(b"Subject: bs\r\n\r\n.one\r\n") + b"BDAT 0 LAST\r\n"
+              + b"MAIL FROM:<bs@mx.test>\r\nRCPT TO:<bsuser@localhost>\r\nBDAT 0 LAST\r\nQUIT\r\n")
+    r = subprocess.run([tern_bin(), "-c", str(tern.conf), "sendmail", "-bs"], input=dialog,
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert out.count("queued as") == 2 and "354" not in out, out
+    msgs = wait_for(lambda: tern.maildir("bsuser") if len(tern.maildir("bsuser")) == 2 else None,
+                    what="two -bs messages")
+    # The injection's Received: field, then the session's, then the content.
+    bodies = sorted(m[m.rindex(b"+0000\n") + 6:] for m in msgs)
+    assert bodies == [b"", b"Subject: bs\n\n.one\n"], msgs
+    assert all(b"\nReceived: from script ([127.0.0.1])\n" in m for m in msgs), msgs
+
+
+def tern_bin():
+    from harness import TERN_BIN
+
+    return TERN_BIN
+
+
 # --- relaying: BDAT out when the next hop offers CHUNKING, else DATA ----------------
 
 
