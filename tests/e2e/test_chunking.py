@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from harness import FakeDns, Sink, free_port, wait_for
+from harness import FakeDns, Sink, free_port, wait_for, wait_port
 
 
 # --- a raw BDAT client --------------------------------------------------------------
@@ -322,37 +322,36 @@ BIG = (b"Subject: relayed in chunks\r\n\r\n.dot line\r\n..two\r\n.\r\n"
        + b"".join(b".line %05d of a long body\r\n" % i for i in range(3000)))
 
 
-@pytest.mark.parametrize("pipelining", [True, False])
-def test_relay_sends_bdat_to_a_chunking_hop_byte_exact(tern_factory, pipelining):
-    sink = ChunkingSink(pipelining=pipelining)
+def relay_big_through(tern_factory, sink):
+    """Relays BIG through a tern whose smarthost is `sink`; the message the
+    sink got, its content checked byte for byte."""
     try:
         t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none").start()
         send_via_smtplib(t, BIG)
         wait_for(lambda: sink.messages, what="relayed message")
         m = sink.messages[0]
-        assert m["via"] == "BDAT"
         assert relayed_content(m["data"]) == BIG
-        assert len(m["chunks"]) >= 5, m["chunks"]
-        assert all(not last for _, last in m["chunks"][:-1]) and m["chunks"][-1][1]
-        assert not any(c == "DATA" for c in sink.commands)
-        wait_for(lambda: "status=sent" in t.log_text(), what="sent logged")
         wait_for(lambda: not t.queued(), what="queue empty")
+        return m
     finally:
         sink.close()
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_relay_sends_bdat_to_a_chunking_hop_byte_exact(tern_factory, pipelining):
+    sink = ChunkingSink(pipelining=pipelining)
+    m = relay_big_through(tern_factory, sink)
+    assert m["via"] == "BDAT"
+    assert len(m["chunks"]) >= 5, m["chunks"]
+    assert all(not last for _, last in m["chunks"][:-1]) and m["chunks"][-1][1]
+    assert not any(c == "DATA" for c in sink.commands)
 
 
 def test_relay_uses_data_when_the_hop_offers_no_chunking(tern_factory):
     sink = ChunkingSink(chunking=False)
-    try:
-        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none").start()
-        send_via_smtplib(t, BIG)
-        wait_for(lambda: sink.messages, what="relayed message")
-        m = sink.messages[0]
-        assert m["via"] == "DATA"
-        assert relayed_content(m["data"]) == BIG
-        assert not any(c.upper().startswith("BDAT") for c in sink.commands)
-    finally:
-        sink.close()
+    m = relay_big_through(tern_factory, sink)
+    assert m["via"] == "DATA"
+    assert not any(c.upper().startswith("BDAT") for c in sink.commands)
 
 
 def test_bdat_in_and_bdat_out_through_two_terns(tern_factory):
@@ -368,8 +367,8 @@ def test_bdat_in_and_bdat_out_through_two_terns(tern_factory):
     assert m.endswith(body.replace(b"\r\n", b"\n"))
     assert m.count(b"Received: from ") == 2
     log = first.log_text()
-    assert "smtp-client: > BDAT 16384\n" in log or "smtp-client: > BDAT 16384\r" in log or "> BDAT 16384" in log
-    assert " LAST" in log and "smtp-client: > DATA" not in log
+    assert "smtp-client: > BDAT 16384\n" in log and " LAST\n" in log
+    assert "smtp-client: > DATA" not in log
 
 
 def test_relay_to_postfix_smtp_sink_uses_data(tern_factory, tmp_path):
@@ -381,13 +380,7 @@ def test_relay_to_postfix_smtp_sink_uses_data(tern_factory, tmp_path):
     proc = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "root", "-d", str(dump / "%M."), f"127.0.0.1:{port}", "10"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 5
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_port(port)
         t = tern_factory(smarthost=f"127.0.0.1:{port}", smarthost_tls="none").start()
         send_via_smtplib(t, BIG)
         wait_for(lambda: "status=sent" in t.log_text(), what="sent to smtp-sink")
@@ -410,9 +403,7 @@ class MangledEdnsDns(FakeDns):
     answer it does not hold (as broken middleboxes do to EDNS answers);
     plain queries are answered properly."""
 
-    def __init__(self, *a, **kw):
-        self.with_opt = 0
-        super().__init__(*a, **kw)
+    with_opt = 0
 
     def _answer(self, q):
         if struct.unpack(">H", q[10:12])[0] > 0:
