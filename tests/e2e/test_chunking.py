@@ -96,7 +96,7 @@ def test_pipelined_bdat_is_stored_byte_exact(tern):
     # Mailboxes hold LF lines (the spool CRLF, as for DATA).
     assert content_after_received(m) == MESSAGE.replace(b"\r\n", b"\n")
     wait_for(lambda: "status=sent" in tern.log_text(), what="delivery logged")
-    assert f"size=" in tern.log_text()
+    assert "from=<a@remote.test> size=" in tern.log_text()
 
 
 def test_chunk_trickled_across_many_reads_then_a_command(tern):
