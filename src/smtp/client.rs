@@ -540,42 +540,6 @@ impl ClientSession {
         }
     }
 
-    /// Dot-stuffs body bytes into the output.
-    fn stuff(&mut self, chunk: &[u8]) {
-        // Copy runs; a dot that starts a line gets a second one in front.
-        // A line starts after any LF, so a bare LF cannot smuggle a dot.
-        let mut copied = 0;
-        let mut from = 0;
-        while let Some(off) = chunk
-            .get(from..)
-            .and_then(|rest| super::scan::position(rest, b'.'))
-        {
-            let dot = from + off;
-            let before = match dot.checked_sub(1) {
-                None => Some(self.body_tail[1]),
-                Some(prev) => chunk.get(prev).copied(),
-            };
-            if before == Some(b'\n') {
-                self.out
-                    .extend_from_slice(chunk.get(copied..dot).unwrap_or_default());
-                self.out.push(b'.');
-                copied = dot;
-            }
-            from = dot + 1;
-        }
-        self.out
-            .extend_from_slice(chunk.get(copied..).unwrap_or_default());
-    }
-
-    /// Remembers the last two body octets sent.
-    fn note_tail(&mut self, chunk: &[u8]) {
-        self.body_tail = match *chunk {
-            [] => self.body_tail,
-            [only] => [self.body_tail[1], only],
-            [.., a, b] => [a, b],
-        };
-    }
-
     /// The body cannot be sent to this 7-bit server: the recipients it
     /// accepted fail with 5.6.3, and the connection is dropped without the
     /// final dot (nothing else can end DATA; the server must discard the

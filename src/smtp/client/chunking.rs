@@ -1,4 +1,5 @@
-//! RFC 3030 CHUNKING for the client session: the body as `BDAT` chunks.
+//! The last stage of the client's body output: dot-stuffing for DATA, or
+//! RFC 3030 CHUNKING, the body as `BDAT` chunks.
 //!
 //! Why cut the stream here: a chunk's length must be written before its
 //! octets, and the stored file's size is not what goes out when the header
@@ -43,6 +44,42 @@ impl ClientSession {
         if self.chunk.len() >= BDAT_CHUNK {
             self.send_chunk(false, self.wait_started);
         }
+    }
+
+    /// Dot-stuffs body bytes into the output.
+    pub(super) fn stuff(&mut self, chunk: &[u8]) {
+        // Copy runs; a dot that starts a line gets a second one in front.
+        // A line starts after any LF, so a bare LF cannot smuggle a dot.
+        let mut copied = 0;
+        let mut from = 0;
+        while let Some(off) = chunk
+            .get(from..)
+            .and_then(|rest| crate::smtp::scan::position(rest, b'.'))
+        {
+            let dot = from + off;
+            let before = match dot.checked_sub(1) {
+                None => Some(self.body_tail[1]),
+                Some(prev) => chunk.get(prev).copied(),
+            };
+            if before == Some(b'\n') {
+                self.out
+                    .extend_from_slice(chunk.get(copied..dot).unwrap_or_default());
+                self.out.push(b'.');
+                copied = dot;
+            }
+            from = dot + 1;
+        }
+        self.out
+            .extend_from_slice(chunk.get(copied..).unwrap_or_default());
+    }
+
+    /// Remembers the last two body octets sent.
+    pub(super) fn note_tail(&mut self, chunk: &[u8]) {
+        self.body_tail = match *chunk {
+            [] => self.body_tail,
+            [only] => [self.body_tail[1], only],
+            [.., a, b] => [a, b],
+        };
     }
 
     /// Without PIPELINING a chunk is not sent before the previous one is
