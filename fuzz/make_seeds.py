@@ -97,6 +97,17 @@ server("smtps-auth-failures", 2 | 16, 0x38, [0x1f | 0x80],
 server("smuggling", 4, 7, [5, 0x80 | 9, 0x1f],
        "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<joe@local.test>\r\nDATA\r\n"
        "a\n.\nMAIL FROM:<evil@x>\r\n\r.\rb\r\n.\n\r\n.\r\nQUIT\r\n")
+server("bdat-pipelined", 4, 6, [],
+       "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<joe@local.test>\r\n"
+       "BDAT 14\r\nSubject: s\r\n\r\nBDAT 9 LAST\r\n.\r\nQUIT\r\nBDAT 3\r\nabcDATA\r\nRSET\r\n"
+       "MAIL FROM:<a@b.test>\r\nBDAT 5\r\nNOOP\n\r\nBDAT 0 LAST\r\nQUIT\r\n")
+server("bdat-oversize", 1 | 4, 1, [0x07, 0x1f],
+       "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<joe@local.test>\r\n"
+       "BDAT 40\r\n" + "x" * 40 + "BDAT 40 LAST\r\n" + "y" * 40 + "NOOP\r\n")
+server("bdat-framed", 0, 0x40 | 6, [0x03, 0x05, 0xc2, 0x1f],
+       "Subject: framed\r\n\r\n.dot\r\nbare\nlf\rcr\r\n.\r\nQUIT\r\nend")
+server("bdat-framed-spool-trouble", 64 | 128, 0x40 | 1, [0x02, 0xc1, 0x03],
+       "Received: a\r\n\r\n" + "z" * 80)
 server("errors-and-long-lines", 0, 0, [],
        "FOO\r\nMAIL FROM:<a@b>\r\n" + "X" * 1200 + "\r\nEHLO c\r\n"
        "MAIL FROM:<bad address@x>\r\nRCPT TO:<x@y>\r\nDATA\r\nBDAT 1\r\n")
@@ -150,6 +161,13 @@ client("starttls-auth-plain", 0x01 | 0x08, 0x00, [],
 client("auth-login-lockstep", 0x04 | 0x08, 0x40 | 0x20, [],
        "220 mx\r\n250-mx\r\n250 AUTH LOGIN\r\n334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n"
        "235 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n")
+client("chunking-pipelined", 0x20, 0x01, [],
+       "220 mx.remote.test ESMTP\r\n250-mx.remote.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME\r\n"
+       "250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n"
+       "250 2.0.0 queued\r\n221 bye\r\n")
+client("chunking-lockstep-8bit-refused", 0x10, 0x20 | 0x03, [0],
+       "220 mx\r\n250-mx\r\n250 CHUNKING\r\n250 ok\r\n250 ok\r\n250 ok\r\n"
+       "552 5.3.4 too big\r\n250 ok\r\n250 ok\r\n250 ok\r\n250 queued\r\n221 bye\r\n")
 client("required-tls-missing", 0x02, 0, [], "220 mx\r\n250 mx\r\n221 bye\r\n")
 client("failures", 0, 0x02, [0x10, 0x80, 0x01, 0xa0, 0xc0],
        "220-mx\r\n220 still greeting\r\n500 no EHLO\r\n250 helo ok\r\n250 ok\r\n"

@@ -223,8 +223,12 @@ fn smtp_on_stdin(cfg: &Config) -> i32 {
                     }
                 }
                 Event::Commit => {
-                    // A header without a body: the last field is still held.
+                    // What the session gave since the last write (`BDAT 0
+                    // LAST` ends a message inside `data_started`), then a
+                    // header without a body: the last field is still held.
                     qualified.clear();
+                    qualifier.push(s.body(), &mut qualified);
+                    s.clear_body();
                     qualifier.finish(&mut qualified);
                     if let Some(d) = drop.as_mut() {
                         if !qualified.is_empty() && d.write(&qualified).is_err() {

@@ -33,9 +33,11 @@
 //!   UDP answer. SERVFAIL, REFUSED, other error codes, malformed answers and
 //!   transport errors move on to the next try at once.
 //! - Queries carry an EDNS(0) OPT record. A server that answers one with
-//!   FORMERR, NOTIMP or BADVERS is asked again at once without it (not
-//!   counted as a try) and remembered, so each configured server costs at
-//!   most one such round trip per resolver lifetime.
+//!   FORMERR, NOTIMP or BADVERS, or with a reply that does not decode (a
+//!   middlebox that mangles EDNS answers, RFC 6891 §7), is asked again at
+//!   once without it (not counted as a try) and remembered, so each
+//!   configured server costs at most one such round trip per resolver
+//!   lifetime (the memory holds configured servers only: bounded).
 //! - DNS trouble is never permanent: only NXDOMAIN, NODATA, null MX and
 //!   invalid names give a permanent [`DnsError`].
 //! - Memory per lookup is bounded: at most [`MAX_MX_HOSTS`] hosts, at most
@@ -393,9 +395,14 @@ impl Resolver {
         let refuses_edns = rcode == u16::from(RCODE_FORMERR)
             || rcode == u16::from(RCODE_NOTIMP)
             || rcode == RCODE_BADVERS;
-        if exchange.edns && refuses_edns {
+        if exchange.edns && (refuses_edns || message.is_err()) {
             // RFC 6891 §7: ask the same server again without the OPT record.
-            log::debug!("dns: {server} refused EDNS(0), retrying without it");
+            match &message {
+                Err(e) => log::debug!(
+                    "dns: malformed answer from {server} to an EDNS(0) query ({e}), retrying without it"
+                ),
+                Ok(_) => log::debug!("dns: {server} refused EDNS(0), retrying without it"),
+            }
             if self.cfg.servers.contains(&server) {
                 self.no_edns.insert(server);
             }

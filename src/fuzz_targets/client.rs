@@ -140,11 +140,16 @@ impl ClientDriver {
         if wire.is_empty() {
             return;
         }
-        let mut d = DataDecoder::new(1 << 20);
-        let mut out = Vec::new();
-        let used = d.decode(wire, &mut out);
-        assert!(d.is_done(), "body not terminated: {:?}", text(wire));
-        assert_eq!(used, wire.len(), "body terminated early: {:?}", text(wire));
+        let out = if wire.starts_with(b"BDAT ") {
+            unchunk(wire)
+        } else {
+            let mut d = DataDecoder::new(1 << 20);
+            let mut out = Vec::new();
+            let used = d.decode(wire, &mut out);
+            assert!(d.is_done(), "body not terminated: {:?}", text(wire));
+            assert_eq!(used, wire.len(), "body terminated early: {:?}", text(wire));
+            out
+        };
         let mut expected = body.to_vec();
         if !expected.is_empty() && !expected.ends_with(b"\r\n") {
             expected.extend_from_slice(b"\r\n");
@@ -177,10 +182,37 @@ impl ClientDriver {
     }
 }
 
+/// A body sent as BDAT chunks (CHUNKING offered): `BDAT n` CRLF and n
+/// octets, again and again, the last with `LAST`, nothing after it.
+fn unchunk(mut wire: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = wire.iter().position(|&b| b == b'\n').expect("BDAT line");
+        let line = std::str::from_utf8(&wire[..eol]).expect("BDAT line is text");
+        let line = line.strip_suffix('\r').expect("BDAT line ends in CRLF");
+        let args = line.strip_prefix("BDAT ").expect("a BDAT command");
+        let (n, last) = match args.strip_suffix(" LAST") {
+            Some(n) => (n, true),
+            None => (args, false),
+        };
+        let n: usize = n.parse().expect("BDAT size");
+        let chunk = wire
+            .get(eol + 1..eol + 1 + n)
+            .expect("chunk as long as said");
+        out.extend_from_slice(chunk);
+        wire = &wire[eol + 1 + n..];
+        if last {
+            assert!(wire.is_empty(), "bytes after BDAT LAST: {:?}", text(wire));
+            return out;
+        }
+    }
+}
+
 /// `smtp::client::ClientSession`: arbitrary server replies, with timer
 /// events, transactions, STARTTLS, AUTH and bodies driven as the daemon
 /// does. Every transaction gets exactly one outcome per recipient, and
-/// every body is dot-stuffed so that tern's own DATA decoder reads it back.
+/// every body is dot-stuffed so that tern's own DATA decoder reads it back
+/// (or, to a server offering CHUNKING, sent as BDAT chunks that add up to it).
 ///
 /// Input: a mode byte (TLS policy, implicit TLS, credentials, body chunk
 /// size), a transaction shape byte, a count byte and up to 15 control bytes

@@ -73,6 +73,8 @@ struct ServerDriver {
     fail_commit: bool,
     data_starts: usize,
     commits: usize,
+    /// Messages committed with success, without their `Received:` field.
+    messages: Vec<Vec<u8>>,
 }
 
 impl ServerDriver {
@@ -177,11 +179,14 @@ impl ServerDriver {
             "stored {} octets over the limit",
             self.stored.len()
         );
-        self.stored.clear();
+        let stored = std::mem::take(&mut self.stored);
         self.commits += 1;
         if self.fail_commit && self.commits.is_multiple_of(2) {
             self.s.committed(Err(reply::NO_SPACE));
         } else {
+            let fields = stored.windows(7).position(|w| w == b"+0000\r\n");
+            let content = fields.and_then(|p| stored.get(p + 7..)).unwrap_or_default();
+            self.messages.push(content.to_vec());
             self.s.committed(Ok("0123456789ABCDEF"));
         }
     }
@@ -205,15 +210,30 @@ impl ServerDriver {
 /// Input: a mode byte, a limits byte, a count byte and up to 15 control
 /// bytes (chunk length in the low 5 bits, action in the high 3), then the
 /// client's byte stream.
+///
+/// Limits bit 6 (BDAT framing): the stream is the content of one message
+/// sent as BDAT chunks (lengths from the control bytes, 1 to 96 octets,
+/// the last with LAST) after a fixed relay envelope; a message that commits
+/// must then equal the content with its line ends made CRLF, and one that
+/// does not was refused with a reply, while the session stays in step (the
+/// NOOP after the chunks is answered).
 pub fn smtp_server(data: &[u8]) {
     let mut input = Input::new(data);
     let mode = input.byte();
     let limits = input.byte();
     let ncontrols = usize::from(input.byte() % 16);
     let controls = input.bytes(ncontrols).to_vec();
-    let stream = input.rest();
+    let content = input.rest();
+    let bdat = limits & 0x40 != 0;
+    let framed = if bdat {
+        bdat_frame(&controls, content)
+    } else {
+        Vec::new()
+    };
+    let stream = if bdat { &framed[..] } else { content };
 
     let kind = match mode & 3 {
+        _ if bdat => ListenerKind::Relay,
         1 => ListenerKind::Submission,
         2 => ListenerKind::Smtps,
         _ => ListenerKind::Relay,
@@ -250,6 +270,7 @@ pub fn smtp_server(data: &[u8]) {
         fail_commit: mode & 128 != 0,
         data_starts: 0,
         commits: 0,
+        messages: Vec::new(),
     };
     d.read_output();
 
@@ -289,9 +310,69 @@ pub fn smtp_server(data: &[u8]) {
         }
         d.feed(&[], true);
     }
+    let closed_early = d.s.is_closing();
     d.s.connection_lost();
     assert!(d.s.is_closing());
     d.events();
     d.read_output();
     assert_reply_lines(&d.written);
+    if bdat {
+        let want = crlf_model(content);
+        for m in &d.messages {
+            assert_eq!(m, &want, "BDAT message stored differently");
+        }
+        if !closed_early {
+            assert!(
+                d.written.ends_with(b"250 2.0.0 Ok\r\n"),
+                "out of step after BDAT: {:?}",
+                String::from_utf8_lossy(&d.written)
+            );
+        }
+    }
+}
+
+/// BDAT framing: a relay envelope, `content` in chunks, then NOOP.
+fn bdat_frame(controls: &[u8], content: &[u8]) -> Vec<u8> {
+    let mut out = b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<joe@local.test>\r\n".to_vec();
+    let mut rest = content;
+    let mut step = 0;
+    loop {
+        let len = controls
+            .get(step % controls.len().max(1))
+            .map_or(rest.len(), |c| usize::from(c & 0x1f) * 3 + 1);
+        step += 1;
+        let (chunk, after) = rest.split_at(len.min(rest.len()));
+        let last = after.is_empty();
+        let verb = if last { " LAST" } else { "" };
+        out.extend_from_slice(format!("BDAT {}{verb}\r\n", chunk.len()).as_bytes());
+        out.extend_from_slice(chunk);
+        rest = after;
+        if last {
+            break;
+        }
+    }
+    out.extend_from_slice(b"NOOP\r\n");
+    out
+}
+
+/// How the spool stores a chunked message: every line end (CRLF, bare LF,
+/// bare CR) as CRLF, and the last line terminated.
+fn crlf_model(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 2);
+    let mut i = 0;
+    while let Some(&b) = content.get(i) {
+        match b {
+            b'\r' if content.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 1;
+            }
+            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
 }

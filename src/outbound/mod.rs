@@ -21,6 +21,9 @@ use std::net::IpAddr;
 
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
+mod chunking_scenarios;
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod lmtp_scenarios;
 pub mod machine;
 #[cfg(test)]

@@ -219,6 +219,11 @@ pub struct Sim {
     pub commands: Vec<String>,
     /// Messages the peers took (scripted dots and server commits).
     pub messages: usize,
+    /// What `Peer::Server`s got on the wire, and the messages they stored
+    /// (without their `Received:` field).
+    pub server_wire: Vec<u8>,
+    pub server_messages: Vec<Vec<u8>>,
+    server_stored: Vec<u8>,
 }
 
 impl Sim {
@@ -247,6 +252,9 @@ impl Sim {
             reports: Vec::new(),
             commands: Vec::new(),
             messages: 0,
+            server_wire: Vec::new(),
+            server_messages: Vec::new(),
+            server_stored: Vec::new(),
         }
     }
 
@@ -561,19 +569,27 @@ impl Sim {
             }
             Live::Server { s, pending } => {
                 pending.extend_from_slice(bytes);
+                self.server_wire.extend_from_slice(bytes);
                 loop {
                     let n = s.handle_input(pending, now, &PeerPolicy);
                     pending.drain(..n);
+                    self.server_stored.extend_from_slice(s.body());
                     s.clear_body();
                     let mut progressed = false;
                     while let Some(ev) = s.poll_event() {
                         progressed = true;
                         match ev {
                             Event::DataStart => {
+                                self.server_stored.clear();
                                 s.data_started("PEER1", "Wed, 02 Dec 2026 17:00:00 +0000")
                             }
                             Event::Commit => {
+                                self.server_stored.extend_from_slice(s.body());
                                 s.clear_body();
+                                let stored = std::mem::take(&mut self.server_stored);
+                                let at = stored.windows(7).position(|w| w == b"+0000\r\n");
+                                let content = at.map_or(&stored[..], |p| &stored[p + 7..]);
+                                self.server_messages.push(content.to_vec());
                                 self.messages += 1;
                                 s.committed(Ok("PEER1"));
                             }

@@ -28,6 +28,17 @@
 //!   recipient the server accepted fails with 554 5.6.3.
 //! - RFC 6531 SMTPUTF8: the parameter is sent when the transaction needs it;
 //!   when needed but not offered the transaction fails permanently (5.6.7).
+//! - RFC 3030 CHUNKING: to a server that offers it, the message goes as
+//!   `BDAT n` chunks of about [`BDAT_CHUNK`] octets and a final
+//!   `BDAT n LAST` instead of DATA: no dot-stuffing, no 354 round trip.
+//!   The chunks are cut from the stream as it is sent (after the header
+//!   rewriting and the 7-bit downgrade, which change the length), so each
+//!   length is known when its command is written and memory stays bounded.
+//!   Chunks are pipelined when PIPELINING is offered, else each waits for
+//!   the reply to the one before. A chunk refused ends the transaction
+//!   (the accepted recipients get that reply), RSET follows, and the
+//!   replies to chunks already sent are read and ignored. See
+//!   [`chunking`].
 //! - RFC 3207 STARTTLS: after the 220 no further plaintext byte is read
 //!   (bytes already received are discarded, against command injection), and
 //!   EHLO is sent again with the pre-TLS extensions forgotten.
@@ -55,8 +66,8 @@
 //!   recipient limit of the caller).
 //! - Credentials never reach the log.
 //!
-//! Not supported: CHUNKING/BDAT, DSN parameters, other SASL mechanisms
-//! (CRAM-MD5, XOAUTH2…), SMTPUTF8 downgrade,
+//! Not supported: BINARYMIME (RFC 3030 §3), BDAT over LMTP, DSN
+//! parameters, other SASL mechanisms (CRAM-MD5…), SMTPUTF8 downgrade.
 //! The data-block timeout (socket write progress during the body) is
 //! the driver's, because only it sees writes complete; likewise the wait
 //! after QUIT.
@@ -69,6 +80,8 @@ use crate::rewrite::header::HeaderRewriter;
 pub use crate::auth::base64_encode;
 use std::time::{Duration, Instant};
 
+mod chunking;
+pub use chunking::BDAT_CHUNK;
 mod oauth;
 #[cfg(test)]
 #[allow(clippy::indexing_slicing)]
@@ -164,6 +177,11 @@ enum Expect {
     Mail,
     Rcpt(usize),
     Data,
+    /// The reply to a `BDAT n` chunk that is not the last one.
+    Bdat,
+    /// The reply to a chunk sent before an earlier one was refused.
+    StaleChunk,
+    /// The final reply: after the body's dot, or to `BDAT n LAST`.
     DataEnd,
     /// LMTP: the reply after the dot for the recipient at this index.
     LmtpDataEnd(usize),
@@ -217,7 +235,10 @@ struct ActiveTransaction {
     mail_sent: bool,
     mail_accepted: bool,
     next_rcpt: usize,
+    /// DATA was sent, or (`chunking`) the body was asked for.
     data_sent: bool,
+    /// The body goes in BDAT chunks (the server offers CHUNKING).
+    chunking: bool,
     /// 8-bit body to a 7-bit server: the MIME downgrade.
     downgrade: Option<Downgrade>,
     /// Sender rewriting of the header, before the downgrade.
@@ -312,6 +333,8 @@ pub struct ClientSession {
     converted: Vec<u8>,
     /// Header-rewritten body bytes on their way to the downgrade (reused).
     rewritten: Vec<u8>,
+    /// BDAT: the chunk being filled, sent once its length is reached.
+    chunk: Vec<u8>,
     /// The one SASL mechanism allowed (a route's `auth=`); `None`: PLAIN,
     /// else LOGIN, as offered.
     auth_only: Option<crate::routes::AuthMechanism>,
@@ -344,6 +367,7 @@ impl ClientSession {
             body_tail: *b"\r\n",
             converted: Vec::new(),
             rewritten: Vec::new(),
+            chunk: Vec::new(),
             auth_only: None,
             server: None,
             oauth_rejected: false,
@@ -480,6 +504,8 @@ impl ClientSession {
         let downgrade = (txn.eight_bit && !self.offers("8BITMIME") && !self.offers("SMTPUTF8"))
             .then(Downgrade::new);
         let pipelined = self.offers("PIPELINING");
+        // LMTP's BDAT (RFC 2033 §4.3 with RFC 3030) is not spoken: DATA.
+        let chunking = self.offers("CHUNKING") && !self.cfg.lmtp;
         self.phase = Phase::Transaction;
         self.txn = Some(ActiveTransaction {
             mail_command,
@@ -490,6 +516,7 @@ impl ClientSession {
             mail_accepted: false,
             next_rcpt: 0,
             data_sent: false,
+            chunking,
             downgrade,
             rewrite: txn.rewrite.map(HeaderRewriter::new),
         });
@@ -504,7 +531,7 @@ impl ClientSession {
     /// returns how many bytes were taken (0 while over `BODY_HIGH_WATER`
     /// or when no body is wanted).
     pub fn send_body(&mut self, chunk: &[u8]) -> usize {
-        if self.phase != Phase::Body || self.out.len() >= BODY_HIGH_WATER {
+        if self.phase != Phase::Body || self.out.len() >= BODY_HIGH_WATER || self.chunk_waits() {
             return 0;
         }
         let take = chunk.len().min(BODY_HIGH_WATER - self.out.len());
@@ -532,45 +559,13 @@ impl ClientSession {
                 let mut converted = std::mem::take(&mut self.converted);
                 converted.clear();
                 match conv.push(chunk, &mut converted) {
-                    Ok(()) => self.stuff(&converted),
+                    Ok(()) => self.emit_body(&converted),
                     Err(why) => self.abort_unconvertible(why),
                 }
                 self.converted = converted;
             }
-            None => self.stuff(chunk),
+            None => self.emit_body(chunk),
         }
-    }
-
-    /// Dot-stuffs body bytes into the output.
-    fn stuff(&mut self, chunk: &[u8]) {
-        // Copy runs; a dot that starts a line gets a second one in front.
-        // A line starts after any LF, so a bare LF cannot smuggle a dot.
-        let mut copied = 0;
-        let mut from = 0;
-        while let Some(off) = chunk
-            .get(from..)
-            .and_then(|rest| super::scan::position(rest, b'.'))
-        {
-            let dot = from + off;
-            let before = match dot.checked_sub(1) {
-                None => Some(self.body_tail[1]),
-                Some(prev) => chunk.get(prev).copied(),
-            };
-            if before == Some(b'\n') {
-                self.out
-                    .extend_from_slice(chunk.get(copied..dot).unwrap_or_default());
-                self.out.push(b'.');
-                copied = dot;
-            }
-            from = dot + 1;
-        }
-        self.out
-            .extend_from_slice(chunk.get(copied..).unwrap_or_default());
-        self.body_tail = match *chunk {
-            [] => self.body_tail,
-            [only] => [self.body_tail[1], only],
-            [.., a, b] => [a, b],
-        };
     }
 
     /// The body cannot be sent to this 7-bit server: the recipients it
@@ -614,7 +609,7 @@ impl ClientSession {
             converted.clear();
             let done = conv.finish(&mut converted);
             match done {
-                Ok(()) => self.stuff(&converted),
+                Ok(()) => self.emit_body(&converted),
                 Err(why) => self.abort_unconvertible(why),
             }
             self.converted = converted;
@@ -623,9 +618,13 @@ impl ClientSession {
             }
         }
         if self.body_tail != *b"\r\n" {
-            self.out.extend_from_slice(b"\r\n");
+            self.emit_body(b"\r\n");
         }
         self.phase = Phase::Transaction;
+        if self.txn.as_ref().is_some_and(|t| t.chunking) {
+            self.send_chunk(true, now);
+            return;
+        }
         let accepted: Vec<usize> = match self.txn.as_ref() {
             Some(active) if self.cfg.lmtp => active
                 .states
@@ -755,6 +754,7 @@ impl ClientSession {
             Some(Expect::Mail) => "the reply to MAIL",
             Some(Expect::Rcpt(_)) => "the reply to RCPT",
             Some(Expect::Data) => "the reply to DATA",
+            Some(Expect::Bdat | Expect::StaleChunk) => "the reply to BDAT",
             Some(Expect::DataEnd | Expect::LmtpDataEnd(_) | Expect::DiscardedDataEnd) => {
                 "the reply to the end of the message"
             }
@@ -936,6 +936,8 @@ impl ClientSession {
             Expect::Mail => self.handle_mail_reply(&reply, now),
             Expect::Rcpt(i) => self.handle_rcpt_reply(i, &reply),
             Expect::Data => self.handle_data_reply(&reply, now),
+            Expect::Bdat => self.handle_bdat_reply(&reply, now),
+            Expect::StaleChunk => {}
             Expect::DataEnd => {
                 if let Some(mut active) = self.txn.take() {
                     active.decide_where(true, &data_end_outcome(&reply));
@@ -1002,9 +1004,7 @@ impl ClientSession {
         let any_accepted = active.any_accepted();
         if reply.class() == 3 {
             if any_accepted {
-                self.phase = Phase::Body;
-                self.body_tail = *b"\r\n";
-                self.events.push_back(ClientEvent::WantBody);
+                self.start_body();
             } else {
                 // RFC 2920 §3.1 says the server must refuse this DATA; leave
                 // with an empty body, then reset.
@@ -1096,21 +1096,25 @@ impl ClientSession {
                 lines.push((format!("RCPT TO:<{rcpt}>"), Expect::Rcpt(i)));
             }
         }
-        lines.push(("DATA".to_string(), Expect::Data));
+        // BDAT waits for the RCPT replies (the body is asked for then).
+        if !active.chunking {
+            lines.push(("DATA".to_string(), Expect::Data));
+            active.data_sent = true;
+        }
         active.mail_sent = true;
         active.next_rcpt = active.recipients.len();
-        active.data_sent = true;
         for (line, expect) in lines {
             self.send_command(&line, expect, now);
         }
     }
 
-    /// Without PIPELINING: the next command once every reply is in.
+    /// Without PIPELINING: the next command once every reply is in. With
+    /// it and CHUNKING: the body once the pipelined group is answered.
     fn advance_lockstep(&mut self, now: Instant) {
         let Some(active) = self.txn.as_mut() else {
             return;
         };
-        if active.pipelined {
+        if active.pipelined && !active.chunking {
             return;
         }
         if !active.mail_sent {
@@ -1136,9 +1140,15 @@ impl ClientSession {
         }
         if active.any_accepted() {
             active.data_sent = true;
-            self.send_command("DATA", Expect::Data, now);
+            if active.chunking {
+                self.start_body();
+            } else {
+                self.send_command("DATA", Expect::Data, now);
+            }
         } else {
-            self.finish_transaction(true, now);
+            // Pipelined, MAIL may have been refused too: nothing to reset.
+            let rset = active.mail_accepted;
+            self.finish_transaction(rset, now);
         }
     }
 

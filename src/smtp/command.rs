@@ -1,5 +1,5 @@
 //! SMTP command decoding (RFC 5321 §4.1.1, §4.1.2; ESMTP parameters of
-//! RFC 1870 SIZE and RFC 6152 BODY).
+//! RFC 1870 SIZE and RFC 6152 BODY; RFC 3030 §2 BDAT).
 //!
 //! A command line (without its CRLF) becomes a [`Command`] or a reply from
 //! the reply table. Verbs are case-insensitive; `MAIL FROM: <a>` with a space
@@ -30,6 +30,11 @@ pub enum Command {
     /// it is `Rcpt(None)`.
     Rcpt(Option<Address>),
     Data,
+    /// `BDAT size [LAST]` (RFC 3030): `size` octets follow the line.
+    Bdat {
+        size: u64,
+        last: bool,
+    },
     Rset,
     Noop,
     Quit,
@@ -73,6 +78,7 @@ pub fn parse_command(line: &[u8]) -> Result<Command, Reply> {
         b"MAIL" => parse_mail(rest),
         b"RCPT" => parse_rcpt(rest),
         b"DATA" => no_args(rest, Command::Data),
+        b"BDAT" => parse_bdat(rest),
         b"RSET" => no_args(rest, Command::Rset),
         b"QUIT" => no_args(rest, Command::Quit),
         b"STARTTLS" => no_args(rest, Command::StartTls),
@@ -168,6 +174,27 @@ fn parse_mail(rest: &[u8]) -> Result<Command, Reply> {
         }
     }
     Ok(Command::Mail(sender, out))
+}
+
+/// RFC 3030 §2: `bdat-cmd ::= "BDAT" SP chunk-size [ SP end-marker ] CR LF`,
+/// `chunk-size ::= 1*DIGIT`, `end-marker ::= "LAST"`.
+fn parse_bdat(rest: &[u8]) -> Result<Command, Reply> {
+    let mut words = rest.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let size = words
+        .next()
+        .filter(|w| w.iter().all(u8::is_ascii_digit))
+        .and_then(|w| std::str::from_utf8(w).ok())
+        .and_then(|w| w.parse::<u64>().ok())
+        .ok_or(reply::SYNTAX_BDAT)?;
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case(b"LAST") => true,
+        Some(_) => return Err(reply::SYNTAX_BDAT),
+    };
+    if words.next().is_some() {
+        return Err(reply::SYNTAX_BDAT);
+    }
+    Ok(Command::Bdat { size, last })
 }
 
 fn parse_rcpt(rest: &[u8]) -> Result<Command, Reply> {

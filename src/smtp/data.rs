@@ -11,6 +11,13 @@
 //! content. Because everything is stored as CRLF lines and the outbound client
 //! dot-stuffs every line, such content cannot end a message downstream either.
 //!
+//! BDAT chunks (RFC 3030) go through the same decoder in *chunked* mode
+//! ([`DataDecoder::chunked`]): the octet count delimits the message, so a
+//! leading dot is content and nothing ends the data but [`DataDecoder::finish`]
+//! after `BDAT n LAST`. Line ends are normalized exactly as for DATA (bare
+//! LF or CR stored as CRLF) and an unterminated last line gets its CRLF, so a
+//! spool file looks the same however the message came in.
+//!
 //! Limits are enforced while streaming, never by buffering: octets past
 //! `max_size` are counted but not emitted, lines over [`MAX_LINE`] are noted;
 //! either turns the final reply into an error once the end is seen. A small
@@ -65,6 +72,8 @@ pub struct DataDecoder {
     head: [u8; 12],
     head_len: usize,
     summary: DataSummary,
+    /// BDAT: no dot-unstuffing, no end-of-data sequence.
+    chunked: bool,
 }
 
 impl DataDecoder {
@@ -77,7 +86,29 @@ impl DataDecoder {
             head: [0; 12],
             head_len: 0,
             summary: DataSummary::default(),
+            chunked: false,
         }
+    }
+
+    /// A decoder for BDAT chunks: octets are taken as they are (line ends
+    /// normalized), and only [`DataDecoder::finish`] ends the message.
+    pub fn chunked(max_size: u64) -> DataDecoder {
+        DataDecoder {
+            chunked: true,
+            ..DataDecoder::new(max_size)
+        }
+    }
+
+    /// Ends a chunked message (`BDAT n LAST`): a pending CR or an
+    /// unterminated last line is closed with CRLF, as DATA would store it.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        match self.state {
+            State::Mid | State::MidCr | State::Dot { .. } | State::DotCr { .. } => {
+                self.line_end(true, out);
+            }
+            State::LineStart { .. } | State::Done => {}
+        }
+        self.state = State::Done;
     }
 
     /// Still inside the header section (no empty line seen yet).
@@ -123,7 +154,7 @@ impl DataDecoder {
 
     fn step(&mut self, b: u8, out: &mut Vec<u8>) {
         self.state = match (self.state, b) {
-            (State::LineStart { real }, b'.') => {
+            (State::LineStart { real }, b'.') if !self.chunked => {
                 self.line_len += 1;
                 State::Dot { real }
             }
@@ -354,6 +385,23 @@ mod tests {
         d.decode(&long, &mut Vec::new());
         assert!(d.summary().line_too_long);
         assert!(d.is_done());
+    }
+
+    #[test]
+    fn chunked_mode_takes_dots_as_content_and_ends_only_at_finish() {
+        let mut d = DataDecoder::chunked(1 << 20);
+        let mut out = Vec::new();
+        let input = b"..a\r\n.\r\nb\nc";
+        assert_eq!(d.decode(input, &mut out), input.len());
+        assert!(!d.is_done());
+        d.finish(&mut out);
+        assert!(d.is_done());
+        assert_eq!(out, b"..a\r\n.\r\nb\r\nc\r\n");
+        let mut d = DataDecoder::chunked(1 << 20);
+        let mut out = Vec::new();
+        d.decode(b"x\r", &mut out);
+        d.finish(&mut out);
+        assert_eq!(out, b"x\r\n");
     }
 
     #[test]

@@ -139,9 +139,14 @@ pub const VRFY_CANNOT: Reply = Reply::new(
 pub const HELP: Reply = Reply::new(
     214,
     "2.0.0",
-    "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+    "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
 );
 pub const START_DATA: Reply = Reply::new(354, "", "End data with <CR><LF>.<CR><LF>");
+
+/// A BDAT chunk that is not the last one is in the spool file.
+pub fn chunk_received(size: u64) -> Reply {
+    Reply::with_text(250, "2.0.0", format!("Ok: {size} octets received"))
+}
 
 pub fn queued(id: &str) -> Reply {
     Reply::with_text(250, "2.0.0", format!("Ok: queued as {id}"))
@@ -155,6 +160,8 @@ pub const SYNTAX_PARAMS: Reply =
     Reply::new(501, "5.5.4", "Syntax error in parameters or arguments");
 pub const SYNTAX_HELO: Reply = Reply::new(501, "5.5.4", "Syntax: EHLO hostname");
 pub const SYNTAX_MAIL: Reply = Reply::new(501, "5.5.4", "Syntax: MAIL FROM:<address>");
+pub const SYNTAX_BDAT: Reply = Reply::new(501, "5.5.4", "Syntax: BDAT count [LAST]");
+pub const DATA_AFTER_BDAT: Reply = Reply::new(503, "5.5.1", "Error: DATA not allowed after BDAT");
 pub const SYNTAX_RCPT: Reply = Reply::new(501, "5.5.4", "Syntax: RCPT TO:<address>");
 pub const BAD_SENDER: Reply = Reply::new(553, "5.1.7", "Bad sender address syntax");
 pub const BAD_RECIPIENT: Reply = Reply::new(553, "5.1.3", "Bad recipient address syntax");

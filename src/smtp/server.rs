@@ -1,5 +1,6 @@
 //! The SMTP server session, sans-IO (RFC 5321 §3, §4; RFC 1870 SIZE,
-//! RFC 6152 8BITMIME, RFC 2920 PIPELINING, RFC 2034 ENHANCEDSTATUSCODES).
+//! RFC 6152 8BITMIME, RFC 2920 PIPELINING, RFC 2034 ENHANCEDSTATUSCODES,
+//! RFC 3030 CHUNKING).
 //!
 //! Bytes and `now` go in through [`ServerSession::handle_input`]; reply bytes
 //! ([`ServerSession::output`]), decoded message bytes ([`ServerSession::body`]),
@@ -11,9 +12,11 @@
 //!
 //! | state        | waits for                                  | leaves on |
 //! |--------------|--------------------------------------------|-----------|
-//! | `Command`    | a command line                             | DATA, QUIT, too many errors, timeout |
+//! | `Command`    | a command line                             | DATA, BDAT, QUIT, too many errors, timeout |
 //! | `SpoolOpen`  | the driver: `data_started` / `data_refused`| either call |
 //! | `Data`       | message octets until `CRLF.CRLF`           | end of data (→ `Commit` or error reply) |
+//! | `Chunk`      | the rest of a BDAT chunk's octets          | its last octet (→ 250, or `Commit` after LAST) |
+//! | `SkipChunk`  | the rest of a refused BDAT chunk, thrown away | its last octet |
 //! | `Discard`    | message octets, thrown away                | end of data (→ the stored error reply) |
 //! | `Commit`     | the driver: `committed` after the group sync| that call |
 //! | `TlsWait`    | the driver: `tls_started` after STARTTLS   | that call, timeout |
@@ -44,7 +47,19 @@
 //! waits (`AuthCheck`); the driver verifies between turns of its loop and
 //! answers with [`ServerSession::auth_verdict`].
 //!
-//! Not supported: SMTPUTF8, DSN, CHUNKING.
+//! CHUNKING (RFC 3030): `BDAT n [LAST]` is followed by exactly n octets,
+//! which the session counts off the input (pipelined commands may follow in
+//! the same read) and passes through the DATA decoder in chunked mode, so
+//! the `Received:` header, the submission fix-ups, the limits and the spool
+//! file are those of DATA. The first chunk opens the spool file
+//! (`DataStart`); between chunks the decoder waits in `chunks`; after
+//! `LAST` the message commits like DATA (250 only once durable). A chunk
+//! that cannot be taken (no MAIL/RCPT: 503; past `max_message_size`: 552;
+//! spool trouble) is still consumed to its last octet, so the session stays
+//! in step, and the transaction is over. DATA after BDAT is 503; RSET,
+//! HELO/EHLO and STARTTLS discard the chunks. BINARYMIME is not offered.
+//!
+//! Not supported: SMTPUTF8, DSN, BINARYMIME.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -166,11 +181,32 @@ pub struct Envelope {
     pub eight_bit_declared: bool,
 }
 
+/// A BDAT command's chunk, waiting for the spool file to open.
+#[derive(Clone, Copy, Debug)]
+struct ChunkStart {
+    size: u64,
+    last: bool,
+}
+
 #[derive(Debug)]
 enum State {
     Command,
-    SpoolOpen,
+    /// `chunk`: the spool file is for BDAT, whose octets wait in the input.
+    SpoolOpen {
+        chunk: Option<ChunkStart>,
+    },
     Data(DataDecoder),
+    /// `left` octets of a BDAT chunk of `size` remain; they go through
+    /// `ServerSession::chunks`.
+    Chunk {
+        left: u64,
+        size: u64,
+        last: bool,
+    },
+    /// `left` octets of a refused chunk remain to be thrown away.
+    SkipChunk {
+        left: u64,
+    },
     Discard(DataDecoder, Reply),
     Commit(DataSummary),
     TlsWait,
@@ -214,6 +250,12 @@ pub struct ServerSession {
     fixup: Option<(String, String)>,
     /// Closing, and the output did not drain in time.
     abandoned: bool,
+    /// BDAT: the message in progress (its spool file is open) between and
+    /// during chunks.
+    chunks: Option<DataDecoder>,
+    /// BDAT: the spool failed after a chunk was answered; the next BDAT of
+    /// the transaction gets this reply.
+    chunk_failure: Option<Reply>,
 }
 
 /// A submitted message's header section held for fix-ups at most; a longer
@@ -252,6 +294,8 @@ impl ServerSession {
             held: Vec::new(),
             fixup: None,
             abandoned: false,
+            chunks: None,
+            chunk_failure: None,
         };
         let greeting = reply::greeting(&s.cfg.hostname);
         s.reply(&greeting);
@@ -279,7 +323,7 @@ impl ServerSession {
         while used < input.len() {
             match &mut self.state {
                 State::Closing => return input.len(),
-                State::SpoolOpen
+                State::SpoolOpen { .. }
                 | State::Commit(_)
                 | State::TlsWait
                 | State::AuthCheck { .. }
@@ -290,23 +334,40 @@ impl ServerSession {
                     }
                     used += self.read_auth_line(input.get(used..).unwrap_or_default());
                 }
-                State::Data(dec) => {
-                    let target = if self.holding_headers {
-                        &mut self.held
-                    } else {
-                        &mut self.body
+                State::Data(_) => {
+                    let State::Data(mut dec) = std::mem::replace(&mut self.state, State::Command)
+                    else {
+                        break;
                     };
-                    used += dec.decode(input.get(used..).unwrap_or_default(), target);
+                    used += self.feed(&mut dec, input.get(used..).unwrap_or_default());
                     let done = dec.is_done();
-                    let release = self.holding_headers
-                        && (!dec.in_headers() || done || self.held.len() > MAX_HELD_HEADER);
-                    let (date, mid) = (dec.summary().has_date, dec.summary().has_message_id);
-                    if release {
-                        self.release_headers(date, mid);
-                    }
+                    self.state = State::Data(dec);
                     if done {
                         self.end_of_data();
                     }
+                }
+                State::Chunk { left, .. } => {
+                    let rest = input.get(used..).unwrap_or_default();
+                    let take = usize::try_from(*left).map_or(rest.len(), |l| l.min(rest.len()));
+                    *left -= take as u64;
+                    let done = *left == 0;
+                    if let Some(mut dec) = self.chunks.take() {
+                        self.feed(&mut dec, rest.get(..take).unwrap_or_default());
+                        self.chunks = Some(dec);
+                    }
+                    used += take;
+                    if done {
+                        self.chunk_end();
+                    }
+                }
+                State::SkipChunk { left } => {
+                    let rest = input.len() - used;
+                    let take = usize::try_from(*left).map_or(rest, |l| l.min(rest));
+                    *left -= take as u64;
+                    if *left == 0 {
+                        self.state = State::Command;
+                    }
+                    used += take;
                 }
                 State::Discard(dec, _) => {
                     used += dec.decode(input.get(used..).unwrap_or_default(), &mut self.body);
@@ -375,12 +436,15 @@ impl ServerSession {
         }
     }
 
-    /// The spool file is open: send 354 and the `Received:` header first.
+    /// The spool file is open: send 354 (DATA; BDAT reads on) and the
+    /// `Received:` header first.
     pub fn data_started(&mut self, queue_id: &str, date: &str) {
-        if !matches!(self.state, State::SpoolOpen) {
+        let State::SpoolOpen { chunk } = self.state else {
             return;
+        };
+        if chunk.is_none() {
+            self.reply(&reply::START_DATA);
         }
-        self.reply(&reply::START_DATA);
         let proto = match (self.esmtp, self.tls.is_some(), self.auth_user.is_some()) {
             (false, _, _) => "SMTP",
             (true, false, false) => "ESMTP",
@@ -408,12 +472,40 @@ impl ServerSession {
             date
         );
         self.body.extend_from_slice(received.as_bytes());
-        self.state = State::Data(DataDecoder::new(self.cfg.max_message_size));
         // Submission (RFC 6409 §8): add Date: and Message-ID: when missing,
         // so the header section is held (bounded) until its end is seen.
         self.holding_headers = self.kind != ListenerKind::Relay || self.auth_user.is_some();
         self.held.clear();
         self.fixup = Some((queue_id.to_string(), date.to_string()));
+        let max = self.cfg.max_message_size;
+        match chunk {
+            None => self.state = State::Data(DataDecoder::new(max)),
+            Some(ChunkStart { size, last }) => {
+                self.chunks = Some(DataDecoder::chunked(max));
+                self.start_chunk(size, last);
+            }
+        }
+    }
+
+    /// Decodes message octets (DATA or a chunk) into the body, holding the
+    /// header section back while submission fix-ups may be needed.
+    fn feed(&mut self, dec: &mut DataDecoder, input: &[u8]) -> usize {
+        let target = if self.holding_headers {
+            &mut self.held
+        } else {
+            &mut self.body
+        };
+        let used = dec.decode(input, target);
+        self.maybe_release(dec);
+        used
+    }
+
+    fn maybe_release(&mut self, dec: &DataDecoder) {
+        let release = self.holding_headers
+            && (!dec.in_headers() || dec.is_done() || self.held.len() > MAX_HELD_HEADER);
+        if release {
+            self.release_headers(dec.summary().has_date, dec.summary().has_message_id);
+        }
     }
 
     /// Ends header holding: adds the missing fields before the end of the
@@ -445,18 +537,37 @@ impl ServerSession {
         self.held.clear();
     }
 
-    /// The spool could not take the message: refuse DATA.
+    /// The spool could not take the message: refuse DATA (or the first
+    /// BDAT, whose chunk is then thrown away).
     pub fn data_refused(&mut self, why: Reply) {
-        if matches!(self.state, State::SpoolOpen) {
+        if let State::SpoolOpen { chunk } = self.state {
             self.reply(&why);
             self.mail = None;
             self.state = State::Command;
+            if let Some(c) = chunk {
+                self.skip_chunk(c.size);
+            }
         }
     }
 
     /// Writing the body failed mid-stream (e.g. ENOSPC): swallow the rest of
     /// the message and answer `why` at its end.
     pub fn spool_failed(&mut self, why: Reply) {
+        if self.chunks.is_some() {
+            // BDAT: the chunk being read is answered now and thrown away;
+            // between chunks, the next BDAT gets the reply.
+            self.abort_chunks();
+            self.mail = None;
+            match self.state {
+                State::Chunk { left, .. } => {
+                    self.reply(&why);
+                    self.state = State::Command;
+                    self.skip_chunk(left);
+                }
+                _ => self.chunk_failure = Some(why),
+            }
+            return;
+        }
         if let State::Data(_) = self.state {
             let State::Data(dec) = std::mem::replace(&mut self.state, State::Closing) else {
                 return;
@@ -484,12 +595,14 @@ impl ServerSession {
         match self.state {
             State::Command
             | State::Data(_)
+            | State::Chunk { .. }
+            | State::SkipChunk { .. }
             | State::Discard(..)
             | State::Auth(_)
             | State::TlsWait
             | State::Closing => Some(self.deadline),
             State::AuthDelay { until, .. } => Some(until),
-            State::SpoolOpen | State::Commit(_) | State::AuthCheck { .. } => None,
+            State::SpoolOpen { .. } | State::Commit(_) | State::AuthCheck { .. } => None,
         }
     }
 
@@ -556,9 +669,10 @@ impl ServerSession {
 
     /// The peer went away: abandon any message in progress.
     pub fn connection_lost(&mut self) {
-        if matches!(self.state, State::Data(_) | State::SpoolOpen) {
+        if matches!(self.state, State::Data(_) | State::SpoolOpen { .. }) || self.chunks.is_some() {
             self.events.push_back(Event::Abort);
         }
+        self.chunks = None;
         self.state = State::Closing;
     }
 
@@ -566,7 +680,7 @@ impl ServerSession {
     pub fn is_waiting_for_driver(&self) -> bool {
         matches!(
             self.state,
-            State::SpoolOpen | State::Commit(_) | State::TlsWait | State::AuthCheck { .. }
+            State::SpoolOpen { .. } | State::Commit(_) | State::TlsWait | State::AuthCheck { .. }
         )
     }
 
@@ -581,6 +695,7 @@ impl ServerSession {
             self.tls = Some(description);
             self.helo = None;
             self.esmtp = false;
+            self.abort_chunks();
             self.mail = None;
             self.line.clear();
             self.state = State::Command;
@@ -660,6 +775,7 @@ impl ServerSession {
                     size.as_str(),
                     "8BITMIME",
                     "ENHANCEDSTATUSCODES",
+                    "CHUNKING",
                 ];
                 if self.cfg.tls_available && self.tls.is_none() {
                     lines.push("STARTTLS");
@@ -672,7 +788,10 @@ impl ServerSession {
             Command::Mail(sender, params) => self.mail(sender, params, policy),
             Command::Rcpt(rcpt) => self.rcpt(rcpt, policy),
             Command::Data => self.data(),
+            Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => {
+                self.abort_chunks();
+                self.chunk_failure = None;
                 self.mail = None;
                 self.reply(&reply::RESET_OK);
             }
@@ -701,6 +820,8 @@ impl ServerSession {
 
     fn greeted(&mut self, name: String) {
         self.helo = Some(name);
+        self.abort_chunks();
+        self.chunk_failure = None;
         self.mail = None;
     }
 
@@ -720,6 +841,7 @@ impl ServerSession {
         if let Err(r) = policy.check_mail() {
             return self.reply(&r);
         }
+        self.chunk_failure = None;
         self.mail = Some(Envelope {
             sender,
             recipients: Vec::new(),
@@ -869,48 +991,141 @@ impl ServerSession {
     }
 
     fn data(&mut self) {
+        if self.chunks.is_some() {
+            return self.error(&reply::DATA_AFTER_BDAT);
+        }
         match &self.mail {
             None => self.error(&reply::NEED_MAIL),
             Some(m) if m.recipients.is_empty() => self.error(&reply::NEED_RCPT),
             Some(_) => {
-                self.state = State::SpoolOpen;
+                self.state = State::SpoolOpen { chunk: None };
                 self.events.push_back(Event::DataStart);
             }
+        }
+    }
+
+    /// `BDAT size [LAST]`: the chunk's octets follow at once, whatever the
+    /// reply, so every path below consumes them.
+    fn bdat(&mut self, size: u64, last: bool) {
+        let refusal = match &self.mail {
+            _ if self.chunk_failure.is_some() => self.chunk_failure.take(),
+            None => Some(reply::NEED_MAIL),
+            Some(m) if m.recipients.is_empty() => Some(reply::NEED_RCPT),
+            Some(_) => None,
+        };
+        if let Some(r) = refusal {
+            self.mail = None;
+            self.skip_chunk(size);
+            return self.error(&r);
+        }
+        let so_far = self.chunks.as_ref().map_or(0, |d| d.summary().size);
+        if so_far.saturating_add(size) > self.cfg.max_message_size {
+            self.abort_chunks();
+            self.mail = None;
+            self.skip_chunk(size);
+            return self.reply(&reply::MESSAGE_TOO_BIG);
+        }
+        if self.chunks.is_some() {
+            self.start_chunk(size, last);
+        } else {
+            self.state = State::SpoolOpen {
+                chunk: Some(ChunkStart { size, last }),
+            };
+            self.events.push_back(Event::DataStart);
+        }
+    }
+
+    fn start_chunk(&mut self, size: u64, last: bool) {
+        self.state = State::Chunk {
+            left: size,
+            size,
+            last,
+        };
+        if size == 0 {
+            self.chunk_end();
+        }
+    }
+
+    fn skip_chunk(&mut self, size: u64) {
+        if size > 0 {
+            self.state = State::SkipChunk { left: size };
+        }
+    }
+
+    /// A chunk's last octet was read: answer it, or end the message.
+    fn chunk_end(&mut self) {
+        let State::Chunk { size, last, .. } = self.state else {
+            return;
+        };
+        self.state = State::Command;
+        let Some(mut dec) = self.chunks.take() else {
+            return;
+        };
+        if last {
+            let target = if self.holding_headers {
+                &mut self.held
+            } else {
+                &mut self.body
+            };
+            dec.finish(target);
+            self.maybe_release(&dec);
+            self.message_end(dec.summary().clone());
+        } else if dec.summary().oversize {
+            // Line ends normalized to CRLF may grow past the limit.
+            self.message_end(dec.summary().clone());
+        } else {
+            self.chunks = Some(dec);
+            self.reply(&reply::chunk_received(size));
+        }
+    }
+
+    /// BDAT: the message in progress is discarded (its file too).
+    fn abort_chunks(&mut self) {
+        if self.chunks.take().is_some() {
+            self.events.push_back(Event::Abort);
+            self.body.clear();
+            self.held.clear();
+            self.holding_headers = false;
         }
     }
 
     fn end_of_data(&mut self) {
         let state = std::mem::replace(&mut self.state, State::Command);
         match state {
-            State::Data(dec) => {
-                let s = dec.summary().clone();
-                let refusal = if s.oversize {
-                    Some(reply::MESSAGE_TOO_BIG)
-                } else if s.line_too_long {
-                    Some(reply::DATA_LINE_TOO_LONG)
-                } else if s.received_headers > self.cfg.hop_limit {
-                    Some(reply::TOO_MANY_HOPS)
-                } else {
-                    None
-                };
-                match refusal {
-                    Some(r) => {
-                        self.events.push_back(Event::Abort);
-                        self.body.clear();
-                        self.mail = None;
-                        self.reply(&r);
-                    }
-                    None => {
-                        self.state = State::Commit(s);
-                        self.events.push_back(Event::Commit);
-                    }
-                }
-            }
+            State::Data(dec) => self.message_end(dec.summary().clone()),
             State::Discard(_, why) => {
                 self.mail = None;
                 self.reply(&why);
             }
             other => self.state = other,
+        }
+    }
+
+    /// The whole message is in (DATA's end or BDAT LAST): commit it, or
+    /// refuse it for a limit that streaming could only note.
+    fn message_end(&mut self, s: DataSummary) {
+        let refusal = if s.oversize {
+            Some(reply::MESSAGE_TOO_BIG)
+        } else if s.line_too_long {
+            Some(reply::DATA_LINE_TOO_LONG)
+        } else if s.received_headers > self.cfg.hop_limit {
+            Some(reply::TOO_MANY_HOPS)
+        } else {
+            None
+        };
+        match refusal {
+            Some(r) => {
+                self.events.push_back(Event::Abort);
+                self.body.clear();
+                self.held.clear();
+                self.holding_headers = false;
+                self.mail = None;
+                self.reply(&r);
+            }
+            None => {
+                self.state = State::Commit(s);
+                self.events.push_back(Event::Commit);
+            }
         }
     }
 
@@ -932,10 +1147,11 @@ impl ServerSession {
     fn close_with(&mut self, r: &Reply) {
         if matches!(
             self.state,
-            State::Data(_) | State::Discard(..) | State::SpoolOpen
+            State::Data(_) | State::Discard(..) | State::SpoolOpen { .. }
         ) {
             self.events.push_back(Event::Abort);
         }
+        self.abort_chunks();
         self.reply(r);
         self.state = State::Closing;
     }

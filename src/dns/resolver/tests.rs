@@ -319,6 +319,52 @@ fn server_refusing_edns_is_asked_again_plainly_and_remembered() {
 }
 
 #[test]
+fn malformed_answer_to_an_edns_query_is_asked_again_plainly() {
+    let mut net = Net::new(&[S1, S2], 9);
+    let id = net.resolver.resolve_mx("example.com", net.now);
+    let q = net.expect_sent("example.com", TYPE_MX);
+    assert!(q.edns);
+    // The header and question decode, the answer it announces is cut off.
+    let mut mangled = response(
+        &q,
+        RCODE_NOERROR,
+        vec![mx("example.com", 10, "mx.example.com")],
+        vec![],
+        vec![],
+    );
+    mangled.truncate(mangled.len() - 3);
+    assert!(wire::decode(&mangled).is_err());
+    net.deliver(&q, &mangled);
+    let plain = net.expect_sent("example.com", TYPE_MX);
+    assert!(!plain.edns);
+    assert_eq!(plain.transmit.server, q.transmit.server);
+    // Malformed again without OPT: an ordinary failure, the next server.
+    net.deliver(&plain, &mangled_for(&plain));
+    let other = net.expect_sent("example.com", TYPE_MX);
+    assert_eq!(other.transmit.server, S2.parse().unwrap());
+    assert!(other.edns);
+    glued_mx_answer(&mut net, &other, Some(wire::Edns::ours()));
+    assert!(matches!(net.result(), Some((got, Ok(_))) if got == id));
+    // S1 stays plain for later lookups.
+    net.resolver.resolve_mx("example.org", net.now);
+    let next = net.expect_sent("example.org", TYPE_MX);
+    assert_eq!(next.transmit.server, S1.parse().unwrap());
+    assert!(!next.edns);
+}
+
+fn mangled_for(q: &Sent) -> Vec<u8> {
+    let mut p = response(
+        q,
+        RCODE_NOERROR,
+        vec![mx(&q.name, 10, "mx.example.com")],
+        vec![],
+        vec![],
+    );
+    p.truncate(p.len() - 3);
+    p
+}
+
+#[test]
 fn no_random_source_fails_closed() {
     let failing: RandomSource = Box::new(|_: &mut [u8]| Err(()));
     let mut resolver = Resolver::new(config(&[S1]), failing);
@@ -886,6 +932,12 @@ fn garbage_is_ignored_but_malformed_answer_moves_on() {
     broken.truncate(broken.len() - 2);
     net.deliver(&q, &broken);
     assert_eq!(net.closed(), vec![q.transmit.handle]);
+    // Broken in answer to an EDNS query: the same server once more, plain.
+    let plain = net.expect_sent("example.com", TYPE_MX);
+    assert_eq!(plain.transmit.server, S1.parse().unwrap());
+    assert!(!plain.edns);
+    net.deliver(&plain, &mangled_for(&plain));
+    assert_eq!(net.closed(), vec![plain.transmit.handle]);
     let q2 = net.expect_sent("example.com", TYPE_MX);
     assert_eq!(q2.transmit.server, S2.parse().unwrap());
     assert_ne!(q2.transmit.handle, q.transmit.handle);

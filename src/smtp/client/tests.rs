@@ -1022,4 +1022,5 @@ fn implicit_tls_skips_starttls() {
 
 // AUTH, deadlines and the end of a session: in `tests/session.rs`.
 mod lmtp;
+mod chunking;
 mod session;
