@@ -429,6 +429,22 @@ mail_seed("attachments", 2 | 4 | 8, "Ops \"night\" team", "backup report",
           "see attached\n")
 mail_seed("attachment-only", 1, "", "", [("empty.bin", b"")], "")
 
+# oauth_json: two bytes of HTTP status, then the token endpoint's body.
+def oauth_seed(name, status, body):
+    write("oauth_json", name, struct.pack(">H", status) + body.encode("utf-8"))
+
+
+oauth_seed("google-refresh", 200, '{\n  "access_token": "ya29.a0AfB_byC",\n  "expires_in": 3599,\n'
+           '  "scope": "https://mail.google.com/",\n  "token_type": "Bearer"\n}')
+oauth_seed("microsoft-rotate", 200, '{"token_type":"Bearer","scope":"https://outlook.office.com/SMTP.Send",'
+           '"expires_in":4339,"ext_expires_in":4339,"access_token":"eyJ0.eyJh.sig","refresh_token":"0.AVYA-rt"}')
+oauth_seed("invalid-grant", 400, '{"error":"invalid_grant","error_description":"AADSTS70000: bad\\r\\nTrace ID: 0",'
+           '"error_codes":[70000],"x":{"y":[1,{"z":null}],"w":true},"esc":"\\u00e9\\ud83d\\ude00\\/"}')
+oauth_seed("device-google", 200, '{"device_code":"4/4-GMMh","user_code":"GQVQ-JKEC",'
+           '"verification_url":"https://www.google.com/device","expires_in":1800,"interval":5}')
+oauth_seed("pending", 428, '{"error":"authorization_pending","device_code":"d","user_code":"u",'
+           '"verification_uri":"https://x/","interval":"2","n":-1.5e+3}')
+
 if __name__ == "__main__":
     total = 0
     for t in sorted(os.listdir(CORPUS)):

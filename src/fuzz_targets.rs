@@ -16,7 +16,7 @@
 //! The binary never calls these functions, so they cost no flash.
 //!
 //! The drivers live in one submodule per group of targets (`syntax`,
-//! `mail`, `mime`, `rewrite`, `routing`, `server`, `client`, `dns`, `spool`, `admin`) and are re-exported
+//! `mail`, `mime`, `oauth`, `rewrite`, `routing`, `server`, `client`, `dns`, `spool`, `admin`) and are re-exported
 //! here under their target names; this module keeps what several groups
 //! share: the `Input` parameter reader, the checks on output bytes, and
 //! the local domains, aliases and users the drivers agree on.
@@ -232,6 +232,7 @@ mod client;
 mod dns;
 mod mail;
 mod mime;
+mod oauth;
 mod rewrite;
 mod routing;
 mod server;
@@ -245,6 +246,7 @@ pub use mail::mail_compose;
 pub use mime::mime_downgrade;
 #[cfg(test)] // for the quoted-printable checks in smtp::mime7bit's tests
 pub(crate) use mime::qp_decode;
+pub use oauth::oauth_json;
 pub use rewrite::sender_rewrite;
 pub use routing::routes;
 pub use server::smtp_server;
@@ -275,4 +277,5 @@ pub const TARGETS: &[(&str, Driver)] = &[
     ("sender_rewrite", sender_rewrite),
     ("routes", routes),
     ("mail_compose", mail_compose),
+    ("oauth_json", oauth_json),
 ];

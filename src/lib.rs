@@ -94,6 +94,7 @@ pub mod dns;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod logsafe;
+pub mod oauth;
 pub mod outbound;
 pub mod queue;
 pub mod random;
