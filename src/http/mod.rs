@@ -26,6 +26,7 @@
 //! is returned as it is), keep-alive, compression, `Expect: 100-continue`,
 //! userinfo in URLs, IPv6 zone identifiers, request bodies streamed.
 
+pub mod blocking;
 mod chunked;
 mod exchange;
 mod url;
