@@ -93,6 +93,7 @@ pub mod delivery;
 pub mod dns;
 #[doc(hidden)]
 pub mod fuzz_targets;
+pub mod http;
 pub mod logsafe;
 pub mod oauth;
 pub mod outbound;
