@@ -81,6 +81,10 @@ pub const KEYS: &[&str] = &[
     "smarthost_password_file",
     "smarthost_auth",
     "smarthost_oauth_token_command",
+    "smarthost_oauth_token_url",
+    "smarthost_oauth_client_id",
+    "smarthost_oauth_client_secret_file",
+    "smarthost_oauth_refresh_token_file",
     "hold_outbound",
     "outbound_tls",
     "mx_port",
@@ -356,6 +360,13 @@ pub struct Config {
     /// XOAUTH2/OAUTHBEARER: argv (split on spaces, no shell) of the
     /// command whose first output line is the access token.
     pub smarthost_oauth_token_command: Option<String>,
+    /// XOAUTH2/OAUTHBEARER: the built-in refresh-token grant (all three
+    /// set, or none; `Relay::smarthost` turns them into a `TokenSpec`).
+    pub smarthost_oauth_token_url: Option<crate::http::Url>,
+    pub smarthost_oauth_client_id: Option<String>,
+    /// Optional: public clients have no secret.
+    pub smarthost_oauth_client_secret_file: Option<PathBuf>,
+    pub smarthost_oauth_refresh_token_file: Option<PathBuf>,
     pub hold_outbound: bool,
     pub outbound_tls: OutboundTls,
     pub mx_port: u16,
@@ -427,6 +438,10 @@ impl Default for Config {
             smarthost_password_file: None,
             smarthost_auth: None,
             smarthost_oauth_token_command: None,
+            smarthost_oauth_token_url: None,
+            smarthost_oauth_client_id: None,
+            smarthost_oauth_client_secret_file: None,
+            smarthost_oauth_refresh_token_file: None,
             hold_outbound: false,
             outbound_tls: OutboundTls::Opportunistic,
             mx_port: SMTP_PORT,
@@ -627,17 +642,7 @@ impl Config {
             ));
         }
         let oauth = self.smarthost_auth.is_some_and(|m| m.is_oauth());
-        match (oauth, &self.smarthost_oauth_token_command) {
-            (true, None) => problems.push((
-                "smarthost_auth",
-                "smarthost_auth = xoauth2|oauthbearer needs smarthost_oauth_token_command".into(),
-            )),
-            (false, Some(_)) => problems.push((
-                "smarthost_oauth_token_command",
-                "smarthost_oauth_token_command needs smarthost_auth = xoauth2|oauthbearer".into(),
-            )),
-            _ => {}
-        }
+        problems.extend(self.oauth_source_problems(oauth));
         if oauth && self.smarthost_user.is_none() {
             problems.push((
                 "smarthost_auth",
@@ -676,6 +681,66 @@ impl Config {
                     None => bound.push((*addr, key)),
                 }
             }
+        }
+        problems
+    }
+
+    /// Where an XOAUTH2/OAUTHBEARER smarthost's token comes from: a token
+    /// command or the refresh-token grant, exactly one.
+    fn oauth_source_problems(&self, oauth: bool) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        let grant_keys = [
+            (
+                "smarthost_oauth_token_url",
+                self.smarthost_oauth_token_url.is_some(),
+            ),
+            (
+                "smarthost_oauth_client_id",
+                self.smarthost_oauth_client_id.is_some(),
+            ),
+            (
+                "smarthost_oauth_refresh_token_file",
+                self.smarthost_oauth_refresh_token_file.is_some(),
+            ),
+        ];
+        let grant_set = grant_keys.iter().any(|(_, set)| *set)
+            || self.smarthost_oauth_client_secret_file.is_some();
+        let command = self.smarthost_oauth_token_command.is_some();
+        if grant_set {
+            for (key, set) in grant_keys {
+                if !set {
+                    problems.push((
+                        key,
+                        format!("the refresh-token grant needs {key} (set smarthost_oauth_token_url, smarthost_oauth_client_id and smarthost_oauth_refresh_token_file)"),
+                    ));
+                }
+            }
+        }
+        match (oauth, command, grant_set) {
+            (true, false, false) => problems.push((
+                "smarthost_auth",
+                "smarthost_auth = xoauth2|oauthbearer needs smarthost_oauth_token_command or \
+                 the refresh-token grant (smarthost_oauth_token_url, smarthost_oauth_client_id, \
+                 smarthost_oauth_refresh_token_file)"
+                    .into(),
+            )),
+            (_, true, true) => problems.push((
+                "smarthost_oauth_token_command",
+                "smarthost_oauth_token_command and the refresh-token grant \
+                 (smarthost_oauth_token_url, smarthost_oauth_client_id, \
+                 smarthost_oauth_client_secret_file, smarthost_oauth_refresh_token_file) \
+                 are mutually exclusive: set one"
+                    .into(),
+            )),
+            (false, true, _) => problems.push((
+                "smarthost_oauth_token_command",
+                "smarthost_oauth_token_command needs smarthost_auth = xoauth2|oauthbearer".into(),
+            )),
+            (false, false, true) => problems.push((
+                "smarthost_oauth_token_url",
+                "smarthost_oauth_token_url needs smarthost_auth = xoauth2|oauthbearer".into(),
+            )),
+            _ => {}
         }
         problems
     }
@@ -795,6 +860,20 @@ impl Config {
             }
             "smarthost_oauth_token_command" => {
                 self.smarthost_oauth_token_command = optional_string(v)
+            }
+            "smarthost_oauth_token_url" => {
+                self.smarthost_oauth_token_url = if v.is_empty() {
+                    None
+                } else {
+                    Some(crate::oauth::parse_token_url(v)?)
+                }
+            }
+            "smarthost_oauth_client_id" => self.smarthost_oauth_client_id = optional_string(v),
+            "smarthost_oauth_client_secret_file" => {
+                self.smarthost_oauth_client_secret_file = optional_path(v)
+            }
+            "smarthost_oauth_refresh_token_file" => {
+                self.smarthost_oauth_refresh_token_file = optional_path(v)
             }
             "hold_outbound" => self.hold_outbound = boolean(v)?,
             "outbound_tls" => {

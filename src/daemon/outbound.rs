@@ -182,16 +182,12 @@ impl OutboundDriver {
     fn start_job(&mut self, io: &mut Io, dns: &mut DnsDriver, job: Job) {
         let now = Instant::now();
         // An OAuth relay: the job waits (with its slot) for the token.
-        let command = job
-            .relay
-            .as_ref()
-            .and_then(|r| r.oauth_command())
-            .map(str::to_string);
-        let token = match command {
-            Some(command) => match self.tokens.get(&command, now) {
+        let source = job.relay.as_ref().and_then(|r| r.oauth_source()).cloned();
+        let token = match source {
+            Some(source) => match self.tokens.get(&source, now) {
                 Some(token) => Some(token),
                 None => {
-                    match self.tokens.start(io.reactor, &command, now) {
+                    match self.tokens.start(io.reactor, &source, now) {
                         Ok(()) => self.token_waiting.push(job),
                         Err(e) => {
                             log::error!("{}: {e}", job.id);
@@ -256,12 +252,10 @@ impl OutboundDriver {
     /// Token commands that finished: their waiting jobs start, or are
     /// deferred with the command's failure.
     fn token_results(&mut self, io: &mut Io, dns: &mut DnsDriver) {
-        for (command, result) in self.tokens.take_done() {
+        for (source, result) in self.tokens.take_done() {
             let (ready, waiting): (Vec<Job>, Vec<Job>) = std::mem::take(&mut self.token_waiting)
                 .into_iter()
-                .partition(|j| {
-                    j.relay.as_ref().and_then(|r| r.oauth_command()) == Some(command.as_str())
-                });
+                .partition(|j| j.relay.as_ref().and_then(|r| r.oauth_source()) == Some(&source));
             self.token_waiting = waiting;
             for job in ready {
                 match &result {
@@ -271,6 +265,28 @@ impl OutboundDriver {
                 }
             }
         }
+    }
+
+    /// Token endpoint requests (refresh grants) for the daemon's HTTP
+    /// driver, each with `oauth::REFRESH_DEADLINE`.
+    pub fn take_http_requests(
+        &mut self,
+    ) -> Vec<(super::oauth::RequestId, crate::http::HttpRequest)> {
+        self.tokens.take_requests()
+    }
+
+    /// The HTTP driver's result for a token endpoint request: the jobs
+    /// waiting for that token start, or are deferred with the reason.
+    pub fn handle_http_result(
+        &mut self,
+        io: &mut Io,
+        dns: &mut DnsDriver,
+        id: super::oauth::RequestId,
+        result: Result<crate::http::HttpResponse, crate::http::HttpError>,
+    ) -> Vec<JobReport> {
+        self.tokens.handle_http(id, result, Instant::now());
+        self.token_results(io, dns);
+        std::mem::take(&mut self.reports)
     }
 
     fn next_delivery_key(&mut self) -> u64 {
@@ -405,8 +421,8 @@ impl OutboundDriver {
             }
             Action::Report { job, outcomes } => {
                 if d.machine.oauth_rejected() {
-                    if let Some(command) = job.relay.as_ref().and_then(|r| r.oauth_command()) {
-                        self.tokens.forget(command);
+                    if let Some(source) = job.relay.as_ref().and_then(|r| r.oauth_source()) {
+                        self.tokens.forget(source);
                     }
                 }
                 self.reports.push(JobReport {
@@ -617,7 +633,7 @@ pub fn job_hops_and_settings(
 ) -> Result<(Vec<Hop>, Settings), String> {
     Ok(match (&job.relay, job.domain.is_empty()) {
         (Some(relay), true) => {
-            let credentials = match (relay.oauth_command(), oauth_token) {
+            let credentials = match (relay.oauth_source(), oauth_token) {
                 (Some(_), Some(token)) => relay.oauth_credentials(token),
                 (Some(_), None) => return Err("no OAuth2 access token".into()),
                 (None, _) => relay.credentials()?,

@@ -21,8 +21,12 @@ pub mod secret_file;
 
 use std::path::PathBuf;
 
-// Until the http module lands: the URL as written (checked in config).
-type Url = String;
+use crate::http::Url;
+
+/// A token endpoint URL from the configuration: HTTPS only.
+pub fn parse_token_url(v: &str) -> Result<Url, String> {
+    Url::parse(v).map_err(|e| format!("{v:?}: {e}"))
+}
 
 /// Where a relay's access token comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -45,12 +49,26 @@ impl TokenSpec {
 
 /// The settings of the refresh-token grant. The secrets stay in their
 /// files (read at each refresh, so a new login needs no reload).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefreshGrant {
     pub token_url: Url,
     pub client_id: String,
     pub client_secret_file: Option<PathBuf>,
     pub refresh_token_file: PathBuf,
+}
+
+impl std::hash::Hash for RefreshGrant {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (
+            &self.token_url.host,
+            self.token_url.port,
+            &self.token_url.path,
+        )
+            .hash(state);
+        self.client_id.hash(state);
+        self.client_secret_file.hash(state);
+        self.refresh_token_file.hash(state);
+    }
 }
 
 impl RefreshGrant {

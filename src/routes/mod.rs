@@ -51,6 +51,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use crate::oauth::{RefreshGrant, TokenSpec};
+
 use crate::config::{Config, HostPort, SmarthostTls, SMTP_PORT};
 use crate::smtp::address::{is_valid_domain, Address};
 use crate::smtp::client::Credentials;
@@ -109,7 +111,8 @@ pub struct Relay {
     pub password_file: Option<PathBuf>,
     /// `None`: PLAIN or LOGIN, as offered.
     pub auth: Option<AuthMechanism>,
-    pub oauth_token_command: Option<String>,
+    /// Where the access token comes from (with `auth` XOAUTH2/OAUTHBEARER).
+    pub oauth: Option<TokenSpec>,
 }
 
 impl Relay {
@@ -121,7 +124,7 @@ impl Relay {
             user: cfg.smarthost_user.clone(),
             password_file: cfg.smarthost_password_file.clone(),
             auth: cfg.smarthost_auth,
-            oauth_token_command: cfg.smarthost_oauth_token_command.clone(),
+            oauth: smarthost_token_spec(cfg),
         })
     }
 
@@ -141,12 +144,10 @@ impl Relay {
             .map_err(|e| format!("password_file {}: {e}", path.display()))
     }
 
-    /// The token command of an XOAUTH2/OAUTHBEARER relay: its access
-    /// token stands in for the password.
-    pub fn oauth_command(&self) -> Option<&str> {
-        self.auth
-            .filter(|m| m.is_oauth())
-            .and(self.oauth_token_command.as_deref())
+    /// Where an XOAUTH2/OAUTHBEARER relay's access token comes from: it
+    /// stands in for the password.
+    pub fn oauth_source(&self) -> Option<&TokenSpec> {
+        self.auth.filter(|m| m.is_oauth()).and(self.oauth.as_ref())
     }
 
     /// The user and an access token as the credentials of an OAuth relay.
@@ -162,6 +163,20 @@ impl Relay {
     pub fn unsupported(&self) -> Option<&'static str> {
         None
     }
+}
+
+/// The smarthost keys' token source: the command, or the refresh-token
+/// grant (the configuration's validation allows one, complete).
+fn smarthost_token_spec(cfg: &Config) -> Option<TokenSpec> {
+    if let Some(c) = &cfg.smarthost_oauth_token_command {
+        return Some(TokenSpec::Command(c.clone()));
+    }
+    Some(TokenSpec::Refresh(RefreshGrant {
+        token_url: cfg.smarthost_oauth_token_url.clone()?,
+        client_id: cfg.smarthost_oauth_client_id.clone()?,
+        client_secret_file: cfg.smarthost_oauth_client_secret_file.clone(),
+        refresh_token_file: cfg.smarthost_oauth_refresh_token_file.clone()?,
+    }))
 }
 
 /// The body format of a webhook.
@@ -346,6 +361,11 @@ pub fn startup_problems(cfg: &Config) -> Vec<String> {
             if let Err(e) = relay.credentials() {
                 problems.push(format!("{}:{}: {e}", path.display(), r.line));
             }
+            if let Some(TokenSpec::Refresh(grant)) = relay.oauth_source() {
+                for e in grant.problems("oauth_") {
+                    problems.push(format!("{}:{}: {e}", path.display(), r.line));
+                }
+            }
         }
     }
     problems
@@ -482,6 +502,10 @@ fn parse_target(s: &str, keys: &[(&str, &str)]) -> Result<Target, String> {
         "password_file",
         "auth",
         "oauth_token_command",
+        "oauth_token_url",
+        "oauth_client_id",
+        "oauth_client_secret_file",
+        "oauth_refresh_token_file",
     ])?;
     let host = HostPort::parse(host, SMTP_PORT)?;
     let tls = match value("tls") {
@@ -525,13 +549,20 @@ fn parse_target(s: &str, keys: &[(&str, &str)]) -> Result<Target, String> {
         }
         _ => {}
     }
-    match (oauth, value("oauth_token_command")) {
-        (true, None) => return Err("auth=xoauth2|oauthbearer needs oauth_token_command=".into()),
-        (false, Some(_)) => {
+    let token = route_token_spec(&value)?;
+    match (oauth, &token) {
+        (true, None) => {
+            return Err(
+                "auth=xoauth2|oauthbearer needs oauth_token_command= or oauth_token_url=, \
+                 oauth_client_id= and oauth_refresh_token_file="
+                    .into(),
+            )
+        }
+        (false, Some(TokenSpec::Command(_))) => {
             return Err("oauth_token_command= needs auth=xoauth2 or auth=oauthbearer".into())
         }
-        (_, Some(c)) if c.split(' ').all(str::is_empty) => {
-            return Err("oauth_token_command= is empty".into())
+        (false, Some(TokenSpec::Refresh(_))) => {
+            return Err("oauth_token_url= needs auth=xoauth2 or auth=oauthbearer".into())
         }
         _ => {}
     }
@@ -541,8 +572,57 @@ fn parse_target(s: &str, keys: &[(&str, &str)]) -> Result<Target, String> {
         user,
         password_file,
         auth,
-        oauth_token_command: value("oauth_token_command").map(str::to_string),
+        oauth: token,
     }))
+}
+
+/// A route's `oauth_token_command=`, or its refresh-token grant
+/// (`oauth_token_url=`, `oauth_client_id=`, `oauth_refresh_token_file=`,
+/// optionally `oauth_client_secret_file=`), never both.
+fn route_token_spec<'a>(
+    value: &impl Fn(&str) -> Option<&'a str>,
+) -> Result<Option<TokenSpec>, String> {
+    let grant_keys = [
+        "oauth_token_url",
+        "oauth_client_id",
+        "oauth_client_secret_file",
+        "oauth_refresh_token_file",
+    ];
+    let grant_set = grant_keys.iter().any(|k| value(k).is_some());
+    let path = |key: &str| -> Result<Option<PathBuf>, String> {
+        match value(key).map(PathBuf::from) {
+            Some(p) if !p.is_absolute() => {
+                Err(format!("{key}={}: must be an absolute path", p.display()))
+            }
+            p => Ok(p),
+        }
+    };
+    match (value("oauth_token_command"), grant_set) {
+        (Some(_), true) => Err(
+            "oauth_token_command= and oauth_token_url=/oauth_client_id=/oauth_client_secret_file=/\
+             oauth_refresh_token_file= are mutually exclusive: set one"
+                .into(),
+        ),
+        (Some(c), false) if c.split(' ').all(str::is_empty) => {
+            Err("oauth_token_command= is empty".into())
+        }
+        (Some(c), false) => Ok(Some(TokenSpec::Command(c.to_string()))),
+        (None, false) => Ok(None),
+        (None, true) => {
+            let missing = |key: &str| format!("the refresh-token grant needs {key}=");
+            let token_url = value("oauth_token_url").ok_or_else(|| missing("oauth_token_url"))?;
+            Ok(Some(TokenSpec::Refresh(RefreshGrant {
+                token_url: crate::oauth::parse_token_url(token_url)
+                    .map_err(|e| format!("oauth_token_url={e}"))?,
+                client_id: value("oauth_client_id")
+                    .ok_or_else(|| missing("oauth_client_id"))?
+                    .to_string(),
+                client_secret_file: path("oauth_client_secret_file")?,
+                refresh_token_file: path("oauth_refresh_token_file")?
+                    .ok_or_else(|| missing("oauth_refresh_token_file"))?,
+            })))
+        }
+    }
 }
 
 fn read_file(path: &Path) -> std::io::Result<String> {

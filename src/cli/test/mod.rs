@@ -162,12 +162,11 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
     };
     let hosts =
         crate::daemon::dns::load_hosts(std::path::Path::new(crate::daemon::dns::HOSTS_FILE));
-    // An OAuth relay: the token command runs here (a command may block).
-    let oauth = job
-        .relay
-        .as_ref()
-        .and_then(|r| r.oauth_command())
-        .map(crate::daemon::oauth::fetch_blocking);
+    // An OAuth relay: the token command or the refresh grant runs here
+    // (a command may block).
+    let source = job.relay.as_ref().and_then(|r| r.oauth_source());
+    let refresh = matches!(source, Some(crate::oauth::TokenSpec::Refresh(_)));
+    let oauth = source.map(|s| crate::daemon::oauth::fetch_blocking_spec(cfg, s));
     let token = oauth
         .as_ref()
         .and_then(|r| r.as_ref().ok())
@@ -191,11 +190,15 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
             let _ = writeln!(
                 out,
                 "Setting: {}",
-                match (route_line.is_some(), oauth.is_some()) {
-                    (true, false) => "password_file= on the routes line",
-                    (false, false) => "smarthost_password_file",
-                    (true, true) => "oauth_token_command= on the routes line",
-                    (false, true) => "smarthost_oauth_token_command",
+                match (route_line.is_some(), oauth.is_some(), refresh) {
+                    (true, false, _) => "password_file= on the routes line",
+                    (false, false, _) => "smarthost_password_file",
+                    (true, true, false) => "oauth_token_command= on the routes line",
+                    (false, true, false) => "smarthost_oauth_token_command",
+                    (true, true, true) =>
+                        "oauth_refresh_token_file= (tern oauth login) or oauth_token_url= on the routes line",
+                    (false, true, true) =>
+                        "smarthost_oauth_refresh_token_file (tern oauth login) or smarthost_oauth_token_url",
                 }
             );
             return EX_TEMPFAIL;
