@@ -13,6 +13,7 @@
 //! | `DropImports` | `drop.rs` | sendmail drops being imported, their commit batch |
 //! | `QueueRunner` | `runner/` (`local.rs`: local jobs, `requests.rs`: control requests) | the schedule, attempts in flight, fresh envelopes, hold and flush marks, local delivery jobs |
 //! | `OutboundDriver` | `outbound.rs` | jobs waiting for a slot, delivery machines, their sockets and lookups, client TLS |
+//! | `Webhooks` (inside `OutboundDriver`) | `webhook.rs`, `http.rs` | webhook jobs waiting and running, their HTTP exchanges, sockets and lookups |
 //! | `DnsDriver` | `dns.rs` | the resolver, its sockets and timer entry, the hosts table |
 //! | `ControlSocket` | `control.rs` | the control socket and its connections |
 //!
@@ -48,11 +49,13 @@ mod commit;
 mod control;
 pub(crate) mod dns;
 mod drop;
+pub(crate) mod http;
 mod inbound;
 mod link;
 pub(crate) mod oauth;
 pub(crate) mod outbound;
 pub(crate) mod runner;
+pub(crate) mod webhook;
 
 use std::collections::HashSet;
 use std::io;

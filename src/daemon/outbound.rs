@@ -85,6 +85,8 @@ pub struct OutboundDriver {
     tokens: super::oauth::TokenSource,
     /// Jobs (holding their slots) waiting for their relay's token.
     token_waiting: Vec<Job>,
+    /// Webhook jobs (`routes` target `webhook:`) and their HTTP exchanges.
+    webhooks: super::webhook::Webhooks,
 }
 
 impl OutboundDriver {
@@ -100,6 +102,7 @@ impl OutboundDriver {
             reports: Vec::new(),
             tokens: super::oauth::TokenSource::default(),
             token_waiting: Vec::new(),
+            webhooks: super::webhook::Webhooks::default(),
         }
     }
 
@@ -119,14 +122,20 @@ impl OutboundDriver {
         self.jobs.submit(job);
     }
 
-    /// Jobs waiting for a connection slot.
+    /// A webhook job; it starts at the next [`OutboundDriver::poll`] with
+    /// a free webhook slot.
+    pub fn submit_webhook(&mut self, job: super::webhook::WebhookJob) {
+        self.webhooks.submit(job);
+    }
+
+    /// Jobs waiting for a connection slot (webhook jobs included).
     pub fn backlog(&self) -> usize {
-        self.jobs.backlog()
+        self.jobs.backlog() + self.webhooks.backlog()
     }
 
     /// No job running.
     pub fn is_idle(&self) -> bool {
-        self.jobs.is_idle()
+        self.jobs.is_idle() && self.webhooks.is_idle()
     }
 
     /// No new connections (waiting jobs stay in the spool for the restart).
@@ -137,6 +146,7 @@ impl OutboundDriver {
             self.jobs.finished(&job.destination_key());
         }
         self.tokens.shutdown();
+        self.webhooks.shutdown();
     }
 
     /// Starts jobs while slots are free (idle kept sessions first). Flush
@@ -158,6 +168,8 @@ impl OutboundDriver {
         while let Some(job) = self.jobs.next_startable() {
             self.start_job(io, dns, job);
         }
+        let hooks = self.webhooks.poll(io, dns, self.tls_client.clone());
+        self.reports.extend(hooks);
         std::mem::take(&mut self.reports)
     }
 
@@ -304,6 +316,11 @@ impl OutboundDriver {
         now: Instant,
     ) -> Vec<JobReport> {
         for (lookup, result) in answers {
+            if self.webhooks.owns_lookup(lookup) {
+                let hooks = self.webhooks.handle_answer(io.reactor, lookup, result);
+                self.reports.extend(hooks);
+                continue;
+            }
             let Some(key) = self.lookups.remove(&lookup) else {
                 continue;
             };
@@ -328,6 +345,9 @@ impl OutboundDriver {
             self.tokens.handle_ready(io.reactor, sock);
             self.token_results(io, dns);
             return std::mem::take(&mut self.reports);
+        }
+        if self.webhooks.owns(sock) {
+            return self.webhooks.handle_ready(io.reactor, sock);
         }
         let Some(&key) = self.socket_owner.get(&sock) else {
             io.reactor.close(sock);
@@ -539,6 +559,8 @@ impl OutboundDriver {
     ) -> Vec<JobReport> {
         self.tokens.sweep(io.reactor, now);
         self.token_results(io, dns);
+        let hooks = self.webhooks.sweep(io.reactor, now);
+        self.reports.extend(hooks);
         let due: Vec<u64> = self
             .deliveries
             .iter()

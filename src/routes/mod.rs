@@ -43,9 +43,10 @@
 //! without a shell; the first line of its output is the
 //! access token, see `daemon::oauth`) and no `password_file=`.
 //!
-//! Not supported yet (parsed, reported by `check-config` and at start-up
-//! with their line; mail that matches such a line is deferred, never sent
-//! another way): `webhook:URL` targets (`format=ntfy|json`).
+//! `webhook:https://HOST[:PORT]/PATH` (key `format=ntfy|json`, default
+//! `ntfy`): the Subject and first text/plain part are POSTed
+//! (`delivery::webhook`); HTTPS only, the certificate verified with
+//! `tls_ca_file` (else the system bundle).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -192,9 +193,10 @@ pub enum Target {
     Smtp(Relay),
     Mx,
     Local,
-    /// Parsed, not supported yet.
+    /// `webhook:https://…`: the message POSTed as a notification
+    /// (`delivery::webhook`).
     Webhook {
-        url: String,
+        url: crate::http::Url,
         format: WebhookFormat,
     },
 }
@@ -204,8 +206,7 @@ impl Target {
     pub fn unsupported(&self) -> Option<&'static str> {
         match self {
             Target::Smtp(relay) => relay.unsupported(),
-            Target::Webhook { .. } => Some("webhook targets are not supported yet"),
-            Target::Mx | Target::Local => None,
+            Target::Webhook { .. } | Target::Mx | Target::Local => None,
         }
     }
 }
@@ -478,18 +479,14 @@ fn parse_target(s: &str, keys: &[(&str, &str)]) -> Result<Target, String> {
     }
     if let Some(url) = s.strip_prefix("webhook:") {
         allow(&["format"])?;
-        if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() < 9 {
-            return Err(format!("bad webhook URL {url:?} (http:// or https://)"));
-        }
+        let url =
+            crate::http::Url::parse(url).map_err(|e| format!("bad webhook URL {url:?}: {e}"))?;
         let format = match value("format") {
             None | Some("ntfy") => WebhookFormat::Ntfy,
             Some("json") => WebhookFormat::Json,
             Some(other) => return Err(format!("format={other}: expected ntfy or json")),
         };
-        return Ok(Target::Webhook {
-            url: url.to_string(),
-            format,
-        });
+        return Ok(Target::Webhook { url, format });
     }
     let Some(host) = s.strip_prefix("smtp:") else {
         return Err(format!(

@@ -69,7 +69,7 @@ fn parses_every_target_and_key() {
     assert_eq!(
         r[5].target,
         Target::Webhook {
-            url: "https://ntfy.example/topic".into(),
+            url: crate::http::Url::parse("https://ntfy.example/topic").unwrap(),
             format: WebhookFormat::Json
         }
     );
@@ -137,15 +137,7 @@ fn oauth_routes_are_supported_and_checked() {
          @e.example smtp:h:587 user=u password_file=/p auth=plain\n",
     );
     let why: Vec<Option<&str>> = t.routes().iter().map(|r| r.target.unsupported()).collect();
-    assert_eq!(
-        why,
-        vec![
-            None,
-            None,
-            Some("webhook targets are not supported yet"),
-            None
-        ]
-    );
+    assert_eq!(why, vec![None, None, None, None]);
     let Target::Smtp(r) = &t.routes()[0].target else {
         panic!("not smtp")
     };
@@ -340,7 +332,7 @@ fn load_reports_file_lines_and_unsupported_targets() {
     let path = dir.0.join("routes");
     std::fs::write(
         &path,
-        "@a.example mx\n@b.example bogus\n@c.example webhook:https://x.example/t\n",
+        "@a.example mx\n@b.example bogus\n@c.example webhook:http://x.example/t\n",
     )
     .unwrap();
     let cfg = Config {
@@ -348,7 +340,7 @@ fn load_reports_file_lines_and_unsupported_targets() {
         ..Default::default()
     };
     let (t, problems) = RouteTable::load(&cfg);
-    assert_eq!(t.routes().len(), 2);
+    assert_eq!(t.routes().len(), 1);
     let p = path.display();
     assert_eq!(problems.len(), 2, "{problems:?}");
     assert!(
@@ -357,7 +349,7 @@ fn load_reports_file_lines_and_unsupported_targets() {
     );
     assert_eq!(
         problems[1],
-        format!("{p}:3: webhook targets are not supported yet")
+        format!("{p}:3: bad webhook URL \"http://x.example/t\": URL must start with https://")
     );
     // A missing password file is a start-up problem with the line.
     std::fs::write(&path, "* smtp:h:587 user=u password_file=/nonexistent/pw\n").unwrap();
