@@ -500,24 +500,7 @@ impl Daemon {
     fn outbound_poll(&mut self) {
         let reports = self.outbound.poll(&mut io!(self), &mut self.dns);
         self.job_reports(reports);
-        self.oauth_requests();
         self.dns_flush(Instant::now());
-    }
-
-    /// Token endpoint requests of the outbound driver (OAuth2 refresh
-    /// grants) to the HTTP driver.
-    fn oauth_requests(&mut self) {
-        for (id, _request) in self.outbound.take_http_requests() {
-            // Until the daemon's HTTP driver is merged: refused at once,
-            // so the waiting jobs are deferred (4.7.0), never stuck.
-            let result = Err(crate::http::HttpError::Connect(
-                "this build has no HTTP driver in the daemon".into(),
-            ));
-            let reports =
-                self.outbound
-                    .handle_http_result(&mut io!(self), &mut self.dns, id, result);
-            self.job_reports(reports);
-        }
     }
 
     /// Readiness on a socket that is neither inbound nor control: a DNS

@@ -40,6 +40,8 @@ const READ_CHUNK: usize = 4096;
 /// Rounds of actions, body, writes and reads per readiness event; a busy
 /// connection comes back next turn (`mark_hot`).
 const PUMP_ROUNDS: usize = 64;
+/// Rounds of token requests and results per call (see `token_http`).
+const TOKEN_HTTP_ROUNDS: usize = 4;
 
 /// One delivery machine and what the driver holds for it.
 struct Outgoing {
@@ -85,6 +87,10 @@ pub struct OutboundDriver {
     tokens: super::oauth::TokenSource,
     /// Jobs (holding their slots) waiting for their relay's token.
     token_waiting: Vec<Job>,
+    /// The token endpoints' HTTP exchanges (refresh grants), and which
+    /// token source request each one is.
+    token_http: super::http::HttpDriver,
+    token_requests: HashMap<super::http::HttpHandle, super::oauth::RequestId>,
     /// Webhook jobs (`routes` target `webhook:`) and their HTTP exchanges.
     webhooks: super::webhook::Webhooks,
 }
@@ -102,6 +108,8 @@ impl OutboundDriver {
             reports: Vec::new(),
             tokens: super::oauth::TokenSource::default(),
             token_waiting: Vec::new(),
+            token_http: super::http::HttpDriver::default(),
+            token_requests: HashMap::new(),
             webhooks: super::webhook::Webhooks::default(),
         }
     }
@@ -168,6 +176,7 @@ impl OutboundDriver {
         while let Some(job) = self.jobs.next_startable() {
             self.start_job(io, dns, job);
         }
+        self.token_http(io, dns);
         let hooks = self.webhooks.poll(io, dns, self.tls_client.clone());
         self.reports.extend(hooks);
         std::mem::take(&mut self.reports)
@@ -279,26 +288,36 @@ impl OutboundDriver {
         }
     }
 
-    /// Token endpoint requests (refresh grants) for the daemon's HTTP
-    /// driver, each with `oauth::REFRESH_DEADLINE`.
-    pub fn take_http_requests(
-        &mut self,
-    ) -> Vec<(super::oauth::RequestId, crate::http::HttpRequest)> {
-        self.tokens.take_requests()
-    }
-
-    /// The HTTP driver's result for a token endpoint request: the jobs
-    /// waiting for that token start, or are deferred with the reason.
-    pub fn handle_http_result(
-        &mut self,
-        io: &mut Io,
-        dns: &mut DnsDriver,
-        id: super::oauth::RequestId,
-        result: Result<crate::http::HttpResponse, crate::http::HttpError>,
-    ) -> Vec<JobReport> {
-        self.tokens.handle_http(id, result, Instant::now());
-        self.token_results(io, dns);
-        std::mem::take(&mut self.reports)
+    /// Refresh-grant requests of the token source to the HTTP driver,
+    /// and its results back: the jobs waiting for those tokens start, or
+    /// are deferred with the reason. Rounds are bounded: a result starts
+    /// jobs, which find the token cached (or are deferred), so a second
+    /// round only runs for exchanges that failed at once.
+    fn token_http(&mut self, io: &mut Io, dns: &mut DnsDriver) {
+        for _ in 0..TOKEN_HTTP_ROUNDS {
+            let now = Instant::now();
+            for (id, request) in self.tokens.take_requests() {
+                let handle = self.token_http.start(
+                    io.reactor,
+                    dns,
+                    self.tls_client.clone(),
+                    &request,
+                    super::oauth::REFRESH_DEADLINE,
+                    now,
+                );
+                self.token_requests.insert(handle, id);
+            }
+            let done = self.token_http.take_done();
+            if done.is_empty() {
+                return;
+            }
+            for (handle, result) in done {
+                if let Some(id) = self.token_requests.remove(&handle) {
+                    self.tokens.handle_http(id, result, now);
+                }
+            }
+            self.token_results(io, dns);
+        }
     }
 
     fn next_delivery_key(&mut self) -> u64 {
@@ -316,6 +335,11 @@ impl OutboundDriver {
         now: Instant,
     ) -> Vec<JobReport> {
         for (lookup, result) in answers {
+            if self.token_http.owns_lookup(lookup) {
+                self.token_http.handle_answer(io.reactor, lookup, result);
+                self.token_http(io, dns);
+                continue;
+            }
             if self.webhooks.owns_lookup(lookup) {
                 let hooks = self.webhooks.handle_answer(io.reactor, lookup, result);
                 self.reports.extend(hooks);
@@ -348,6 +372,12 @@ impl OutboundDriver {
         }
         if self.webhooks.owns(sock) {
             return self.webhooks.handle_ready(io.reactor, sock);
+        }
+        if self.token_http.owns(sock) {
+            self.token_http
+                .handle_ready(io.reactor, sock, Instant::now());
+            self.token_http(io, dns);
+            return std::mem::take(&mut self.reports);
         }
         let Some(&key) = self.socket_owner.get(&sock) else {
             io.reactor.close(sock);
@@ -559,6 +589,8 @@ impl OutboundDriver {
     ) -> Vec<JobReport> {
         self.tokens.sweep(io.reactor, now);
         self.token_results(io, dns);
+        self.token_http.sweep(io.reactor, now);
+        self.token_http(io, dns);
         let hooks = self.webhooks.sweep(io.reactor, now);
         self.reports.extend(hooks);
         let due: Vec<u64> = self
