@@ -190,7 +190,16 @@ fn run(cfg: &Config, login: &Login) -> i32 {
     let auth = match grant::device_response(response.status, &response.body) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("tern: oauth login: device authorization refused: {e}");
+            let hint = match e.code() {
+                // Google allows the device flow only for a list of scopes.
+                Some("invalid_scope") => {
+                    "\n(the provider does not allow this scope in the device flow: get the \
+                     refresh token with another OAuth2 tool and put it in the refresh token \
+                     file; the daemon's refresh grant works with any refresh token)"
+                }
+                _ => "",
+            };
+            eprintln!("tern: oauth login: device authorization refused: {e}{hint}");
             return EX_UNAVAILABLE;
         }
     };
@@ -242,7 +251,12 @@ fn run(cfg: &Config, login: &Login) -> i32 {
                     _ => "",
                 };
                 eprintln!("tern: oauth login: {e}{why}");
-                return EX_UNAVAILABLE;
+                // An expired code is worth another try; a refusal is not.
+                return if e.code() == Some("expired_token") {
+                    EX_TEMPFAIL
+                } else {
+                    EX_UNAVAILABLE
+                };
             }
             Poll::Done(tokens) => return save(login, &tokens),
         }

@@ -288,3 +288,23 @@ def test_oauth_login_reports_a_denied_request(tern_factory, tmp_path, servers):
     assert r.returncode == 69, err
     assert "error=access_denied" in err and "denied" in err, err
     assert not rt.exists()
+
+
+def test_tern_test_runs_the_refresh_grant(tern_factory, tmp_path, servers):
+    sink = servers(Sink, oauth="nothing-issued-yet")
+    ts = servers(TokenServer, sink=sink)
+    t, rt = refresh_tern(tern_factory, tmp_path, sink, ts)
+    r = t.cmd("test", "-f", "cam@lan.test", "you@far.test")
+    out = r.stdout.decode()
+    assert r.returncode == 0, out + r.stderr.decode()
+    assert "> AUTH XOAUTH2 <credentials hidden>" in out, out
+    assert "ya29.at-1" not in out
+    assert sink.oauth_seen[0][1] == f"user={USER}\x01auth=Bearer ya29.at-1\x01\x01"
+    assert rt.read_text() == "rt-1\n"
+    # A revoked refresh token: not delivered, the setting to change named.
+    ts.mode = "invalid_grant"
+    r = t.cmd("test", "-f", "cam@lan.test", "you@far.test")
+    out = r.stdout.decode()
+    assert r.returncode == 75, out + r.stderr.decode()
+    assert "error=invalid_grant" in out, out
+    assert "Setting: smarthost_oauth_refresh_token_file (tern oauth login)" in out, out
