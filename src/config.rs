@@ -27,7 +27,10 @@
 //! §4.1.2), the latter lower-cased; `tls_cert` and `tls_key` are both set or
 //! both unset, and so are `smarthost_user` and `smarthost_password_file`;
 //! `smtps_listen` is empty unless a certificate is set; no socket address is
-//! listed twice across the three listener keys.
+//! listed twice across the three listener keys; with `smarthost_auth =
+//! xoauth2|oauthbearer` exactly one token source is set (the token command,
+//! or `smarthost_oauth_token_url` (https), `_client_id` and
+//! `_refresh_token_file` together), and neither without it.
 //!
 //! Errors: an unknown key, a malformed value, a duplicate key or a line
 //! without `=` is a [`ConfigError`] naming the file and line; all errors are
@@ -642,7 +645,7 @@ impl Config {
             ));
         }
         let oauth = self.smarthost_auth.is_some_and(|m| m.is_oauth());
-        problems.extend(self.oauth_source_problems(oauth));
+        problems.extend(crate::oauth::smarthost_source_problems(self, oauth));
         if oauth && self.smarthost_user.is_none() {
             problems.push((
                 "smarthost_auth",
@@ -681,66 +684,6 @@ impl Config {
                     None => bound.push((*addr, key)),
                 }
             }
-        }
-        problems
-    }
-
-    /// Where an XOAUTH2/OAUTHBEARER smarthost's token comes from: a token
-    /// command or the refresh-token grant, exactly one.
-    fn oauth_source_problems(&self, oauth: bool) -> Vec<(&'static str, String)> {
-        let mut problems = Vec::new();
-        let grant_keys = [
-            (
-                "smarthost_oauth_token_url",
-                self.smarthost_oauth_token_url.is_some(),
-            ),
-            (
-                "smarthost_oauth_client_id",
-                self.smarthost_oauth_client_id.is_some(),
-            ),
-            (
-                "smarthost_oauth_refresh_token_file",
-                self.smarthost_oauth_refresh_token_file.is_some(),
-            ),
-        ];
-        let grant_set = grant_keys.iter().any(|(_, set)| *set)
-            || self.smarthost_oauth_client_secret_file.is_some();
-        let command = self.smarthost_oauth_token_command.is_some();
-        if grant_set {
-            for (key, set) in grant_keys {
-                if !set {
-                    problems.push((
-                        key,
-                        format!("the refresh-token grant needs {key} (set smarthost_oauth_token_url, smarthost_oauth_client_id and smarthost_oauth_refresh_token_file)"),
-                    ));
-                }
-            }
-        }
-        match (oauth, command, grant_set) {
-            (true, false, false) => problems.push((
-                "smarthost_auth",
-                "smarthost_auth = xoauth2|oauthbearer needs smarthost_oauth_token_command or \
-                 the refresh-token grant (smarthost_oauth_token_url, smarthost_oauth_client_id, \
-                 smarthost_oauth_refresh_token_file)"
-                    .into(),
-            )),
-            (_, true, true) => problems.push((
-                "smarthost_oauth_token_command",
-                "smarthost_oauth_token_command and the refresh-token grant \
-                 (smarthost_oauth_token_url, smarthost_oauth_client_id, \
-                 smarthost_oauth_client_secret_file, smarthost_oauth_refresh_token_file) \
-                 are mutually exclusive: set one"
-                    .into(),
-            )),
-            (false, true, _) => problems.push((
-                "smarthost_oauth_token_command",
-                "smarthost_oauth_token_command needs smarthost_auth = xoauth2|oauthbearer".into(),
-            )),
-            (false, false, true) => problems.push((
-                "smarthost_oauth_token_url",
-                "smarthost_oauth_token_url needs smarthost_auth = xoauth2|oauthbearer".into(),
-            )),
-            _ => {}
         }
         problems
     }

@@ -12,7 +12,7 @@
 //! | `InboundSessions` | `inbound.rs` | listeners, SMTP sessions, per-address counts, server TLS, users file, AUTH limiter, the turn's commit batch |
 //! | `DropImports` | `drop.rs` | sendmail drops being imported, their commit batch |
 //! | `QueueRunner` | `runner/` (`local.rs`: local jobs, `requests.rs`: control requests) | the schedule, attempts in flight, fresh envelopes, hold and flush marks, local delivery jobs |
-//! | `OutboundDriver` | `outbound.rs` | jobs waiting for a slot, delivery machines, their sockets and lookups, client TLS |
+//! | `OutboundDriver` | `outbound.rs` | jobs waiting for a slot, delivery machines, their sockets and lookups, client TLS, OAuth2 token sources (token commands' pipes, refresh grants' HTTP exchanges) and jobs waiting for a token |
 //! | `Webhooks` (inside `OutboundDriver`) | `webhook.rs`, `http.rs` | webhook jobs waiting and running, their HTTP exchanges, sockets and lookups |
 //! | `DnsDriver` | `dns.rs` | the resolver, its sockets and timer entry, the hosts table |
 //! | `ControlSocket` | `control.rs` | the control socket and its connections |

@@ -21,6 +21,7 @@ pub mod secret_file;
 
 use std::path::PathBuf;
 
+use crate::config::Config;
 use crate::http::Url;
 
 /// A token endpoint URL from the configuration: HTTPS only.
@@ -120,6 +121,67 @@ impl RefreshGrant {
         }
         problems
     }
+}
+
+/// `Config` validation: where an XOAUTH2/OAUTHBEARER smarthost's token
+/// comes from, a token command or the refresh-token grant, exactly one;
+/// each problem names the key whose line it is reported on.
+pub(crate) fn smarthost_source_problems(cfg: &Config, oauth: bool) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    let grant_keys = [
+        (
+            "smarthost_oauth_token_url",
+            cfg.smarthost_oauth_token_url.is_some(),
+        ),
+        (
+            "smarthost_oauth_client_id",
+            cfg.smarthost_oauth_client_id.is_some(),
+        ),
+        (
+            "smarthost_oauth_refresh_token_file",
+            cfg.smarthost_oauth_refresh_token_file.is_some(),
+        ),
+    ];
+    let grant_set =
+        grant_keys.iter().any(|(_, set)| *set) || cfg.smarthost_oauth_client_secret_file.is_some();
+    let command = cfg.smarthost_oauth_token_command.is_some();
+    if grant_set {
+        for (key, set) in grant_keys {
+            if !set {
+                problems.push((
+                    key,
+                    format!("the refresh-token grant needs {key} (set smarthost_oauth_token_url, smarthost_oauth_client_id and smarthost_oauth_refresh_token_file)"),
+                ));
+            }
+        }
+    }
+    match (oauth, command, grant_set) {
+        (true, false, false) => problems.push((
+            "smarthost_auth",
+            "smarthost_auth = xoauth2|oauthbearer needs smarthost_oauth_token_command or \
+             the refresh-token grant (smarthost_oauth_token_url, smarthost_oauth_client_id, \
+             smarthost_oauth_refresh_token_file)"
+                .into(),
+        )),
+        (_, true, true) => problems.push((
+            "smarthost_oauth_token_command",
+            "smarthost_oauth_token_command and the refresh-token grant \
+             (smarthost_oauth_token_url, smarthost_oauth_client_id, \
+             smarthost_oauth_client_secret_file, smarthost_oauth_refresh_token_file) \
+             are mutually exclusive: set one"
+                .into(),
+        )),
+        (false, true, _) => problems.push((
+            "smarthost_oauth_token_command",
+            "smarthost_oauth_token_command needs smarthost_auth = xoauth2|oauthbearer".into(),
+        )),
+        (false, false, true) => problems.push((
+            "smarthost_oauth_token_url",
+            "smarthost_oauth_token_url needs smarthost_auth = xoauth2|oauthbearer".into(),
+        )),
+        _ => {}
+    }
+    problems
 }
 
 /// A provider's device-flow endpoints and scope (`tern oauth login`).

@@ -38,10 +38,13 @@
 //! cache, so two routes to one host with different credentials never share
 //! a session.
 //!
-//! `auth=xoauth2|oauthbearer` needs `user=` and `oauth_token_command=`
-//! (one word in a route line, as values hold no spaces: a program, run
-//! without a shell; the first line of its output is the
-//! access token, see `daemon::oauth`) and no `password_file=`.
+//! `auth=xoauth2|oauthbearer` needs `user=`, no `password_file=`, and one
+//! token source (`oauth::TokenSpec`, see `daemon::oauth`): either
+//! `oauth_token_command=` (one word in a route line, as values hold no
+//! spaces: a program, run without a shell; the first line of its output is
+//! the access token) or the refresh-token grant `oauth_token_url=`
+//! (https), `oauth_client_id=`, `oauth_refresh_token_file=` and optionally
+//! `oauth_client_secret_file=` (absolute paths).
 //!
 //! `webhook:https://HOST[:PORT]/PATH` (key `format=ntfy|json`, default
 //! `ntfy`): the Subject and first text/plain part are POSTed
