@@ -83,7 +83,7 @@ pub struct OutboundDriver {
     tls_client_any: Arc<rustls::ClientConfig>,
     /// Reports of this call, handed out at its end.
     reports: Vec<JobReport>,
-    /// OAuth2 access tokens (token commands and their cache).
+    /// OAuth2 access tokens (token commands, refresh grants, their cache).
     tokens: super::oauth::TokenSource,
     /// Jobs (holding their slots) waiting for their relay's token.
     token_waiting: Vec<Job>,
@@ -270,8 +270,8 @@ impl OutboundDriver {
         });
     }
 
-    /// Token commands that finished: their waiting jobs start, or are
-    /// deferred with the command's failure.
+    /// Token sources (commands, refresh grants) that finished: their
+    /// waiting jobs start, or are deferred with the failure (4.7.0).
     fn token_results(&mut self, io: &mut Io, dns: &mut DnsDriver) {
         for (source, result) in self.tokens.take_done() {
             let (ready, waiting): (Vec<Job>, Vec<Job>) = std::mem::take(&mut self.token_waiting)
