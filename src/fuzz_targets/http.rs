@@ -48,14 +48,15 @@ fn chunked(
     let mut out = Vec::new();
     let mut used = 0;
     for piece in data.chunks(split.max(1)) {
-        match d.feed(piece, &mut out) {
-            Ok(n) => used += n,
+        let n = match d.feed(piece, &mut out) {
+            Ok(n) => n,
             Err(e) => return (Err(e), out, false),
-        }
+        };
+        used += n;
         if d.is_done() {
             break;
         }
-        assert_eq!(used % split.max(1), 0, "input left unused before the end");
+        assert_eq!(n, piece.len(), "input left unused before the end");
     }
     assert!(out.len() <= limit, "decoded past the limit");
     (Ok(used), out, d.is_done())
