@@ -445,6 +445,25 @@ oauth_seed("device-google", 200, '{"device_code":"4/4-GMMh","user_code":"GQVQ-JK
 oauth_seed("pending", 428, '{"error":"authorization_pending","device_code":"d","user_code":"u",'
            '"verification_uri":"https://x/","interval":"2","n":-1.5e+3}')
 
+# --- HTTP client (http_response: mode byte, split byte, bytes) -----------------
+
+HTTP_SEEDS = [
+    ("content-length", 0, 7, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
+    ("chunked", 0, 3, b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"5;e=1\r\nhello\r\n0\r\nT: x\r\n\r\n"),
+    ("interim-then-close", 0, 11, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 404 Not Found\r\n\r\n{\"error\":1}"),
+    ("bodiless", 0, 1, b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n"),
+    ("conflicting-length", 0, 2, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc"),
+    ("chunked-raw", 1, 4, b"A\r\n0123456789\r\n1\nx\n0\n\n"),
+    ("chunked-built", 2, 5, b"some body bytes \r\n with a CRLF"),
+    ("url", 3, 0, b"https://[::1]:8443/topic?x=a%20b#frag"),
+    ("notice", 4, 0, b"Subject: =?UTF-8?B?w6ljaGVj?= x\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+     b"--b\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+     b"caf=E9 =\r\nend\r\n--b--\r\n"),
+]
+for name, mode, split, data in HTTP_SEEDS:
+    write("http_response", name, bytes([mode, split]) + data)
+
 if __name__ == "__main__":
     total = 0
     for t in sorted(os.listdir(CORPUS)):

@@ -25,7 +25,7 @@ use crate::spool::QueueId;
 
 /// Webhook POSTs running at once.
 pub const MAX_WEBHOOKS: usize = 4;
-/// The whole exchange (DNS excluded: connect, TLS, request, response).
+/// The whole exchange: DNS, connect, TLS, request, response.
 pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One message's recipients for one webhook.

@@ -189,12 +189,14 @@ pub fn one_line(s: &str) -> String {
 }
 
 /// As shown in logs, `mailq` and bounces: `relay said: 550 5.1.1 text` for
-/// a server's reply, `550 5.1.2 text` for tern's own decision.
+/// a server's reply, `webhook URL answered HTTP status 404: …` for a
+/// webhook's, `550 5.1.2 text` for tern's own decision.
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.origin {
             Origin::Remote { relay } => write!(f, "{relay} said: ")?,
-            Origin::Webhook { url } => write!(f, "webhook {url} answered: ")?,
+            // No SMTP code: the HTTP status in the text is what it said.
+            Origin::Webhook { url } => return write!(f, "webhook {url} answered {}", self.text),
             _ => {}
         }
         write!(f, "{} {} {}", self.code, self.status, self.text)

@@ -21,6 +21,10 @@
 //! - One deadline covers the whole exchange (connect, TLS, request,
 //!   response); when it passes, the result is [`HttpError::Timeout`].
 //! - Exactly one result per exchange; after it the machine does nothing.
+//! - A body delimited by the close (no `Content-Length`, not chunked) is
+//!   taken as complete at the close, TLS `close_notify` or not (as most
+//!   clients do); the webhook and token answers tern reads are small and
+//!   usually carry a length.
 //!
 //! Not supported: `http://` (every URL is HTTPS), proxies, redirects (a 3xx
 //! is returned as it is), keep-alive, compression, `Expect: 100-continue`,

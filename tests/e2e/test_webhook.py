@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Sink, wait_for
+from harness import FakeDns, Sink, wait_for
 from test_outbound import send
 from test_routes import check_config, rcpts_of, with_routes
 
@@ -183,6 +183,24 @@ def test_a_domain_route_splits_one_message_between_webhook_and_smtp(tern_factory
         sink.close()
 
 
+def test_host_name_is_resolved_and_verified_through_the_configured_dns(tern_factory, hooks):
+    """The URL's host goes through tern's resolver (`dns_servers`), and the
+    certificate is checked against that name (the test certificate names
+    mx.test)."""
+    hook = hooks()
+    dns = FakeDns({("mx.test", "A"): ["127.0.0.1"]})
+    try:
+        url = f"https://mx.test:{hook.port}/alerts"
+        t = hooked(tern_factory, f"@hook.example webhook:{url}\n", dns_servers=dns.addr).start()
+        send(t, "cron@mx.test", ["a@hook.example"])
+        wait_for(lambda: hook.requests, what="the POST")
+        assert hook.requests[0]["headers"]["Host"] == f"mx.test:{hook.port}"
+        assert ("mx.test", "A") in dns.queries
+        wait_for(lambda: f"relay={url} dsn=2.0.0 status=sent" in t.log_text(), what="sent")
+    finally:
+        dns.close()
+
+
 def test_untrusted_certificate_defers(tern_factory, hooks):
     hook = hooks()
     t = hooked(tern_factory, f"@hook.example webhook:{hook.url}\n",
@@ -203,3 +221,21 @@ def test_check_config_accepts_webhooks_and_refuses_plain_http(tern_factory):
     code, err = check_config(t)
     assert code == 1, err
     assert f"{t.routes}:2: bad webhook URL" in err and "https://" in err, err
+
+
+def test_tern_test_posts_a_test_notification_through_the_webhook_route(tern_factory, hooks):
+    ok, gone = hooks(), hooks(statuses=[410])
+    t = hooked(tern_factory, f"@hook.example webhook:{ok.url} format=json\n"
+                             f"@gone.example webhook:{gone.url}\n")
+    r = t.cmd("test", "a@hook.example")
+    out = r.stdout.decode()
+    assert r.returncode == 0, out + r.stderr.decode()
+    assert "Result: accepted by " + ok.url in out, out
+    assert json.loads(ok.requests[0]["body"]) == {
+        "title": "tern test from mx.test",
+        "message": "This is a test notification sent by `tern test` on mx.test for a@hook.example.",
+    }
+    r = t.cmd("test", "b@gone.example")
+    out = r.stdout.decode()
+    assert r.returncode == 69, out
+    assert "HTTP status 410" in out and "would bounce" in out, out

@@ -12,12 +12,16 @@
 //! daemon's machine (`outbound::machine::Delivery`), moved by a blocking
 //! driver ([`driver`]) since a command may block.
 //!
+//! An address whose route is a `webhook:` line gets one test notification
+//! instead (`webhook`).
+//!
 //! Exit codes: 0 accepted by the next hop; 75 a temporary failure; 69 a
 //! permanent refusal; 78 a configuration error; 64 a usage error.
 
 pub mod diagnose;
 pub mod driver;
 pub mod transcript;
+mod webhook;
 
 use std::io::Write;
 use std::rc::Rc;
@@ -106,6 +110,14 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
     }
     if !route_problems.is_empty() {
         return EX_CONFIG;
+    }
+    if let crate::routes::RouteChoice::Route(crate::routes::Route {
+        line,
+        target: crate::routes::Target::Webhook { url, format },
+        ..
+    }) = routes.route_for(&original_sender, &rcpt.domain)
+    {
+        return webhook::run(cfg, *line, url, *format, &rcpt_text, out);
     }
     let smarthost_relay = crate::routes::Relay::smarthost(cfg).map(Rc::new);
     let key = match crate::daemon::runner::remote_destination(

@@ -221,7 +221,7 @@ mod tests {
         );
         assert_eq!(
             r.to_string(),
-            "webhook https://ntfy.example/alerts answered: 550 5.0.0 HTTP status 404: {\"error\":\"no topic\"}"
+            "webhook https://ntfy.example/alerts answered HTTP status 404: {\"error\":\"no topic\"}"
         );
         for status in [500, 503, 408, 429, 301, 302] {
             let o = outcome_of(&u, &response(status, b""));
