@@ -308,3 +308,33 @@ def test_tern_test_runs_the_refresh_grant(tern_factory, tmp_path, servers):
     assert r.returncode == 75, out + r.stderr.decode()
     assert "error=invalid_grant" in out, out
     assert "Setting: smarthost_oauth_refresh_token_file (tern oauth login)" in out, out
+
+
+def test_refresh_grant_on_a_route_with_oauthbearer(tern_factory, tmp_path, servers):
+    sink, smarthost = servers(Sink, oauth="nothing-issued-yet"), servers(Sink)
+    ts = servers(TokenServer, sink=sink, rotate=False)
+    rt = tmp_path / "route-refresh"
+    rt.write_text("rt-0\n")
+    secret = tmp_path / "client-secret"
+    secret.write_text(SECRET + "\n")
+    t = tern_factory(smarthost=f"127.0.0.1:{smarthost.port}", smarthost_tls="none",
+                     tls_ca_file=CERTS / "ca.pem")
+    routes = t.dir / "routes"
+    routes.write_text(f"@far.test smtp:127.0.0.1:{sink.port} tls=none user={USER} "
+                      f"auth=oauthbearer oauth_token_url={ts.url}/token oauth_client_id={CLIENT_ID} "
+                      f"oauth_client_secret_file={secret} oauth_refresh_token_file={rt}\n")
+    t.settings["routes"] = str(routes)
+    t.write_config()
+    r = t.cmd("check-config")
+    assert r.returncode == 0, r.stderr.decode()
+    t.start()
+    send(t, "cam@lan.test", ["a@far.test"])
+    wait_for(lambda: sink.messages, timeout=15, what="delivery")
+    assert sink.oauth_seen == [(
+        "OAUTHBEARER",
+        f"n,a={USER},\x01host=127.0.0.1\x01port={sink.port}\x01auth=Bearer ya29.at-1\x01\x01",
+        None,
+    )]
+    assert not smarthost.messages
+    # Not rotated: the file is left alone.
+    assert rt.read_text() == "rt-0\n"
