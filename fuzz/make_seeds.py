@@ -447,6 +447,41 @@ mail_seed("attachments", 2 | 4 | 8, "Ops \"night\" team", "backup report",
           "see attached\n")
 mail_seed("attachment-only", 1, "", "", [("empty.bin", b"")], "")
 
+# oauth_json: two bytes of HTTP status, then the token endpoint's body.
+def oauth_seed(name, status, body):
+    write("oauth_json", name, struct.pack(">H", status) + body.encode("utf-8"))
+
+
+oauth_seed("google-refresh", 200, '{\n  "access_token": "ya29.a0AfB_byC",\n  "expires_in": 3599,\n'
+           '  "scope": "https://mail.google.com/",\n  "token_type": "Bearer"\n}')
+oauth_seed("microsoft-rotate", 200, '{"token_type":"Bearer","scope":"https://outlook.office.com/SMTP.Send",'
+           '"expires_in":4339,"ext_expires_in":4339,"access_token":"eyJ0.eyJh.sig","refresh_token":"0.AVYA-rt"}')
+oauth_seed("invalid-grant", 400, '{"error":"invalid_grant","error_description":"AADSTS70000: bad\\r\\nTrace ID: 0",'
+           '"error_codes":[70000],"x":{"y":[1,{"z":null}],"w":true},"esc":"\\u00e9\\ud83d\\ude00\\/"}')
+oauth_seed("device-google", 200, '{"device_code":"4/4-GMMh","user_code":"GQVQ-JKEC",'
+           '"verification_url":"https://www.google.com/device","expires_in":1800,"interval":5}')
+oauth_seed("pending", 428, '{"error":"authorization_pending","device_code":"d","user_code":"u",'
+           '"verification_uri":"https://x/","interval":"2","n":-1.5e+3}')
+
+# --- HTTP client (http_response: mode byte, split byte, bytes) -----------------
+
+HTTP_SEEDS = [
+    ("content-length", 0, 7, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
+    ("chunked", 0, 3, b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"5;e=1\r\nhello\r\n0\r\nT: x\r\n\r\n"),
+    ("interim-then-close", 0, 11, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 404 Not Found\r\n\r\n{\"error\":1}"),
+    ("bodiless", 0, 1, b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n"),
+    ("conflicting-length", 0, 2, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc"),
+    ("chunked-raw", 1, 4, b"A\r\n0123456789\r\n1\nx\n0\n\n"),
+    ("chunked-built", 2, 5, b"some body bytes \r\n with a CRLF"),
+    ("url", 3, 0, b"https://[::1]:8443/topic?x=a%20b#frag"),
+    ("notice", 4, 0, b"Subject: =?UTF-8?B?w6ljaGVj?= x\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+     b"--b\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+     b"caf=E9 =\r\nend\r\n--b--\r\n"),
+]
+for name, mode, split, data in HTTP_SEEDS:
+    write("http_response", name, bytes([mode, split]) + data)
+
 if __name__ == "__main__":
     total = 0
     for t in sorted(os.listdir(CORPUS)):

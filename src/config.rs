@@ -27,7 +27,10 @@
 //! §4.1.2), the latter lower-cased; `tls_cert` and `tls_key` are both set or
 //! both unset, and so are `smarthost_user` and `smarthost_password_file`;
 //! `smtps_listen` is empty unless a certificate is set; no socket address is
-//! listed twice across the three listener keys.
+//! listed twice across the three listener keys; with `smarthost_auth =
+//! xoauth2|oauthbearer` exactly one token source is set (the token command,
+//! or `smarthost_oauth_token_url` (https), `_client_id` and
+//! `_refresh_token_file` together), and neither without it.
 //!
 //! Errors: an unknown key, a malformed value, a duplicate key or a line
 //! without `=` is a [`ConfigError`] naming the file and line; all errors are
@@ -85,6 +88,10 @@ pub const KEYS: &[&str] = &[
     "smarthost_password_file",
     "smarthost_auth",
     "smarthost_oauth_token_command",
+    "smarthost_oauth_token_url",
+    "smarthost_oauth_client_id",
+    "smarthost_oauth_client_secret_file",
+    "smarthost_oauth_refresh_token_file",
     "hold_outbound",
     "outbound_tls",
     "mx_port",
@@ -364,6 +371,13 @@ pub struct Config {
     /// XOAUTH2/OAUTHBEARER: argv (split on spaces, no shell) of the
     /// command whose first output line is the access token.
     pub smarthost_oauth_token_command: Option<String>,
+    /// XOAUTH2/OAUTHBEARER: the built-in refresh-token grant (all three
+    /// set, or none; `Relay::smarthost` turns them into a `TokenSpec`).
+    pub smarthost_oauth_token_url: Option<crate::http::Url>,
+    pub smarthost_oauth_client_id: Option<String>,
+    /// Optional: public clients have no secret.
+    pub smarthost_oauth_client_secret_file: Option<PathBuf>,
+    pub smarthost_oauth_refresh_token_file: Option<PathBuf>,
     pub hold_outbound: bool,
     pub outbound_tls: OutboundTls,
     pub mx_port: u16,
@@ -436,6 +450,10 @@ impl Default for Config {
             smarthost_password_file: None,
             smarthost_auth: None,
             smarthost_oauth_token_command: None,
+            smarthost_oauth_token_url: None,
+            smarthost_oauth_client_id: None,
+            smarthost_oauth_client_secret_file: None,
+            smarthost_oauth_refresh_token_file: None,
             hold_outbound: false,
             outbound_tls: OutboundTls::Opportunistic,
             mx_port: SMTP_PORT,
@@ -636,17 +654,7 @@ impl Config {
             ));
         }
         let oauth = self.smarthost_auth.is_some_and(|m| m.is_oauth());
-        match (oauth, &self.smarthost_oauth_token_command) {
-            (true, None) => problems.push((
-                "smarthost_auth",
-                "smarthost_auth = xoauth2|oauthbearer needs smarthost_oauth_token_command".into(),
-            )),
-            (false, Some(_)) => problems.push((
-                "smarthost_oauth_token_command",
-                "smarthost_oauth_token_command needs smarthost_auth = xoauth2|oauthbearer".into(),
-            )),
-            _ => {}
-        }
+        problems.extend(crate::oauth::smarthost_source_problems(self, oauth));
         if oauth && self.smarthost_user.is_none() {
             problems.push((
                 "smarthost_auth",
@@ -817,6 +825,20 @@ impl Config {
             }
             "smarthost_oauth_token_command" => {
                 self.smarthost_oauth_token_command = optional_string(v)
+            }
+            "smarthost_oauth_token_url" => {
+                self.smarthost_oauth_token_url = if v.is_empty() {
+                    None
+                } else {
+                    Some(crate::oauth::parse_token_url(v)?)
+                }
+            }
+            "smarthost_oauth_client_id" => self.smarthost_oauth_client_id = optional_string(v),
+            "smarthost_oauth_client_secret_file" => {
+                self.smarthost_oauth_client_secret_file = optional_path(v)
+            }
+            "smarthost_oauth_refresh_token_file" => {
+                self.smarthost_oauth_refresh_token_file = optional_path(v)
             }
             "hold_outbound" => self.hold_outbound = boolean(v)?,
             "outbound_tls" => {

@@ -16,7 +16,7 @@
 //! The binary never calls these functions, so they cost no flash.
 //!
 //! The drivers live in one submodule per group of targets (`syntax`,
-//! `mail`, `mime`, `rewrite`, `routing`, `server`, `client`, `dns`, `spool`, `admin`) and are re-exported
+//! `mail`, `mime`, `oauth`, `rewrite`, `routing`, `server`, `client`, `http`, `dns`, `spool`, `admin`) and are re-exported
 //! here under their target names; this module keeps what several groups
 //! share: the `Input` parameter reader, the checks on output bytes, and
 //! the local domains, aliases and users the drivers agree on.
@@ -230,8 +230,10 @@ fn fuzz_users() -> HashSet<String> {
 mod admin;
 mod client;
 mod dns;
+mod http;
 mod mail;
 mod mime;
+mod oauth;
 mod rewrite;
 mod routing;
 mod server;
@@ -241,10 +243,12 @@ mod syntax;
 pub use admin::{aliases, config, sasl, users};
 pub use client::{smtp_client, smtp_client_reply};
 pub use dns::{dns_resolver, dns_wire};
+pub use http::http_response;
 pub use mail::mail_compose;
 pub use mime::mime_downgrade;
 #[cfg(test)] // for the quoted-printable checks in smtp::mime7bit's tests
 pub(crate) use mime::qp_decode;
+pub use oauth::oauth_json;
 pub use rewrite::sender_rewrite;
 pub use routing::routes;
 pub use server::smtp_server;
@@ -275,4 +279,6 @@ pub const TARGETS: &[(&str, Driver)] = &[
     ("sender_rewrite", sender_rewrite),
     ("routes", routes),
     ("mail_compose", mail_compose),
+    ("oauth_json", oauth_json),
+    ("http_response", http_response),
 ];

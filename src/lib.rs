@@ -95,7 +95,9 @@ pub mod delivery;
 pub mod dns;
 #[doc(hidden)]
 pub mod fuzz_targets;
+pub mod http;
 pub mod logsafe;
+pub mod oauth;
 pub mod outbound;
 pub mod queue;
 pub mod random;

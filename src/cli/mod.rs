@@ -4,6 +4,7 @@
 //! route, with the dialogue and a diagnosis). Exit codes follow sysexits(3).
 
 pub mod mail;
+pub mod oauth;
 pub mod queue;
 pub mod sendmail;
 pub mod test;
@@ -35,6 +36,8 @@ usage: tern [-c FILE] [-d]                 run the daemon (foreground; -d detach
        tern [-c FILE] queue flush | delete ID|all-deferred | show ID
        tern [-c FILE] newaliases           validate the aliases file
        tern [-c FILE] test [-f FROM] ADDRESS   send a test message, show the dialogue, diagnose
+       tern [-c FILE] oauth login [--provider google|microsoft] [--client-id ID] [--tenant T] ...
+                                           get an OAuth2 refresh token (device code flow)
        tern passwd USER                    read a password on stdin, print USER:HASH for users_file
        tern --version | --help
 ";
@@ -130,6 +133,7 @@ pub fn main(args: Vec<String>) -> i32 {
         "queue" => queue::main(cfg, args),
         "newaliases" => newaliases(cfg),
         "test" => test::main(cfg, args),
+        "oauth" => oauth::main(cfg, args),
         other => {
             eprintln!("tern: unknown command {other:?}\n{HELP}");
             EX_USAGE

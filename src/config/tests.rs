@@ -783,3 +783,90 @@ fn lmtp_without_target_and_target_without_lmtp_are_errors() {
         "{e:?}"
     );
 }
+
+#[test]
+fn smarthost_oauth_refresh_grant_keys() {
+    use crate::oauth::{RefreshGrant, TokenSpec};
+    let base = "smarthost = smtp.office365.com:587\nsmarthost_user = me@example.com\n\
+                smarthost_auth = xoauth2\n";
+    let c = parse(&format!(
+        "{base}smarthost_oauth_token_url = https://login.microsoftonline.com/common/oauth2/v2.0/token\n\
+         smarthost_oauth_client_id = 1234-abcd\n\
+         smarthost_oauth_refresh_token_file = /etc/tern/oauth-refresh\n"
+    ));
+    let relay = crate::routes::Relay::smarthost(&c).unwrap();
+    let Some(TokenSpec::Refresh(g)) = relay.oauth_source() else {
+        panic!("no grant: {relay:?}")
+    };
+    assert_eq!(
+        g,
+        &RefreshGrant {
+            token_url: crate::http::Url::parse(
+                "https://login.microsoftonline.com/common/oauth2/v2.0/token"
+            )
+            .unwrap(),
+            client_id: "1234-abcd".into(),
+            client_secret_file: None,
+            refresh_token_file: PathBuf::from("/etc/tern/oauth-refresh"),
+        }
+    );
+    let c = parse(&format!(
+        "{base}smarthost_oauth_token_url = https://127.0.0.1:8443/token\n\
+         smarthost_oauth_client_id = id\nsmarthost_oauth_client_secret_file = /s\n\
+         smarthost_oauth_refresh_token_file = /r\n"
+    ));
+    assert_eq!(
+        c.smarthost_oauth_client_secret_file.as_deref(),
+        Some(Path::new("/s"))
+    );
+    // Both sources: refused, naming the keys.
+    let e = errors(&format!(
+        "{base}smarthost_oauth_token_command = /t\n\
+         smarthost_oauth_token_url = https://x.example/t\nsmarthost_oauth_client_id = id\n\
+         smarthost_oauth_refresh_token_file = /r\n"
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].line, 4);
+    assert!(
+        e[0].message
+            .contains("smarthost_oauth_token_command and the refresh-token grant")
+            && e[0].message.contains("smarthost_oauth_token_url")
+            && e[0].message.contains("mutually exclusive"),
+        "{e:?}"
+    );
+    // Incomplete: each missing key named on its own.
+    let e = errors(&format!(
+        "{base}smarthost_oauth_token_url = https://x.example/t\n"
+    ));
+    let messages: Vec<&str> = e.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(
+        messages[0].contains("needs smarthost_oauth_client_id"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].contains("needs smarthost_oauth_refresh_token_file"),
+        "{messages:?}"
+    );
+    let e = errors(&format!("{base}smarthost_oauth_client_secret_file = /s\n"));
+    assert_eq!(e.len(), 3, "{e:?}");
+    // HTTPS only.
+    let e = errors("smarthost_oauth_token_url = http://127.0.0.1/token\n");
+    assert!(e[0].message.contains("https://"), "{e:?}");
+    // Without OAuth AUTH.
+    let e = errors(
+        "smarthost_oauth_token_url = https://x.example/t\nsmarthost_oauth_client_id = id\n\
+         smarthost_oauth_refresh_token_file = /r\n",
+    );
+    assert!(
+        e[0].message.contains("needs smarthost_auth = xoauth2"),
+        "{e:?}"
+    );
+    // Neither source.
+    let e = errors(base);
+    assert!(
+        e[0].message
+            .contains("needs smarthost_oauth_token_command or the refresh-token grant"),
+        "{e:?}"
+    );
+}

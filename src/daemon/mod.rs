@@ -12,7 +12,8 @@
 //! | `InboundSessions` | `inbound.rs` | listeners, SMTP sessions, per-address counts, server TLS, users file, AUTH limiter, the turn's commit batch |
 //! | `DropImports` | `drop.rs` | sendmail drops being imported, their commit batch |
 //! | `QueueRunner` | `runner/` (`local.rs`: local jobs, `requests.rs`: control requests) | the schedule, attempts in flight, fresh envelopes, hold and flush marks, local delivery jobs |
-//! | `OutboundDriver` | `outbound.rs` | jobs waiting for a slot, delivery machines, their sockets and lookups, client TLS |
+//! | `OutboundDriver` | `outbound.rs` | jobs waiting for a slot, delivery machines, their sockets and lookups, client TLS, OAuth2 token sources (token commands' pipes, refresh grants' HTTP exchanges) and jobs waiting for a token |
+//! | `Webhooks` (inside `OutboundDriver`) | `webhook.rs`, `http.rs` | webhook jobs waiting and running, their HTTP exchanges, sockets and lookups |
 //! | `DnsDriver` | `dns.rs` | the resolver, its sockets and timer entry, the hosts table |
 //! | `ControlSocket` | `control.rs` | the control socket and its connections |
 //!
@@ -48,11 +49,13 @@ mod commit;
 mod control;
 pub(crate) mod dns;
 mod drop;
+pub(crate) mod http;
 mod inbound;
 mod link;
 pub(crate) mod oauth;
 pub(crate) mod outbound;
 pub(crate) mod runner;
+pub(crate) mod webhook;
 
 use std::collections::HashSet;
 use std::io;
@@ -610,6 +613,12 @@ pub fn startup_problems(cfg: &Config) -> Vec<String> {
         if let Err(e) = crate::system::read_secret_line(path) {
             problems.push(format!("smarthost_password_file {}: {e}", path.display()));
         }
+    }
+    if let Some(crate::oauth::TokenSpec::Refresh(grant)) = crate::routes::Relay::smarthost(cfg)
+        .as_ref()
+        .and_then(|r| r.oauth_source())
+    {
+        problems.extend(grant.problems("smarthost_oauth_"));
     }
     problems
 }

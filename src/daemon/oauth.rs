@@ -1,5 +1,18 @@
-//! OAuth2 access tokens from a token command (`smarthost_oauth_token_command`,
-//! a route's `oauth_token_command=`), for XOAUTH2 and OAUTHBEARER.
+//! OAuth2 access tokens for XOAUTH2 and OAUTHBEARER, from either source of
+//! a `TokenSpec`: a token command (`smarthost_oauth_token_command`, a
+//! route's `oauth_token_command=`) or the refresh-token grant
+//! (`smarthost_oauth_token_url` ..., a route's `oauth_token_url=` ...).
+//!
+//! The refresh grant is an HTTPS POST (RFC 6749 §6) that [`TokenSource`]
+//! hands out as an `HttpRequest` ([`TokenSource::take_requests`]); the
+//! daemon's HTTP driver runs it in the loop and gives the result back
+//! ([`TokenSource::handle_http`]). The access token is used until its
+//! `expires_in` less `grant::EXPIRY_MARGIN` (so it is refreshed before it
+//! expires); a new refresh token in the answer replaces the refresh token
+//! file atomically (`oauth::secret_file`). A failure (endpoint down,
+//! `invalid_grant`) leaves the job deferred (4.7.0) with the HTTP status
+//! and the provider's `error`/`error_description` in the log and the
+//! reason; the next attempt tries again.
 //!
 //! The command runs without a shell (argv split on spaces), stdin and
 //! stderr on /dev/null, stdout a non-blocking pipe registered in the
@@ -18,6 +31,8 @@ use std::io::Read as _;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::http::{HttpError, HttpRequest, HttpResponse, Method};
+use crate::oauth::{grant, secret_file, RefreshGrant, TokenSpec};
 use crate::reactor::{Reactor, SockId};
 
 /// Output of a token command kept (a token is a few KiB at most).
@@ -29,6 +44,8 @@ pub const TOKEN_COMMAND_DEADLINE: Duration = Duration::from_secs(30);
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(45 * 60);
 /// Bytes read from the pipe per read call.
 const READ_CHUNK: usize = 1024;
+/// How long a token endpoint may take to answer (connect, TLS, response).
+pub const REFRESH_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The output of one run, bounded.
 #[derive(Default)]
@@ -104,47 +121,116 @@ struct Running {
 
 struct Cached {
     token: String,
-    fetched: Instant,
+    /// Used until then.
+    until: Instant,
 }
 
-/// Runs token commands and caches their tokens, per command string.
+/// An HTTP request for the daemon's HTTP driver: the id comes back with
+/// its result.
+pub type RequestId = u64;
+
+/// Runs token commands and refresh grants and caches their tokens, per
+/// [`TokenSpec`].
 #[derive(Default)]
 pub struct TokenSource {
-    cache: HashMap<String, Cached>,
+    cache: HashMap<TokenSpec, Cached>,
     running: HashMap<String, Running>,
+    /// Refresh grants in flight, by request.
+    refreshing: HashMap<RequestId, RefreshGrant>,
+    /// Requests not handed to the HTTP driver yet.
+    outgoing: Vec<(RequestId, HttpRequest)>,
+    request_seq: RequestId,
     /// Killed or finished children not reaped yet.
     reaping: Vec<Child>,
-    /// Results of this call: the command and its token or why none.
-    done: Vec<(String, Result<String, String>)>,
+    /// Results of this call: the source and its token or why none.
+    done: Vec<(TokenSpec, Result<String, String>)>,
 }
 
 impl TokenSource {
-    /// A cached token younger than [`TOKEN_LIFETIME`].
-    pub fn get(&mut self, command: &str, now: Instant) -> Option<String> {
-        match self.cache.get(command) {
-            Some(c) if now.saturating_duration_since(c.fetched) < TOKEN_LIFETIME => {
-                Some(c.token.clone())
-            }
+    /// A cached token still in its time.
+    pub fn get(&mut self, spec: &TokenSpec, now: Instant) -> Option<String> {
+        match self.cache.get(spec) {
+            Some(c) if now < c.until => Some(c.token.clone()),
             Some(_) => {
-                self.cache.remove(command);
+                self.cache.remove(spec);
                 None
             }
             None => None,
         }
     }
 
-    /// A server refused the token: the next delivery runs the command.
-    pub fn forget(&mut self, command: &str) {
-        if self.cache.remove(command).is_some() {
+    /// A server refused the token: the next delivery fetches a new one.
+    pub fn forget(&mut self, spec: &TokenSpec) {
+        if self.cache.remove(spec).is_some() {
             log::info!(
-                "OAuth2 token of {command:?} refused by the server; fetching a new one next time"
+                "OAuth2 token from {} refused by the server; fetching a new one next time",
+                spec.describe()
             );
         }
     }
 
-    /// Starts `command` unless it runs already; its result comes from
-    /// [`TokenSource::take_done`]. `Err`: it could not be started.
+    /// Starts fetching a token for `spec` unless that runs already; the
+    /// result comes from [`TokenSource::take_done`]. `Err`: it could not
+    /// be started (the command cannot run, a secret file is unreadable).
     pub fn start<K: Ord + Copy>(
+        &mut self,
+        reactor: &mut Reactor<K>,
+        spec: &TokenSpec,
+        now: Instant,
+    ) -> Result<(), String> {
+        match spec {
+            TokenSpec::Command(command) => self.start_command(reactor, command, now),
+            TokenSpec::Refresh(g) => self.start_refresh(g),
+        }
+    }
+
+    fn start_refresh(&mut self, g: &RefreshGrant) -> Result<(), String> {
+        if self.refreshing.values().any(|r| r == g) {
+            return Ok(());
+        }
+        let request = refresh_request(g)?;
+        self.request_seq += 1;
+        let id = self.request_seq;
+        log::debug!("refreshing the OAuth2 access token at {}", g.token_url);
+        self.refreshing.insert(id, g.clone());
+        self.outgoing.push((id, request));
+        Ok(())
+    }
+
+    /// Requests for the HTTP driver (each with [`REFRESH_DEADLINE`]).
+    pub fn take_requests(&mut self) -> Vec<(RequestId, HttpRequest)> {
+        std::mem::take(&mut self.outgoing)
+    }
+
+    /// The HTTP driver's result for a request: the token cached (and a
+    /// rotated refresh token written), or why there is none.
+    pub fn handle_http(
+        &mut self,
+        id: RequestId,
+        result: Result<HttpResponse, HttpError>,
+        now: Instant,
+    ) {
+        let Some(g) = self.refreshing.remove(&id) else {
+            return;
+        };
+        let result = refresh_result(&g, result);
+        let spec = TokenSpec::Refresh(g);
+        match &result {
+            Ok((token, until)) => {
+                self.cache.insert(
+                    spec.clone(),
+                    Cached {
+                        token: token.clone(),
+                        until: now + *until,
+                    },
+                );
+            }
+            Err(e) => log::error!("OAuth2 refresh: {e}"),
+        }
+        self.done.push((spec, result.map(|(t, _)| t)));
+    }
+
+    fn start_command<K: Ord + Copy>(
         &mut self,
         reactor: &mut Reactor<K>,
         command: &str,
@@ -222,14 +308,14 @@ impl TokenSource {
     }
 
     /// Results since the last call.
-    pub fn take_done(&mut self) -> Vec<(String, Result<String, String>)> {
+    pub fn take_done(&mut self) -> Vec<(TokenSpec, Result<String, String>)> {
         std::mem::take(&mut self.done)
     }
 
     /// Commands running (or not reaped yet).
     #[cfg(test)]
     pub fn is_idle(&self) -> bool {
-        self.running.is_empty() && self.reaping.is_empty()
+        self.running.is_empty() && self.reaping.is_empty() && self.refreshing.is_empty()
     }
 
     fn advance<K: Ord + Copy>(&mut self, reactor: &mut Reactor<K>, command: &str, now: Instant) {
@@ -280,17 +366,79 @@ impl TokenSource {
             Ok(token) => {
                 log::info!("OAuth2 token obtained from {:?}", argv(command).first());
                 self.cache.insert(
-                    command.to_string(),
+                    TokenSpec::Command(command.to_string()),
                     Cached {
                         token: token.clone(),
-                        fetched: now,
+                        until: now + TOKEN_LIFETIME,
                     },
                 );
             }
             Err(e) => log::error!("OAuth2 token command {command:?}: {e}"),
         }
-        self.done.push((command.to_string(), result));
+        self.done
+            .push((TokenSpec::Command(command.to_string()), result));
     }
+}
+
+/// The POST of a refresh grant, its body from the secret files.
+pub fn refresh_request(g: &RefreshGrant) -> Result<HttpRequest, String> {
+    Ok(HttpRequest {
+        method: Method::Post,
+        url: g.token_url.clone(),
+        headers: vec![
+            (
+                "Content-Type".into(),
+                "application/x-www-form-urlencoded".into(),
+            ),
+            ("Accept".into(), "application/json".into()),
+        ],
+        body: g.request_body()?.into_bytes(),
+    })
+}
+
+/// What a refresh grant's HTTP result means: the access token and how
+/// long to use it, or why there is none (in words for the log and the
+/// deferral reason). A rotated refresh token is written to its file
+/// here; if that fails the access token is still used (the old refresh
+/// token may work again, and the log says what to fix).
+pub fn refresh_result(
+    g: &RefreshGrant,
+    result: Result<HttpResponse, HttpError>,
+) -> Result<(String, Duration), String> {
+    let url = &g.token_url;
+    let response = result.map_err(|e| format!("token endpoint {url}: {e}"))?;
+    let tokens = grant::token_response(response.status, &response.body).map_err(|e| {
+        let hint = match e.code() {
+            Some("invalid_grant") => {
+                " (the refresh token was revoked or expired: run `tern oauth login`)"
+            }
+            _ => "",
+        };
+        format!("token endpoint {url} refused the refresh: {e}{hint}")
+    })?;
+    if let Some(new) = &tokens.refresh_token {
+        let current = crate::system::read_secret_line(&g.refresh_token_file).ok();
+        if current.as_deref() != Some(new.as_str()) {
+            let path = &g.refresh_token_file;
+            match secret_file::replace_secret_line(path, new) {
+                Ok(()) => log::info!(
+                    "OAuth2 refresh token rotated by {url}; written to {}",
+                    path.display()
+                ),
+                Err(e) => log::error!(
+                    "OAuth2 refresh token rotated by {url} but {} cannot be written: {e}",
+                    path.display()
+                ),
+            }
+        }
+    }
+    log::info!(
+        "OAuth2 token obtained from {url} (expires_in {})",
+        tokens
+            .expires_in
+            .map_or("unknown".into(), |d| format!("{} s", d.as_secs()))
+    );
+    Ok((tokens.access_token.clone(), tokens.cache_for()))
 }
 
 /// Starts the command: argv split on spaces, no shell, stdin and stderr
@@ -307,6 +455,23 @@ fn spawn(command: &str) -> Result<Child, String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot run the token command {program}: {e}"))
+}
+
+/// A token from `spec`, blocking (for `tern test`, a command that may
+/// block): the token command, or the refresh grant through the blocking
+/// HTTP driver (a rotated refresh token is written, as the daemon does).
+pub fn fetch_blocking_spec(
+    cfg: &crate::config::Config,
+    spec: &TokenSpec,
+) -> Result<String, String> {
+    match spec {
+        TokenSpec::Command(command) => fetch_blocking(command),
+        TokenSpec::Refresh(g) => {
+            let request = refresh_request(g)?;
+            let result = crate::http::blocking::fetch_with_config(cfg, &request, REFRESH_DEADLINE);
+            refresh_result(g, result).map(|(token, _)| token)
+        }
+    }
 }
 
 /// Runs `command` to its end, blocking (for `tern test`, a command that
@@ -430,7 +595,7 @@ mod tests {
         let mut reactor: Reactor<u8> = Reactor::new().unwrap();
         let mut src = TokenSource::default();
         let t0 = Instant::now();
-        let cmd = "/bin/echo tok123";
+        let cmd = &TokenSpec::Command("/bin/echo tok123".into());
         assert_eq!(src.get(cmd, t0), None);
         src.start(&mut reactor, cmd, t0).unwrap();
         let mut done = Vec::new();
@@ -442,11 +607,12 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(done, vec![(cmd.to_string(), Ok("tok123".to_string()))]);
+        assert_eq!(done, vec![(cmd.clone(), Ok("tok123".to_string()))]);
         let now = Instant::now();
         assert_eq!(src.get(cmd, now).as_deref(), Some("tok123"));
         assert_eq!(src.get(cmd, now + TOKEN_LIFETIME), None);
-        src.start(&mut reactor, "/bin/false", t0).unwrap();
+        src.start(&mut reactor, &TokenSpec::Command("/bin/false".into()), t0)
+            .unwrap();
         let mut done = Vec::new();
         for _ in 0..500 {
             src.sweep(&mut reactor, Instant::now());
@@ -459,7 +625,8 @@ mod tests {
         assert!(done[0].1.as_ref().unwrap_err().contains("exit status: 1"));
         assert!(src.is_idle());
         // A command that outlives its deadline is killed and reaped.
-        src.start(&mut reactor, "/bin/sleep 5", t0).unwrap();
+        src.start(&mut reactor, &TokenSpec::Command("/bin/sleep 5".into()), t0)
+            .unwrap();
         src.sweep(&mut reactor, t0 + TOKEN_COMMAND_DEADLINE);
         let done = src.take_done();
         assert!(done[0].1.as_ref().unwrap_err().contains("killed"));
@@ -471,6 +638,168 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(src.is_idle());
-        assert!(src.start(&mut reactor, "/nonexistent/cmd", t0).is_err());
+        assert!(src
+            .start(
+                &mut reactor,
+                &TokenSpec::Command("/nonexistent/cmd".into()),
+                t0
+            )
+            .is_err());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod refresh_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn grant(dir: &std::path::Path) -> RefreshGrant {
+        std::fs::write(dir.join("refresh"), "1//old-rt\n").unwrap();
+        std::fs::write(dir.join("secret"), "s&cret\n").unwrap();
+        RefreshGrant {
+            token_url: crate::http::Url::parse("https://127.0.0.1:8443/token").unwrap(),
+            client_id: "id.apps".into(),
+            client_secret_file: Some(dir.join("secret")),
+            refresh_token_file: dir.join("refresh"),
+        }
+    }
+
+    fn response(status: u16, body: &str) -> Result<HttpResponse, HttpError> {
+        Ok(HttpResponse {
+            status,
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+        })
+    }
+
+    #[test]
+    fn refresh_posts_the_grant_and_caches_until_expiry_less_the_margin() {
+        let dir = crate::test_dir::TempDir::new("refresh-cache");
+        let g = grant(&dir.0);
+        let spec = TokenSpec::Refresh(g.clone());
+        let mut reactor: Reactor<u8> = Reactor::new().unwrap();
+        let mut src = TokenSource::default();
+        let t0 = Instant::now();
+        src.start(&mut reactor, &spec, t0).unwrap();
+        // A second job for the same grant does not send a second request.
+        src.start(&mut reactor, &spec, t0).unwrap();
+        let requests = src.take_requests();
+        assert_eq!(requests.len(), 1);
+        let (id, req) = &requests[0];
+        assert_eq!(req.method, Method::Post);
+        assert_eq!(req.url.path, "/token");
+        assert_eq!(
+            String::from_utf8(req.body.clone()).unwrap(),
+            "grant_type=refresh_token&refresh_token=1%2F%2Fold-rt&client_id=id.apps&client_secret=s%26cret"
+        );
+        assert!(req.headers.contains(&(
+            "Content-Type".into(),
+            "application/x-www-form-urlencoded".into()
+        )));
+        src.handle_http(
+            *id,
+            response(
+                200,
+                r#"{"access_token":"ya29.A","expires_in":3600,"token_type":"Bearer"}"#,
+            ),
+            t0,
+        );
+        assert_eq!(src.take_done(), vec![(spec.clone(), Ok("ya29.A".into()))]);
+        assert_eq!(
+            src.get(&spec, t0 + Duration::from_secs(3299)).as_deref(),
+            Some("ya29.A")
+        );
+        assert_eq!(src.get(&spec, t0 + Duration::from_secs(3300)), None);
+        // Not rotated: the file is untouched.
+        assert_eq!(
+            std::fs::read_to_string(&g.refresh_token_file).unwrap(),
+            "1//old-rt\n"
+        );
+        assert!(src.is_idle());
+    }
+
+    #[test]
+    fn a_rotated_refresh_token_is_written_and_used_next_time() {
+        let dir = crate::test_dir::TempDir::new("refresh-rotate");
+        let g = grant(&dir.0);
+        std::fs::set_permissions(
+            &g.refresh_token_file,
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        let (token, life) = refresh_result(
+            &g,
+            response(
+                200,
+                r#"{"access_token":"eyJ0","expires_in":"4339","refresh_token":"0.new-rt"}"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(token, "eyJ0");
+        assert_eq!(life, Duration::from_secs(4339 - 300));
+        assert_eq!(
+            std::fs::read_to_string(&g.refresh_token_file).unwrap(),
+            "0.new-rt\n"
+        );
+        let mode = std::fs::metadata(&g.refresh_token_file)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let body = String::from_utf8(refresh_request(&g).unwrap().body).unwrap();
+        assert!(body.contains("refresh_token=0.new-rt&"), "{body}");
+    }
+
+    #[test]
+    fn failures_name_the_status_and_the_oauth_error() {
+        let dir = crate::test_dir::TempDir::new("refresh-fail");
+        let g = grant(&dir.0);
+        let e = refresh_result(
+            &g,
+            response(400, r#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "token endpoint https://127.0.0.1:8443/token refused the refresh: HTTP 400 \
+             error=invalid_grant error_description=\"Token has been expired or revoked.\" \
+             (the refresh token was revoked or expired: run `tern oauth login`)"
+        );
+        let e =
+            refresh_result(&g, Err(HttpError::Connect("connection refused".into()))).unwrap_err();
+        assert_eq!(
+            e,
+            "token endpoint https://127.0.0.1:8443/token: connect failed: connection refused"
+        );
+        let e = refresh_result(&g, response(503, "Service Unavailable")).unwrap_err();
+        assert!(e.ends_with("HTTP 503 (no OAuth2 error in the body)"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&g.refresh_token_file).unwrap(),
+            "1//old-rt\n"
+        );
+        // Through the source: an error result, nothing cached; the next
+        // start sends again.
+        let spec = TokenSpec::Refresh(g.clone());
+        let mut reactor: Reactor<u8> = Reactor::new().unwrap();
+        let mut src = TokenSource::default();
+        let t0 = Instant::now();
+        src.start(&mut reactor, &spec, t0).unwrap();
+        let (id, _) = src.take_requests().remove(0);
+        src.handle_http(id, Err(HttpError::Timeout), t0);
+        let done = src.take_done();
+        assert!(done[0].1.as_ref().unwrap_err().contains("timed out"));
+        assert_eq!(src.get(&spec, t0), None);
+        src.start(&mut reactor, &spec, t0).unwrap();
+        assert_eq!(src.take_requests().len(), 1);
+        // An unreadable refresh token file: no request at all.
+        std::fs::remove_file(&g.refresh_token_file).unwrap();
+        let mut src = TokenSource::default();
+        let e = src.start(&mut reactor, &spec, t0).unwrap_err();
+        assert!(
+            e.contains("refresh token file") && e.contains("No such file"),
+            "{e}"
+        );
+        assert!(src.take_requests().is_empty());
     }
 }

@@ -40,6 +40,8 @@ const READ_CHUNK: usize = 4096;
 /// Rounds of actions, body, writes and reads per readiness event; a busy
 /// connection comes back next turn (`mark_hot`).
 const PUMP_ROUNDS: usize = 64;
+/// Rounds of token requests and results per call (see `token_http`).
+const TOKEN_HTTP_ROUNDS: usize = 4;
 
 /// One delivery machine and what the driver holds for it.
 struct Outgoing {
@@ -81,10 +83,16 @@ pub struct OutboundDriver {
     tls_client_any: Arc<rustls::ClientConfig>,
     /// Reports of this call, handed out at its end.
     reports: Vec<JobReport>,
-    /// OAuth2 access tokens (token commands and their cache).
+    /// OAuth2 access tokens (token commands, refresh grants, their cache).
     tokens: super::oauth::TokenSource,
     /// Jobs (holding their slots) waiting for their relay's token.
     token_waiting: Vec<Job>,
+    /// The token endpoints' HTTP exchanges (refresh grants), and which
+    /// token source request each one is.
+    token_http: super::http::HttpDriver,
+    token_requests: HashMap<super::http::HttpHandle, super::oauth::RequestId>,
+    /// Webhook jobs (`routes` target `webhook:`) and their HTTP exchanges.
+    webhooks: super::webhook::Webhooks,
 }
 
 impl OutboundDriver {
@@ -100,6 +108,9 @@ impl OutboundDriver {
             reports: Vec::new(),
             tokens: super::oauth::TokenSource::default(),
             token_waiting: Vec::new(),
+            token_http: super::http::HttpDriver::default(),
+            token_requests: HashMap::new(),
+            webhooks: super::webhook::Webhooks::default(),
         }
     }
 
@@ -119,14 +130,20 @@ impl OutboundDriver {
         self.jobs.submit(job);
     }
 
-    /// Jobs waiting for a connection slot.
+    /// A webhook job; it starts at the next [`OutboundDriver::poll`] with
+    /// a free webhook slot.
+    pub fn submit_webhook(&mut self, job: super::webhook::WebhookJob) {
+        self.webhooks.submit(job);
+    }
+
+    /// Jobs waiting for a connection slot (webhook jobs included).
     pub fn backlog(&self) -> usize {
-        self.jobs.backlog()
+        self.jobs.backlog() + self.webhooks.backlog()
     }
 
     /// No job running.
     pub fn is_idle(&self) -> bool {
-        self.jobs.is_idle()
+        self.jobs.is_idle() && self.webhooks.is_idle()
     }
 
     /// No new connections (waiting jobs stay in the spool for the restart).
@@ -137,6 +154,7 @@ impl OutboundDriver {
             self.jobs.finished(&job.destination_key());
         }
         self.tokens.shutdown();
+        self.webhooks.shutdown();
     }
 
     /// Starts jobs while slots are free (idle kept sessions first). Flush
@@ -158,6 +176,9 @@ impl OutboundDriver {
         while let Some(job) = self.jobs.next_startable() {
             self.start_job(io, dns, job);
         }
+        self.token_http(io, dns);
+        let hooks = self.webhooks.poll(io, dns, self.tls_client.clone());
+        self.reports.extend(hooks);
         std::mem::take(&mut self.reports)
     }
 
@@ -182,16 +203,12 @@ impl OutboundDriver {
     fn start_job(&mut self, io: &mut Io, dns: &mut DnsDriver, job: Job) {
         let now = Instant::now();
         // An OAuth relay: the job waits (with its slot) for the token.
-        let command = job
-            .relay
-            .as_ref()
-            .and_then(|r| r.oauth_command())
-            .map(str::to_string);
-        let token = match command {
-            Some(command) => match self.tokens.get(&command, now) {
+        let source = job.relay.as_ref().and_then(|r| r.oauth_source()).cloned();
+        let token = match source {
+            Some(source) => match self.tokens.get(&source, now) {
                 Some(token) => Some(token),
                 None => {
-                    match self.tokens.start(io.reactor, &command, now) {
+                    match self.tokens.start(io.reactor, &source, now) {
                         Ok(()) => self.token_waiting.push(job),
                         Err(e) => {
                             log::error!("{}: {e}", job.id);
@@ -253,15 +270,13 @@ impl OutboundDriver {
         });
     }
 
-    /// Token commands that finished: their waiting jobs start, or are
-    /// deferred with the command's failure.
+    /// Token sources (commands, refresh grants) that finished: their
+    /// waiting jobs start, or are deferred with the failure (4.7.0).
     fn token_results(&mut self, io: &mut Io, dns: &mut DnsDriver) {
-        for (command, result) in self.tokens.take_done() {
+        for (source, result) in self.tokens.take_done() {
             let (ready, waiting): (Vec<Job>, Vec<Job>) = std::mem::take(&mut self.token_waiting)
                 .into_iter()
-                .partition(|j| {
-                    j.relay.as_ref().and_then(|r| r.oauth_command()) == Some(command.as_str())
-                });
+                .partition(|j| j.relay.as_ref().and_then(|r| r.oauth_source()) == Some(&source));
             self.token_waiting = waiting;
             for job in ready {
                 match &result {
@@ -270,6 +285,38 @@ impl OutboundDriver {
                     Err(e) => self.defer_job(job, outcome::oauth_token_unavailable(e)),
                 }
             }
+        }
+    }
+
+    /// Refresh-grant requests of the token source to the HTTP driver,
+    /// and its results back: the jobs waiting for those tokens start, or
+    /// are deferred with the reason. Rounds are bounded: a result starts
+    /// jobs, which find the token cached (or are deferred), so a second
+    /// round only runs for exchanges that failed at once.
+    fn token_http(&mut self, io: &mut Io, dns: &mut DnsDriver) {
+        for _ in 0..TOKEN_HTTP_ROUNDS {
+            let now = Instant::now();
+            for (id, request) in self.tokens.take_requests() {
+                let handle = self.token_http.start(
+                    io.reactor,
+                    dns,
+                    self.tls_client.clone(),
+                    &request,
+                    super::oauth::REFRESH_DEADLINE,
+                    now,
+                );
+                self.token_requests.insert(handle, id);
+            }
+            let done = self.token_http.take_done();
+            if done.is_empty() {
+                return;
+            }
+            for (handle, result) in done {
+                if let Some(id) = self.token_requests.remove(&handle) {
+                    self.tokens.handle_http(id, result, now);
+                }
+            }
+            self.token_results(io, dns);
         }
     }
 
@@ -288,6 +335,16 @@ impl OutboundDriver {
         now: Instant,
     ) -> Vec<JobReport> {
         for (lookup, result) in answers {
+            if self.token_http.owns_lookup(lookup) {
+                self.token_http.handle_answer(io.reactor, lookup, result);
+                self.token_http(io, dns);
+                continue;
+            }
+            if self.webhooks.owns_lookup(lookup) {
+                let hooks = self.webhooks.handle_answer(io.reactor, lookup, result);
+                self.reports.extend(hooks);
+                continue;
+            }
             let Some(key) = self.lookups.remove(&lookup) else {
                 continue;
             };
@@ -311,6 +368,15 @@ impl OutboundDriver {
         if self.tokens.owns(sock) {
             self.tokens.handle_ready(io.reactor, sock);
             self.token_results(io, dns);
+            return std::mem::take(&mut self.reports);
+        }
+        if self.webhooks.owns(sock) {
+            return self.webhooks.handle_ready(io.reactor, sock);
+        }
+        if self.token_http.owns(sock) {
+            self.token_http
+                .handle_ready(io.reactor, sock, Instant::now());
+            self.token_http(io, dns);
             return std::mem::take(&mut self.reports);
         }
         let Some(&key) = self.socket_owner.get(&sock) else {
@@ -422,8 +488,8 @@ impl OutboundDriver {
             }
             Action::Report { job, outcomes } => {
                 if d.machine.oauth_rejected() {
-                    if let Some(command) = job.relay.as_ref().and_then(|r| r.oauth_command()) {
-                        self.tokens.forget(command);
+                    if let Some(source) = job.relay.as_ref().and_then(|r| r.oauth_source()) {
+                        self.tokens.forget(source);
                     }
                 }
                 self.reports.push(JobReport {
@@ -540,6 +606,10 @@ impl OutboundDriver {
     ) -> Vec<JobReport> {
         self.tokens.sweep(io.reactor, now);
         self.token_results(io, dns);
+        self.token_http.sweep(io.reactor, now);
+        self.token_http(io, dns);
+        let hooks = self.webhooks.sweep(io.reactor, now);
+        self.reports.extend(hooks);
         let due: Vec<u64> = self
             .deliveries
             .iter()
@@ -644,7 +714,7 @@ pub fn job_hops_and_settings(
     }
     Ok(match (&job.relay, job.domain.is_empty()) {
         (Some(relay), true) => {
-            let credentials = match (relay.oauth_command(), oauth_token) {
+            let credentials = match (relay.oauth_source(), oauth_token) {
                 (Some(_), Some(token)) => relay.oauth_credentials(token),
                 (Some(_), None) => return Err("no OAuth2 access token".into()),
                 (None, _) => relay.credentials()?,

@@ -36,6 +36,7 @@ pub mod local;
 pub mod maildir;
 pub mod mbox;
 pub mod outcome;
+pub mod webhook;
 
 use std::collections::HashSet;
 use std::fmt;

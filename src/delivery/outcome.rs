@@ -94,6 +94,10 @@ pub enum Origin {
     Local,
     /// tern: the queue (expiry, a recipient refused at import, a loop).
     Queue,
+    /// A webhook (`routes` target `webhook:URL`) answered with an HTTP
+    /// status; `url` names it. The status is in the reason's text; the
+    /// decision (delivered, deferred, failed) is the outcome's variant.
+    Webhook { url: String },
 }
 
 impl Origin {
@@ -108,6 +112,7 @@ impl Origin {
             Origin::Protocol => "protocol",
             Origin::Local => "local",
             Origin::Queue => "queue",
+            Origin::Webhook { .. } => "webhook",
         }
     }
 
@@ -128,6 +133,7 @@ impl Origin {
     pub fn relay(&self) -> Option<&str> {
         match self {
             Origin::Remote { relay } => Some(relay),
+            Origin::Webhook { url } => Some(url),
             _ => None,
         }
     }
@@ -183,11 +189,15 @@ pub fn one_line(s: &str) -> String {
 }
 
 /// As shown in logs, `mailq` and bounces: `relay said: 550 5.1.1 text` for
-/// a server's reply, `550 5.1.2 text` for tern's own decision.
+/// a server's reply, `webhook URL answered HTTP status 404: …` for a
+/// webhook's, `550 5.1.2 text` for tern's own decision.
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Origin::Remote { relay } = &self.origin {
-            write!(f, "{relay} said: ")?;
+        match &self.origin {
+            Origin::Remote { relay } => write!(f, "{relay} said: ")?,
+            // No SMTP code: the HTTP status in the text is what it said.
+            Origin::Webhook { url } => return write!(f, "webhook {url} answered {}", self.text),
+            _ => {}
         }
         write!(f, "{} {} {}", self.code, self.status, self.text)
     }
@@ -453,6 +463,52 @@ pub fn from_client(r: &ServerReply, peer: &str) -> Reason {
 /// [`connection_lost`].
 pub fn smtp_client(origin: Origin, peer: &str, code: u16, status: Status, text: &str) -> Reason {
     Reason::new(origin, code, status, format!("{text} (server {peer})"))
+}
+
+/// A webhook refused the message for good: an HTTP 4xx other than 408
+/// and 429 (the request is wrong for it: bad topic, bad token, too large).
+/// `http` is the status, `detail` a short excerpt of its answer.
+pub fn webhook_refused(url: &str, http: u16, detail: &str) -> Reason {
+    Reason::new(
+        Origin::Webhook {
+            url: url.to_string(),
+        },
+        550,
+        Status::new(5, 0, 0),
+        http_words(http, detail),
+    )
+}
+
+/// A webhook answered a status worth retrying: 5xx, 408, 429, or a
+/// redirect (not followed: the URL in `routes` should be fixed).
+pub fn webhook_unavailable(url: &str, http: u16, detail: &str) -> Reason {
+    Reason::new(
+        Origin::Webhook {
+            url: url.to_string(),
+        },
+        451,
+        Status::new(4, 0, 0),
+        http_words(http, detail),
+    )
+}
+
+/// A webhook's answer that is not HTTP as tern reads it (malformed, over
+/// the size limit, cut short); `why` in words.
+pub fn webhook_bad_response(peer: &str, why: &str) -> Reason {
+    Reason::new(
+        Origin::Protocol,
+        451,
+        Status::new(4, 5, 0),
+        format!("bad HTTP response from {peer}: {why}"),
+    )
+}
+
+fn http_words(http: u16, detail: &str) -> String {
+    if detail.is_empty() {
+        format!("HTTP status {http}")
+    } else {
+        format!("HTTP status {http}: {detail}")
+    }
 }
 
 /// Local delivery: no such user or mailbox (a sendmail drop to an unknown

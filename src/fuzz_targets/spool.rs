@@ -150,9 +150,12 @@ fn state_from(input: &mut Input) -> RcptState {
                 (input.u32() % 1000) as u16,
                 (input.u32() % 1000) as u16,
             );
-            let origin = match input.byte() % 8 {
+            let origin = match input.byte() % 9 {
                 0 => Origin::Remote {
                     relay: input.string(),
+                },
+                8 => Origin::Webhook {
+                    url: input.string(),
                 },
                 k => [
                     Origin::Dns,

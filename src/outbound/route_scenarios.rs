@@ -22,7 +22,7 @@ fn relay(host: &str, port: u16, tls: SmarthostTls, user: Option<&str>) -> Relay 
         user: user.map(str::to_string),
         password_file: user.map(|u| format!("/etc/tern/{u}").into()),
         auth: None,
-        oauth_token_command: None,
+        oauth: None,
     }
 }
 

@@ -38,18 +38,24 @@
 //! cache, so two routes to one host with different credentials never share
 //! a session.
 //!
-//! `auth=xoauth2|oauthbearer` needs `user=` and `oauth_token_command=`
-//! (one word in a route line, as values hold no spaces: a program, run
-//! without a shell; the first line of its output is the
-//! access token, see `daemon::oauth`) and no `password_file=`.
+//! `auth=xoauth2|oauthbearer` needs `user=`, no `password_file=`, and one
+//! token source (`oauth::TokenSpec`, see `daemon::oauth`): either
+//! `oauth_token_command=` (one word in a route line, as values hold no
+//! spaces: a program, run without a shell; the first line of its output is
+//! the access token) or the refresh-token grant `oauth_token_url=`
+//! (https), `oauth_client_id=`, `oauth_refresh_token_file=` and optionally
+//! `oauth_client_secret_file=` (absolute paths).
 //!
-//! Not supported yet (parsed, reported by `check-config` and at start-up
-//! with their line; mail that matches such a line is deferred, never sent
-//! another way): `webhook:URL` targets (`format=ntfy|json`).
+//! `webhook:https://HOST[:PORT]/PATH` (key `format=ntfy|json`, default
+//! `ntfy`): the Subject and first text/plain part are POSTed
+//! (`delivery::webhook`); HTTPS only, the certificate verified with
+//! `tls_ca_file` (else the system bundle).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+
+use crate::oauth::{RefreshGrant, TokenSpec};
 
 use crate::config::{Config, HostPort, SmarthostTls, SMTP_PORT};
 use crate::smtp::address::{is_valid_domain, Address};
@@ -109,7 +115,8 @@ pub struct Relay {
     pub password_file: Option<PathBuf>,
     /// `None`: PLAIN or LOGIN, as offered.
     pub auth: Option<AuthMechanism>,
-    pub oauth_token_command: Option<String>,
+    /// Where the access token comes from (with `auth` XOAUTH2/OAUTHBEARER).
+    pub oauth: Option<TokenSpec>,
 }
 
 impl Relay {
@@ -121,7 +128,7 @@ impl Relay {
             user: cfg.smarthost_user.clone(),
             password_file: cfg.smarthost_password_file.clone(),
             auth: cfg.smarthost_auth,
-            oauth_token_command: cfg.smarthost_oauth_token_command.clone(),
+            oauth: smarthost_token_spec(cfg),
         })
     }
 
@@ -141,12 +148,10 @@ impl Relay {
             .map_err(|e| format!("password_file {}: {e}", path.display()))
     }
 
-    /// The token command of an XOAUTH2/OAUTHBEARER relay: its access
-    /// token stands in for the password.
-    pub fn oauth_command(&self) -> Option<&str> {
-        self.auth
-            .filter(|m| m.is_oauth())
-            .and(self.oauth_token_command.as_deref())
+    /// Where an XOAUTH2/OAUTHBEARER relay's access token comes from: it
+    /// stands in for the password.
+    pub fn oauth_source(&self) -> Option<&TokenSpec> {
+        self.auth.filter(|m| m.is_oauth()).and(self.oauth.as_ref())
     }
 
     /// The user and an access token as the credentials of an OAuth relay.
@@ -164,6 +169,20 @@ impl Relay {
     }
 }
 
+/// The smarthost keys' token source: the command, or the refresh-token
+/// grant (the configuration's validation allows one, complete).
+fn smarthost_token_spec(cfg: &Config) -> Option<TokenSpec> {
+    if let Some(c) = &cfg.smarthost_oauth_token_command {
+        return Some(TokenSpec::Command(c.clone()));
+    }
+    Some(TokenSpec::Refresh(RefreshGrant {
+        token_url: cfg.smarthost_oauth_token_url.clone()?,
+        client_id: cfg.smarthost_oauth_client_id.clone()?,
+        client_secret_file: cfg.smarthost_oauth_client_secret_file.clone(),
+        refresh_token_file: cfg.smarthost_oauth_refresh_token_file.clone()?,
+    }))
+}
+
 /// The body format of a webhook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WebhookFormat {
@@ -177,9 +196,10 @@ pub enum Target {
     Smtp(Relay),
     Mx,
     Local,
-    /// Parsed, not supported yet.
+    /// `webhook:https://…`: the message POSTed as a notification
+    /// (`delivery::webhook`).
     Webhook {
-        url: String,
+        url: crate::http::Url,
         format: WebhookFormat,
     },
 }
@@ -189,8 +209,7 @@ impl Target {
     pub fn unsupported(&self) -> Option<&'static str> {
         match self {
             Target::Smtp(relay) => relay.unsupported(),
-            Target::Webhook { .. } => Some("webhook targets are not supported yet"),
-            Target::Mx | Target::Local => None,
+            Target::Webhook { .. } | Target::Mx | Target::Local => None,
         }
     }
 }
@@ -346,6 +365,11 @@ pub fn startup_problems(cfg: &Config) -> Vec<String> {
             if let Err(e) = relay.credentials() {
                 problems.push(format!("{}:{}: {e}", path.display(), r.line));
             }
+            if let Some(TokenSpec::Refresh(grant)) = relay.oauth_source() {
+                for e in grant.problems("oauth_") {
+                    problems.push(format!("{}:{}: {e}", path.display(), r.line));
+                }
+            }
         }
     }
     problems
@@ -458,18 +482,14 @@ fn parse_target(s: &str, keys: &[(&str, &str)]) -> Result<Target, String> {
     }
     if let Some(url) = s.strip_prefix("webhook:") {
         allow(&["format"])?;
-        if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() < 9 {
-            return Err(format!("bad webhook URL {url:?} (http:// or https://)"));
-        }
+        let url =
+            crate::http::Url::parse(url).map_err(|e| format!("bad webhook URL {url:?}: {e}"))?;
         let format = match value("format") {
             None | Some("ntfy") => WebhookFormat::Ntfy,
             Some("json") => WebhookFormat::Json,
             Some(other) => return Err(format!("format={other}: expected ntfy or json")),
         };
-        return Ok(Target::Webhook {
-            url: url.to_string(),
-            format,
-        });
+        return Ok(Target::Webhook { url, format });
     }
     let Some(host) = s.strip_prefix("smtp:") else {
         return Err(format!(
@@ -482,6 +502,10 @@ fn parse_target(s: &str, keys: &[(&str, &str)]) -> Result<Target, String> {
         "password_file",
         "auth",
         "oauth_token_command",
+        "oauth_token_url",
+        "oauth_client_id",
+        "oauth_client_secret_file",
+        "oauth_refresh_token_file",
     ])?;
     let host = HostPort::parse(host, SMTP_PORT)?;
     let tls = match value("tls") {
@@ -525,13 +549,20 @@ fn parse_target(s: &str, keys: &[(&str, &str)]) -> Result<Target, String> {
         }
         _ => {}
     }
-    match (oauth, value("oauth_token_command")) {
-        (true, None) => return Err("auth=xoauth2|oauthbearer needs oauth_token_command=".into()),
-        (false, Some(_)) => {
+    let token = route_token_spec(&value)?;
+    match (oauth, &token) {
+        (true, None) => {
+            return Err(
+                "auth=xoauth2|oauthbearer needs oauth_token_command= or oauth_token_url=, \
+                 oauth_client_id= and oauth_refresh_token_file="
+                    .into(),
+            )
+        }
+        (false, Some(TokenSpec::Command(_))) => {
             return Err("oauth_token_command= needs auth=xoauth2 or auth=oauthbearer".into())
         }
-        (_, Some(c)) if c.split(' ').all(str::is_empty) => {
-            return Err("oauth_token_command= is empty".into())
+        (false, Some(TokenSpec::Refresh(_))) => {
+            return Err("oauth_token_url= needs auth=xoauth2 or auth=oauthbearer".into())
         }
         _ => {}
     }
@@ -541,8 +572,57 @@ fn parse_target(s: &str, keys: &[(&str, &str)]) -> Result<Target, String> {
         user,
         password_file,
         auth,
-        oauth_token_command: value("oauth_token_command").map(str::to_string),
+        oauth: token,
     }))
+}
+
+/// A route's `oauth_token_command=`, or its refresh-token grant
+/// (`oauth_token_url=`, `oauth_client_id=`, `oauth_refresh_token_file=`,
+/// optionally `oauth_client_secret_file=`), never both.
+fn route_token_spec<'a>(
+    value: &impl Fn(&str) -> Option<&'a str>,
+) -> Result<Option<TokenSpec>, String> {
+    let grant_keys = [
+        "oauth_token_url",
+        "oauth_client_id",
+        "oauth_client_secret_file",
+        "oauth_refresh_token_file",
+    ];
+    let grant_set = grant_keys.iter().any(|k| value(k).is_some());
+    let path = |key: &str| -> Result<Option<PathBuf>, String> {
+        match value(key).map(PathBuf::from) {
+            Some(p) if !p.is_absolute() => {
+                Err(format!("{key}={}: must be an absolute path", p.display()))
+            }
+            p => Ok(p),
+        }
+    };
+    match (value("oauth_token_command"), grant_set) {
+        (Some(_), true) => Err(
+            "oauth_token_command= and oauth_token_url=/oauth_client_id=/oauth_client_secret_file=/\
+             oauth_refresh_token_file= are mutually exclusive: set one"
+                .into(),
+        ),
+        (Some(c), false) if c.split(' ').all(str::is_empty) => {
+            Err("oauth_token_command= is empty".into())
+        }
+        (Some(c), false) => Ok(Some(TokenSpec::Command(c.to_string()))),
+        (None, false) => Ok(None),
+        (None, true) => {
+            let missing = |key: &str| format!("the refresh-token grant needs {key}=");
+            let token_url = value("oauth_token_url").ok_or_else(|| missing("oauth_token_url"))?;
+            Ok(Some(TokenSpec::Refresh(RefreshGrant {
+                token_url: crate::oauth::parse_token_url(token_url)
+                    .map_err(|e| format!("oauth_token_url={e}"))?,
+                client_id: value("oauth_client_id")
+                    .ok_or_else(|| missing("oauth_client_id"))?
+                    .to_string(),
+                client_secret_file: path("oauth_client_secret_file")?,
+                refresh_token_file: path("oauth_refresh_token_file")?
+                    .ok_or_else(|| missing("oauth_refresh_token_file"))?,
+            })))
+        }
+    }
 }
 
 fn read_file(path: &Path) -> std::io::Result<String> {

@@ -43,7 +43,7 @@ fn parses_every_target_and_key() {
             user: Some("u".into()),
             password_file: Some("/etc/pw".into()),
             auth: Some(AuthMechanism::Login),
-            oauth_token_command: None,
+            oauth: None,
         })
     );
     assert_eq!(r[1].matcher, Match::Subdomains("corp.example".into()));
@@ -69,7 +69,7 @@ fn parses_every_target_and_key() {
     assert_eq!(
         r[5].target,
         Target::Webhook {
-            url: "https://ntfy.example/topic".into(),
+            url: crate::http::Url::parse("https://ntfy.example/topic").unwrap(),
             format: WebhookFormat::Json
         }
     );
@@ -77,7 +77,10 @@ fn parses_every_target_and_key() {
         panic!()
     };
     assert_eq!(relay.auth, Some(AuthMechanism::XOAuth2));
-    assert_eq!(relay.oauth_token_command.as_deref(), Some("/bin/tok"));
+    assert_eq!(
+        relay.oauth,
+        Some(crate::oauth::TokenSpec::Command("/bin/tok".into()))
+    );
     assert_eq!(r[7].matcher, Match::Any);
 }
 
@@ -134,25 +137,20 @@ fn oauth_routes_are_supported_and_checked() {
          @e.example smtp:h:587 user=u password_file=/p auth=plain\n",
     );
     let why: Vec<Option<&str>> = t.routes().iter().map(|r| r.target.unsupported()).collect();
-    assert_eq!(
-        why,
-        vec![
-            None,
-            None,
-            Some("webhook targets are not supported yet"),
-            None
-        ]
-    );
+    assert_eq!(why, vec![None, None, None, None]);
     let Target::Smtp(r) = &t.routes()[0].target else {
         panic!("not smtp")
     };
-    assert_eq!(r.oauth_command(), Some("/bin/tok"));
+    assert_eq!(
+        r.oauth_source(),
+        Some(&crate::oauth::TokenSpec::Command("/bin/tok".into()))
+    );
     let c = r.oauth_credentials("tok").unwrap();
     assert_eq!((c.user.as_str(), c.password.as_str()), ("u", "tok"));
     let Target::Smtp(plain) = &t.routes()[3].target else {
         panic!("not smtp")
     };
-    assert_eq!(plain.oauth_command(), None);
+    assert_eq!(plain.oauth_source(), None);
     let (_, errors) = RouteTable::parse(
         "@a.example smtp:h:587 user=u auth=xoauth2\n\
          @c.example smtp:h:587 user=u password_file=/p oauth_token_command=/bin/t\n\
@@ -162,9 +160,67 @@ fn oauth_routes_are_supported_and_checked() {
     assert_eq!(
         messages,
         vec![
-            "auth=xoauth2|oauthbearer needs oauth_token_command=",
+            "auth=xoauth2|oauthbearer needs oauth_token_command= or oauth_token_url=, \
+             oauth_client_id= and oauth_refresh_token_file=",
             "oauth_token_command= needs auth=xoauth2 or auth=oauthbearer",
             "password_file= is not used with auth=xoauth2|oauthbearer",
+        ]
+    );
+}
+
+#[test]
+fn oauth_refresh_grant_routes() {
+    use crate::oauth::{RefreshGrant, TokenSpec};
+    let t = table(
+        "@a.example smtp:h:587 user=u auth=xoauth2 oauth_token_url=https://login.example/t \
+         oauth_client_id=cid oauth_refresh_token_file=/etc/tern/rt\n\
+         @b.example smtp:h:587 user=u auth=oauthbearer oauth_token_url=https://login.example:8443/t \
+         oauth_client_id=cid oauth_client_secret_file=/etc/tern/cs oauth_refresh_token_file=/etc/tern/rt\n",
+    );
+    let Target::Smtp(r) = &t.routes()[0].target else {
+        panic!("not smtp")
+    };
+    assert_eq!(
+        r.oauth_source(),
+        Some(&TokenSpec::Refresh(RefreshGrant {
+            token_url: crate::http::Url::parse("https://login.example/t").unwrap(),
+            client_id: "cid".into(),
+            client_secret_file: None,
+            refresh_token_file: "/etc/tern/rt".into(),
+        }))
+    );
+    let Target::Smtp(r) = &t.routes()[1].target else {
+        panic!("not smtp")
+    };
+    let Some(TokenSpec::Refresh(g)) = r.oauth_source() else {
+        panic!("no grant")
+    };
+    assert_eq!(g.token_url.port, 8443);
+    assert_eq!(
+        g.client_secret_file.as_deref(),
+        Some(Path::new("/etc/tern/cs"))
+    );
+    let (_, errors) = RouteTable::parse(
+        "@a.example smtp:h user=u auth=xoauth2 oauth_token_command=/t oauth_token_url=https://x/t\n\
+         @a.example smtp:h user=u auth=xoauth2 oauth_client_id=c oauth_refresh_token_file=/rt\n\
+         @a.example smtp:h user=u auth=xoauth2 oauth_token_url=https://x/t oauth_refresh_token_file=/rt\n\
+         @a.example smtp:h user=u auth=xoauth2 oauth_token_url=https://x/t oauth_client_id=c\n\
+         @a.example smtp:h user=u auth=xoauth2 oauth_token_url=http://x/t oauth_client_id=c oauth_refresh_token_file=/rt\n\
+         @a.example smtp:h user=u auth=xoauth2 oauth_token_url=https://x/t oauth_client_id=c oauth_refresh_token_file=rt\n\
+         @a.example smtp:h oauth_token_url=https://x/t oauth_client_id=c oauth_refresh_token_file=/rt\n",
+    );
+    let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        vec![
+            "oauth_token_command= and oauth_token_url=/oauth_client_id=/oauth_client_secret_file=/\
+             oauth_refresh_token_file= are mutually exclusive: set one",
+            "the refresh-token grant needs oauth_token_url=",
+            "the refresh-token grant needs oauth_client_id=",
+            "the refresh-token grant needs oauth_refresh_token_file=",
+            "oauth_token_url=\"http://x/t\": URL must start with https://",
+            "oauth_refresh_token_file=rt: must be an absolute path",
+            "oauth_token_url= needs auth=xoauth2 or auth=oauthbearer",
         ]
     );
 }
@@ -253,7 +309,7 @@ fn credentials_come_from_the_password_file() {
         user: Some("me".into()),
         password_file: Some(pw.clone()),
         auth: None,
-        oauth_token_command: None,
+        oauth: None,
     };
     let c = relay.credentials().unwrap().unwrap();
     assert_eq!((c.user.as_str(), c.password.as_str()), ("me", "s3cret"));
@@ -276,7 +332,7 @@ fn load_reports_file_lines_and_unsupported_targets() {
     let path = dir.0.join("routes");
     std::fs::write(
         &path,
-        "@a.example mx\n@b.example bogus\n@c.example webhook:https://x.example/t\n",
+        "@a.example mx\n@b.example bogus\n@c.example webhook:http://x.example/t\n",
     )
     .unwrap();
     let cfg = Config {
@@ -284,7 +340,7 @@ fn load_reports_file_lines_and_unsupported_targets() {
         ..Default::default()
     };
     let (t, problems) = RouteTable::load(&cfg);
-    assert_eq!(t.routes().len(), 2);
+    assert_eq!(t.routes().len(), 1);
     let p = path.display();
     assert_eq!(problems.len(), 2, "{problems:?}");
     assert!(
@@ -293,7 +349,7 @@ fn load_reports_file_lines_and_unsupported_targets() {
     );
     assert_eq!(
         problems[1],
-        format!("{p}:3: webhook targets are not supported yet")
+        format!("{p}:3: bad webhook URL \"http://x.example/t\": URL must start with https://")
     );
     // A missing password file is a start-up problem with the line.
     std::fs::write(&path, "* smtp:h:587 user=u password_file=/nonexistent/pw\n").unwrap();

@@ -531,6 +531,7 @@ fn decode_rcpt(status: RcptStatus, rest: &str) -> Option<RcptState> {
             let text = one_line(f.next().unwrap_or(""));
             let origin = match origin {
                 "remote" => Origin::Remote { relay },
+                "webhook" => Origin::Webhook { url: relay },
                 other if relay.is_empty() => Origin::from_name(other)?,
                 _ => return None,
             };
@@ -889,6 +890,11 @@ mod tests {
             RcptState::from_outcome(Outcome::Delivered {
                 relay: "maildir /var/mail/joe x".into(),
             }),
+            RcptState::from_outcome(Outcome::Failed(outcome::webhook_refused(
+                "https://ntfy.example/a?t=1",
+                404,
+                "not found",
+            ))),
         ];
         let encoded = encode_state(&states, 3, 86_400);
         let text = String::from_utf8(encoded.clone()).unwrap();
@@ -905,6 +911,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\n3 pending\n"), "{text}");
+        assert!(
+            text.contains(
+                "\n7 failed webhook https://ntfy.example/a?t+3D1 550 5.0.0 HTTP status 404: not found\n"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("\n6 sent maildir+20/var/mail/joe+20x\n"),
             "{text}"

@@ -127,9 +127,12 @@ pub const TABLE: &[Row] = &[
         },
         summary: "the provider has turned password (basic) authentication off for this account",
         setting: Some("smarthost_password_file"),
-        advice: "tern does not support OAuth2 (XOAUTH2) yet. Use an app password: \
-                 Gmail: turn on 2-Step Verification, create an app password and put it in \
-                 smarthost_password_file; Microsoft 365: an administrator must enable \
+        advice: "Use OAuth2: register an app with the provider, run `tern oauth login \
+                 --provider google|microsoft --client-id ID`, and set smarthost_auth = xoauth2 \
+                 with smarthost_oauth_token_url, smarthost_oauth_client_id and \
+                 smarthost_oauth_refresh_token_file (or smarthost_oauth_token_command). Or an \
+                 app password: Gmail: turn on 2-Step Verification, create an app password and \
+                 put it in smarthost_password_file; Microsoft 365: an administrator must enable \
                  \"Authenticated SMTP\" (SMTP AUTH) for the mailbox, then use an app password \
                  if the account has multi-factor authentication.",
     },
@@ -459,6 +462,7 @@ mod tests {
         );
         let d = diagnose(&ms, &f);
         assert!(d.advice.contains("OAuth2") && d.advice.contains("app password"));
+        assert!(d.advice.contains("tern oauth login") && !d.advice.contains("not support"));
         let gmail = said_at(
             Stage::Auth,
             534,

@@ -12,12 +12,16 @@
 //! daemon's machine (`outbound::machine::Delivery`), moved by a blocking
 //! driver ([`driver`]) since a command may block.
 //!
+//! An address whose route is a `webhook:` line gets one test notification
+//! instead (`webhook`).
+//!
 //! Exit codes: 0 accepted by the next hop; 75 a temporary failure; 69 a
 //! permanent refusal; 78 a configuration error; 64 a usage error.
 
 pub mod diagnose;
 pub mod driver;
 pub mod transcript;
+mod webhook;
 
 use std::io::Write;
 use std::rc::Rc;
@@ -107,6 +111,14 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
     if !route_problems.is_empty() {
         return EX_CONFIG;
     }
+    if let crate::routes::RouteChoice::Route(crate::routes::Route {
+        line,
+        target: crate::routes::Target::Webhook { url, format },
+        ..
+    }) = routes.route_for(&original_sender, &rcpt.domain)
+    {
+        return webhook::run(cfg, *line, url, *format, &rcpt_text, out);
+    }
     let smarthost_relay = crate::routes::Relay::smarthost(cfg).map(Rc::new);
     let key = match crate::daemon::runner::remote_destination(
         cfg,
@@ -163,12 +175,11 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
     };
     let hosts =
         crate::daemon::dns::load_hosts(std::path::Path::new(crate::daemon::dns::HOSTS_FILE));
-    // An OAuth relay: the token command runs here (a command may block).
-    let oauth = job
-        .relay
-        .as_ref()
-        .and_then(|r| r.oauth_command())
-        .map(crate::daemon::oauth::fetch_blocking);
+    // An OAuth relay: the token command or the refresh grant runs here
+    // (a command may block).
+    let source = job.relay.as_ref().and_then(|r| r.oauth_source());
+    let refresh = matches!(source, Some(crate::oauth::TokenSpec::Refresh(_)));
+    let oauth = source.map(|s| crate::daemon::oauth::fetch_blocking_spec(cfg, s));
     let token = oauth
         .as_ref()
         .and_then(|r| r.as_ref().ok())
@@ -192,11 +203,15 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
             let _ = writeln!(
                 out,
                 "Setting: {}",
-                match (route_line.is_some(), oauth.is_some()) {
-                    (true, false) => "password_file= on the routes line",
-                    (false, false) => "smarthost_password_file",
-                    (true, true) => "oauth_token_command= on the routes line",
-                    (false, true) => "smarthost_oauth_token_command",
+                match (route_line.is_some(), oauth.is_some(), refresh) {
+                    (true, false, _) => "password_file= on the routes line",
+                    (false, false, _) => "smarthost_password_file",
+                    (true, true, false) => "oauth_token_command= on the routes line",
+                    (false, true, false) => "smarthost_oauth_token_command",
+                    (true, true, true) =>
+                        "oauth_refresh_token_file= (tern oauth login) or oauth_token_url= on the routes line",
+                    (false, true, true) =>
+                        "smarthost_oauth_refresh_token_file (tern oauth login) or smarthost_oauth_token_url",
                 }
             );
             return EX_TEMPFAIL;

@@ -239,6 +239,8 @@ impl QueueRunner {
         let loaded = states.clone();
         let mut tried = false;
         let mut remote: HashMap<DestinationKey, Vec<(usize, String)>> = HashMap::new();
+        // Recipients routed to a webhook, by route line (one POST each).
+        let mut hooks: Vec<WebhookJob> = Vec::new();
         // No route: the smarthost keys, else MX.
         let smarthost = crate::routes::Relay::smarthost(io.cfg).map(std::rc::Rc::new);
         let mut local = Vec::new();
@@ -271,6 +273,23 @@ impl QueueRunner {
                     });
                 }
                 Destination::Remote(address) => {
+                    if let Some((line, url, format)) =
+                        webhook_route(&io.tables.routes, &env.sender, &address.domain)
+                    {
+                        match hooks.iter_mut().find(|h| h.line == line) {
+                            Some(h) => h.job.recipients.push(i),
+                            None => hooks.push(WebhookJob {
+                                line,
+                                job: super::webhook::WebhookJob {
+                                    id,
+                                    url: url.clone(),
+                                    format,
+                                    recipients: vec![i],
+                                },
+                            }),
+                        }
+                        continue;
+                    }
                     match remote_destination(
                         io.cfg,
                         &io.tables.routes,
@@ -333,7 +352,7 @@ impl QueueRunner {
                 rewrite: None,
             });
         }
-        if !remote.is_empty() {
+        if !remote.is_empty() || !hooks.is_empty() {
             if io.cfg.hold_outbound && !self.flushing && !flush_one {
                 // Held mail is not attempted and its state is not touched
                 // (no write per held message); `mailq` shows it as held.
@@ -346,6 +365,11 @@ impl QueueRunner {
                     &flight.env.sender,
                     flight.env.origin,
                 );
+                for hook in hooks {
+                    flight.outstanding += 1;
+                    flight.tried = true;
+                    outbound.submit_webhook(hook.job);
+                }
                 for (key, rcpts) in remote {
                     flight.outstanding += 1;
                     flight.tried = true;
@@ -538,6 +562,29 @@ impl QueueRunner {
     }
 }
 
+/// A webhook job being gathered, with the route line that made it.
+struct WebhookJob {
+    line: usize,
+    job: super::webhook::WebhookJob,
+}
+
+/// The webhook route of a remote recipient, if its route is one: the
+/// line, the URL and the format.
+fn webhook_route<'a>(
+    routes: &'a crate::routes::RouteTable,
+    sender: &str,
+    domain: &str,
+) -> Option<(usize, &'a crate::http::Url, crate::routes::WebhookFormat)> {
+    match routes.route_for(sender, domain) {
+        RouteChoice::Route(crate::routes::Route {
+            line,
+            target: Target::Webhook { url, format },
+            ..
+        }) => Some((*line, url, *format)),
+        _ => None,
+    }
+}
+
 /// Where a remote recipient goes now (`routes`, else the smarthost, else
 /// MX): its job's destination, or why its route cannot be used (it is
 /// deferred, never sent another way). The routes file may change with
@@ -584,7 +631,15 @@ pub fn remote_destination(
             relay: None,
             lmtp: None,
         },
-        Target::Local | Target::Webhook { .. } => default(),
+        Target::Local => default(),
+        // The runner sends these before asking (`webhook_route`); any other
+        // caller (`tern test`) must not send them another way.
+        Target::Webhook { url, .. } => {
+            return Err(outcome::route_unusable(&format!(
+                "line {}: a webhook route ({url}), not SMTP",
+                route.line
+            )))
+        }
     })
 }
 
@@ -633,7 +688,10 @@ fn original_headers(io: &Io, id: QueueId) -> Vec<u8> {
 /// the sentence for the human part.
 fn failed_recipient(address: String, state: &RcptState) -> FailedRecipient {
     let reason = state.reason.as_ref();
-    let remote = reason.and_then(|r| r.origin.relay());
+    let remote = reason.and_then(|r| match &r.origin {
+        Origin::Remote { relay } => Some(relay.as_str()),
+        _ => None,
+    });
     FailedRecipient {
         address,
         status: reason.map_or("5.0.0".into(), |r| r.status.to_string()),
