@@ -729,7 +729,12 @@ fn smarthost_oauth_keys() {
         Some("/usr/bin/tok --user me")
     );
     let relay = crate::routes::Relay::smarthost(&c).unwrap();
-    assert_eq!(relay.oauth_command(), Some("/usr/bin/tok --user me"));
+    assert_eq!(
+        relay.oauth_source(),
+        Some(&crate::oauth::TokenSpec::Command(
+            "/usr/bin/tok --user me".into()
+        ))
+    );
     assert_eq!(
         parse("smarthost_auth = LOGIN\n").smarthost_auth,
         Some(AuthMechanism::Login)
@@ -751,37 +756,6 @@ fn smarthost_oauth_keys() {
     assert!(e[0].message.contains("not used with"), "{e:?}");
     let e = errors("smarthost_auth = cram-md5\n");
     assert_eq!(e[0].line, 1);
-}
-
-// --- local_delivery = lmtp ---------------------------------------------------
-
-#[test]
-fn lmtp_delivery_takes_its_target() {
-    let c = parse("local_delivery = lmtp\nlmtp_target = unix:/run/dovecot/lmtp\n");
-    assert_eq!(c.local_delivery, LocalDelivery::Lmtp);
-    assert_eq!(
-        c.lmtp_target,
-        Some(LmtpTarget::Unix("/run/dovecot/lmtp".into()))
-    );
-}
-
-#[test]
-fn lmtp_without_target_and_target_without_lmtp_are_errors() {
-    let e = errors("hostname = h.test\nlocal_delivery = lmtp\n");
-    assert_eq!(e.len(), 1);
-    assert_eq!(e[0].line, 2);
-    assert!(e[0].message.contains("needs lmtp_target"), "{e:?}");
-    let e = errors("lmtp_target = 127.0.0.1:24\n");
-    assert_eq!(e[0].line, 1);
-    assert!(e[0]
-        .message
-        .contains("only used with local_delivery = lmtp"));
-    let e = errors("local_delivery = lmtp\nlmtp_target = unix:relative\n");
-    assert!(
-        e.iter()
-            .any(|e| e.line == 2 && e.message.starts_with("lmtp_target: ")),
-        "{e:?}"
-    );
 }
 
 #[test]
@@ -867,6 +841,37 @@ fn smarthost_oauth_refresh_grant_keys() {
     assert!(
         e[0].message
             .contains("needs smarthost_oauth_token_command or the refresh-token grant"),
+        "{e:?}"
+    );
+}
+
+// --- local_delivery = lmtp ---------------------------------------------------
+
+#[test]
+fn lmtp_delivery_takes_its_target() {
+    let c = parse("local_delivery = lmtp\nlmtp_target = unix:/run/dovecot/lmtp\n");
+    assert_eq!(c.local_delivery, LocalDelivery::Lmtp);
+    assert_eq!(
+        c.lmtp_target,
+        Some(LmtpTarget::Unix("/run/dovecot/lmtp".into()))
+    );
+}
+
+#[test]
+fn lmtp_without_target_and_target_without_lmtp_are_errors() {
+    let e = errors("hostname = h.test\nlocal_delivery = lmtp\n");
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].line, 2);
+    assert!(e[0].message.contains("needs lmtp_target"), "{e:?}");
+    let e = errors("lmtp_target = 127.0.0.1:24\n");
+    assert_eq!(e[0].line, 1);
+    assert!(e[0]
+        .message
+        .contains("only used with local_delivery = lmtp"));
+    let e = errors("local_delivery = lmtp\nlmtp_target = unix:relative\n");
+    assert!(
+        e.iter()
+            .any(|e| e.line == 2 && e.message.starts_with("lmtp_target: ")),
         "{e:?}"
     );
 }
