@@ -153,10 +153,15 @@ def test_500_then_200_defers_then_delivers_exactly_once(tern_factory, hooks):
 
 def test_404_bounces_to_the_sender_naming_the_status(tern_factory, hooks):
     hook = hooks(statuses=[404], answer=b'{"error":"topic not found"}')
-    t = hooked(tern_factory, f"@hook.example webhook:{hook.url}\n").start()
+    # A token in the query (Gotify style) reaches the server, never the
+    # log, the state file or the bounce.
+    t = hooked(tern_factory, f"@hook.example webhook:{hook.url}?token=S3cret\n").start()
     send(t, "me@mx.test", ["a@hook.example"])
     wait_for(lambda: t.maildir("me"), what="the bounce")
     report = t.maildir("me")[0].decode(errors="replace")
+    assert hook.requests[0]["path"] == "/alerts?token=S3cret"
+    assert "S3cret" not in report and "S3cret" not in t.log_text()
+    assert f"webhook {hook.url}?… answered HTTP status 404" in report, report
     assert "a@hook.example" in report
     assert "HTTP status 404" in report, report
     assert "topic not found" in report
