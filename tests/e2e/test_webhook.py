@@ -6,6 +6,7 @@ schedule."""
 
 import http.server
 import json
+import socket
 import ssl
 import threading
 import time
@@ -204,6 +205,23 @@ def test_host_name_is_resolved_and_verified_through_the_configured_dns(tern_fact
         wait_for(lambda: f"relay={url} dsn=2.0.0 status=sent" in t.log_text(), what="sent")
     finally:
         dns.close()
+
+
+def test_a_silent_server_times_out_and_defers(tern_factory):
+    """The exchange's one deadline (WEBHOOK_TIMEOUT, 30 s) ends a server
+    that accepts and never answers, at the daemon's tick; slow test."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    port = silent.getsockname()[1]
+    try:
+        t = hooked(tern_factory, f"@hook.example webhook:https://127.0.0.1:{port}/x\n").start()
+        send(t, "cron@mx.test", ["a@hook.example"])
+        wait_for(lambda: "status=deferred" in t.log_text(), timeout=45, what="the timeout")
+        assert f"timeout waiting for the webhook's HTTP response from 127.0.0.1:{port}" in t.log_text()
+        assert t.queued()
+    finally:
+        silent.close()
 
 
 def test_untrusted_certificate_defers(tern_factory, hooks):
