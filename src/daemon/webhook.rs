@@ -133,7 +133,12 @@ impl Webhooks {
         }
         let notice = webhook::notice_of(&text);
         let req = webhook::request(&job.url, job.format, &notice);
-        log::debug!("{}: POST {} ({} bytes)", job.id, job.url, req.body.len());
+        log::debug!(
+            "{}: POST {} ({} bytes)",
+            job.id,
+            job.url.redacted(),
+            req.body.len()
+        );
         let handle = self
             .http
             .start(io.reactor, dns, tls, &req, WEBHOOK_TIMEOUT, Instant::now());
@@ -146,8 +151,13 @@ impl Webhooks {
                 continue;
             };
             match &result {
-                Ok(r) => log::debug!("{}: webhook {}: HTTP {}", job.id, job.url, r.status),
-                Err(e) => log::debug!("{}: webhook {}: {e}", job.id, job.url),
+                Ok(r) => log::debug!(
+                    "{}: webhook {}: HTTP {}",
+                    job.id,
+                    job.url.redacted(),
+                    r.status
+                ),
+                Err(e) => log::debug!("{}: webhook {}: {e}", job.id, job.url.redacted()),
             }
             let o = webhook::outcome_of(&job.url, &result);
             self.report(&job, &o);

@@ -87,6 +87,15 @@ impl Url {
         }
     }
 
+    /// For logs, state files and bounces: the URL with its query (where
+    /// tokens go, e.g. Gotify's `?token=`) shown as `?…`.
+    pub fn redacted(&self) -> String {
+        match self.path.split_once('?') {
+            Some((path, _)) => format!("https://{}{path}?…", self.host_field()),
+            None => self.to_string(),
+        }
+    }
+
     /// The host as an IP address, when it is a literal.
     pub fn ip(&self) -> Option<IpAddr> {
         self.host.parse().ok()
@@ -167,6 +176,8 @@ mod tests {
             ("::1", "/m?token=a%20b")
         );
         assert_eq!(u.host_field(), "[::1]:9");
+        assert_eq!(u.redacted(), "https://[::1]:9/m?…");
+        assert_eq!(Url::parse("https://h/t").unwrap().redacted(), "https://h/t");
         assert_eq!(Url::parse("https://h?x=1").unwrap().path, "/?x=1");
     }
 

@@ -6,6 +6,7 @@ schedule."""
 
 import http.server
 import json
+import socket
 import ssl
 import threading
 import time
@@ -153,10 +154,15 @@ def test_500_then_200_defers_then_delivers_exactly_once(tern_factory, hooks):
 
 def test_404_bounces_to_the_sender_naming_the_status(tern_factory, hooks):
     hook = hooks(statuses=[404], answer=b'{"error":"topic not found"}')
-    t = hooked(tern_factory, f"@hook.example webhook:{hook.url}\n").start()
+    # A token in the query (Gotify style) reaches the server, never the
+    # log, the state file or the bounce.
+    t = hooked(tern_factory, f"@hook.example webhook:{hook.url}?token=S3cret\n").start()
     send(t, "me@mx.test", ["a@hook.example"])
     wait_for(lambda: t.maildir("me"), what="the bounce")
     report = t.maildir("me")[0].decode(errors="replace")
+    assert hook.requests[0]["path"] == "/alerts?token=S3cret"
+    assert "S3cret" not in report and "S3cret" not in t.log_text()
+    assert f"webhook {hook.url}?… answered HTTP status 404" in report, report
     assert "a@hook.example" in report
     assert "HTTP status 404" in report, report
     assert "topic not found" in report
@@ -199,6 +205,23 @@ def test_host_name_is_resolved_and_verified_through_the_configured_dns(tern_fact
         wait_for(lambda: f"relay={url} dsn=2.0.0 status=sent" in t.log_text(), what="sent")
     finally:
         dns.close()
+
+
+def test_a_silent_server_times_out_and_defers(tern_factory):
+    """The exchange's one deadline (WEBHOOK_TIMEOUT, 30 s) ends a server
+    that accepts and never answers, at the daemon's tick; slow test."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    port = silent.getsockname()[1]
+    try:
+        t = hooked(tern_factory, f"@hook.example webhook:https://127.0.0.1:{port}/x\n").start()
+        send(t, "cron@mx.test", ["a@hook.example"])
+        wait_for(lambda: "status=deferred" in t.log_text(), timeout=45, what="the timeout")
+        assert f"timeout waiting for the webhook's HTTP response from 127.0.0.1:{port}" in t.log_text()
+        assert t.queued()
+    finally:
+        silent.close()
 
 
 def test_untrusted_certificate_defers(tern_factory, hooks):

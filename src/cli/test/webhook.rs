@@ -26,7 +26,8 @@ pub fn run(
     };
     let _ = writeln!(
         out,
-        "* route: line {line} of the routes file: webhook {url} (format={format_name})"
+        "* route: line {line} of the routes file: webhook {} (format={format_name})",
+        url.redacted()
     );
     let notice = Notice {
         title: format!("tern test from {}", cfg.hostname),
@@ -36,7 +37,7 @@ pub fn run(
         ),
     };
     let req = webhook::request(url, format, &notice);
-    let _ = writeln!(out, "POST {url} ({} bytes)", req.body.len());
+    let _ = writeln!(out, "POST {} ({} bytes)", url.redacted(), req.body.len());
     let result = crate::http::blocking::fetch_with_config(
         cfg,
         &req,

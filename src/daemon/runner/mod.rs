@@ -636,8 +636,9 @@ pub fn remote_destination(
         // caller (`tern test`) must not send them another way.
         Target::Webhook { url, .. } => {
             return Err(outcome::route_unusable(&format!(
-                "line {}: a webhook route ({url}), not SMTP",
-                route.line
+                "line {}: a webhook route ({}), not SMTP",
+                route.line,
+                url.redacted()
             )))
         }
     })

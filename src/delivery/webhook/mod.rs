@@ -92,7 +92,8 @@ pub fn json_string(s: &str) -> String {
 
 /// The outcome of the POST for every recipient of the route.
 pub fn outcome_of(url: &Url, result: &Result<HttpResponse, HttpError>) -> Outcome {
-    let name = url.to_string();
+    // The query may hold a token: never in logs, state files or bounces.
+    let name = url.redacted();
     let peer = url.host_field();
     match result {
         Ok(r) if (200..300).contains(&r.status) => Outcome::Delivered { relay: name },
@@ -242,6 +243,14 @@ mod tests {
             let o = outcome_of(&u, &Err(e.clone()));
             assert!(matches!(o, Outcome::Deferred(_)), "{e:?}: {o:?}");
         }
+        let secret = Url::parse("https://gotify.example/message?token=S3cret").unwrap();
+        let Outcome::Failed(r) = outcome_of(&secret, &response(401, b"bad token")) else {
+            panic!()
+        };
+        assert_eq!(
+            r.to_string(),
+            "webhook https://gotify.example/message?… answered HTTP status 401: bad token"
+        );
         let Outcome::Deferred(r) = outcome_of(&u, &Err(HttpError::Tls("unknown issuer".into())))
         else {
             panic!()
