@@ -85,6 +85,8 @@ pub struct OutboundDriver {
     tokens: super::oauth::TokenSource,
     /// Jobs (holding their slots) waiting for their relay's token.
     token_waiting: Vec<Job>,
+    /// Jobs being DKIM-signed before they wait for a slot.
+    signing: super::signing::Signing,
 }
 
 impl OutboundDriver {
@@ -100,12 +102,17 @@ impl OutboundDriver {
             reports: Vec::new(),
             tokens: super::oauth::TokenSource::default(),
             token_waiting: Vec::new(),
+            signing: super::signing::Signing::new(crate::dkim::DkimKeys::load_logged(
+                cfg.dkim_keys.as_deref(),
+            )),
         }
     }
 
     /// On reload: slot limits, smarthosts.
     pub fn reconfigure(&mut self, cfg: &Config) {
         self.jobs.reconfigure(cfg);
+        self.signing
+            .set_keys(crate::dkim::DkimKeys::load_logged(cfg.dkim_keys.as_deref()));
     }
 
     /// On reload: the verifying client configuration (new CA file).
@@ -116,7 +123,16 @@ impl OutboundDriver {
     /// Queues a job; it starts at the next [`OutboundDriver::poll`] with a
     /// free slot.
     pub fn submit(&mut self, job: Job) {
-        self.jobs.submit(job);
+        if self.signing.is_on() {
+            self.signing.submit(job);
+        } else {
+            self.jobs.submit(job);
+        }
+    }
+
+    /// Jobs are being signed: the loop must come back without sleeping.
+    pub fn is_signing(&self) -> bool {
+        self.signing.is_busy()
     }
 
     /// Jobs waiting for a connection slot.
@@ -132,6 +148,7 @@ impl OutboundDriver {
     /// No new connections (waiting jobs stay in the spool for the restart).
     pub fn shutdown(&mut self) {
         self.jobs.shutdown();
+        self.signing.clear();
         // Jobs waiting for a token stay in the spool, like waiting ones.
         for job in std::mem::take(&mut self.token_waiting) {
             self.jobs.finished(&job.destination_key());
@@ -142,6 +159,13 @@ impl OutboundDriver {
     /// Starts jobs while slots are free (idle kept sessions first). Flush
     /// the DNS driver afterwards: the jobs may have asked questions.
     pub fn poll(&mut self, io: &mut Io, dns: &mut DnsDriver) -> Vec<JobReport> {
+        if self.signing.is_busy() {
+            let now = super::unix_now();
+            let trusted = crate::system::clock_before_build(now).is_none();
+            for job in self.signing.turn(io.spool, trusted.then_some(now)) {
+                self.jobs.submit(job);
+            }
+        }
         // Idle cached connections first: a waiting job for the same
         // destination reuses one without a new connect, greeting and EHLO.
         let now = Instant::now();

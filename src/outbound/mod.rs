@@ -51,6 +51,9 @@ pub struct Job {
     /// `smarthost` keys); `None`: the smarthosts and settings the caller
     /// gives the machine. Always `None` with a domain (MX).
     pub relay: Option<std::rc::Rc<crate::routes::Relay>>,
+    /// The `DKIM-Signature` fields to put in front (`daemon::signing`);
+    /// `None`: sent unsigned.
+    pub dkim: Option<std::rc::Rc<crate::dkim::sign::Signatures>>,
 }
 
 impl Job {
@@ -227,6 +230,7 @@ mod tests {
             eight_bit: false,
             arrival: 0,
             rewrite: None,
+            dkim: None,
             relay: None,
         }
     }

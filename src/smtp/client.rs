@@ -113,6 +113,9 @@ pub struct Transaction {
     /// Locally originated mail leaving the host: the `From:`/`Sender:`
     /// addresses of the body are rewritten with this table (`rewrite`).
     pub rewrite: Option<crate::rewrite::SenderMap>,
+    /// DKIM signatures of the message as it will be sent; the one that
+    /// matches (downgraded or not) goes in front of the message.
+    pub dkim: Option<std::rc::Rc<crate::dkim::sign::Signatures>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,6 +214,9 @@ struct ActiveTransaction {
     downgrade: Option<Downgrade>,
     /// Sender rewriting of the header, before the downgrade.
     rewrite: Option<HeaderRewriter>,
+    /// The `DKIM-Signature` field sent before the message (the one for
+    /// the bytes this transaction sends: downgraded or not).
+    dkim_field: Option<Vec<u8>>,
 }
 
 impl ActiveTransaction {
@@ -440,9 +446,16 @@ impl ClientSession {
             return;
         }
 
+        let downgrading = txn.eight_bit && !self.offers("8BITMIME") && !self.offers("SMTPUTF8");
+        let dkim_field = txn
+            .dkim
+            .as_ref()
+            .and_then(|s| s.field(downgrading))
+            .map(<[u8]>::to_vec);
         let mut mail_command = format!("MAIL FROM:<{}>", txn.sender);
         if self.offers("SIZE") {
-            mail_command.push_str(&format!(" SIZE={}", txn.size));
+            let size = txn.size + dkim_field.as_ref().map_or(0, |f| f.len() as u64);
+            mail_command.push_str(&format!(" SIZE={size}"));
         }
         if txn.eight_bit && self.offers("8BITMIME") {
             mail_command.push_str(" BODY=8BITMIME");
@@ -450,8 +463,7 @@ impl ClientSession {
         if txn.smtputf8 {
             mail_command.push_str(" SMTPUTF8");
         }
-        let downgrade = (txn.eight_bit && !self.offers("8BITMIME") && !self.offers("SMTPUTF8"))
-            .then(Downgrade::new);
+        let downgrade = downgrading.then(Downgrade::new);
         let pipelined = self.offers("PIPELINING");
         self.phase = Phase::Transaction;
         self.txn = Some(ActiveTransaction {
@@ -465,6 +477,7 @@ impl ClientSession {
             data_sent: false,
             downgrade,
             rewrite: txn.rewrite.map(HeaderRewriter::new),
+            dkim_field,
         });
         if pipelined {
             self.send_pipelined_group(now);
@@ -950,6 +963,10 @@ impl ClientSession {
             if any_accepted {
                 self.phase = Phase::Body;
                 self.body_tail = *b"\r\n";
+                // The signature first (ASCII, ends in CRLF: nothing to stuff).
+                if let Some(field) = active.dkim_field.take() {
+                    self.out.extend_from_slice(&field);
+                }
                 self.events.push_back(ClientEvent::WantBody);
             } else {
                 // RFC 2920 §3.1 says the server must refuse this DATA; leave

@@ -332,6 +332,7 @@ impl QueueRunner {
                         eight_bit: flight.env.eight_bit,
                         arrival: flight.env.arrival,
                         rewrite: rewrite.clone(),
+                        dkim: None,
                     });
                 }
             }

@@ -28,6 +28,7 @@ fn txn(rcpts: &[&str]) -> Transaction {
         eight_bit: false,
         smtputf8: false,
         rewrite: None,
+        dkim: None,
     }
 }
 
