@@ -229,6 +229,7 @@ fn fuzz_users() -> HashSet<String> {
 
 mod admin;
 mod client;
+mod dkim;
 mod dns;
 mod mail;
 mod mime;
@@ -240,6 +241,7 @@ mod syntax;
 
 pub use admin::{aliases, config, sasl, users};
 pub use client::{smtp_client, smtp_client_reply};
+pub use dkim::dkim_canon;
 pub use dns::{dns_resolver, dns_wire};
 pub use mail::mail_compose;
 pub use mime::mime_downgrade;
@@ -275,4 +277,5 @@ pub const TARGETS: &[(&str, Driver)] = &[
     ("sender_rewrite", sender_rewrite),
     ("routes", routes),
     ("mail_compose", mail_compose),
+    ("dkim_canon", dkim_canon),
 ];

@@ -227,6 +227,17 @@ impl DkimKeys {
             .map(|e| (e.selector.as_str(), &e.key))
     }
 
+    /// A table of one key (tests, fuzzing).
+    pub fn single(domain: &str, selector: &str, key: SigningKey) -> DkimKeys {
+        DkimKeys {
+            entries: vec![Entry {
+                domain: domain.to_ascii_lowercase(),
+                selector: selector.to_string(),
+                key,
+            }],
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -404,6 +404,76 @@ mod tests {
         assert_eq!(from_domain(&f).as_deref(), Some("example.com"));
     }
 
+    fn keys() -> DkimKeys {
+        let key = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[1; 32]).unwrap();
+        DkimKeys::single("example.com", "s1", SigningKey::Ed25519(key))
+    }
+
+    fn sign_in(message: &[u8], chunk: usize, eight_bit: bool) -> Signed {
+        let mut s = MessageSigner::new(None, eight_bit);
+        for c in message.chunks(chunk) {
+            s.push(c);
+        }
+        s.finish(&keys(), Some(1_800_000_000))
+    }
+
+    const EIGHT_BIT: &[u8] = b"From: A <a@example.com>\r\nTo: b@far.test\r\nSubject: s\r\n\
+        MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\
+        Content-Transfer-Encoding: 8bit\r\n\r\nGr\xc3\xbc\xc3\x9fe  \r\n\r\n";
+
+    #[test]
+    fn signature_does_not_depend_on_chunks_and_has_both_variants() {
+        let whole = sign_in(EIGHT_BIT, usize::MAX, true);
+        for chunk in [1, 2, 7, 64] {
+            assert_eq!(sign_in(EIGHT_BIT, chunk, true), whole, "chunk {chunk}");
+        }
+        let Signed::Yes(s) = whole else {
+            panic!("not signed: {whole:?}")
+        };
+        let plain = String::from_utf8(s.plain.clone()).unwrap();
+        assert!(plain.starts_with("DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed;"));
+        assert!(plain.contains("d=example.com;") && plain.contains("t=1800000000;"));
+        let unfolded = plain.replace("\r\n\t", " ");
+        assert!(unfolded.contains(
+            "h=from:from:to:subject:mime-version:content-type: content-transfer-encoding;"
+        ));
+        assert!(plain.lines().all(|l| l.len() <= 78), "{plain}");
+        // The downgraded message has another body hash and CTE field.
+        let seven = String::from_utf8(s.seven_bit.unwrap()).unwrap();
+        let bh = |f: &str| {
+            f.split("bh=")
+                .nth(1)
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        assert_ne!(bh(&plain), bh(&seven));
+        // A 7-bit message has no second variant.
+        let Signed::Yes(s) = sign_in(EIGHT_BIT, 5, false) else {
+            panic!()
+        };
+        assert_eq!(s.seven_bit, None);
+    }
+
+    #[test]
+    fn other_domain_stops_after_the_header_and_big_header_fails() {
+        let mut s = MessageSigner::new(None, false);
+        s.push(b"From: c@other.test\r\nSubject: x\r\n");
+        assert!(!s.is_unsigned(&keys()));
+        s.push(b"\r\nbody");
+        assert!(s.is_unsigned(&keys()));
+        assert_eq!(s.finish(&keys(), None), Signed::NoKey);
+
+        let mut big = b"From: a@example.com\r\n".to_vec();
+        for _ in 0..(MAX_SIGNED_HEADER / 20) {
+            big.extend_from_slice(b"X-Filler: 123456789\r\n");
+        }
+        big.extend_from_slice(b"\r\nbody\r\n");
+        assert!(matches!(sign_in(&big, 4096, false), Signed::Failed(_)));
+    }
+
     #[test]
     fn header_without_body_and_no_from() {
         let mut h = Half::new();

@@ -589,6 +589,9 @@ impl Delivery {
 
     /// Another job to the same destination, for an idle session; given
     /// back when the session cannot take it.
+    // The job comes back by value, once per offer: boxing it would cost an
+    // allocation per reuse to save a copy of a few words.
+    #[allow(clippy::result_large_err)]
     pub fn next_job(&mut self, job: Job, now: Instant) -> Result<(), Job> {
         let State::Session(s) = &mut self.state else {
             return Err(job);

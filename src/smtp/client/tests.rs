@@ -1022,3 +1022,5 @@ fn implicit_tls_skips_starttls() {
 
 // AUTH, deadlines and the end of a session: in `tests/session.rs`.
 mod session;
+// The DKIM-Signature field in front of the message: in `tests/dkim.rs`.
+mod dkim;
