@@ -111,8 +111,16 @@ impl OutboundDriver {
     /// On reload: slot limits, smarthosts.
     pub fn reconfigure(&mut self, cfg: &Config) {
         self.jobs.reconfigure(cfg);
-        self.signing
-            .set_keys(crate::dkim::DkimKeys::load_logged(cfg.dkim_keys.as_deref()));
+        // A bad new key file keeps the old keys (like the certificate): a
+        // daemon running as `user` may no longer read a root-only key.
+        let (keys, problems) = crate::dkim::DkimKeys::load(cfg.dkim_keys.as_deref());
+        if problems.is_empty() {
+            self.signing.set_keys(std::rc::Rc::new(keys));
+        } else {
+            for p in problems {
+                log::error!("reload: keeping the old DKIM keys: {p}");
+            }
+        }
     }
 
     /// On reload: the verifying client configuration (new CA file).

@@ -7,6 +7,7 @@ DNS lookups are answered with the TXT record `tern dkim keygen` printed
 
 import email
 import re
+import signal
 import smtplib
 import subprocess
 
@@ -211,3 +212,34 @@ def test_keygen_refuses_to_overwrite(tmp_path):
     r = subprocess.run([TERN_BIN, "dkim", "keygen", "example.com", "s1", "--ed25519",
                         "--dir", str(tmp_path)], capture_output=True, timeout=30)
     assert r.returncode != 0 and b"exists" in r.stderr, r.stderr
+
+
+def test_reload_takes_new_keys_and_keeps_old_ones_on_errors(tern_factory, sinks):
+    sink = sinks()
+    t, records = signing_tern(tern_factory, sink, [("example.com", "s1", ("--ed25519",))])
+    t.start()
+    keys = t.dir / "dkim_keys"
+    good = keys.read_text()
+
+    def reload():
+        before = t.log_text().count("configuration reloaded")
+        t.send(signal.SIGHUP)
+        wait_for(lambda: t.log_text().count("configuration reloaded") > before, what="reload")
+
+    def deliver(sender, n):
+        send(t, sender, ["bob@far.test"], f"From: {sender}\r\nSubject: {n}\r\n\r\nx\r\n".encode())
+        wait_for(lambda: len(sink.messages) == n, what=f"delivery {n}")
+        return sink.messages[n - 1]["data"]
+
+    # A broken file: the old keys stay.
+    keys.write_text(good + "other.test s9 missing.key\n")
+    reload()
+    assert "reload: keeping the old DKIM keys" in t.log_text()
+    assert verify(deliver("alice@example.com", 1), records)
+    # A good new file: its keys take over.
+    name, txt, key = keygen(t.dir, "other.test", "s2", "--ed25519")
+    records[name] = txt
+    keys.write_text(f"other.test s2 {key.name}\n")
+    reload()
+    assert verify(deliver("carol@other.test", 2), records)
+    assert b"DKIM-Signature" not in deliver("alice@example.com", 3)
