@@ -102,8 +102,8 @@ impl Signing {
             };
             let mut done = None;
             while budget > 0 {
-                if a.signer.is_unsigned(&self.keys) {
-                    done = Some(Signed::NoKey);
+                if let Some(early) = a.signer.early_result(&self.keys) {
+                    done = Some(early);
                     break;
                 }
                 match a.file.read(&mut self.chunk) {

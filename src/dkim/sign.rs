@@ -188,6 +188,8 @@ pub struct MessageSigner {
     seven: Option<(Downgrade, Half)>,
     scratch: Vec<u8>,
     converted: Vec<u8>,
+    /// The `From:` domain, once the header is complete.
+    domain: Option<Option<String>>,
 }
 
 impl MessageSigner {
@@ -200,6 +202,7 @@ impl MessageSigner {
             seven: eight_bit.then(|| (Downgrade::new(), Half::new())),
             scratch: Vec::new(),
             converted: Vec::new(),
+            domain: None,
         }
     }
 
@@ -216,6 +219,9 @@ impl MessageSigner {
         };
         self.feed(bytes);
         self.scratch = scratch;
+        if self.plain.in_body && self.domain.is_none() {
+            self.domain = Some(from_domain(&self.plain.fields()));
+        }
     }
 
     fn feed(&mut self, bytes: &[u8]) {
@@ -229,11 +235,17 @@ impl MessageSigner {
         }
     }
 
-    /// The header is complete and names no domain of `keys`: the rest of
-    /// the message need not be read.
-    pub fn is_unsigned(&self, keys: &DkimKeys) -> bool {
-        self.plain.in_body
-            && from_domain(&self.plain.fields()).is_none_or(|d| keys.key_for(&d).is_none())
+    /// The outcome when it is known before the end of the message (the
+    /// header is complete: no key for its domain, or too large to sign):
+    /// the rest need not be read.
+    pub fn early_result(&self, keys: &DkimKeys) -> Option<Signed> {
+        let domain = self.domain.as_ref()?;
+        if domain.as_deref().and_then(|d| keys.key_for(d)).is_none() {
+            return Some(Signed::NoKey);
+        }
+        self.plain
+            .header_too_large
+            .then(|| Signed::Failed(format!("header larger than {MAX_SIGNED_HEADER} octets")))
     }
 
     /// The end of the message: the fields, signed with the key of the
@@ -461,9 +473,9 @@ mod tests {
     fn other_domain_stops_after_the_header_and_big_header_fails() {
         let mut s = MessageSigner::new(None, false);
         s.push(b"From: c@other.test\r\nSubject: x\r\n");
-        assert!(!s.is_unsigned(&keys()));
+        assert_eq!(s.early_result(&keys()), None);
         s.push(b"\r\nbody");
-        assert!(s.is_unsigned(&keys()));
+        assert_eq!(s.early_result(&keys()), Some(Signed::NoKey));
         assert_eq!(s.finish(&keys(), None), Signed::NoKey);
 
         let mut big = b"From: a@example.com\r\n".to_vec();
@@ -472,6 +484,9 @@ mod tests {
         }
         big.extend_from_slice(b"\r\nbody\r\n");
         assert!(matches!(sign_in(&big, 4096, false), Signed::Failed(_)));
+        let mut s = MessageSigner::new(None, false);
+        s.push(&big);
+        assert!(matches!(s.early_result(&keys()), Some(Signed::Failed(_))));
     }
 
     #[test]
