@@ -143,9 +143,9 @@ impl OutboundDriver {
         self.signing.is_busy()
     }
 
-    /// Jobs waiting for a connection slot.
+    /// Jobs waiting for a connection slot or for their signature.
     pub fn backlog(&self) -> usize {
-        self.jobs.backlog()
+        self.jobs.backlog() + self.signing.len()
     }
 
     /// No job running.

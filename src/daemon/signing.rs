@@ -60,9 +60,14 @@ impl Signing {
         self.waiting.push_back(job);
     }
 
+    /// Jobs here (the runner's backlog counts them).
+    pub fn len(&self) -> usize {
+        self.waiting.len() + self.active.len()
+    }
+
     /// Work is left for the next turn.
     pub fn is_busy(&self) -> bool {
-        !self.waiting.is_empty() || !self.active.is_empty()
+        self.len() > 0
     }
 
     /// At shutdown: jobs not yet signed stay in the spool for the restart,
@@ -119,10 +124,12 @@ impl Signing {
                 }
             }
             if budget == 0 && done.is_none() {
-                // Out of budget mid-file: this job goes on next turn.
+                // Out of budget mid-file: this job goes on next turn, after
+                // the others (a short message does not wait for a long one).
+                self.active.rotate_left(1);
                 break;
             }
-            let a = self.active.swap_remove(i);
+            let a = self.active.remove(i);
             let signed = match done {
                 Some(s) => s,
                 None => a.signer.finish(&self.keys, now),
@@ -139,5 +146,100 @@ impl Signing {
             ready.push(job);
         }
         ready
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::dkim::{DkimKeys, SigningKey};
+    use crate::spool::envelope::{Recipient, StoredEnvelope};
+    use crate::spool::QueueId;
+
+    fn store(spool: &mut Spool, message: &[u8]) -> QueueId {
+        let env = StoredEnvelope {
+            id: QueueId(0),
+            arrival: 1_795_000_000,
+            sender: "a@example.com".into(),
+            recipients: vec![Recipient {
+                dest: crate::delivery::Destination::Remote(
+                    crate::smtp::address::Address::parse_mailbox("x@y.test").unwrap(),
+                ),
+                original: "x@y.test".into(),
+            }],
+            client: "helo [127.0.0.1]".into(),
+            origin: crate::rewrite::SenderOrigin::Other,
+            eight_bit: false,
+            body_offset: 0,
+        };
+        let mut inc = spool.create(&env).unwrap();
+        inc.write(message).unwrap();
+        spool.commit(vec![inc]).pop().unwrap().unwrap()
+    }
+
+    fn job(id: QueueId) -> Job {
+        Job {
+            id,
+            domain: "y.test".into(),
+            sender: "a@example.com".into(),
+            recipients: vec![(0, "x@y.test".into())],
+            size: 0,
+            eight_bit: false,
+            arrival: 0,
+            rewrite: None,
+            relay: None,
+            dkim: None,
+        }
+    }
+
+    #[test]
+    fn bounded_turns_and_a_short_message_does_not_wait_for_a_long_one() {
+        let dir = crate::test_dir::TempDir::new("signing");
+        let mut spool = Spool::open(&dir.0, false).unwrap();
+        let mut big = b"From: a@example.com\r\nSubject: big\r\n\r\n".to_vec();
+        while big.len() < 5 * SIGN_BYTES_PER_TURN {
+            big.extend_from_slice(b"0123456789 abcdefghij\r\n");
+        }
+        let big = store(&mut spool, &big);
+        let other = store(&mut spool, b"From: c@other.test\r\n\r\nx\r\n");
+        let small = store(&mut spool, b"From: a@example.com\r\n\r\nsmall\r\n");
+        let key = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[3; 32]).unwrap();
+        let keys = DkimKeys::single("example.com", "s", SigningKey::Ed25519(key));
+        let mut signing = Signing::new(std::rc::Rc::new(keys));
+        for id in [big, other, small] {
+            signing.submit(job(id));
+        }
+        assert_eq!(signing.len(), 3);
+        // Turn 1: the big one takes the whole budget and goes to the back.
+        assert!(signing.turn(&spool, Some(1)).is_empty());
+        // Turn 2: the other two are done, unsigned and signed.
+        let done = signing.turn(&spool, Some(1));
+        let ids: Vec<(QueueId, bool)> = done.iter().map(|j| (j.id, j.dkim.is_some())).collect();
+        assert_eq!(ids, [(other, false), (small, true)]);
+        let mut turns = 2;
+        let signed = loop {
+            turns += 1;
+            assert!(turns < 20, "never done");
+            if let Some(j) = signing.turn(&spool, Some(1)).pop() {
+                break j;
+            }
+        };
+        assert!(turns >= 6, "{turns} turns for 5 budgets");
+        assert_eq!(signed.id, big);
+        assert!(signed.dkim.is_some() && !signing.is_busy());
+    }
+
+    #[test]
+    fn unreadable_message_goes_unsigned() {
+        let dir = crate::test_dir::TempDir::new("signing-gone");
+        let spool = Spool::open(&dir.0, false).unwrap();
+        let key = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[3; 32]).unwrap();
+        let keys = DkimKeys::single("example.com", "s", SigningKey::Ed25519(key));
+        let mut signing = Signing::new(std::rc::Rc::new(keys));
+        signing.submit(job(QueueId(12345)));
+        let done = signing.turn(&spool, None);
+        assert_eq!(done.len(), 1);
+        assert!(done[0].dkim.is_none());
     }
 }
