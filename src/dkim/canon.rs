@@ -24,13 +24,16 @@ pub fn relaxed_header(raw: &[u8]) -> Option<Vec<u8>> {
     let (name, value) = raw.split_at_checked(colon)?;
     let value = value.get(1..).unwrap_or_default();
     let mut out = Vec::with_capacity(raw.len() + 2);
-    let name_end = name.iter().rposition(|&b| !is_wsp(b)).map_or(0, |e| e + 1);
+    // Unfolded first (a fold before the colon goes too), then the WSP
+    // before the colon.
     out.extend(
-        name.get(..name_end)
-            .unwrap_or_default()
-            .iter()
+        name.iter()
+            .filter(|&&b| b != b'\r' && b != b'\n')
             .map(u8::to_ascii_lowercase),
     );
+    while out.last().is_some_and(|&b| is_wsp(b)) {
+        out.pop();
+    }
     out.push(b':');
     let mut wsp = false;
     let mut started = false;
@@ -255,6 +258,11 @@ mod tests {
         );
         assert_eq!(relaxed_header(b"To:\r\n").unwrap(), b"to:\r\n");
         assert_eq!(relaxed_header(b"no colon\r\n"), None);
+        // A fold before the colon (obsolete syntax) is unfolded too.
+        assert_eq!(
+            relaxed_header(b"X-Old\r\n : v\r\n").unwrap(),
+            b"x-old:v\r\n"
+        );
     }
 
     #[test]

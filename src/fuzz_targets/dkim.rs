@@ -79,9 +79,13 @@ pub fn dkim_canon(data: &[u8]) {
     assert!(canon.is_empty() || canon.ends_with(b"\r\n"));
     assert!(!canon.ends_with(b"\r\n\r\n"));
 
-    // Header: one CRLF at the end, no WSP runs or trailing WSP, a
-    // lower-case name; canonical twice is canonical once.
-    if let Some(h) = relaxed_header(rest) {
+    // Header (a field name is printable ASCII without the colon, RFC 5322
+    // §2.2; WSP may follow it): one CRLF at the end, no WSP runs or
+    // trailing WSP, a lower-case name; canonical twice is canonical once.
+    let colon = rest.iter().position(|&b| b == b':').unwrap_or(0);
+    let name = rest[..colon].trim_ascii_end();
+    let ftext = !name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b));
+    if let Some(h) = relaxed_header(rest).filter(|_| ftext) {
         let body = &h[..h.len() - 2];
         assert!(h.ends_with(b"\r\n") && !body.contains(&b'\r') && !body.contains(&b'\n'));
         assert!(!body.contains(&b'\t') && !body.windows(2).any(|w| w == b"  "));
