@@ -83,7 +83,14 @@ pub fn dkim_canon(data: &[u8]) {
     // §2.2; WSP may follow it): one CRLF at the end, no WSP runs or
     // trailing WSP, a lower-case name; canonical twice is canonical once.
     let colon = rest.iter().position(|&b| b == b':').unwrap_or(0);
-    let name = rest[..colon].trim_ascii_end();
+    let mut name: Vec<u8> = rest[..colon]
+        .iter()
+        .copied()
+        .filter(|&b| b != b'\r' && b != b'\n')
+        .collect();
+    while name.last().is_some_and(|&b| b == b' ' || b == b'\t') {
+        name.pop();
+    }
     let ftext = !name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b));
     if let Some(h) = relaxed_header(rest).filter(|_| ftext) {
         let body = &h[..h.len() - 2];
