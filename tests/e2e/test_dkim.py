@@ -243,3 +243,34 @@ def test_reload_takes_new_keys_and_keeps_old_ones_on_errors(tern_factory, sinks)
     reload()
     assert verify(deliver("carol@other.test", 2), records)
     assert b"DKIM-Signature" not in deliver("alice@example.com", 3)
+
+
+@pytest.mark.parametrize("kind", ["rsa-pkcs1", "ed25519-openssl"])
+def test_keys_made_by_openssl_sign(tern_factory, sinks, kind):
+    # PKCS#1 "BEGIN RSA PRIVATE KEY" and OpenSSL's PKCS#8 v1 Ed25519 keys
+    # load as they are; the record is made from openssl's public key.
+    import base64
+    sink = sinks()
+    t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none")
+    key = t.dir / "k.pem"
+    if kind == "rsa-pkcs1":
+        subprocess.run(["openssl", "genrsa", "-traditional", "-out", str(key), "2048"],
+                       check=True, capture_output=True)
+        assert key.read_text().startswith("-----BEGIN RSA PRIVATE KEY-----")
+    else:
+        subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(key)],
+                       check=True, capture_output=True)
+    pub = subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-outform", "DER"],
+                         check=True, capture_output=True).stdout
+    if kind == "rsa-pkcs1":
+        txt = "v=DKIM1; k=rsa; p=" + base64.b64encode(pub).decode()
+    else:
+        txt = "v=DKIM1; k=ed25519; p=" + base64.b64encode(pub[-32:]).decode()
+    (t.dir / "dkim_keys").write_text("example.com sel k.pem\n")
+    t.settings["dkim_keys"] = str(t.dir / "dkim_keys")
+    t.write_config()
+    assert t.cmd("check-config").returncode == 0
+    t.start()
+    send(t, "alice@example.com", ["bob@far.test"], MESSAGE)
+    wait_for(lambda: sink.messages, what="delivery")
+    assert verify(sink.messages[0]["data"], {"sel._domainkey.example.com.": txt})
