@@ -12,10 +12,11 @@ DEV_CONF := etc/tern.dev.conf
 # Every program the e2e tests run, by Debian package: swaks (and
 # libnet-ssleay-perl, only a Recommends of swaks, for its STARTTLS),
 # postfix (smtp-sink, smtp-source), s-nail (a real sendmail caller),
-# openssl (s_client), faketime, strace, and Dovecot's LMTP server
-# (dovecot-core, dovecot-lmtpd: the LMTP interop test starts its own
-# instance). pytest runs them: Debian's python3-pytest when $(PYTHON)
-# lacks it and we are root, else pip.
+# openssl (s_client, and genpkey for `tern dkim keygen`), faketime, strace,
+# and Dovecot's LMTP server (dovecot-core, dovecot-lmtpd: the LMTP interop
+# test starts its own instance). pytest runs them: Debian's python3-pytest
+# when $(PYTHON) lacks it and we are root, else pip; likewise dkimpy and
+# PyNaCl (python3-dkim, python3-nacl) for the DKIM tests.
 TEST_PKGS := swaks libnet-ssleay-perl postfix s-nail openssl faketime strace dovecot-core dovecot-lmtpd
 
 .PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench install clean cross cross-test fuzz fuzz-deps fuzz-build
@@ -53,6 +54,12 @@ test-deps:
 	       && $(PYTHON) -c "import pytest" 2>/dev/null; } \
 	  || $(PYTHON) -m pip install -q pytest \
 	  || { echo "python package pytest is missing and could not be installed"; exit 1; }
+	@# dkimpy verifies tern's DKIM signatures in tests/e2e/test_dkim.py (PyNaCl for Ed25519).
+	@$(PYTHON) -c "import dkim, nacl" 2>/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-dkim python3-nacl >/dev/null \
+	       && $(PYTHON) -c "import dkim, nacl" 2>/dev/null; } \
+	  || $(PYTHON) -m pip install -q dkimpy pynacl \
+	  || { echo "python packages dkimpy and pynacl are missing and could not be installed"; exit 1; }
 
 unit:
 	$(CARGO) test --all-targets

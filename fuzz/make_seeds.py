@@ -481,6 +481,17 @@ HTTP_SEEDS = [
 ]
 for name, mode, split, data in HTTP_SEEDS:
     write("http_response", name, bytes([mode, split]) + data)
+# dkim_canon: mode (bit 0: a From: of the signing domain in front; bit 1:
+# 8-bit), the number of cuts, the cuts, then a message.
+def dkim_seed(name, mode, cuts, message):
+    write("dkim_canon", name, bytes([mode, len(cuts)] + cuts) + message)
+
+
+dkim_seed("rfc6376-example", 1, [40, 90], b"A: X\r\nB : Y\t\r\n\tZ  \r\n\r\n C \r\nD \t E\r\n\r\n\r\n")
+dkim_seed("8bit-folded", 3, [10, 11, 200], b"Subject: a\r\n  folded\t line\r\nContent-Type: text/plain; charset=utf-8\r\n"
+          b"Content-Transfer-Encoding: 8bit\r\nMIME-Version: 1.0\r\n\r\nGr\xc3\xbc\xc3\x9fe \t\r\n\r\n \r\n")
+dkim_seed("no-from", 0, [128], b"To: x@y\r\n\r\nbody\r\n")
+dkim_seed("bare-cr-lf", 1, [1, 2, 3], b"X: 1\r\n\r\na\rb\nc \r\r\n\r")
 
 if __name__ == "__main__":
     total = 0

@@ -82,6 +82,7 @@ pub const KEYS: &[&str] = &[
     "sender_rewrite",
     "relay_networks",
     "routes",
+    "dkim_keys",
     "smarthost",
     "smarthost_tls",
     "smarthost_user",
@@ -362,6 +363,8 @@ pub struct Config {
     pub relay_networks: Vec<Cidr>,
     /// `MATCH TARGET` file: next hop per domain and sender (see `routes`).
     pub routes: Option<PathBuf>,
+    /// `DOMAIN SELECTOR KEYFILE` file: DKIM keys (see `dkim`).
+    pub dkim_keys: Option<PathBuf>,
     pub smarthost: Vec<HostPort>,
     pub smarthost_tls: SmarthostTls,
     pub smarthost_user: Option<String>,
@@ -444,6 +447,7 @@ impl Default for Config {
                 Cidr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
             ],
             routes: None,
+            dkim_keys: None,
             smarthost: Vec::new(),
             smarthost_tls: SmarthostTls::StartTls,
             smarthost_user: None,
@@ -790,6 +794,7 @@ impl Config {
                 self.relay_networks = list(v).map(Cidr::parse).collect::<Result<_, _>>()?
             }
             "routes" => self.routes = optional_path(v),
+            "dkim_keys" => self.dkim_keys = optional_path(v),
             "smarthost" => {
                 self.smarthost = list(v)
                     .map(|s| HostPort::parse(s, SMTP_PORT))
@@ -929,6 +934,7 @@ impl Config {
             &mut self.smarthost_password_file,
             &mut self.sender_rewrite,
             &mut self.routes,
+            &mut self.dkim_keys,
         ];
         for path in paths
             .into_iter()

@@ -229,6 +229,7 @@ fn fuzz_users() -> HashSet<String> {
 
 mod admin;
 mod client;
+mod dkim;
 mod dns;
 mod http;
 mod mail;
@@ -242,6 +243,7 @@ mod syntax;
 
 pub use admin::{aliases, config, sasl, users};
 pub use client::{smtp_client, smtp_client_reply};
+pub use dkim::dkim_canon;
 pub use dns::{dns_resolver, dns_wire};
 pub use http::http_response;
 pub use mail::mail_compose;
@@ -281,4 +283,5 @@ pub const TARGETS: &[(&str, Driver)] = &[
     ("mail_compose", mail_compose),
     ("oauth_json", oauth_json),
     ("http_response", http_response),
+    ("dkim_canon", dkim_canon),
 ];

@@ -92,6 +92,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod delivery;
+pub mod dkim;
 pub mod dns;
 #[doc(hidden)]
 pub mod fuzz_targets;

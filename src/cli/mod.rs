@@ -38,6 +38,8 @@ usage: tern [-c FILE] [-d]                 run the daemon (foreground; -d detach
        tern [-c FILE] test [-f FROM] ADDRESS   send a test message, show the dialogue, diagnose
        tern [-c FILE] oauth login [--provider google|microsoft] [--client-id ID] [--tenant T] ...
                                            get an OAuth2 refresh token (device code flow)
+       tern dkim keygen DOMAIN SELECTOR [--ed25519] [--dir DIR]
+                                           write a DKIM key, print its DNS TXT record
        tern passwd USER                    read a password on stdin, print USER:HASH for users_file
        tern --version | --help
 ";
@@ -111,12 +113,15 @@ pub fn main(args: Vec<String>) -> i32 {
     };
     if matches!(
         cmd,
-        "check-config" | "passwd" | "mailq" | "queue" | "newaliases" | "test"
+        "check-config" | "passwd" | "mailq" | "queue" | "newaliases" | "test" | "dkim"
     ) {
         default_sigpipe();
     }
     if cmd == "check-config" {
         return check_config(&config_path);
+    }
+    if cmd == "dkim" {
+        return crate::dkim::keygen::main(args);
     }
     if cmd == "passwd" {
         return passwd(args.first().map(String::as_str));

@@ -55,6 +55,7 @@ mod link;
 pub(crate) mod oauth;
 pub(crate) mod outbound;
 pub(crate) mod runner;
+mod signing;
 pub(crate) mod webhook;
 
 use std::collections::HashSet;
@@ -307,7 +308,8 @@ impl Daemon {
             // Due messages left over from the last turn: look at events
             // without sleeping, then take the next batch.
             // Local deliveries in progress likewise.
-            let wait = if queue_backlog || local_busy || auth_busy || drops_busy {
+            let signing = self.outbound.is_signing();
+            let wait = if queue_backlog || local_busy || auth_busy || drops_busy || signing {
                 Duration::ZERO
             } else {
                 MAX_SLEEP
@@ -609,6 +611,7 @@ pub fn startup_problems(cfg: &Config) -> Vec<String> {
     }
     problems.extend(crate::rewrite::startup_problems(cfg));
     problems.extend(crate::routes::startup_problems(cfg));
+    problems.extend(crate::dkim::startup_problems(cfg));
     if let Some(path) = &cfg.smarthost_password_file {
         if let Err(e) = crate::system::read_secret_line(path) {
             problems.push(format!("smarthost_password_file {}: {e}", path.display()));

@@ -93,6 +93,8 @@ pub struct OutboundDriver {
     token_requests: HashMap<super::http::HttpHandle, super::oauth::RequestId>,
     /// Webhook jobs (`routes` target `webhook:`) and their HTTP exchanges.
     webhooks: super::webhook::Webhooks,
+    /// Jobs being DKIM-signed before they wait for a slot.
+    signing: super::signing::Signing,
 }
 
 impl OutboundDriver {
@@ -111,12 +113,25 @@ impl OutboundDriver {
             token_http: super::http::HttpDriver::default(),
             token_requests: HashMap::new(),
             webhooks: super::webhook::Webhooks::default(),
+            signing: super::signing::Signing::new(crate::dkim::DkimKeys::load_logged(
+                cfg.dkim_keys.as_deref(),
+            )),
         }
     }
 
     /// On reload: slot limits, smarthosts.
     pub fn reconfigure(&mut self, cfg: &Config) {
         self.jobs.reconfigure(cfg);
+        // A bad new key file keeps the old keys (like the certificate): a
+        // daemon running as `user` may no longer read a root-only key.
+        let (keys, problems) = crate::dkim::DkimKeys::load(cfg.dkim_keys.as_deref());
+        if problems.is_empty() {
+            self.signing.set_keys(std::rc::Rc::new(keys));
+        } else {
+            for p in problems {
+                log::error!("reload: keeping the old DKIM keys: {p}");
+            }
+        }
     }
 
     /// On reload: the verifying client configuration (new CA file).
@@ -127,7 +142,12 @@ impl OutboundDriver {
     /// Queues a job; it starts at the next [`OutboundDriver::poll`] with a
     /// free slot.
     pub fn submit(&mut self, job: Job) {
-        self.jobs.submit(job);
+        // Local mail (LMTP) does not leave the host: never signed.
+        if self.signing.is_on() && job.lmtp.is_none() {
+            self.signing.submit(job);
+        } else {
+            self.jobs.submit(job);
+        }
     }
 
     /// A webhook job; it starts at the next [`OutboundDriver::poll`] with
@@ -136,9 +156,15 @@ impl OutboundDriver {
         self.webhooks.submit(job);
     }
 
-    /// Jobs waiting for a connection slot (webhook jobs included).
+    /// Jobs are being signed: the loop must come back without sleeping.
+    pub fn is_signing(&self) -> bool {
+        self.signing.is_busy()
+    }
+
+    /// Jobs waiting for a connection slot or for their signature (webhook
+    /// jobs included).
     pub fn backlog(&self) -> usize {
-        self.jobs.backlog() + self.webhooks.backlog()
+        self.jobs.backlog() + self.webhooks.backlog() + self.signing.len()
     }
 
     /// No job running.
@@ -149,6 +175,7 @@ impl OutboundDriver {
     /// No new connections (waiting jobs stay in the spool for the restart).
     pub fn shutdown(&mut self) {
         self.jobs.shutdown();
+        self.signing.clear();
         // Jobs waiting for a token stay in the spool, like waiting ones.
         for job in std::mem::take(&mut self.token_waiting) {
             self.jobs.finished(&job.destination_key());
@@ -160,6 +187,13 @@ impl OutboundDriver {
     /// Starts jobs while slots are free (idle kept sessions first). Flush
     /// the DNS driver afterwards: the jobs may have asked questions.
     pub fn poll(&mut self, io: &mut Io, dns: &mut DnsDriver) -> Vec<JobReport> {
+        if self.signing.is_busy() {
+            let now = super::unix_now();
+            let trusted = crate::system::clock_before_build(now).is_none();
+            for job in self.signing.turn(io.spool, trusted.then_some(now)) {
+                self.jobs.submit(job);
+            }
+        }
         // Idle cached connections first: a waiting job for the same
         // destination reuses one without a new connect, greeting and EHLO.
         let now = Instant::now();

@@ -58,6 +58,7 @@ impl ClientDriver {
             eight_bit: self.shape & 32 != 0,
             smtputf8: self.shape & 64 != 0,
             rewrite: None,
+            dkim: None,
         }
     }
 

@@ -953,6 +953,7 @@ fn transaction(job: &Job) -> Transaction {
         eight_bit: job.eight_bit,
         smtputf8: false,
         rewrite: job.rewrite.clone(),
+        dkim: job.dkim.clone(),
     }
 }
 

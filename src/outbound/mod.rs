@@ -61,6 +61,9 @@ pub struct Job {
     /// to (with an empty `domain` and no `relay`); the recipients are
     /// mailbox names.
     pub lmtp: Option<std::rc::Rc<crate::config::LmtpTarget>>,
+    /// The `DKIM-Signature` fields to put in front (`daemon::signing`);
+    /// `None`: sent unsigned.
+    pub dkim: Option<std::rc::Rc<crate::dkim::sign::Signatures>>,
 }
 
 impl Job {
@@ -239,6 +242,7 @@ mod tests {
             eight_bit: false,
             arrival: 0,
             rewrite: None,
+            dkim: None,
             relay: None,
             lmtp: None,
         }

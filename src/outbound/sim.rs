@@ -60,6 +60,7 @@ pub fn job(id: u64, domain: &str, rcpts: &[&str]) -> Job {
         eight_bit: false,
         arrival: 0,
         rewrite: None,
+        dkim: None,
         relay: None,
         lmtp: None,
     }

@@ -135,6 +135,9 @@ pub struct Transaction {
     /// Locally originated mail leaving the host: the `From:`/`Sender:`
     /// addresses of the body are rewritten with this table (`rewrite`).
     pub rewrite: Option<crate::rewrite::SenderMap>,
+    /// DKIM signatures of the message as it will be sent; the one that
+    /// matches (downgraded or not) goes in front of the message.
+    pub dkim: Option<std::rc::Rc<crate::dkim::sign::Signatures>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -243,6 +246,9 @@ struct ActiveTransaction {
     downgrade: Option<Downgrade>,
     /// Sender rewriting of the header, before the downgrade.
     rewrite: Option<HeaderRewriter>,
+    /// The `DKIM-Signature` field sent before the message (the one for
+    /// the bytes this transaction sends: downgraded or not).
+    dkim_field: Option<Vec<u8>>,
 }
 
 impl ActiveTransaction {
@@ -491,9 +497,16 @@ impl ClientSession {
             return;
         }
 
+        let downgrading = txn.eight_bit && !self.offers("8BITMIME") && !self.offers("SMTPUTF8");
+        let dkim_field = txn
+            .dkim
+            .as_ref()
+            .and_then(|s| s.field(downgrading))
+            .map(<[u8]>::to_vec);
         let mut mail_command = format!("MAIL FROM:<{}>", txn.sender);
         if self.offers("SIZE") {
-            mail_command.push_str(&format!(" SIZE={}", txn.size));
+            let size = txn.size + dkim_field.as_ref().map_or(0, |f| f.len() as u64);
+            mail_command.push_str(&format!(" SIZE={size}"));
         }
         if txn.eight_bit && self.offers("8BITMIME") {
             mail_command.push_str(" BODY=8BITMIME");
@@ -501,8 +514,7 @@ impl ClientSession {
         if txn.smtputf8 {
             mail_command.push_str(" SMTPUTF8");
         }
-        let downgrade = (txn.eight_bit && !self.offers("8BITMIME") && !self.offers("SMTPUTF8"))
-            .then(Downgrade::new);
+        let downgrade = downgrading.then(Downgrade::new);
         let pipelined = self.offers("PIPELINING");
         // LMTP's BDAT (RFC 2033 §4.3 with RFC 3030) is not spoken: DATA.
         let chunking = self.offers("CHUNKING") && !self.cfg.lmtp;
@@ -519,6 +531,7 @@ impl ClientSession {
             chunking,
             downgrade,
             rewrite: txn.rewrite.map(HeaderRewriter::new),
+            dkim_field,
         });
         if pipelined {
             self.send_pipelined_group(now);

@@ -170,6 +170,7 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
         eight_bit: false,
         arrival: crate::daemon::unix_now(),
         rewrite,
+        dkim: None,
         relay: key.relay.clone(),
         lmtp: None,
     };

@@ -350,6 +350,7 @@ impl QueueRunner {
                 eight_bit: flight.env.eight_bit,
                 arrival: flight.env.arrival,
                 rewrite: None,
+                dkim: None,
             });
         }
         if !remote.is_empty() || !hooks.is_empty() {
@@ -384,6 +385,7 @@ impl QueueRunner {
                         eight_bit: flight.env.eight_bit,
                         arrival: flight.env.arrival,
                         rewrite: rewrite.clone(),
+                        dkim: None,
                     });
                 }
             }

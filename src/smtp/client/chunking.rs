@@ -27,6 +27,12 @@ impl ClientSession {
         self.phase = Phase::Body;
         self.body_tail = *b"\r\n";
         self.chunk.clear();
+        // The DKIM signature first (ASCII, ends in CRLF), in the same
+        // stream as the body: dot-stuffed with DATA, counted in a chunk
+        // with BDAT.
+        if let Some(field) = self.txn.as_mut().and_then(|t| t.dkim_field.take()) {
+            self.emit_body(&field);
+        }
         self.events.push_back(ClientEvent::WantBody);
     }
 

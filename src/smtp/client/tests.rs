@@ -29,6 +29,7 @@ fn txn(rcpts: &[&str]) -> Transaction {
         eight_bit: false,
         smtputf8: false,
         rewrite: None,
+        dkim: None,
     }
 }
 
@@ -1024,3 +1025,5 @@ fn implicit_tls_skips_starttls() {
 mod lmtp;
 mod chunking;
 mod session;
+// The DKIM-Signature field in front of the message: in `tests/dkim.rs`.
+mod dkim;
