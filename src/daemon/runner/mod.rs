@@ -330,6 +330,7 @@ impl QueueRunner {
                         recipients: rcpts,
                         size,
                         eight_bit: flight.env.eight_bit,
+                        utf8_content: flight.env.smtputf8 && flight.env.eight_bit,
                         arrival: flight.env.arrival,
                         rewrite: rewrite.clone(),
                     });
@@ -483,6 +484,7 @@ impl QueueRunner {
             // 8bit by build_bounce): the relay must know (BODY=8BITMIME or
             // the 7-bit downgrade).
             eight_bit: !text.is_ascii(),
+            smtputf8: false,
             body_offset: 0,
         };
         let received = format!(
