@@ -752,3 +752,14 @@ fn smarthost_oauth_keys() {
     let e = errors("smarthost_auth = cram-md5\n");
     assert_eq!(e[0].line, 1);
 }
+
+#[cfg(feature = "idn")]
+#[test]
+fn local_domains_in_u_labels_are_stored_as_a_labels() {
+    let c = parse("local_domains = Bücher.example, xn--e1afmkfd.xn--80akhbyknj4f\n");
+    assert_eq!(
+        c.local_domains,
+        vec!["xn--bcher-kva.example", "xn--e1afmkfd.xn--80akhbyknj4f"]
+    );
+    assert!(c.is_local_domain("xn--bcher-kva.example"));
+}

@@ -157,6 +157,15 @@ pub fn parse_path(s: &str) -> Result<Option<Address>, AddressError> {
     Address::parse_mailbox(mailbox).map(Some)
 }
 
+/// A domain name as written in configuration (`local_domains`, routes):
+/// the same form addresses are stored in (lower-case, A-labels), so
+/// `bücher.example` in a file matches mail for `xn--bcher-kva.example`.
+/// No address literals; `None` when it is not a valid domain name.
+pub fn domain_name(d: &str) -> Option<String> {
+    let d = ascii_domain(d).ok()?;
+    (!d.starts_with('[') && is_valid_domain(&d)).then_some(d)
+}
+
 /// The domain as stored: lower-case ASCII, U-labels converted to A-labels.
 fn ascii_domain(domain: &str) -> Result<String, AddressError> {
     if domain.is_ascii() {
