@@ -696,6 +696,7 @@ mod tests {
         back
     }
 
+    #[cfg(feature = "idn")]
     #[test]
     fn smtputf8_flag_and_utf8_addresses_roundtrip() {
         let mut env = envelope_with(
