@@ -27,8 +27,12 @@
 //!   cut at a line boundary; lines that would look like our boundary are
 //!   dropped.
 //!
-//! Not supported: RFC 6533 internationalized reports
-//! (`message/global-delivery-status`; UTF-8 addresses pass through as 8-bit),
+//! - RFC 6533 §3: a UTF-8 recipient address is written `utf-8; ` with
+//!   `\x{HEX}` escapes, so the `message/delivery-status` part stays ASCII.
+//!
+//! Not supported: RFC 6533 `message/global-delivery-status` and
+//! `message/global-headers` (UTF-8 header fields of the original are
+//! returned as 8-bit `text/rfc822-headers`),
 //! `Original-Envelope-Id`/`Original-Recipient` (RFC 3461 DSN parameters),
 //! returning the full original body.
 
@@ -174,7 +178,7 @@ pub fn build_bounce(input: &BounceInput) -> Vec<u8> {
         line(&mut out, "");
         line(
             &mut out,
-            &format!("Final-Recipient: rfc822; {}", clean(&rcpt.address)),
+            &format!("Final-Recipient: {}", address_field(&clean(&rcpt.address))),
         );
         line(&mut out, &format!("Action: {}", rcpt.action.field_value()));
         line(&mut out, &format!("Status: {}", status_of(rcpt)));
@@ -313,6 +317,25 @@ fn diagnostic_of(rcpt: &FailedRecipient) -> Option<String> {
     })
 }
 
+/// An address-type and address (RFC 3464 §2.3.2): `rfc822; ADDRESS`, or
+/// for a UTF-8 address (SMTPUTF8) RFC 6533 §3's `utf-8; ` with its
+/// `utf-8-addr-xtext`, so the report itself stays ASCII.
+fn address_field(address: &str) -> String {
+    if address.is_ascii() {
+        return format!("rfc822; {address}");
+    }
+    let mut out = String::from("utf-8; ");
+    for c in address.chars() {
+        // QCHAR: printable ASCII but `+`, `=` and `\`.
+        if c.is_ascii_graphic() && !matches!(c, '+' | '=' | '\\') {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\x{{{:X}}}", c as u32));
+        }
+    }
+    out
+}
+
 /// Removes CR, LF and other control characters (tab becomes a space) and caps
 /// the length at a character boundary.
 fn clean(value: &str) -> String {
@@ -446,6 +469,19 @@ mod tests {
             diagnostic: diag.map(str::to_string),
             explanation: None,
         }
+    }
+
+    #[test]
+    fn utf8_recipient_is_an_rfc6533_xtext() {
+        assert_eq!(address_field("a@b.example"), "rfc822; a@b.example");
+        assert_eq!(
+            address_field("jöe+x=y@b.example"),
+            "utf-8; j\\x{F6}e\\x{2B}x\\x{3D}y@b.example"
+        );
+        assert_eq!(
+            address_field("用户@x.example"),
+            "utf-8; \\x{7528}\\x{6237}@x.example"
+        );
     }
 
     #[test]

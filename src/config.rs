@@ -743,11 +743,9 @@ impl Config {
                 self.local_domains = list(v)
                     .map(|d| {
                         let d = d.strip_suffix('.').unwrap_or(d);
-                        if is_valid_domain(d) {
-                            Ok(d.to_ascii_lowercase())
-                        } else {
-                            Err(format!("bad domain {d:?}"))
-                        }
+                        // U-labels as A-labels, like addresses.
+                        crate::smtp::address::domain_name(d)
+                            .ok_or_else(|| format!("bad domain {d:?}"))
                     })
                     .collect::<Result<_, _>>()?
             }

@@ -29,7 +29,7 @@
 use std::collections::HashSet;
 
 use crate::smtp::address::{self, parse_path, Address, MAX_PATH};
-use crate::smtp::command::{parse_command, Body, Command, MailParams};
+use crate::smtp::command::{parse_command, Body, Command, MailParams, PathText};
 use crate::smtp::reply::Reply;
 
 // ---------------------------------------------------------------------------
@@ -188,19 +188,27 @@ fn check_address(a: &Address) {
     {
         assert_eq!(parse_path(&path), Ok(Some(a.clone())), "{path}");
         let rcpt = format!("RCPT TO:{path}");
+        let text = if path.is_ascii() {
+            PathText::Ascii
+        } else {
+            PathText::Utf8
+        };
         assert_eq!(
             parse_command(rcpt.as_bytes()),
-            Ok(Command::Rcpt(Some(a.clone()))),
+            Ok(Command::Rcpt(Some(a.clone()), text)),
             "{rcpt}"
         );
-        let mail = format!("MAIL FROM:{path} SIZE=10");
+        // The printed form needs SMTPUTF8 exactly when the address does.
+        assert_eq!(text == PathText::Utf8, a.needs_smtputf8(), "{path}");
+        let mail = format!("MAIL FROM:{path} SIZE=10 SMTPUTF8");
         assert_eq!(
             parse_command(mail.as_bytes()),
             Ok(Command::Mail(
                 Some(a.clone()),
                 MailParams {
                     size: Some(10),
-                    body: Body::SevenBit
+                    body: Body::SevenBit,
+                    smtputf8: true,
                 }
             )),
             "{mail}"

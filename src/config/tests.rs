@@ -875,3 +875,14 @@ fn lmtp_without_target_and_target_without_lmtp_are_errors() {
         "{e:?}"
     );
 }
+
+#[cfg(feature = "idn")]
+#[test]
+fn local_domains_in_u_labels_are_stored_as_a_labels() {
+    let c = parse("local_domains = Bücher.example, xn--e1afmkfd.xn--80akhbyknj4f\n");
+    assert_eq!(
+        c.local_domains,
+        vec!["xn--bcher-kva.example", "xn--e1afmkfd.xn--80akhbyknj4f"]
+    );
+    assert!(c.is_local_domain("xn--bcher-kva.example"));
+}

@@ -349,6 +349,7 @@ fn open_drop(io: &mut Io, path: &std::path::Path) -> Result<Importing, ImportErr
         client: format!("local uid {uid}"),
         origin: crate::rewrite::SenderOrigin::Local,
         eight_bit: false,
+        smtputf8: false,
         body_offset: 0,
     };
     let mut inc = io

@@ -639,6 +639,7 @@ impl InboundSessions {
                 &|d| io.cfg.is_local_domain(d),
             ),
             eight_bit: false,
+            smtputf8: env.smtputf8,
             body_offset: 0,
         };
         match io.spool.create(&stored) {

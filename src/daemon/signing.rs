@@ -171,6 +171,7 @@ mod tests {
             client: "helo [127.0.0.1]".into(),
             origin: crate::rewrite::SenderOrigin::Other,
             eight_bit: false,
+            smtputf8: false,
             body_offset: 0,
         };
         let mut inc = spool.create(&env).unwrap();
@@ -186,6 +187,7 @@ mod tests {
             recipients: vec![(0, "x@y.test".into())],
             size: 0,
             eight_bit: false,
+            utf8_content: false,
             arrival: 0,
             rewrite: None,
             relay: None,

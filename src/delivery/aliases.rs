@@ -53,6 +53,14 @@ pub const MAX_EXPANSION: usize = 1000;
 /// Largest aliases file read (protects a small router from a huge file).
 pub const MAX_ALIASES_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
+/// The one case folding of alias names, in the file and in lookups alike:
+/// Unicode lower case, so a UTF-8 local part (SMTPUTF8) finds its alias in
+/// any case (it was ASCII-only in lookups and Unicode in the file, so an
+/// alias `Jöe` could never be reached).
+fn alias_key(name: &str) -> String {
+    name.to_lowercase()
+}
+
 /// The parsed aliases file: lower-cased name → its targets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Aliases {
@@ -152,7 +160,7 @@ impl Aliases {
 
     /// Whether `name` (any case) is defined in the file.
     pub fn contains(&self, name: &str) -> bool {
-        self.entries.contains_key(&name.to_ascii_lowercase())
+        self.entries.contains_key(&alias_key(name))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -175,14 +183,14 @@ impl Aliases {
             seen: HashSet::new(),
             out: Vec::new(),
         };
-        walk.visit(&name.to_ascii_lowercase())?;
+        walk.visit(&alias_key(name))?;
         Ok(walk.out)
     }
 
     /// The name a local part is looked up under: itself when an alias has
     /// exactly that name, else without its `+extension` (lower-cased).
     pub fn lookup_name(&self, local: &str) -> String {
-        let whole = local.to_ascii_lowercase();
+        let whole = alias_key(local);
         if self.entries.contains_key(&whole) {
             whole
         } else {
@@ -195,7 +203,7 @@ impl Aliases {
         let Some((raw_name, raw_targets)) = entry.split_once(':') else {
             return error(format!("missing ':' in {:?}", entry.trim()));
         };
-        let name = unquote(raw_name.trim()).to_lowercase();
+        let name = alias_key(unquote(raw_name.trim()));
         if name.is_empty() {
             return error("empty alias name".to_string());
         }
@@ -376,8 +384,11 @@ fn parse_target(target: &str) -> Option<Written> {
     if target.contains('@') {
         return Address::parse_mailbox(target).ok().map(Written::Address);
     }
-    let name = target.to_ascii_lowercase();
-    let plain = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic());
+    let name = alias_key(target);
+    let plain = !name.is_empty()
+        && name.chars().all(|c| {
+            c.is_ascii_graphic() || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
+        });
     plain.then_some(Written::Name(name))
 }
 
@@ -428,6 +439,15 @@ mod tests {
         assert_eq!(expand(&a, "root"), Ok(vec![local("alice")]));
         assert_eq!(expand(&a, "www"), Ok(vec![local("alice")]));
         assert_eq!(expand(&a, "bob"), Ok(vec![local("bob")]));
+    }
+
+    #[test]
+    fn utf8_names_fold_alike_in_the_file_and_in_lookups() {
+        let a = parse_ok("Jöe: alice\nÄrger: jöe, bob\n");
+        assert!(a.contains("JÖE"));
+        assert_eq!(expand(&a, "JÖE"), Ok(vec![local("alice")]));
+        assert_eq!(expand(&a, "ärger"), Ok(vec![local("alice"), local("bob")]));
+        assert_eq!(a.lookup_name("JÖE+list"), "jöe");
     }
 
     #[test]

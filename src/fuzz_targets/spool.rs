@@ -75,6 +75,7 @@ pub fn spool_envelope(data: &[u8]) {
             crate::rewrite::SenderOrigin::Other
         },
         eight_bit: flags & 0x80 != 0,
+        smtputf8: false,
         body_offset: 0,
     };
     let mut encoded = env.encode();
@@ -277,6 +278,7 @@ pub fn spool_drop(data: &[u8]) {
         client: "local uid 1000".into(),
         origin: crate::rewrite::SenderOrigin::Local,
         eight_bit: false,
+        smtputf8: false,
         body_offset: 0,
     };
     let encoded = env.encode();

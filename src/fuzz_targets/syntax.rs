@@ -52,6 +52,9 @@ pub fn smtp_command(data: &[u8]) {
             if params.body == Body::EightBitMime {
                 line.push_str(" BODY=8BITMIME");
             }
+            if params.smtputf8 {
+                line.push_str(" SMTPUTF8");
+            }
             let path_len = sender.as_ref().map_or(2, |a| a.to_string().len() + 2);
             if path_len <= MAX_PATH {
                 assert_eq!(
@@ -61,7 +64,7 @@ pub fn smtp_command(data: &[u8]) {
                 );
             }
         }
-        Ok(Command::Rcpt(Some(a))) => check_address(&a),
+        Ok(Command::Rcpt(Some(a), _)) => check_address(&a),
         Ok(_) => {}
         Err(r) => assert_reply(&r),
     }

@@ -951,7 +951,7 @@ fn transaction(job: &Job) -> Transaction {
         recipients: job.recipients.iter().map(|(_, a)| a.clone()).collect(),
         size: job.size,
         eight_bit: job.eight_bit,
-        smtputf8: false,
+        smtputf8: job.needs_smtputf8(),
         rewrite: job.rewrite.clone(),
         dkim: job.dkim.clone(),
     }

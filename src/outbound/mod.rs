@@ -49,6 +49,9 @@ pub struct Job {
     pub recipients: Vec<(usize, String)>,
     pub size: u64,
     pub eight_bit: bool,
+    /// The client said `MAIL ... SMTPUTF8` and the content has 8-bit
+    /// octets: header fields may hold UTF-8 (see [`Job::needs_smtputf8`]).
+    pub utf8_content: bool,
     pub arrival: u64,
     /// Locally originated mail: the table for its `From:`/`Sender:`
     /// (`sender` is already rewritten); `None`: sent as stored.
@@ -67,6 +70,19 @@ pub struct Job {
 }
 
 impl Job {
+    /// The transaction needs a hop that offers SMTPUTF8 (RFC 6531 §3.2):
+    /// a UTF-8 local part in the envelope (domains are stored as A-labels,
+    /// so only a local part can be non-ASCII), or content that may carry
+    /// UTF-8 header fields. To a hop without it the recipients fail with
+    /// 5.6.7; nothing is downgraded behind the sender's back. (Postfix
+    /// looks into the header section; tern counts any 8-bit octet of a
+    /// message sent with SMTPUTF8, which errs towards failing loudly.)
+    pub fn needs_smtputf8(&self) -> bool {
+        self.utf8_content
+            || !self.sender.is_ascii()
+            || self.recipients.iter().any(|(_, r)| !r.is_ascii())
+    }
+
     /// Where this job goes, as the connection cache and slot counts see it.
     pub fn destination_key(&self) -> DestinationKey {
         DestinationKey {
@@ -240,6 +256,7 @@ mod tests {
             recipients: vec![(0, "a@b".into())],
             size: 1,
             eight_bit: false,
+            utf8_content: false,
             arrival: 0,
             rewrite: None,
             dkim: None,
@@ -254,6 +271,20 @@ mod tests {
             relay: None,
             lmtp: None,
         }
+    }
+
+    #[test]
+    fn smtputf8_is_needed_for_utf8_local_parts_and_declared_8bit_content() {
+        let mut j = job("a");
+        assert!(!j.needs_smtputf8());
+        j.recipients.push((1, "jöe@xn--bcher-kva.example".into()));
+        assert!(j.needs_smtputf8());
+        let mut j = job("a");
+        j.sender = "ä@b.example".into();
+        assert!(j.needs_smtputf8());
+        let mut j = job("a");
+        j.utf8_content = true;
+        assert!(j.needs_smtputf8());
     }
 
     #[test]

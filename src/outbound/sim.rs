@@ -58,6 +58,7 @@ pub fn job(id: u64, domain: &str, rcpts: &[&str]) -> Job {
             .collect(),
         size: 100,
         eight_bit: false,
+        utf8_content: false,
         arrival: 0,
         rewrite: None,
         dkim: None,

@@ -58,7 +58,7 @@ use std::rc::Rc;
 use crate::oauth::{RefreshGrant, TokenSpec};
 
 use crate::config::{Config, HostPort, SmarthostTls, SMTP_PORT};
-use crate::smtp::address::{is_valid_domain, Address};
+use crate::smtp::address::{domain_name, Address};
 use crate::smtp::client::Credentials;
 
 /// Largest `routes` file read.
@@ -435,13 +435,7 @@ fn parse_line(content: &str) -> Result<(Match, Target), String> {
 }
 
 fn parse_match(s: &str) -> Result<Match, String> {
-    let domain = |d: &str| {
-        if is_valid_domain(d) && !d.starts_with('[') {
-            Ok(d.to_ascii_lowercase())
-        } else {
-            Err(format!("bad domain {d:?} in {s:?}"))
-        }
-    };
+    let domain = |d: &str| domain_name(d).ok_or_else(|| format!("bad domain {d:?} in {s:?}"));
     if s == "*" {
         Ok(Match::Any)
     } else if let Some(sender) = s.strip_prefix("from:") {

@@ -391,3 +391,13 @@ fn port_465_in_starttls_mode_is_warned_about() {
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0].starts_with(&format!("{}:1: smtp:smtp.a.example:465", path.display())));
 }
+
+#[cfg(feature = "idn")]
+#[test]
+fn u_label_domains_match_their_a_labels() {
+    // Mail is routed by the stored (A-label) domain; a routes file may
+    // name the domain either way.
+    let t = table("@bücher.example mx\n.пример.испытание local\n");
+    assert_eq!(chosen(&t, "", "xn--bcher-kva.example"), 1);
+    assert_eq!(chosen(&t, "", "mail.xn--e1afmkfd.xn--80akhbyknj4f"), 2);
+}

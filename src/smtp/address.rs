@@ -7,7 +7,18 @@
 //! stripped (RFC 5321 Appendix C). `%` and `!` are ordinary local-part
 //! characters and are never used for routing.
 //!
-//! Not supported: non-ASCII addresses (SMTPUTF8, RFC 6531); they get 553 5.6.7.
+//! Internationalized addresses (RFC 6531 §3.3): a local part may hold
+//! UTF-8 (`atext` and `qtextSMTP` extended with non-ASCII characters, C1
+//! controls excluded) and a domain may be given in U-labels. The domain
+//! is decided once, here: it is stored in its A-label form (UTS 46 through
+//! the `idna` crate, feature `idn`), so `bücher.example` and
+//! `xn--bcher-kva.example` are the same domain for `local_domains`,
+//! routes, the queue and the MX lookup (RFC 6531 §3.2 allows the
+//! conversion). Only a UTF-8 local part then needs SMTPUTF8 on the way out
+//! ([`Address::needs_smtputf8`]). Whether a client may use non-ASCII at all
+//! (it must have said `MAIL ... SMTPUTF8`) is the command parser's and the
+//! session's decision, not this module's. Without the `idn` feature a
+//! U-label domain is [`AddressError::NonAscii`] (553 5.6.7).
 
 use std::fmt;
 
@@ -31,11 +42,9 @@ pub enum AddressError {
 }
 
 impl Address {
-    /// Parses `local@domain` without angle brackets.
+    /// Parses `local@domain` without angle brackets. UTF-8 is accepted
+    /// (see the module documentation); a U-label domain becomes its A-label.
     pub fn parse_mailbox(s: &str) -> Result<Address, AddressError> {
-        if !s.is_ascii() {
-            return Err(AddressError::NonAscii);
-        }
         let at = if s.starts_with('"') {
             // The quoted local part may contain '@'.
             let end = quoted_end(s).ok_or(AddressError::Syntax)?;
@@ -57,13 +66,11 @@ impl Address {
         if domain.len() > MAX_DOMAIN {
             return Err(AddressError::TooLong);
         }
-        if !is_valid_domain(domain) {
+        let domain = ascii_domain(domain)?;
+        if !is_valid_domain(&domain) {
             return Err(AddressError::Syntax);
         }
-        let address = Address {
-            local,
-            domain: domain.to_ascii_lowercase(),
-        };
+        let address = Address { local, domain };
         // RFC 5321 §4.5.3.1.3: the path, brackets included, is at most 256
         // octets. Checked on the printed form, which is what goes into
         // `MAIL FROM:<...>` and `RCPT TO:<...>` (a 64-octet local part and
@@ -72,6 +79,12 @@ impl Address {
             return Err(AddressError::TooLong);
         }
         Ok(address)
+    }
+
+    /// The local part holds non-ASCII: the address can only travel with
+    /// SMTPUTF8 (the domain is always stored as A-labels).
+    pub fn needs_smtputf8(&self) -> bool {
+        !self.local.is_ascii()
     }
 
     /// Length of `<address>` as printed.
@@ -144,14 +157,49 @@ pub fn parse_path(s: &str) -> Result<Option<Address>, AddressError> {
     Address::parse_mailbox(mailbox).map(Some)
 }
 
-fn is_atext(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&c)
+/// A domain name as written in configuration (`local_domains`, routes):
+/// the same form addresses are stored in (lower-case, A-labels), so
+/// `bücher.example` in a file matches mail for `xn--bcher-kva.example`.
+/// No address literals; `None` when it is not a valid domain name.
+pub fn domain_name(d: &str) -> Option<String> {
+    let d = ascii_domain(d).ok()?;
+    (!d.starts_with('[') && is_valid_domain(&d)).then_some(d)
+}
+
+/// The domain as stored: lower-case ASCII, U-labels converted to A-labels.
+fn ascii_domain(domain: &str) -> Result<String, AddressError> {
+    if domain.is_ascii() {
+        return Ok(domain.to_ascii_lowercase());
+    }
+    to_a_labels(domain)
+}
+
+#[cfg(feature = "idn")]
+fn to_a_labels(domain: &str) -> Result<String, AddressError> {
+    // UTS 46 processing (nontransitional, as browsers and RFC 5891 want):
+    // mapping, normalization, Bidi and hyphen rules; lower-case output.
+    idna::domain_to_ascii(domain).map_err(|_| AddressError::Syntax)
+}
+
+#[cfg(not(feature = "idn"))]
+fn to_a_labels(_domain: &str) -> Result<String, AddressError> {
+    Err(AddressError::NonAscii)
+}
+
+/// RFC 6531 §3.3 `UTF8-non-ascii`, without the C1 controls (U+0080–U+009F),
+/// which no address needs and which terminals interpret.
+fn is_utf8_non_ascii(c: char) -> bool {
+    c > '\u{9f}'
+}
+
+fn is_atext(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || is_utf8_non_ascii(c)
 }
 
 fn is_dot_string(s: &str) -> bool {
     !s.is_empty()
         && s.split('.')
-            .all(|atom| !atom.is_empty() && atom.bytes().all(is_atext))
+            .all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
 }
 
 /// Index just past the closing quote of a quoted string starting at 0.
@@ -182,8 +230,9 @@ fn parse_local_part(s: &str) -> Result<String, AddressError> {
             } else {
                 c
             };
-            // qtextSMTP / quoted-pairSMTP: printable ASCII and space only.
-            if !(' '..='~').contains(&c) {
+            // qtextSMTP / quoted-pairSMTP: printable ASCII, space and
+            // (RFC 6531) non-ASCII characters.
+            if !(' '..='~').contains(&c) && !is_utf8_non_ascii(c) {
                 return Err(AddressError::Syntax);
             }
             out.push(c);
@@ -283,7 +332,63 @@ mod tests {
         ] {
             assert!(parse_path(bad).is_err(), "{bad}");
         }
-        assert_eq!(parse_path("<usér@x.example>"), Err(AddressError::NonAscii));
+    }
+
+    #[test]
+    fn utf8_local_parts() {
+        let a = addr("<用户@xn--fsqu00a.xn--fiqs8s>");
+        assert_eq!(a.local, "用户");
+        assert!(a.needs_smtputf8());
+        let a = addr("<\"jöhn döe\"@x.example>");
+        assert_eq!(a.local, "jöhn döe");
+        assert_eq!(a.to_string(), "\"jöhn döe\"@x.example");
+        assert!(!addr("<joe@x.example>").needs_smtputf8());
+        // C1 controls are not characters of an address.
+        assert_eq!(
+            parse_path("<a\u{85}b@x.example>"),
+            Err(AddressError::Syntax)
+        );
+        assert_eq!(
+            parse_path("<\"a\u{9b}b\"@x.example>"),
+            Err(AddressError::Syntax)
+        );
+        // 64 octets, not characters: 22 three-octet characters are 66.
+        let long = "語".repeat(22);
+        assert_eq!(
+            parse_path(&format!("<{long}@x.example>")),
+            Err(AddressError::TooLong)
+        );
+        let fits = "語".repeat(21);
+        assert!(parse_path(&format!("<{fits}@x.example>")).is_ok());
+    }
+
+    #[cfg(feature = "idn")]
+    #[test]
+    fn u_label_and_a_label_domains_are_one_domain() {
+        let u = addr("<Joe@Bücher.Example>");
+        let a = addr("<Joe@xn--bcher-kva.example>");
+        assert_eq!(u, a);
+        assert_eq!(u.domain, "xn--bcher-kva.example");
+        assert!(!u.needs_smtputf8());
+        assert_eq!(
+            addr("<x@пример.испытание>").domain,
+            "xn--e1afmkfd.xn--80akhbyknj4f"
+        );
+        // Not a valid IDN (a label that is only a combining mark).
+        assert_eq!(parse_path("<x@\u{301}.example>"), Err(AddressError::Syntax));
+        // Non-ASCII in an address literal is no literal.
+        assert!(parse_path("<x@[1.2.3.é]>").is_err());
+        // The stored form reads back as itself.
+        assert_eq!(Address::from_parts(&u.local, &u.domain), Ok(u));
+    }
+
+    #[cfg(not(feature = "idn"))]
+    #[test]
+    fn u_labels_need_the_idn_build() {
+        assert_eq!(
+            parse_path("<x@bücher.example>"),
+            Err(AddressError::NonAscii)
+        );
     }
 
     #[test]

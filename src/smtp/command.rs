@@ -1,5 +1,5 @@
 //! SMTP command decoding (RFC 5321 §4.1.1, §4.1.2; ESMTP parameters of
-//! RFC 1870 SIZE and RFC 6152 BODY; RFC 3030 §2 BDAT).
+//! RFC 1870 SIZE, RFC 6152 BODY and RFC 6531 SMTPUTF8; RFC 3030 §2 BDAT).
 //!
 //! A command line (without its CRLF) becomes a [`Command`] or a reply from
 //! the reply table. Verbs are case-insensitive; `MAIL FROM: <a>` with a space
@@ -19,6 +19,18 @@ pub enum Body {
 pub struct MailParams {
     pub size: Option<u64>,
     pub body: Body,
+    /// `SMTPUTF8` (RFC 6531): the transaction may use UTF-8 addresses and
+    /// header fields.
+    pub smtputf8: bool,
+}
+
+/// How a path was written: non-ASCII text (a UTF-8 local part, a U-label
+/// domain) is allowed only in a transaction begun with `MAIL ... SMTPUTF8`
+/// (RFC 6531 §3.4), which the session knows and the parser does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathText {
+    Ascii,
+    Utf8,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,8 +39,8 @@ pub enum Command {
     Ehlo(String),
     Mail(Option<Address>, MailParams),
     /// `RCPT TO:<postmaster>` without a domain is allowed (RFC 5321 §4.5.1):
-    /// it is `Rcpt(None)`.
-    Rcpt(Option<Address>),
+    /// it is `Rcpt(None, _)`.
+    Rcpt(Option<Address>, PathText),
     Data,
     /// `BDAT size [LAST]` (RFC 3030): `size` octets follow the line.
     Bdat {
@@ -50,8 +62,8 @@ pub enum Command {
 /// multi-byte character anywhere (even where a `:` or `<` is expected) is a
 /// syntax error, never a slice inside a character.
 pub fn parse_command(line: &[u8]) -> Result<Command, Reply> {
-    // Commands are ASCII; UTF-8 is allowed only inside parameters, where
-    // the address parser refuses it with 553 5.6.7.
+    // Commands are ASCII; UTF-8 is allowed only inside paths, and only
+    // with SMTPUTF8 (else 553 5.6.7).
     if std::str::from_utf8(line).is_err() {
         return Err(reply::SYNTAX_PARAMS);
     }
@@ -142,10 +154,11 @@ fn parse_mail(rest: &[u8]) -> Result<Command, Reply> {
     let sender = parse_path(path).map_err(|e| match e {
         AddressError::NonAscii => reply::NON_ASCII,
         _ => reply::BAD_SENDER,
-    })?;
+    });
     let mut out = MailParams {
         size: None,
         body: Body::SevenBit,
+        smtputf8: false,
     };
     for param in params
         .split(|b| b.is_ascii_whitespace())
@@ -170,10 +183,14 @@ fn parse_mail(rest: &[u8]) -> Result<Command, Reply> {
                     _ => return Err(reply::SYNTAX_PARAMS),
                 }
             }
+            b"SMTPUTF8" if value.is_empty() => out.smtputf8 = true,
             _ => return Err(reply::UNKNOWN_PARAMETER),
         }
     }
-    Ok(Command::Mail(sender, out))
+    if !path.is_ascii() && !out.smtputf8 {
+        return Err(reply::NON_ASCII);
+    }
+    Ok(Command::Mail(sender?, out))
 }
 
 /// RFC 3030 §2: `bdat-cmd ::= "BDAT" SP chunk-size [ SP end-marker ] CR LF`,
@@ -203,11 +220,16 @@ fn parse_rcpt(rest: &[u8]) -> Result<Command, Reply> {
         return Err(reply::UNKNOWN_PARAMETER);
     }
     if path.eq_ignore_ascii_case(b"<postmaster>") {
-        return Ok(Command::Rcpt(None));
+        return Ok(Command::Rcpt(None, PathText::Ascii));
     }
     let path = std::str::from_utf8(path).map_err(|_| reply::SYNTAX_RCPT)?;
+    let text = if path.is_ascii() {
+        PathText::Ascii
+    } else {
+        PathText::Utf8
+    };
     match parse_path(path) {
-        Ok(Some(a)) => Ok(Command::Rcpt(Some(a))),
+        Ok(Some(a)) => Ok(Command::Rcpt(Some(a), text)),
         Ok(None) => Err(reply::BAD_RECIPIENT),
         Err(AddressError::NonAscii) => Err(reply::NON_ASCII),
         Err(_) => Err(reply::BAD_RECIPIENT),
@@ -274,15 +296,40 @@ mod tests {
     }
 
     #[test]
+    fn smtputf8_parameter_allows_a_utf8_sender() {
+        match parse_command("MAIL FROM:<jöe@b.example> SMTPUTF8 BODY=8BITMIME".as_bytes()) {
+            Ok(Command::Mail(Some(a), p)) => {
+                assert_eq!(a.local, "jöe");
+                assert!(p.smtputf8);
+                assert_eq!(p.body, Body::EightBitMime);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse_command("MAIL FROM:<jöe@b.example>".as_bytes()),
+            Err(reply::NON_ASCII)
+        );
+        assert_eq!(
+            parse_command("MAIL FROM:<jöe@b.example> SMTPUTF8=yes".as_bytes()),
+            Err(reply::UNKNOWN_PARAMETER)
+        );
+        // A recipient says how it was written; the session decides.
+        assert!(matches!(
+            parse_command("RCPT TO:<jöe@b.example>".as_bytes()),
+            Ok(Command::Rcpt(Some(_), PathText::Utf8))
+        ));
+    }
+
+    #[test]
     fn rcpt() {
         assert_eq!(
             parse_command(b"RCPT TO:<Postmaster>"),
-            Ok(Command::Rcpt(None))
+            Ok(Command::Rcpt(None, PathText::Ascii))
         );
         assert_eq!(parse_command(b"RCPT TO:<>"), Err(reply::BAD_RECIPIENT));
         assert!(matches!(
             parse_command(b"rcpt to:<x@y.example>"),
-            Ok(Command::Rcpt(Some(_)))
+            Ok(Command::Rcpt(Some(_), PathText::Ascii))
         ));
         assert_eq!(
             parse_command(b"RCPT TO:<\"a>b\"@y.example>").map(|_| ()),

@@ -59,14 +59,19 @@
 //! in step, and the transaction is over. DATA after BDAT is 503; RSET,
 //! HELO/EHLO and STARTTLS discard the chunks. BINARYMIME is not offered.
 //!
-//! Not supported: SMTPUTF8, DSN, BINARYMIME.
+//! SMTPUTF8 (RFC 6531): offered in EHLO; `MAIL ... SMTPUTF8` lets the
+//! transaction use UTF-8 paths (a path with non-ASCII text in a
+//! transaction without it gets 553 5.6.7) and is stored with the message
+//! (see `Envelope::smtputf8`).
+//!
+//! Not supported: DSN, BINARYMIME.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::address::Address;
-use super::command::{parse_command, Body, Command, MailParams};
+use super::command::{parse_command, Body, Command, MailParams, PathText};
 use super::data::{DataDecoder, DataSummary, MAX_LINE};
 use super::reply::{self, Reply};
 use crate::delivery::{push_unique, Destination};
@@ -179,6 +184,10 @@ pub struct Envelope {
     /// destination once, with the first recipient that led there.
     pub destinations: Vec<(Destination, String)>,
     pub eight_bit_declared: bool,
+    /// The client said `MAIL ... SMTPUTF8`: UTF-8 paths and header fields
+    /// may be in the message, and it needs SMTPUTF8 on the way out when
+    /// it has any (see `outbound::Job::needs_smtputf8`).
+    pub smtputf8: bool,
 }
 
 /// A BDAT command's chunk, waiting for the spool file to open.
@@ -445,12 +454,23 @@ impl ServerSession {
         if chunk.is_none() {
             self.reply(&reply::START_DATA);
         }
-        let proto = match (self.esmtp, self.tls.is_some(), self.auth_user.is_some()) {
-            (false, _, _) => "SMTP",
-            (true, false, false) => "ESMTP",
-            (true, true, false) => "ESMTPS",
-            (true, false, true) => "ESMTPA",
-            (true, true, true) => "ESMTPSA",
+        // RFC 3848 protocol types; RFC 6531 §3.7.3 for SMTPUTF8.
+        let utf8 = self.mail.as_ref().is_some_and(|m| m.smtputf8);
+        let proto = match (
+            self.esmtp,
+            utf8,
+            self.tls.is_some(),
+            self.auth_user.is_some(),
+        ) {
+            (false, _, _, _) => "SMTP",
+            (true, false, false, false) => "ESMTP",
+            (true, false, true, false) => "ESMTPS",
+            (true, false, false, true) => "ESMTPA",
+            (true, false, true, true) => "ESMTPSA",
+            (true, true, false, false) => "UTF8SMTP",
+            (true, true, true, false) => "UTF8SMTPS",
+            (true, true, false, true) => "UTF8SMTPA",
+            (true, true, true, true) => "UTF8SMTPSA",
         };
         let tls = match &self.tls {
             Some(t) => format!("\r\n\t(using {t})"),
@@ -776,6 +796,7 @@ impl ServerSession {
                     "8BITMIME",
                     "ENHANCEDSTATUSCODES",
                     "CHUNKING",
+                    "SMTPUTF8",
                 ];
                 if self.cfg.tls_available && self.tls.is_none() {
                     lines.push("STARTTLS");
@@ -786,7 +807,7 @@ impl ServerSession {
                 reply::write_multiline(&mut self.out, 250, &lines);
             }
             Command::Mail(sender, params) => self.mail(sender, params, policy),
-            Command::Rcpt(rcpt) => self.rcpt(rcpt, policy),
+            Command::Rcpt(rcpt, text) => self.rcpt(rcpt, text, policy),
             Command::Data => self.data(),
             Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => {
@@ -847,14 +868,18 @@ impl ServerSession {
             recipients: Vec::new(),
             destinations: Vec::new(),
             eight_bit_declared: params.body == Body::EightBitMime,
+            smtputf8: params.smtputf8,
         });
         self.reply(&reply::SENDER_OK);
     }
 
-    fn rcpt(&mut self, rcpt: Option<Address>, policy: &dyn Policy) {
+    fn rcpt(&mut self, rcpt: Option<Address>, text: PathText, policy: &dyn Policy) {
         let Some(mail) = self.mail.as_ref() else {
             return self.error(&reply::NEED_MAIL);
         };
+        if text == PathText::Utf8 && !mail.smtputf8 {
+            return self.reply(&reply::NON_ASCII);
+        }
         if mail.recipients.len() >= self.cfg.max_recipients {
             return self.reply(&reply::TOO_MANY_RECIPIENTS);
         }

@@ -17,6 +17,7 @@
 //! rcpt refused unknown-user ORIGINAL      (sendmail only: bounced at once)
 //! client helo.example+20[192.0.2.1]
 //! origin local                            (optional: locally originated)
+//! smtputf8                                (optional: the client said MAIL ... SMTPUTF8)
 //! body 7bit                               (patched in place to 8bit before the commit)
 //! <empty line>
 //! <content, CRLF lines>
@@ -33,6 +34,12 @@
 //! only for such messages, so other files are byte-identical to before,
 //! and a file without it (every file written earlier) loads as
 //! `SenderOrigin::Other`: old queued mail is not rewritten.
+//!
+//! `smtputf8` (issue 15) is written only for messages sent with
+//! `MAIL ... SMTPUTF8`, likewise; addresses with UTF-8 local parts are
+//! xtext like any other octets (domains are A-labels, see
+//! `smtp::address`), so the file stays ASCII. A daemon older than this
+//! line refuses such a file as damaged (it keeps it in the spool).
 
 use std::fmt;
 use std::str::FromStr;
@@ -130,6 +137,8 @@ pub struct StoredEnvelope {
     /// Decided at reception: whether the sender is rewritten outbound.
     pub origin: SenderOrigin,
     pub eight_bit: bool,
+    /// The client said `MAIL ... SMTPUTF8` (RFC 6531).
+    pub smtputf8: bool,
     /// Where the content starts in the file (set by `decode`).
     pub body_offset: u64,
 }
@@ -160,6 +169,9 @@ impl StoredEnvelope {
         s.push_str(&format!("client {}\n", Xtext(&self.client)));
         if self.origin == SenderOrigin::Local {
             s.push_str("origin local\n");
+        }
+        if self.smtputf8 {
+            s.push_str("smtputf8\n");
         }
         s.push_str(if self.eight_bit {
             "body 8bit\n"
@@ -204,6 +216,7 @@ fn parse(text: &str, body_offset: u64) -> Result<StoredEnvelope, String> {
         client: String::new(),
         origin: SenderOrigin::Other,
         eight_bit: false,
+        smtputf8: false,
         body_offset,
     };
     let mut seen_body = false;
@@ -218,6 +231,7 @@ fn parse(text: &str, body_offset: u64) -> Result<StoredEnvelope, String> {
             "client" if v1 => env.client = value.to_string(),
             "client" => env.client = xtext_decode(value).ok_or("bad client")?,
             "origin" if !v1 && value == "local" => env.origin = SenderOrigin::Local,
+            "smtputf8" if !v1 && value.is_empty() => env.smtputf8 = true,
             "body" => {
                 seen_body = true;
                 env.eight_bit = value == "8bit";
@@ -649,6 +663,7 @@ mod tests {
             client: "x [1.2.3.4]".into(),
             origin: crate::rewrite::SenderOrigin::Other,
             eight_bit: false,
+            smtputf8: false,
             body_offset: 0,
         };
         let mut bytes = env.encode();
@@ -682,6 +697,30 @@ mod tests {
         back
     }
 
+    #[cfg(feature = "idn")]
+    #[test]
+    fn smtputf8_flag_and_utf8_addresses_roundtrip() {
+        let mut env = envelope_with(
+            vec![remote("jöe@bücher.example"), remote("用户@x.example")],
+            "ä@b.example",
+        );
+        env.smtputf8 = true;
+        let text = String::from_utf8(env.encode()).unwrap();
+        // The file stays ASCII: UTF-8 octets are xtext, the domain an A-label.
+        assert!(text.is_ascii(), "{text}");
+        assert!(text.contains("\nsmtputf8\nbody "), "{text}");
+        assert!(
+            text.contains("rcpt remote j+C3+B6e xn--bcher-kva.example "),
+            "{text}"
+        );
+        assert_eq!(roundtrip(&env), env);
+        env.smtputf8 = false;
+        assert!(!String::from_utf8(env.encode())
+            .unwrap()
+            .contains("smtputf8"));
+        assert_eq!(roundtrip(&env), env);
+    }
+
     fn envelope_with(recipients: Vec<Recipient>, sender: &str) -> StoredEnvelope {
         StoredEnvelope {
             id: QueueId(0),
@@ -691,6 +730,7 @@ mod tests {
             client: "helo name [192.0.2.1]".into(),
             origin: crate::rewrite::SenderOrigin::Other,
             eight_bit: true,
+            smtputf8: false,
             body_offset: 0,
         }
     }

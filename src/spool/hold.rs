@@ -146,6 +146,7 @@ mod tests {
             client: "test".into(),
             origin: crate::rewrite::SenderOrigin::Other,
             eight_bit: false,
+            smtputf8: false,
             body_offset: 0,
         };
         let mut inc = s.create(&env).unwrap();

@@ -808,6 +808,7 @@ mod tests {
             client: "helo [127.0.0.1]".into(),
             origin: crate::rewrite::SenderOrigin::Other,
             eight_bit: false,
+            smtputf8: false,
             body_offset: 0,
         }
     }

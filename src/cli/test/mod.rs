@@ -168,6 +168,7 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
         recipients: vec![(0, rcpt_text.clone())],
         size: 0,
         eight_bit: false,
+        utf8_content: false,
         arrival: crate::daemon::unix_now(),
         rewrite,
         dkim: None,

@@ -348,6 +348,9 @@ impl QueueRunner {
                 recipients: lmtp,
                 size: size(),
                 eight_bit: flight.env.eight_bit,
+                // The mailbox store does not read header fields: only a
+                // UTF-8 sender needs SMTPUTF8 of the LMTP server.
+                utf8_content: false,
                 arrival: flight.env.arrival,
                 rewrite: None,
                 dkim: None,
@@ -383,6 +386,7 @@ impl QueueRunner {
                         recipients: rcpts,
                         size,
                         eight_bit: flight.env.eight_bit,
+                        utf8_content: flight.env.smtputf8 && flight.env.eight_bit,
                         arrival: flight.env.arrival,
                         rewrite: rewrite.clone(),
                         dkim: None,
@@ -537,6 +541,7 @@ impl QueueRunner {
             // 8bit by build_bounce): the relay must know (BODY=8BITMIME or
             // the 7-bit downgrade).
             eight_bit: !text.is_ascii(),
+            smtputf8: false,
             body_offset: 0,
         };
         let received = format!(

@@ -1022,8 +1022,8 @@ fn implicit_tls_skips_starttls() {
 }
 
 // AUTH, deadlines and the end of a session: in `tests/session.rs`.
-mod lmtp;
 mod chunking;
+mod lmtp;
 mod session;
 // The DKIM-Signature field in front of the message: in `tests/dkim.rs`.
 mod dkim;

@@ -251,7 +251,7 @@ fn ehlo_advertises_extensions_and_helo_has_no_enhanced_codes() {
     let out = h.take_output();
     assert!(
             out.contains(
-                "250-PIPELINING\r\n250-SIZE 2000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 STARTTLS\r\n"
+                "250-PIPELINING\r\n250-SIZE 2000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250-SMTPUTF8\r\n250 STARTTLS\r\n"
             ),
             "{out}"
         );
@@ -650,4 +650,29 @@ fn submission_adds_date_and_message_id_when_missing() {
     h.send(TXN);
     let msg = String::from_utf8(h.committed[0].clone()).unwrap();
     assert!(!msg.contains("Message-ID") && !msg.contains("Date: "));
+}
+
+#[test]
+fn smtputf8_transaction_and_utf8_paths_without_it() {
+    let mut h = Harness::new(true);
+    h.send("EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<jöe@remote.test>\r\nRCPT TO:<joe@bücher.test>\r\nRSET\r\n".as_bytes());
+    let out = h.take_output();
+    assert!(out.contains("250-SMTPUTF8\r\n"), "{out}");
+    // Non-ASCII in a path of a transaction without SMTPUTF8: 553 5.6.7,
+    // for a UTF-8 local part and for a U-label domain alike.
+    assert_eq!(
+        out.matches("553 5.6.7 Non-ASCII address requires SMTPUTF8\r\n")
+            .count(),
+        2,
+        "{out}"
+    );
+    h.send("MAIL FROM:<ä@remote.test> SMTPUTF8\r\nRCPT TO:<jöe@remote.test>\r\nDATA\r\nSubject: ü\r\n\r\nbody\r\n.\r\n".as_bytes());
+    let out = h.take_output();
+    assert!(out.ends_with("250 2.0.0 Ok: queued as ABC123\r\n"), "{out}");
+    assert!(!out.contains("553"), "{out}");
+    let msg = String::from_utf8(h.committed[0].clone()).unwrap();
+    assert!(
+        msg.contains("with UTF8SMTP id ABC123\r\n\tfor <jöe@remote.test>;"),
+        "{msg}"
+    );
 }
