@@ -187,9 +187,12 @@ fn to_a_labels(_domain: &str) -> Result<String, AddressError> {
 }
 
 /// RFC 6531 §3.3 `UTF8-non-ascii`, without the C1 controls (U+0080–U+009F),
-/// which no address needs and which terminals interpret.
+/// which no address needs and which terminals interpret, and without
+/// U+FFFD: it is what a lossy decoding leaves of a byte that was not UTF-8
+/// (a Latin-1 `To:` header, an argument), so `j\u{fffd}rg` is a damaged
+/// `jörg`, not an address to deliver to.
 fn is_utf8_non_ascii(c: char) -> bool {
-    c > '\u{9f}'
+    c > '\u{9f}' && c != char::REPLACEMENT_CHARACTER
 }
 
 fn is_atext(c: char) -> bool {
@@ -343,6 +346,15 @@ mod tests {
         assert_eq!(a.local, "jöhn döe");
         assert_eq!(a.to_string(), "\"jöhn döe\"@x.example");
         assert!(!addr("<joe@x.example>").needs_smtputf8());
+        // Nor is what is left of a byte that was not UTF-8.
+        assert_eq!(
+            parse_path("<j\u{fffd}rg@x.example>"),
+            Err(AddressError::Syntax)
+        );
+        assert_eq!(
+            parse_path("<\"j\u{fffd}rg\"@x.example>"),
+            Err(AddressError::Syntax)
+        );
         // C1 controls are not characters of an address.
         assert_eq!(
             parse_path("<a\u{85}b@x.example>"),

@@ -253,7 +253,14 @@ def test_an_argument_that_is_not_utf8_is_refused_not_a_panic(tern):
                            input=b"Subject: x\n\nx\n", capture_output=True, timeout=30)
         assert b"panicked" not in r.stderr, (args, r.stderr)
         assert r.returncode in (64, 65), (args, r.returncode, r.stderr)
+    # The same byte in a header read by `sendmail -t`: not an address.
+    r = subprocess.run([TERN_BIN.encode(), b"-c", bytes(tern.conf), b"sendmail", b"-t", b"-i"],
+                       input=b"To: j\xf6rg@far.example\nSubject: x\n\nx\n",
+                       capture_output=True, timeout=30)
+    assert b"panicked" not in r.stderr, r.stderr
+    assert r.returncode != 0, (r.returncode, r.stderr)
     assert tern.queued() == []
+    assert not list((tern.spool / "drop").glob("*")) if (tern.spool / "drop").is_dir() else True
 
 
 def test_sendmail_message_under_max_message_size_is_delivered(tern_factory):
