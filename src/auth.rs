@@ -117,7 +117,8 @@ pub fn base64_encode(data: &[u8]) -> String {
     out
 }
 
-fn b64_value(c: u8) -> Option<u32> {
+/// The value of one base64 alphabet octet (RFC 4648 §4).
+pub(crate) fn b64_value(c: u8) -> Option<u32> {
     let v = match c {
         b'A'..=b'Z' => c - b'A',
         b'a'..=b'z' => c - b'a' + 26,

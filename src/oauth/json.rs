@@ -146,8 +146,10 @@ pub fn parse_object(body: &[u8]) -> Result<Object, JsonError> {
     Ok(object)
 }
 
-/// Writes a string as a JSON string literal (the inverse of the scanner's
-/// string rule; for tests and the fuzz target's round trip).
+/// A JSON string literal (RFC 8259 §7): `"`, `\` and control characters
+/// escaped, U+2028/U+2029 too (they break some JavaScript readers); other
+/// characters as UTF-8. The one JSON writer: webhook bodies, and the fuzz
+/// target's round trip through the scanner.
 pub fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -155,7 +157,14 @@ pub fn quote(s: &str) -> String {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)))
+            }
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
             c => out.push(c),
         }
     }

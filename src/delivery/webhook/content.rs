@@ -250,16 +250,14 @@ fn decode_base64(body: &[u8]) -> Vec<u8> {
     let mut acc: u32 = 0;
     let mut bits = 0;
     for &c in body {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => break,
-            _ => continue,
+        if c == b'=' {
+            break;
+        }
+        // MIME (RFC 2045 §6.8): characters outside the alphabet are skipped.
+        let Some(v) = crate::auth::b64_value(c) else {
+            continue;
         };
-        acc = (acc << 6) | u32::from(v);
+        acc = (acc << 6) | v;
         bits += 6;
         if bits >= 8 {
             bits -= 8;

@@ -39,8 +39,8 @@ pub fn request(url: &Url, format: WebhookFormat, notice: &Notice) -> HttpRequest
         WebhookFormat::Json => {
             let body = format!(
                 "{{\"title\":{},\"message\":{}}}",
-                json_string(&notice.title),
-                json_string(&notice.message)
+                crate::oauth::json::quote(&notice.title),
+                crate::oauth::json::quote(&notice.message)
             );
             (
                 vec![("Content-Type".to_string(), "application/json".to_string())],
@@ -63,31 +63,6 @@ fn header_text(s: &str) -> String {
     } else {
         format!("=?UTF-8?B?{}?=", crate::auth::base64_encode(s.as_bytes()))
     }
-}
-
-/// A JSON string literal (RFC 8259 §7): `"`, `\` and control characters
-/// escaped; other characters as UTF-8.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
-                out.push_str(&format!("\\u{:04x}", u32::from(c)))
-            }
-            // Line and paragraph separators break some JavaScript readers.
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// The outcome of the POST for every recipient of the route.
