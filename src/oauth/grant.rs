@@ -191,20 +191,23 @@ fn refusal(status: u16, object: Option<&Object>) -> GrantError {
     }
 }
 
+/// The JSON object of a 2xx answer without an `error` member; anything
+/// else is the endpoint's refusal or a bad answer.
+fn success_object(status: u16, body: &[u8]) -> Result<json::Object, GrantError> {
+    match (json::parse_object(body), status) {
+        (Ok(o), 200..=299) if o.get("error").is_none() => Ok(o),
+        (Ok(o), _) => Err(refusal(status, Some(&o))),
+        (Err(_), 200..=299) => Err(GrantError::BadAnswer {
+            status,
+            why: "the body is not a JSON object".into(),
+        }),
+        (Err(_), _) => Err(refusal(status, None)),
+    }
+}
+
 /// What a token endpoint's answer (status and body) means.
 pub fn token_response(status: u16, body: &[u8]) -> Result<Tokens, GrantError> {
-    let parsed = json::parse_object(body);
-    let object = match (&parsed, status) {
-        (Ok(o), 200..=299) if o.get("error").is_none() => o,
-        (Ok(o), _) => return Err(refusal(status, Some(o))),
-        (Err(_), 200..=299) => {
-            return Err(GrantError::BadAnswer {
-                status,
-                why: "the body is not a JSON object".into(),
-            })
-        }
-        (Err(_), _) => return Err(refusal(status, None)),
-    };
+    let object = &success_object(status, body)?;
     let bad = |why: &str| GrantError::BadAnswer {
         status,
         why: why.into(),
@@ -292,17 +295,7 @@ pub fn device_token_request(
 /// What a device authorization endpoint's answer means. The user code
 /// and URL are shown to the user, so they must be printable.
 pub fn device_response(status: u16, body: &[u8]) -> Result<DeviceAuthorization, GrantError> {
-    let object = match (json::parse_object(body), status) {
-        (Ok(o), 200..=299) if o.get("error").is_none() => o,
-        (Ok(o), _) => return Err(refusal(status, Some(&o))),
-        (Err(_), 200..=299) => {
-            return Err(GrantError::BadAnswer {
-                status,
-                why: "the body is not a JSON object".into(),
-            })
-        }
-        (Err(_), _) => return Err(refusal(status, None)),
-    };
+    let object = success_object(status, body)?;
     let bad = |why: &str| GrantError::BadAnswer {
         status,
         why: why.into(),
