@@ -151,7 +151,9 @@ def test_dns_failure_is_reported_in_words_not_debug_text(tern_factory):
     t = tern_factory(dns_servers="127.0.0.1:1", dns_timeout="1s").start()
     send(t, "a@lan.test", ["u@far.test"])
     wait_for(lambda: "status=deferred" in t.log_text(), what="the deferral")
-    q = t.cmd("mailq").stdout.decode()
+    # The state file is written just after the log line.
+    q = wait_for(lambda: (lambda q: q if "(pending)" not in q else None)(t.cmd("mailq").stdout.decode()),
+                 what="the reason in mailq")
     for text in (q, t.log_text()):
         assert "451 4.4.3 DNS lookup for far.test failed: timeout" in text, text
         assert "Temporary(" not in text
@@ -217,7 +219,8 @@ def test_servfail_defers_and_nxdomain_bounces(tern_factory):
         b = bounce_for(t, "owner")
         ds = b.get_payload()[1].as_string()
         assert "b@nosuch.test" in ds and "a@broken.test" not in ds
-        q = t.cmd("mailq").stdout.decode()
+        q = wait_for(lambda: (lambda q: q if "deferred" in q else None)(t.cmd("mailq").stdout.decode()),
+                     what="the deferral in mailq")
         assert "a@broken.test" in q and "deferred" in q, q
     finally:
         dns.close()

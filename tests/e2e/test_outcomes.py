@@ -8,6 +8,7 @@ Every peer is on 127.0.0.1; dns_servers points at a loopback FakeDns or a
 closed loopback port. Certificates: tests/certs (README)."""
 
 import email
+import time
 import re
 import smtplib
 import ssl
@@ -41,9 +42,17 @@ def outcome_line(t, rcpt, status):
     return wait_for(find, timeout=20, what=f"status={status} for {rcpt}")
 
 
-def mailq_line(t, rcpt):
-    out = t.cmd("mailq").stdout.decode()
-    return next((l.strip() for l in out.splitlines() if rcpt in l), out)
+def mailq_line(t, rcpt, timeout=5.0):
+    """The recipient's mailq line once the attempt's state is written: the
+    log line comes first, the state file just after it (until then mailq
+    says "(pending)")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = t.cmd("mailq").stdout.decode()
+        line = next((l.strip() for l in out.splitlines() if rcpt in l), out)
+        if not line.endswith("(pending)") or time.monotonic() > deadline:
+            return line
+        time.sleep(0.05)
 
 
 def bounce_for(t, user):

@@ -237,7 +237,9 @@ def test_smarthost_wrong_password_defers(tern_factory, tmp_path):
         with smtplib.SMTP("127.0.0.1", t.port, timeout=10) as c:
             c.sendmail("cam@lan.test", ["me@office.test"], b"Subject: x\r\n\r\nbody\r\n")
         wait_for(lambda: "status=deferred" in t.log_text(), what="deferral")
-        q = t.cmd("mailq").stdout.decode()
+        # The state file is written just after the log line.
+        q = wait_for(lambda: (lambda q: q if "(pending)" not in q else None)(t.cmd("mailq").stdout.decode()),
+                     what="the reason in mailq")
         assert "535 5.7.8 bad credentials" in q, q
         assert t.maildir("cam") == []
     finally:

@@ -163,7 +163,9 @@ def test_remote_reply_with_escapes_is_escaped_in_log_and_mailq(tern_factory):
         log = t.log.read_bytes()
         assert b"busy \\x1b]0;owned\\x07 \\x1b[2J" in log, log[-2000:]
         assert raw_controls(log) == [], log[-2000:]
-        q = t.cmd("mailq").stdout
+        # The state file is written just after the log line.
+        q = wait_for(lambda: (lambda q: q if b"(pending)" not in q else None)(t.cmd("mailq").stdout),
+                     what="the reason in mailq")
         assert b"busy \\x1b]0;owned" in q and raw_controls(q) == [], q
         show = t.cmd("queue", "show", t.queued()[0]).stdout
         assert raw_controls(show) == [], show
