@@ -351,6 +351,8 @@ impl QueueRunner {
                 // The mailbox store does not read header fields: only a
                 // UTF-8 sender needs SMTPUTF8 of the LMTP server.
                 utf8_content: false,
+                // Final delivery to this host's store: not a relay hop (RFC 8689 §4.2).
+                requiretls: false,
                 arrival: flight.env.arrival,
                 rewrite: None,
                 dkim: None,
@@ -387,6 +389,7 @@ impl QueueRunner {
                         size,
                         eight_bit: flight.env.eight_bit,
                         utf8_content: flight.env.smtputf8 && flight.env.eight_bit,
+                        requiretls: flight.env.requiretls,
                         arrival: flight.env.arrival,
                         rewrite: rewrite.clone(),
                         dkim: None,
@@ -542,6 +545,7 @@ impl QueueRunner {
             // the 7-bit downgrade).
             eight_bit: !text.is_ascii(),
             smtputf8: false,
+            requiretls: false,
             body_offset: 0,
         };
         let received = format!(
