@@ -28,6 +28,9 @@ mod lmtp_scenarios;
 pub mod machine;
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
+mod requiretls_scenarios;
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod route_scenarios;
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
