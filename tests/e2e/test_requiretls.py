@@ -144,3 +144,25 @@ def test_mx_destination_bounces_5730_unvalidated(tls_factory):
     finally:
         sink.close()
         dns.close()
+
+
+def test_bounce_of_a_requiretls_message_is_relayed_with_requiretls(tls_factory):
+    """The report returns the message's header section: it goes out under
+    the same rule, here through the REQUIRETLS smarthost that refused the
+    recipient."""
+    def rcpt(txn, addr):
+        return "550 5.1.1 no such user" if addr == "boss@far.test" else "250 2.1.5 ok"
+
+    sink = Sink({"rcpt": rcpt}, tls=server_ctx(),
+                extensions=("PIPELINING", "SIZE 100000000", "REQUIRETLS"))
+    try:
+        t = tls_factory(smarthost=f"localhost:{sink.port}", smarthost_tls="starttls")
+        send_requiretls(t, "alice@remote.test", ["boss@far.test"])
+        wait_for(lambda: sink.messages, what="the bounce relayed")
+        m = sink.messages[0]
+        assert m["sender"] in ("", None) and m["rcpts"] == ["alice@remote.test"], m
+        assert b"Status: 5.1.1" in m["data"] and m["tls"]
+        bounce_mail = [c for c in mail_commands(sink) if c.upper().startswith("MAIL FROM:<>")]
+        assert bounce_mail and bounce_mail[-1].endswith(" REQUIRETLS"), sink.commands
+    finally:
+        sink.close()

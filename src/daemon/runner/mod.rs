@@ -545,7 +545,10 @@ impl QueueRunner {
             // the 7-bit downgrade).
             eight_bit: !text.is_ascii(),
             smtputf8: false,
-            requiretls: false,
+            // RFC 8689 §5: the report returns the protected message's
+            // header section, so it is relayed under the same rule
+            // (REQUIRETLS hops only; a local sender gets it locally).
+            requiretls: flight.env.requiretls,
             body_offset: 0,
         };
         let received = format!(
