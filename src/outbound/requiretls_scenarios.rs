@@ -181,3 +181,29 @@ fn scenario_ordinary_job_on_the_same_relay_is_unaffected() {
         .iter()
         .any(|c| c == "MAIL FROM:<alice@tern.test>"));
 }
+
+#[test]
+fn scenario_idle_session_takes_a_requiretls_job_only_if_it_qualifies() {
+    // A plaintext relay session, idle after an ordinary job: a REQUIRETLS
+    // job is given back (its own delivery then fails it with 5.7.30).
+    let mut s = settings();
+    s.smarthost_tls = SmarthostTls::None;
+    let hops = vec![relay_hop("relay.isp.test", "192.0.2.50")];
+    let mut sim = Sim::new(job(1, "", &["bob@far.test"]), hops.clone(), s)
+        .peer(sa("192.0.2.50", 587), Peer::Script(Script::ok()));
+    sim.run();
+    assert!(sim.m.is_idle());
+    let back = sim.m.next_job(requiretls_job(""), sim.now);
+    assert!(matches!(back, Err(j) if j.requiretls));
+    // A verified TLS session offering REQUIRETLS takes it.
+    let mut sim = Sim::new(job(1, "", &["bob@far.test"]), hops, settings())
+        .peer(sa("192.0.2.50", 587), Peer::Server(WITH_TLS));
+    sim.run();
+    assert!(sim.m.is_idle());
+    assert!(sim.m.next_job(requiretls_job(""), sim.now).is_ok());
+    sim.finish();
+    assert_eq!(sim.reports.len(), 2);
+    assert!(sim.reports[1].1.iter().all(|(_, o)| o == &delivered(RELAY)));
+    let wire = String::from_utf8_lossy(&sim.server_wire);
+    assert_eq!(wire.matches(" REQUIRETLS\r\n").count(), 1, "{wire}");
+}

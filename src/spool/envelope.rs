@@ -756,6 +756,19 @@ mod tests {
             .is_err());
     }
 
+    #[test]
+    fn requiretls_failure_reason_survives_the_state_file() {
+        use crate::delivery::outcome::{requiretls_unsatisfied, RequireTlsGap};
+        let r = requiretls_unsatisfied("relay.test[192.0.2.5]:587", &RequireTlsGap::NotOffered);
+        let states = vec![RcptState::from_outcome(Outcome::Failed(r.clone()))];
+        let p = decode_state(&encode_state(&states, 1, 0), 1).unwrap();
+        assert_eq!(p.states[0].reason.as_ref(), Some(&r));
+        assert_eq!(
+            r.to_string(),
+            "550 5.7.30 REQUIRETLS support required: relay.test[192.0.2.5]:587 does not offer REQUIRETLS"
+        );
+    }
+
     fn envelope_with(recipients: Vec<Recipient>, sender: &str) -> StoredEnvelope {
         StoredEnvelope {
             id: QueueId(0),
