@@ -390,6 +390,8 @@ pub enum RequireTlsGap {
     TlsFailed { why: String },
     /// Under verified TLS, the server's EHLO lacks REQUIRETLS.
     NotOffered,
+    /// A `webhook:` route: HTTP cannot pass the requirement on.
+    WebhookRoute,
 }
 
 /// A REQUIRETLS message that cannot go to `peer` without lowering its
@@ -407,6 +409,7 @@ pub fn requiretls_unsatisfied(peer: &str, gap: &RequireTlsGap) -> Reason {
         }
         RequireTlsGap::TlsFailed { why } => format!("TLS with {peer} failed: {why}"),
         RequireTlsGap::NotOffered => format!("{peer} does not offer REQUIRETLS"),
+        RequireTlsGap::WebhookRoute => format!("webhook {peer} cannot relay with REQUIRETLS"),
     };
     Reason::new(
         Origin::Tls,

@@ -166,3 +166,19 @@ def test_bounce_of_a_requiretls_message_is_relayed_with_requiretls(tls_factory):
         assert bounce_mail and bounce_mail[-1].endswith(" REQUIRETLS"), sink.commands
     finally:
         sink.close()
+
+
+def test_webhook_route_fails_requiretls_mail_with_5730(tern_factory):
+    from test_routes import with_routes
+    from test_webhook import Hook
+
+    hook = Hook()
+    try:
+        t = with_routes(tern_factory, f"@hook.example webhook:{hook.url} format=ntfy\n",
+                        tls_cert=CERTS / "server.pem", tls_key=CERTS / "server.key",
+                        tls_ca_file=CERTS / "ca.pem").start()
+        send_requiretls(t, "owner@localhost", ["alerts@hook.example"])
+        assert_bounced_5730(t, None, "cannot relay with REQUIRETLS")
+        assert hook.requests == []
+    finally:
+        hook.close()

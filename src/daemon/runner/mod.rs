@@ -276,6 +276,17 @@ impl QueueRunner {
                     if let Some((line, url, format)) =
                         webhook_route(&io.tables.routes, &env.sender, &address.domain)
                     {
+                        if env.requiretls {
+                            // RFC 8689: an HTTP endpoint cannot promise
+                            // REQUIRETLS onwards.
+                            tried = true;
+                            let peer = format!("{}:{}", url.host, url.port);
+                            let gap = outcome::RequireTlsGap::WebhookRoute;
+                            let o = Outcome::Failed(outcome::requiretls_unsatisfied(&peer, &gap));
+                            log_outcome(id, &rcpt.original, 0, &o);
+                            *state = RcptState::from_outcome(o);
+                            continue;
+                        }
                         match hooks.iter_mut().find(|h| h.line == line) {
                             Some(h) => h.job.recipients.push(i),
                             None => hooks.push(WebhookJob {
