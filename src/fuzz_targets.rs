@@ -209,6 +209,7 @@ fn check_address(a: &Address) {
                     size: Some(10),
                     body: Body::SevenBit,
                     smtputf8: true,
+                    requiretls: false,
                 }
             )),
             "{mail}"

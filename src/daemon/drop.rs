@@ -350,6 +350,7 @@ fn open_drop(io: &mut Io, path: &std::path::Path) -> Result<Importing, ImportErr
         origin: crate::rewrite::SenderOrigin::Local,
         eight_bit: false,
         smtputf8: false,
+        requiretls: false,
         body_offset: 0,
     };
     let mut inc = io

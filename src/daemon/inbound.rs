@@ -640,6 +640,7 @@ impl InboundSessions {
             ),
             eight_bit: false,
             smtputf8: env.smtputf8,
+            requiretls: env.requiretls,
             body_offset: 0,
         };
         match io.spool.create(&stored) {

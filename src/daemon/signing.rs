@@ -172,6 +172,7 @@ mod tests {
             origin: crate::rewrite::SenderOrigin::Other,
             eight_bit: false,
             smtputf8: false,
+            requiretls: false,
             body_offset: 0,
         };
         let mut inc = spool.create(&env).unwrap();
@@ -188,6 +189,7 @@ mod tests {
             size: 0,
             eight_bit: false,
             utf8_content: false,
+            requiretls: false,
             arrival: 0,
             rewrite: None,
             relay: None,

@@ -373,6 +373,52 @@ pub fn tls_mode_mismatch(peer: &str, hint: &str) -> Reason {
     )
 }
 
+/// Why a hop cannot take a REQUIRETLS message (RFC 8689 §4.2.1): each
+/// becomes the one permanent 5.7.30 reason [`requiretls_unsatisfied`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequireTlsGap {
+    /// MX hosts of `domain`: tern validates neither DNSSEC nor MTA-STS,
+    /// so the MX names are not authenticated (§4.2.1 item 1).
+    UnvalidatedMx { domain: String },
+    /// The relay is configured without TLS (`tls=none`).
+    PlaintextRelay,
+    /// The server did not offer STARTTLS.
+    NoStartTls,
+    /// No CA certificates: the certificate cannot be verified.
+    NoTrustAnchors,
+    /// The handshake or the certificate check failed (`why` in words).
+    TlsFailed { why: String },
+    /// Under verified TLS, the server's EHLO lacks REQUIRETLS.
+    NotOffered,
+    /// A `webhook:` route: HTTP cannot pass the requirement on.
+    WebhookRoute,
+}
+
+/// A REQUIRETLS message that cannot go to `peer` without lowering its
+/// protection: 550 5.7.30 (RFC 8689 §6), bounced, never retried over a
+/// lesser connection.
+pub fn requiretls_unsatisfied(peer: &str, gap: &RequireTlsGap) -> Reason {
+    let detail = match gap {
+        RequireTlsGap::UnvalidatedMx { domain } => format!(
+            "MX hosts of {domain} are not DNSSEC- or MTA-STS-validated (tern relays REQUIRETLS mail only through a configured smarthost or route)"
+        ),
+        RequireTlsGap::PlaintextRelay => format!("relay {peer} is configured without TLS"),
+        RequireTlsGap::NoStartTls => format!("{peer} does not offer STARTTLS"),
+        RequireTlsGap::NoTrustAnchors => {
+            "no trusted CA certificates to verify the server (set tls_ca_file)".to_string()
+        }
+        RequireTlsGap::TlsFailed { why } => format!("TLS with {peer} failed: {why}"),
+        RequireTlsGap::NotOffered => format!("{peer} does not offer REQUIRETLS"),
+        RequireTlsGap::WebhookRoute => format!("webhook {peer} cannot relay with REQUIRETLS"),
+    };
+    Reason::new(
+        Origin::Tls,
+        550,
+        Status::new(5, 7, 30),
+        format!("REQUIRETLS support required: {detail}"),
+    )
+}
+
 /// The server did not answer in time; `waiting_for` names the step.
 pub fn timeout(peer: &str, waiting_for: &str) -> Reason {
     Reason::new(

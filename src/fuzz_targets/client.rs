@@ -57,6 +57,7 @@ impl ClientDriver {
             size: if self.shape & 16 != 0 { 1 << 30 } else { 100 },
             eight_bit: self.shape & 32 != 0,
             smtputf8: self.shape & 64 != 0,
+            requiretls: false,
             rewrite: None,
             dkim: None,
         }

@@ -76,6 +76,7 @@ pub fn spool_envelope(data: &[u8]) {
         },
         eight_bit: flags & 0x80 != 0,
         smtputf8: false,
+        requiretls: false,
         body_offset: 0,
     };
     let mut encoded = env.encode();
@@ -279,6 +280,7 @@ pub fn spool_drop(data: &[u8]) {
         origin: crate::rewrite::SenderOrigin::Local,
         eight_bit: false,
         smtputf8: false,
+        requiretls: false,
         body_offset: 0,
     };
     let encoded = env.encode();

@@ -44,6 +44,18 @@
 //!   the one `lmtp_target`: a `host:port` hop, or a unix socket
 //!   ([`Action::ConnectUnix`]); never TLS or AUTH (a local server).
 //!
+//! - REQUIRETLS (RFC 8689 §4.2.1, a job with [`Job::requiretls`]): only to
+//!   a configured relay (smarthost or route; a name the administrator
+//!   wrote counts as authenticated), over verified TLS (STARTTLS or
+//!   implicit, certificate and host name checked), and only when the EHLO
+//!   reply under TLS lists REQUIRETLS; then `MAIL ... REQUIRETLS`. MX
+//!   hosts fail at once: tern validates neither DNSSEC nor MTA-STS, so
+//!   their names are not authenticated. A relay without TLS, STARTTLS not
+//!   offered, a failed handshake or certificate, no CA certificates, or no
+//!   REQUIRETLS: the next relay is tried, and recipients none of them
+//!   takes fail with 5.7.30 ([`RequireTlsGap`]); never a plaintext retry.
+//!   A cached session is reused for such a job only if it qualifies.
+//!
 //! Results are [`Outcome`]s; every reason tern makes up comes from the
 //! table in `delivery::outcome`.
 
@@ -54,11 +66,11 @@ use std::time::{Duration, Instant};
 
 use super::Job;
 use crate::config::{LmtpTarget, OutboundTls, SmarthostTls};
-use crate::delivery::outcome::{self, Outcome, Reason};
+use crate::delivery::outcome::{self, Outcome, Reason, RequireTlsGap};
 use crate::dns::{DnsError, MxHost};
 use crate::smtp::client::{
-    ClientConfig, ClientEvent, ClientSession, Credentials, RcptOutcome, ServerReply, TlsPolicy,
-    Transaction,
+    ClientConfig, ClientEvent, ClientSession, Credentials, Own, RcptOutcome, ServerReply,
+    TlsPolicy, Transaction,
 };
 use crate::spool::QueueId;
 
@@ -176,6 +188,10 @@ struct Session {
     policy: TlsPolicy,
     /// A STARTTLS handshake is running: nothing plaintext goes out.
     tls_pending: bool,
+    /// The TLS handshake (implicit, or the one asked for after STARTTLS)
+    /// checks the certificate and the host name: once the session is
+    /// under TLS, it is verified TLS.
+    tls_verified: bool,
     /// Port 465 spoken to in plaintext: the greeting must come by then.
     greeting_deadline: Option<Instant>,
     /// The body is being streamed (after `OpenBody`).
@@ -210,6 +226,9 @@ pub struct Delivery {
     cause: Option<Reason>,
     /// A server refused the OAuth2 token (XOAUTH2/OAUTHBEARER).
     oauth_rejected: bool,
+    /// A REQUIRETLS job met a hop that cannot take it (5.7.30): the
+    /// recipients no hop decided fail with this instead of deferring.
+    requiretls_refused: Option<Reason>,
 }
 
 impl Delivery {
@@ -232,6 +251,7 @@ impl Delivery {
             decided: HashMap::new(),
             cause: None,
             oauth_rejected: false,
+            requiretls_refused: None,
         };
         if smarthost {
             d.hops = smarthosts
@@ -243,6 +263,12 @@ impl Delivery {
                     h
                 })
                 .collect();
+        }
+        if let Some(gap) = d.requiretls_gap_before_connecting() {
+            let reason = outcome::requiretls_unsatisfied(&d.hop_list(), &gap);
+            d.fail_undecided(reason);
+            d.finish();
+        } else if smarthost {
             d.advance(now);
         } else {
             d.actions
@@ -501,6 +527,7 @@ impl Delivery {
             client,
             policy,
             tls_pending: false,
+            tls_verified: implicit,
             greeting_deadline,
             body: false,
             txn_done: false,
@@ -546,6 +573,12 @@ impl Delivery {
         } else {
             outcome::tls_failed(&peer, why)
         };
+        if self.job.requiretls && s.policy != TlsPolicy::IfOffered {
+            let gap = RequireTlsGap::TlsFailed {
+                why: why.to_string(),
+            };
+            self.requiretls_refused = Some(outcome::requiretls_unsatisfied(&peer, &gap));
+        }
         // Opportunistic TLS that fails: this address once more in plaintext.
         if s.policy == TlsPolicy::IfOffered && self.plaintext_fallback.is_none() {
             log::warn!(
@@ -650,6 +683,10 @@ impl Delivery {
         if s.idle_since.is_none() || !same || s.client.is_closed() {
             return Err(Box::new(job));
         }
+        if job.requiretls && !requiretls_satisfied(s) {
+            // A delivery of its own finds out (and says) why.
+            return Err(Box::new(job));
+        }
         s.idle_since = None;
         s.txn_done = false;
         s.client.start_transaction(transaction(&job), now);
@@ -657,6 +694,7 @@ impl Delivery {
         self.decided.clear();
         self.job_reported = false;
         self.last_error = None;
+        self.requiretls_refused = None;
         self.drive(now);
         Ok(())
     }
@@ -672,6 +710,38 @@ impl Delivery {
     }
 
     // ---- internals ----------------------------------------------------------
+
+    /// RFC 8689 §4.2.1 decided from the configuration alone: MX hosts
+    /// are not validated by tern (no DNSSEC, no MTA-STS), and a relay
+    /// without TLS can never do. LMTP is final delivery on this host.
+    fn requiretls_gap_before_connecting(&self) -> Option<RequireTlsGap> {
+        if !self.job.requiretls || self.job.lmtp.is_some() {
+            return None;
+        }
+        if !self.smarthost {
+            return Some(RequireTlsGap::UnvalidatedMx {
+                domain: self.job.domain.clone(),
+            });
+        }
+        (self.settings.smarthost_tls == SmarthostTls::None).then_some(RequireTlsGap::PlaintextRelay)
+    }
+
+    /// The configured relays, for a reason given before any connection.
+    fn hop_list(&self) -> String {
+        let names: Vec<String> = self
+            .hops
+            .iter()
+            .map(|h| format!("{}:{}", h.name, h.port))
+            .collect();
+        names.join(", ")
+    }
+
+    /// A hop cannot take this REQUIRETLS job: remembered as the reason
+    /// for the recipients no other hop decides.
+    fn requiretls_failure(&mut self, reason: Reason) {
+        self.last_error = Some(reason.clone());
+        self.requiretls_refused = Some(reason);
+    }
 
     /// The TLS policy for a connection to `addr`, and whether TLS is
     /// implicit.
@@ -783,7 +853,10 @@ impl Delivery {
             .map(|(j, (index, _))| {
                 let o = decided
                     .remove(&j)
-                    .unwrap_or_else(|| Outcome::Deferred(last.clone()));
+                    .unwrap_or_else(|| match &self.requiretls_refused {
+                        Some(r) => Outcome::Failed(r.clone()),
+                        None => Outcome::Deferred(last.clone()),
+                    });
                 (*index, o)
             })
             .collect();
@@ -838,6 +911,17 @@ impl Delivery {
             ClientEvent::Ready => {
                 if self.job_reported || s.txn_done {
                     s.client.quit();
+                } else if self.job.requiretls && !requiretls_satisfied(s) {
+                    // RFC 8689 §4.2.1: not this hop; the next one may do.
+                    let gap = if s.client.tls_active() {
+                        RequireTlsGap::NotOffered
+                    } else {
+                        RequireTlsGap::NoStartTls
+                    };
+                    let peer = relay_name(&self.hops, self.hop, &addr);
+                    self.requiretls_failure(outcome::requiretls_unsatisfied(&peer, &gap));
+                    self.close();
+                    self.advance(now);
                 } else {
                     s.client.start_transaction(transaction(&self.job), now);
                 }
@@ -845,12 +929,21 @@ impl Delivery {
             ClientEvent::StartTls => {
                 let verify = s.policy != TlsPolicy::IfOffered;
                 if verify && !self.settings.trust_anchors {
-                    let reason = outcome::tls_no_trust_anchors();
+                    let reason = if self.job.requiretls {
+                        let peer = relay_name(&self.hops, self.hop, &addr);
+                        let r =
+                            outcome::requiretls_unsatisfied(&peer, &RequireTlsGap::NoTrustAnchors);
+                        self.requiretls_refused = Some(r.clone());
+                        r
+                    } else {
+                        outcome::tls_no_trust_anchors()
+                    };
                     self.last_error = Some(reason.clone());
                     self.cause = Some(reason);
                     s.client.connection_lost(now);
                 } else {
                     s.tls_pending = true;
+                    s.tls_verified = verify;
                     let server_name = relay_host(&self.hops, self.hop);
                     self.actions.push_back(Action::StartTls {
                         server_name,
@@ -890,6 +983,13 @@ impl Delivery {
                     return;
                 }
                 let relay = relay_name(&self.hops, self.hop, &addr);
+                if self.job.requiretls && self.requiretls_refused.is_none() {
+                    let no_tls = matches!(&self.state, State::Session(s) if !s.client.tls_active());
+                    if no_tls && rcpt_reply(&o).own == Some(Own::Tls) {
+                        let r = outcome::requiretls_unsatisfied(&relay, &RequireTlsGap::NoStartTls);
+                        self.requiretls_refused = Some(r);
+                    }
+                }
                 let reason = match self.outcome_of(o, failure, &relay) {
                     Outcome::Deferred(r) | Outcome::Failed(r) => r,
                     Outcome::Delivered { .. } => return,
@@ -939,6 +1039,12 @@ fn ipv6_first(addrs: &mut [IpAddr]) {
     addrs.sort_by_key(|a| a.is_ipv4());
 }
 
+/// RFC 8689 §4.2.1 for an established session: verified TLS, and
+/// REQUIRETLS in the EHLO reply after it.
+fn requiretls_satisfied(s: &Session) -> bool {
+    s.client.tls_active() && s.tls_verified && s.client.offers("REQUIRETLS")
+}
+
 fn rcpt_reply(o: &RcptOutcome) -> &ServerReply {
     match o {
         RcptOutcome::Delivered(r) | RcptOutcome::Deferred(r) | RcptOutcome::Failed(r) => r,
@@ -952,6 +1058,7 @@ fn transaction(job: &Job) -> Transaction {
         size: job.size,
         eight_bit: job.eight_bit,
         smtputf8: job.needs_smtputf8(),
+        requiretls: job.requiretls,
         rewrite: job.rewrite.clone(),
         dkim: job.dkim.clone(),
     }

@@ -28,6 +28,9 @@ mod lmtp_scenarios;
 pub mod machine;
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
+mod requiretls_scenarios;
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
 mod route_scenarios;
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, clippy::string_slice)] // tests index fixed data
@@ -52,6 +55,10 @@ pub struct Job {
     /// The client said `MAIL ... SMTPUTF8` and the content has 8-bit
     /// octets: header fields may hold UTF-8 (see [`Job::needs_smtputf8`]).
     pub utf8_content: bool,
+    /// Sent with `MAIL ... REQUIRETLS` (RFC 8689): relayed only over
+    /// verified TLS to a hop that offers REQUIRETLS, else it fails with
+    /// 5.7.30 (see `machine`).
+    pub requiretls: bool,
     pub arrival: u64,
     /// Locally originated mail: the table for its `From:`/`Sender:`
     /// (`sender` is already rewritten); `None`: sent as stored.
@@ -257,6 +264,7 @@ mod tests {
             size: 1,
             eight_bit: false,
             utf8_content: false,
+            requiretls: false,
             arrival: 0,
             rewrite: None,
             dkim: None,

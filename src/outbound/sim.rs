@@ -59,6 +59,7 @@ pub fn job(id: u64, domain: &str, rcpts: &[&str]) -> Job {
         size: 100,
         eight_bit: false,
         utf8_content: false,
+        requiretls: false,
         arrival: 0,
         rewrite: None,
         dkim: None,

@@ -28,6 +28,9 @@
 //!   recipient the server accepted fails with 554 5.6.3.
 //! - RFC 6531 SMTPUTF8: the parameter is sent when the transaction needs it;
 //!   when needed but not offered the transaction fails permanently (5.6.7).
+//! - RFC 8689 REQUIRETLS: a transaction that needs it is sent with the
+//!   parameter, and only in a TLS session to a server that offers it;
+//!   otherwise it fails permanently (5.7.30) before MAIL.
 //! - RFC 3030 CHUNKING: to a server that offers it, the message goes as
 //!   `BDAT n` chunks of about [`BDAT_CHUNK`] octets and a final
 //!   `BDAT n LAST` instead of DATA: no dot-stuffing, no 354 round trip.
@@ -132,6 +135,11 @@ pub struct Transaction {
     pub size: u64,
     pub eight_bit: bool,
     pub smtputf8: bool,
+    /// RFC 8689: `MAIL ... REQUIRETLS`; only under TLS to a server that
+    /// offers it, else every recipient fails with 5.7.30. (Whether the
+    /// certificate was verified is the caller's to check: the session
+    /// does not see the handshake.)
+    pub requiretls: bool,
     /// Locally originated mail leaving the host: the `From:`/`Sender:`
     /// addresses of the body are rewritten with this table (`rewrite`).
     pub rewrite: Option<crate::rewrite::SenderMap>,
@@ -473,6 +481,11 @@ impl ClientSession {
                 .push_back(fail_all(RcptOutcome::Failed(synth(SMTPUTF8_NOT_OFFERED))));
             return;
         }
+        if txn.requiretls && !(self.tls_active && self.offers("REQUIRETLS")) {
+            self.events
+                .push_back(fail_all(RcptOutcome::Failed(synth(REQUIRETLS_NOT_OFFERED))));
+            return;
+        }
         let states: Vec<RcptState> = txn
             .recipients
             .iter()
@@ -513,6 +526,9 @@ impl ClientSession {
         }
         if txn.smtputf8 {
             mail_command.push_str(" SMTPUTF8");
+        }
+        if txn.requiretls {
+            mail_command.push_str(" REQUIRETLS");
         }
         let downgrade = downgrading.then(Downgrade::new);
         let pipelined = self.offers("PIPELINING");

@@ -1,5 +1,6 @@
 //! SMTP command decoding (RFC 5321 §4.1.1, §4.1.2; ESMTP parameters of
-//! RFC 1870 SIZE, RFC 6152 BODY and RFC 6531 SMTPUTF8; RFC 3030 §2 BDAT).
+//! RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8 and RFC 8689
+//! REQUIRETLS; RFC 3030 §2 BDAT).
 //!
 //! A command line (without its CRLF) becomes a [`Command`] or a reply from
 //! the reply table. Verbs are case-insensitive; `MAIL FROM: <a>` with a space
@@ -22,6 +23,9 @@ pub struct MailParams {
     /// `SMTPUTF8` (RFC 6531): the transaction may use UTF-8 addresses and
     /// header fields.
     pub smtputf8: bool,
+    /// `REQUIRETLS` (RFC 8689 §2): relay only over verified TLS. Parsed
+    /// in any session; the server refuses it outside TLS.
+    pub requiretls: bool,
 }
 
 /// How a path was written: non-ASCII text (a UTF-8 local part, a U-label
@@ -159,6 +163,7 @@ fn parse_mail(rest: &[u8]) -> Result<Command, Reply> {
         size: None,
         body: Body::SevenBit,
         smtputf8: false,
+        requiretls: false,
     };
     for param in params
         .split(|b| b.is_ascii_whitespace())
@@ -184,6 +189,7 @@ fn parse_mail(rest: &[u8]) -> Result<Command, Reply> {
                 }
             }
             b"SMTPUTF8" if value.is_empty() => out.smtputf8 = true,
+            b"REQUIRETLS" if value.is_empty() => out.requiretls = true,
             _ => return Err(reply::UNKNOWN_PARAMETER),
         }
     }
@@ -292,6 +298,22 @@ mod tests {
         assert_eq!(
             parse_command(b"MAIL FROM:<a b@c.example>"),
             Err(reply::BAD_SENDER)
+        );
+    }
+
+    #[test]
+    fn requiretls_parameter_is_a_flag() {
+        match parse_command(b"MAIL FROM:<a@b.example> SIZE=10 RequireTLS") {
+            Ok(Command::Mail(_, p)) => assert!(p.requiretls && p.size == Some(10)),
+            other => panic!("{other:?}"),
+        }
+        match parse_command(b"MAIL FROM:<a@b.example>") {
+            Ok(Command::Mail(_, p)) => assert!(!p.requiretls),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse_command(b"MAIL FROM:<a@b.example> REQUIRETLS=1"),
+            Err(reply::UNKNOWN_PARAMETER)
         );
     }
 

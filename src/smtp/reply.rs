@@ -192,6 +192,15 @@ pub const MESSAGE_TOO_BIG: Reply = Reply::new(
 pub const DATA_LINE_TOO_LONG: Reply =
     Reply::new(554, "5.6.0", "Error: message line longer than 1000 octets");
 pub const TOO_MANY_HOPS: Reply = Reply::new(554, "5.4.6", "Error: too many hops (mail loop?)");
+/// `MAIL ... REQUIRETLS` outside TLS (RFC 8689 §2: the option is only
+/// valid in a session that uses TLS; REQUIRETLS is not even offered then).
+/// 530 with X.7.10 "Encryption needed" (RFC 5248 registry) says why,
+/// where 555 would only say "unknown parameter".
+pub const REQUIRETLS_NEEDS_TLS: Reply = Reply::new(
+    530,
+    "5.7.10",
+    "REQUIRETLS needs a TLS session: STARTTLS first",
+);
 pub const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0", "Authentication required");
 pub const ENCRYPTION_REQUIRED: Reply = Reply::new(
     538,

@@ -64,6 +64,12 @@
 //! transaction without it gets 553 5.6.7) and is stored with the message
 //! (see `Envelope::smtputf8`).
 //!
+//! REQUIRETLS (RFC 8689 §2): listed in EHLO only in a session under TLS
+//! (STARTTLS or implicit); `MAIL ... REQUIRETLS` outside TLS gets
+//! 530 5.7.10 (`reply::REQUIRETLS_NEEDS_TLS`), under TLS it is stored
+//! with the message (`Envelope::requiretls`). The `TLS-Required: No`
+//! header field (RFC 8689 §5) is not acted on.
+//!
 //! Not supported: DSN, BINARYMIME.
 
 use std::collections::VecDeque;
@@ -188,6 +194,9 @@ pub struct Envelope {
     /// may be in the message, and it needs SMTPUTF8 on the way out when
     /// it has any (see `outbound::Job::needs_smtputf8`).
     pub smtputf8: bool,
+    /// The client said `MAIL ... REQUIRETLS` (RFC 8689, accepted only
+    /// under TLS): relay only over verified TLS to a hop offering it.
+    pub requiretls: bool,
 }
 
 /// A BDAT command's chunk, waiting for the spool file to open.
@@ -801,6 +810,10 @@ impl ServerSession {
                 if self.cfg.tls_available && self.tls.is_none() {
                     lines.push("STARTTLS");
                 }
+                // RFC 8689 §2: offered only in a session under TLS.
+                if self.tls.is_some() {
+                    lines.push("REQUIRETLS");
+                }
                 if self.auth_offered() && self.auth_user.is_none() {
                     lines.push("AUTH PLAIN LOGIN");
                 }
@@ -856,6 +869,9 @@ impl ServerSession {
         if self.kind != ListenerKind::Relay && self.auth_user.is_none() {
             return self.error(&reply::AUTH_REQUIRED);
         }
+        if params.requiretls && self.tls.is_none() {
+            return self.reply(&reply::REQUIRETLS_NEEDS_TLS);
+        }
         if params.size.is_some_and(|s| s > self.cfg.max_message_size) {
             return self.reply(&reply::MESSAGE_TOO_BIG);
         }
@@ -869,6 +885,7 @@ impl ServerSession {
             destinations: Vec::new(),
             eight_bit_declared: params.body == Body::EightBitMime,
             smtputf8: params.smtputf8,
+            requiretls: params.requiretls,
         });
         self.reply(&reply::SENDER_OK);
     }

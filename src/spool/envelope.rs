@@ -18,6 +18,7 @@
 //! client helo.example+20[192.0.2.1]
 //! origin local                            (optional: locally originated)
 //! smtputf8                                (optional: the client said MAIL ... SMTPUTF8)
+//! requiretls                              (optional: the client said MAIL ... REQUIRETLS)
 //! body 7bit                               (patched in place to 8bit before the commit)
 //! <empty line>
 //! <content, CRLF lines>
@@ -40,6 +41,10 @@
 //! xtext like any other octets (domains are A-labels, see
 //! `smtp::address`), so the file stays ASCII. A daemon older than this
 //! line refuses such a file as damaged (it keeps it in the spool).
+//!
+//! `requiretls` (RFC 8689) is written only for messages sent with
+//! `MAIL ... REQUIRETLS`, likewise: other files are byte-identical, files
+//! without it load as not requiring TLS.
 
 use std::fmt;
 use std::str::FromStr;
@@ -139,6 +144,8 @@ pub struct StoredEnvelope {
     pub eight_bit: bool,
     /// The client said `MAIL ... SMTPUTF8` (RFC 6531).
     pub smtputf8: bool,
+    /// The client said `MAIL ... REQUIRETLS` (RFC 8689).
+    pub requiretls: bool,
     /// Where the content starts in the file (set by `decode`).
     pub body_offset: u64,
 }
@@ -172,6 +179,9 @@ impl StoredEnvelope {
         }
         if self.smtputf8 {
             s.push_str("smtputf8\n");
+        }
+        if self.requiretls {
+            s.push_str("requiretls\n");
         }
         s.push_str(if self.eight_bit {
             "body 8bit\n"
@@ -217,6 +227,7 @@ fn parse(text: &str, body_offset: u64) -> Result<StoredEnvelope, String> {
         origin: SenderOrigin::Other,
         eight_bit: false,
         smtputf8: false,
+        requiretls: false,
         body_offset,
     };
     let mut seen_body = false;
@@ -232,6 +243,7 @@ fn parse(text: &str, body_offset: u64) -> Result<StoredEnvelope, String> {
             "client" => env.client = xtext_decode(value).ok_or("bad client")?,
             "origin" if !v1 && value == "local" => env.origin = SenderOrigin::Local,
             "smtputf8" if !v1 && value.is_empty() => env.smtputf8 = true,
+            "requiretls" if !v1 && value.is_empty() => env.requiretls = true,
             "body" => {
                 seen_body = true;
                 env.eight_bit = value == "8bit";
@@ -664,6 +676,7 @@ mod tests {
             origin: crate::rewrite::SenderOrigin::Other,
             eight_bit: false,
             smtputf8: false,
+            requiretls: false,
             body_offset: 0,
         };
         let mut bytes = env.encode();
@@ -721,6 +734,41 @@ mod tests {
         assert_eq!(roundtrip(&env), env);
     }
 
+    #[test]
+    fn requiretls_flag_roundtrips_and_is_absent_otherwise() {
+        let mut env = envelope_with(vec![remote("j@x.example")], "a@b.example");
+        let plain = env.encode();
+        assert!(!String::from_utf8(plain.clone())
+            .unwrap()
+            .contains("requiretls"));
+        env.requiretls = true;
+        let text = String::from_utf8(env.encode()).unwrap();
+        assert!(text.contains("\nrequiretls\nbody 8bit\n\n"), "{text}");
+        assert_eq!(roundtrip(&env), env);
+        // A file written before the line existed loads without the flag.
+        env.requiretls = false;
+        assert_eq!(env.encode(), plain);
+        assert_eq!(roundtrip(&env), env);
+        // The line takes no value.
+        let bad = text.replace("\nrequiretls\n", "\nrequiretls yes\n");
+        assert!(StoredEnvelope::decode(format!("{bad}x").as_bytes())
+            .unwrap()
+            .is_err());
+    }
+
+    #[test]
+    fn requiretls_failure_reason_survives_the_state_file() {
+        use crate::delivery::outcome::{requiretls_unsatisfied, RequireTlsGap};
+        let r = requiretls_unsatisfied("relay.test[192.0.2.5]:587", &RequireTlsGap::NotOffered);
+        let states = vec![RcptState::from_outcome(Outcome::Failed(r.clone()))];
+        let p = decode_state(&encode_state(&states, 1, 0), 1).unwrap();
+        assert_eq!(p.states[0].reason.as_ref(), Some(&r));
+        assert_eq!(
+            r.to_string(),
+            "550 5.7.30 REQUIRETLS support required: relay.test[192.0.2.5]:587 does not offer REQUIRETLS"
+        );
+    }
+
     fn envelope_with(recipients: Vec<Recipient>, sender: &str) -> StoredEnvelope {
         StoredEnvelope {
             id: QueueId(0),
@@ -731,6 +779,7 @@ mod tests {
             origin: crate::rewrite::SenderOrigin::Other,
             eight_bit: true,
             smtputf8: false,
+            requiretls: false,
             body_offset: 0,
         }
     }

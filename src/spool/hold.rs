@@ -147,6 +147,7 @@ mod tests {
             origin: crate::rewrite::SenderOrigin::Other,
             eight_bit: false,
             smtputf8: false,
+            requiretls: false,
             body_offset: 0,
         };
         let mut inc = s.create(&env).unwrap();

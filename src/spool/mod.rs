@@ -809,6 +809,7 @@ mod tests {
             origin: crate::rewrite::SenderOrigin::Other,
             eight_bit: false,
             smtputf8: false,
+            requiretls: false,
             body_offset: 0,
         }
     }

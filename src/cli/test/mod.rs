@@ -169,6 +169,7 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
         size: 0,
         eight_bit: false,
         utf8_content: false,
+        requiretls: false,
         arrival: crate::daemon::unix_now(),
         rewrite,
         dkim: None,

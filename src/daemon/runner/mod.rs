@@ -276,6 +276,17 @@ impl QueueRunner {
                     if let Some((line, url, format)) =
                         webhook_route(&io.tables.routes, &env.sender, &address.domain)
                     {
+                        if env.requiretls {
+                            // RFC 8689: an HTTP endpoint cannot promise
+                            // REQUIRETLS onwards.
+                            tried = true;
+                            let peer = format!("{}:{}", url.host, url.port);
+                            let gap = outcome::RequireTlsGap::WebhookRoute;
+                            let o = Outcome::Failed(outcome::requiretls_unsatisfied(&peer, &gap));
+                            log_outcome(id, &rcpt.original, 0, &o);
+                            *state = RcptState::from_outcome(o);
+                            continue;
+                        }
                         match hooks.iter_mut().find(|h| h.line == line) {
                             Some(h) => h.job.recipients.push(i),
                             None => hooks.push(WebhookJob {
@@ -351,6 +362,8 @@ impl QueueRunner {
                 // The mailbox store does not read header fields: only a
                 // UTF-8 sender needs SMTPUTF8 of the LMTP server.
                 utf8_content: false,
+                // Final delivery to this host's store: not a relay hop (RFC 8689 §4.2).
+                requiretls: false,
                 arrival: flight.env.arrival,
                 rewrite: None,
                 dkim: None,
@@ -387,6 +400,7 @@ impl QueueRunner {
                         size,
                         eight_bit: flight.env.eight_bit,
                         utf8_content: flight.env.smtputf8 && flight.env.eight_bit,
+                        requiretls: flight.env.requiretls,
                         arrival: flight.env.arrival,
                         rewrite: rewrite.clone(),
                         dkim: None,
@@ -542,6 +556,10 @@ impl QueueRunner {
             // the 7-bit downgrade).
             eight_bit: !text.is_ascii(),
             smtputf8: false,
+            // RFC 8689 §5: the report returns the protected message's
+            // header section, so it is relayed under the same rule
+            // (REQUIRETLS hops only; a local sender gets it locally).
+            requiretls: flight.env.requiretls,
             body_offset: 0,
         };
         let received = format!(

@@ -42,6 +42,11 @@ pub(super) const SMTPUTF8_NOT_OFFERED: Synth = (
     "5.6.7 SMTPUTF8 required but not offered by the server",
     Own::Client,
 );
+pub(super) const REQUIRETLS_NOT_OFFERED: Synth = (
+    550,
+    "5.7.30 REQUIRETLS support required: not offered by the server under TLS",
+    Own::Tls,
+);
 /// No reply in time: 4.4.2, "timeout waiting for" what was awaited.
 pub(super) const TIMEOUT_CODE: u16 = 451;
 pub(super) const TIMEOUT_TEXT: &str = "4.4.2 timeout waiting for";

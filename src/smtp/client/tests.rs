@@ -28,6 +28,7 @@ fn txn(rcpts: &[&str]) -> Transaction {
         size: 100,
         eight_bit: false,
         smtputf8: false,
+        requiretls: false,
         rewrite: None,
         dkim: None,
     }
@@ -1024,6 +1025,7 @@ fn implicit_tls_skips_starttls() {
 // AUTH, deadlines and the end of a session: in `tests/session.rs`.
 mod chunking;
 mod lmtp;
+mod requiretls;
 mod session;
 // The DKIM-Signature field in front of the message: in `tests/dkim.rs`.
 mod dkim;

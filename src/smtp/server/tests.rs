@@ -1,6 +1,7 @@
 use super::*;
 
 mod bdat;
+mod requiretls;
 
 struct TestPolicy;
 impl Policy for TestPolicy {
