@@ -195,7 +195,7 @@ fn check_address(a: &Address) {
         };
         assert_eq!(
             parse_command(rcpt.as_bytes()),
-            Ok(Command::Rcpt(Some(a.clone()), text)),
+            Ok(Command::Rcpt(Some(a.clone()), text, Default::default())),
             "{rcpt}"
         );
         // The printed form needs SMTPUTF8 exactly when the address does.
@@ -209,6 +209,7 @@ fn check_address(a: &Address) {
                     size: Some(10),
                     body: Body::SevenBit,
                     smtputf8: true,
+                    dsn: Default::default(),
                 }
             )),
             "{mail}"

@@ -64,15 +64,19 @@
 //! transaction without it gets 553 5.6.7) and is stored with the message
 //! (see `Envelope::smtputf8`).
 //!
-//! Not supported: DSN, BINARYMIME.
+//! DSN (RFC 3461): offered in EHLO; `RET`/`ENVID` on MAIL and
+//! `NOTIFY`/`ORCPT` on RCPT are parsed (`smtp::dsn`) into the envelope.
+//!
+//! Not supported: BINARYMIME.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::address::Address;
-use super::command::{parse_command, Body, Command, MailParams, PathText};
+use super::command::{parse_command, Body, Command, MailParams, PathText, RcptParams};
 use super::data::{DataDecoder, DataSummary, MAX_LINE};
+use super::dsn::{DsnMail, DsnRcpt};
 use super::reply::{self, Reply};
 use crate::delivery::{push_unique, Destination};
 
@@ -188,6 +192,22 @@ pub struct Envelope {
     /// may be in the message, and it needs SMTPUTF8 on the way out when
     /// it has any (see `outbound::Job::needs_smtputf8`).
     pub smtputf8: bool,
+    /// `MAIL ... RET= ENVID=` (RFC 3461).
+    pub dsn: DsnMail,
+    /// `RCPT ... NOTIFY= ORCPT=` by the recipient as written in
+    /// `destinations`; only recipients that gave any.
+    pub rcpt_dsn: Vec<(String, DsnRcpt)>,
+}
+
+impl Envelope {
+    /// The DSN parameters given with this recipient (as in `destinations`).
+    pub fn dsn_for(&self, original: &str) -> DsnRcpt {
+        self.rcpt_dsn
+            .iter()
+            .find(|(o, _)| o == original)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// A BDAT command's chunk, waiting for the spool file to open.
@@ -797,6 +817,7 @@ impl ServerSession {
                     "ENHANCEDSTATUSCODES",
                     "CHUNKING",
                     "SMTPUTF8",
+                    "DSN",
                 ];
                 if self.cfg.tls_available && self.tls.is_none() {
                     lines.push("STARTTLS");
@@ -807,7 +828,7 @@ impl ServerSession {
                 reply::write_multiline(&mut self.out, 250, &lines);
             }
             Command::Mail(sender, params) => self.mail(sender, params, policy),
-            Command::Rcpt(rcpt, text) => self.rcpt(rcpt, text, policy),
+            Command::Rcpt(rcpt, text, params) => self.rcpt(rcpt, text, params, policy),
             Command::Data => self.data(),
             Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => {
@@ -869,11 +890,19 @@ impl ServerSession {
             destinations: Vec::new(),
             eight_bit_declared: params.body == Body::EightBitMime,
             smtputf8: params.smtputf8,
+            dsn: params.dsn,
+            rcpt_dsn: Vec::new(),
         });
         self.reply(&reply::SENDER_OK);
     }
 
-    fn rcpt(&mut self, rcpt: Option<Address>, text: PathText, policy: &dyn Policy) {
+    fn rcpt(
+        &mut self,
+        rcpt: Option<Address>,
+        text: PathText,
+        params: RcptParams,
+        policy: &dyn Policy,
+    ) {
         let Some(mail) = self.mail.as_ref() else {
             return self.error(&reply::NEED_MAIL);
         };
@@ -895,6 +924,9 @@ impl ServerSession {
                         let original = rcpt.to_string();
                         for d in destinations {
                             push_unique(&mut mail.destinations, d, &original);
+                        }
+                        if !params.dsn.is_empty() {
+                            mail.rcpt_dsn.push((original, params.dsn));
                         }
                         mail.recipients.push(rcpt);
                     }
