@@ -334,7 +334,11 @@ fn open_drop(io: &mut Io, path: &std::path::Path) -> Result<Importing, ImportErr
     }
     let recipients: Vec<Recipient> = decided
         .into_iter()
-        .map(|(dest, original)| Recipient { dest, original })
+        .map(|(dest, original)| Recipient {
+            dest,
+            original,
+            dsn: Default::default(),
+        })
         .collect();
     if recipients.is_empty() {
         return Err("no recipients".to_string().into());
@@ -350,6 +354,7 @@ fn open_drop(io: &mut Io, path: &std::path::Path) -> Result<Importing, ImportErr
         origin: crate::rewrite::SenderOrigin::Local,
         eight_bit: false,
         smtputf8: false,
+        dsn: Default::default(),
         body_offset: 0,
     };
     let mut inc = io

@@ -621,6 +621,7 @@ impl InboundSessions {
             .map(|(dest, original)| Recipient {
                 dest: dest.clone(),
                 original: original.clone(),
+                dsn: env.dsn_for(original),
             })
             .collect();
         let stored = StoredEnvelope {
@@ -640,6 +641,7 @@ impl InboundSessions {
             ),
             eight_bit: false,
             smtputf8: env.smtputf8,
+            dsn: env.dsn.clone(),
             body_offset: 0,
         };
         match io.spool.create(&stored) {

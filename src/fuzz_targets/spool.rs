@@ -61,6 +61,7 @@ pub fn spool_envelope(data: &[u8]) {
         recipients.push(Recipient {
             dest,
             original: input.string(),
+            dsn: Default::default(),
         });
     }
     let env = StoredEnvelope {
@@ -76,6 +77,7 @@ pub fn spool_envelope(data: &[u8]) {
         },
         eight_bit: flags & 0x80 != 0,
         smtputf8: false,
+        dsn: Default::default(),
         body_offset: 0,
     };
     let mut encoded = env.encode();
@@ -273,12 +275,17 @@ pub fn spool_drop(data: &[u8]) {
         sender,
         recipients: decided
             .into_iter()
-            .map(|(dest, original)| Recipient { dest, original })
+            .map(|(dest, original)| Recipient {
+                dest,
+                original,
+                dsn: Default::default(),
+            })
             .collect(),
         client: "local uid 1000".into(),
         origin: crate::rewrite::SenderOrigin::Local,
         eight_bit: false,
         smtputf8: false,
+        dsn: Default::default(),
         body_offset: 0,
     };
     let encoded = env.encode();

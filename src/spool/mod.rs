@@ -92,6 +92,7 @@
 
 pub mod drop;
 pub mod envelope;
+pub mod envelope_dsn;
 pub mod hold;
 pub mod space;
 
@@ -797,18 +798,21 @@ mod tests {
                         crate::smtp::address::Address::parse_mailbox("x@y.test").unwrap(),
                     ),
                     original: "x@y.test".into(),
+                    dsn: Default::default(),
                 },
                 envelope::Recipient {
                     dest: crate::delivery::Destination::Local(
                         crate::delivery::Mailbox::new("root").unwrap(),
                     ),
                     original: "postmaster@localhost".into(),
+                    dsn: Default::default(),
                 },
             ],
             client: "helo [127.0.0.1]".into(),
             origin: crate::rewrite::SenderOrigin::Other,
             eight_bit: false,
             smtputf8: false,
+            dsn: Default::default(),
             body_offset: 0,
         }
     }

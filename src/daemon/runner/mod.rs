@@ -542,6 +542,7 @@ impl QueueRunner {
             // the 7-bit downgrade).
             eight_bit: !text.is_ascii(),
             smtputf8: false,
+            dsn: Default::default(),
             body_offset: 0,
         };
         let received = format!(
@@ -677,6 +678,7 @@ fn bounce_recipients(io: &Io, sender: &str) -> Vec<Recipient> {
         .map(|dest| Recipient {
             dest,
             original: sender.to_string(),
+            dsn: Default::default(),
         })
         .collect()
 }
