@@ -19,15 +19,14 @@
 //! this round really attempted anything.
 
 mod local;
+mod report;
 mod requests;
 
 use std::collections::{HashMap, HashSet};
 
 use super::outbound::OutboundDriver;
 use super::{mono_now, unix_now, Io};
-use crate::bounce::{
-    build_bounce, header_block, rfc5322_date, BounceInput, DsnAction, FailedRecipient,
-};
+use crate::bounce::{DsnAction, FailedRecipient};
 use crate::delivery::outcome::{self, Origin, Outcome, Reason};
 use crate::delivery::{Destination, Refusal};
 use crate::outbound::{DestinationKey, Job};
@@ -45,8 +44,6 @@ pub const MESSAGES_PER_TURN: usize = 16;
 /// Outbound jobs waiting for a connection slot before the runner stops
 /// taking due messages (each waiting job holds its envelope in memory).
 pub const OUTBOUND_BACKLOG: usize = 64;
-/// Bytes of the original message's header returned in a bounce.
-const BOUNCE_HEADER_READ: usize = 64 * 1024;
 
 /// A message whose attempt is in progress (outbound or local jobs
 /// outstanding).
@@ -502,72 +499,6 @@ impl QueueRunner {
             self.queue.age_saved(id, mono);
         }
     }
-
-    /// Sends one delivery status notification for the failed recipients,
-    /// through the spool like any message. Never for the null sender.
-    fn bounce(&mut self, io: &mut Io, id: QueueId, flight: &InFlight) {
-        if flight.env.sender.is_empty() {
-            log::warn!("{id}: undeliverable message from <>; discarded without a bounce");
-            return;
-        }
-        let failed: Vec<FailedRecipient> = flight
-            .newly_failed()
-            .map(|(r, s)| failed_recipient(r.final_address(&io.cfg.hostname), s))
-            .collect();
-        let headers = original_headers(io, id);
-        let now = unix_now();
-        self.local_seq += 1;
-        let message_id = format!("<{}.{}.bounce@{}>", id, self.local_seq, io.cfg.hostname);
-        let boundary = format!("{id}.{now}/{}", io.cfg.hostname);
-        let text = build_bounce(&BounceInput {
-            reporting_mta: &io.cfg.hostname,
-            queue_id: id.text().as_str(),
-            original_sender: &flight.env.sender,
-            arrival_date: &rfc5322_date(flight.env.arrival as i64, 0),
-            now_date: &rfc5322_date(now as i64, 0),
-            message_id: &message_id,
-            boundary: &boundary,
-            recipients: &failed,
-            original_headers: &headers,
-        });
-        let env = StoredEnvelope {
-            id: QueueId(0),
-            arrival: now,
-            sender: String::new(),
-            recipients: bounce_recipients(io, &flight.env.sender),
-            client: format!("{} [local]", io.cfg.hostname),
-            origin: crate::rewrite::SenderOrigin::Other,
-            // The returned header section may carry 8-bit octets (labelled
-            // 8bit by build_bounce): the relay must know (BODY=8BITMIME or
-            // the 7-bit downgrade).
-            eight_bit: !text.is_ascii(),
-            smtputf8: false,
-            dsn: Default::default(),
-            body_offset: 0,
-        };
-        let received = format!(
-            "Received: by {} (tern) id {id}; {}\r\n",
-            io.cfg.hostname,
-            rfc5322_date(now as i64, 0)
-        );
-        match io.spool.create(&env).and_then(|mut inc| {
-            inc.write(received.as_bytes())?;
-            inc.write(&text)?;
-            Ok(inc)
-        }) {
-            Ok(inc) => {
-                let bid = inc.id;
-                match io.spool.commit(vec![inc]).pop() {
-                    Some(Ok(bid)) => {
-                        log::info!("{id}: sender non-delivery notification: {bid}");
-                        self.queue.schedule(bid, mono_now());
-                    }
-                    _ => log::error!("{id}: could not queue the bounce {bid}"),
-                }
-            }
-            Err(e) => log::error!("{id}: could not create the bounce: {e}"),
-        }
-    }
 }
 
 /// A webhook job being gathered, with the route line that made it.
@@ -655,7 +586,7 @@ pub fn remote_destination(
 /// Where a report to `sender` goes: through the same policy as any
 /// recipient (a local sender's aliases apply); a sender that is not a
 /// valid address or names no local user gets it as postmaster.
-fn bounce_recipients(io: &Io, sender: &str) -> Vec<Recipient> {
+pub(super) fn bounce_recipients(io: &Io, sender: &str) -> Vec<Recipient> {
     // A report has the null sender: only recipient `local` routes apply.
     let is_local = |d: &str| io.cfg.is_local_domain(d) || io.tables.routes.is_local("", d);
     let policy = io.tables.policy(io.cfg, &is_local);
@@ -683,16 +614,6 @@ fn bounce_recipients(io: &Io, sender: &str) -> Vec<Recipient> {
         .collect()
 }
 
-fn original_headers(io: &Io, id: QueueId) -> Vec<u8> {
-    use std::io::Read;
-    let Ok((file, _)) = io.spool.open_content(id) else {
-        return Vec::new();
-    };
-    let mut buf = Vec::new();
-    let _ = file.take(BOUNCE_HEADER_READ as u64).read_to_end(&mut buf);
-    header_block(&buf).to_vec()
-}
-
 /// A failed recipient in the report: the reason's status; the server's
 /// name and its reply as `Diagnostic-Code` only when a server said it;
 /// the sentence for the human part.
@@ -712,6 +633,7 @@ fn failed_recipient(address: String, state: &RcptState) -> FailedRecipient {
             .filter(|r| matches!(r.origin, Origin::Remote { .. }))
             .map(|r| format!("smtp; {} {} {}", r.code, r.status, r.text)),
         explanation: reason.map(Reason::to_string),
+        original_recipient: None,
     }
 }
 
