@@ -195,6 +195,7 @@ mod tests {
             relay: None,
             lmtp: None,
             dkim: None,
+            dsn: Default::default(),
         }
     }
 

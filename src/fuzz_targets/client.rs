@@ -59,6 +59,7 @@ impl ClientDriver {
             smtputf8: self.shape & 64 != 0,
             rewrite: None,
             dkim: None,
+            dsn: Default::default(),
         }
     }
 

@@ -954,6 +954,7 @@ fn transaction(job: &Job) -> Transaction {
         smtputf8: job.needs_smtputf8(),
         rewrite: job.rewrite.clone(),
         dkim: job.dkim.clone(),
+        dsn: job.dsn.clone(),
     }
 }
 

@@ -206,6 +206,44 @@ impl DsnRcpt {
     }
 }
 
+/// The DSN parameters of one outbound transaction: MAIL's, and each
+/// recipient's in the order of its recipients (a missing entry is none).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DsnParams {
+    pub mail: DsnMail,
+    pub rcpts: Vec<DsnRcpt>,
+}
+
+impl DsnParams {
+    /// ` RET=... ENVID=...` for MAIL to a server that offers DSN.
+    pub fn mail_suffix(&self) -> String {
+        let mut s = String::new();
+        if let Some(ret) = self.mail.ret {
+            s.push_str(" RET=");
+            s.push_str(ret.keyword());
+        }
+        if let Some(envid) = &self.mail.envid {
+            s.push_str(&format!(" ENVID={}", Xtext(envid)));
+        }
+        s
+    }
+
+    /// ` NOTIFY=... ORCPT=...` for recipient `i` to a server that offers DSN.
+    pub fn rcpt_suffix(&self, i: usize) -> String {
+        let Some(r) = self.rcpts.get(i) else {
+            return String::new();
+        };
+        let mut s = String::new();
+        if let Some(n) = r.notify {
+            s.push_str(&format!(" NOTIFY={n}"));
+        }
+        if let Some(o) = &r.orcpt {
+            s.push_str(&format!(" ORCPT={o}"));
+        }
+        s
+    }
+}
+
 /// Writes a value as xtext (RFC 3461 §4): octets outside `!`..`~`, and
 /// `+` and `=`, become `+HH`.
 pub struct Xtext<'a>(pub &'a str);

@@ -342,6 +342,7 @@ impl QueueRunner {
                 relay: None,
                 lmtp: Some(std::rc::Rc::new(target.clone())),
                 sender: flight.env.sender.clone(),
+                dsn: job_dsn(&flight.env, &lmtp),
                 recipients: lmtp,
                 size: size(),
                 eight_bit: flight.env.eight_bit,
@@ -380,6 +381,7 @@ impl QueueRunner {
                         relay: key.relay,
                         lmtp: key.lmtp,
                         sender: sender.clone(),
+                        dsn: job_dsn(&flight.env, &rcpts),
                         recipients: rcpts,
                         size,
                         eight_bit: flight.env.eight_bit,
@@ -498,6 +500,23 @@ impl QueueRunner {
         if saved {
             self.queue.age_saved(id, mono);
         }
+    }
+}
+
+/// The RFC 3461 parameters of a job's recipients (relayed to a hop that
+/// offers DSN).
+fn job_dsn(env: &StoredEnvelope, rcpts: &[(usize, String)]) -> crate::smtp::dsn::DsnParams {
+    crate::smtp::dsn::DsnParams {
+        mail: env.dsn.clone(),
+        rcpts: rcpts
+            .iter()
+            .map(|(i, _)| {
+                env.recipients
+                    .get(*i)
+                    .map(|r| r.dsn.clone())
+                    .unwrap_or_default()
+            })
+            .collect(),
     }
 }
 

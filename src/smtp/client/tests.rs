@@ -30,6 +30,7 @@ fn txn(rcpts: &[&str]) -> Transaction {
         smtputf8: false,
         rewrite: None,
         dkim: None,
+        dsn: Default::default(),
     }
 }
 
@@ -1023,6 +1024,7 @@ fn implicit_tls_skips_starttls() {
 
 // AUTH, deadlines and the end of a session: in `tests/session.rs`.
 mod chunking;
+mod dsn;
 mod lmtp;
 mod session;
 // The DKIM-Signature field in front of the message: in `tests/dkim.rs`.

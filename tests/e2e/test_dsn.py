@@ -1,0 +1,126 @@
+"""DSN (RFC 3461; issue 15 part 3) against the real binary, with Python's
+smtplib as the client and scripted sinks as next hops: the parameters are
+accepted, relayed to a hop that offers DSN, and honoured in tern's own
+reports (failure: Original-Envelope-Id, Original-Recipient, NOTIFY=NEVER;
+success: `relayed` to a hop without DSN)."""
+
+import email
+import smtplib
+import time
+
+import pytest
+
+from harness import Sink, wait_for
+from test_outbound import bounce_for
+
+BODY = b"Subject: dsn test\r\nFrom: owner@localhost\r\n\r\nhello dsn\r\n"
+
+
+def send(t, sender, rcpts, mail_options=(), rcpt_options=()):
+    with smtplib.SMTP("127.0.0.1", t.port, timeout=10) as c:
+        c.ehlo("client.test")
+        assert c.has_extn("dsn"), c.esmtp_features
+        refused = c.sendmail(sender, rcpts, BODY, mail_options=list(mail_options),
+                             rcpt_options=list(rcpt_options))
+        assert refused == {}
+
+
+def delivery_status(msg):
+    ds = [p for p in msg.walk() if p.get_content_type() == "message/delivery-status"]
+    assert ds, msg.as_string()[:2000]
+    # The parts of a message/delivery-status are the field groups.
+    return ds[0].as_string()
+
+
+def test_dsn_parameters_are_relayed_to_a_hop_that_offers_dsn(tern_factory):
+    sink = Sink(extensions=("PIPELINING", "8BITMIME", "SIZE 100000000", "DSN"))
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none").start()
+        send(t, "owner@localhost", ["x@far.test"], mail_options=["RET=HDRS", "ENVID=abc"],
+             rcpt_options=["NOTIFY=FAILURE", "ORCPT=rfc822;x@y"])
+        wait_for(lambda: sink.messages, what="relayed")
+        mail = [c for c in sink.commands if c.upper().startswith("MAIL FROM:")]
+        rcpt = [c for c in sink.commands if c.upper().startswith("RCPT TO:")]
+        assert mail[-1] == "MAIL FROM:<owner@localhost> SIZE=%s RET=HDRS ENVID=abc" % \
+            mail[-1].split("SIZE=")[1].split()[0], mail
+        assert rcpt == ["RCPT TO:<x@far.test> NOTIFY=FAILURE ORCPT=rfc822;x@y"], rcpt
+        wait_for(lambda: not t.queued(), what="queue empty")
+        # The hop reports success itself: no report from tern.
+        time.sleep(1)
+        assert not t.maildir("owner")
+    finally:
+        sink.close()
+
+
+def test_no_dsn_parameters_to_a_hop_without_dsn(tern_factory):
+    sink = Sink()
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none").start()
+        send(t, "owner@localhost", ["x@far.test"], mail_options=["RET=FULL", "ENVID=abc"],
+             rcpt_options=["NOTIFY=FAILURE", "ORCPT=rfc822;x@y"])
+        wait_for(lambda: sink.messages, what="relayed")
+        assert not [c for c in sink.commands if "NOTIFY" in c or "ENVID" in c], sink.commands
+    finally:
+        sink.close()
+
+
+def test_bounce_carries_envid_and_original_recipient(tern_factory):
+    sink = Sink({"rcpt": "550 5.1.1 no such user"})
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none").start()
+        send(t, "owner@localhost", ["x@far.test"], mail_options=["RET=HDRS", "ENVID=abc+2Bd"],
+             rcpt_options=["NOTIFY=FAILURE", "ORCPT=rfc822;orig+2Bx@y.test"])
+        b = bounce_for(t, "owner")
+        text = delivery_status(b)
+        assert "Original-Envelope-Id: abc+d" in text, text
+        assert "Original-Recipient: rfc822;orig+x@y.test" in text, text
+        assert "Final-Recipient: rfc822; x@far.test" in text, text
+        assert "Action: failed" in text and "Status: 5.1.1" in text, text
+        # RET=HDRS: the headers only.
+        assert [p for p in b.walk() if p.get_content_type() == "text/rfc822-headers"]
+        assert b"hello dsn" not in b.as_bytes()
+    finally:
+        sink.close()
+
+
+def test_ret_full_returns_the_whole_message(tern_factory):
+    sink = Sink({"rcpt": "550 5.1.1 no such user"})
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none").start()
+        send(t, "owner@localhost", ["x@far.test"], mail_options=["RET=FULL"])
+        b = bounce_for(t, "owner")
+        full = [p for p in b.walk() if p.get_content_type() == "message/rfc822"]
+        assert full, b.as_string()[:2000]
+        assert b"hello dsn" in b.as_bytes()
+    finally:
+        sink.close()
+
+
+def test_notify_never_gives_no_bounce(tern_factory):
+    sink = Sink({"rcpt": "550 5.1.1 no such user"})
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none").start()
+        send(t, "owner@localhost", ["x@far.test"], rcpt_options=["NOTIFY=NEVER"])
+        wait_for(lambda: "status=bounced" in t.log_text(), what="the failure")
+        wait_for(lambda: not t.queued(), what="queue empty")
+        time.sleep(1)
+        assert not t.maildir("owner"), t.log_text()
+        assert "no failure notification asked for" in t.log_text()
+    finally:
+        sink.close()
+
+
+def test_bad_dsn_parameters_are_501(tern_factory):
+    t = tern_factory().start()
+    with smtplib.SMTP("127.0.0.1", t.port, timeout=10) as c:
+        c.ehlo("client.test")
+        code, text = c.docmd("MAIL FROM:<a@lan.test> RET=BODY")
+        assert (code, text[:5]) == (501, b"5.5.4"), (code, text)
+        code, _ = c.docmd("MAIL FROM:<a@lan.test> ENVID=x")
+        assert code == 250
+        code, text = c.docmd("RCPT TO:<owner@localhost> NOTIFY=NEVER,SUCCESS")
+        assert (code, text[:5]) == (501, b"5.5.4"), (code, text)
+        code, text = c.docmd("RCPT TO:<owner@localhost> ORCPT=x@y")
+        assert (code, text[:5]) == (501, b"5.5.4"), (code, text)
+        code, _ = c.docmd("RCPT TO:<owner@localhost> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;o@y")
+        assert code == 250
