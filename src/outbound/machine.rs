@@ -210,6 +210,9 @@ pub struct Delivery {
     cause: Option<Reason>,
     /// A server refused the OAuth2 token (XOAUTH2/OAUTHBEARER).
     oauth_rejected: bool,
+    /// The server of the last transaction offered DSN (RFC 3461): it got
+    /// the parameters and reports success itself.
+    dsn_passed: bool,
 }
 
 impl Delivery {
@@ -232,6 +235,7 @@ impl Delivery {
             decided: HashMap::new(),
             cause: None,
             oauth_rejected: false,
+            dsn_passed: false,
         };
         if smarthost {
             d.hops = smarthosts
@@ -331,6 +335,11 @@ impl Delivery {
     /// cache.
     pub fn oauth_rejected(&self) -> bool {
         self.oauth_rejected
+    }
+
+    /// The server that took the job's recipients offered DSN.
+    pub fn dsn_passed(&self) -> bool {
+        self.dsn_passed
     }
 
     pub fn job_id(&self) -> QueueId {
@@ -865,6 +874,7 @@ impl Delivery {
             ClientEvent::TransactionDone(outcomes) => {
                 s.body = false;
                 s.txn_done = true;
+                self.dsn_passed = s.client.offers("DSN");
                 let relay = relay_name(&self.hops, self.hop, &addr);
                 for (i, o) in outcomes.into_iter().enumerate() {
                     let o = self.outcome_of(o, failure, &relay);

@@ -124,3 +124,63 @@ def test_bad_dsn_parameters_are_501(tern_factory):
         assert (code, text[:5]) == (501, b"5.5.4"), (code, text)
         code, _ = c.docmd("RCPT TO:<owner@localhost> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;o@y")
         assert code == 250
+
+
+def reports_in(t, user, action):
+    """The reports in USER's mailbox whose status part has `Action: ACTION`."""
+    out = []
+    for raw in t.maildir(user):
+        m = email.message_from_bytes(raw)
+        if m.get_content_type() == "multipart/report" and f"Action: {action}" in delivery_status(m):
+            out.append(m)
+    return out
+
+
+def test_notify_success_to_a_hop_without_dsn_gives_a_relayed_report(tern_factory):
+    sink = Sink()
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none").start()
+        send(t, "owner@localhost", ["x@far.test"], mail_options=["ENVID=e1"],
+             rcpt_options=["NOTIFY=SUCCESS", "ORCPT=rfc822;x@far.test"])
+        wait_for(lambda: sink.messages, what="relayed")
+        reports = wait_for(lambda: reports_in(t, "owner", "relayed"), what="relayed report")
+        m = reports[0]
+        assert m["Subject"] == "Successful Mail Delivery Report", m["Subject"]
+        assert m["Auto-Submitted"] == "auto-replied"
+        text = delivery_status(m)
+        assert "Status: 2.0.0" in text, text
+        assert "Original-Envelope-Id: e1" in text, text
+        assert "Original-Recipient: rfc822;x@far.test" in text, text
+        assert "Final-Recipient: rfc822; x@far.test" in text, text
+        assert len(reports) == 1
+    finally:
+        sink.close()
+
+
+def test_notify_success_to_a_dsn_hop_is_left_to_the_hop(tern_factory):
+    sink = Sink(extensions=("PIPELINING", "8BITMIME", "SIZE 100000000", "DSN"))
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none").start()
+        send(t, "owner@localhost", ["x@far.test"], rcpt_options=["NOTIFY=SUCCESS"])
+        wait_for(lambda: sink.messages, what="relayed")
+        assert [c for c in sink.commands if c.startswith("RCPT")] == \
+            ["RCPT TO:<x@far.test> NOTIFY=SUCCESS"], sink.commands
+        wait_for(lambda: not t.queued(), what="queue empty")
+        time.sleep(1)
+        assert not t.maildir("owner"), t.log_text()
+    finally:
+        sink.close()
+
+
+def test_notify_success_for_local_delivery_gives_a_delivered_report(tern_factory):
+    t = tern_factory().start()
+    send(t, "owner@localhost", ["owner@localhost"], rcpt_options=["NOTIFY=SUCCESS,FAILURE"])
+    reports = wait_for(lambda: reports_in(t, "owner", "delivered"), what="delivered report")
+    text = delivery_status(reports[0])
+    assert "Status: 2.0.0" in text, text
+    # The message itself arrived too, and without NOTIFY=SUCCESS no report.
+    assert any(b"hello dsn" in m for m in t.maildir("owner"))
+    send(t, "owner@localhost", ["owner@localhost"])
+    wait_for(lambda: sum(b"hello dsn" in m for m in t.maildir("owner")) == 2, what="second")
+    time.sleep(1)
+    assert len(reports_in(t, "owner", "delivered")) == 1

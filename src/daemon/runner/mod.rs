@@ -63,6 +63,9 @@ pub struct InFlight {
     pub held: bool,
     /// The queue age in the state file as loaded (0 without one).
     pub stored_age: u64,
+    /// Recipients delivered in this attempt to a hop that offered DSN
+    /// (RFC 3461): it reports success itself.
+    pub dsn_passed: Vec<usize>,
 }
 
 /// How often held mail is looked at again (a flush or a reload that turns
@@ -328,6 +331,7 @@ impl QueueRunner {
             outstanding: 0,
             tried,
             failed_before,
+            dsn_passed: Vec::new(),
         };
         let size = || match content_size {
             Some(size) => size,
@@ -408,7 +412,13 @@ impl QueueRunner {
 
     /// An outbound job finished: record its outcomes and settle the
     /// message when it was the last one.
-    pub fn job_done(&mut self, io: &mut Io, id: QueueId, outcomes: Vec<(usize, Outcome)>) {
+    pub fn job_done(
+        &mut self,
+        io: &mut Io,
+        id: QueueId,
+        outcomes: Vec<(usize, Outcome)>,
+        dsn_passed: bool,
+    ) {
         let Some(flight) = self.in_flight.get_mut(&id) else {
             return;
         };
@@ -424,6 +434,9 @@ impl QueueRunner {
                 .get(i)
                 .map_or(String::new(), |r| r.final_address(&io.cfg.hostname));
             log_outcome(id, &addr, delay, &o);
+            if dsn_passed && matches!(o, Outcome::Delivered { .. }) {
+                flight.dsn_passed.push(i);
+            }
             *st = RcptState::from_outcome(o);
         }
         flight.outstanding = flight.outstanding.saturating_sub(1);
@@ -468,6 +481,7 @@ impl QueueRunner {
         if flight.newly_failed().next().is_some() {
             self.bounce(io, id, &flight);
         }
+        self.success_report(io, id, &flight);
         let open = flight.states.iter().any(|s| !s.status.is_final());
         if !open {
             if let Err(e) = io.spool.remove(id) {

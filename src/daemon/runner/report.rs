@@ -10,9 +10,10 @@ use crate::bounce::{
     MAX_RETURNED_MESSAGE,
 };
 use crate::daemon::{mono_now, unix_now, Io};
+use crate::delivery::Destination;
 use crate::smtp::dsn::Ret;
 use crate::spool::envelope::Recipient;
-use crate::spool::{QueueId, StoredEnvelope};
+use crate::spool::{QueueId, RcptStatus, StoredEnvelope};
 
 /// Bytes of the original message's header returned in a bounce.
 const BOUNCE_HEADER_READ: usize = 64 * 1024;
@@ -124,37 +125,43 @@ impl QueueRunner {
         }
     }
 
-    /// Success reports (`NOTIFY=SUCCESS`) for the recipients of this
-    /// attempt that were delivered here (`delivered`) or handed to a
-    /// server without DSN (`relayed`; a server with DSN got the
-    /// parameters and reports itself).
-    #[allow(dead_code)] // wired in by the success-report step
-    pub(super) fn success_report(
-        &mut self,
-        io: &mut Io,
-        id: QueueId,
-        flight: &InFlight,
-        done: &[(usize, DsnAction)],
-    ) {
-        if flight.env.sender.is_empty() || done.is_empty() {
+    /// Success reports (`NOTIFY=SUCCESS`, RFC 3461 §4.1) for the
+    /// recipients delivered in this attempt: `delivered` to a mailbox here
+    /// (or through LMTP), `relayed` to a server without DSN. A server
+    /// that offered DSN got the parameters and reports itself.
+    pub(super) fn success_report(&mut self, io: &mut Io, id: QueueId, flight: &InFlight) {
+        if flight.env.sender.is_empty() {
             return;
         }
-        let recipients: Vec<FailedRecipient> = done
+        let recipients: Vec<FailedRecipient> = flight
+            .env
+            .recipients
             .iter()
-            .filter_map(|&(i, action)| {
-                let r = flight.env.recipients.get(i)?;
-                Some(FailedRecipient {
-                    address: r.final_address(&io.cfg.hostname),
-                    status: "2.0.0".into(),
-                    action,
-                    remote_mta: None,
-                    diagnostic: None,
-                    explanation: None,
-                    original_recipient: orcpt_of(r),
-                })
+            .zip(&flight.states)
+            .zip(&flight.loaded)
+            .enumerate()
+            .filter(|(i, ((r, now), before))| {
+                now.status == RcptStatus::Sent
+                    && before.status != RcptStatus::Sent
+                    && r.dsn.wants_success()
+                    && !flight.dsn_passed.contains(i)
+            })
+            .map(|(_, ((r, _), _))| FailedRecipient {
+                address: r.final_address(&io.cfg.hostname),
+                status: "2.0.0".into(),
+                action: match r.dest {
+                    Destination::Remote(_) => DsnAction::Relayed,
+                    _ => DsnAction::Delivered,
+                },
+                remote_mta: None,
+                diagnostic: None,
+                explanation: None,
+                original_recipient: orcpt_of(r),
             })
             .collect();
-        self.send_report(io, id, &flight.env, &recipients, false, "success");
+        if !recipients.is_empty() {
+            self.send_report(io, id, &flight.env, &recipients, false, "success");
+        }
     }
 }
 
