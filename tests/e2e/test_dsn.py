@@ -184,3 +184,40 @@ def test_notify_success_for_local_delivery_gives_a_delivered_report(tern_factory
     wait_for(lambda: sum(b"hello dsn" in m for m in t.maildir("owner")) == 2, what="second")
     time.sleep(1)
     assert len(reports_in(t, "owner", "delivered")) == 1
+
+
+def test_delay_warning_once_after_delay_warning_time(tern_factory):
+    sink = Sink({"rcpt": "451 4.3.0 try later"})
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none",
+                         retry_schedule="1s", delay_warning_time="2s").start()
+        send(t, "owner@localhost", ["x@far.test"], mail_options=["ENVID=w1"])
+        send(t, "owner@localhost", ["y@far.test"], rcpt_options=["NOTIFY=FAILURE"])
+        reports = wait_for(lambda: reports_in(t, "owner", "delayed"), timeout=20,
+                           what="delay warning")
+        m = reports[0]
+        assert m["Subject"] == "Delayed Mail (still being retried)", m["Subject"]
+        text = delivery_status(m)
+        assert "Final-Recipient: rfc822; x@far.test" in text, text
+        assert "Original-Envelope-Id: w1" in text, text
+        assert "Status: 4.3.0" in text, text
+        # More attempts: still one warning, and none for NOTIFY without DELAY.
+        wait_for(lambda: t.log_text().count("status=deferred") >= 8, timeout=20,
+                 what="more attempts")
+        assert len(reports_in(t, "owner", "delayed")) == 1, t.log_text()
+        assert not any("y@far.test" in delivery_status(r) for r in reports_in(t, "owner", "delayed"))
+    finally:
+        sink.close()
+
+
+def test_no_delay_warning_by_default(tern_factory):
+    sink = Sink({"rcpt": "451 4.3.0 try later"})
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none",
+                         retry_schedule="1s").start()
+        send(t, "owner@localhost", ["x@far.test"])
+        wait_for(lambda: t.log_text().count("status=deferred") >= 4, timeout=20,
+                 what="attempts")
+        assert not t.maildir("owner"), t.log_text()
+    finally:
+        sink.close()

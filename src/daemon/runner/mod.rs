@@ -483,6 +483,14 @@ impl QueueRunner {
         }
         self.success_report(io, id, &flight);
         let open = flight.states.iter().any(|s| !s.status.is_final());
+        // Once, when the queue age passes `delay_warning_time`; the state
+        // is saved then, so the stored age is past it and no later attempt
+        // (or restart) warns again.
+        let warn =
+            open && report::delay_warning_due(io.cfg.delay_warning_time, flight.stored_age, age);
+        if warn {
+            self.delay_warning(io, id, &flight);
+        }
         if !open {
             if let Err(e) = io.spool.remove(id) {
                 log::error!("{id}: cannot remove finished message: {e}");
@@ -494,7 +502,7 @@ impl QueueRunner {
         }
         let checkpoint = age.saturating_sub(flight.stored_age) >= AGE_CHECKPOINT;
         let mut saved = false;
-        if flight.states != flight.loaded || attempts != flight.attempts || checkpoint {
+        if flight.states != flight.loaded || attempts != flight.attempts || checkpoint || warn {
             match io.spool.save_state(id, &flight.states, attempts, age) {
                 Ok(()) => saved = true,
                 Err(e) => log::error!("{id}: cannot save delivery state: {e}"),

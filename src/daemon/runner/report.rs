@@ -165,6 +165,48 @@ impl QueueRunner {
     }
 }
 
+/// Whether this attempt sends the delay warning: the queue age reached
+/// `delay_warning_time` since the age last stored (`None`: off).
+pub(super) fn delay_warning_due(
+    delay_warning_time: Option<std::time::Duration>,
+    stored_age: u64,
+    age: u64,
+) -> bool {
+    delay_warning_time.is_some_and(|d| stored_age < d.as_secs() && age >= d.as_secs())
+}
+
+impl QueueRunner {
+    /// The delay warning (RFC 3464 `Action: delayed`) for the recipients
+    /// still open that did not decline it (`NOTIFY` without `DELAY`).
+    pub(super) fn delay_warning(&mut self, io: &mut Io, id: QueueId, flight: &InFlight) {
+        if flight.env.sender.is_empty() {
+            return;
+        }
+        let delayed: Vec<FailedRecipient> = flight
+            .env
+            .recipients
+            .iter()
+            .zip(&flight.states)
+            .filter(|(r, s)| !s.status.is_final() && r.dsn.wants_delay())
+            .map(|(r, s)| {
+                let f = failed_recipient(r.final_address(&io.cfg.hostname), s);
+                FailedRecipient {
+                    action: DsnAction::Delayed,
+                    status: match &s.reason {
+                        Some(_) if f.status.starts_with("4.") => f.status,
+                        _ => "4.0.0".into(),
+                    },
+                    original_recipient: orcpt_of(r),
+                    ..f
+                }
+            })
+            .collect();
+        if !delayed.is_empty() {
+            self.send_report(io, id, &flight.env, &delayed, false, "delay");
+        }
+    }
+}
+
 fn original_headers(io: &Io, id: QueueId) -> Vec<u8> {
     use std::io::Read;
     let Ok((file, _)) = io.spool.open_content(id) else {
@@ -185,4 +227,21 @@ fn original_message(io: &Io, id: QueueId) -> Option<Vec<u8>> {
         .read_to_end(&mut buf)
         .ok()?;
     (buf.len() <= MAX_RETURNED_MESSAGE).then_some(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delay_warning_due;
+    use std::time::Duration;
+
+    #[test]
+    fn the_delay_warning_is_due_once_when_the_age_passes_the_limit() {
+        let h4 = Some(Duration::from_secs(4 * 3600));
+        assert!(!delay_warning_due(None, 0, 10 * 86400));
+        assert!(!delay_warning_due(h4, 0, 4 * 3600 - 1));
+        assert!(delay_warning_due(h4, 0, 4 * 3600));
+        assert!(delay_warning_due(h4, 3 * 3600, 5 * 3600));
+        // Stored past it: warned already.
+        assert!(!delay_warning_due(h4, 4 * 3600, 6 * 3600));
+    }
 }
