@@ -102,10 +102,9 @@ pub struct Orcpt {
 }
 
 impl Orcpt {
+    /// `addr-type;xtext`, of any length (the SMTP parameter's bound is
+    /// checked by [`DsnRcpt::param`]; a queue file is never refused for it).
     pub fn parse(raw: &[u8]) -> Option<Orcpt> {
-        if raw.len() > MAX_ORCPT {
-            return None;
-        }
         let semi = raw.iter().position(|&b| b == b';')?;
         let (kind, rest) = raw.split_at_checked(semi)?;
         let addr = rest.get(1..)?;
@@ -178,7 +177,7 @@ impl DsnRcpt {
                 self.notify =
                     Some(Notify::parse(&raw.to_ascii_uppercase()).ok_or(reply::SYNTAX_PARAMS)?)
             }
-            b"ORCPT" if self.orcpt.is_none() => {
+            b"ORCPT" if self.orcpt.is_none() && raw.len() <= MAX_ORCPT => {
                 self.orcpt = Some(Orcpt::parse(raw).ok_or(reply::SYNTAX_PARAMS)?)
             }
             _ => return Err(reply::SYNTAX_PARAMS),
@@ -334,7 +333,10 @@ mod tests {
         assert_eq!(Orcpt::parse(b"rfc822;"), None);
         assert_eq!(Orcpt::parse(b"rfc 822;x@y"), None);
         let long = format!("rfc822;{}@y", "a".repeat(MAX_ORCPT));
-        assert_eq!(Orcpt::parse(long.as_bytes()), None);
+        assert_eq!(
+            DsnRcpt::default().param(b"ORCPT", long.as_bytes()),
+            Err(reply::SYNTAX_PARAMS)
+        );
     }
 
     #[test]
