@@ -30,11 +30,15 @@
 //! - RFC 6533 §3: a UTF-8 recipient address is written `utf-8; ` with
 //!   `\x{HEX}` escapes, so the `message/delivery-status` part stays ASCII.
 //!
+//! - RFC 3461 DSN parameters: `Original-Envelope-Id` (ENVID) per message,
+//!   `Original-Recipient` (ORCPT) per recipient; `RET=FULL` returns the
+//!   whole message as `message/rfc822` up to [`MAX_RETURNED_MESSAGE`]
+//!   (beyond it, or when it holds our boundary, headers only, and the text
+//!   says so); success reports (`Action: delivered`/`relayed`, 2.0.0).
+//!
 //! Not supported: RFC 6533 `message/global-delivery-status` and
 //! `message/global-headers` (UTF-8 header fields of the original are
-//! returned as 8-bit `text/rfc822-headers`),
-//! `Original-Envelope-Id`/`Original-Recipient` (RFC 3461 DSN parameters),
-//! returning the full original body.
+//! returned as 8-bit `text/rfc822-headers`).
 
 /// Most bytes of the original header block copied into the report.
 pub const MAX_RETURNED_HEADERS: usize = 64 * 1024;
@@ -43,6 +47,20 @@ pub const MAX_BOUNDARY_LEN: usize = 70;
 /// Most bytes of one interpolated value (keeps every line under the RFC 5322
 /// limit of 998 octets).
 pub const MAX_FIELD_VALUE: usize = 900;
+/// Most bytes of the original message returned whole (`RET=FULL`).
+pub const MAX_RETURNED_MESSAGE: usize = 1024 * 1024;
+
+/// What of the original message a report carries (RFC 3461 §4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Returned<'a> {
+    /// `RET=HDRS`, no `RET`, or a success report: the header section.
+    Headers,
+    /// `RET=FULL`: the whole message, at most [`MAX_RETURNED_MESSAGE`].
+    Full(&'a [u8]),
+    /// `RET=FULL`, but the message is larger: the header section, and
+    /// the text says why.
+    HeadersTooLarge,
+}
 
 /// What happened to a recipient (RFC 3464 §2.3.3 `Action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +69,10 @@ pub enum DsnAction {
     Failed,
     /// Still being retried; this is a warning only.
     Delayed,
+    /// Delivered to its mailbox (`NOTIFY=SUCCESS`).
+    Delivered,
+    /// Handed to a server that does not offer DSN (`NOTIFY=SUCCESS`).
+    Relayed,
 }
 
 impl DsnAction {
@@ -58,6 +80,8 @@ impl DsnAction {
         match self {
             DsnAction::Failed => "failed",
             DsnAction::Delayed => "delayed",
+            DsnAction::Delivered => "delivered",
+            DsnAction::Relayed => "relayed",
         }
     }
 
@@ -65,6 +89,7 @@ impl DsnAction {
         match self {
             DsnAction::Failed => "5.0.0",
             DsnAction::Delayed => "4.0.0",
+            DsnAction::Delivered | DsnAction::Relayed => "2.0.0",
         }
     }
 }
@@ -85,6 +110,9 @@ pub struct FailedRecipient {
     /// The sentence for the human-readable part ("cannot connect to ...:
     /// connection refused"); without one, the diagnostic or the status.
     pub explanation: Option<String>,
+    /// `ORCPT` as given (RFC 3461 §4.2): (address type, address), for
+    /// `Original-Recipient`.
+    pub original_recipient: Option<(String, String)>,
 }
 
 /// Everything a report is built from; all strings are preformatted.
@@ -106,6 +134,10 @@ pub struct BounceInput<'a> {
     pub recipients: &'a [FailedRecipient],
     /// Header block of the original message, CRLF lines.
     pub original_headers: &'a [u8],
+    /// `ENVID` of the original message (RFC 3461 §4.4), decoded.
+    pub envid: Option<&'a str>,
+    /// Whether the whole message goes back (`RET=FULL`).
+    pub returned: Returned<'a>,
 }
 
 /// Builds the complete report message, CRLF line endings, ready for the spool.
@@ -117,10 +149,26 @@ pub fn build_bounce(input: &BounceInput) -> Vec<u8> {
             .recipients
             .iter()
             .all(|r| r.action == DsnAction::Delayed);
+    let all_success = !input.recipients.is_empty()
+        && input
+            .recipients
+            .iter()
+            .all(|r| matches!(r.action, DsnAction::Delivered | DsnAction::Relayed));
     let subject = if all_delayed {
         "Delayed Mail (still being retried)"
+    } else if all_success {
+        "Successful Mail Delivery Report"
     } else {
         "Undelivered Mail Returned to Sender"
+    };
+    // The whole message goes back only when it cannot end our MIME part.
+    let marker = format!("--{boundary}");
+    let returned = match input.returned {
+        Returned::Full(m) if m.len() > MAX_RETURNED_MESSAGE => Returned::HeadersTooLarge,
+        Returned::Full(m) if m.windows(marker.len()).any(|w| w == marker.as_bytes()) => {
+            Returned::Headers
+        }
+        r => r,
     };
 
     let mut out = Vec::with_capacity(4096 + input.original_headers.len().min(MAX_RETURNED_HEADERS));
@@ -157,7 +205,7 @@ pub fn build_bounce(input: &BounceInput) -> Vec<u8> {
     line(&mut out, "Content-Type: text/plain; charset=utf-8");
     line(&mut out, "Content-Description: Notification");
     line(&mut out, "");
-    human_text(&mut out, input, &mta);
+    human_text(&mut out, input, &mta, returned);
     line(&mut out, "");
 
     // Part 2: RFC 3464 status.
@@ -165,6 +213,9 @@ pub fn build_bounce(input: &BounceInput) -> Vec<u8> {
     line(&mut out, "Content-Type: message/delivery-status");
     line(&mut out, "Content-Description: Delivery report");
     line(&mut out, "");
+    if let Some(envid) = input.envid.map(clean).filter(|e| !e.is_empty()) {
+        line(&mut out, &format!("Original-Envelope-Id: {envid}"));
+    }
     line(&mut out, &format!("Reporting-MTA: dns; {mta}"));
     line(
         &mut out,
@@ -176,6 +227,12 @@ pub fn build_bounce(input: &BounceInput) -> Vec<u8> {
     );
     for rcpt in input.recipients {
         line(&mut out, "");
+        if let Some((kind, addr)) = &rcpt.original_recipient {
+            line(
+                &mut out,
+                &format!("Original-Recipient: {};{}", clean(kind), clean(addr)),
+            );
+        }
         line(
             &mut out,
             &format!("Final-Recipient: {}", address_field(&clean(&rcpt.address))),
@@ -196,7 +253,23 @@ pub fn build_bounce(input: &BounceInput) -> Vec<u8> {
     }
     line(&mut out, "");
 
-    // Part 3: the original headers.
+    // Part 3: the original message (RET=FULL) or its headers.
+    if let Returned::Full(message) = returned {
+        line(&mut out, &format!("--{boundary}"));
+        line(&mut out, "Content-Type: message/rfc822");
+        line(&mut out, "Content-Description: Undelivered Message");
+        if !message.is_ascii() {
+            line(&mut out, "Content-Transfer-Encoding: 8bit");
+        }
+        line(&mut out, "");
+        out.extend_from_slice(message);
+        if !message.ends_with(b"\n") {
+            line(&mut out, "");
+        }
+        line(&mut out, "");
+        line(&mut out, &format!("--{boundary}--"));
+        return out;
+    }
     let headers = returned_headers(input.original_headers, &boundary);
     line(&mut out, &format!("--{boundary}"));
     line(&mut out, "Content-Type: text/rfc822-headers");
@@ -227,7 +300,7 @@ fn mime_boundary(requested: &str) -> String {
 }
 
 /// The human-readable first part.
-fn human_text(out: &mut Vec<u8>, input: &BounceInput, mta: &str) {
+fn human_text(out: &mut Vec<u8>, input: &BounceInput, mta: &str, returned: Returned) {
     let mut text = format!("This is the mail system at host {mta}.\r\n");
     let sections = [
         (
@@ -239,6 +312,15 @@ fn human_text(out: &mut Vec<u8>, input: &BounceInput, mta: &str) {
             DsnAction::Delayed,
             "Your message has not been delivered yet to the following recipients.\r\n\
              Delivery is still being retried; there is no need to send it again.",
+        ),
+        (
+            DsnAction::Delivered,
+            "Your message was delivered to the following recipients.",
+        ),
+        (
+            DsnAction::Relayed,
+            "Your message was handed on to the following recipients' servers,\r\n\
+             which do not send delivery notifications.",
         ),
     ];
     for (action, intro) in sections {
@@ -272,8 +354,16 @@ fn human_text(out: &mut Vec<u8>, input: &BounceInput, mta: &str) {
             }
         }
     }
+    let attached = match returned {
+        Returned::Full(_) => "Your message is attached.".to_string(),
+        Returned::Headers => "The headers of your message are attached.".to_string(),
+        Returned::HeadersTooLarge => format!(
+            "Your message is larger than {} bytes; only its headers are attached.",
+            MAX_RETURNED_MESSAGE
+        ),
+    };
     text.push_str(&format!(
-        "\r\nQueue ID: {}\r\nThe headers of your message are attached.\r\n",
+        "\r\nQueue ID: {}\r\n{attached}\r\n",
         clean(input.queue_id)
     ));
     out.extend_from_slice(text.as_bytes());
@@ -450,11 +540,15 @@ pub fn header_block(message: &[u8]) -> &[u8] {
 }
 
 #[cfg(test)]
+#[path = "bounce_dsn_tests.rs"]
+mod dsn_tests;
+
+#[cfg(test)]
 #[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
     use super::*;
 
-    fn rcpt(
+    pub(super) fn rcpt(
         address: &str,
         status: &str,
         action: DsnAction,
@@ -468,6 +562,7 @@ mod tests {
             remote_mta: remote.map(str::to_string),
             diagnostic: diag.map(str::to_string),
             explanation: None,
+            original_recipient: None,
         }
     }
 
@@ -499,7 +594,10 @@ mod tests {
         assert!(!out.contains("Remote-MTA"), "{out}");
     }
 
-    fn input<'a>(recipients: &'a [FailedRecipient], headers: &'a [u8]) -> BounceInput<'a> {
+    pub(super) fn input<'a>(
+        recipients: &'a [FailedRecipient],
+        headers: &'a [u8],
+    ) -> BounceInput<'a> {
         BounceInput {
             reporting_mta: "mx.example.net",
             queue_id: "Q1234",
@@ -510,10 +608,12 @@ mod tests {
             boundary: "Q1234.1795830910/mx.example.net",
             recipients,
             original_headers: headers,
+            envid: None,
+            returned: Returned::Headers,
         }
     }
 
-    const HEADERS: &[u8] =
+    pub(super) const HEADERS: &[u8] =
         b"From: alice@example.org\r\nTo: bob@example.com\r\nSubject: hello\r\nMessage-ID: <m1@example.org>\r\n\r\n";
 
     /// Splits a message at its first empty line into (header lines, body).

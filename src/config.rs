@@ -100,6 +100,7 @@ pub const KEYS: &[&str] = &[
     "dns_timeout",
     "retry_schedule",
     "max_queue_time",
+    "delay_warning_time",
     "tls_cert",
     "tls_key",
     "tls_ca_file",
@@ -390,6 +391,9 @@ pub struct Config {
     pub dns_timeout: Option<Duration>,
     pub retry_schedule: Vec<Duration>,
     pub max_queue_time: Duration,
+    /// Send one DSN delay warning (RFC 3464 `Action: delayed`) once a
+    /// message has been queued this long; `None` (`0`): never.
+    pub delay_warning_time: Option<Duration>,
     // TLS and authentication.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -468,6 +472,7 @@ impl Default for Config {
                 .map(Duration::from_secs)
                 .collect(),
             max_queue_time: Duration::from_secs(5 * 86400),
+            delay_warning_time: None,
             tls_cert: None,
             tls_key: None,
             tls_ca_file: None,
@@ -872,6 +877,9 @@ impl Config {
                 self.retry_schedule = waits;
             }
             "max_queue_time" => self.max_queue_time = positive_duration(v)?,
+            "delay_warning_time" => {
+                self.delay_warning_time = Some(parse_duration(v)?).filter(|d| !d.is_zero())
+            }
             "tls_cert" => self.tls_cert = optional_path(v),
             "tls_key" => self.tls_key = optional_path(v),
             "tls_ca_file" => self.tls_ca_file = optional_path(v),

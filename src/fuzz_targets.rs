@@ -195,7 +195,7 @@ fn check_address(a: &Address) {
         };
         assert_eq!(
             parse_command(rcpt.as_bytes()),
-            Ok(Command::Rcpt(Some(a.clone()), text)),
+            Ok(Command::Rcpt(Some(a.clone()), text, Default::default())),
             "{rcpt}"
         );
         // The printed form needs SMTPUTF8 exactly when the address does.
@@ -210,6 +210,7 @@ fn check_address(a: &Address) {
                     body: Body::SevenBit,
                     smtputf8: true,
                     requiretls: false,
+                    dsn: Default::default(),
                 }
             )),
             "{mail}"

@@ -368,6 +368,17 @@ fn durations() {
 }
 
 #[test]
+fn delay_warning_time_is_off_by_default_and_0_turns_it_off() {
+    assert_eq!(parse("").delay_warning_time, None);
+    assert_eq!(parse("delay_warning_time = 0").delay_warning_time, None);
+    assert_eq!(
+        parse("delay_warning_time = 4h").delay_warning_time,
+        Some(secs(4 * 3600))
+    );
+    assert_eq!(errors("delay_warning_time = soon\n").len(), 1);
+}
+
+#[test]
 fn retry_schedule_must_be_non_empty_and_positive() {
     assert_eq!(parse("retry_schedule = 1s").retry_schedule, vec![secs(1)]);
     assert_eq!(

@@ -334,7 +334,11 @@ fn open_drop(io: &mut Io, path: &std::path::Path) -> Result<Importing, ImportErr
     }
     let recipients: Vec<Recipient> = decided
         .into_iter()
-        .map(|(dest, original)| Recipient { dest, original })
+        .map(|(dest, original)| Recipient {
+            dest,
+            original,
+            dsn: Default::default(),
+        })
         .collect();
     if recipients.is_empty() {
         return Err("no recipients".to_string().into());
@@ -351,6 +355,7 @@ fn open_drop(io: &mut Io, path: &std::path::Path) -> Result<Importing, ImportErr
         eight_bit: false,
         smtputf8: false,
         requiretls: false,
+        dsn: Default::default(),
         body_offset: 0,
     };
     let mut inc = io

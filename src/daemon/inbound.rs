@@ -621,6 +621,7 @@ impl InboundSessions {
             .map(|(dest, original)| Recipient {
                 dest: dest.clone(),
                 original: original.clone(),
+                dsn: env.dsn_for(original),
             })
             .collect();
         let stored = StoredEnvelope {
@@ -641,6 +642,7 @@ impl InboundSessions {
             eight_bit: false,
             smtputf8: env.smtputf8,
             requiretls: env.requiretls,
+            dsn: env.dsn.clone(),
             body_offset: 0,
         };
         match io.spool.create(&stored) {

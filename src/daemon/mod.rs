@@ -545,7 +545,8 @@ impl Daemon {
     /// Finished outbound jobs to the queue runner.
     fn job_reports(&mut self, reports: Vec<JobReport>) {
         for r in reports {
-            self.runner.job_done(&mut io!(self), r.id, r.outcomes);
+            self.runner
+                .job_done(&mut io!(self), r.id, r.outcomes, r.dsn_passed);
         }
     }
 }

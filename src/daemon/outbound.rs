@@ -65,6 +65,9 @@ struct Outgoing {
 pub struct JobReport {
     pub id: QueueId,
     pub outcomes: Vec<(usize, Outcome)>,
+    /// The hop that took the recipients offered DSN (RFC 3461): it
+    /// reports success itself, tern does not.
+    pub dsn_passed: bool,
 }
 
 pub struct OutboundDriver {
@@ -301,6 +304,7 @@ impl OutboundDriver {
                 .iter()
                 .map(|(i, _)| (*i, Outcome::Deferred(reason.clone())))
                 .collect(),
+            dsn_passed: false,
         });
     }
 
@@ -529,6 +533,7 @@ impl OutboundDriver {
                 self.reports.push(JobReport {
                     id: job.id,
                     outcomes,
+                    dsn_passed: d.machine.dsn_passed(),
                 });
                 // Connection reuse: the next job for the same destination
                 // goes over this session (it inherits the slot).

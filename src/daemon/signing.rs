@@ -167,12 +167,14 @@ mod tests {
                     crate::smtp::address::Address::parse_mailbox("x@y.test").unwrap(),
                 ),
                 original: "x@y.test".into(),
+                dsn: Default::default(),
             }],
             client: "helo [127.0.0.1]".into(),
             origin: crate::rewrite::SenderOrigin::Other,
             eight_bit: false,
             smtputf8: false,
             requiretls: false,
+            dsn: Default::default(),
             body_offset: 0,
         };
         let mut inc = spool.create(&env).unwrap();
@@ -195,6 +197,7 @@ mod tests {
             relay: None,
             lmtp: None,
             dkim: None,
+            dsn: Default::default(),
         }
     }
 

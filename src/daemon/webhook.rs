@@ -169,6 +169,8 @@ impl Webhooks {
         self.reports.push(JobReport {
             id: job.id,
             outcomes: job.recipients.iter().map(|&i| (i, o.clone())).collect(),
+            // A web service sends no delivery notifications.
+            dsn_passed: false,
         });
     }
 }

@@ -60,6 +60,7 @@ impl ClientDriver {
             requiretls: false,
             rewrite: None,
             dkim: None,
+            dsn: Default::default(),
         }
     }
 

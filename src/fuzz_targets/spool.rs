@@ -58,9 +58,17 @@ pub fn spool_envelope(data: &[u8]) {
             }),
             _ => Destination::Remote(fuzz_address(&mut input)),
         };
+        let original = input.string();
+        // Bit 0x20: DSN parameters (issue 15), the other bits as before.
+        let dsn = if flags & 0x20 != 0 {
+            fuzz_dsn_rcpt(&mut input)
+        } else {
+            Default::default()
+        };
         recipients.push(Recipient {
             dest,
-            original: input.string(),
+            original,
+            dsn,
         });
     }
     let env = StoredEnvelope {
@@ -77,6 +85,11 @@ pub fn spool_envelope(data: &[u8]) {
         eight_bit: flags & 0x80 != 0,
         smtputf8: false,
         requiretls: false,
+        dsn: if flags & 0x20 != 0 {
+            fuzz_dsn_mail(&mut input)
+        } else {
+            Default::default()
+        },
         body_offset: 0,
     };
     let mut encoded = env.encode();
@@ -98,6 +111,42 @@ pub fn spool_envelope(data: &[u8]) {
         env,
         "encode → decode"
     );
+}
+
+/// A value the SMTP parser could have accepted: no control characters.
+fn dsn_text(input: &mut Input) -> String {
+    input.string().chars().filter(|c| !c.is_control()).collect()
+}
+
+fn fuzz_dsn_rcpt(input: &mut Input) -> crate::smtp::dsn::DsnRcpt {
+    use crate::smtp::dsn::{Notify, Orcpt};
+    let b = input.byte();
+    let addr = dsn_text(input);
+    crate::smtp::dsn::DsnRcpt {
+        notify: (b & 8 != 0).then_some(Notify {
+            success: b & 1 != 0,
+            failure: b & 2 != 0,
+            delay: b & 4 != 0,
+        }),
+        orcpt: (b & 16 != 0 && !addr.is_empty()).then(|| Orcpt {
+            addr_type: if b & 32 != 0 { "rfc822" } else { "utf-8" }.into(),
+            addr,
+        }),
+    }
+}
+
+fn fuzz_dsn_mail(input: &mut Input) -> crate::smtp::dsn::DsnMail {
+    use crate::smtp::dsn::Ret;
+    let b = input.byte();
+    let envid = dsn_text(input);
+    crate::smtp::dsn::DsnMail {
+        ret: match b % 3 {
+            0 => None,
+            1 => Some(Ret::Full),
+            _ => Some(Ret::Hdrs),
+        },
+        envid: (b & 4 != 0).then_some(envid),
+    }
 }
 
 /// `spool::envelope::decode_state`: arbitrary state files, and
@@ -274,13 +323,18 @@ pub fn spool_drop(data: &[u8]) {
         sender,
         recipients: decided
             .into_iter()
-            .map(|(dest, original)| Recipient { dest, original })
+            .map(|(dest, original)| Recipient {
+                dest,
+                original,
+                dsn: Default::default(),
+            })
             .collect(),
         client: "local uid 1000".into(),
         origin: crate::rewrite::SenderOrigin::Local,
         eight_bit: false,
         smtputf8: false,
         requiretls: false,
+        dsn: Default::default(),
         body_offset: 0,
     };
     let encoded = env.encode();

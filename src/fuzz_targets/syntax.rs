@@ -64,7 +64,7 @@ pub fn smtp_command(data: &[u8]) {
                 );
             }
         }
-        Ok(Command::Rcpt(Some(a), _)) => check_address(&a),
+        Ok(Command::Rcpt(Some(a), _, _)) => check_address(&a),
         Ok(_) => {}
         Err(r) => assert_reply(&r),
     }

@@ -229,6 +229,9 @@ pub struct Delivery {
     /// A REQUIRETLS job met a hop that cannot take it (5.7.30): the
     /// recipients no hop decided fail with this instead of deferring.
     requiretls_refused: Option<Reason>,
+    /// The server of the last transaction offered DSN (RFC 3461): it got
+    /// the parameters and reports success itself.
+    dsn_passed: bool,
 }
 
 impl Delivery {
@@ -252,6 +255,7 @@ impl Delivery {
             cause: None,
             oauth_rejected: false,
             requiretls_refused: None,
+            dsn_passed: false,
         };
         if smarthost {
             d.hops = smarthosts
@@ -357,6 +361,11 @@ impl Delivery {
     /// cache.
     pub fn oauth_rejected(&self) -> bool {
         self.oauth_rejected
+    }
+
+    /// The server that took the job's recipients offered DSN.
+    pub fn dsn_passed(&self) -> bool {
+        self.dsn_passed
     }
 
     pub fn job_id(&self) -> QueueId {
@@ -958,6 +967,7 @@ impl Delivery {
             ClientEvent::TransactionDone(outcomes) => {
                 s.body = false;
                 s.txn_done = true;
+                self.dsn_passed = s.client.offers("DSN");
                 let relay = relay_name(&self.hops, self.hop, &addr);
                 for (i, o) in outcomes.into_iter().enumerate() {
                     let o = self.outcome_of(o, failure, &relay);
@@ -1061,6 +1071,7 @@ fn transaction(job: &Job) -> Transaction {
         requiretls: job.requiretls,
         rewrite: job.rewrite.clone(),
         dkim: job.dkim.clone(),
+        dsn: job.dsn.clone(),
     }
 }
 

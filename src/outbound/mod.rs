@@ -74,6 +74,9 @@ pub struct Job {
     /// The `DKIM-Signature` fields to put in front (`daemon::signing`);
     /// `None`: sent unsigned.
     pub dkim: Option<std::rc::Rc<crate::dkim::sign::Signatures>>,
+    /// RFC 3461 parameters, relayed to a hop that offers DSN; per
+    /// recipient in the order of `recipients`.
+    pub dsn: crate::smtp::dsn::DsnParams,
 }
 
 impl Job {
@@ -270,6 +273,7 @@ mod tests {
             dkim: None,
             relay: None,
             lmtp: None,
+            dsn: Default::default(),
         }
     }
 

@@ -65,6 +65,7 @@ pub fn job(id: u64, domain: &str, rcpts: &[&str]) -> Job {
         dkim: None,
         relay: None,
         lmtp: None,
+        dsn: Default::default(),
     }
 }
 

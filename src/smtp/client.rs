@@ -146,6 +146,9 @@ pub struct Transaction {
     /// DKIM signatures of the message as it will be sent; the one that
     /// matches (downgraded or not) goes in front of the message.
     pub dkim: Option<std::rc::Rc<crate::dkim::sign::Signatures>>,
+    /// RFC 3461 parameters, sent only to a server that offers DSN;
+    /// per recipient in the order of `recipients`.
+    pub dsn: super::dsn::DsnParams,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -241,6 +244,8 @@ enum RcptState {
 struct ActiveTransaction {
     mail_command: String,
     recipients: Vec<String>,
+    /// RFC 3461 ` NOTIFY= ORCPT=` of each recipient (empty without DSN).
+    rcpt_params: Vec<String>,
     states: Vec<RcptState>,
     pipelined: bool,
     mail_sent: bool,
@@ -530,6 +535,22 @@ impl ClientSession {
         if txn.requiretls {
             mail_command.push_str(" REQUIRETLS");
         }
+        // RFC 3461: the parameters go only to a server that offers DSN
+        // (else it would refuse them); see `offers_dsn` for the reports
+        // tern then sends itself.
+        let dsn = self.offers("DSN");
+        if dsn {
+            mail_command.push_str(&txn.dsn.mail_suffix());
+        }
+        let rcpt_params = (0..txn.recipients.len())
+            .map(|i| {
+                if dsn {
+                    txn.dsn.rcpt_suffix(i)
+                } else {
+                    String::new()
+                }
+            })
+            .collect();
         let downgrade = downgrading.then(Downgrade::new);
         let pipelined = self.offers("PIPELINING");
         // LMTP's BDAT (RFC 2033 §4.3 with RFC 3030) is not spoken: DATA.
@@ -538,6 +559,7 @@ impl ClientSession {
         self.txn = Some(ActiveTransaction {
             mail_command,
             recipients: txn.recipients,
+            rcpt_params,
             states,
             pipelined,
             mail_sent: false,
@@ -1122,7 +1144,8 @@ impl ClientSession {
         let mut lines = vec![(active.mail_command.clone(), Expect::Mail)];
         for (i, (rcpt, state)) in active.recipients.iter().zip(&active.states).enumerate() {
             if matches!(state, RcptState::Pending) {
-                lines.push((format!("RCPT TO:<{rcpt}>"), Expect::Rcpt(i)));
+                let params = active.rcpt_params.get(i).map_or("", |p| p.as_str());
+                lines.push((format!("RCPT TO:<{rcpt}>{params}"), Expect::Rcpt(i)));
             }
         }
         // BDAT waits for the RCPT replies (the body is asked for then).
@@ -1157,8 +1180,9 @@ impl ClientSession {
             active.next_rcpt += 1;
             if matches!(state, RcptState::Pending) {
                 let line = format!(
-                    "RCPT TO:<{}>",
-                    active.recipients.get(index).map_or("", |r| r.as_str())
+                    "RCPT TO:<{}>{}",
+                    active.recipients.get(index).map_or("", |r| r.as_str()),
+                    active.rcpt_params.get(index).map_or("", |p| p.as_str())
                 );
                 self.send_command(&line, Expect::Rcpt(index), now);
                 return;

@@ -8,6 +8,7 @@
 //! [`super::address`], so a `Command` never holds an invalid path.
 
 use super::address::{parse_path, Address, AddressError};
+use super::dsn::{DsnMail, DsnRcpt};
 use super::reply::{self, Reply};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +27,14 @@ pub struct MailParams {
     /// `REQUIRETLS` (RFC 8689 §2): relay only over verified TLS. Parsed
     /// in any session; the server refuses it outside TLS.
     pub requiretls: bool,
+    /// `RET=` and `ENVID=` (RFC 3461 §4.3, §4.4).
+    pub dsn: DsnMail,
+}
+
+/// The ESMTP parameters of `RCPT TO:` (RFC 3461 `NOTIFY=`, `ORCPT=`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RcptParams {
+    pub dsn: DsnRcpt,
 }
 
 /// How a path was written: non-ASCII text (a UTF-8 local part, a U-label
@@ -43,8 +52,8 @@ pub enum Command {
     Ehlo(String),
     Mail(Option<Address>, MailParams),
     /// `RCPT TO:<postmaster>` without a domain is allowed (RFC 5321 §4.5.1):
-    /// it is `Rcpt(None, _)`.
-    Rcpt(Option<Address>, PathText),
+    /// it is `Rcpt(None, _, _)`.
+    Rcpt(Option<Address>, PathText, RcptParams),
     Data,
     /// `BDAT size [LAST]` (RFC 3030): `size` octets follow the line.
     Bdat {
@@ -164,6 +173,7 @@ fn parse_mail(rest: &[u8]) -> Result<Command, Reply> {
         body: Body::SevenBit,
         smtputf8: false,
         requiretls: false,
+        dsn: DsnMail::default(),
     };
     for param in params
         .split(|b| b.is_ascii_whitespace())
@@ -171,7 +181,8 @@ fn parse_mail(rest: &[u8]) -> Result<Command, Reply> {
     {
         let mut kv = param.splitn(2, |&b| b == b'=');
         let key = kv.next().unwrap_or_default().to_ascii_uppercase();
-        let value = kv.next().unwrap_or_default().to_ascii_uppercase();
+        let raw = kv.next().unwrap_or_default();
+        let value = raw.to_ascii_uppercase();
         match key.as_slice() {
             b"SIZE" => {
                 out.size = Some(
@@ -190,6 +201,7 @@ fn parse_mail(rest: &[u8]) -> Result<Command, Reply> {
             }
             b"SMTPUTF8" if value.is_empty() => out.smtputf8 = true,
             b"REQUIRETLS" if value.is_empty() => out.requiretls = true,
+            b"RET" | b"ENVID" => out.dsn.param(&key, raw)?,
             _ => return Err(reply::UNKNOWN_PARAMETER),
         }
     }
@@ -222,11 +234,21 @@ fn parse_bdat(rest: &[u8]) -> Result<Command, Reply> {
 
 fn parse_rcpt(rest: &[u8]) -> Result<Command, Reply> {
     let (path, params) = split_path(rest, b"TO:").ok_or(reply::SYNTAX_RCPT)?;
-    if !params.is_empty() {
-        return Err(reply::UNKNOWN_PARAMETER);
+    let mut out = RcptParams::default();
+    for param in params
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|p| !p.is_empty())
+    {
+        let mut kv = param.splitn(2, |&b| b == b'=');
+        let key = kv.next().unwrap_or_default().to_ascii_uppercase();
+        let raw = kv.next().unwrap_or_default();
+        match key.as_slice() {
+            b"NOTIFY" | b"ORCPT" => out.dsn.param(&key, raw)?,
+            _ => return Err(reply::UNKNOWN_PARAMETER),
+        }
     }
     if path.eq_ignore_ascii_case(b"<postmaster>") {
-        return Ok(Command::Rcpt(None, PathText::Ascii));
+        return Ok(Command::Rcpt(None, PathText::Ascii, out));
     }
     let path = std::str::from_utf8(path).map_err(|_| reply::SYNTAX_RCPT)?;
     let text = if path.is_ascii() {
@@ -235,7 +257,7 @@ fn parse_rcpt(rest: &[u8]) -> Result<Command, Reply> {
         PathText::Utf8
     };
     match parse_path(path) {
-        Ok(Some(a)) => Ok(Command::Rcpt(Some(a), text)),
+        Ok(Some(a)) => Ok(Command::Rcpt(Some(a), text, out)),
         Ok(None) => Err(reply::BAD_RECIPIENT),
         Err(AddressError::NonAscii) => Err(reply::NON_ASCII),
         Err(_) => Err(reply::BAD_RECIPIENT),
@@ -338,7 +360,7 @@ mod tests {
         // A recipient says how it was written; the session decides.
         assert!(matches!(
             parse_command("RCPT TO:<jöe@b.example>".as_bytes()),
-            Ok(Command::Rcpt(Some(_), PathText::Utf8))
+            Ok(Command::Rcpt(Some(_), PathText::Utf8, _))
         ));
     }
 
@@ -346,17 +368,50 @@ mod tests {
     fn rcpt() {
         assert_eq!(
             parse_command(b"RCPT TO:<Postmaster>"),
-            Ok(Command::Rcpt(None, PathText::Ascii))
+            Ok(Command::Rcpt(None, PathText::Ascii, RcptParams::default()))
         );
         assert_eq!(parse_command(b"RCPT TO:<>"), Err(reply::BAD_RECIPIENT));
         assert!(matches!(
             parse_command(b"rcpt to:<x@y.example>"),
-            Ok(Command::Rcpt(Some(_), PathText::Ascii))
+            Ok(Command::Rcpt(Some(_), PathText::Ascii, _))
         ));
         assert_eq!(
             parse_command(b"RCPT TO:<\"a>b\"@y.example>").map(|_| ()),
             Ok(())
         );
+    }
+
+    #[test]
+    fn dsn_parameters() {
+        use crate::smtp::dsn::{Notify, Ret};
+        match parse_command(b"MAIL FROM:<a@b.example> ret=full ENVID=Q+2Bx SIZE=5").unwrap() {
+            Command::Mail(_, p) => {
+                assert_eq!(p.dsn.ret, Some(Ret::Full));
+                // ENVID keeps its case.
+                assert_eq!(p.dsn.envid.as_deref(), Some("Q+x"));
+                assert_eq!(p.size, Some(5));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_command(b"RCPT TO:<x@y.example> notify=never ORCPT=rfc822;Ab@c").unwrap() {
+            Command::Rcpt(Some(_), _, p) => {
+                assert_eq!(p.dsn.notify, Some(Notify::NEVER));
+                assert_eq!(p.dsn.orcpt.unwrap().addr, "Ab@c");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_command(b"RCPT TO:<postmaster> NOTIFY=FAILURE"),
+            Ok(Command::Rcpt(None, _, p)) if p.dsn.notify.is_some()
+        ));
+        for bad in [
+            &b"RCPT TO:<x@y.example> NOTIFY=NEVER,DELAY"[..],
+            b"RCPT TO:<x@y.example> ORCPT=rfc822",
+            b"MAIL FROM:<a@b.example> RET=",
+            b"MAIL FROM:<a@b.example> ENVID=a+4",
+        ] {
+            assert_eq!(parse_command(bad), Err(reply::SYNTAX_PARAMS), "{bad:?}");
+        }
     }
 
     /// Found by fuzzing (smtp_command): slicing at the prefix length

@@ -11,6 +11,7 @@ pub mod address;
 pub mod client;
 pub mod command;
 pub mod data;
+pub mod dsn;
 pub mod mime7bit;
 pub mod reply;
 pub mod scan;

@@ -70,15 +70,19 @@
 //! with the message (`Envelope::requiretls`). The `TLS-Required: No`
 //! header field (RFC 8689 §5) is not acted on.
 //!
-//! Not supported: DSN, BINARYMIME.
+//! DSN (RFC 3461): offered in EHLO; `RET`/`ENVID` on MAIL and
+//! `NOTIFY`/`ORCPT` on RCPT are parsed (`smtp::dsn`) into the envelope.
+//!
+//! Not supported: BINARYMIME.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::address::Address;
-use super::command::{parse_command, Body, Command, MailParams, PathText};
+use super::command::{parse_command, Body, Command, MailParams, PathText, RcptParams};
 use super::data::{DataDecoder, DataSummary, MAX_LINE};
+use super::dsn::{DsnMail, DsnRcpt};
 use super::reply::{self, Reply};
 use crate::delivery::{push_unique, Destination};
 
@@ -197,6 +201,22 @@ pub struct Envelope {
     /// The client said `MAIL ... REQUIRETLS` (RFC 8689, accepted only
     /// under TLS): relay only over verified TLS to a hop offering it.
     pub requiretls: bool,
+    /// `MAIL ... RET= ENVID=` (RFC 3461).
+    pub dsn: DsnMail,
+    /// `RCPT ... NOTIFY= ORCPT=` by the recipient as written in
+    /// `destinations`; only recipients that gave any.
+    pub rcpt_dsn: Vec<(String, DsnRcpt)>,
+}
+
+impl Envelope {
+    /// The DSN parameters given with this recipient (as in `destinations`).
+    pub fn dsn_for(&self, original: &str) -> DsnRcpt {
+        self.rcpt_dsn
+            .iter()
+            .find(|(o, _)| o == original)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// A BDAT command's chunk, waiting for the spool file to open.
@@ -806,6 +826,7 @@ impl ServerSession {
                     "ENHANCEDSTATUSCODES",
                     "CHUNKING",
                     "SMTPUTF8",
+                    "DSN",
                 ];
                 if self.cfg.tls_available && self.tls.is_none() {
                     lines.push("STARTTLS");
@@ -820,7 +841,7 @@ impl ServerSession {
                 reply::write_multiline(&mut self.out, 250, &lines);
             }
             Command::Mail(sender, params) => self.mail(sender, params, policy),
-            Command::Rcpt(rcpt, text) => self.rcpt(rcpt, text, policy),
+            Command::Rcpt(rcpt, text, params) => self.rcpt(rcpt, text, params, policy),
             Command::Data => self.data(),
             Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => {
@@ -886,11 +907,19 @@ impl ServerSession {
             eight_bit_declared: params.body == Body::EightBitMime,
             smtputf8: params.smtputf8,
             requiretls: params.requiretls,
+            dsn: params.dsn,
+            rcpt_dsn: Vec::new(),
         });
         self.reply(&reply::SENDER_OK);
     }
 
-    fn rcpt(&mut self, rcpt: Option<Address>, text: PathText, policy: &dyn Policy) {
+    fn rcpt(
+        &mut self,
+        rcpt: Option<Address>,
+        text: PathText,
+        params: RcptParams,
+        policy: &dyn Policy,
+    ) {
         let Some(mail) = self.mail.as_ref() else {
             return self.error(&reply::NEED_MAIL);
         };
@@ -912,6 +941,9 @@ impl ServerSession {
                         let original = rcpt.to_string();
                         for d in destinations {
                             push_unique(&mut mail.destinations, d, &original);
+                        }
+                        if !params.dsn.is_empty() {
+                            mail.rcpt_dsn.push((original, params.dsn));
                         }
                         mail.recipients.push(rcpt);
                     }

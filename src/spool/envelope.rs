@@ -36,6 +36,10 @@
 //! and a file without it (every file written earlier) loads as
 //! `SenderOrigin::Other`: old queued mail is not rewritten.
 //!
+//! DSN parameters (`ret`, `envid`, and `notify=`/`orcpt=` fields at the
+//! end of a `rcpt` line) are written only when given: see
+//! `spool::envelope_dsn`.
+//!
 //! `smtputf8` (issue 15) is written only for messages sent with
 //! `MAIL ... SMTPUTF8`, likewise; addresses with UTF-8 local parts are
 //! xtext like any other octets (domains are A-labels, see
@@ -53,6 +57,9 @@ use crate::delivery::outcome::{one_line, Origin, Outcome, Reason, Status};
 use crate::delivery::{Destination, Mailbox, Refusal};
 use crate::rewrite::SenderOrigin;
 use crate::smtp::address::Address;
+use crate::smtp::dsn::{DsnMail, DsnRcpt};
+
+use super::envelope_dsn;
 
 /// An envelope larger than this is refused as damaged.
 pub const MAX_ENVELOPE: usize = 256 * 1024;
@@ -117,6 +124,8 @@ pub struct Recipient {
     pub dest: Destination,
     /// What the client asked for (for DSNs and logs).
     pub original: String,
+    /// `NOTIFY=` and `ORCPT=` as given at RCPT (RFC 3461).
+    pub dsn: DsnRcpt,
 }
 
 impl Recipient {
@@ -146,6 +155,8 @@ pub struct StoredEnvelope {
     pub smtputf8: bool,
     /// The client said `MAIL ... REQUIRETLS` (RFC 8689).
     pub requiretls: bool,
+    /// `RET=` and `ENVID=` as given at MAIL (RFC 3461).
+    pub dsn: DsnMail,
     /// Where the content starts in the file (set by `decode`).
     pub body_offset: u64,
 }
@@ -159,17 +170,19 @@ impl StoredEnvelope {
         );
         for r in &self.recipients {
             let original = Xtext(&r.original);
+            let dsn = envelope_dsn::rcpt_suffix(&r.dsn);
             match &r.dest {
-                Destination::Local(m) => {
-                    s.push_str(&format!("rcpt local {} {original}\n", Xtext(m.as_str())))
-                }
+                Destination::Local(m) => s.push_str(&format!(
+                    "rcpt local {} {original}{dsn}\n",
+                    Xtext(m.as_str())
+                )),
                 Destination::Remote(a) => s.push_str(&format!(
-                    "rcpt remote {} {} {original}\n",
+                    "rcpt remote {} {} {original}{dsn}\n",
                     Xtext(&a.local),
                     Xtext(&a.domain)
                 )),
                 Destination::Refused(why) => {
-                    s.push_str(&format!("rcpt refused {} {original}\n", why.name()))
+                    s.push_str(&format!("rcpt refused {} {original}{dsn}\n", why.name()))
                 }
             }
         }
@@ -183,6 +196,7 @@ impl StoredEnvelope {
         if self.requiretls {
             s.push_str("requiretls\n");
         }
+        s.push_str(&envelope_dsn::mail_lines(&self.dsn));
         s.push_str(if self.eight_bit {
             "body 8bit\n"
         } else {
@@ -228,6 +242,7 @@ fn parse(text: &str, body_offset: u64) -> Result<StoredEnvelope, String> {
         eight_bit: false,
         smtputf8: false,
         requiretls: false,
+        dsn: DsnMail::default(),
         body_offset,
     };
     let mut seen_body = false;
@@ -244,6 +259,8 @@ fn parse(text: &str, body_offset: u64) -> Result<StoredEnvelope, String> {
             "origin" if !v1 && value == "local" => env.origin = SenderOrigin::Local,
             "smtputf8" if !v1 && value.is_empty() => env.smtputf8 = true,
             "requiretls" if !v1 && value.is_empty() => env.requiretls = true,
+            "ret" | "envid" if !v1 => envelope_dsn::mail_line(&mut env.dsn, key, value)
+                .ok_or_else(|| format!("bad {key} line"))?,
             "body" => {
                 seen_body = true;
                 env.eight_bit = value == "8bit";
@@ -260,8 +277,14 @@ fn parse(text: &str, body_offset: u64) -> Result<StoredEnvelope, String> {
 /// `local NAME ORIGINAL`, `remote LOCAL DOMAIN ORIGINAL`, `refused WHY ORIGINAL`.
 fn parse_rcpt(value: &str) -> Result<Recipient, String> {
     let bad = || format!("bad recipient line {value:?}");
+    // DSN fields are `key=value`; positional xtext never holds `=`.
+    let mut dsn = DsnRcpt::default();
+    for field in value.split(' ').filter(|f| f.contains('=')) {
+        envelope_dsn::rcpt_field(&mut dsn, field).ok_or_else(bad)?;
+    }
     let fields: Vec<String> = value
         .split(' ')
+        .filter(|f| !f.contains('='))
         .map(xtext_decode)
         .collect::<Option<_>>()
         .ok_or_else(bad)?;
@@ -283,6 +306,7 @@ fn parse_rcpt(value: &str) -> Result<Recipient, String> {
     Ok(Recipient {
         dest,
         original: original.clone(),
+        dsn,
     })
 }
 
@@ -298,6 +322,7 @@ fn parse_rcpt_v1(value: &str) -> Result<Recipient, String> {
     Ok(Recipient {
         dest,
         original: o.to_string(),
+        dsn: DsnRcpt::default(),
     })
 }
 
@@ -671,12 +696,14 @@ mod tests {
             recipients: vec![Recipient {
                 dest: Destination::Local(Mailbox::new("a").unwrap()),
                 original: "c@d".into(),
+                dsn: Default::default(),
             }],
             client: "x [1.2.3.4]".into(),
             origin: crate::rewrite::SenderOrigin::Other,
             eight_bit: false,
             smtputf8: false,
             requiretls: false,
+            dsn: Default::default(),
             body_offset: 0,
         };
         let mut bytes = env.encode();
@@ -698,6 +725,7 @@ mod tests {
         Recipient {
             original: a.to_string(),
             dest: Destination::Remote(a),
+            dsn: Default::default(),
         }
     }
 
@@ -780,6 +808,7 @@ mod tests {
             eight_bit: true,
             smtputf8: false,
             requiretls: false,
+            dsn: Default::default(),
             body_offset: 0,
         }
     }
@@ -794,6 +823,7 @@ mod tests {
                 Recipient {
                     dest: Destination::Refused(Refusal::UnknownUser),
                     original: "nosuch@mx.test".into(),
+                    dsn: Default::default(),
                 },
             ],
             "\"x y\"@example.org",
@@ -883,6 +913,7 @@ mod tests {
                 vec![Recipient {
                     dest: Destination::Remote(a.clone()),
                     original: text.clone(),
+                    dsn: Default::default(),
                 }],
                 &text,
             );

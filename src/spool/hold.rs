@@ -142,12 +142,14 @@ mod tests {
                     crate::smtp::address::Address::parse_mailbox("x@y.test").unwrap(),
                 ),
                 original: "x@y.test".into(),
+                dsn: Default::default(),
             }],
             client: "test".into(),
             origin: crate::rewrite::SenderOrigin::Other,
             eight_bit: false,
             smtputf8: false,
             requiretls: false,
+            dsn: Default::default(),
             body_offset: 0,
         };
         let mut inc = s.create(&env).unwrap();

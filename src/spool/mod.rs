@@ -92,6 +92,7 @@
 
 pub mod drop;
 pub mod envelope;
+pub mod envelope_dsn;
 pub mod hold;
 pub mod space;
 
@@ -797,12 +798,14 @@ mod tests {
                         crate::smtp::address::Address::parse_mailbox("x@y.test").unwrap(),
                     ),
                     original: "x@y.test".into(),
+                    dsn: Default::default(),
                 },
                 envelope::Recipient {
                     dest: crate::delivery::Destination::Local(
                         crate::delivery::Mailbox::new("root").unwrap(),
                     ),
                     original: "postmaster@localhost".into(),
+                    dsn: Default::default(),
                 },
             ],
             client: "helo [127.0.0.1]".into(),
@@ -810,6 +813,7 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             requiretls: false,
+            dsn: Default::default(),
             body_offset: 0,
         }
     }

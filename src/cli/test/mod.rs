@@ -175,6 +175,7 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
         dkim: None,
         relay: key.relay.clone(),
         lmtp: None,
+        dsn: Default::default(),
     };
     let hosts =
         crate::daemon::dns::load_hosts(std::path::Path::new(crate::daemon::dns::HOSTS_FILE));

@@ -19,15 +19,14 @@
 //! this round really attempted anything.
 
 mod local;
+mod report;
 mod requests;
 
 use std::collections::{HashMap, HashSet};
 
 use super::outbound::OutboundDriver;
 use super::{mono_now, unix_now, Io};
-use crate::bounce::{
-    build_bounce, header_block, rfc5322_date, BounceInput, DsnAction, FailedRecipient,
-};
+use crate::bounce::{DsnAction, FailedRecipient};
 use crate::delivery::outcome::{self, Origin, Outcome, Reason};
 use crate::delivery::{Destination, Refusal};
 use crate::outbound::{DestinationKey, Job};
@@ -45,8 +44,6 @@ pub const MESSAGES_PER_TURN: usize = 16;
 /// Outbound jobs waiting for a connection slot before the runner stops
 /// taking due messages (each waiting job holds its envelope in memory).
 pub const OUTBOUND_BACKLOG: usize = 64;
-/// Bytes of the original message's header returned in a bounce.
-const BOUNCE_HEADER_READ: usize = 64 * 1024;
 
 /// A message whose attempt is in progress (outbound or local jobs
 /// outstanding).
@@ -66,6 +63,9 @@ pub struct InFlight {
     pub held: bool,
     /// The queue age in the state file as loaded (0 without one).
     pub stored_age: u64,
+    /// Recipients delivered in this attempt to a hop that offered DSN
+    /// (RFC 3461): it reports success itself.
+    pub dsn_passed: Vec<usize>,
 }
 
 /// How often held mail is looked at again (a flush or a reload that turns
@@ -342,6 +342,7 @@ impl QueueRunner {
             outstanding: 0,
             tried,
             failed_before,
+            dsn_passed: Vec::new(),
         };
         let size = || match content_size {
             Some(size) => size,
@@ -356,6 +357,7 @@ impl QueueRunner {
                 relay: None,
                 lmtp: Some(std::rc::Rc::new(target.clone())),
                 sender: flight.env.sender.clone(),
+                dsn: job_dsn(&flight.env, &lmtp),
                 recipients: lmtp,
                 size: size(),
                 eight_bit: flight.env.eight_bit,
@@ -396,6 +398,7 @@ impl QueueRunner {
                         relay: key.relay,
                         lmtp: key.lmtp,
                         sender: sender.clone(),
+                        dsn: job_dsn(&flight.env, &rcpts),
                         recipients: rcpts,
                         size,
                         eight_bit: flight.env.eight_bit,
@@ -423,7 +426,13 @@ impl QueueRunner {
 
     /// An outbound job finished: record its outcomes and settle the
     /// message when it was the last one.
-    pub fn job_done(&mut self, io: &mut Io, id: QueueId, outcomes: Vec<(usize, Outcome)>) {
+    pub fn job_done(
+        &mut self,
+        io: &mut Io,
+        id: QueueId,
+        outcomes: Vec<(usize, Outcome)>,
+        dsn_passed: bool,
+    ) {
         let Some(flight) = self.in_flight.get_mut(&id) else {
             return;
         };
@@ -439,6 +448,9 @@ impl QueueRunner {
                 .get(i)
                 .map_or(String::new(), |r| r.final_address(&io.cfg.hostname));
             log_outcome(id, &addr, delay, &o);
+            if dsn_passed && matches!(o, Outcome::Delivered { .. }) {
+                flight.dsn_passed.push(i);
+            }
             *st = RcptState::from_outcome(o);
         }
         flight.outstanding = flight.outstanding.saturating_sub(1);
@@ -483,7 +495,16 @@ impl QueueRunner {
         if flight.newly_failed().next().is_some() {
             self.bounce(io, id, &flight);
         }
+        self.success_report(io, id, &flight);
         let open = flight.states.iter().any(|s| !s.status.is_final());
+        // Once, when the queue age passes `delay_warning_time`; the state
+        // is saved then, so the stored age is past it and no later attempt
+        // (or restart) warns again.
+        let warn =
+            open && report::delay_warning_due(io.cfg.delay_warning_time, flight.stored_age, age);
+        if warn {
+            self.delay_warning(io, id, &flight);
+        }
         if !open {
             if let Err(e) = io.spool.remove(id) {
                 log::error!("{id}: cannot remove finished message: {e}");
@@ -495,7 +516,7 @@ impl QueueRunner {
         }
         let checkpoint = age.saturating_sub(flight.stored_age) >= AGE_CHECKPOINT;
         let mut saved = false;
-        if flight.states != flight.loaded || attempts != flight.attempts || checkpoint {
+        if flight.states != flight.loaded || attempts != flight.attempts || checkpoint || warn {
             match io.spool.save_state(id, &flight.states, attempts, age) {
                 Ok(()) => saved = true,
                 Err(e) => log::error!("{id}: cannot save delivery state: {e}"),
@@ -516,74 +537,22 @@ impl QueueRunner {
             self.queue.age_saved(id, mono);
         }
     }
+}
 
-    /// Sends one delivery status notification for the failed recipients,
-    /// through the spool like any message. Never for the null sender.
-    fn bounce(&mut self, io: &mut Io, id: QueueId, flight: &InFlight) {
-        if flight.env.sender.is_empty() {
-            log::warn!("{id}: undeliverable message from <>; discarded without a bounce");
-            return;
-        }
-        let failed: Vec<FailedRecipient> = flight
-            .newly_failed()
-            .map(|(r, s)| failed_recipient(r.final_address(&io.cfg.hostname), s))
-            .collect();
-        let headers = original_headers(io, id);
-        let now = unix_now();
-        self.local_seq += 1;
-        let message_id = format!("<{}.{}.bounce@{}>", id, self.local_seq, io.cfg.hostname);
-        let boundary = format!("{id}.{now}/{}", io.cfg.hostname);
-        let text = build_bounce(&BounceInput {
-            reporting_mta: &io.cfg.hostname,
-            queue_id: id.text().as_str(),
-            original_sender: &flight.env.sender,
-            arrival_date: &rfc5322_date(flight.env.arrival as i64, 0),
-            now_date: &rfc5322_date(now as i64, 0),
-            message_id: &message_id,
-            boundary: &boundary,
-            recipients: &failed,
-            original_headers: &headers,
-        });
-        let env = StoredEnvelope {
-            id: QueueId(0),
-            arrival: now,
-            sender: String::new(),
-            recipients: bounce_recipients(io, &flight.env.sender),
-            client: format!("{} [local]", io.cfg.hostname),
-            origin: crate::rewrite::SenderOrigin::Other,
-            // The returned header section may carry 8-bit octets (labelled
-            // 8bit by build_bounce): the relay must know (BODY=8BITMIME or
-            // the 7-bit downgrade).
-            eight_bit: !text.is_ascii(),
-            smtputf8: false,
-            // RFC 8689 §5: the report returns the protected message's
-            // header section, so it is relayed under the same rule
-            // (REQUIRETLS hops only; a local sender gets it locally).
-            requiretls: flight.env.requiretls,
-            body_offset: 0,
-        };
-        let received = format!(
-            "Received: by {} (tern) id {id}; {}\r\n",
-            io.cfg.hostname,
-            rfc5322_date(now as i64, 0)
-        );
-        match io.spool.create(&env).and_then(|mut inc| {
-            inc.write(received.as_bytes())?;
-            inc.write(&text)?;
-            Ok(inc)
-        }) {
-            Ok(inc) => {
-                let bid = inc.id;
-                match io.spool.commit(vec![inc]).pop() {
-                    Some(Ok(bid)) => {
-                        log::info!("{id}: sender non-delivery notification: {bid}");
-                        self.queue.schedule(bid, mono_now());
-                    }
-                    _ => log::error!("{id}: could not queue the bounce {bid}"),
-                }
-            }
-            Err(e) => log::error!("{id}: could not create the bounce: {e}"),
-        }
+/// The RFC 3461 parameters of a job's recipients (relayed to a hop that
+/// offers DSN).
+fn job_dsn(env: &StoredEnvelope, rcpts: &[(usize, String)]) -> crate::smtp::dsn::DsnParams {
+    crate::smtp::dsn::DsnParams {
+        mail: env.dsn.clone(),
+        rcpts: rcpts
+            .iter()
+            .map(|(i, _)| {
+                env.recipients
+                    .get(*i)
+                    .map(|r| r.dsn.clone())
+                    .unwrap_or_default()
+            })
+            .collect(),
     }
 }
 
@@ -672,7 +641,7 @@ pub fn remote_destination(
 /// Where a report to `sender` goes: through the same policy as any
 /// recipient (a local sender's aliases apply); a sender that is not a
 /// valid address or names no local user gets it as postmaster.
-fn bounce_recipients(io: &Io, sender: &str) -> Vec<Recipient> {
+pub(super) fn bounce_recipients(io: &Io, sender: &str) -> Vec<Recipient> {
     // A report has the null sender: only recipient `local` routes apply.
     let is_local = |d: &str| io.cfg.is_local_domain(d) || io.tables.routes.is_local("", d);
     let policy = io.tables.policy(io.cfg, &is_local);
@@ -695,18 +664,9 @@ fn bounce_recipients(io: &Io, sender: &str) -> Vec<Recipient> {
         .map(|dest| Recipient {
             dest,
             original: sender.to_string(),
+            dsn: Default::default(),
         })
         .collect()
-}
-
-fn original_headers(io: &Io, id: QueueId) -> Vec<u8> {
-    use std::io::Read;
-    let Ok((file, _)) = io.spool.open_content(id) else {
-        return Vec::new();
-    };
-    let mut buf = Vec::new();
-    let _ = file.take(BOUNCE_HEADER_READ as u64).read_to_end(&mut buf);
-    header_block(&buf).to_vec()
 }
 
 /// A failed recipient in the report: the reason's status; the server's
@@ -728,6 +688,7 @@ fn failed_recipient(address: String, state: &RcptState) -> FailedRecipient {
             .filter(|r| matches!(r.origin, Origin::Remote { .. }))
             .map(|r| format!("smtp; {} {} {}", r.code, r.status, r.text)),
         explanation: reason.map(Reason::to_string),
+        original_recipient: None,
     }
 }
 

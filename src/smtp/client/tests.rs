@@ -31,6 +31,7 @@ fn txn(rcpts: &[&str]) -> Transaction {
         requiretls: false,
         rewrite: None,
         dkim: None,
+        dsn: Default::default(),
     }
 }
 
@@ -1024,6 +1025,7 @@ fn implicit_tls_skips_starttls() {
 
 // AUTH, deadlines and the end of a session: in `tests/session.rs`.
 mod chunking;
+mod dsn;
 mod lmtp;
 mod requiretls;
 mod session;

@@ -1,6 +1,7 @@
 use super::*;
 
 mod bdat;
+mod dsn;
 mod requiretls;
 
 struct TestPolicy;
@@ -252,7 +253,7 @@ fn ehlo_advertises_extensions_and_helo_has_no_enhanced_codes() {
     let out = h.take_output();
     assert!(
             out.contains(
-                "250-PIPELINING\r\n250-SIZE 2000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250-SMTPUTF8\r\n250 STARTTLS\r\n"
+                "250-PIPELINING\r\n250-SIZE 2000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250-SMTPUTF8\r\n250-DSN\r\n250 STARTTLS\r\n"
             ),
             "{out}"
         );
