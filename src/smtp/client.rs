@@ -90,7 +90,9 @@ mod oauth;
 #[allow(clippy::indexing_slicing)]
 mod oauth_tests;
 mod own_replies;
+mod params;
 mod reply;
+mod setup;
 use own_replies::*;
 use reply::{parse_extensions, parse_reply_line, Extension};
 pub use reply::{Own, ServerReply};
@@ -470,25 +472,8 @@ impl ClientSession {
                 .push_back(fail_all(RcptOutcome::Failed(synth(BAD_SENDER))));
             return;
         }
-        if let Some(limit) = self.size_limit() {
-            if txn.size > limit {
-                let reply = ServerReply {
-                    code: TOO_BIG_CODE,
-                    lines: vec![format!("{TOO_BIG_TEXT} {limit} octets")],
-                    own: Some(Own::Client),
-                };
-                self.events.push_back(fail_all(RcptOutcome::Failed(reply)));
-                return;
-            }
-        }
-        if txn.smtputf8 && !self.offers("SMTPUTF8") {
-            self.events
-                .push_back(fail_all(RcptOutcome::Failed(synth(SMTPUTF8_NOT_OFFERED))));
-            return;
-        }
-        if txn.requiretls && !(self.tls_active && self.offers("REQUIRETLS")) {
-            self.events
-                .push_back(fail_all(RcptOutcome::Failed(synth(REQUIRETLS_NOT_OFFERED))));
+        if let Some(refusal) = self.refusal_before_mail(&txn) {
+            self.events.push_back(fail_all(refusal));
             return;
         }
         let states: Vec<RcptState> = txn
@@ -521,36 +506,8 @@ impl ClientSession {
             .as_ref()
             .and_then(|s| s.field(downgrading))
             .map(<[u8]>::to_vec);
-        let mut mail_command = format!("MAIL FROM:<{}>", txn.sender);
-        if self.offers("SIZE") {
-            let size = txn.size + dkim_field.as_ref().map_or(0, |f| f.len() as u64);
-            mail_command.push_str(&format!(" SIZE={size}"));
-        }
-        if txn.eight_bit && self.offers("8BITMIME") {
-            mail_command.push_str(" BODY=8BITMIME");
-        }
-        if txn.smtputf8 {
-            mail_command.push_str(" SMTPUTF8");
-        }
-        if txn.requiretls {
-            mail_command.push_str(" REQUIRETLS");
-        }
-        // RFC 3461: the parameters go only to a server that offers DSN
-        // (else it would refuse them); see `offers_dsn` for the reports
-        // tern then sends itself.
-        let dsn = self.offers("DSN");
-        if dsn {
-            mail_command.push_str(&txn.dsn.mail_suffix());
-        }
-        let rcpt_params = (0..txn.recipients.len())
-            .map(|i| {
-                if dsn {
-                    txn.dsn.rcpt_suffix(i)
-                } else {
-                    String::new()
-                }
-            })
-            .collect();
+        let dkim_len = dkim_field.as_ref().map_or(0, |f| f.len() as u64);
+        let (mail_command, rcpt_params) = self.mail_and_rcpt_params(&txn, dkim_len);
         let downgrade = downgrading.then(Downgrade::new);
         let pipelined = self.offers("PIPELINING");
         // LMTP's BDAT (RFC 2033 §4.3 with RFC 3030) is not spoken: DATA.
@@ -1068,65 +1025,6 @@ impl ClientSession {
             active.decide_where(true, &failure_outcome(reply));
         }
         self.finish_transaction(rset, now);
-    }
-
-    // ---- setup ----------------------------------------------------------------
-
-    fn setup_tls(&mut self, now: Instant) {
-        if !self.tls_active && !self.starttls_refused && self.cfg.tls != TlsPolicy::Never {
-            if self.offers("STARTTLS") {
-                self.send_command("STARTTLS", Expect::StartTls, now);
-                return;
-            }
-            if self.cfg.tls == TlsPolicy::Required {
-                self.fail_session(synth(TLS_NOT_OFFERED), true);
-                return;
-            }
-        }
-        self.setup_auth(now);
-    }
-
-    fn setup_auth(&mut self, now: Instant) {
-        if self.cfg.credentials.is_none() {
-            self.become_ready();
-            return;
-        }
-        if !self.tls_active && self.cfg.tls != TlsPolicy::Never {
-            self.fail_session(synth(AUTH_NEEDS_TLS), true);
-        } else if let Some(m) = self.auth_only.filter(|m| m.is_oauth()) {
-            if !self.offers_auth(m.name()) {
-                self.fail_session(synth(NO_AUTH_MECHANISM), true);
-                return;
-            }
-            let response = match (&self.cfg.credentials, &self.server) {
-                (Some(c), server) => oauth::initial_response(m, c, server.as_ref()),
-                (None, _) => String::new(),
-            };
-            let command = format!("AUTH {} {response}", m.name());
-            self.send_command(&command, Expect::AuthOAuth(m), now);
-        } else if self.offers_auth("PLAIN") && self.may_use(AuthMechanism::Plain) {
-            let command = format!("AUTH PLAIN {}", self.plain_response());
-            self.send_command(&command, Expect::AuthPlain, now);
-        } else if self.offers_auth("LOGIN") && self.may_use(AuthMechanism::Login) {
-            self.send_command("AUTH LOGIN", Expect::AuthLoginUser, now);
-        } else {
-            self.fail_session(synth(NO_AUTH_MECHANISM), true);
-        }
-    }
-
-    fn may_use(&self, mechanism: AuthMechanism) -> bool {
-        self.auth_only.is_none_or(|only| only == mechanism)
-    }
-
-    /// RFC 4616: empty authzid, NUL, user, NUL, password.
-    fn plain_response(&self) -> String {
-        let mut message = vec![0u8];
-        if let Some(c) = &self.cfg.credentials {
-            message.extend_from_slice(c.user.as_bytes());
-            message.push(0);
-            message.extend_from_slice(c.password.as_bytes());
-        }
-        base64_encode(&message)
     }
 
     fn become_ready(&mut self) {
