@@ -70,7 +70,7 @@ use crate::delivery::outcome::{self, Outcome, Reason, RequireTlsGap};
 use crate::dns::{DnsError, MxHost};
 use crate::smtp::client::{
     ClientConfig, ClientEvent, ClientSession, Credentials, Own, RcptOutcome, ServerReply,
-    TlsPolicy, Transaction,
+    SessionFacts, TlsPolicy, Transaction,
 };
 use crate::spool::QueueId;
 
@@ -232,6 +232,8 @@ pub struct Delivery {
     /// The server of the last transaction offered DSN (RFC 3461): it got
     /// the parameters and reports success itself.
     dsn_passed: bool,
+    /// What the last session showed (kept after it ends).
+    facts: SessionFacts,
 }
 
 impl Delivery {
@@ -256,6 +258,7 @@ impl Delivery {
             oauth_rejected: false,
             requiretls_refused: None,
             dsn_passed: false,
+            facts: SessionFacts::default(),
         };
         if smarthost {
             d.hops = smarthosts
@@ -366,6 +369,12 @@ impl Delivery {
     /// The server that took the job's recipients offered DSN.
     pub fn dsn_passed(&self) -> bool {
         self.dsn_passed
+    }
+
+    /// What the last session showed (`tern test`'s evidence): the command
+    /// its first refusal answered, STARTTLS in its EHLO reply.
+    pub fn session_facts(&self) -> SessionFacts {
+        self.facts
     }
 
     pub fn job_id(&self) -> QueueId {
@@ -524,6 +533,7 @@ impl Delivery {
             });
         }
         let mut client = ClientSession::new(cfg, now);
+        self.facts = SessionFacts::default();
         // A route's `auth=`: that mechanism only.
         if let Some(m) = self.job.relay.as_ref().and_then(|r| r.auth) {
             client.restrict_auth(m);
@@ -553,6 +563,7 @@ impl Delivery {
             s.greeting_deadline = None;
         }
         s.client.handle_input(bytes, now);
+        self.facts = s.client.facts();
         self.drive(now);
     }
 

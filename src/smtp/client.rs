@@ -175,6 +175,37 @@ pub enum ClientEvent {
     SessionFailed(RcptOutcome),
 }
 
+/// The command a server reply answered, as `tern test`'s diagnosis names
+/// it. The machine decides it from what it sent ([`Expect`]), never from
+/// the transcript's text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Greeting,
+    /// EHLO or HELO.
+    Ehlo,
+    StartTls,
+    /// AUTH and its continuation lines.
+    Auth,
+    Mail,
+    Rcpt,
+    /// DATA, or a BDAT chunk that is not the last.
+    Data,
+    /// The end of the message: the final dot, or `BDAT n LAST`.
+    Dot,
+    /// RSET, QUIT, a reply to a chunk sent after a refusal.
+    Other,
+}
+
+/// What one session showed, beyond its outcomes: the diagnosis of
+/// `tern test` reads it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionFacts {
+    /// The command the session's first negative reply (4xx/5xx) answered.
+    pub refused_at: Option<Stage>,
+    /// The last successful EHLO reply listed STARTTLS.
+    pub starttls_offered: Option<bool>,
+}
+
 /// What the next reply answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expect {
@@ -208,6 +239,26 @@ enum Expect {
 }
 
 impl Expect {
+    fn stage(self) -> Stage {
+        match self {
+            Expect::Greeting => Stage::Greeting,
+            Expect::Ehlo | Expect::Helo => Stage::Ehlo,
+            Expect::StartTls => Stage::StartTls,
+            Expect::AuthPlain
+            | Expect::AuthLoginUser
+            | Expect::AuthLoginPassword
+            | Expect::AuthOAuth(_)
+            | Expect::AuthResult => Stage::Auth,
+            Expect::Mail => Stage::Mail,
+            Expect::Rcpt(_) => Stage::Rcpt,
+            Expect::Data | Expect::Bdat => Stage::Data,
+            Expect::DataEnd | Expect::LmtpDataEnd(_) => Stage::Dot,
+            Expect::StaleChunk | Expect::DiscardedDataEnd | Expect::Rset | Expect::Quit => {
+                Stage::Other
+            }
+        }
+    }
+
     fn carries_credentials(self) -> bool {
         matches!(
             self,
@@ -363,6 +414,7 @@ pub struct ClientSession {
     server: Option<(String, u16)>,
     /// An XOAUTH2/OAUTHBEARER exchange was refused: the token is bad.
     oauth_rejected: bool,
+    facts: SessionFacts,
 }
 
 impl ClientSession {
@@ -392,7 +444,13 @@ impl ClientSession {
             auth_only: None,
             server: None,
             oauth_rejected: false,
+            facts: SessionFacts::default(),
         }
+    }
+
+    /// What the session showed so far (`tern test`'s evidence).
+    pub fn facts(&self) -> SessionFacts {
+        self.facts
     }
 
     /// The server's host name and port as configured (OAUTHBEARER sends
@@ -857,6 +915,9 @@ impl ClientSession {
             }
             return;
         }
+        if reply.code >= 400 && self.facts.refused_at.is_none() && expect.stage() != Stage::Other {
+            self.facts.refused_at = Some(expect.stage());
+        }
         if reply.code == 421 {
             self.fail_session(reply, false);
             return;
@@ -873,6 +934,7 @@ impl ClientSession {
             Expect::Ehlo => {
                 if reply.class() == 2 {
                     self.extensions = parse_extensions(&reply.lines);
+                    self.facts.starttls_offered = Some(self.offers("STARTTLS"));
                     self.setup_tls(now);
                 } else if reply.is_permanent() && !self.cfg.lmtp {
                     let helo = format!("HELO {}", self.cfg.helo_name);
@@ -884,6 +946,7 @@ impl ClientSession {
             Expect::Helo => {
                 if reply.class() == 2 {
                     self.extensions.clear();
+                    self.facts.starttls_offered = Some(false);
                     self.setup_tls(now);
                 } else {
                     self.fail_session(reply, true);

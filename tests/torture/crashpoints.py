@@ -27,7 +27,10 @@ daemon is then restarted without strace and left to finish; the checks:
   already at the destination (sink or Maildir) *and* its queue file was
   still in msg/ (the window between the remote 250 / Maildir link and the
   spool update); those are counted as "duplicates in window". Any other
-  duplicate, or more than two copies, is a violation;
+  duplicate, or more than two copies, is a violation. The soak kills many
+  times: there a message may have one extra copy per kill that found it
+  in that window (two kills in a row inside it make three copies, which
+  at-least-once delivery allows; seen once on a loaded machine);
 - no file in spool tmp/ after recovery; no acknowledged message in corrupt/;
   the queue (msg/) is empty at the end.
 
@@ -824,7 +827,10 @@ def soak(base, rounds=100, clients=4, log=print, min_gap=0.05, max_gap=0.4, pace
     acked, unacked = {}, {}  # token -> recipients
     lock = threading.Lock()
     stop = threading.Event()
-    window = set()  # (token, rcpt) at the sink with the queue file still in msg/ at a kill
+    # (token, rcpt) -> kills at which it was at the sink with its queue file
+    # still in msg/: each such kill may bring one more copy (the restarted
+    # daemon delivers it again: at-least-once, documented).
+    window = {}
     files = {}  # token -> queue file names seen at kills
     holders = {}  # queue file name -> tokens it was seen holding at kills
     t0 = time.time()
@@ -853,7 +859,9 @@ def soak(base, rounds=100, clients=4, log=print, min_gap=0.05, max_gap=0.4, pace
                 files.setdefault(t, set()).update(names)
                 for n in names:
                     holders.setdefault(n, set()).add(t)
-            window.update(k for k in at_sink if k[0] in in_msg and at_sink[k] == 1)
+            for k in at_sink:
+                if k[0] in in_msg:
+                    window[k] = window.get(k, 0) + 1
             d.start()
         # Stop the load, let everything drain.
         stop.set()
@@ -886,8 +894,8 @@ def soak(base, rounds=100, clients=4, log=print, min_gap=0.05, max_gap=0.4, pace
                 lost.append(t)
                 if (files.get(t, set()) | {QUEUE_IDS.get(t)}) & reused:
                     lost_id_reuse.append(t)
-        dup_window = [k for k, n in final.items() if n == 2 and k in window]
-        bad_dups = [(k, n) for k, n in final.items() if n >= 2 and not (n == 2 and k in window)]
+        dup_window = [k for k, n in final.items() if 2 <= n <= 1 + window.get(k, 0)]
+        bad_dups = [(k, n) for k, n in final.items() if n > 1 + window.get(k, 0)]
         tmp_left = d.spool_files("tmp")
         corrupt_files = d.spool_tokens("corrupt")
         corrupt = [t for t in corrupt_files if t in acked]

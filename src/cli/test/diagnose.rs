@@ -15,22 +15,7 @@ use crate::config::SmarthostTls;
 use crate::delivery::outcome::{Origin, Reason, Status};
 use crate::tls::TlsProblem;
 
-/// What a server reply answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    Greeting,
-    /// EHLO or HELO.
-    Ehlo,
-    StartTls,
-    /// AUTH and its continuation lines.
-    Auth,
-    Mail,
-    Rcpt,
-    Data,
-    /// The end of the message (the final dot).
-    Dot,
-    Other,
-}
+pub use crate::smtp::client::Stage;
 
 /// What the driver saw on the last connection, with the outcome's reason.
 #[derive(Clone, Debug, PartialEq, Eq)]

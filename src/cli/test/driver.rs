@@ -18,6 +18,7 @@ use super::transcript::{Seen, Transcript};
 use crate::delivery::outcome::{self, Outcome};
 use crate::dns::{DnsError, MxHost, QueryHandle, Resolver, Transport};
 use crate::outbound::machine::{Action, Delivery, Lookup};
+use crate::smtp::client::SessionFacts;
 use crate::tls::TlsStream;
 
 /// Bytes read from the server per call.
@@ -51,7 +52,7 @@ pub struct Driver<W: Write> {
     body_open: bool,
     write_timeout: Duration,
     pub transcript: Transcript<W>,
-    outcome: Option<(Outcome, Seen)>,
+    outcome: Option<(Outcome, Seen, SessionFacts)>,
 }
 
 impl<W: Write> Driver<W> {
@@ -78,21 +79,23 @@ impl<W: Write> Driver<W> {
         }
     }
 
-    /// Runs the delivery to its end: the recipient's outcome and what the
-    /// dialogue showed on the connection that decided it.
-    pub fn run(mut self) -> (Outcome, Seen, Transcript<W>) {
+    /// Runs the delivery to its end: the recipient's outcome, what the
+    /// connection that decided it showed, and what its SMTP session
+    /// showed (the client machine's typed facts).
+    pub fn run(mut self) -> (Outcome, Seen, SessionFacts, Transcript<W>) {
         for _ in 0..MAX_STEPS {
             if !self.step() {
                 break;
             }
         }
-        let (o, seen) = self.outcome.take().unwrap_or_else(|| {
+        let (o, seen, facts) = self.outcome.take().unwrap_or_else(|| {
             (
                 Outcome::Deferred(outcome::no_destination_reached()),
                 self.transcript.seen.clone(),
+                self.machine.session_facts(),
             )
         });
-        (o, seen, self.transcript)
+        (o, seen, facts, self.transcript)
     }
 
     /// One pass: actions, body, writes, then one read (or wait). False
@@ -243,7 +246,8 @@ impl<W: Write> Driver<W> {
             }
             Action::Report { outcomes, .. } => {
                 if let Some((_, o)) = outcomes.into_iter().next() {
-                    self.outcome = Some((o, self.transcript.seen.clone()));
+                    let facts = self.machine.session_facts();
+                    self.outcome = Some((o, self.transcript.seen.clone(), facts));
                 }
                 // No connection cache here: QUIT at once.
                 self.machine.shutdown(now);

@@ -264,7 +264,7 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
         write_timeout,
         transcript,
     );
-    let (outcome, seen, _) = driver.run();
+    let (outcome, seen, session, _) = driver.run();
     let reason = match outcome {
         Outcome::Delivered { relay } => {
             let _ = writeln!(
@@ -277,11 +277,11 @@ pub fn run(cfg: &Config, args: &Args, out: &mut impl Write) -> i32 {
         Outcome::Deferred(r) | Outcome::Failed(r) => r,
     };
     let evidence = Evidence {
-        stage: seen.refused_at,
+        stage: session.refused_at,
         tls: seen.tls,
         silent: seen.port.is_some() && !seen.heard,
         port: seen.port,
-        starttls_offered: seen.starttls_offered,
+        starttls_offered: session.starttls_offered,
         reason,
     };
     let d = diagnose::diagnose(&evidence, &facts);

@@ -1,18 +1,23 @@
 //! `tern test`'s dialogue: every line sent (`> `) and received (`< `), and
 //! the connection events (`* `), printed as they happen, with secrets
-//! masked and peer text escaped ([`crate::logsafe::LogSafe`]). While
-//! printing it keeps what the diagnosis needs ([`Seen`]): which command
-//! each reply answered (replies come in order, RFC 5321 §4.2 and RFC 2920),
-//! the first refusal, whether the server said anything, STARTTLS in EHLO.
+//! masked and peer text escaped ([`crate::logsafe::LogSafe`]). It keeps
+//! the facts of the connection itself ([`Seen`]: the port, whether the
+//! server said anything, a TLS failure); what the replies meant (the
+//! command the first refusal answered, STARTTLS offered) is the client
+//! machine's, typed ([`crate::smtp::client::SessionFacts`]), not read back
+//! from this text.
 //!
-//! Masking: the argument of `AUTH` after the mechanism (an initial
+//! To print, it follows the dialogue just enough to know which lines sent
+//! are commands and which are the message: after a 354 to DATA up to the
+//! dot, and the octets a `BDAT n` line announces. Replies come in order
+//! (RFC 5321 §4.2, RFC 2920), so the reply that ends an AUTH exchange is
+//! known. Masking: the argument of `AUTH` after the mechanism (an initial
 //! response) and every line sent while the AUTH exchange runs (the 334
 //! continuations: user, password, tokens) print as `<credentials hidden>`.
 
 use std::collections::VecDeque;
 use std::io::Write;
 
-use super::diagnose::Stage;
 use crate::logsafe::LogSafe;
 use crate::tls::TlsProblem;
 
@@ -20,16 +25,21 @@ use crate::tls::TlsProblem;
 const MAX_PARTIAL_LINE: usize = 4096;
 pub const HIDDEN: &str = "<credentials hidden>";
 
-/// What the dialogue showed on the current connection.
+/// What the connection itself showed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Seen {
     pub port: Option<u16>,
     /// Any byte came from the server.
     pub heard: bool,
-    /// The command the first negative reply answered.
-    pub refused_at: Option<Stage>,
-    pub starttls_offered: Option<bool>,
     pub tls: Option<TlsProblem>,
+}
+
+/// What a line sent asks the printer to remember until its reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sent {
+    Auth,
+    Data,
+    Other,
 }
 
 /// The printer and its state.
@@ -37,15 +47,17 @@ pub struct Transcript<W: Write> {
     out: W,
     pub seen: Seen,
     /// Commands sent whose replies are due, oldest first.
-    pending: VecDeque<Stage>,
+    pending: VecDeque<Sent>,
     sent_partial: Vec<u8>,
     received_partial: Vec<u8>,
     /// Inside the AUTH exchange: lines sent are secrets.
     in_auth: bool,
     /// Between 354 and the final dot: lines sent are the message.
     in_body: bool,
-    /// The EHLO reply being read lists STARTTLS.
-    ehlo_starttls: bool,
+    /// Octets of a BDAT chunk still to come (message, not commands).
+    chunk_left: u64,
+    /// The chunk's current partial line.
+    chunk_partial: Vec<u8>,
 }
 
 impl<W: Write> Transcript<W> {
@@ -58,7 +70,8 @@ impl<W: Write> Transcript<W> {
             received_partial: Vec::new(),
             in_auth: false,
             in_body: false,
-            ehlo_starttls: false,
+            chunk_left: 0,
+            chunk_partial: Vec::new(),
         }
     }
 
@@ -74,9 +87,11 @@ impl<W: Write> Transcript<W> {
             port: Some(port),
             ..Seen::default()
         };
-        self.pending = VecDeque::from([Stage::Greeting]);
+        self.pending = VecDeque::from([Sent::Other]);
         self.sent_partial.clear();
         self.received_partial.clear();
+        self.chunk_partial.clear();
+        self.chunk_left = 0;
         self.in_auth = false;
         self.in_body = false;
     }
@@ -86,9 +101,37 @@ impl<W: Write> Transcript<W> {
     }
 
     /// Bytes the client sent (plaintext SMTP).
-    pub fn sent(&mut self, bytes: &[u8]) {
-        for line in split_lines(&mut self.sent_partial, bytes) {
-            self.sent_line(&line);
+    pub fn sent(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.chunk_left > 0 {
+                let n =
+                    usize::try_from(self.chunk_left).map_or(bytes.len(), |n| n.min(bytes.len()));
+                let Some((chunk, rest)) = bytes.split_at_checked(n) else {
+                    return;
+                };
+                self.chunk_left -= n as u64;
+                for line in split_lines(&mut self.chunk_partial, chunk) {
+                    self.print_sent(&line);
+                }
+                if self.chunk_left == 0 && !self.chunk_partial.is_empty() {
+                    let line = std::mem::take(&mut self.chunk_partial);
+                    self.print_sent(&line);
+                }
+                bytes = rest;
+                continue;
+            }
+            // Up to the end of one line: it may announce a chunk.
+            let end = bytes
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(bytes.len(), |i| i + 1);
+            let Some((head, rest)) = bytes.split_at_checked(end) else {
+                return;
+            };
+            for line in split_lines(&mut self.sent_partial, head) {
+                self.sent_line(&line);
+            }
+            bytes = rest;
         }
     }
 
@@ -106,58 +149,46 @@ impl<W: Write> Transcript<W> {
         if self.in_body {
             if line == b"." {
                 self.in_body = false;
-                self.pending.push_back(Stage::Dot);
+                self.pending.push_back(Sent::Other);
             }
             self.print_sent(line);
             return;
         }
         if self.in_auth {
-            self.pending.push_back(Stage::Auth);
+            self.pending.push_back(Sent::Auth);
             self.print_sent(HIDDEN.as_bytes());
             return;
         }
-        let stage = stage_of(line);
-        self.pending.push_back(stage);
-        if stage == Stage::Auth {
+        let verb = verb_of(line);
+        if verb.eq_ignore_ascii_case(b"AUTH") {
+            self.pending.push_back(Sent::Auth);
             self.in_auth = true;
             self.print_sent(&mask_auth(line));
-        } else {
-            self.print_sent(line);
+            return;
         }
+        if verb.eq_ignore_ascii_case(b"DATA") {
+            self.pending.push_back(Sent::Data);
+        } else {
+            self.pending.push_back(Sent::Other);
+            if verb.eq_ignore_ascii_case(b"BDAT") {
+                self.chunk_left = chunk_size(line);
+            }
+        }
+        self.print_sent(line);
     }
 
     fn received_line(&mut self, line: &[u8]) {
         let _ = writeln!(self.out, "< {}", LogSafe(line));
         let _ = self.out.flush();
+        if line.get(3) == Some(&b'-') {
+            return;
+        }
         let code = line.get(..3).and_then(|c| std::str::from_utf8(c).ok());
         let code: Option<u16> = code.and_then(|c| c.parse().ok());
-        let last = line.get(3) != Some(&b'-');
-        let stage = self.pending.front().copied();
-        if stage == Some(Stage::Ehlo) {
-            let keyword = line.get(4..).unwrap_or_default();
-            if keyword.eq_ignore_ascii_case(b"STARTTLS") {
-                self.ehlo_starttls = true;
-            }
-        }
-        if !last {
-            return;
-        }
-        self.pending.pop_front();
-        let Some(code) = code else {
-            return;
-        };
-        match stage {
-            Some(Stage::Ehlo) if code / 100 == 2 => {
-                self.seen.starttls_offered = Some(self.ehlo_starttls);
-                self.ehlo_starttls = false;
-            }
-            Some(Stage::Ehlo) => self.ehlo_starttls = false,
-            Some(Stage::Auth) if code != 334 => self.in_auth = false,
-            Some(Stage::Data) if code == 354 => self.in_body = true,
+        match (self.pending.pop_front(), code) {
+            (Some(Sent::Auth), Some(c)) if c != 334 => self.in_auth = false,
+            (Some(Sent::Data), Some(354)) => self.in_body = true,
             _ => {}
-        }
-        if code >= 400 && self.seen.refused_at.is_none() && stage != Some(Stage::Other) {
-            self.seen.refused_at = stage;
         }
     }
 
@@ -192,22 +223,19 @@ fn split_lines(partial: &mut Vec<u8>, bytes: &[u8]) -> Vec<Vec<u8>> {
     lines
 }
 
-/// The stage a command line starts.
-fn stage_of(line: &[u8]) -> Stage {
-    let verb: Vec<u8> = line
-        .iter()
-        .take_while(|b| **b != b' ')
-        .map(u8::to_ascii_uppercase)
-        .collect();
-    match verb.as_slice() {
-        b"EHLO" | b"HELO" => Stage::Ehlo,
-        b"STARTTLS" => Stage::StartTls,
-        b"AUTH" => Stage::Auth,
-        b"MAIL" => Stage::Mail,
-        b"RCPT" => Stage::Rcpt,
-        b"DATA" => Stage::Data,
-        _ => Stage::Other,
-    }
+/// A command line's first word.
+fn verb_of(line: &[u8]) -> &[u8] {
+    line.split(|b| *b == b' ').next().unwrap_or_default()
+}
+
+/// The octet count of tern's own `BDAT n [LAST]` line (0 if unreadable:
+/// what follows is then printed as lines, as it is).
+fn chunk_size(line: &[u8]) -> u64 {
+    line.split(|b| *b == b' ')
+        .nth(1)
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// `AUTH MECH [initial-response]` with the response hidden.
@@ -267,8 +295,6 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("> MAIL FROM:<a@b>\n"), "{out}");
-        assert_eq!(seen.refused_at, Some(Stage::Auth));
-        assert_eq!(seen.starttls_offered, Some(true));
         assert!(seen.heard);
     }
 
@@ -284,11 +310,34 @@ mod tests {
         t.received(b"354 go\r\n");
         t.sent(b"AUTH PLAIN in the body\r\nx\r\n.\r\n");
         t.received(b"250 queued\r\n");
-        let seen = t.seen.clone();
+        t.sent(b"AUTH LOGIN\r\n");
         let out = text(t);
-        assert_eq!(seen.refused_at, Some(Stage::Rcpt));
-        assert_eq!(seen.starttls_offered, Some(false));
         assert!(out.contains("> AUTH PLAIN in the body\n"), "{out}");
+        // The body did not start an AUTH exchange: the next AUTH prints.
+        assert!(out.contains("> AUTH LOGIN\n"), "{out}");
+    }
+
+    #[test]
+    fn bdat_chunks_are_message_not_commands() {
+        let mut t = Transcript::new(Vec::new());
+        t.connected(25);
+        t.received(b"220 hi\r\n");
+        t.sent(b"EHLO r\r\n");
+        t.received(b"250-hi\r\n250 CHUNKING\r\n");
+        // A chunk whose lines look like commands, split across writes,
+        // then a command after it in the same write.
+        t.sent(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 35 LAST\r\nAUTH PLAIN x\r\n");
+        t.sent(b"RCPT TO:<e@f>\r\nno end");
+        t.sent(b"QUIT\r\n");
+        t.received(b"250 ok\r\n250 ok\r\n554 5.7.1 spam\r\n221 bye\r\n");
+        t.sent(b"AUTH PLAIN c2VjcmV0\r\n");
+        let out = text(t);
+        assert!(out.contains("> AUTH PLAIN x\n"), "{out}");
+        assert!(out.contains("> RCPT TO:<e@f>\n"), "{out}");
+        assert!(out.contains("> no end\n> QUIT\n"), "{out}");
+        // Replies stayed in step: the real AUTH after them is masked.
+        assert!(out.contains("> AUTH PLAIN <credentials hidden>\n"), "{out}");
+        assert!(!out.contains("c2VjcmV0"), "{out}");
     }
 
     #[test]
@@ -305,6 +354,5 @@ mod tests {
         let mut t = Transcript::new(Vec::new());
         t.connected(465);
         assert!(!t.seen.heard);
-        assert_eq!(t.seen.refused_at, None);
     }
 }

@@ -308,6 +308,24 @@ fn helo_fallback_when_ehlo_refused() {
     t.eight_bit = true;
     h.start(t);
     assert_eq!(h.sent(), "MAIL FROM:<a@x.example>\r\n");
+    // The first refusal answered EHLO; HELO's reply lists no STARTTLS.
+    assert_eq!(
+        h.s.facts(),
+        SessionFacts {
+            refused_at: Some(Stage::Ehlo),
+            starttls_offered: Some(false),
+        }
+    );
+}
+
+#[test]
+fn a_refused_recipient_is_recorded_as_rcpt_not_as_the_data_after_it() {
+    let mut h = Harness::new(cfg());
+    h.ready(&["PIPELINING"]);
+    h.start(txn(&["b@y", "c@y"]));
+    h.sent();
+    h.feed("250 ok\r\n550 5.1.1 no\r\n250 ok\r\n354 go\r\n");
+    assert_eq!(h.s.facts().refused_at, Some(Stage::Rcpt));
 }
 
 #[test]

@@ -217,3 +217,36 @@ fn bdat_reply_timeout_names_bdat() {
         "{outcomes:?}"
     );
 }
+
+/// `tern test` names the command a refusal answered from the machine's own
+/// record: the last chunk is the end of the message, an earlier one DATA.
+#[test]
+fn refused_chunks_are_recorded_as_the_message_end_or_data() {
+    let mut h = chunking_harness(&["PIPELINING", "CHUNKING", "STARTTLS"]);
+    assert_eq!(h.s.facts().starttls_offered, Some(true));
+    h.start(txn(&["b@y"]));
+    h.sent();
+    h.feed("250 ok\r\n250 ok\r\n");
+    h.events();
+    h.s.send_body(b"RCPT TO:<in@the.body>\r\n");
+    h.s.finish_body(h.t0);
+    h.sent();
+    assert_eq!(h.s.facts().refused_at, None);
+    h.feed("554 5.7.1 spam\r\n");
+    assert_eq!(h.s.facts().refused_at, Some(Stage::Dot));
+
+    let mut h = chunking_harness(&["PIPELINING", "CHUNKING"]);
+    assert_eq!(h.s.facts().starttls_offered, Some(false));
+    h.start(txn(&["b@y"]));
+    h.sent();
+    h.feed("250 ok\r\n250 ok\r\n");
+    h.events();
+    let body = vec![b'z'; BDAT_CHUNK + 5];
+    h.s.send_body(&body);
+    h.sent();
+    h.feed("552 5.3.4 too big\r\n");
+    assert_eq!(h.s.facts().refused_at, Some(Stage::Data));
+    // Later refusals (the stale chunks, RSET) do not replace the first.
+    h.feed("503 5.5.1 no\r\n");
+    assert_eq!(h.s.facts().refused_at, Some(Stage::Data));
+}
