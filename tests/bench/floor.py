@@ -49,12 +49,15 @@ class Floor:
         self.store = store or self.dir
         self.port = bench.free_port()
         self.p = None
+        self.prefix = []  # as bench.Tern: e.g. valgrind (callgrind.py)
+        self.start_timeout = 15
 
     def start(self):
         self.dir.mkdir(exist_ok=True)
-        cmd = [str(self.bench.floor), "--listen", f"127.0.0.1:{self.port}", "--spool", str(self.store / "spool")]
+        cmd = [*self.prefix, str(self.bench.floor), "--listen", f"127.0.0.1:{self.port}",
+               "--spool", str(self.store / "spool")]
         self.p = self.bench.procs.spawn("floor", cmd, self.dir / "floor.log")
-        if not wait_until(lambda: bench.is_listening(self.port) or self.p.poll() is not None, 15) \
+        if not wait_until(lambda: bench.is_listening(self.port) or self.p.poll() is not None, self.start_timeout) \
                 or self.p.poll() is not None:
             raise BenchError(f"floor did not start (rc={self.p.poll()}): " + bench.tail(self.dir / "floor.log"))
         return self
@@ -286,7 +289,7 @@ def report(b, env):
         cmd = (st["tern"] or st["floor"])["command"].replace(str(b.strace), "strace")
         L.append("")
         L.append(f"Command: `{cmd}` attached after 20 warm-up messages, while `smtp-source` sends "
-                 f"{M} messages at c={CONC}; per message = calls / {M}; "failed" = calls that returned an error (EAGAIN for reads and accept4 on a drained socket). strace slows every syscall down a "
+                 f"{M} messages at c={CONC}; per message = calls / {M}; failed = calls that returned an error (EAGAIN for reads and accept4 on a drained socket). strace slows every syscall down a "
                  f"lot, so more sessions end in the same loop turn than without it (more syncfs, fewer "
                  f"fdatasync + fsync pairs): compare the two columns, not the absolute batching.")
 
