@@ -95,7 +95,7 @@ def under_callgrind(b, make, name, n, idle_s, run):
     (callgrind output file, seconds between listening and SIGTERM)."""
     mta = make(b, name)
     out = b.work / f"callgrind.out.{name}"
-    mta.prefix = [b.valgrind, "--tool=callgrind", "--collect-atstart=yes", f"--callgrind-out-file={out}"]
+    mta.prefix = [*b.callgrind, "--collect-atstart=yes", f"--callgrind-out-file={out}"]
     mta.start_timeout = 120
     with mta:
         t0 = time.monotonic()
@@ -156,10 +156,10 @@ def measure(b, key, make, run):
 
 def report(b, env):
     a, R, E = b.args, b.results, b.errors
-    L = ["# Instructions per message (callgrind, user space only)", ""]
+    L = [f"# Instructions per message (callgrind, user space only, {env['binary_arch']})", ""]
     L.append(f"- date: {env['date']}")
     L.append(f"- command: `{env['command']}`")
-    L.append(f"- tern: {env['tern_version']} ({b.tern}); floor: {b.floor}")
+    L.append(f"- tern: {env['tern_version']} ({b.tern}); floor: {b.floor}; binaries for {env['binary_arch']}")
     L.append(f"- {env['valgrind']}; host: {env['host']}; load average at start {env['loadavg_start']}, "
              f"at end {env.get('loadavg_end', '?')}")
     if env.get("interrupted"):
@@ -200,6 +200,13 @@ def report(b, env):
              f"source files (inlining) are added up; inclusive ones overlap, so the largest part is shown. "
              f"Inclusive costs nest and do not add up; functions at ≥ 98.5 % (the chain from `_start` "
              f"down to the event loop) are left out.")
+    if env["binary_arch"] == "aarch64":
+        L.append("")
+        L.append("aarch64: with opt-level \"z\" LLVM's machine outliner moves repeated instruction sequences "
+                 "into `OUTLINED_FUNCTION_N`, reached by branch-and-link and left by a plain branch; callgrind "
+                 "takes those for calls that do not return, so the inclusive tables are distorted (chains at "
+                 "~98 %). The totals and the self tables are sound. The binaries are static musl: "
+                 "`malloc`/`free` are musl's (mallocng), not glibc's.")
     if E:
         L.append("\n## Errors\n")
         for k, e in E.items():
@@ -218,19 +225,51 @@ def main():
                     help="tern binary, with debug info (default: $TERN_BIN or target/callgrind/release/tern)")
     ap.add_argument("--floor", default=os.environ.get("FLOOR_BIN", str(CG / "examples" / "floor")),
                     help="floor binary (default: $FLOOR_BIN or target/callgrind/release/examples/floor)")
+    ap.add_argument("--aarch64", metavar="VGROOT",
+                    help="run aarch64 binaries (default target/callgrind/aarch64-unknown-linux-musl/release/) "
+                         "under the aarch64 callgrind unpacked in VGROOT (Debian valgrind:arm64, dpkg -x), "
+                         "itself run by qemu-aarch64-static (see tests/bench/README.md)")
+    ap.add_argument("--qemu", default="qemu-aarch64-static", help="qemu-user for --aarch64 (default qemu-aarch64-static)")
     ap.add_argument("--workdir", default=str(ROOT / "target" / "bench-work"), help="parent of the run dir")
     ap.add_argument("--keep", action="store_true", help="keep the run dir (callgrind.out.* files included)")
     ap.add_argument("--json", metavar="FILE", help="also write all raw figures as JSON")
     args = ap.parse_args()
     if args.messages < 1 or args.top < 1:
         ap.error("counts must be positive")
+    if args.aarch64:
+        a64 = ROOT / "target" / "callgrind" / "aarch64-unknown-linux-musl" / "release"
+        if "TERN_BIN" not in os.environ and args.tern == str(CG / "tern"):
+            args.tern = str(a64 / "tern")
+        if "FLOOR_BIN" not in os.environ and args.floor == str(CG / "examples" / "floor"):
+            args.floor = str(a64 / "examples" / "floor")
 
     b = bench.Bench(args)
     b.floor = Path(args.floor)
     b.valgrind = shutil.which("valgrind")
     b.annotate = shutil.which("callgrind_annotate")
-    if not b.valgrind or not b.annotate:
-        sys.exit("valgrind / callgrind_annotate not found: apt-get install valgrind")
+    if not b.annotate:
+        sys.exit("callgrind_annotate not found: apt-get install valgrind")
+    run_prefix = []  # how to run a binary of the target architecture
+    if args.aarch64:
+        # valgrind's launcher would exec the tool, an aarch64 binary, which
+        # needs binfmt_misc; run the tool under qemu-user directly instead
+        # (it only wants to know the launcher and its lib dir).
+        vg = Path(args.aarch64).resolve()
+        tool_bin = vg / "usr" / "libexec" / "valgrind" / "callgrind-arm64-linux"
+        qemu = shutil.which(args.qemu)
+        if not tool_bin.is_file() or not qemu:
+            sys.exit(f"--aarch64: need {tool_bin} (dpkg -x valgrind_*_arm64.deb {vg}) and {args.qemu} "
+                     "(apt-get install qemu-user-static)")
+        os.environ["VALGRIND_LIB"] = str(tool_bin.parent)
+        os.environ["VALGRIND_LAUNCHER"] = str(vg / "usr" / "bin" / "valgrind.bin")
+        run_prefix = [qemu]
+        b.callgrind = [qemu, str(tool_bin)]
+        vg_version = f"aarch64 callgrind ({vg}) under {Path(qemu).name}"
+    else:
+        if not b.valgrind:
+            sys.exit("valgrind not found: apt-get install valgrind")
+        b.callgrind = [b.valgrind, "--tool=callgrind"]
+        vg_version = None
     for what, path in (("smtp-source", b.smtp_source), ("smtp-sink", b.smtp_sink)):
         if not path:
             sys.exit(f"{what} not found: install the Debian package `postfix` (it need not be configured)")
@@ -250,14 +289,16 @@ def main():
     parent.mkdir(parents=True, exist_ok=True)
     b.work = parent / f"callgrind-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     b.work.mkdir()
-    version = subprocess.run([str(b.tern), "--version"], capture_output=True, text=True, timeout=10)
-    vg = subprocess.run([b.valgrind, "--version"], capture_output=True, text=True, timeout=10)
+    version = subprocess.run([*run_prefix, str(b.tern), "--version"], capture_output=True, text=True, timeout=30)
+    vg = subprocess.run([b.valgrind or "valgrind", "--version"], capture_output=True, text=True, timeout=10) \
+        if vg_version is None else None
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(x) for x in [Path(sys.executable).name] + sys.argv),
         "tern_version": (version.stdout.strip().splitlines() or ["?"])[0],
-        "valgrind": vg.stdout.strip(),
+        "valgrind": vg_version or vg.stdout.strip(),
         "host": f"{platform.node()}, {os.cpu_count()} CPUs, Linux {platform.release()}, {platform.machine()}",
+        "binary_arch": "aarch64" if args.aarch64 else platform.machine(),
         "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]),
     }
     t0 = time.monotonic()
