@@ -609,12 +609,12 @@ def run_source(bench, mta, conc, n, size, logname, timeout):
 
 
 def cpu_ticks(pid):
-    """utime + stime of pid (clock ticks, /proc/PID/stat), or None."""
+    """(utime, stime) of pid (clock ticks, /proc/PID/stat), or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             s = f.read().decode("latin-1")
         fields = s[s.rindex(")") + 2:].split()
-        return int(fields[11]) + int(fields[12])
+        return int(fields[11]), int(fields[12])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -677,7 +677,10 @@ def throughput(bench, mta, conc, size, hold, io_pid=None, cpu_pid=None):
         res["delivered_while_held"] = sink.count() - base
     msgs = max(1, res.get("done", a.messages))
     if cpu0 is not None and cpu1 is not None:
-        res["cpu_us_per_msg"] = (cpu1 - cpu0) * 1e6 / os.sysconf("SC_CLK_TCK") / msgs
+        us = 1e6 / os.sysconf("SC_CLK_TCK") / msgs
+        res["cpu_user_us_per_msg"] = (cpu1[0] - cpu0[0]) * us
+        res["cpu_sys_us_per_msg"] = (cpu1[1] - cpu0[1]) * us
+        res["cpu_us_per_msg"] = res["cpu_user_us_per_msg"] + res["cpu_sys_us_per_msg"]
     if io_pid:
         io1 = write_bytes(io_pid)
         if io0 is not None and io1 is not None:

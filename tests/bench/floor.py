@@ -160,7 +160,7 @@ def summarize(b, key):
     r.update(rate=statistics.median(rates), min=rates[0], max=rates[-1], reps=len(runs),
              capped=any(x.get("capped") for x in runs),
              delivered_while_held=max(x.get("delivered_while_held", 0) for x in runs))
-    for field in ("cpu_us_per_msg", "write_bytes_per_msg"):
+    for field in ("cpu_us_per_msg", "cpu_user_us_per_msg", "cpu_sys_us_per_msg", "write_bytes_per_msg"):
         vals = [x[field] for x in runs if x.get(field) is not None]
         if vals:
             r[field] = statistics.median(vals)
@@ -214,15 +214,18 @@ def report(b, env):
     L.append(f"- Postfix: {R.get('postfix_version', '?')} (hold mode, as bench.py)" if ref is None
              else f"- Postfix: skipped: {ref}")
     L.append("")
-    L.append("| MTA | accepted msg/s | CPU µs per message (MTA process) | of the floor |")
+    L.append("| MTA | accepted msg/s | of the floor | CPU µs per message: user + system (MTA process) |")
     L.append("|---|---:|---:|---:|")
     fl = rate("floor")
     for key, label in (("floor", "floor"), ("tern", "tern (`hold_outbound = yes`)"), ("postfix", "Postfix (hold)")):
         if key == "postfix" and ref is not None:
             continue
-        cpu = (R.get(key) or {}).get("cpu_us_per_msg")
+        r = R.get(key) or {}
+        cpu = "–"
+        if key != "postfix" and r.get("cpu_us_per_msg") is not None:
+            cpu = f"{n0(r['cpu_user_us_per_msg'])} + {n0(r['cpu_sys_us_per_msg'])} = {n0(r['cpu_us_per_msg'])}"
         frac = f"{rate(key) / fl:.0%}" if fl and rate(key) else "–"
-        L.append(f"| {label} | {cell(key)} | {n0(cpu) if key != 'postfix' else '–'} | {frac} |")
+        L.append(f"| {label} | {cell(key)} | {frac} | {cpu} |")
     L.append("")
     t, p = rate("tern"), rate("postfix")
     if t and fl:
@@ -233,8 +236,9 @@ def report(b, env):
     L.append("")
     L.append(f"Rate = N / time from `smtp-source` start until it exited (every message got its 250 after "
              f"being made durable): `{' '.join(bench.source_cmd('smtp-source', 'PORT', CONC, a.messages, SMALL))}`. "
-             f"CPU = utime + stime of the MTA process from /proc/PID/stat over the timed run / N "
-             f"(10 ms ticks; Postfix is many processes: not measured). The file count in each spool is "
+             f"CPU = utime and stime of the MTA process from /proc/PID/stat over the timed run / N "
+             f"(median of the runs; 10 ms ticks; system time is the kernel working for the process's syscalls, "
+             f"TCP included; Postfix is many processes: not measured). The file count in each spool is "
              f"checked against the messages acknowledged.")
 
     # syscalls
@@ -269,8 +273,9 @@ def report(b, env):
         for label, names in GROUPS:
             row(f"**{label}**", names)
             grouped.update(names)
-            for s in names:
-                if len(names) > 1 and (per["tern"].get(s) or per["floor"].get(s)):
+            present = [s for s in names if per["tern"].get(s) or per["floor"].get(s)]
+            if len(present) > 1:
+                for s in present:
                     row(f"· {s}", (s,))
         others = sorted({s for v in per.values() for s in v} - grouped,
                         key=lambda s: -(per["tern"].get(s, 0) + per["floor"].get(s, 0)))
