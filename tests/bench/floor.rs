@@ -274,11 +274,11 @@ impl Conn {
             match self.state {
                 State::Committing | State::Closing => break Step::Continue,
                 State::Data(seen) => {
-                    let rest = &self.input[pos..];
+                    let rest = self.input.get(pos..).unwrap_or_default();
                     let mut s = seen;
                     let mut end = None;
                     for (i, &b) in rest.iter().enumerate() {
-                        s = if b == END_OF_DATA[s] {
+                        s = if END_OF_DATA.get(s) == Some(&b) {
                             s + 1
                         } else if b == b'\r' {
                             1
@@ -316,7 +316,7 @@ impl Conn {
                     }
                 }
                 State::Command => {
-                    let rest = &self.input[pos..];
+                    let rest = self.input.get(pos..).unwrap_or_default();
                     let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
                         if rest.len() > MAX_LINE {
                             break Step::Close;
