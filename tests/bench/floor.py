@@ -119,13 +119,13 @@ def parse_strace_c(path):
     return out
 
 
-def syscall_audit(b, kind, name):
+def syscall_audit(b, kind, name, conc=CONC):
     """strace -f -c (every syscall) on the MTA while it accepts M messages
-    at c=20, after 20 warm-up messages."""
+    at concurrency conc, after 20 warm-up messages."""
     a = b.args
     m = a.strace_messages
     with kind(b, name, hold=True) as mta:
-        bench.run_source(b, mta, CONC, 20, SMALL, "warmup.log", 60)
+        bench.run_source(b, mta, conc, 20, SMALL, "warmup.log", 60)
         out = mta.dir / "strace.txt"
         cmd = [b.strace, "-f", "-c", "-qq", "-o", str(out), "-p", str(mta.pid)]
         st = b.procs.spawn("strace", cmd, mta.dir / "strace.log")
@@ -135,7 +135,7 @@ def syscall_audit(b, kind, name):
                 raise BenchError("strace did not attach: " + bench.tail(mta.dir / "strace.log"))
             time.sleep(0.3)
             t0 = time.monotonic()
-            bench.run_source(b, mta, CONC, m, SMALL, "source.log", a.run_cap * 3)
+            bench.run_source(b, mta, conc, m, SMALL, "source.log", a.run_cap * 3)
             elapsed = time.monotonic() - t0
             time.sleep(0.3)
         finally:
@@ -291,10 +291,33 @@ def report(b, env):
             L.append(f"- {k}: {v['calls'].get('syncfs', 0)} syncfs + {v['calls'].get('fdatasync', 0)} "
                      f"fdatasync for {M} messages = {M / syncs if syncs else float('nan'):.1f} messages per "
                      f"commit; {v['rate_under_strace']:.0f} msg/s under strace")
+        c1 = {k: R.get(f"strace_{k}_c1") for k in ("tern", "floor")}
+        if any(c1.values()):
+            L.append("")
+            L.append("At c=1 (one message per loop turn, no group commit), per message:")
+            L.append("")
+            L.append("| syscall | tern | floor |")
+            L.append("|---|---:|---:|")
+            for label, names in (("fdatasync", ("fdatasync",)), ("fsync", ("fsync",)), ("syncfs", ("syncfs",)),
+                                 ("openat", ("openat",)), ("renameat2", ("renameat2", "rename", "renameat")),
+                                 ("read (failed)", ("read", "recvfrom")), ("epoll_ctl", ("epoll_ctl",)),
+                                 ("total", None)):
+                cells = []
+                for k in ("tern", "floor"):
+                    v = c1[k]
+                    if not v:
+                        cells.append("n/a")
+                        continue
+                    keys = names or tuple(v["calls"])
+                    n = sum(v["calls"].get(x, 0) for x in keys) / M
+                    f = sum(v["errors"].get(x, 0) for x in keys) / M
+                    cells.append(f"{n:.2f}" + (f" ({f:.2f})" if f >= 0.005 and label.startswith(("read", "total"))
+                                               else ""))
+                L.append(f"| {label} | {cells[0]} | {cells[1]} |")
         cmd = (st["tern"] or st["floor"])["command"].replace(str(b.strace), "strace")
         L.append("")
         L.append(f"Command: `{cmd}` attached after 20 warm-up messages, while `smtp-source` sends "
-                 f"{M} messages at c={CONC}; per message = calls / {M}; failed = calls that returned an error (EAGAIN for reads and accept4 on a drained socket). strace slows every syscall down a "
+                 f"{M} messages at c={CONC} (and again at c=1); per message = calls / {M}; failed = calls that returned an error (EAGAIN for reads and accept4 on a drained socket). strace slows every syscall down a "
                  f"lot, so more sessions end in the same loop turn than without it (more syncfs, fewer "
                  f"fdatasync + fsync pairs): compare the two columns, not the absolute batching.")
 
@@ -392,6 +415,11 @@ def main():
         if b.strace:
             for key, kind in (("tern", Tern), ("floor", Floor)):
                 b.measure(f"strace_{key}", lambda kind=kind, key=key: syscall_audit(b, kind, f"strace-{key}"))
+            # c=1: every turn ends one message, so both must show the
+            # lone-message commit (fdatasync + fsync) for every message
+            for key, kind in (("tern", Tern), ("floor", Floor)):
+                b.measure(f"strace_{key}_c1",
+                          lambda kind=kind, key=key: syscall_audit(b, kind, f"strace-{key}-c1", conc=1))
         b.results["reference_skipped"] = why
         if why is None:
             b.results["postfix_version"] = subprocess.run(
