@@ -300,7 +300,8 @@ def report(b, env):
             L.append("|---|---:|---:|")
             for label, names in (("fdatasync", ("fdatasync",)), ("fsync", ("fsync",)), ("syncfs", ("syncfs",)),
                                  ("openat", ("openat",)), ("renameat2", ("renameat2", "rename", "renameat")),
-                                 ("read (failed)", ("read", "recvfrom")), ("epoll_ctl", ("epoll_ctl",)),
+                                 ("read (failed)", ("read", "recvfrom")), ("epoll_wait", ("epoll_wait", "epoll_pwait")),
+                                 ("epoll_ctl", ("epoll_ctl",)),
                                  ("total", None)):
                 cells = []
                 for k in ("tern", "floor"):
