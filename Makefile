@@ -19,7 +19,7 @@ DEV_CONF := etc/tern.dev.conf
 # PyNaCl (python3-dkim, python3-nacl) for the DKIM tests.
 TEST_PKGS := swaks libnet-ssleay-perl postfix s-nail openssl faketime strace dovecot-core dovecot-lmtpd
 
-.PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench install clean cross cross-test fuzz fuzz-deps fuzz-build
+.PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench bench-floor bench-callgrind install clean cross cross-test fuzz fuzz-deps fuzz-build
 
 all: build
 
@@ -93,6 +93,22 @@ size: release
 
 bench: release
 	$(PYTHON) tests/bench/bench.py
+
+# tern against the floor (tests/bench/floor.rs: the least work a durable
+# MTA can do), accept only; see tests/bench/README.md.
+bench-floor: release
+	$(CARGO) build --release --example floor
+	$(PYTHON) tests/bench/floor.py
+
+# Instructions per message under callgrind (valgrind), from binaries built
+# with the release profile plus debug info (not stripped), in a target
+# dir of their own so target/release stays as it is.
+CALLGRIND_TARGET := target/callgrind
+bench-callgrind: release
+	CARGO_PROFILE_RELEASE_DEBUG=1 CARGO_PROFILE_RELEASE_STRIP=none \
+	  $(CARGO) build --release --target-dir $(CALLGRIND_TARGET) --bin tern --example floor
+	$(PYTHON) tests/bench/callgrind.py --tern $(CALLGRIND_TARGET)/release/tern \
+	  --floor $(CALLGRIND_TARGET)/release/examples/floor
 
 install: release
 	install -D -m 0755 target/release/tern $(DESTDIR)$(PREFIX)/sbin/tern

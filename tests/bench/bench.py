@@ -355,6 +355,10 @@ class Tern:
         self.store = store or self.dir
         self.port = free_port()
         self.p = None
+        # run tern under this command (e.g. valgrind; callgrind.py), and
+        # give it this long to listen
+        self.prefix = []
+        self.start_timeout = 15
 
     def start(self):
         d = self.dir
@@ -380,8 +384,9 @@ class Tern:
         if self.hold:
             conf["hold_outbound"] = "yes"
         (d / "tern.conf").write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
-        self.p = self.bench.procs.spawn("tern", [str(self.bench.tern), "-c", str(d / "tern.conf")], d / "tern.log")
-        if not wait_until(lambda: is_listening(self.port) or self.p.poll() is not None, 15) \
+        self.p = self.bench.procs.spawn("tern", [*self.prefix, str(self.bench.tern), "-c", str(d / "tern.conf")],
+                                        d / "tern.log")
+        if not wait_until(lambda: is_listening(self.port) or self.p.poll() is not None, self.start_timeout) \
                 or self.p.poll() is not None:
             raise BenchError(f"tern did not start (rc={self.p.poll()}): " + tail(d / "tern.log"))
         return self
@@ -603,9 +608,21 @@ def run_source(bench, mta, conc, n, size, logname, timeout):
         raise BenchError(f"smtp-source ({logname}) rc={rc}: " + tail(out, 300))
 
 
-def throughput(bench, mta, conc, size, hold, io_pid=None):
+def cpu_ticks(pid):
+    """(utime, stime) of pid (clock ticks, /proc/PID/stat), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            s = f.read().decode("latin-1")
+        fields = s[s.rindex(")") + 2:].split()
+        return int(fields[11]), int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def throughput(bench, mta, conc, size, hold, io_pid=None, cpu_pid=None):
     """Warm up, then time N messages. Relay: until the sink counted N more
-    messages. Hold: until smtp-source exited (every message got its 250)."""
+    messages. Hold: until smtp-source exited (every message got its 250).
+    With cpu_pid, also that process's CPU time per message over the run."""
     a = bench.args
     sink = bench.sink
     base = sink.count()
@@ -619,6 +636,7 @@ def throughput(bench, mta, conc, size, hold, io_pid=None):
     dev0 = device_write_bytes(mta.store)
     jc0 = journal_commits(mta.store)
     fl0 = device_flushes(mta.store)
+    cpu0 = cpu_ticks(cpu_pid) if cpu_pid else None
     out = mta.dir / "source.log"
     t0 = time.monotonic()
     p = bench.procs.spawn("smtp-source", source_cmd(bench.smtp_source, mta.port, conc, a.messages, size), out)
@@ -634,6 +652,7 @@ def throughput(bench, mta, conc, size, hold, io_pid=None):
             break
         time.sleep(0.005)
     elapsed = time.monotonic() - t0
+    cpu1 = cpu_ticks(cpu_pid) if cpu0 is not None else None
     if p.poll() is None:
         bench.procs.stop(p, signal.SIGKILL)
     rc = bench.procs.wait(p, 10)
@@ -657,6 +676,11 @@ def throughput(bench, mta, conc, size, hold, io_pid=None):
         time.sleep(0.3)
         res["delivered_while_held"] = sink.count() - base
     msgs = max(1, res.get("done", a.messages))
+    if cpu0 is not None and cpu1 is not None:
+        us = 1e6 / os.sysconf("SC_CLK_TCK") / msgs
+        res["cpu_user_us_per_msg"] = (cpu1[0] - cpu0[0]) * us
+        res["cpu_sys_us_per_msg"] = (cpu1[1] - cpu0[1]) * us
+        res["cpu_us_per_msg"] = res["cpu_user_us_per_msg"] + res["cpu_sys_us_per_msg"]
     if io_pid:
         io1 = write_bytes(io_pid)
         if io0 is not None and io1 is not None:
