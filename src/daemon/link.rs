@@ -124,13 +124,15 @@ impl Link {
         out: &mut Vec<u8>,
         max: usize,
     ) -> Read {
-        let mut buf = [0u8; SOCKET_READ];
         if self.tls.is_none() {
-            let want = max.min(buf.len());
-            return match reactor.read(sock, buf.get_mut(..want).unwrap_or_default()) {
-                Ok(0) => Read::Closed,
-                Ok(n) => {
-                    append(out, buf.get(..n).unwrap_or_default(), max);
+            // Drained at the last read, and no edge since: no syscall.
+            if !reactor.is_readable(sock) {
+                return Read::Pending;
+            }
+            return match reactor.read_stream(sock, max.min(SOCKET_READ)) {
+                Ok([]) => Read::Closed,
+                Ok(data) => {
+                    append(out, data, max);
                     Read::Data
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Read::Pending,
@@ -154,11 +156,12 @@ impl Link {
             }
             // Ciphertext left from the last socket read, else a new read.
             if self.cipher_in.is_empty() {
-                match reactor.read(sock, &mut buf) {
-                    Ok(0) => return Read::Closed,
-                    Ok(n) => self
-                        .cipher_in
-                        .extend_from_slice(buf.get(..n).unwrap_or_default()),
+                if !reactor.is_readable(sock) {
+                    return Read::Pending;
+                }
+                match reactor.read_stream(sock, SOCKET_READ) {
+                    Ok([]) => return Read::Closed,
+                    Ok(data) => self.cipher_in.extend_from_slice(data),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read::Pending,
                     Err(_) => return Read::Closed,
                 }

@@ -75,7 +75,14 @@ pub struct Reactor<K> {
     timers: BinaryHeap<Reverse<(Instant, u64, K)>>,
     timer_seq: u64,
     signals: signals::SignalPipe,
+    /// The one buffer stream reads land in ([`Reactor::read_stream`]),
+    /// zeroed once: a buffer on the stack per read was zeroed per read
+    /// (16 KiB, 15 % of the instructions spent per accepted message).
+    scratch: Box<[u8]>,
 }
+
+/// Most bytes one [`Reactor::read_stream`] takes.
+pub const STREAM_READ: usize = 16 * 1024;
 
 impl<K: Ord + Copy> Reactor<K> {
     pub fn new() -> io::Result<Reactor<K>> {
@@ -95,6 +102,7 @@ impl<K: Ord + Copy> Reactor<K> {
             timers: BinaryHeap::new(),
             timer_seq: 0,
             signals,
+            scratch: vec![0; STREAM_READ].into_boxed_slice(),
         })
     }
 
@@ -289,6 +297,46 @@ impl<K: Ord + Copy> Reactor<K> {
         r
     }
 
+    /// Reads up to `want` bytes (at most [`STREAM_READ`]) from a TCP or
+    /// unix stream into the reactor's buffer; the bytes are valid until
+    /// the next call. `Ok(&[])` is the end of the stream.
+    ///
+    /// A short read of a TCP stream (fewer bytes than asked) means its
+    /// receive queue was empty: the socket is marked not readable, and
+    /// the next edge (new data, the FIN, an error) marks it again. The
+    /// owner then waits for that edge instead of making a read that
+    /// returns EAGAIN (one or two per message, right after each reply).
+    pub fn read_stream(&mut self, id: SockId, want: usize) -> io::Result<&[u8]> {
+        let Some(slot) = self
+            .slots
+            .get_mut(id.index as usize)
+            .filter(|s| s.generation == id.generation)
+        else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let want = want.min(self.scratch.len());
+        let buf = self.scratch.get_mut(..want).unwrap_or_default();
+        let (r, tcp) = match slot.socket.as_mut() {
+            Some(Socket::Stream(s)) => (s.read(buf), true),
+            Some(Socket::Unix(s)) => (s.read(buf), false),
+            _ => (Err(io::ErrorKind::NotConnected.into()), false),
+        };
+        match r {
+            Ok(n) => {
+                if tcp && n > 0 && n < want {
+                    slot.readable = false;
+                }
+                Ok(self.scratch.get(..n).unwrap_or_default())
+            }
+            Err(e) => {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    slot.readable = false;
+                }
+                Err(e)
+            }
+        }
+    }
+
     pub fn write(&mut self, id: SockId, data: &[u8]) -> io::Result<usize> {
         let slot = self.slot(id).ok_or(io::ErrorKind::NotConnected)?;
         let r = match slot.socket.as_mut() {
@@ -430,5 +478,63 @@ impl<K: Ord + Copy> Reactor<K> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Polls until `id` is readable (or a second passes).
+    fn wait_readable(r: &mut Reactor<u8>, id: SockId) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut ready = Vec::new();
+        while Instant::now() < deadline {
+            if r.is_readable(id) {
+                return true;
+            }
+            ready.clear();
+            r.poll(Some(Duration::from_millis(50)), &mut ready).unwrap();
+        }
+        r.is_readable(id)
+    }
+
+    /// A short read of a TCP stream leaves it not readable (no EAGAIN read
+    /// needed to learn it), and the next data marks it again; a full read
+    /// leaves it readable, and EAGAIN clears it.
+    #[test]
+    fn a_short_stream_read_waits_for_the_next_edge() {
+        let mut r: Reactor<u8> = Reactor::new().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let id = r.connect(listener.local_addr().unwrap()).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+
+        peer.write_all(b"0123456789").unwrap();
+        assert!(wait_readable(&mut r, id));
+        assert_eq!(r.read_stream(id, 100).unwrap(), b"0123456789");
+        assert!(!r.is_readable(id));
+
+        peer.write_all(&[b'x'; 150]).unwrap();
+        assert!(wait_readable(&mut r, id));
+        assert_eq!(r.read_stream(id, 100).unwrap().len(), 100);
+        assert!(
+            r.is_readable(id),
+            "a full read says nothing of what is left"
+        );
+        assert_eq!(r.read_stream(id, 100).unwrap().len(), 50);
+        assert!(!r.is_readable(id));
+
+        peer.write_all(&[b'y'; 100]).unwrap();
+        assert!(wait_readable(&mut r, id));
+        assert_eq!(r.read_stream(id, 100).unwrap().len(), 100);
+        let e = r.read_stream(id, 100).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert!(!r.is_readable(id));
+
+        // The end of the stream is an edge too, and reads as empty.
+        drop(peer);
+        assert!(wait_readable(&mut r, id));
+        assert_eq!(r.read_stream(id, 100).unwrap(), b"");
     }
 }
