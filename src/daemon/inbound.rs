@@ -291,10 +291,9 @@ impl InboundSessions {
                 continue;
             };
             let now = Instant::now();
-            let verdict = match self
-                .auth_limiter
-                .attempt(peer, now, || self.users.check(&creds.user, &creds.password))
-            {
+            let verdict = match self.auth_limiter.attempt(peer, now, || {
+                self.users.check(&creds.user, &creds.password, now)
+            }) {
                 None => AuthVerdict::Blocked,
                 Some(true) => AuthVerdict::Ok,
                 Some(false) => AuthVerdict::Bad,

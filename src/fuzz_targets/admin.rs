@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;
+use std::time::Instant;
 
 use crate::auth::{self, SaslServer, SaslStep, Users};
 use crate::config::{self, Cidr, Config, HostPort};
@@ -160,11 +161,11 @@ pub fn users(data: &[u8]) {
         auth::base64_encode(&salt),
         auth::base64_encode(&hash)
     );
-    let (users, errors) = Users::parse(&format!("# fuzz\njoe:{line}\n"));
+    let (mut users, errors) = Users::parse(&format!("# fuzz\njoe:{line}\n"));
     assert!(errors.is_empty(), "{errors:?}");
-    assert!(users.check("joe", &password));
-    assert!(!users.check("joe", &format!("{password}x")));
-    assert!(!users.check("nobody", &password));
+    assert!(users.check("joe", &password, Instant::now()));
+    assert!(!users.check("joe", &format!("{password}x"), Instant::now()));
+    assert!(!users.check("nobody", &password, Instant::now()));
     assert!(auth::verify_password(&line, &password));
 }
 
