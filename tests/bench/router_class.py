@@ -713,7 +713,8 @@ def report(ctx, cells, env):
              f"NOOPs sent during the workload (from its start until its end: the sink counted N / the idle "
              f"sessions were closed). A reply slower than {a.probe_timeout:.0f} s or a lost session counts "
              f"as \"session lost\" (the probe reconnects after 0.5 s); ≥: the worst is the time a NOOP (or a "
-             f"reconnect) waited before its session broke. p99 and median are over answered NOOPs only.")
+             f"reconnect) waited before its session broke. p99 and median are over answered NOOPs only; with "
+             f"fewer than 100 NOOPs (a short relay run) p99 is the worst.")
     L.append("- **peak memory of the group**: " +
              ("`memory.peak`" if env["cgroup_v2"] else "`memory.max_usage_in_bytes`") +
              ", reset just before the workload (after start-up and the probe's session). Details table: "
