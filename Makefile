@@ -19,7 +19,7 @@ DEV_CONF := etc/tern.dev.conf
 # PyNaCl (python3-dkim, python3-nacl) for the DKIM tests.
 TEST_PKGS := swaks libnet-ssleay-perl postfix s-nail openssl faketime strace dovecot-core dovecot-lmtpd
 
-.PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench bench-floor bench-callgrind install clean cross cross-test fuzz fuzz-deps fuzz-build
+.PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench bench-floor bench-callgrind bench-router install clean cross cross-test fuzz fuzz-deps fuzz-build
 
 all: build
 
@@ -109,6 +109,12 @@ bench-callgrind: release
 	  $(CARGO) build --release --target-dir $(CALLGRIND_TARGET) --bin tern --example floor
 	$(PYTHON) tests/bench/callgrind.py --tern $(CALLGRIND_TARGET)/release/tern \
 	  --floor $(CALLGRIND_TARGET)/release/examples/floor
+
+# Issue 16's router-class workload (root; tests/bench/README.md): tern and
+# Postfix side by side, each in a cgroup of 16 MiB and 10 % of one core:
+# relay msg/s, 1,000 idle sessions, NOOP latency, OOM kills. ~10 minutes.
+bench-router: release
+	$(PYTHON) tests/bench/router_class.py
 
 install: release
 	install -D -m 0755 target/release/tern $(DESTDIR)$(PREFIX)/sbin/tern

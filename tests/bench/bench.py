@@ -348,8 +348,12 @@ def source_cmd(smtp_source, port, conc, n, size):
 
 
 class Tern:
-    def __init__(self, bench, name, hold=False, store=None):
+    """launch: command prefix (router_class.py starts tern inside a cgroup);
+    conf: settings that replace or add to the defaults below."""
+
+    def __init__(self, bench, name, hold=False, store=None, launch=(), conf=None):
         self.bench, self.name, self.hold = bench, name, hold
+        self.launch, self.conf = list(launch), dict(conf or {})
         self.dir = bench.work / name
         # spool and mailboxes; config and log stay in dir
         self.store = store or self.dir
@@ -383,9 +387,10 @@ class Tern:
         }
         if self.hold:
             conf["hold_outbound"] = "yes"
+        conf.update(self.conf)
         (d / "tern.conf").write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
-        self.p = self.bench.procs.spawn("tern", [*self.prefix, str(self.bench.tern), "-c", str(d / "tern.conf")],
-                                        d / "tern.log")
+        self.p = self.bench.procs.spawn("tern", [*self.launch, *self.prefix, str(self.bench.tern), "-c",
+                                                 str(d / "tern.conf")], d / "tern.log")
         if not wait_until(lambda: is_listening(self.port) or self.p.poll() is not None, self.start_timeout) \
                 or self.p.poll() is not None:
             raise BenchError(f"tern did not start (rc={self.p.poll()}): " + tail(d / "tern.log"))
@@ -415,10 +420,13 @@ class Postfix:
     """Throwaway Postfix instance (root only): private config and queue
     directories under the run dir, system binaries. Recipe from
     /work/shared/bench/adapters/postfix.sh (chroot off, smtpd on a loopback
-    port, relayhost = the sink)."""
+    port, relayhost = the sink). launch: command prefix for `postfix start`
+    (router_class.py starts Postfix inside a cgroup); main_cf: lines appended
+    to main.cf."""
 
-    def __init__(self, bench, name, hold=False, store=None):
+    def __init__(self, bench, name, hold=False, store=None, launch=(), main_cf=""):
         self.bench, self.name, self.hold = bench, name, hold
+        self.launch, self.main_cf = list(launch), main_cf
         self.dir = bench.work / name
         # the queue directory (whose paths, sockets included, must stay
         # short: sun_path); config, data and log stay in dir
@@ -486,7 +494,7 @@ smtpd_tls_security_level = none
 biff = no
 maillog_file = {logd}/maillog
 maillog_file_prefixes = {logd}
-""")
+{self.main_cf}""")
         lines = []
         for line in Path("/etc/postfix/master.cf").read_text().splitlines():
             f = line.split()
@@ -500,7 +508,8 @@ maillog_file_prefixes = {logd}
         (conf / "master.cf").write_text("\n".join(lines) + "\n")
         out = d / "postfix-cmd.log"
         for action in ("check", "start"):
-            p = self.bench.procs.spawn("postfix " + action, [tool("postfix"), "-c", str(conf), action], out)
+            cmd = [tool("postfix"), "-c", str(conf), action]
+            p = self.bench.procs.spawn("postfix " + action, self.launch + cmd if action == "start" else cmd, out)
             rc = self.bench.procs.wait(p, 60)
             if rc != 0:
                 raise BenchError(f"postfix {action} failed rc={rc}: " + tail(out))
@@ -745,52 +754,78 @@ def fsync_audit(bench, conc):
                 "per_msg": sum(family.values()) / m, "command": " ".join(shlex.quote(x) for x in cmd)}
 
 
-def open_idle(port, k, timeout=30.0, in_flight=64):
+def open_idle(port, k, timeout=30.0, in_flight=64, stats=None):
     """Open k sessions and read each one's 220 banner, at most in_flight
     handshakes at a time (so the listen backlog never overflows). Returns the
-    open sockets and an error string or None."""
+    open sockets and an error string (the first one) or None.
+
+    Without stats the first failure ends the opening. With stats (a dict)
+    every session is tried and counted into it: banner (read the 220),
+    refused (a 4xx/5xx greeting), closed (closed or reset before any
+    greeting), connect_failed, no_banner (still waiting at the timeout),
+    not_attempted (not opened before the timeout)."""
     sel = selectors.DefaultSelector()
     done, pending, err = [], {}, None
+    keep_going = stats is not None
+    counts = {"banner": 0, "refused": 0, "closed": 0, "connect_failed": 0, "no_banner": 0, "not_attempted": 0}
     to_open = k
     end = time.monotonic() + timeout
     banner = re.compile(rb"(?m)^220 [^\n]*\n")
+
+    def failed(kind, text):
+        nonlocal err
+        counts[kind] += 1
+        err = err or text
+
     try:
-        while (to_open or pending) and time.monotonic() < end and err is None:
+        while (to_open or pending) and time.monotonic() < end and (keep_going or err is None):
             while to_open and len(pending) < in_flight:
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 s.setblocking(False)
                 rc = s.connect_ex(("127.0.0.1", port))
                 if rc not in (0, errno.EINPROGRESS):
                     s.close()
-                    err = f"connect #{len(done) + len(pending) + 1}: {os.strerror(rc)}"
-                    break
+                    failed("connect_failed", f"connect #{len(done) + len(pending) + 1}: {os.strerror(rc)}")
+                    if not keep_going:
+                        break
+                    to_open -= 1
+                    continue
                 sel.register(s, selectors.EVENT_READ)
                 pending[s] = b""
                 to_open -= 1
             for key, _ in sel.select(timeout=0.2):
                 s = key.fileobj
+                reset = None
                 try:
                     data = s.recv(1024)
                 except BlockingIOError:
                     continue
                 except OSError as e:
-                    data, err = b"", f"session #{len(done) + 1}: {e}"
+                    data, reset = b"", f"session #{len(done) + 1}: {e}"
                 buf = pending.pop(s) + data
                 if banner.search(buf):
                     sel.unregister(s)
                     done.append(s)
+                    counts["banner"] += 1
                 elif not data or re.match(rb"[45]\d\d ", buf):
                     sel.unregister(s)
                     s.close()
-                    err = err or f"session #{len(done) + 1} refused: {buf[:80]!r}"
+                    if re.match(rb"[45]\d\d", buf):
+                        failed("refused", reset or f"session #{len(done) + 1} refused: {buf[:80]!r}")
+                    else:
+                        failed("closed", reset or f"session #{len(done) + 1} refused: {buf[:80]!r}")
                 else:
                     pending[s] = buf
+        counts["no_banner"] += len(pending)
+        counts["not_attempted"] += to_open
         if err is None and (to_open or pending):
             err = f"only {len(done)}/{k} banners within {timeout:.0f}s"
     finally:
         for s in pending:
             s.close()
         sel.close()
+    if stats is not None:
+        stats.update(counts)
     return done, err
 
 
@@ -1128,6 +1163,29 @@ def report(bench, env):
     return "\n".join(L) + "\n"
 
 
+def setup_process(want_fds):
+    """Raise RLIMIT_NOFILE to want_fds (idle sessions need fds in us and in
+    tern, which inherits the limit), become a child subreaper (daemonized
+    Postfix processes are re-parented to us) and turn SIGINT, SIGTERM and
+    SIGHUP into KeyboardInterrupt, so that cleanup runs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want_fds:
+        new = want_fds if hard == resource.RLIM_INFINITY else min(want_fds, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want_fds:
+            log(f"RLIMIT_NOFILE hard limit {hard}: idle sessions will be capped")
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    # Explicit, also for SIGINT: a shell starting us in the background may
+    # have left SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", "--messages", type=int, default=2000, help="messages per throughput run (default 2000)")
@@ -1161,24 +1219,7 @@ def main():
     if not os.access(bench.tern, os.X_OK):
         sys.exit(f"{bench.tern} missing: run `cargo build --release` (or `make bench`)")
 
-    # Idle sessions need fds in us and in tern (which inherits the limit).
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = args.idle + 512
-    if soft != resource.RLIM_INFINITY and soft < want:
-        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-        if new < want:
-            log(f"RLIMIT_NOFILE hard limit {hard}: idle sessions will be capped")
-    if _LIBC is not None:
-        _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    # Explicit, also for SIGINT: a shell starting us in the background may
-    # have left SIGINT ignored.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    setup_process(args.idle + 512)
 
     parent = Path(args.workdir)
     parent.mkdir(parents=True, exist_ok=True)
