@@ -348,13 +348,15 @@ def source_cmd(smtp_source, port, conc, n, size):
 
 
 class Tern:
-    def __init__(self, bench, name, hold=False, store=None):
+    def __init__(self, bench, name, hold=False, store=None, extra=None):
         self.bench, self.name, self.hold = bench, name, hold
         self.dir = bench.work / name
         # spool and mailboxes; config and log stay in dir
         self.store = store or self.dir
         self.port = free_port()
         self.p = None
+        # config keys added to (or replacing) the ones below (tls_bench.py)
+        self.extra = dict(extra or {})
 
     def start(self):
         d = self.dir
@@ -379,6 +381,7 @@ class Tern:
         }
         if self.hold:
             conf["hold_outbound"] = "yes"
+        conf.update(self.extra)
         (d / "tern.conf").write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
         self.p = self.bench.procs.spawn("tern", [str(self.bench.tern), "-c", str(d / "tern.conf")], d / "tern.log")
         if not wait_until(lambda: is_listening(self.port) or self.p.poll() is not None, 15) \
@@ -412,7 +415,7 @@ class Postfix:
     /work/shared/bench/adapters/postfix.sh (chroot off, smtpd on a loopback
     port, relayhost = the sink)."""
 
-    def __init__(self, bench, name, hold=False, store=None):
+    def __init__(self, bench, name, hold=False, store=None, main=None, master=None):
         self.bench, self.name, self.hold = bench, name, hold
         self.dir = bench.work / name
         # the queue directory (whose paths, sockets included, must stay
@@ -420,6 +423,10 @@ class Postfix:
         self.store = store or self.dir
         self.port = free_port()
         self.master = None
+        # main.cf parameters replacing (or added to) the ones below, and
+        # extra master.cf service lines (tls_bench.py)
+        self.main_extra = dict(main or {})
+        self.master_extra = list(master or [])
 
     @staticmethod
     def unavailable(bench):
@@ -449,7 +456,7 @@ class Postfix:
             # accept + durably queue into the hold queue; no delivery. With no
             # qmgr intake cleanup would sleep in_flow_delay per message.
             hold = "smtpd_client_restrictions = check_client_access static:HOLD\nin_flow_delay = 0s\n"
-        (conf / "main.cf").write_text(f"""\
+        main_cf = f"""\
 compatibility_level = 3.6
 config_directory = {conf}
 queue_directory = {queue}
@@ -481,7 +488,14 @@ smtpd_tls_security_level = none
 biff = no
 maillog_file = {logd}/maillog
 maillog_file_prefixes = {logd}
-""")
+"""
+        if self.main_extra:
+            main, extra = [], dict(self.main_extra)
+            for line in main_cf.splitlines():
+                key = line.split("=", 1)[0].strip()
+                main.append(f"{key} = {extra.pop(key)}" if key in extra else line)
+            main_cf = "\n".join(main + [f"{k} = {v}" for k, v in extra.items()]) + "\n"
+        (conf / "main.cf").write_text(main_cf)
         lines = []
         for line in Path("/etc/postfix/master.cf").read_text().splitlines():
             f = line.split()
@@ -492,6 +506,7 @@ maillog_file_prefixes = {logd}
             else:
                 f[4] = "n"  # chroot off: the private queue has no jail
                 lines.append(" ".join(f))
+        lines += self.master_extra
         (conf / "master.cf").write_text("\n".join(lines) + "\n")
         out = d / "postfix-cmd.log"
         for action in ("check", "start"):
