@@ -19,7 +19,7 @@ DEV_CONF := etc/tern.dev.conf
 # PyNaCl (python3-dkim, python3-nacl) for the DKIM tests.
 TEST_PKGS := swaks libnet-ssleay-perl postfix s-nail openssl faketime strace dovecot-core dovecot-lmtpd
 
-.PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench install clean cross cross-test fuzz fuzz-deps fuzz-build
+.PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench bench-tls install clean cross cross-test fuzz fuzz-deps fuzz-build
 
 all: build
 
@@ -93,6 +93,15 @@ size: release
 
 bench: release
 	$(PYTHON) tests/bench/bench.py
+
+# TLS submission and TLS relay out, tern against Postfix (issue 16,
+# workloads 2 and 3; tests/bench/README.md). Run as root for the Postfix
+# reference; the script installs sasl2-bin and libsasl2-modules itself.
+# TLS_BENCH_ARGS passes options (e.g. --quick, --reps 5).
+TLS_BENCH_ARGS ?=
+bench-tls: release
+	$(CARGO) build --release --example smtp_load
+	$(PYTHON) tests/bench/tls_bench.py $(TLS_BENCH_ARGS)
 
 install: release
 	install -D -m 0755 target/release/tern $(DESTDIR)$(PREFIX)/sbin/tern

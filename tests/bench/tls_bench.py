@@ -248,7 +248,7 @@ def submission_run(ctx, mta, k):
     base = sink.count()
     if a.warmup:
         out = mta.dir / "warmup.log"
-        p = ctx.procs.spawn("smtp_load", loadgen_cmd(ctx, mta.test_port, a.warmup, min(k, a.warmup), a.conc), out)
+        p = ctx.procs.spawn("smtp_load", loadgen_cmd(ctx, mta.test_port, a.warmup, max(1, min(k, a.warmup // a.conc)), a.conc), out)
         try:
             ctx.procs.wait(p, a.run_cap)
         except subprocess.TimeoutExpired:
@@ -531,6 +531,11 @@ def report(ctx, env, pf_why):
     L.append("|---|---:|---:|---:|---|---|")
     for r in rows:
         L.append("| " + " | ".join(r) + " |")
+    shares = [r["cpu_s"] / r["elapsed_s"] for k, runs in ctx.results.items() if k.startswith("w2_")
+              for r in runs if r.get("cpu_s") == r.get("cpu_s") and r.get("elapsed_s")]
+    if shares:
+        L.append(f"\nLoad generator's own CPU (user + system, all threads) / wall time of its timed runs: "
+                 f"median {statistics.median(shares):.0%}, max {max(shares):.0%} of one core.")
     if any(r.get("capped") for runs in ctx.results.values() for r in runs):
         L.append(f"\n† a run hit the run cap ({a.run_cap:.0f}s): messages done / elapsed time.")
     L.append("\nHow each figure was measured:\n")
@@ -613,6 +618,11 @@ def main():
         args.messages, args.warmup, args.reps, args.run_cap = 300, 30, 1, min(args.run_cap, 30.0)
     if min(args.messages, args.conc, args.per_session, args.reps) < 1 or args.warmup < 0:
         ap.error("counts must be positive")
+    # every one of the c threads must get sessions: k <= N / c
+    k = max(1, min(args.per_session, args.messages // args.conc))
+    if k != args.per_session:
+        log(f"-k {args.per_session} > N/c: using {k} messages per session so that {args.conc} sessions run at once")
+        args.per_session = k
 
     ctx = Ctx(args)
     for name, path in (("smtp-source", ctx.smtp_source), ("smtp-sink", ctx.smtp_sink)):
