@@ -11,6 +11,7 @@
 //!
 //! BENCHMARK ONLY: the server certificate is NOT verified (any certificate
 //! is accepted). Never use this against a server you do not control.
+//! TLS session resumption is off: every session is a full handshake.
 //!
 //! Output (stdout, one line, key=value): ok, fail, sessions,
 //! session_errors, elapsed (s, until every thread finished),
