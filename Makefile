@@ -19,7 +19,7 @@ DEV_CONF := etc/tern.dev.conf
 # PyNaCl (python3-dkim, python3-nacl) for the DKIM tests.
 TEST_PKGS := swaks libnet-ssleay-perl postfix s-nail openssl faketime strace dovecot-core dovecot-lmtpd
 
-.PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench bench-floor bench-callgrind bench-router install clean cross cross-test fuzz fuzz-deps fuzz-build
+.PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench bench-floor bench-callgrind bench-router bench-tls install clean cross cross-test fuzz fuzz-deps fuzz-build
 
 all: build
 
@@ -115,6 +115,15 @@ bench-callgrind: release
 # relay msg/s, 1,000 idle sessions, NOOP latency, OOM kills. ~10 minutes.
 bench-router: release
 	$(PYTHON) tests/bench/router_class.py
+
+# TLS submission and TLS relay out, tern against Postfix (issue 16,
+# workloads 2 and 3; tests/bench/README.md). Run as root for the Postfix
+# reference; the script installs sasl2-bin and libsasl2-modules itself.
+# TLS_BENCH_ARGS passes options (e.g. --quick, --reps 5).
+TLS_BENCH_ARGS ?=
+bench-tls: release
+	$(CARGO) build --release --example smtp_load
+	$(PYTHON) tests/bench/tls_bench.py $(TLS_BENCH_ARGS)
 
 install: release
 	install -D -m 0755 target/release/tern $(DESTDIR)$(PREFIX)/sbin/tern

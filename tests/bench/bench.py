@@ -349,9 +349,10 @@ def source_cmd(smtp_source, port, conc, n, size):
 
 class Tern:
     """launch: command prefix (router_class.py starts tern inside a cgroup);
-    conf: settings that replace or add to the defaults below."""
+    conf (or extra, tls_bench.py): settings that replace or add to the
+    defaults below."""
 
-    def __init__(self, bench, name, hold=False, store=None, launch=(), conf=None):
+    def __init__(self, bench, name, hold=False, store=None, launch=(), conf=None, extra=None):
         self.bench, self.name, self.hold = bench, name, hold
         self.launch, self.conf = list(launch), dict(conf or {})
         self.dir = bench.work / name
@@ -363,6 +364,7 @@ class Tern:
         # give it this long to listen
         self.prefix = []
         self.start_timeout = 15
+        self.conf.update(extra or {})
 
     def start(self):
         d = self.dir
@@ -424,7 +426,7 @@ class Postfix:
     (router_class.py starts Postfix inside a cgroup); main_cf: lines appended
     to main.cf."""
 
-    def __init__(self, bench, name, hold=False, store=None, launch=(), main_cf=""):
+    def __init__(self, bench, name, hold=False, store=None, launch=(), main_cf="", main=None, master=None):
         self.bench, self.name, self.hold = bench, name, hold
         self.launch, self.main_cf = list(launch), main_cf
         self.dir = bench.work / name
@@ -433,6 +435,10 @@ class Postfix:
         self.store = store or self.dir
         self.port = free_port()
         self.master = None
+        # main.cf parameters replacing (or added to) the ones below, and
+        # extra master.cf service lines (tls_bench.py)
+        self.main_extra = dict(main or {})
+        self.master_extra = list(master or [])
 
     @staticmethod
     def unavailable(bench):
@@ -462,7 +468,7 @@ class Postfix:
             # accept + durably queue into the hold queue; no delivery. With no
             # qmgr intake cleanup would sleep in_flow_delay per message.
             hold = "smtpd_client_restrictions = check_client_access static:HOLD\nin_flow_delay = 0s\n"
-        (conf / "main.cf").write_text(f"""\
+        main_cf = f"""\
 compatibility_level = 3.6
 config_directory = {conf}
 queue_directory = {queue}
@@ -494,7 +500,14 @@ smtpd_tls_security_level = none
 biff = no
 maillog_file = {logd}/maillog
 maillog_file_prefixes = {logd}
-{self.main_cf}""")
+{self.main_cf}"""
+        if self.main_extra:
+            main, extra = [], dict(self.main_extra)
+            for line in main_cf.splitlines():
+                key = line.split("=", 1)[0].strip()
+                main.append(f"{key} = {extra.pop(key)}" if key in extra else line)
+            main_cf = "\n".join(main + [f"{k} = {v}" for k, v in extra.items()]) + "\n"
+        (conf / "main.cf").write_text(main_cf)
         lines = []
         for line in Path("/etc/postfix/master.cf").read_text().splitlines():
             f = line.split()
@@ -505,6 +518,7 @@ maillog_file_prefixes = {logd}
             else:
                 f[4] = "n"  # chroot off: the private queue has no jail
                 lines.append(" ".join(f))
+        lines += self.master_extra
         (conf / "master.cf").write_text("\n".join(lines) + "\n")
         out = d / "postfix-cmd.log"
         for action in ("check", "start"):
