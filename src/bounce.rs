@@ -485,14 +485,20 @@ pub fn rfc5322_date(unix_secs: i64, utc_offset_secs: i32) -> String {
     );
     let sign = if offset < 0 { '-' } else { '+' };
     let abs = offset.unsigned_abs();
-    format!(
+    // Allocated once: `Thu, 01 Jan 1970 00:00:00 +0000` is 31 octets (a
+    // year past 9999 only makes it longer).
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(32);
+    let _ = write!(
+        s,
         "{weekday}, {day:02} {month_name} {year:04} {:02}:{:02}:{:02} {sign}{:02}{:02}",
         secs / 3600,
         secs / 60 % 60,
         secs % 60,
         abs / 3600,
         abs / 60 % 60,
-    )
+    );
+    s
 }
 
 const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];

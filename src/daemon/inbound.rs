@@ -12,6 +12,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -150,8 +151,12 @@ impl Policy for LocalPolicy<'_> {
         relay_allowed: bool,
     ) -> Result<Vec<Destination>, Reply> {
         let cfg = self.cfg;
-        let sender = sender.map(Address::to_string).unwrap_or_default();
         let routes = &self.tables.routes;
+        // Only routes match on the sender.
+        let sender = match sender {
+            Some(a) if !routes.is_empty() => a.to_text(),
+            _ => String::new(),
+        };
         let is_local = |d: &str| cfg.is_local_domain(d) || routes.is_local(&sender, d);
         self.tables
             .policy(cfg, &is_local)
@@ -630,10 +635,16 @@ impl InboundSessions {
             sender: env
                 .sender
                 .as_ref()
-                .map(|a| a.to_string())
+                .map(Address::to_text)
                 .unwrap_or_default(),
             recipients,
-            client: format!("{} [{}]", conn.session.helo_name(), conn.peer.ip()),
+            client: {
+                let helo = conn.session.helo_name();
+                // `[` + an IPv6 address + `]` fit in 48.
+                let mut client = String::with_capacity(helo.len() + 48);
+                let _ = write!(client, "{helo} [{}]", conn.peer.ip());
+                client
+            },
             origin: crate::rewrite::SenderOrigin::of_smtp_client(
                 env.sender.as_ref(),
                 conn.session.may_relay(),

@@ -98,6 +98,8 @@ pub struct OutboundDriver {
     webhooks: super::webhook::Webhooks,
     /// Jobs being DKIM-signed before they wait for a slot.
     signing: super::signing::Signing,
+    /// Scratch for `poll`: the keys of idle deliveries.
+    idle_keys: Vec<u64>,
 }
 
 impl OutboundDriver {
@@ -119,6 +121,7 @@ impl OutboundDriver {
             signing: super::signing::Signing::new(crate::dkim::DkimKeys::load_logged(
                 cfg.dkim_keys.as_deref(),
             )),
+            idle_keys: Vec::new(),
         }
     }
 
@@ -200,16 +203,20 @@ impl OutboundDriver {
         // Idle cached connections first: a waiting job for the same
         // destination reuses one without a new connect, greeting and EHLO.
         let now = Instant::now();
-        let idle: Vec<u64> = self
-            .deliveries
-            .iter()
-            .filter(|(_, d)| d.machine.is_idle())
-            .map(|(k, _)| *k)
-            .collect();
-        for key in idle {
+        // Collected into a kept buffer (taken for the loop, which needs
+        // `self`): no allocation per turn.
+        let mut idle = std::mem::take(&mut self.idle_keys);
+        idle.extend(
+            self.deliveries
+                .iter()
+                .filter(|(_, d)| d.machine.is_idle())
+                .map(|(k, _)| *k),
+        );
+        for key in idle.drain(..) {
             self.offer_next_job(key, now);
             self.pump(io, dns, key, now);
         }
+        self.idle_keys = idle;
         while let Some(job) = self.jobs.next_startable() {
             self.start_job(io, dns, job);
         }
@@ -524,14 +531,18 @@ impl OutboundDriver {
                     d.link = Link::plain();
                 }
             }
-            Action::Report { job, outcomes } => {
+            Action::Report {
+                id,
+                relay,
+                outcomes,
+            } => {
                 if d.machine.oauth_rejected() {
-                    if let Some(source) = job.relay.as_ref().and_then(|r| r.oauth_source()) {
+                    if let Some(source) = relay.as_ref().and_then(|r| r.oauth_source()) {
                         self.tokens.forget(source);
                     }
                 }
                 self.reports.push(JobReport {
-                    id: job.id,
+                    id,
                     outcomes,
                     dsn_passed: d.machine.dsn_passed(),
                 });

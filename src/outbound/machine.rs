@@ -60,6 +60,7 @@
 //! table in `delivery::outcome`.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -167,8 +168,10 @@ pub enum Action {
     /// Close the current connection (any bytes still to write are moot).
     Close,
     /// The job is over: one outcome per recipient (index in the envelope).
+    /// (The job's ID and relay: the job itself stays with the machine.)
     Report {
-        job: Job,
+        id: QueueId,
+        relay: Option<std::rc::Rc<crate::routes::Relay>>,
         outcomes: Vec<(usize, Outcome)>,
     },
 }
@@ -849,10 +852,12 @@ impl Delivery {
     /// The job's outcomes: recipients without one are deferred with the
     /// last error seen.
     fn report(&mut self) {
-        let last = self
-            .last_error
-            .clone()
-            .unwrap_or_else(outcome::no_destination_reached);
+        // Built only for a recipient that has no outcome.
+        let last = || {
+            self.last_error
+                .clone()
+                .unwrap_or_else(outcome::no_destination_reached)
+        };
         let mut decided = std::mem::take(&mut self.decided);
         let outcomes = self
             .job
@@ -864,14 +869,15 @@ impl Delivery {
                     .remove(&j)
                     .unwrap_or_else(|| match &self.requiretls_refused {
                         Some(r) => Outcome::Failed(r.clone()),
-                        None => Outcome::Deferred(last.clone()),
+                        None => Outcome::Deferred(last()),
                     });
                 (*index, o)
             })
             .collect();
         self.job_reported = true;
         self.actions.push_back(Action::Report {
-            job: self.job.clone(),
+            id: self.job.id,
+            relay: self.job.relay.clone(),
             outcomes,
         });
     }
@@ -1086,7 +1092,10 @@ fn relay_name(hops: &[Hop], hop: usize, addr: &Endpoint) -> String {
         return addr.to_string();
     };
     let name = hops.get(hop).map_or("unknown", |h| h.name.as_str());
-    format!("{name}[{}]:{}", addr.ip(), addr.port())
+    // Sized once: `[` + an IPv6 address + `]:` + a port fit in 50.
+    let mut s = String::with_capacity(name.len() + 50);
+    let _ = write!(s, "{name}[{}]:{}", addr.ip(), addr.port());
+    s
 }
 
 /// The EHLO argument for a connection from `local`: the configured name,

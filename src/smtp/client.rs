@@ -303,6 +303,16 @@ impl ActiveTransaction {
 }
 
 /// Outcome of a negative reply: 5yz fails, anything else defers.
+/// A command (never one with credentials) formatted straight into the
+/// output, with its debug log line.
+fn push_command(out: &mut Vec<u8>, line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    log::debug!("smtp-client: > {line}");
+    // Writing into a Vec cannot fail.
+    let _ = out.write_fmt(line);
+    out.extend_from_slice(b"\r\n");
+}
+
 fn failure_outcome(reply: &ServerReply) -> RcptOutcome {
     if reply.is_permanent() {
         RcptOutcome::Failed(reply.clone())
@@ -423,11 +433,15 @@ impl ClientSession {
                 return;
             }
             if b == b'\n' {
+                // Taken for the call and put back, so its capacity serves
+                // every line of the session.
                 let mut line = std::mem::take(&mut self.line);
                 if line.last() == Some(&b'\r') {
                     line.pop();
                 }
                 self.handle_line(&line, now);
+                line.clear();
+                self.line = line;
             } else if self.line.len() + 1 >= MAX_REPLY_LINE {
                 log::debug!("smtp-client: reply line over {MAX_REPLY_LINE} octets");
                 self.fail_session(synth(PROTOCOL_ERROR), false);
@@ -1039,23 +1053,28 @@ impl ClientSession {
         let Some(active) = self.txn.as_mut() else {
             return;
         };
-        let mut lines = vec![(active.mail_command.clone(), Expect::Mail)];
+        // Written straight into the output (as `send_command` would, one
+        // by one): no string per command.
+        if self.expected.is_empty() {
+            self.wait_started = now;
+        }
+        push_command(&mut self.out, format_args!("{}", active.mail_command));
+        self.expected.push_back(Expect::Mail);
         for (i, (rcpt, state)) in active.recipients.iter().zip(&active.states).enumerate() {
             if matches!(state, RcptState::Pending) {
                 let params = active.rcpt_params.get(i).map_or("", |p| p.as_str());
-                lines.push((format!("RCPT TO:<{rcpt}>{params}"), Expect::Rcpt(i)));
+                push_command(&mut self.out, format_args!("RCPT TO:<{rcpt}>{params}"));
+                self.expected.push_back(Expect::Rcpt(i));
             }
         }
         // BDAT waits for the RCPT replies (the body is asked for then).
         if !active.chunking {
-            lines.push(("DATA".to_string(), Expect::Data));
+            push_command(&mut self.out, format_args!("DATA"));
+            self.expected.push_back(Expect::Data);
             active.data_sent = true;
         }
         active.mail_sent = true;
         active.next_rcpt = active.recipients.len();
-        for (line, expect) in lines {
-            self.send_command(&line, expect, now);
-        }
     }
 
     /// Without PIPELINING: the next command once every reply is in. With

@@ -76,6 +76,7 @@
 //! Not supported: BINARYMIME.
 
 use std::collections::VecDeque;
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -296,6 +297,10 @@ pub struct ServerSession {
     chunk_failure: Option<Reply>,
 }
 
+/// Room the body buffer gets when a message starts: the `Received:` field
+/// and the first decoded reads go in without regrowing it.
+const BODY_RESERVE: usize = 4096;
+
 /// A submitted message's header section held for fix-ups at most; a longer
 /// one is passed on unchanged.
 pub const MAX_HELD_HEADER: usize = 64 * 1024;
@@ -321,7 +326,8 @@ impl ServerSession {
             mail: None,
             line: Vec::with_capacity(128),
             line_overflow: false,
-            out: Vec::new(),
+            // Room for the greeting and the EHLO reply at once.
+            out: Vec::with_capacity(256),
             body: Vec::new(),
             events: VecDeque::new(),
             errors: 0,
@@ -335,8 +341,7 @@ impl ServerSession {
             chunks: None,
             chunk_failure: None,
         };
-        let greeting = reply::greeting(&s.cfg.hostname);
-        s.reply(&greeting);
+        reply::write_greeting(&mut s.out, s.esmtp, &s.cfg.hostname);
         s
     }
 
@@ -501,31 +506,32 @@ impl ServerSession {
             (true, true, false, true) => "UTF8SMTPA",
             (true, true, true, true) => "UTF8SMTPSA",
         };
-        let tls = match &self.tls {
-            Some(t) => format!("\r\n\t(using {t})"),
-            None => String::new(),
-        };
-        let for_clause = match self.mail.as_ref().map(|m| m.recipients.as_slice()) {
-            Some([only]) => format!("\r\n\tfor <{only}>"),
-            _ => String::new(),
-        };
-        let received = format!(
-            "Received: from {} ([{}]){}\r\n\tby {} (tern) with {} id {}{}; {}\r\n",
-            sanitize(self.helo_name()),
-            self.peer,
-            tls,
-            self.cfg.hostname,
-            proto,
-            queue_id,
-            for_clause,
-            date
+        // Written straight into the body (writing to a Vec cannot fail),
+        // which gets room for the first reads of the message at once.
+        let body = &mut self.body;
+        body.reserve(BODY_RESERVE);
+        body.extend_from_slice(b"Received: from ");
+        push_sanitized(body, self.helo.as_deref().unwrap_or("unknown"));
+        let _ = write!(body, " ([{}])", self.peer);
+        if let Some(t) = &self.tls {
+            let _ = write!(body, "\r\n\t(using {t})");
+        }
+        let _ = write!(
+            body,
+            "\r\n\tby {} (tern) with {proto} id {queue_id}",
+            self.cfg.hostname
         );
-        self.body.extend_from_slice(received.as_bytes());
+        if let Some([only]) = self.mail.as_ref().map(|m| m.recipients.as_slice()) {
+            let _ = write!(body, "\r\n\tfor <{only}>");
+        }
+        let _ = write!(body, "; {date}\r\n");
         // Submission (RFC 6409 §8): add Date: and Message-ID: when missing,
         // so the header section is held (bounded) until its end is seen.
         self.holding_headers = self.kind != ListenerKind::Relay || self.auth_user.is_some();
         self.held.clear();
-        self.fixup = Some((queue_id.to_string(), date.to_string()));
+        self.fixup = self
+            .holding_headers
+            .then(|| (queue_id.to_string(), date.to_string()));
         let max = self.cfg.max_message_size;
         match chunk {
             None => self.state = State::Data(DataDecoder::new(max)),
@@ -631,7 +637,7 @@ impl ServerSession {
     pub fn committed(&mut self, result: Result<&str, Reply>) {
         if let State::Commit(_) = self.state {
             match result {
-                Ok(id) => self.reply(&reply::queued(id)),
+                Ok(id) => reply::write_queued(&mut self.out, self.esmtp, id),
                 Err(why) => self.reply(&why),
             }
             self.mail = None;
@@ -811,34 +817,47 @@ impl ServerSession {
             Command::Helo(name) => {
                 self.esmtp = false;
                 self.greeted(name);
-                let r = reply::helo_ok(&self.cfg.hostname);
-                self.reply(&r);
+                reply::write_helo_ok(&mut self.out, self.esmtp, &self.cfg.hostname);
             }
             Command::Ehlo(name) => {
                 self.esmtp = true;
                 self.greeted(name);
-                let size = format!("SIZE {}", self.cfg.max_message_size);
-                let mut lines = vec![
+                // The lines in a fixed array, SIZE formatted on the stack:
+                // no allocation per EHLO.
+                let mut size_buf = [0u8; 32];
+                let size = format_into(
+                    &mut size_buf,
+                    format_args!("SIZE {}", self.cfg.max_message_size),
+                );
+                let always = [
                     self.cfg.hostname.as_str(),
                     "PIPELINING",
-                    size.as_str(),
+                    size,
                     "8BITMIME",
                     "ENHANCEDSTATUSCODES",
                     "CHUNKING",
                     "SMTPUTF8",
                     "DSN",
                 ];
-                if self.cfg.tls_available && self.tls.is_none() {
-                    lines.push("STARTTLS");
+                let optional = [
+                    (self.cfg.tls_available && self.tls.is_none(), "STARTTLS"),
+                    // RFC 8689 §2: offered only in a session under TLS.
+                    (self.tls.is_some(), "REQUIRETLS"),
+                    (
+                        self.auth_offered() && self.auth_user.is_none(),
+                        "AUTH PLAIN LOGIN",
+                    ),
+                ];
+                let mut lines = [""; 11];
+                let mut n = 0;
+                let offered = optional.iter().filter(|(on, _)| *on).map(|(_, l)| *l);
+                for line in always.into_iter().chain(offered) {
+                    if let Some(slot) = lines.get_mut(n) {
+                        *slot = line;
+                        n += 1;
+                    }
                 }
-                // RFC 8689 §2: offered only in a session under TLS.
-                if self.tls.is_some() {
-                    lines.push("REQUIRETLS");
-                }
-                if self.auth_offered() && self.auth_user.is_none() {
-                    lines.push("AUTH PLAIN LOGIN");
-                }
-                reply::write_multiline(&mut self.out, 250, &lines);
+                reply::write_multiline(&mut self.out, 250, lines.get(..n).unwrap_or_default());
             }
             Command::Mail(sender, params) => self.mail(sender, params, policy),
             Command::Rcpt(rcpt, text, params) => self.rcpt(rcpt, text, params, policy),
@@ -854,8 +873,7 @@ impl ServerSession {
             Command::Vrfy => self.reply(&reply::VRFY_CANNOT),
             Command::Help => self.reply(&reply::HELP),
             Command::Quit => {
-                let r = reply::bye(&self.cfg.hostname);
-                self.reply(&r);
+                reply::write_bye(&mut self.out, self.esmtp, &self.cfg.hostname);
                 self.state = State::Closing;
             }
             Command::StartTls => {
@@ -938,7 +956,7 @@ impl ServerSession {
             Ok(destinations) => {
                 if let Some(mail) = self.mail.as_mut() {
                     if !mail.recipients.contains(&rcpt) {
-                        let original = rcpt.to_string();
+                        let original = rcpt.to_text();
                         for d in destinations {
                             push_unique(&mut mail.destinations, d, &original);
                         }
@@ -1121,12 +1139,23 @@ impl ServerSession {
     }
 }
 
-/// HELO names go into a header: keep them to safe printable characters.
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .take(255)
-        .collect()
+/// `args` formatted into `buf` (cut short if it does not fit).
+fn format_into<'a>(buf: &'a mut [u8], args: std::fmt::Arguments<'_>) -> &'a str {
+    let mut cursor = std::io::Cursor::new(buf);
+    let _ = cursor.write_fmt(args);
+    let n = usize::try_from(cursor.position()).unwrap_or(0);
+    let buf = cursor.into_inner();
+    std::str::from_utf8(buf.get(..n).unwrap_or_default()).unwrap_or_default()
+}
+
+/// HELO names go into a header: keep them to safe printable characters
+/// (at most 255, anything else becomes `?`).
+fn push_sanitized(out: &mut Vec<u8>, s: &str) {
+    out.extend(
+        s.chars()
+            .take(255)
+            .map(|c| if c.is_ascii_graphic() { c as u8 } else { b'?' }),
+    );
 }
 
 mod auth;

@@ -51,6 +51,7 @@
 //! without it load as not requiring TLS.
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::str::FromStr;
 
 use crate::delivery::outcome::{one_line, Origin, Outcome, Reason, Status};
@@ -163,30 +164,35 @@ pub struct StoredEnvelope {
 
 impl StoredEnvelope {
     pub fn encode(&self) -> Vec<u8> {
-        let mut s = format!(
+        // One buffer, sized for a typical envelope; writing to a String
+        // cannot fail.
+        let mut s = String::with_capacity(256);
+        let _ = write!(
+            s,
             "{MAGIC}\narrival {}\nsender {}\n",
             self.arrival,
             Xtext(&self.sender)
         );
         for r in &self.recipients {
             let original = Xtext(&r.original);
-            let dsn = envelope_dsn::rcpt_suffix(&r.dsn);
-            match &r.dest {
-                Destination::Local(m) => s.push_str(&format!(
-                    "rcpt local {} {original}{dsn}\n",
-                    Xtext(m.as_str())
-                )),
-                Destination::Remote(a) => s.push_str(&format!(
-                    "rcpt remote {} {} {original}{dsn}\n",
+            let _ = match &r.dest {
+                Destination::Local(m) => {
+                    write!(s, "rcpt local {} {original}", Xtext(m.as_str()))
+                }
+                Destination::Remote(a) => write!(
+                    s,
+                    "rcpt remote {} {} {original}",
                     Xtext(&a.local),
                     Xtext(&a.domain)
-                )),
+                ),
                 Destination::Refused(why) => {
-                    s.push_str(&format!("rcpt refused {} {original}{dsn}\n", why.name()))
+                    write!(s, "rcpt refused {} {original}", why.name())
                 }
-            }
+            };
+            envelope_dsn::write_rcpt_suffix(&mut s, &r.dsn);
+            s.push('\n');
         }
-        s.push_str(&format!("client {}\n", Xtext(&self.client)));
+        let _ = writeln!(s, "client {}", Xtext(&self.client));
         if self.origin == SenderOrigin::Local {
             s.push_str("origin local\n");
         }
@@ -196,7 +202,7 @@ impl StoredEnvelope {
         if self.requiretls {
             s.push_str("requiretls\n");
         }
-        s.push_str(&envelope_dsn::mail_lines(&self.dsn));
+        envelope_dsn::write_mail_lines(&mut s, &self.dsn);
         s.push_str(if self.eight_bit {
             "body 8bit\n"
         } else {
@@ -223,6 +229,12 @@ pub(super) fn split_head(buf: &[u8]) -> Option<(&[u8], u64)> {
     let end = buf.windows(2).position(|w| w == b"\n\n")?;
     let (head, _) = buf.split_at_checked(end)?;
     Some((head, end as u64 + 2))
+}
+
+/// Whether an envelope head (from [`split_head`]) is UTF-8 and starts
+/// with a format line this version reads.
+pub(super) fn is_head(head: &[u8]) -> bool {
+    std::str::from_utf8(head).is_ok_and(|t| matches!(t.split('\n').next(), Some(MAGIC | MAGIC_V1)))
 }
 
 fn parse(text: &str, body_offset: u64) -> Result<StoredEnvelope, String> {

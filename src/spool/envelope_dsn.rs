@@ -20,15 +20,13 @@ use std::fmt::Write;
 use crate::smtp::dsn::{xtext_decode, DsnMail, DsnRcpt, Notify, Orcpt, Ret, Xtext};
 
 /// The ` notify=... orcpt=...` suffix of a recipient line ("" for none).
-pub fn rcpt_suffix(dsn: &DsnRcpt) -> String {
-    let mut s = String::new();
+pub fn write_rcpt_suffix(s: &mut String, dsn: &DsnRcpt) {
     if let Some(n) = dsn.notify {
         let _ = write!(s, " notify={n}");
     }
     if let Some(o) = &dsn.orcpt {
         let _ = write!(s, " orcpt={o}");
     }
-    s
 }
 
 /// One `key=value` field of a recipient line.
@@ -43,8 +41,7 @@ pub fn rcpt_field(dsn: &mut DsnRcpt, field: &str) -> Option<()> {
 }
 
 /// The `ret` and `envid` lines ("" for none).
-pub fn mail_lines(dsn: &DsnMail) -> String {
-    let mut s = String::new();
+pub fn write_mail_lines(s: &mut String, dsn: &DsnMail) {
     if let Some(ret) = dsn.ret {
         s.push_str(match ret {
             Ret::Full => "ret full\n",
@@ -54,7 +51,6 @@ pub fn mail_lines(dsn: &DsnMail) -> String {
     if let Some(envid) = &dsn.envid {
         let _ = writeln!(s, "envid {}", Xtext(envid));
     }
-    s
 }
 
 /// A `ret` or `envid` line's value; `None` when malformed or repeated.

@@ -109,8 +109,12 @@ pub use envelope::{Progress, QueueId, RcptState, RcptStatus, StoredEnvelope};
 pub const TRAILER_LEN: u64 = 28;
 const TRAILER_MAGIC: &[u8] = b"\n#tern-end ";
 
-fn trailer(content_len: u64) -> Vec<u8> {
-    format!("\n#tern-end {content_len:016x}\n").into_bytes()
+fn trailer(content_len: u64) -> [u8; TRAILER_LEN as usize] {
+    let mut t = [b'\n'; TRAILER_LEN as usize];
+    let mut cursor = io::Cursor::new(&mut t[..]);
+    // 28 octets exactly: the write cannot come up short.
+    let _ = write!(cursor, "\n#tern-end {content_len:016x}\n");
+    t
 }
 
 /// The stored content of a message: the file limited to the content.
@@ -311,10 +315,11 @@ impl Spool {
 
     /// Creates `tmp/ID` and writes the envelope; the caller streams the content.
     pub fn create(&mut self, env: &StoredEnvelope) -> io::Result<Incoming> {
-        let mut env = env.clone();
+        // The file does not record its ID (its name does): the envelope is
+        // encoded as given, only the ID is new.
         for _ in 0..ID_ATTEMPTS {
-            env.id = self.next_id(env.arrival);
-            let path = self.path("tmp", env.id);
+            let id = self.next_id(env.arrival);
+            let path = self.path("tmp", id);
             let file = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -330,7 +335,7 @@ impl Spool {
                         return Err(e);
                     }
                     return Ok(Incoming {
-                        id: env.id,
+                        id,
                         file,
                         path,
                         flag_offset,
@@ -522,9 +527,9 @@ impl Spool {
     /// trailer) and checks the trailer.
     pub fn open_content(&self, id: QueueId) -> io::Result<(Content, u64)> {
         let mut f = open_queue_file(&self.path("msg", id))?;
-        let env = read_envelope(&mut f)?;
-        let len = check_trailer(&mut f, env.body_offset)?;
-        f.seek(SeekFrom::Start(env.body_offset))?;
+        let body_offset = read_body_offset(&mut f)?;
+        let len = check_trailer(&mut f, body_offset)?;
+        f.seek(SeekFrom::Start(body_offset))?;
         Ok((f.take(len), len))
     }
 
@@ -703,6 +708,33 @@ fn open_queue_file(path: &Path) -> io::Result<File> {
         ));
     }
     Ok(f)
+}
+
+/// Where the content starts in a message file (after the envelope), leaving
+/// the file position unspecified. The envelope was parsed when the message
+/// was queued (or recovered); here its head is only checked to be one
+/// (UTF-8, the format line), without building it again, and an envelope
+/// that fits the first read needs no allocation at all.
+fn read_body_offset(f: &mut File) -> io::Result<u64> {
+    let mut first = [0u8; 4096];
+    let mut n = 0;
+    while let Some(rest) = first.get_mut(n..).filter(|r| !r.is_empty()) {
+        match f.read(rest)? {
+            0 => break,
+            got => n += got,
+        }
+    }
+    match envelope::split_head(first.get(..n).unwrap_or_default()) {
+        Some((head, offset)) if envelope::is_head(head) => Ok(offset),
+        Some(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a tern queue file",
+        )),
+        None => {
+            f.seek(SeekFrom::Start(0))?;
+            read_envelope(f).map(|env| env.body_offset)
+        }
+    }
 }
 
 /// Reads the envelope at the start of a message file, leaving the file

@@ -355,6 +355,11 @@ class Tern:
         self.store = store or self.dir
         self.port = free_port()
         self.p = None
+        # allocs.py runs another binary under a wrapper (valgrind), which
+        # starts slower.
+        self.binary = bench.tern
+        self.prefix = []
+        self.start_timeout = 15
 
     def start(self):
         d = self.dir
@@ -380,8 +385,9 @@ class Tern:
         if self.hold:
             conf["hold_outbound"] = "yes"
         (d / "tern.conf").write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
-        self.p = self.bench.procs.spawn("tern", [str(self.bench.tern), "-c", str(d / "tern.conf")], d / "tern.log")
-        if not wait_until(lambda: is_listening(self.port) or self.p.poll() is not None, 15) \
+        self.p = self.bench.procs.spawn("tern", self.prefix + [str(self.binary), "-c", str(d / "tern.conf")],
+                                        d / "tern.log")
+        if not wait_until(lambda: is_listening(self.port) or self.p.poll() is not None, self.start_timeout) \
                 or self.p.poll() is not None:
             raise BenchError(f"tern did not start (rc={self.p.poll()}): " + tail(d / "tern.log"))
         return self

@@ -308,10 +308,7 @@ impl QueueRunner {
                         &env.sender,
                         &address.domain,
                     ) {
-                        Ok(key) => remote
-                            .entry(key)
-                            .or_default()
-                            .push((i, address.to_string())),
+                        Ok(key) => remote.entry(key).or_default().push((i, address.to_text())),
                         Err(reason) => {
                             tried = true;
                             let o = Outcome::Deferred(reason);

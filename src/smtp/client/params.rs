@@ -38,10 +38,13 @@ impl ClientSession {
         txn: &Transaction,
         extra: u64,
     ) -> (String, Vec<String>) {
-        let mut mail_command = format!("MAIL FROM:<{}>", txn.sender);
+        use std::fmt::Write as _;
+        // Sized once for the usual parameters.
+        let mut mail_command = String::with_capacity(txn.sender.len() + 64);
+        let _ = write!(mail_command, "MAIL FROM:<{}>", txn.sender);
         if self.offers("SIZE") {
             let size = txn.size + extra;
-            mail_command.push_str(&format!(" SIZE={size}"));
+            let _ = write!(mail_command, " SIZE={size}");
         }
         if txn.eight_bit && self.offers("8BITMIME") {
             mail_command.push_str(" BODY=8BITMIME");
