@@ -19,7 +19,7 @@ DEV_CONF := etc/tern.dev.conf
 # PyNaCl (python3-dkim, python3-nacl) for the DKIM tests.
 TEST_PKGS := swaks libnet-ssleay-perl postfix s-nail openssl faketime strace dovecot-core dovecot-lmtpd
 
-.PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench install clean cross cross-test fuzz fuzz-deps fuzz-build
+.PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench bench-allocs install clean cross cross-test fuzz fuzz-deps fuzz-build
 
 all: build
 
@@ -93,6 +93,13 @@ size: release
 
 bench: release
 	$(PYTHON) tests/bench/bench.py
+
+# Heap allocations per relayed message (valgrind's DHAT, on the release
+# build with symbols: profile bench-dhat) and PSS/VmRSS at rest (release
+# build). See tests/bench/README.md.
+bench-allocs: release
+	$(CARGO) build --profile bench-dhat
+	$(PYTHON) tests/bench/allocs.py
 
 install: release
 	install -D -m 0755 target/release/tern $(DESTDIR)$(PREFIX)/sbin/tern

@@ -84,7 +84,7 @@ pub struct InboundSessions {
     conns: HashMap<SockId, Inbound>,
     /// Counted connections per client address (`max_connections_per_ip`).
     per_ip: HashMap<IpAddr, usize>,
-    session_cfg: SessionConfig,
+    session_cfg: std::rc::Rc<SessionConfig>,
     /// Loaded from tls_cert/tls_key; `None` without them (no STARTTLS).
     tls_server: Option<Arc<rustls::ServerConfig>>,
     users: Users,
@@ -182,7 +182,7 @@ impl InboundSessions {
             listeners,
             conns: HashMap::new(),
             per_ip: HashMap::new(),
-            session_cfg: super::session_config(cfg, tls_server.is_some(), !users.is_empty()),
+            session_cfg: super::session_config(cfg, tls_server.is_some(), !users.is_empty()).into(),
             tls_server,
             users,
             auth_limiter: FailureLimiter::new(
@@ -209,7 +209,7 @@ impl InboundSessions {
         }
         self.users = users;
         self.session_cfg =
-            super::session_config(cfg, self.tls_server.is_some(), !self.users.is_empty());
+            super::session_config(cfg, self.tls_server.is_some(), !self.users.is_empty()).into();
     }
 
     /// Whether `id` is a session's connection.
@@ -257,6 +257,14 @@ impl InboundSessions {
     /// The messages that ended this turn, for the group commit.
     pub fn take_batch(&mut self) -> Vec<Ended> {
         std::mem::take(&mut self.batch)
+    }
+
+    /// The emptied batch back, so its room serves the next turns.
+    pub fn return_batch(&mut self, mut batch: Vec<Ended>) {
+        batch.clear();
+        if self.batch.is_empty() {
+            self.batch = batch;
+        }
     }
 
     /// The group commit's result for a session's message: the 250 (or the

@@ -14,6 +14,7 @@
 //! handed out when the call returns: the runner settles the message then,
 //! after the session that reported has been offered its next job.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::net::IpAddr;
@@ -80,10 +81,8 @@ pub struct OutboundDriver {
     socket_owner: HashMap<SockId, u64>,
     /// Which delivery waits for a lookup.
     lookups: HashMap<LookupId, u64>,
-    /// Client configs for outbound TLS: verifying (`None` without trust
-    /// anchors), and opportunistic.
-    tls_client: Option<Arc<rustls::ClientConfig>>,
-    tls_client_any: Arc<rustls::ClientConfig>,
+    /// Client configs for outbound TLS, built when first needed.
+    tls: TlsClients,
     /// Reports of this call, handed out at its end.
     reports: Vec<JobReport>,
     /// OAuth2 access tokens (token commands, refresh grants, their cache).
@@ -102,16 +101,60 @@ pub struct OutboundDriver {
     idle_keys: Vec<u64>,
 }
 
+/// The outbound TLS client configurations, each built at its first use:
+/// a daemon that never starts TLS never holds the parsed CA bundle (nor
+/// touches the code that parses it after start-up's check).
+struct TlsClients {
+    /// `tls_ca_file`; `None`: the system bundle.
+    ca_file: Option<std::path::PathBuf>,
+    /// Verifying (`None`: no trust anchors).
+    verifying: OnceCell<Option<Arc<rustls::ClientConfig>>>,
+    /// Opportunistic (RFC 7435): any certificate.
+    any: OnceCell<Arc<rustls::ClientConfig>>,
+}
+
+impl TlsClients {
+    fn verifying(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.verifying
+            .get_or_init(|| match crate::tls::client_config(self.ca_file.as_deref()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    log::error!("outbound TLS: {}", e.0);
+                    None
+                }
+            })
+            .clone()
+    }
+
+    /// Whether certificates can be verified: not known to fail (start-up
+    /// checked that the configuration builds).
+    fn has_anchors(&self) -> bool {
+        self.verifying.get().is_none_or(Option::is_some)
+    }
+
+    fn any(&self) -> Arc<rustls::ClientConfig> {
+        self.any
+            .get_or_init(crate::tls::client_config_no_verify)
+            .clone()
+    }
+}
+
 impl OutboundDriver {
-    pub fn new(cfg: &Config, tls_client: Option<Arc<rustls::ClientConfig>>) -> OutboundDriver {
+    /// The verifying client configuration is built from `tls_ca_file`
+    /// (else the system bundle) at the first TLS connection that needs it;
+    /// start-up has checked that it builds (`daemon::load_tls_client`).
+    pub fn new(cfg: &Config) -> OutboundDriver {
         OutboundDriver {
             jobs: Outbound::new(cfg),
             deliveries: HashMap::new(),
             delivery_seq: 0,
             socket_owner: HashMap::new(),
             lookups: HashMap::new(),
-            tls_client,
-            tls_client_any: crate::tls::client_config_no_verify(),
+            tls: TlsClients {
+                ca_file: cfg.tls_ca_file.clone(),
+                verifying: OnceCell::new(),
+                any: OnceCell::new(),
+            },
             reports: Vec::new(),
             tokens: super::oauth::TokenSource::default(),
             token_waiting: Vec::new(),
@@ -142,7 +185,7 @@ impl OutboundDriver {
 
     /// On reload: the verifying client configuration (new CA file).
     pub fn set_tls_client(&mut self, tls_client: Option<Arc<rustls::ClientConfig>>) {
-        self.tls_client = tls_client;
+        self.tls.verifying = OnceCell::from(tls_client);
     }
 
     /// Queues a job; it starts at the next [`OutboundDriver::poll`] with a
@@ -221,7 +264,13 @@ impl OutboundDriver {
             self.start_job(io, dns, job);
         }
         self.token_http(io, dns);
-        let hooks = self.webhooks.poll(io, dns, self.tls_client.clone());
+        // Built only when a webhook job is about to start.
+        let tls = if self.webhooks.backlog() > 0 {
+            self.tls.verifying()
+        } else {
+            None
+        };
+        let hooks = self.webhooks.poll(io, dns, tls);
         self.reports.extend(hooks);
         std::mem::take(&mut self.reports)
     }
@@ -267,7 +316,7 @@ impl OutboundDriver {
         let key = self.next_delivery_key();
         let hops_settings = job_hops_and_settings(
             io.cfg,
-            self.tls_client.is_some(),
+            self.tls.has_anchors(),
             &job,
             &self.jobs.smarthosts,
             |name| dns.hosts_entry(name),
@@ -345,7 +394,7 @@ impl OutboundDriver {
                 let handle = self.token_http.start(
                     io.reactor,
                     dns,
-                    self.tls_client.clone(),
+                    self.tls.verifying(),
                     &request,
                     super::oauth::REFRESH_DEADLINE,
                     now,
@@ -493,9 +542,9 @@ impl OutboundDriver {
                 verify,
             } => {
                 let cfg = if verify {
-                    self.tls_client.clone()
+                    self.tls.verifying()
                 } else {
-                    Some(self.tls_client_any.clone())
+                    Some(self.tls.any())
                 };
                 let stream = match cfg {
                     Some(cfg) => TlsStream::client(cfg, &server_name).map_err(|e| e.0),

@@ -235,6 +235,9 @@ pub struct Delivery {
     /// The server of the last transaction offered DSN (RFC 3461): it got
     /// the parameters and reports success itself.
     dsn_passed: bool,
+    /// Scratch for `drive`: the client's events of one round (kept, so a
+    /// round allocates nothing).
+    events: Vec<ClientEvent>,
 }
 
 impl Delivery {
@@ -259,6 +262,7 @@ impl Delivery {
             oauth_rejected: false,
             requiretls_refused: None,
             dsn_passed: false,
+            events: Vec::new(),
         };
         if smarthost {
             d.hops = smarthosts
@@ -895,8 +899,10 @@ impl Delivery {
     /// Handles the client's events until it has none.
     fn drive(&mut self, now: Instant) {
         while let State::Session(s) = &mut self.state {
-            let events: Vec<ClientEvent> = std::iter::from_fn(|| s.client.poll_event()).collect();
+            let mut events = std::mem::take(&mut self.events);
+            events.extend(std::iter::from_fn(|| s.client.poll_event()));
             if events.is_empty() {
+                self.events = events;
                 break;
             }
             // The reply the session failed with: recipients left undecided
@@ -906,12 +912,15 @@ impl Delivery {
                 ClientEvent::SessionFailed(o) => Some(rcpt_reply(o).clone()),
                 _ => None,
             });
-            for ev in events {
+            for ev in events.drain(..) {
                 if !matches!(self.state, State::Session(_)) {
                     break;
                 }
                 self.on_event(ev, failure.as_ref(), now);
             }
+            // Events left by a break are dropped, as before.
+            events.clear();
+            self.events = events;
         }
         self.cause = None;
         self.check_closed();

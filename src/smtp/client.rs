@@ -278,25 +278,39 @@ impl ActiveTransaction {
         }
     }
 
-    fn decide_where(&mut self, accepted: bool, outcome: &RcptOutcome) {
+    /// Decides every recipient that was (or was not) accepted; the last
+    /// one gets `outcome` itself, the others copies.
+    fn decide_where(&mut self, accepted: bool, outcome: RcptOutcome) {
+        let hit = |state: &RcptState| match state {
+            RcptState::Pending => !accepted,
+            RcptState::Accepted => accepted,
+            RcptState::Decided(_) => false,
+        };
+        let mut left = self.states.iter().filter(|s| hit(s)).count();
+        let mut outcome = Some(outcome);
         for state in &mut self.states {
-            let hit = match state {
-                RcptState::Pending => !accepted,
-                RcptState::Accepted => accepted,
-                RcptState::Decided(_) => false,
-            };
-            if hit {
-                *state = RcptState::Decided(outcome.clone());
+            if hit(state) {
+                left -= 1;
+                let o = if left == 0 {
+                    outcome.take()
+                } else {
+                    outcome.clone()
+                };
+                if let Some(o) = o {
+                    *state = RcptState::Decided(o);
+                }
             }
         }
     }
 
-    fn into_outcomes(self, undecided: &RcptOutcome) -> Vec<RcptOutcome> {
+    /// One outcome per recipient; `undecided` is called for each one
+    /// without (only then).
+    fn into_outcomes(self, undecided: impl Fn() -> RcptOutcome) -> Vec<RcptOutcome> {
         self.states
             .into_iter()
             .map(|s| match s {
                 RcptState::Decided(o) => o,
-                RcptState::Pending | RcptState::Accepted => undecided.clone(),
+                RcptState::Pending | RcptState::Accepted => undecided(),
             })
             .collect()
     }
@@ -313,18 +327,18 @@ fn push_command(out: &mut Vec<u8>, line: std::fmt::Arguments<'_>) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn failure_outcome(reply: &ServerReply) -> RcptOutcome {
+fn failure_outcome(reply: ServerReply) -> RcptOutcome {
     if reply.is_permanent() {
-        RcptOutcome::Failed(reply.clone())
+        RcptOutcome::Failed(reply)
     } else {
-        RcptOutcome::Deferred(reply.clone())
+        RcptOutcome::Deferred(reply)
     }
 }
 
 /// Outcome of the reply after the final dot: 2yz delivered.
-fn data_end_outcome(reply: &ServerReply) -> RcptOutcome {
+fn data_end_outcome(reply: ServerReply) -> RcptOutcome {
     if reply.class() == 2 {
-        RcptOutcome::Delivered(reply.clone())
+        RcptOutcome::Delivered(reply)
     } else {
         failure_outcome(reply)
     }
@@ -602,7 +616,7 @@ impl ClientSession {
             own: Some(Own::Client),
         };
         if let Some(active) = self.txn.take() {
-            let outcomes = active.into_outcomes(&RcptOutcome::Failed(reply));
+            let outcomes = active.into_outcomes(|| RcptOutcome::Failed(reply.clone()));
             self.events
                 .push_back(ClientEvent::TransactionDone(outcomes));
         }
@@ -695,7 +709,7 @@ impl ClientSession {
             return;
         }
         if let Some(active) = self.txn.take() {
-            let outcomes = active.into_outcomes(&RcptOutcome::Deferred(synth(ABORTED)));
+            let outcomes = active.into_outcomes(|| RcptOutcome::Deferred(synth(ABORTED)));
             self.events
                 .push_back(ClientEvent::TransactionDone(outcomes));
         }
@@ -962,14 +976,14 @@ impl ClientSession {
             Expect::StaleChunk => {}
             Expect::DataEnd => {
                 if let Some(mut active) = self.txn.take() {
-                    active.decide_where(true, &data_end_outcome(&reply));
+                    active.decide_where(true, data_end_outcome(reply));
                     self.txn = Some(active);
                 }
                 self.finish_transaction(false, now);
             }
             Expect::LmtpDataEnd(i) => {
                 if let Some(active) = self.txn.as_mut() {
-                    active.decide_one(i, data_end_outcome(&reply));
+                    active.decide_one(i, data_end_outcome(reply.clone()));
                 }
                 if !matches!(self.expected.front(), Some(Expect::LmtpDataEnd(_))) {
                     self.finish_transaction(false, now);
@@ -996,7 +1010,7 @@ impl ClientSession {
             active.mail_accepted = true;
             return;
         }
-        active.decide_where(false, &failure_outcome(reply));
+        active.decide_where(false, failure_outcome(reply.clone()));
         if !active.pipelined {
             self.finish_transaction(false, now);
         }
@@ -1014,7 +1028,7 @@ impl ClientSession {
             *state = if reply.class() == 2 {
                 RcptState::Accepted
             } else {
-                RcptState::Decided(failure_outcome(reply))
+                RcptState::Decided(failure_outcome(reply.clone()))
             };
         }
     }
@@ -1036,7 +1050,7 @@ impl ClientSession {
         }
         let rset = active.mail_accepted;
         if any_accepted {
-            active.decide_where(true, &failure_outcome(reply));
+            active.decide_where(true, failure_outcome(reply.clone()));
         }
         self.finish_transaction(rset, now);
     }
@@ -1124,7 +1138,7 @@ impl ClientSession {
 
     fn finish_transaction(&mut self, rset: bool, now: Instant) {
         if let Some(active) = self.txn.take() {
-            let outcomes = active.into_outcomes(&RcptOutcome::Deferred(synth(PROTOCOL_ERROR)));
+            let outcomes = active.into_outcomes(|| RcptOutcome::Deferred(synth(PROTOCOL_ERROR)));
             self.events
                 .push_back(ClientEvent::TransactionDone(outcomes));
         }
@@ -1174,7 +1188,7 @@ impl ClientSession {
         );
         let outcome = RcptOutcome::Deferred(reply);
         if let Some(active) = self.txn.take() {
-            let outcomes = active.into_outcomes(&outcome);
+            let outcomes = active.into_outcomes(|| outcome.clone());
             self.events
                 .push_back(ClientEvent::TransactionDone(outcomes));
         }

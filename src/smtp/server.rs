@@ -263,7 +263,8 @@ enum State {
 }
 
 pub struct ServerSession {
-    cfg: SessionConfig,
+    /// Shared by every session of the daemon (no copy per connection).
+    cfg: std::rc::Rc<SessionConfig>,
     kind: ListenerKind,
     peer: IpAddr,
     relay_allowed: bool,
@@ -308,12 +309,13 @@ pub const MAX_HELD_HEADER: usize = 64 * 1024;
 impl ServerSession {
     /// A new session; the greeting is already in the output.
     pub fn new(
-        cfg: SessionConfig,
+        cfg: impl Into<std::rc::Rc<SessionConfig>>,
         kind: ListenerKind,
         peer: IpAddr,
         relay_allowed: bool,
         now: Instant,
     ) -> ServerSession {
+        let cfg = cfg.into();
         let mut s = ServerSession {
             deadline: now + cfg.timeout,
             cfg,
@@ -347,7 +349,12 @@ impl ServerSession {
 
     /// A session refused at accept time (too many connections): it only
     /// says 421 and closes.
-    pub fn refuse(cfg: SessionConfig, peer: IpAddr, why: Reply, now: Instant) -> ServerSession {
+    pub fn refuse(
+        cfg: impl Into<std::rc::Rc<SessionConfig>>,
+        peer: IpAddr,
+        why: Reply,
+        now: Instant,
+    ) -> ServerSession {
         let mut s = ServerSession::new(cfg, ListenerKind::Relay, peer, false, now);
         s.out.clear();
         // No EHLO yet, but SPEC (and Postfix) give the enhanced code here.

@@ -304,6 +304,23 @@ impl Spool {
         &self.root
     }
 
+    /// Calls `f` with `ROOT/dir/ID` built on the stack (a root too long
+    /// for the buffer gets [`Spool::path`]): the per-message opens,
+    /// renames and removals allocate nothing for their paths.
+    fn with_path<T>(&self, dir: &str, id: QueueId, f: impl FnOnce(&Path) -> T) -> T {
+        use std::os::unix::ffi::OsStrExt;
+        let mut buf = [0u8; 256];
+        let mut cursor = io::Cursor::new(&mut buf[..]);
+        let written = cursor
+            .write_all(self.root.as_os_str().as_bytes())
+            .and_then(|()| write!(cursor, "/{dir}/{}", id.text().as_str()));
+        let n = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
+        match (written, buf.get(..n)) {
+            (Ok(()), Some(path)) => f(Path::new(std::ffi::OsStr::from_bytes(path))),
+            _ => f(&self.path(dir, id)),
+        }
+    }
+
     /// `ROOT/dir/ID`, built with one allocation.
     fn path(&self, dir: &str, id: QueueId) -> PathBuf {
         let mut p = PathBuf::with_capacity(self.root.as_os_str().len() + dir.len() + 18);
@@ -393,7 +410,7 @@ impl Spool {
     fn publish(&mut self, inc: &Incoming) -> io::Result<QueueId> {
         let mut id = inc.id;
         for _ in 0..ID_ATTEMPTS {
-            match safe_fs::rename_noreplace(&inc.path, &self.path("msg", id)) {
+            match self.with_path("msg", id, |to| safe_fs::rename_noreplace(&inc.path, to)) {
                 Ok(()) => return Ok(id),
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                     let next = self.next_id(inc.arrival);
@@ -414,10 +431,23 @@ impl Spool {
     /// Group commit: seals every file with its trailer, moves it to `msg/`,
     /// and makes the batch durable (see the table above). One result per
     /// input, in order.
-    pub fn commit(&mut self, batch: Vec<Incoming>) -> Vec<io::Result<QueueId>> {
-        let mut results: Vec<io::Result<QueueId>> = Vec::with_capacity(batch.len());
+    pub fn commit(&mut self, mut batch: Vec<Incoming>) -> Vec<io::Result<QueueId>> {
+        let mut results = Vec::with_capacity(batch.len());
+        self.commit_into(&mut batch, &mut results);
+        results
+    }
+
+    /// [`Spool::commit`] with the caller's buffers (kept from turn to turn
+    /// by the daemon): `batch` is emptied, the results are appended to the
+    /// emptied `results`.
+    pub fn commit_into(
+        &mut self,
+        batch: &mut Vec<Incoming>,
+        results: &mut Vec<io::Result<QueueId>>,
+    ) {
+        results.clear();
         let mut lone: Option<File> = None;
-        for mut inc in batch {
+        for mut inc in batch.drain(..) {
             let r = (|| {
                 inc.file.write_all(&trailer(inc.size))?;
                 inc.file.flush()?;
@@ -451,7 +481,6 @@ impl Spool {
                 }
             }
         }
-        results
     }
 
     /// Reads a committed message's envelope and its recipients' state.
@@ -526,7 +555,7 @@ impl Spool {
     /// Opens the content for reading (after the envelope, before the
     /// trailer) and checks the trailer.
     pub fn open_content(&self, id: QueueId) -> io::Result<(Content, u64)> {
-        let mut f = open_queue_file(&self.path("msg", id))?;
+        let mut f = self.with_path("msg", id, open_queue_file)?;
         let body_offset = read_body_offset(&mut f)?;
         let len = check_trailer(&mut f, body_offset)?;
         f.seek(SeekFrom::Start(body_offset))?;
@@ -560,12 +589,12 @@ impl Spool {
 
     /// Removes a finished message.
     pub fn remove(&self, id: QueueId) -> io::Result<()> {
-        match fs::remove_file(self.path("msg", id)) {
+        match self.with_path("msg", id, |p| fs::remove_file(p)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        match fs::remove_file(self.path("state", id)) {
+        match self.with_path("state", id, |p| fs::remove_file(p)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
