@@ -624,17 +624,18 @@ impl InboundSessions {
             conn.session.data_refused(reply::NO_SPACE);
             return;
         }
+        // Moved out of the session, not copied: it needs them no more.
+        let destinations = conn.session.take_destinations();
         let Some(env) = conn.session.envelope() else {
             return;
         };
         let now = unix_now();
-        let recipients = env
-            .destinations
-            .iter()
+        let recipients = destinations
+            .into_iter()
             .map(|(dest, original)| Recipient {
-                dest: dest.clone(),
-                original: original.clone(),
-                dsn: env.dsn_for(original),
+                dsn: env.dsn_for(&original),
+                dest,
+                original,
             })
             .collect();
         let stored = StoredEnvelope {

@@ -116,13 +116,15 @@ struct TlsClients {
 impl TlsClients {
     fn verifying(&self) -> Option<Arc<rustls::ClientConfig>> {
         self.verifying
-            .get_or_init(|| match crate::tls::client_config(self.ca_file.as_deref()) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    log::error!("outbound TLS: {}", e.0);
-                    None
-                }
-            })
+            .get_or_init(
+                || match crate::tls::client_config(self.ca_file.as_deref()) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        log::error!("outbound TLS: {}", e.0);
+                        None
+                    }
+                },
+            )
             .clone()
     }
 

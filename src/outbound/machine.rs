@@ -878,6 +878,9 @@ impl Delivery {
                 (*index, o)
             })
             .collect();
+        // Emptied, its room kept for the session's next job.
+        decided.clear();
+        self.decided = decided;
         self.job_reported = true;
         self.actions.push_back(Action::Report {
             id: self.job.id,

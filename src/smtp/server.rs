@@ -471,6 +471,16 @@ impl ServerSession {
         self.mail.as_ref()
     }
 
+    /// At `DataStart`: the destinations, moved out for the spool's
+    /// envelope (the transaction's recipients stay; nothing after
+    /// `DataStart` reads the destinations).
+    pub fn take_destinations(&mut self) -> Vec<(Destination, String)> {
+        match (&self.state, self.mail.as_mut()) {
+            (State::SpoolOpen { .. }, Some(m)) => std::mem::take(&mut m.destinations),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn helo_name(&self) -> &str {
         self.helo.as_deref().unwrap_or("unknown")
     }

@@ -135,7 +135,7 @@ impl Recipient {
     pub fn final_address(&self, hostname: &str) -> String {
         match &self.dest {
             Destination::Local(m) => format!("{m}@{hostname}"),
-            Destination::Remote(a) => a.to_string(),
+            Destination::Remote(a) => a.to_text(),
             Destination::Refused(_) => self.original.clone(),
         }
     }

@@ -439,12 +439,19 @@ impl QueueRunner {
             let Some(st) = flight.states.get_mut(i) else {
                 continue;
             };
-            let addr = flight
-                .env
-                .recipients
-                .get(i)
-                .map_or(String::new(), |r| r.final_address(&io.cfg.hostname));
-            log_outcome(id, &addr, delay, &o);
+            // The address is built only for a line that is logged.
+            let level = match o {
+                Outcome::Delivered { .. } => log::Level::Info,
+                _ => log::Level::Warn,
+            };
+            if log::log_enabled!(level) {
+                let addr = flight
+                    .env
+                    .recipients
+                    .get(i)
+                    .map_or(String::new(), |r| r.final_address(&io.cfg.hostname));
+                log_outcome(id, &addr, delay, &o);
+            }
             if dsn_passed && matches!(o, Outcome::Delivered { .. }) {
                 flight.dsn_passed.push(i);
             }
