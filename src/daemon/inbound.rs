@@ -21,7 +21,7 @@ use std::time::Instant;
 use super::link::{Link, Read};
 use super::{unix_now, Io, LocalTables, Timer};
 use crate::auth::{FailureLimiter, Users};
-use crate::bounce::rfc5322_date;
+use crate::bounce::write_rfc5322_date;
 use crate::config::Config;
 use crate::delivery::Destination;
 use crate::logsafe::LogSafe;
@@ -667,8 +667,11 @@ impl InboundSessions {
         };
         match io.spool.create(&stored) {
             Ok(inc) => {
-                let date = rfc5322_date(now as i64, 0);
-                conn.session.data_started(inc.id.text().as_str(), &date);
+                // On the stack: 31 octets until the year 10000.
+                let mut date = StackText::<48>::new();
+                write_rfc5322_date(&mut date, now as i64, 0);
+                conn.session
+                    .data_started(inc.id.text().as_str(), date.as_str());
                 conn.envelope = Some(StoredEnvelope {
                     id: inc.id,
                     ..stored
@@ -680,6 +683,36 @@ impl InboundSessions {
                 conn.session.data_refused(Reply::from(&e));
             }
         }
+    }
+}
+
+/// A short text formatted on the stack (`fmt::Write`); what does not fit
+/// is cut off at a character boundary.
+struct StackText<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackText<N> {
+    fn new() -> Self {
+        StackText {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or_default()
+    }
+}
+
+impl<const N: usize> std::fmt::Write for StackText<N> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 

@@ -99,6 +99,8 @@ pub struct OutboundDriver {
     signing: super::signing::Signing,
     /// Scratch for `poll`: the keys of idle deliveries.
     idle_keys: Vec<u64>,
+    /// Scratch for `pump`: bytes read from a server.
+    read_buf: Vec<u8>,
 }
 
 /// The outbound TLS client configurations, each built at its first use:
@@ -167,6 +169,7 @@ impl OutboundDriver {
                 cfg.dkim_keys.as_deref(),
             )),
             idle_keys: Vec::new(),
+            read_buf: Vec::new(),
         }
     }
 
@@ -654,12 +657,17 @@ impl OutboundDriver {
             // Read, unless the machine has actions first (a Close).
             let sock = d.sock.filter(|_| !d.machine.is_connecting());
             if let (Some(sock), false) = (sock, d.machine.has_actions()) {
-                let mut input = Vec::new();
-                match d.link.read(io.reactor, sock, &mut input, READ_CHUNK) {
-                    Read::Data => {
-                        d.machine.handle_input(&input, now);
-                        progressed = true;
-                    }
+                // A kept buffer: the machine takes every byte at once.
+                let mut input = std::mem::take(&mut self.read_buf);
+                input.clear();
+                let read = d.link.read(io.reactor, sock, &mut input, READ_CHUNK);
+                if let Read::Data = read {
+                    d.machine.handle_input(&input, now);
+                }
+                input.clear();
+                self.read_buf = input;
+                match read {
+                    Read::Data => progressed = true,
                     Read::Pending => {}
                     Read::Closed => {
                         match d.link.tls_error() {

@@ -704,7 +704,7 @@ mod tests {
     fn client_reply(code: u16, text: &str, own: Option<Own>) -> ServerReply {
         ServerReply {
             code,
-            lines: vec![text.to_string()],
+            raw: text.to_string(),
             own,
         }
     }

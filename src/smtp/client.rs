@@ -246,7 +246,8 @@ enum RcptState {
 struct ActiveTransaction {
     mail_command: String,
     recipients: Vec<String>,
-    /// RFC 3461 ` NOTIFY= ORCPT=` of each recipient (empty without DSN).
+    /// RFC 3461 ` NOTIFY= ORCPT=` of each recipient (no list without DSN:
+    /// a missing entry reads as none).
     rcpt_params: Vec<String>,
     states: Vec<RcptState>,
     pipelined: bool,
@@ -363,7 +364,9 @@ pub struct ClientSession {
     out: Vec<u8>,
     line: Vec<u8>,
     reply_code: Option<u16>,
-    reply_lines: Vec<String>,
+    /// The lines of the reply being read, joined with `\n`, and their count.
+    reply_raw: String,
+    reply_count: usize,
     events: VecDeque<ClientEvent>,
     extensions: Vec<Extension>,
     tls_active: bool,
@@ -401,7 +404,8 @@ impl ClientSession {
             out: Vec::new(),
             line: Vec::new(),
             reply_code: None,
-            reply_lines: Vec::new(),
+            reply_raw: String::new(),
+            reply_count: 0,
             events: VecDeque::new(),
             extensions: Vec::new(),
             tls_active,
@@ -612,7 +616,7 @@ impl ClientSession {
         log::debug!("smtp-client: body not sent: {why}");
         let reply = ServerReply {
             code: NOT_CONVERTIBLE_CODE,
-            lines: vec![format!("{NOT_CONVERTIBLE_TEXT} {why}")],
+            raw: format!("{NOT_CONVERTIBLE_TEXT} {why}"),
             own: Some(Own::Client),
         };
         if let Some(active) = self.txn.take() {
@@ -688,7 +692,8 @@ impl ClientSession {
         }
         self.line.clear();
         self.reply_code = None;
-        self.reply_lines.clear();
+        self.reply_raw.clear();
+        self.reply_count = 0;
         self.extensions.clear();
         self.tls_active = true;
         self.phase = Phase::Setup;
@@ -760,7 +765,7 @@ impl ClientSession {
                 log::debug!("smtp-client: timeout waiting for {what}");
                 let reply = ServerReply {
                     code: TIMEOUT_CODE,
-                    lines: vec![format!("{TIMEOUT_TEXT} {what}")],
+                    raw: format!("{TIMEOUT_TEXT} {what}"),
                     own: Some(Own::Timeout(what)),
                 };
                 self.fail_session(reply, false);
@@ -853,18 +858,23 @@ impl ClientSession {
             self.fail_session(synth(PROTOCOL_ERROR), false);
             return;
         }
-        if self.reply_lines.len() >= MAX_REPLY_LINES {
+        if self.reply_count >= MAX_REPLY_LINES {
             log::debug!("smtp-client: reply over {MAX_REPLY_LINES} lines");
             self.fail_session(synth(PROTOCOL_ERROR), false);
             return;
         }
         self.reply_code = Some(code);
-        self.reply_lines.push(text);
+        if self.reply_count > 0 {
+            self.reply_raw.push('\n');
+        }
+        self.reply_raw.push_str(&text);
+        self.reply_count += 1;
         if last {
             self.reply_code = None;
+            self.reply_count = 0;
             let reply = ServerReply {
                 code,
-                lines: std::mem::take(&mut self.reply_lines),
+                raw: std::mem::take(&mut self.reply_raw),
                 own: None,
             };
             self.handle_reply(reply, now);
@@ -900,7 +910,7 @@ impl ClientSession {
             }
             Expect::Ehlo => {
                 if reply.class() == 2 {
-                    self.extensions = parse_extensions(&reply.lines);
+                    self.extensions = parse_extensions(reply.lines());
                     self.setup_tls(now);
                 } else if reply.is_permanent() && !self.cfg.lmtp {
                     let helo = format!("HELO {}", self.cfg.helo_name);

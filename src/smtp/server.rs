@@ -85,7 +85,7 @@ use super::command::{parse_command, Body, Command, MailParams, PathText, RcptPar
 use super::data::{DataDecoder, DataSummary, MAX_LINE};
 use super::dsn::{DsnMail, DsnRcpt};
 use super::reply::{self, Reply};
-use crate::delivery::{push_unique, Destination};
+use crate::delivery::{push_unique_taking, Destination};
 
 /// Unread replies beyond this stop the session from reading more commands.
 pub const OUTPUT_HIGH_WATER: usize = 8 * 1024;
@@ -973,11 +973,16 @@ impl ServerSession {
             Ok(destinations) => {
                 if let Some(mail) = self.mail.as_mut() {
                     if !mail.recipients.contains(&rcpt) {
-                        let original = rcpt.to_text();
-                        for d in destinations {
-                            push_unique(&mut mail.destinations, d, &original);
+                        let mut original = Some(rcpt.to_text());
+                        let keep = !params.dsn.is_empty();
+                        let mut dests = destinations.into_iter().peekable();
+                        while let Some(d) = dests.next() {
+                            // The last destination takes the text itself
+                            // unless the DSN list needs it too.
+                            let last = dests.peek().is_none() && !keep;
+                            push_unique_taking(&mut mail.destinations, d, &mut original, last);
                         }
-                        if !params.dsn.is_empty() {
+                        if let (true, Some(original)) = (keep, original) {
                             mail.rcpt_dsn.push((original, params.dsn));
                         }
                         mail.recipients.push(rcpt);

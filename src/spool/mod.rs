@@ -130,7 +130,7 @@ pub const INCOMING_BUFFER: usize = 4096;
 pub struct Incoming {
     pub id: QueueId,
     file: io::BufWriter<File>,
-    path: PathBuf,
+    // Its file is `tmp/ID` (the path is built when needed, on the stack).
     flag_offset: u64,
     arrival: u64,
     pub size: u64,
@@ -336,25 +336,25 @@ impl Spool {
         // encoded as given, only the ID is new.
         for _ in 0..ID_ATTEMPTS {
             let id = self.next_id(env.arrival);
-            let path = self.path("tmp", id);
-            let file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path);
+            let file = self.with_path("tmp", id, |path| {
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+            });
             match file {
                 Ok(file) => {
                     let header = env.encode();
                     let flag_offset = envelope::body_flag_offset(&header);
                     let mut file = io::BufWriter::with_capacity(INCOMING_BUFFER, file);
                     if let Err(e) = file.write_all(&header) {
-                        let _ = fs::remove_file(&path);
+                        let _ = self.with_path("tmp", id, |p| fs::remove_file(p));
                         return Err(e);
                     }
                     return Ok(Incoming {
                         id,
                         file,
-                        path,
                         flag_offset,
                         arrival: env.arrival,
                         size: 0,
@@ -410,7 +410,10 @@ impl Spool {
     fn publish(&mut self, inc: &Incoming) -> io::Result<QueueId> {
         let mut id = inc.id;
         for _ in 0..ID_ATTEMPTS {
-            match self.with_path("msg", id, |to| safe_fs::rename_noreplace(&inc.path, to)) {
+            let moved = self.with_path("tmp", inc.id, |from| {
+                self.with_path("msg", id, |to| safe_fs::rename_noreplace(from, to))
+            });
+            match moved {
                 Ok(()) => return Ok(id),
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                     let next = self.next_id(inc.arrival);
@@ -425,7 +428,7 @@ impl Spool {
 
     /// Drops a message that was not acknowledged.
     pub fn discard(&mut self, inc: Incoming) {
-        let _ = fs::remove_file(&inc.path);
+        let _ = self.with_path("tmp", inc.id, |p| fs::remove_file(p));
     }
 
     /// Group commit: seals every file with its trailer, moves it to `msg/`,
@@ -457,7 +460,7 @@ impl Spool {
                 // Kept for the sync in case it is the only one.
                 Ok(_) => lone = inc.file.into_inner().ok(),
                 Err(_) => {
-                    let _ = fs::remove_file(&inc.path);
+                    let _ = self.with_path("tmp", inc.id, |p| fs::remove_file(p));
                 }
             }
             results.push(r);

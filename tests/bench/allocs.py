@@ -16,7 +16,8 @@ Figures:
   smtp-source -> tern -> smtp-sink smarthost) and once with N = 0 (start,
   one SMTP connection that reads the banner and says QUIT, stop); per
   message = (total blocks(N) - total blocks(0)) / N.
-- PSS at rest and VmRSS: the release binary (no valgrind), 1 s after start.
+- PSS at rest and VmRSS: the release binary (no valgrind), 3 s after start
+  (after its first 1 s ticks), and again after relaying 100 messages.
 - with --sites K: the K call sites that allocate most per relayed message
   (DHAT stacks of both runs, aggregated by the first frames in tern's own
   code, difference / N).
@@ -187,7 +188,9 @@ def main():
     ap.add_argument("--dhat-tern", default=str(ROOT / "target" / "bench-dhat" / "tern"),
                     help="binary run under DHAT (default target/bench-dhat/tern: "
                          "`cargo build --profile bench-dhat`)")
-    ap.add_argument("--settle", type=float, default=1.0, help="seconds after start before the memory sample")
+    ap.add_argument("--settle", type=float, default=3.0,
+                    help="seconds after start (and after relaying) before a memory sample (default 3: "
+                         "after the daemon's first 1 s ticks, which fault code back in)")
     ap.add_argument("--relayed", type=int, default=100,
                     help="messages relayed before the second memory sample (default 100; 0: none)")
     ap.add_argument("--sites", type=int, default=0, metavar="K",

@@ -16,7 +16,7 @@ impl ClientSession {
             if txn.size > limit {
                 return Some(RcptOutcome::Failed(ServerReply {
                     code: TOO_BIG_CODE,
-                    lines: vec![format!("{TOO_BIG_TEXT} {limit} octets")],
+                    raw: format!("{TOO_BIG_TEXT} {limit} octets"),
                     own: Some(Own::Client),
                 }));
             }
@@ -62,15 +62,15 @@ impl ClientSession {
         if dsn {
             mail_command.push_str(&txn.dsn.mail_suffix());
         }
-        let rcpt_params = (0..txn.recipients.len())
-            .map(|i| {
-                if dsn {
-                    txn.dsn.rcpt_suffix(i)
-                } else {
-                    String::new()
-                }
-            })
-            .collect();
+        // Without DSN every recipient's parameters are empty: no list (a
+        // missing entry reads as none).
+        let rcpt_params = if dsn {
+            (0..txn.recipients.len())
+                .map(|i| txn.dsn.rcpt_suffix(i))
+                .collect()
+        } else {
+            Vec::new()
+        };
         (mail_command, rcpt_params)
     }
 }
