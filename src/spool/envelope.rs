@@ -51,7 +51,6 @@
 //! without it load as not requiring TLS.
 
 use std::fmt;
-use std::fmt::Write as _;
 use std::str::FromStr;
 
 use crate::delivery::outcome::{one_line, Origin, Outcome, Reason, Status};
@@ -167,49 +166,72 @@ impl StoredEnvelope {
         // One buffer, sized for a typical envelope; writing to a String
         // cannot fail.
         let mut s = String::with_capacity(256);
-        let _ = write!(
+        let _ = self.encode_to(&mut s);
+        s.into_bytes()
+    }
+
+    /// Writes the encoded envelope straight into `out` (the spool file's
+    /// buffer: no copy of it in memory); returns its length and where its
+    /// `7bit` flag is (see [`body_flag_offset`]).
+    pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<(u64, u64)> {
+        let mut w = IoText {
+            out,
+            len: 0,
+            error: None,
+        };
+        if self.encode_to(&mut w).is_err() {
+            return Err(w
+                .error
+                .unwrap_or_else(|| std::io::Error::other("envelope encoding failed")));
+        }
+        // The flag line is the last one, before the empty line.
+        let flag = if self.eight_bit {
+            0
+        } else {
+            w.len.saturating_sub(b"7bit\n\n".len() as u64)
+        };
+        Ok((w.len, flag))
+    }
+
+    fn encode_to(&self, s: &mut impl fmt::Write) -> fmt::Result {
+        write!(
             s,
             "{MAGIC}\narrival {}\nsender {}\n",
             self.arrival,
             Xtext(&self.sender)
-        );
+        )?;
         for r in &self.recipients {
             let original = Xtext(&r.original);
-            let _ = match &r.dest {
-                Destination::Local(m) => {
-                    write!(s, "rcpt local {} {original}", Xtext(m.as_str()))
-                }
+            match &r.dest {
+                Destination::Local(m) => write!(s, "rcpt local {} {original}", Xtext(m.as_str()))?,
                 Destination::Remote(a) => write!(
                     s,
                     "rcpt remote {} {} {original}",
                     Xtext(&a.local),
                     Xtext(&a.domain)
-                ),
-                Destination::Refused(why) => {
-                    write!(s, "rcpt refused {} {original}", why.name())
-                }
+                )?,
+                Destination::Refused(why) => write!(s, "rcpt refused {} {original}", why.name())?,
             };
-            envelope_dsn::write_rcpt_suffix(&mut s, &r.dsn);
-            s.push('\n');
+            envelope_dsn::write_rcpt_suffix(s, &r.dsn)?;
+            s.write_char('\n')?;
         }
-        let _ = writeln!(s, "client {}", Xtext(&self.client));
+        writeln!(s, "client {}", Xtext(&self.client))?;
         if self.origin == SenderOrigin::Local {
-            s.push_str("origin local\n");
+            s.write_str("origin local\n")?;
         }
         if self.smtputf8 {
-            s.push_str("smtputf8\n");
+            s.write_str("smtputf8\n")?;
         }
         if self.requiretls {
-            s.push_str("requiretls\n");
+            s.write_str("requiretls\n")?;
         }
-        envelope_dsn::write_mail_lines(&mut s, &self.dsn);
-        s.push_str(if self.eight_bit {
+        envelope_dsn::write_mail_lines(s, &self.dsn)?;
+        s.write_str(if self.eight_bit {
             "body 8bit\n"
         } else {
             "body 7bit\n"
-        });
-        s.push('\n');
-        s.into_bytes()
+        })?;
+        s.write_char('\n')
     }
 
     /// `None`: need more bytes. `Some(Err)`: malformed.
@@ -336,6 +358,29 @@ fn parse_rcpt_v1(value: &str) -> Result<Recipient, String> {
         original: o.to_string(),
         dsn: DsnRcpt::default(),
     })
+}
+
+/// `fmt::Write` into an `io::Write`, counting the octets and keeping the
+/// first error.
+struct IoText<'a, W: std::io::Write> {
+    out: &'a mut W,
+    len: u64,
+    error: Option<std::io::Error>,
+}
+
+impl<W: std::io::Write> fmt::Write for IoText<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        match self.out.write_all(s.as_bytes()) {
+            Ok(()) => {
+                self.len += s.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.error = Some(e);
+                Err(fmt::Error)
+            }
+        }
+    }
 }
 
 /// Writes a value as xtext (RFC 3461 §4).
@@ -721,6 +766,20 @@ mod tests {
         let mut bytes = env.encode();
         let off = body_flag_offset(&bytes) as usize;
         assert_eq!(bytes[off], b'7');
+        // Written straight into a file's buffer: the same bytes and flag.
+        let mut direct = Vec::new();
+        assert_eq!(
+            env.write_to(&mut direct).unwrap(),
+            (bytes.len() as u64, off as u64)
+        );
+        assert_eq!(direct, bytes);
+        let eight = StoredEnvelope {
+            eight_bit: true,
+            ..env.clone()
+        };
+        let mut direct = Vec::new();
+        assert_eq!(eight.write_to(&mut direct).unwrap().1, 0);
+        assert_eq!(direct, eight.encode());
         bytes[off] = b'8';
         bytes.extend_from_slice(b"content");
         let d = StoredEnvelope::decode(&bytes).unwrap().unwrap();

@@ -15,18 +15,17 @@
 //! cannot be confused. A daemon older than these lines refuses such a
 //! file as damaged (it keeps it in the spool).
 
-use std::fmt::Write;
-
 use crate::smtp::dsn::{xtext_decode, DsnMail, DsnRcpt, Notify, Orcpt, Ret, Xtext};
 
 /// The ` notify=... orcpt=...` suffix of a recipient line ("" for none).
-pub fn write_rcpt_suffix(s: &mut String, dsn: &DsnRcpt) {
+pub fn write_rcpt_suffix(s: &mut impl std::fmt::Write, dsn: &DsnRcpt) -> std::fmt::Result {
     if let Some(n) = dsn.notify {
-        let _ = write!(s, " notify={n}");
+        write!(s, " notify={n}")?;
     }
     if let Some(o) = &dsn.orcpt {
-        let _ = write!(s, " orcpt={o}");
+        write!(s, " orcpt={o}")?;
     }
+    Ok(())
 }
 
 /// One `key=value` field of a recipient line.
@@ -41,16 +40,17 @@ pub fn rcpt_field(dsn: &mut DsnRcpt, field: &str) -> Option<()> {
 }
 
 /// The `ret` and `envid` lines ("" for none).
-pub fn write_mail_lines(s: &mut String, dsn: &DsnMail) {
+pub fn write_mail_lines(s: &mut impl std::fmt::Write, dsn: &DsnMail) -> std::fmt::Result {
     if let Some(ret) = dsn.ret {
-        s.push_str(match ret {
+        s.write_str(match ret {
             Ret::Full => "ret full\n",
             Ret::Hdrs => "ret hdrs\n",
-        });
+        })?;
     }
     if let Some(envid) = &dsn.envid {
-        let _ = writeln!(s, "envid {}", Xtext(envid));
+        writeln!(s, "envid {}", Xtext(envid))?;
     }
+    Ok(())
 }
 
 /// A `ret` or `envid` line's value; `None` when malformed or repeated.

@@ -345,10 +345,11 @@ impl Spool {
             });
             match file {
                 Ok(file) => {
-                    let header = env.encode();
-                    let flag_offset = envelope::body_flag_offset(&header);
+                    // Encoded straight into the file's buffer.
                     let mut file = io::BufWriter::with_capacity(INCOMING_BUFFER, file);
-                    if let Err(e) = file.write_all(&header) {
+                    let written = env.write_to(&mut file);
+                    let flag_offset = written.as_ref().map_or(0, |&(_, flag)| flag);
+                    if let Err(e) = written {
                         let _ = self.with_path("tmp", id, |p| fs::remove_file(p));
                         return Err(e);
                     }

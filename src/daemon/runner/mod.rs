@@ -544,19 +544,26 @@ impl QueueRunner {
 }
 
 /// The RFC 3461 parameters of a job's recipients (relayed to a hop that
-/// offers DSN).
+/// offers DSN). None given by any: no list (a missing entry reads as none,
+/// see `DsnParams::rcpt_suffix`).
 fn job_dsn(env: &StoredEnvelope, rcpts: &[(usize, String)]) -> crate::smtp::dsn::DsnParams {
+    let dsn_of = |i: usize| {
+        env.recipients
+            .get(i)
+            .map(|r| r.dsn.clone())
+            .unwrap_or_default()
+    };
+    let none = crate::smtp::dsn::DsnRcpt::default();
+    let any = rcpts
+        .iter()
+        .any(|(i, _)| env.recipients.get(*i).is_some_and(|r| r.dsn != none));
     crate::smtp::dsn::DsnParams {
         mail: env.dsn.clone(),
-        rcpts: rcpts
-            .iter()
-            .map(|(i, _)| {
-                env.recipients
-                    .get(*i)
-                    .map(|r| r.dsn.clone())
-                    .unwrap_or_default()
-            })
-            .collect(),
+        rcpts: if any {
+            rcpts.iter().map(|(i, _)| dsn_of(*i)).collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 

@@ -62,9 +62,9 @@ impl ClientSession {
         if dsn {
             mail_command.push_str(&txn.dsn.mail_suffix());
         }
-        // Without DSN every recipient's parameters are empty: no list (a
-        // missing entry reads as none).
-        let rcpt_params = if dsn {
+        // Without DSN (or with no recipient parameters) every recipient's
+        // parameters are empty: no list (a missing entry reads as none).
+        let rcpt_params = if dsn && !txn.dsn.rcpts.is_empty() {
             (0..txn.recipients.len())
                 .map(|i| txn.dsn.rcpt_suffix(i))
                 .collect()
