@@ -19,7 +19,7 @@ DEV_CONF := etc/tern.dev.conf
 # PyNaCl (python3-dkim, python3-nacl) for the DKIM tests.
 TEST_PKGS := swaks libnet-ssleay-perl postfix s-nail openssl faketime strace dovecot-core dovecot-lmtpd
 
-.PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench bench-floor bench-callgrind bench-router bench-tls install clean cross cross-test fuzz fuzz-deps fuzz-build
+.PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench bench-floor bench-callgrind bench-router bench-tls bench-allocs install clean cross cross-test fuzz fuzz-deps fuzz-build
 
 all: build
 
@@ -124,6 +124,13 @@ TLS_BENCH_ARGS ?=
 bench-tls: release
 	$(CARGO) build --release --example smtp_load
 	$(PYTHON) tests/bench/tls_bench.py $(TLS_BENCH_ARGS)
+
+# Heap allocations per relayed message (valgrind's DHAT, on the release
+# build with symbols: profile bench-dhat) and PSS/VmRSS at rest (release
+# build). See tests/bench/README.md.
+bench-allocs: release
+	$(CARGO) build --profile bench-dhat
+	$(PYTHON) tests/bench/allocs.py
 
 install: release
 	install -D -m 0755 target/release/tern $(DESTDIR)$(PREFIX)/sbin/tern

@@ -470,6 +470,14 @@ fn returned_headers(original: &[u8], boundary: &str) -> Vec<u8> {
 /// `Sat, 28 Nov 2026 01:55:10 +0000`. `utc_offset_secs` is the local
 /// offset east of UTC; it is clamped to ±99:59.
 pub fn rfc5322_date(unix_secs: i64, utc_offset_secs: i32) -> String {
+    let mut s = String::with_capacity(32);
+    write_rfc5322_date(&mut s, unix_secs, utc_offset_secs);
+    s
+}
+
+/// [`rfc5322_date`] into a caller's buffer (`Thu, 01 Jan 1970 00:00:00
+/// +0000` is 31 octets; a year past 9999 only makes it longer).
+pub fn write_rfc5322_date(out: &mut impl std::fmt::Write, unix_secs: i64, utc_offset_secs: i32) {
     const MAX_OFFSET: i32 = 99 * 3600 + 59 * 60;
     let offset = utc_offset_secs.clamp(-MAX_OFFSET, MAX_OFFSET);
     let local = unix_secs.saturating_add(i64::from(offset));
@@ -485,14 +493,15 @@ pub fn rfc5322_date(unix_secs: i64, utc_offset_secs: i32) -> String {
     );
     let sign = if offset < 0 { '-' } else { '+' };
     let abs = offset.unsigned_abs();
-    format!(
+    let _ = write!(
+        out,
         "{weekday}, {day:02} {month_name} {year:04} {:02}:{:02}:{:02} {sign}{:02}{:02}",
         secs / 3600,
         secs / 60 % 60,
         secs % 60,
         abs / 3600,
         abs / 60 % 60,
-    )
+    );
 }
 
 const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];

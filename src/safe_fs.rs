@@ -35,6 +35,28 @@ fn cstr(s: &OsStr) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file name contains a NUL byte"))
 }
 
+/// Paths up to this many octets become C strings on the stack.
+const STACK_PATH: usize = 384;
+
+/// Calls `f` with `s` as a C string: on the stack when it is short (as std
+/// does for its own calls), else allocated.
+fn with_cstr<T>(s: &OsStr, f: impl FnOnce(&CStr) -> io::Result<T>) -> io::Result<T> {
+    let bytes = s.as_bytes();
+    let mut buf = [0u8; STACK_PATH];
+    match buf.get_mut(..=bytes.len()) {
+        Some(dst) => {
+            let (text, nul) = dst.split_at_mut(bytes.len());
+            text.copy_from_slice(bytes);
+            nul.fill(0);
+            let c = CStr::from_bytes_with_nul(dst).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "file name contains a NUL byte")
+            })?;
+            f(c)
+        }
+        None => f(&cstr(s)?),
+    }
+}
+
 /// A single path component: no `/`, not empty, not `.` or `..`.
 fn component(name: &OsStr) -> io::Result<CString> {
     let b = name.as_bytes();
@@ -333,8 +355,11 @@ pub fn euid() -> u32 {
 /// Moves `from` to `to` unless `to` exists (`EEXIST`); never replaces.
 /// Both paths are resolved as given (the caller trusts their directories).
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    let (a, b) = (cstr(from.as_os_str())?, cstr(to.as_os_str())?);
-    renameat_noreplace(libc::AT_FDCWD, &a, libc::AT_FDCWD, &b)
+    with_cstr(from.as_os_str(), |a| {
+        with_cstr(to.as_os_str(), |b| {
+            renameat_noreplace(libc::AT_FDCWD, a, libc::AT_FDCWD, b)
+        })
+    })
 }
 
 fn renameat_noreplace(dfrom: RawFd, from: &CStr, dto: RawFd, to: &CStr) -> io::Result<()> {

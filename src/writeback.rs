@@ -38,7 +38,8 @@ impl Writeback {
         Writeback {
             started: from,
             waited: from,
-            in_flight: std::collections::VecDeque::with_capacity(WRITEBACK_LAG + 1),
+            // Allocated at the first step: a small message never takes one.
+            in_flight: std::collections::VecDeque::new(),
         }
     }
 

@@ -5,14 +5,18 @@
 //!
 //! [`InboundSessions`]: super::inbound::InboundSessions
 
+use std::io;
+
 use super::{Daemon, Io};
+use crate::reactor::SockId;
 use crate::smtp::reply::Reply;
+use crate::spool::{Incoming, QueueId, StoredEnvelope};
 
 impl Daemon {
     /// The group commit: one sync of `msg/` for every message that ended
     /// this turn, then the 250s.
     pub(super) fn commit_batch(&mut self) {
-        let batch = self.inbound.take_batch();
+        let mut batch = self.inbound.take_batch();
         let mut drops = self.drops.take_commits();
         if !drops.is_empty() {
             if let Err(e) = self.spool.sync_drop_claims() {
@@ -29,11 +33,15 @@ impl Daemon {
             }
         }
         if batch.is_empty() && drops.is_empty() {
+            self.inbound.return_batch(batch);
             return;
         }
-        let mut conns = Vec::with_capacity(batch.len());
-        let mut files = Vec::with_capacity(batch.len() + drops.len());
-        for ended in batch {
+        let Buffers {
+            mut conns,
+            mut files,
+            mut results,
+        } = std::mem::take(&mut self.commit_bufs);
+        for ended in batch.drain(..) {
             conns.push((
                 ended.conn,
                 ended.what,
@@ -41,13 +49,14 @@ impl Daemon {
             ));
             files.push(ended.file);
         }
+        self.inbound.return_batch(batch);
         // Imported sendmail drops share the sync.
         let mut imported = Vec::with_capacity(drops.len());
         for d in drops {
             imported.push((d.claimed, d.what));
             files.push(d.file);
         }
-        let mut results = self.spool.commit(files);
+        self.spool.commit_into(&mut files, &mut results);
         let drop_results = results.split_off(conns.len().min(results.len()));
         for ((claimed, what), result) in imported.into_iter().zip(drop_results) {
             if let Some(id) = super::drop::committed(&mut io!(self), &claimed, &what, result) {
@@ -55,7 +64,7 @@ impl Daemon {
             }
         }
         let stopping = self.stopping.is_some();
-        for ((id, what, env), result) in conns.into_iter().zip(results) {
+        for ((id, what, env), result) in conns.drain(..).zip(results.drain(..)) {
             let answer = match result {
                 Ok(qid) => {
                     log::info!("{qid}: {what}");
@@ -72,5 +81,23 @@ impl Daemon {
             };
             self.inbound.committed(&mut io!(self), id, answer, stopping);
         }
+        self.commit_bufs = Buffers {
+            conns,
+            files,
+            results,
+        };
     }
+}
+
+/// A connection's message in the commit: its session, log text, and the
+/// envelope (with the content size) for the runner's fresh cache.
+type Waiting = (SockId, String, Option<(StoredEnvelope, u64)>);
+
+/// The group commit's buffers, kept by the daemon so a turn's commit
+/// allocates none.
+#[derive(Default)]
+pub(super) struct Buffers {
+    conns: Vec<Waiting>,
+    files: Vec<Incoming>,
+    results: Vec<io::Result<QueueId>>,
 }

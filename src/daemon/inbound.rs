@@ -12,6 +12,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use std::time::Instant;
 use super::link::{Link, Read};
 use super::{unix_now, Io, LocalTables, Timer};
 use crate::auth::{FailureLimiter, Users};
-use crate::bounce::rfc5322_date;
+use crate::bounce::write_rfc5322_date;
 use crate::config::Config;
 use crate::delivery::Destination;
 use crate::logsafe::LogSafe;
@@ -83,7 +84,7 @@ pub struct InboundSessions {
     conns: HashMap<SockId, Inbound>,
     /// Counted connections per client address (`max_connections_per_ip`).
     per_ip: HashMap<IpAddr, usize>,
-    session_cfg: SessionConfig,
+    session_cfg: std::rc::Rc<SessionConfig>,
     /// Loaded from tls_cert/tls_key; `None` without them (no STARTTLS).
     tls_server: Option<Arc<rustls::ServerConfig>>,
     users: Users,
@@ -150,8 +151,12 @@ impl Policy for LocalPolicy<'_> {
         relay_allowed: bool,
     ) -> Result<Vec<Destination>, Reply> {
         let cfg = self.cfg;
-        let sender = sender.map(Address::to_string).unwrap_or_default();
         let routes = &self.tables.routes;
+        // Only routes match on the sender.
+        let sender = match sender {
+            Some(a) if !routes.is_empty() => a.to_text(),
+            _ => String::new(),
+        };
         let is_local = |d: &str| cfg.is_local_domain(d) || routes.is_local(&sender, d);
         self.tables
             .policy(cfg, &is_local)
@@ -177,7 +182,7 @@ impl InboundSessions {
             listeners,
             conns: HashMap::new(),
             per_ip: HashMap::new(),
-            session_cfg: super::session_config(cfg, tls_server.is_some(), !users.is_empty()),
+            session_cfg: super::session_config(cfg, tls_server.is_some(), !users.is_empty()).into(),
             tls_server,
             users,
             auth_limiter: FailureLimiter::new(
@@ -204,7 +209,7 @@ impl InboundSessions {
         }
         self.users = users;
         self.session_cfg =
-            super::session_config(cfg, self.tls_server.is_some(), !self.users.is_empty());
+            super::session_config(cfg, self.tls_server.is_some(), !self.users.is_empty()).into();
     }
 
     /// Whether `id` is a session's connection.
@@ -252,6 +257,14 @@ impl InboundSessions {
     /// The messages that ended this turn, for the group commit.
     pub fn take_batch(&mut self) -> Vec<Ended> {
         std::mem::take(&mut self.batch)
+    }
+
+    /// The emptied batch back, so its room serves the next turns.
+    pub fn return_batch(&mut self, mut batch: Vec<Ended>) {
+        batch.clear();
+        if self.batch.is_empty() {
+            self.batch = batch;
+        }
     }
 
     /// The group commit's result for a session's message: the 250 (or the
@@ -610,17 +623,18 @@ impl InboundSessions {
             conn.session.data_refused(reply::NO_SPACE);
             return;
         }
+        // Moved out of the session, not copied: it needs them no more.
+        let destinations = conn.session.take_destinations();
         let Some(env) = conn.session.envelope() else {
             return;
         };
         let now = unix_now();
-        let recipients = env
-            .destinations
-            .iter()
+        let recipients = destinations
+            .into_iter()
             .map(|(dest, original)| Recipient {
-                dest: dest.clone(),
-                original: original.clone(),
-                dsn: env.dsn_for(original),
+                dsn: env.dsn_for(&original),
+                dest,
+                original,
             })
             .collect();
         let stored = StoredEnvelope {
@@ -629,10 +643,16 @@ impl InboundSessions {
             sender: env
                 .sender
                 .as_ref()
-                .map(|a| a.to_string())
+                .map(Address::to_text)
                 .unwrap_or_default(),
             recipients,
-            client: format!("{} [{}]", conn.session.helo_name(), conn.peer.ip()),
+            client: {
+                let helo = conn.session.helo_name();
+                // `[` + an IPv6 address + `]` fit in 48.
+                let mut client = String::with_capacity(helo.len() + 48);
+                let _ = write!(client, "{helo} [{}]", conn.peer.ip());
+                client
+            },
             origin: crate::rewrite::SenderOrigin::of_smtp_client(
                 env.sender.as_ref(),
                 conn.session.may_relay(),
@@ -646,8 +666,11 @@ impl InboundSessions {
         };
         match io.spool.create(&stored) {
             Ok(inc) => {
-                let date = rfc5322_date(now as i64, 0);
-                conn.session.data_started(inc.id.text().as_str(), &date);
+                // On the stack: 31 octets until the year 10000.
+                let mut date = StackText::<48>::new();
+                write_rfc5322_date(&mut date, now as i64, 0);
+                conn.session
+                    .data_started(inc.id.text().as_str(), date.as_str());
                 conn.envelope = Some(StoredEnvelope {
                     id: inc.id,
                     ..stored
@@ -659,6 +682,36 @@ impl InboundSessions {
                 conn.session.data_refused(Reply::from(&e));
             }
         }
+    }
+}
+
+/// A short text formatted on the stack (`fmt::Write`); what does not fit
+/// is cut off at a character boundary.
+struct StackText<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackText<N> {
+    fn new() -> Self {
+        StackText {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or_default()
+    }
+}
+
+impl<const N: usize> std::fmt::Write for StackText<N> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 

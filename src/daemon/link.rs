@@ -15,6 +15,9 @@ use super::Timer;
 
 /// Bytes read from the socket per call.
 pub const SOCKET_READ: usize = 16384;
+/// The least a read buffer grows to: room for any usual command or reply
+/// line, still small for an idle session.
+pub const MIN_BUFFER: usize = 128;
 
 #[derive(Default)]
 pub struct Link {
@@ -26,12 +29,14 @@ pub struct Link {
 /// (doubling) but never past the caller's bound (`max`: the room it
 /// allows), so an input buffer ends at its limit
 /// (`daemon::inbound::INPUT_BUFFER`), not up to twice that (a 10 KiB
-/// buffer taking 6 KiB more would become 20 KiB).
+/// buffer taking 6 KiB more would become 20 KiB). A buffer grows to at
+/// least [`MIN_BUFFER`] at once, so a dialog's short lines of different
+/// lengths do not regrow it line by line.
 fn append(out: &mut Vec<u8>, data: &[u8], max: usize) {
     let need = out.len() + data.len();
     if out.capacity() < need {
         let bound = out.len() + max.max(data.len());
-        let cap = (out.capacity() * 2).max(need).min(bound);
+        let cap = (out.capacity() * 2).max(need).max(MIN_BUFFER).min(bound);
         out.reserve_exact(cap - out.len());
     }
     out.extend_from_slice(data);
@@ -209,9 +214,13 @@ mod tests {
         let room = limit - input.len();
         append(&mut input, &vec![b'b'; room], room);
         assert_eq!((input.len(), input.capacity()), (limit, limit));
-        // A small read stays small (idle sessions cost little).
+        // A small read stays small (idle sessions cost little), and the
+        // next short lines fit without regrowing.
         let mut input = Vec::new();
         append(&mut input, b"EHLO c\r\n", limit);
-        assert!(input.capacity() < 64);
+        assert_eq!(input.capacity(), MIN_BUFFER);
+        input.clear();
+        append(&mut input, &[b'm'; 100], limit);
+        assert_eq!(input.capacity(), MIN_BUFFER);
     }
 }

@@ -204,6 +204,8 @@ pub struct Daemon {
     _spool_lock: crate::spool::hold::SpoolLock,
     /// When the shutdown grace ends, once a shutdown began.
     stopping: Option<Instant>,
+    /// The group commit's buffers, kept from turn to turn (`commit`).
+    commit_bufs: commit::Buffers,
 }
 
 impl Drop for Daemon {
@@ -253,8 +255,10 @@ impl Daemon {
         let listeners = inbound::bind_listeners(&cfg, &mut reactor)?;
         let tls_server =
             load_tls_server(&cfg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let tls_client =
-            load_tls_client(&cfg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // Checked now (a bad CA file stops the start, as `check-config`
+        // says), built again where first needed (`OutboundDriver`): a relay
+        // that never starts outbound TLS does not keep it.
+        drop(load_tls_client(&cfg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?);
         let users = load_users(&cfg);
         for warning in startup_warnings(&cfg) {
             log::warn!("{warning}");
@@ -274,7 +278,7 @@ impl Daemon {
         // socket while the daemon holds the spool lock.
         let control = control::ControlSocket::open(&mut reactor, &spool);
         let tables = LocalTables::load(&cfg);
-        let outbound = OutboundDriver::new(&cfg, tls_client);
+        let outbound = OutboundDriver::new(&cfg);
         let dns = dns::DnsDriver::new(&cfg);
         let inbound = InboundSessions::new(listeners, &cfg, tls_server, users);
         Ok(Daemon {
@@ -291,6 +295,7 @@ impl Daemon {
             config_path,
             _spool_lock: spool_lock,
             stopping: None,
+            commit_bufs: commit::Buffers::default(),
         })
     }
 
@@ -298,6 +303,7 @@ impl Daemon {
         self.runner.start(&mut io!(self))?;
         self.import_drops();
         self.reactor.add_timer(Instant::now() + TICK, Timer::Tick);
+        crate::system::release_startup_memory();
         let mut events = Vec::new();
         let mut queue_backlog = false;
         let mut local_busy = false;

@@ -14,6 +14,7 @@
 //! handed out when the call returns: the runner settles the message then,
 //! after the session that reported has been offered its next job.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::net::IpAddr;
@@ -80,10 +81,8 @@ pub struct OutboundDriver {
     socket_owner: HashMap<SockId, u64>,
     /// Which delivery waits for a lookup.
     lookups: HashMap<LookupId, u64>,
-    /// Client configs for outbound TLS: verifying (`None` without trust
-    /// anchors), and opportunistic.
-    tls_client: Option<Arc<rustls::ClientConfig>>,
-    tls_client_any: Arc<rustls::ClientConfig>,
+    /// Client configs for outbound TLS, built when first needed.
+    tls: TlsClients,
     /// Reports of this call, handed out at its end.
     reports: Vec<JobReport>,
     /// OAuth2 access tokens (token commands, refresh grants, their cache).
@@ -98,18 +97,68 @@ pub struct OutboundDriver {
     webhooks: super::webhook::Webhooks,
     /// Jobs being DKIM-signed before they wait for a slot.
     signing: super::signing::Signing,
+    /// Scratch for `poll`: the keys of idle deliveries.
+    idle_keys: Vec<u64>,
+    /// Scratch for `pump`: bytes read from a server.
+    read_buf: Vec<u8>,
+}
+
+/// The outbound TLS client configurations, each built at its first use:
+/// a daemon that never starts TLS never holds the parsed CA bundle (nor
+/// touches the code that parses it after start-up's check).
+struct TlsClients {
+    /// `tls_ca_file`; `None`: the system bundle.
+    ca_file: Option<std::path::PathBuf>,
+    /// Verifying (`None`: no trust anchors).
+    verifying: OnceCell<Option<Arc<rustls::ClientConfig>>>,
+    /// Opportunistic (RFC 7435): any certificate.
+    any: OnceCell<Arc<rustls::ClientConfig>>,
+}
+
+impl TlsClients {
+    fn verifying(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.verifying
+            .get_or_init(
+                || match crate::tls::client_config(self.ca_file.as_deref()) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        log::error!("outbound TLS: {}", e.0);
+                        None
+                    }
+                },
+            )
+            .clone()
+    }
+
+    /// Whether certificates can be verified: not known to fail (start-up
+    /// checked that the configuration builds).
+    fn has_anchors(&self) -> bool {
+        self.verifying.get().is_none_or(Option::is_some)
+    }
+
+    fn any(&self) -> Arc<rustls::ClientConfig> {
+        self.any
+            .get_or_init(crate::tls::client_config_no_verify)
+            .clone()
+    }
 }
 
 impl OutboundDriver {
-    pub fn new(cfg: &Config, tls_client: Option<Arc<rustls::ClientConfig>>) -> OutboundDriver {
+    /// The verifying client configuration is built from `tls_ca_file`
+    /// (else the system bundle) at the first TLS connection that needs it;
+    /// start-up has checked that it builds (`daemon::load_tls_client`).
+    pub fn new(cfg: &Config) -> OutboundDriver {
         OutboundDriver {
             jobs: Outbound::new(cfg),
             deliveries: HashMap::new(),
             delivery_seq: 0,
             socket_owner: HashMap::new(),
             lookups: HashMap::new(),
-            tls_client,
-            tls_client_any: crate::tls::client_config_no_verify(),
+            tls: TlsClients {
+                ca_file: cfg.tls_ca_file.clone(),
+                verifying: OnceCell::new(),
+                any: OnceCell::new(),
+            },
             reports: Vec::new(),
             tokens: super::oauth::TokenSource::default(),
             token_waiting: Vec::new(),
@@ -119,6 +168,8 @@ impl OutboundDriver {
             signing: super::signing::Signing::new(crate::dkim::DkimKeys::load_logged(
                 cfg.dkim_keys.as_deref(),
             )),
+            idle_keys: Vec::new(),
+            read_buf: Vec::new(),
         }
     }
 
@@ -139,7 +190,7 @@ impl OutboundDriver {
 
     /// On reload: the verifying client configuration (new CA file).
     pub fn set_tls_client(&mut self, tls_client: Option<Arc<rustls::ClientConfig>>) {
-        self.tls_client = tls_client;
+        self.tls.verifying = OnceCell::from(tls_client);
     }
 
     /// Queues a job; it starts at the next [`OutboundDriver::poll`] with a
@@ -200,21 +251,31 @@ impl OutboundDriver {
         // Idle cached connections first: a waiting job for the same
         // destination reuses one without a new connect, greeting and EHLO.
         let now = Instant::now();
-        let idle: Vec<u64> = self
-            .deliveries
-            .iter()
-            .filter(|(_, d)| d.machine.is_idle())
-            .map(|(k, _)| *k)
-            .collect();
-        for key in idle {
+        // Collected into a kept buffer (taken for the loop, which needs
+        // `self`): no allocation per turn.
+        let mut idle = std::mem::take(&mut self.idle_keys);
+        idle.extend(
+            self.deliveries
+                .iter()
+                .filter(|(_, d)| d.machine.is_idle())
+                .map(|(k, _)| *k),
+        );
+        for key in idle.drain(..) {
             self.offer_next_job(key, now);
             self.pump(io, dns, key, now);
         }
+        self.idle_keys = idle;
         while let Some(job) = self.jobs.next_startable() {
             self.start_job(io, dns, job);
         }
         self.token_http(io, dns);
-        let hooks = self.webhooks.poll(io, dns, self.tls_client.clone());
+        // Built only when a webhook job is about to start.
+        let tls = if self.webhooks.backlog() > 0 {
+            self.tls.verifying()
+        } else {
+            None
+        };
+        let hooks = self.webhooks.poll(io, dns, tls);
         self.reports.extend(hooks);
         std::mem::take(&mut self.reports)
     }
@@ -260,7 +321,7 @@ impl OutboundDriver {
         let key = self.next_delivery_key();
         let hops_settings = job_hops_and_settings(
             io.cfg,
-            self.tls_client.is_some(),
+            self.tls.has_anchors(),
             &job,
             &self.jobs.smarthosts,
             |name| dns.hosts_entry(name),
@@ -338,7 +399,7 @@ impl OutboundDriver {
                 let handle = self.token_http.start(
                     io.reactor,
                     dns,
-                    self.tls_client.clone(),
+                    self.tls.verifying(),
                     &request,
                     super::oauth::REFRESH_DEADLINE,
                     now,
@@ -486,9 +547,9 @@ impl OutboundDriver {
                 verify,
             } => {
                 let cfg = if verify {
-                    self.tls_client.clone()
+                    self.tls.verifying()
                 } else {
-                    Some(self.tls_client_any.clone())
+                    Some(self.tls.any())
                 };
                 let stream = match cfg {
                     Some(cfg) => TlsStream::client(cfg, &server_name).map_err(|e| e.0),
@@ -524,14 +585,18 @@ impl OutboundDriver {
                     d.link = Link::plain();
                 }
             }
-            Action::Report { job, outcomes } => {
+            Action::Report {
+                id,
+                relay,
+                outcomes,
+            } => {
                 if d.machine.oauth_rejected() {
-                    if let Some(source) = job.relay.as_ref().and_then(|r| r.oauth_source()) {
+                    if let Some(source) = relay.as_ref().and_then(|r| r.oauth_source()) {
                         self.tokens.forget(source);
                     }
                 }
                 self.reports.push(JobReport {
-                    id: job.id,
+                    id,
                     outcomes,
                     dsn_passed: d.machine.dsn_passed(),
                 });
@@ -592,12 +657,17 @@ impl OutboundDriver {
             // Read, unless the machine has actions first (a Close).
             let sock = d.sock.filter(|_| !d.machine.is_connecting());
             if let (Some(sock), false) = (sock, d.machine.has_actions()) {
-                let mut input = Vec::new();
-                match d.link.read(io.reactor, sock, &mut input, READ_CHUNK) {
-                    Read::Data => {
-                        d.machine.handle_input(&input, now);
-                        progressed = true;
-                    }
+                // A kept buffer: the machine takes every byte at once.
+                let mut input = std::mem::take(&mut self.read_buf);
+                input.clear();
+                let read = d.link.read(io.reactor, sock, &mut input, READ_CHUNK);
+                if let Read::Data = read {
+                    d.machine.handle_input(&input, now);
+                }
+                input.clear();
+                self.read_buf = input;
+                match read {
+                    Read::Data => progressed = true,
                     Read::Pending => {}
                     Read::Closed => {
                         match d.link.tls_error() {

@@ -219,6 +219,24 @@ pub fn push_unique(list: &mut Vec<(Destination, String)>, dest: Destination, ori
     }
 }
 
+/// [`push_unique`] that moves `original` instead of copying it when
+/// `last` (the caller needs it no more).
+pub fn push_unique_taking(
+    list: &mut Vec<(Destination, String)>,
+    dest: Destination,
+    original: &mut Option<String>,
+    last: bool,
+) {
+    if !list.iter().any(|(d, _)| *d == dest) {
+        let text = if last {
+            original.take()
+        } else {
+            original.clone()
+        };
+        list.push((dest, text.unwrap_or_default()));
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, clippy::string_slice)]
 mod tests {

@@ -153,11 +153,15 @@ impl Reason {
     /// A reason tern decided. The status class must match the code's.
     pub fn new(origin: Origin, code: u16, status: Status, text: impl Into<String>) -> Reason {
         debug_assert_eq!(u16::from(status.class), code / 100, "{code} {status}");
+        let mut text = text.into();
+        if text.contains(['\r', '\n']) {
+            text = one_line(&text);
+        }
         Reason {
             origin,
             code,
             status,
-            text: one_line(&text.into()),
+            text,
         }
     }
 
@@ -183,9 +187,12 @@ impl Reason {
 /// log and the bounce. Other control characters stay as the server sent
 /// them; every display escapes them (`logsafe`, the bounce's `clean`).
 pub fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if matches!(c, '\r' | '\n') { ' ' } else { c })
-        .collect()
+    let mut out = String::with_capacity(s.len());
+    out.extend(
+        s.chars()
+            .map(|c| if matches!(c, '\r' | '\n') { ' ' } else { c }),
+    );
+    out
 }
 
 /// As shown in logs, `mailq` and bounces: `relay said: 550 5.1.1 text` for
@@ -697,7 +704,7 @@ mod tests {
     fn client_reply(code: u16, text: &str, own: Option<Own>) -> ServerReply {
         ServerReply {
             code,
-            lines: vec![text.to_string()],
+            raw: text.to_string(),
             own,
         }
     }

@@ -351,7 +351,7 @@ pub fn smtp_client_reply(data: &[u8]) {
     for line in replies.split(|&b| b == b'\n').take(20) {
         let r = crate::smtp::client::ServerReply {
             code: 250,
-            lines: vec![text(line).into_owned()],
+            raw: text(line).into_owned(),
             own: None,
         };
         if let Some((class, subject, detail)) = r.enhanced() {

@@ -183,7 +183,7 @@ fn scenario_lmtp_session_is_reused_for_the_next_message() {
     sim.finish();
     assert_eq!(sim.unix_connects.len(), 1, "one connection for both");
     assert_eq!(sim.reports.len(), 2);
-    assert_eq!(sim.reports[1].0.id, QueueId(2));
+    assert_eq!(sim.reports[1].0, QueueId(2));
     assert_eq!(sim.reports[1].1, vec![(10, delivered(RELAY))]);
     assert_eq!(
         sim.commands

@@ -60,6 +60,7 @@
 //! table in `delivery::outcome`.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -167,8 +168,10 @@ pub enum Action {
     /// Close the current connection (any bytes still to write are moot).
     Close,
     /// The job is over: one outcome per recipient (index in the envelope).
+    /// (The job's ID and relay: the job itself stays with the machine.)
     Report {
-        job: Job,
+        id: QueueId,
+        relay: Option<std::rc::Rc<crate::routes::Relay>>,
         outcomes: Vec<(usize, Outcome)>,
     },
 }
@@ -232,8 +235,14 @@ pub struct Delivery {
     /// The server of the last transaction offered DSN (RFC 3461): it got
     /// the parameters and reports success itself.
     dsn_passed: bool,
+<<<<<<< HEAD
     /// What the last session showed (kept after it ends).
     facts: SessionFacts,
+=======
+    /// Scratch for `drive`: the client's events of one round (kept, so a
+    /// round allocates nothing).
+    events: Vec<ClientEvent>,
+>>>>>>> allocs
 }
 
 impl Delivery {
@@ -258,7 +267,11 @@ impl Delivery {
             oauth_rejected: false,
             requiretls_refused: None,
             dsn_passed: false,
+<<<<<<< HEAD
             facts: SessionFacts::default(),
+=======
+            events: Vec::new(),
+>>>>>>> allocs
         };
         if smarthost {
             d.hops = smarthosts
@@ -860,10 +873,12 @@ impl Delivery {
     /// The job's outcomes: recipients without one are deferred with the
     /// last error seen.
     fn report(&mut self) {
-        let last = self
-            .last_error
-            .clone()
-            .unwrap_or_else(outcome::no_destination_reached);
+        // Built only for a recipient that has no outcome.
+        let last = || {
+            self.last_error
+                .clone()
+                .unwrap_or_else(outcome::no_destination_reached)
+        };
         let mut decided = std::mem::take(&mut self.decided);
         let outcomes = self
             .job
@@ -875,14 +890,18 @@ impl Delivery {
                     .remove(&j)
                     .unwrap_or_else(|| match &self.requiretls_refused {
                         Some(r) => Outcome::Failed(r.clone()),
-                        None => Outcome::Deferred(last.clone()),
+                        None => Outcome::Deferred(last()),
                     });
                 (*index, o)
             })
             .collect();
+        // Emptied, its room kept for the session's next job.
+        decided.clear();
+        self.decided = decided;
         self.job_reported = true;
         self.actions.push_back(Action::Report {
-            job: self.job.clone(),
+            id: self.job.id,
+            relay: self.job.relay.clone(),
             outcomes,
         });
     }
@@ -900,8 +919,10 @@ impl Delivery {
     /// Handles the client's events until it has none.
     fn drive(&mut self, now: Instant) {
         while let State::Session(s) = &mut self.state {
-            let events: Vec<ClientEvent> = std::iter::from_fn(|| s.client.poll_event()).collect();
+            let mut events = std::mem::take(&mut self.events);
+            events.extend(std::iter::from_fn(|| s.client.poll_event()));
             if events.is_empty() {
+                self.events = events;
                 break;
             }
             // The reply the session failed with: recipients left undecided
@@ -911,12 +932,15 @@ impl Delivery {
                 ClientEvent::SessionFailed(o) => Some(rcpt_reply(o).clone()),
                 _ => None,
             });
-            for ev in events {
+            for ev in events.drain(..) {
                 if !matches!(self.state, State::Session(_)) {
                     break;
                 }
                 self.on_event(ev, failure.as_ref(), now);
             }
+            // Events left by a break are dropped, as before.
+            events.clear();
+            self.events = events;
         }
         self.cause = None;
         self.check_closed();
@@ -1097,7 +1121,10 @@ fn relay_name(hops: &[Hop], hop: usize, addr: &Endpoint) -> String {
         return addr.to_string();
     };
     let name = hops.get(hop).map_or("unknown", |h| h.name.as_str());
-    format!("{name}[{}]:{}", addr.ip(), addr.port())
+    // Sized once: `[` + an IPv6 address + `]:` + a port fit in 50.
+    let mut s = String::with_capacity(name.len() + 50);
+    let _ = write!(s, "{name}[{}]:{}", addr.ip(), addr.port());
+    s
 }
 
 /// The EHLO argument for a connection from `local`: the configured name,

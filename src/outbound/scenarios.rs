@@ -32,7 +32,7 @@ fn scenario_mx_hosts_are_tried_in_preference_order() {
         vec![(10, delivered(MX1)), (11, delivered(MX1))]
     );
     assert_eq!(sim.messages, 1);
-    assert_eq!(sim.reports[0].0.id, QueueId(1));
+    assert_eq!(sim.reports[0].0, QueueId(1));
 }
 
 #[test]
@@ -839,9 +839,9 @@ fn scenario_second_job_reuses_the_idle_session() {
     sim.finish();
     assert_eq!(sim.connects.len(), 1, "one connection for both jobs");
     assert_eq!(sim.reports.len(), 2);
-    assert_eq!(sim.reports[0].0.id, QueueId(1));
+    assert_eq!(sim.reports[0].0, QueueId(1));
     assert_eq!(sim.reports[0].1, vec![(10, delivered(MX1))]);
-    assert_eq!(sim.reports[1].0.id, QueueId(2));
+    assert_eq!(sim.reports[1].0, QueueId(2));
     assert_eq!(sim.reports[1].1[0], (10, delivered(MX1)));
     assert!(matches!(sim.reports[1].1[1], (11, Outcome::Failed(_))));
     assert_eq!(sim.messages, 2);

@@ -218,7 +218,7 @@ pub struct Sim {
     pub unix_connects: Vec<std::path::PathBuf>,
     pub tls_starts: Vec<(String, bool)>,
     pub closes: usize,
-    pub reports: Vec<(Job, Vec<(usize, Outcome)>)>,
+    pub reports: Vec<(QueueId, Vec<(usize, Outcome)>)>,
     /// Command lines the scripted peers got.
     pub commands: Vec<String>,
     /// Messages the peers took (scripted dots and server commits).
@@ -459,8 +459,8 @@ impl Sim {
                 self.conn = None;
                 self.body_pos = None;
             }
-            Action::Report { job, outcomes } => {
-                self.reports.push((job, outcomes));
+            Action::Report { id, outcomes, .. } => {
+                self.reports.push((id, outcomes));
                 if self.m.is_idle() {
                     if let Some(next) = self.next_jobs.pop_front() {
                         self.m

@@ -72,6 +72,9 @@ pub struct Reactor<K> {
     free: Vec<u32>,
     /// Sockets with remembered readiness the owner has not drained yet.
     hot: Vec<SockId>,
+    /// Scratch for `poll`: the sockets seen this wait (kept, so a wait
+    /// allocates nothing).
+    seen: Vec<SockId>,
     timers: BinaryHeap<Reverse<(Instant, u64, K)>>,
     timer_seq: u64,
     signals: signals::SignalPipe,
@@ -99,6 +102,7 @@ impl<K: Ord + Copy> Reactor<K> {
             slots: Vec::new(),
             free: Vec::new(),
             hot: Vec::new(),
+            seen: Vec::new(),
             timers: BinaryHeap::new(),
             timer_seq: 0,
             signals,
@@ -434,7 +438,9 @@ impl<K: Ord + Copy> Reactor<K> {
                 return Err(e);
             }
         }
-        let mut seen: Vec<SockId> = std::mem::take(&mut self.hot);
+        let mut seen = std::mem::take(&mut self.seen);
+        seen.clear();
+        seen.append(&mut self.hot);
         let mut signalled = false;
         for ev in self.events.iter() {
             if ev.token() == SIGNAL_TOKEN {
@@ -468,7 +474,7 @@ impl<K: Ord + Copy> Reactor<K> {
         }
         seen.sort();
         seen.dedup();
-        for id in seen {
+        for id in seen.drain(..) {
             match self.slot(id).and_then(|s| s.socket.as_ref()) {
                 Some(Socket::Listener(_) | Socket::UnixListener(_)) => {
                     out.push(Readiness::Acceptable(id))
@@ -477,6 +483,7 @@ impl<K: Ord + Copy> Reactor<K> {
                 None => {}
             }
         }
+        self.seen = seen;
         Ok(())
     }
 }

@@ -87,9 +87,29 @@ impl Address {
         !self.local.is_ascii()
     }
 
+    /// The address as printed (`Display`), in a string allocated once at
+    /// its final size (`to_string` grows it piece by piece).
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::with_capacity(self.path_len() - 2);
+        let _ = write!(s, "{self}");
+        s
+    }
+
     /// Length of `<address>` as printed.
     fn path_len(&self) -> usize {
-        self.to_string().len() + 2
+        let local = if is_dot_string(&self.local) {
+            self.local.len()
+        } else {
+            // Quoted: `"`, `\` before each `"` and `\`, `"`.
+            2 + self.local.len()
+                + self
+                    .local
+                    .chars()
+                    .filter(|&c| c == '"' || c == '\\')
+                    .count()
+        };
+        local + 1 + self.domain.len() + 2
     }
 
     /// Builds an address from a local part (unquoted form) and a domain
@@ -102,7 +122,7 @@ impl Address {
             local: local.to_string(),
             domain: domain.to_string(),
         };
-        let parsed = Address::parse_mailbox(&candidate.to_string())?;
+        let parsed = Address::parse_mailbox(&candidate.to_text())?;
         if parsed == candidate {
             Ok(parsed)
         } else {
@@ -280,6 +300,31 @@ mod tests {
 
     fn addr(s: &str) -> Address {
         parse_path(s).unwrap().unwrap()
+    }
+
+    #[test]
+    fn to_text_and_path_len_match_display() {
+        for a in [
+            Address {
+                local: "joe".into(),
+                domain: "example.com".into(),
+            },
+            Address {
+                local: "a b".into(),
+                domain: "x.test".into(),
+            },
+            Address {
+                local: "q\"u\\o".into(),
+                domain: "x.test".into(),
+            },
+            Address {
+                local: "jö".into(),
+                domain: "bü.test".into(),
+            },
+        ] {
+            assert_eq!(a.to_text(), a.to_string());
+            assert_eq!(a.path_len(), a.to_string().len() + 2, "{a}");
+        }
     }
 
     #[test]

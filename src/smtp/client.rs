@@ -297,7 +297,8 @@ enum RcptState {
 struct ActiveTransaction {
     mail_command: String,
     recipients: Vec<String>,
-    /// RFC 3461 ` NOTIFY= ORCPT=` of each recipient (empty without DSN).
+    /// RFC 3461 ` NOTIFY= ORCPT=` of each recipient (no list without DSN:
+    /// a missing entry reads as none).
     rcpt_params: Vec<String>,
     states: Vec<RcptState>,
     pipelined: bool,
@@ -329,43 +330,67 @@ impl ActiveTransaction {
         }
     }
 
-    fn decide_where(&mut self, accepted: bool, outcome: &RcptOutcome) {
+    /// Decides every recipient that was (or was not) accepted; the last
+    /// one gets `outcome` itself, the others copies.
+    fn decide_where(&mut self, accepted: bool, outcome: RcptOutcome) {
+        let hit = |state: &RcptState| match state {
+            RcptState::Pending => !accepted,
+            RcptState::Accepted => accepted,
+            RcptState::Decided(_) => false,
+        };
+        let mut left = self.states.iter().filter(|s| hit(s)).count();
+        let mut outcome = Some(outcome);
         for state in &mut self.states {
-            let hit = match state {
-                RcptState::Pending => !accepted,
-                RcptState::Accepted => accepted,
-                RcptState::Decided(_) => false,
-            };
-            if hit {
-                *state = RcptState::Decided(outcome.clone());
+            if hit(state) {
+                left -= 1;
+                let o = if left == 0 {
+                    outcome.take()
+                } else {
+                    outcome.clone()
+                };
+                if let Some(o) = o {
+                    *state = RcptState::Decided(o);
+                }
             }
         }
     }
 
-    fn into_outcomes(self, undecided: &RcptOutcome) -> Vec<RcptOutcome> {
+    /// One outcome per recipient; `undecided` is called for each one
+    /// without (only then).
+    fn into_outcomes(self, undecided: impl Fn() -> RcptOutcome) -> Vec<RcptOutcome> {
         self.states
             .into_iter()
             .map(|s| match s {
                 RcptState::Decided(o) => o,
-                RcptState::Pending | RcptState::Accepted => undecided.clone(),
+                RcptState::Pending | RcptState::Accepted => undecided(),
             })
             .collect()
     }
 }
 
 /// Outcome of a negative reply: 5yz fails, anything else defers.
-fn failure_outcome(reply: &ServerReply) -> RcptOutcome {
+/// A command (never one with credentials) formatted straight into the
+/// output, with its debug log line.
+fn push_command(out: &mut Vec<u8>, line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    log::debug!("smtp-client: > {line}");
+    // Writing into a Vec cannot fail.
+    let _ = out.write_fmt(line);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn failure_outcome(reply: ServerReply) -> RcptOutcome {
     if reply.is_permanent() {
-        RcptOutcome::Failed(reply.clone())
+        RcptOutcome::Failed(reply)
     } else {
-        RcptOutcome::Deferred(reply.clone())
+        RcptOutcome::Deferred(reply)
     }
 }
 
 /// Outcome of the reply after the final dot: 2yz delivered.
-fn data_end_outcome(reply: &ServerReply) -> RcptOutcome {
+fn data_end_outcome(reply: ServerReply) -> RcptOutcome {
     if reply.class() == 2 {
-        RcptOutcome::Delivered(reply.clone())
+        RcptOutcome::Delivered(reply)
     } else {
         failure_outcome(reply)
     }
@@ -390,7 +415,9 @@ pub struct ClientSession {
     out: Vec<u8>,
     line: Vec<u8>,
     reply_code: Option<u16>,
-    reply_lines: Vec<String>,
+    /// The lines of the reply being read, joined with `\n`, and their count.
+    reply_raw: String,
+    reply_count: usize,
     events: VecDeque<ClientEvent>,
     extensions: Vec<Extension>,
     tls_active: bool,
@@ -429,7 +456,8 @@ impl ClientSession {
             out: Vec::new(),
             line: Vec::new(),
             reply_code: None,
-            reply_lines: Vec::new(),
+            reply_raw: String::new(),
+            reply_count: 0,
             events: VecDeque::new(),
             extensions: Vec::new(),
             tls_active,
@@ -481,11 +509,15 @@ impl ClientSession {
                 return;
             }
             if b == b'\n' {
+                // Taken for the call and put back, so its capacity serves
+                // every line of the session.
                 let mut line = std::mem::take(&mut self.line);
                 if line.last() == Some(&b'\r') {
                     line.pop();
                 }
                 self.handle_line(&line, now);
+                line.clear();
+                self.line = line;
             } else if self.line.len() + 1 >= MAX_REPLY_LINE {
                 log::debug!("smtp-client: reply line over {MAX_REPLY_LINE} octets");
                 self.fail_session(synth(PROTOCOL_ERROR), false);
@@ -642,11 +674,11 @@ impl ClientSession {
         log::debug!("smtp-client: body not sent: {why}");
         let reply = ServerReply {
             code: NOT_CONVERTIBLE_CODE,
-            lines: vec![format!("{NOT_CONVERTIBLE_TEXT} {why}")],
+            raw: format!("{NOT_CONVERTIBLE_TEXT} {why}"),
             own: Some(Own::Client),
         };
         if let Some(active) = self.txn.take() {
-            let outcomes = active.into_outcomes(&RcptOutcome::Failed(reply));
+            let outcomes = active.into_outcomes(|| RcptOutcome::Failed(reply.clone()));
             self.events
                 .push_back(ClientEvent::TransactionDone(outcomes));
         }
@@ -718,7 +750,8 @@ impl ClientSession {
         }
         self.line.clear();
         self.reply_code = None;
-        self.reply_lines.clear();
+        self.reply_raw.clear();
+        self.reply_count = 0;
         self.extensions.clear();
         self.tls_active = true;
         self.phase = Phase::Setup;
@@ -739,7 +772,7 @@ impl ClientSession {
             return;
         }
         if let Some(active) = self.txn.take() {
-            let outcomes = active.into_outcomes(&RcptOutcome::Deferred(synth(ABORTED)));
+            let outcomes = active.into_outcomes(|| RcptOutcome::Deferred(synth(ABORTED)));
             self.events
                 .push_back(ClientEvent::TransactionDone(outcomes));
         }
@@ -790,7 +823,7 @@ impl ClientSession {
                 log::debug!("smtp-client: timeout waiting for {what}");
                 let reply = ServerReply {
                     code: TIMEOUT_CODE,
-                    lines: vec![format!("{TIMEOUT_TEXT} {what}")],
+                    raw: format!("{TIMEOUT_TEXT} {what}"),
                     own: Some(Own::Timeout(what)),
                 };
                 self.fail_session(reply, false);
@@ -883,18 +916,23 @@ impl ClientSession {
             self.fail_session(synth(PROTOCOL_ERROR), false);
             return;
         }
-        if self.reply_lines.len() >= MAX_REPLY_LINES {
+        if self.reply_count >= MAX_REPLY_LINES {
             log::debug!("smtp-client: reply over {MAX_REPLY_LINES} lines");
             self.fail_session(synth(PROTOCOL_ERROR), false);
             return;
         }
         self.reply_code = Some(code);
-        self.reply_lines.push(text);
+        if self.reply_count > 0 {
+            self.reply_raw.push('\n');
+        }
+        self.reply_raw.push_str(&text);
+        self.reply_count += 1;
         if last {
             self.reply_code = None;
+            self.reply_count = 0;
             let reply = ServerReply {
                 code,
-                lines: std::mem::take(&mut self.reply_lines),
+                raw: std::mem::take(&mut self.reply_raw),
                 own: None,
             };
             self.handle_reply(reply, now);
@@ -933,8 +971,12 @@ impl ClientSession {
             }
             Expect::Ehlo => {
                 if reply.class() == 2 {
+<<<<<<< HEAD
                     self.extensions = parse_extensions(&reply.lines);
                     self.facts.starttls_offered = Some(self.offers("STARTTLS"));
+=======
+                    self.extensions = parse_extensions(reply.lines());
+>>>>>>> allocs
                     self.setup_tls(now);
                 } else if reply.is_permanent() && !self.cfg.lmtp {
                     let helo = format!("HELO {}", self.cfg.helo_name);
@@ -1011,14 +1053,14 @@ impl ClientSession {
             Expect::StaleChunk => {}
             Expect::DataEnd => {
                 if let Some(mut active) = self.txn.take() {
-                    active.decide_where(true, &data_end_outcome(&reply));
+                    active.decide_where(true, data_end_outcome(reply));
                     self.txn = Some(active);
                 }
                 self.finish_transaction(false, now);
             }
             Expect::LmtpDataEnd(i) => {
                 if let Some(active) = self.txn.as_mut() {
-                    active.decide_one(i, data_end_outcome(&reply));
+                    active.decide_one(i, data_end_outcome(reply.clone()));
                 }
                 if !matches!(self.expected.front(), Some(Expect::LmtpDataEnd(_))) {
                     self.finish_transaction(false, now);
@@ -1045,7 +1087,7 @@ impl ClientSession {
             active.mail_accepted = true;
             return;
         }
-        active.decide_where(false, &failure_outcome(reply));
+        active.decide_where(false, failure_outcome(reply.clone()));
         if !active.pipelined {
             self.finish_transaction(false, now);
         }
@@ -1063,7 +1105,7 @@ impl ClientSession {
             *state = if reply.class() == 2 {
                 RcptState::Accepted
             } else {
-                RcptState::Decided(failure_outcome(reply))
+                RcptState::Decided(failure_outcome(reply.clone()))
             };
         }
     }
@@ -1085,7 +1127,7 @@ impl ClientSession {
         }
         let rset = active.mail_accepted;
         if any_accepted {
-            active.decide_where(true, &failure_outcome(reply));
+            active.decide_where(true, failure_outcome(reply.clone()));
         }
         self.finish_transaction(rset, now);
     }
@@ -1102,23 +1144,28 @@ impl ClientSession {
         let Some(active) = self.txn.as_mut() else {
             return;
         };
-        let mut lines = vec![(active.mail_command.clone(), Expect::Mail)];
+        // Written straight into the output (as `send_command` would, one
+        // by one): no string per command.
+        if self.expected.is_empty() {
+            self.wait_started = now;
+        }
+        push_command(&mut self.out, format_args!("{}", active.mail_command));
+        self.expected.push_back(Expect::Mail);
         for (i, (rcpt, state)) in active.recipients.iter().zip(&active.states).enumerate() {
             if matches!(state, RcptState::Pending) {
                 let params = active.rcpt_params.get(i).map_or("", |p| p.as_str());
-                lines.push((format!("RCPT TO:<{rcpt}>{params}"), Expect::Rcpt(i)));
+                push_command(&mut self.out, format_args!("RCPT TO:<{rcpt}>{params}"));
+                self.expected.push_back(Expect::Rcpt(i));
             }
         }
         // BDAT waits for the RCPT replies (the body is asked for then).
         if !active.chunking {
-            lines.push(("DATA".to_string(), Expect::Data));
+            push_command(&mut self.out, format_args!("DATA"));
+            self.expected.push_back(Expect::Data);
             active.data_sent = true;
         }
         active.mail_sent = true;
         active.next_rcpt = active.recipients.len();
-        for (line, expect) in lines {
-            self.send_command(&line, expect, now);
-        }
     }
 
     /// Without PIPELINING: the next command once every reply is in. With
@@ -1168,7 +1215,7 @@ impl ClientSession {
 
     fn finish_transaction(&mut self, rset: bool, now: Instant) {
         if let Some(active) = self.txn.take() {
-            let outcomes = active.into_outcomes(&RcptOutcome::Deferred(synth(PROTOCOL_ERROR)));
+            let outcomes = active.into_outcomes(|| RcptOutcome::Deferred(synth(PROTOCOL_ERROR)));
             self.events
                 .push_back(ClientEvent::TransactionDone(outcomes));
         }
@@ -1218,7 +1265,7 @@ impl ClientSession {
         );
         let outcome = RcptOutcome::Deferred(reply);
         if let Some(active) = self.txn.take() {
-            let outcomes = active.into_outcomes(&outcome);
+            let outcomes = active.into_outcomes(|| outcome.clone());
             self.events
                 .push_back(ClientEvent::TransactionDone(outcomes));
         }

@@ -81,9 +81,20 @@ pub fn parse_command(line: &[u8]) -> Result<Command, Reply> {
         return Err(reply::SYNTAX_PARAMS);
     }
     let mut parts = line.splitn(2, |&b| b == b' ');
-    let verb = parts.next().unwrap_or_default().to_ascii_uppercase();
+    // Upper-cased into a fixed buffer (no allocation per command); a verb
+    // longer than the longest known one (STARTTLS) is unknown.
+    let word = parts.next().unwrap_or_default();
+    let mut upper = [0u8; 8];
+    let verb: &[u8] = match upper.get_mut(..word.len()) {
+        Some(dst) => {
+            dst.copy_from_slice(word);
+            dst.make_ascii_uppercase();
+            dst
+        }
+        None => b"",
+    };
     let rest = parts.next().unwrap_or_default().trim_ascii();
-    match verb.as_slice() {
+    match verb {
         b"HELO" | b"EHLO" => {
             let name = rest
                 .split(|b| b.is_ascii_whitespace())

@@ -65,6 +65,27 @@ impl std::fmt::Display for Reply {
     }
 }
 
+/// A reply whose text is formatted straight into `out`, as
+/// [`Reply::write_to`] writes a `Reply`.
+fn write_formatted(
+    out: &mut Vec<u8>,
+    enhanced: bool,
+    code: u16,
+    status: &str,
+    text: std::fmt::Arguments<'_>,
+) {
+    use std::io::Write as _;
+    push_code(out, code);
+    out.push(b' ');
+    if enhanced && !status.is_empty() {
+        out.extend_from_slice(status.as_bytes());
+        out.push(b' ');
+    }
+    // Writing into a Vec cannot fail.
+    let _ = out.write_fmt(text);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The three digits of a reply code (always 200..=599 here).
 fn push_code(out: &mut Vec<u8>, code: u16) {
     let code = code.min(999);
@@ -87,14 +108,29 @@ pub fn write_multiline(out: &mut Vec<u8>, code: u16, lines: &[&str]) {
 
 // --- greetings and session -------------------------------------------------
 
-pub fn greeting(hostname: &str) -> Reply {
-    Reply::with_text(220, "", format!("{hostname} ESMTP tern"))
+// The replies of every session are written straight into the output
+// (no `Reply` with an owned text per session or per message).
+
+pub fn write_greeting(out: &mut Vec<u8>, enhanced: bool, hostname: &str) {
+    write_formatted(
+        out,
+        enhanced,
+        220,
+        "",
+        format_args!("{hostname} ESMTP tern"),
+    );
 }
-pub fn helo_ok(hostname: &str) -> Reply {
-    Reply::with_text(250, "", hostname.to_string())
+pub fn write_helo_ok(out: &mut Vec<u8>, enhanced: bool, hostname: &str) {
+    write_formatted(out, enhanced, 250, "", format_args!("{hostname}"));
 }
-pub fn bye(hostname: &str) -> Reply {
-    Reply::with_text(221, "2.0.0", format!("{hostname} closing connection"))
+pub fn write_bye(out: &mut Vec<u8>, enhanced: bool, hostname: &str) {
+    write_formatted(
+        out,
+        enhanced,
+        221,
+        "2.0.0",
+        format_args!("{hostname} closing connection"),
+    );
 }
 pub fn shutting_down(hostname: &str) -> Reply {
     Reply::with_text(
@@ -148,8 +184,14 @@ pub fn chunk_received(size: u64) -> Reply {
     Reply::with_text(250, "2.0.0", format!("Ok: {size} octets received"))
 }
 
-pub fn queued(id: &str) -> Reply {
-    Reply::with_text(250, "2.0.0", format!("Ok: queued as {id}"))
+pub fn write_queued(out: &mut Vec<u8>, enhanced: bool, id: &str) {
+    write_formatted(
+        out,
+        enhanced,
+        250,
+        "2.0.0",
+        format_args!("Ok: queued as {id}"),
+    );
 }
 
 // --- syntax and sequence (5.5.x) --------------------------------------------

@@ -76,6 +76,7 @@
 //! Not supported: BINARYMIME.
 
 use std::collections::VecDeque;
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -84,7 +85,7 @@ use super::command::{parse_command, Body, Command, MailParams, PathText, RcptPar
 use super::data::{DataDecoder, DataSummary, MAX_LINE};
 use super::dsn::{DsnMail, DsnRcpt};
 use super::reply::{self, Reply};
-use crate::delivery::{push_unique, Destination};
+use crate::delivery::{push_unique_taking, Destination};
 
 /// Unread replies beyond this stop the session from reading more commands.
 pub const OUTPUT_HIGH_WATER: usize = 8 * 1024;
@@ -262,7 +263,8 @@ enum State {
 }
 
 pub struct ServerSession {
-    cfg: SessionConfig,
+    /// Shared by every session of the daemon (no copy per connection).
+    cfg: std::rc::Rc<SessionConfig>,
     kind: ListenerKind,
     peer: IpAddr,
     relay_allowed: bool,
@@ -296,6 +298,10 @@ pub struct ServerSession {
     chunk_failure: Option<Reply>,
 }
 
+/// Room the body buffer gets when a message starts: the `Received:` field
+/// and the first decoded reads go in without regrowing it.
+const BODY_RESERVE: usize = 4096;
+
 /// A submitted message's header section held for fix-ups at most; a longer
 /// one is passed on unchanged.
 pub const MAX_HELD_HEADER: usize = 64 * 1024;
@@ -303,12 +309,13 @@ pub const MAX_HELD_HEADER: usize = 64 * 1024;
 impl ServerSession {
     /// A new session; the greeting is already in the output.
     pub fn new(
-        cfg: SessionConfig,
+        cfg: impl Into<std::rc::Rc<SessionConfig>>,
         kind: ListenerKind,
         peer: IpAddr,
         relay_allowed: bool,
         now: Instant,
     ) -> ServerSession {
+        let cfg = cfg.into();
         let mut s = ServerSession {
             deadline: now + cfg.timeout,
             cfg,
@@ -321,7 +328,8 @@ impl ServerSession {
             mail: None,
             line: Vec::with_capacity(128),
             line_overflow: false,
-            out: Vec::new(),
+            // Room for the greeting and the EHLO reply at once.
+            out: Vec::with_capacity(256),
             body: Vec::new(),
             events: VecDeque::new(),
             errors: 0,
@@ -335,14 +343,18 @@ impl ServerSession {
             chunks: None,
             chunk_failure: None,
         };
-        let greeting = reply::greeting(&s.cfg.hostname);
-        s.reply(&greeting);
+        reply::write_greeting(&mut s.out, s.esmtp, &s.cfg.hostname);
         s
     }
 
     /// A session refused at accept time (too many connections): it only
     /// says 421 and closes.
-    pub fn refuse(cfg: SessionConfig, peer: IpAddr, why: Reply, now: Instant) -> ServerSession {
+    pub fn refuse(
+        cfg: impl Into<std::rc::Rc<SessionConfig>>,
+        peer: IpAddr,
+        why: Reply,
+        now: Instant,
+    ) -> ServerSession {
         let mut s = ServerSession::new(cfg, ListenerKind::Relay, peer, false, now);
         s.out.clear();
         // No EHLO yet, but SPEC (and Postfix) give the enhanced code here.
@@ -459,6 +471,16 @@ impl ServerSession {
         self.mail.as_ref()
     }
 
+    /// At `DataStart`: the destinations, moved out for the spool's
+    /// envelope (the transaction's recipients stay; nothing after
+    /// `DataStart` reads the destinations).
+    pub fn take_destinations(&mut self) -> Vec<(Destination, String)> {
+        match (&self.state, self.mail.as_mut()) {
+            (State::SpoolOpen { .. }, Some(m)) => std::mem::take(&mut m.destinations),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn helo_name(&self) -> &str {
         self.helo.as_deref().unwrap_or("unknown")
     }
@@ -501,31 +523,32 @@ impl ServerSession {
             (true, true, false, true) => "UTF8SMTPA",
             (true, true, true, true) => "UTF8SMTPSA",
         };
-        let tls = match &self.tls {
-            Some(t) => format!("\r\n\t(using {t})"),
-            None => String::new(),
-        };
-        let for_clause = match self.mail.as_ref().map(|m| m.recipients.as_slice()) {
-            Some([only]) => format!("\r\n\tfor <{only}>"),
-            _ => String::new(),
-        };
-        let received = format!(
-            "Received: from {} ([{}]){}\r\n\tby {} (tern) with {} id {}{}; {}\r\n",
-            sanitize(self.helo_name()),
-            self.peer,
-            tls,
-            self.cfg.hostname,
-            proto,
-            queue_id,
-            for_clause,
-            date
+        // Written straight into the body (writing to a Vec cannot fail),
+        // which gets room for the first reads of the message at once.
+        let body = &mut self.body;
+        body.reserve(BODY_RESERVE);
+        body.extend_from_slice(b"Received: from ");
+        push_sanitized(body, self.helo.as_deref().unwrap_or("unknown"));
+        let _ = write!(body, " ([{}])", self.peer);
+        if let Some(t) = &self.tls {
+            let _ = write!(body, "\r\n\t(using {t})");
+        }
+        let _ = write!(
+            body,
+            "\r\n\tby {} (tern) with {proto} id {queue_id}",
+            self.cfg.hostname
         );
-        self.body.extend_from_slice(received.as_bytes());
+        if let Some([only]) = self.mail.as_ref().map(|m| m.recipients.as_slice()) {
+            let _ = write!(body, "\r\n\tfor <{only}>");
+        }
+        let _ = write!(body, "; {date}\r\n");
         // Submission (RFC 6409 §8): add Date: and Message-ID: when missing,
         // so the header section is held (bounded) until its end is seen.
         self.holding_headers = self.kind != ListenerKind::Relay || self.auth_user.is_some();
         self.held.clear();
-        self.fixup = Some((queue_id.to_string(), date.to_string()));
+        self.fixup = self
+            .holding_headers
+            .then(|| (queue_id.to_string(), date.to_string()));
         let max = self.cfg.max_message_size;
         match chunk {
             None => self.state = State::Data(DataDecoder::new(max)),
@@ -631,7 +654,7 @@ impl ServerSession {
     pub fn committed(&mut self, result: Result<&str, Reply>) {
         if let State::Commit(_) = self.state {
             match result {
-                Ok(id) => self.reply(&reply::queued(id)),
+                Ok(id) => reply::write_queued(&mut self.out, self.esmtp, id),
                 Err(why) => self.reply(&why),
             }
             self.mail = None;
@@ -811,34 +834,47 @@ impl ServerSession {
             Command::Helo(name) => {
                 self.esmtp = false;
                 self.greeted(name);
-                let r = reply::helo_ok(&self.cfg.hostname);
-                self.reply(&r);
+                reply::write_helo_ok(&mut self.out, self.esmtp, &self.cfg.hostname);
             }
             Command::Ehlo(name) => {
                 self.esmtp = true;
                 self.greeted(name);
-                let size = format!("SIZE {}", self.cfg.max_message_size);
-                let mut lines = vec![
+                // The lines in a fixed array, SIZE formatted on the stack:
+                // no allocation per EHLO.
+                let mut size_buf = [0u8; 32];
+                let size = format_into(
+                    &mut size_buf,
+                    format_args!("SIZE {}", self.cfg.max_message_size),
+                );
+                let always = [
                     self.cfg.hostname.as_str(),
                     "PIPELINING",
-                    size.as_str(),
+                    size,
                     "8BITMIME",
                     "ENHANCEDSTATUSCODES",
                     "CHUNKING",
                     "SMTPUTF8",
                     "DSN",
                 ];
-                if self.cfg.tls_available && self.tls.is_none() {
-                    lines.push("STARTTLS");
+                let optional = [
+                    (self.cfg.tls_available && self.tls.is_none(), "STARTTLS"),
+                    // RFC 8689 §2: offered only in a session under TLS.
+                    (self.tls.is_some(), "REQUIRETLS"),
+                    (
+                        self.auth_offered() && self.auth_user.is_none(),
+                        "AUTH PLAIN LOGIN",
+                    ),
+                ];
+                let mut lines = [""; 11];
+                let mut n = 0;
+                let offered = optional.iter().filter(|(on, _)| *on).map(|(_, l)| *l);
+                for line in always.into_iter().chain(offered) {
+                    if let Some(slot) = lines.get_mut(n) {
+                        *slot = line;
+                        n += 1;
+                    }
                 }
-                // RFC 8689 §2: offered only in a session under TLS.
-                if self.tls.is_some() {
-                    lines.push("REQUIRETLS");
-                }
-                if self.auth_offered() && self.auth_user.is_none() {
-                    lines.push("AUTH PLAIN LOGIN");
-                }
-                reply::write_multiline(&mut self.out, 250, &lines);
+                reply::write_multiline(&mut self.out, 250, lines.get(..n).unwrap_or_default());
             }
             Command::Mail(sender, params) => self.mail(sender, params, policy),
             Command::Rcpt(rcpt, text, params) => self.rcpt(rcpt, text, params, policy),
@@ -854,8 +890,7 @@ impl ServerSession {
             Command::Vrfy => self.reply(&reply::VRFY_CANNOT),
             Command::Help => self.reply(&reply::HELP),
             Command::Quit => {
-                let r = reply::bye(&self.cfg.hostname);
-                self.reply(&r);
+                reply::write_bye(&mut self.out, self.esmtp, &self.cfg.hostname);
                 self.state = State::Closing;
             }
             Command::StartTls => {
@@ -938,11 +973,16 @@ impl ServerSession {
             Ok(destinations) => {
                 if let Some(mail) = self.mail.as_mut() {
                     if !mail.recipients.contains(&rcpt) {
-                        let original = rcpt.to_string();
-                        for d in destinations {
-                            push_unique(&mut mail.destinations, d, &original);
+                        let mut original = Some(rcpt.to_text());
+                        let keep = !params.dsn.is_empty();
+                        let mut dests = destinations.into_iter().peekable();
+                        while let Some(d) = dests.next() {
+                            // The last destination takes the text itself
+                            // unless the DSN list needs it too.
+                            let last = dests.peek().is_none() && !keep;
+                            push_unique_taking(&mut mail.destinations, d, &mut original, last);
                         }
-                        if !params.dsn.is_empty() {
+                        if let (true, Some(original)) = (keep, original) {
                             mail.rcpt_dsn.push((original, params.dsn));
                         }
                         mail.recipients.push(rcpt);
@@ -1121,12 +1161,23 @@ impl ServerSession {
     }
 }
 
-/// HELO names go into a header: keep them to safe printable characters.
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .take(255)
-        .collect()
+/// `args` formatted into `buf` (cut short if it does not fit).
+fn format_into<'a>(buf: &'a mut [u8], args: std::fmt::Arguments<'_>) -> &'a str {
+    let mut cursor = std::io::Cursor::new(buf);
+    let _ = cursor.write_fmt(args);
+    let n = usize::try_from(cursor.position()).unwrap_or(0);
+    let buf = cursor.into_inner();
+    std::str::from_utf8(buf.get(..n).unwrap_or_default()).unwrap_or_default()
+}
+
+/// HELO names go into a header: keep them to safe printable characters
+/// (at most 255, anything else becomes `?`).
+fn push_sanitized(out: &mut Vec<u8>, s: &str) {
+    out.extend(
+        s.chars()
+            .take(255)
+            .map(|c| if c.is_ascii_graphic() { c as u8 } else { b'?' }),
+    );
 }
 
 mod auth;

@@ -134,7 +134,7 @@ impl Recipient {
     pub fn final_address(&self, hostname: &str) -> String {
         match &self.dest {
             Destination::Local(m) => format!("{m}@{hostname}"),
-            Destination::Remote(a) => a.to_string(),
+            Destination::Remote(a) => a.to_text(),
             Destination::Refused(_) => self.original.clone(),
         }
     }
@@ -163,47 +163,75 @@ pub struct StoredEnvelope {
 
 impl StoredEnvelope {
     pub fn encode(&self) -> Vec<u8> {
-        let mut s = format!(
+        // One buffer, sized for a typical envelope; writing to a String
+        // cannot fail.
+        let mut s = String::with_capacity(256);
+        let _ = self.encode_to(&mut s);
+        s.into_bytes()
+    }
+
+    /// Writes the encoded envelope straight into `out` (the spool file's
+    /// buffer: no copy of it in memory); returns its length and where its
+    /// `7bit` flag is (see [`body_flag_offset`]).
+    pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<(u64, u64)> {
+        let mut w = IoText {
+            out,
+            len: 0,
+            error: None,
+        };
+        if self.encode_to(&mut w).is_err() {
+            return Err(w
+                .error
+                .unwrap_or_else(|| std::io::Error::other("envelope encoding failed")));
+        }
+        // The flag line is the last one, before the empty line.
+        let flag = if self.eight_bit {
+            0
+        } else {
+            w.len.saturating_sub(b"7bit\n\n".len() as u64)
+        };
+        Ok((w.len, flag))
+    }
+
+    fn encode_to(&self, s: &mut impl fmt::Write) -> fmt::Result {
+        write!(
+            s,
             "{MAGIC}\narrival {}\nsender {}\n",
             self.arrival,
             Xtext(&self.sender)
-        );
+        )?;
         for r in &self.recipients {
             let original = Xtext(&r.original);
-            let dsn = envelope_dsn::rcpt_suffix(&r.dsn);
             match &r.dest {
-                Destination::Local(m) => s.push_str(&format!(
-                    "rcpt local {} {original}{dsn}\n",
-                    Xtext(m.as_str())
-                )),
-                Destination::Remote(a) => s.push_str(&format!(
-                    "rcpt remote {} {} {original}{dsn}\n",
+                Destination::Local(m) => write!(s, "rcpt local {} {original}", Xtext(m.as_str()))?,
+                Destination::Remote(a) => write!(
+                    s,
+                    "rcpt remote {} {} {original}",
                     Xtext(&a.local),
                     Xtext(&a.domain)
-                )),
-                Destination::Refused(why) => {
-                    s.push_str(&format!("rcpt refused {} {original}{dsn}\n", why.name()))
-                }
-            }
+                )?,
+                Destination::Refused(why) => write!(s, "rcpt refused {} {original}", why.name())?,
+            };
+            envelope_dsn::write_rcpt_suffix(s, &r.dsn)?;
+            s.write_char('\n')?;
         }
-        s.push_str(&format!("client {}\n", Xtext(&self.client)));
+        writeln!(s, "client {}", Xtext(&self.client))?;
         if self.origin == SenderOrigin::Local {
-            s.push_str("origin local\n");
+            s.write_str("origin local\n")?;
         }
         if self.smtputf8 {
-            s.push_str("smtputf8\n");
+            s.write_str("smtputf8\n")?;
         }
         if self.requiretls {
-            s.push_str("requiretls\n");
+            s.write_str("requiretls\n")?;
         }
-        s.push_str(&envelope_dsn::mail_lines(&self.dsn));
-        s.push_str(if self.eight_bit {
+        envelope_dsn::write_mail_lines(s, &self.dsn)?;
+        s.write_str(if self.eight_bit {
             "body 8bit\n"
         } else {
             "body 7bit\n"
-        });
-        s.push('\n');
-        s.into_bytes()
+        })?;
+        s.write_char('\n')
     }
 
     /// `None`: need more bytes. `Some(Err)`: malformed.
@@ -223,6 +251,12 @@ pub(super) fn split_head(buf: &[u8]) -> Option<(&[u8], u64)> {
     let end = buf.windows(2).position(|w| w == b"\n\n")?;
     let (head, _) = buf.split_at_checked(end)?;
     Some((head, end as u64 + 2))
+}
+
+/// Whether an envelope head (from [`split_head`]) is UTF-8 and starts
+/// with a format line this version reads.
+pub(super) fn is_head(head: &[u8]) -> bool {
+    std::str::from_utf8(head).is_ok_and(|t| matches!(t.split('\n').next(), Some(MAGIC | MAGIC_V1)))
 }
 
 fn parse(text: &str, body_offset: u64) -> Result<StoredEnvelope, String> {
@@ -324,6 +358,29 @@ fn parse_rcpt_v1(value: &str) -> Result<Recipient, String> {
         original: o.to_string(),
         dsn: DsnRcpt::default(),
     })
+}
+
+/// `fmt::Write` into an `io::Write`, counting the octets and keeping the
+/// first error.
+struct IoText<'a, W: std::io::Write> {
+    out: &'a mut W,
+    len: u64,
+    error: Option<std::io::Error>,
+}
+
+impl<W: std::io::Write> fmt::Write for IoText<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        match self.out.write_all(s.as_bytes()) {
+            Ok(()) => {
+                self.len += s.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.error = Some(e);
+                Err(fmt::Error)
+            }
+        }
+    }
 }
 
 /// Writes a value as xtext (RFC 3461 §4).
@@ -709,6 +766,20 @@ mod tests {
         let mut bytes = env.encode();
         let off = body_flag_offset(&bytes) as usize;
         assert_eq!(bytes[off], b'7');
+        // Written straight into a file's buffer: the same bytes and flag.
+        let mut direct = Vec::new();
+        assert_eq!(
+            env.write_to(&mut direct).unwrap(),
+            (bytes.len() as u64, off as u64)
+        );
+        assert_eq!(direct, bytes);
+        let eight = StoredEnvelope {
+            eight_bit: true,
+            ..env.clone()
+        };
+        let mut direct = Vec::new();
+        assert_eq!(eight.write_to(&mut direct).unwrap().1, 0);
+        assert_eq!(direct, eight.encode());
         bytes[off] = b'8';
         bytes.extend_from_slice(b"content");
         let d = StoredEnvelope::decode(&bytes).unwrap().unwrap();

@@ -15,20 +15,17 @@
 //! cannot be confused. A daemon older than these lines refuses such a
 //! file as damaged (it keeps it in the spool).
 
-use std::fmt::Write;
-
 use crate::smtp::dsn::{xtext_decode, DsnMail, DsnRcpt, Notify, Orcpt, Ret, Xtext};
 
 /// The ` notify=... orcpt=...` suffix of a recipient line ("" for none).
-pub fn rcpt_suffix(dsn: &DsnRcpt) -> String {
-    let mut s = String::new();
+pub fn write_rcpt_suffix(s: &mut impl std::fmt::Write, dsn: &DsnRcpt) -> std::fmt::Result {
     if let Some(n) = dsn.notify {
-        let _ = write!(s, " notify={n}");
+        write!(s, " notify={n}")?;
     }
     if let Some(o) = &dsn.orcpt {
-        let _ = write!(s, " orcpt={o}");
+        write!(s, " orcpt={o}")?;
     }
-    s
+    Ok(())
 }
 
 /// One `key=value` field of a recipient line.
@@ -43,18 +40,17 @@ pub fn rcpt_field(dsn: &mut DsnRcpt, field: &str) -> Option<()> {
 }
 
 /// The `ret` and `envid` lines ("" for none).
-pub fn mail_lines(dsn: &DsnMail) -> String {
-    let mut s = String::new();
+pub fn write_mail_lines(s: &mut impl std::fmt::Write, dsn: &DsnMail) -> std::fmt::Result {
     if let Some(ret) = dsn.ret {
-        s.push_str(match ret {
+        s.write_str(match ret {
             Ret::Full => "ret full\n",
             Ret::Hdrs => "ret hdrs\n",
-        });
+        })?;
     }
     if let Some(envid) = &dsn.envid {
-        let _ = writeln!(s, "envid {}", Xtext(envid));
+        writeln!(s, "envid {}", Xtext(envid))?;
     }
-    s
+    Ok(())
 }
 
 /// A `ret` or `envid` line's value; `None` when malformed or repeated.

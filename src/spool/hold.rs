@@ -54,7 +54,7 @@ impl Spool {
 
     /// Takes a message off hold; returns whether it was held.
     pub fn release(&self, id: QueueId) -> io::Result<bool> {
-        match fs::remove_file(self.path("hold", id)) {
+        match self.with_path("hold", id, |p| fs::remove_file(p)) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),

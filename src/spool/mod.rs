@@ -109,8 +109,12 @@ pub use envelope::{Progress, QueueId, RcptState, RcptStatus, StoredEnvelope};
 pub const TRAILER_LEN: u64 = 28;
 const TRAILER_MAGIC: &[u8] = b"\n#tern-end ";
 
-fn trailer(content_len: u64) -> Vec<u8> {
-    format!("\n#tern-end {content_len:016x}\n").into_bytes()
+fn trailer(content_len: u64) -> [u8; TRAILER_LEN as usize] {
+    let mut t = [b'\n'; TRAILER_LEN as usize];
+    let mut cursor = io::Cursor::new(&mut t[..]);
+    // 28 octets exactly: the write cannot come up short.
+    let _ = write!(cursor, "\n#tern-end {content_len:016x}\n");
+    t
 }
 
 /// The stored content of a message: the file limited to the content.
@@ -126,7 +130,7 @@ pub const INCOMING_BUFFER: usize = 4096;
 pub struct Incoming {
     pub id: QueueId,
     file: io::BufWriter<File>,
-    path: PathBuf,
+    // Its file is `tmp/ID` (the path is built when needed, on the stack).
     flag_offset: u64,
     arrival: u64,
     pub size: u64,
@@ -300,6 +304,23 @@ impl Spool {
         &self.root
     }
 
+    /// Calls `f` with `ROOT/dir/ID` built on the stack (a root too long
+    /// for the buffer gets [`Spool::path`]): the per-message opens,
+    /// renames and removals allocate nothing for their paths.
+    fn with_path<T>(&self, dir: &str, id: QueueId, f: impl FnOnce(&Path) -> T) -> T {
+        use std::os::unix::ffi::OsStrExt;
+        let mut buf = [0u8; 256];
+        let mut cursor = io::Cursor::new(&mut buf[..]);
+        let written = cursor
+            .write_all(self.root.as_os_str().as_bytes())
+            .and_then(|()| write!(cursor, "/{dir}/{}", id.text().as_str()));
+        let n = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
+        match (written, buf.get(..n)) {
+            (Ok(()), Some(path)) => f(Path::new(std::ffi::OsStr::from_bytes(path))),
+            _ => f(&self.path(dir, id)),
+        }
+    }
+
     /// `ROOT/dir/ID`, built with one allocation.
     fn path(&self, dir: &str, id: QueueId) -> PathBuf {
         let mut p = PathBuf::with_capacity(self.root.as_os_str().len() + dir.len() + 18);
@@ -311,28 +332,30 @@ impl Spool {
 
     /// Creates `tmp/ID` and writes the envelope; the caller streams the content.
     pub fn create(&mut self, env: &StoredEnvelope) -> io::Result<Incoming> {
-        let mut env = env.clone();
+        // The file does not record its ID (its name does): the envelope is
+        // encoded as given, only the ID is new.
         for _ in 0..ID_ATTEMPTS {
-            env.id = self.next_id(env.arrival);
-            let path = self.path("tmp", env.id);
-            let file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path);
+            let id = self.next_id(env.arrival);
+            let file = self.with_path("tmp", id, |path| {
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+            });
             match file {
                 Ok(file) => {
-                    let header = env.encode();
-                    let flag_offset = envelope::body_flag_offset(&header);
+                    // Encoded straight into the file's buffer.
                     let mut file = io::BufWriter::with_capacity(INCOMING_BUFFER, file);
-                    if let Err(e) = file.write_all(&header) {
-                        let _ = fs::remove_file(&path);
+                    let written = env.write_to(&mut file);
+                    let flag_offset = written.as_ref().map_or(0, |&(_, flag)| flag);
+                    if let Err(e) = written {
+                        let _ = self.with_path("tmp", id, |p| fs::remove_file(p));
                         return Err(e);
                     }
                     return Ok(Incoming {
-                        id: env.id,
+                        id,
                         file,
-                        path,
                         flag_offset,
                         arrival: env.arrival,
                         size: 0,
@@ -388,7 +411,10 @@ impl Spool {
     fn publish(&mut self, inc: &Incoming) -> io::Result<QueueId> {
         let mut id = inc.id;
         for _ in 0..ID_ATTEMPTS {
-            match safe_fs::rename_noreplace(&inc.path, &self.path("msg", id)) {
+            let moved = self.with_path("tmp", inc.id, |from| {
+                self.with_path("msg", id, |to| safe_fs::rename_noreplace(from, to))
+            });
+            match moved {
                 Ok(()) => return Ok(id),
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                     let next = self.next_id(inc.arrival);
@@ -403,16 +429,29 @@ impl Spool {
 
     /// Drops a message that was not acknowledged.
     pub fn discard(&mut self, inc: Incoming) {
-        let _ = fs::remove_file(&inc.path);
+        let _ = self.with_path("tmp", inc.id, |p| fs::remove_file(p));
     }
 
     /// Group commit: seals every file with its trailer, moves it to `msg/`,
     /// and makes the batch durable (see the table above). One result per
     /// input, in order.
-    pub fn commit(&mut self, batch: Vec<Incoming>) -> Vec<io::Result<QueueId>> {
-        let mut results: Vec<io::Result<QueueId>> = Vec::with_capacity(batch.len());
+    pub fn commit(&mut self, mut batch: Vec<Incoming>) -> Vec<io::Result<QueueId>> {
+        let mut results = Vec::with_capacity(batch.len());
+        self.commit_into(&mut batch, &mut results);
+        results
+    }
+
+    /// [`Spool::commit`] with the caller's buffers (kept from turn to turn
+    /// by the daemon): `batch` is emptied, the results are appended to the
+    /// emptied `results`.
+    pub fn commit_into(
+        &mut self,
+        batch: &mut Vec<Incoming>,
+        results: &mut Vec<io::Result<QueueId>>,
+    ) {
+        results.clear();
         let mut lone: Option<File> = None;
-        for mut inc in batch {
+        for mut inc in batch.drain(..) {
             let r = (|| {
                 inc.file.write_all(&trailer(inc.size))?;
                 inc.file.flush()?;
@@ -422,7 +461,7 @@ impl Spool {
                 // Kept for the sync in case it is the only one.
                 Ok(_) => lone = inc.file.into_inner().ok(),
                 Err(_) => {
-                    let _ = fs::remove_file(&inc.path);
+                    let _ = self.with_path("tmp", inc.id, |p| fs::remove_file(p));
                 }
             }
             results.push(r);
@@ -446,7 +485,6 @@ impl Spool {
                 }
             }
         }
-        results
     }
 
     /// Reads a committed message's envelope and its recipients' state.
@@ -521,10 +559,10 @@ impl Spool {
     /// Opens the content for reading (after the envelope, before the
     /// trailer) and checks the trailer.
     pub fn open_content(&self, id: QueueId) -> io::Result<(Content, u64)> {
-        let mut f = open_queue_file(&self.path("msg", id))?;
-        let env = read_envelope(&mut f)?;
-        let len = check_trailer(&mut f, env.body_offset)?;
-        f.seek(SeekFrom::Start(env.body_offset))?;
+        let mut f = self.with_path("msg", id, open_queue_file)?;
+        let body_offset = read_body_offset(&mut f)?;
+        let len = check_trailer(&mut f, body_offset)?;
+        f.seek(SeekFrom::Start(body_offset))?;
         Ok((f.take(len), len))
     }
 
@@ -555,12 +593,12 @@ impl Spool {
 
     /// Removes a finished message.
     pub fn remove(&self, id: QueueId) -> io::Result<()> {
-        match fs::remove_file(self.path("msg", id)) {
+        match self.with_path("msg", id, |p| fs::remove_file(p)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        match fs::remove_file(self.path("state", id)) {
+        match self.with_path("state", id, |p| fs::remove_file(p)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -703,6 +741,33 @@ fn open_queue_file(path: &Path) -> io::Result<File> {
         ));
     }
     Ok(f)
+}
+
+/// Where the content starts in a message file (after the envelope), leaving
+/// the file position unspecified. The envelope was parsed when the message
+/// was queued (or recovered); here its head is only checked to be one
+/// (UTF-8, the format line), without building it again, and an envelope
+/// that fits the first read needs no allocation at all.
+fn read_body_offset(f: &mut File) -> io::Result<u64> {
+    let mut first = [0u8; 4096];
+    let mut n = 0;
+    while let Some(rest) = first.get_mut(n..).filter(|r| !r.is_empty()) {
+        match f.read(rest)? {
+            0 => break,
+            got => n += got,
+        }
+    }
+    match envelope::split_head(first.get(..n).unwrap_or_default()) {
+        Some((head, offset)) if envelope::is_head(head) => Ok(offset),
+        Some(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a tern queue file",
+        )),
+        None => {
+            f.seek(SeekFrom::Start(0))?;
+            read_envelope(f).map(|env| env.body_offset)
+        }
+    }
 }
 
 /// Reads the envelope at the start of a message file, leaving the file

@@ -360,8 +360,9 @@ class Tern:
         self.store = store or self.dir
         self.port = free_port()
         self.p = None
-        # run tern under this command (e.g. valgrind; callgrind.py), and
-        # give it this long to listen
+        # run tern (or another binary: allocs.py) under this command (e.g.
+        # valgrind; callgrind.py), and give it this long to listen
+        self.binary = bench.tern
         self.prefix = []
         self.start_timeout = 15
         self.conf.update(extra or {})
@@ -391,7 +392,7 @@ class Tern:
             conf["hold_outbound"] = "yes"
         conf.update(self.conf)
         (d / "tern.conf").write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
-        self.p = self.bench.procs.spawn("tern", [*self.launch, *self.prefix, str(self.bench.tern), "-c",
+        self.p = self.bench.procs.spawn("tern", [*self.launch, *self.prefix, str(self.binary), "-c",
                                                  str(d / "tern.conf")], d / "tern.log")
         if not wait_until(lambda: is_listening(self.port) or self.p.poll() is not None, self.start_timeout) \
                 or self.p.poll() is not None:

@@ -308,10 +308,7 @@ impl QueueRunner {
                         &env.sender,
                         &address.domain,
                     ) {
-                        Ok(key) => remote
-                            .entry(key)
-                            .or_default()
-                            .push((i, address.to_string())),
+                        Ok(key) => remote.entry(key).or_default().push((i, address.to_text())),
                         Err(reason) => {
                             tried = true;
                             let o = Outcome::Deferred(reason);
@@ -442,12 +439,19 @@ impl QueueRunner {
             let Some(st) = flight.states.get_mut(i) else {
                 continue;
             };
-            let addr = flight
-                .env
-                .recipients
-                .get(i)
-                .map_or(String::new(), |r| r.final_address(&io.cfg.hostname));
-            log_outcome(id, &addr, delay, &o);
+            // The address is built only for a line that is logged.
+            let level = match o {
+                Outcome::Delivered { .. } => log::Level::Info,
+                _ => log::Level::Warn,
+            };
+            if log::log_enabled!(level) {
+                let addr = flight
+                    .env
+                    .recipients
+                    .get(i)
+                    .map_or(String::new(), |r| r.final_address(&io.cfg.hostname));
+                log_outcome(id, &addr, delay, &o);
+            }
             if dsn_passed && matches!(o, Outcome::Delivered { .. }) {
                 flight.dsn_passed.push(i);
             }
@@ -540,19 +544,26 @@ impl QueueRunner {
 }
 
 /// The RFC 3461 parameters of a job's recipients (relayed to a hop that
-/// offers DSN).
+/// offers DSN). None given by any: no list (a missing entry reads as none,
+/// see `DsnParams::rcpt_suffix`).
 fn job_dsn(env: &StoredEnvelope, rcpts: &[(usize, String)]) -> crate::smtp::dsn::DsnParams {
+    let dsn_of = |i: usize| {
+        env.recipients
+            .get(i)
+            .map(|r| r.dsn.clone())
+            .unwrap_or_default()
+    };
+    let none = crate::smtp::dsn::DsnRcpt::default();
+    let any = rcpts
+        .iter()
+        .any(|(i, _)| env.recipients.get(*i).is_some_and(|r| r.dsn != none));
     crate::smtp::dsn::DsnParams {
         mail: env.dsn.clone(),
-        rcpts: rcpts
-            .iter()
-            .map(|(i, _)| {
-                env.recipients
-                    .get(*i)
-                    .map(|r| r.dsn.clone())
-                    .unwrap_or_default()
-            })
-            .collect(),
+        rcpts: if any {
+            rcpts.iter().map(|(i, _)| dsn_of(*i)).collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 

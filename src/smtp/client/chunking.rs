@@ -119,7 +119,7 @@ impl ClientSession {
             // Already ended by an earlier refused chunk.
             return;
         };
-        active.decide_where(true, &failure_outcome(reply));
+        active.decide_where(true, failure_outcome(reply.clone()));
         self.chunk.clear();
         // Chunks already sent (pipelined) are answered too: ignored, and
         // never taken for the next transaction's replies.

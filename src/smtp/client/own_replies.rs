@@ -60,7 +60,7 @@ pub(super) const TOO_BIG_TEXT: &str = "5.3.4 message size exceeds the server's f
 pub(super) fn synth((code, text, own): Synth) -> ServerReply {
     ServerReply {
         code,
-        lines: vec![text.to_string()],
+        raw: text.to_string(),
         own: Some(own),
     }
 }

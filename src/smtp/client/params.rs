@@ -16,7 +16,7 @@ impl ClientSession {
             if txn.size > limit {
                 return Some(RcptOutcome::Failed(ServerReply {
                     code: TOO_BIG_CODE,
-                    lines: vec![format!("{TOO_BIG_TEXT} {limit} octets")],
+                    raw: format!("{TOO_BIG_TEXT} {limit} octets"),
                     own: Some(Own::Client),
                 }));
             }
@@ -38,10 +38,13 @@ impl ClientSession {
         txn: &Transaction,
         extra: u64,
     ) -> (String, Vec<String>) {
-        let mut mail_command = format!("MAIL FROM:<{}>", txn.sender);
+        use std::fmt::Write as _;
+        // Sized once for the usual parameters.
+        let mut mail_command = String::with_capacity(txn.sender.len() + 64);
+        let _ = write!(mail_command, "MAIL FROM:<{}>", txn.sender);
         if self.offers("SIZE") {
             let size = txn.size + extra;
-            mail_command.push_str(&format!(" SIZE={size}"));
+            let _ = write!(mail_command, " SIZE={size}");
         }
         if txn.eight_bit && self.offers("8BITMIME") {
             mail_command.push_str(" BODY=8BITMIME");
@@ -59,15 +62,15 @@ impl ClientSession {
         if dsn {
             mail_command.push_str(&txn.dsn.mail_suffix());
         }
-        let rcpt_params = (0..txn.recipients.len())
-            .map(|i| {
-                if dsn {
-                    txn.dsn.rcpt_suffix(i)
-                } else {
-                    String::new()
-                }
-            })
-            .collect();
+        // Without DSN (or with no recipient parameters) every recipient's
+        // parameters are empty: no list (a missing entry reads as none).
+        let rcpt_params = if dsn && !txn.dsn.rcpts.is_empty() {
+            (0..txn.recipients.len())
+                .map(|i| txn.dsn.rcpt_suffix(i))
+                .collect()
+        } else {
+            Vec::new()
+        };
         (mail_command, rcpt_params)
     }
 }

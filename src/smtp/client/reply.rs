@@ -32,7 +32,10 @@ pub enum Own {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerReply {
     pub code: u16,
-    pub lines: Vec<String>,
+    /// The text of each line (without the code), joined with `\n`: one
+    /// string per reply, not one per line ([`ServerReply::lines`]). A
+    /// reply without text (a bare `250`) has none.
+    pub raw: String,
     /// `None` for a reply the server sent; else why the client made it up.
     pub own: Option<Own>,
 }
@@ -58,14 +61,19 @@ impl ServerReply {
         self.class() == 5
     }
 
+    /// The text of each line.
+    pub fn lines(&self) -> std::str::Split<'_, char> {
+        self.raw.split('\n')
+    }
+
     /// All lines joined with a space.
     pub fn text(&self) -> String {
-        self.lines.join(" ")
+        self.raw.replace('\n', " ")
     }
 
     /// The RFC 3463 enhanced status code at the start of the first line.
     pub fn enhanced(&self) -> Option<(u8, u16, u16)> {
-        let token = self.lines.first()?.split_ascii_whitespace().next()?;
+        let token = self.lines().next()?.split_ascii_whitespace().next()?;
         let s = crate::delivery::outcome::Status::parse(token)?;
         Some((s.class, s.subject, s.detail))
     }
@@ -73,10 +81,17 @@ impl ServerReply {
 
 impl fmt::Display for ServerReply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.lines.is_empty() {
+        if self.raw.is_empty() {
             write!(f, "{}", self.code)
         } else {
-            write!(f, "{} {}", self.code, self.text())
+            write!(f, "{} ", self.code)?;
+            for (i, line) in self.lines().enumerate() {
+                if i > 0 {
+                    f.write_str(" ")?;
+                }
+                f.write_str(line)?;
+            }
+            Ok(())
         }
     }
 }
@@ -89,9 +104,8 @@ pub(super) struct Extension {
 
 /// EHLO reply lines after the first: `KEYWORD [params]`; the old
 /// `AUTH=LOGIN PLAIN` form counts as AUTH.
-pub(super) fn parse_extensions(lines: &[String]) -> Vec<Extension> {
+pub(super) fn parse_extensions<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<Extension> {
     lines
-        .iter()
         .skip(1)
         .filter_map(|line| {
             let line = line.trim();
@@ -112,7 +126,7 @@ pub(super) fn parse_extensions(lines: &[String]) -> Vec<Extension> {
 }
 
 /// `250-text` / `250 text` / `250` → (code, is last line, text).
-pub(super) fn parse_reply_line(line: &[u8]) -> Option<(u16, bool, String)> {
+pub(super) fn parse_reply_line(line: &[u8]) -> Option<(u16, bool, std::borrow::Cow<'_, str>)> {
     let digits = line.get(..3)?;
     if !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -128,6 +142,6 @@ pub(super) fn parse_reply_line(line: &[u8]) -> Option<(u16, bool, String)> {
         Some(b'-') => false,
         Some(_) => return None,
     };
-    let text = String::from_utf8_lossy(line.get(4..).unwrap_or(&[])).into_owned();
+    let text = String::from_utf8_lossy(line.get(4..).unwrap_or(&[]));
     Some((code, last, text))
 }

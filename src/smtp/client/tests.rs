@@ -38,7 +38,7 @@ fn txn(rcpts: &[&str]) -> Transaction {
 fn reply(code: u16, text: &str) -> ServerReply {
     ServerReply {
         code,
-        lines: vec![text.into()],
+        raw: text.into(),
         own: None,
     }
 }
@@ -106,7 +106,7 @@ fn done(events: &[ClientEvent]) -> Vec<RcptOutcome> {
 fn reply_accessors() {
     let r = ServerReply {
         code: 550,
-        lines: vec!["5.1.1 no such user".into(), "bye".into()],
+        raw: "5.1.1 no such user\nbye".into(),
         own: None,
     };
     assert_eq!(r.to_string(), "550 5.1.1 no such user bye");
@@ -122,7 +122,7 @@ fn reply_accessors() {
     assert_eq!(
         ServerReply {
             code: 250,
-            lines: vec![],
+            raw: String::new(),
             own: None,
         }
         .to_string(),
@@ -137,7 +137,7 @@ fn parse_reply_lines() {
         Some((250, false, "SIZE 10".into()))
     );
     assert_eq!(parse_reply_line(b"250 ok"), Some((250, true, "ok".into())));
-    assert_eq!(parse_reply_line(b"250"), Some((250, true, String::new())));
+    assert_eq!(parse_reply_line(b"250"), Some((250, true, "".into())));
     assert_eq!(parse_reply_line(b"25"), None);
     assert_eq!(parse_reply_line(b"2x0 ok"), None);
     assert_eq!(parse_reply_line(b"250xok"), None);
