@@ -547,93 +547,6 @@ fn chown_entry(
     }
 }
 
-/// Gives back what start-up used and the loop does not: called once,
-/// before the loop's first turn.
-///
-/// - The daemon's own code and read-only data pages are unmapped
-///   (`madvise(MADV_DONTNEED)` on the executable's mappings that are not
-///   writable and hold no private page): start-up touches code spread over
-///   the whole binary (configuration, spool recovery, the TLS checks), and
-///   the kernel maps 64 KiB around every page it faults in, so nearly all
-///   of the text stayed resident. The pages stay in the page cache; what
-///   the loop runs faults back in (minor faults, no I/O while the page
-///   cache holds them), the rest is no longer counted in the daemon's RSS
-///   (nor its OOM score) and is the first the kernel reclaims.
-/// - glibc: free heap memory is returned (`malloc_trim`); musl's allocator
-///   does that by itself.
-///
-/// Best effort: any failure leaves things as they were.
-pub fn release_startup_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only hands free heap pages back to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    let (Ok(exe), Ok(smaps)) = (
-        std::fs::read_link("/proc/self/exe"),
-        std::fs::read_to_string("/proc/self/smaps"),
-    ) else {
-        return;
-    };
-    for (start, end) in own_clean_mappings(&smaps, &exe) {
-        let Some(len) = end.checked_sub(start) else {
-            continue;
-        };
-        // SAFETY: [start, end) is a whole mapping of our own executable that
-        // is not writable and holds no private (anonymous) page, so its
-        // contents are the file's: dropping the page table entries loses
-        // nothing, the next access faults the same bytes back in.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED);
-        }
-    }
-}
-
-/// `(start, end)` of the mappings of `exe` in `/proc/self/smaps` text that
-/// are not writable and have no anonymous pages.
-fn own_clean_mappings(smaps: &str, exe: &Path) -> Vec<(usize, usize)> {
-    let exe = exe.as_os_str().to_str().unwrap_or("");
-    let mut out = Vec::new();
-    // The mapping being read: (start, end, eligible so far).
-    let mut current: Option<(usize, usize, bool)> = None;
-    let finish = |m: Option<(usize, usize, bool)>, out: &mut Vec<(usize, usize)>| {
-        if let Some((start, end, true)) = m {
-            out.push((start, end));
-        }
-    };
-    for line in smaps.lines() {
-        let mut fields = line.split_ascii_whitespace();
-        let first = fields.next().unwrap_or("");
-        if let Some((a, b)) = first.split_once('-') {
-            if let (Ok(start), Ok(end)) =
-                (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-            {
-                finish(current.take(), &mut out);
-                let perms = fields.next().unwrap_or("");
-                // offset, device, inode, then the path (may hold spaces).
-                let path = line
-                    .splitn(6, char::is_whitespace)
-                    .nth(5)
-                    .unwrap_or("")
-                    .trim();
-                let eligible = !exe.is_empty()
-                    && path == exe
-                    && perms.starts_with('r')
-                    && !perms.contains('w');
-                current = Some((start, end, eligible));
-                continue;
-            }
-        }
-        if first == "Anonymous:" && fields.next() != Some("0") {
-            if let Some(m) = current.as_mut() {
-                m.2 = false;
-            }
-        }
-    }
-    finish(current.take(), &mut out);
-    out
-}
-
 /// setgroups/setgid/setuid, verified afterwards (including that root cannot
 /// be regained).
 pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
@@ -660,33 +573,6 @@ pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_clean_read_only_mappings_of_the_executable_are_released() {
-        let smaps = "\
-55d0a0000000-55d0a00c7000 r--p 00000000 fe:01 123 /usr/sbin/tern
-Rss:                 384 kB
-Anonymous:             0 kB
-55d0a00c7000-55d0a0249000 r-xp 000c7000 fe:01 123 /usr/sbin/tern
-Anonymous:             0 kB
-55d0a0249000-55d0a0257000 r--p 00249000 fe:01 123 /usr/sbin/tern
-Anonymous:            56 kB
-55d0a0257000-55d0a0259000 rw-p 00257000 fe:01 123 /usr/sbin/tern
-Anonymous:             8 kB
-7f0000000000-7f0000100000 r-xp 00000000 fe:01 9 /usr/lib/libc.so.6
-Anonymous:             0 kB
-7f0000200000-7f0000201000 r--p 00000000 fe:01 124 /usr/sbin/tern two
-Anonymous:             0 kB
-";
-        assert_eq!(
-            own_clean_mappings(smaps, Path::new("/usr/sbin/tern")),
-            vec![
-                (0x55d0a0000000, 0x55d0a00c7000),
-                (0x55d0a00c7000, 0x55d0a0249000)
-            ]
-        );
-        assert!(own_clean_mappings(smaps, Path::new("")).is_empty());
-    }
 
     #[test]
     fn secret_line_is_the_first_line_without_its_end() {

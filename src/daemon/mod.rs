@@ -303,7 +303,6 @@ impl Daemon {
         self.runner.start(&mut io!(self))?;
         self.import_drops();
         self.reactor.add_timer(Instant::now() + TICK, Timer::Tick);
-        crate::system::release_startup_memory();
         let mut events = Vec::new();
         let mut queue_backlog = false;
         let mut local_busy = false;
