@@ -235,14 +235,11 @@ pub struct Delivery {
     /// The server of the last transaction offered DSN (RFC 3461): it got
     /// the parameters and reports success itself.
     dsn_passed: bool,
-<<<<<<< HEAD
     /// What the last session showed (kept after it ends).
     facts: SessionFacts,
-=======
     /// Scratch for `drive`: the client's events of one round (kept, so a
     /// round allocates nothing).
     events: Vec<ClientEvent>,
->>>>>>> allocs
 }
 
 impl Delivery {
@@ -267,11 +264,8 @@ impl Delivery {
             oauth_rejected: false,
             requiretls_refused: None,
             dsn_passed: false,
-<<<<<<< HEAD
             facts: SessionFacts::default(),
-=======
             events: Vec::new(),
->>>>>>> allocs
         };
         if smarthost {
             d.hops = smarthosts

@@ -971,12 +971,8 @@ impl ClientSession {
             }
             Expect::Ehlo => {
                 if reply.class() == 2 {
-<<<<<<< HEAD
-                    self.extensions = parse_extensions(&reply.lines);
-                    self.facts.starttls_offered = Some(self.offers("STARTTLS"));
-=======
                     self.extensions = parse_extensions(reply.lines());
->>>>>>> allocs
+                    self.facts.starttls_offered = Some(self.offers("STARTTLS"));
                     self.setup_tls(now);
                 } else if reply.is_permanent() && !self.cfg.lmtp {
                     let helo = format!("HELO {}", self.cfg.helo_name);
