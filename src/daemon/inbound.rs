@@ -25,7 +25,7 @@ use crate::bounce::write_rfc5322_date;
 use crate::config::Config;
 use crate::delivery::Destination;
 use crate::logsafe::LogSafe;
-use crate::reactor::{Reactor, SockId};
+use crate::reactor::{Reactor, SockId, SockMap};
 use crate::smtp::address::Address;
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::server::{
@@ -81,7 +81,9 @@ pub struct Ended {
 
 pub struct InboundSessions {
     listeners: HashMap<SockId, ListenerKind>,
-    conns: HashMap<SockId, Inbound>,
+    /// Boxed: `drive` takes a session out of the map and puts it back on
+    /// every call, which moved the whole 2.4 KB session twice.
+    conns: SockMap<Box<Inbound>>,
     /// Counted connections per client address (`max_connections_per_ip`).
     per_ip: HashMap<IpAddr, usize>,
     session_cfg: std::rc::Rc<SessionConfig>,
@@ -180,7 +182,7 @@ impl InboundSessions {
     ) -> InboundSessions {
         InboundSessions {
             listeners,
-            conns: HashMap::new(),
+            conns: SockMap::default(),
             per_ip: HashMap::new(),
             session_cfg: super::session_config(cfg, tls_server.is_some(), !users.is_empty()).into(),
             tls_server,
@@ -369,7 +371,7 @@ impl InboundSessions {
             };
             self.conns.insert(
                 id,
-                Inbound {
+                Box::new(Inbound {
                     session,
                     link,
                     starttls: false,
@@ -379,7 +381,7 @@ impl InboundSessions {
                     envelope: None,
                     peer,
                     counted,
-                },
+                }),
             );
             self.drive(io, id);
         }
@@ -518,7 +520,7 @@ impl InboundSessions {
         self.conns.insert(id, conn);
     }
 
-    fn close(&mut self, io: &mut Io, id: SockId, mut conn: Inbound) {
+    fn close(&mut self, io: &mut Io, id: SockId, mut conn: Box<Inbound>) {
         if let Some(inc) = conn.incoming.take() {
             io.spool.discard(inc);
         }
