@@ -92,6 +92,10 @@ impl InFlight {
 /// scheduled per loop turn while the daemon serves (see
 /// [`QueueRunner::recover_some`]): a few milliseconds of reads.
 pub const RECOVER_PER_TURN: usize = 128;
+/// ... and at most about this long (checked every [`RECOVER_SLICE`]
+/// messages).
+pub const RECOVER_TURN_TIME: std::time::Duration = std::time::Duration::from_millis(5);
+pub const RECOVER_SLICE: usize = 16;
 
 /// Envelopes kept for messages not yet attempted (beyond this, the first
 /// attempt reads the file like any other).
@@ -166,13 +170,22 @@ impl QueueRunner {
             return false;
         };
         let now = mono_now();
+        let started = std::time::Instant::now();
         let (queue, held) = (&mut self.queue, &self.held);
-        let more = recovery.step(io.spool, max, |id, check| {
-            if !queue.contains(id) && check() && !held.contains(&id) {
-                queue.schedule(id, now);
-                *queued += 1;
-            }
-        });
+        let mut left = max;
+        let mut more = true;
+        // In slices, so that a cold page cache (each check reads a file the
+        // daemon has not touched since boot) cannot make one turn long.
+        while more && left > 0 && started.elapsed() < RECOVER_TURN_TIME {
+            let slice = left.min(RECOVER_SLICE);
+            left -= slice;
+            more = recovery.step(io.spool, slice, |id, check| {
+                if !queue.contains(id) && check() && !held.contains(&id) {
+                    queue.schedule(id, now);
+                    *queued += 1;
+                }
+            });
+        }
         if more {
             return true;
         }
