@@ -95,6 +95,7 @@ pub const RECOVER_PER_TURN: usize = 128;
 /// ... and at most about this long (checked every [`RECOVER_SLICE`]
 /// messages).
 pub const RECOVER_TURN_TIME: std::time::Duration = std::time::Duration::from_millis(5);
+/// Messages checked between two looks at the clock during recovery.
 pub const RECOVER_SLICE: usize = 16;
 
 /// Envelopes kept for messages not yet attempted (beyond this, the first
