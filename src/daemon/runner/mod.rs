@@ -92,11 +92,9 @@ impl InFlight {
 /// scheduled per loop turn while the daemon serves (see
 /// [`QueueRunner::recover_some`]): a few milliseconds of reads.
 pub const RECOVER_PER_TURN: usize = 128;
-/// ... and at most about this long (checked every [`RECOVER_SLICE`]
-/// messages).
+/// ... and for at most about this long (the clock is read after each
+/// message: with a cold page cache one check may take milliseconds).
 pub const RECOVER_TURN_TIME: std::time::Duration = std::time::Duration::from_millis(5);
-/// Messages checked between two looks at the clock during recovery.
-pub const RECOVER_SLICE: usize = 16;
 
 /// Envelopes kept for messages not yet attempted (beyond this, the first
 /// attempt reads the file like any other).
@@ -175,12 +173,11 @@ impl QueueRunner {
         let (queue, held) = (&mut self.queue, &self.held);
         let mut left = max;
         let mut more = true;
-        // In slices, so that a cold page cache (each check reads a file the
-        // daemon has not touched since boot) cannot make one turn long.
+        // One message at a time, so that a cold page cache (each check
+        // reads a file not touched since boot) cannot make one turn long.
         while more && left > 0 && started.elapsed() < RECOVER_TURN_TIME {
-            let slice = left.min(RECOVER_SLICE);
-            left -= slice;
-            more = recovery.step(io.spool, slice, |id, check| {
+            left -= 1;
+            more = recovery.step(io.spool, 1, |id, check| {
                 if !queue.contains(id) && check() && !held.contains(&id) {
                     queue.schedule(id, now);
                     *queued += 1;
