@@ -119,14 +119,6 @@ def count_files(d):
         return None
 
 
-def held_count_postfix(queue):
-    n = 0
-    for sub in ("hold", "deferred", "active", "incoming", "maildrop"):
-        for _root, _dirs, files in os.walk(queue / sub):
-            n += len(files)
-    return n
-
-
 class Run:
     def __init__(self, args):
         self.args = args
