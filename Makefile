@@ -19,7 +19,7 @@ DEV_CONF := etc/tern.dev.conf
 # PyNaCl (python3-dkim, python3-nacl) for the DKIM tests.
 TEST_PKGS := swaks libnet-ssleay-perl postfix s-nail openssl faketime strace dovecot-core dovecot-lmtpd
 
-.PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench bench-floor bench-callgrind bench-router bench-tls bench-allocs install clean cross cross-test fuzz fuzz-deps fuzz-build
+.PHONY: all build release run test test-deps unit e2e e2e-release torture check fmt clippy size bench bench-floor bench-callgrind bench-router bench-tls bench-allocs bench-bigqueue install clean cross cross-test fuzz fuzz-deps fuzz-build
 
 all: build
 
@@ -131,6 +131,11 @@ bench-tls: release
 bench-allocs: release
 	$(CARGO) build --profile bench-dhat
 	$(PYTHON) tests/bench/allocs.py
+
+# Issue 16, workload 4: 100,000 held messages (start, PSS, flush rate);
+# ~15 minutes on a 2-core machine. BIGQUEUE_ARGS="-n 20000" for a quicker run.
+bench-bigqueue: release
+	$(PYTHON) tests/bench/bigqueue.py $(BIGQUEUE_ARGS)
 
 install: release
 	install -D -m 0755 target/release/tern $(DESTDIR)$(PREFIX)/sbin/tern

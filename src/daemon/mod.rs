@@ -308,13 +308,20 @@ impl Daemon {
         let mut local_busy = false;
         let mut auth_busy = false;
         let mut drops_busy = false;
+        let mut recovering = self.runner.recovering();
         loop {
             events.clear();
             // Due messages left over from the last turn: look at events
             // without sleeping, then take the next batch.
             // Local deliveries in progress likewise.
             let signing = self.outbound.is_signing();
-            let wait = if queue_backlog || local_busy || auth_busy || drops_busy || signing {
+            let wait = if queue_backlog
+                || local_busy
+                || auth_busy
+                || drops_busy
+                || signing
+                || recovering
+            {
                 Duration::ZERO
             } else {
                 MAX_SLEEP
@@ -348,6 +355,12 @@ impl Daemon {
             drops_busy = self.drops.turn(&mut io!(self), self.stopping.is_some());
             let t_drops = Instant::now();
             self.commit_batch();
+            // Start-up recovery, a bounded chunk per turn (not when stopping:
+            // what is not recovered stays in the spool for the next start).
+            recovering = self.stopping.is_none()
+                && self
+                    .runner
+                    .recover_some(&mut io!(self), runner::RECOVER_PER_TURN);
             let t_commit = Instant::now();
             queue_backlog =
                 self.runner

@@ -606,9 +606,29 @@ impl Spool {
         self.release(id).map(|_| ())
     }
 
-    /// Start-up recovery (idempotent): applies the state table above and
-    /// returns every committed message.
+    /// Start-up recovery (idempotent) all at once: applies the state table
+    /// above and returns every committed message. The daemon does the same
+    /// in two parts so that it serves while a big queue is checked:
+    /// [`Spool::recover_begin`], then [`Recovery::step`] a bounded number of
+    /// messages per loop turn.
     pub fn recover(&self) -> io::Result<Vec<QueueId>> {
+        let mut recovery = self.recover_begin()?;
+        let mut ids = Vec::new();
+        while recovery.step(self, usize::MAX, |id, check| {
+            if check() {
+                ids.push(id)
+            }
+        }) {}
+        Ok(ids)
+    }
+
+    /// The first part of recovery, before the loop serves: every row of the
+    /// state table that needs no file opened (`tmp/` emptied, strays in
+    /// `msg/` set aside, orphan `state/` and `hold/` files removed), and the
+    /// list of `msg/` (names only: a directory listing, not a read of
+    /// 100,000 files). Each listed message is then checked by
+    /// [`Recovery::step`] (envelope, trailer, state file).
+    pub fn recover_begin(&self) -> io::Result<Recovery> {
         // Never through a symlink: the directory is opened O_NOFOLLOW.
         let tmp = safe_fs::Dir::open(&self.root)?.sub(std::ffi::OsStr::new("tmp"))?;
         for name in tmp.entries()? {
@@ -622,52 +642,85 @@ impl Spool {
         for entry in fs::read_dir(self.root.join("msg"))? {
             let entry = entry?;
             let name = entry.file_name();
-            // Only regular files are opened: a FIFO would block the loop.
+            // Only regular files are opened (later): a FIFO would block the loop.
             let regular = entry.file_type().is_ok_and(|t| t.is_file());
-            let id = name.to_str().and_then(|s| s.parse::<QueueId>().ok());
-            let problem = match id {
-                None => "not a queue file name".to_string(),
-                Some(_) if !regular => "not a regular file".to_string(),
-                Some(id) => match self.open_content(id) {
-                    Ok(_) => {
-                        self.check_state(id);
-                        ids.push(id);
-                        continue;
-                    }
-                    Err(e) => format!("damaged queue file: {e}"),
-                },
+            let problem = match name.to_str().and_then(|s| s.parse::<QueueId>().ok()) {
+                Some(id) if regular => {
+                    ids.push(id);
+                    continue;
+                }
+                Some(_) => "not a regular file",
+                None => "not a queue file name",
             };
-            self.set_aside_logged(&entry.path(), &name.to_string_lossy(), &problem);
+            self.set_aside_logged(&entry.path(), &name.to_string_lossy(), problem);
         }
+        ids.sort_unstable();
+        ids.shrink_to_fit();
         for entry in fs::read_dir(self.root.join("state"))? {
             let entry = entry?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
             let orphan = match name.parse::<QueueId>() {
-                Ok(id) => !ids.contains(&id),
+                Ok(id) => ids.binary_search(&id).is_err(),
                 Err(_) => true, // ID.new or junk
             };
             if orphan {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        ids.sort();
         self.remove_orphan_holds(&ids)?;
-        Ok(ids)
+        Ok(Recovery { ids, next: 0 })
+    }
+
+    /// Recovery of one listed message: `Ok` if `msg/ID` is complete (its
+    /// state file checked too), `Err` if it is gone (removed since the
+    /// listing: a `tern queue delete`, or delivered) or was set aside as
+    /// damaged, with its state and hold files.
+    fn recover_message(&self, id: QueueId) -> Result<(), ()> {
+        let path = self.path("msg", id);
+        let checked = open_queue_file(&path).and_then(|mut f| {
+            let env = read_envelope(&mut f)?;
+            check_trailer(&mut f, env.body_offset)?;
+            Ok(env.recipients.len())
+        });
+        match checked {
+            Ok(recipients) => {
+                self.check_state(id, recipients);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(()),
+            Err(e) => {
+                let why = format!("damaged queue file: {e}");
+                self.set_aside_logged(&path, &id.to_string(), &why);
+                // What recovery does with `state/ID` and `hold/ID` without
+                // `msg/ID`.
+                let _ = fs::remove_file(self.path("state", id));
+                let _ = self.release(id);
+                Err(())
+            }
+        }
     }
 
     /// Recovery of a valid message whose state file is unreadable: the
     /// state is set aside and the message starts over with every recipient
     /// pending (a possible duplicate delivery, never a loss).
-    fn check_state(&self, id: QueueId) {
-        if let Err(e) = self.load_progress(id) {
-            let state = self.path("state", id);
-            if state.exists() {
+    fn check_state(&self, id: QueueId, recipients: usize) {
+        let state = self.path("state", id);
+        let bytes = match open_queue_file(&state).and_then(|mut f| {
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes).map(|_| bytes)
+        }) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) => {
                 let why = format!("damaged state file ({e}); the message is kept");
                 self.set_aside_logged(&state, &format!("{id}.state"), &why);
-            } else {
-                log::error!("recovery: {id}: {e}");
+                return;
             }
+        };
+        if envelope::decode_state(&bytes, recipients).is_none() {
+            let why = "damaged state file (bad state file); the message is kept";
+            self.set_aside_logged(&state, &format!("{id}.state"), why);
         }
     }
 
@@ -698,6 +751,53 @@ impl Spool {
 
     pub fn content_size(&self, id: QueueId) -> io::Result<u64> {
         Ok(self.open_content(id)?.1)
+    }
+}
+
+/// The messages listed by [`Spool::recover_begin`] that are still to be
+/// checked, in ID order (arrival order).
+#[derive(Debug, Default)]
+pub struct Recovery {
+    ids: Vec<QueueId>,
+    next: usize,
+}
+
+impl Recovery {
+    /// Messages listed at the start.
+    pub fn listed(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Messages not checked yet.
+    pub fn remaining(&self) -> usize {
+        self.ids.len().saturating_sub(self.next)
+    }
+
+    /// Looks at the next `max` listed messages, in ID order: `visit(id,
+    /// check)` for each, where `check()` checks the message (envelope,
+    /// trailer, state file; see the state table) and says whether it is
+    /// complete and still there. The daemon does not check a message it
+    /// already has (a `tern queue flush ID` or `release` during recovery
+    /// scheduled it). Returns whether messages remain. Every listed message
+    /// is visited exactly once.
+    pub fn step(
+        &mut self,
+        spool: &Spool,
+        max: usize,
+        mut visit: impl FnMut(QueueId, &dyn Fn() -> bool),
+    ) -> bool {
+        let end = self.next.saturating_add(max).min(self.ids.len());
+        for &id in self.ids.get(self.next..end).unwrap_or_default() {
+            visit(id, &|| spool.recover_message(id).is_ok());
+        }
+        self.next = end;
+        if self.next >= self.ids.len() {
+            // Done: give the list's memory back.
+            self.ids = Vec::new();
+            self.next = 0;
+            return false;
+        }
+        true
     }
 }
 
@@ -1035,6 +1135,65 @@ mod tests {
         assert!(dir.join("corrupt").join(id.to_string()).exists());
         // Idempotent.
         assert!(spool.recover().unwrap().is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Recovery in bounded chunks (the daemon serves between them): every
+    /// complete message is reported exactly once, in ID order, no chunk
+    /// checks more than asked, a damaged one is set aside with its state
+    /// and hold files, and one removed meanwhile (delivered or deleted
+    /// after a control request) is skipped without a complaint.
+    #[test]
+    fn recovery_in_chunks_reports_everything_exactly_once() {
+        let dir = tempdir("chunks");
+        let mut spool = Spool::open(&dir, false).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            let mut inc = spool.create(&env()).unwrap();
+            inc.write(format!("message {i}\r\n").as_bytes()).unwrap();
+            ids.push(spool.commit(vec![inc]).pop().unwrap().unwrap());
+        }
+        ids.sort();
+        let (damaged, deleted) = (ids[3], ids[7]);
+        let path = dir.join("msg").join(damaged.to_string());
+        let full = fs::read(&path).unwrap();
+        fs::write(&path, &full[..full.len() - 5]).unwrap();
+        spool
+            .save_state(damaged, &[RcptState::default()], 1, 0)
+            .unwrap();
+        spool.hold(damaged).unwrap();
+        let mut recovery = spool.recover_begin().unwrap();
+        assert_eq!((recovery.listed(), recovery.remaining()), (10, 10));
+        spool.remove(deleted).unwrap();
+        let mut got = Vec::new();
+        let mut steps = 0;
+        loop {
+            let mut visited = 0;
+            let more = recovery.step(&spool, 3, |id, check| {
+                visited += 1;
+                if check() {
+                    got.push(id);
+                }
+            });
+            steps += 1;
+            assert!(visited <= 3);
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(steps, 4);
+        assert_eq!(recovery.remaining(), 0);
+        let want: Vec<QueueId> = ids
+            .iter()
+            .copied()
+            .filter(|id| *id != damaged && *id != deleted)
+            .collect();
+        assert_eq!(got, want);
+        assert!(dir.join("corrupt").join(damaged.to_string()).exists());
+        assert!(!dir.join("state").join(damaged.to_string()).exists());
+        assert!(!spool.is_held(damaged));
+        // The whole-at-once form agrees.
+        assert_eq!(spool.recover().unwrap(), want);
         let _ = fs::remove_dir_all(&dir);
     }
 

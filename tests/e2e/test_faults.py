@@ -23,6 +23,7 @@ import os
 import random
 import shutil
 import smtplib
+import socket
 import subprocess
 import tempfile
 import time
@@ -412,3 +413,44 @@ def test_new_mail_does_not_wait_behind_a_recovered_queue(tern_factory):
     wait_for(lambda: t.maildir("fresh"), timeout=30, what="local delivery")
     assert time.monotonic() - started < 5, "new mail waited behind the recovered queue"
     assert len(t.queued()) == held
+
+
+def test_the_listener_answers_while_a_big_queue_is_recovered(tern_factory):
+    """Start-up recovery checks each queued message (envelope, trailer,
+    state file) a bounded number per loop turn while the daemon serves
+    (issue 16, workload 4: with 100,000 queued the port used to stay silent
+    for seconds, until every file had been read). The first banner comes
+    before recovery is done, nothing is lost, and a damaged file is still
+    set aside."""
+    n = 20000
+    t = tern_factory(hold_outbound="yes", spool_sync="no").start()
+    send(t, ["x@far.test"], body("held"))
+    wait_for(lambda: len(t.queued()) == 1, what="the held message")
+    assert t.stop() == 0
+    msg = t.spool / "msg"
+    first = t.queued()[0]
+    data = (msg / first).read_bytes()
+    base = int(first, 16)
+    name = (lambda i: f"{i:016x}") if first == first.lower() else (lambda i: f"{i:016X}")
+    for i in range(1, n):
+        (msg / name(base + i)).write_bytes(data)
+    damaged = name(base + n)
+    (msg / damaged).write_bytes(data[:-5])  # no valid trailer
+    starts = t.log_text().count("started: ")
+    with open(t.log, "ab") as logf:
+        t.proc = subprocess.Popen([TERN_BIN, "-c", str(t.conf)], stdout=logf, stderr=logf)
+    deadline = time.monotonic() + 30
+    banner = b""
+    while time.monotonic() < deadline and not banner.startswith(b"220"):
+        try:
+            with socket.create_connection(("127.0.0.1", t.port), timeout=30) as s:
+                banner = s.recv(512)
+        except OSError:
+            time.sleep(0.01)
+    assert banner.startswith(b"220")
+    assert t.log_text().count("started: ") == starts, "the banner waited for the whole recovery"
+    wait_for(lambda: t.log_text().count("started: ") > starts, timeout=120, what="recovery")
+    assert f"started: {n} queued message(s)" in t.log_text()
+    assert (t.spool / "corrupt" / damaged).exists()
+    assert len(t.queued()) == n
+    assert t.stop() == 0

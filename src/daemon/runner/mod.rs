@@ -88,6 +88,14 @@ impl InFlight {
     }
 }
 
+/// Recovered messages checked (envelope, trailer, state file) and
+/// scheduled per loop turn while the daemon serves (see
+/// [`QueueRunner::recover_some`]): a few milliseconds of reads.
+pub const RECOVER_PER_TURN: usize = 128;
+/// ... and for at most about this long (the clock is read after each
+/// message: with a cold page cache one check may take milliseconds).
+pub const RECOVER_TURN_TIME: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Envelopes kept for messages not yet attempted (beyond this, the first
 /// attempt reads the file like any other).
 pub const FRESH_CACHE: usize = 1024;
@@ -113,35 +121,84 @@ pub struct QueueRunner {
     local_seq: u64,
     /// Local deliveries, moved a bounded amount per turn.
     local_jobs: LocalJobs,
+    /// Start-up recovery still checking messages, and how many it has
+    /// scheduled so far.
+    recovery: Option<(crate::spool::Recovery, usize)>,
 }
 
 impl QueueRunner {
-    /// At start: every recovered message is due now, except those on hold.
+    /// At start, before the loop serves: the first part of recovery (no
+    /// message file opened, see `Spool::recover_begin`). The listed
+    /// messages are checked and scheduled [`RECOVER_PER_TURN`] per loop turn
+    /// by [`QueueRunner::recover_some`], so the listeners answer from the
+    /// first turn even with 100,000 messages queued (checking them all
+    /// first kept the port silent for seconds).
     pub fn start(&mut self, io: &mut Io) -> std::io::Result<()> {
-        let now = mono_now();
-        let recovered = io.spool.recover()?;
+        let recovery = io.spool.recover_begin()?;
         self.held = io.spool.held()?.into_iter().collect();
-        for &id in &recovered {
-            if !self.held.contains(&id) {
-                self.queue.schedule(id, now);
-            }
+        self.queue.reserve(recovery.listed());
+        if recovery.listed() > RECOVER_PER_TURN {
+            log::info!(
+                "recovery: checking {} queued message(s) while serving",
+                recovery.listed()
+            );
         }
+        self.recovery = Some((recovery, 0));
         if let Some(why) = crate::system::clock_before_build(super::unix_now()) {
             // A router before NTP: certificates look not yet valid, and the
             // dates in new mail are wrong. Retries and expiry do not depend
             // on it (monotonic clock), nothing bounces because of it.
             log::warn!("{why}; TLS deliveries defer until it is");
         }
+        self.recover_some(io, RECOVER_PER_TURN);
+        Ok(())
+    }
+
+    /// Whether start-up recovery is still checking messages.
+    pub fn recovering(&self) -> bool {
+        self.recovery.is_some()
+    }
+
+    /// Checks up to `max` more recovered messages and schedules each
+    /// complete one due now, unless it is on hold or already scheduled (a
+    /// control request may name a message recovery has not reached).
+    /// Returns whether more remain: the loop comes back at once. Logs
+    /// "started: ..." when recovery is complete.
+    pub fn recover_some(&mut self, io: &mut Io, max: usize) -> bool {
+        let Some((recovery, queued)) = self.recovery.as_mut() else {
+            return false;
+        };
+        let now = mono_now();
+        let started = std::time::Instant::now();
+        let (queue, held) = (&mut self.queue, &self.held);
+        let mut left = max;
+        let mut more = true;
+        // One message at a time, so that a cold page cache (each check
+        // reads a file not touched since boot) cannot make one turn long.
+        while more && left > 0 && started.elapsed() < RECOVER_TURN_TIME {
+            left -= 1;
+            more = recovery.step(io.spool, 1, |id, check| {
+                if !queue.contains(id) && check() && !held.contains(&id) {
+                    queue.schedule(id, now);
+                    *queued += 1;
+                }
+            });
+        }
+        if more {
+            return true;
+        }
+        let queued = *queued;
+        self.recovery = None;
+        self.queue.shrink();
         if self.held.is_empty() {
-            log::info!("started: {} queued message(s)", self.queue.len());
+            log::info!("started: {queued} queued message(s)");
         } else {
             log::info!(
-                "started: {} queued message(s), {} on hold",
-                self.queue.len(),
+                "started: {queued} queued message(s), {} on hold",
                 self.held.len()
             );
         }
-        Ok(())
+        false
     }
 
     /// A new message (committed, imported or a bounce): due now.
@@ -189,7 +246,11 @@ impl QueueRunner {
             match self.queue.pop_due(mono) {
                 Some(id) => self.attempt(io, outbound, id, now),
                 None => {
-                    self.flushing = false;
+                    // A flush during recovery covers the messages still
+                    // to be recovered (they are made due as they are).
+                    if self.recovery.is_none() {
+                        self.flushing = false;
+                    }
                     return false;
                 }
             }
