@@ -220,19 +220,8 @@ def main():
             sys.exit("valgrind not found (apt-get install valgrind), or give --no-dhat")
         if not os.access(dhat_bin, os.X_OK):
             sys.exit(f"{dhat_bin} missing: run `cargo build --profile bench-dhat`")
-    if bench._LIBC is not None:
-        bench._LIBC.prctl(bench.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-
-    parent = Path(a.workdir)
-    parent.mkdir(parents=True, exist_ok=True)
-    b.work = parent / f"allocs-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    b.work.mkdir()
+    bench.setup_process(4096)
+    b.work = bench.new_run_dir(a.workdir, "allocs")
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(x) for x in [Path(sys.executable).name] + sys.argv),

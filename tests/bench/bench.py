@@ -1178,6 +1178,17 @@ def report(bench, env):
     return "\n".join(L) + "\n"
 
 
+def new_run_dir(workdir, prefix):
+    """A fresh directory for one run under workdir (created if needed),
+    named PREFIX-DATE-PID, readable by Postfix's unprivileged daemons."""
+    parent = Path(workdir)
+    parent.mkdir(parents=True, exist_ok=True)
+    d = parent / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    d.mkdir()
+    os.chmod(d, 0o755)
+    return d
+
+
 def setup_process(want_fds):
     """Raise RLIMIT_NOFILE to want_fds (idle sessions need fds in us and in
     tern, which inherits the limit), become a child subreaper (daemonized
@@ -1236,11 +1247,7 @@ def main():
 
     setup_process(args.idle + 512)
 
-    parent = Path(args.workdir)
-    parent.mkdir(parents=True, exist_ok=True)
-    bench.work = parent / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    bench.work.mkdir()
-    os.chmod(bench.work, 0o755)  # Postfix's unprivileged daemons must reach their queue
+    bench.work = new_run_dir(args.workdir, "run")
     version = subprocess.run([str(bench.tern), "--version"], capture_output=True, text=True, timeout=10)
     env = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -388,19 +388,8 @@ def main():
             sys.exit(f"{name} not found: install the Debian package `postfix`")
     if not os.access(b.tern, os.X_OK):
         sys.exit(f"{b.tern} missing: run `cargo build --release` (or `make bench-bigqueue`)")
-    if bench._LIBC is not None:
-        bench._LIBC.prctl(bench.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-    parent = Path(args.workdir)
-    parent.mkdir(parents=True, exist_ok=True)
-    b.work = parent / f"bigqueue-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    b.work.mkdir()
-    os.chmod(b.work, 0o755)
+    bench.setup_process(4096)
+    b.work = bench.new_run_dir(args.workdir, "bigqueue")
     version = subprocess.run([str(b.tern), "--version"], capture_output=True, text=True, timeout=10)
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

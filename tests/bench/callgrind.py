@@ -279,19 +279,8 @@ def main():
     for path in (b.tern, b.floor):
         if not os.access(path, os.X_OK):
             sys.exit(f"{path} missing: run `make bench-callgrind` (builds with debug info into target/callgrind)")
-    if bench._LIBC is not None:
-        bench._LIBC.prctl(bench.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-
-    parent = Path(args.workdir)
-    parent.mkdir(parents=True, exist_ok=True)
-    b.work = parent / f"callgrind-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    b.work.mkdir()
+    bench.setup_process(4096)
+    b.work = bench.new_run_dir(args.workdir, "callgrind")
     version = subprocess.run([*run_prefix, str(b.tern), "--version"], capture_output=True, text=True, timeout=30)
     vg = subprocess.run([b.valgrind or "valgrind", "--version"], capture_output=True, text=True, timeout=10) \
         if vg_version is None else None

@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shlex
 import shutil
 import signal
@@ -371,23 +370,8 @@ def main():
             sys.exit(f"{path} missing: run `{how}` (or `make bench-floor`)")
     if args.no_strace:
         b.strace = None
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < 4096:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard) if hard != resource.RLIM_INFINITY else 4096, hard))
-    if bench._LIBC is not None:
-        bench._LIBC.prctl(bench.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-
-    parent = Path(args.workdir)
-    parent.mkdir(parents=True, exist_ok=True)
-    b.work = parent / f"floor-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    b.work.mkdir()
-    os.chmod(b.work, 0o755)  # Postfix's unprivileged daemons must reach their queue
+    bench.setup_process(4096)
+    b.work = bench.new_run_dir(args.workdir, "floor")
     version = subprocess.run([str(b.tern), "--version"], capture_output=True, text=True, timeout=10)
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -641,20 +641,8 @@ def main():
         pf_why = ensure_sasl()
     if pf_why:
         log(f"Postfix reference skipped: {pf_why}")
-    if B._LIBC is not None:
-        B._LIBC.prctl(B.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-
-    parent = Path(args.workdir)
-    parent.mkdir(parents=True, exist_ok=True)
-    ctx.work = parent / f"tls-run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    ctx.work.mkdir()
-    os.chmod(ctx.work, 0o755)
+    B.setup_process(4096)
+    ctx.work = B.new_run_dir(args.workdir, "tls-run")
     version = subprocess.run([str(ctx.tern), "--version"], capture_output=True, text=True, timeout=10)
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
