@@ -366,6 +366,7 @@ class Tern:
         self.prefix = []
         self.start_timeout = 15
         self.conf.update(extra or {})
+        self.extra = self.conf  # the name tls_bench.py reads
 
     def start(self):
         d = self.dir
