@@ -26,10 +26,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 const USAGE: &str = "usage: smtp_load [options] HOST:PORT
   -c N            concurrent sessions (threads), default 1
@@ -103,54 +101,6 @@ fn parse_args() -> Result<Opts, String> {
         return Err("HOST:PORT missing, or -c/-k is 0".into());
     }
     Ok(o)
-}
-
-/// Accepts any server certificate. Bench only (see the module comment);
-/// the handshake signatures are still checked, so the TLS work a real
-/// client does is done.
-#[derive(Debug)]
-struct NoVerify(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 enum Stream {
@@ -421,26 +371,12 @@ fn main() {
         }
     };
     let tls = if o.starttls {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map(|b| {
-                b.dangerous()
-                    .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-                    .with_no_client_auth()
-            });
-        match cfg {
-            Ok(mut c) => {
-                // Every session a full handshake, as for a new client: tern
-                // has no resumption, a Postfix with tickets would gain.
-                c.resumption = rustls::client::Resumption::disabled();
-                Some(Arc::new(c))
-            }
-            Err(e) => {
-                eprintln!("smtp_load: TLS config: {e}");
-                std::process::exit(2);
-            }
-        }
+        // tern's own "accept any certificate" client (bench only), with
+        // every session a full handshake, as for a new client: tern has no
+        // resumption, a Postfix with tickets would gain.
+        let mut c = (*tern::tls::client_config_no_verify()).clone();
+        c.resumption = rustls::client::Resumption::disabled();
+        Some(Arc::new(c))
     } else {
         None
     };
