@@ -29,8 +29,6 @@ import os
 import platform
 import re
 import shlex
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -261,11 +259,7 @@ def main():
         env["error"] = f"{type(e).__name__}: {e}"
         rc = 1
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        b.procs.stop_all()
-        if not a.keep:
-            shutil.rmtree(b.work, ignore_errors=True)
+        bench.end_run(b, a.keep)
     env["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
 
     L = ["# tern: allocations per relayed message, memory at rest", ""]

@@ -1190,6 +1190,20 @@ def new_run_dir(workdir, prefix):
     return d
 
 
+def end_run(owner, keep, cleanup=()):
+    """The end of a run, however it ended: signals ignored from here on,
+    every process the run started stopped, then `cleanup` (callables, e.g.
+    removing cgroups), then the run directory removed unless `keep`.
+    `owner`: the object holding `procs` and `work` (a Bench)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    owner.procs.stop_all()
+    for f in cleanup:
+        f()
+    if not keep:
+        shutil.rmtree(owner.work, ignore_errors=True)
+
+
 def setup_process(want_fds):
     """Raise RLIMIT_NOFILE to want_fds (idle sessions need fds in us and in
     tern, which inherits the limit), become a child subreaper (daemonized
@@ -1272,11 +1286,7 @@ def main():
         env["interrupted"] = f"error: {e}"
         log(f"aborted: {e}")
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        bench.procs.stop_all()
-        if not args.keep:
-            shutil.rmtree(bench.work, ignore_errors=True)
+        end_run(bench, args.keep)
     if not ok and not (bench.sink and bench.results):
         return 130
     env["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])

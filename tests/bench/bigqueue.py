@@ -29,8 +29,6 @@ import datetime
 import os
 import platform
 import shlex
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -412,11 +410,7 @@ def main():
         run.errors["setup"] = str(e)
         log(f"aborted: {e}")
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        b.procs.stop_all()
-        if not args.keep:
-            shutil.rmtree(b.work, ignore_errors=True)
+        bench.end_run(b, args.keep)
     env["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
     print(report(run, env))
     log(f"done in {time.monotonic() - t0:.1f}s")

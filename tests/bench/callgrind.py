@@ -37,7 +37,6 @@ import platform
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -309,11 +308,7 @@ def main():
         env["interrupted"] = f"error: {e}"
         log(f"aborted: {e}")
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        b.procs.stop_all()
-        if not args.keep:
-            shutil.rmtree(b.work, ignore_errors=True)
+        bench.end_run(b, args.keep)
     env["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
     env["runtime_s"] = round(time.monotonic() - t0, 1)
     print(report(b, env))

@@ -21,7 +21,6 @@ import os
 import platform
 import re
 import shlex
-import shutil
 import signal
 import statistics
 import subprocess
@@ -417,11 +416,7 @@ def main():
         env["interrupted"] = f"error: {e}"
         log(f"aborted: {e}")
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        b.procs.stop_all()
-        if not args.keep:
-            shutil.rmtree(b.work, ignore_errors=True)
+        bench.end_run(b, args.keep)
     for key in ("tern", "floor", "postfix"):
         if key in b.results and "rate" not in b.results[key]:
             summarize(b, key)

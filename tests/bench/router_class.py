@@ -26,7 +26,6 @@ import os
 import platform
 import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -845,13 +844,7 @@ def main():
         env["interrupted"] = f"error: {e}"
         log(f"aborted: {e}")
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        b.procs.stop_all()
-        for g in ctx.cgroups:
-            g.destroy()
-        if not args.keep:
-            shutil.rmtree(b.work, ignore_errors=True)
+        bench.end_run(b, args.keep, [g.destroy for g in ctx.cgroups])
     settings = next((g.settings for g in ctx.cgroups if g.settings), [])
     env["cgroup_settings"] = ", ".join(f"`{v}` → `{f}`" for f, v in settings) or "n/a"
     env["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])

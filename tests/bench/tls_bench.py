@@ -666,11 +666,7 @@ def main():
         env["interrupted"] = f"error: {e}"
         log(f"aborted: {e}")
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        ctx.procs.stop_all()
-        if not args.keep:
-            shutil.rmtree(ctx.work, ignore_errors=True)
+        B.end_run(ctx, args.keep)
     env["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
     print(report(ctx, env, pf_why))
     log(f"done in {time.monotonic() - t0:.1f}s")
