@@ -210,6 +210,28 @@ def test_delay_warning_once_after_delay_warning_time(tern_factory):
         sink.close()
 
 
+def test_held_mail_gets_its_delay_warning_on_time(tern_factory):
+    """Mail held by hold_outbound is looked at again when its delay warning
+    is due, not at a fixed recheck (which was every 5 minutes)."""
+    sink = Sink()
+    try:
+        t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none",
+                         hold_outbound="yes", delay_warning_time="2s").start()
+        send(t, "owner@localhost", ["x@far.test"], mail_options=["ENVID=h1"])
+        reports = wait_for(lambda: reports_in(t, "owner", "delayed"), timeout=15,
+                           what="delay warning of held mail")
+        text = delivery_status(reports[0])
+        assert "Final-Recipient: rfc822; x@far.test" in text, text
+        assert "Original-Envelope-Id: h1" in text, text
+        assert "Action: delayed" in text, text
+        time.sleep(2)
+        # Held: nothing was attempted, and the warning is sent once.
+        assert sink.sessions == 0 and not sink.messages, sink.messages
+        assert len(reports_in(t, "owner", "delayed")) == 1, t.log_text()
+    finally:
+        sink.close()
+
+
 def test_no_delay_warning_by_default(tern_factory):
     sink = Sink({"rcpt": "451 4.3.0 try later"})
     try:

@@ -30,7 +30,7 @@ use crate::bounce::{DsnAction, FailedRecipient};
 use crate::delivery::outcome::{self, Origin, Outcome, Reason};
 use crate::delivery::{Destination, Refusal};
 use crate::outbound::{DestinationKey, Job};
-use crate::queue::{after_attempt, Disposition, Queue, Rules};
+use crate::queue::{after_attempt, held_wait, Disposition, Queue, Rules};
 use crate::routes::{Relay, RouteChoice, Target};
 use crate::smtp::address::Address;
 use crate::spool::envelope::Recipient;
@@ -68,12 +68,12 @@ pub struct InFlight {
     pub dsn_passed: Vec<usize>,
 }
 
-/// How often held mail is looked at again (a flush or a reload that turns
-/// `hold_outbound` off releases it at once).
-pub const HELD_RECHECK: u64 = 300;
-/// Held mail is not attempted and its state file not rewritten at each
-/// recheck (flash wear); its queue age is saved at most this often, so a
-/// restart forgets at most this much of the time it was held.
+/// Held mail is not attempted, and its state file is rewritten only to
+/// save its queue age, at most this often (flash wear), so a restart
+/// forgets at most this much of the time it was held. It is looked at
+/// again only when that save or its delay warning is due
+/// ([`crate::queue::held_wait`]); a flush or a reload that turns
+/// `hold_outbound` off releases it at once.
 pub const AGE_CHECKPOINT: u64 = 3600;
 
 impl InFlight {
@@ -535,7 +535,6 @@ impl QueueRunner {
         let rules = Rules {
             retry_schedule: &io.cfg.retry_schedule,
             max_queue_time: io.cfg.max_queue_time,
-            held_recheck: HELD_RECHECK,
         };
         let disposition = after_attempt(age, attempts, flight.tried, &rules);
         if open && disposition == Disposition::Expire {
@@ -589,8 +588,18 @@ impl QueueRunner {
         }
         let wait = match disposition {
             Disposition::RetryIn(wait) => wait,
+            Disposition::Held => {
+                // A checkpoint that failed to save is not tried again
+                // at once (a failing disk would be read in a loop).
+                let since_save = if saved || checkpoint {
+                    0
+                } else {
+                    age.saturating_sub(flight.stored_age)
+                };
+                held_wait(age, since_save, AGE_CHECKPOINT, io.cfg.delay_warning_time)
+            }
             // Unreachable with open recipients; any wait is sane.
-            Disposition::Expire => HELD_RECHECK,
+            Disposition::Expire => AGE_CHECKPOINT,
         };
         if self.held.contains(&id) {
             // Held while this attempt ran: out of the schedule until released.
