@@ -94,6 +94,7 @@ pub const KEYS: &[&str] = &[
     "smarthost_oauth_client_secret_file",
     "smarthost_oauth_refresh_token_file",
     "hold_outbound",
+    "outbound_connection_reuse",
     "outbound_tls",
     "mx_port",
     "dns_servers",
@@ -383,6 +384,9 @@ pub struct Config {
     pub smarthost_oauth_client_secret_file: Option<PathBuf>,
     pub smarthost_oauth_refresh_token_file: Option<PathBuf>,
     pub hold_outbound: bool,
+    /// A finished outbound session waits a moment for the next message to
+    /// the same destination (`outbound::machine::OUTBOUND_IDLE_KEEP`).
+    pub outbound_connection_reuse: bool,
     pub outbound_tls: OutboundTls,
     pub mx_port: u16,
     /// Empty: use /etc/resolv.conf (decided by the DNS module).
@@ -463,6 +467,7 @@ impl Default for Config {
             smarthost_oauth_client_secret_file: None,
             smarthost_oauth_refresh_token_file: None,
             hold_outbound: false,
+            outbound_connection_reuse: true,
             outbound_tls: OutboundTls::Opportunistic,
             mx_port: SMTP_PORT,
             dns_servers: Vec::new(),
@@ -849,6 +854,7 @@ impl Config {
                 self.smarthost_oauth_refresh_token_file = optional_path(v)
             }
             "hold_outbound" => self.hold_outbound = boolean(v)?,
+            "outbound_connection_reuse" => self.outbound_connection_reuse = boolean(v)?,
             "outbound_tls" => {
                 self.outbound_tls = keyword(
                     v,

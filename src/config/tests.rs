@@ -49,6 +49,7 @@ fn defaults_match_the_spec() {
     assert_eq!(c.smarthost_tls, SmarthostTls::StartTls);
     assert_eq!(c.outbound_tls, OutboundTls::Opportunistic);
     assert!(!c.hold_outbound);
+    assert!(c.outbound_connection_reuse);
     assert_eq!(c.mx_port, 25);
     assert!(c.dns_servers.is_empty() && c.dns_timeout.is_none());
     assert_eq!(c.max_message_size, 10 << 20);
@@ -98,6 +99,7 @@ smarthost_tls = TLS
 smarthost_user = router@example.net
 smarthost_password_file = /etc/tern/smarthost.pw
 hold_outbound = true
+outbound_connection_reuse = no
 outbound_tls = required
 mx_port = 2525
 dns_servers = 192.0.2.53, 127.0.0.1:5353, [::1]:53, 2001:db8::53
@@ -173,6 +175,7 @@ log_level = Debug
         Some(Path::new("/etc/tern/smarthost.pw"))
     );
     assert!(c.hold_outbound);
+    assert!(!c.outbound_connection_reuse);
     assert_eq!(c.outbound_tls, OutboundTls::Required);
     assert_eq!(c.mx_port, 2525);
     assert_eq!(

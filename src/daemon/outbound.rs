@@ -857,6 +857,7 @@ pub fn settings(cfg: &Config, smarthost: bool, trust_anchors: bool) -> Settings 
         connect_timeout: cfg.connect_timeout,
         reply_timeout: cfg.client_timeout,
         trust_anchors,
+        connection_reuse: cfg.outbound_connection_reuse,
     }
 }
 

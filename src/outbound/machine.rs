@@ -36,7 +36,8 @@
 //!   TLS mode mismatch (it waits for a ClientHello), reported as such.
 //! - Connection reuse: after a transaction the session stays open, idle,
 //!   for [`OUTBOUND_IDLE_KEEP`]; [`Delivery::next_job`] runs another job to
-//!   the same destination on it, else it says QUIT.
+//!   the same destination on it, else it says QUIT. With
+//!   [`Settings::connection_reuse`] off it says QUIT at once.
 //!
 //! - LMTP (RFC 2033, a job with [`Job::lmtp`]: local mail for
 //!   `local_delivery = lmtp`): the same walk and session with the client
@@ -100,6 +101,10 @@ pub struct Settings {
     pub reply_timeout: Duration,
     /// CA certificates are loaded: a verified handshake is possible.
     pub trust_anchors: bool,
+    /// A finished session stays open [`OUTBOUND_IDLE_KEEP`] for the next
+    /// job to the same destination (`outbound_connection_reuse`); without,
+    /// it says QUIT after its transaction.
+    pub connection_reuse: bool,
 }
 
 /// One host to try: name, port and (once resolved) addresses.
@@ -1003,11 +1008,16 @@ impl Delivery {
                     self.decided.insert(i, o);
                 }
                 // Report now; keep the session open a moment for the
-                // next message to the same place.
+                // next message to the same place (or end it).
                 self.report();
+                let reuse = self.settings.connection_reuse;
                 if let State::Session(s) = &mut self.state {
                     if !s.client.is_closed() {
-                        s.idle_since = Some(now);
+                        if reuse {
+                            s.idle_since = Some(now);
+                        } else {
+                            s.client.quit();
+                        }
                     }
                 }
             }

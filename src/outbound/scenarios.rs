@@ -868,6 +868,25 @@ fn scenario_idle_session_says_quit_after_the_idle_keep() {
 }
 
 #[test]
+fn scenario_without_reuse_the_session_quits_after_its_transaction() {
+    let mut s = settings();
+    s.connection_reuse = false;
+    let mut sim = Sim::new(job(1, "dest.test", &["bob@dest.test"]), Vec::new(), s)
+        .dns(one_mx("192.0.2.1"))
+        .peer(sa("192.0.2.1", 25), Peer::Script(Script::ok()));
+    sim.next_jobs
+        .push_back(job(2, "dest.test", &["carol@dest.test"]));
+    sim.run();
+    assert_eq!(sim.reports.len(), 1);
+    assert_eq!(sim.outcomes(), vec![(10, delivered(MX1))]);
+    assert!(sim.m.is_done(), "no idle wait for a next job");
+    assert_eq!(sim.elapsed(), Duration::ZERO);
+    assert_eq!(sim.commands.last().map(String::as_str), Some("QUIT"));
+    assert_eq!(sim.closes, 1);
+    assert_eq!(sim.connects.len(), 1);
+}
+
+#[test]
 fn scenario_idle_session_closed_by_the_server_ends_quietly() {
     let mut sim = single(Peer::Server(PLAIN));
     sim.run();

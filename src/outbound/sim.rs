@@ -42,6 +42,7 @@ pub fn settings() -> Settings {
         connect_timeout: CONNECT_TIMEOUT,
         reply_timeout: REPLY_TIMEOUT,
         trust_anchors: true,
+        connection_reuse: true,
     }
 }
 

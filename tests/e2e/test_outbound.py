@@ -291,3 +291,17 @@ def test_outbound_connection_is_cached_and_reused(tern_factory, sink):
     send(t, "a@lan.test", ["three@far.test"])
     wait_for(lambda: len(sink.messages) == 3, what="third delivery")
     assert sink.sessions == 2
+
+
+def test_outbound_connection_reuse_can_be_turned_off(tern_factory, sink):
+    """outbound_connection_reuse = no: each message its own session, which
+    says QUIT after its transaction (no 2 s idle wait)."""
+    t = tern_factory(smarthost=f"127.0.0.1:{sink.port}", smarthost_tls="none",
+                     outbound_connection_reuse="no").start()
+    send(t, "a@lan.test", ["one@far.test"])
+    wait_for(lambda: len(sink.messages) == 1, what="first delivery")
+    wait_for(lambda: any(c.upper().startswith("QUIT") for c in sink.commands), timeout=1.5,
+             what="QUIT at once")
+    send(t, "a@lan.test", ["two@far.test"])
+    wait_for(lambda: len(sink.messages) == 2, what="second delivery")
+    assert sink.sessions == 2, "a new session for the second message"
