@@ -183,7 +183,7 @@ def receiver(ctx, name):
     return pf
 
 
-def tern_sender(ctx, name, rcv):
+def tern_sender(ctx, name, rcv, reuse):
     w = ctx.work
     t = B.Tern(ctx, name, extra={
         "smarthost": f"localhost:{rcv.tls_port}",
@@ -191,6 +191,7 @@ def tern_sender(ctx, name, rcv):
         "tls_ca_file": w / "ca.pem",
         "smarthost_user": USER,
         "smarthost_password_file": w / "smarthost.pw",
+        "outbound_connection_reuse": "yes" if reuse else "no",
     })
     t.test_port = t.port
     return t
@@ -404,7 +405,7 @@ def run_plan(ctx, pf_why):
         def fn():
             with receiver(ctx, f"rcv-{kind}-{'reuse' if reuse else 'noreuse'}-r{rep}") as rcv:
                 if kind == "tern":
-                    snd = tern_sender(ctx, f"tern-out-r{rep}", rcv)
+                    snd = tern_sender(ctx, f"tern-out-{'reuse' if reuse else 'noreuse'}-r{rep}", rcv, reuse)
                 else:
                     snd = pf_sender(ctx, f"pf-out-{'reuse' if reuse else 'noreuse'}-r{rep}", rcv, reuse)
                 with snd:
@@ -422,7 +423,8 @@ def run_plan(ctx, pf_why):
             plan += [("w2_pf_k1", w2("postfix", 1)), ("w2_pf_kK", w2("postfix", a.per_session))]
     if "3" in a.workloads and pf_why is None:  # the receiver is a Postfix
         plan += [("w3_tern_reuse", w3("tern", True)), ("w3_pf_reuse", w3("postfix", True)),
-                 ("w3_pf_noreuse", w3("postfix", False)), ("w3_rcv_plain", baseline)]
+                 ("w3_tern_noreuse", w3("tern", False)), ("w3_pf_noreuse", w3("postfix", False)),
+                 ("w3_rcv_plain", baseline)]
     # repetitions interleave workloads and MTAs to spread drift
     for rep in range(1, a.reps + 1):
         for key, fn in plan:
@@ -500,10 +502,12 @@ def report(ctx, env, pf_why):
                          ratio(ctx, "w3_tern_reuse", "w3_pf_reuse"),
                          failures(ctx, "w3_tern_reuse", "w3_pf_reuse"), "B"))
             rows.append(("3. same, without connection reuse (msg/s at the receiver)",
-                         "n/a: no setting (reuse is always on)", cell(ctx, "w3_pf_noreuse"), "–",
-                         failures(ctx, "w3_pf_noreuse"), "B"))
+                         cell(ctx, "w3_tern_noreuse"), cell(ctx, "w3_pf_noreuse"),
+                         ratio(ctx, "w3_tern_noreuse", "w3_pf_noreuse"),
+                         failures(ctx, "w3_tern_noreuse", "w3_pf_noreuse"), "B"))
             rows.append(("… messages per TLS session seen by the receiver (reuse / no reuse)",
-                         f"{per_session(ctx, 'w3_tern_reuse', 'tls_sessions')} / –",
+                         f"{per_session(ctx, 'w3_tern_reuse', 'tls_sessions')} / "
+                         f"{per_session(ctx, 'w3_tern_noreuse', 'tls_sessions')}",
                          f"{per_session(ctx, 'w3_pf_reuse', 'tls_sessions')} / "
                          f"{per_session(ctx, 'w3_pf_noreuse', 'tls_sessions')}", "–", "", "B"))
             rows.append((f"3. receiving Postfix alone: plain SMTP from smtp-source, c={a.conc}, 2 KB "
@@ -575,8 +579,8 @@ def report(ctx, env, pf_why):
              "localhost:TLSPORT`, `smarthost_tls = starttls` (verified: `tls_ca_file` = "
              f"tests/certs/ca.pem), `smarthost_user = {USER}`, `smarthost_password_file`, defaults "
              "otherwise (`max_outbound = 10`, `max_outbound_per_host = 4`; idle outbound sessions are "
-             "kept 2 s for reuse, `outbound::machine::OUTBOUND_IDLE_KEEP`; there is no setting to switch "
-             "reuse off). Postfix sender: `relayhost = [localhost]:TLSPORT`, `smtp_tls_security_level "
+             "kept 2 s for reuse, `outbound::machine::OUTBOUND_IDLE_KEEP`; without reuse "
+             "`outbound_connection_reuse = no`). Postfix sender: `relayhost = [localhost]:TLSPORT`, `smtp_tls_security_level "
              "= secure`, `smtp_tls_secure_cert_match = nexthop`, `smtp_tls_CAfile` = the same CA, "
              f"`smtp_sasl_auth_enable = yes`, `smtp_sasl_password_maps = static:{USER}:PASSWORD`, "
              "`smtp_sasl_security_options = noanonymous`; with reuse `smtp_connection_cache_on_demand = "
