@@ -559,4 +559,51 @@ mod tests {
         assert!(wait_readable(&mut r, id));
         assert_eq!(r.read_stream(id, 100).unwrap(), b"");
     }
+
+    /// A socket closed with its end of stream unread, remembered as hot
+    /// and reported in the same wait, then its slot reused by a new
+    /// connection: nothing of the old one reaches the new one (no
+    /// readiness, no end of stream), and the old handle reads nothing.
+    #[test]
+    fn a_reused_slot_inherits_nothing_from_its_last_socket() {
+        let mut r: Reactor<u8> = Reactor::new().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let old = r.connect(addr).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        drop(peer);
+        assert!(wait_readable(&mut r, old));
+        r.mark_hot(old);
+        let mut ready = Vec::new();
+        r.poll(Some(Duration::ZERO), &mut ready).unwrap();
+        r.close(old);
+
+        let new = r.connect(addr).unwrap();
+        assert_eq!(new.index, old.index, "the slot is reused");
+        assert_ne!(new, old);
+        let (mut peer, _) = listener.accept().unwrap();
+        for _ in 0..3 {
+            ready.clear();
+            r.poll(Some(Duration::from_millis(20)), &mut ready).unwrap();
+            assert!(
+                !ready
+                    .iter()
+                    .any(|e| matches!(e, Readiness::Ready(id) if *id == old)),
+                "{ready:?}"
+            );
+        }
+        assert!(!r.is_readable(old));
+        assert_eq!(
+            r.read_stream(old, 100).unwrap_err().kind(),
+            io::ErrorKind::NotConnected
+        );
+        // The new connection: no data yet is "would block", not the end.
+        if r.is_readable(new) {
+            let e = r.read_stream(new, 100).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        }
+        peer.write_all(b"220 hi\r\n").unwrap();
+        assert!(wait_readable(&mut r, new));
+        assert_eq!(r.read_stream(new, 100).unwrap(), b"220 hi\r\n");
+    }
 }

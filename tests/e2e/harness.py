@@ -52,6 +52,34 @@ def wait_for(pred, timeout=10.0, what="condition"):
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+def close_served(sock, thread, timeout=5.0):
+    """Closes `sock`, which `thread` serves (blocked in accept() or
+    recvfrom() on it), after that thread has ended; returns whether it
+    did. Use it for every socket a thread of its own waits on.
+
+    Closing a socket does not wake a thread blocked on it (Linux): the
+    call stays on the old socket, the descriptor number is free, and the
+    next socket made (the next test's Sink, say) takes it. When the
+    blocked call is then interrupted (a signal under strace, a freeze) the
+    kernel restarts it with the same number, now the new socket: a stale
+    accept thread took tern's connection to the next test's Sink and
+    closed it, so tern read end-of-stream before any greeting (the flake
+    of test_old_state_file_reads_as_reasons_and_is_rewritten).
+    shutdown(2) wakes the call (accept: EINVAL; recvfrom on UDP: empty),
+    the thread ends, and only then is the number given back. A thread
+    that does not end keeps its socket open: a leak, not a stolen socket.
+    """
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # unconnected UDP: ENOTCONN, but its readers are woken all the same
+    thread.join(timeout)
+    if thread.is_alive():
+        return False
+    sock.close()
+    return True
+
+
 class Tern:
     """One tern daemon with its own spool, mail dir and config."""
 
@@ -402,7 +430,7 @@ class FakeDns:
 
     def close(self):
         self.running = False
-        self.sock.close()
+        close_served(self.sock, self.thread)
 
     def _serve(self):
         while self.running:
@@ -410,6 +438,8 @@ class FakeDns:
                 data, peer = self.sock.recvfrom(1500)
             except OSError:
                 return
+            if peer is None:
+                return  # shut down by close()
             try:
                 resp = self._answer(data)
             except Exception:

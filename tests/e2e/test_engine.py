@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from harness import FakeDns, Sink, wait_for
+from harness import FakeDns, Sink, close_served, wait_for
 
 CERTS = Path(__file__).resolve().parents[1] / "certs"
 
@@ -42,7 +42,7 @@ class SilentServer:
             self.conns.append(c)
 
     def close(self):
-        self.sock.close()
+        close_served(self.sock, self.thread)
         for c in self.conns:
             c.close()
 

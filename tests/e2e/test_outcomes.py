@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import FakeDns, Sink, free_port, wait_for
+from harness import FakeDns, Sink, close_served, free_port, wait_for
 
 CERTS = Path(__file__).resolve().parents[1] / "certs"
 
@@ -225,7 +225,8 @@ def test_starttls_to_the_implicit_tls_port(tern_factory):
                 return
             held.append(c)  # silent: an implicit-TLS server waits for the hello
 
-    threading.Thread(target=accept, daemon=True).start()
+    th = threading.Thread(target=accept, daemon=True)
+    th.start()
     try:
         t = tern_factory(smarthost="localhost:465", smarthost_tls="starttls",
                          tls_ca_file=CERTS / "ca.pem", client_timeout="2s").start()
@@ -237,7 +238,8 @@ def test_starttls_to_the_implicit_tls_port(tern_factory):
         assert f"({sentence})" in line, line
         assert mailq_line(t, "u@far.test") == f"u@far.test (deferred: {sentence})"
     finally:
-        lsock.close()
+        # Not lsock.close() under the blocked accept: see close_served.
+        close_served(lsock, th)
         for c in held:
             c.close()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import FakeDns, Sink, free_port
+from harness import FakeDns, Sink, close_served, free_port
 
 CERTS = Path(__file__).resolve().parents[1] / "certs"
 
@@ -124,10 +124,11 @@ class Provider:
         self.lsock.bind((host, port))
         self.lsock.listen(4)
         self.port = self.lsock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
 
     def close(self):
-        self.lsock.close()
+        close_served(self.lsock, self.thread)
         for c in self.held:
             c.close()
 
