@@ -17,7 +17,6 @@ import socket
 import threading
 import time
 
-import pytest
 
 from harness import FakeDns, Sink, close_served, wait_for
 
@@ -64,28 +63,6 @@ def _stale_accept(close):
     number = old.fileno()
     close(old, th)
     return th, got, number
-
-
-def test_a_socket_closed_under_a_blocked_accept_takes_the_next_sockets_connections():
-    """The mechanism, with the old way of closing: the next listening
-    socket gets the freed number, the blocked accept() is restarted, and
-    the stale thread takes the connection meant for the new socket (in the
-    flake it then closed it: tern read end-of-stream before any greeting).
-    The new socket here has no server of its own, so nothing races the
-    stale thread for it."""
-    th, got, number = _stale_accept(lambda sock, _: sock.close())
-    new = _listener()
-    try:
-        if new.fileno() != number:
-            pytest.skip("the new socket did not get the freed descriptor number")
-        _restart_blocked_call(th)
-        with socket.create_connection(new.getsockname(), timeout=5):
-            wait_for(lambda: got, timeout=5, what="the stale thread to accept")
-            assert got[0].getsockname() == new.getsockname()
-    finally:
-        for c in got:
-            c.close()
-        new.close()
 
 
 def test_close_served_ends_the_thread_before_the_number_is_reused():
