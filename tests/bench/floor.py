@@ -5,7 +5,7 @@ The floor (tests/bench/floor.rs, `cargo build --release --example floor`) is
 the least work a durable MTA can do: one thread, a mio loop, fixed SMTP
 replies, one file per message made durable with the same syscalls as
 tern's group commit. This script runs the accept-only workload (2 KB
-messages, c=20, one session per message) against tern with
+messages, c=20 or `-c N`, one session per message) against tern with
 `hold_outbound = yes`, against the floor, and, as root with Postfix
 installed, against a throwaway Postfix in hold mode (as bench.py does);
 then counts syscalls per message of tern and the floor under `strace -f -c`.
@@ -91,9 +91,9 @@ def accept_run(b, kind, name):
     """One timed accept-only run on a fresh MTA (bench.throughput, hold)."""
     if kind is bench.Postfix:
         with bench.Postfix(b, name, hold=True) as pf:
-            return bench.throughput(b, pf, CONC, SMALL, True)
+            return bench.throughput(b, pf, b.args.conc, SMALL, True)
     with kind(b, name, hold=True) as m:
-        res = bench.throughput(b, m, CONC, SMALL, True, io_pid=m.pid, cpu_pid=m.pid)
+        res = bench.throughput(b, m, b.args.conc, SMALL, True, io_pid=m.pid, cpu_pid=m.pid)
         # every acknowledged message must be on disk: a floor that skipped
         # the file would be no floor
         spool = m.store / "spool" / "msg"
@@ -196,7 +196,7 @@ def report(b, env):
     def rate(key):
         return (R.get(key) or {}).get("rate")
 
-    L = ["# tern against the floor: accept only, 2 KB, c=20", ""]
+    L = [f"# tern against the floor: accept only, 2 KB, c={a.conc}", ""]
     L.append(f"- date: {env['date']}")
     L.append(f"- command: `{env['command']}`")
     L.append(f"- tern: {env['tern_version']} ({b.tern}); floor: {b.floor}")
@@ -233,7 +233,7 @@ def report(b, env):
         L.append(f"**tern / Postfix = {t / p:.2f}**.")
     L.append("")
     L.append(f"Rate = N / time from `smtp-source` start until it exited (every message got its 250 after "
-             f"being made durable): `{' '.join(bench.source_cmd('smtp-source', 'PORT', CONC, a.messages, SMALL))}`. "
+             f"being made durable): `{' '.join(bench.source_cmd('smtp-source', 'PORT', a.conc, a.messages, SMALL))}`. "
              f"CPU = utime and stime of the MTA process from /proc/PID/stat over the timed run / N "
              f"(median of the runs; 10 ms ticks; system time is the kernel working for the process's syscalls, "
              f"TCP included; Postfix is many processes: not measured). The file count in each spool is "
@@ -347,6 +347,8 @@ def main():
                     help="floor binary (default: $FLOOR_BIN or target/release/examples/floor)")
     ap.add_argument("--workdir", default=str(ROOT / "target" / "bench-work"),
                     help="parent of the run dir, on the disk you care about (default target/bench-work)")
+    ap.add_argument("-c", "--conc", type=int, default=CONC,
+                    help=f"concurrent sessions of the timed runs (default {CONC}; the syscall counts use c={CONC} and c=1)")
     ap.add_argument("--no-reference", action="store_true", help="skip Postfix")
     ap.add_argument("--no-strace", action="store_true", help="skip the syscall counts")
     ap.add_argument("--keep", action="store_true", help="keep the run dir")
@@ -355,7 +357,7 @@ def main():
     if args.quick:
         args.messages, args.warmup, args.strace_messages = 300, 30, 100
         args.run_cap = min(args.run_cap, 20.0)
-    if min(args.messages, args.reps, args.strace_messages) < 1 or args.warmup < 0:
+    if min(args.messages, args.reps, args.strace_messages, args.conc) < 1 or args.warmup < 0:
         ap.error("counts must be positive")
 
     b = bench.Bench(args)
