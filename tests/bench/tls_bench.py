@@ -73,6 +73,11 @@ class Ctx:
 
     def __init__(self, args):
         self.args = args
+        # --pin: the MTA under test on CPU 0, the load generator on CPU 1
+        # (workload 2), so a one-thread MTA is not starved by 20 client
+        # threads under the scheduler's per-thread fairness.
+        self.mta_launch = ["taskset", "-c", "0"] if args.pin else []
+        self.load_launch = ["taskset", "-c", "1"] if args.pin else []
         self.procs = B.Procs()
         self.tern = Path(args.tern)
         self.loadgen = Path(args.loadgen)
@@ -125,7 +130,7 @@ class Ctx:
 def tern_submission(ctx, name):
     """tern with STARTTLS + AUTH on submission_listen, relaying to the sink."""
     w = ctx.work
-    t = B.Tern(ctx, name, extra={
+    t = B.Tern(ctx, name, launch=ctx.mta_launch, extra={
         "submission_listen": f"127.0.0.1:{B.free_port()}",
         "tls_cert": w / "server.pem",
         "tls_key": w / "server.key",
@@ -168,7 +173,8 @@ def pf_tls_port_line(port, name):
 
 def pf_submission(ctx, name):
     port = B.free_port()
-    pf = B.Postfix(ctx, name, main=pf_smtpd_tls(ctx, name), master=[pf_tls_port_line(port, "submission")])
+    pf = B.Postfix(ctx, name, launch=ctx.mta_launch, main=pf_smtpd_tls(ctx, name),
+                   master=[pf_tls_port_line(port, "submission")])
     pf.test_port = port
     return pf
 
@@ -222,7 +228,7 @@ def pf_sender(ctx, name, rcv, reuse):
 # ---------------------------------------------------------------------------
 
 def loadgen_cmd(ctx, port, n, k, conc):
-    return [str(ctx.loadgen), "-c", str(conc), "-n", str(n), "-k", str(k), "-s", str(SMALL),
+    return [*ctx.load_launch, str(ctx.loadgen), "-c", str(conc), "-n", str(n), "-k", str(k), "-s", str(SMALL),
             "--starttls", "--user", USER, "--pass", PASSWORD,
             "-f", B.SENDER, "-t", B.RCPT, "--helo", "client.test", f"127.0.0.1:{port}"]
 
@@ -525,6 +531,9 @@ def report(ctx, env, pf_why):
         L.append(f"- **interrupted ({env['interrupted']}): partial results**")
     L.append(f"- host: {env['host']}; load average at start {env['loadavg_start']}, "
              f"at end {env.get('loadavg_end', '?')}")
+    if a.pin:
+        L.append("- `--pin`: workload 2's MTA (tern; Postfix's master and so every smtpd) on CPU 0, "
+                 "smtp_load on CPU 1 (`taskset -c`); the sink and workload 3 unpinned")
     L.append(f"- median of {a.reps} run(s), min–max in brackets, each on fresh MTA instances with empty "
              f"queues: N = {a.messages} messages after {a.warmup} warm-up, 1 recipient, {SMALL} B "
              f"messages; loopback only, `dns_servers = 127.0.0.1:1`")
@@ -616,6 +625,9 @@ def main():
                     help="smtp_load binary (default target/release/examples/smtp_load; built if missing)")
     ap.add_argument("--workdir", default=str(ROOT / "target" / "bench-work"), help="parent of the run dir")
     ap.add_argument("--no-reference", action="store_true", help="skip Postfix (and so workload 3)")
+    ap.add_argument("--pin", action="store_true",
+                    help="workload 2: the MTA under test (tern, or Postfix's master and all its children) "
+                         "on CPU 0 and the load generator on CPU 1 (taskset): one core for the MTA, as on a router")
     ap.add_argument("--keep", action="store_true", help="keep the run dir (configs, queues, logs)")
     args = ap.parse_args()
     if args.quick:
