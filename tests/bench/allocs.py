@@ -23,12 +23,9 @@ Figures:
   code, difference / N).
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
-import shlex
 import socket
 import subprocess
 import sys
@@ -220,12 +217,7 @@ def main():
             sys.exit(f"{dhat_bin} missing: run `cargo build --profile bench-dhat`")
     bench.setup_process(4096)
     b.work = bench.new_run_dir(a.workdir, "allocs")
-    env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(x) for x in [Path(sys.executable).name] + sys.argv),
-        "host": f"{platform.node()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
-        "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]),
-    }
+    env = bench.run_env()
     R = {}
     rc = 0
     try:

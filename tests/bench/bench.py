@@ -1179,6 +1179,25 @@ def report(bench, env):
     return "\n".join(L) + "\n"
 
 
+def run_env(tern=None, work=None):
+    """The facts every report starts with: when (UTC), the command line,
+    the tern binary's version (with `tern`), the host, the run dir and its
+    file system (with `work`) and the load average at the start."""
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(x) for x in [Path(sys.executable).name] + sys.argv),
+    }
+    if tern is not None:
+        version = subprocess.run([str(tern), "--version"], capture_output=True, text=True, timeout=10)
+        env["tern_version"] = (version.stdout.strip().splitlines() or ["?"])[0]
+    env["host"] = f"{platform.node()}, {os.cpu_count()} CPUs, Linux {platform.release()}"
+    if work is not None:
+        env["work_dir"] = str(work)
+        env["work_fs"] = fs_type(work)
+    env["loadavg_start"] = " ".join(open("/proc/loadavg").read().split()[:3])
+    return env
+
+
 def new_run_dir(workdir, prefix):
     """A fresh directory for one run under workdir (created if needed),
     named PREFIX-DATE-PID, readable by Postfix's unprivileged daemons."""
@@ -1263,17 +1282,9 @@ def main():
     setup_process(args.idle + 512)
 
     bench.work = new_run_dir(args.workdir, "run")
-    version = subprocess.run([str(bench.tern), "--version"], capture_output=True, text=True, timeout=10)
-    env = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(x) for x in [Path(sys.executable).name] + sys.argv),
-        "tern_version": (version.stdout.strip().splitlines() or ["?"])[0],
-        "host": f"{platform.node()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
-        "work_dir": str(bench.work),
-        "work_fs": fs_type(bench.work),
-        "work_dev": "%d:%d" % (os.major(os.stat(bench.work).st_dev), os.minor(os.stat(bench.work).st_dev)),
-        "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]),
-    }
+    env = run_env(bench.tern, bench.work)
+    dev = os.stat(bench.work).st_dev
+    env["work_dev"] = f"{os.major(dev)}:{os.minor(dev)}"
     t0 = time.monotonic()
     ok = False
     try:

@@ -25,10 +25,7 @@ static:HOLD`, released with `postsuper -H ALL` + `postqueue -f`; its PSS is
 the sum over all its processes).
 """
 import argparse
-import datetime
 import os
-import platform
-import shlex
 import socket
 import subprocess
 import sys
@@ -388,16 +385,7 @@ def main():
         sys.exit(f"{b.tern} missing: run `cargo build --release` (or `make bench-bigqueue`)")
     bench.setup_process(4096)
     b.work = bench.new_run_dir(args.workdir, "bigqueue")
-    version = subprocess.run([str(b.tern), "--version"], capture_output=True, text=True, timeout=10)
-    env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(x) for x in [Path(sys.executable).name] + sys.argv),
-        "tern_version": (version.stdout.strip().splitlines() or ["?"])[0],
-        "host": f"{platform.node()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
-        "work_dir": str(b.work),
-        "work_fs": bench.fs_type(b.work),
-        "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]),
-    }
+    env = bench.run_env(b.tern, b.work)
     t0 = time.monotonic()
     ok = False
     try:

@@ -30,12 +30,10 @@ release profile otherwise: opt-level "z", fat LTO, panic = abort).
 Loopback only; every tern config sets `dns_servers = 127.0.0.1:1`.
 """
 import argparse
-import datetime
 import json
 import os
 import platform
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -283,15 +281,14 @@ def main():
     version = subprocess.run([*run_prefix, str(b.tern), "--version"], capture_output=True, text=True, timeout=30)
     vg = subprocess.run([b.valgrind or "valgrind", "--version"], capture_output=True, text=True, timeout=10) \
         if vg_version is None else None
-    env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(x) for x in [Path(sys.executable).name] + sys.argv),
+    # tern's version through run_prefix (qemu for an aarch64 binary)
+    env = bench.run_env()
+    env["host"] += f", {platform.machine()}"
+    env.update({
         "tern_version": (version.stdout.strip().splitlines() or ["?"])[0],
         "valgrind": vg_version or vg.stdout.strip(),
-        "host": f"{platform.node()}, {os.cpu_count()} CPUs, Linux {platform.release()}, {platform.machine()}",
         "binary_arch": "aarch64" if args.aarch64 else platform.machine(),
-        "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]),
-    }
+    })
     t0 = time.monotonic()
     ok = False
     try:

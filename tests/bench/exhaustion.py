@@ -45,7 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from harness import free_port, wait_port  # noqa: E402
+from harness import free_port  # noqa: E402
 
 CERTS = ROOT / "tests" / "certs"
 # Overridable for a quick try (EXH_CONNS=100 EXH_QUEUED=1000 ...).

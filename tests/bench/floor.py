@@ -15,10 +15,8 @@ Postfix set-up, smtp-source command lines, the timed run). Loopback only;
 every tern config sets `dns_servers = 127.0.0.1:1`.
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import shlex
 import signal
@@ -373,16 +371,7 @@ def main():
         b.strace = None
     bench.setup_process(4096)
     b.work = bench.new_run_dir(args.workdir, "floor")
-    version = subprocess.run([str(b.tern), "--version"], capture_output=True, text=True, timeout=10)
-    env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(x) for x in [Path(sys.executable).name] + sys.argv),
-        "tern_version": (version.stdout.strip().splitlines() or ["?"])[0],
-        "host": f"{platform.node()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
-        "work_dir": str(b.work),
-        "work_fs": bench.fs_type(b.work),
-        "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]),
-    }
+    env = bench.run_env(b.tern, b.work)
     t0 = time.monotonic()
     ok = False
     try:

@@ -21,11 +21,8 @@ bench.py (processes, smtp-sink, tern and Postfix instances, idle sessions).
 Markdown table on stdout, progress on stderr.
 """
 import argparse
-import datetime
 import os
-import platform
 import re
-import shlex
 import signal
 import socket
 import subprocess
@@ -815,15 +812,7 @@ def main():
     b.work = parent / f"router-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     b.work.mkdir()
     os.chmod(b.work, 0o755)
-    version = subprocess.run([str(b.tern), "--version"], capture_output=True, text=True, timeout=10)
-    env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(x) for x in [Path(sys.executable).name] + sys.argv),
-        "tern_version": (version.stdout.strip().splitlines() or ["?"])[0],
-        "host": f"{platform.node()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
-        "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]),
-        "cgroup_v2": layout.v2,
-    }
+    env = {**bench.run_env(b.tern), "cgroup_v2": layout.v2}
     if "postfix" in kinds:
         env["postfix_version"] = subprocess.run([bench.tool("postconf"), "-d", "-h", "mail_version"],
                                                 capture_output=True, text=True).stdout.strip()

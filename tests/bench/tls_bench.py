@@ -17,9 +17,7 @@ The STARTTLS/AUTH load generator is tests/bench/smtp_load.rs (cargo
 example `smtp_load`; it does not verify certificates: bench only).
 """
 import argparse
-import datetime
 import os
-import platform
 import pwd
 import re
 import shlex
@@ -552,7 +550,6 @@ def report(ctx, env, pf_why):
     if any(r.get("capped") for runs in ctx.results.values() for r in runs):
         L.append(f"\n† a run hit the run cap ({a.run_cap:.0f}s): messages done / elapsed time.")
     L.append("\nHow each figure was measured:\n")
-    w = "RUN"  # the run dir, shown as RUN
     sink = " ".join(Path(x).name if i == 0 else x for i, x in enumerate(ctx.sink.cmd)) if ctx.sink else "?"
     lg = " ".join(shlex.quote(x) for x in loadgen_cmd(ctx, 0, a.messages, 1, a.conc))
     lg = lg.replace(str(ctx.loadgen), "smtp_load").replace("127.0.0.1:0", "127.0.0.1:SUBPORT")
@@ -659,14 +656,7 @@ def main():
         log(f"Postfix reference skipped: {pf_why}")
     B.setup_process(4096)
     ctx.work = B.new_run_dir(args.workdir, "tls-run")
-    version = subprocess.run([str(ctx.tern), "--version"], capture_output=True, text=True, timeout=10)
-    env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(x) for x in [Path(sys.executable).name] + sys.argv),
-        "tern_version": (version.stdout.strip().splitlines() or ["?"])[0],
-        "host": f"{platform.node()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
-        "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]),
-    }
+    env = B.run_env(ctx.tern)
     if pf_why is None:
         env["postfix_version"] = subprocess.run([B.tool("postconf"), "-d", "-h", "mail_version"],
                                                 capture_output=True, text=True).stdout.strip()
