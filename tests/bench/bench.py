@@ -957,7 +957,7 @@ class Bench:
         for rep in range(a.reps):
             for key, kind, conc, size, hold in plan:
                 name = f"{key.replace('_', '-')}-r{rep + 1}"
-                self.measure(f"{key}#{rep + 1}", tp(kind, name, conc, size, hold), into=key)
+                self.measure(f"{key}#{rep + 1}", tp(kind, name, conc, size, hold, loop=a.loop_fs), into=key)
         for key, *_ in plan:
             self.summarize(key)
         # Flash: relay runs with the spool (Postfix: the queue) alone on a
@@ -1046,6 +1046,14 @@ def report(bench, env):
             ("accept_2k_c20", "postfix_accept_2k_c20", "accept only (held), 2 KB, c=20 (msg/s)", 20, SMALL, "B")):
         rows.append((label, rate_cell(key), rate_cell(pkey) if pkey and pf_ran else "–",
                      ratio(key, pkey) if pkey and pf_ran else "–", ref))
+    if R.get("flash_fs") == "own" and not a.loop_fs:
+        # The flash runs relay too, with the spool alone on a fresh ext4:
+        # a second opinion on the disk (one run each, so noisier).
+        for conc in (1, 20):
+            key, pkey = f"flash_2k_c{conc}", f"postfix_flash_2k_c{conc}"
+            rows.append((f"relay 2 KB, c={conc}, spool alone on a fresh ext4 (loop device), one run (msg/s)",
+                         rate_cell(key), rate_cell(pkey) if pf_ran else "–",
+                         ratio(key, pkey) if pf_ran else "–", "A"))
     cmds["A"] = (f"{src('C', 'SIZE', a.messages)} (after {a.warmup} warm-up messages); "
                  f"rate = N / time from smtp-source start until smtp-sink counted N more messages "
                  f"(sink: `{' '.join(Path(x).name if i == 0 else x for i, x in enumerate(bench.sink.cmd))}`)")
@@ -1152,6 +1160,9 @@ def report(bench, env):
     L.append(f"- throughput: median of {a.reps} run(s) (min–max in brackets), each on a fresh tern/Postfix "
              f"with an empty spool: N = {a.messages} messages after {a.warmup} warm-up, "
              f"1 recipient, bodies {SMALL} B / {LARGE} B; loopback only, `dns_servers = 127.0.0.1:1`")
+    if a.loop_fs:
+        L.append("- spool (Postfix: queue_directory) of every throughput run: alone on a fresh 1 GiB ext4 "
+                 "on a loop device (`--loop-fs`), not the machine's disk")
     ref = R.get("reference_skipped")
     if ref is None:
         L.append(f"- reference: Postfix {R.get('postfix_version', '?')} (throwaway instance, "
@@ -1263,6 +1274,9 @@ def main():
     ap.add_argument("--workdir", default=str(ROOT / "target" / "bench-work"),
                     help="parent of the run dir; put it on the disk you care about, not tmpfs "
                          "(default target/bench-work)")
+    ap.add_argument("--loop-fs", action="store_true",
+                    help="run every throughput workload with the spool (Postfix: the queue) alone on a fresh "
+                         "1 GiB ext4 on a loop device, as the flash runs are (root)")
     ap.add_argument("--no-reference", action="store_true", help="skip the Postfix reference")
     ap.add_argument("--keep", action="store_true", help="keep the run dir (configs, spools, logs)")
     ap.add_argument("--json", metavar="FILE", help="also write all raw figures as JSON")
@@ -1279,6 +1293,8 @@ def main():
     if not os.access(bench.tern, os.X_OK):
         sys.exit(f"{bench.tern} missing: run `cargo build --release` (or `make bench`)")
 
+    if args.loop_fs and LoopFs.unavailable():
+        sys.exit(f"--loop-fs: {LoopFs.unavailable()}")
     setup_process(args.idle + 512)
 
     bench.work = new_run_dir(args.workdir, "run")
