@@ -57,7 +57,7 @@ use crate::delivery::outcome::{one_line, Origin, Outcome, Reason, Status};
 use crate::delivery::{Destination, Mailbox, Refusal};
 use crate::rewrite::SenderOrigin;
 use crate::smtp::address::Address;
-use crate::smtp::dsn::{DsnMail, DsnRcpt};
+use crate::smtp::dsn::{DsnMail, DsnRcpt, Xtext};
 
 use super::envelope_dsn;
 
@@ -380,22 +380,6 @@ impl<W: std::io::Write> fmt::Write for IoText<'_, W> {
                 Err(fmt::Error)
             }
         }
-    }
-}
-
-/// Writes a value as xtext (RFC 3461 §4).
-struct Xtext<'a>(&'a str);
-
-impl fmt::Display for Xtext<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0.bytes() {
-            if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
-                write!(f, "{}", b as char)?;
-            } else {
-                write!(f, "+{b:02X}")?;
-            }
-        }
-        Ok(())
     }
 }
 
