@@ -97,6 +97,7 @@ pub mod dns;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod http;
+pub mod idmap;
 pub mod logsafe;
 pub mod oauth;
 pub mod outbound;

@@ -27,9 +27,10 @@ use super::{Io, Timer};
 use crate::config::{Config, HostPort};
 use crate::delivery::outcome::{self, Outcome};
 use crate::dns::LookupId;
+use crate::idmap::IdMap;
 use crate::outbound::machine::{Action, Delivery, Hop, Settings};
 use crate::outbound::{Job, Outbound};
-use crate::reactor::{Reactor, SockId};
+use crate::reactor::{Reactor, SockId, SockMap};
 use crate::smtp::client::Credentials;
 use crate::spool::QueueId;
 use crate::tls::TlsStream;
@@ -75,12 +76,12 @@ pub struct OutboundDriver {
     /// Jobs waiting for a connection slot, and the slot counts.
     jobs: Outbound,
     /// The running deliveries, by key.
-    deliveries: HashMap<u64, Outgoing>,
+    deliveries: IdMap<u64, Outgoing>,
     delivery_seq: u64,
     /// Which delivery owns an outbound socket.
-    socket_owner: HashMap<SockId, u64>,
+    socket_owner: SockMap<u64>,
     /// Which delivery waits for a lookup.
-    lookups: HashMap<LookupId, u64>,
+    lookups: IdMap<LookupId, u64>,
     /// Client configs for outbound TLS, built when first needed.
     tls: TlsClients,
     /// Reports of this call, handed out at its end.
@@ -150,10 +151,10 @@ impl OutboundDriver {
     pub fn new(cfg: &Config) -> OutboundDriver {
         OutboundDriver {
             jobs: Outbound::new(cfg),
-            deliveries: HashMap::new(),
+            deliveries: IdMap::default(),
             delivery_seq: 0,
-            socket_owner: HashMap::new(),
-            lookups: HashMap::new(),
+            socket_owner: SockMap::default(),
+            lookups: IdMap::default(),
             tls: TlsClients {
                 ca_file: cfg.tls_ca_file.clone(),
                 verifying: OnceCell::new(),

@@ -46,8 +46,9 @@
 //!   retry in a burst to catch up, and a wall-clock arrival in the future
 //!   parked it.)
 
+use crate::idmap::IdMap;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use crate::spool::QueueId;
@@ -158,7 +159,7 @@ fn key_id(k: &Key) -> QueueId {
 
 #[derive(Default)]
 pub struct Queue {
-    entries: HashMap<QueueId, Entry>,
+    entries: IdMap<QueueId, Entry>,
     heap: BinaryHeap<Reverse<Key>>,
 }
 

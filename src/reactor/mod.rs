@@ -37,32 +37,9 @@ pub struct SockId {
     generation: u32,
 }
 
-/// A map keyed by [`SockId`] with a cheap hash: the IDs are the reactor's
-/// own slot numbers, not chosen by peers, so SipHash's protection against
-/// crafted keys buys nothing here (it was 5 % of the instructions spent
-/// per accepted message, in the map of inbound sessions).
-pub type SockMap<V> =
-    std::collections::HashMap<SockId, V, std::hash::BuildHasherDefault<SockIdHasher>>;
-
-/// Multiply-rotate mixing of a [`SockId`]'s two words (as FxHash does).
-#[derive(Default)]
-pub struct SockIdHasher(u64);
-
-impl std::hash::Hasher for SockIdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u32(u32::from(b));
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0 = (self.0.rotate_left(5) ^ u64::from(n)).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
+/// A map keyed by [`SockId`]: the IDs are the reactor's own slot numbers,
+/// not chosen by peers (see `idmap`).
+pub type SockMap<V> = crate::idmap::IdMap<SockId, V>;
 
 enum Socket {
     Listener(TcpListener),

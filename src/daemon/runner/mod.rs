@@ -29,6 +29,7 @@ use super::{mono_now, unix_now, Io};
 use crate::bounce::{DsnAction, FailedRecipient};
 use crate::delivery::outcome::{self, Origin, Outcome, Reason};
 use crate::delivery::{Destination, Refusal};
+use crate::idmap::IdMap;
 use crate::outbound::{DestinationKey, Job};
 use crate::queue::{after_attempt, held_wait, Disposition, Queue, Rules};
 use crate::routes::{Relay, RouteChoice, Target};
@@ -105,10 +106,10 @@ pub struct QueueRunner {
     /// The schedule: due times of queued messages.
     queue: Queue,
     /// Messages with jobs (outbound or local) outstanding.
-    in_flight: HashMap<QueueId, InFlight>,
+    in_flight: IdMap<QueueId, InFlight>,
     /// Envelopes (and content sizes) of messages committed but not yet
     /// attempted: their first attempt needs no re-read of the file.
-    fresh: HashMap<QueueId, (StoredEnvelope, u64)>,
+    fresh: IdMap<QueueId, (StoredEnvelope, u64)>,
     /// A `queue flush` is running: held mail is delivered too.
     flushing: bool,
     /// Messages a `queue flush ID` asked for: attempted even under
