@@ -286,7 +286,8 @@ impl OutboundDriver {
         let Some(d) = self.deliveries.get_mut(&key) else {
             return;
         };
-        if !d.machine.is_idle() {
+        // Most turns nothing waits: no key is built then.
+        if !d.machine.is_idle() || self.jobs.backlog() == 0 {
             return;
         }
         if let Some(job) = self.jobs.take_for(&d.machine.destination_key()) {

@@ -711,7 +711,7 @@ impl Delivery {
         let State::Session(s) = &mut self.state else {
             return Err(Box::new(job));
         };
-        let same = job.destination_key() == self.job.destination_key();
+        let same = job.same_destination(&self.job);
         if s.idle_since.is_none() || !same || s.client.is_closed() {
             return Err(Box::new(job));
         }

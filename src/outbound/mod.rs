@@ -93,6 +93,17 @@ impl Job {
             || self.recipients.iter().any(|(_, r)| !r.is_ascii())
     }
 
+    /// Whether this job goes to `key` (`destination_key() == *key`,
+    /// without building the key).
+    pub fn has_destination(&self, key: &DestinationKey) -> bool {
+        self.domain == key.domain && self.relay == key.relay && self.lmtp == key.lmtp
+    }
+
+    /// Whether both jobs go to the same destination (equal keys).
+    pub fn same_destination(&self, other: &Job) -> bool {
+        self.domain == other.domain && self.relay == other.relay && self.lmtp == other.lmtp
+    }
+
     /// Where this job goes, as the connection cache and slot counts see it.
     pub fn destination_key(&self) -> DestinationKey {
         DestinationKey {
@@ -209,12 +220,22 @@ impl Outbound {
         if self.stopping || self.active >= self.max_outbound {
             return None;
         }
+        // Waiting jobs mostly share a few destinations (often one
+        // smarthost): a run of jobs to the one just looked up reuses its
+        // answer instead of building and hashing its key again.
+        let mut last: Option<(&Job, bool)> = None;
         let pos = self.pending.iter().position(|j| {
-            self.per_destination
+            if let Some((_, free)) = last.filter(|(prev, _)| j.same_destination(prev)) {
+                return free;
+            }
+            let free = self
+                .per_destination
                 .get(&j.destination_key())
                 .copied()
                 .unwrap_or(0)
-                < self.max_per_host
+                < self.max_per_host;
+            last = Some((j, free));
+            free
         })?;
         let job = self.pending.remove(pos)?;
         self.active += 1;
@@ -234,7 +255,7 @@ impl Outbound {
         let pos = self
             .pending
             .iter()
-            .position(|j| j.destination_key() == *destination)?;
+            .position(|j| j.has_destination(destination))?;
         self.pending.remove(pos)
     }
 

@@ -222,3 +222,37 @@ fn scenario_route_auth_plain_not_offered_defers() {
     assert!(reason.text.contains("AUTH mechanism"), "{reason}");
     assert_eq!(sim.messages, 0);
 }
+
+#[test]
+fn same_destination_and_has_destination_agree_with_key_equality() {
+    let alice = relay("192.0.2.70", 587, SmarthostTls::None, Some("alice"));
+    let bob = relay("192.0.2.70", 587, SmarthostTls::None, Some("bob"));
+    let other_port = relay("192.0.2.70", 465, SmarthostTls::Tls, Some("alice"));
+    let jobs = [
+        relay_job(1, &alice, &["x@a.test"]),
+        relay_job(2, &alice, &["y@b.test"]),
+        relay_job(3, &bob, &["x@a.test"]),
+        relay_job(4, &other_port, &["x@a.test"]),
+        job(5, "", &["x@a.test"]),
+        job(6, "a.test", &["x@a.test"]),
+        job(7, "b.test", &["x@b.test"]),
+        job(8, "a.test", &["z@a.test"]),
+    ];
+    let mut equal_pairs = 0;
+    for a in &jobs {
+        for b in &jobs {
+            let equal = a.destination_key() == b.destination_key();
+            assert_eq!(a.same_destination(b), equal, "{} / {}", a.id, b.id);
+            assert_eq!(
+                a.has_destination(&b.destination_key()),
+                equal,
+                "{} / {}",
+                a.id,
+                b.id
+            );
+            equal_pairs += usize::from(equal);
+        }
+    }
+    // Each job with itself, and the pairs 1/2 and 6/8 both ways.
+    assert_eq!(equal_pairs, jobs.len() + 4);
+}
