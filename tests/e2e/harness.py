@@ -32,24 +32,33 @@ def free_port(kind=socket.SOCK_STREAM):
 
 
 def wait_port(port, host="127.0.0.1", timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    deadline = time.monotonic() + timeout
+    while True:
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"nothing listening on {host}:{port}")
             time.sleep(0.02)
-    raise TimeoutError(f"nothing listening on {host}:{port}")
 
 
 def wait_for(pred, timeout=10.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    """Polls pred until it is true (returns its value) or timeout seconds
+    have passed. The deadline is on the monotonic clock, and pred is always
+    asked at least once, and once more when the deadline has passed: the
+    project VM can be paused and resumed (its log says "virtual machine
+    fork"), after which the wall clock steps forward by minutes; a loop on
+    time.time() then gave up without looking, on a daemon that had long
+    since started."""
+    deadline = time.monotonic() + timeout
+    while True:
         v = pred()
         if v:
             return v
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(0.02)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def close_served(sock, thread, timeout=5.0):

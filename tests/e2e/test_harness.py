@@ -88,3 +88,33 @@ def test_fake_dns_close_ends_its_thread():
     thread = dns.thread
     dns.close()
     wait_for(lambda: not thread.is_alive(), timeout=5, what="FakeDns thread ended")
+
+
+def test_wait_for_looks_at_least_once_when_the_clock_jumps(monkeypatch):
+    """The project VM is sometimes paused and resumed ("virtual machine
+    fork" in its kernel log); a test's clock then jumps past its deadline
+    between computing it and the first look. A release e2e run failed that
+    way: "timed out waiting for start-up recovery" with "started:" in the
+    log. wait_for must still ask, and return what it finds."""
+    import harness
+
+    real = time.monotonic
+    calls = []
+
+    def jumping():
+        calls.append(1)
+        # The first call sets the deadline; every later one is 10 minutes on.
+        return real() + (600 if len(calls) > 1 else 0)
+
+    monkeypatch.setattr(harness.time, "monotonic", jumping)
+    assert wait_for(lambda: "started", timeout=10) == "started"
+    # And a condition that stays false still times out, after one look.
+    looks = []
+    calls.clear()
+    try:
+        wait_for(lambda: looks.append(1), timeout=10, what="never")
+    except TimeoutError as e:
+        assert "never" in str(e)
+    else:
+        raise AssertionError("wait_for returned on a false condition")
+    assert len(looks) == 1

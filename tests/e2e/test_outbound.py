@@ -233,8 +233,8 @@ def test_interop_postfix_smtp_sink(tern_factory, tmp_path):
     proc = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "root", "-d", str(dump / "%M."), f"127.0.0.1:{port}", "10"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 5
-        while time.time() < deadline:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break

@@ -77,8 +77,8 @@ class PublicTern(Tern):
 
 def wait_banner(port, proc, timeout=10.0):
     """A banner means the loop runs (privileges dropped, spool recovered)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise OSError(f"tern exited with {proc.returncode}")
         try:
@@ -289,10 +289,10 @@ def test_fifo_as_mbox_does_not_block_the_daemon(public_dir):
     os.mkfifo(t.mail / "fifo")
     send(t, ["fifo@localhost"], "into a fifo")
     # The loop still serves: a new client gets its banner and a NOOP answer.
-    start = time.time()
+    start = time.monotonic()
     with smtplib.SMTP("127.0.0.1", t.port, timeout=3) as c:
         assert c.noop()[0] == 250
-    assert time.time() - start < 2
+    assert time.monotonic() - start < 2
     wait_for(lambda: "status=deferred" in t.log_text(), what="deferral")
     assert "to=<fifo@localhost>" in t.log_text()
     assert len(t.queued()) == 1

@@ -172,8 +172,8 @@ class Daemon:
 
     def wait_up(self, timeout=15.0):
         """True once the port answers; False if the process died first."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 return False
             try:
@@ -461,8 +461,8 @@ SCENARIOS = {s.name: s for s in (Relay(), Maildir(), Sendmail())}
 
 
 def wait_until(pred, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         if pred():
             return True
         time.sleep(0.02)
@@ -541,8 +541,8 @@ def run_once(scn, workdir, strace_opts=None):
             if not empty:
                 empty_since.clear()
             elif not empty_since:
-                empty_since.append(time.time())
-            return empty and (delivered() or time.time() - empty_since[0] > IDLE_SETTLE)
+                empty_since.append(time.monotonic())
+            return empty and (delivered() or time.monotonic() - empty_since[0] > IDLE_SETTLE)
         if not wait_until(settled, FINISH_TIMEOUT) \
                 and (d.spool_files("msg") or d.spool_files("drop")):
             # (Mail missing with an empty queue is reported below as LOST.)
@@ -833,7 +833,7 @@ def soak(base, rounds=100, clients=4, log=print, min_gap=0.05, max_gap=0.4, pace
     window = {}
     files = {}  # token -> queue file names seen at kills
     holders = {}  # queue file name -> tokens it was seen holding at kills
-    t0 = time.time()
+    t0 = time.monotonic()
 
     def client(i):
         while not stop.is_set():
@@ -868,13 +868,13 @@ def soak(base, rounds=100, clients=4, log=print, min_gap=0.05, max_gap=0.4, pace
         for th in threads:
             th.join(15)
         # The backlog drains at the Python sink's speed: wait while it shrinks.
-        left, still = len(d.spool_files("msg")), time.time()
+        left, still = len(d.spool_files("msg")), time.monotonic()
         while left:
             time.sleep(0.5)
             now_left = len(d.spool_files("msg"))
             if now_left < left:
-                left, still = now_left, time.time()
-            elif time.time() - still > DRAIN_STALL:
+                left, still = now_left, time.monotonic()
+            elif time.monotonic() - still > DRAIN_STALL:
                 raise TortureError(f"queue stopped draining: {left} left")
         time.sleep(0.2)
         d.stop()
@@ -907,7 +907,7 @@ def soak(base, rounds=100, clients=4, log=print, min_gap=0.05, max_gap=0.4, pace
                "lost": len(lost), "lost_id_reuse": len(lost_id_reuse),
                "dup_window": len(dup_window), "bad_dups": len(bad_dups),
                "tmp_left": len(tmp_left), "corrupt_acked": len(corrupt),
-               "corrupt_id_reuse": len(corrupt_id_reuse), "reused_ids": len(reused), "seconds": round(time.time() - t0, 1)}
+               "corrupt_id_reuse": len(corrupt_id_reuse), "reused_ids": len(reused), "seconds": round(time.monotonic() - t0, 1)}
         if lost or bad_dups or tmp_left or corrupt:
             fig["details"] = {"lost": sorted(lost)[:10], "bad_dups": bad_dups[:10], "tmp": tmp_left[:10],
                               "corrupt": corrupt[:10], "workdir": str(d.root)}
@@ -940,7 +940,7 @@ def main(argv=None):
     need_strace()
     base = Path(args.workdir or tempfile.mkdtemp(prefix="tern-torture-"))
     base.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
+    t0 = time.monotonic()
     figs, failures = [], []
     trace = []
     if not args.no_trace:
@@ -953,9 +953,9 @@ def main(argv=None):
             if not ok:
                 failures.append(f"trace order ({'group' if group else 'lone'})")
     for name in args.scenario or sorted(SCENARIOS):
-        t1 = time.time()
+        t1 = time.monotonic()
         fig = sweep(SCENARIOS[name], base / name, every=args.every, only=args.syscall)
-        fig["seconds"] = round(time.time() - t1, 1)
+        fig["seconds"] = round(time.monotonic() - t1, 1)
         figs.append(fig)
         failures += fig["violations"]
         print(f"[{name}] {fig['points']} crash points, {fig['kills']} kills, {fig['acked']} acknowledged, "
@@ -990,7 +990,7 @@ def main(argv=None):
         print(f"dup(drop) = {DROP_DUP_BUG}")
     for g, ok, _ in trace:
         print(f"trace order, {'group commit' if g else 'lone message'}: {'OK' if ok else 'FAILED'}")
-    print(f"total {round(time.time() - t0, 1)} s; work files in {base}")
+    print(f"total {round(time.monotonic() - t0, 1)} s; work files in {base}")
     if failures:
         print("\nFAILURES:")
         for f in failures:
