@@ -195,11 +195,11 @@ def report(b, env):
                 name = f.replace("|", "\\|")
                 L.append(f"| {v:,.0f} | {v / r['per_msg']:.0%} | `{name}` |")
     L.append("")
-    L.append(f"Per function: (Ir(N) − Ir(0)) of that function, from `callgrind_annotate --inclusive=yes|no "
-             f"--threshold=100`, / N; `???` = no symbol. Self costs of a function split over several "
-             f"source files (inlining) or recursion levels (`f'2`) are added up; inclusive ones overlap, so the largest part is shown. "
-             f"Inclusive costs nest and do not add up; functions at ≥ 98.5 % (the chain from `_start` "
-             f"down to the event loop) are left out.")
+    L.append("Per function: (Ir(N) − Ir(0)) of that function, from `callgrind_annotate --inclusive=yes|no "
+             "--threshold=100`, / N; `???` = no symbol. Self costs of a function split over several "
+             "source files (inlining) or recursion levels (`f'2`) are added up; inclusive ones overlap, so the largest part is shown. "
+             "Inclusive costs nest and do not add up; functions at ≥ 98.5 % (the chain from `_start` "
+             "down to the event loop) are left out.")
     if env["binary_arch"] == "aarch64":
         L.append("")
         L.append("aarch64: with opt-level \"z\" LLVM's machine outliner moves repeated instruction sequences "

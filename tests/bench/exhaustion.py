@@ -545,6 +545,12 @@ CASES = {
 
 def main():
     names = sys.argv[1:] or list(CASES)
+    if any(n in ("-h", "--help") for n in names):
+        print(__doc__)
+        return
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        sys.exit(f"unknown case(s): {' '.join(unknown)}; cases: {' '.join(CASES)} (see --help)")
     nofile = raise_nofile()
     print(f"tern binary: {BIN} ({BUILD}); RLIMIT_NOFILE {nofile} for tern and the clients; "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "

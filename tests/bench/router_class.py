@@ -683,9 +683,9 @@ def report(ctx, cells, env):
              f"`smtpd_peername_lookup = no`) plus `smtpd_junk_command_limit = {JUNK_LIMIT}` so that the probe's "
              f"NOOPs are not penalised after 100" +
              (f", plus {', '.join('`' + x + '`' for x in a.postfix_conf)} (--postfix-conf)" if a.postfix_conf else "") +
-             f". Otherwise Debian's defaults (`default_process_limit = 100`): no tuning for a small box. "
-             f"Postfix forks one `smtpd` per session, so 1,000 sessions "
-             f"inside 16 MiB are expected to hit the limit; the table shows what happened.")
+             ". Otherwise Debian's defaults (`default_process_limit = 100`): no tuning for a small box. "
+             "Postfix forks one `smtpd` per session, so 1,000 sessions "
+             "inside 16 MiB are expected to hit the limit; the table shows what happened.")
     L.append(f"- **msg/s** (a): `{src}` with PORT = the MTA (one session per message, {bench.SMALL} B body, "
              f"one recipient), no warm-up; the sink is `{sink}` on a free port. msg/s = N / time from the start "
              f"of smtp-source until the sink counted N more messages. smtp-source stops at the first session "

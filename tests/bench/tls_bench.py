@@ -495,7 +495,7 @@ def report(ctx, env, pf_why):
             rows.append((f"2. TLS submission, STARTTLS + AUTH PLAIN, c={a.conc}, 2 KB, {label}: "
                          "all 250s after DATA (msg/s)",
                          cell(ctx, t), cell(ctx, p), ratio(ctx, t, p), failures(ctx, t, p), "A"))
-            rows.append((f"… same runs, until the sink counted N (msg/s)",
+            rows.append(("… same runs, until the sink counted N (msg/s)",
                          cell(ctx, t, "sink_rate"), cell(ctx, p, "sink_rate"),
                          ratio(ctx, t, p, "sink_rate"), "", "A"))
     if "3" in a.workloads:
@@ -535,7 +535,7 @@ def report(ctx, env, pf_why):
     L.append(f"- median of {a.reps} run(s), min–max in brackets, each on fresh MTA instances with empty "
              f"queues: N = {a.messages} messages after {a.warmup} warm-up, 1 recipient, {SMALL} B "
              f"messages; loopback only, `dns_servers = 127.0.0.1:1`")
-    L.append(f"- reference: " + (f"Postfix {env.get('postfix_version', '?')} (throwaway instances, chroot off)"
+    L.append("- reference: " + (f"Postfix {env.get('postfix_version', '?')} (throwaway instances, chroot off)"
                                   if pf_why is None else f"skipped: {pf_why}"))
     L.append("")
     L.append("| workload | tern | Postfix | tern/Postfix | failures (messages) | how |")

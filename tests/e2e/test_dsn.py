@@ -8,7 +8,6 @@ import email
 import smtplib
 import time
 
-import pytest
 
 from harness import Sink, wait_for
 from test_outbound import bounce_for

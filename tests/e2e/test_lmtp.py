@@ -25,7 +25,6 @@ import pwd
 import shutil
 import signal
 import smtplib
-import socket
 import socketserver
 import subprocess
 import tempfile
