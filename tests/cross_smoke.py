@@ -6,7 +6,6 @@ import smtplib
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent / "e2e"))
