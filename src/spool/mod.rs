@@ -558,10 +558,29 @@ impl Spool {
 
     /// Opens the content for reading (after the envelope, before the
     /// trailer) and checks the trailer.
+    ///
+    /// Most message files fit the first read ([`HEAD_READ`]): then the
+    /// trailer is checked in that buffer, and a delivery costs `openat`,
+    /// `statx`, one `read`, `lseek` and the content's `read` (it was ten
+    /// calls when the trailer was read again at its offset).
     pub fn open_content(&self, id: QueueId) -> io::Result<(Content, u64)> {
-        let mut f = self.with_path("msg", id, open_queue_file)?;
-        let body_offset = read_body_offset(&mut f)?;
-        let len = check_trailer(&mut f, body_offset)?;
+        let (mut f, file_len) = self.with_path("msg", id, open_queue_file_len)?;
+        let mut first = [0u8; HEAD_READ];
+        let n = read_up_to(&mut f, &mut first, file_len)?;
+        let head = first.get(..n).unwrap_or_default();
+        let body_offset = body_offset_in(head, &mut f)?;
+        let len = if u64::try_from(n).ok() == Some(file_len) {
+            let tail = n
+                .checked_sub(TRAILER_LEN as usize)
+                .and_then(|at| head.get(at..))
+                .and_then(|t| <&[u8; TRAILER_LEN as usize]>::try_from(t).ok());
+            match tail {
+                Some(t) => parse_trailer(t, body_offset, file_len)?,
+                None => return Err(bad_trailer()),
+            }
+        } else {
+            check_trailer_at(&mut f, body_offset, file_len)?
+        };
         f.seek(SeekFrom::Start(body_offset))?;
         Ok((f.take(len), len))
     }
@@ -830,34 +849,52 @@ fn random_offset() -> u64 {
 /// or device (whose open or read would block the loop), only a regular
 /// file.
 fn open_queue_file(path: &Path) -> io::Result<File> {
+    open_queue_file_len(path).map(|(f, _)| f)
+}
+
+/// [`open_queue_file`], with the file's length from the same `statx`.
+fn open_queue_file_len(path: &Path) -> io::Result<(File, u64)> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;
-    if !f.metadata()?.is_file() {
+    let meta = f.metadata()?;
+    if !meta.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "not a regular file",
         ));
     }
-    Ok(f)
+    Ok((f, meta.len()))
 }
 
-/// Where the content starts in a message file (after the envelope), leaving
-/// the file position unspecified. The envelope was parsed when the message
-/// was queued (or recovered); here its head is only checked to be one
-/// (UTF-8, the format line), without building it again, and an envelope
-/// that fits the first read needs no allocation at all.
-fn read_body_offset(f: &mut File) -> io::Result<u64> {
-    let mut first = [0u8; 4096];
+/// What [`Spool::open_content`] reads first: the envelope and, for most
+/// messages, the whole file.
+pub const HEAD_READ: usize = 4096;
+
+/// Reads from the start of a file of `file_len` octets into `buf` until
+/// `buf` is full, the file's length is reached or `read` says end of
+/// file (no read that can only return 0).
+fn read_up_to(f: &mut File, buf: &mut [u8], file_len: u64) -> io::Result<usize> {
+    let want = usize::try_from(file_len).map_or(buf.len(), |l| l.min(buf.len()));
     let mut n = 0;
-    while let Some(rest) = first.get_mut(n..).filter(|r| !r.is_empty()) {
+    while let Some(rest) = buf.get_mut(n..want).filter(|r| !r.is_empty()) {
         match f.read(rest)? {
             0 => break,
             got => n += got,
         }
     }
-    match envelope::split_head(first.get(..n).unwrap_or_default()) {
+    Ok(n)
+}
+
+/// Where the content starts in a message file (after the envelope), from
+/// the first octets of the file (`head`); leaves the file position
+/// unspecified. The envelope was parsed when the message was queued (or
+/// recovered); here its head is only checked to be one (UTF-8, the format
+/// line), without building it again, and an envelope that fits the first
+/// read needs no allocation at all.
+fn body_offset_in(head: &[u8], f: &mut File) -> io::Result<u64> {
+    match envelope::split_head(head) {
         Some((head, offset)) if envelope::is_head(head) => Ok(offset),
         Some(_) => Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -896,34 +933,53 @@ fn read_envelope(f: &mut File) -> io::Result<StoredEnvelope> {
     }
 }
 
+fn bad_trailer() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "incomplete queue file (no valid trailer)",
+    )
+}
+
 /// The content length from a valid trailer, or an error if the file is
 /// incomplete (see the module doc).
 fn check_trailer(f: &mut File, body_offset: u64) -> io::Result<u64> {
-    let bad = || {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "incomplete queue file (no valid trailer)",
-        )
-    };
     let file_len = f.metadata()?.len();
-    if file_len < body_offset + TRAILER_LEN {
-        return Err(bad());
-    }
+    check_trailer_at(f, body_offset, file_len)
+}
+
+/// [`check_trailer`] for a file whose length is known.
+fn check_trailer_at(f: &mut File, body_offset: u64, file_len: u64) -> io::Result<u64> {
+    let Some(at) = file_len
+        .checked_sub(TRAILER_LEN)
+        .filter(|&at| at >= body_offset)
+    else {
+        return Err(bad_trailer());
+    };
     let mut t = [0u8; TRAILER_LEN as usize];
-    f.seek(SeekFrom::Start(file_len - TRAILER_LEN))?;
+    f.seek(SeekFrom::Start(at))?;
     f.read_exact(&mut t)?;
+    parse_trailer(&t, body_offset, file_len)
+}
+
+/// The content length a trailer states, if it is a valid trailer for a
+/// file of `file_len` octets whose content starts at `body_offset`.
+fn parse_trailer(
+    t: &[u8; TRAILER_LEN as usize],
+    body_offset: u64,
+    file_len: u64,
+) -> io::Result<u64> {
     let (magic, rest) = t.split_at(TRAILER_MAGIC.len());
     let hex = rest
         .get(..16)
         .and_then(|h| std::str::from_utf8(h).ok())
-        .ok_or_else(bad)?;
-    let len = u64::from_str_radix(hex, 16).map_err(|_| bad())?;
+        .ok_or_else(bad_trailer)?;
+    let len = u64::from_str_radix(hex, 16).map_err(|_| bad_trailer())?;
     if magic != TRAILER_MAGIC
         || t.last() != Some(&b'\n')
         // Checked: a damaged trailer may claim any length up to 2^64 - 1.
         || body_offset.checked_add(len).and_then(|n| n.checked_add(TRAILER_LEN)) != Some(file_len)
     {
-        return Err(bad());
+        return Err(bad_trailer());
     }
     Ok(len)
 }
@@ -1241,6 +1297,57 @@ mod tests {
         spool.check_writable().unwrap();
         assert_eq!(fs::read_dir(dir.join("drop")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(&msg).unwrap().count(), 1);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn content_reads_back_whole_or_not_at_all_on_either_side_of_the_first_read() {
+        // Files that fit the first read (trailer checked in its buffer),
+        // files that end just past it, a large one, and an envelope longer
+        // than the first read (many recipients).
+        let dir = tempdir("headread");
+        let mut spool = Spool::open(&dir, false).unwrap();
+        let mut long_env = env();
+        for i in 0..200 {
+            let mut r = long_env.recipients[0].clone();
+            r.original = format!("recipient-number-{i}@y.test");
+            long_env.recipients.push(r);
+        }
+        let cases: Vec<(StoredEnvelope, usize)> = vec![
+            (env(), 0),
+            (env(), 9),
+            (env(), HEAD_READ - 400),
+            (env(), HEAD_READ),
+            (env(), HEAD_READ + 1),
+            (env(), 100_000),
+            (long_env, 50),
+        ];
+        for (e, size) in cases {
+            let body: Vec<u8> = (0..size).map(|i| b"abcdefgh\r\n"[i % 10]).collect();
+            let mut inc = spool.create(&e).unwrap();
+            inc.write(&body).unwrap();
+            let id = spool.commit(vec![inc]).pop().unwrap().unwrap();
+            let (mut f, len) = spool.open_content(id).unwrap();
+            let mut got = Vec::new();
+            f.read_to_end(&mut got).unwrap();
+            assert_eq!(len, size as u64);
+            assert_eq!(got, body, "size {size}");
+            // Cut anywhere in the trailer, or one octet more or less of
+            // content: damage, never content.
+            let path = dir.join("msg").join(id.to_string());
+            let whole = fs::read(&path).unwrap();
+            for cut in [1, TRAILER_LEN as usize - 1, TRAILER_LEN as usize] {
+                fs::write(&path, &whole[..whole.len() - cut]).unwrap();
+                assert!(spool.open_content(id).is_err(), "size {size}, cut {cut}");
+            }
+            let mut longer = whole.clone();
+            longer.insert(whole.len() - TRAILER_LEN as usize, b'x');
+            fs::write(&path, &longer).unwrap();
+            let e = spool.open_content(id).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "size {size}");
+            fs::write(&path, &whole).unwrap();
+            assert_eq!(spool.open_content(id).unwrap().1, size as u64);
+        }
         let _ = fs::remove_dir_all(&dir);
     }
 
