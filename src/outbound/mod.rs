@@ -96,12 +96,29 @@ impl Job {
     /// Whether this job goes to `key` (`destination_key() == *key`,
     /// without building the key).
     pub fn has_destination(&self, key: &DestinationKey) -> bool {
-        self.domain == key.domain && self.relay == key.relay && self.lmtp == key.lmtp
+        // Destructured: a field added to the key must be compared here.
+        let DestinationKey {
+            domain,
+            relay,
+            lmtp,
+        } = key;
+        self.goes_to(domain, relay.as_ref(), lmtp.as_ref())
     }
 
     /// Whether both jobs go to the same destination (equal keys).
     pub fn same_destination(&self, other: &Job) -> bool {
-        self.domain == other.domain && self.relay == other.relay && self.lmtp == other.lmtp
+        self.goes_to(&other.domain, other.relay.as_ref(), other.lmtp.as_ref())
+    }
+
+    /// The one comparison behind [`Job::has_destination`] and
+    /// [`Job::same_destination`]: the fields [`Job::destination_key`] takes.
+    fn goes_to(
+        &self,
+        domain: &str,
+        relay: Option<&std::rc::Rc<crate::routes::Relay>>,
+        lmtp: Option<&std::rc::Rc<crate::config::LmtpTarget>>,
+    ) -> bool {
+        self.domain == domain && self.relay.as_ref() == relay && self.lmtp.as_ref() == lmtp
     }
 
     /// Where this job goes, as the connection cache and slot counts see it.

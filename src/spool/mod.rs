@@ -570,14 +570,13 @@ impl Spool {
         let head = first.get(..n).unwrap_or_default();
         let body_offset = body_offset_in(head, &mut f)?;
         let len = if u64::try_from(n).ok() == Some(file_len) {
+            // The whole file is in `head`: so is its trailer.
             let tail = n
                 .checked_sub(TRAILER_LEN as usize)
                 .and_then(|at| head.get(at..))
-                .and_then(|t| <&[u8; TRAILER_LEN as usize]>::try_from(t).ok());
-            match tail {
-                Some(t) => parse_trailer(t, body_offset, file_len)?,
-                None => return Err(bad_trailer()),
-            }
+                .and_then(|t| <&[u8; TRAILER_LEN as usize]>::try_from(t).ok())
+                .ok_or_else(bad_trailer)?;
+            parse_trailer(tail, body_offset, file_len)?
         } else {
             check_trailer_at(&mut f, body_offset, file_len)?
         };

@@ -1293,8 +1293,8 @@ def main():
     if not os.access(bench.tern, os.X_OK):
         sys.exit(f"{bench.tern} missing: run `cargo build --release` (or `make bench`)")
 
-    if args.loop_fs and LoopFs.unavailable():
-        sys.exit(f"--loop-fs: {LoopFs.unavailable()}")
+    if args.loop_fs and (why := LoopFs.unavailable()):
+        sys.exit(f"--loop-fs: {why}")
     setup_process(args.idle + 512)
 
     bench.work = new_run_dir(args.workdir, "run")
